@@ -1,0 +1,339 @@
+//! Types shared by the eBPF programs (lb-ebpf) and user space (lb-userspace).
+//!
+//! Every map key and value is `#[repr(C)]` with explicit padding and no `bool`, so both
+//! sides agree byte for byte and `bpftool map dump` prints named fields (the maps carry
+//! BTF). Addresses are `[u8; 4]` in network order (bpftool prints them as four numbers,
+//! readable as a dotted quad); ports are host order (bpftool prints the real port).
+#![no_std]
+
+/// Bumped whenever a map layout below changes; part of the pin path
+/// (`<bpffs>/v<LAYOUT_VERSION>/...`) so an upgrade never reads an old layout as new.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Names of the pinned maps (also the names of the statics in lb-ebpf).
+pub mod map_names {
+    pub const SERVICES: &str = "LB_SERVICES";
+    pub const SLOTS: &str = "LB_SLOTS";
+    pub const ENDPOINTS: &str = "LB_ENDPOINTS";
+    pub const ORIGINS: &str = "LB_ORIGINS";
+    pub const ORIG_DST: &str = "LB_ORIG_DST";
+    pub const SOCKETS: &str = "LB_SOCKETS";
+    pub const STATS: &str = "LB_STATS";
+    pub const SETTINGS: &str = "LB_SETTINGS";
+    pub const SERVICE_META: &str = "LB_SERVICE_META";
+    pub const SUBSET_META: &str = "LB_SUBSET_META";
+    pub const STATE: &str = "LB_STATE";
+    /// Every pinned map, in the order `lb down` removes them.
+    pub const ALL: [&str; 11] = [
+        SERVICES,
+        SLOTS,
+        ENDPOINTS,
+        ORIGINS,
+        ORIG_DST,
+        SOCKETS,
+        STATS,
+        SETTINGS,
+        SERVICE_META,
+        SUBSET_META,
+        STATE,
+    ];
+}
+
+/// Capacities of the pinned maps. Pinned maps cannot grow: the applier refuses a plan
+/// that does not fit (a clear error; the running plan stays).
+pub mod capacity {
+    pub const SERVICES: u32 = 65_536;
+    /// Weight slots, counted over all services and the revisions alive at once (two).
+    pub const SLOTS: u32 = 262_144;
+    /// Endpoint entries, counted like slots.
+    pub const ENDPOINTS: u32 = 1_048_576;
+    /// Slots of one service (weights reduced by their gcd must sum to at most this).
+    pub const SLOTS_PER_SERVICE: u32 = 4_096;
+    /// Endpoints of one subset.
+    pub const ENDPOINTS_PER_SUBSET: u32 = 65_535;
+    pub const ORIGINS: u32 = 262_144;
+    pub const ORIG_DST: u32 = 65_536;
+    pub const SOCKETS: u32 = 65_536;
+    pub const STATS: u32 = 65_536;
+    pub const NAME_LEN: usize = 64;
+    pub const ERROR_LEN: usize = 1_024;
+}
+
+/// `Service::mode`: how connects to the service are handled.
+pub mod mode {
+    /// Weighted pick in `connect4`, no proxy hop.
+    pub const KERNEL: u32 = 1;
+    /// Handed to lb's proxy listener (the L7 path).
+    pub const PROXY: u32 = 2;
+}
+
+/// An IPv4 service or endpoint address: `[u8; 4]` in network order plus a host-order port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SockAddr4 {
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub _pad: u16,
+}
+
+impl SockAddr4 {
+    pub const fn new(addr: [u8; 4], port: u16) -> Self {
+        Self {
+            addr,
+            port,
+            _pad: 0,
+        }
+    }
+
+    /// From the `user_ip4` / `user_port` pair of a `bpf_sock_addr` (both network order,
+    /// the port in the low 16 bits of its u32).
+    #[inline(always)]
+    pub fn from_sock_addr(user_ip4: u32, user_port: u32) -> Self {
+        Self::new(user_ip4.to_ne_bytes(), port_from_be32(user_port))
+    }
+
+    /// `user_ip4` value (network order) for this address.
+    #[inline(always)]
+    pub fn user_ip4(&self) -> u32 {
+        u32::from_ne_bytes(self.addr)
+    }
+
+    /// `user_port` value (network order, low 16 bits) for this port.
+    #[inline(always)]
+    pub fn user_port(&self) -> u32 {
+        port_to_be32(self.port)
+    }
+}
+
+/// A port held in network order in the low 16 bits of a u32 (`bpf_sock_addr.user_port`,
+/// `bpf_sock_ops.remote_port`) to host order. The one conversion used everywhere.
+#[inline(always)]
+pub const fn port_from_be32(v: u32) -> u16 {
+    u16::from_be(v as u16)
+}
+
+/// Inverse of [`port_from_be32`].
+#[inline(always)]
+pub const fn port_to_be32(port: u16) -> u32 {
+    port.to_be() as u32
+}
+
+/// `LB_SERVICES` value: the revision of the service's slot table that connects use now.
+/// The applier writes a whole new revision, then flips this entry in one update.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    pub revision: u32,
+    /// Number of weight slots (the reduced weights' sum) in this revision.
+    pub slot_count: u32,
+    /// One of [`mode`].
+    pub mode: u32,
+    pub _pad: u32,
+}
+
+/// `LB_SLOTS` key: one weight slot of one revision of a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey {
+    pub service: SockAddr4,
+    pub revision: u32,
+    pub slot: u32,
+}
+
+/// `LB_SLOTS` value: the subset a slot picks. The endpoint inside the subset is picked
+/// in a second step, so exact weights never need `weight × endpoints` slots.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Slot {
+    /// The subset's id inside its service (see `LB_SUBSET_META` for its name).
+    pub subset: u32,
+    /// Endpoints in that subset; 0 fails the connect with ECONNREFUSED.
+    pub endpoint_count: u32,
+}
+
+/// `LB_ENDPOINTS` key: endpoint `index` of a subset in one revision of a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointKey {
+    pub service: SockAddr4,
+    pub revision: u32,
+    pub subset: u32,
+    pub index: u32,
+}
+
+/// `LB_ORIGINS` (LRU, by socket cookie): what a steered socket dialled and where it went.
+/// `getpeername4` answers with `service`; `sock_ops` re-keys proxy-bound ones by 4-tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub service: SockAddr4,
+    pub backend: SockAddr4,
+    pub mode: u32,
+    pub _pad: u32,
+}
+
+/// `LB_ORIG_DST` key: the client end of a proxied connection as the proxy sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    pub client: SockAddr4,
+}
+
+/// `LB_SOCKETS` key: a local socket by its 4-tuple as seen from itself, so the
+/// peer's key is the same tuple swapped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    pub local: SockAddr4,
+    pub remote: SockAddr4,
+}
+
+/// `LB_STATS` key (per-CPU): counters per service and subset.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StatKey {
+    pub service: SockAddr4,
+    pub subset: u32,
+}
+
+/// `LB_STATS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connects steered to this subset.
+    pub connects: u64,
+    /// Connects refused because the picked subset had no endpoint.
+    pub refused: u64,
+}
+
+/// `LB_SETTINGS[0]`: knobs the daemon sets for the programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Process id (tgid) of the running daemon: its own sockets are never steered.
+    pub self_tgid: u32,
+    /// Proxy listener for `mode::PROXY` services.
+    pub proxy: SockAddr4,
+    pub _pad: u32,
+}
+
+/// `LB_SERVICE_META` value (never read by the kernel): names for `lb status`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceMeta {
+    pub name: [u8; capacity::NAME_LEN],
+    pub namespace: [u8; capacity::NAME_LEN],
+    /// Configured weights were divided by this (their gcd) to make slots.
+    pub weight_scale: u32,
+    /// Why the service takes its datapath (see `lb status`), a small code.
+    pub reason: u32,
+}
+
+impl Default for ServiceMeta {
+    fn default() -> Self {
+        Self {
+            name: [0; capacity::NAME_LEN],
+            namespace: [0; capacity::NAME_LEN],
+            weight_scale: 1,
+            reason: 0,
+        }
+    }
+}
+
+/// `LB_SUBSET_META` key and value (never read by the kernel).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SubsetMetaKey {
+    pub service: SockAddr4,
+    pub subset: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubsetMeta {
+    pub name: [u8; capacity::NAME_LEN],
+}
+
+/// `LB_STATE[0]` (never read by the kernel): the daemon's last apply, for `lb status`
+/// after the daemon is gone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct State {
+    /// Unix time in milliseconds of the last successful apply (0: never).
+    pub applied_at_ms: u64,
+    /// Unix time in milliseconds of the last rejected config (0: none since).
+    pub error_at_ms: u64,
+    pub last_error_len: u32,
+    pub _pad: u32,
+    pub last_error: [u8; capacity::ERROR_LEN],
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            applied_at_ms: 0,
+            error_at_ms: 0,
+            last_error_len: 0,
+            _pad: 0,
+            last_error: [0; capacity::ERROR_LEN],
+        }
+    }
+}
+
+const _: () = {
+    assert!(size_of::<SockAddr4>() == 8);
+    assert!(size_of::<Service>() == 16);
+    assert!(size_of::<SlotKey>() == 16);
+    assert!(size_of::<Slot>() == 8);
+    assert!(size_of::<EndpointKey>() == 20);
+    assert!(size_of::<Origin>() == 24);
+    assert!(size_of::<StatKey>() == 12);
+    assert!(size_of::<SockKey>() == 16);
+    assert!(size_of::<Stats>() == 16);
+    assert!(size_of::<Settings>() == 16);
+    assert!(size_of::<ServiceMeta>() == 136);
+    assert!(size_of::<SubsetMetaKey>() == 12);
+    assert!(size_of::<State>() == 1048);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all types are repr(C), Copy, with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for SockAddr4 {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for SlotKey {}
+    unsafe impl aya::Pod for Slot {}
+    unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for Origin {}
+    unsafe impl aya::Pod for ClientKey {}
+    unsafe impl aya::Pod for StatKey {}
+    unsafe impl aya::Pod for SockKey {}
+    unsafe impl aya::Pod for Stats {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for ServiceMeta {}
+    unsafe impl aya::Pod for SubsetMetaKey {}
+    unsafe impl aya::Pod for SubsetMeta {}
+    unsafe impl aya::Pod for State {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_round_trips_through_network_order() {
+        // 10000 = 0x2710; in network order its bytes are 27 10.
+        let be = port_to_be32(10000);
+        assert_eq!((be as u16).to_ne_bytes(), [0x27, 0x10]);
+        assert_eq!(port_from_be32(be), 10000);
+    }
+
+    #[test]
+    fn user_ip4_keeps_network_byte_order() {
+        let a = SockAddr4::new([127, 10, 0, 1], 10000);
+        let back = SockAddr4::from_sock_addr(a.user_ip4(), a.user_port());
+        assert_eq!(a, back);
+        assert_eq!(a.user_ip4().to_ne_bytes(), [127, 10, 0, 1]);
+    }
+}

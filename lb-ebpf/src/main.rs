@@ -1,0 +1,292 @@
+//! lb's kernel datapath: cgroup socket hooks that steer connects to service addresses.
+//!
+//! * `lb_connect4` — weighted pick of subset then endpoint, rewrite of the destination.
+//! * `lb_getpeername4` — the client sees the service address it dialled, not the backend.
+//! * `lb_sockops` — on established, proxy-bound sockets are recorded (original
+//!   destination, socket map) for the proxy path.
+//! * `lb_sk_msg` — redirects bytes between two local sockets in the socket map.
+//!
+//! Every program fails open: on any unexpected error the socket proceeds untouched.
+//! Map types and names are shared with user space through lb-common.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{BPF_F_INGRESS, BPF_F_NO_PREALLOC, BPF_NOEXIST, sk_action::SK_PASS},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuHashMap, SockHash},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval,
+    },
+    macros::{btf_map, cgroup_sock_addr, sk_msg, sock_ops},
+    programs::{SkMsgContext, SockAddrContext, SockOpsContext},
+};
+use lb_common::{
+    ClientKey, EndpointKey, Origin, Service, Settings, SlotKey, SockAddr4, SockKey, StatKey,
+    Stats, capacity as cap, mode, port_from_be32,
+};
+
+const IPPROTO_TCP: u32 = 6;
+const ECONNREFUSED: i32 = 111;
+const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+
+#[btf_map(pin_by_name)]
+static LB_SERVICES: HashMap<SockAddr4, Service, { cap::SERVICES as usize }, NO_PREALLOC> =
+    HashMap::new();
+#[btf_map(pin_by_name)]
+static LB_SLOTS: HashMap<SlotKey, lb_common::Slot, { cap::SLOTS as usize }, NO_PREALLOC> =
+    HashMap::new();
+#[btf_map(pin_by_name)]
+static LB_ENDPOINTS: HashMap<EndpointKey, SockAddr4, { cap::ENDPOINTS as usize }, NO_PREALLOC> =
+    HashMap::new();
+#[btf_map(pin_by_name)]
+static LB_ORIGINS: LruHashMap<u64, Origin, { cap::ORIGINS as usize }> = LruHashMap::new();
+#[btf_map(pin_by_name)]
+static LB_ORIG_DST: LruHashMap<ClientKey, SockAddr4, { cap::ORIG_DST as usize }> =
+    LruHashMap::new();
+#[btf_map(pin_by_name)]
+static LB_SOCKETS: SockHash<SockKey, { cap::SOCKETS as usize }> = SockHash::new();
+#[btf_map(pin_by_name)]
+static LB_STATS: PerCpuHashMap<StatKey, Stats, { cap::STATS as usize }> = PerCpuHashMap::new();
+#[btf_map(pin_by_name)]
+static LB_SETTINGS: Array<Settings, 1> = Array::new();
+// Read only by user space (`lb status`); declared here so they are created, typed and
+// pinned with the others.
+#[btf_map(pin_by_name)]
+static LB_SERVICE_META: HashMap<
+    SockAddr4,
+    lb_common::ServiceMeta,
+    { cap::SERVICES as usize },
+    NO_PREALLOC,
+> = HashMap::new();
+#[btf_map(pin_by_name)]
+static LB_SUBSET_META: HashMap<
+    lb_common::SubsetMetaKey,
+    lb_common::SubsetMeta,
+    { cap::STATS as usize },
+    NO_PREALLOC,
+> = HashMap::new();
+#[btf_map(pin_by_name)]
+static LB_STATE: Array<lb_common::State, 1> = Array::new();
+
+/// What `connect4` decided.
+enum Verdict {
+    /// Let the connect proceed (rewritten or untouched).
+    Allow,
+    /// The picked subset has no endpoint: fail the connect at once.
+    Refuse,
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn lb_connect4(ctx: SockAddrContext) -> i32 {
+    match try_connect4(&ctx) {
+        Verdict::Allow => 1,
+        Verdict::Refuse => {
+            // Returning 0 alone gives EPERM; ECONNREFUSED says what happened.
+            // SAFETY: helper available to cgroup programs since 5.18.
+            unsafe { bpf_set_retval(-ECONNREFUSED) };
+            0
+        }
+    }
+}
+
+#[inline(always)]
+fn try_connect4(ctx: &SockAddrContext) -> Verdict {
+    // SAFETY: the context pointer is valid for the program's run.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    // connect4 also fires for UDP connect(); only TCP is steered.
+    if sa.protocol != IPPROTO_TCP {
+        return Verdict::Allow;
+    }
+    let dialled = SockAddr4::from_sock_addr(sa.user_ip4, sa.user_port);
+    // SAFETY: the returned reference is read at once, before any update of the map.
+    let Some(svc) = (unsafe { LB_SERVICES.get(&dialled) }) else {
+        return Verdict::Allow;
+    };
+    let svc = *svc;
+    if is_own_socket() {
+        return Verdict::Allow;
+    }
+    if svc.mode == mode::PROXY {
+        return steer_to_proxy(ctx, sa, dialled);
+    }
+    if svc.slot_count == 0 {
+        return Verdict::Allow;
+    }
+    let slot_key = SlotKey {
+        service: dialled,
+        revision: svc.revision,
+        slot: random() % svc.slot_count,
+    };
+    // SAFETY: copied out at once.
+    let Some(slot) = (unsafe { LB_SLOTS.get(&slot_key) }).copied() else {
+        return Verdict::Allow;
+    };
+    let stat_key = StatKey {
+        service: dialled,
+        subset: slot.subset,
+    };
+    if slot.endpoint_count == 0 {
+        count(&stat_key, |s| s.refused += 1);
+        return Verdict::Refuse;
+    }
+    let ep_key = EndpointKey {
+        service: dialled,
+        revision: svc.revision,
+        subset: slot.subset,
+        index: random() % slot.endpoint_count,
+    };
+    // SAFETY: copied out at once.
+    let Some(backend) = (unsafe { LB_ENDPOINTS.get(&ep_key) }).copied() else {
+        return Verdict::Allow;
+    };
+    // The verifier only accepts 32-bit stores to user_ip4 / user_port.
+    sa.user_ip4 = backend.user_ip4();
+    sa.user_port = backend.user_port();
+    remember_origin(ctx, dialled, backend, mode::KERNEL);
+    count(&stat_key, |s| s.connects += 1);
+    Verdict::Allow
+}
+
+/// Hands a connect to lb's proxy listener; the proxy later reads the original
+/// destination that `lb_sockops` records on established.
+#[inline(always)]
+fn steer_to_proxy(
+    ctx: &SockAddrContext,
+    sa: &mut aya_ebpf::bindings::bpf_sock_addr,
+    dialled: SockAddr4,
+) -> Verdict {
+    let Some(settings) = LB_SETTINGS.get(0) else {
+        return Verdict::Allow;
+    };
+    let proxy = settings.proxy;
+    if proxy.port == 0 {
+        return Verdict::Allow;
+    }
+    sa.user_ip4 = proxy.user_ip4();
+    sa.user_port = proxy.user_port();
+    remember_origin(ctx, dialled, proxy, mode::PROXY);
+    Verdict::Allow
+}
+
+/// lb's own sockets (its proxy's upstream connects, the daemon's checks) are never
+/// steered, also when lb runs inside the attached cgroup.
+#[inline(always)]
+fn is_own_socket() -> bool {
+    match LB_SETTINGS.get(0) {
+        Some(s) => s.self_tgid != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 == s.self_tgid,
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn remember_origin(ctx: &SockAddrContext, service: SockAddr4, backend: SockAddr4, mode: u32) {
+    // SAFETY: the cookie helper accepts a sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let origin = Origin {
+        service,
+        backend,
+        mode,
+        _pad: 0,
+    };
+    // LRU: a full map evicts the oldest entry; getpeername then shows the backend.
+    let _ = LB_ORIGINS.insert(&cookie, &origin, 0);
+}
+
+#[inline(always)]
+fn count(key: &StatKey, f: impl FnOnce(&mut Stats)) {
+    match LB_STATS.get_ptr_mut(key) {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        Some(p) => f(unsafe { &mut *p }),
+        None => {
+            let mut s = Stats::default();
+            f(&mut s);
+            // BPF_NOEXIST: another CPU's concurrent insert wins; one count may be lost.
+            let _ = LB_STATS.insert(key, &s, BPF_NOEXIST as u64);
+        }
+    }
+}
+
+#[inline(always)]
+fn random() -> u32 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_get_prandom_u32() }
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn lb_getpeername4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the context pointer is valid for the program's run.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    // SAFETY: the cookie helper accepts a sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: copied out at once.
+    if let Some(origin) = unsafe { LB_ORIGINS.get(&cookie) }.copied() {
+        let peer = SockAddr4::from_sock_addr(sa.user_ip4, sa.user_port);
+        if peer == origin.backend {
+            sa.user_ip4 = origin.service.user_ip4();
+            sa.user_port = origin.service.user_port();
+        }
+    }
+    // getpeername4 must return 1 (the verifier rejects anything else).
+    1
+}
+
+#[sock_ops]
+pub fn lb_sockops(ctx: SockOpsContext) -> u32 {
+    if ctx.op() == aya_ebpf::bindings::BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+        on_active_established(&ctx);
+    }
+    0
+}
+
+/// A client socket that was handed to the proxy is now established: record what it
+/// dialled under the 4-tuple the proxy will see, and put it in the socket map so
+/// `lb_sk_msg` can shortcut its bytes to the proxy's accepted socket.
+#[inline(always)]
+fn on_active_established(ctx: &SockOpsContext) {
+    // SAFETY: the cookie helper accepts a sock_ops context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: copied out at once.
+    let Some(origin) = (unsafe { LB_ORIGINS.get(&cookie) }).copied() else {
+        return;
+    };
+    if origin.mode != mode::PROXY {
+        return;
+    }
+    // sock_ops: local_port is host order, remote_port network order.
+    let local = SockAddr4::new(ctx.local_ip4().to_ne_bytes(), ctx.local_port() as u16);
+    let remote = SockAddr4::new(
+        ctx.remote_ip4().to_ne_bytes(),
+        port_from_be32(ctx.remote_port()),
+    );
+    let _ = LB_ORIG_DST.insert(&ClientKey { client: local }, &origin.service, 0);
+    let mut key = SockKey { local, remote };
+    // SAFETY: the context pointer is valid for the program's run.
+    let _ = LB_SOCKETS.update(&mut key, unsafe { &mut *ctx.ops }, 0);
+}
+
+#[sk_msg]
+pub fn lb_sk_msg(ctx: SkMsgContext) -> u32 {
+    // SAFETY: the context pointer is valid for the program's run.
+    let md = unsafe { &*ctx.msg };
+    // Bytes sent on `local -> remote` are delivered to the socket whose own tuple is
+    // `remote -> local`. sk_msg_md: local_port host order, remote_port network order.
+    let mut peer = SockKey {
+        local: SockAddr4::new(md.remote_ip4.to_ne_bytes(), port_from_be32(md.remote_port)),
+        remote: SockAddr4::new(md.local_ip4.to_ne_bytes(), md.local_port as u16),
+    };
+    // On a miss the helper answers SK_DROP without choosing a target; returning SK_PASS
+    // regardless sends the bytes the normal way, so a missing peer never drops data.
+    let _ = LB_SOCKETS.redirect_msg(&ctx, &mut peer, BPF_F_INGRESS as u64);
+    SK_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
