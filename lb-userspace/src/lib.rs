@@ -1,1 +1,13 @@
-pub mod datapath { pub mod object; }
+//! lb: Istio traffic rules enforced on a Linux node — weights in the kernel at
+//! connect(), request-level rules in lb's proxy.
+//!
+//! The modules follow the data flow: [`load`] (YAML → Istio types) → [`model`]
+//! (validated services and splits) → [`compile`] (pure: model → map image) →
+//! [`apply`] (the only writer of the pinned maps) → [`datapath`] (the eBPF object).
+
+pub mod apply;
+pub mod compile;
+pub mod datapath;
+pub mod diagnostic;
+pub mod load;
+pub mod model;

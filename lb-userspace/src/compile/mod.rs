@@ -1,0 +1,94 @@
+//! Compile: a pure function from the validated [`Model`] to the kernel [`MapImage`].
+//!
+//! Weights become slots: relative weights are reduced by their gcd and each subset gets
+//! as many slots as its reduced weight; `connect4` picks a slot at random, then an
+//! endpoint of that slot's subset at random. Two steps keep weights exact without
+//! `weight × endpoints` slots (90/10 over 7 and 3 endpoints is 10 slots, not 2,100).
+
+pub mod image;
+
+use std::net::SocketAddrV4;
+
+use lb_common::{SockAddr4, capacity, mode};
+
+use crate::model::Model;
+pub use image::{MapImage, ServiceImage, SubsetImage};
+
+/// The model does not fit the kernel maps.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// A service's reduced weights need more slots than a service may have.
+    #[error("service {service} ({frontend}): weights reduced by their gcd need {slots} slots, at most {max} are allowed; use smaller or rounder weights")]
+    TooManySlots { service: String, frontend: SocketAddrV4, slots: u64, max: u32 },
+    /// A subset has more endpoints than the map layout indexes.
+    #[error("service {service} ({frontend}): subset {subset} has {count} endpoints, at most {max} are allowed")]
+    TooManyEndpoints { service: String, frontend: SocketAddrV4, subset: String, count: usize, max: u32 },
+    /// More services than the services map holds.
+    #[error("{count} services, the kernel map holds at most {max}")]
+    TooManyServices { count: usize, max: u32 },
+}
+
+pub fn sock_addr(a: SocketAddrV4) -> SockAddr4 {
+    SockAddr4::new(a.ip().octets(), a.port())
+}
+
+/// Compiles the model into the image of the kernel maps.
+pub fn compile(model: &Model) -> Result<MapImage, CompileError> {
+    if model.services.len() > capacity::SERVICES as usize {
+        return Err(CompileError::TooManyServices { count: model.services.len(), max: capacity::SERVICES });
+    }
+    let mut image = MapImage::default();
+    for svc in &model.services {
+        let scale = svc.split.iter().map(|s| s.weight).filter(|w| *w > 0).fold(0, gcd).max(1);
+        let slots_needed: u64 = svc.split.iter().map(|s| u64::from(s.weight / scale)).sum();
+        if slots_needed > u64::from(capacity::SLOTS_PER_SERVICE) {
+            return Err(CompileError::TooManySlots { service: svc.name.clone(), frontend: svc.frontend, slots: slots_needed, max: capacity::SLOTS_PER_SERVICE });
+        }
+        let mut subsets = Vec::new();
+        let mut slots = Vec::new();
+        for s in &svc.split {
+            if s.endpoints.len() > capacity::ENDPOINTS_PER_SUBSET as usize {
+                return Err(CompileError::TooManyEndpoints { service: svc.name.clone(), frontend: svc.frontend, subset: s.name.clone(), count: s.endpoints.len(), max: capacity::ENDPOINTS_PER_SUBSET });
+            }
+            let id = subset_id(&s.name, &subsets);
+            slots.extend(std::iter::repeat_n(id, (s.weight / scale) as usize));
+            let mut endpoints: Vec<SockAddr4> = s.endpoints.iter().copied().map(sock_addr).collect();
+            endpoints.sort();
+            endpoints.dedup();
+            subsets.push(SubsetImage { id, name: s.name.clone(), endpoints });
+        }
+        image.services.insert(
+            sock_addr(svc.frontend),
+            ServiceImage {
+                name: svc.name.clone(),
+                namespace: svc.namespace.clone(),
+                mode: mode::KERNEL,
+                weight_scale: scale,
+                slots,
+                subsets,
+            },
+        );
+    }
+    Ok(image)
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// A subset's id inside its service: a hash of its name, so counters keyed by it stay
+/// with the subset across config changes; bumped on the (rare) collision.
+fn subset_id(name: &str, taken: &[SubsetImage]) -> u32 {
+    // FNV-1a, 32 bits.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    while taken.iter().any(|s| s.id == h) {
+        h = h.wrapping_add(1);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,82 @@
+//! Golden map images: each folder of tests/golden holds a config and `expected.txt`,
+//! the rendered image. `UPDATE_GOLDEN=1 cargo test` rewrites them (review the diff).
+
+use std::path::PathBuf;
+
+use super::*;
+use crate::model::{self, Service, WeightedSubset};
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/golden")
+}
+
+#[test]
+fn golden_images() {
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(golden_dir()).expect("tests/golden").map(|e| e.expect("entry").path()).collect();
+    cases.sort();
+    assert!(cases.len() >= 4, "golden cases missing");
+    for case in cases {
+        let validated = model::load_dir(&case).unwrap_or_else(|e| panic!("{}: {e}", case.display()));
+        let rendered = compile(&validated.model).expect("compiles").render();
+        let expected_path = case.join("expected.txt");
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&expected_path, &rendered).expect("write golden");
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|e| panic!("{}: {e}", expected_path.display()));
+        assert_eq!(rendered, expected, "golden image of {}", case.display());
+    }
+}
+
+fn service(split: Vec<(&str, u32, usize)>) -> Model {
+    let frontend: SocketAddrV4 = "127.10.0.1:80".parse().expect("addr");
+    Model {
+        services: vec![Service {
+            name: "s".into(),
+            namespace: "default".into(),
+            host: "s.default.svc.cluster.local".into(),
+            frontend,
+            split: split
+                .into_iter()
+                .map(|(name, weight, n)| WeightedSubset {
+                    name: name.into(),
+                    weight,
+                    endpoints: (0..n).map(|i| SocketAddrV4::new([127, 0, 0, 2 + i as u8].into(), 80)).collect(),
+                })
+                .collect(),
+            virtual_service: None,
+        }],
+    }
+}
+
+#[test]
+fn weights_are_reduced_by_their_gcd() {
+    let image = compile(&service(vec![("v0", 90, 7), ("v1", 10, 3)])).expect("compiles");
+    let s = image.services.values().next().expect("one service");
+    assert_eq!((s.slots.len(), s.weight_scale), (10, 10));
+    assert_eq!(s.slots_of(s.subsets[0].id), 9);
+    assert_eq!(s.subsets[0].endpoints.len(), 7);
+}
+
+#[test]
+fn zero_weight_subsets_get_no_slot_but_stay_listed() {
+    let image = compile(&service(vec![("v0", 0, 1), ("v1", 100, 1)])).expect("compiles");
+    let s = image.services.values().next().expect("one service");
+    assert_eq!(s.slots.len(), 1);
+    assert_eq!(s.subsets.len(), 2);
+    assert_eq!(s.slots_of(s.subsets[0].id), 0);
+}
+
+#[test]
+fn coprime_weights_beyond_the_slot_bound_are_rejected() {
+    let err = compile(&service(vec![("v0", 4999, 1), ("v1", 1, 1)])).expect_err("5000 slots");
+    assert!(err.to_string().contains("need 5000 slots"), "{err}");
+}
+
+#[test]
+fn subset_ids_are_stable_and_distinct() {
+    let a = compile(&service(vec![("v0", 1, 1), ("v1", 1, 1)])).expect("compiles");
+    let b = compile(&service(vec![("v1", 3, 1)])).expect("compiles");
+    let (a, b) = (a.services.values().next().expect("a"), b.services.values().next().expect("b"));
+    assert_ne!(a.subsets[0].id, a.subsets[1].id);
+    assert_eq!(a.subsets[1].id, b.subsets[0].id, "same name, same id across plans");
+}

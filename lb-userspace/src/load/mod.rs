@@ -1,0 +1,312 @@
+//! Load: a directory of multi-document Istio YAML → typed resources with their origin.
+//!
+//! Every document is checked for YAML syntax, a known `apiVersion` / `kind`, and the
+//! Istio schema (unknown fields are errors). Problems become [`Diagnostic`]s naming the
+//! file, line and field; the model step validates meaning.
+
+pub mod istio;
+pub mod locate;
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+use crate::diagnostic::{Diagnostic, Origin};
+
+/// Reading the configuration directory failed (not a problem in its contents).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The directory or one of its files could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// One resource of the configuration.
+#[derive(Debug)]
+pub enum Resource {
+    ServiceEntry(istio::Resource<istio::ServiceEntrySpec>),
+    DestinationRule(istio::Resource<istio::DestinationRuleSpec>),
+    VirtualService(istio::Resource<istio::VirtualServiceSpec>),
+}
+
+/// A resource with where it came from.
+#[derive(Debug)]
+pub struct Loaded {
+    pub resource: Resource,
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub file: PathBuf,
+    pub doc: locate::Document,
+}
+
+impl Loaded {
+    /// Origin of `path` inside this resource.
+    pub fn at(&self, path: &str) -> Origin {
+        Origin {
+            file: self.file.clone(),
+            line: self.doc.line_of(path),
+            resource: format!("{} {}/{}", self.kind, self.namespace, self.name),
+        }
+    }
+}
+
+/// Accepted API groups and versions (Istio serves the same schema under each).
+const API_VERSIONS: [&str; 3] = [
+    "networking.istio.io/v1",
+    "networking.istio.io/v1beta1",
+    "networking.istio.io/v1alpha3",
+];
+
+/// The YAML files of `dir`, sorted by name. Hidden entries (a ConfigMap mount's
+/// `..data` folders) are skipped; symlinks are followed.
+pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let read = |source| LoadError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read)? {
+        let path = entry.map_err(read)?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+        if yaml && !name.starts_with('.') && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Loads every resource of `dir`. Content problems are returned as diagnostics beside
+/// the resources that did load.
+pub fn load_dir(dir: &Path) -> Result<(Vec<Loaded>, Vec<Diagnostic>), LoadError> {
+    let mut loaded = Vec::new();
+    let mut diags = Vec::new();
+    for file in config_files(dir)? {
+        let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        load_text(&file, &text, &mut loaded, &mut diags);
+    }
+    Ok((loaded, diags))
+}
+
+/// Loads the documents of one file's text.
+pub fn load_text(file: &Path, text: &str, out: &mut Vec<Loaded>, diags: &mut Vec<Diagnostic>) {
+    let docs = match locate::split(text) {
+        Ok(d) => d,
+        Err(e) => {
+            let origin = Origin {
+                file: file.to_path_buf(),
+                line: e.line,
+                resource: String::new(),
+            };
+            diags.push(Diagnostic::error(origin, "", format!("YAML syntax error: {}", e.message)));
+            return;
+        }
+    };
+    for doc in docs {
+        if let Some(l) = load_document(file, doc, diags) {
+            out.push(l);
+        }
+    }
+}
+
+fn load_document(file: &Path, doc: locate::Document, diags: &mut Vec<Diagnostic>) -> Option<Loaded> {
+    let origin = |path: &str, resource: String| Origin {
+        file: file.to_path_buf(),
+        line: doc.line_of(path),
+        resource,
+    };
+    let head: serde_yaml::Value = match serde_yaml::from_str(&doc.text) {
+        Ok(v) => v,
+        Err(e) => {
+            let line = e.location().map_or(doc.first_line, |l| l.line());
+            let o = Origin { line, ..origin("", String::new()) };
+            diags.push(Diagnostic::error(o, "", format!("YAML syntax error: {e}")));
+            return None;
+        }
+    };
+    let field = |k: &str| head.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let (kind, api_version) = (field("kind"), field("apiVersion"));
+    let meta = head.get("metadata");
+    let meta_field = |k: &str| meta.and_then(|m| m.get(k)).and_then(|v| v.as_str()).map(str::to_string);
+    let name = meta_field("name").unwrap_or_default();
+    let namespace = meta_field("namespace").unwrap_or_else(|| "default".to_string());
+    let resource_name = format!("{kind} {namespace}/{name}");
+    if !head.is_mapping() {
+        diags.push(Diagnostic::error(origin("", String::new()), "", "a document must be a mapping with apiVersion, kind, metadata and spec"));
+        return None;
+    }
+    let kind_static: &'static str = match kind.as_str() {
+        "ServiceEntry" => "ServiceEntry",
+        "DestinationRule" => "DestinationRule",
+        "VirtualService" => "VirtualService",
+        "" => {
+            diags.push(Diagnostic::error(origin("kind", String::new()), "kind", "missing kind"));
+            return None;
+        }
+        other => {
+            diags.push(Diagnostic::error(
+                origin("kind", resource_name),
+                "kind",
+                format!("unknown kind {other:?}: lb reads ServiceEntry, DestinationRule and VirtualService"),
+            ));
+            return None;
+        }
+    };
+    if !API_VERSIONS.contains(&api_version.as_str()) {
+        diags.push(Diagnostic::error(
+            origin("apiVersion", resource_name),
+            "apiVersion",
+            format!("unknown apiVersion {api_version:?} for {kind}: expected networking.istio.io/v1"),
+        ));
+        return None;
+    }
+    if name.is_empty() {
+        diags.push(Diagnostic::error(origin("metadata", resource_name), "metadata.name", "name is required"));
+        return None;
+    }
+    let parsed = match kind_static {
+        "ServiceEntry" => typed(&doc, file, &resource_name, diags).map(Resource::ServiceEntry),
+        "DestinationRule" => typed(&doc, file, &resource_name, diags).map(Resource::DestinationRule),
+        _ => typed(&doc, file, &resource_name, diags).map(Resource::VirtualService),
+    }?;
+    Some(Loaded {
+        resource: parsed,
+        kind: kind_static,
+        namespace,
+        name,
+        file: file.to_path_buf(),
+        doc,
+    })
+}
+
+/// Deserialises a document into its Istio type; a schema error names the field.
+fn typed<T: DeserializeOwned>(
+    doc: &locate::Document,
+    file: &Path,
+    resource: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<T> {
+    let de = serde_yaml::Deserializer::from_str(&doc.text);
+    match serde_path_to_error::deserialize::<_, T>(de) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            let inner = e.into_inner();
+            let line = inner.location().map_or_else(|| doc.line_of(&path), |l| l.line());
+            let (path, message) = schema_message(&path, &inner.to_string());
+            let origin = Origin {
+                file: file.to_path_buf(),
+                line,
+                resource: resource.to_string(),
+            };
+            diags.push(Diagnostic::error(origin, path, message));
+            None
+        }
+    }
+}
+
+/// Turns serde's message into Istio-like wording: `unknown field "rout"` (with a
+/// suggestion) instead of serde's list of every expected field.
+fn schema_message(path: &str, raw: &str) -> (String, String) {
+    // serde_yaml prefixes its own path ("spec.http[0]: ..."); drop it, we have ours.
+    let msg = match raw.split_once(": ") {
+        Some((prefix, rest)) if !prefix.contains(' ') => rest,
+        _ => raw,
+    };
+    let msg = msg.split(" at line ").next().unwrap_or(msg);
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
+        let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        let full = if path.is_empty() || path.ends_with(&format!(".{field}")) || path == field {
+            path.to_string()
+        } else {
+            format!("{path}.{field}")
+        };
+        let full = if full.is_empty() { field.to_string() } else { full };
+        let hint = suggest(field, &candidates)
+            .map(|s| format!(" (did you mean {s:?}?)"))
+            .unwrap_or_default();
+        return (full, format!("unknown field {field:?}{hint}"));
+    }
+    (path.to_string(), msg.to_string())
+}
+
+/// The closest candidate by edit distance, if it is close enough to be a typo.
+fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(&word.to_lowercase(), &c.to_lowercase()), *c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> (Vec<Loaded>, Vec<Diagnostic>) {
+        let (mut out, mut diags) = (Vec::new(), Vec::new());
+        load_text(Path::new("c.yaml"), text, &mut out, &mut diags);
+        (out, diags)
+    }
+
+    #[test]
+    fn unknown_field_names_path_line_and_suggestion() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: vs\nspec:\n  hosts: [a]\n  http:\n  - rout:\n    - destination: {host: a}\n";
+        let (out, diags) = load(text);
+        assert!(out.is_empty());
+        assert_eq!(
+            diags[0].to_string(),
+            "c.yaml:8: VirtualService default/vs: spec.http[0].rout: unknown field \"rout\" (did you mean \"route\"?)"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs, namespace: prod}\nspec:\n  hosts: [a]\n  http:\n  - route:\n    - destination: {host: a}\n      weight: ninety\n";
+        let (_, diags) = load(text);
+        let line = diags[0].to_string();
+        assert!(line.starts_with("c.yaml:9: VirtualService prod/vs: spec.http[0].route[0].weight: invalid type"), "{line}");
+    }
+
+    #[test]
+    fn unknown_kind_and_api_version() {
+        let (_, d) = load("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {}\n");
+        assert_eq!(d[0].to_string(), "c.yaml:2: Service default/s: kind: unknown kind \"Service\": lb reads ServiceEntry, DestinationRule and VirtualService");
+        let (_, d) = load("apiVersion: networking.istio.io/v2\nkind: ServiceEntry\nmetadata: {name: s}\nspec: {}\n");
+        assert!(d[0].to_string().starts_with("c.yaml:1: ServiceEntry default/s: apiVersion: unknown apiVersion"), "{}", d[0]);
+    }
+
+    #[test]
+    fn loads_multi_document_files() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: a}\nspec: {host: x}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: b, namespace: ns}\nspec: {hosts: [x]}\n";
+        let (out, d) = load(text);
+        assert!(d.is_empty(), "{d:?}");
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[1].kind, out[1].namespace.as_str(), out[1].doc.first_line), ("VirtualService", "ns", 6));
+    }
+}

@@ -1,0 +1,192 @@
+//! The service catalogue from `ServiceEntry` resources: hosts, service addresses,
+//! ports and endpoints with labels.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use crate::diagnostic::Diagnostic;
+use crate::load::{Loaded, istio};
+
+use super::hosts;
+
+/// One service of the catalogue (one ServiceEntry host).
+#[derive(Debug, Clone)]
+pub struct CatalogService {
+    /// Canonical host (`backend-service.default.svc.cluster.local`).
+    pub host: String,
+    pub namespace: String,
+    /// The ServiceEntry that declared it (`ns/name`), for messages.
+    pub source: String,
+    /// IPv4 service addresses the kernel steers (may be empty: destination only).
+    pub addresses: Vec<Ipv4Addr>,
+    pub ports: Vec<Port>,
+    pub endpoints: Vec<Endpoint>,
+    /// Index of the resource in the loaded list.
+    pub resource: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    pub number: u16,
+    pub name: String,
+    pub target: Option<u16>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub address: Ipv4Addr,
+    pub labels: BTreeMap<String, String>,
+    /// Port overrides by service port name.
+    pub ports: BTreeMap<String, u16>,
+}
+
+impl CatalogService {
+    /// The port of this service that `number` names.
+    pub fn port(&self, number: u16) -> Option<&Port> {
+        self.ports.iter().find(|p| p.number == number)
+    }
+
+    /// Endpoints matching `labels` (all of them), on service port `port`.
+    pub fn select(&self, labels: &BTreeMap<String, String>, port: &Port) -> Vec<SocketAddrV4> {
+        self.endpoints
+            .iter()
+            .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+            .map(|e| {
+                let p = e.ports.get(&port.name).copied().or(port.target).unwrap_or(port.number);
+                SocketAddrV4::new(e.address, p)
+            })
+            .collect()
+    }
+}
+
+fn port_number(v: i64) -> Option<u16> {
+    u16::try_from(v).ok().filter(|p| *p != 0)
+}
+
+/// Reads one ServiceEntry into catalogue services (one per host).
+pub fn from_service_entry(
+    l: &Loaded,
+    index: usize,
+    spec: &istio::ServiceEntrySpec,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<CatalogService> {
+    let mut errors = Vec::new();
+    let mut err = |path: &str, msg: String| errors.push(Diagnostic::error(l.at(path), path, msg));
+    if spec.hosts.is_empty() {
+        err("spec.hosts", "ServiceEntry must have at least one host".into());
+    }
+    for (i, h) in spec.hosts.iter().enumerate() {
+        if h == "*" || h.is_empty() {
+            err(&format!("spec.hosts[{i}]"), format!("invalid host {h:?}"));
+        }
+    }
+    let mut addresses = Vec::new();
+    for (i, a) in spec.addresses.iter().enumerate() {
+        let path = format!("spec.addresses[{i}]");
+        let (ip, prefix) = a.split_once('/').map_or((a.as_str(), None), |(ip, p)| (ip, Some(p)));
+        match ip.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(v4)) if prefix.is_none() || prefix == Some("32") => addresses.push(v4),
+            Ok(std::net::IpAddr::V4(_)) => err(&path, format!("address {a:?}: CIDR ranges are not supported, give single IPv4 addresses")),
+            Ok(std::net::IpAddr::V6(_)) => diags.push(Diagnostic::warning(l.at(&path), &path, format!("address {a:?} is IPv6: lb steers IPv4 only, connects to it pass through untouched"))),
+            Err(_) => err(&path, format!("invalid address {a:?}: expected an IPv4 address")),
+        }
+    }
+    let mut ports: Vec<Port> = Vec::new();
+    for (i, p) in spec.ports.iter().enumerate() {
+        let path = format!("spec.ports[{i}]");
+        let Some(number) = port_number(p.number) else {
+            err(&format!("{path}.number"), format!("port number {} is out of range 1-65535", p.number));
+            continue;
+        };
+        let name = p.name.clone().unwrap_or_default();
+        if name.is_empty() {
+            err(&format!("{path}.name"), "port name must be set".into());
+        }
+        let target = match p.target_port.map(port_number) {
+            Some(None) => {
+                err(&format!("{path}.targetPort"), format!("targetPort {} is out of range 1-65535", p.target_port.unwrap_or(0)));
+                None
+            }
+            Some(t) => t,
+            None => None,
+        };
+        if let Some(proto) = &p.protocol {
+            if proto.eq_ignore_ascii_case("UDP") {
+                diags.push(Diagnostic::warning(l.at(&path), format!("{path}.protocol"), "UDP is not steered: lb handles TCP only, UDP passes through untouched"));
+            }
+        }
+        if ports.iter().any(|q| q.number == number) {
+            err(&format!("{path}.number"), format!("port number {number} is declared twice"));
+        }
+        if !name.is_empty() && ports.iter().any(|q| q.name == name) {
+            err(&format!("{path}.name"), format!("port name {name:?} is declared twice"));
+        }
+        ports.push(Port { number, name, target });
+    }
+    if spec.ports.is_empty() {
+        err("spec.ports", "ServiceEntry must have at least one port".into());
+    }
+    match spec.resolution.as_deref() {
+        None | Some("STATIC") | Some("NONE") => {}
+        Some(r @ ("DNS" | "DNS_ROUND_ROBIN")) => err("spec.resolution", format!("resolution {r} is not supported yet: list endpoint IP addresses with resolution STATIC")),
+        Some(r) => err("spec.resolution", format!("unknown resolution {r:?}: expected STATIC, NONE, DNS or DNS_ROUND_ROBIN")),
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in spec.endpoints.iter().enumerate() {
+        let path = format!("spec.endpoints[{i}]");
+        let addr = e.address.as_deref().unwrap_or("");
+        let address = match addr.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(v4)) => v4,
+            Ok(std::net::IpAddr::V6(_)) => {
+                diags.push(Diagnostic::warning(l.at(&format!("{path}.address")), format!("{path}.address"), format!("endpoint {addr:?} is IPv6: lb steers IPv4 only, it is left out")));
+                continue;
+            }
+            Err(_) => {
+                err(&format!("{path}.address"), format!("invalid endpoint address {addr:?}: expected an IPv4 address (resolution STATIC)"));
+                continue;
+            }
+        };
+        let mut eports = BTreeMap::new();
+        for (name, n) in &e.ports {
+            let ppath = format!("{path}.ports.{name}");
+            if !ports.iter().any(|p| &p.name == name) {
+                err(&ppath, format!("endpoint port {name:?} names no port of the ServiceEntry"));
+            }
+            match port_number(*n) {
+                Some(p) => {
+                    eports.insert(name.clone(), p);
+                }
+                None => err(&ppath, format!("port number {n} is out of range 1-65535")),
+            }
+        }
+        for (field, set) in [("network", e.network.is_some()), ("locality", e.locality.is_some()), ("weight", e.weight.is_some()), ("serviceAccount", e.service_account.is_some())] {
+            if set {
+                let p = format!("{path}.{field}");
+                diags.push(Diagnostic::warning(l.at(&p), &p, format!("{field} is valid Istio but lb does not enforce it yet")));
+            }
+        }
+        endpoints.push(Endpoint { address, labels: e.labels.clone(), ports: eports });
+    }
+    for (field, set) in [("workloadSelector", spec.workload_selector.is_some()), ("exportTo", !spec.export_to.is_empty()), ("subjectAltNames", !spec.subject_alt_names.is_empty())] {
+        if set {
+            let p = format!("spec.{field}");
+            diags.push(Diagnostic::warning(l.at(&p), &p, format!("{field} is valid Istio but lb does not enforce it yet")));
+        }
+    }
+    if !errors.is_empty() {
+        diags.extend(errors);
+        return Vec::new();
+    }
+    spec.hosts
+        .iter()
+        .map(|h| CatalogService {
+            host: hosts::canonical(h, &l.namespace),
+            namespace: l.namespace.clone(),
+            source: format!("{}/{}", l.namespace, l.name),
+            addresses: addresses.clone(),
+            ports: ports.clone(),
+            endpoints: endpoints.clone(),
+            resource: index,
+        })
+        .collect()
+}

@@ -1,0 +1,227 @@
+//! Model: the loaded resources validated into what lb enforces — one [`Service`] per
+//! service address and port, with its weighted subsets resolved to endpoints.
+//!
+//! Follows Istio's semantics (shared/ISTIO-SEMANTICS.md); where Istio only warns about
+//! a conflict (two VirtualServices for one host), lb rejects the configuration.
+
+pub mod catalog;
+pub mod hosts;
+pub mod routes;
+pub mod subsets;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddrV4;
+use std::path::Path;
+
+use crate::diagnostic::{self, Diagnostic};
+use crate::load::{self, Loaded, Resource};
+
+pub use routes::WeightedSubset;
+
+/// The configuration could not be turned into a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The directory could not be read.
+    #[error(transparent)]
+    Load(#[from] load::LoadError),
+    /// The configuration has errors (each one line, errors first).
+    #[error("{} error(s) in the configuration:\n{}", count_errors(.diagnostics), render(.diagnostics))]
+    Invalid { diagnostics: Vec<Diagnostic> },
+}
+
+fn count_errors(d: &[Diagnostic]) -> usize {
+    d.iter().filter(|d| d.is_error()).count()
+}
+
+fn render(d: &[Diagnostic]) -> String {
+    d.iter().filter(|d| d.is_error()).map(|d| d.to_string()).collect::<Vec<_>>().join("\n")
+}
+
+/// A service address the kernel steers, with its resolved split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// Display name (`backend-service`).
+    pub name: String,
+    pub namespace: String,
+    /// Canonical host.
+    pub host: String,
+    /// The address and port clients dial.
+    pub frontend: SocketAddrV4,
+    /// Weighted subsets (relative weights, some may be 0).
+    pub split: Vec<WeightedSubset>,
+    /// The VirtualService that sets the split (`ns/name`), if any.
+    pub virtual_service: Option<String>,
+}
+
+/// What lb enforces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Model {
+    /// Sorted by frontend.
+    pub services: Vec<Service>,
+}
+
+/// A valid model and the warnings found on the way.
+#[derive(Debug)]
+pub struct Validated {
+    pub model: Model,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// The catalogue of services by every name they answer to.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    pub services: Vec<catalog::CatalogService>,
+    by_alias: HashMap<String, usize>,
+}
+
+impl Catalog {
+    /// The service a canonical host names (any of its forms).
+    pub fn lookup(&self, host: &str) -> Option<&catalog::CatalogService> {
+        self.by_alias.get(host).map(|i| &self.services[*i])
+    }
+}
+
+/// Loads and validates the configuration directory.
+pub fn load_dir(dir: &Path) -> Result<Validated, ModelError> {
+    let (loaded, mut diags) = load::load_dir(dir)?;
+    let model = build(&loaded, &mut diags);
+    diagnostic::sort(&mut diags);
+    if diags.iter().any(Diagnostic::is_error) {
+        return Err(ModelError::Invalid { diagnostics: diags });
+    }
+    Ok(Validated { model, warnings: diags })
+}
+
+/// Builds the model from loaded resources, appending every problem to `diags`.
+pub fn build(loaded: &[Loaded], diags: &mut Vec<Diagnostic>) -> Model {
+    check_duplicates(loaded, diags);
+    let catalog = build_catalog(loaded, diags);
+    let subset_rules = build_subset_rules(loaded, &catalog, diags);
+    let bindings = bind_virtual_services(loaded, &catalog, diags);
+
+    let mut services = Vec::new();
+    let mut frontends: BTreeMap<SocketAddrV4, &str> = BTreeMap::new();
+    for svc in &catalog.services {
+        for addr in &svc.addresses {
+            for port in &svc.ports {
+                let frontend = SocketAddrV4::new(*addr, port.number);
+                if let Some(other) = frontends.insert(frontend, &svc.host) {
+                    if other != svc.host {
+                        let l = &loaded[svc.resource];
+                        diags.push(Diagnostic::error(l.at("spec.addresses"), "spec.addresses", format!("address {frontend} is claimed by both {other} and {}", svc.host)));
+                    }
+                    continue;
+                }
+                let (split, vs) = match bindings.get(&svc.host) {
+                    Some(route) => {
+                        let l = &loaded[route.resource];
+                        match routes::resolve(route, l, port.number, &svc.host, &catalog, &subset_rules, diags) {
+                            Some(split) => (split, Some(route.source.clone())),
+                            None => continue,
+                        }
+                    }
+                    None => (vec![WeightedSubset { name: "(all)".into(), weight: 1, endpoints: svc.select(&Default::default(), port) }], None),
+                };
+                services.push(Service {
+                    name: hosts::short_name(&svc.host).to_string(),
+                    namespace: svc.namespace.clone(),
+                    host: svc.host.clone(),
+                    frontend,
+                    split,
+                    virtual_service: vs,
+                });
+            }
+        }
+    }
+    services.sort_by_key(|s| s.frontend);
+    Model { services }
+}
+
+fn check_duplicates(loaded: &[Loaded], diags: &mut Vec<Diagnostic>) {
+    let mut seen: HashMap<(&str, &str, &str), &Loaded> = HashMap::new();
+    for l in loaded {
+        if let Some(first) = seen.insert((l.kind, &l.namespace, &l.name), l) {
+            diags.push(Diagnostic::error(l.at("metadata.name"), "metadata.name", format!("duplicate {} {}/{}: already defined at {}:{}", l.kind, l.namespace, l.name, first.file.display(), first.doc.first_line)));
+        }
+    }
+}
+
+fn build_catalog(loaded: &[Loaded], diags: &mut Vec<Diagnostic>) -> Catalog {
+    let mut cat = Catalog::default();
+    for (i, l) in loaded.iter().enumerate() {
+        let Resource::ServiceEntry(se) = &l.resource else { continue };
+        for svc in catalog::from_service_entry(l, i, &se.spec, diags) {
+            if let Some(&j) = cat.by_alias.get(&svc.host) {
+                let other = &cat.services[j];
+                diags.push(Diagnostic::error(l.at("spec.hosts"), "spec.hosts", format!("host {} is already declared by ServiceEntry {}", svc.host, other.source)));
+                continue;
+            }
+            let idx = cat.services.len();
+            let mut names = hosts::aliases(&svc.host);
+            names.extend(svc.addresses.iter().map(|a| a.to_string()));
+            for n in names {
+                cat.by_alias.entry(n).or_insert(idx);
+            }
+            cat.services.push(svc);
+        }
+    }
+    cat
+}
+
+fn build_subset_rules(loaded: &[Loaded], catalog: &Catalog, diags: &mut Vec<Diagnostic>) -> Vec<subsets::SubsetRule> {
+    let mut rules: Vec<subsets::SubsetRule> = Vec::new();
+    for (i, l) in loaded.iter().enumerate() {
+        let Resource::DestinationRule(dr) = &l.resource else { continue };
+        let Some(mut rule) = subsets::from_destination_rule(l, i, &dr.spec, diags) else { continue };
+        match catalog.lookup(&rule.host) {
+            Some(svc) => rule.host = svc.host.clone(),
+            None => diags.push(Diagnostic::warning(l.at("spec.host"), "spec.host", format!("Referenced host not found: {:?}: no ServiceEntry declares it", rule.host))),
+        }
+        if let Some(other) = rules.iter().find(|r| r.host == rule.host) {
+            diags.push(Diagnostic::error(l.at("spec.host"), "spec.host", format!("host {} already has DestinationRule {}: merge the subsets into one", rule.host, other.source)));
+            continue;
+        }
+        rules.push(rule);
+    }
+    rules
+}
+
+/// Binds each VirtualService to the catalogue services its hosts name; two
+/// VirtualServices for one service are an error naming both.
+fn bind_virtual_services(loaded: &[Loaded], catalog: &Catalog, diags: &mut Vec<Diagnostic>) -> HashMap<String, routes::KernelRoute> {
+    let mut owner: HashMap<String, String> = HashMap::new();
+    let mut bound = HashMap::new();
+    for (i, l) in loaded.iter().enumerate() {
+        let Resource::VirtualService(vs) = &l.resource else { continue };
+        let Some((vs_hosts, route)) = routes::from_virtual_service(l, i, &vs.spec, diags) else { continue };
+        let me = format!("{}/{}", l.namespace, l.name);
+        let mut targets: Vec<String> = Vec::new();
+        for (h_i, h) in vs_hosts.iter().enumerate() {
+            let matched: Vec<String> = match catalog.lookup(h) {
+                Some(svc) => vec![svc.host.clone()],
+                None if h.starts_with('*') => catalog.services.iter().filter(|s| hosts::wildcard_covers(h, &s.host)).map(|s| s.host.clone()).collect(),
+                // A host that names no service (api.wilsontest.com) is a Host-header alias.
+                None => Vec::new(),
+            };
+            let claim = if matched.is_empty() { vec![h.clone()] } else { matched.clone() };
+            for c in claim {
+                match owner.get(&c) {
+                    Some(other) if *other != me => {
+                        let p = format!("spec.hosts[{h_i}]");
+                        diags.push(Diagnostic::error(l.at(&p), p, format!("The VirtualServices {other},{me} define the same host {c}: lb needs exactly one")));
+                    }
+                    _ => {
+                        owner.insert(c, me.clone());
+                    }
+                }
+            }
+            targets.extend(matched);
+        }
+        if let Some(route) = route {
+            for t in targets {
+                bound.entry(t).or_insert_with(|| route.clone());
+            }
+        }
+    }
+    bound
+}
