@@ -252,6 +252,9 @@ pub struct SubsetMetaKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SubsetMeta {
     pub name: [u8; capacity::NAME_LEN],
+    /// Endpoints the subset has (also for subsets with weight 0, which own no slot).
+    pub endpoint_count: u32,
+    pub _pad: u32,
 }
 
 /// `LB_STATE[0]` (never read by the kernel): the daemon's last apply, for `lb status`

@@ -1,1 +1,188 @@
-fn main() {}
+//! The `lb` command line. Errors surface here (anyhow) with their context.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use lb::apply::{Pins, attach, cgroup};
+
+const DEFAULT_BPFFS: &str = "/sys/fs/bpf/lb";
+
+#[derive(Parser)]
+#[command(name = "lb", version, about = "Istio traffic rules enforced on a Linux node: weights in the kernel at connect(), request rules in lb's proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon: attach the datapath, apply the config directory, follow its changes.
+    Run {
+        /// Directory of Istio YAML (ServiceEntry, DestinationRule, VirtualService).
+        #[arg(long)]
+        config: PathBuf,
+        /// Absolute path of the cgroup2 directory to attach to [default: the cgroup2 root].
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        /// bpffs directory for lb's pinned maps and links.
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        /// On exit, detach the programs and remove the pins (default: leave them steering).
+        #[arg(long)]
+        detach_on_exit: bool,
+    },
+    /// Check a config directory; one line per problem; exit 1 on errors.
+    Validate {
+        dir: PathBuf,
+    },
+    /// Show what the pinned maps hold (works while the daemon is down).
+    Status {
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detach lb's programs and remove its pins.
+    Down {
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        /// The cgroup the programs were attached to (informational; pinned links know it).
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+    },
+    /// The seed's 90/10 split end to end on this machine, in its own cgroup; exits 1 if
+    /// the observed split disagrees with the configured one.
+    Demo {
+        #[arg(long, default_value_t = 1000)]
+        connections: u64,
+    },
+    /// Test client: connects repeatedly and tallies which backend answered.
+    #[command(hide = true)]
+    Probe {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 100)]
+        count: u64,
+        #[arg(long, default_value_t = 0)]
+        every_ms: u64,
+        #[arg(long, default_value_t = 60_000)]
+        for_ms: u64,
+        #[arg(long)]
+        keep_alive: bool,
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        log: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Test backend: answers every request with its name (x-backend header).
+    #[command(hide = true)]
+    Backend {
+        #[arg(long, required = true)]
+        listen: Vec<SocketAddr>,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LB_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Run { config, cgroup, bpffs, detach_on_exit } => {
+            let cgroup = match cgroup {
+                Some(c) => c,
+                None => cgroup::cgroup2_root().context("finding the cgroup2 mount")?,
+            };
+            anyhow::ensure!(cgroup.is_absolute(), "--cgroup must be an absolute path, got {}", cgroup.display());
+            anyhow::ensure!(config.is_dir(), "--config {}: not a directory", config.display());
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(lb::run::run(lb::run::RunOptions { config, cgroup, bpffs, detach_on_exit }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Validate { dir } => validate(&dir),
+        Cmd::Status { bpffs, json } => {
+            let status = lb::status::read(&Pins::new(&bpffs)).with_context(|| format!("reading lb's pins under {}", bpffs.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Down { bpffs, cgroup: _ } => {
+            attach::remove_all(&Pins::new(&bpffs))?;
+            eprintln!("lb: detached and unpinned {}", bpffs.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Demo { connections } => {
+            lb::demo::run(connections)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Probe { to, count, every_ms, for_ms, keep_alive, host, log, json } => {
+            let opts = lb::probe::ProbeOptions { to, count, every: Duration::from_millis(every_ms), limit: Duration::from_millis(for_ms), keep_alive, host, log };
+            let summary = lb::probe::run(&opts)?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                println!("{summary:#?}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Backend { listen, name } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let mut tasks = Vec::new();
+                for addr in listen {
+                    let l = lb::backend::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+                    tasks.push(tokio::spawn(lb::backend::serve(l, name.clone())));
+                }
+                eprintln!("lb backend {name}: ready");
+                for t in tasks {
+                    let _ = t.await;
+                }
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn validate(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    match lb::model::load_dir(dir) {
+        Ok(v) => {
+            for w in &v.warnings {
+                println!("{w}");
+            }
+            let image = lb::compile::compile(&v.model)?;
+            eprintln!("{}: valid, {} service address(es), {} warning(s)", dir.display(), image.services.len(), v.warnings.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(lb::model::ModelError::Invalid { diagnostics }) => {
+            for d in &diagnostics {
+                println!("{d}");
+            }
+            let errors = diagnostics.iter().filter(|d| d.is_error()).count();
+            eprintln!("{}: {errors} error(s), {} warning(s)", dir.display(), diagnostics.len() - errors);
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
+}

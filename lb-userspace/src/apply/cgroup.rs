@@ -1,0 +1,61 @@
+//! cgroup2 helpers: where the unified hierarchy is mounted.
+
+use std::path::PathBuf;
+
+/// The cgroup2 mount point from /proc/mounts (on a hybrid layout it is not
+/// /sys/fs/cgroup itself).
+pub fn cgroup2_root() -> std::io::Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts")?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(dir))
+        })
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no cgroup2 mount in /proc/mounts"))
+}
+
+/// Makes a spawned command join `cgroup` before it runs (the caller itself stays
+/// where it is: moving the caller would move every thread of it).
+pub fn spawn_into(cmd: &mut std::process::Command, cgroup: &std::path::Path) {
+    use std::os::unix::process::CommandExt as _;
+    let procs = cgroup.join("cgroup.procs");
+    // SAFETY: the closure only writes a file between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || std::fs::write(&procs, b"0"));
+    }
+}
+
+/// A child cgroup that is removed (after its processes are gone) when dropped.
+pub struct ChildCgroup {
+    pub path: PathBuf,
+}
+
+impl ChildCgroup {
+    /// Creates `<cgroup2 root>/<name>`.
+    pub fn create(name: &str) -> std::io::Result<Self> {
+        let path = cgroup2_root()?.join(name);
+        std::fs::create_dir_all(&path)?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for ChildCgroup {
+    fn drop(&mut self) {
+        // Processes still inside keep the folder busy: kill what is left, then retry.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
+                return;
+            }
+            if let Ok(pids) = std::fs::read_to_string(self.path.join("cgroup.procs")) {
+                for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                    // SAFETY: plain kill(2) of a process inside our own test cgroup.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}

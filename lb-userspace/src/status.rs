@@ -1,0 +1,125 @@
+//! `lb status`: what the pinned maps hold, read without the daemon (works after
+//! `kill -9`, and shows slots edited by hand with bpftool).
+
+use std::fmt::Write as _;
+
+use lb_common::{StatKey, mode};
+use serde::Serialize;
+
+use crate::apply::{ApplyError, Maps, Pins};
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub services: Vec<ServiceStatus>,
+    pub config: ConfigStatus,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub namespace: String,
+    pub address: String,
+    pub port: u16,
+    pub datapath: &'static str,
+    pub subsets: Vec<SubsetStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SubsetStatus {
+    pub name: String,
+    /// Slots held × the gcd the configured weights were reduced by.
+    pub weight: u64,
+    pub backends: Vec<Backend>,
+    pub connects_total: u64,
+    /// Connects refused because the subset had no endpoint.
+    pub refused_total: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Backend {
+    pub address: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConfigStatus {
+    /// RFC 3339 time of the last successful apply, null if none.
+    pub applied_at: Option<String>,
+    /// The last rejected configuration's errors, null if the last change applied.
+    pub last_error: Option<String>,
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn rfc3339_ms(unix_ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Reads the status from the maps pinned under `pins`.
+pub fn read(pins: &Pins) -> Result<Status, ApplyError> {
+    let maps = Maps::open(pins)?;
+    let services = maps.read_services()?;
+    let stats = maps.read_stats()?;
+    let state = maps.read_state()?;
+    let mut out = Vec::new();
+    for (key, svc) in &services {
+        let img = &svc.image;
+        let subsets = img
+            .subsets
+            .iter()
+            .map(|s| {
+                let st = stats.get(&StatKey { service: *key, subset: s.id }).copied().unwrap_or_default();
+                SubsetStatus {
+                    name: s.name.clone(),
+                    weight: img.slots_of(s.id) as u64 * u64::from(img.weight_scale),
+                    backends: s.endpoints.iter().map(|e| Backend { address: std::net::Ipv4Addr::from(e.addr).to_string(), port: e.port }).collect(),
+                    connects_total: st.connects,
+                    refused_total: st.refused,
+                }
+            })
+            .collect();
+        out.push(ServiceStatus {
+            name: img.name.clone(),
+            namespace: img.namespace.clone(),
+            address: std::net::Ipv4Addr::from(key.addr).to_string(),
+            port: key.port,
+            datapath: if svc.entry.mode == mode::PROXY { "proxy" } else { "kernel" },
+            subsets,
+        });
+    }
+    let last_error = (state.last_error_len > 0).then(|| {
+        let len = (state.last_error_len as usize).min(state.last_error.len());
+        String::from_utf8_lossy(&state.last_error[..len]).into_owned()
+    });
+    Ok(Status {
+        services: out,
+        config: ConfigStatus {
+            applied_at: (state.applied_at_ms > 0).then(|| rfc3339_ms(state.applied_at_ms)),
+            last_error,
+        },
+    })
+}
+
+impl Status {
+    /// Human-readable table.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        for svc in &self.services {
+            let total: u64 = svc.subsets.iter().map(|x| x.weight).sum();
+            let _ = writeln!(s, "{}/{} {}:{} datapath={}", svc.namespace, svc.name, svc.address, svc.port, svc.datapath);
+            for sub in &svc.subsets {
+                let pct = if total > 0 { sub.weight as f64 * 100.0 / total as f64 } else { 0.0 };
+                let eps: Vec<String> = sub.backends.iter().map(|b| format!("{}:{}", b.address, b.port)).collect();
+                let _ = writeln!(s, "  {:<12} weight {:>4} ({pct:5.1}%)  connects {:>8}  refused {:>4}  backends [{}]", sub.name, sub.weight, sub.connects_total, sub.refused_total, eps.join(", "));
+            }
+        }
+        if self.services.is_empty() {
+            s.push_str("no services\n");
+        }
+        let _ = writeln!(s, "config applied at {}", self.config.applied_at.as_deref().unwrap_or("never"));
+        if let Some(e) = &self.config.last_error {
+            let _ = writeln!(s, "last change REJECTED (the plan above stays):\n{e}");
+        }
+        s
+    }
+}
