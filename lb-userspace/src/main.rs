@@ -78,6 +78,8 @@ enum Cmd {
         #[arg(long)]
         log: Option<PathBuf>,
         #[arg(long)]
+        until_file: Option<PathBuf>,
+        #[arg(long)]
         json: bool,
     },
     /// Test backend: answers every request with its name (x-backend header).
@@ -136,8 +138,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             lb::demo::run(connections)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Probe { to, count, every_ms, for_ms, keep_alive, host, log, json } => {
-            let opts = lb::probe::ProbeOptions { to, count, every: Duration::from_millis(every_ms), limit: Duration::from_millis(for_ms), keep_alive, host, log };
+        Cmd::Probe { to, count, every_ms, for_ms, keep_alive, host, log, until_file, json } => {
+            let opts = lb::probe::ProbeOptions { to, count, every: Duration::from_millis(every_ms), limit: Duration::from_millis(for_ms), keep_alive, host, log, until_file };
             let summary = lb::probe::run(&opts)?;
             if json {
                 println!("{}", serde_json::to_string(&summary)?);

@@ -23,6 +23,8 @@ pub struct ProbeOptions {
     pub host: Option<String>,
     /// Write one JSON line per attempt here.
     pub log: Option<std::path::PathBuf>,
+    /// Stop as soon as this file exists (lets a test end a background probe cleanly).
+    pub until_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -94,7 +96,8 @@ pub fn run(opts: &ProbeOptions) -> std::io::Result<Summary> {
     let started = Instant::now();
     let mut sum = Summary::default();
     let mut kept: Option<TcpStream> = None;
-    while sum.attempts < opts.count && started.elapsed() < opts.limit {
+    let stop_requested = || opts.until_file.as_ref().is_some_and(|f| f.exists());
+    while sum.attempts < opts.count && started.elapsed() < opts.limit && !stop_requested() {
         let t_ms = now_ms();
         sum.attempts += 1;
         let result = if opts.keep_alive {

@@ -1,0 +1,232 @@
+//! Kernel test harness: every test gets its own child cgroup, bpffs folder, config
+//! folder, addresses and ports, and a guard that kills what it started, detaches and
+//! unpins, and removes the cgroup — also when the test panics.
+//!
+//! Needs root and a BPF-capable kernel. A test that cannot set up fails loudly; it
+//! never passes by skipping.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use lb::apply::cgroup::{ChildCgroup, spawn_into};
+use serde_json::Value;
+
+/// Kernel tests share the kernel: one at a time, whatever the test runner does.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn lb_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_lb")
+}
+
+pub struct Env {
+    pub name: String,
+    pub cgroup: ChildCgroup,
+    pub bpffs: PathBuf,
+    pub config: PathBuf,
+    pub work: PathBuf,
+    daemons: Vec<Child>,
+    others: Vec<Child>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Env {
+    /// A fresh environment for test `name`.
+    pub fn new(name: &str) -> Env {
+        let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "kernel tests need root (they attach eBPF programs)");
+        let id = format!("lb-test-{name}-{}", std::process::id());
+        let cgroup = ChildCgroup::create(&id).expect("creating the test cgroup (is cgroup2 mounted?)");
+        let work = std::env::temp_dir().join(&id);
+        let _ = std::fs::remove_dir_all(&work);
+        let config = work.join("config");
+        std::fs::create_dir_all(&config).expect("config folder");
+        Env {
+            name: name.to_string(),
+            cgroup,
+            bpffs: PathBuf::from(format!("/sys/fs/bpf/{id}")),
+            config,
+            work,
+            daemons: Vec::new(),
+            others: Vec::new(),
+            _serial: serial,
+        }
+    }
+
+    /// Writes a config file atomically (write + rename), as an editor or kubectl would.
+    pub fn write_config(&self, file: &str, text: &str) {
+        let tmp = self.work.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text).expect("write config");
+        std::fs::rename(&tmp, self.config.join(file)).expect("rename config");
+    }
+
+    /// Starts `lb run` (inside the attached cgroup if `inside`), waits for the first apply.
+    pub fn start_daemon(&mut self, inside: bool) -> u32 {
+        let before = self.applied_at();
+        let log = std::fs::File::create(self.work.join(format!("daemon-{}.log", self.daemons.len()))).expect("log");
+        let mut cmd = Command::new(lb_bin());
+        cmd.args(["run", "--config"]).arg(&self.config).arg("--cgroup").arg(&self.cgroup.path).arg("--bpffs").arg(&self.bpffs);
+        cmd.stdout(Stdio::null()).stderr(log);
+        if inside {
+            spawn_into(&mut cmd, &self.cgroup.path);
+        }
+        let child = cmd.spawn().expect("spawn lb run");
+        let pid = child.id();
+        self.daemons.push(child);
+        wait_for(Duration::from_secs(20), "lb run to apply its config", || {
+            let now = self.applied_at();
+            now.is_some() && now != before
+        });
+        pid
+    }
+
+    /// SIGKILLs every daemon this test started.
+    pub fn kill_daemons(&mut self) {
+        for mut d in self.daemons.drain(..) {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+
+    /// Starts a test backend answering with `name` on each address.
+    pub fn backend(&mut self, name: &str, addrs: &[SocketAddr]) {
+        let mut cmd = Command::new(lb_bin());
+        cmd.args(["backend", "--name", name]).stdout(Stdio::null()).stderr(Stdio::null());
+        for a in addrs {
+            cmd.arg("--listen").arg(a.to_string());
+        }
+        self.others.push(cmd.spawn().expect("spawn backend"));
+        for a in addrs {
+            wait_for(Duration::from_secs(5), "backend to listen", || TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok());
+        }
+    }
+
+    fn probe_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(lb_bin());
+        cmd.arg("probe").args(args).arg("--json");
+        spawn_into(&mut cmd, &self.cgroup.path);
+        cmd
+    }
+
+    /// Runs the test client inside the cgroup to completion; returns its summary.
+    pub fn probe(&self, args: &[&str]) -> Value {
+        let out = self.probe_cmd(args).output().expect("run probe");
+        assert!(out.status.success(), "probe failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("probe json")
+    }
+
+    /// Starts the test client in the background; `stop_probe` ends it.
+    pub fn spawn_probe(&self, args: &[&str]) -> Child {
+        self.probe_cmd(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn probe")
+    }
+
+    /// `lb status --json`, or Null when nothing is pinned yet.
+    pub fn status(&self) -> Value {
+        let out = Command::new(lb_bin()).args(["status", "--json", "--bpffs"]).arg(&self.bpffs).output().expect("lb status");
+        if !out.status.success() {
+            return Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).expect("status json")
+    }
+
+    pub fn applied_at(&self) -> Option<String> {
+        self.status()["config"]["applied_at"].as_str().map(str::to_string)
+    }
+
+    /// Weight per subset name of the service at `address`.
+    pub fn weights(&self, address: &str) -> Vec<(String, u64)> {
+        let s = self.status();
+        let svc = s["services"].as_array().into_iter().flatten().find(|v| v["address"] == address).cloned().unwrap_or(Value::Null);
+        svc["subsets"].as_array().into_iter().flatten().map(|x| (x["name"].as_str().unwrap_or("").to_string(), x["weight"].as_u64().unwrap_or(0))).collect()
+    }
+
+    /// `bpftool cgroup tree` lines of the test cgroup naming lb programs.
+    pub fn attached_programs(&self) -> Vec<String> {
+        let out = Command::new("bpftool").args(["cgroup", "tree"]).arg(&self.cgroup.path).output().expect("bpftool (apt install bpftool)");
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("lb_")).map(str::to_string).collect()
+    }
+}
+
+/// Stops a background probe started with `--until-file` and returns its summary.
+pub fn stop_probe(child: Child, until_file: &Path) -> Value {
+    std::fs::write(until_file, b"stop").expect("stop file");
+    let out = child.wait_with_output().expect("probe output");
+    assert!(out.status.success(), "probe failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("probe json")
+}
+
+/// Polls `cond` until true or panics after `limit`.
+pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads a probe's JSON-lines log.
+pub fn read_log(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path).expect("probe log").lines().map(|l| serde_json::from_str(l).expect("log line")).collect()
+}
+
+/// RFC 3339 (as `lb status` prints it) to unix milliseconds.
+pub fn unix_ms(rfc3339: &str) -> u64 {
+    let t = humantime::parse_rfc3339(rfc3339).expect("rfc3339");
+    t.duration_since(std::time::UNIX_EPOCH).expect("after epoch").as_millis() as u64
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.kill_daemons();
+        for mut c in self.others.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let down = Command::new(lb_bin()).args(["down", "--bpffs"]).arg(&self.bpffs).arg("--cgroup").arg(&self.cgroup.path).output();
+        if !matches!(&down, Ok(o) if o.status.success()) {
+            eprintln!("{}: lb down failed: {down:?}", self.name);
+        }
+        let _ = std::fs::remove_dir_all(&self.work);
+        // The cgroup guard (a field) kills leftovers and removes the folder next.
+    }
+}
+
+/// The seed's configuration with the service and backends on the given addresses.
+pub fn seed_config(service: &str, port: u16, v0: &str, v1: &str, w0: u32, w1: u32) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: backend-service, namespace: default}}
+spec:
+  hosts: [backend-service]
+  addresses: [{service}]
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: {v0}, labels: {{app: backend, version: v0}}}}
+  - {{address: {v1}, labels: {{app: backend, version: v1}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: backend-dr, namespace: default}}
+spec:
+  host: backend-service
+  subsets:
+  - {{name: v0, labels: {{version: v0}}}}
+  - {{name: v1, labels: {{version: v1}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: backend-vs, namespace: default}}
+spec:
+  hosts: [backend-service]
+  http:
+  - route:
+    - {{destination: {{host: backend-service, subset: v0}}, weight: {w0}}}
+    - {{destination: {{host: backend-service, subset: v1}}, weight: {w1}}}
+"#
+    )
+}
