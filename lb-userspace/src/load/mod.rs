@@ -237,7 +237,12 @@ fn schema_message(path: &str, raw: &str) -> (String, String) {
             .unwrap_or_default();
         return (full, format!("unknown field {field:?}{hint}"));
     }
-    (path.to_string(), msg.to_string())
+    // serde names Rust types; say what YAML value is expected instead.
+    let msg = msg
+        .replace("expected i64", "expected an integer")
+        .replace("expected f64", "expected a number")
+        .replace("expected a borrowed string", "expected a string");
+    (path.to_string(), msg)
 }
 
 /// The closest candidate by edit distance, if it is close enough to be a typo.
