@@ -7,7 +7,9 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("no workspace root"))?
         .join("lb-ebpf");
-    let root_dir = root.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {root:?}"))?;
+    let root_dir = root
+        .to_str()
+        .ok_or_else(|| anyhow!("non-UTF-8 path {root:?}"))?;
     // The eBPF crate is built with the toolchain rust-toolchain.toml pins (bpf-linker's
     // LLVM must match rustc's); RUSTC_BOOTSTRAP for its `-Z build-std=core`.
     let toolchain = std::env::var("LB_EBPF_TOOLCHAIN").unwrap_or_else(|_| "1.98.0".into());

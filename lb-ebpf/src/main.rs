@@ -22,8 +22,8 @@ use aya_ebpf::{
     programs::{SkMsgContext, SockAddrContext, SockOpsContext},
 };
 use lb_common::{
-    ClientKey, EndpointKey, Origin, Service, Settings, SlotKey, SockAddr4, SockKey, StatKey,
-    Stats, capacity as cap, mode, port_from_be32,
+    ClientKey, EndpointKey, Origin, Service, Settings, SlotKey, SockAddr4, SockKey, StatKey, Stats,
+    capacity as cap, mode, port_from_be32,
 };
 
 const IPPROTO_TCP: u32 = 6;

@@ -10,7 +10,9 @@ use tokio::net::{TcpListener, TcpStream};
 /// Serves `name` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, name: String) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let name = name.clone();
         tokio::spawn(async move {
             let _ = connection(stream, &name).await;
@@ -45,15 +47,22 @@ async fn connection(mut stream: TcpStream, name: &str) -> std::io::Result<()> {
         let mut lines = head.split("\r\n");
         let request_line = lines.next().unwrap_or("");
         let mut parts = request_line.split_whitespace();
-        let (method, path, version) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let (method, path, version) = (
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
         let header = |n: &str| {
             head.split("\r\n").skip(1).find_map(|l| {
                 let (k, v) = l.split_once(':')?;
-                k.trim().eq_ignore_ascii_case(n).then(|| v.trim().to_string())
+                k.trim()
+                    .eq_ignore_ascii_case(n)
+                    .then(|| v.trim().to_string())
             })
         };
         let host = header("host").unwrap_or_default();
-        let close = version == "HTTP/1.0" || header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let close = version == "HTTP/1.0"
+            || header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let body = format!("{name}\n");
         let resp = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-backend: {name}\r\nx-method: {method}\r\nx-path: {path}\r\nx-host: {host}\r\n{}\r\n{body}",

@@ -21,7 +21,10 @@ pub enum DemoError {
     #[error("lb demo needs root: it loads eBPF programs and makes a cgroup")]
     NotRoot,
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("the example configuration did not apply: {0}")]
     Config(String),
     #[error(transparent)]
@@ -33,7 +36,10 @@ pub enum DemoError {
 }
 
 fn io(what: &str) -> impl FnOnce(std::io::Error) -> DemoError + '_ {
-    move |source| DemoError::Io { what: what.to_string(), source }
+    move |source| DemoError::Io {
+        what: what.to_string(),
+        source,
+    }
 }
 
 /// Removes the demo's pins when dropped.
@@ -55,16 +61,31 @@ pub fn run(connections: u64) -> Result<(), DemoError> {
     }
     let id = std::process::id();
     // One worker thread serves the backends in the background while the client runs.
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(io("tokio runtime"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(io("tokio runtime"))?;
     let port = rt.block_on(start_backends())?;
     let work = tempdir(&format!("lb-demo-{id}")).map_err(io("temporary config folder"))?;
-    let config = EXAMPLE.replace("    name: http\n", &format!("    name: http\n    targetPort: {port}\n"));
-    std::fs::write(work.0.join("backend-service.yaml"), &config).map_err(io("writing the example config"))?;
+    let config = EXAMPLE.replace(
+        "    name: http\n",
+        &format!("    name: http\n    targetPort: {port}\n"),
+    );
+    std::fs::write(work.0.join("backend-service.yaml"), &config)
+        .map_err(io("writing the example config"))?;
 
-    let cgroup = ChildCgroup::create(&format!("lb-demo-{id}")).map_err(io("creating the demo cgroup"))?;
+    let cgroup =
+        ChildCgroup::create(&format!("lb-demo-{id}")).map_err(io("creating the demo cgroup"))?;
     let pins = PinsGuard(Pins::new(Path::new(&format!("/sys/fs/bpf/lb-demo-{id}"))));
-    println!("lb demo: cgroup {}, pins {}", cgroup.path.display(), pins.0.root.display());
-    println!("backends: v0 on 127.0.0.2:{port}, v1 on 127.0.0.3:{port}; service backend-service at {SERVICE}");
+    println!(
+        "lb demo: cgroup {}, pins {}",
+        cgroup.path.display(),
+        pins.0.root.display()
+    );
+    println!(
+        "backends: v0 on 127.0.0.2:{port}, v1 on 127.0.0.3:{port}; service backend-service at {SERVICE}"
+    );
     let mut applier = crate::run::start(&pins.0, &cgroup.path)?;
     if crate::run::reload(&mut applier, &work.0).is_none() {
         return Err(DemoError::Config("see the error above".into()));
@@ -77,31 +98,51 @@ pub fn run(connections: u64) -> Result<(), DemoError> {
 
 async fn start_backends() -> Result<u16, DemoError> {
     for _ in 0..20 {
-        let v0 = crate::backend::bind(SocketAddr::from(([127, 0, 0, 2], 0))).await.map_err(io("binding 127.0.0.2"))?;
+        let v0 = crate::backend::bind(SocketAddr::from(([127, 0, 0, 2], 0)))
+            .await
+            .map_err(io("binding 127.0.0.2"))?;
         let port = v0.local_addr().map_err(io("backend address"))?.port();
-        let Ok(v1) = crate::backend::bind(SocketAddr::from(([127, 0, 0, 3], port))).await else { continue };
+        let Ok(v1) = crate::backend::bind(SocketAddr::from(([127, 0, 0, 3], port))).await else {
+            continue;
+        };
         tokio::spawn(crate::backend::serve(v0, "v0".into()));
         tokio::spawn(crate::backend::serve(v1, "v1".into()));
         return Ok(port);
     }
-    Err(DemoError::Client("no port free on both 127.0.0.2 and 127.0.0.3".into()))
+    Err(DemoError::Client(
+        "no port free on both 127.0.0.2 and 127.0.0.3".into(),
+    ))
 }
 
 fn run_client(cgroup: &Path, connections: u64) -> Result<Summary, DemoError> {
     let exe = std::env::current_exe().map_err(io("finding lb itself"))?;
     let mut cmd = Command::new(exe);
-    cmd.args(["probe", "--to", &SERVICE.to_string(), "--count", &connections.to_string(), "--json"]);
+    cmd.args([
+        "probe",
+        "--to",
+        &SERVICE.to_string(),
+        "--count",
+        &connections.to_string(),
+        "--json",
+    ]);
     spawn_into(&mut cmd, cgroup);
     let out = cmd.output().map_err(io("running the client"))?;
     if !out.status.success() {
-        return Err(DemoError::Client(String::from_utf8_lossy(&out.stderr).into_owned()));
+        return Err(DemoError::Client(
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| DemoError::Client(e.to_string()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| DemoError::Client(e.to_string()))?;
     let count = |k: &str| v["by_backend"][k].as_u64().unwrap_or(0);
     Ok(Summary {
         attempts: v["attempts"].as_u64().unwrap_or(0),
         failures: v["failures"].as_u64().unwrap_or(0),
-        by_backend: [("v0".to_string(), count("v0")), ("v1".to_string(), count("v1"))].into(),
+        by_backend: [
+            ("v0".to_string(), count("v0")),
+            ("v1".to_string(), count("v1")),
+        ]
+        .into(),
         peer_mismatches: v["peer_mismatches"].as_u64().unwrap_or(0),
         first_errors: Vec::new(),
     })
@@ -114,14 +155,23 @@ fn report(s: &Summary, connections: u64) -> Result<(), DemoError> {
     let v1_pct = v1 as f64 * 100.0 / total;
     println!();
     println!("             configured   observed ({connections} connections, one request each)");
-    println!("  v0             90.0 %    {:6.1} %  ({v0})", v0 as f64 * 100.0 / total);
+    println!(
+        "  v0             90.0 %    {:6.1} %  ({v0})",
+        v0 as f64 * 100.0 / total
+    );
     println!("  v1             10.0 %    {v1_pct:6.1} %  ({v1})");
     println!("  failures                  {}", s.failures);
-    println!("  getpeername showed the service address: {}", if s.peer_mismatches == 0 { "yes" } else { "NO" });
+    println!(
+        "  getpeername showed the service address: {}",
+        if s.peer_mismatches == 0 { "yes" } else { "NO" }
+    );
     // Binomial spread at p=0.1: sd = sqrt(0.09/n); 4 sd is a false alarm once in ~15,000 runs.
     let tolerance = 4.0 * 100.0 * (0.09 / total).sqrt();
     if s.failures > 0 || s.peer_mismatches > 0 || (v1_pct - 10.0).abs() > tolerance {
-        return Err(DemoError::Mismatch(format!("v1 {v1_pct:.1} % (expected 10 ± {tolerance:.1}), {} failures, {} peer mismatches", s.failures, s.peer_mismatches)));
+        return Err(DemoError::Mismatch(format!(
+            "v1 {v1_pct:.1} % (expected 10 ± {tolerance:.1}), {} failures, {} peer mismatches",
+            s.failures, s.peer_mismatches
+        )));
     }
     println!("\nOK: the kernel split matches the VirtualService (within ±{tolerance:.1} points).");
     Ok(())

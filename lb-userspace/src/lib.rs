@@ -6,13 +6,13 @@
 //! [`apply`] (the only writer of the pinned maps) → [`datapath`] (the eBPF object).
 
 pub mod apply;
+pub mod backend;
 pub mod compile;
 pub mod datapath;
+pub mod demo;
 pub mod diagnostic;
 pub mod load;
 pub mod model;
-pub mod backend;
-pub mod demo;
 pub mod probe;
 pub mod run;
 pub mod status;

@@ -12,7 +12,11 @@ use lb::apply::{Pins, attach, cgroup};
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf/lb";
 
 #[derive(Parser)]
-#[command(name = "lb", version, about = "Istio traffic rules enforced on a Linux node: weights in the kernel at connect(), request rules in lb's proxy")]
+#[command(
+    name = "lb",
+    version,
+    about = "Istio traffic rules enforced on a Linux node: weights in the kernel at connect(), request rules in lb's proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -36,9 +40,7 @@ enum Cmd {
         detach_on_exit: bool,
     },
     /// Check a config directory; one line per problem; exit 1 on errors.
-    Validate {
-        dir: PathBuf,
-    },
+    Validate { dir: PathBuf },
     /// Show what the pinned maps hold (works while the daemon is down).
     Status {
         #[arg(long, default_value = DEFAULT_BPFFS)]
@@ -94,7 +96,9 @@ enum Cmd {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LB_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LB_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run(Cli::parse()) {
@@ -108,20 +112,41 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Cmd::Run { config, cgroup, bpffs, detach_on_exit } => {
+        Cmd::Run {
+            config,
+            cgroup,
+            bpffs,
+            detach_on_exit,
+        } => {
             let cgroup = match cgroup {
                 Some(c) => c,
                 None => cgroup::cgroup2_root().context("finding the cgroup2 mount")?,
             };
-            anyhow::ensure!(cgroup.is_absolute(), "--cgroup must be an absolute path, got {}", cgroup.display());
-            anyhow::ensure!(config.is_dir(), "--config {}: not a directory", config.display());
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(lb::run::run(lb::run::RunOptions { config, cgroup, bpffs, detach_on_exit }))?;
+            anyhow::ensure!(
+                cgroup.is_absolute(),
+                "--cgroup must be an absolute path, got {}",
+                cgroup.display()
+            );
+            anyhow::ensure!(
+                config.is_dir(),
+                "--config {}: not a directory",
+                config.display()
+            );
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(lb::run::run(lb::run::RunOptions {
+                config,
+                cgroup,
+                bpffs,
+                detach_on_exit,
+            }))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Validate { dir } => validate(&dir),
         Cmd::Status { bpffs, json } => {
-            let status = lb::status::read(&Pins::new(&bpffs)).with_context(|| format!("reading lb's pins under {}", bpffs.display()))?;
+            let status = lb::status::read(&Pins::new(&bpffs))
+                .with_context(|| format!("reading lb's pins under {}", bpffs.display()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -138,8 +163,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             lb::demo::run(connections)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Probe { to, count, every_ms, for_ms, keep_alive, host, log, until_file, json } => {
-            let opts = lb::probe::ProbeOptions { to, count, every: Duration::from_millis(every_ms), limit: Duration::from_millis(for_ms), keep_alive, host, log, until_file };
+        Cmd::Probe {
+            to,
+            count,
+            every_ms,
+            for_ms,
+            keep_alive,
+            host,
+            log,
+            until_file,
+            json,
+        } => {
+            let opts = lb::probe::ProbeOptions {
+                to,
+                count,
+                every: Duration::from_millis(every_ms),
+                limit: Duration::from_millis(for_ms),
+                keep_alive,
+                host,
+                log,
+                until_file,
+            };
             let summary = lb::probe::run(&opts)?;
             if json {
                 println!("{}", serde_json::to_string(&summary)?);
@@ -149,11 +193,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Backend { listen, name } => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async {
                 let mut tasks = Vec::new();
                 for addr in listen {
-                    let l = lb::backend::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+                    let l = lb::backend::bind(addr)
+                        .await
+                        .with_context(|| format!("binding {addr}"))?;
                     tasks.push(tokio::spawn(lb::backend::serve(l, name.clone())));
                 }
                 eprintln!("lb backend {name}: ready");
@@ -174,7 +222,12 @@ fn validate(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
                 println!("{w}");
             }
             let image = lb::compile::compile(&v.model)?;
-            eprintln!("{}: valid, {} service address(es), {} warning(s)", dir.display(), image.services.len(), v.warnings.len());
+            eprintln!(
+                "{}: valid, {} service address(es), {} warning(s)",
+                dir.display(),
+                image.services.len(),
+                v.warnings.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(lb::model::ModelError::Invalid { diagnostics }) => {
@@ -182,7 +235,11 @@ fn validate(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
                 println!("{d}");
             }
             let errors = diagnostics.iter().filter(|d| d.is_error()).count();
-            eprintln!("{}: {errors} error(s), {} warning(s)", dir.display(), diagnostics.len() - errors);
+            eprintln!(
+                "{}: {errors} error(s), {} warning(s)",
+                dir.display(),
+                diagnostics.len() - errors
+            );
             Ok(ExitCode::FAILURE)
         }
         Err(e) => Err(e.into()),

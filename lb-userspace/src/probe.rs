@@ -46,23 +46,30 @@ struct LogLine<'a> {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Sends one GET on `stream` and returns the answering backend's name.
 fn request(stream: &mut TcpStream, host: &str, close: bool) -> Result<String, String> {
     let conn = if close { "connection: close\r\n" } else { "" };
-    write!(stream, "GET /test HTTP/1.1\r\nhost: {host}\r\n{conn}\r\n").map_err(|e| format!("write: {e}"))?;
+    write!(stream, "GET /test HTTP/1.1\r\nhost: {host}\r\n{conn}\r\n")
+        .map_err(|e| format!("write: {e}"))?;
     let mut reader = BufReader::new(stream);
     let mut status = String::new();
-    reader.read_line(&mut status).map_err(|e| format!("read: {e}"))?;
+    reader
+        .read_line(&mut status)
+        .map_err(|e| format!("read: {e}"))?;
     if !status.starts_with("HTTP/1.1 200") {
         return Err(format!("status line {status:?}"));
     }
     let (mut backend, mut length) = (String::new(), 0usize);
     loop {
         let mut line = String::new();
-        reader.read_line(&mut line).map_err(|e| format!("read: {e}"))?;
+        reader
+            .read_line(&mut line)
+            .map_err(|e| format!("read: {e}"))?;
         let line = line.trim_end();
         if line.is_empty() {
             break;
@@ -76,13 +83,17 @@ fn request(stream: &mut TcpStream, host: &str, close: bool) -> Result<String, St
         }
     }
     let mut body = vec![0; length];
-    reader.read_exact(&mut body).map_err(|e| format!("body: {e}"))?;
+    reader
+        .read_exact(&mut body)
+        .map_err(|e| format!("body: {e}"))?;
     Ok(backend)
 }
 
 fn connect(to: SocketAddr) -> Result<TcpStream, String> {
-    let s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    let s = TcpStream::connect_timeout(&to, Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
     Ok(s)
 }
 
@@ -132,7 +143,12 @@ pub fn run(opts: &ProbeOptions) -> std::io::Result<Summary> {
             }
         }
         if let Some(w) = log.as_mut() {
-            let line = LogLine { t_ms, backend, ok: result.is_ok(), error };
+            let line = LogLine {
+                t_ms,
+                backend,
+                ok: result.is_ok(),
+                error,
+            };
             serde_json::to_writer(&mut *w, &line)?;
             w.write_all(b"\n")?;
         }

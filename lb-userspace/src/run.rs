@@ -42,7 +42,11 @@ pub fn start(pins: &Pins, cgroup: &std::path::Path) -> Result<Applier, ApplyErro
     let how = apply::attach::ensure_attached(pins, cgroup)?;
     tracing::info!(?how, cgroup = %cgroup.display(), pins = %pins.root.display(), "datapath ready");
     let mut applier = Applier::adopt(pins)?;
-    applier.set_settings(Settings { self_tgid: std::process::id(), proxy: SockAddr4::default(), _pad: 0 })?;
+    applier.set_settings(Settings {
+        self_tgid: std::process::id(),
+        proxy: SockAddr4::default(),
+        _pad: 0,
+    })?;
     Ok(applier)
 }
 
@@ -60,7 +64,13 @@ pub fn reload(applier: &mut Applier, dir: &std::path::Path) -> Option<Garbage> {
         .and_then(|image| applier.apply(&image).map_err(|e| e.to_string()));
     match result {
         Ok((report, garbage)) => {
-            tracing::info!(added = report.added, changed = report.changed, removed = report.removed, unchanged = report.unchanged, "configuration applied");
+            tracing::info!(
+                added = report.added,
+                changed = report.changed,
+                removed = report.removed,
+                unchanged = report.unchanged,
+                "configuration applied"
+            );
             if let Err(e) = applier.clear_error() {
                 tracing::warn!("recording state: {e}");
             }

@@ -68,11 +68,24 @@ pub fn read(pins: &Pins) -> Result<Status, ApplyError> {
             .subsets
             .iter()
             .map(|s| {
-                let st = stats.get(&StatKey { service: *key, subset: s.id }).copied().unwrap_or_default();
+                let st = stats
+                    .get(&StatKey {
+                        service: *key,
+                        subset: s.id,
+                    })
+                    .copied()
+                    .unwrap_or_default();
                 SubsetStatus {
                     name: s.name.clone(),
                     weight: img.slots_of(s.id) as u64 * u64::from(img.weight_scale),
-                    backends: s.endpoints.iter().map(|e| Backend { address: std::net::Ipv4Addr::from(e.addr).to_string(), port: e.port }).collect(),
+                    backends: s
+                        .endpoints
+                        .iter()
+                        .map(|e| Backend {
+                            address: std::net::Ipv4Addr::from(e.addr).to_string(),
+                            port: e.port,
+                        })
+                        .collect(),
                     connects_total: st.connects,
                     refused_total: st.refused,
                 }
@@ -83,7 +96,11 @@ pub fn read(pins: &Pins) -> Result<Status, ApplyError> {
             namespace: img.namespace.clone(),
             address: std::net::Ipv4Addr::from(key.addr).to_string(),
             port: key.port,
-            datapath: if svc.entry.mode == mode::PROXY { "proxy" } else { "kernel" },
+            datapath: if svc.entry.mode == mode::PROXY {
+                "proxy"
+            } else {
+                "kernel"
+            },
             subsets,
         });
     }
@@ -106,17 +123,41 @@ impl Status {
         let mut s = String::new();
         for svc in &self.services {
             let total: u64 = svc.subsets.iter().map(|x| x.weight).sum();
-            let _ = writeln!(s, "{}/{} {}:{} datapath={}", svc.namespace, svc.name, svc.address, svc.port, svc.datapath);
+            let _ = writeln!(
+                s,
+                "{}/{} {}:{} datapath={}",
+                svc.namespace, svc.name, svc.address, svc.port, svc.datapath
+            );
             for sub in &svc.subsets {
-                let pct = if total > 0 { sub.weight as f64 * 100.0 / total as f64 } else { 0.0 };
-                let eps: Vec<String> = sub.backends.iter().map(|b| format!("{}:{}", b.address, b.port)).collect();
-                let _ = writeln!(s, "  {:<12} weight {:>4} ({pct:5.1}%)  connects {:>8}  refused {:>4}  backends [{}]", sub.name, sub.weight, sub.connects_total, sub.refused_total, eps.join(", "));
+                let pct = if total > 0 {
+                    sub.weight as f64 * 100.0 / total as f64
+                } else {
+                    0.0
+                };
+                let eps: Vec<String> = sub
+                    .backends
+                    .iter()
+                    .map(|b| format!("{}:{}", b.address, b.port))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "  {:<12} weight {:>4} ({pct:5.1}%)  connects {:>8}  refused {:>4}  backends [{}]",
+                    sub.name,
+                    sub.weight,
+                    sub.connects_total,
+                    sub.refused_total,
+                    eps.join(", ")
+                );
             }
         }
         if self.services.is_empty() {
             s.push_str("no services\n");
         }
-        let _ = writeln!(s, "config applied at {}", self.config.applied_at.as_deref().unwrap_or("never"));
+        let _ = writeln!(
+            s,
+            "config applied at {}",
+            self.config.applied_at.as_deref().unwrap_or("never")
+        );
         if let Some(e) = &self.config.last_error {
             let _ = writeln!(s, "last change REJECTED (the plan above stays):\n{e}");
         }

@@ -30,11 +30,20 @@ impl ConfigWatch {
                 let _ = tx.send(());
             }
         })
-        .map_err(|source| WatchError::Notify { path: dir.display().to_string(), source })?;
+        .map_err(|source| WatchError::Notify {
+            path: dir.display().to_string(),
+            source,
+        })?;
         watcher
             .watch(dir, RecursiveMode::NonRecursive)
-            .map_err(|source| WatchError::Notify { path: dir.display().to_string(), source })?;
-        Ok(Self { _watcher: watcher, rx })
+            .map_err(|source| WatchError::Notify {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        Ok(Self {
+            _watcher: watcher,
+            rx,
+        })
     }
 
     /// Waits for a change, then for `quiet` without further events.

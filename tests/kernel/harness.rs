@@ -37,9 +37,14 @@ impl Env {
     pub fn new(name: &str) -> Env {
         let serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         // SAFETY: geteuid has no preconditions.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "kernel tests need root (they attach eBPF programs)");
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "kernel tests need root (they attach eBPF programs)"
+        );
         let id = format!("lb-test-{name}-{}", std::process::id());
-        let cgroup = ChildCgroup::create(&id).expect("creating the test cgroup (is cgroup2 mounted?)");
+        let cgroup =
+            ChildCgroup::create(&id).expect("creating the test cgroup (is cgroup2 mounted?)");
         let work = std::env::temp_dir().join(&id);
         let _ = std::fs::remove_dir_all(&work);
         let config = work.join("config");
@@ -66,9 +71,16 @@ impl Env {
     /// Starts `lb run` (inside the attached cgroup if `inside`), waits for the first apply.
     pub fn start_daemon(&mut self, inside: bool) -> u32 {
         let before = self.applied_at();
-        let log = std::fs::File::create(self.work.join(format!("daemon-{}.log", self.daemons.len()))).expect("log");
+        let log =
+            std::fs::File::create(self.work.join(format!("daemon-{}.log", self.daemons.len())))
+                .expect("log");
         let mut cmd = Command::new(lb_bin());
-        cmd.args(["run", "--config"]).arg(&self.config).arg("--cgroup").arg(&self.cgroup.path).arg("--bpffs").arg(&self.bpffs);
+        cmd.args(["run", "--config"])
+            .arg(&self.config)
+            .arg("--cgroup")
+            .arg(&self.cgroup.path)
+            .arg("--bpffs")
+            .arg(&self.bpffs);
         cmd.stdout(Stdio::null()).stderr(log);
         if inside {
             spawn_into(&mut cmd, &self.cgroup.path);
@@ -76,10 +88,14 @@ impl Env {
         let child = cmd.spawn().expect("spawn lb run");
         let pid = child.id();
         self.daemons.push(child);
-        wait_for(Duration::from_secs(20), "lb run to apply its config", || {
-            let now = self.applied_at();
-            now.is_some() && now != before
-        });
+        wait_for(
+            Duration::from_secs(20),
+            "lb run to apply its config",
+            || {
+                let now = self.applied_at();
+                now.is_some() && now != before
+            },
+        );
         pid
     }
 
@@ -94,13 +110,17 @@ impl Env {
     /// Starts a test backend answering with `name` on each address.
     pub fn backend(&mut self, name: &str, addrs: &[SocketAddr]) {
         let mut cmd = Command::new(lb_bin());
-        cmd.args(["backend", "--name", name]).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.args(["backend", "--name", name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         for a in addrs {
             cmd.arg("--listen").arg(a.to_string());
         }
         self.others.push(cmd.spawn().expect("spawn backend"));
         for a in addrs {
-            wait_for(Duration::from_secs(5), "backend to listen", || TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok());
+            wait_for(Duration::from_secs(5), "backend to listen", || {
+                TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok()
+            });
         }
     }
 
@@ -114,18 +134,30 @@ impl Env {
     /// Runs the test client inside the cgroup to completion; returns its summary.
     pub fn probe(&self, args: &[&str]) -> Value {
         let out = self.probe_cmd(args).output().expect("run probe");
-        assert!(out.status.success(), "probe failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "probe failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("probe json")
     }
 
     /// Starts the test client in the background; `stop_probe` ends it.
     pub fn spawn_probe(&self, args: &[&str]) -> Child {
-        self.probe_cmd(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn probe")
+        self.probe_cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn probe")
     }
 
     /// `lb status --json`, or Null when nothing is pinned yet.
     pub fn status(&self) -> Value {
-        let out = Command::new(lb_bin()).args(["status", "--json", "--bpffs"]).arg(&self.bpffs).output().expect("lb status");
+        let out = Command::new(lb_bin())
+            .args(["status", "--json", "--bpffs"])
+            .arg(&self.bpffs)
+            .output()
+            .expect("lb status");
         if !out.status.success() {
             return Value::Null;
         }
@@ -133,20 +165,46 @@ impl Env {
     }
 
     pub fn applied_at(&self) -> Option<String> {
-        self.status()["config"]["applied_at"].as_str().map(str::to_string)
+        self.status()["config"]["applied_at"]
+            .as_str()
+            .map(str::to_string)
     }
 
     /// Weight per subset name of the service at `address`.
     pub fn weights(&self, address: &str) -> Vec<(String, u64)> {
         let s = self.status();
-        let svc = s["services"].as_array().into_iter().flatten().find(|v| v["address"] == address).cloned().unwrap_or(Value::Null);
-        svc["subsets"].as_array().into_iter().flatten().map(|x| (x["name"].as_str().unwrap_or("").to_string(), x["weight"].as_u64().unwrap_or(0))).collect()
+        let svc = s["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["address"] == address)
+            .cloned()
+            .unwrap_or(Value::Null);
+        svc["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|x| {
+                (
+                    x["name"].as_str().unwrap_or("").to_string(),
+                    x["weight"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
     }
 
     /// `bpftool cgroup tree` lines of the test cgroup naming lb programs.
     pub fn attached_programs(&self) -> Vec<String> {
-        let out = Command::new("bpftool").args(["cgroup", "tree"]).arg(&self.cgroup.path).output().expect("bpftool (apt install bpftool)");
-        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("lb_")).map(str::to_string).collect()
+        let out = Command::new("bpftool")
+            .args(["cgroup", "tree"])
+            .arg(&self.cgroup.path)
+            .output()
+            .expect("bpftool (apt install bpftool)");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("lb_"))
+            .map(str::to_string)
+            .collect()
     }
 }
 
@@ -154,7 +212,11 @@ impl Env {
 pub fn stop_probe(child: Child, until_file: &Path) -> Value {
     std::fs::write(until_file, b"stop").expect("stop file");
     let out = child.wait_with_output().expect("probe output");
-    assert!(out.status.success(), "probe failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "probe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("probe json")
 }
 
@@ -162,20 +224,29 @@ pub fn stop_probe(child: Child, until_file: &Path) -> Value {
 pub fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// Reads a probe's JSON-lines log.
 pub fn read_log(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path).expect("probe log").lines().map(|l| serde_json::from_str(l).expect("log line")).collect()
+    std::fs::read_to_string(path)
+        .expect("probe log")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("log line"))
+        .collect()
 }
 
 /// RFC 3339 (as `lb status` prints it) to unix milliseconds.
 pub fn unix_ms(rfc3339: &str) -> u64 {
     let t = humantime::parse_rfc3339(rfc3339).expect("rfc3339");
-    t.duration_since(std::time::UNIX_EPOCH).expect("after epoch").as_millis() as u64
+    t.duration_since(std::time::UNIX_EPOCH)
+        .expect("after epoch")
+        .as_millis() as u64
 }
 
 impl Drop for Env {
@@ -185,7 +256,12 @@ impl Drop for Env {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let down = Command::new(lb_bin()).args(["down", "--bpffs"]).arg(&self.bpffs).arg("--cgroup").arg(&self.cgroup.path).output();
+        let down = Command::new(lb_bin())
+            .args(["down", "--bpffs"])
+            .arg(&self.bpffs)
+            .arg("--cgroup")
+            .arg(&self.cgroup.path)
+            .output();
         if !matches!(&down, Ok(o) if o.status.success()) {
             eprintln!("{}: lb down failed: {down:?}", self.name);
         }

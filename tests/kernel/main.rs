@@ -18,23 +18,38 @@ fn weighted_split_90_10_is_enforced_at_connect() {
     let mut env = Env::new("split");
     env.backend("v0", &[addr("127.0.0.2:10000")]);
     env.backend("v1", &[addr("127.0.0.3:10000")]);
-    env.write_config("backend.yaml", &seed_config("127.10.0.1", 10000, "127.0.0.2", "127.0.0.3", 90, 10));
+    env.write_config(
+        "backend.yaml",
+        &seed_config("127.10.0.1", 10000, "127.0.0.2", "127.0.0.3", 90, 10),
+    );
     env.start_daemon(false);
 
     let s = env.probe(&["--to", "127.10.0.1:10000", "--count", "2000"]);
     assert_eq!(s["attempts"], 2000);
     assert_eq!(s["failures"], 0, "failures: {}", s["first_errors"]);
-    assert_eq!(s["peer_mismatches"], 0, "getpeername must show 127.10.0.1:10000");
+    assert_eq!(
+        s["peer_mismatches"], 0,
+        "getpeername must show 127.10.0.1:10000"
+    );
     let v1 = s["by_backend"]["v1"].as_u64().unwrap_or(0) as f64;
     let v0 = s["by_backend"]["v0"].as_u64().unwrap_or(0) as f64;
     assert_eq!(v0 + v1, 2000.0);
     let share = v1 * 100.0 / 2000.0;
-    assert!((share - 10.0).abs() <= 2.5, "v1 share {share:.2}% not within 10 ± 2.5");
+    assert!(
+        (share - 10.0).abs() <= 2.5,
+        "v1 share {share:.2}% not within 10 ± 2.5"
+    );
 
     // The per-CPU counters agree with what the client saw.
     let status = env.status();
-    let subsets = status["services"][0]["subsets"].as_array().expect("subsets").clone();
-    let connects: u64 = subsets.iter().map(|x| x["connects_total"].as_u64().unwrap_or(0)).sum();
+    let subsets = status["services"][0]["subsets"]
+        .as_array()
+        .expect("subsets")
+        .clone();
+    let connects: u64 = subsets
+        .iter()
+        .map(|x| x["connects_total"].as_u64().unwrap_or(0))
+        .sum();
     assert_eq!(connects, 2000, "{status}");
 }
 
@@ -45,15 +60,26 @@ fn empty_subset_refuses_and_other_traffic_passes_through() {
     let mut env = Env::new("empty");
     env.backend("v0", &[addr("127.0.0.2:10201")]);
     // v1 selects no endpoint and gets all the weight.
-    let cfg = seed_config("127.10.2.1", 10201, "127.0.0.2", "127.0.0.2", 0, 100).replace("{address: 127.0.0.2, labels: {app: backend, version: v1}}", "{address: 127.0.0.2, labels: {app: backend, version: v0}}");
+    let cfg = seed_config("127.10.2.1", 10201, "127.0.0.2", "127.0.0.2", 0, 100).replace(
+        "{address: 127.0.0.2, labels: {app: backend, version: v1}}",
+        "{address: 127.0.0.2, labels: {app: backend, version: v0}}",
+    );
     env.write_config("backend.yaml", &cfg);
     env.start_daemon(false);
     let s = env.probe(&["--to", "127.10.2.1:10201", "--count", "20"]);
     assert_eq!(s["failures"], 20);
     let err = s["first_errors"][0].as_str().unwrap_or("");
-    assert!(err.contains("Connection refused") || err.contains("os error 111"), "expected ECONNREFUSED, got {err}");
+    assert!(
+        err.contains("Connection refused") || err.contains("os error 111"),
+        "expected ECONNREFUSED, got {err}"
+    );
     let status = env.status();
-    let refused: u64 = status["services"][0]["subsets"].as_array().expect("subsets").iter().map(|x| x["refused_total"].as_u64().unwrap_or(0)).sum();
+    let refused: u64 = status["services"][0]["subsets"]
+        .as_array()
+        .expect("subsets")
+        .iter()
+        .map(|x| x["refused_total"].as_u64().unwrap_or(0))
+        .sum();
     assert_eq!(refused, 20);
     // An address lb does not know is untouched: the backend itself answers directly.
     let s = env.probe(&["--to", "127.0.0.2:10201", "--count", "5"]);
@@ -68,46 +94,107 @@ fn blue_green_switches_are_atomic_and_spare_open_connections() {
     let (svc, port) = ("127.10.1.1", 10100u16);
     env.backend("v0", &[addr("127.0.0.2:10100")]);
     env.backend("v1", &[addr("127.0.0.3:10100")]);
-    env.write_config("backend.yaml", &seed_config(svc, port, "127.0.0.2", "127.0.0.3", 100, 0));
+    env.write_config(
+        "backend.yaml",
+        &seed_config(svc, port, "127.0.0.2", "127.0.0.3", 100, 0),
+    );
     env.start_daemon(false);
     let to = format!("{svc}:{port}");
-    let (stop, log, ka_log) = (env.work.join("stop"), env.work.join("probe.log"), env.work.join("ka.log"));
-    let common = ["--to", to.as_str(), "--for-ms", "60000", "--until-file", stop.to_str().expect("utf-8")];
+    let (stop, log, ka_log) = (
+        env.work.join("stop"),
+        env.work.join("probe.log"),
+        env.work.join("ka.log"),
+    );
+    let common = [
+        "--to",
+        to.as_str(),
+        "--for-ms",
+        "60000",
+        "--until-file",
+        stop.to_str().expect("utf-8"),
+    ];
     let mut args = common.to_vec();
-    args.extend(["--count", "200000", "--every-ms", "1", "--log", log.to_str().expect("utf-8")]);
+    args.extend([
+        "--count",
+        "200000",
+        "--every-ms",
+        "1",
+        "--log",
+        log.to_str().expect("utf-8"),
+    ]);
     let client = env.spawn_probe(&args);
     let mut ka_args = common.to_vec();
-    ka_args.extend(["--count", "200000", "--every-ms", "5", "--keep-alive", "--log", ka_log.to_str().expect("utf-8")]);
+    ka_args.extend([
+        "--count",
+        "200000",
+        "--every-ms",
+        "5",
+        "--keep-alive",
+        "--log",
+        ka_log.to_str().expect("utf-8"),
+    ]);
     let keep_alive = env.spawn_probe(&ka_args);
     std::thread::sleep(Duration::from_millis(200));
 
     // (applied_at in unix ms, subset that must serve new connections after it)
     let mut phases = Vec::new();
     for i in 0..20 {
-        let (w0, w1, expect) = if i % 2 == 0 { (0, 100, "v1") } else { (100, 0, "v0") };
+        let (w0, w1, expect) = if i % 2 == 0 {
+            (0, 100, "v1")
+        } else {
+            (100, 0, "v0")
+        };
         let before = env.applied_at();
-        env.write_config("backend.yaml", &seed_config(svc, port, "127.0.0.2", "127.0.0.3", w0, w1));
-        wait_for(Duration::from_secs(10), "the switch to apply", || env.applied_at() != before && env.weights(svc).contains(&(expect.to_string(), 100)));
+        env.write_config(
+            "backend.yaml",
+            &seed_config(svc, port, "127.0.0.2", "127.0.0.3", w0, w1),
+        );
+        wait_for(Duration::from_secs(10), "the switch to apply", || {
+            env.applied_at() != before && env.weights(svc).contains(&(expect.to_string(), 100))
+        });
         phases.push((unix_ms(&env.applied_at().expect("applied")), expect));
         std::thread::sleep(Duration::from_millis(150));
     }
     let summary = stop_probe(client, &stop);
     let ka = stop_probe(keep_alive, &stop);
 
-    assert_eq!(summary["failures"], 0, "every connection must succeed: {}", summary["first_errors"]);
+    assert_eq!(
+        summary["failures"], 0,
+        "every connection must succeed: {}",
+        summary["first_errors"]
+    );
     let lines = read_log(&log);
-    assert!(lines.len() > 1000, "the client made only {} connections", lines.len());
+    assert!(
+        lines.len() > 1000,
+        "the client made only {} connections",
+        lines.len()
+    );
     for (i, (t, expect)) in phases.iter().enumerate() {
         let end = phases.get(i + 1).map_or(u64::MAX, |p| p.0);
-        let in_phase: Vec<_> = lines.iter().filter(|l| { let s = l["t_ms"].as_u64().unwrap_or(0); s > *t && s < end }).collect();
+        let in_phase: Vec<_> = lines
+            .iter()
+            .filter(|l| {
+                let s = l["t_ms"].as_u64().unwrap_or(0);
+                s > *t && s < end
+            })
+            .collect();
         assert!(!in_phase.is_empty(), "no connection in phase {i}");
         let wrong = in_phase.iter().filter(|l| l["backend"] != *expect).count();
-        assert_eq!(wrong, 0, "phase {i}: {wrong} of {} new connections went to the old subset", in_phase.len());
+        assert_eq!(
+            wrong,
+            0,
+            "phase {i}: {wrong} of {} new connections went to the old subset",
+            in_phase.len()
+        );
     }
     // The open keep-alive connection never moved.
     assert_eq!(ka["failures"], 0, "{}", ka["first_errors"]);
     let backends = ka["by_backend"].as_object().expect("by_backend");
-    assert_eq!(backends.len(), 1, "keep-alive connection moved between backends: {ka}");
+    assert_eq!(
+        backends.len(),
+        1,
+        "keep-alive connection moved between backends: {ka}"
+    );
 }
 
 /// 20 `kill -9` + restarts of the daemon under a client loop: no failure, and one set
@@ -118,11 +205,25 @@ fn restarts_never_interrupt_steering_nor_duplicate_programs() {
     let (svc, port) = ("127.10.3.1", 10300u16);
     env.backend("v0", &[addr("127.0.0.2:10300")]);
     env.backend("v1", &[addr("127.0.0.3:10300")]);
-    env.write_config("backend.yaml", &seed_config(svc, port, "127.0.0.2", "127.0.0.3", 50, 50));
+    env.write_config(
+        "backend.yaml",
+        &seed_config(svc, port, "127.0.0.2", "127.0.0.3", 50, 50),
+    );
     env.start_daemon(false);
     let to = format!("{svc}:{port}");
     let stop = env.work.join("stop");
-    let client = env.spawn_probe(&["--to", &to, "--count", "200000", "--every-ms", "1", "--for-ms", "120000", "--until-file", stop.to_str().expect("utf-8")]);
+    let client = env.spawn_probe(&[
+        "--to",
+        &to,
+        "--count",
+        "200000",
+        "--every-ms",
+        "1",
+        "--for-ms",
+        "120000",
+        "--until-file",
+        stop.to_str().expect("utf-8"),
+    ]);
     for _ in 0..20 {
         env.kill_daemons();
         std::thread::sleep(Duration::from_millis(30));
@@ -137,7 +238,12 @@ fn restarts_never_interrupt_steering_nor_duplicate_programs() {
     assert!(v0 > 0 && v1 > 0, "both subsets must keep serving: {s}");
     let progs = env.attached_programs();
     for p in ["lb_connect4", "lb_getpeername4", "lb_sockops"] {
-        assert_eq!(progs.iter().filter(|l| l.contains(p)).count(), 1, "{p} attached once, got:\n{}", progs.join("\n"));
+        assert_eq!(
+            progs.iter().filter(|l| l.contains(p)).count(),
+            1,
+            "{p} attached once, got:\n{}",
+            progs.join("\n")
+        );
     }
 }
 
@@ -152,29 +258,55 @@ fn rejected_change_keeps_plan_and_configmap_swaps_apply() {
     // ConfigMap layout: config.yaml -> ..data/config.yaml, ..data -> ..v1
     let data_v1 = env.config.join("..v1");
     std::fs::create_dir_all(&data_v1).expect("mkdir");
-    std::fs::write(data_v1.join("config.yaml"), seed_config(svc, port, "127.0.0.2", "127.0.0.3", 100, 0)).expect("write");
+    std::fs::write(
+        data_v1.join("config.yaml"),
+        seed_config(svc, port, "127.0.0.2", "127.0.0.3", 100, 0),
+    )
+    .expect("write");
     std::os::unix::fs::symlink("..v1", env.config.join("..data")).expect("symlink");
-    std::os::unix::fs::symlink("..data/config.yaml", env.config.join("config.yaml")).expect("symlink");
+    std::os::unix::fs::symlink("..data/config.yaml", env.config.join("config.yaml"))
+        .expect("symlink");
     env.start_daemon(false);
     assert!(env.weights(svc).contains(&("v0".into(), 100)));
 
     // A broken edit: unknown subset. The plan stays, the error is shown.
     env.write_config("broken.yaml", "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: other}\nspec:\n  hosts: [backend-service]\n  http:\n  - route:\n    - destination: {host: backend-service, subset: v9}\n");
-    wait_for(Duration::from_secs(10), "the rejection to be recorded", || env.status()["config"]["last_error"].is_string());
-    let err = env.status()["config"]["last_error"].as_str().unwrap_or("").to_string();
+    wait_for(
+        Duration::from_secs(10),
+        "the rejection to be recorded",
+        || env.status()["config"]["last_error"].is_string(),
+    );
+    let err = env.status()["config"]["last_error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     assert!(err.contains("broken.yaml"), "{err}");
     let s = env.probe(&["--to", &format!("{svc}:{port}"), "--count", "50"]);
-    assert_eq!((s["failures"].as_u64(), s["by_backend"]["v0"].as_u64()), (Some(0), Some(50)), "old plan keeps serving: {s}");
+    assert_eq!(
+        (s["failures"].as_u64(), s["by_backend"]["v0"].as_u64()),
+        (Some(0), Some(50)),
+        "old plan keeps serving: {s}"
+    );
     std::fs::remove_file(env.config.join("broken.yaml")).expect("rm");
-    wait_for(Duration::from_secs(10), "the error to clear", || env.status()["config"]["last_error"].is_null());
+    wait_for(Duration::from_secs(10), "the error to clear", || {
+        env.status()["config"]["last_error"].is_null()
+    });
 
     // The kubelet's atomic swap: a new ..vN folder, ..data replaced by rename.
     let data_v2 = env.config.join("..v2");
     std::fs::create_dir_all(&data_v2).expect("mkdir");
-    std::fs::write(data_v2.join("config.yaml"), seed_config(svc, port, "127.0.0.2", "127.0.0.3", 0, 100)).expect("write");
+    std::fs::write(
+        data_v2.join("config.yaml"),
+        seed_config(svc, port, "127.0.0.2", "127.0.0.3", 0, 100),
+    )
+    .expect("write");
     std::os::unix::fs::symlink("..v2", env.config.join("..data_tmp")).expect("symlink");
     std::fs::rename(env.config.join("..data_tmp"), env.config.join("..data")).expect("swap");
-    wait_for(Duration::from_secs(10), "the swapped config to apply", || env.weights(svc).contains(&("v1".into(), 100)));
+    wait_for(
+        Duration::from_secs(10),
+        "the swapped config to apply",
+        || env.weights(svc).contains(&("v1".into(), 100)),
+    );
     let s = env.probe(&["--to", &format!("{svc}:{port}"), "--count", "50"]);
     assert_eq!(s["by_backend"]["v1"], 50, "{s}");
 }

@@ -30,7 +30,8 @@ pub fn ensure_attached(pins: &Pins, cgroup: &Path) -> Result<Attached, ApplyErro
     if pins.all_links_pinned() {
         return Ok(Attached::Adopted);
     }
-    super::pins::ensure_bpffs(&pins.root).map_err(|e| ApplyError::io(Path::new(super::pins::BPFFS_MOUNT), e))?;
+    super::pins::ensure_bpffs(&pins.root)
+        .map_err(|e| ApplyError::io(Path::new(super::pins::BPFFS_MOUNT), e))?;
     std::fs::create_dir_all(&pins.root).map_err(|e| ApplyError::io(&pins.root, e))?;
     // Maps declared pin-by-name are reused from `pins.root` when pinned, else created
     // and pinned there.
@@ -45,13 +46,19 @@ pub fn ensure_attached(pins: &Pins, cgroup: &Path) -> Result<Attached, ApplyErro
             continue;
         }
         let link = attach_one(&mut ebpf, name, &cgroup_file)?;
-        link.pin(&path).map_err(|e| ApplyError::Pin { path: path.clone(), source: Box::new(e) })?;
+        link.pin(&path).map_err(|e| ApplyError::Pin {
+            path: path.clone(),
+            source: Box::new(e),
+        })?;
     }
     Ok(Attached::Attached)
 }
 
 fn program_error(program: &str, e: impl std::error::Error + Send + Sync + 'static) -> ApplyError {
-    ApplyError::Program { program: program.to_string(), source: Box::new(e) }
+    ApplyError::Program {
+        program: program.to_string(),
+        source: Box::new(e),
+    }
 }
 
 /// Loads and attaches one program; returns its link, ready to pin.
@@ -66,7 +73,10 @@ fn attach_one(ebpf: &mut Ebpf, name: &str, cgroup: &File) -> Result<FdLink, Appl
             .ok_or_else(|| ApplyError::MissingMap(map_names::SOCKETS))?
             .try_into()
             .map_err(|e| program_error(name, e))?;
-        let fd = sock_map.fd().try_clone().map_err(|e| ApplyError::io(Path::new(map_names::SOCKETS), e))?;
+        let fd = sock_map
+            .fd()
+            .try_clone()
+            .map_err(|e| ApplyError::io(Path::new(map_names::SOCKETS), e))?;
         let prog: &mut SkMsg = program(ebpf, name)?;
         prog.load().map_err(err)?;
         let id = prog.attach(&fd).map_err(err)?;

@@ -14,7 +14,12 @@ pub fn cgroup2_root() -> std::io::Result<PathBuf> {
             (fstype == "cgroup2").then(|| PathBuf::from(dir))
         })
         .next()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no cgroup2 mount in /proc/mounts"))
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no cgroup2 mount in /proc/mounts",
+            )
+        })
 }
 
 /// Makes a spawned command join `cgroup` before it runs (the caller itself stays
@@ -50,7 +55,10 @@ impl Drop for ChildCgroup {
                 return;
             }
             if let Ok(pids) = std::fs::read_to_string(self.path.join("cgroup.procs")) {
-                for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+                for pid in pids
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                {
                     // SAFETY: plain kill(2) of a process inside our own test cgroup.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                 }

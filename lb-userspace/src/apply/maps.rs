@@ -29,9 +29,18 @@ where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
     let path = pins.map(name);
-    let data = MapData::from_pin(&path).map_err(|e| ApplyError::OpenMap { path: path.clone(), source: Box::new(e) })?;
-    let map = Map::from_map_data(data).map_err(|e| ApplyError::OpenMap { path: path.clone(), source: Box::new(e) })?;
-    T::try_from(map).map_err(|e| ApplyError::OpenMap { path, source: Box::new(e) })
+    let data = MapData::from_pin(&path).map_err(|e| ApplyError::OpenMap {
+        path: path.clone(),
+        source: Box::new(e),
+    })?;
+    let map = Map::from_map_data(data).map_err(|e| ApplyError::OpenMap {
+        path: path.clone(),
+        source: Box::new(e),
+    })?;
+    T::try_from(map).map_err(|e| ApplyError::OpenMap {
+        path,
+        source: Box::new(e),
+    })
 }
 
 /// A pinned service as read back: its entry and its current revision's content.
@@ -59,10 +68,14 @@ impl Maps {
     /// Reads every service back: entry, slots of its current revision, subsets
     /// (names from the metadata map) and their endpoints.
     pub fn read_services(&self) -> Result<BTreeMap<SockAddr4, PinnedService>, ApplyError> {
-        let mut subsets_by_service: StdHashMap<SockAddr4, Vec<(u32, SubsetMeta)>> = StdHashMap::new();
+        let mut subsets_by_service: StdHashMap<SockAddr4, Vec<(u32, SubsetMeta)>> =
+            StdHashMap::new();
         for item in self.subset_meta.iter() {
             let (k, v) = item.map_err(ApplyError::map)?;
-            subsets_by_service.entry(k.service).or_default().push((k.subset, v));
+            subsets_by_service
+                .entry(k.service)
+                .or_default()
+                .push((k.subset, v));
         }
         let mut out = BTreeMap::new();
         for item in self.services.iter() {
@@ -70,7 +83,11 @@ impl Maps {
             let meta = self.service_meta.get(&key, 0).unwrap_or_default();
             let mut slots = Vec::with_capacity(entry.slot_count as usize);
             for slot in 0..entry.slot_count {
-                let k = SlotKey { service: key, revision: entry.revision, slot };
+                let k = SlotKey {
+                    service: key,
+                    revision: entry.revision,
+                    slot,
+                };
                 // A missing slot makes connect4 fail open; show it as subset 0.
                 slots.push(self.slots.get(&k, 0).map(|s| s.subset).unwrap_or(0));
             }
@@ -80,12 +97,21 @@ impl Maps {
             for (id, m) in known {
                 let mut endpoints = Vec::new();
                 for index in 0..m.endpoint_count {
-                    let k = EndpointKey { service: key, revision: entry.revision, subset: id, index };
+                    let k = EndpointKey {
+                        service: key,
+                        revision: entry.revision,
+                        subset: id,
+                        index,
+                    };
                     if let Ok(ep) = self.endpoints.get(&k, 0) {
                         endpoints.push(ep);
                     }
                 }
-                subsets.push(SubsetImage { id, name: c_str(&m.name), endpoints });
+                subsets.push(SubsetImage {
+                    id,
+                    name: c_str(&m.name),
+                    endpoints,
+                });
             }
             let image = ServiceImage {
                 name: c_str(&meta.name),

@@ -31,7 +31,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum ApplyError {
     /// A file or folder could not be used.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The eBPF object could not be loaded.
     #[error("loading the eBPF object: {0}")]
     Load(BoxError),
@@ -55,12 +58,19 @@ pub enum ApplyError {
     Map(BoxError),
     /// The plan needs more entries than a pinned map holds.
     #[error("the plan needs {needed} entries in {map}, which holds {capacity}")]
-    Full { map: &'static str, needed: u64, capacity: u32 },
+    Full {
+        map: &'static str,
+        needed: u64,
+        capacity: u32,
+    },
 }
 
 impl ApplyError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io { path: path.to_path_buf(), source }
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 
     pub fn map(e: aya::maps::MapError) -> Self {
@@ -99,7 +109,9 @@ pub struct Applier {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Applier {
@@ -112,13 +124,21 @@ impl Applier {
             .slots
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| current.get(&k.service).is_none_or(|s| s.entry.revision != k.revision))
+            .filter(|k| {
+                current
+                    .get(&k.service)
+                    .is_none_or(|s| s.entry.revision != k.revision)
+            })
             .collect();
         let stale_eps: Vec<EndpointKey> = maps
             .endpoints
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| current.get(&k.service).is_none_or(|s| s.entry.revision != k.revision))
+            .filter(|k| {
+                current
+                    .get(&k.service)
+                    .is_none_or(|s| s.entry.revision != k.revision)
+            })
             .collect();
         for k in stale_slots {
             let _ = maps.slots.remove(&k);
@@ -132,7 +152,10 @@ impl Applier {
     /// Tells the programs which process is lb (its sockets are never steered) and
     /// where the proxy listens.
     pub fn set_settings(&mut self, settings: Settings) -> Result<(), ApplyError> {
-        self.maps.settings.set(0, &settings, 0).map_err(ApplyError::map)
+        self.maps
+            .settings
+            .set(0, &settings, 0)
+            .map_err(ApplyError::map)
     }
 
     /// Makes the maps hold `image`. Returns what changed and the old entries to delete
@@ -143,15 +166,28 @@ impl Applier {
         let mut garbage = Garbage::default();
         for (key, svc) in &image.services {
             let old = self.current.get(key).cloned();
-            if old.as_ref().is_some_and(|o| same(&o.image, svc) && o.entry.mode == svc.mode) {
+            if old
+                .as_ref()
+                .is_some_and(|o| same(&o.image, svc) && o.entry.mode == svc.mode)
+            {
                 report.unchanged += 1;
                 continue;
             }
-            let revision = old.as_ref().map_or(1, |o| o.entry.revision.wrapping_add(1).max(1));
+            let revision = old
+                .as_ref()
+                .map_or(1, |o| o.entry.revision.wrapping_add(1).max(1));
             self.write_revision(*key, revision, svc)?;
-            let entry = Service { revision, slot_count: svc.slots.len() as u32, mode: svc.mode, _pad: 0 };
+            let entry = Service {
+                revision,
+                slot_count: svc.slots.len() as u32,
+                mode: svc.mode,
+                _pad: 0,
+            };
             // The flip: one update makes the whole new revision visible.
-            self.maps.services.insert(key, &entry, 0).map_err(ApplyError::map)?;
+            self.maps
+                .services
+                .insert(key, &entry, 0)
+                .map_err(ApplyError::map)?;
             if let Some(o) = old {
                 collect(*key, &o, &mut garbage);
                 self.remove_stale_subset_meta(*key, &o.image, svc);
@@ -159,16 +195,30 @@ impl Applier {
             } else {
                 report.added += 1;
             }
-            self.current.insert(*key, PinnedService { entry, image: svc.clone() });
+            self.current.insert(
+                *key,
+                PinnedService {
+                    entry,
+                    image: svc.clone(),
+                },
+            );
         }
-        let removed: Vec<SockAddr4> = self.current.keys().filter(|k| !image.services.contains_key(k)).copied().collect();
+        let removed: Vec<SockAddr4> = self
+            .current
+            .keys()
+            .filter(|k| !image.services.contains_key(k))
+            .copied()
+            .collect();
         for key in removed {
             let old = self.current.remove(&key).expect("listed above");
             // Connects to a removed service pass through untouched from here on.
             self.maps.services.remove(&key).map_err(ApplyError::map)?;
             let _ = self.maps.service_meta.remove(&key);
             for s in &old.image.subsets {
-                let _ = self.maps.subset_meta.remove(&SubsetMetaKey { service: key, subset: s.id });
+                let _ = self.maps.subset_meta.remove(&SubsetMetaKey {
+                    service: key,
+                    subset: s.id,
+                });
             }
             collect(key, &old, &mut garbage);
             report.removed += 1;
@@ -214,19 +264,64 @@ impl Applier {
         self.maps.state.set(0, &state, 0).map_err(ApplyError::map)
     }
 
-    fn write_revision(&mut self, key: SockAddr4, revision: u32, svc: &ServiceImage) -> Result<(), ApplyError> {
+    fn write_revision(
+        &mut self,
+        key: SockAddr4,
+        revision: u32,
+        svc: &ServiceImage,
+    ) -> Result<(), ApplyError> {
         for sub in &svc.subsets {
             for (index, ep) in sub.endpoints.iter().enumerate() {
-                let k = EndpointKey { service: key, revision, subset: sub.id, index: index as u32 };
-                self.maps.endpoints.insert(&k, ep, 0).map_err(ApplyError::map)?;
+                let k = EndpointKey {
+                    service: key,
+                    revision,
+                    subset: sub.id,
+                    index: index as u32,
+                };
+                self.maps
+                    .endpoints
+                    .insert(&k, ep, 0)
+                    .map_err(ApplyError::map)?;
             }
-            let meta = SubsetMeta { name: maps::fixed(&sub.name), endpoint_count: sub.endpoints.len() as u32, _pad: 0 };
-            self.maps.subset_meta.insert(&SubsetMetaKey { service: key, subset: sub.id }, &meta, 0).map_err(ApplyError::map)?;
+            let meta = SubsetMeta {
+                name: maps::fixed(&sub.name),
+                endpoint_count: sub.endpoints.len() as u32,
+                _pad: 0,
+            };
+            self.maps
+                .subset_meta
+                .insert(
+                    &SubsetMetaKey {
+                        service: key,
+                        subset: sub.id,
+                    },
+                    &meta,
+                    0,
+                )
+                .map_err(ApplyError::map)?;
         }
         for (slot, subset) in svc.slots.iter().enumerate() {
-            let endpoint_count = svc.subsets.iter().find(|s| s.id == *subset).map_or(0, |s| s.endpoints.len() as u32);
-            let k = SlotKey { service: key, revision, slot: slot as u32 };
-            self.maps.slots.insert(&k, &Slot { subset: *subset, endpoint_count }, 0).map_err(ApplyError::map)?;
+            let endpoint_count = svc
+                .subsets
+                .iter()
+                .find(|s| s.id == *subset)
+                .map_or(0, |s| s.endpoints.len() as u32);
+            let k = SlotKey {
+                service: key,
+                revision,
+                slot: slot as u32,
+            };
+            self.maps
+                .slots
+                .insert(
+                    &k,
+                    &Slot {
+                        subset: *subset,
+                        endpoint_count,
+                    },
+                    0,
+                )
+                .map_err(ApplyError::map)?;
         }
         let meta = ServiceMeta {
             name: maps::fixed(&svc.name),
@@ -234,13 +329,19 @@ impl Applier {
             weight_scale: svc.weight_scale,
             reason: 0,
         };
-        self.maps.service_meta.insert(&key, &meta, 0).map_err(ApplyError::map)
+        self.maps
+            .service_meta
+            .insert(&key, &meta, 0)
+            .map_err(ApplyError::map)
     }
 
     fn remove_stale_subset_meta(&mut self, key: SockAddr4, old: &ServiceImage, new: &ServiceImage) {
         for s in &old.subsets {
             if !new.subsets.iter().any(|n| n.id == s.id) {
-                let _ = self.maps.subset_meta.remove(&SubsetMetaKey { service: key, subset: s.id });
+                let _ = self.maps.subset_meta.remove(&SubsetMetaKey {
+                    service: key,
+                    subset: s.id,
+                });
             }
         }
     }
@@ -254,9 +355,16 @@ impl Applier {
         };
         let slots = count(&|s| s.slots.len());
         let eps = count(&|s| s.subsets.iter().map(|x| x.endpoints.len()).sum());
-        for (map, needed, cap) in [("LB_SLOTS", slots, capacity::SLOTS), ("LB_ENDPOINTS", eps, capacity::ENDPOINTS)] {
+        for (map, needed, cap) in [
+            ("LB_SLOTS", slots, capacity::SLOTS),
+            ("LB_ENDPOINTS", eps, capacity::ENDPOINTS),
+        ] {
             if needed > u64::from(cap) {
-                return Err(ApplyError::Full { map, needed, capacity: cap });
+                return Err(ApplyError::Full {
+                    map,
+                    needed,
+                    capacity: cap,
+                });
             }
         }
         Ok(())
@@ -265,9 +373,22 @@ impl Applier {
 
 fn collect(key: SockAddr4, old: &PinnedService, garbage: &mut Garbage) {
     let revision = old.entry.revision;
-    garbage.slots.extend((0..old.entry.slot_count).map(|slot| SlotKey { service: key, revision, slot }));
+    garbage
+        .slots
+        .extend((0..old.entry.slot_count).map(|slot| SlotKey {
+            service: key,
+            revision,
+            slot,
+        }));
     for s in &old.image.subsets {
-        garbage.endpoints.extend((0..s.endpoints.len() as u32).map(|index| EndpointKey { service: key, revision, subset: s.id, index }));
+        garbage
+            .endpoints
+            .extend((0..s.endpoints.len() as u32).map(|index| EndpointKey {
+                service: key,
+                revision,
+                subset: s.id,
+                index,
+            }));
     }
 }
 
@@ -276,9 +397,19 @@ fn same(a: &ServiceImage, b: &ServiceImage) -> bool {
     let norm = |s: &ServiceImage| {
         let mut slots = s.slots.clone();
         slots.sort_unstable();
-        let mut subs: Vec<_> = s.subsets.iter().map(|x| (x.id, x.name.clone(), x.endpoints.clone())).collect();
+        let mut subs: Vec<_> = s
+            .subsets
+            .iter()
+            .map(|x| (x.id, x.name.clone(), x.endpoints.clone()))
+            .collect();
         subs.sort();
-        (s.name.clone(), s.namespace.clone(), s.weight_scale, slots, subs)
+        (
+            s.name.clone(),
+            s.namespace.clone(),
+            s.weight_scale,
+            slots,
+            subs,
+        )
     };
     norm(a) == norm(b)
 }

@@ -46,7 +46,9 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub const BPFFS_MOUNT: &str = "/sys/fs/bpf";
 
 fn is_bpffs(path: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
     // SAFETY: statfs writes into the zeroed struct we own.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == BPF_FS_MAGIC
@@ -62,7 +64,15 @@ pub fn ensure_bpffs(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(mount)?;
     let (src, target, fstype) = (c"bpf", std::ffi::CString::new(BPFFS_MOUNT)?, c"bpf");
     // SAFETY: all pointers are valid NUL-terminated strings for the call's duration.
-    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -52,10 +52,26 @@ impl MapImage {
     pub fn render(&self) -> String {
         let mut out = String::new();
         for (frontend, s) in &self.services {
-            let _ = writeln!(out, "service {} {}/{} mode={} slots={} scale={}", show(frontend), s.namespace, s.name, s.mode, s.slots.len(), s.weight_scale);
+            let _ = writeln!(
+                out,
+                "service {} {}/{} mode={} slots={} scale={}",
+                show(frontend),
+                s.namespace,
+                s.name,
+                s.mode,
+                s.slots.len(),
+                s.weight_scale
+            );
             for sub in &s.subsets {
                 let eps: Vec<String> = sub.endpoints.iter().map(show).collect();
-                let _ = writeln!(out, "  subset {} id={:#010x} slots={} endpoints=[{}]", sub.name, sub.id, s.slots_of(sub.id), eps.join(", "));
+                let _ = writeln!(
+                    out,
+                    "  subset {} id={:#010x} slots={} endpoints=[{}]",
+                    sub.name,
+                    sub.id,
+                    s.slots_of(sub.id),
+                    eps.join(", ")
+                );
             }
         }
         out

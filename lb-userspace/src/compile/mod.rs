@@ -18,11 +18,26 @@ pub use image::{MapImage, ServiceImage, SubsetImage};
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
     /// A service's reduced weights need more slots than a service may have.
-    #[error("service {service} ({frontend}): weights reduced by their gcd need {slots} slots, at most {max} are allowed; use smaller or rounder weights")]
-    TooManySlots { service: String, frontend: SocketAddrV4, slots: u64, max: u32 },
+    #[error(
+        "service {service} ({frontend}): weights reduced by their gcd need {slots} slots, at most {max} are allowed; use smaller or rounder weights"
+    )]
+    TooManySlots {
+        service: String,
+        frontend: SocketAddrV4,
+        slots: u64,
+        max: u32,
+    },
     /// A subset has more endpoints than the map layout indexes.
-    #[error("service {service} ({frontend}): subset {subset} has {count} endpoints, at most {max} are allowed")]
-    TooManyEndpoints { service: String, frontend: SocketAddrV4, subset: String, count: usize, max: u32 },
+    #[error(
+        "service {service} ({frontend}): subset {subset} has {count} endpoints, at most {max} are allowed"
+    )]
+    TooManyEndpoints {
+        service: String,
+        frontend: SocketAddrV4,
+        subset: String,
+        count: usize,
+        max: u32,
+    },
     /// More services than the services map holds.
     #[error("{count} services, the kernel map holds at most {max}")]
     TooManyServices { count: usize, max: u32 },
@@ -35,27 +50,52 @@ pub fn sock_addr(a: SocketAddrV4) -> SockAddr4 {
 /// Compiles the model into the image of the kernel maps.
 pub fn compile(model: &Model) -> Result<MapImage, CompileError> {
     if model.services.len() > capacity::SERVICES as usize {
-        return Err(CompileError::TooManyServices { count: model.services.len(), max: capacity::SERVICES });
+        return Err(CompileError::TooManyServices {
+            count: model.services.len(),
+            max: capacity::SERVICES,
+        });
     }
     let mut image = MapImage::default();
     for svc in &model.services {
-        let scale = svc.split.iter().map(|s| s.weight).filter(|w| *w > 0).fold(0, gcd).max(1);
+        let scale = svc
+            .split
+            .iter()
+            .map(|s| s.weight)
+            .filter(|w| *w > 0)
+            .fold(0, gcd)
+            .max(1);
         let slots_needed: u64 = svc.split.iter().map(|s| u64::from(s.weight / scale)).sum();
         if slots_needed > u64::from(capacity::SLOTS_PER_SERVICE) {
-            return Err(CompileError::TooManySlots { service: svc.name.clone(), frontend: svc.frontend, slots: slots_needed, max: capacity::SLOTS_PER_SERVICE });
+            return Err(CompileError::TooManySlots {
+                service: svc.name.clone(),
+                frontend: svc.frontend,
+                slots: slots_needed,
+                max: capacity::SLOTS_PER_SERVICE,
+            });
         }
         let mut subsets = Vec::new();
         let mut slots = Vec::new();
         for s in &svc.split {
             if s.endpoints.len() > capacity::ENDPOINTS_PER_SUBSET as usize {
-                return Err(CompileError::TooManyEndpoints { service: svc.name.clone(), frontend: svc.frontend, subset: s.name.clone(), count: s.endpoints.len(), max: capacity::ENDPOINTS_PER_SUBSET });
+                return Err(CompileError::TooManyEndpoints {
+                    service: svc.name.clone(),
+                    frontend: svc.frontend,
+                    subset: s.name.clone(),
+                    count: s.endpoints.len(),
+                    max: capacity::ENDPOINTS_PER_SUBSET,
+                });
             }
             let id = subset_id(&s.name, &subsets);
             slots.extend(std::iter::repeat_n(id, (s.weight / scale) as usize));
-            let mut endpoints: Vec<SockAddr4> = s.endpoints.iter().copied().map(sock_addr).collect();
+            let mut endpoints: Vec<SockAddr4> =
+                s.endpoints.iter().copied().map(sock_addr).collect();
             endpoints.sort();
             endpoints.dedup();
-            subsets.push(SubsetImage { id, name: s.name.clone(), endpoints });
+            subsets.push(SubsetImage {
+                id,
+                name: s.name.clone(),
+                endpoints,
+            });
         }
         image.services.insert(
             sock_addr(svc.frontend),

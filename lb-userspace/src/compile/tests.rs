@@ -12,17 +12,22 @@ fn golden_dir() -> PathBuf {
 
 #[test]
 fn golden_images() {
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(golden_dir()).expect("tests/golden").map(|e| e.expect("entry").path()).collect();
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(golden_dir())
+        .expect("tests/golden")
+        .map(|e| e.expect("entry").path())
+        .collect();
     cases.sort();
     assert!(cases.len() >= 4, "golden cases missing");
     for case in cases {
-        let validated = model::load_dir(&case).unwrap_or_else(|e| panic!("{}: {e}", case.display()));
+        let validated =
+            model::load_dir(&case).unwrap_or_else(|e| panic!("{}: {e}", case.display()));
         let rendered = compile(&validated.model).expect("compiles").render();
         let expected_path = case.join("expected.txt");
         if std::env::var_os("UPDATE_GOLDEN").is_some() {
             std::fs::write(&expected_path, &rendered).expect("write golden");
         }
-        let expected = std::fs::read_to_string(&expected_path).unwrap_or_else(|e| panic!("{}: {e}", expected_path.display()));
+        let expected = std::fs::read_to_string(&expected_path)
+            .unwrap_or_else(|e| panic!("{}: {e}", expected_path.display()));
         assert_eq!(rendered, expected, "golden image of {}", case.display());
     }
 }
@@ -40,7 +45,9 @@ fn service(split: Vec<(&str, u32, usize)>) -> Model {
                 .map(|(name, weight, n)| WeightedSubset {
                     name: name.into(),
                     weight,
-                    endpoints: (0..n).map(|i| SocketAddrV4::new([127, 0, 0, 2 + i as u8].into(), 80)).collect(),
+                    endpoints: (0..n)
+                        .map(|i| SocketAddrV4::new([127, 0, 0, 2 + i as u8].into(), 80))
+                        .collect(),
                 })
                 .collect(),
             virtual_service: None,
@@ -76,7 +83,13 @@ fn coprime_weights_beyond_the_slot_bound_are_rejected() {
 fn subset_ids_are_stable_and_distinct() {
     let a = compile(&service(vec![("v0", 1, 1), ("v1", 1, 1)])).expect("compiles");
     let b = compile(&service(vec![("v1", 3, 1)])).expect("compiles");
-    let (a, b) = (a.services.values().next().expect("a"), b.services.values().next().expect("b"));
+    let (a, b) = (
+        a.services.values().next().expect("a"),
+        b.services.values().next().expect("b"),
+    );
     assert_ne!(a.subsets[0].id, a.subsets[1].id);
-    assert_eq!(a.subsets[1].id, b.subsets[0].id, "same name, same id across plans");
+    assert_eq!(
+        a.subsets[1].id, b.subsets[0].id,
+        "same name, same id across plans"
+    );
 }

@@ -62,7 +62,11 @@ pub fn split(text: &str) -> Result<Vec<Document>, SyntaxError> {
             for (i, line) in all_lines[start..end].iter().enumerate() {
                 // Document markers of the neighbours stay out (as blank lines).
                 let marker = line.starts_with("---") || line.starts_with("...");
-                text.push_str(if marker && i > 0 || marker && line.trim_end().len() == 3 { "\n" } else { line });
+                text.push_str(if marker && i > 0 || marker && line.trim_end().len() == 3 {
+                    "\n"
+                } else {
+                    line
+                });
             }
             Document {
                 first_line: d.first_line,
@@ -196,7 +200,8 @@ mod tests {
 
     #[test]
     fn indexes_paths_per_document() {
-        let text = "a: 1\nb:\n  c: [x, y]\n---\nkind: K\nspec:\n  http:\n  - route:\n    - weight: 5\n";
+        let text =
+            "a: 1\nb:\n  c: [x, y]\n---\nkind: K\nspec:\n  http:\n  - route:\n    - weight: 5\n";
         let docs = split(text).expect("valid yaml");
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0].line_of("b.c"), 3);

@@ -27,9 +27,9 @@ pub enum LoadError {
 /// One resource of the configuration.
 #[derive(Debug)]
 pub enum Resource {
-    ServiceEntry(istio::Resource<istio::ServiceEntrySpec>),
-    DestinationRule(istio::Resource<istio::DestinationRuleSpec>),
-    VirtualService(istio::Resource<istio::VirtualServiceSpec>),
+    ServiceEntry(Box<istio::Resource<istio::ServiceEntrySpec>>),
+    DestinationRule(Box<istio::Resource<istio::DestinationRuleSpec>>),
+    VirtualService(Box<istio::Resource<istio::VirtualServiceSpec>>),
 }
 
 /// A resource with where it came from.
@@ -106,7 +106,11 @@ pub fn load_text(file: &Path, text: &str, out: &mut Vec<Loaded>, diags: &mut Vec
                 line: e.line,
                 resource: String::new(),
             };
-            diags.push(Diagnostic::error(origin, "", format!("YAML syntax error: {}", e.message)));
+            diags.push(Diagnostic::error(
+                origin,
+                "",
+                format!("YAML syntax error: {}", e.message),
+            ));
             return;
         }
     };
@@ -117,7 +121,11 @@ pub fn load_text(file: &Path, text: &str, out: &mut Vec<Loaded>, diags: &mut Vec
     }
 }
 
-fn load_document(file: &Path, doc: locate::Document, diags: &mut Vec<Diagnostic>) -> Option<Loaded> {
+fn load_document(
+    file: &Path,
+    doc: locate::Document,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Loaded> {
     let origin = |path: &str, resource: String| Origin {
         file: file.to_path_buf(),
         line: doc.line_of(path),
@@ -127,20 +135,36 @@ fn load_document(file: &Path, doc: locate::Document, diags: &mut Vec<Diagnostic>
         Ok(v) => v,
         Err(e) => {
             let line = e.location().map_or(doc.first_line, |l| l.line());
-            let o = Origin { line, ..origin("", String::new()) };
+            let o = Origin {
+                line,
+                ..origin("", String::new())
+            };
             diags.push(Diagnostic::error(o, "", format!("YAML syntax error: {e}")));
             return None;
         }
     };
-    let field = |k: &str| head.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let field = |k: &str| {
+        head.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
     let (kind, api_version) = (field("kind"), field("apiVersion"));
     let meta = head.get("metadata");
-    let meta_field = |k: &str| meta.and_then(|m| m.get(k)).and_then(|v| v.as_str()).map(str::to_string);
+    let meta_field = |k: &str| {
+        meta.and_then(|m| m.get(k))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
     let name = meta_field("name").unwrap_or_default();
     let namespace = meta_field("namespace").unwrap_or_else(|| "default".to_string());
     let resource_name = format!("{kind} {namespace}/{name}");
     if !head.is_mapping() {
-        diags.push(Diagnostic::error(origin("", String::new()), "", "a document must be a mapping with apiVersion, kind, metadata and spec"));
+        diags.push(Diagnostic::error(
+            origin("", String::new()),
+            "",
+            "a document must be a mapping with apiVersion, kind, metadata and spec",
+        ));
         return None;
     }
     let kind_static: &'static str = match kind.as_str() {
@@ -148,7 +172,11 @@ fn load_document(file: &Path, doc: locate::Document, diags: &mut Vec<Diagnostic>
         "DestinationRule" => "DestinationRule",
         "VirtualService" => "VirtualService",
         "" => {
-            diags.push(Diagnostic::error(origin("kind", String::new()), "kind", "missing kind"));
+            diags.push(Diagnostic::error(
+                origin("kind", String::new()),
+                "kind",
+                "missing kind",
+            ));
             return None;
         }
         other => {
@@ -164,19 +192,29 @@ fn load_document(file: &Path, doc: locate::Document, diags: &mut Vec<Diagnostic>
         diags.push(Diagnostic::error(
             origin("apiVersion", resource_name),
             "apiVersion",
-            format!("unknown apiVersion {api_version:?} for {kind}: expected networking.istio.io/v1"),
+            format!(
+                "unknown apiVersion {api_version:?} for {kind}: expected networking.istio.io/v1"
+            ),
         ));
         return None;
     }
     if name.is_empty() {
-        diags.push(Diagnostic::error(origin("metadata", resource_name), "metadata.name", "name is required"));
+        diags.push(Diagnostic::error(
+            origin("metadata", resource_name),
+            "metadata.name",
+            "name is required",
+        ));
         return None;
     }
-    let parsed = match kind_static {
-        "ServiceEntry" => typed(&doc, file, &resource_name, diags).map(Resource::ServiceEntry),
-        "DestinationRule" => typed(&doc, file, &resource_name, diags).map(Resource::DestinationRule),
-        _ => typed(&doc, file, &resource_name, diags).map(Resource::VirtualService),
-    }?;
+    let parsed =
+        match kind_static {
+            "ServiceEntry" => typed(&doc, file, &resource_name, diags)
+                .map(|r| Resource::ServiceEntry(Box::new(r))),
+            "DestinationRule" => typed(&doc, file, &resource_name, diags)
+                .map(|r| Resource::DestinationRule(Box::new(r))),
+            _ => typed(&doc, file, &resource_name, diags)
+                .map(|r| Resource::VirtualService(Box::new(r))),
+        }?;
     Some(Loaded {
         resource: parsed,
         kind: kind_static,
@@ -201,7 +239,9 @@ fn typed<T: DeserializeOwned>(
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
             let inner = e.into_inner();
-            let line = inner.location().map_or_else(|| doc.line_of(&path), |l| l.line());
+            let line = inner
+                .location()
+                .map_or_else(|| doc.line_of(&path), |l| l.line());
             let (path, message) = schema_message(&path, &inner.to_string());
             let origin = Origin {
                 file: file.to_path_buf(),
@@ -231,7 +271,11 @@ fn schema_message(path: &str, raw: &str) -> (String, String) {
         } else {
             format!("{path}.{field}")
         };
-        let full = if full.is_empty() { field.to_string() } else { full };
+        let full = if full.is_empty() {
+            field.to_string()
+        } else {
+            full
+        };
         let hint = suggest(field, &candidates)
             .map(|s| format!(" (did you mean {s:?}?)"))
             .unwrap_or_default();
@@ -295,15 +339,30 @@ mod tests {
         let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: vs, namespace: prod}\nspec:\n  hosts: [a]\n  http:\n  - route:\n    - destination: {host: a}\n      weight: ninety\n";
         let (_, diags) = load(text);
         let line = diags[0].to_string();
-        assert!(line.starts_with("c.yaml:9: VirtualService prod/vs: spec.http[0].route[0].weight: invalid type"), "{line}");
+        assert!(
+            line.starts_with(
+                "c.yaml:9: VirtualService prod/vs: spec.http[0].route[0].weight: invalid type"
+            ),
+            "{line}"
+        );
     }
 
     #[test]
     fn unknown_kind_and_api_version() {
         let (_, d) = load("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {}\n");
-        assert_eq!(d[0].to_string(), "c.yaml:2: Service default/s: kind: unknown kind \"Service\": lb reads ServiceEntry, DestinationRule and VirtualService");
-        let (_, d) = load("apiVersion: networking.istio.io/v2\nkind: ServiceEntry\nmetadata: {name: s}\nspec: {}\n");
-        assert!(d[0].to_string().starts_with("c.yaml:1: ServiceEntry default/s: apiVersion: unknown apiVersion"), "{}", d[0]);
+        assert_eq!(
+            d[0].to_string(),
+            "c.yaml:2: Service default/s: kind: unknown kind \"Service\": lb reads ServiceEntry, DestinationRule and VirtualService"
+        );
+        let (_, d) = load(
+            "apiVersion: networking.istio.io/v2\nkind: ServiceEntry\nmetadata: {name: s}\nspec: {}\n",
+        );
+        assert!(
+            d[0].to_string()
+                .starts_with("c.yaml:1: ServiceEntry default/s: apiVersion: unknown apiVersion"),
+            "{}",
+            d[0]
+        );
     }
 
     #[test]
@@ -312,6 +371,13 @@ mod tests {
         let (out, d) = load(text);
         assert!(d.is_empty(), "{d:?}");
         assert_eq!(out.len(), 2);
-        assert_eq!((out[1].kind, out[1].namespace.as_str(), out[1].doc.first_line), ("VirtualService", "ns", 6));
+        assert_eq!(
+            (
+                out[1].kind,
+                out[1].namespace.as_str(),
+                out[1].doc.first_line
+            ),
+            ("VirtualService", "ns", 6)
+        );
     }
 }

@@ -52,7 +52,12 @@ impl CatalogService {
             .iter()
             .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
             .map(|e| {
-                let p = e.ports.get(&port.name).copied().or(port.target).unwrap_or(port.number);
+                let p = e
+                    .ports
+                    .get(&port.name)
+                    .copied()
+                    .or(port.target)
+                    .unwrap_or(port.number);
                 SocketAddrV4::new(e.address, p)
             })
             .collect()
@@ -73,7 +78,10 @@ pub fn from_service_entry(
     let mut errors = Vec::new();
     let mut err = |path: &str, msg: String| errors.push(Diagnostic::error(l.at(path), path, msg));
     if spec.hosts.is_empty() {
-        err("spec.hosts", "ServiceEntry must have at least one host".into());
+        err(
+            "spec.hosts",
+            "ServiceEntry must have at least one host".into(),
+        );
     }
     for (i, h) in spec.hosts.iter().enumerate() {
         if h == "*" || h.is_empty() {
@@ -83,7 +91,9 @@ pub fn from_service_entry(
     let mut addresses = Vec::new();
     for (i, a) in spec.addresses.iter().enumerate() {
         let path = format!("spec.addresses[{i}]");
-        let (ip, prefix) = a.split_once('/').map_or((a.as_str(), None), |(ip, p)| (ip, Some(p)));
+        let (ip, prefix) = a
+            .split_once('/')
+            .map_or((a.as_str(), None), |(ip, p)| (ip, Some(p)));
         match ip.parse::<std::net::IpAddr>() {
             Ok(std::net::IpAddr::V4(v4)) if prefix.is_none() || prefix == Some("32") => addresses.push(v4),
             Ok(std::net::IpAddr::V4(_)) => err(&path, format!("address {a:?}: CIDR ranges are not supported, give single IPv4 addresses")),
@@ -95,7 +105,10 @@ pub fn from_service_entry(
     for (i, p) in spec.ports.iter().enumerate() {
         let path = format!("spec.ports[{i}]");
         let Some(number) = port_number(p.number) else {
-            err(&format!("{path}.number"), format!("port number {} is out of range 1-65535", p.number));
+            err(
+                &format!("{path}.number"),
+                format!("port number {} is out of range 1-65535", p.number),
+            );
             continue;
         };
         let name = p.name.clone().unwrap_or_default();
@@ -104,32 +117,63 @@ pub fn from_service_entry(
         }
         let target = match p.target_port.map(port_number) {
             Some(None) => {
-                err(&format!("{path}.targetPort"), format!("targetPort {} is out of range 1-65535", p.target_port.unwrap_or(0)));
+                err(
+                    &format!("{path}.targetPort"),
+                    format!(
+                        "targetPort {} is out of range 1-65535",
+                        p.target_port.unwrap_or(0)
+                    ),
+                );
                 None
             }
             Some(t) => t,
             None => None,
         };
-        if let Some(proto) = &p.protocol {
-            if proto.eq_ignore_ascii_case("UDP") {
-                diags.push(Diagnostic::warning(l.at(&path), format!("{path}.protocol"), "UDP is not steered: lb handles TCP only, UDP passes through untouched"));
-            }
+        if let Some(proto) = &p.protocol
+            && proto.eq_ignore_ascii_case("UDP")
+        {
+            diags.push(Diagnostic::warning(
+                l.at(&path),
+                format!("{path}.protocol"),
+                "UDP is not steered: lb handles TCP only, UDP passes through untouched",
+            ));
         }
         if ports.iter().any(|q| q.number == number) {
-            err(&format!("{path}.number"), format!("port number {number} is declared twice"));
+            err(
+                &format!("{path}.number"),
+                format!("port number {number} is declared twice"),
+            );
         }
         if !name.is_empty() && ports.iter().any(|q| q.name == name) {
-            err(&format!("{path}.name"), format!("port name {name:?} is declared twice"));
+            err(
+                &format!("{path}.name"),
+                format!("port name {name:?} is declared twice"),
+            );
         }
-        ports.push(Port { number, name, target });
+        ports.push(Port {
+            number,
+            name,
+            target,
+        });
     }
     if spec.ports.is_empty() {
-        err("spec.ports", "ServiceEntry must have at least one port".into());
+        err(
+            "spec.ports",
+            "ServiceEntry must have at least one port".into(),
+        );
     }
     match spec.resolution.as_deref() {
         None | Some("STATIC") | Some("NONE") => {}
-        Some(r @ ("DNS" | "DNS_ROUND_ROBIN")) => err("spec.resolution", format!("resolution {r} is not supported yet: list endpoint IP addresses with resolution STATIC")),
-        Some(r) => err("spec.resolution", format!("unknown resolution {r:?}: expected STATIC, NONE, DNS or DNS_ROUND_ROBIN")),
+        Some(r @ ("DNS" | "DNS_ROUND_ROBIN")) => err(
+            "spec.resolution",
+            format!(
+                "resolution {r} is not supported yet: list endpoint IP addresses with resolution STATIC"
+            ),
+        ),
+        Some(r) => err(
+            "spec.resolution",
+            format!("unknown resolution {r:?}: expected STATIC, NONE, DNS or DNS_ROUND_ROBIN"),
+        ),
     }
     let mut endpoints = Vec::new();
     for (i, e) in spec.endpoints.iter().enumerate() {
@@ -138,11 +182,20 @@ pub fn from_service_entry(
         let address = match addr.parse::<std::net::IpAddr>() {
             Ok(std::net::IpAddr::V4(v4)) => v4,
             Ok(std::net::IpAddr::V6(_)) => {
-                diags.push(Diagnostic::warning(l.at(&format!("{path}.address")), format!("{path}.address"), format!("endpoint {addr:?} is IPv6: lb steers IPv4 only, it is left out")));
+                diags.push(Diagnostic::warning(
+                    l.at(&format!("{path}.address")),
+                    format!("{path}.address"),
+                    format!("endpoint {addr:?} is IPv6: lb steers IPv4 only, it is left out"),
+                ));
                 continue;
             }
             Err(_) => {
-                err(&format!("{path}.address"), format!("invalid endpoint address {addr:?}: expected an IPv4 address (resolution STATIC)"));
+                err(
+                    &format!("{path}.address"),
+                    format!(
+                        "invalid endpoint address {addr:?}: expected an IPv4 address (resolution STATIC)"
+                    ),
+                );
                 continue;
             }
         };
@@ -150,7 +203,10 @@ pub fn from_service_entry(
         for (name, n) in &e.ports {
             let ppath = format!("{path}.ports.{name}");
             if !ports.iter().any(|p| &p.name == name) {
-                err(&ppath, format!("endpoint port {name:?} names no port of the ServiceEntry"));
+                err(
+                    &ppath,
+                    format!("endpoint port {name:?} names no port of the ServiceEntry"),
+                );
             }
             match port_number(*n) {
                 Some(p) => {
@@ -159,18 +215,39 @@ pub fn from_service_entry(
                 None => err(&ppath, format!("port number {n} is out of range 1-65535")),
             }
         }
-        for (field, set) in [("network", e.network.is_some()), ("locality", e.locality.is_some()), ("weight", e.weight.is_some()), ("serviceAccount", e.service_account.is_some())] {
+        for (field, set) in [
+            ("network", e.network.is_some()),
+            ("locality", e.locality.is_some()),
+            ("weight", e.weight.is_some()),
+            ("serviceAccount", e.service_account.is_some()),
+        ] {
             if set {
                 let p = format!("{path}.{field}");
-                diags.push(Diagnostic::warning(l.at(&p), &p, format!("{field} is valid Istio but lb does not enforce it yet")));
+                diags.push(Diagnostic::warning(
+                    l.at(&p),
+                    &p,
+                    format!("{field} is valid Istio but lb does not enforce it yet"),
+                ));
             }
         }
-        endpoints.push(Endpoint { address, labels: e.labels.clone(), ports: eports });
+        endpoints.push(Endpoint {
+            address,
+            labels: e.labels.clone(),
+            ports: eports,
+        });
     }
-    for (field, set) in [("workloadSelector", spec.workload_selector.is_some()), ("exportTo", !spec.export_to.is_empty()), ("subjectAltNames", !spec.subject_alt_names.is_empty())] {
+    for (field, set) in [
+        ("workloadSelector", spec.workload_selector.is_some()),
+        ("exportTo", !spec.export_to.is_empty()),
+        ("subjectAltNames", !spec.subject_alt_names.is_empty()),
+    ] {
         if set {
             let p = format!("spec.{field}");
-            diags.push(Diagnostic::warning(l.at(&p), &p, format!("{field} is valid Istio but lb does not enforce it yet")));
+            diags.push(Diagnostic::warning(
+                l.at(&p),
+                &p,
+                format!("{field} is valid Istio but lb does not enforce it yet"),
+            ));
         }
     }
     if !errors.is_empty() {

@@ -20,11 +20,11 @@ pub fn canonical(host: &str, ns: &str) -> String {
 /// which [`canonical`] already expands).
 pub fn aliases(fqdn: &str) -> Vec<String> {
     let mut out = vec![fqdn.to_string()];
-    if let Some(rest) = fqdn.strip_suffix(&format!(".{CLUSTER_SUFFIX}")) {
-        if rest.matches('.').count() == 1 {
-            out.push(rest.to_string());
-            out.push(format!("{rest}.svc"));
-        }
+    if let Some(rest) = fqdn.strip_suffix(&format!(".{CLUSTER_SUFFIX}"))
+        && rest.matches('.').count() == 1
+    {
+        out.push(rest.to_string());
+        out.push(format!("{rest}.svc"));
     }
     out
 }
@@ -54,9 +54,18 @@ mod tests {
 
     #[test]
     fn short_names_expand_in_their_namespace() {
-        assert_eq!(canonical("backend-service", "default"), "backend-service.default.svc.cluster.local");
-        assert_eq!(canonical("Backend-Service.", "prod"), "backend-service.prod.svc.cluster.local");
-        assert_eq!(canonical("api.wilsontest.com", "prod"), "api.wilsontest.com");
+        assert_eq!(
+            canonical("backend-service", "default"),
+            "backend-service.default.svc.cluster.local"
+        );
+        assert_eq!(
+            canonical("Backend-Service.", "prod"),
+            "backend-service.prod.svc.cluster.local"
+        );
+        assert_eq!(
+            canonical("api.wilsontest.com", "prod"),
+            "api.wilsontest.com"
+        );
         assert_eq!(canonical("127.10.0.1", "prod"), "127.10.0.1");
     }
 
@@ -65,8 +74,14 @@ mod tests {
         let a = aliases("backend-service.default.svc.cluster.local");
         assert!(a.contains(&"backend-service.default".to_string()));
         assert!(a.contains(&"backend-service.default.svc".to_string()));
-        assert_eq!(aliases("api.example.com"), vec!["api.example.com".to_string()]);
-        assert_eq!(short_name("backend-service.default.svc.cluster.local"), "backend-service");
+        assert_eq!(
+            aliases("api.example.com"),
+            vec!["api.example.com".to_string()]
+        );
+        assert_eq!(
+            short_name("backend-service.default.svc.cluster.local"),
+            "backend-service"
+        );
     }
 
     #[test]

@@ -34,7 +34,11 @@ fn count_errors(d: &[Diagnostic]) -> usize {
 }
 
 fn render(d: &[Diagnostic]) -> String {
-    d.iter().filter(|d| d.is_error()).map(|d| d.to_string()).collect::<Vec<_>>().join("\n")
+    d.iter()
+        .filter(|d| d.is_error())
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A service address the kernel steers, with its resolved split.
@@ -89,7 +93,10 @@ pub fn load_dir(dir: &Path) -> Result<Validated, ModelError> {
     if diags.iter().any(Diagnostic::is_error) {
         return Err(ModelError::Invalid { diagnostics: diags });
     }
-    Ok(Validated { model, warnings: diags })
+    Ok(Validated {
+        model,
+        warnings: diags,
+    })
 }
 
 /// Builds the model from loaded resources, appending every problem to `diags`.
@@ -108,19 +115,41 @@ pub fn build(loaded: &[Loaded], diags: &mut Vec<Diagnostic>) -> Model {
                 if let Some(other) = frontends.insert(frontend, &svc.host) {
                     if other != svc.host {
                         let l = &loaded[svc.resource];
-                        diags.push(Diagnostic::error(l.at("spec.addresses"), "spec.addresses", format!("address {frontend} is claimed by both {other} and {}", svc.host)));
+                        diags.push(Diagnostic::error(
+                            l.at("spec.addresses"),
+                            "spec.addresses",
+                            format!(
+                                "address {frontend} is claimed by both {other} and {}",
+                                svc.host
+                            ),
+                        ));
                     }
                     continue;
                 }
                 let (split, vs) = match bindings.get(&svc.host) {
                     Some(route) => {
                         let l = &loaded[route.resource];
-                        match routes::resolve(route, l, port.number, &svc.host, &catalog, &subset_rules, diags) {
+                        match routes::resolve(
+                            route,
+                            l,
+                            port.number,
+                            &svc.host,
+                            &catalog,
+                            &subset_rules,
+                            diags,
+                        ) {
                             Some(split) => (split, Some(route.source.clone())),
                             None => continue,
                         }
                     }
-                    None => (vec![WeightedSubset { name: "(all)".into(), weight: 1, endpoints: svc.select(&Default::default(), port) }], None),
+                    None => (
+                        vec![WeightedSubset {
+                            name: "(all)".into(),
+                            weight: 1,
+                            endpoints: svc.select(&Default::default(), port),
+                        }],
+                        None,
+                    ),
                 };
                 services.push(Service {
                     name: hosts::short_name(&svc.host).to_string(),
@@ -141,7 +170,18 @@ fn check_duplicates(loaded: &[Loaded], diags: &mut Vec<Diagnostic>) {
     let mut seen: HashMap<(&str, &str, &str), &Loaded> = HashMap::new();
     for l in loaded {
         if let Some(first) = seen.insert((l.kind, &l.namespace, &l.name), l) {
-            diags.push(Diagnostic::error(l.at("metadata.name"), "metadata.name", format!("duplicate {} {}/{}: already defined at {}:{}", l.kind, l.namespace, l.name, first.file.display(), first.doc.first_line)));
+            diags.push(Diagnostic::error(
+                l.at("metadata.name"),
+                "metadata.name",
+                format!(
+                    "duplicate {} {}/{}: already defined at {}:{}",
+                    l.kind,
+                    l.namespace,
+                    l.name,
+                    first.file.display(),
+                    first.doc.first_line
+                ),
+            ));
         }
     }
 }
@@ -149,11 +189,20 @@ fn check_duplicates(loaded: &[Loaded], diags: &mut Vec<Diagnostic>) {
 fn build_catalog(loaded: &[Loaded], diags: &mut Vec<Diagnostic>) -> Catalog {
     let mut cat = Catalog::default();
     for (i, l) in loaded.iter().enumerate() {
-        let Resource::ServiceEntry(se) = &l.resource else { continue };
+        let Resource::ServiceEntry(se) = &l.resource else {
+            continue;
+        };
         for svc in catalog::from_service_entry(l, i, &se.spec, diags) {
             if let Some(&j) = cat.by_alias.get(&svc.host) {
                 let other = &cat.services[j];
-                diags.push(Diagnostic::error(l.at("spec.hosts"), "spec.hosts", format!("host {} is already declared by ServiceEntry {}", svc.host, other.source)));
+                diags.push(Diagnostic::error(
+                    l.at("spec.hosts"),
+                    "spec.hosts",
+                    format!(
+                        "host {} is already declared by ServiceEntry {}",
+                        svc.host, other.source
+                    ),
+                ));
                 continue;
             }
             let idx = cat.services.len();
@@ -168,17 +217,39 @@ fn build_catalog(loaded: &[Loaded], diags: &mut Vec<Diagnostic>) -> Catalog {
     cat
 }
 
-fn build_subset_rules(loaded: &[Loaded], catalog: &Catalog, diags: &mut Vec<Diagnostic>) -> Vec<subsets::SubsetRule> {
+fn build_subset_rules(
+    loaded: &[Loaded],
+    catalog: &Catalog,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<subsets::SubsetRule> {
     let mut rules: Vec<subsets::SubsetRule> = Vec::new();
     for (i, l) in loaded.iter().enumerate() {
-        let Resource::DestinationRule(dr) = &l.resource else { continue };
-        let Some(mut rule) = subsets::from_destination_rule(l, i, &dr.spec, diags) else { continue };
+        let Resource::DestinationRule(dr) = &l.resource else {
+            continue;
+        };
+        let Some(mut rule) = subsets::from_destination_rule(l, i, &dr.spec, diags) else {
+            continue;
+        };
         match catalog.lookup(&rule.host) {
             Some(svc) => rule.host = svc.host.clone(),
-            None => diags.push(Diagnostic::warning(l.at("spec.host"), "spec.host", format!("Referenced host not found: {:?}: no ServiceEntry declares it", rule.host))),
+            None => diags.push(Diagnostic::warning(
+                l.at("spec.host"),
+                "spec.host",
+                format!(
+                    "Referenced host not found: {:?}: no ServiceEntry declares it",
+                    rule.host
+                ),
+            )),
         }
         if let Some(other) = rules.iter().find(|r| r.host == rule.host) {
-            diags.push(Diagnostic::error(l.at("spec.host"), "spec.host", format!("host {} already has DestinationRule {}: merge the subsets into one", rule.host, other.source)));
+            diags.push(Diagnostic::error(
+                l.at("spec.host"),
+                "spec.host",
+                format!(
+                    "host {} already has DestinationRule {}: merge the subsets into one",
+                    rule.host, other.source
+                ),
+            ));
             continue;
         }
         rules.push(rule);
@@ -188,22 +259,39 @@ fn build_subset_rules(loaded: &[Loaded], catalog: &Catalog, diags: &mut Vec<Diag
 
 /// Binds each VirtualService to the catalogue services its hosts name; two
 /// VirtualServices for one service are an error naming both.
-fn bind_virtual_services(loaded: &[Loaded], catalog: &Catalog, diags: &mut Vec<Diagnostic>) -> HashMap<String, routes::KernelRoute> {
+fn bind_virtual_services(
+    loaded: &[Loaded],
+    catalog: &Catalog,
+    diags: &mut Vec<Diagnostic>,
+) -> HashMap<String, routes::KernelRoute> {
     let mut owner: HashMap<String, String> = HashMap::new();
     let mut bound = HashMap::new();
     for (i, l) in loaded.iter().enumerate() {
-        let Resource::VirtualService(vs) = &l.resource else { continue };
-        let Some((vs_hosts, route)) = routes::from_virtual_service(l, i, &vs.spec, diags) else { continue };
+        let Resource::VirtualService(vs) = &l.resource else {
+            continue;
+        };
+        let Some((vs_hosts, route)) = routes::from_virtual_service(l, i, &vs.spec, diags) else {
+            continue;
+        };
         let me = format!("{}/{}", l.namespace, l.name);
         let mut targets: Vec<String> = Vec::new();
         for (h_i, h) in vs_hosts.iter().enumerate() {
             let matched: Vec<String> = match catalog.lookup(h) {
                 Some(svc) => vec![svc.host.clone()],
-                None if h.starts_with('*') => catalog.services.iter().filter(|s| hosts::wildcard_covers(h, &s.host)).map(|s| s.host.clone()).collect(),
+                None if h.starts_with('*') => catalog
+                    .services
+                    .iter()
+                    .filter(|s| hosts::wildcard_covers(h, &s.host))
+                    .map(|s| s.host.clone())
+                    .collect(),
                 // A host that names no service (api.wilsontest.com) is a Host-header alias.
                 None => Vec::new(),
             };
-            let claim = if matched.is_empty() { vec![h.clone()] } else { matched.clone() };
+            let claim = if matched.is_empty() {
+                vec![h.clone()]
+            } else {
+                matched.clone()
+            };
             for c in claim {
                 match owner.get(&c) {
                     Some(other) if *other != me => {

@@ -56,18 +56,30 @@ fn destinations<'a>(
     for (i, (dest, weight)) in items.iter().enumerate() {
         let path = format!("{base}[{i}]");
         let Some(dest) = dest else {
-            diags.push(Diagnostic::error(l.at(&path), format!("{path}.destination"), "destination is required"));
+            diags.push(Diagnostic::error(
+                l.at(&path),
+                format!("{path}.destination"),
+                "destination is required",
+            ));
             ok = false;
             continue;
         };
         let Some(host) = dest.host.as_deref().filter(|h| !h.is_empty()) else {
-            diags.push(Diagnostic::error(l.at(&path), format!("{path}.destination.host"), "destination.host is required"));
+            diags.push(Diagnostic::error(
+                l.at(&path),
+                format!("{path}.destination.host"),
+                "destination.host is required",
+            ));
             ok = false;
             continue;
         };
         let w = weight.unwrap_or(0);
         if w < 0 {
-            diags.push(Diagnostic::error(l.at(&format!("{path}.weight")), format!("{path}.weight"), format!("weight {w} < 0")));
+            diags.push(Diagnostic::error(
+                l.at(&format!("{path}.weight")),
+                format!("{path}.weight"),
+                format!("weight {w} < 0"),
+            ));
             ok = false;
         }
         let port = match dest.port.as_ref().and_then(|p| p.number) {
@@ -75,7 +87,11 @@ fn destinations<'a>(
                 Some(p) => Some(p),
                 None => {
                     let p = format!("{path}.destination.port.number");
-                    diags.push(Diagnostic::error(l.at(&p), p, format!("port number {n} is out of range 1-65535")));
+                    diags.push(Diagnostic::error(
+                        l.at(&p),
+                        p,
+                        format!("port number {n} is out of range 1-65535"),
+                    ));
                     ok = false;
                     None
                 }
@@ -94,14 +110,22 @@ fn destinations<'a>(
         // A single destination gets everything, whatever its weight says.
         out[0].weight = 1;
     } else if ok && !out.is_empty() && out.iter().all(|d| d.weight == 0) {
-        diags.push(Diagnostic::error(l.at(base), base, "total destination weight = 0: at least one weight must be positive"));
+        diags.push(Diagnostic::error(
+            l.at(base),
+            base,
+            "total destination weight = 0: at least one weight must be positive",
+        ));
         ok = false;
     }
     ok.then_some(out)
 }
 
 fn warn_unenforced(l: &Loaded, path: &str, diags: &mut Vec<Diagnostic>, what: &str) {
-    diags.push(Diagnostic::warning(l.at(path), path, format!("{what} is valid Istio but lb does not enforce it yet")));
+    diags.push(Diagnostic::warning(
+        l.at(path),
+        path,
+        format!("{what} is valid Istio but lb does not enforce it yet"),
+    ));
 }
 
 /// Reads a VirtualService: its hosts and the route the kernel enforces (the first rule
@@ -115,14 +139,22 @@ pub fn from_virtual_service(
 ) -> Option<(Vec<String>, Option<KernelRoute>)> {
     let mut ok = true;
     if spec.hosts.is_empty() {
-        diags.push(Diagnostic::error(l.at("spec.hosts"), "spec.hosts", "virtual service must have at least one host"));
+        diags.push(Diagnostic::error(
+            l.at("spec.hosts"),
+            "spec.hosts",
+            "virtual service must have at least one host",
+        ));
         ok = false;
     }
     let mut hosts_out = Vec::new();
     for (i, h) in spec.hosts.iter().enumerate() {
         let p = format!("spec.hosts[{i}]");
         if h == "*" {
-            diags.push(Diagnostic::error(l.at(&p), &p, "wildcard host * is not allowed for virtual services bound to the mesh gateway"));
+            diags.push(Diagnostic::error(
+                l.at(&p),
+                &p,
+                "wildcard host * is not allowed for virtual services bound to the mesh gateway",
+            ));
             ok = false;
         } else if h.is_empty() {
             diags.push(Diagnostic::error(l.at(&p), &p, "host must not be empty"));
@@ -143,13 +175,26 @@ pub fn from_virtual_service(
     let mut kernel: Option<Vec<WeightedDestination>> = None;
     for (i, r) in spec.http.iter().enumerate() {
         let base = format!("spec.http[{i}]");
-        let dests = destinations(l, &format!("{base}.route"), r.route.iter().map(|d| (d.destination.as_ref(), d.weight)), diags);
+        let dests = destinations(
+            l,
+            &format!("{base}.route"),
+            r.route.iter().map(|d| (d.destination.as_ref(), d.weight)),
+            diags,
+        );
         let Some(dests) = dests else {
             ok = false;
             continue;
         };
-        if dests.is_empty() && r.redirect.is_none() && r.direct_response.is_none() && r.delegate.is_none() {
-            diags.push(Diagnostic::error(l.at(&base), &base, "HTTP route or redirect or directResponse is required"));
+        if dests.is_empty()
+            && r.redirect.is_none()
+            && r.direct_response.is_none()
+            && r.delegate.is_none()
+        {
+            diags.push(Diagnostic::error(
+                l.at(&base),
+                &base,
+                "HTTP route or redirect or directResponse is required",
+            ));
             ok = false;
         }
         let catch_all = r.matches.is_empty();
@@ -164,7 +209,10 @@ pub fn from_virtual_service(
             ("fault", r.fault.is_some()),
             ("mirror", r.mirror.is_some() || !r.mirrors.is_empty()),
             ("corsPolicy", r.cors_policy.is_some()),
-            ("headers", r.headers.is_some() || r.route.iter().any(|d| d.headers.is_some())),
+            (
+                "headers",
+                r.headers.is_some() || r.route.iter().any(|d| d.headers.is_some()),
+            ),
         ] {
             if set {
                 warn_unenforced(l, &format!("{base}.{field}"), diags, field);
@@ -176,7 +224,12 @@ pub fn from_virtual_service(
     }
     for (i, r) in spec.tcp.iter().enumerate() {
         let base = format!("spec.tcp[{i}]");
-        let Some(dests) = destinations(l, &format!("{base}.route"), r.route.iter().map(|d| (d.destination.as_ref(), d.weight)), diags) else {
+        let Some(dests) = destinations(
+            l,
+            &format!("{base}.route"),
+            r.route.iter().map(|d| (d.destination.as_ref(), d.weight)),
+            diags,
+        ) else {
             ok = false;
             continue;
         };
@@ -215,7 +268,11 @@ pub fn resolve(
     for d in &route.destinations {
         let Some(svc) = catalog.lookup(&d.host) else {
             let p = format!("{}.destination.host", d.path);
-            diags.push(Diagnostic::error(l.at(&p), p, format!("Referenced host not found: {:?}", d.host)));
+            diags.push(Diagnostic::error(
+                l.at(&p),
+                p,
+                format!("Referenced host not found: {:?}", d.host),
+            ));
             ok = false;
             continue;
         };
@@ -223,7 +280,10 @@ pub fn resolve(
             let p = format!("{}.destination.port", d.path);
             let msg = match d.port {
                 Some(n) => format!("port {n} is not a port of {}", svc.host),
-                None => format!("destination port is required: {} has several ports", svc.host),
+                None => format!(
+                    "destination port is required: {} has several ports",
+                    svc.host
+                ),
             };
             diags.push(Diagnostic::error(l.at(&p), p, msg));
             ok = false;
@@ -236,7 +296,14 @@ pub fn resolve(
                 let labels = rule.and_then(|r| r.subsets.get(subset));
                 let Some(labels) = labels else {
                     let p = format!("{}.destination.subset", d.path);
-                    diags.push(Diagnostic::error(l.at(&p), p, format!("Referenced host+subset in destinationrule not found: \"{}+{subset}\"", d.host)));
+                    diags.push(Diagnostic::error(
+                        l.at(&p),
+                        p,
+                        format!(
+                            "Referenced host+subset in destinationrule not found: \"{}+{subset}\"",
+                            d.host
+                        ),
+                    ));
                     ok = false;
                     continue;
                 };
@@ -248,10 +315,18 @@ pub fn resolve(
                 (subset.clone(), eps)
             }
         };
-        let name = if svc.host == own_host { name } else { format!("{}/{name}", hosts::short_name(&svc.host)) };
+        let name = if svc.host == own_host {
+            name
+        } else {
+            format!("{}/{name}", hosts::short_name(&svc.host))
+        };
         match out.iter_mut().find(|w| w.name == name) {
             Some(w) => w.weight += d.weight,
-            None => out.push(WeightedSubset { name, weight: d.weight, endpoints }),
+            None => out.push(WeightedSubset {
+                name,
+                weight: d.weight,
+                endpoints,
+            }),
         }
     }
     ok.then_some(out)
@@ -259,9 +334,15 @@ pub fn resolve(
 
 /// The destination port: the one named, else the dialled one if the destination has
 /// it, else the destination's only port.
-fn pick_port(svc: &CatalogService, named: Option<u16>, dialled: u16) -> Option<&super::catalog::Port> {
+fn pick_port(
+    svc: &CatalogService,
+    named: Option<u16>,
+    dialled: u16,
+) -> Option<&super::catalog::Port> {
     match named {
         Some(n) => svc.port(n),
-        None => svc.port(dialled).or_else(|| (svc.ports.len() == 1).then(|| &svc.ports[0])),
+        None => svc
+            .port(dialled)
+            .or_else(|| (svc.ports.len() == 1).then(|| &svc.ports[0])),
     }
 }

@@ -29,7 +29,11 @@ pub fn from_destination_rule(
     let host = match spec.host.as_deref() {
         Some(h) if !h.is_empty() && h != "*" => hosts::canonical(h, &l.namespace),
         _ => {
-            diags.push(Diagnostic::error(l.at("spec.host"), "spec.host", "host must be set to a service host"));
+            diags.push(Diagnostic::error(
+                l.at("spec.host"),
+                "spec.host",
+                "host must be set to a service host",
+            ));
             return None;
         }
     };
@@ -39,21 +43,36 @@ pub fn from_destination_rule(
         let path = format!("spec.subsets[{i}]");
         let name = s.name.clone().unwrap_or_default();
         if name.is_empty() {
-            diags.push(Diagnostic::error(l.at(&path), format!("{path}.name"), "subset name must be set"));
+            diags.push(Diagnostic::error(
+                l.at(&path),
+                format!("{path}.name"),
+                "subset name must be set",
+            ));
             ok = false;
             continue;
         }
         if subsets.insert(name.clone(), s.labels.clone()).is_some() {
-            diags.push(Diagnostic::error(l.at(&path), format!("{path}.name"), format!("duplicate subset name {name:?}")));
+            diags.push(Diagnostic::error(
+                l.at(&path),
+                format!("{path}.name"),
+                format!("duplicate subset name {name:?}"),
+            ));
             ok = false;
         }
         if s.traffic_policy.is_some() {
             let p = format!("{path}.trafficPolicy");
-            diags.push(Diagnostic::warning(l.at(&p), &p, "trafficPolicy is valid Istio but lb does not enforce it yet"));
+            diags.push(Diagnostic::warning(
+                l.at(&p),
+                &p,
+                "trafficPolicy is valid Istio but lb does not enforce it yet",
+            ));
         }
     }
     if let Some(tp) = &spec.traffic_policy {
-        let simple = tp.load_balancer.as_ref().and_then(|lb| lb.simple.as_deref());
+        let simple = tp
+            .load_balancer
+            .as_ref()
+            .and_then(|lb| lb.simple.as_deref());
         // RANDOM is exactly what connect4 does; anything else is not enforced yet.
         let only_random = simple == Some("RANDOM")
             && tp.connection_pool.is_none()
@@ -64,10 +83,17 @@ pub fn from_destination_rule(
             diags.push(Diagnostic::warning(l.at("spec.trafficPolicy"), "spec.trafficPolicy", "trafficPolicy is valid Istio but lb does not enforce it yet (endpoints are picked at random)"));
         }
     }
-    for (field, set) in [("exportTo", !spec.export_to.is_empty()), ("workloadSelector", spec.workload_selector.is_some())] {
+    for (field, set) in [
+        ("exportTo", !spec.export_to.is_empty()),
+        ("workloadSelector", spec.workload_selector.is_some()),
+    ] {
         if set {
             let p = format!("spec.{field}");
-            diags.push(Diagnostic::warning(l.at(&p), &p, format!("{field} is valid Istio but lb does not enforce it yet")));
+            diags.push(Diagnostic::warning(
+                l.at(&p),
+                &p,
+                format!("{field} is valid Istio but lb does not enforce it yet"),
+            ));
         }
     }
     ok.then(|| SubsetRule {

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The README's second command (and what CI runs): installs what is missing, builds once
+# (release), then runs every test: pure, validation and kernel tests (root, serial).
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cargo fmt --all -- --check
+cargo build --release
+cargo clippy --release --all-targets -- -D warnings
+# Kernel tests share kernel state: --test-threads=1 (they also lock a mutex).
+cargo test --release -- --test-threads=1
+./target/release/lb demo --connections 500
