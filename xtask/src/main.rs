@@ -2,5 +2,7 @@
 //! benchmarks issue); today it only prints where things are.
 fn main() -> anyhow::Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
-    anyhow::bail!("unknown task {task:?}: the benchmark harness is not built yet; use scripts/demo.sh and scripts/test.sh")
+    anyhow::bail!(
+        "unknown task {task:?}: the benchmark harness is not built yet; use scripts/demo.sh and scripts/test.sh"
+    )
 }
