@@ -23,8 +23,10 @@ pub mod map_names {
     pub const SERVICE_META: &str = "LB_SERVICE_META";
     pub const SUBSET_META: &str = "LB_SUBSET_META";
     pub const STATE: &str = "LB_STATE";
+    pub const COUNTERS: &str = "LB_COUNTERS";
     /// Every pinned map, in the order `lb down` removes them.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
+        COUNTERS,
         SERVICES,
         SLOTS,
         ENDPOINTS,
@@ -214,7 +216,26 @@ pub struct Settings {
     pub self_tgid: u32,
     /// Proxy listener for `mode::PROXY` services.
     pub proxy: SockAddr4,
-    pub _pad: u32,
+    /// [`settings_flags`].
+    pub flags: u32,
+}
+
+/// `Settings::flags`.
+pub mod settings_flags {
+    /// Put proxy-bound client sockets in the socket map for the `sk_msg` redirect.
+    pub const SK_MSG: u32 = 1;
+}
+
+/// Indexes of `LB_COUNTERS` (per-CPU u64).
+pub mod counters {
+    /// Messages `sk_msg` redirected straight into the peer socket.
+    pub const SK_MSG_REDIRECTED: u32 = 0;
+    /// Connects to proxy-path services handed to the proxy.
+    pub const PROXY_HANDOFFS: u32 = 1;
+    /// Connects to proxy-path services that found no proxy listening and took the
+    /// kernel split of the catch-all route instead.
+    pub const PROXY_FALLBACKS: u32 = 2;
+    pub const COUNT: u32 = 4;
 }
 
 /// `LB_SERVICE_META` value (never read by the kernel): names for `lb status`.

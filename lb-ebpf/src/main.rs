@@ -13,17 +13,21 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_F_INGRESS, BPF_F_NO_PREALLOC, BPF_NOEXIST, sk_action::SK_PASS},
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuHashMap, SockHash},
+    bindings::{
+        BPF_F_CURRENT_NETNS, BPF_F_INGRESS, BPF_F_NO_PREALLOC, BPF_NOEXIST, bpf_sock_tuple,
+        sk_action::SK_PASS,
+    },
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval,
+        bpf_sk_lookup_tcp, bpf_sk_release,
     },
     macros::{btf_map, cgroup_sock_addr, sk_msg, sock_ops},
     programs::{SkMsgContext, SockAddrContext, SockOpsContext},
 };
 use lb_common::{
     ClientKey, EndpointKey, Origin, Service, Settings, SlotKey, SockAddr4, SockKey, StatKey, Stats,
-    capacity as cap, mode, port_from_be32,
+    capacity as cap, counters, mode, port_from_be32, settings_flags,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -50,6 +54,8 @@ static LB_SOCKETS: SockHash<SockKey, { cap::SOCKETS as usize }> = SockHash::new(
 static LB_STATS: PerCpuHashMap<StatKey, Stats, { cap::STATS as usize }> = PerCpuHashMap::new();
 #[btf_map(pin_by_name)]
 static LB_SETTINGS: Array<Settings, 1> = Array::new();
+#[btf_map(pin_by_name)]
+static LB_COUNTERS: PerCpuArray<u64, { counters::COUNT as usize }> = PerCpuArray::new();
 // Read only by user space (`lb status`); declared here so they are created, typed and
 // pinned with the others.
 #[btf_map(pin_by_name)]
@@ -108,7 +114,16 @@ fn try_connect4(ctx: &SockAddrContext) -> Verdict {
         return Verdict::Allow;
     }
     if svc.mode == mode::PROXY {
-        return steer_to_proxy(ctx, sa, dialled);
+        if let Some(proxy) = live_proxy(ctx) {
+            sa.user_ip4 = proxy.user_ip4();
+            sa.user_port = proxy.user_port();
+            remember_origin(ctx, dialled, proxy, mode::PROXY);
+            bump(counters::PROXY_HANDOFFS);
+            return Verdict::Allow;
+        }
+        // No proxy listening (daemon stopped, killed, upgrading): the kernel split of
+        // the catch-all route instead of a refused connect.
+        bump(counters::PROXY_FALLBACKS);
     }
     if svc.slot_count == 0 {
         return Verdict::Allow;
@@ -148,25 +163,41 @@ fn try_connect4(ctx: &SockAddrContext) -> Verdict {
     Verdict::Allow
 }
 
-/// Hands a connect to lb's proxy listener; the proxy later reads the original
-/// destination that `lb_sockops` records on established.
+/// The proxy listener, if a socket listens on it right now. A killed daemon's
+/// listener is gone at once, so no connect is ever sent to a dead proxy.
 #[inline(always)]
-fn steer_to_proxy(
-    ctx: &SockAddrContext,
-    sa: &mut aya_ebpf::bindings::bpf_sock_addr,
-    dialled: SockAddr4,
-) -> Verdict {
-    let Some(settings) = LB_SETTINGS.get(0) else {
-        return Verdict::Allow;
-    };
-    let proxy = settings.proxy;
+fn live_proxy(ctx: &SockAddrContext) -> Option<SockAddr4> {
+    let proxy = LB_SETTINGS.get(0)?.proxy;
     if proxy.port == 0 {
-        return Verdict::Allow;
+        return None;
     }
-    sa.user_ip4 = proxy.user_ip4();
-    sa.user_port = proxy.user_port();
-    remember_origin(ctx, dialled, proxy, mode::PROXY);
-    Verdict::Allow
+    // SAFETY: an all-zero tuple is a valid value of this plain C union.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    // SAFETY: writing the ipv4 member of the union we own.
+    unsafe {
+        let t = &mut tuple.__bindgen_anon_1.ipv4;
+        t.daddr = proxy.user_ip4();
+        t.dport = proxy.port.to_be();
+    }
+    let size = core::mem::size_of::<u32>() as u32 * 3;
+    // SAFETY: helper available to sock_addr programs; the result is released below.
+    let sk = unsafe {
+        bpf_sk_lookup_tcp(ctx.as_ptr(), &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0)
+    };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: `sk` came from bpf_sk_lookup_tcp and is released exactly once.
+    unsafe { bpf_sk_release(sk.cast()) };
+    Some(proxy)
+}
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(p) = LB_COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *p += 1 };
+    }
 }
 
 /// lb's own sockets (its proxy's upstream connects, the daemon's checks) are never
@@ -260,9 +291,12 @@ fn on_active_established(ctx: &SockOpsContext) {
         port_from_be32(ctx.remote_port()),
     );
     let _ = LB_ORIG_DST.insert(&ClientKey { client: local }, &origin.service, 0);
-    let mut key = SockKey { local, remote };
-    // SAFETY: the context pointer is valid for the program's run.
-    let _ = LB_SOCKETS.update(&mut key, unsafe { &mut *ctx.ops }, 0);
+    let sk_msg_on = LB_SETTINGS.get(0).is_some_and(|s| s.flags & settings_flags::SK_MSG != 0);
+    if sk_msg_on {
+        let mut key = SockKey { local, remote };
+        // SAFETY: the context pointer is valid for the program's run.
+        let _ = LB_SOCKETS.update(&mut key, unsafe { &mut *ctx.ops }, 0);
+    }
 }
 
 #[sk_msg]
@@ -277,7 +311,9 @@ pub fn lb_sk_msg(ctx: SkMsgContext) -> u32 {
     };
     // On a miss the helper answers SK_DROP without choosing a target; returning SK_PASS
     // regardless sends the bytes the normal way, so a missing peer never drops data.
-    let _ = LB_SOCKETS.redirect_msg(&ctx, &mut peer, BPF_F_INGRESS as u64);
+    if LB_SOCKETS.redirect_msg(&ctx, &mut peer, BPF_F_INGRESS as u64) == SK_PASS as i64 {
+        bump(counters::SK_MSG_REDIRECTED);
+    }
     SK_PASS
 }
 

@@ -17,3 +17,5 @@ pub mod probe;
 pub mod run;
 pub mod status;
 pub mod watch;
+pub mod route;
+pub mod explain;

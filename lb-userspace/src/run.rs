@@ -45,7 +45,7 @@ pub fn start(pins: &Pins, cgroup: &std::path::Path) -> Result<Applier, ApplyErro
     applier.set_settings(Settings {
         self_tgid: std::process::id(),
         proxy: SockAddr4::default(),
-        _pad: 0,
+        flags: 0,
     })?;
     Ok(applier)
 }

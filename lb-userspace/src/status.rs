@@ -21,6 +21,8 @@ pub struct ServiceStatus {
     pub address: String,
     pub port: u16,
     pub datapath: &'static str,
+    /// Why the service takes that datapath.
+    pub reason: &'static str,
     pub subsets: Vec<SubsetStatus>,
 }
 
@@ -101,6 +103,7 @@ pub fn read(pins: &Pins) -> Result<Status, ApplyError> {
             } else {
                 "kernel"
             },
+            reason: crate::compile::reason::describe(img.reason),
             subsets,
         });
     }
@@ -125,8 +128,8 @@ impl Status {
             let total: u64 = svc.subsets.iter().map(|x| x.weight).sum();
             let _ = writeln!(
                 s,
-                "{}/{} {}:{} datapath={}",
-                svc.namespace, svc.name, svc.address, svc.port, svc.datapath
+                "{}/{} {}:{} datapath={} ({})",
+                svc.namespace, svc.name, svc.address, svc.port, svc.datapath, svc.reason
             );
             for sub in &svc.subsets {
                 let pct = if total > 0 {

@@ -117,6 +117,7 @@ impl Maps {
                 name: c_str(&meta.name),
                 namespace: c_str(&meta.namespace),
                 mode: entry.mode,
+                reason: meta.reason,
                 weight_scale: meta.weight_scale.max(1),
                 slots,
                 subsets,

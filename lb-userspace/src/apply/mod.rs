@@ -327,7 +327,7 @@ impl Applier {
             name: maps::fixed(&svc.name),
             namespace: maps::fixed(&svc.namespace),
             weight_scale: svc.weight_scale,
-            reason: 0,
+            reason: svc.reason,
         };
         self.maps
             .service_meta

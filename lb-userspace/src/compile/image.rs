@@ -20,6 +20,8 @@ pub struct ServiceImage {
     pub namespace: String,
     /// `lb_common::mode`.
     pub mode: u32,
+    /// `compile::reason` code.
+    pub reason: u32,
     /// Configured weights were divided by this.
     pub weight_scale: u32,
     /// Subset id per slot.

@@ -12,7 +12,39 @@ use std::net::SocketAddrV4;
 use lb_common::{SockAddr4, capacity, mode};
 
 use crate::model::Model;
+use crate::route::RouteTable;
 pub use image::{MapImage, ServiceImage, SubsetImage};
+
+/// What the daemon applies: the kernel maps' image and the proxy's routing table.
+#[derive(Debug)]
+pub struct Plan {
+    pub kernel: MapImage,
+    pub proxy: std::sync::Arc<RouteTable>,
+}
+
+/// `ServiceMeta::reason` codes: why a service takes its datapath.
+pub mod reason {
+    /// Weights only: enforced in the kernel.
+    pub const WEIGHTS_ONLY: u32 = 0;
+    /// A rule looks inside or changes requests.
+    pub const L7_RULE: u32 = 1;
+    /// The `lb.dev/datapath: proxy` annotation.
+    pub const ANNOTATION: u32 = 2;
+
+    pub fn describe(code: u32) -> &'static str {
+        match code {
+            L7_RULE => "a rule matches on or changes requests",
+            ANNOTATION => "annotation lb.dev/datapath: proxy (per-request weights)",
+            _ => "weights only",
+        }
+    }
+}
+
+/// Compiles the whole plan.
+pub fn plan(model: Model) -> Result<Plan, CompileError> {
+    let kernel = compile(&model)?;
+    Ok(Plan { kernel, proxy: std::sync::Arc::new(model.routes) })
+}
 
 /// The model does not fit the kernel maps.
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +134,12 @@ pub fn compile(model: &Model) -> Result<MapImage, CompileError> {
             ServiceImage {
                 name: svc.name.clone(),
                 namespace: svc.namespace.clone(),
-                mode: mode::KERNEL,
+                mode: if svc.proxy_reason.is_some() { mode::PROXY } else { mode::KERNEL },
+                reason: match &svc.proxy_reason {
+                    None => reason::WEIGHTS_ONLY,
+                    Some(r) if r.starts_with("annotation") => reason::ANNOTATION,
+                    Some(_) => reason::L7_RULE,
+                },
                 weight_scale: scale,
                 slots,
                 subsets,

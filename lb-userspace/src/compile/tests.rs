@@ -51,7 +51,9 @@ fn service(split: Vec<(&str, u32, usize)>) -> Model {
                 })
                 .collect(),
             virtual_service: None,
+            proxy_reason: None,
         }],
+        routes: Default::default(),
     }
 }
 

@@ -44,6 +44,15 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// `metadata.annotations` of the resource.
+    pub fn annotations(&self) -> &std::collections::BTreeMap<String, String> {
+        match &self.resource {
+            Resource::ServiceEntry(r) => &r.metadata.annotations,
+            Resource::DestinationRule(r) => &r.metadata.annotations,
+            Resource::VirtualService(r) => &r.metadata.annotations,
+        }
+    }
+
     /// Origin of `path` inside this resource.
     pub fn at(&self, path: &str) -> Origin {
         Origin {

@@ -6,8 +6,10 @@
 
 pub mod catalog;
 pub mod hosts;
+pub mod http;
 pub mod routes;
 pub mod subsets;
+mod table;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddrV4;
@@ -55,13 +57,17 @@ pub struct Service {
     pub split: Vec<WeightedSubset>,
     /// The VirtualService that sets the split (`ns/name`), if any.
     pub virtual_service: Option<String>,
+    /// Why connects go to the proxy; None: weights only, the kernel path.
+    pub proxy_reason: Option<String>,
 }
 
 /// What lb enforces.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Model {
     /// Sorted by frontend.
     pub services: Vec<Service>,
+    /// Request routing for the proxy path.
+    pub routes: crate::route::RouteTable,
 }
 
 /// A valid model and the warnings found on the way.
@@ -104,7 +110,8 @@ pub fn build(loaded: &[Loaded], diags: &mut Vec<Diagnostic>) -> Model {
     check_duplicates(loaded, diags);
     let catalog = build_catalog(loaded, diags);
     let subset_rules = build_subset_rules(loaded, &catalog, diags);
-    let bindings = bind_virtual_services(loaded, &catalog, diags);
+    let parsed = parse_virtual_services(loaded, &catalog, &subset_rules, diags);
+    let bindings = bind_virtual_services(loaded, &parsed, &catalog, diags);
 
     let mut services = Vec::new();
     let mut frontends: BTreeMap<SocketAddrV4, &str> = BTreeMap::new();
@@ -126,30 +133,18 @@ pub fn build(loaded: &[Loaded], diags: &mut Vec<Diagnostic>) -> Model {
                     }
                     continue;
                 }
-                let (split, vs) = match bindings.get(&svc.host) {
+                let vs = bindings.get(&svc.host).map(|i| &parsed[*i]);
+                let split = match vs.and_then(|v| v.kernel.as_ref()) {
                     Some(route) => {
                         let l = &loaded[route.resource];
-                        match routes::resolve(
-                            route,
-                            l,
-                            port.number,
-                            &svc.host,
-                            &catalog,
-                            &subset_rules,
-                            diags,
-                        ) {
-                            Some(split) => (split, Some(route.source.clone())),
+                        let resolved = routes::resolve(route, l, port.number, &svc.host, &catalog, &subset_rules, diags);
+                        match resolved {
+                            Some(split) => split,
                             None => continue,
                         }
                     }
-                    None => (
-                        vec![WeightedSubset {
-                            name: "(all)".into(),
-                            weight: 1,
-                            endpoints: svc.select(&Default::default(), port),
-                        }],
-                        None,
-                    ),
+                    // No VirtualService (or no catch-all rule): even over every endpoint.
+                    None => vec![WeightedSubset { name: "(all)".into(), weight: 1, endpoints: svc.select(&Default::default(), port) }],
                 };
                 services.push(Service {
                     name: hosts::short_name(&svc.host).to_string(),
@@ -157,13 +152,26 @@ pub fn build(loaded: &[Loaded], diags: &mut Vec<Diagnostic>) -> Model {
                     host: svc.host.clone(),
                     frontend,
                     split,
-                    virtual_service: vs,
+                    virtual_service: vs.map(|v| v.source.clone()),
+                    proxy_reason: vs.and_then(|v| v.proxy_reason.clone()),
                 });
             }
         }
     }
     services.sort_by_key(|s| s.frontend);
-    Model { services }
+    let routes = table::build(parsed, &bindings, &services, &catalog, &subset_rules);
+    Model { services, routes }
+}
+
+fn parse_virtual_services(loaded: &[Loaded], catalog: &Catalog, subset_rules: &[subsets::SubsetRule], diags: &mut Vec<Diagnostic>) -> Vec<routes::ParsedVs> {
+    let mut out = Vec::new();
+    for (i, l) in loaded.iter().enumerate() {
+        let Resource::VirtualService(vs) = &l.resource else { continue };
+        if let Some(p) = routes::from_virtual_service(l, i, &vs.spec, catalog, subset_rules, diags) {
+            out.push(p);
+        }
+    }
+    out
 }
 
 fn check_duplicates(loaded: &[Loaded], diags: &mut Vec<Diagnostic>) {
@@ -257,57 +265,34 @@ fn build_subset_rules(
     rules
 }
 
-/// Binds each VirtualService to the catalogue services its hosts name; two
-/// VirtualServices for one service are an error naming both.
-fn bind_virtual_services(
-    loaded: &[Loaded],
-    catalog: &Catalog,
-    diags: &mut Vec<Diagnostic>,
-) -> HashMap<String, routes::KernelRoute> {
+/// Binds each VirtualService to the catalogue services its hosts name (host → index
+/// into `parsed`); two VirtualServices for one host are an error naming both.
+fn bind_virtual_services(loaded: &[Loaded], parsed: &[routes::ParsedVs], catalog: &Catalog, diags: &mut Vec<Diagnostic>) -> HashMap<String, usize> {
     let mut owner: HashMap<String, String> = HashMap::new();
     let mut bound = HashMap::new();
-    for (i, l) in loaded.iter().enumerate() {
-        let Resource::VirtualService(vs) = &l.resource else {
-            continue;
-        };
-        let Some((vs_hosts, route)) = routes::from_virtual_service(l, i, &vs.spec, diags) else {
-            continue;
-        };
-        let me = format!("{}/{}", l.namespace, l.name);
-        let mut targets: Vec<String> = Vec::new();
-        for (h_i, h) in vs_hosts.iter().enumerate() {
+    for (vs_i, vs) in parsed.iter().enumerate() {
+        let l = loaded.iter().find(|l| l.kind == "VirtualService" && format!("{}/{}", l.namespace, l.name) == vs.source).expect("parsed from loaded");
+        for (h_i, h) in vs.hosts.iter().enumerate() {
             let matched: Vec<String> = match catalog.lookup(h) {
                 Some(svc) => vec![svc.host.clone()],
-                None if h.starts_with('*') => catalog
-                    .services
-                    .iter()
-                    .filter(|s| hosts::wildcard_covers(h, &s.host))
-                    .map(|s| s.host.clone())
-                    .collect(),
+                None if h.starts_with('*') => catalog.services.iter().filter(|s| hosts::wildcard_covers(h, &s.host)).map(|s| s.host.clone()).collect(),
                 // A host that names no service (api.wilsontest.com) is a Host-header alias.
                 None => Vec::new(),
             };
-            let claim = if matched.is_empty() {
-                vec![h.clone()]
-            } else {
-                matched.clone()
-            };
+            let claim = if matched.is_empty() { vec![h.clone()] } else { matched.clone() };
             for c in claim {
                 match owner.get(&c) {
-                    Some(other) if *other != me => {
+                    Some(other) if *other != vs.source => {
                         let p = format!("spec.hosts[{h_i}]");
-                        diags.push(Diagnostic::error(l.at(&p), p, format!("The VirtualServices {other},{me} define the same host {c}: lb needs exactly one")));
+                        diags.push(Diagnostic::error(l.at(&p), p, format!("The VirtualServices {other},{} define the same host {c}: lb needs exactly one", vs.source)));
                     }
                     _ => {
-                        owner.insert(c, me.clone());
+                        owner.insert(c, vs.source.clone());
                     }
                 }
             }
-            targets.extend(matched);
-        }
-        if let Some(route) = route {
-            for t in targets {
-                bound.entry(t).or_insert_with(|| route.clone());
+            for t in matched {
+                bound.entry(t).or_insert(vs_i);
             }
         }
     }

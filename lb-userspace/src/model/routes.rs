@@ -121,44 +121,58 @@ fn destinations<'a>(
 }
 
 fn warn_unenforced(l: &Loaded, path: &str, diags: &mut Vec<Diagnostic>, what: &str) {
-    diags.push(Diagnostic::warning(
-        l.at(path),
-        path,
-        format!("{what} is valid Istio but lb does not enforce it yet"),
-    ));
+    diags.push(Diagnostic::warning(l.at(path), path, format!("{what} is valid Istio but lb does not enforce it yet")));
 }
 
-/// Reads a VirtualService: its hosts and the route the kernel enforces (the first rule
-/// that matches every request). Rules that look inside requests are reported as not
-/// enforced yet.
+/// The annotation that forces the proxy path for a weight-only VirtualService (per
+/// request weights for keep-alive clients).
+pub const DATAPATH_ANNOTATION: &str = "lb.dev/datapath";
+
+/// One HTTP rule, validated, destinations not yet resolved to endpoints.
+#[derive(Debug)]
+pub struct ParsedRule {
+    pub name: Option<String>,
+    pub matches: Vec<crate::route::MatchBlock>,
+    pub action: super::http::ParsedAction,
+    pub destinations: Vec<WeightedDestination>,
+    pub request_headers: crate::route::HeaderOps,
+    pub response_headers: crate::route::HeaderOps,
+}
+
+/// A validated VirtualService.
+#[derive(Debug)]
+pub struct ParsedVs {
+    pub source: String,
+    pub hosts: Vec<String>,
+    /// The catch-all rule's split: what the kernel enforces (or falls back to).
+    pub kernel: Option<KernelRoute>,
+    pub rules: Vec<ParsedRule>,
+    /// Why this VirtualService needs the proxy; None: weights only, kernel path.
+    pub proxy_reason: Option<String>,
+}
+
+/// Reads a VirtualService: hosts, HTTP rules for the proxy, and the route the kernel
+/// enforces (the first rule that matches every request). Destination hosts and subsets
+/// must exist.
 pub fn from_virtual_service(
     l: &Loaded,
     index: usize,
     spec: &istio::VirtualServiceSpec,
+    catalog: &Catalog,
+    subset_rules: &[SubsetRule],
     diags: &mut Vec<Diagnostic>,
-) -> Option<(Vec<String>, Option<KernelRoute>)> {
-    let mut ok = true;
+) -> Option<ParsedVs> {
+    let errors_before = diags.iter().filter(|d| d.is_error()).count();
     if spec.hosts.is_empty() {
-        diags.push(Diagnostic::error(
-            l.at("spec.hosts"),
-            "spec.hosts",
-            "virtual service must have at least one host",
-        ));
-        ok = false;
+        diags.push(Diagnostic::error(l.at("spec.hosts"), "spec.hosts", "virtual service must have at least one host"));
     }
     let mut hosts_out = Vec::new();
     for (i, h) in spec.hosts.iter().enumerate() {
         let p = format!("spec.hosts[{i}]");
         if h == "*" {
-            diags.push(Diagnostic::error(
-                l.at(&p),
-                &p,
-                "wildcard host * is not allowed for virtual services bound to the mesh gateway",
-            ));
-            ok = false;
+            diags.push(Diagnostic::error(l.at(&p), &p, "wildcard host * is not allowed for virtual services bound to the mesh gateway"));
         } else if h.is_empty() {
             diags.push(Diagnostic::error(l.at(&p), &p, "host must not be empty"));
-            ok = false;
         } else {
             hosts_out.push(hosts::canonical(h, &l.namespace));
         }
@@ -172,85 +186,138 @@ pub fn from_virtual_service(
     if !spec.export_to.is_empty() {
         warn_unenforced(l, "spec.exportTo", diags, "exportTo");
     }
+    let mut proxy_reason = match l.annotations().get(DATAPATH_ANNOTATION).map(String::as_str) {
+        Some("proxy") => Some(format!("annotation {DATAPATH_ANNOTATION}: proxy (per-request weights)")),
+        Some("kernel") | None => None,
+        Some(other) => {
+            let p = format!("metadata.annotations.{DATAPATH_ANNOTATION}");
+            diags.push(Diagnostic::error(l.at("metadata.annotations"), p, format!("unknown datapath {other:?}: expected proxy or kernel")));
+            None
+        }
+    };
     let mut kernel: Option<Vec<WeightedDestination>> = None;
+    let mut rules = Vec::new();
+    let mut catch_all_at: Option<usize> = None;
     for (i, r) in spec.http.iter().enumerate() {
         let base = format!("spec.http[{i}]");
-        let dests = destinations(
-            l,
-            &format!("{base}.route"),
-            r.route.iter().map(|d| (d.destination.as_ref(), d.weight)),
-            diags,
-        );
-        let Some(dests) = dests else {
-            ok = false;
-            continue;
-        };
-        if dests.is_empty()
-            && r.redirect.is_none()
-            && r.direct_response.is_none()
-            && r.delegate.is_none()
-        {
-            diags.push(Diagnostic::error(
-                l.at(&base),
-                &base,
-                "HTTP route or redirect or directResponse is required",
-            ));
-            ok = false;
+        if let Some(c) = catch_all_at {
+            diags.push(Diagnostic::warning(l.at(&base), &base, format!("unreachable: rule {c} before it matches every request")));
         }
-        let catch_all = r.matches.is_empty();
+        let dests = destinations(l, &format!("{base}.route"), r.route.iter().map(|d| (d.destination.as_ref(), d.weight)), diags);
+        let dests = dests.map(|d| check_destinations(l, d, catalog, subset_rules, diags));
+        if r.route.is_empty() && r.redirect.is_none() && r.direct_response.is_none() {
+            if r.delegate.is_some() {
+                diags.push(Diagnostic::error(l.at(&format!("{base}.delegate")), format!("{base}.delegate"), "delegate is not supported yet"));
+            } else {
+                diags.push(Diagnostic::error(l.at(&base), &base, "HTTP route or redirect or directResponse is required"));
+            }
+        }
+        let action = super::http::action(l, &base, r, diags);
+        let mut matches = Vec::new();
+        for (j, m) in r.matches.iter().enumerate() {
+            if let Some(b) = super::http::match_block(l, &format!("{base}.match[{j}]"), m, diags) {
+                matches.push(b);
+            }
+        }
+        let request_headers = super::http::header_ops(l, &format!("{base}.headers.request"), r.headers.as_ref().and_then(|h| h.request.as_ref()), diags);
+        let response_headers = super::http::header_ops(l, &format!("{base}.headers.response"), r.headers.as_ref().and_then(|h| h.response.as_ref()), diags);
+        for (j, d) in r.route.iter().enumerate() {
+            if d.headers.is_some() {
+                warn_unenforced(l, &format!("{base}.route[{j}].headers"), diags, "per-destination headers");
+            }
+        }
         for (field, set) in [
-            ("match", !r.matches.is_empty()),
-            ("rewrite", r.rewrite.is_some()),
-            ("redirect", r.redirect.is_some()),
-            ("directResponse", r.direct_response.is_some()),
-            ("delegate", r.delegate.is_some()),
             ("timeout", r.timeout.is_some()),
             ("retries", r.retries.is_some()),
             ("fault", r.fault.is_some()),
             ("mirror", r.mirror.is_some() || !r.mirrors.is_empty()),
             ("corsPolicy", r.cors_policy.is_some()),
-            (
-                "headers",
-                r.headers.is_some() || r.route.iter().any(|d| d.headers.is_some()),
-            ),
         ] {
             if set {
                 warn_unenforced(l, &format!("{base}.{field}"), diags, field);
             }
         }
-        if catch_all && kernel.is_none() && !dests.is_empty() {
-            kernel = Some(dests);
+        let needs = if !r.matches.is_empty() {
+            Some("match")
+        } else if r.rewrite.is_some() {
+            Some("rewrite")
+        } else if r.redirect.is_some() {
+            Some("redirect")
+        } else if r.direct_response.is_some() {
+            Some("directResponse")
+        } else if r.headers.is_some() {
+            Some("headers")
+        } else {
+            None
+        };
+        if let Some(what) = needs
+            && proxy_reason.is_none()
+        {
+            proxy_reason = Some(format!("{base} has {what}"));
+        }
+        let catch_all = r.matches.is_empty();
+        if catch_all && catch_all_at.is_none() {
+            catch_all_at = Some(i);
+            if let Some(d) = dests.as_ref().filter(|d| !d.is_empty() && r.redirect.is_none() && r.direct_response.is_none()) {
+                kernel = Some(d.clone());
+            }
+        }
+        if let (Some(dests), Some(action)) = (dests, action) {
+            rules.push(ParsedRule { name: r.name.clone(), matches, action, destinations: dests, request_headers, response_headers });
         }
     }
     for (i, r) in spec.tcp.iter().enumerate() {
         let base = format!("spec.tcp[{i}]");
-        let Some(dests) = destinations(
-            l,
-            &format!("{base}.route"),
-            r.route.iter().map(|d| (d.destination.as_ref(), d.weight)),
-            diags,
-        ) else {
-            ok = false;
+        let Some(dests) = destinations(l, &format!("{base}.route"), r.route.iter().map(|d| (d.destination.as_ref(), d.weight)), diags) else {
             continue;
         };
+        let dests = check_destinations(l, dests, catalog, subset_rules, diags);
         if !r.matches.is_empty() {
             warn_unenforced(l, &format!("{base}.match"), diags, "match");
-        } else if kernel.is_none() && !dests.is_empty() {
+        } else if kernel.is_none() && spec.http.is_empty() && !dests.is_empty() {
             kernel = Some(dests);
         }
     }
-    if ok && kernel.is_none() && !(spec.http.is_empty() && spec.tcp.is_empty()) {
-        diags.push(Diagnostic::warning(l.at("spec"), "spec", "no rule matches every request: the kernel balances this service evenly over all its endpoints"));
+    if kernel.is_none() && !(spec.http.is_empty() && spec.tcp.is_empty()) {
+        diags.push(Diagnostic::warning(l.at("spec"), "spec", "no rule matches every request: without the proxy, the kernel balances this service evenly over all its endpoints"));
     }
-    ok.then(|| {
-        let route = kernel.map(|destinations| KernelRoute {
-            source: format!("{}/{}", l.namespace, l.name),
-            namespace: l.namespace.clone(),
-            destinations,
-            resource: index,
-        });
-        (hosts_out, route)
-    })
+    if diags.iter().filter(|d| d.is_error()).count() > errors_before {
+        return None;
+    }
+    let source = format!("{}/{}", l.namespace, l.name);
+    let kernel = kernel.map(|destinations| KernelRoute { source: source.clone(), namespace: l.namespace.clone(), destinations, resource: index });
+    Some(ParsedVs { source, hosts: hosts_out, kernel, rules, proxy_reason })
+}
+
+/// Reports destinations whose host is not in the catalogue or whose subset no
+/// DestinationRule defines; keeps the ones that resolve.
+fn check_destinations(l: &Loaded, dests: Vec<WeightedDestination>, catalog: &Catalog, subset_rules: &[SubsetRule], diags: &mut Vec<Diagnostic>) -> Vec<WeightedDestination> {
+    let mut out = Vec::new();
+    for mut d in dests {
+        let Some(svc) = catalog.lookup(&d.host) else {
+            let p = format!("{}.destination.host", d.path);
+            diags.push(Diagnostic::error(l.at(&p), p, format!("Referenced host not found: {:?}", d.host)));
+            continue;
+        };
+        d.host = svc.host.clone();
+        if let Some(subset) = &d.subset {
+            let found = subset_rules.iter().find(|r| r.host == svc.host).and_then(|r| r.subsets.get(subset));
+            if found.is_none() {
+                let p = format!("{}.destination.subset", d.path);
+                diags.push(Diagnostic::error(l.at(&p), p, format!("Referenced host+subset in destinationrule not found: \"{}+{subset}\"", d.host)));
+                continue;
+            }
+        }
+        out.push(d);
+    }
+    out
+}
+
+/// Endpoints of a (validated) destination on every port of its service.
+pub fn endpoints_by_port(d: &WeightedDestination, catalog: &Catalog, subset_rules: &[SubsetRule]) -> std::collections::BTreeMap<u16, Vec<std::net::SocketAddr>> {
+    let Some(svc) = catalog.lookup(&d.host) else { return Default::default() };
+    let labels = d.subset.as_ref().and_then(|s| subset_rules.iter().find(|r| r.host == svc.host).and_then(|r| r.subsets.get(s))).cloned().unwrap_or_default();
+    svc.ports.iter().map(|p| (p.number, svc.select(&labels, p).into_iter().map(std::net::SocketAddr::V4).collect())).collect()
 }
 
 /// Resolves a route's destinations for traffic dialled to `dialled_port`.

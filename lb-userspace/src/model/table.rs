@@ -1,0 +1,76 @@
+//! Builds the proxy's [`RouteTable`] from the validated VirtualServices.
+
+use std::collections::HashMap;
+
+use super::catalog::CatalogService;
+use super::http::ParsedAction;
+use super::routes::{ParsedVs, endpoints_by_port};
+use super::subsets::SubsetRule;
+use super::{Catalog, Service, hosts};
+use crate::route::{Action, Destination, RouteTable, Rule, VirtualHost};
+
+/// Every name a Host header may use for a catalogue service: its host in every form,
+/// the short name, and its addresses.
+fn names_of(svc: &CatalogService) -> Vec<String> {
+    let mut names = hosts::aliases(&svc.host);
+    names.push(hosts::short_name(&svc.host).to_string());
+    names.extend(svc.addresses.iter().map(|a| a.to_string()));
+    names
+}
+
+pub fn build(parsed: Vec<ParsedVs>, bindings: &HashMap<String, usize>, services: &[Service], catalog: &Catalog, subset_rules: &[SubsetRule]) -> RouteTable {
+    let mut t = RouteTable::default();
+    for svc in services {
+        t.services.insert(svc.frontend, format!("{}/{}", svc.namespace, svc.name));
+        if let Some(i) = bindings.get(&svc.host) {
+            t.by_service.insert(svc.frontend, *i);
+        }
+    }
+    for (idx, vs) in parsed.into_iter().enumerate() {
+        for h in &vs.hosts {
+            if h.starts_with('*') {
+                t.wildcards.push((h.clone(), idx));
+                continue;
+            }
+            let names = catalog.lookup(h).map_or_else(|| vec![h.clone()], names_of);
+            for n in names {
+                t.hosts.entry(n).or_insert(idx);
+            }
+        }
+        let rules = vs
+            .rules
+            .into_iter()
+            .map(|r| {
+                let action = match r.action {
+                    ParsedAction::Route(rewrite) => Action::Route {
+                        destinations: r
+                            .destinations
+                            .iter()
+                            .map(|d| {
+                                let subset = d.subset.clone().unwrap_or_else(|| "(all)".into());
+                                let label = if vs.hosts.contains(&d.host) { subset } else { format!("{}/{subset}", hosts::short_name(&d.host)) };
+                                Destination { host: d.host.clone(), subset: d.subset.clone(), port: d.port, weight: d.weight, endpoints: endpoints_by_port(d, catalog, subset_rules), label }
+                            })
+                            .collect(),
+                        rewrite,
+                    },
+                    ParsedAction::Redirect(rd) => Action::Redirect(rd),
+                    ParsedAction::Direct { status, body } => Action::Direct { status, body },
+                };
+                Rule { name: r.name, matches: r.matches, action, request_headers: r.request_headers, response_headers: r.response_headers }
+            })
+            .collect();
+        t.vhosts.push(VirtualHost { name: vs.source, rules, proxy_reason: vs.proxy_reason });
+    }
+    t.wildcards.sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
+    for vh in &t.vhosts {
+        for r in &vh.rules {
+            if let Action::Route { destinations, .. } = &r.action {
+                for d in destinations {
+                    t.endpoints.extend(d.endpoints.values().flatten().copied());
+                }
+            }
+        }
+    }
+    t
+}

@@ -1,0 +1,268 @@
+//! Request routing for the proxy path — pure, shared by the live proxy and `lb explain`.
+//!
+//! The Host header selects the VirtualService (exact host, then wildcard); only when it
+//! names none does the VirtualService bound to the dialled service apply (lb's fix for
+//! the seed's `proxy_set_header Host $host` trap). Rules are tried in order; the first
+//! whose match blocks (ORed, each an AND) hold wins. No rule: 404.
+
+pub mod matchers;
+pub mod path;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, SocketAddrV4};
+
+use http::HeaderMap;
+use regex::Regex;
+
+pub use matchers::{MatchBlock, RequestView, StrMatch};
+
+/// The proxy's routing table: one immutable snapshot per applied configuration.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    pub vhosts: Vec<VirtualHost>,
+    /// Every exact name (and address) a VirtualService answers to → vhost index.
+    pub hosts: HashMap<String, usize>,
+    /// `*.example.com` patterns, longest first.
+    pub wildcards: Vec<(String, usize)>,
+    /// Dialled service address → vhost bound to that service.
+    pub by_service: HashMap<SocketAddrV4, usize>,
+    /// Dialled service address → `ns/name` (metrics, unknown-host counting).
+    pub services: HashMap<SocketAddrV4, String>,
+    /// Every endpoint of every service: the proxy never forwards elsewhere.
+    pub endpoints: std::collections::HashSet<SocketAddr>,
+}
+
+#[derive(Debug)]
+pub struct VirtualHost {
+    /// `ns/name` of the VirtualService.
+    pub name: String,
+    pub rules: Vec<Rule>,
+    /// Why its services take the proxy path (`lb status`, `lb explain`), None: kernel.
+    pub proxy_reason: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub name: Option<String>,
+    /// Empty: matches every request.
+    pub matches: Vec<MatchBlock>,
+    pub action: Action,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct HeaderOps {
+    pub set: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub add: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub remove: Vec<http::HeaderName>,
+}
+
+impl HeaderOps {
+    pub fn apply(&self, h: &mut HeaderMap) {
+        for n in &self.remove {
+            h.remove(n);
+        }
+        for (n, v) in &self.set {
+            h.insert(n, v.clone());
+        }
+        for (n, v) in &self.add {
+            h.append(n, v.clone());
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Action {
+    Route { destinations: Vec<Destination>, rewrite: Rewrite },
+    Redirect(Redirect),
+    Direct { status: u16, body: Option<String> },
+}
+
+#[derive(Debug, Default)]
+pub struct Rewrite {
+    pub uri: Option<String>,
+    pub uri_regex: Option<(Regex, String)>,
+    pub authority: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Redirect {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+    pub scheme: Option<String>,
+    pub port: Option<u16>,
+    pub derive_from_request: bool,
+    pub code: u16,
+}
+
+#[derive(Debug)]
+pub struct Destination {
+    /// Canonical host.
+    pub host: String,
+    pub subset: Option<String>,
+    pub port: Option<u16>,
+    /// Configured relative weight (a single destination gets everything).
+    pub weight: u32,
+    /// Endpoints per service port of the destination (selected by the subset).
+    pub endpoints: BTreeMap<u16, Vec<SocketAddr>>,
+    /// Name for metrics and logs: `v0`, or `host/v0` for another host.
+    pub label: String,
+}
+
+impl Destination {
+    /// The service port a request dialled to `dialled` goes to.
+    pub fn port_for(&self, dialled: Option<u16>) -> Option<u16> {
+        self.port
+            .or_else(|| dialled.filter(|p| self.endpoints.contains_key(p)))
+            .or_else(|| (self.endpoints.len() == 1).then(|| *self.endpoints.keys().next().expect("one")))
+    }
+}
+
+/// A request as routing sees it.
+pub struct Request<'a> {
+    pub method: &'a str,
+    pub scheme: &'a str,
+    /// Path and query as received.
+    pub path_and_query: &'a str,
+    /// Host header (or :authority) as sent.
+    pub authority: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The service address the client dialled (from the original-destination map).
+    pub dialled: Option<SocketAddrV4>,
+}
+
+/// Which VirtualService and rule a request hits, and the request after rewrites.
+#[derive(Debug)]
+pub struct Selection<'t> {
+    pub vhost: Option<&'t VirtualHost>,
+    /// Why the vhost was chosen: the Host header, or the dialled service.
+    pub by_dialled_service: bool,
+    pub rule: Option<(usize, &'t Rule)>,
+    /// Normalised path (no query) and the query with its `?`.
+    pub path: String,
+    pub query: String,
+    /// Why earlier rules did not match (for `lb explain`).
+    pub skipped: Vec<String>,
+}
+
+/// Host header to the name it is looked up by: lower case, no port, no trailing dot.
+pub fn host_key(authority: &str) -> String {
+    let h = if authority.starts_with('[') {
+        authority.split(']').next().map(|s| format!("{s}]")).unwrap_or_default()
+    } else {
+        authority.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map_or(authority, |(h, _)| h).to_string()
+    };
+    h.trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl RouteTable {
+    /// The vhost the Host header names (exact, then the longest wildcard).
+    pub fn vhost_by_host(&self, authority: &str) -> Option<usize> {
+        let key = host_key(authority);
+        self.hosts.get(&key).copied().or_else(|| self.wildcards.iter().find(|(w, _)| crate::model::hosts::wildcard_covers(w, &key)).map(|(_, i)| *i))
+    }
+
+    /// Finds the VirtualService and rule for a request.
+    pub fn select<'t>(&'t self, req: &Request<'_>) -> Selection<'t> {
+        let (raw_path, query) = path::split_query(req.path_and_query);
+        let path = path::normalize(raw_path);
+        let (vhost, by_dialled) = match self.vhost_by_host(req.authority) {
+            Some(i) => (Some(&self.vhosts[i]), false),
+            None => (req.dialled.and_then(|d| self.by_service.get(&d)).map(|i| &self.vhosts[*i]), true),
+        };
+        let mut sel = Selection { vhost, by_dialled_service: by_dialled && vhost.is_some(), rule: None, path, query: query.to_string(), skipped: Vec::new() };
+        let Some(vh) = vhost else { return sel };
+        let view = RequestView {
+            method: req.method,
+            scheme: req.scheme,
+            authority: req.authority,
+            path: &sel.path,
+            query: query.strip_prefix('?').unwrap_or(""),
+            headers: req.headers,
+            port: req.dialled.map(|d| d.port()),
+        };
+        for (i, rule) in vh.rules.iter().enumerate() {
+            if rule.matches.is_empty() {
+                sel.rule = Some((i, rule));
+                return sel;
+            }
+            let mut reasons = Vec::new();
+            for m in &rule.matches {
+                match m.check(&view) {
+                    Ok(()) => {
+                        sel.rule = Some((i, rule));
+                        sel.skipped.shrink_to_fit();
+                        return sel;
+                    }
+                    Err(why) => reasons.push(why),
+                }
+            }
+            sel.skipped.push(format!("rule {i}{}: {}", rule.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default(), reasons.join("; ")));
+        }
+        sel
+    }
+}
+
+impl Selection<'_> {
+    /// The path and query the backend receives (after `rewrite.uri` /
+    /// `uriRegexRewrite`), and the authority (after `rewrite.authority`).
+    pub fn rewritten(&self, req: &Request<'_>) -> (String, String) {
+        let mut path = self.path.clone();
+        let mut authority = req.authority.to_string();
+        if let Some((_, rule)) = self.rule
+            && let Action::Route { rewrite, .. } = &rule.action
+        {
+            if let Some(uri) = &rewrite.uri {
+                let matched = self.matched_block(rule).map_or(1.min(path.len()), |m| m.matched_len(&path));
+                path = path::rewrite_prefix(&path, matched, uri);
+            } else if let Some((re, with)) = &rewrite.uri_regex {
+                path = re.replace_all(&path, with.as_str()).into_owned();
+            }
+            if let Some(a) = &rewrite.authority {
+                authority = a.clone();
+            }
+        }
+        (format!("{path}{}", self.query), authority)
+    }
+
+    fn matched_block<'r>(&self, rule: &'r Rule) -> Option<&'r MatchBlock> {
+        // Re-run the blocks against the normalised path: the first that matches is the
+        // one whose prefix the rewrite replaces (only uri conditions matter here).
+        rule.matches.iter().find(|m| m.uri.as_ref().is_none_or(|u| u.matches(&self.path, m.ignore_uri_case)))
+    }
+}
+
+/// Picks a destination by weight (per request).
+pub fn pick_weighted(dests: &[Destination]) -> Option<&Destination> {
+    let total: u64 = dests.iter().map(|d| u64::from(d.weight)).sum();
+    if total == 0 {
+        return dests.first();
+    }
+    let mut n = fastrand::u64(0..total);
+    for d in dests {
+        let w = u64::from(d.weight);
+        if n < w {
+            return Some(d);
+        }
+        n -= w;
+    }
+    dests.last()
+}
+
+#[cfg(test)]
+mod tests;
+
+/// The `Location` of a redirect: Istio's `redirect` applied to the request (query kept).
+pub fn redirect_location(rd: &Redirect, sel: &Selection<'_>, req: &Request<'_>) -> String {
+    let scheme = rd.scheme.as_deref().unwrap_or(req.scheme);
+    let host = rd.authority.clone().unwrap_or_else(|| host_key(req.authority));
+    let port = match (rd.port, rd.derive_from_request) {
+        (Some(p), _) => Some(p),
+        (None, true) => req.authority.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()),
+        (None, false) => None,
+    };
+    let path = rd.uri.clone().unwrap_or_else(|| sel.path.clone());
+    let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+    format!("{scheme}://{host}{port}{path}{}", sel.query)
+}
