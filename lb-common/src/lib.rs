@@ -24,9 +24,11 @@ pub mod map_names {
     pub const SUBSET_META: &str = "LB_SUBSET_META";
     pub const STATE: &str = "LB_STATE";
     pub const COUNTERS: &str = "LB_COUNTERS";
+    pub const HOSTS: &str = "LB_HOSTS";
     /// Every pinned map, in the order `lb down` removes them.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         COUNTERS,
+        HOSTS,
         SERVICES,
         SLOTS,
         ENDPOINTS,
@@ -58,6 +60,9 @@ pub mod capacity {
     pub const SOCKETS: u32 = 65_536;
     pub const STATS: u32 = 65_536;
     pub const NAME_LEN: usize = 64;
+    /// Distinct unknown Host headers remembered (per service at most `HOSTS_PER_SERVICE`).
+    pub const HOSTS: u32 = 4_096;
+    pub const HOSTS_PER_SERVICE: usize = 32;
     pub const ERROR_LEN: usize = 1_024;
 }
 
@@ -261,6 +266,15 @@ impl Default for ServiceMeta {
     }
 }
 
+/// `LB_HOSTS` key (never read by the kernel): a Host header that named no
+/// VirtualService host, per dialled service; the value counts requests (u64).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HostKey {
+    pub service: SockAddr4,
+    pub host: [u8; capacity::NAME_LEN],
+}
+
 /// `LB_SUBSET_META` key and value (never read by the kernel).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -333,6 +347,7 @@ mod pod {
     unsafe impl aya::Pod for ClientKey {}
     unsafe impl aya::Pod for StatKey {}
     unsafe impl aya::Pod for SockKey {}
+    unsafe impl aya::Pod for HostKey {}
     unsafe impl aya::Pod for Stats {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for ServiceMeta {}

@@ -74,6 +74,9 @@ static LB_SUBSET_META: HashMap<
 > = HashMap::new();
 #[btf_map(pin_by_name)]
 static LB_STATE: Array<lb_common::State, 1> = Array::new();
+#[btf_map(pin_by_name)]
+static LB_HOSTS: HashMap<lb_common::HostKey, u64, { cap::HOSTS as usize }, NO_PREALLOC> =
+    HashMap::new();
 
 /// What `connect4` decided.
 enum Verdict {

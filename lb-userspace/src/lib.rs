@@ -19,3 +19,4 @@ pub mod status;
 pub mod watch;
 pub mod route;
 pub mod explain;
+pub mod proxy;

@@ -38,6 +38,41 @@ enum Cmd {
         /// On exit, detach the programs and remove the pins (default: leave them steering).
         #[arg(long)]
         detach_on_exit: bool,
+        /// Where lb's proxy listens (the L7 path); port 0 picks a free port.
+        #[arg(long, default_value = "127.0.0.1:15001")]
+        proxy_listen: SocketAddr,
+        /// Admin listener: /ready, /config_dump, /metrics; port 0 picks a free port.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin_listen: SocketAddr,
+        /// Access log: `stdout`, `off`, or a file path.
+        #[arg(long, default_value = "stdout")]
+        access_log: String,
+        /// Do not shortcut client <-> proxy bytes with sk_msg.
+        #[arg(long)]
+        no_sk_msg: bool,
+        /// Bound on finishing in-flight requests at SIGTERM, in seconds.
+        #[arg(long, default_value_t = 10)]
+        drain_seconds: u64,
+    },
+    /// Explain how one request is routed, offline (the live proxy's routing code).
+    Explain {
+        #[arg(long)]
+        config: PathBuf,
+        /// Host header.
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        path: String,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// `name: value`, repeatable.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// The service address the client dialled; without it routing is Host-only.
+        #[arg(long)]
+        to: Option<std::net::SocketAddrV4>,
+        #[arg(long)]
+        json: bool,
     },
     /// Check a config directory; one line per problem; exit 1 on errors.
     Validate { dir: PathBuf },
@@ -100,6 +135,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("LB_LOG").unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(Cli::parse()) {
         Ok(code) => code,
@@ -112,12 +148,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Cmd::Run {
-            config,
-            cgroup,
-            bpffs,
-            detach_on_exit,
-        } => {
+        Cmd::Run { config, cgroup, bpffs, detach_on_exit, proxy_listen, admin_listen, access_log, no_sk_msg, drain_seconds } => {
             let cgroup = match cgroup {
                 Some(c) => c,
                 None => cgroup::cgroup2_root().context("finding the cgroup2 mount")?,
@@ -135,15 +166,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(lb::run::run(lb::run::RunOptions {
-                config,
-                cgroup,
-                bpffs,
-                detach_on_exit,
-            }))?;
+            let access_log = match access_log.as_str() {
+                "off" => None,
+                "stdout" => Some(lb::proxy::access_log::Target::Stdout),
+                path => Some(lb::proxy::access_log::Target::File(path.into())),
+            };
+            let proxy = lb::proxy::ProxyOptions { listen: proxy_listen, admin: admin_listen, access_log, drain: Duration::from_secs(drain_seconds) };
+            rt.block_on(lb::run::run(lb::run::RunOptions { config, cgroup, bpffs, detach_on_exit, proxy, sk_msg: !no_sk_msg }))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Validate { dir } => validate(&dir),
+        Cmd::Explain { config, host, path, method, headers, to, json } => {
+            let validated = lb::model::load_dir(&config)?;
+            let mut map = http::HeaderMap::new();
+            for h in &headers {
+                let (k, v) = h.split_once(':').with_context(|| format!("--header {h:?}: expected 'name: value'"))?;
+                map.append(http::HeaderName::from_bytes(k.trim().to_ascii_lowercase().as_bytes())?, v.trim().parse()?);
+            }
+            let q = lb::explain::Query { host, path, method, headers: map, to };
+            let e = lb::explain::explain(&validated.model, &q);
+            if json {
+                println!("{}", serde_json::to_string(&e)?);
+            } else {
+                print!("{}", e.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Status { bpffs, json } => {
             let status = lb::status::read(&Pins::new(&bpffs))
                 .with_context(|| format!("reading lb's pins under {}", bpffs.display()))?;

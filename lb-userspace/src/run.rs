@@ -1,16 +1,21 @@
-//! `lb run`: the daemon. Attaches (or adopts) the datapath, applies the configuration,
-//! and re-applies it on every change. A rejected change is logged and recorded for
-//! `lb status`; the running plan stays.
+//! `lb run`: the daemon. Binds the proxy, attaches (or adopts) the datapath, applies
+//! the configuration, and re-applies it on every change. A rejected change is logged
+//! and recorded for `lb status`; the running plan stays.
 
-use std::path::PathBuf;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lb_common::{Settings, SockAddr4};
+use lb_common::{Settings, SockAddr4, settings_flags};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::apply::{self, Applier, ApplyError, Garbage, Pins};
 use crate::compile;
 use crate::model;
+use crate::proxy::{self, Proxy, ProxyError, ProxyOptions, Shared};
+use crate::route::RouteTable;
 use crate::watch::{ConfigWatch, WatchError};
 
 /// How long replaced revisions stay before deletion: far longer than a connect takes
@@ -26,6 +31,8 @@ pub enum RunError {
     Apply(#[from] ApplyError),
     #[error(transparent)]
     Watch(#[from] WatchError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
     #[error("installing signal handlers: {0}")]
     Signal(std::io::Error),
 }
@@ -35,42 +42,54 @@ pub struct RunOptions {
     pub cgroup: PathBuf,
     pub bpffs: PathBuf,
     pub detach_on_exit: bool,
+    pub proxy: ProxyOptions,
+    /// Shortcut client ↔ proxy bytes with sk_msg.
+    pub sk_msg: bool,
 }
 
-/// Attaches and applies once (used by `lb run` and `lb demo`).
-pub fn start(pins: &Pins, cgroup: &std::path::Path) -> Result<Applier, ApplyError> {
+/// Where the kernel sends proxy-path connects: the listener's address (loopback when
+/// it listens on every address).
+fn proxy_target(addr: SocketAddr) -> SockAddr4 {
+    match addr.ip() {
+        IpAddr::V4(ip) if !ip.is_unspecified() => SockAddr4::new(ip.octets(), addr.port()),
+        _ => SockAddr4::new(Ipv4Addr::LOCALHOST.octets(), addr.port()),
+    }
+}
+
+/// Attaches (or adopts) the datapath and tells the programs who lb is.
+pub fn start(pins: &Pins, cgroup: &Path, proxy: Option<SocketAddr>, sk_msg: bool) -> Result<Applier, ApplyError> {
     let how = apply::attach::ensure_attached(pins, cgroup)?;
     tracing::info!(?how, cgroup = %cgroup.display(), pins = %pins.root.display(), "datapath ready");
     let mut applier = Applier::adopt(pins)?;
     applier.set_settings(Settings {
         self_tgid: std::process::id(),
-        proxy: SockAddr4::default(),
-        flags: 0,
+        proxy: proxy.map(proxy_target).unwrap_or_default(),
+        flags: if sk_msg { settings_flags::SK_MSG } else { 0 },
     })?;
     Ok(applier)
 }
 
 /// Loads, compiles and applies the configuration; on any problem the running plan
-/// stays and the error is recorded. Returns the garbage to collect later.
-pub fn reload(applier: &mut Applier, dir: &std::path::Path) -> Option<Garbage> {
+/// stays and the error is recorded. The proxy's table is published before the maps
+/// change, so the proxy knows every route the kernel may send it.
+pub fn reload(applier: &mut Applier, dir: &Path, routes: Option<&watch::Sender<Arc<RouteTable>>>) -> Option<Garbage> {
     let result = model::load_dir(dir)
         .map_err(|e| e.to_string())
         .and_then(|v| {
             for w in &v.warnings {
                 tracing::warn!("{w}");
             }
-            compile::compile(&v.model).map_err(|e| e.to_string())
+            compile::plan(v.model).map_err(|e| e.to_string())
         })
-        .and_then(|image| applier.apply(&image).map_err(|e| e.to_string()));
+        .and_then(|plan| {
+            if let Some(tx) = routes {
+                tx.send_replace(plan.proxy.clone());
+            }
+            applier.apply(&plan.kernel).map_err(|e| e.to_string())
+        });
     match result {
         Ok((report, garbage)) => {
-            tracing::info!(
-                added = report.added,
-                changed = report.changed,
-                removed = report.removed,
-                unchanged = report.unchanged,
-                "configuration applied"
-            );
+            tracing::info!(added = report.added, changed = report.changed, removed = report.removed, unchanged = report.unchanged, "configuration applied");
             if let Err(e) = applier.clear_error() {
                 tracing::warn!("recording state: {e}");
             }
@@ -90,19 +109,41 @@ pub fn reload(applier: &mut Applier, dir: &std::path::Path) -> Option<Garbage> {
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     use tokio::signal::unix::{SignalKind, signal};
     let pins = Pins::new(&opts.bpffs);
-    let mut applier = start(&pins, &opts.cgroup)?;
+    // The proxy listens before any service is switched to it.
+    let proxy = Proxy::bind(&opts.proxy).await?;
+    tracing::info!(proxy = %proxy.local_addr(), admin = %proxy.admin_addr(), "proxy listening");
+    let mut applier = start(&pins, &opts.cgroup, Some(proxy.local_addr()), opts.sk_msg)?;
+    let kernel = match proxy::kernel::KernelMaps::open(&pins) {
+        Ok(k) => Some(Mutex::new(k)),
+        Err(e) => {
+            tracing::warn!("proxy without kernel maps (no original destinations): {e}");
+            None
+        }
+    };
+    let (tx, rx) = watch::channel(Arc::new(RouteTable::default()));
     let mut watch = ConfigWatch::start(&opts.config)?;
     let mut pending: Vec<(Instant, Garbage)> = Vec::new();
-    if let Some(g) = reload(&mut applier, &opts.config) {
+    if let Some(g) = reload(&mut applier, &opts.config, Some(&tx)) {
         pending.push((Instant::now() + GRACE, g));
     }
+    let log = match &opts.proxy.access_log {
+        Some(t) => Some(proxy::access_log::AccessLog::open(t).map_err(ProxyError::AccessLog)?),
+        None => None,
+    };
+    let shared = Arc::new(Shared { table: rx, client: proxy::forward::upstream(), metrics: Default::default(), log, kernel, sk_msg: opts.sk_msg });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain = opts.proxy.drain;
+    let server = tokio::spawn(proxy.serve(shared, drain, async move {
+        let _ = stop_rx.await;
+    }));
+
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
     loop {
         let next_gc = pending.first().map(|(t, _)| *t);
         tokio::select! {
             _ = watch.changed(DEBOUNCE) => {
-                if let Some(g) = reload(&mut applier, &opts.config) {
+                if let Some(g) = reload(&mut applier, &opts.config, Some(&tx)) {
                     pending.push((Instant::now() + GRACE, g));
                 }
             }
@@ -114,6 +155,10 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             _ = int.recv() => break,
         }
     }
+    // Drain: stop accepting (the kernel falls back to its split at once), finish
+    // in-flight requests within the bound.
+    let _ = stop_tx.send(());
+    let _ = server.await;
     if opts.detach_on_exit {
         drop(applier);
         apply::attach::remove_all(&pins)?;

@@ -29,6 +29,7 @@ pub struct Env {
     pub work: PathBuf,
     daemons: Vec<Child>,
     others: Vec<Child>,
+    last_log: Option<PathBuf>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -57,6 +58,7 @@ impl Env {
             work,
             daemons: Vec::new(),
             others: Vec::new(),
+            last_log: None,
             _serial: serial,
         }
     }
@@ -97,6 +99,32 @@ impl Env {
             },
         );
         pid
+    }
+
+    /// The running daemon's admin listener (from its log).
+    pub fn admin(&self) -> SocketAddr {
+        let log = std::fs::read_to_string(self.last_log.as_ref().expect("a daemon was started")).expect("daemon log");
+        let at = log.find("admin=").expect("admin address in the daemon log") + "admin=".len();
+        log[at..].split_whitespace().next().expect("address").parse().expect("admin address")
+    }
+
+    /// GET on the admin listener; returns the body.
+    pub fn admin_get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(self.admin()).expect("admin connect");
+        write!(s, "GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM to the running daemons and waits for them.
+    pub fn stop_daemons(&mut self) {
+        for mut d in self.daemons.drain(..) {
+            // SAFETY: kill(2) of a child this test started.
+            unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+            let _ = d.wait();
+        }
     }
 
     /// SIGKILLs every daemon this test started.

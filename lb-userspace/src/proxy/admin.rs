@@ -1,0 +1,100 @@
+//! The admin listener: `/ready`, `/config_dump` (the active plan), `/metrics`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use lb_common::counters;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use super::Shared;
+use crate::route::{Action, RouteTable, matchers::describe};
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let shared = shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(&shared, req.uri().path())) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match path {
+        "/ready" => (StatusCode::OK, "text/plain", "ready\n".to_string()),
+        "/config_dump" => (StatusCode::OK, "application/json", serde_json::to_string_pretty(&dump(&shared.table.borrow())).unwrap_or_default()),
+        "/metrics" => {
+            let kernel = shared.kernel.as_ref().and_then(|k| k.lock().ok()).map(|k| {
+                vec![
+                    ("sk_msg_redirected", "Messages sk_msg redirected straight into the peer socket (client <-> proxy)", k.counter(counters::SK_MSG_REDIRECTED)),
+                    ("proxy_handoffs", "Connects the kernel handed to the proxy", k.counter(counters::PROXY_HANDOFFS)),
+                    ("proxy_fallbacks", "Proxy-path connects that found no proxy and took the kernel split", k.counter(counters::PROXY_FALLBACKS)),
+                ]
+            });
+            (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", shared.metrics.render(&kernel.unwrap_or_default()))
+        }
+        _ => (StatusCode::NOT_FOUND, "text/plain", "try /ready, /config_dump or /metrics\n".to_string()),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = ctype.parse() {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// The active routing table as JSON.
+pub fn dump(t: &RouteTable) -> Value {
+    let vhosts: Vec<Value> = t
+        .vhosts
+        .iter()
+        .map(|vh| {
+            let rules: Vec<Value> = vh
+                .rules
+                .iter()
+                .map(|r| {
+                    let matches: Vec<Value> = r
+                        .matches
+                        .iter()
+                        .map(|m| {
+                            json!({
+                                "uri": m.uri.as_ref().map(describe),
+                                "method": m.method.as_ref().map(describe),
+                                "authority": m.authority.as_ref().map(describe),
+                                "headers": m.headers.iter().map(|(k, v)| format!("{k}: {}", describe(v))).collect::<Vec<_>>(),
+                                "without_headers": m.without_headers.iter().map(|(k, v)| format!("{k}: {}", describe(v))).collect::<Vec<_>>(),
+                                "query_params": m.query_params.iter().map(|(k, v)| format!("{k}: {}", describe(v))).collect::<Vec<_>>(),
+                                "port": m.port,
+                            })
+                        })
+                        .collect();
+                    let action = match &r.action {
+                        Action::Route { destinations, rewrite } => json!({
+                            "route": destinations.iter().map(|d| json!({"host": d.host, "subset": d.subset, "port": d.port, "weight": d.weight, "endpoints": d.endpoints.iter().map(|(p, e)| (p.to_string(), e.iter().map(|a| a.to_string()).collect::<Vec<_>>())).collect::<std::collections::BTreeMap<_, _>>()})).collect::<Vec<_>>(),
+                            "rewrite": {"uri": rewrite.uri, "uri_regex": rewrite.uri_regex.as_ref().map(|(r, w)| format!("{} -> {w}", r.as_str())), "authority": rewrite.authority},
+                        }),
+                        Action::Redirect(rd) => json!({"redirect": {"uri": rd.uri, "authority": rd.authority, "scheme": rd.scheme, "port": rd.port, "code": rd.code}}),
+                        Action::Direct { status, body } => json!({"direct_response": {"status": status, "body": body}}),
+                    };
+                    json!({"name": r.name, "match": matches, "action": action})
+                })
+                .collect();
+            json!({"virtual_service": vh.name, "proxy_reason": vh.proxy_reason, "rules": rules})
+        })
+        .collect();
+    let mut hosts: Vec<(&String, &usize)> = t.hosts.iter().collect();
+    hosts.sort();
+    json!({
+        "virtual_hosts": vhosts,
+        "hosts": hosts.into_iter().map(|(h, i)| (h.clone(), Value::String(t.vhosts[*i].name.clone()))).collect::<serde_json::Map<_, _>>(),
+        "services": t.services.iter().map(|(a, n)| (a.to_string(), Value::String(n.clone()))).collect::<serde_json::Map<_, _>>(),
+    })
+}

@@ -1,0 +1,221 @@
+//! One request through the proxy: route it (shared `route` code), then forward it to
+//! an endpoint, answer it locally (redirect, direct response, 404, 503), or tunnel an
+//! `Upgrade`. Bodies stream both ways.
+
+use std::convert::Infallible;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use super::Shared;
+use super::access_log::Entry;
+use super::metrics::RequestLabels;
+use crate::route::{self, Action};
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// The connection a request came on.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The service address the client dialled (original-destination map).
+    pub dialled: Option<SocketAddrV4>,
+}
+
+/// Pooled HTTP/1.1 connections to endpoints.
+pub type Upstream = Client<HttpConnector, Incoming>;
+
+pub fn upstream() -> Upstream {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    // Istio's default TCP connect timeout.
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
+    Client::builder(TokioExecutor::new()).pool_idle_timeout(std::time::Duration::from_secs(60)).build(connector)
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded, or a client's
+/// `Connection: close` would close the pooled upstream connection.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<HeaderName> = h.get_all(header::CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()).collect();
+    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+        h.remove(n);
+    }
+}
+
+fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+/// What the access log and metrics record about a request.
+struct Outcome {
+    status: u16,
+    flags: &'static str,
+    upstream: Option<SocketAddr>,
+    route: String,
+    subset: String,
+}
+
+/// Handles one request; never fails (errors become 4xx/5xx answers).
+pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let (method, version) = (req.method().clone(), req.version());
+    let path_log = req.uri().path_and_query().map_or_else(|| "/".to_string(), |p| p.to_string());
+    let (resp, outcome) = route_request(&shared, &conn, req).await;
+    let service = conn.dialled.and_then(|d| shared.table.borrow().services.get(&d).cloned()).unwrap_or_else(|| "-".into());
+    shared.metrics.requests.get_or_create(&RequestLabels { service, subset: outcome.subset.clone(), code: outcome.status }).inc();
+    if let Some(log) = &shared.log {
+        log.log(&Entry { method: method.as_str(), path: &path_log, version, status: outcome.status, flags: outcome.flags, upstream: outcome.upstream, duration_ms: start.elapsed().as_millis(), route: &outcome.route });
+    }
+    Ok(resp)
+}
+
+async fn route_request(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> (Response<Body>, Outcome) {
+    let mut outcome = Outcome { status: 0, flags: "-", upstream: None, route: "-".into(), subset: "-".into() };
+    let done = |resp: Response<Body>, mut o: Outcome| {
+        o.status = resp.status().as_u16();
+        (resp, o)
+    };
+    // Request smuggling guard: hyper prefers Transfer-Encoding, lb refuses the request.
+    if req.headers().contains_key(header::TRANSFER_ENCODING) && req.headers().contains_key(header::CONTENT_LENGTH) {
+        return done(local(StatusCode::BAD_REQUEST, "conflicting Content-Length and Transfer-Encoding\n"), outcome);
+    }
+    let table = shared.table.borrow().clone();
+    let authority = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string).or_else(|| req.uri().authority().map(|a| a.to_string())).unwrap_or_default();
+    let path_and_query = req.uri().path_and_query().map_or_else(|| "/".to_string(), |p| p.to_string());
+    let scheme = req.uri().scheme_str().unwrap_or("http").to_string();
+    let r = route::Request { method: req.method().as_str(), scheme: &scheme, path_and_query: &path_and_query, authority: &authority, headers: req.headers(), dialled: conn.dialled };
+    let sel = table.select(&r);
+    if sel.by_dialled_service
+        && let (Some(d), Some(k)) = (conn.dialled, &shared.kernel)
+        && let Ok(mut k) = k.lock()
+    {
+        k.unknown_host(d, &route::host_key(&authority));
+    }
+    let Some((_, rule)) = sel.rule else {
+        outcome.flags = "NR";
+        return done(local(StatusCode::NOT_FOUND, "no route\n"), outcome);
+    };
+    outcome.route = rule.name.clone().unwrap_or_else(|| "default".into());
+    let destinations = match &rule.action {
+        Action::Redirect(rd) => {
+            let location = route::redirect_location(rd, &sel, &r);
+            let mut resp = local(StatusCode::from_u16(rd.code).unwrap_or(StatusCode::MOVED_PERMANENTLY), Bytes::new());
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            outcome.flags = "RD";
+            return done(resp, outcome);
+        }
+        Action::Direct { status, body } => {
+            let mut resp = local(StatusCode::from_u16(*status).unwrap_or(StatusCode::OK), body.clone().unwrap_or_default());
+            rule.response_headers.apply(resp.headers_mut());
+            outcome.flags = "DR";
+            return done(resp, outcome);
+        }
+        Action::Route { destinations, .. } => destinations,
+    };
+    let Some(dest) = route::pick_weighted(destinations) else {
+        outcome.flags = "NR";
+        return done(local(StatusCode::NOT_FOUND, "no route\n"), outcome);
+    };
+    outcome.subset = dest.label.clone();
+    let endpoints = dest.port_for(conn.dialled.map(|d| d.port())).and_then(|p| dest.endpoints.get(&p)).map(Vec::as_slice).unwrap_or(&[]);
+    if endpoints.is_empty() {
+        outcome.flags = "UH";
+        return done(local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n"), outcome);
+    }
+    let endpoint = endpoints[fastrand::usize(..endpoints.len())];
+    // Defence in depth: only ever forward to an endpoint of a configured service.
+    if !table.endpoints.contains(&endpoint) {
+        outcome.flags = "UF";
+        return done(local(StatusCode::BAD_GATEWAY, "not an endpoint\n"), outcome);
+    }
+    outcome.upstream = Some(endpoint);
+    let (new_path, new_authority) = sel.rewritten(&r);
+
+    let upgrade = req.headers().get(header::UPGRADE).cloned().filter(|_| req.version() == Version::HTTP_11);
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    if let Ok(v) = HeaderValue::from_str(&new_authority) {
+        headers.insert(header::HOST, v);
+    }
+    append_forwarded_for(&mut headers, conn.peer);
+    rule.request_headers.apply(&mut headers);
+    if let Some(u) = &upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, u.clone());
+    }
+    let uri = match format!("http://{endpoint}{new_path}").parse::<http::Uri>() {
+        Ok(u) => u,
+        Err(_) => return done(local(StatusCode::BAD_REQUEST, "bad path\n"), outcome),
+    };
+    let mut up = Request::new(body);
+    *up.method_mut() = parts.method;
+    *up.uri_mut() = uri;
+    *up.version_mut() = Version::HTTP_11;
+    *up.headers_mut() = headers;
+
+    let mut resp = match shared.client.request(up).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!("upstream {endpoint}: {e}");
+            outcome.flags = "UF";
+            return done(local(StatusCode::BAD_GATEWAY, "upstream connect error\n"), outcome);
+        }
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
+                let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+            }
+        });
+        let (parts, _) = resp.into_parts();
+        return done(Response::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed()), outcome);
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    rule.response_headers.apply(&mut parts.headers);
+    if parts.status.is_informational() {
+        parts.status = StatusCode::BAD_GATEWAY;
+    }
+    done(Response::from_parts(parts, body.boxed()), outcome)
+}
+
+fn append_forwarded_for(h: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let value = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+}
