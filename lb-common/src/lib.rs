@@ -119,6 +119,15 @@ pub const fn port_from_be32(v: u32) -> u16 {
     u16::from_be(v as u16)
 }
 
+/// `remote_port` of `bpf_sock_ops` and `sk_msg_md` to host order: the kernel loads the
+/// network-order port and shifts it into the upper 16 bits (little-endian hosts), unlike
+/// `bpf_sock_addr.user_port`, which keeps it in the low 16 bits. (`local_port` of both
+/// is host order already.)
+#[inline(always)]
+pub const fn remote_port_from_ctx(v: u32) -> u16 {
+    u16::from_be((v >> 16) as u16)
+}
+
 /// Inverse of [`port_from_be32`].
 #[inline(always)]
 pub const fn port_to_be32(port: u16) -> u32 {
@@ -366,6 +375,15 @@ mod tests {
         let be = port_to_be32(10000);
         assert_eq!((be as u16).to_ne_bytes(), [0x27, 0x10]);
         assert_eq!(port_from_be32(be), 10000);
+    }
+
+    #[test]
+    fn sock_ops_remote_port_sits_in_the_upper_half() {
+        // What the kernel hands sock_ops for remote port 10000 on a little-endian host:
+        // the network-order u16 (bytes 27 10) shifted left by 16.
+        let raw = (u16::from_ne_bytes([0x27, 0x10]) as u32) << 16;
+        assert_eq!(remote_port_from_ctx(raw), 10000);
+        assert_eq!(port_from_be32(raw), 0, "the low-half conversion would read 0");
     }
 
     #[test]

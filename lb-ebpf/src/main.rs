@@ -27,7 +27,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     ClientKey, EndpointKey, Origin, Service, Settings, SlotKey, SockAddr4, SockKey, StatKey, Stats,
-    capacity as cap, counters, mode, port_from_be32, settings_flags,
+    capacity as cap, counters, mode, remote_port_from_ctx, settings_flags,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -291,7 +291,7 @@ fn on_active_established(ctx: &SockOpsContext) {
     let local = SockAddr4::new(ctx.local_ip4().to_ne_bytes(), ctx.local_port() as u16);
     let remote = SockAddr4::new(
         ctx.remote_ip4().to_ne_bytes(),
-        port_from_be32(ctx.remote_port()),
+        remote_port_from_ctx(ctx.remote_port()),
     );
     let _ = LB_ORIG_DST.insert(&ClientKey { client: local }, &origin.service, 0);
     let sk_msg_on = LB_SETTINGS.get(0).is_some_and(|s| s.flags & settings_flags::SK_MSG != 0);
@@ -309,7 +309,7 @@ pub fn lb_sk_msg(ctx: SkMsgContext) -> u32 {
     // Bytes sent on `local -> remote` are delivered to the socket whose own tuple is
     // `remote -> local`. sk_msg_md: local_port host order, remote_port network order.
     let mut peer = SockKey {
-        local: SockAddr4::new(md.remote_ip4.to_ne_bytes(), port_from_be32(md.remote_port)),
+        local: SockAddr4::new(md.remote_ip4.to_ne_bytes(), remote_port_from_ctx(md.remote_port)),
         remote: SockAddr4::new(md.local_ip4.to_ne_bytes(), md.local_port as u16),
     };
     // On a miss the helper answers SK_DROP without choosing a target; returning SK_PASS

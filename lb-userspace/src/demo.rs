@@ -144,7 +144,7 @@ fn run_client(cgroup: &Path, connections: u64) -> Result<Summary, DemoError> {
         ]
         .into(),
         peer_mismatches: v["peer_mismatches"].as_u64().unwrap_or(0),
-        first_errors: Vec::new(),
+        ..Summary::default()
     })
 }
 

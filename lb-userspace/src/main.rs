@@ -116,6 +116,26 @@ enum Cmd {
         log: Option<PathBuf>,
         #[arg(long)]
         until_file: Option<PathBuf>,
+        #[arg(long, default_value = "/test")]
+        path: String,
+        /// `name: value`, repeatable.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// Send each request of this JSON-lines file once; print the answers.
+        #[arg(long)]
+        batch: Option<PathBuf>,
+        /// One HTTP/1.0 request.
+        #[arg(long)]
+        http10: bool,
+        /// One HTTP/2 request with prior knowledge.
+        #[arg(long)]
+        h2c: bool,
+        /// A WebSocket handshake and one echoed message.
+        #[arg(long)]
+        websocket: Option<String>,
+        /// Send this file's bytes as they are; print the answer.
+        #[arg(long)]
+        raw: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -211,27 +231,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             lb::demo::run(connections)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Probe {
-            to,
-            count,
-            every_ms,
-            for_ms,
-            keep_alive,
-            host,
-            log,
-            until_file,
-            json,
-        } => {
-            let opts = lb::probe::ProbeOptions {
-                to,
-                count,
-                every: Duration::from_millis(every_ms),
-                limit: Duration::from_millis(for_ms),
-                keep_alive,
-                host,
-                log,
-                until_file,
+        Cmd::Probe { to, count, every_ms, for_ms, keep_alive, host, log, until_file, path, headers, batch, http10, h2c, websocket, raw, json } => {
+            let host_or_to = host.clone().unwrap_or_else(|| to.to_string());
+            let single = if let Some(file) = batch {
+                Some(serde_json::to_string(&lb::probe::batch(&file)?)?)
+            } else if http10 {
+                Some(serde_json::to_string(&lb::probe::http10(to, &host_or_to, &path).map_err(anyhow::Error::msg)?)?)
+            } else if h2c {
+                Some(serde_json::to_string(&lb::probe::h2c(to, &host_or_to, &path).map_err(anyhow::Error::msg)?)?)
+            } else if let Some(msg) = websocket {
+                Some(serde_json::to_string(&lb::probe::websocket(to, &host_or_to, &msg).map_err(anyhow::Error::msg)?)?)
+            } else if let Some(file) = raw {
+                Some(serde_json::to_string(&lb::probe::raw(to, &std::fs::read(file)?).map_err(anyhow::Error::msg)?)?)
+            } else {
+                None
             };
+            if let Some(out) = single {
+                println!("{out}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let headers = headers
+                .iter()
+                .map(|h| h.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).with_context(|| format!("--header {h:?}: expected 'name: value'")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let opts = lb::probe::ProbeOptions { to, count, every: Duration::from_millis(every_ms), limit: Duration::from_millis(for_ms), keep_alive, host, path, headers, log, until_file };
             let summary = lb::probe::run(&opts)?;
             if json {
                 println!("{}", serde_json::to_string(&summary)?);

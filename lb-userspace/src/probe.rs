@@ -1,13 +1,15 @@
 //! A test client: connects to an address many times (bounded in count and time) and
 //! tallies which backend answered (the `x-backend` header of lb's test backend). Used
 //! by `lb demo` and the kernel tests, from a process inside the attached cgroup.
+//! Also sends single requests of other shapes (HTTP/1.0, h2c, WebSocket, raw bytes,
+//! a batch from a file) and reports what came back.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What to do.
 pub struct ProbeOptions {
@@ -21,6 +23,9 @@ pub struct ProbeOptions {
     /// One connection, many requests (checks it stays on its backend).
     pub keep_alive: bool,
     pub host: Option<String>,
+    /// Request path and extra headers.
+    pub path: String,
+    pub headers: Vec<(String, String)>,
     /// Write one JSON line per attempt here.
     pub log: Option<std::path::PathBuf>,
     /// Stop as soon as this file exists (lets a test end a background probe cleanly).
@@ -31,7 +36,12 @@ pub struct ProbeOptions {
 pub struct Summary {
     pub attempts: u64,
     pub failures: u64,
+    /// Failures that were ECONNREFUSED.
+    pub refused: u64,
     pub by_backend: BTreeMap<String, u64>,
+    /// Paths and Host headers the backends saw.
+    pub paths_seen: BTreeMap<String, u64>,
+    pub hosts_seen: BTreeMap<String, u64>,
     /// Connections whose getpeername did not show the address dialled.
     pub peer_mismatches: u64,
     pub first_errors: Vec<String>,
@@ -45,59 +55,97 @@ struct LogLine<'a> {
     error: &'a str,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// One response as the probe saw it.
+#[derive(Debug, Default, Serialize, Deserialize, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
 }
 
-/// Sends one GET on `stream` and returns the answering backend's name.
-fn request(stream: &mut TcpStream, host: &str, close: bool) -> Result<String, String> {
-    let conn = if close { "connection: close\r\n" } else { "" };
-    write!(stream, "GET /test HTTP/1.1\r\nhost: {host}\r\n{conn}\r\n")
-        .map_err(|e| format!("write: {e}"))?;
-    let mut reader = BufReader::new(stream);
-    let mut status = String::new();
-    reader
-        .read_line(&mut status)
-        .map_err(|e| format!("read: {e}"))?;
-    if !status.starts_with("HTTP/1.1 200") {
-        return Err(format!("status line {status:?}"));
+impl Answer {
+    fn header(&self, name: &str) -> String {
+        self.headers.get(name).cloned().unwrap_or_default()
     }
-    let (mut backend, mut length) = (String::new(), 0usize);
+}
+
+/// One request of a batch file (JSON lines).
+#[derive(Debug, Deserialize)]
+pub struct BatchRequest {
+    pub to: SocketAddr,
+    pub host: String,
+    pub path: String,
+    #[serde(default = "get")]
+    pub method: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Reads one HTTP/1.x response (status line, headers, content-length body).
+fn read_answer(reader: &mut impl BufRead) -> Result<Answer, String> {
+    let mut status = String::new();
+    reader.read_line(&mut status).map_err(|e| format!("read: {e}"))?;
+    let code = status.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("status line {status:?}"))?;
+    let mut a = Answer { status: code, ..Default::default() };
     loop {
         let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .map_err(|e| format!("read: {e}"))?;
+        reader.read_line(&mut line).map_err(|e| format!("read: {e}"))?;
         let line = line.trim_end();
         if line.is_empty() {
             break;
         }
         if let Some((k, v)) = line.split_once(':') {
-            match k.to_ascii_lowercase().as_str() {
-                "x-backend" => backend = v.trim().to_string(),
-                "content-length" => length = v.trim().parse().unwrap_or(0),
-                _ => {}
-            }
+            a.headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
         }
     }
-    let mut body = vec![0; length];
-    reader
-        .read_exact(&mut body)
-        .map_err(|e| format!("body: {e}"))?;
-    Ok(backend)
+    if code != 101 && code != 304 && code != 204 {
+        match a.headers.get("content-length").and_then(|l| l.parse::<usize>().ok()) {
+            Some(n) => {
+                let mut body = vec![0; n];
+                reader.read_exact(&mut body).map_err(|e| format!("body: {e}"))?;
+                a.body = String::from_utf8_lossy(&body).into_owned();
+            }
+            None if a.headers.get("connection").is_some_and(|c| c.eq_ignore_ascii_case("close")) || a.headers.get("transfer-encoding").is_none() => {
+                let mut body = String::new();
+                let _ = reader.read_to_string(&mut body);
+                a.body = body;
+            }
+            None => {}
+        }
+    }
+    Ok(a)
+}
+
+/// Sends one request on `stream` and reads the answer.
+fn exchange(stream: &mut TcpStream, method: &str, path: &str, host: &str, headers: &[(String, String)], version: &str, close: bool) -> Result<Answer, String> {
+    let mut req = format!("{method} {path} {version}\r\nhost: {host}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if close && version == "HTTP/1.1" {
+        req.push_str("connection: close\r\n");
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).map_err(|e| format!("write: {e}"))?;
+    let mut reader = BufReader::new(stream);
+    read_answer(&mut reader)
 }
 
 fn connect(to: SocketAddr) -> Result<TcpStream, String> {
-    let s = TcpStream::connect_timeout(&to, Duration::from_secs(2))
-        .map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
+    let s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
     Ok(s)
 }
 
-/// Runs the probe.
+/// Runs the probe loop.
 pub fn run(opts: &ProbeOptions) -> std::io::Result<Summary> {
     let mut log = match &opts.log {
         Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p)?)),
@@ -117,7 +165,7 @@ pub fn run(opts: &ProbeOptions) -> std::io::Result<Summary> {
                 None => connect(opts.to),
             };
             stream.and_then(|mut s| {
-                let r = request(&mut s, &host, false);
+                let r = exchange(&mut s, "GET", &opts.path, &host, &opts.headers, "HTTP/1.1", false);
                 kept = Some(s);
                 r
             })
@@ -126,29 +174,32 @@ pub fn run(opts: &ProbeOptions) -> std::io::Result<Summary> {
                 if s.peer_addr().ok() != Some(opts.to) {
                     sum.peer_mismatches += 1;
                 }
-                request(&mut s, &host, true)
+                exchange(&mut s, "GET", &opts.path, &host, &opts.headers, "HTTP/1.1", true)
             })
         };
-        let (backend, error) = match &result {
-            Ok(b) => (b.as_str(), ""),
-            Err(e) => ("", e.as_str()),
-        };
-        match &result {
-            Ok(b) => *sum.by_backend.entry(b.clone()).or_default() += 1,
+        let result = result.and_then(|a| if a.status == 200 { Ok(a) } else { Err(format!("status {}", a.status)) });
+        let backend = match &result {
+            Ok(a) => {
+                let b = a.header("x-backend");
+                *sum.by_backend.entry(b.clone()).or_default() += 1;
+                *sum.paths_seen.entry(a.header("x-path")).or_default() += 1;
+                *sum.hosts_seen.entry(a.header("x-host")).or_default() += 1;
+                b
+            }
             Err(e) => {
                 sum.failures += 1;
+                if e.contains("refused") {
+                    sum.refused += 1;
+                }
                 if sum.first_errors.len() < 5 {
                     sum.first_errors.push(e.clone());
                 }
+                String::new()
             }
-        }
+        };
         if let Some(w) = log.as_mut() {
-            let line = LogLine {
-                t_ms,
-                backend,
-                ok: result.is_ok(),
-                error,
-            };
+            let error = result.as_ref().err().map_or("", String::as_str);
+            let line = LogLine { t_ms, backend: &backend, ok: result.is_ok(), error };
             serde_json::to_writer(&mut *w, &line)?;
             w.write_all(b"\n")?;
         }
@@ -160,4 +211,82 @@ pub fn run(opts: &ProbeOptions) -> std::io::Result<Summary> {
         w.flush()?;
     }
     Ok(sum)
+}
+
+/// Sends every request of a JSON-lines file, each on a new connection; one answer per
+/// request (an error becomes status 0 with the message as body).
+pub fn batch(file: &std::path::Path) -> std::io::Result<Vec<Answer>> {
+    let text = std::fs::read_to_string(file)?;
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let r: BatchRequest = serde_json::from_str(line).map_err(std::io::Error::other)?;
+        let headers: Vec<(String, String)> = r.headers.into_iter().collect();
+        let a = connect(r.to).and_then(|mut s| exchange(&mut s, &r.method, &r.path, &r.host, &headers, "HTTP/1.1", true));
+        out.push(a.unwrap_or_else(|e| Answer { status: 0, body: e, ..Default::default() }));
+    }
+    Ok(out)
+}
+
+/// One HTTP/1.0 request (no keep-alive, no Host required by the protocol).
+pub fn http10(to: SocketAddr, host: &str, path: &str) -> Result<Answer, String> {
+    let mut s = connect(to)?;
+    exchange(&mut s, "GET", path, host, &[], "HTTP/1.0", true)
+}
+
+/// Raw bytes in, the status line's code out (0 if the connection closed first).
+pub fn raw(to: SocketAddr, bytes: &[u8]) -> Result<Answer, String> {
+    let mut s = connect(to)?;
+    s.write_all(bytes).map_err(|e| format!("write: {e}"))?;
+    let mut reader = BufReader::new(s);
+    Ok(read_answer(&mut reader).unwrap_or_default())
+}
+
+/// A WebSocket handshake and one echoed text frame through whatever is at `to`.
+pub fn websocket(to: SocketAddr, host: &str, message: &str) -> Result<Answer, String> {
+    let mut s = connect(to)?;
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    let headers = vec![
+        ("connection".to_string(), "Upgrade".to_string()),
+        ("upgrade".to_string(), "websocket".to_string()),
+        ("sec-websocket-version".to_string(), "13".to_string()),
+        ("sec-websocket-key".to_string(), key.to_string()),
+    ];
+    let mut a = exchange(&mut s, "GET", "/ws", host, &headers, "HTTP/1.1", false)?;
+    if a.status != 101 {
+        return Err(format!("handshake answered {}", a.status));
+    }
+    if a.header("sec-websocket-accept") != crate::backend::websocket_accept(key) {
+        return Err(format!("bad sec-websocket-accept {:?}", a.header("sec-websocket-accept")));
+    }
+    // A masked client text frame (payload < 126 bytes).
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | message.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(message.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&frame).map_err(|e| format!("ws write: {e}"))?;
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).map_err(|e| format!("ws read: {e}"))?;
+    let mut payload = vec![0; usize::from(head[1] & 0x7f)];
+    s.read_exact(&mut payload).map_err(|e| format!("ws read: {e}"))?;
+    a.body = String::from_utf8_lossy(&payload).into_owned();
+    Ok(a)
+}
+
+/// One request over HTTP/2 with prior knowledge (h2c).
+pub fn h2c(to: SocketAddr, host: &str, path: &str) -> Result<Answer, String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let stream = tokio::net::TcpStream::connect(to).await.map_err(|e| format!("connect: {e}"))?;
+        let (mut send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| format!("h2 handshake: {e}"))?;
+        tokio::spawn(conn);
+        let req = http::Request::builder().uri(format!("http://{host}{path}")).body(http_body_util::Empty::<bytes::Bytes>::new()).map_err(|e| e.to_string())?;
+        let resp = send.send_request(req).await.map_err(|e| format!("h2 request: {e}"))?;
+        let mut a = Answer { status: resp.status().as_u16(), ..Default::default() };
+        for (k, v) in resp.headers() {
+            a.headers.insert(k.to_string(), v.to_str().unwrap_or("").to_string());
+        }
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.map_err(|e| format!("h2 body: {e}"))?;
+        a.body = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+        Ok(a)
+    })
 }
