@@ -12,6 +12,25 @@ use crate::apply::{ApplyError, Maps, Pins};
 pub struct Status {
     pub services: Vec<ServiceStatus>,
     pub config: ConfigStatus,
+    pub counters: Counters,
+}
+
+/// Datapath-wide counters (summed over CPUs).
+#[derive(Debug, Serialize)]
+pub struct Counters {
+    /// Messages `sk_msg` redirected straight into the peer socket.
+    pub sk_msg_redirected: u64,
+    /// Connects handed to the proxy.
+    pub proxy_handoffs: u64,
+    /// Proxy-path connects that found no proxy and took the kernel split.
+    pub proxy_fallbacks: u64,
+}
+
+/// Requests whose Host named no VirtualService host, for one service.
+#[derive(Debug, Serialize)]
+pub struct UnknownHost {
+    pub host: String,
+    pub requests: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -24,6 +43,9 @@ pub struct ServiceStatus {
     /// Why the service takes that datapath.
     pub reason: &'static str,
     pub subsets: Vec<SubsetStatus>,
+    /// Host headers that named no VirtualService host (the dialled service's routes
+    /// applied), most requests first.
+    pub unknown_hosts: Vec<UnknownHost>,
 }
 
 #[derive(Debug, Serialize)]
@@ -63,6 +85,16 @@ pub fn read(pins: &Pins) -> Result<Status, ApplyError> {
     let services = maps.read_services()?;
     let stats = maps.read_stats()?;
     let state = maps.read_state()?;
+    let counter = |i: u32| maps.counters.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+    let counters = Counters {
+        sk_msg_redirected: counter(lb_common::counters::SK_MSG_REDIRECTED),
+        proxy_handoffs: counter(lb_common::counters::PROXY_HANDOFFS),
+        proxy_fallbacks: counter(lb_common::counters::PROXY_FALLBACKS),
+    };
+    let mut hosts: std::collections::HashMap<lb_common::SockAddr4, Vec<UnknownHost>> = Default::default();
+    for (k, n) in maps.hosts.iter().filter_map(Result::ok) {
+        hosts.entry(k.service).or_default().push(UnknownHost { host: crate::apply::maps::c_str(&k.host), requests: n });
+    }
     let mut out = Vec::new();
     for (key, svc) in &services {
         let img = &svc.image;
@@ -105,6 +137,11 @@ pub fn read(pins: &Pins) -> Result<Status, ApplyError> {
             },
             reason: crate::compile::reason::describe(img.reason),
             subsets,
+            unknown_hosts: {
+                let mut h = hosts.remove(key).unwrap_or_default();
+                h.sort_by(|a, b| b.requests.cmp(&a.requests).then(a.host.cmp(&b.host)));
+                h
+            },
         });
     }
     let last_error = (state.last_error_len > 0).then(|| {
@@ -112,6 +149,7 @@ pub fn read(pins: &Pins) -> Result<Status, ApplyError> {
         String::from_utf8_lossy(&state.last_error[..len]).into_owned()
     });
     Ok(Status {
+        counters,
         services: out,
         config: ConfigStatus {
             applied_at: (state.applied_at_ms > 0).then(|| rfc3339_ms(state.applied_at_ms)),
@@ -152,6 +190,9 @@ impl Status {
                     eps.join(", ")
                 );
             }
+            for h in &svc.unknown_hosts {
+                let _ = writeln!(s, "  unknown Host {:?}: {} requests (routed by the dialled service)", h.host, h.requests);
+            }
         }
         if self.services.is_empty() {
             s.push_str("no services\n");
@@ -161,6 +202,8 @@ impl Status {
             "config applied at {}",
             self.config.applied_at.as_deref().unwrap_or("never")
         );
+        let c = &self.counters;
+        let _ = writeln!(s, "proxy handoffs {}, proxy fallbacks to the kernel split {}, sk_msg redirected messages {}", c.proxy_handoffs, c.proxy_fallbacks, c.sk_msg_redirected);
         if let Some(e) = &self.config.last_error {
             let _ = writeln!(s, "last change REJECTED (the plan above stays):\n{e}");
         }

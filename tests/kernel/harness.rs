@@ -72,18 +72,21 @@ impl Env {
 
     /// Starts `lb run` (inside the attached cgroup if `inside`), waits for the first apply.
     pub fn start_daemon(&mut self, inside: bool) -> u32 {
+        self.start_daemon_with(inside, &[])
+    }
+
+    /// `start_daemon` with extra `lb run` arguments. Proxy and admin listen on free
+    /// loopback ports (never lb's defaults); `admin` tells where.
+    pub fn start_daemon_with(&mut self, inside: bool, extra: &[&str]) -> u32 {
         let before = self.applied_at();
-        let log =
-            std::fs::File::create(self.work.join(format!("daemon-{}.log", self.daemons.len())))
-                .expect("log");
+        let log_path = self.work.join(format!("daemon-{}.log", self.daemons.len()));
+        let log = std::fs::File::create(&log_path).expect("log");
         let mut cmd = Command::new(lb_bin());
-        cmd.args(["run", "--config"])
-            .arg(&self.config)
-            .arg("--cgroup")
-            .arg(&self.cgroup.path)
-            .arg("--bpffs")
-            .arg(&self.bpffs);
+        cmd.args(["run", "--config"]).arg(&self.config).arg("--cgroup").arg(&self.cgroup.path).arg("--bpffs").arg(&self.bpffs);
+        cmd.args(["--proxy-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--access-log"]).arg(self.work.join("access.log"));
+        cmd.args(extra);
         cmd.stdout(Stdio::null()).stderr(log);
+        self.last_log = Some(log_path);
         if inside {
             spawn_into(&mut cmd, &self.cgroup.path);
         }

@@ -2,6 +2,7 @@
 //! process inside it, loopback addresses only. Run as root, serially.
 
 mod harness;
+mod proxy;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -22,6 +22,8 @@ pub struct Maps {
     pub service_meta: HashMap<MapData, SockAddr4, ServiceMeta>,
     pub subset_meta: HashMap<MapData, SubsetMetaKey, SubsetMeta>,
     pub state: Array<MapData, State>,
+    pub counters: aya::maps::PerCpuArray<MapData, u64>,
+    pub hosts: HashMap<MapData, lb_common::HostKey, u64>,
 }
 
 fn open<T>(pins: &Pins, name: &'static str) -> Result<T, ApplyError>
@@ -62,6 +64,8 @@ impl Maps {
             service_meta: open(pins, map_names::SERVICE_META)?,
             subset_meta: open(pins, map_names::SUBSET_META)?,
             state: open(pins, map_names::STATE)?,
+            counters: open(pins, map_names::COUNTERS)?,
+            hosts: open(pins, map_names::HOSTS)?,
         })
     }
 

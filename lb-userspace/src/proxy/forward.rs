@@ -29,6 +29,9 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The service address the client dialled (original-destination map).
     pub dialled: Option<SocketAddrV4>,
+    /// Set by the guard when a request head carried both Content-Length and
+    /// Transfer-Encoding.
+    pub smuggling: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Pooled HTTP/1.1 connections to endpoints.
@@ -98,7 +101,7 @@ async fn route_request(shared: &Shared, conn: &ConnInfo, mut req: Request<Incomi
         (resp, o)
     };
     // Request smuggling guard: hyper prefers Transfer-Encoding, lb refuses the request.
-    if req.headers().contains_key(header::TRANSFER_ENCODING) && req.headers().contains_key(header::CONTENT_LENGTH) {
+    if conn.smuggling.load(std::sync::atomic::Ordering::Relaxed) || (req.headers().contains_key(header::TRANSFER_ENCODING) && req.headers().contains_key(header::CONTENT_LENGTH)) {
         return done(local(StatusCode::BAD_REQUEST, "conflicting Content-Length and Transfer-Encoding\n"), outcome);
     }
     let table = shared.table.borrow().clone();

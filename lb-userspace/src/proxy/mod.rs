@@ -6,6 +6,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod forward;
+pub mod guard;
 pub mod kernel;
 pub mod metrics;
 
@@ -96,7 +97,8 @@ impl Proxy {
                         }
                         k.take_orig_dst(peer)
                     });
-                    let conn = Arc::new(forward::ConnInfo { peer, dialled });
+                    let stream = guard::Guarded::new(stream);
+                    let conn = Arc::new(forward::ConnInfo { peer, dialled, smuggling: stream.poisoned.clone() });
                     let shared = shared.clone();
                     let svc = hyper::service::service_fn(move |req| forward::handle(shared.clone(), conn.clone(), req));
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();

@@ -1,0 +1,317 @@
+//! The L7 path end to end: the kernel hands connects to lb's proxy, which routes each
+//! request. Backends echo what they received (path, Host, their version); clients run
+//! inside the attached cgroup and dial the service address.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{Env, stop_probe, wait_for};
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("socket address")
+}
+
+/// A seed example (config/seed/<name>) moved to this test's service address and port.
+fn seed(name: &str, svc: &str, port: u16) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/seed").join(name).join("config.yaml");
+    std::fs::read_to_string(path).expect("seed config").replace("127.10.0.1", svc).replace("number: 10000", &format!("number: {port}"))
+}
+
+/// An environment with v0 on 127.0.0.2 and v1 on 127.0.0.3, `config` applied.
+fn env_with(name: &str, port: u16, config: &str, extra: &[&str]) -> Env {
+    let mut env = Env::new(name);
+    env.backend("v0", &[addr(&format!("127.0.0.2:{port}"))]);
+    env.backend("v1", &[addr(&format!("127.0.0.3:{port}"))]);
+    env.write_config("config.yaml", config);
+    env.start_daemon_with(false, extra);
+    env
+}
+
+fn share(s: &Value, backend: &str) -> f64 {
+    let n = s["by_backend"][backend].as_u64().unwrap_or(0) as f64;
+    n * 100.0 / s["attempts"].as_u64().expect("attempts") as f64
+}
+
+fn count(s: &Value, backend: &str) -> u64 {
+    s["by_backend"][backend].as_u64().unwrap_or(0)
+}
+
+/// Seed (b): Host api.wilsontest.com, and a Host in no VirtualService, both split
+/// 90/10 per request on one keep-alive connection; the Host reaches the backend
+/// unchanged; the unknown Host is counted.
+#[test]
+fn seed_b_host_header_splits_per_request_with_host_unchanged() {
+    let (svc, port) = ("127.10.11.1", 11000);
+    let env = env_with("seed-b", port, &seed("b-host-header", svc, port), &[]);
+    let to = format!("{svc}:{port}");
+    for host in ["api.wilsontest.com", "legacy.internal"] {
+        let s = env.probe(&["--to", &to, "--count", "2000", "--keep-alive", "--host", host]);
+        assert_eq!(s["failures"], 0, "{host}: {}", s["first_errors"]);
+        let v1 = share(&s, "v1");
+        assert!((v1 - 10.0).abs() <= 2.5, "{host}: v1 share {v1:.2}% not within 10 ± 2.5");
+        assert_eq!(s["hosts_seen"], serde_json::json!({ host: 2000 }), "Host must reach the backend unchanged");
+    }
+    // Unknown Hosts are flushed to the pinned map about once a second.
+    let want = serde_json::json!([{"host": "legacy.internal", "requests": 2000}]);
+    wait_for(Duration::from_secs(5), "the unknown Host to be counted", || env.status()["services"][0]["unknown_hosts"] == want);
+    assert_eq!(env.status()["services"][0]["datapath"], "proxy");
+}
+
+/// Seed (c): `hellotest: true` → v1 for 1000 of 1000; without it → v0 for 1000 of 1000.
+#[test]
+fn seed_c_header_match() {
+    let (svc, port) = ("127.10.12.1", 12000);
+    let env = env_with("seed-c", port, &seed("c-header", svc, port), &[]);
+    let to = format!("{svc}:{port}");
+    let with = env.probe(&["--to", &to, "--count", "1000", "--keep-alive", "--header", "hellotest: true"]);
+    assert_eq!((count(&with, "v1"), with["failures"].as_u64()), (1000, Some(0)), "{with}");
+    let without = env.probe(&["--to", &to, "--count", "1000", "--keep-alive"]);
+    assert_eq!((count(&without, "v0"), without["failures"].as_u64()), (1000, Some(0)), "{without}");
+}
+
+/// Seed (d): `/test/v1…` → v1 (also `/test/x/../v1/y`), everything else → v0.
+#[test]
+fn seed_d_prefix_match() {
+    let (svc, port) = ("127.10.13.1", 13000);
+    let env = env_with("seed-d", port, &seed("d-prefix", svc, port), &[]);
+    let to = format!("{svc}:{port}");
+    for (path, backend, seen) in [("/test/v1", "v1", "/test/v1"), ("/test/v1/abc", "v1", "/test/v1/abc"), ("/test/x/../v1/y", "v1", "/test/v1/y"), ("/test", "v0", "/test"), ("/test/v2", "v0", "/test/v2"), ("/", "v0", "/")] {
+        let s = env.probe(&["--to", &to, "--count", "50", "--path", path]);
+        assert_eq!(count(&s, backend), 50, "{path}: {s}");
+        assert_eq!(s["paths_seen"], serde_json::json!({ seen: 50 }), "{path}");
+    }
+}
+
+/// Seed (e): `/test/v2/x?q=1` → v0 receives `/test/x?q=1`; `/test/v1/y` → v1
+/// unchanged; the rest → v0.
+#[test]
+fn seed_e_rewrite() {
+    let (svc, port) = ("127.10.14.1", 14000);
+    let env = env_with("seed-e", port, &seed("e-rewrite", svc, port), &[]);
+    let to = format!("{svc}:{port}");
+    for (path, backend, seen) in [("/test/v2/x?q=1", "v0", "/test/x?q=1"), ("/test/v1/y", "v1", "/test/v1/y"), ("/test/v2", "v0", "/test"), ("/other", "v0", "/other")] {
+        let s = env.probe(&["--to", &to, "--count", "50", "--path", path]);
+        assert_eq!(count(&s, backend), 50, "{path}: {s}");
+        assert_eq!(s["paths_seen"], serde_json::json!({ seen: 50 }), "{path}");
+    }
+}
+
+/// The shared table of tests/routing: every request through the live proxy gets what
+/// `lb explain` says — status, backend, rewritten path and Host, redirect location.
+#[test]
+fn live_proxy_agrees_with_explain_on_the_shared_table() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/routing");
+    let config = std::fs::read_to_string(dir.join("config.yaml")).expect("config");
+    let env = env_with("table", 10500, &config, &[]);
+    let model = lb::model::load_dir(&env.config).expect("valid").model;
+    let text = std::fs::read_to_string(dir.join("cases.jsonl")).expect("cases");
+    let cases: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("json")).filter(|c: &Value| !c["to"].is_null()).collect();
+    assert!(cases.len() >= 50);
+    let mut batch = String::new();
+    let mut explained = Vec::new();
+    for c in &cases {
+        let to = if c["to"] == "web" { "127.10.5.2:10500" } else { "127.10.5.1:10500" };
+        let mut headers = http::HeaderMap::new();
+        for (k, v) in c["headers"].as_object().expect("headers") {
+            headers.insert(http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).expect("name"), v.as_str().expect("str").parse().expect("value"));
+        }
+        let q = lb::explain::Query { host: c["host"].as_str().expect("host").into(), path: c["path"].as_str().expect("path").into(), method: c["method"].as_str().expect("method").into(), headers, to: Some(to.parse().expect("addr")) };
+        explained.push(lb::explain::explain(&model, &q));
+        batch.push_str(&serde_json::json!({"to": to, "host": c["host"], "path": c["path"], "method": c["method"], "headers": c["headers"]}).to_string());
+        batch.push('\n');
+    }
+    let batch_file = env.work.join("batch.jsonl");
+    std::fs::write(&batch_file, batch).expect("batch");
+    let answers = env.probe(&["--to", "127.10.5.1:10500", "--batch", batch_file.to_str().expect("utf-8")]);
+    let answers = answers.as_array().expect("answers");
+    let mut failures = Vec::new();
+    for ((c, e), a) in cases.iter().zip(&explained).zip(answers) {
+        let status = a["status"].as_u64().unwrap_or(0);
+        let want_status = e.response.as_ref().map_or(200, |r| u64::from(r.status));
+        let mut problems = Vec::new();
+        if status != want_status {
+            problems.push(format!("status {status}, explain says {want_status}"));
+        }
+        if e.action == "route" && want_status == 200 {
+            let backend = a["headers"]["x-backend"].as_str().unwrap_or("");
+            let allowed: Vec<&str> = c["expect"]["backends"].as_array().expect("backends").iter().filter_map(Value::as_str).collect();
+            if !allowed.contains(&backend) {
+                problems.push(format!("backend {backend:?} not among {allowed:?}"));
+            }
+            if a["headers"]["x-path"] != e.request.path.as_str() {
+                problems.push(format!("path {} != explain {}", a["headers"]["x-path"], e.request.path));
+            }
+            if a["headers"]["x-host"] != e.request.host.as_str() {
+                problems.push(format!("host {} != explain {}", a["headers"]["x-host"], e.request.host));
+            }
+        }
+        if let Some(loc) = e.response.as_ref().and_then(|r| r.headers.get("location"))
+            && a["headers"]["location"] != loc.as_str()
+        {
+            problems.push(format!("location {} != explain {loc}", a["headers"]["location"]));
+        }
+        if !problems.is_empty() {
+            failures.push(format!("{} {} host={}: {}", c["method"], c["path"], c["host"], problems.join("; ")));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+/// HTTP/1.0 (no 426), h2c with prior knowledge, and a WebSocket echo through the proxy.
+#[test]
+fn http10_h2c_and_websocket_work_through_the_proxy() {
+    let (svc, port) = ("127.10.15.1", 15100);
+    let env = env_with("protocols", port, &seed("e-rewrite", svc, port), &[]);
+    let to = format!("{svc}:{port}");
+    let a = env.probe(&["--to", &to, "--http10", "--path", "/test/v2/a"]);
+    assert_eq!((a["status"].as_u64(), a["headers"]["x-path"].as_str()), (Some(200), Some("/test/a")), "{a}");
+    let a = env.probe(&["--to", &to, "--h2c", "--path", "/test/v1/h2", "--host", "api.wilsontest.com"]);
+    assert_eq!((a["status"].as_u64(), a["headers"]["x-backend"].as_str(), a["headers"]["x-host"].as_str()), (Some(200), Some("v1"), Some("api.wilsontest.com")), "{a}");
+    let a = env.probe(&["--to", &to, "--websocket", "hello through lb"]);
+    assert_eq!((a["status"].as_u64(), a["body"].as_str()), (Some(101), Some("hello through lb")), "{a}");
+}
+
+/// Malformed and hostile requests get 4xx and never reach a backend.
+#[test]
+fn hostile_requests_get_4xx_and_reach_no_backend() {
+    let (svc, port) = ("127.10.16.1", 16000);
+    let env = env_with("hostile", port, &seed("c-header", svc, port), &[]);
+    let to = format!("{svc}:{port}");
+    let served = || -> u64 {
+        ["127.0.0.2", "127.0.0.3"]
+            .iter()
+            .map(|ip| {
+                let a = env.probe(&["--to", &format!("{ip}:{port}"), "--http10", "--path", "/__requests"]);
+                a["body"].as_str().unwrap_or("").trim().parse::<u64>().expect("request count")
+            })
+            .sum()
+    };
+    let before = served();
+    let big = format!("GET /test HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(100 * 1024));
+    let cases: [(&str, Vec<u8>, u64); 4] = [
+        ("bad request line", b"GARBAGE\r\n\r\n".to_vec(), 400),
+        ("conflicting Content-Length and Transfer-Encoding", b"POST /test HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("100 KB header", big.into_bytes(), 431),
+        ("bad header name", b"GET /test HTTP/1.1\r\nhost: x\r\nbad header: y\r\n\r\n".to_vec(), 400),
+    ];
+    for (what, bytes, want) in cases {
+        let f = env.work.join("raw.bin");
+        std::fs::write(&f, bytes).expect("raw");
+        let a = env.probe(&["--to", &to, "--raw", f.to_str().expect("utf-8")]);
+        assert_eq!(a["status"].as_u64(), Some(want), "{what}: {a}");
+    }
+    assert_eq!(served(), before, "no hostile request may reach a backend");
+}
+
+/// kill -9 of lb under a client loop on a proxy-path service: no refused connection —
+/// connects take the kernel split while the proxy is gone, and return to it after.
+#[test]
+fn proxy_kill9_degrades_to_the_kernel_split_without_refusals() {
+    let (svc, port) = ("127.10.17.1", 17000);
+    let mut env = env_with("kill9", port, &seed("c-header", svc, port), &[]);
+    let to = format!("{svc}:{port}");
+    let stop = env.work.join("stop");
+    let client = env.spawn_probe(&["--to", &to, "--count", "100000", "--every-ms", "1", "--for-ms", "60000", "--until-file", stop.to_str().expect("utf-8")]);
+    std::thread::sleep(Duration::from_millis(300));
+    let kills = 5;
+    for _ in 0..kills {
+        env.kill_daemons();
+        std::thread::sleep(Duration::from_millis(300));
+        env.start_daemon_with(false, &[]);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let s = stop_probe(client, &stop);
+    assert_eq!(s["refused"], 0, "no connection may be refused: {s}");
+    // A request in flight when its proxy dies is cut (at most one per kill: the client
+    // is sequential); every other one succeeds.
+    assert!(s["failures"].as_u64().unwrap_or(99) <= kills, "{s}");
+    let counters = env.status()["counters"].clone();
+    assert!(counters["proxy_fallbacks"].as_u64().unwrap_or(0) > 0, "connects took the kernel split while lb was down: {counters}");
+    let after = counters["proxy_handoffs"].as_u64().unwrap_or(0);
+    let s = env.probe(&["--to", &to, "--count", "10", "--header", "hellotest: true"]);
+    assert_eq!(count(&s, "v1"), 10, "the proxy routes again after the restart: {s}");
+    assert!(env.status()["counters"]["proxy_handoffs"].as_u64().unwrap_or(0) >= after + 10);
+}
+
+/// The sk_msg shortcut of the client ↔ proxy hop redirects messages (counter > 0),
+/// and `--no-sk-msg` turns it off with the same answers.
+#[test]
+fn sk_msg_redirects_client_proxy_bytes_and_can_be_switched_off() {
+    let (svc, port) = ("127.10.18.1", 18000);
+    let to = format!("{svc}:{port}");
+    for (flag, expect_redirects) in [(None, true), (Some("--no-sk-msg"), false)] {
+        let extra: Vec<&str> = flag.into_iter().collect();
+        let env = env_with("skmsg", port, &seed("c-header", svc, port), &extra);
+        let s = env.probe(&["--to", &to, "--count", "200", "--keep-alive", "--header", "hellotest: true"]);
+        assert_eq!(count(&s, "v1"), 200, "{s}");
+        let s = env.probe(&["--to", &to, "--count", "50"]);
+        assert_eq!(count(&s, "v0"), 50, "{s}");
+        let redirected = env.status()["counters"]["sk_msg_redirected"].as_u64().unwrap_or(0);
+        assert_eq!(redirected > 0, expect_redirects, "sk_msg redirected {redirected} messages with {flag:?}");
+        let metrics = env.admin_get("/metrics");
+        assert!(metrics.contains(&format!("lb_sk_msg_redirected_total {redirected}")) || redirected == 0, "{metrics}");
+        drop(env);
+    }
+}
+
+/// lb's own sockets are never steered, also when lb runs inside the attached cgroup:
+/// its proxy's upstream connect to a steered service address goes there untouched
+/// (as Istio's sidecar traffic bypasses interception), never back through connect4.
+#[test]
+fn lb_inside_the_cgroup_leaves_its_own_sockets_untouched() {
+    let mut env = Env::new("own");
+    let port = 19000u16;
+    env.backend("v0", &[addr("127.0.0.2:19000")]);
+    env.backend("v1", &[addr("127.0.0.3:19000")]);
+    // `inner` is a kernel-path service; `front` (proxy path) has inner's address as
+    // its only endpoint.
+    let config = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: inner}}
+spec:
+  hosts: [inner]
+  addresses: [127.10.19.1]
+  ports: [{{number: {port}, name: http}}]
+  endpoints: [{{address: 127.0.0.2}}, {{address: 127.0.0.3}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: front}}
+spec:
+  hosts: [front]
+  addresses: [127.10.19.2]
+  ports: [{{number: {port}, name: http}}]
+  endpoints: [{{address: 127.10.19.1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: front}}
+spec:
+  hosts: [front]
+  http:
+  - match: [{{uri: {{prefix: /}}}}]
+    route: [{{destination: {{host: front}}}}]
+"#
+    );
+    env.write_config("config.yaml", &config);
+    let pid = env.start_daemon_with(true, &[]);
+    let procs = std::fs::read_to_string(env.cgroup.path.join("cgroup.procs")).expect("cgroup.procs");
+    assert!(procs.lines().any(|p| p.trim() == pid.to_string()), "lb must run inside the attached cgroup");
+    // A client in the cgroup is steered as usual.
+    let s = env.probe(&["--to", &format!("127.10.19.1:{port}"), "--count", "20"]);
+    assert_eq!(s["failures"], 0, "{s}");
+    // Through the proxy: lb dials 127.10.19.1 itself. Steered, it would reach a backend;
+    // untouched, nothing listens on the service address and the proxy answers 502.
+    let s = env.probe(&["--to", &format!("127.10.19.2:{port}"), "--count", "5"]);
+    assert_eq!(s["failures"], 5, "lb's own connect must not be steered: {s}");
+    assert!(s["first_errors"][0].as_str().unwrap_or("").contains("502"), "{s}");
+    let status = env.status();
+    let inner = status["services"].as_array().expect("services").iter().find(|v| v["address"] == "127.10.19.1").expect("inner").clone();
+    let connects: u64 = inner["subsets"].as_array().expect("subsets").iter().map(|x| x["connects_total"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(connects, 20, "only the client's 20 connects were steered, none of lb's: {status}");
+    wait_for(Duration::from_secs(2), "status", || env.status()["config"]["applied_at"].is_string());
+}
