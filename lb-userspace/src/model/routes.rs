@@ -278,7 +278,7 @@ pub fn from_virtual_service(
             kernel = Some(dests);
         }
     }
-    if kernel.is_none() && !(spec.http.is_empty() && spec.tcp.is_empty()) {
+    if kernel.is_none() && catch_all_at.is_none() && !(spec.http.is_empty() && spec.tcp.is_empty()) {
         diags.push(Diagnostic::warning(l.at("spec"), "spec", "no rule matches every request: without the proxy, the kernel balances this service evenly over all its endpoints"));
     }
     if diags.iter().filter(|d| d.is_error()).count() > errors_before {
