@@ -73,8 +73,20 @@ fn the_bundled_example_is_valid() {
 fn explain_prints_the_documented_json() {
     let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/routing");
     let run = |args: &[&str]| -> serde_json::Value {
-        let out = Command::new(env!("CARGO_BIN_EXE_lb")).arg("explain").arg("--config").arg(&config).args(args).arg("--json").env("LB_LOG", "off").output().expect("run lb explain");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(env!("CARGO_BIN_EXE_lb"))
+            .arg("explain")
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .arg("--json")
+            .env("LB_LOG", "off")
+            .output()
+            .expect("run lb explain");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("json")
     };
     let e = run(&["--host", "api.wilsontest.com", "--path", "/test/v2/x?q=1"]);
@@ -88,10 +100,36 @@ fn explain_prints_the_documented_json() {
         })
     );
     let e = run(&["--host", "backend-service", "--path", "/old?q=1"]);
-    assert_eq!((e["action"].as_str(), e["response"]["status"].as_u64(), e["response"]["headers"]["location"].as_str()), (Some("redirect"), Some(301), Some("http://backend-service/new?q=1")));
+    assert_eq!(
+        (
+            e["action"].as_str(),
+            e["response"]["status"].as_u64(),
+            e["response"]["headers"]["location"].as_str()
+        ),
+        (
+            Some("redirect"),
+            Some(301),
+            Some("http://backend-service/new?q=1")
+        )
+    );
     // Without --to, an unknown Host is no_route; with --to the dialled service applies.
     let e = run(&["--host", "legacy.internal", "--path", "/test"]);
-    assert_eq!((e["action"].as_str(), e["response"]["status"].as_u64()), (Some("no_route"), Some(404)));
-    let e = run(&["--host", "legacy.internal", "--path", "/test", "--to", "127.10.5.1:10500", "--header", "hellotest: true"]);
-    assert_eq!((e["rule"].as_u64(), e["destinations"][0]["subset"].as_str()), (Some(0), Some("v1")));
+    assert_eq!(
+        (e["action"].as_str(), e["response"]["status"].as_u64()),
+        (Some("no_route"), Some(404))
+    );
+    let e = run(&[
+        "--host",
+        "legacy.internal",
+        "--path",
+        "/test",
+        "--to",
+        "127.10.5.1:10500",
+        "--header",
+        "hellotest: true",
+    ]);
+    assert_eq!(
+        (e["rule"].as_u64(), e["destinations"][0]["subset"].as_str()),
+        (Some(0), Some("v1"))
+    );
 }

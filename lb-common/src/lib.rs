@@ -383,7 +383,11 @@ mod tests {
         // the network-order u16 (bytes 27 10) shifted left by 16.
         let raw = (u16::from_ne_bytes([0x27, 0x10]) as u32) << 16;
         assert_eq!(remote_port_from_ctx(raw), 10000);
-        assert_eq!(port_from_be32(raw), 0, "the low-half conversion would read 0");
+        assert_eq!(
+            port_from_be32(raw),
+            0,
+            "the low-half conversion would read 0"
+        );
     }
 
     #[test]

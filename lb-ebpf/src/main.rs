@@ -185,7 +185,13 @@ fn live_proxy(ctx: &SockAddrContext) -> Option<SockAddr4> {
     let size = core::mem::size_of::<u32>() as u32 * 3;
     // SAFETY: helper available to sock_addr programs; the result is released below.
     let sk = unsafe {
-        bpf_sk_lookup_tcp(ctx.as_ptr(), &mut tuple, size, BPF_F_CURRENT_NETNS as u64, 0)
+        bpf_sk_lookup_tcp(
+            ctx.as_ptr(),
+            &mut tuple,
+            size,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        )
     };
     if sk.is_null() {
         return None;
@@ -294,7 +300,9 @@ fn on_active_established(ctx: &SockOpsContext) {
         remote_port_from_ctx(ctx.remote_port()),
     );
     let _ = LB_ORIG_DST.insert(&ClientKey { client: local }, &origin.service, 0);
-    let sk_msg_on = LB_SETTINGS.get(0).is_some_and(|s| s.flags & settings_flags::SK_MSG != 0);
+    let sk_msg_on = LB_SETTINGS
+        .get(0)
+        .is_some_and(|s| s.flags & settings_flags::SK_MSG != 0);
     if sk_msg_on {
         let mut key = SockKey { local, remote };
         // SAFETY: the context pointer is valid for the program's run.
@@ -309,7 +317,10 @@ pub fn lb_sk_msg(ctx: SkMsgContext) -> u32 {
     // Bytes sent on `local -> remote` are delivered to the socket whose own tuple is
     // `remote -> local`. sk_msg_md: local_port host order, remote_port network order.
     let mut peer = SockKey {
-        local: SockAddr4::new(md.remote_ip4.to_ne_bytes(), remote_port_from_ctx(md.remote_port)),
+        local: SockAddr4::new(
+            md.remote_ip4.to_ne_bytes(),
+            remote_port_from_ctx(md.remote_port),
+        ),
         remote: SockAddr4::new(md.local_ip4.to_ne_bytes(), md.local_port as u16),
     };
     // On a miss the helper answers SK_DROP without choosing a target; returning SK_PASS

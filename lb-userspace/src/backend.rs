@@ -2,7 +2,8 @@
 //! its own name, and echoes what it received (method, path, Host) in headers, so a
 //! client can tell which backend served it. Keep-alive aware; request bodies are read
 //! (content-length) and ignored. `GET /__requests` tells how many requests it served;
-//! an `Upgrade: websocket` request gets a real handshake and an echo of each frame.
+//! an `Upgrade: websocket` request gets a real handshake and an echo of each frame;
+//! paths starting with `/slow` are answered after 500 ms.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +17,9 @@ use tokio::net::{TcpListener, TcpStream};
 pub async fn serve(listener: TcpListener, name: String) {
     let served = Arc::new(AtomicU64::new(0));
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let (name, served) = (name.clone(), served.clone());
         tokio::spawn(async move {
             let _ = connection(stream, &name, &served).await;
@@ -57,15 +60,23 @@ async fn connection(mut stream: TcpStream, name: &str, served: &AtomicU64) -> st
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
         buf.drain(..end);
         let mut parts = head.split("\r\n").next().unwrap_or("").split_whitespace();
-        let (method, path, version) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let (method, path, version) = (
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
         let header = |n: &str| {
             head.split("\r\n").skip(1).find_map(|l| {
                 let (k, v) = l.split_once(':')?;
-                k.trim().eq_ignore_ascii_case(n).then(|| v.trim().to_string())
+                k.trim()
+                    .eq_ignore_ascii_case(n)
+                    .then(|| v.trim().to_string())
             })
         };
         // Skip a content-length body.
-        let mut body_left = header("content-length").and_then(|l| l.parse::<usize>().ok()).unwrap_or(0);
+        let mut body_left = header("content-length")
+            .and_then(|l| l.parse::<usize>().ok())
+            .unwrap_or(0);
         let take = body_left.min(buf.len());
         buf.drain(..take);
         body_left -= take;
@@ -78,18 +89,28 @@ async fn connection(mut stream: TcpStream, name: &str, served: &AtomicU64) -> st
         }
         if path == "/__requests" {
             let body = format!("{}\n", served.load(Ordering::Relaxed));
-            let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
             return stream.write_all(resp.as_bytes()).await;
         }
         served.fetch_add(1, Ordering::Relaxed);
+        if path.starts_with("/slow") {
+            // A slow answer, for drain tests.
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
         if header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
             let accept = websocket_accept(&header("sec-websocket-key").unwrap_or_default());
-            let resp = format!("HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\nx-backend: {name}\r\n\r\n");
+            let resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\nx-backend: {name}\r\n\r\n"
+            );
             stream.write_all(resp.as_bytes()).await?;
             return echo_frames(stream, buf).await;
         }
         let host = header("host").unwrap_or_default();
-        let close = version == "HTTP/1.0" || header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let close = version == "HTTP/1.0"
+            || header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let body = format!("{name}\n");
         let resp = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-backend: {name}\r\nx-method: {method}\r\nx-path: {path}\r\nx-host: {host}\r\nx-forwarded-for: {}\r\n{}\r\n{body}",
@@ -115,9 +136,17 @@ async fn echo_frames(mut stream: TcpStream, mut buf: Vec<u8>) -> std::io::Result
             if len >= 126 || buf.len() < need {
                 break;
             }
-            let mask: Vec<u8> = if masked { buf[2..6].to_vec() } else { vec![0; 4] };
+            let mask: Vec<u8> = if masked {
+                buf[2..6].to_vec()
+            } else {
+                vec![0; 4]
+            };
             let start = need - len;
-            let payload: Vec<u8> = buf[start..need].iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+            let payload: Vec<u8> = buf[start..need]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
             let mut out = vec![buf[0], len as u8];
             out.extend(payload);
             stream.write_all(&out).await?;

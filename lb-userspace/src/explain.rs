@@ -58,12 +58,32 @@ pub struct ExplainedResponse {
 /// Explains how lb routes `q` under `model`.
 pub fn explain(model: &Model, q: &Query) -> Explanation {
     let table = &model.routes;
-    let req = Request { method: &q.method, scheme: "http", path_and_query: &q.path, authority: &q.host, headers: &q.headers, dialled: q.to };
+    let req = Request {
+        method: &q.method,
+        scheme: "http",
+        path_and_query: &q.path,
+        authority: &q.host,
+        headers: &q.headers,
+        dialled: q.to,
+    };
     let sel = table.select(&req);
-    let dialled_service = q.to.and_then(|to| model.services.iter().find(|s| s.frontend == to));
+    let dialled_service =
+        q.to.and_then(|to| model.services.iter().find(|s| s.frontend == to));
     let datapath = match (dialled_service, sel.vhost) {
-        (Some(s), _) => if s.proxy_reason.is_some() { "proxy" } else { "kernel" },
-        (None, Some(vh)) => if vh.proxy_reason.is_some() { "proxy" } else { "kernel" },
+        (Some(s), _) => {
+            if s.proxy_reason.is_some() {
+                "proxy"
+            } else {
+                "kernel"
+            }
+        }
+        (None, Some(vh)) => {
+            if vh.proxy_reason.is_some() {
+                "proxy"
+            } else {
+                "kernel"
+            }
+        }
         (None, None) => "proxy",
     };
     let mut notes = Vec::new();
@@ -87,11 +107,20 @@ pub fn explain(model: &Model, q: &Query) -> Explanation {
         datapath,
         action: "no_route",
         destinations: Vec::new(),
-        request: ExplainedRequest { method: q.method.clone(), path, host },
-        response: Some(ExplainedResponse { status: 404, headers: BTreeMap::new() }),
+        request: ExplainedRequest {
+            method: q.method.clone(),
+            path,
+            host,
+        },
+        response: Some(ExplainedResponse {
+            status: 404,
+            headers: BTreeMap::new(),
+        }),
         notes,
     };
-    let Some((_, rule)) = sel.rule else { return out };
+    let Some((_, rule)) = sel.rule else {
+        return out;
+    };
     let dialled_port = q.to.map(|t| t.port());
     match &rule.action {
         Action::Route { destinations, .. } => {
@@ -100,22 +129,40 @@ pub fn explain(model: &Model, q: &Query) -> Explanation {
             let mut any_endpoint = false;
             for d in destinations {
                 let port = d.port_for(dialled_port);
-                any_endpoint |= d.weight > 0 && port.and_then(|p| d.endpoints.get(&p)).is_some_and(|e| !e.is_empty());
-                out.destinations.push(ExplainedDestination { host: d.host.clone(), subset: d.subset.clone(), port: port.unwrap_or(0), weight: d.weight });
+                any_endpoint |= d.weight > 0
+                    && port
+                        .and_then(|p| d.endpoints.get(&p))
+                        .is_some_and(|e| !e.is_empty());
+                out.destinations.push(ExplainedDestination {
+                    host: d.host.clone(),
+                    subset: d.subset.clone(),
+                    port: port.unwrap_or(0),
+                    weight: d.weight,
+                });
             }
             if !any_endpoint {
-                out.response = Some(ExplainedResponse { status: 503, headers: BTreeMap::new() });
-                out.notes.push("no destination with weight has an endpoint: 503".into());
+                out.response = Some(ExplainedResponse {
+                    status: 503,
+                    headers: BTreeMap::new(),
+                });
+                out.notes
+                    .push("no destination with weight has an endpoint: 503".into());
             }
         }
         Action::Redirect(rd) => {
             out.action = "redirect";
             let location = route::redirect_location(rd, &sel, &req);
-            out.response = Some(ExplainedResponse { status: rd.code, headers: [("location".to_string(), location)].into() });
+            out.response = Some(ExplainedResponse {
+                status: rd.code,
+                headers: [("location".to_string(), location)].into(),
+            });
         }
         Action::Direct { status, .. } => {
             out.action = "direct_response";
-            out.response = Some(ExplainedResponse { status: *status, headers: BTreeMap::new() });
+            out.response = Some(ExplainedResponse {
+                status: *status,
+                headers: BTreeMap::new(),
+            });
         }
     }
     out
@@ -129,17 +176,46 @@ impl Explanation {
             s.push_str(&format!("- {n}\n"));
         }
         match (self.rule, self.action) {
-            (Some(i), a) => s.push_str(&format!("=> rule {i}{} ({a})\n", self.route_name.as_deref().map(|n| format!(" {n:?}")).unwrap_or_default())),
+            (Some(i), a) => s.push_str(&format!(
+                "=> rule {i}{} ({a})\n",
+                self.route_name
+                    .as_deref()
+                    .map(|n| format!(" {n:?}"))
+                    .unwrap_or_default()
+            )),
             (None, _) => s.push_str("=> no rule matches: 404\n"),
         }
         let total: u32 = self.destinations.iter().map(|d| d.weight).sum();
         for d in &self.destinations {
-            let pct = if total > 0 { f64::from(d.weight) * 100.0 / f64::from(total) } else { 0.0 };
-            s.push_str(&format!("   {}{} port {} weight {} ({pct:.0}%)\n", d.host, d.subset.as_deref().map(|x| format!(" subset {x}")).unwrap_or_default(), d.port, d.weight));
+            let pct = if total > 0 {
+                f64::from(d.weight) * 100.0 / f64::from(total)
+            } else {
+                0.0
+            };
+            s.push_str(&format!(
+                "   {}{} port {} weight {} ({pct:.0}%)\n",
+                d.host,
+                d.subset
+                    .as_deref()
+                    .map(|x| format!(" subset {x}"))
+                    .unwrap_or_default(),
+                d.port,
+                d.weight
+            ));
         }
-        s.push_str(&format!("   backend receives: {} {} Host: {}\n", self.request.method, self.request.path, self.request.host));
+        s.push_str(&format!(
+            "   backend receives: {} {} Host: {}\n",
+            self.request.method, self.request.path, self.request.host
+        ));
         if let Some(r) = &self.response {
-            s.push_str(&format!("   lb answers {}{}\n", r.status, r.headers.get("location").map(|l| format!(" location {l}")).unwrap_or_default()));
+            s.push_str(&format!(
+                "   lb answers {}{}\n",
+                r.status,
+                r.headers
+                    .get("location")
+                    .map(|l| format!(" location {l}"))
+                    .unwrap_or_default()
+            ));
         }
         s.push_str(&format!("   datapath: {}\n", self.datapath));
         s

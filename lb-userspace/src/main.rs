@@ -168,7 +168,17 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Cmd::Run { config, cgroup, bpffs, detach_on_exit, proxy_listen, admin_listen, access_log, no_sk_msg, drain_seconds } => {
+        Cmd::Run {
+            config,
+            cgroup,
+            bpffs,
+            detach_on_exit,
+            proxy_listen,
+            admin_listen,
+            access_log,
+            no_sk_msg,
+            drain_seconds,
+        } => {
             let cgroup = match cgroup {
                 Some(c) => c,
                 None => cgroup::cgroup2_root().context("finding the cgroup2 mount")?,
@@ -191,19 +201,50 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "stdout" => Some(lb::proxy::access_log::Target::Stdout),
                 path => Some(lb::proxy::access_log::Target::File(path.into())),
             };
-            let proxy = lb::proxy::ProxyOptions { listen: proxy_listen, admin: admin_listen, access_log, drain: Duration::from_secs(drain_seconds) };
-            rt.block_on(lb::run::run(lb::run::RunOptions { config, cgroup, bpffs, detach_on_exit, proxy, sk_msg: !no_sk_msg }))?;
+            let proxy = lb::proxy::ProxyOptions {
+                listen: proxy_listen,
+                admin: admin_listen,
+                access_log,
+                drain: Duration::from_secs(drain_seconds),
+            };
+            rt.block_on(lb::run::run(lb::run::RunOptions {
+                config,
+                cgroup,
+                bpffs,
+                detach_on_exit,
+                proxy,
+                sk_msg: !no_sk_msg,
+            }))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Validate { dir } => validate(&dir),
-        Cmd::Explain { config, host, path, method, headers, to, json } => {
+        Cmd::Explain {
+            config,
+            host,
+            path,
+            method,
+            headers,
+            to,
+            json,
+        } => {
             let validated = lb::model::load_dir(&config)?;
             let mut map = http::HeaderMap::new();
             for h in &headers {
-                let (k, v) = h.split_once(':').with_context(|| format!("--header {h:?}: expected 'name: value'"))?;
-                map.append(http::HeaderName::from_bytes(k.trim().to_ascii_lowercase().as_bytes())?, v.trim().parse()?);
+                let (k, v) = h
+                    .split_once(':')
+                    .with_context(|| format!("--header {h:?}: expected 'name: value'"))?;
+                map.append(
+                    http::HeaderName::from_bytes(k.trim().to_ascii_lowercase().as_bytes())?,
+                    v.trim().parse()?,
+                );
             }
-            let q = lb::explain::Query { host, path, method, headers: map, to };
+            let q = lb::explain::Query {
+                host,
+                path,
+                method,
+                headers: map,
+                to,
+            };
             let e = lb::explain::explain(&validated.model, &q);
             if json {
                 println!("{}", serde_json::to_string(&e)?);
@@ -231,18 +272,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             lb::demo::run(connections)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Probe { to, count, every_ms, for_ms, keep_alive, host, log, until_file, path, headers, batch, http10, h2c, websocket, raw, json } => {
+        Cmd::Probe {
+            to,
+            count,
+            every_ms,
+            for_ms,
+            keep_alive,
+            host,
+            log,
+            until_file,
+            path,
+            headers,
+            batch,
+            http10,
+            h2c,
+            websocket,
+            raw,
+            json,
+        } => {
             let host_or_to = host.clone().unwrap_or_else(|| to.to_string());
             let single = if let Some(file) = batch {
                 Some(serde_json::to_string(&lb::probe::batch(&file)?)?)
             } else if http10 {
-                Some(serde_json::to_string(&lb::probe::http10(to, &host_or_to, &path).map_err(anyhow::Error::msg)?)?)
+                Some(serde_json::to_string(
+                    &lb::probe::http10(to, &host_or_to, &path).map_err(anyhow::Error::msg)?,
+                )?)
             } else if h2c {
-                Some(serde_json::to_string(&lb::probe::h2c(to, &host_or_to, &path).map_err(anyhow::Error::msg)?)?)
+                Some(serde_json::to_string(
+                    &lb::probe::h2c(to, &host_or_to, &path).map_err(anyhow::Error::msg)?,
+                )?)
             } else if let Some(msg) = websocket {
-                Some(serde_json::to_string(&lb::probe::websocket(to, &host_or_to, &msg).map_err(anyhow::Error::msg)?)?)
+                Some(serde_json::to_string(
+                    &lb::probe::websocket(to, &host_or_to, &msg).map_err(anyhow::Error::msg)?,
+                )?)
             } else if let Some(file) = raw {
-                Some(serde_json::to_string(&lb::probe::raw(to, &std::fs::read(file)?).map_err(anyhow::Error::msg)?)?)
+                Some(serde_json::to_string(
+                    &lb::probe::raw(to, &std::fs::read(file)?).map_err(anyhow::Error::msg)?,
+                )?)
             } else {
                 None
             };
@@ -252,9 +318,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let headers = headers
                 .iter()
-                .map(|h| h.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).with_context(|| format!("--header {h:?}: expected 'name: value'")))
+                .map(|h| {
+                    h.split_once(':')
+                        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                        .with_context(|| format!("--header {h:?}: expected 'name: value'"))
+                })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let opts = lb::probe::ProbeOptions { to, count, every: Duration::from_millis(every_ms), limit: Duration::from_millis(for_ms), keep_alive, host, path, headers, log, until_file };
+            let opts = lb::probe::ProbeOptions {
+                to,
+                count,
+                every: Duration::from_millis(every_ms),
+                limit: Duration::from_millis(for_ms),
+                keep_alive,
+                host,
+                path,
+                headers,
+                log,
+                until_file,
+            };
             let summary = lb::probe::run(&opts)?;
             if json {
                 println!("{}", serde_json::to_string(&summary)?);

@@ -86,34 +86,59 @@ fn get() -> String {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Reads one HTTP/1.x response (status line, headers, content-length body).
 fn read_answer(reader: &mut impl BufRead) -> Result<Answer, String> {
     let mut status = String::new();
-    reader.read_line(&mut status).map_err(|e| format!("read: {e}"))?;
-    let code = status.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("status line {status:?}"))?;
-    let mut a = Answer { status: code, ..Default::default() };
+    reader
+        .read_line(&mut status)
+        .map_err(|e| format!("read: {e}"))?;
+    let code = status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("status line {status:?}"))?;
+    let mut a = Answer {
+        status: code,
+        ..Default::default()
+    };
     loop {
         let mut line = String::new();
-        reader.read_line(&mut line).map_err(|e| format!("read: {e}"))?;
+        reader
+            .read_line(&mut line)
+            .map_err(|e| format!("read: {e}"))?;
         let line = line.trim_end();
         if line.is_empty() {
             break;
         }
         if let Some((k, v)) = line.split_once(':') {
-            a.headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            a.headers
+                .insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
         }
     }
     if code != 101 && code != 304 && code != 204 {
-        match a.headers.get("content-length").and_then(|l| l.parse::<usize>().ok()) {
+        match a
+            .headers
+            .get("content-length")
+            .and_then(|l| l.parse::<usize>().ok())
+        {
             Some(n) => {
                 let mut body = vec![0; n];
-                reader.read_exact(&mut body).map_err(|e| format!("body: {e}"))?;
+                reader
+                    .read_exact(&mut body)
+                    .map_err(|e| format!("body: {e}"))?;
                 a.body = String::from_utf8_lossy(&body).into_owned();
             }
-            None if a.headers.get("connection").is_some_and(|c| c.eq_ignore_ascii_case("close")) || a.headers.get("transfer-encoding").is_none() => {
+            None if a
+                .headers
+                .get("connection")
+                .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+                || !a.headers.contains_key("transfer-encoding") =>
+            {
                 let mut body = String::new();
                 let _ = reader.read_to_string(&mut body);
                 a.body = body;
@@ -125,7 +150,15 @@ fn read_answer(reader: &mut impl BufRead) -> Result<Answer, String> {
 }
 
 /// Sends one request on `stream` and reads the answer.
-fn exchange(stream: &mut TcpStream, method: &str, path: &str, host: &str, headers: &[(String, String)], version: &str, close: bool) -> Result<Answer, String> {
+fn exchange(
+    stream: &mut TcpStream,
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(String, String)],
+    version: &str,
+    close: bool,
+) -> Result<Answer, String> {
     let mut req = format!("{method} {path} {version}\r\nhost: {host}\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -134,14 +167,18 @@ fn exchange(stream: &mut TcpStream, method: &str, path: &str, host: &str, header
         req.push_str("connection: close\r\n");
     }
     req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).map_err(|e| format!("write: {e}"))?;
+    stream
+        .write_all(req.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
     let mut reader = BufReader::new(stream);
     read_answer(&mut reader)
 }
 
 fn connect(to: SocketAddr) -> Result<TcpStream, String> {
-    let s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    let s = TcpStream::connect_timeout(&to, Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
     Ok(s)
 }
 
@@ -165,7 +202,15 @@ pub fn run(opts: &ProbeOptions) -> std::io::Result<Summary> {
                 None => connect(opts.to),
             };
             stream.and_then(|mut s| {
-                let r = exchange(&mut s, "GET", &opts.path, &host, &opts.headers, "HTTP/1.1", false);
+                let r = exchange(
+                    &mut s,
+                    "GET",
+                    &opts.path,
+                    &host,
+                    &opts.headers,
+                    "HTTP/1.1",
+                    false,
+                );
                 kept = Some(s);
                 r
             })
@@ -174,10 +219,24 @@ pub fn run(opts: &ProbeOptions) -> std::io::Result<Summary> {
                 if s.peer_addr().ok() != Some(opts.to) {
                     sum.peer_mismatches += 1;
                 }
-                exchange(&mut s, "GET", &opts.path, &host, &opts.headers, "HTTP/1.1", true)
+                exchange(
+                    &mut s,
+                    "GET",
+                    &opts.path,
+                    &host,
+                    &opts.headers,
+                    "HTTP/1.1",
+                    true,
+                )
             })
         };
-        let result = result.and_then(|a| if a.status == 200 { Ok(a) } else { Err(format!("status {}", a.status)) });
+        let result = result.and_then(|a| {
+            if a.status == 200 {
+                Ok(a)
+            } else {
+                Err(format!("status {}", a.status))
+            }
+        });
         let backend = match &result {
             Ok(a) => {
                 let b = a.header("x-backend");
@@ -199,7 +258,12 @@ pub fn run(opts: &ProbeOptions) -> std::io::Result<Summary> {
         };
         if let Some(w) = log.as_mut() {
             let error = result.as_ref().err().map_or("", String::as_str);
-            let line = LogLine { t_ms, backend: &backend, ok: result.is_ok(), error };
+            let line = LogLine {
+                t_ms,
+                backend: &backend,
+                ok: result.is_ok(),
+                error,
+            };
             serde_json::to_writer(&mut *w, &line)?;
             w.write_all(b"\n")?;
         }
@@ -221,8 +285,16 @@ pub fn batch(file: &std::path::Path) -> std::io::Result<Vec<Answer>> {
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let r: BatchRequest = serde_json::from_str(line).map_err(std::io::Error::other)?;
         let headers: Vec<(String, String)> = r.headers.into_iter().collect();
-        let a = connect(r.to).and_then(|mut s| exchange(&mut s, &r.method, &r.path, &r.host, &headers, "HTTP/1.1", true));
-        out.push(a.unwrap_or_else(|e| Answer { status: 0, body: e, ..Default::default() }));
+        let a = connect(r.to).and_then(|mut s| {
+            exchange(
+                &mut s, &r.method, &r.path, &r.host, &headers, "HTTP/1.1", true,
+            )
+        });
+        out.push(a.unwrap_or_else(|e| Answer {
+            status: 0,
+            body: e,
+            ..Default::default()
+        }));
     }
     Ok(out)
 }
@@ -256,7 +328,10 @@ pub fn websocket(to: SocketAddr, host: &str, message: &str) -> Result<Answer, St
         return Err(format!("handshake answered {}", a.status));
     }
     if a.header("sec-websocket-accept") != crate::backend::websocket_accept(key) {
-        return Err(format!("bad sec-websocket-accept {:?}", a.header("sec-websocket-accept")));
+        return Err(format!(
+            "bad sec-websocket-accept {:?}",
+            a.header("sec-websocket-accept")
+        ));
     }
     // A masked client text frame (payload < 126 bytes).
     let mask = [1u8, 2, 3, 4];
@@ -265,27 +340,51 @@ pub fn websocket(to: SocketAddr, host: &str, message: &str) -> Result<Answer, St
     frame.extend(message.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     s.write_all(&frame).map_err(|e| format!("ws write: {e}"))?;
     let mut head = [0u8; 2];
-    s.read_exact(&mut head).map_err(|e| format!("ws read: {e}"))?;
+    s.read_exact(&mut head)
+        .map_err(|e| format!("ws read: {e}"))?;
     let mut payload = vec![0; usize::from(head[1] & 0x7f)];
-    s.read_exact(&mut payload).map_err(|e| format!("ws read: {e}"))?;
+    s.read_exact(&mut payload)
+        .map_err(|e| format!("ws read: {e}"))?;
     a.body = String::from_utf8_lossy(&payload).into_owned();
     Ok(a)
 }
 
 /// One request over HTTP/2 with prior knowledge (h2c).
 pub fn h2c(to: SocketAddr, host: &str, path: &str) -> Result<Answer, String> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let stream = tokio::net::TcpStream::connect(to).await.map_err(|e| format!("connect: {e}"))?;
-        let (mut send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| format!("h2 handshake: {e}"))?;
+        let stream = tokio::net::TcpStream::connect(to)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .map_err(|e| format!("h2 handshake: {e}"))?;
         tokio::spawn(conn);
-        let req = http::Request::builder().uri(format!("http://{host}{path}")).body(http_body_util::Empty::<bytes::Bytes>::new()).map_err(|e| e.to_string())?;
-        let resp = send.send_request(req).await.map_err(|e| format!("h2 request: {e}"))?;
-        let mut a = Answer { status: resp.status().as_u16(), ..Default::default() };
+        let req = http::Request::builder()
+            .uri(format!("http://{host}{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| format!("h2 request: {e}"))?;
+        let mut a = Answer {
+            status: resp.status().as_u16(),
+            ..Default::default()
+        };
         for (k, v) in resp.headers() {
-            a.headers.insert(k.to_string(), v.to_str().unwrap_or("").to_string());
+            a.headers
+                .insert(k.to_string(), v.to_str().unwrap_or("").to_string());
         }
-        let body = http_body_util::BodyExt::collect(resp.into_body()).await.map_err(|e| format!("h2 body: {e}"))?;
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map_err(|e| format!("h2 body: {e}"))?;
         a.body = String::from_utf8_lossy(&body.to_bytes()).into_owned();
         Ok(a)
     })

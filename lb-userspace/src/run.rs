@@ -57,7 +57,12 @@ fn proxy_target(addr: SocketAddr) -> SockAddr4 {
 }
 
 /// Attaches (or adopts) the datapath and tells the programs who lb is.
-pub fn start(pins: &Pins, cgroup: &Path, proxy: Option<SocketAddr>, sk_msg: bool) -> Result<Applier, ApplyError> {
+pub fn start(
+    pins: &Pins,
+    cgroup: &Path,
+    proxy: Option<SocketAddr>,
+    sk_msg: bool,
+) -> Result<Applier, ApplyError> {
     let how = apply::attach::ensure_attached(pins, cgroup)?;
     tracing::info!(?how, cgroup = %cgroup.display(), pins = %pins.root.display(), "datapath ready");
     let mut applier = Applier::adopt(pins)?;
@@ -72,7 +77,11 @@ pub fn start(pins: &Pins, cgroup: &Path, proxy: Option<SocketAddr>, sk_msg: bool
 /// Loads, compiles and applies the configuration; on any problem the running plan
 /// stays and the error is recorded. The proxy's table is published before the maps
 /// change, so the proxy knows every route the kernel may send it.
-pub fn reload(applier: &mut Applier, dir: &Path, routes: Option<&watch::Sender<Arc<RouteTable>>>) -> Option<Garbage> {
+pub fn reload(
+    applier: &mut Applier,
+    dir: &Path,
+    routes: Option<&watch::Sender<Arc<RouteTable>>>,
+) -> Option<Garbage> {
     let result = model::load_dir(dir)
         .map_err(|e| e.to_string())
         .and_then(|v| {
@@ -89,7 +98,13 @@ pub fn reload(applier: &mut Applier, dir: &Path, routes: Option<&watch::Sender<A
         });
     match result {
         Ok((report, garbage)) => {
-            tracing::info!(added = report.added, changed = report.changed, removed = report.removed, unchanged = report.unchanged, "configuration applied");
+            tracing::info!(
+                added = report.added,
+                changed = report.changed,
+                removed = report.removed,
+                unchanged = report.unchanged,
+                "configuration applied"
+            );
             if let Err(e) = applier.clear_error() {
                 tracing::warn!("recording state: {e}");
             }
@@ -130,7 +145,14 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         Some(t) => Some(proxy::access_log::AccessLog::open(t).map_err(ProxyError::AccessLog)?),
         None => None,
     };
-    let shared = Arc::new(Shared { table: rx, client: proxy::forward::upstream(), metrics: Default::default(), log, kernel, sk_msg: opts.sk_msg });
+    let shared = Arc::new(Shared {
+        table: rx,
+        client: proxy::forward::upstream(),
+        metrics: Default::default(),
+        log,
+        kernel,
+        sk_msg: opts.sk_msg,
+    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let drain = opts.proxy.drain;
     let server = tokio::spawn(proxy.serve(shared, drain, async move {

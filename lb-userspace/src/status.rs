@@ -85,15 +85,24 @@ pub fn read(pins: &Pins) -> Result<Status, ApplyError> {
     let services = maps.read_services()?;
     let stats = maps.read_stats()?;
     let state = maps.read_state()?;
-    let counter = |i: u32| maps.counters.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+    let counter = |i: u32| {
+        maps.counters
+            .get(&i, 0)
+            .map(|v| v.iter().sum::<u64>())
+            .unwrap_or(0)
+    };
     let counters = Counters {
         sk_msg_redirected: counter(lb_common::counters::SK_MSG_REDIRECTED),
         proxy_handoffs: counter(lb_common::counters::PROXY_HANDOFFS),
         proxy_fallbacks: counter(lb_common::counters::PROXY_FALLBACKS),
     };
-    let mut hosts: std::collections::HashMap<lb_common::SockAddr4, Vec<UnknownHost>> = Default::default();
+    let mut hosts: std::collections::HashMap<lb_common::SockAddr4, Vec<UnknownHost>> =
+        Default::default();
     for (k, n) in maps.hosts.iter().filter_map(Result::ok) {
-        hosts.entry(k.service).or_default().push(UnknownHost { host: crate::apply::maps::c_str(&k.host), requests: n });
+        hosts.entry(k.service).or_default().push(UnknownHost {
+            host: crate::apply::maps::c_str(&k.host),
+            requests: n,
+        });
     }
     let mut out = Vec::new();
     for (key, svc) in &services {
@@ -191,7 +200,11 @@ impl Status {
                 );
             }
             for h in &svc.unknown_hosts {
-                let _ = writeln!(s, "  unknown Host {:?}: {} requests (routed by the dialled service)", h.host, h.requests);
+                let _ = writeln!(
+                    s,
+                    "  unknown Host {:?}: {} requests (routed by the dialled service)",
+                    h.host, h.requests
+                );
             }
         }
         if self.services.is_empty() {
@@ -203,7 +216,11 @@ impl Status {
             self.config.applied_at.as_deref().unwrap_or("never")
         );
         let c = &self.counters;
-        let _ = writeln!(s, "proxy handoffs {}, proxy fallbacks to the kernel split {}, sk_msg redirected messages {}", c.proxy_handoffs, c.proxy_fallbacks, c.sk_msg_redirected);
+        let _ = writeln!(
+            s,
+            "proxy handoffs {}, proxy fallbacks to the kernel split {}, sk_msg redirected messages {}",
+            c.proxy_handoffs, c.proxy_fallbacks, c.sk_msg_redirected
+        );
         if let Some(e) = &self.config.last_error {
             let _ = writeln!(s, "last change REJECTED (the plan above stays):\n{e}");
         }

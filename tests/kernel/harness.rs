@@ -82,8 +82,20 @@ impl Env {
         let log_path = self.work.join(format!("daemon-{}.log", self.daemons.len()));
         let log = std::fs::File::create(&log_path).expect("log");
         let mut cmd = Command::new(lb_bin());
-        cmd.args(["run", "--config"]).arg(&self.config).arg("--cgroup").arg(&self.cgroup.path).arg("--bpffs").arg(&self.bpffs);
-        cmd.args(["--proxy-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--access-log"]).arg(self.work.join("access.log"));
+        cmd.args(["run", "--config"])
+            .arg(&self.config)
+            .arg("--cgroup")
+            .arg(&self.cgroup.path)
+            .arg("--bpffs")
+            .arg(&self.bpffs);
+        cmd.args([
+            "--proxy-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--access-log",
+        ])
+        .arg(self.work.join("access.log"));
         cmd.args(extra);
         cmd.stdout(Stdio::null()).stderr(log);
         self.last_log = Some(log_path);
@@ -106,19 +118,31 @@ impl Env {
 
     /// The running daemon's admin listener (from its log).
     pub fn admin(&self) -> SocketAddr {
-        let log = std::fs::read_to_string(self.last_log.as_ref().expect("a daemon was started")).expect("daemon log");
+        let log = std::fs::read_to_string(self.last_log.as_ref().expect("a daemon was started"))
+            .expect("daemon log");
         let at = log.find("admin=").expect("admin address in the daemon log") + "admin=".len();
-        log[at..].split_whitespace().next().expect("address").parse().expect("admin address")
+        log[at..]
+            .split_whitespace()
+            .next()
+            .expect("address")
+            .parse()
+            .expect("admin address")
     }
 
     /// GET on the admin listener; returns the body.
     pub fn admin_get(&self, path: &str) -> String {
         use std::io::{Read, Write};
         let mut s = TcpStream::connect(self.admin()).expect("admin connect");
-        write!(s, "GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").expect("write");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n"
+        )
+        .expect("write");
         let mut out = String::new();
         s.read_to_string(&mut out).expect("read");
-        out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
     }
 
     /// Sends SIGTERM to the running daemons and waits for them.

@@ -16,8 +16,14 @@ fn addr(s: &str) -> SocketAddr {
 
 /// A seed example (config/seed/<name>) moved to this test's service address and port.
 fn seed(name: &str, svc: &str, port: u16) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/seed").join(name).join("config.yaml");
-    std::fs::read_to_string(path).expect("seed config").replace("127.10.0.1", svc).replace("number: 10000", &format!("number: {port}"))
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../config/seed")
+        .join(name)
+        .join("config.yaml");
+    std::fs::read_to_string(path)
+        .expect("seed config")
+        .replace("127.10.0.1", svc)
+        .replace("number: 10000", &format!("number: {port}"))
 }
 
 /// An environment with v0 on 127.0.0.2 and v1 on 127.0.0.3, `config` applied.
@@ -48,15 +54,34 @@ fn seed_b_host_header_splits_per_request_with_host_unchanged() {
     let env = env_with("seed-b", port, &seed("b-host-header", svc, port), &[]);
     let to = format!("{svc}:{port}");
     for host in ["api.wilsontest.com", "legacy.internal"] {
-        let s = env.probe(&["--to", &to, "--count", "2000", "--keep-alive", "--host", host]);
+        let s = env.probe(&[
+            "--to",
+            &to,
+            "--count",
+            "2000",
+            "--keep-alive",
+            "--host",
+            host,
+        ]);
         assert_eq!(s["failures"], 0, "{host}: {}", s["first_errors"]);
         let v1 = share(&s, "v1");
-        assert!((v1 - 10.0).abs() <= 2.5, "{host}: v1 share {v1:.2}% not within 10 ± 2.5");
-        assert_eq!(s["hosts_seen"], serde_json::json!({ host: 2000 }), "Host must reach the backend unchanged");
+        assert!(
+            (v1 - 10.0).abs() <= 2.5,
+            "{host}: v1 share {v1:.2}% not within 10 ± 2.5"
+        );
+        assert_eq!(
+            s["hosts_seen"],
+            serde_json::json!({ host: 2000 }),
+            "Host must reach the backend unchanged"
+        );
     }
     // Unknown Hosts are flushed to the pinned map about once a second.
     let want = serde_json::json!([{"host": "legacy.internal", "requests": 2000}]);
-    wait_for(Duration::from_secs(5), "the unknown Host to be counted", || env.status()["services"][0]["unknown_hosts"] == want);
+    wait_for(
+        Duration::from_secs(5),
+        "the unknown Host to be counted",
+        || env.status()["services"][0]["unknown_hosts"] == want,
+    );
     assert_eq!(env.status()["services"][0]["datapath"], "proxy");
 }
 
@@ -66,10 +91,26 @@ fn seed_c_header_match() {
     let (svc, port) = ("127.10.12.1", 12000);
     let env = env_with("seed-c", port, &seed("c-header", svc, port), &[]);
     let to = format!("{svc}:{port}");
-    let with = env.probe(&["--to", &to, "--count", "1000", "--keep-alive", "--header", "hellotest: true"]);
-    assert_eq!((count(&with, "v1"), with["failures"].as_u64()), (1000, Some(0)), "{with}");
+    let with = env.probe(&[
+        "--to",
+        &to,
+        "--count",
+        "1000",
+        "--keep-alive",
+        "--header",
+        "hellotest: true",
+    ]);
+    assert_eq!(
+        (count(&with, "v1"), with["failures"].as_u64()),
+        (1000, Some(0)),
+        "{with}"
+    );
     let without = env.probe(&["--to", &to, "--count", "1000", "--keep-alive"]);
-    assert_eq!((count(&without, "v0"), without["failures"].as_u64()), (1000, Some(0)), "{without}");
+    assert_eq!(
+        (count(&without, "v0"), without["failures"].as_u64()),
+        (1000, Some(0)),
+        "{without}"
+    );
 }
 
 /// Seed (d): `/test/v1…` → v1 (also `/test/x/../v1/y`), everything else → v0.
@@ -78,7 +119,14 @@ fn seed_d_prefix_match() {
     let (svc, port) = ("127.10.13.1", 13000);
     let env = env_with("seed-d", port, &seed("d-prefix", svc, port), &[]);
     let to = format!("{svc}:{port}");
-    for (path, backend, seen) in [("/test/v1", "v1", "/test/v1"), ("/test/v1/abc", "v1", "/test/v1/abc"), ("/test/x/../v1/y", "v1", "/test/v1/y"), ("/test", "v0", "/test"), ("/test/v2", "v0", "/test/v2"), ("/", "v0", "/")] {
+    for (path, backend, seen) in [
+        ("/test/v1", "v1", "/test/v1"),
+        ("/test/v1/abc", "v1", "/test/v1/abc"),
+        ("/test/x/../v1/y", "v1", "/test/v1/y"),
+        ("/test", "v0", "/test"),
+        ("/test/v2", "v0", "/test/v2"),
+        ("/", "v0", "/"),
+    ] {
         let s = env.probe(&["--to", &to, "--count", "50", "--path", path]);
         assert_eq!(count(&s, backend), 50, "{path}: {s}");
         assert_eq!(s["paths_seen"], serde_json::json!({ seen: 50 }), "{path}");
@@ -92,7 +140,12 @@ fn seed_e_rewrite() {
     let (svc, port) = ("127.10.14.1", 14000);
     let env = env_with("seed-e", port, &seed("e-rewrite", svc, port), &[]);
     let to = format!("{svc}:{port}");
-    for (path, backend, seen) in [("/test/v2/x?q=1", "v0", "/test/x?q=1"), ("/test/v1/y", "v1", "/test/v1/y"), ("/test/v2", "v0", "/test"), ("/other", "v0", "/other")] {
+    for (path, backend, seen) in [
+        ("/test/v2/x?q=1", "v0", "/test/x?q=1"),
+        ("/test/v1/y", "v1", "/test/v1/y"),
+        ("/test/v2", "v0", "/test"),
+        ("/other", "v0", "/other"),
+    ] {
         let s = env.probe(&["--to", &to, "--count", "50", "--path", path]);
         assert_eq!(count(&s, backend), 50, "{path}: {s}");
         assert_eq!(s["paths_seen"], serde_json::json!({ seen: 50 }), "{path}");
@@ -108,24 +161,46 @@ fn live_proxy_agrees_with_explain_on_the_shared_table() {
     let env = env_with("table", 10500, &config, &[]);
     let model = lb::model::load_dir(&env.config).expect("valid").model;
     let text = std::fs::read_to_string(dir.join("cases.jsonl")).expect("cases");
-    let cases: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("json")).filter(|c: &Value| !c["to"].is_null()).collect();
+    let cases: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .filter(|c: &Value| !c["to"].is_null())
+        .collect();
     assert!(cases.len() >= 50);
     let mut batch = String::new();
     let mut explained = Vec::new();
     for c in &cases {
-        let to = if c["to"] == "web" { "127.10.5.2:10500" } else { "127.10.5.1:10500" };
+        let to = if c["to"] == "web" {
+            "127.10.5.2:10500"
+        } else {
+            "127.10.5.1:10500"
+        };
         let mut headers = http::HeaderMap::new();
         for (k, v) in c["headers"].as_object().expect("headers") {
-            headers.insert(http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).expect("name"), v.as_str().expect("str").parse().expect("value"));
+            headers.insert(
+                http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).expect("name"),
+                v.as_str().expect("str").parse().expect("value"),
+            );
         }
-        let q = lb::explain::Query { host: c["host"].as_str().expect("host").into(), path: c["path"].as_str().expect("path").into(), method: c["method"].as_str().expect("method").into(), headers, to: Some(to.parse().expect("addr")) };
+        let q = lb::explain::Query {
+            host: c["host"].as_str().expect("host").into(),
+            path: c["path"].as_str().expect("path").into(),
+            method: c["method"].as_str().expect("method").into(),
+            headers,
+            to: Some(to.parse().expect("addr")),
+        };
         explained.push(lb::explain::explain(&model, &q));
         batch.push_str(&serde_json::json!({"to": to, "host": c["host"], "path": c["path"], "method": c["method"], "headers": c["headers"]}).to_string());
         batch.push('\n');
     }
     let batch_file = env.work.join("batch.jsonl");
     std::fs::write(&batch_file, batch).expect("batch");
-    let answers = env.probe(&["--to", "127.10.5.1:10500", "--batch", batch_file.to_str().expect("utf-8")]);
+    let answers = env.probe(&[
+        "--to",
+        "127.10.5.1:10500",
+        "--batch",
+        batch_file.to_str().expect("utf-8"),
+    ]);
     let answers = answers.as_array().expect("answers");
     let mut failures = Vec::new();
     for ((c, e), a) in cases.iter().zip(&explained).zip(answers) {
@@ -137,27 +212,53 @@ fn live_proxy_agrees_with_explain_on_the_shared_table() {
         }
         if e.action == "route" && want_status == 200 {
             let backend = a["headers"]["x-backend"].as_str().unwrap_or("");
-            let allowed: Vec<&str> = c["expect"]["backends"].as_array().expect("backends").iter().filter_map(Value::as_str).collect();
+            let allowed: Vec<&str> = c["expect"]["backends"]
+                .as_array()
+                .expect("backends")
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
             if !allowed.contains(&backend) {
                 problems.push(format!("backend {backend:?} not among {allowed:?}"));
             }
             if a["headers"]["x-path"] != e.request.path.as_str() {
-                problems.push(format!("path {} != explain {}", a["headers"]["x-path"], e.request.path));
+                problems.push(format!(
+                    "path {} != explain {}",
+                    a["headers"]["x-path"], e.request.path
+                ));
             }
             if a["headers"]["x-host"] != e.request.host.as_str() {
-                problems.push(format!("host {} != explain {}", a["headers"]["x-host"], e.request.host));
+                problems.push(format!(
+                    "host {} != explain {}",
+                    a["headers"]["x-host"], e.request.host
+                ));
             }
         }
         if let Some(loc) = e.response.as_ref().and_then(|r| r.headers.get("location"))
             && a["headers"]["location"] != loc.as_str()
         {
-            problems.push(format!("location {} != explain {loc}", a["headers"]["location"]));
+            problems.push(format!(
+                "location {} != explain {loc}",
+                a["headers"]["location"]
+            ));
         }
         if !problems.is_empty() {
-            failures.push(format!("{} {} host={}: {}", c["method"], c["path"], c["host"], problems.join("; ")));
+            failures.push(format!(
+                "{} {} host={}: {}",
+                c["method"],
+                c["path"],
+                c["host"],
+                problems.join("; ")
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 /// HTTP/1.0 (no 426), h2c with prior knowledge, and a WebSocket echo through the proxy.
@@ -167,11 +268,35 @@ fn http10_h2c_and_websocket_work_through_the_proxy() {
     let env = env_with("protocols", port, &seed("e-rewrite", svc, port), &[]);
     let to = format!("{svc}:{port}");
     let a = env.probe(&["--to", &to, "--http10", "--path", "/test/v2/a"]);
-    assert_eq!((a["status"].as_u64(), a["headers"]["x-path"].as_str()), (Some(200), Some("/test/a")), "{a}");
-    let a = env.probe(&["--to", &to, "--h2c", "--path", "/test/v1/h2", "--host", "api.wilsontest.com"]);
-    assert_eq!((a["status"].as_u64(), a["headers"]["x-backend"].as_str(), a["headers"]["x-host"].as_str()), (Some(200), Some("v1"), Some("api.wilsontest.com")), "{a}");
+    assert_eq!(
+        (a["status"].as_u64(), a["headers"]["x-path"].as_str()),
+        (Some(200), Some("/test/a")),
+        "{a}"
+    );
+    let a = env.probe(&[
+        "--to",
+        &to,
+        "--h2c",
+        "--path",
+        "/test/v1/h2",
+        "--host",
+        "api.wilsontest.com",
+    ]);
+    assert_eq!(
+        (
+            a["status"].as_u64(),
+            a["headers"]["x-backend"].as_str(),
+            a["headers"]["x-host"].as_str()
+        ),
+        (Some(200), Some("v1"), Some("api.wilsontest.com")),
+        "{a}"
+    );
     let a = env.probe(&["--to", &to, "--websocket", "hello through lb"]);
-    assert_eq!((a["status"].as_u64(), a["body"].as_str()), (Some(101), Some("hello through lb")), "{a}");
+    assert_eq!(
+        (a["status"].as_u64(), a["body"].as_str()),
+        (Some(101), Some("hello through lb")),
+        "{a}"
+    );
 }
 
 /// Malformed and hostile requests get 4xx and never reach a backend.
@@ -184,13 +309,27 @@ fn hostile_requests_get_4xx_and_reach_no_backend() {
         ["127.0.0.2", "127.0.0.3"]
             .iter()
             .map(|ip| {
-                let a = env.probe(&["--to", &format!("{ip}:{port}"), "--http10", "--path", "/__requests"]);
-                a["body"].as_str().unwrap_or("").trim().parse::<u64>().expect("request count")
+                let a = env.probe(&[
+                    "--to",
+                    &format!("{ip}:{port}"),
+                    "--http10",
+                    "--path",
+                    "/__requests",
+                ]);
+                a["body"]
+                    .as_str()
+                    .unwrap_or("")
+                    .trim()
+                    .parse::<u64>()
+                    .expect("request count")
             })
             .sum()
     };
     let before = served();
-    let big = format!("GET /test HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(100 * 1024));
+    let big = format!(
+        "GET /test HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
     let cases: [(&str, Vec<u8>, u64); 4] = [
         ("bad request line", b"GARBAGE\r\n\r\n".to_vec(), 400),
         ("conflicting Content-Length and Transfer-Encoding", b"POST /test HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
@@ -214,7 +353,18 @@ fn proxy_kill9_degrades_to_the_kernel_split_without_refusals() {
     let mut env = env_with("kill9", port, &seed("c-header", svc, port), &[]);
     let to = format!("{svc}:{port}");
     let stop = env.work.join("stop");
-    let client = env.spawn_probe(&["--to", &to, "--count", "100000", "--every-ms", "1", "--for-ms", "60000", "--until-file", stop.to_str().expect("utf-8")]);
+    let client = env.spawn_probe(&[
+        "--to",
+        &to,
+        "--count",
+        "100000",
+        "--every-ms",
+        "1",
+        "--for-ms",
+        "60000",
+        "--until-file",
+        stop.to_str().expect("utf-8"),
+    ]);
     std::thread::sleep(Duration::from_millis(300));
     let kills = 5;
     for _ in 0..kills {
@@ -229,11 +379,23 @@ fn proxy_kill9_degrades_to_the_kernel_split_without_refusals() {
     // is sequential); every other one succeeds.
     assert!(s["failures"].as_u64().unwrap_or(99) <= kills, "{s}");
     let counters = env.status()["counters"].clone();
-    assert!(counters["proxy_fallbacks"].as_u64().unwrap_or(0) > 0, "connects took the kernel split while lb was down: {counters}");
+    assert!(
+        counters["proxy_fallbacks"].as_u64().unwrap_or(0) > 0,
+        "connects took the kernel split while lb was down: {counters}"
+    );
     let after = counters["proxy_handoffs"].as_u64().unwrap_or(0);
     let s = env.probe(&["--to", &to, "--count", "10", "--header", "hellotest: true"]);
-    assert_eq!(count(&s, "v1"), 10, "the proxy routes again after the restart: {s}");
-    assert!(env.status()["counters"]["proxy_handoffs"].as_u64().unwrap_or(0) >= after + 10);
+    assert_eq!(
+        count(&s, "v1"),
+        10,
+        "the proxy routes again after the restart: {s}"
+    );
+    assert!(
+        env.status()["counters"]["proxy_handoffs"]
+            .as_u64()
+            .unwrap_or(0)
+            >= after + 10
+    );
 }
 
 /// The sk_msg shortcut of the client ↔ proxy hop redirects messages (counter > 0),
@@ -245,14 +407,32 @@ fn sk_msg_redirects_client_proxy_bytes_and_can_be_switched_off() {
     for (flag, expect_redirects) in [(None, true), (Some("--no-sk-msg"), false)] {
         let extra: Vec<&str> = flag.into_iter().collect();
         let env = env_with("skmsg", port, &seed("c-header", svc, port), &extra);
-        let s = env.probe(&["--to", &to, "--count", "200", "--keep-alive", "--header", "hellotest: true"]);
+        let s = env.probe(&[
+            "--to",
+            &to,
+            "--count",
+            "200",
+            "--keep-alive",
+            "--header",
+            "hellotest: true",
+        ]);
         assert_eq!(count(&s, "v1"), 200, "{s}");
         let s = env.probe(&["--to", &to, "--count", "50"]);
         assert_eq!(count(&s, "v0"), 50, "{s}");
-        let redirected = env.status()["counters"]["sk_msg_redirected"].as_u64().unwrap_or(0);
-        assert_eq!(redirected > 0, expect_redirects, "sk_msg redirected {redirected} messages with {flag:?}");
+        let redirected = env.status()["counters"]["sk_msg_redirected"]
+            .as_u64()
+            .unwrap_or(0);
+        assert_eq!(
+            redirected > 0,
+            expect_redirects,
+            "sk_msg redirected {redirected} messages with {flag:?}"
+        );
         let metrics = env.admin_get("/metrics");
-        assert!(metrics.contains(&format!("lb_sk_msg_redirected_total {redirected}")) || redirected == 0, "{metrics}");
+        assert!(
+            metrics.contains(&format!("lb_sk_msg_redirected_total {redirected}"))
+                || redirected == 0,
+            "{metrics}"
+        );
         drop(env);
     }
 }
@@ -299,19 +479,80 @@ spec:
     );
     env.write_config("config.yaml", &config);
     let pid = env.start_daemon_with(true, &[]);
-    let procs = std::fs::read_to_string(env.cgroup.path.join("cgroup.procs")).expect("cgroup.procs");
-    assert!(procs.lines().any(|p| p.trim() == pid.to_string()), "lb must run inside the attached cgroup");
+    let procs =
+        std::fs::read_to_string(env.cgroup.path.join("cgroup.procs")).expect("cgroup.procs");
+    assert!(
+        procs.lines().any(|p| p.trim() == pid.to_string()),
+        "lb must run inside the attached cgroup"
+    );
     // A client in the cgroup is steered as usual.
     let s = env.probe(&["--to", &format!("127.10.19.1:{port}"), "--count", "20"]);
     assert_eq!(s["failures"], 0, "{s}");
     // Through the proxy: lb dials 127.10.19.1 itself. Steered, it would reach a backend;
     // untouched, nothing listens on the service address and the proxy answers 502.
     let s = env.probe(&["--to", &format!("127.10.19.2:{port}"), "--count", "5"]);
-    assert_eq!(s["failures"], 5, "lb's own connect must not be steered: {s}");
-    assert!(s["first_errors"][0].as_str().unwrap_or("").contains("502"), "{s}");
+    assert_eq!(
+        s["failures"], 5,
+        "lb's own connect must not be steered: {s}"
+    );
+    assert!(
+        s["first_errors"][0].as_str().unwrap_or("").contains("502"),
+        "{s}"
+    );
     let status = env.status();
-    let inner = status["services"].as_array().expect("services").iter().find(|v| v["address"] == "127.10.19.1").expect("inner").clone();
-    let connects: u64 = inner["subsets"].as_array().expect("subsets").iter().map(|x| x["connects_total"].as_u64().unwrap_or(0)).sum();
-    assert_eq!(connects, 20, "only the client's 20 connects were steered, none of lb's: {status}");
-    wait_for(Duration::from_secs(2), "status", || env.status()["config"]["applied_at"].is_string());
+    let inner = status["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .find(|v| v["address"] == "127.10.19.1")
+        .expect("inner")
+        .clone();
+    let connects: u64 = inner["subsets"]
+        .as_array()
+        .expect("subsets")
+        .iter()
+        .map(|x| x["connects_total"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        connects, 20,
+        "only the client's 20 connects were steered, none of lb's: {status}"
+    );
+    wait_for(Duration::from_secs(2), "status", || {
+        env.status()["config"]["applied_at"].is_string()
+    });
+}
+
+/// SIGTERM drains: the proxy stops accepting (new connects take the kernel split at
+/// once), finishes the request in flight, and the daemon exits cleanly.
+#[test]
+fn sigterm_drains_in_flight_requests() {
+    let (svc, port) = ("127.10.20.1", 20000);
+    let mut env = env_with("drain", port, &seed("c-header", svc, port), &[]);
+    let to = format!("{svc}:{port}");
+    let slow = env.spawn_probe(&[
+        "--to",
+        &to,
+        "--count",
+        "1",
+        "--path",
+        "/slow",
+        "--header",
+        "hellotest: true",
+    ]);
+    std::thread::sleep(Duration::from_millis(150));
+    env.stop_daemons();
+    let out = slow.wait_with_output().expect("probe");
+    let s: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (s["failures"].as_u64(), count(&s, "v1")),
+        (Some(0), 1),
+        "the in-flight request finished on its route: {s}"
+    );
+    // The datapath stays pinned: with the proxy gone, connects take the kernel split.
+    let s = env.probe(&["--to", &to, "--count", "20"]);
+    assert_eq!(
+        (s["failures"].as_u64(), count(&s, "v0")),
+        (Some(0), 20),
+        "{s}"
+    );
 }

@@ -43,7 +43,10 @@ pub mod reason {
 /// Compiles the whole plan.
 pub fn plan(model: Model) -> Result<Plan, CompileError> {
     let kernel = compile(&model)?;
-    Ok(Plan { kernel, proxy: std::sync::Arc::new(model.routes) })
+    Ok(Plan {
+        kernel,
+        proxy: std::sync::Arc::new(model.routes),
+    })
 }
 
 /// The model does not fit the kernel maps.
@@ -134,7 +137,11 @@ pub fn compile(model: &Model) -> Result<MapImage, CompileError> {
             ServiceImage {
                 name: svc.name.clone(),
                 namespace: svc.namespace.clone(),
-                mode: if svc.proxy_reason.is_some() { mode::PROXY } else { mode::KERNEL },
+                mode: if svc.proxy_reason.is_some() {
+                    mode::PROXY
+                } else {
+                    mode::KERNEL
+                },
                 reason: match &svc.proxy_reason {
                     None => reason::WEIGHTS_ONLY,
                     Some(r) if r.starts_with("annotation") => reason::ANNOTATION,

@@ -18,14 +18,26 @@ pub enum ParsedAction {
 }
 
 /// Compiles a `StringMatch`; `{}` is "present" where Istio allows it.
-pub fn string_match(l: &Loaded, path: &str, m: &istio::StringMatch, allow_present: bool, diags: &mut Vec<Diagnostic>) -> Option<StrMatch> {
-    let set = [m.exact.is_some(), m.prefix.is_some(), m.regex.is_some()].iter().filter(|b| **b).count();
+pub fn string_match(
+    l: &Loaded,
+    path: &str,
+    m: &istio::StringMatch,
+    allow_present: bool,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<StrMatch> {
+    let set = [m.exact.is_some(), m.prefix.is_some(), m.regex.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
     let err = |diags: &mut Vec<Diagnostic>, msg: String| {
         diags.push(Diagnostic::error(l.at(path), path, msg));
         None
     };
     if set > 1 {
-        return err(diags, "only one of exact, prefix or regex may be set".into());
+        return err(
+            diags,
+            "only one of exact, prefix or regex may be set".into(),
+        );
     }
     if let Some(e) = &m.exact {
         return Some(StrMatch::Exact(e.clone()));
@@ -40,7 +52,13 @@ pub fn string_match(l: &Loaded, path: &str, m: &istio::StringMatch, allow_presen
         // RE2 semantics: a full match of the value.
         return match Regex::new(&format!("^(?:{r})$")) {
             Ok(re) => Some(StrMatch::Regex(re)),
-            Err(e) => err(diags, format!("invalid regex {r:?}: {}", e.to_string().lines().last().unwrap_or(""))),
+            Err(e) => err(
+                diags,
+                format!(
+                    "invalid regex {r:?}: {}",
+                    e.to_string().lines().last().unwrap_or("")
+                ),
+            ),
         };
     }
     if allow_present {
@@ -50,7 +68,12 @@ pub fn string_match(l: &Loaded, path: &str, m: &istio::StringMatch, allow_presen
     }
 }
 
-fn map_matches(l: &Loaded, base: &str, m: &std::collections::BTreeMap<String, istio::StringMatch>, diags: &mut Vec<Diagnostic>) -> Option<Vec<(String, StrMatch)>> {
+fn map_matches(
+    l: &Loaded,
+    base: &str,
+    m: &std::collections::BTreeMap<String, istio::StringMatch>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Vec<(String, StrMatch)>> {
     let mut out = Vec::new();
     let mut ok = true;
     for (name, sm) in m {
@@ -63,22 +86,41 @@ fn map_matches(l: &Loaded, base: &str, m: &std::collections::BTreeMap<String, is
 }
 
 /// Compiles one `match` block.
-pub fn match_block(l: &Loaded, base: &str, m: &istio::HttpMatchRequest, diags: &mut Vec<Diagnostic>) -> Option<MatchBlock> {
+pub fn match_block(
+    l: &Loaded,
+    base: &str,
+    m: &istio::HttpMatchRequest,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<MatchBlock> {
     let n0 = diags.iter().filter(|d| d.is_error()).count();
-    let one = |f: &Option<istio::StringMatch>, name: &str, diags: &mut Vec<Diagnostic>| f.as_ref().and_then(|s| string_match(l, &format!("{base}.{name}"), s, false, diags));
+    let one = |f: &Option<istio::StringMatch>, name: &str, diags: &mut Vec<Diagnostic>| {
+        f.as_ref()
+            .and_then(|s| string_match(l, &format!("{base}.{name}"), s, false, diags))
+    };
     let uri = one(&m.uri, "uri", diags);
     let scheme = one(&m.scheme, "scheme", diags);
     let method = one(&m.method, "method", diags);
     let authority = one(&m.authority, "authority", diags);
     let headers = map_matches(l, &format!("{base}.headers"), &m.headers, diags).unwrap_or_default();
-    let without_headers = map_matches(l, &format!("{base}.withoutHeaders"), &m.without_headers, diags).unwrap_or_default();
-    let query_params = map_matches(l, &format!("{base}.queryParams"), &m.query_params, diags).unwrap_or_default();
+    let without_headers = map_matches(
+        l,
+        &format!("{base}.withoutHeaders"),
+        &m.without_headers,
+        diags,
+    )
+    .unwrap_or_default();
+    let query_params =
+        map_matches(l, &format!("{base}.queryParams"), &m.query_params, diags).unwrap_or_default();
     let port = match m.port {
         Some(p) => match u16::try_from(p).ok().filter(|p| *p != 0) {
             Some(p) => Some(p),
             None => {
                 let path = format!("{base}.port");
-                diags.push(Diagnostic::error(l.at(&path), path, format!("port number {p} is out of range 1-65535")));
+                diags.push(Diagnostic::error(
+                    l.at(&path),
+                    path,
+                    format!("port number {p} is out of range 1-65535"),
+                ));
                 None
             }
         },
@@ -86,7 +128,11 @@ pub fn match_block(l: &Loaded, base: &str, m: &istio::HttpMatchRequest, diags: &
     };
     if m.ignore_uri_case == Some(true) && matches!(uri, Some(StrMatch::Regex(_))) {
         let path = format!("{base}.ignoreUriCase");
-        diags.push(Diagnostic::warning(l.at(&path), path, "ignoreUriCase applies to exact and prefix only; the regex stays case-sensitive"));
+        diags.push(Diagnostic::warning(
+            l.at(&path),
+            path,
+            "ignoreUriCase applies to exact and prefix only; the regex stays case-sensitive",
+        ));
     }
     for (field, set) in [
         ("sourceLabels", !m.source_labels.is_empty()),
@@ -113,7 +159,12 @@ pub fn match_block(l: &Loaded, base: &str, m: &istio::HttpMatchRequest, diags: &
 }
 
 /// Checks the combinations Istio rejects and compiles the action (destinations aside).
-pub fn action(l: &Loaded, base: &str, r: &istio::HttpRoute, diags: &mut Vec<Diagnostic>) -> Option<ParsedAction> {
+pub fn action(
+    l: &Loaded,
+    base: &str,
+    r: &istio::HttpRoute,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<ParsedAction> {
     let mut err = |field: &str, msg: &str| {
         let path = format!("{base}{field}");
         diags.push(Diagnostic::error(l.at(&path), path, msg.to_string()));
@@ -124,29 +175,52 @@ pub fn action(l: &Loaded, base: &str, r: &istio::HttpRoute, diags: &mut Vec<Diag
         return None;
     }
     if has_route && r.direct_response.is_some() {
-        err("", "HTTP route cannot contain both route and directResponse");
+        err(
+            "",
+            "HTTP route cannot contain both route and directResponse",
+        );
         return None;
     }
     if r.redirect.is_some() && r.direct_response.is_some() {
-        err("", "HTTP route cannot contain both redirect and directResponse");
+        err(
+            "",
+            "HTTP route cannot contain both redirect and directResponse",
+        );
         return None;
     }
     if r.rewrite.is_some() && (r.redirect.is_some() || r.direct_response.is_some()) {
-        err(".rewrite", "HTTP route rule cannot contain both rewrite and redirect or directResponse");
+        err(
+            ".rewrite",
+            "HTTP route rule cannot contain both rewrite and redirect or directResponse",
+        );
         return None;
     }
     if let Some(rd) = &r.redirect {
         if r.fault.is_some() {
-            err(".fault", "HTTP route cannot contain both fault and redirect");
+            err(
+                ".fault",
+                "HTTP route cannot contain both fault and redirect",
+            );
             return None;
         }
-        if rd.uri.is_none() && rd.authority.is_none() && rd.scheme.is_none() && rd.port.is_none() && rd.derive_port.is_none() {
-            err(".redirect", "redirect must specify URI, authority, scheme, or port");
+        if rd.uri.is_none()
+            && rd.authority.is_none()
+            && rd.scheme.is_none()
+            && rd.port.is_none()
+            && rd.derive_port.is_none()
+        {
+            err(
+                ".redirect",
+                "redirect must specify URI, authority, scheme, or port",
+            );
             return None;
         }
         let code = rd.redirect_code.unwrap_or(301);
         if ![301, 302, 303, 307, 308].contains(&code) {
-            err(".redirect.redirectCode", &format!("{code} is not a valid redirect code, must be 301, 302, 303, 307, or 308"));
+            err(
+                ".redirect.redirectCode",
+                &format!("{code} is not a valid redirect code, must be 301, 302, 303, 307, or 308"),
+            );
             return None;
         }
         let port = match rd.port.map(u16::try_from) {
@@ -169,23 +243,38 @@ pub fn action(l: &Loaded, base: &str, r: &istio::HttpRoute, diags: &mut Vec<Diag
     if let Some(dr) = &r.direct_response {
         let status = dr.status.unwrap_or(0);
         if !(200..=599).contains(&status) {
-            err(".directResponse.status", &format!("status {status} is not a valid HTTP status code"));
+            err(
+                ".directResponse.status",
+                &format!("status {status} is not a valid HTTP status code"),
+            );
             return None;
         }
         if dr.body.as_ref().is_some_and(|b| b.bytes.is_some()) {
-            err(".directResponse.body.bytes", "body.bytes is not supported yet: use body.string");
+            err(
+                ".directResponse.body.bytes",
+                "body.bytes is not supported yet: use body.string",
+            );
             return None;
         }
-        return Some(ParsedAction::Direct { status: status as u16, body: dr.body.as_ref().and_then(|b| b.string.clone()) });
+        return Some(ParsedAction::Direct {
+            status: status as u16,
+            body: dr.body.as_ref().and_then(|b| b.string.clone()),
+        });
     }
     let mut rewrite = Rewrite::default();
     if let Some(rw) = &r.rewrite {
         if rw.uri.is_some() && rw.uri_regex_rewrite.is_some() {
-            err(".rewrite", "rewrite may only contain one of uri or uriRegexRewrite");
+            err(
+                ".rewrite",
+                "rewrite may only contain one of uri or uriRegexRewrite",
+            );
             return None;
         }
         if rw.uri.is_none() && rw.authority.is_none() && rw.uri_regex_rewrite.is_none() {
-            err(".rewrite", "rewrite must specify uri, uriRegexRewrite, or authority");
+            err(
+                ".rewrite",
+                "rewrite must specify uri, uriRegexRewrite, or authority",
+            );
             return None;
         }
         rewrite.uri = rw.uri.clone();
@@ -193,9 +282,20 @@ pub fn action(l: &Loaded, base: &str, r: &istio::HttpRoute, diags: &mut Vec<Diag
         if let Some(rr) = &rw.uri_regex_rewrite {
             let pattern = rr.pattern.clone().unwrap_or_default();
             match Regex::new(&pattern) {
-                Ok(re) => rewrite.uri_regex = Some((re, crate::route::path::re2_replacement(rr.rewrite.as_deref().unwrap_or("")))),
+                Ok(re) => {
+                    rewrite.uri_regex = Some((
+                        re,
+                        crate::route::path::re2_replacement(rr.rewrite.as_deref().unwrap_or("")),
+                    ))
+                }
                 Err(e) => {
-                    err(".rewrite.uriRegexRewrite.match", &format!("invalid regex {pattern:?}: {}", e.to_string().lines().last().unwrap_or("")));
+                    err(
+                        ".rewrite.uriRegexRewrite.match",
+                        &format!(
+                            "invalid regex {pattern:?}: {}",
+                            e.to_string().lines().last().unwrap_or("")
+                        ),
+                    );
                     return None;
                 }
             }
@@ -205,25 +305,53 @@ pub fn action(l: &Loaded, base: &str, r: &istio::HttpRoute, diags: &mut Vec<Diag
 }
 
 /// Compiles `headers.request` / `headers.response` edits.
-pub fn header_ops(l: &Loaded, base: &str, ops: Option<&istio::HeaderOperations>, diags: &mut Vec<Diagnostic>) -> HeaderOps {
+pub fn header_ops(
+    l: &Loaded,
+    base: &str,
+    ops: Option<&istio::HeaderOperations>,
+    diags: &mut Vec<Diagnostic>,
+) -> HeaderOps {
     let mut out = HeaderOps::default();
     let Some(ops) = ops else { return out };
     let mut parse = |k: &str, v: &str, field: &str| -> Option<(HeaderName, HeaderValue)> {
         let path = format!("{base}.{field}.{k}");
         if k.starts_with(':') || k.eq_ignore_ascii_case("host") && field == "remove" {
-            diags.push(Diagnostic::error(l.at(&path), &path, format!("header {k:?} cannot be changed")));
+            diags.push(Diagnostic::error(
+                l.at(&path),
+                &path,
+                format!("header {k:?} cannot be changed"),
+            ));
             return None;
         }
-        match (HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()), HeaderValue::from_str(v)) {
+        match (
+            HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
             (Ok(n), Ok(v)) => Some((n, v)),
             _ => {
-                diags.push(Diagnostic::error(l.at(&path), &path, format!("invalid header {k:?}: {v:?}")));
+                diags.push(Diagnostic::error(
+                    l.at(&path),
+                    &path,
+                    format!("invalid header {k:?}: {v:?}"),
+                ));
                 None
             }
         }
     };
-    out.set = ops.set.iter().filter_map(|(k, v)| parse(k, v, "set")).collect();
-    out.add = ops.add.iter().filter_map(|(k, v)| parse(k, v, "add")).collect();
-    out.remove = ops.remove.iter().filter_map(|k| parse(k, "", "remove").map(|(n, _)| n)).collect();
+    out.set = ops
+        .set
+        .iter()
+        .filter_map(|(k, v)| parse(k, v, "set"))
+        .collect();
+    out.add = ops
+        .add
+        .iter()
+        .filter_map(|(k, v)| parse(k, v, "add"))
+        .collect();
+    out.remove = ops
+        .remove
+        .iter()
+        .filter_map(|k| parse(k, "", "remove").map(|(n, _)| n))
+        .collect();
     out
 }

@@ -137,14 +137,26 @@ pub fn build(loaded: &[Loaded], diags: &mut Vec<Diagnostic>) -> Model {
                 let split = match vs.and_then(|v| v.kernel.as_ref()) {
                     Some(route) => {
                         let l = &loaded[route.resource];
-                        let resolved = routes::resolve(route, l, port.number, &svc.host, &catalog, &subset_rules, diags);
+                        let resolved = routes::resolve(
+                            route,
+                            l,
+                            port.number,
+                            &svc.host,
+                            &catalog,
+                            &subset_rules,
+                            diags,
+                        );
                         match resolved {
                             Some(split) => split,
                             None => continue,
                         }
                     }
                     // No VirtualService (or no catch-all rule): even over every endpoint.
-                    None => vec![WeightedSubset { name: "(all)".into(), weight: 1, endpoints: svc.select(&Default::default(), port) }],
+                    None => vec![WeightedSubset {
+                        name: "(all)".into(),
+                        weight: 1,
+                        endpoints: svc.select(&Default::default(), port),
+                    }],
                 };
                 services.push(Service {
                     name: hosts::short_name(&svc.host).to_string(),
@@ -163,11 +175,19 @@ pub fn build(loaded: &[Loaded], diags: &mut Vec<Diagnostic>) -> Model {
     Model { services, routes }
 }
 
-fn parse_virtual_services(loaded: &[Loaded], catalog: &Catalog, subset_rules: &[subsets::SubsetRule], diags: &mut Vec<Diagnostic>) -> Vec<routes::ParsedVs> {
+fn parse_virtual_services(
+    loaded: &[Loaded],
+    catalog: &Catalog,
+    subset_rules: &[subsets::SubsetRule],
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<routes::ParsedVs> {
     let mut out = Vec::new();
     for (i, l) in loaded.iter().enumerate() {
-        let Resource::VirtualService(vs) = &l.resource else { continue };
-        if let Some(p) = routes::from_virtual_service(l, i, &vs.spec, catalog, subset_rules, diags) {
+        let Resource::VirtualService(vs) = &l.resource else {
+            continue;
+        };
+        if let Some(p) = routes::from_virtual_service(l, i, &vs.spec, catalog, subset_rules, diags)
+        {
             out.push(p);
         }
     }
@@ -267,19 +287,38 @@ fn build_subset_rules(
 
 /// Binds each VirtualService to the catalogue services its hosts name (host → index
 /// into `parsed`); two VirtualServices for one host are an error naming both.
-fn bind_virtual_services(loaded: &[Loaded], parsed: &[routes::ParsedVs], catalog: &Catalog, diags: &mut Vec<Diagnostic>) -> HashMap<String, usize> {
+fn bind_virtual_services(
+    loaded: &[Loaded],
+    parsed: &[routes::ParsedVs],
+    catalog: &Catalog,
+    diags: &mut Vec<Diagnostic>,
+) -> HashMap<String, usize> {
     let mut owner: HashMap<String, String> = HashMap::new();
     let mut bound = HashMap::new();
     for (vs_i, vs) in parsed.iter().enumerate() {
-        let l = loaded.iter().find(|l| l.kind == "VirtualService" && format!("{}/{}", l.namespace, l.name) == vs.source).expect("parsed from loaded");
+        let l = loaded
+            .iter()
+            .find(|l| {
+                l.kind == "VirtualService" && format!("{}/{}", l.namespace, l.name) == vs.source
+            })
+            .expect("parsed from loaded");
         for (h_i, h) in vs.hosts.iter().enumerate() {
             let matched: Vec<String> = match catalog.lookup(h) {
                 Some(svc) => vec![svc.host.clone()],
-                None if h.starts_with('*') => catalog.services.iter().filter(|s| hosts::wildcard_covers(h, &s.host)).map(|s| s.host.clone()).collect(),
+                None if h.starts_with('*') => catalog
+                    .services
+                    .iter()
+                    .filter(|s| hosts::wildcard_covers(h, &s.host))
+                    .map(|s| s.host.clone())
+                    .collect(),
                 // A host that names no service (api.wilsontest.com) is a Host-header alias.
                 None => Vec::new(),
             };
-            let claim = if matched.is_empty() { vec![h.clone()] } else { matched.clone() };
+            let claim = if matched.is_empty() {
+                vec![h.clone()]
+            } else {
+                matched.clone()
+            };
             for c in claim {
                 match owner.get(&c) {
                     Some(other) if *other != vs.source => {

@@ -121,7 +121,11 @@ fn destinations<'a>(
 }
 
 fn warn_unenforced(l: &Loaded, path: &str, diags: &mut Vec<Diagnostic>, what: &str) {
-    diags.push(Diagnostic::warning(l.at(path), path, format!("{what} is valid Istio but lb does not enforce it yet")));
+    diags.push(Diagnostic::warning(
+        l.at(path),
+        path,
+        format!("{what} is valid Istio but lb does not enforce it yet"),
+    ));
 }
 
 /// The annotation that forces the proxy path for a weight-only VirtualService (per
@@ -164,13 +168,21 @@ pub fn from_virtual_service(
 ) -> Option<ParsedVs> {
     let errors_before = diags.iter().filter(|d| d.is_error()).count();
     if spec.hosts.is_empty() {
-        diags.push(Diagnostic::error(l.at("spec.hosts"), "spec.hosts", "virtual service must have at least one host"));
+        diags.push(Diagnostic::error(
+            l.at("spec.hosts"),
+            "spec.hosts",
+            "virtual service must have at least one host",
+        ));
     }
     let mut hosts_out = Vec::new();
     for (i, h) in spec.hosts.iter().enumerate() {
         let p = format!("spec.hosts[{i}]");
         if h == "*" {
-            diags.push(Diagnostic::error(l.at(&p), &p, "wildcard host * is not allowed for virtual services bound to the mesh gateway"));
+            diags.push(Diagnostic::error(
+                l.at(&p),
+                &p,
+                "wildcard host * is not allowed for virtual services bound to the mesh gateway",
+            ));
         } else if h.is_empty() {
             diags.push(Diagnostic::error(l.at(&p), &p, "host must not be empty"));
         } else {
@@ -187,11 +199,17 @@ pub fn from_virtual_service(
         warn_unenforced(l, "spec.exportTo", diags, "exportTo");
     }
     let mut proxy_reason = match l.annotations().get(DATAPATH_ANNOTATION).map(String::as_str) {
-        Some("proxy") => Some(format!("annotation {DATAPATH_ANNOTATION}: proxy (per-request weights)")),
+        Some("proxy") => Some(format!(
+            "annotation {DATAPATH_ANNOTATION}: proxy (per-request weights)"
+        )),
         Some("kernel") | None => None,
         Some(other) => {
             let p = format!("metadata.annotations.{DATAPATH_ANNOTATION}");
-            diags.push(Diagnostic::error(l.at("metadata.annotations"), p, format!("unknown datapath {other:?}: expected proxy or kernel")));
+            diags.push(Diagnostic::error(
+                l.at("metadata.annotations"),
+                p,
+                format!("unknown datapath {other:?}: expected proxy or kernel"),
+            ));
             None
         }
     };
@@ -201,15 +219,32 @@ pub fn from_virtual_service(
     for (i, r) in spec.http.iter().enumerate() {
         let base = format!("spec.http[{i}]");
         if let Some(c) = catch_all_at {
-            diags.push(Diagnostic::warning(l.at(&base), &base, format!("unreachable: rule {c} before it matches every request")));
+            diags.push(Diagnostic::warning(
+                l.at(&base),
+                &base,
+                format!("unreachable: rule {c} before it matches every request"),
+            ));
         }
-        let dests = destinations(l, &format!("{base}.route"), r.route.iter().map(|d| (d.destination.as_ref(), d.weight)), diags);
+        let dests = destinations(
+            l,
+            &format!("{base}.route"),
+            r.route.iter().map(|d| (d.destination.as_ref(), d.weight)),
+            diags,
+        );
         let dests = dests.map(|d| check_destinations(l, d, catalog, subset_rules, diags));
         if r.route.is_empty() && r.redirect.is_none() && r.direct_response.is_none() {
             if r.delegate.is_some() {
-                diags.push(Diagnostic::error(l.at(&format!("{base}.delegate")), format!("{base}.delegate"), "delegate is not supported yet"));
+                diags.push(Diagnostic::error(
+                    l.at(&format!("{base}.delegate")),
+                    format!("{base}.delegate"),
+                    "delegate is not supported yet",
+                ));
             } else {
-                diags.push(Diagnostic::error(l.at(&base), &base, "HTTP route or redirect or directResponse is required"));
+                diags.push(Diagnostic::error(
+                    l.at(&base),
+                    &base,
+                    "HTTP route or redirect or directResponse is required",
+                ));
             }
         }
         let action = super::http::action(l, &base, r, diags);
@@ -219,11 +254,26 @@ pub fn from_virtual_service(
                 matches.push(b);
             }
         }
-        let request_headers = super::http::header_ops(l, &format!("{base}.headers.request"), r.headers.as_ref().and_then(|h| h.request.as_ref()), diags);
-        let response_headers = super::http::header_ops(l, &format!("{base}.headers.response"), r.headers.as_ref().and_then(|h| h.response.as_ref()), diags);
+        let request_headers = super::http::header_ops(
+            l,
+            &format!("{base}.headers.request"),
+            r.headers.as_ref().and_then(|h| h.request.as_ref()),
+            diags,
+        );
+        let response_headers = super::http::header_ops(
+            l,
+            &format!("{base}.headers.response"),
+            r.headers.as_ref().and_then(|h| h.response.as_ref()),
+            diags,
+        );
         for (j, d) in r.route.iter().enumerate() {
             if d.headers.is_some() {
-                warn_unenforced(l, &format!("{base}.route[{j}].headers"), diags, "per-destination headers");
+                warn_unenforced(
+                    l,
+                    &format!("{base}.route[{j}].headers"),
+                    diags,
+                    "per-destination headers",
+                );
             }
         }
         for (field, set) in [
@@ -258,17 +308,32 @@ pub fn from_virtual_service(
         let catch_all = r.matches.is_empty();
         if catch_all && catch_all_at.is_none() {
             catch_all_at = Some(i);
-            if let Some(d) = dests.as_ref().filter(|d| !d.is_empty() && r.redirect.is_none() && r.direct_response.is_none()) {
+            if let Some(d) = dests
+                .as_ref()
+                .filter(|d| !d.is_empty() && r.redirect.is_none() && r.direct_response.is_none())
+            {
                 kernel = Some(d.clone());
             }
         }
         if let (Some(dests), Some(action)) = (dests, action) {
-            rules.push(ParsedRule { name: r.name.clone(), matches, action, destinations: dests, request_headers, response_headers });
+            rules.push(ParsedRule {
+                name: r.name.clone(),
+                matches,
+                action,
+                destinations: dests,
+                request_headers,
+                response_headers,
+            });
         }
     }
     for (i, r) in spec.tcp.iter().enumerate() {
         let base = format!("spec.tcp[{i}]");
-        let Some(dests) = destinations(l, &format!("{base}.route"), r.route.iter().map(|d| (d.destination.as_ref(), d.weight)), diags) else {
+        let Some(dests) = destinations(
+            l,
+            &format!("{base}.route"),
+            r.route.iter().map(|d| (d.destination.as_ref(), d.weight)),
+            diags,
+        ) else {
             continue;
         };
         let dests = check_destinations(l, dests, catalog, subset_rules, diags);
@@ -278,33 +343,65 @@ pub fn from_virtual_service(
             kernel = Some(dests);
         }
     }
-    if kernel.is_none() && catch_all_at.is_none() && !(spec.http.is_empty() && spec.tcp.is_empty()) {
+    if kernel.is_none() && catch_all_at.is_none() && !(spec.http.is_empty() && spec.tcp.is_empty())
+    {
         diags.push(Diagnostic::warning(l.at("spec"), "spec", "no rule matches every request: without the proxy, the kernel balances this service evenly over all its endpoints"));
     }
     if diags.iter().filter(|d| d.is_error()).count() > errors_before {
         return None;
     }
     let source = format!("{}/{}", l.namespace, l.name);
-    let kernel = kernel.map(|destinations| KernelRoute { source: source.clone(), namespace: l.namespace.clone(), destinations, resource: index });
-    Some(ParsedVs { source, hosts: hosts_out, kernel, rules, proxy_reason })
+    let kernel = kernel.map(|destinations| KernelRoute {
+        source: source.clone(),
+        namespace: l.namespace.clone(),
+        destinations,
+        resource: index,
+    });
+    Some(ParsedVs {
+        source,
+        hosts: hosts_out,
+        kernel,
+        rules,
+        proxy_reason,
+    })
 }
 
 /// Reports destinations whose host is not in the catalogue or whose subset no
 /// DestinationRule defines; keeps the ones that resolve.
-fn check_destinations(l: &Loaded, dests: Vec<WeightedDestination>, catalog: &Catalog, subset_rules: &[SubsetRule], diags: &mut Vec<Diagnostic>) -> Vec<WeightedDestination> {
+fn check_destinations(
+    l: &Loaded,
+    dests: Vec<WeightedDestination>,
+    catalog: &Catalog,
+    subset_rules: &[SubsetRule],
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<WeightedDestination> {
     let mut out = Vec::new();
     for mut d in dests {
         let Some(svc) = catalog.lookup(&d.host) else {
             let p = format!("{}.destination.host", d.path);
-            diags.push(Diagnostic::error(l.at(&p), p, format!("Referenced host not found: {:?}", d.host)));
+            diags.push(Diagnostic::error(
+                l.at(&p),
+                p,
+                format!("Referenced host not found: {:?}", d.host),
+            ));
             continue;
         };
         d.host = svc.host.clone();
         if let Some(subset) = &d.subset {
-            let found = subset_rules.iter().find(|r| r.host == svc.host).and_then(|r| r.subsets.get(subset));
+            let found = subset_rules
+                .iter()
+                .find(|r| r.host == svc.host)
+                .and_then(|r| r.subsets.get(subset));
             if found.is_none() {
                 let p = format!("{}.destination.subset", d.path);
-                diags.push(Diagnostic::error(l.at(&p), p, format!("Referenced host+subset in destinationrule not found: \"{}+{subset}\"", d.host)));
+                diags.push(Diagnostic::error(
+                    l.at(&p),
+                    p,
+                    format!(
+                        "Referenced host+subset in destinationrule not found: \"{}+{subset}\"",
+                        d.host
+                    ),
+                ));
                 continue;
             }
         }
@@ -314,10 +411,37 @@ fn check_destinations(l: &Loaded, dests: Vec<WeightedDestination>, catalog: &Cat
 }
 
 /// Endpoints of a (validated) destination on every port of its service.
-pub fn endpoints_by_port(d: &WeightedDestination, catalog: &Catalog, subset_rules: &[SubsetRule]) -> std::collections::BTreeMap<u16, Vec<std::net::SocketAddr>> {
-    let Some(svc) = catalog.lookup(&d.host) else { return Default::default() };
-    let labels = d.subset.as_ref().and_then(|s| subset_rules.iter().find(|r| r.host == svc.host).and_then(|r| r.subsets.get(s))).cloned().unwrap_or_default();
-    svc.ports.iter().map(|p| (p.number, svc.select(&labels, p).into_iter().map(std::net::SocketAddr::V4).collect())).collect()
+pub fn endpoints_by_port(
+    d: &WeightedDestination,
+    catalog: &Catalog,
+    subset_rules: &[SubsetRule],
+) -> std::collections::BTreeMap<u16, Vec<std::net::SocketAddr>> {
+    let Some(svc) = catalog.lookup(&d.host) else {
+        return Default::default();
+    };
+    let labels = d
+        .subset
+        .as_ref()
+        .and_then(|s| {
+            subset_rules
+                .iter()
+                .find(|r| r.host == svc.host)
+                .and_then(|r| r.subsets.get(s))
+        })
+        .cloned()
+        .unwrap_or_default();
+    svc.ports
+        .iter()
+        .map(|p| {
+            (
+                p.number,
+                svc.select(&labels, p)
+                    .into_iter()
+                    .map(std::net::SocketAddr::V4)
+                    .collect(),
+            )
+        })
+        .collect()
 }
 
 /// Resolves a route's destinations for traffic dialled to `dialled_port`.

@@ -18,10 +18,17 @@ fn names_of(svc: &CatalogService) -> Vec<String> {
     names
 }
 
-pub fn build(parsed: Vec<ParsedVs>, bindings: &HashMap<String, usize>, services: &[Service], catalog: &Catalog, subset_rules: &[SubsetRule]) -> RouteTable {
+pub fn build(
+    parsed: Vec<ParsedVs>,
+    bindings: &HashMap<String, usize>,
+    services: &[Service],
+    catalog: &Catalog,
+    subset_rules: &[SubsetRule],
+) -> RouteTable {
     let mut t = RouteTable::default();
     for svc in services {
-        t.services.insert(svc.frontend, format!("{}/{}", svc.namespace, svc.name));
+        t.services
+            .insert(svc.frontend, format!("{}/{}", svc.namespace, svc.name));
         if let Some(i) = bindings.get(&svc.host) {
             t.by_service.insert(svc.frontend, *i);
         }
@@ -48,8 +55,19 @@ pub fn build(parsed: Vec<ParsedVs>, bindings: &HashMap<String, usize>, services:
                             .iter()
                             .map(|d| {
                                 let subset = d.subset.clone().unwrap_or_else(|| "(all)".into());
-                                let label = if vs.hosts.contains(&d.host) { subset } else { format!("{}/{subset}", hosts::short_name(&d.host)) };
-                                Destination { host: d.host.clone(), subset: d.subset.clone(), port: d.port, weight: d.weight, endpoints: endpoints_by_port(d, catalog, subset_rules), label }
+                                let label = if vs.hosts.contains(&d.host) {
+                                    subset
+                                } else {
+                                    format!("{}/{subset}", hosts::short_name(&d.host))
+                                };
+                                Destination {
+                                    host: d.host.clone(),
+                                    subset: d.subset.clone(),
+                                    port: d.port,
+                                    weight: d.weight,
+                                    endpoints: endpoints_by_port(d, catalog, subset_rules),
+                                    label,
+                                }
                             })
                             .collect(),
                         rewrite,
@@ -57,10 +75,20 @@ pub fn build(parsed: Vec<ParsedVs>, bindings: &HashMap<String, usize>, services:
                     ParsedAction::Redirect(rd) => Action::Redirect(rd),
                     ParsedAction::Direct { status, body } => Action::Direct { status, body },
                 };
-                Rule { name: r.name, matches: r.matches, action, request_headers: r.request_headers, response_headers: r.response_headers }
+                Rule {
+                    name: r.name,
+                    matches: r.matches,
+                    action,
+                    request_headers: r.request_headers,
+                    response_headers: r.response_headers,
+                }
             })
             .collect();
-        t.vhosts.push(VirtualHost { name: vs.source, rules, proxy_reason: vs.proxy_reason });
+        t.vhosts.push(VirtualHost {
+            name: vs.source,
+            rules,
+            proxy_reason: vs.proxy_reason,
+        });
     }
     t.wildcards.sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
     for vh in &t.vhosts {

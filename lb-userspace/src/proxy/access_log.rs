@@ -34,16 +34,29 @@ impl AccessLog {
     pub fn open(target: &Target) -> std::io::Result<Self> {
         let w: Box<dyn Write + Send> = match target {
             Target::Stdout => Box::new(std::io::stdout()),
-            Target::File(p) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
+            Target::File(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
         };
-        Ok(Self { out: Mutex::new(std::io::BufWriter::with_capacity(64 * 1024, w)) })
+        Ok(Self {
+            out: Mutex::new(std::io::BufWriter::with_capacity(64 * 1024, w)),
+        })
     }
 
     pub fn log(&self, e: &Entry<'_>) {
         let now = humantime::format_rfc3339_millis(SystemTime::now());
-        let upstream = e.upstream.map_or_else(|| "-".to_string(), |u| u.to_string());
+        let upstream = e
+            .upstream
+            .map_or_else(|| "-".to_string(), |u| u.to_string());
         if let Ok(mut out) = self.out.lock() {
-            let _ = writeln!(out, "[{now}] \"{} {} {:?}\" {} {} upstream={upstream} duration={}ms route={}", e.method, e.path, e.version, e.status, e.flags, e.duration_ms, e.route);
+            let _ = writeln!(
+                out,
+                "[{now}] \"{} {} {:?}\" {} {} upstream={upstream} duration={}ms route={}",
+                e.method, e.path, e.version, e.status, e.flags, e.duration_ms, e.route
+            );
         }
     }
 

@@ -15,14 +15,20 @@ use crate::route::{Action, RouteTable, matchers::describe};
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let shared = shared.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(&shared, req.uri().path())) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let svc = hyper::service::service_fn(
+                move |req: http::Request<hyper::body::Incoming>| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, std::convert::Infallible>(answer(&shared, req.uri().path())) }
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
@@ -30,7 +36,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match path {
         "/ready" => (StatusCode::OK, "text/plain", "ready\n".to_string()),
-        "/config_dump" => (StatusCode::OK, "application/json", serde_json::to_string_pretty(&dump(&shared.table.borrow())).unwrap_or_default()),
+        "/config_dump" => (
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string_pretty(&dump(&shared.table.borrow())).unwrap_or_default(),
+        ),
         "/metrics" => {
             let kernel = shared.kernel.as_ref().and_then(|k| k.lock().ok()).map(|k| {
                 vec![
@@ -39,9 +49,17 @@ fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
                     ("proxy_fallbacks", "Proxy-path connects that found no proxy and took the kernel split", k.counter(counters::PROXY_FALLBACKS)),
                 ]
             });
-            (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", shared.metrics.render(&kernel.unwrap_or_default()))
+            (
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                shared.metrics.render(&kernel.unwrap_or_default()),
+            )
         }
-        _ => (StatusCode::NOT_FOUND, "text/plain", "try /ready, /config_dump or /metrics\n".to_string()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "try /ready, /config_dump or /metrics\n".to_string(),
+        ),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;

@@ -42,7 +42,9 @@ pub fn upstream() -> Upstream {
     connector.set_nodelay(true);
     // Istio's default TCP connect timeout.
     connector.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
-    Client::builder(TokioExecutor::new()).pool_idle_timeout(std::time::Duration::from_secs(60)).build(connector)
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .build(connector)
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded, or a client's
@@ -59,14 +61,24 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Headers the Connection header names are hop-by-hop too.
-    let named: Vec<HeaderName> = h.get_all(header::CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()).collect();
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
     for n in named.iter().chain(HOP_BY_HOP.iter()) {
         h.remove(n);
     }
 }
 
 fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
+    let mut r = Response::new(
+        Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *r.status_mut() = status;
     r
 }
@@ -81,34 +93,96 @@ struct Outcome {
 }
 
 /// Handles one request; never fails (errors become 4xx/5xx answers).
-pub async fn handle(shared: Arc<Shared>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let (method, version) = (req.method().clone(), req.version());
-    let path_log = req.uri().path_and_query().map_or_else(|| "/".to_string(), |p| p.to_string());
+    let path_log = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.to_string());
     let (resp, outcome) = route_request(&shared, &conn, req).await;
-    let service = conn.dialled.and_then(|d| shared.table.borrow().services.get(&d).cloned()).unwrap_or_else(|| "-".into());
-    shared.metrics.requests.get_or_create(&RequestLabels { service, subset: outcome.subset.clone(), code: outcome.status }).inc();
+    let service = conn
+        .dialled
+        .and_then(|d| shared.table.borrow().services.get(&d).cloned())
+        .unwrap_or_else(|| "-".into());
+    shared
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            service,
+            subset: outcome.subset.clone(),
+            code: outcome.status,
+        })
+        .inc();
     if let Some(log) = &shared.log {
-        log.log(&Entry { method: method.as_str(), path: &path_log, version, status: outcome.status, flags: outcome.flags, upstream: outcome.upstream, duration_ms: start.elapsed().as_millis(), route: &outcome.route });
+        log.log(&Entry {
+            method: method.as_str(),
+            path: &path_log,
+            version,
+            status: outcome.status,
+            flags: outcome.flags,
+            upstream: outcome.upstream,
+            duration_ms: start.elapsed().as_millis(),
+            route: &outcome.route,
+        });
     }
     Ok(resp)
 }
 
-async fn route_request(shared: &Shared, conn: &ConnInfo, mut req: Request<Incoming>) -> (Response<Body>, Outcome) {
-    let mut outcome = Outcome { status: 0, flags: "-", upstream: None, route: "-".into(), subset: "-".into() };
+async fn route_request(
+    shared: &Shared,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+) -> (Response<Body>, Outcome) {
+    let mut outcome = Outcome {
+        status: 0,
+        flags: "-",
+        upstream: None,
+        route: "-".into(),
+        subset: "-".into(),
+    };
     let done = |resp: Response<Body>, mut o: Outcome| {
         o.status = resp.status().as_u16();
         (resp, o)
     };
     // Request smuggling guard: hyper prefers Transfer-Encoding, lb refuses the request.
-    if conn.smuggling.load(std::sync::atomic::Ordering::Relaxed) || (req.headers().contains_key(header::TRANSFER_ENCODING) && req.headers().contains_key(header::CONTENT_LENGTH)) {
-        return done(local(StatusCode::BAD_REQUEST, "conflicting Content-Length and Transfer-Encoding\n"), outcome);
+    if conn.smuggling.load(std::sync::atomic::Ordering::Relaxed)
+        || (req.headers().contains_key(header::TRANSFER_ENCODING)
+            && req.headers().contains_key(header::CONTENT_LENGTH))
+    {
+        return done(
+            local(
+                StatusCode::BAD_REQUEST,
+                "conflicting Content-Length and Transfer-Encoding\n",
+            ),
+            outcome,
+        );
     }
     let table = shared.table.borrow().clone();
-    let authority = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string).or_else(|| req.uri().authority().map(|a| a.to_string())).unwrap_or_default();
-    let path_and_query = req.uri().path_and_query().map_or_else(|| "/".to_string(), |p| p.to_string());
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.to_string());
     let scheme = req.uri().scheme_str().unwrap_or("http").to_string();
-    let r = route::Request { method: req.method().as_str(), scheme: &scheme, path_and_query: &path_and_query, authority: &authority, headers: req.headers(), dialled: conn.dialled };
+    let r = route::Request {
+        method: req.method().as_str(),
+        scheme: &scheme,
+        path_and_query: &path_and_query,
+        authority: &authority,
+        headers: req.headers(),
+        dialled: conn.dialled,
+    };
     let sel = table.select(&r);
     if sel.by_dialled_service
         && let (Some(d), Some(k)) = (conn.dialled, &shared.kernel)
@@ -124,7 +198,10 @@ async fn route_request(shared: &Shared, conn: &ConnInfo, mut req: Request<Incomi
     let destinations = match &rule.action {
         Action::Redirect(rd) => {
             let location = route::redirect_location(rd, &sel, &r);
-            let mut resp = local(StatusCode::from_u16(rd.code).unwrap_or(StatusCode::MOVED_PERMANENTLY), Bytes::new());
+            let mut resp = local(
+                StatusCode::from_u16(rd.code).unwrap_or(StatusCode::MOVED_PERMANENTLY),
+                Bytes::new(),
+            );
             if let Ok(v) = HeaderValue::from_str(&location) {
                 resp.headers_mut().insert(header::LOCATION, v);
             }
@@ -132,7 +209,10 @@ async fn route_request(shared: &Shared, conn: &ConnInfo, mut req: Request<Incomi
             return done(resp, outcome);
         }
         Action::Direct { status, body } => {
-            let mut resp = local(StatusCode::from_u16(*status).unwrap_or(StatusCode::OK), body.clone().unwrap_or_default());
+            let mut resp = local(
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::OK),
+                body.clone().unwrap_or_default(),
+            );
             rule.response_headers.apply(resp.headers_mut());
             outcome.flags = "DR";
             return done(resp, outcome);
@@ -144,10 +224,17 @@ async fn route_request(shared: &Shared, conn: &ConnInfo, mut req: Request<Incomi
         return done(local(StatusCode::NOT_FOUND, "no route\n"), outcome);
     };
     outcome.subset = dest.label.clone();
-    let endpoints = dest.port_for(conn.dialled.map(|d| d.port())).and_then(|p| dest.endpoints.get(&p)).map(Vec::as_slice).unwrap_or(&[]);
+    let endpoints = dest
+        .port_for(conn.dialled.map(|d| d.port()))
+        .and_then(|p| dest.endpoints.get(&p))
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
     if endpoints.is_empty() {
         outcome.flags = "UH";
-        return done(local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n"), outcome);
+        return done(
+            local(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n"),
+            outcome,
+        );
     }
     let endpoint = endpoints[fastrand::usize(..endpoints.len())];
     // Defence in depth: only ever forward to an endpoint of a configured service.
@@ -158,7 +245,11 @@ async fn route_request(shared: &Shared, conn: &ConnInfo, mut req: Request<Incomi
     outcome.upstream = Some(endpoint);
     let (new_path, new_authority) = sel.rewritten(&r);
 
-    let upgrade = req.headers().get(header::UPGRADE).cloned().filter(|_| req.version() == Version::HTTP_11);
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .cloned()
+        .filter(|_| req.version() == Version::HTTP_11);
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
@@ -187,7 +278,10 @@ async fn route_request(shared: &Shared, conn: &ConnInfo, mut req: Request<Incomi
         Err(e) => {
             tracing::debug!("upstream {endpoint}: {e}");
             outcome.flags = "UF";
-            return done(local(StatusCode::BAD_GATEWAY, "upstream connect error\n"), outcome);
+            return done(
+                local(StatusCode::BAD_GATEWAY, "upstream connect error\n"),
+                outcome,
+            );
         }
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -201,7 +295,10 @@ async fn route_request(shared: &Shared, conn: &ConnInfo, mut req: Request<Incomi
             }
         });
         let (parts, _) = resp.into_parts();
-        return done(Response::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed()), outcome);
+        return done(
+            Response::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed()),
+            outcome,
+        );
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);

@@ -26,7 +26,11 @@ pub struct Guarded<T> {
 
 impl<T> Guarded<T> {
     pub fn new(inner: T) -> Self {
-        Self { inner, scratch: Vec::new(), poisoned: Arc::new(AtomicBool::new(false)) }
+        Self {
+            inner,
+            scratch: Vec::new(),
+            poisoned: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     pub fn get_ref(&self) -> &T {
@@ -37,7 +41,9 @@ impl<T> Guarded<T> {
         let keep = self.scratch.len().min(CARRY);
         self.scratch.drain(..self.scratch.len() - keep);
         self.scratch.extend(new.iter().map(u8::to_ascii_lowercase));
-        if memchr::memmem::find(&self.scratch, b"transfer-encoding").is_some() && has_conflicting_head(&self.scratch) {
+        if memchr::memmem::find(&self.scratch, b"transfer-encoding").is_some()
+            && has_conflicting_head(&self.scratch)
+        {
             self.poisoned.store(true, Ordering::Relaxed);
         }
     }
@@ -60,7 +66,11 @@ pub fn has_conflicting_head(bytes: &[u8]) -> bool {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
@@ -74,7 +84,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -86,7 +100,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -101,7 +119,9 @@ mod tests {
 
     #[test]
     fn finds_both_headers_in_one_head_only() {
-        assert!(has_conflicting_head(b"post / http/1.1\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"));
+        assert!(has_conflicting_head(
+            b"post / http/1.1\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"
+        ));
         assert!(!has_conflicting_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nPOST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n"));
         assert!(!has_conflicting_head(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"));
     }

@@ -22,11 +22,23 @@ pub struct KernelMaps {
     seen: StdHashMap<SockAddr4, HashSet<String>>,
 }
 
-fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(pins: &Pins, name: &'static str) -> Result<T, ApplyError> {
+fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(
+    pins: &Pins,
+    name: &'static str,
+) -> Result<T, ApplyError> {
     let path = pins.map(name);
-    let data = MapData::from_pin(&path).map_err(|e| ApplyError::OpenMap { path: path.clone(), source: Box::new(e) })?;
-    let map = Map::from_map_data(data).map_err(|e| ApplyError::OpenMap { path: path.clone(), source: Box::new(e) })?;
-    T::try_from(map).map_err(|e| ApplyError::OpenMap { path, source: Box::new(e) })
+    let data = MapData::from_pin(&path).map_err(|e| ApplyError::OpenMap {
+        path: path.clone(),
+        source: Box::new(e),
+    })?;
+    let map = Map::from_map_data(data).map_err(|e| ApplyError::OpenMap {
+        path: path.clone(),
+        source: Box::new(e),
+    })?;
+    T::try_from(map).map_err(|e| ApplyError::OpenMap {
+        path,
+        source: Box::new(e),
+    })
 }
 
 fn v4(a: SocketAddr) -> Option<SockAddr4> {
@@ -60,16 +72,26 @@ impl KernelMaps {
     /// Puts the proxy's accepted socket in the socket map so `sk_msg` can shortcut the
     /// client's bytes into it (and the proxy's answers back).
     pub fn add_accepted(&mut self, stream: &tokio::net::TcpStream) {
-        let (Ok(local), Ok(peer)) = (stream.local_addr(), stream.peer_addr()) else { return };
-        let (Some(local), Some(remote)) = (v4(local), v4(peer)) else { return };
-        if let Err(e) = self.sockets.insert(&SockKey { local, remote }, stream.as_raw_fd(), 0) {
+        let (Ok(local), Ok(peer)) = (stream.local_addr(), stream.peer_addr()) else {
+            return;
+        };
+        let (Some(local), Some(remote)) = (v4(local), v4(peer)) else {
+            return;
+        };
+        if let Err(e) = self
+            .sockets
+            .insert(&SockKey { local, remote }, stream.as_raw_fd(), 0)
+        {
             tracing::debug!("socket map insert: {e}");
         }
     }
 
     /// A per-CPU counter summed.
     pub fn counter(&self, index: u32) -> u64 {
-        self.counters.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
+        self.counters
+            .get(&index, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
     }
 
     pub fn sk_msg_redirected(&self) -> u64 {
@@ -86,7 +108,10 @@ impl KernelMaps {
         } else {
             "(other)"
         };
-        let key = HostKey { service: svc, host: crate::apply::maps::fixed(host) };
+        let key = HostKey {
+            service: svc,
+            host: crate::apply::maps::fixed(host),
+        };
         *self.pending.entry(key).or_default() += 1;
     }
 

@@ -21,7 +21,11 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("lb");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("requests", "Requests handled by the proxy, by service, subset and response code", requests.clone());
+        registry.register(
+            "requests",
+            "Requests handled by the proxy, by service, subset and response code",
+            requests.clone(),
+        );
         Self { registry, requests }
     }
 }
@@ -34,7 +38,9 @@ impl Metrics {
         let body = out.strip_suffix("# EOF\n").unwrap_or(&out).to_string();
         let mut body = body;
         for (name, help, v) in kernel {
-            body.push_str(&format!("# HELP lb_{name} {help}\n# TYPE lb_{name} counter\nlb_{name}_total {v}\n"));
+            body.push_str(&format!(
+                "# HELP lb_{name} {help}\n# TYPE lb_{name} counter\nlb_{name}_total {v}\n"
+            ));
         }
         body.push_str("# EOF\n");
         body

@@ -29,7 +29,10 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("opening the access log: {0}")]
     AccessLog(std::io::Error),
 }
@@ -62,8 +65,18 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn bind(opts: &ProxyOptions) -> Result<Self, ProxyError> {
-        let listener = TcpListener::bind(opts.listen).await.map_err(|source| ProxyError::Bind { addr: opts.listen, source })?;
-        let admin = TcpListener::bind(opts.admin).await.map_err(|source| ProxyError::Bind { addr: opts.admin, source })?;
+        let listener = TcpListener::bind(opts.listen)
+            .await
+            .map_err(|source| ProxyError::Bind {
+                addr: opts.listen,
+                source,
+            })?;
+        let admin = TcpListener::bind(opts.admin)
+            .await
+            .map_err(|source| ProxyError::Bind {
+                addr: opts.admin,
+                source,
+            })?;
         Ok(Self { listener, admin })
     }
 
@@ -77,10 +90,21 @@ impl Proxy {
 
     /// Serves until `shutdown` resolves, then stops accepting and drains in-flight
     /// requests for at most `drain`.
-    pub async fn serve(self, shared: Arc<Shared>, drain: Duration, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn serve(
+        self,
+        shared: Arc<Shared>,
+        drain: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().max_buf_size(MAX_HEADER_BYTES).timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
-        builder.http2().max_header_list_size(MAX_HEADER_BYTES as u32);
+        builder
+            .http1()
+            .max_buf_size(MAX_HEADER_BYTES)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(30));
+        builder
+            .http2()
+            .max_header_list_size(MAX_HEADER_BYTES as u32);
         let graceful = GracefulShutdown::new();
         let admin_task = tokio::spawn(admin::serve(self.admin, shared.clone()));
         let flusher = tokio::spawn(flush_loop(shared.clone()));
@@ -112,7 +136,10 @@ impl Proxy {
         }
         drop(self.listener);
         tracing::info!("proxy draining (at most {drain:?})");
-        if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("drain bound reached; closing remaining connections");
         }
         admin_task.abort();

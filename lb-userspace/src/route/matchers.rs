@@ -21,7 +21,11 @@ impl StrMatch {
         match self {
             StrMatch::Exact(e) if ignore_case => value.eq_ignore_ascii_case(e),
             StrMatch::Exact(e) => value == e,
-            StrMatch::Prefix(p) if ignore_case => value.len() >= p.len() && value.is_char_boundary(p.len()) && value[..p.len()].eq_ignore_ascii_case(p),
+            StrMatch::Prefix(p) if ignore_case => {
+                value.len() >= p.len()
+                    && value.is_char_boundary(p.len())
+                    && value[..p.len()].eq_ignore_ascii_case(p)
+            }
             StrMatch::Prefix(p) => value.starts_with(p.as_str()),
             StrMatch::Regex(r) => r.is_match(value),
             StrMatch::Present => true,
@@ -68,7 +72,11 @@ impl MatchBlock {
         {
             return Err(format!("uri {} does not match {}", r.path, describe(u)));
         }
-        for (what, m, v) in [("scheme", &self.scheme, r.scheme), ("method", &self.method, r.method), ("authority", &self.authority, r.authority)] {
+        for (what, m, v) in [
+            ("scheme", &self.scheme, r.scheme),
+            ("method", &self.method, r.method),
+            ("authority", &self.authority, r.authority),
+        ] {
             if let Some(m) = m
                 && !m.matches(v, false)
             {
@@ -78,7 +86,12 @@ impl MatchBlock {
         for (name, m) in &self.headers {
             match r.headers.get(name).map(|v| v.to_str().unwrap_or("")) {
                 Some(v) if m.matches(v, false) => {}
-                Some(v) => return Err(format!("header {name}: {v:?} does not match {}", describe(m))),
+                Some(v) => {
+                    return Err(format!(
+                        "header {name}: {v:?} does not match {}",
+                        describe(m)
+                    ));
+                }
                 None => return Err(format!("header {name} is absent")),
             }
         }
@@ -96,7 +109,9 @@ impl MatchBlock {
         for (name, m) in &self.query_params {
             match query_param(r.query, name) {
                 Some(v) if m.matches(&v, false) => {}
-                Some(v) => return Err(format!("query {name}={v:?} does not match {}", describe(m))),
+                Some(v) => {
+                    return Err(format!("query {name}={v:?} does not match {}", describe(m)));
+                }
                 None => return Err(format!("query parameter {name} is absent")),
             }
         }
@@ -130,7 +145,10 @@ pub fn describe(m: &StrMatch) -> String {
     match m {
         StrMatch::Exact(e) => format!("exact {e:?}"),
         StrMatch::Prefix(p) => format!("prefix {p:?}"),
-        StrMatch::Regex(r) => format!("regex {:?}", r.as_str().trim_start_matches("^(?:").trim_end_matches(")$")),
+        StrMatch::Regex(r) => format!(
+            "regex {:?}",
+            r.as_str().trim_start_matches("^(?:").trim_end_matches(")$")
+        ),
         StrMatch::Present => "present".into(),
     }
 }
@@ -140,7 +158,15 @@ mod tests {
     use super::*;
 
     fn view<'a>(headers: &'a HeaderMap, path: &'a str, query: &'a str) -> RequestView<'a> {
-        RequestView { method: "GET", scheme: "http", authority: "api.example.com:8080", path, query, headers, port: Some(80) }
+        RequestView {
+            method: "GET",
+            scheme: "http",
+            authority: "api.example.com:8080",
+            path,
+            query,
+            headers,
+            port: Some(80),
+        }
     }
 
     fn re(p: &str) -> StrMatch {
@@ -150,33 +176,71 @@ mod tests {
     #[test]
     fn uri_matchers() {
         let h = HeaderMap::new();
-        let prefix = MatchBlock { uri: Some(StrMatch::Prefix("/v2".into())), ..Default::default() };
-        assert!(prefix.check(&view(&h, "/v2example", "")).is_ok(), "plain string prefix");
-        let exact = MatchBlock { uri: Some(StrMatch::Exact("/a".into())), ..Default::default() };
+        let prefix = MatchBlock {
+            uri: Some(StrMatch::Prefix("/v2".into())),
+            ..Default::default()
+        };
+        assert!(
+            prefix.check(&view(&h, "/v2example", "")).is_ok(),
+            "plain string prefix"
+        );
+        let exact = MatchBlock {
+            uri: Some(StrMatch::Exact("/a".into())),
+            ..Default::default()
+        };
         assert!(exact.check(&view(&h, "/a", "q=1")).is_ok(), "query ignored");
         assert!(exact.check(&view(&h, "/A", "")).is_err());
-        let ci = MatchBlock { ignore_uri_case: true, ..exact.clone() };
+        let ci = MatchBlock {
+            ignore_uri_case: true,
+            ..exact.clone()
+        };
         assert!(ci.check(&view(&h, "/A", "")).is_ok());
-        let regex = MatchBlock { uri: Some(re("/u/[0-9]+")), ..Default::default() };
+        let regex = MatchBlock {
+            uri: Some(re("/u/[0-9]+")),
+            ..Default::default()
+        };
         assert!(regex.check(&view(&h, "/u/12", "")).is_ok());
-        assert!(regex.check(&view(&h, "/u/12/x", "")).is_err(), "full match only");
+        assert!(
+            regex.check(&view(&h, "/u/12/x", "")).is_err(),
+            "full match only"
+        );
     }
 
     #[test]
     fn header_matchers_and_without_headers() {
         let mut h = HeaderMap::new();
         h.insert("hellotest", "true".parse().expect("value"));
-        let m = MatchBlock { headers: vec![("hellotest".into(), StrMatch::Exact("true".into()))], ..Default::default() };
+        let m = MatchBlock {
+            headers: vec![("hellotest".into(), StrMatch::Exact("true".into()))],
+            ..Default::default()
+        };
         assert!(m.check(&view(&h, "/", "")).is_ok());
-        let present = MatchBlock { headers: vec![("hellotest".into(), StrMatch::Present)], ..Default::default() };
+        let present = MatchBlock {
+            headers: vec![("hellotest".into(), StrMatch::Present)],
+            ..Default::default()
+        };
         assert!(present.check(&view(&h, "/", "")).is_ok());
         assert!(present.check(&view(&HeaderMap::new(), "/", "")).is_err());
         // withoutHeaders x: {exact: ""} applies when x is absent (missing counts as empty).
-        let without_empty = MatchBlock { without_headers: vec![("x".into(), StrMatch::Exact(String::new()))], ..Default::default() };
-        assert!(without_empty.check(&view(&HeaderMap::new(), "/", "")).is_err());
-        let without_present = MatchBlock { without_headers: vec![("hellotest".into(), StrMatch::Present)], ..Default::default() };
+        let without_empty = MatchBlock {
+            without_headers: vec![("x".into(), StrMatch::Exact(String::new()))],
+            ..Default::default()
+        };
+        assert!(
+            without_empty
+                .check(&view(&HeaderMap::new(), "/", ""))
+                .is_err()
+        );
+        let without_present = MatchBlock {
+            without_headers: vec![("hellotest".into(), StrMatch::Present)],
+            ..Default::default()
+        };
         assert!(without_present.check(&view(&h, "/", "")).is_err());
-        assert!(without_present.check(&view(&HeaderMap::new(), "/", "")).is_ok());
+        assert!(
+            without_present
+                .check(&view(&HeaderMap::new(), "/", ""))
+                .is_ok()
+        );
     }
 
     #[test]
@@ -191,8 +255,14 @@ mod tests {
             ..Default::default()
         };
         assert!(m.check(&view(&h, "/", "v=1&v=2")).is_ok());
-        assert!(m.check(&view(&h, "/", "v=2&v=1")).is_err(), "first value counts");
-        let wrong_port = MatchBlock { port: Some(81), ..Default::default() };
+        assert!(
+            m.check(&view(&h, "/", "v=2&v=1")).is_err(),
+            "first value counts"
+        );
+        let wrong_port = MatchBlock {
+            port: Some(81),
+            ..Default::default()
+        };
         assert!(wrong_port.check(&view(&h, "/", "")).is_err());
     }
 }

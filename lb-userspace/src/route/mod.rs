@@ -74,9 +74,15 @@ impl HeaderOps {
 
 #[derive(Debug)]
 pub enum Action {
-    Route { destinations: Vec<Destination>, rewrite: Rewrite },
+    Route {
+        destinations: Vec<Destination>,
+        rewrite: Rewrite,
+    },
     Redirect(Redirect),
-    Direct { status: u16, body: Option<String> },
+    Direct {
+        status: u16,
+        body: Option<String>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -115,7 +121,9 @@ impl Destination {
     pub fn port_for(&self, dialled: Option<u16>) -> Option<u16> {
         self.port
             .or_else(|| dialled.filter(|p| self.endpoints.contains_key(p)))
-            .or_else(|| (self.endpoints.len() == 1).then(|| *self.endpoints.keys().next().expect("one")))
+            .or_else(|| {
+                (self.endpoints.len() == 1).then(|| *self.endpoints.keys().next().expect("one"))
+            })
     }
 }
 
@@ -149,9 +157,17 @@ pub struct Selection<'t> {
 /// Host header to the name it is looked up by: lower case, no port, no trailing dot.
 pub fn host_key(authority: &str) -> String {
     let h = if authority.starts_with('[') {
-        authority.split(']').next().map(|s| format!("{s}]")).unwrap_or_default()
+        authority
+            .split(']')
+            .next()
+            .map(|s| format!("{s}]"))
+            .unwrap_or_default()
     } else {
-        authority.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map_or(authority, |(h, _)| h).to_string()
+        authority
+            .rsplit_once(':')
+            .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+            .map_or(authority, |(h, _)| h)
+            .to_string()
     };
     h.trim_end_matches('.').to_ascii_lowercase()
 }
@@ -160,7 +176,12 @@ impl RouteTable {
     /// The vhost the Host header names (exact, then the longest wildcard).
     pub fn vhost_by_host(&self, authority: &str) -> Option<usize> {
         let key = host_key(authority);
-        self.hosts.get(&key).copied().or_else(|| self.wildcards.iter().find(|(w, _)| crate::model::hosts::wildcard_covers(w, &key)).map(|(_, i)| *i))
+        self.hosts.get(&key).copied().or_else(|| {
+            self.wildcards
+                .iter()
+                .find(|(w, _)| crate::model::hosts::wildcard_covers(w, &key))
+                .map(|(_, i)| *i)
+        })
     }
 
     /// Finds the VirtualService and rule for a request.
@@ -169,9 +190,21 @@ impl RouteTable {
         let path = path::normalize(raw_path);
         let (vhost, by_dialled) = match self.vhost_by_host(req.authority) {
             Some(i) => (Some(&self.vhosts[i]), false),
-            None => (req.dialled.and_then(|d| self.by_service.get(&d)).map(|i| &self.vhosts[*i]), true),
+            None => (
+                req.dialled
+                    .and_then(|d| self.by_service.get(&d))
+                    .map(|i| &self.vhosts[*i]),
+                true,
+            ),
         };
-        let mut sel = Selection { vhost, by_dialled_service: by_dialled && vhost.is_some(), rule: None, path, query: query.to_string(), skipped: Vec::new() };
+        let mut sel = Selection {
+            vhost,
+            by_dialled_service: by_dialled && vhost.is_some(),
+            rule: None,
+            path,
+            query: query.to_string(),
+            skipped: Vec::new(),
+        };
         let Some(vh) = vhost else { return sel };
         let view = RequestView {
             method: req.method,
@@ -198,7 +231,14 @@ impl RouteTable {
                     Err(why) => reasons.push(why),
                 }
             }
-            sel.skipped.push(format!("rule {i}{}: {}", rule.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default(), reasons.join("; ")));
+            sel.skipped.push(format!(
+                "rule {i}{}: {}",
+                rule.name
+                    .as_deref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default(),
+                reasons.join("; ")
+            ));
         }
         sel
     }
@@ -214,7 +254,9 @@ impl Selection<'_> {
             && let Action::Route { rewrite, .. } = &rule.action
         {
             if let Some(uri) = &rewrite.uri {
-                let matched = self.matched_block(rule).map_or(1.min(path.len()), |m| m.matched_len(&path));
+                let matched = self
+                    .matched_block(rule)
+                    .map_or(1.min(path.len()), |m| m.matched_len(&path));
                 path = path::rewrite_prefix(&path, matched, uri);
             } else if let Some((re, with)) = &rewrite.uri_regex {
                 path = re.replace_all(&path, with.as_str()).into_owned();
@@ -229,7 +271,11 @@ impl Selection<'_> {
     fn matched_block<'r>(&self, rule: &'r Rule) -> Option<&'r MatchBlock> {
         // Re-run the blocks against the normalised path: the first that matches is the
         // one whose prefix the rewrite replaces (only uri conditions matter here).
-        rule.matches.iter().find(|m| m.uri.as_ref().is_none_or(|u| u.matches(&self.path, m.ignore_uri_case)))
+        rule.matches.iter().find(|m| {
+            m.uri
+                .as_ref()
+                .is_none_or(|u| u.matches(&self.path, m.ignore_uri_case))
+        })
     }
 }
 
@@ -256,10 +302,16 @@ mod tests;
 /// The `Location` of a redirect: Istio's `redirect` applied to the request (query kept).
 pub fn redirect_location(rd: &Redirect, sel: &Selection<'_>, req: &Request<'_>) -> String {
     let scheme = rd.scheme.as_deref().unwrap_or(req.scheme);
-    let host = rd.authority.clone().unwrap_or_else(|| host_key(req.authority));
+    let host = rd
+        .authority
+        .clone()
+        .unwrap_or_else(|| host_key(req.authority));
     let port = match (rd.port, rd.derive_from_request) {
         (Some(p), _) => Some(p),
-        (None, true) => req.authority.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()),
+        (None, true) => req
+            .authority
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok()),
         (None, false) => None,
     };
     let path = rd.uri.clone().unwrap_or_else(|| sel.path.clone());

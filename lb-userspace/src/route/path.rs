@@ -36,7 +36,11 @@ pub fn normalize(path: &str) -> String {
         }
     }
     let joined = out.join("/");
-    if joined.starts_with('/') { joined } else { format!("/{joined}") }
+    if joined.starts_with('/') {
+        joined
+    } else {
+        format!("/{joined}")
+    }
 }
 
 /// `rewrite.uri` as Envoy applies it: the matched part is replaced, the rest kept.
@@ -80,7 +84,10 @@ mod tests {
 
     #[test]
     fn prefix_rewrite_keeps_the_rest() {
-        assert_eq!(rewrite_prefix("/test/v2/abc", "/test/v2".len(), "/test"), "/test/abc");
+        assert_eq!(
+            rewrite_prefix("/test/v2/abc", "/test/v2".len(), "/test"),
+            "/test/abc"
+        );
         assert_eq!(rewrite_prefix("/p/x", 2, "/"), "//x");
         assert_eq!(rewrite_prefix("/exact", 6, "/other"), "/other");
     }

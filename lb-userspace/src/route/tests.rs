@@ -19,14 +19,23 @@ pub fn cases() -> Vec<(Value, Query)> {
             let v: Value = serde_json::from_str(l).expect("case json");
             let mut headers = HeaderMap::new();
             for (k, val) in v["headers"].as_object().expect("headers") {
-                headers.insert(http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).expect("name"), val.as_str().expect("str").parse().expect("value"));
+                headers.insert(
+                    http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).expect("name"),
+                    val.as_str().expect("str").parse().expect("value"),
+                );
             }
             let to = match v["to"].as_str() {
                 Some("backend") => Some("127.10.5.1:10500".parse().expect("addr")),
                 Some("web") => Some("127.10.5.2:10500".parse().expect("addr")),
                 _ => None,
             };
-            let q = Query { host: v["host"].as_str().expect("host").into(), path: v["path"].as_str().expect("path").into(), method: v["method"].as_str().expect("method").into(), headers, to };
+            let q = Query {
+                host: v["host"].as_str().expect("host").into(),
+                path: v["path"].as_str().expect("path").into(),
+                method: v["method"].as_str().expect("method").into(),
+                headers,
+                to,
+            };
             (v, q)
         })
         .collect()
@@ -42,13 +51,52 @@ fn explain_agrees_with_the_shared_table() {
     for (v, q) in &cases {
         let e = explain(&validated.model, q);
         let x = &v["expect"];
-        let subsets: Vec<String> = e.destinations.iter().filter(|d| d.weight > 0).map(|d| d.subset.clone().unwrap_or_else(|| "(all)".into())).collect();
-        let want_subsets: Vec<String> = x["subsets"].as_array().expect("subsets").iter().map(|s| s.as_str().expect("str").to_string()).collect();
-        let got = (e.virtual_service.as_deref(), e.rule.map(|r| r as u64), e.action, e.request.path.as_str(), e.request.host.as_str(), e.response.as_ref().map(|r| u64::from(r.status)), &subsets);
-        let want = (x["virtual_service"].as_str(), x["rule"].as_u64(), x["action"].as_str().expect("action"), x["path"].as_str().expect("path"), x["host"].as_str().expect("host"), x["status"].as_u64(), &want_subsets);
+        let subsets: Vec<String> = e
+            .destinations
+            .iter()
+            .filter(|d| d.weight > 0)
+            .map(|d| d.subset.clone().unwrap_or_else(|| "(all)".into()))
+            .collect();
+        let want_subsets: Vec<String> = x["subsets"]
+            .as_array()
+            .expect("subsets")
+            .iter()
+            .map(|s| s.as_str().expect("str").to_string())
+            .collect();
+        let got = (
+            e.virtual_service.as_deref(),
+            e.rule.map(|r| r as u64),
+            e.action,
+            e.request.path.as_str(),
+            e.request.host.as_str(),
+            e.response.as_ref().map(|r| u64::from(r.status)),
+            &subsets,
+        );
+        let want = (
+            x["virtual_service"].as_str(),
+            x["rule"].as_u64(),
+            x["action"].as_str().expect("action"),
+            x["path"].as_str().expect("path"),
+            x["host"].as_str().expect("host"),
+            x["status"].as_u64(),
+            &want_subsets,
+        );
         if got != want {
-            failures.push(format!("{} {} host={:?} headers={}\n  want {want:?}\n  got  {got:?}\n{}", q.method, q.path, q.host, v["headers"], e.render()));
+            failures.push(format!(
+                "{} {} host={:?} headers={}\n  want {want:?}\n  got  {got:?}\n{}",
+                q.method,
+                q.path,
+                q.host,
+                v["headers"],
+                e.render()
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
