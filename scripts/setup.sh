@@ -7,7 +7,8 @@ set -euo pipefail
 TOOLCHAIN=1.98.0
 BPF_LINKER_VERSION=0.13.0
 APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev bpftool
-              iproute2 curl ca-certificates build-essential pkg-config)
+              iproute2 curl ca-certificates build-essential pkg-config util-linux
+              wrk haproxy nginx-light)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 SUDO=""
@@ -20,6 +21,14 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   log "apt: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # HAProxy and nginx are only benchmark peers: never let their packages start a
+  # service (a policy-rc.d that says no, removed again if we added it).
+  added_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod +x /usr/sbin/policy-rc.d
+    added_policy=1
+  fi
   if ! apt-cache policy llvm-22-dev 2>/dev/null | grep -q 'Candidate: [0-9]'; then
     $SUDO apt-get update -qq
   fi
@@ -27,6 +36,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
   }
+  if [ -n "$added_policy" ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 if ! command -v rustup >/dev/null 2>&1; then

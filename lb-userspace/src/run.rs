@@ -22,7 +22,7 @@ use crate::watch::{ConfigWatch, WatchError};
 /// between reading a service entry and its slot.
 const GRACE: Duration = Duration::from_secs(2);
 /// Quiet time after the last file event before reloading.
-const DEBOUNCE: Duration = Duration::from_millis(100);
+const DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// The daemon could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +82,7 @@ pub fn reload(
     dir: &Path,
     routes: Option<&watch::Sender<Arc<RouteTable>>>,
 ) -> Option<Garbage> {
+    let started = std::time::Instant::now();
     let result = model::load_dir(dir)
         .map_err(|e| e.to_string())
         .and_then(|v| {
@@ -98,7 +99,9 @@ pub fn reload(
         });
     match result {
         Ok((report, garbage)) => {
+            let took_ms = started.elapsed().as_secs_f64() * 1000.0;
             tracing::info!(
+                took_ms,
                 added = report.added,
                 changed = report.changed,
                 removed = report.removed,

@@ -1,8 +1,14 @@
-//! Developer tasks. `cargo xtask` is reserved for the benchmark harness (see the
-//! benchmarks issue); today it only prints where things are.
+//! Developer tasks: `cargo xtask bench` runs the side-by-side benchmarks (bench/).
+mod bench;
+
 fn main() -> anyhow::Result<()> {
-    let task = std::env::args().nth(1).unwrap_or_default();
-    anyhow::bail!(
-        "unknown task {task:?}: the benchmark harness is not built yet; use scripts/demo.sh and scripts/test.sh"
-    )
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("bench") => bench::main(&args[1..]),
+        // Internal: the paced client, re-executed inside a cgroup by the harness.
+        Some("paced") => bench::paced::main(&args[1..]),
+        other => anyhow::bail!(
+            "unknown task {other:?}: try `cargo xtask bench [--smoke] [--rounds N] [--seconds S] [--access-log]`"
+        ),
+    }
 }

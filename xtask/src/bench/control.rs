@@ -1,0 +1,240 @@
+//! Control-plane measurements: load / compile / apply of 10,000 services × 10
+//! endpoints (in process, lb's own code), time from a config file change to the new
+//! weights being live in the kernel (a real daemon, polled through the pinned map),
+//! and the daemon's idle RSS with 1,000 and 10,000 services.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lb::apply::Pins;
+use lb::apply::cgroup::ChildCgroup;
+use serde::Serialize;
+
+use super::{Options, lb_bin, procs};
+
+#[derive(Debug, Default, Serialize)]
+pub struct ControlResults {
+    /// (services, load ms, compile ms, apply ms, unchanged re-apply ms)
+    pub apply: Vec<(usize, f64, f64, f64, f64)>,
+    /// Config change → live in the kernel, ms.
+    pub change_median_ms: f64,
+    pub change_max_ms: f64,
+    pub change_samples: usize,
+    pub change_services: usize,
+    /// (services, daemon RSS KiB when idle)
+    pub idle_rss_kib: Vec<(usize, u64)>,
+}
+
+/// Service `i`'s address: 127.11.x.y (y from 1), so 62,500 fit.
+fn service_addr(i: usize) -> String {
+    format!("127.11.{}.{}", i / 250, i % 250 + 1)
+}
+
+/// `n` services, each a ServiceEntry with 10 endpoints (5 v0, 5 v1), a DestinationRule
+/// and a 90/10 VirtualService. Service 0's VirtualService lives in its own file so a
+/// change can touch it alone.
+fn write_config(dir: &Path, n: usize, w0: u32) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut s = String::with_capacity(n * 1200);
+    for i in 0..n {
+        let ep = format!("127.20.{}.{}", i / 250, i % 250 + 1);
+        let _ = write!(
+            s,
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: s{i}, namespace: bench}}\nspec:\n  hosts: [s{i}]\n  addresses: [{}]\n  ports: [{{number: 80, name: http}}]\n  endpoints:\n",
+            service_addr(i)
+        );
+        for e in 0..10 {
+            let _ = writeln!(
+                s,
+                "  - {{address: {ep}, ports: {{http: {}}}, labels: {{version: v{}}}}}",
+                8000 + e,
+                e % 2
+            );
+        }
+        let _ = write!(
+            s,
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: s{i}, namespace: bench}}\nspec:\n  host: s{i}\n  subsets: [{{name: v0, labels: {{version: v0}}}}, {{name: v1, labels: {{version: v1}}}}]\n---\n"
+        );
+        if i > 0 {
+            s.push_str(&vs(i, 90));
+        }
+    }
+    std::fs::write(dir.join("services.yaml"), s)?;
+    change(dir, w0)
+}
+
+fn vs(i: usize, w0: u32) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: s{i}, namespace: bench}}\nspec:\n  hosts: [s{i}]\n  http:\n  - route:\n    - {{destination: {{host: s{i}, subset: v0}}, weight: {w0}}}\n    - {{destination: {{host: s{i}, subset: v1}}, weight: {}}}\n---\n",
+        100 - w0
+    )
+}
+
+/// Rewrites service 0's VirtualService atomically (write + rename).
+fn change(dir: &Path, w0: u32) -> anyhow::Result<()> {
+    let tmp = dir.join(".change.tmp");
+    std::fs::write(&tmp, vs(0, w0))?;
+    std::fs::rename(&tmp, dir.join("zz-change.yaml"))?;
+    Ok(())
+}
+
+pub fn wait_for_log(log: &Path, needle: &str, limit: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        if std::fs::read_to_string(log).is_ok_and(|s| s.contains(needle)) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            start.elapsed() < limit,
+            "{} never logged {needle:?}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// In-process load → compile → apply, timed by phase; then an unchanged re-apply.
+fn time_apply(n: usize, work: &Path) -> anyhow::Result<(usize, f64, f64, f64, f64)> {
+    let dir = work.join(format!("apply-{n}"));
+    write_config(&dir, n, 90)?;
+    let id = std::process::id();
+    let cgroup = ChildCgroup::create(&format!("lb-bench-apply-{n}-{id}"))?;
+    let pins = Pins::new(&PathBuf::from(format!(
+        "/sys/fs/bpf/lb-bench-apply-{n}-{id}"
+    )));
+    let result = (|| -> anyhow::Result<(usize, f64, f64, f64, f64)> {
+        let mut applier = lb::run::start(&pins, &cgroup.path, None, false)?;
+        let t = Instant::now();
+        let model = lb::model::load_dir(&dir)?.model;
+        let load = t.elapsed();
+        let t = Instant::now();
+        let plan = lb::compile::plan(model)?;
+        let compile = t.elapsed();
+        let t = Instant::now();
+        let (report, garbage) = applier.apply(&plan.kernel)?;
+        let apply = t.elapsed();
+        anyhow::ensure!(report.added == n, "applied {report:?}");
+        applier.collect_garbage(garbage);
+        let t = Instant::now();
+        let (report, _) = applier.apply(&plan.kernel)?;
+        let again = t.elapsed();
+        anyhow::ensure!(report.unchanged == n, "re-applied {report:?}");
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        Ok((n, ms(load), ms(compile), ms(apply), ms(again)))
+    })();
+    let _ = lb::apply::attach::remove_all(&pins);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// A daemon on `n` services: its idle RSS, and (if `changes` > 0) change latencies.
+fn daemon(n: usize, changes: usize, work: &Path) -> anyhow::Result<(u64, Vec<f64>)> {
+    let dir = work.join(format!("daemon-{n}"));
+    write_config(&dir, n, 90)?;
+    let id = std::process::id();
+    let cgroup = ChildCgroup::create(&format!("lb-bench-daemon-{n}-{id}"))?;
+    let bpffs = PathBuf::from(format!("/sys/fs/bpf/lb-bench-daemon-{n}-{id}"));
+    let pins = Pins::new(&bpffs);
+    let log = work.join(format!("daemon-{n}.log"));
+    let mut ps = procs::Procs::default();
+    let args: Vec<String> = [
+        "run",
+        "--config",
+        &dir.to_string_lossy(),
+        "--cgroup",
+        &cgroup.path.to_string_lossy(),
+        "--bpffs",
+        &bpffs.to_string_lossy(),
+        "--proxy-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--access-log",
+        "off",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let result = (|| -> anyhow::Result<(u64, Vec<f64>)> {
+        let pid = ps.spawn(
+            "lb",
+            procs::SERVER_CPU,
+            None,
+            &lb_bin().to_string_lossy(),
+            &args,
+            &log,
+        )?;
+        wait_for_log(&log, "configuration applied", Duration::from_secs(120))?;
+        std::thread::sleep(Duration::from_secs(1));
+        let rss = procs::status_kib(pid, "VmRSS:");
+        let maps = lb::apply::Maps::open(&pins)?;
+        let key =
+            lb_common::SockAddr4::new(service_addr(0).parse::<std::net::Ipv4Addr>()?.octets(), 80);
+        let mut latencies = Vec::new();
+        for c in 0..changes {
+            let before = maps.services.get(&key, 0)?.revision;
+            let t = Instant::now();
+            change(&dir, if c % 2 == 0 { 80 } else { 90 })?;
+            loop {
+                if maps.services.get(&key, 0)?.revision != before {
+                    break;
+                }
+                anyhow::ensure!(
+                    t.elapsed() < Duration::from_secs(30),
+                    "change {c} never went live"
+                );
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+            // Let the debounce window pass so every change is its own reload.
+            std::thread::sleep(Duration::from_millis(60));
+        }
+        Ok((rss, latencies))
+    })();
+    drop(ps);
+    let _ = std::process::Command::new(lb_bin())
+        .args(["down", "--bpffs"])
+        .arg(&bpffs)
+        .output();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+pub fn run(o: &Options, work: &Path) -> anyhow::Result<ControlResults> {
+    let mut r = ControlResults::default();
+    let sizes: &[usize] = if o.smoke {
+        &[100, 1_000]
+    } else {
+        &[1_000, 10_000]
+    };
+    for &n in sizes {
+        let t = time_apply(n, work)?;
+        eprintln!(
+            "apply {n} services: load {:.0} ms, compile {:.0} ms, apply {:.0} ms, unchanged re-apply {:.0} ms",
+            t.1, t.2, t.3, t.4
+        );
+        r.apply.push(t);
+    }
+    let changes = if o.smoke { 10 } else { 100 };
+    let change_services = if o.smoke { 100 } else { 1_000 };
+    for &n in sizes {
+        let (rss, mut lat) = daemon(n, if n == change_services { changes } else { 0 }, work)?;
+        eprintln!("daemon with {n} services: idle RSS {} KiB", rss);
+        r.idle_rss_kib.push((n, rss));
+        if !lat.is_empty() {
+            lat.sort_by(f64::total_cmp);
+            r.change_median_ms = lat[lat.len() / 2];
+            r.change_max_ms = *lat.last().unwrap_or(&0.0);
+            r.change_samples = lat.len();
+            r.change_services = n;
+            eprintln!(
+                "config change -> live with {n} services: median {:.1} ms, max {:.1} ms ({} changes)",
+                r.change_median_ms,
+                r.change_max_ms,
+                lat.len()
+            );
+        }
+    }
+    Ok(r)
+}

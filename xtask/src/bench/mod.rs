@@ -1,0 +1,525 @@
+//! `cargo xtask bench`: lb against a direct connection, HAProxy and nginx on the same
+//! machine, backends and rules; interleaved rounds; results in bench/results.json and
+//! BENCHMARKS.md. Loopback only; every run bounded; everything it starts is stopped.
+//!
+//! Pinning (2 cores): balancer and backends on CPU 0, the load generator on CPU 1.
+
+mod control;
+pub mod paced;
+mod procs;
+mod report;
+mod wrk;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lb::apply::cgroup::ChildCgroup;
+use procs::{Procs, SERVER_CPU};
+use serde::Serialize;
+
+/// Harness flags.
+#[derive(Debug, Clone, Serialize)]
+pub struct Options {
+    pub rounds: usize,
+    pub seconds: u64,
+    pub access_log: bool,
+    pub smoke: bool,
+    pub out: PathBuf,
+}
+
+fn parse(args: &[String]) -> anyhow::Result<Options> {
+    let mut o = Options {
+        rounds: 5,
+        seconds: 5,
+        access_log: false,
+        smoke: false,
+        out: PathBuf::from("bench/results.json"),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("{a} needs a value"))
+        };
+        match a.as_str() {
+            "--rounds" => o.rounds = value()?.parse()?,
+            "--seconds" => o.seconds = value()?.parse()?,
+            "--access-log" => o.access_log = true,
+            "--out" => o.out = value()?.into(),
+            "--smoke" => {
+                o.smoke = true;
+                o.rounds = 1;
+                o.seconds = 1;
+            }
+            other => anyhow::bail!("unknown flag {other}"),
+        }
+    }
+    Ok(o)
+}
+
+/// One row of the table: how the client reaches the backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Row {
+    Direct,
+    LbKernel,
+    LbProxySkMsg,
+    LbProxyNoSkMsg,
+    Haproxy,
+    Nginx,
+}
+
+impl Row {
+    pub const ALL: [Row; 6] = [
+        Row::Direct,
+        Row::LbKernel,
+        Row::LbProxySkMsg,
+        Row::LbProxyNoSkMsg,
+        Row::Haproxy,
+        Row::Nginx,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Row::Direct => "direct (no balancer)",
+            Row::LbKernel => "lb kernel path",
+            Row::LbProxySkMsg => "lb proxy path, sk_msg on",
+            Row::LbProxyNoSkMsg => "lb proxy path, sk_msg off",
+            Row::Haproxy => "HAProxy 2.6",
+            Row::Nginx => "nginx 1.22",
+        }
+    }
+}
+
+const PORT: u16 = 20080;
+const HAPROXY_PORT: u16 = 20081;
+const NGINX_PORT: u16 = 20082;
+const V0: &str = "127.0.0.2:20080";
+const V1: &str = "127.0.0.3:20080";
+
+/// The running set-up: backends, two lb daemons (sk_msg on / off), HAProxy, nginx.
+struct Setup {
+    procs: Procs,
+    work: PathBuf,
+    lb_on: LbDaemon,
+    lb_off: LbDaemon,
+}
+
+struct LbDaemon {
+    cgroup: ChildCgroup,
+    bpffs: PathBuf,
+    name: String,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+impl Drop for LbDaemon {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(lb_bin())
+            .args(["down", "--bpffs"])
+            .arg(&self.bpffs)
+            .output();
+    }
+}
+
+fn lb_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/lb")
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn template(path: &Path, vars: &[(&str, String)]) -> anyhow::Result<String> {
+    let mut s =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    for (k, v) in vars {
+        s = s.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    Ok(s)
+}
+
+impl Setup {
+    fn start(o: &Options) -> anyhow::Result<Setup> {
+        let id = std::process::id();
+        let work = std::env::temp_dir().join(format!("lb-bench-{id}"));
+        std::fs::create_dir_all(&work)?;
+        let mut procs = Procs::default();
+        let lb = lb_bin();
+        let lb_s = lb.to_string_lossy().to_string();
+        for (name, addr) in [("v0", V0), ("v1", V1)] {
+            procs.spawn(
+                name,
+                SERVER_CPU,
+                None,
+                &lb_s,
+                &[
+                    "backend".into(),
+                    "--name".into(),
+                    name.into(),
+                    "--listen".into(),
+                    addr.into(),
+                ],
+                &work.join(format!("{name}.log")),
+            )?;
+            procs::wait_listening(addr, name)?;
+        }
+        let config = work.join("lb-config");
+        std::fs::create_dir_all(&config)?;
+        std::fs::write(
+            config.join("config.yaml"),
+            template(
+                &root().join("bench/lb/config.yaml"),
+                &[("PORT", PORT.to_string())],
+            )?,
+        )?;
+        let mut daemon = |name: &str, sk_msg: bool| -> anyhow::Result<LbDaemon> {
+            let cgroup = ChildCgroup::create(&format!("lb-bench-{name}-{id}"))?;
+            let bpffs = PathBuf::from(format!("/sys/fs/bpf/lb-bench-{name}-{id}"));
+            let mut args: Vec<String> = vec![
+                "run".into(),
+                "--config".into(),
+                config.to_string_lossy().into(),
+                "--cgroup".into(),
+                cgroup.path.to_string_lossy().into(),
+                "--bpffs".into(),
+                bpffs.to_string_lossy().into(),
+                "--proxy-listen".into(),
+                "127.0.0.1:0".into(),
+                "--admin-listen".into(),
+                "127.0.0.1:0".into(),
+            ];
+            args.extend([
+                "--access-log".into(),
+                if o.access_log {
+                    work.join(format!("access-{name}.log"))
+                        .to_string_lossy()
+                        .into()
+                } else {
+                    "off".into()
+                },
+            ]);
+            if !sk_msg {
+                args.push("--no-sk-msg".into());
+            }
+            let log = work.join(format!("lb-{name}.log"));
+            procs.spawn(&format!("lb-{name}"), SERVER_CPU, None, &lb_s, &args, &log)?;
+            control::wait_for_log(&log, "configuration applied", Duration::from_secs(20))?;
+            Ok(LbDaemon {
+                cgroup,
+                bpffs,
+                name: format!("lb-{name}"),
+            })
+        };
+        let lb_on = daemon("skmsg", true)?;
+        let lb_off = daemon("noskmsg", false)?;
+        let hcfg = work.join("haproxy.cfg");
+        std::fs::write(
+            &hcfg,
+            template(
+                &root().join("bench/haproxy.cfg"),
+                &[
+                    ("PORT", HAPROXY_PORT.to_string()),
+                    ("V0", V0.into()),
+                    ("V1", V1.into()),
+                ],
+            )?,
+        )?;
+        procs.spawn(
+            "haproxy",
+            SERVER_CPU,
+            None,
+            "haproxy",
+            &["-db".into(), "-f".into(), hcfg.to_string_lossy().into()],
+            &work.join("haproxy.log"),
+        )?;
+        let nprefix = work.join("nginx");
+        std::fs::create_dir_all(&nprefix)?;
+        let ncfg = nprefix.join("nginx.conf");
+        std::fs::write(
+            &ncfg,
+            template(
+                &root().join("bench/nginx.conf"),
+                &[
+                    ("PORT", NGINX_PORT.to_string()),
+                    ("V0", V0.into()),
+                    ("V1", V1.into()),
+                    ("PREFIX", nprefix.to_string_lossy().into()),
+                ],
+            )?,
+        )?;
+        procs.spawn(
+            "nginx",
+            SERVER_CPU,
+            None,
+            "nginx",
+            &[
+                "-c".into(),
+                ncfg.to_string_lossy().into(),
+                "-p".into(),
+                nprefix.to_string_lossy().into(),
+            ],
+            &work.join("nginx.log"),
+        )?;
+        procs::wait_listening(
+            &format!("127.0.0.1:{HAPROXY_PORT}"),
+            "haproxy (apt install haproxy)",
+        )?;
+        procs::wait_listening(
+            &format!("127.0.0.1:{NGINX_PORT}"),
+            "nginx (apt install nginx-light)",
+        )?;
+        Ok(Setup {
+            procs,
+            work,
+            lb_on,
+            lb_off,
+        })
+    }
+
+    /// (URL, cgroup the client must run in, balancer process).
+    fn target(&self, row: Row) -> (String, Option<&Path>, Option<u32>) {
+        match row {
+            Row::Direct => (format!("http://{V0}/test"), None, None),
+            Row::LbKernel => (
+                format!("http://127.10.30.1:{PORT}/test"),
+                Some(&self.lb_on.cgroup.path),
+                self.procs.pid(&self.lb_on.name),
+            ),
+            Row::LbProxySkMsg => (
+                format!("http://127.10.30.2:{PORT}/test"),
+                Some(&self.lb_on.cgroup.path),
+                self.procs.pid(&self.lb_on.name),
+            ),
+            Row::LbProxyNoSkMsg => (
+                format!("http://127.10.30.2:{PORT}/test"),
+                Some(&self.lb_off.cgroup.path),
+                self.procs.pid(&self.lb_off.name),
+            ),
+            Row::Haproxy => (
+                format!("http://127.0.0.1:{HAPROXY_PORT}/test"),
+                None,
+                self.procs.pid("haproxy"),
+            ),
+            // nginx's worker is the child of the master; count both.
+            Row::Nginx => (
+                format!("http://127.0.0.1:{NGINX_PORT}/test"),
+                None,
+                self.procs.pid("nginx"),
+            ),
+        }
+    }
+
+    /// Checks a row answers right before it is timed: 500 new connections, no error,
+    /// the configured split (v1 10 % ± 4 points; direct: v0 only).
+    fn check(&self, row: Row) -> anyhow::Result<(u64, u64)> {
+        let (url, cgroup, _) = self.target(row);
+        let to = url.trim_start_matches("http://").trim_end_matches("/test");
+        let mut cmd = std::process::Command::new(lb_bin());
+        cmd.args(["probe", "--to", to, "--count", "500", "--json"]);
+        if let Some(cg) = cgroup {
+            lb::apply::cgroup::spawn_into(&mut cmd, cg);
+        }
+        let out = cmd.output()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| anyhow::anyhow!("{}: probe output: {e}", row.label()))?;
+        let (v0, v1) = (
+            v["by_backend"]["v0"].as_u64().unwrap_or(0),
+            v["by_backend"]["v1"].as_u64().unwrap_or(0),
+        );
+        anyhow::ensure!(v["failures"] == 0, "{}: requests failed: {v}", row.label());
+        let ok = if row == Row::Direct {
+            v1 == 0
+        } else {
+            (v1 as f64 / 5.0 - 10.0).abs() <= 4.0
+        };
+        anyhow::ensure!(
+            ok,
+            "{}: split v0 {v0} / v1 {v1} is not the configured one",
+            row.label()
+        );
+        Ok((v0, v1))
+    }
+
+    /// CPU time of the balancer (nginx: master and workers).
+    fn balancer_cpu(&self, row: Row) -> u64 {
+        let (_, _, pid) = self.target(row);
+        let Some(pid) = pid else { return 0 };
+        let mut total = procs::cpu_us(pid);
+        if row == Row::Nginx {
+            total += children(pid).into_iter().map(procs::cpu_us).sum::<u64>();
+        }
+        total
+    }
+
+    fn balancer_rss_kib(&self, row: Row) -> u64 {
+        let (_, _, pid) = self.target(row);
+        let Some(pid) = pid else { return 0 };
+        let mut kib = procs::status_kib(pid, "VmHWM:");
+        if row == Row::Nginx {
+            kib += children(pid)
+                .into_iter()
+                .map(|c| procs::status_kib(c, "VmHWM:"))
+                .sum::<u64>();
+        }
+        kib
+    }
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// One timed run of one row in one mode.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub row: Row,
+    pub close: bool,
+    pub round: usize,
+    pub wrk: wrk::WrkResult,
+    pub cpu_us_per_req: f64,
+}
+
+/// Everything one harness run measured.
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub options: Options,
+    pub machine: report::Machine,
+    pub splits: Vec<(Row, u64, u64)>,
+    pub samples: Vec<Sample>,
+    pub fixed_rate: Vec<(Row, serde_json::Value)>,
+    pub rss_kib: Vec<(Row, u64)>,
+    pub control: control::ControlResults,
+}
+
+pub fn main(args: &[String]) -> anyhow::Result<()> {
+    let o = parse(args)?;
+    // SAFETY: geteuid has no preconditions.
+    anyhow::ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "the benchmarks need root (lb attaches eBPF programs)"
+    );
+    anyhow::ensure!(lb_bin().exists(), "build lb first: cargo build --release");
+    let machine = report::Machine::read();
+    eprintln!(
+        "bench: {} round(s) x {} s per row and mode; access log {}",
+        o.rounds,
+        o.seconds,
+        if o.access_log { "on" } else { "off" }
+    );
+    let setup = Setup::start(&o)?;
+    let mut splits = Vec::new();
+    for row in Row::ALL {
+        let (v0, v1) = setup.check(row)?;
+        splits.push((row, v0, v1));
+    }
+    let mut samples = Vec::new();
+    for round in 0..o.rounds {
+        for close in [false, true] {
+            for row in Row::ALL {
+                let (url, cgroup, _) = setup.target(row);
+                let cpu0 = setup.balancer_cpu(row);
+                let w = wrk::run(&url, o.seconds, close, cgroup)?;
+                let cpu = setup.balancer_cpu(row).saturating_sub(cpu0);
+                anyhow::ensure!(
+                    w.non_2xx == 0,
+                    "{}: {} non-2xx answers",
+                    row.label(),
+                    w.non_2xx
+                );
+                let s = Sample {
+                    row,
+                    close,
+                    round,
+                    cpu_us_per_req: cpu as f64 / w.requests.max(1) as f64,
+                    wrk: w,
+                };
+                eprintln!(
+                    "round {round} {:<26} {:<10} {:>9.0} req/s p50 {:>7.0} us p99 {:>7.0} us cpu {:>6.1} us/req errors {}",
+                    row.label(),
+                    if close { "close" } else { "keep-alive" },
+                    s.wrk.rps,
+                    s.wrk.p50_us,
+                    s.wrk.p99_us,
+                    s.cpu_us_per_req,
+                    s.wrk.errors
+                );
+                samples.push(s);
+            }
+        }
+    }
+    let mut fixed_rate = Vec::new();
+    let paced_seconds = if o.smoke { "1" } else { "5" };
+    for row in Row::ALL {
+        let (url, cgroup, _) = setup.target(row);
+        let to = url
+            .trim_start_matches("http://")
+            .trim_end_matches("/test")
+            .to_string();
+        let exe = std::env::current_exe()?;
+        let mut cmd = procs::pinned(
+            procs::CLIENT_CPU,
+            &exe.to_string_lossy(),
+            &[
+                "paced".into(),
+                to,
+                "1000".into(),
+                "10".into(),
+                paced_seconds.into(),
+            ],
+        );
+        if let Some(cg) = cgroup {
+            lb::apply::cgroup::spawn_into(&mut cmd, cg);
+        }
+        let out = cmd.output()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+            anyhow::anyhow!(
+                "paced client: {e}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        eprintln!("fixed 1000 req/s {:<26} {v}", row.label());
+        fixed_rate.push((row, v));
+    }
+    let rss_kib = Row::ALL
+        .iter()
+        .map(|r| (*r, setup.balancer_rss_kib(*r)))
+        .collect();
+    drop(setup);
+    let work = std::env::temp_dir().join(format!("lb-bench-control-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let control = control::run(&o, &work);
+    let _ = std::fs::remove_dir_all(&work);
+    let control = control?;
+    let results = Results {
+        options: o.clone(),
+        machine,
+        splits,
+        samples,
+        fixed_rate,
+        rss_kib,
+        control,
+    };
+    if let Some(dir) = o.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&o.out, serde_json::to_string_pretty(&results)?)?;
+    let md = report::render(&results);
+    let md_path = if o.smoke {
+        o.out.with_extension("md")
+    } else {
+        root().join("BENCHMARKS.md")
+    };
+    std::fs::write(&md_path, md)?;
+    eprintln!("wrote {} and {}", o.out.display(), md_path.display());
+    Ok(())
+}

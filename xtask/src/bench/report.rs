@@ -1,0 +1,314 @@
+//! Renders BENCHMARKS.md from one harness run.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::{Results, Row, Sample};
+
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub kernel: String,
+    pub cpu: String,
+    pub date: String,
+}
+
+impl Machine {
+    pub fn read() -> Self {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default();
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let date = humantime_now();
+        Self {
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kernel,
+            cpu,
+            date,
+        }
+    }
+}
+
+fn humantime_now() -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Medians of one row and mode.
+pub struct Summary {
+    pub rps: f64,
+    pub p50: f64,
+    pub p99: f64,
+    pub cpu: f64,
+    pub spread: f64,
+    pub errors: u64,
+}
+
+pub fn summarize(samples: &[Sample], row: Row, close: bool) -> Summary {
+    let s: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.row == row && s.close == close)
+        .collect();
+    let rps: Vec<f64> = s.iter().map(|x| x.wrk.rps).collect();
+    let (min, max) = rps
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
+    let m = median(rps.clone());
+    Summary {
+        rps: m,
+        p50: median(s.iter().map(|x| x.wrk.p50_us).collect()),
+        p99: median(s.iter().map(|x| x.wrk.p99_us).collect()),
+        cpu: median(s.iter().map(|x| x.cpu_us_per_req).collect()),
+        spread: if m > 0.0 {
+            (max - min) / m * 100.0
+        } else {
+            0.0
+        },
+        errors: s.iter().map(|x| x.wrk.errors).sum(),
+    }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "**missed**" }
+}
+
+pub fn render(r: &Results) -> String {
+    let o = &r.options;
+    let mut md = String::new();
+    let _ = writeln!(md, "# Benchmarks\n");
+    let _ = writeln!(
+        md,
+        "One run of `cargo xtask bench{}{}` on {} ({} cores, kernel {}), {}.",
+        if o.access_log { " --access-log" } else { "" },
+        if o.smoke { " --smoke" } else { "" },
+        r.machine.cpu,
+        r.machine.cores,
+        r.machine.kernel,
+        r.machine.date
+    );
+    let _ = writeln!(
+        md,
+        "\nReproduce: `sudo ./scripts/bench.sh` (installs wrk, HAProxy and nginx from Debian, builds, runs `cargo xtask bench`; results in `bench/results.json`).\n"
+    );
+    let _ = writeln!(
+        md,
+        "Setup: backends (`lb backend`, v0 on 127.0.0.2, v1 on 127.0.0.3) and every balancer pinned to CPU 0; `wrk -t1 -c50` pinned to CPU 1. {} interleaved round(s) of {} s per row and mode (A B C … A B C …); medians; spread = (max − min) / median of req/s over rounds. Balancer CPU is user + system time of its process(es) from /proc during the run, divided by requests. lb: proxy on 1 thread (tokio current-thread), access log {}; HAProxy `nbthread 1`, nginx `worker_processes 1`, both with the same 90/10 split, `hellotest` header rule and `/test/v2` rewrite, configs in `bench/`. Every row was checked before timing: 500 new connections, no failure, the configured split.\n",
+        o.rounds,
+        o.seconds,
+        if o.access_log { "on" } else { "off" }
+    );
+    for close in [false, true] {
+        let _ = writeln!(
+            md,
+            "## {}\n",
+            if close {
+                "New connection per request (`Connection: close`)"
+            } else {
+                "Keep-alive"
+            }
+        );
+        let _ = writeln!(
+            md,
+            "| row | req/s | × direct | × HAProxy | × nginx | p50 µs | p99 µs | balancer CPU µs/req | spread | socket errors |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let direct = summarize(&r.samples, Row::Direct, close);
+        let hap = summarize(&r.samples, Row::Haproxy, close);
+        let ngx = summarize(&r.samples, Row::Nginx, close);
+        for row in Row::ALL {
+            let s = summarize(&r.samples, row, close);
+            let cpu = if matches!(row, Row::Direct) {
+                "–".to_string()
+            } else {
+                format!("{:.1}", s.cpu)
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {cpu} | {:.1} % | {} |",
+                row.label(),
+                s.rps,
+                s.rps / direct.rps,
+                s.rps / hap.rps,
+                s.rps / ngx.rps,
+                s.p50,
+                s.p99,
+                s.spread,
+                s.errors
+            );
+        }
+        let _ = writeln!(md);
+    }
+    let _ = writeln!(
+        md,
+        "lb kernel path: the balancer process does no work per request (CPU ≈ 0); connect4 runs in the client's connect() and is counted in the client's time.\n"
+    );
+    let _ = writeln!(
+        md,
+        "## Latency at a fixed offered load (1000 req/s, 10 keep-alive connections, paced, latency from the scheduled send time)\n"
+    );
+    let _ = writeln!(
+        md,
+        "| row | p50 µs | p99 µs | added p50 µs | added p99 µs | requests | errors |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+    let direct = r
+        .fixed_rate
+        .iter()
+        .find(|(row, _)| *row == Row::Direct)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    for (row, v) in &r.fixed_rate {
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {:+.0} | {:+.0} | {} | {} |",
+            row.label(),
+            f(v, "p50_us"),
+            f(v, "p99_us"),
+            f(v, "p50_us") - f(&direct, "p50_us"),
+            f(v, "p99_us") - f(&direct, "p99_us"),
+            v["requests"],
+            v["errors"]
+        );
+    }
+    let _ = writeln!(md, "\n## Memory\n\n| balancer | peak RSS MiB |\n|---|---:|");
+    for (row, kib) in &r.rss_kib {
+        if *row != Row::Direct && *row != Row::LbProxyNoSkMsg {
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} |",
+                if *row == Row::LbProxySkMsg {
+                    "lb (daemon + proxy)"
+                } else {
+                    row.label()
+                },
+                *kib as f64 / 1024.0
+            );
+        }
+    }
+    let c = &r.control;
+    let _ = writeln!(
+        md,
+        "\n## Control plane\n\n| services × 10 endpoints | load YAML ms | compile ms | apply ms | unchanged re-apply ms | daemon idle RSS MiB |\n|---:|---:|---:|---:|---:|---:|"
+    );
+    for (n, load, compile, apply, again) in &c.apply {
+        let rss = c
+            .idle_rss_kib
+            .iter()
+            .find(|(m, _)| m == n)
+            .map_or(f64::NAN, |(_, k)| *k as f64 / 1024.0);
+        let _ = writeln!(
+            md,
+            "| {n} | {load:.0} | {compile:.1} | {apply:.0} | {again:.0} | {rss:.1} |"
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nConfig file change → new weights live in the kernel (daemon with {} services, one VirtualService rewritten by rename, the pinned service entry polled every 0.2 ms): median {:.1} ms, max {:.1} ms over {} changes.\n",
+        c.change_services, c.change_median_ms, c.change_max_ms, c.change_samples
+    );
+    // Targets.
+    let ka = |row| summarize(&r.samples, row, false);
+    let cl = |row| summarize(&r.samples, row, true);
+    let (dk, dc, kk, kc) = (
+        ka(Row::Direct),
+        cl(Row::Direct),
+        ka(Row::LbKernel),
+        cl(Row::LbKernel),
+    );
+    let (pk, pc, hk, hc) = (
+        ka(Row::LbProxySkMsg),
+        cl(Row::LbProxySkMsg),
+        ka(Row::Haproxy),
+        cl(Row::Haproxy),
+    );
+    let big = c.apply.iter().max_by_key(|t| t.0);
+    let rss1k = c
+        .idle_rss_kib
+        .iter()
+        .find(|(n, _)| *n == 1_000)
+        .map(|(_, k)| *k as f64 / 1024.0);
+    let _ = writeln!(md, "## Targets\n\n| target | measured | |\n|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| kernel path ≥ 0.97 × direct req/s (both modes) | {:.2} / {:.2} | {} |",
+        kk.rps / dk.rps,
+        kc.rps / dc.rps,
+        verdict(kk.rps / dk.rps >= 0.97 && kc.rps / dc.rps >= 0.97)
+    );
+    let _ = writeln!(
+        md,
+        "| kernel path p99 ≤ 1.05 × direct | {:.2} / {:.2} | {} |",
+        kk.p99 / dk.p99,
+        kc.p99 / dc.p99,
+        verdict(kk.p99 / dk.p99 <= 1.05 && kc.p99 / dc.p99 <= 1.05)
+    );
+    let _ = writeln!(
+        md,
+        "| proxy CPU µs/req ≤ 0.9 × HAProxy (both modes) | {:.2} / {:.2} | {} |",
+        pk.cpu / hk.cpu,
+        pc.cpu / hc.cpu,
+        verdict(pk.cpu / hk.cpu <= 0.9 && pc.cpu / hc.cpu <= 0.9)
+    );
+    let _ = writeln!(
+        md,
+        "| proxy req/s ≥ 1.1 × HAProxy | {:.2} / {:.2} | {} |",
+        pk.rps / hk.rps,
+        pc.rps / hc.rps,
+        verdict(pk.rps / hk.rps >= 1.1 && pc.rps / hc.rps >= 1.1)
+    );
+    let _ = writeln!(
+        md,
+        "| proxy p99 no worse than HAProxy | {:.2} / {:.2} | {} |",
+        pk.p99 / hk.p99,
+        pc.p99 / hc.p99,
+        verdict(pk.p99 <= hk.p99 && pc.p99 <= hc.p99)
+    );
+    if let Some((n, _, compile, apply, _)) = big {
+        let _ = writeln!(
+            md,
+            "| {n} services compile + apply < 1 s | {:.0} ms | {} |",
+            compile + apply,
+            verdict(compile + apply < 1000.0)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "| config change live < 50 ms | median {:.1} ms, max {:.1} ms | {} |",
+        c.change_median_ms,
+        c.change_max_ms,
+        verdict(c.change_max_ms < 50.0)
+    );
+    if let Some(rss) = rss1k {
+        let _ = writeln!(
+            md,
+            "| idle RSS < 30 MB with 1,000 services | {rss:.1} MiB | {} |",
+            verdict(rss < 30.0)
+        );
+    }
+    md
+}
