@@ -81,9 +81,10 @@ pub fn reload(
     applier: &mut Applier,
     dir: &Path,
     routes: Option<&watch::Sender<Arc<RouteTable>>>,
+    cache: &mut crate::load::Cache,
 ) -> Option<Garbage> {
     let started = std::time::Instant::now();
-    let result = model::load_dir(dir)
+    let result = model::load_dir_cached(dir, cache)
         .map_err(|e| e.to_string())
         .and_then(|v| {
             for w in &v.warnings {
@@ -97,6 +98,10 @@ pub fn reload(
             }
             applier.apply(&plan.kernel).map_err(|e| e.to_string())
         });
+    // Parsing a large configuration allocates a lot, briefly: hand the freed memory
+    // back to the OS so the idle daemon stays small.
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
     match result {
         Ok((report, garbage)) => {
             let took_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -140,8 +145,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     };
     let (tx, rx) = watch::channel(Arc::new(RouteTable::default()));
     let mut watch = ConfigWatch::start(&opts.config)?;
+    let mut cache = crate::load::Cache::default();
     let mut pending: Vec<(Instant, Garbage)> = Vec::new();
-    if let Some(g) = reload(&mut applier, &opts.config, Some(&tx)) {
+    if let Some(g) = reload(&mut applier, &opts.config, Some(&tx), &mut cache) {
         pending.push((Instant::now() + GRACE, g));
     }
     let log = match &opts.proxy.access_log {
@@ -168,7 +174,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         let next_gc = pending.first().map(|(t, _)| *t);
         tokio::select! {
             _ = watch.changed(DEBOUNCE) => {
-                if let Some(g) = reload(&mut applier, &opts.config, Some(&tx)) {
+                if let Some(g) = reload(&mut applier, &opts.config, Some(&tx), &mut cache) {
                     pending.push((Instant::now() + GRACE, g));
                 }
             }

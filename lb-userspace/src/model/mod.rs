@@ -93,7 +93,12 @@ impl Catalog {
 
 /// Loads and validates the configuration directory.
 pub fn load_dir(dir: &Path) -> Result<Validated, ModelError> {
-    let (loaded, mut diags) = load::load_dir(dir)?;
+    load_dir_cached(dir, &mut load::Cache::default())
+}
+
+/// [`load_dir`] reusing the parse of unchanged files (the daemon keeps the cache).
+pub fn load_dir_cached(dir: &Path, cache: &mut load::Cache) -> Result<Validated, ModelError> {
+    let (loaded, mut diags) = cache.load_dir(dir)?;
     let model = build(&loaded, &mut diags);
     diagnostic::sort(&mut diags);
     if diags.iter().any(Diagnostic::is_error) {
@@ -178,7 +183,7 @@ pub fn build(loaded: &[Loaded], diags: &mut Vec<Diagnostic>) -> Model {
 fn parse_virtual_services(
     loaded: &[Loaded],
     catalog: &Catalog,
-    subset_rules: &[subsets::SubsetRule],
+    subset_rules: &subsets::SubsetRules,
     diags: &mut Vec<Diagnostic>,
 ) -> Vec<routes::ParsedVs> {
     let mut out = Vec::new();
@@ -249,8 +254,8 @@ fn build_subset_rules(
     loaded: &[Loaded],
     catalog: &Catalog,
     diags: &mut Vec<Diagnostic>,
-) -> Vec<subsets::SubsetRule> {
-    let mut rules: Vec<subsets::SubsetRule> = Vec::new();
+) -> subsets::SubsetRules {
+    let mut rules = subsets::SubsetRules::new();
     for (i, l) in loaded.iter().enumerate() {
         let Resource::DestinationRule(dr) = &l.resource else {
             continue;
@@ -269,7 +274,7 @@ fn build_subset_rules(
                 ),
             )),
         }
-        if let Some(other) = rules.iter().find(|r| r.host == rule.host) {
+        if let Some(other) = rules.get(&rule.host) {
             diags.push(Diagnostic::error(
                 l.at("spec.host"),
                 "spec.host",
@@ -280,7 +285,7 @@ fn build_subset_rules(
             ));
             continue;
         }
-        rules.push(rule);
+        rules.insert(rule.host.clone(), rule);
     }
     rules
 }
@@ -296,12 +301,7 @@ fn bind_virtual_services(
     let mut owner: HashMap<String, String> = HashMap::new();
     let mut bound = HashMap::new();
     for (vs_i, vs) in parsed.iter().enumerate() {
-        let l = loaded
-            .iter()
-            .find(|l| {
-                l.kind == "VirtualService" && format!("{}/{}", l.namespace, l.name) == vs.source
-            })
-            .expect("parsed from loaded");
+        let l = &loaded[vs.resource];
         for (h_i, h) in vs.hosts.iter().enumerate() {
             let matched: Vec<String> = match catalog.lookup(h) {
                 Some(svc) => vec![svc.host.clone()],

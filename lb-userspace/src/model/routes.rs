@@ -7,7 +7,7 @@ use crate::diagnostic::Diagnostic;
 use crate::load::{Loaded, istio};
 
 use super::catalog::CatalogService;
-use super::subsets::SubsetRule;
+use super::subsets::SubsetRules;
 use super::{Catalog, hosts};
 
 /// One weighted destination of a rule, as written.
@@ -153,6 +153,8 @@ pub struct ParsedVs {
     pub rules: Vec<ParsedRule>,
     /// Why this VirtualService needs the proxy; None: weights only, kernel path.
     pub proxy_reason: Option<String>,
+    /// Index of the resource in the loaded list.
+    pub resource: usize,
 }
 
 /// Reads a VirtualService: hosts, HTTP rules for the proxy, and the route the kernel
@@ -163,7 +165,7 @@ pub fn from_virtual_service(
     index: usize,
     spec: &istio::VirtualServiceSpec,
     catalog: &Catalog,
-    subset_rules: &[SubsetRule],
+    subset_rules: &SubsetRules,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<ParsedVs> {
     let errors_before = diags.iter().filter(|d| d.is_error()).count();
@@ -363,6 +365,7 @@ pub fn from_virtual_service(
         kernel,
         rules,
         proxy_reason,
+        resource: index,
     })
 }
 
@@ -372,7 +375,7 @@ fn check_destinations(
     l: &Loaded,
     dests: Vec<WeightedDestination>,
     catalog: &Catalog,
-    subset_rules: &[SubsetRule],
+    subset_rules: &SubsetRules,
     diags: &mut Vec<Diagnostic>,
 ) -> Vec<WeightedDestination> {
     let mut out = Vec::new();
@@ -388,10 +391,7 @@ fn check_destinations(
         };
         d.host = svc.host.clone();
         if let Some(subset) = &d.subset {
-            let found = subset_rules
-                .iter()
-                .find(|r| r.host == svc.host)
-                .and_then(|r| r.subsets.get(subset));
+            let found = subset_rules.get(&svc.host).and_then(|r| r.subsets.get(subset));
             if found.is_none() {
                 let p = format!("{}.destination.subset", d.path);
                 diags.push(Diagnostic::error(
@@ -414,7 +414,7 @@ fn check_destinations(
 pub fn endpoints_by_port(
     d: &WeightedDestination,
     catalog: &Catalog,
-    subset_rules: &[SubsetRule],
+    subset_rules: &SubsetRules,
 ) -> std::collections::BTreeMap<u16, Vec<std::net::SocketAddr>> {
     let Some(svc) = catalog.lookup(&d.host) else {
         return Default::default();
@@ -423,10 +423,7 @@ pub fn endpoints_by_port(
         .subset
         .as_ref()
         .and_then(|s| {
-            subset_rules
-                .iter()
-                .find(|r| r.host == svc.host)
-                .and_then(|r| r.subsets.get(s))
+            subset_rules.get(&svc.host).and_then(|r| r.subsets.get(s))
         })
         .cloned()
         .unwrap_or_default();
@@ -451,7 +448,7 @@ pub fn resolve(
     dialled_port: u16,
     own_host: &str,
     catalog: &Catalog,
-    subset_rules: &[SubsetRule],
+    subset_rules: &SubsetRules,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Vec<WeightedSubset>> {
     let mut out: Vec<WeightedSubset> = Vec::new();
@@ -483,7 +480,7 @@ pub fn resolve(
         let (name, endpoints) = match &d.subset {
             None => ("(all)".to_string(), svc.select(&Default::default(), port)),
             Some(subset) => {
-                let rule = subset_rules.iter().find(|r| r.host == svc.host);
+                let rule = subset_rules.get(&svc.host);
                 let labels = rule.and_then(|r| r.subsets.get(subset));
                 let Some(labels) = labels else {
                     let p = format!("{}.destination.subset", d.path);

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use super::catalog::CatalogService;
 use super::http::ParsedAction;
 use super::routes::{ParsedVs, endpoints_by_port};
-use super::subsets::SubsetRule;
+use super::subsets::SubsetRules;
 use super::{Catalog, Service, hosts};
 use crate::route::{Action, Destination, RouteTable, Rule, VirtualHost};
 
@@ -23,7 +23,7 @@ pub fn build(
     bindings: &HashMap<String, usize>,
     services: &[Service],
     catalog: &Catalog,
-    subset_rules: &[SubsetRule],
+    subset_rules: &SubsetRules,
 ) -> RouteTable {
     let mut t = RouteTable::default();
     for svc in services {
