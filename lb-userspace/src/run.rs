@@ -156,7 +156,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     };
     let shared = Arc::new(Shared {
         table: rx,
-        client: proxy::forward::upstream(),
+        client: Default::default(),
         metrics: Default::default(),
         log,
         kernel,

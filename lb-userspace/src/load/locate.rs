@@ -25,12 +25,20 @@ pub struct Document {
 impl Document {
     fn lines(&self) -> &HashMap<String, usize> {
         self.lines.get_or_init(|| {
-            let mut rx = Receiver { record_paths: true, ..Receiver::default() };
+            let mut rx = Receiver {
+                record_paths: true,
+                ..Receiver::default()
+            };
             let mut parser = Parser::new_from_str(&self.text);
             if parser.load(&mut rx, true).is_err() {
                 return HashMap::new();
             }
-            let mut lines = rx.docs.into_iter().next().map(|d| d.lines).unwrap_or_default();
+            let mut lines = rx
+                .docs
+                .into_iter()
+                .next()
+                .map(|d| d.lines)
+                .unwrap_or_default();
             for l in lines.values_mut() {
                 *l += self.line_offset;
             }

@@ -202,7 +202,9 @@ fn load_document(
             return None;
         }
         Err(e) => {
-            let line = e.location().map_or(doc.first_line, |l| l.line() + doc.line_offset);
+            let line = e
+                .location()
+                .map_or(doc.first_line, |l| l.line() + doc.line_offset);
             let o = Origin {
                 line,
                 ..origin("", String::new())
@@ -211,8 +213,12 @@ fn load_document(
             return None;
         }
     };
-    let text = |v: &Option<serde_yaml::Value>| v.as_ref().and_then(|v| v.as_str()).map(str::to_string);
-    let (kind, api_version) = (text(&head.kind).unwrap_or_default(), text(&head.api_version).unwrap_or_default());
+    let text =
+        |v: &Option<serde_yaml::Value>| v.as_ref().and_then(|v| v.as_str()).map(str::to_string);
+    let (kind, api_version) = (
+        text(&head.kind).unwrap_or_default(),
+        text(&head.api_version).unwrap_or_default(),
+    );
     let name = text(&head.metadata.name).unwrap_or_default();
     let namespace = text(&head.metadata.namespace).unwrap_or_else(|| "default".to_string());
     let resource_name = format!("{kind} {namespace}/{name}");

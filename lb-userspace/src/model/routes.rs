@@ -391,7 +391,9 @@ fn check_destinations(
         };
         d.host = svc.host.clone();
         if let Some(subset) = &d.subset {
-            let found = subset_rules.get(&svc.host).and_then(|r| r.subsets.get(subset));
+            let found = subset_rules
+                .get(&svc.host)
+                .and_then(|r| r.subsets.get(subset));
             if found.is_none() {
                 let p = format!("{}.destination.subset", d.path);
                 diags.push(Diagnostic::error(
@@ -422,9 +424,7 @@ pub fn endpoints_by_port(
     let labels = d
         .subset
         .as_ref()
-        .and_then(|s| {
-            subset_rules.get(&svc.host).and_then(|r| r.subsets.get(s))
-        })
+        .and_then(|s| subset_rules.get(&svc.host).and_then(|r| r.subsets.get(s)))
         .cloned()
         .unwrap_or_default();
     svc.ports

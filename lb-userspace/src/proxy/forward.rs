@@ -13,9 +13,7 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 
 use super::Shared;
 use super::access_log::Entry;
@@ -32,19 +30,6 @@ pub struct ConnInfo {
     /// Set by the guard when a request head carried both Content-Length and
     /// Transfer-Encoding.
     pub smuggling: Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// Pooled HTTP/1.1 connections to endpoints.
-pub type Upstream = Client<HttpConnector, Incoming>;
-
-pub fn upstream() -> Upstream {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    // Istio's default TCP connect timeout.
-    connector.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(60))
-        .build(connector)
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded, or a client's
@@ -263,7 +248,8 @@ async fn route_request(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, u.clone());
     }
-    let uri = match format!("http://{endpoint}{new_path}").parse::<http::Uri>() {
+    // Origin-form: the pool talks to the endpoint directly, no absolute URI needed.
+    let uri = match http::Uri::try_from(new_path) {
         Ok(u) => u,
         Err(_) => return done(local(StatusCode::BAD_REQUEST, "bad path\n"), outcome),
     };
@@ -273,7 +259,7 @@ async fn route_request(
     *up.version_mut() = Version::HTTP_11;
     *up.headers_mut() = headers;
 
-    let mut resp = match shared.client.request(up).await {
+    let mut resp = match shared.client.send(endpoint, up, upgrade.is_some()).await {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!("upstream {endpoint}: {e}");

@@ -9,6 +9,7 @@ pub mod forward;
 pub mod guard;
 pub mod kernel;
 pub mod metrics;
+pub mod pool;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -49,7 +50,7 @@ pub struct ProxyOptions {
 /// State every connection shares.
 pub struct Shared {
     pub table: watch::Receiver<Arc<RouteTable>>,
-    pub client: forward::Upstream,
+    pub client: pool::Pool,
     pub metrics: metrics::Metrics,
     pub log: Option<access_log::AccessLog>,
     pub kernel: Option<Mutex<kernel::KernelMaps>>,
