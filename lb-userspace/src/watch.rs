@@ -19,6 +19,10 @@ pub enum WatchError {
 pub struct ConfigWatch {
     _watcher: notify::RecommendedWatcher,
     rx: mpsc::UnboundedReceiver<()>,
+    /// An event arrived and its reload has not been reported yet. Kept across calls so
+    /// `changed` is cancel-safe: the daemon's select! may drop it mid-debounce (a timer
+    /// fired) without losing the change.
+    pending: bool,
 }
 
 impl ConfigWatch {
@@ -43,19 +47,24 @@ impl ConfigWatch {
         Ok(Self {
             _watcher: watcher,
             rx,
+            pending: false,
         })
     }
 
     /// Waits for a change, then for `quiet` without further events.
     pub async fn changed(&mut self, quiet: Duration) {
-        if self.rx.recv().await.is_none() {
-            std::future::pending::<()>().await;
+        if !self.pending {
+            if self.rx.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+            self.pending = true;
         }
         loop {
             match tokio::time::timeout(quiet, self.rx.recv()).await {
                 Ok(Some(())) => continue,
-                _ => return,
+                _ => break,
             }
         }
+        self.pending = false;
     }
 }
