@@ -53,6 +53,10 @@ enum Cmd {
         /// Bound on finishing in-flight requests at SIGTERM, in seconds.
         #[arg(long, default_value_t = 10)]
         drain_seconds: u64,
+        /// Re-parse every file on each change instead of only the changed ones (less
+        /// memory with many services, slower reloads).
+        #[arg(long)]
+        no_parse_cache: bool,
     },
     /// Explain how one request is routed, offline (the live proxy's routing code).
     Explain {
@@ -178,6 +182,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             access_log,
             no_sk_msg,
             drain_seconds,
+            no_parse_cache,
         } => {
             let cgroup = match cgroup {
                 Some(c) => c,
@@ -214,6 +219,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 detach_on_exit,
                 proxy,
                 sk_msg: !no_sk_msg,
+                parse_cache: !no_parse_cache,
             }))?;
             Ok(ExitCode::SUCCESS)
         }

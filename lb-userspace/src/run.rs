@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub proxy: ProxyOptions,
     /// Shortcut client ↔ proxy bytes with sk_msg.
     pub sk_msg: bool,
+    /// Keep each file's parse between reloads (faster changes, more memory).
+    pub parse_cache: bool,
 }
 
 /// Where the kernel sends proxy-path connects: the listener's address (loopback when
@@ -146,8 +148,14 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let (tx, rx) = watch::channel(Arc::new(RouteTable::default()));
     let mut watch = ConfigWatch::start(&opts.config)?;
     let mut cache = crate::load::Cache::default();
+    let mut reload = |applier: &mut Applier, dir: &Path, tx: Option<&watch::Sender<Arc<RouteTable>>>| {
+        if !opts.parse_cache {
+            cache = crate::load::Cache::default();
+        }
+        reload(applier, dir, tx, &mut cache)
+    };
     let mut pending: Vec<(Instant, Garbage)> = Vec::new();
-    if let Some(g) = reload(&mut applier, &opts.config, Some(&tx), &mut cache) {
+    if let Some(g) = reload(&mut applier, &opts.config, Some(&tx)) {
         pending.push((Instant::now() + GRACE, g));
     }
     let log = match &opts.proxy.access_log {
@@ -174,7 +182,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         let next_gc = pending.first().map(|(t, _)| *t);
         tokio::select! {
             _ = watch.changed(DEBOUNCE) => {
-                if let Some(g) = reload(&mut applier, &opts.config, Some(&tx), &mut cache) {
+                if let Some(g) = reload(&mut applier, &opts.config, Some(&tx)) {
                     pending.push((Instant::now() + GRACE, g));
                 }
             }

@@ -110,6 +110,12 @@ impl Proxy {
         let admin_task = tokio::spawn(admin::serve(self.admin, shared.clone()));
         let flusher = tokio::spawn(flush_loop(shared.clone()));
         tokio::pin!(shutdown);
+        // Where clients reach the proxy (the sk_msg key of accepted sockets).
+        let local = match self.listener.local_addr() {
+            Ok(SocketAddr::V4(a)) if a.ip().is_unspecified() => SocketAddr::from(([127, 0, 0, 1], a.port())),
+            Ok(a) => a,
+            Err(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => {
@@ -118,7 +124,7 @@ impl Proxy {
                     let dialled = shared.kernel.as_ref().and_then(|k| {
                         let mut k = k.lock().ok()?;
                         if shared.sk_msg {
-                            k.add_accepted(&stream);
+                            k.add_accepted(&stream, local, peer);
                         }
                         k.take_orig_dst(peer)
                     });

@@ -22,8 +22,8 @@ pub struct ControlResults {
     pub change_max_ms: f64,
     pub change_samples: usize,
     pub change_services: usize,
-    /// (services, daemon RSS KiB when idle)
-    pub idle_rss_kib: Vec<(usize, u64)>,
+    /// (services, daemon RSS KiB when idle with the parse cache, without it)
+    pub idle_rss_kib: Vec<(usize, u64, u64)>,
 }
 
 /// Service `i`'s address: 127.11.x.y (y from 1), so 62,500 fit.
@@ -129,7 +129,7 @@ fn time_apply(n: usize, work: &Path) -> anyhow::Result<(usize, f64, f64, f64, f6
 }
 
 /// A daemon on `n` services: its idle RSS, and (if `changes` > 0) change latencies.
-fn daemon(n: usize, changes: usize, work: &Path) -> anyhow::Result<(u64, Vec<f64>)> {
+fn daemon(n: usize, changes: usize, work: &Path, extra: &[&str]) -> anyhow::Result<(u64, Vec<f64>)> {
     let dir = work.join(format!("daemon-{n}"));
     write_config(&dir, n, 90)?;
     let id = std::process::id();
@@ -154,6 +154,7 @@ fn daemon(n: usize, changes: usize, work: &Path) -> anyhow::Result<(u64, Vec<f64
         "off",
     ]
     .iter()
+    .chain(extra)
     .map(|s| s.to_string())
     .collect();
     let result = (|| -> anyhow::Result<(u64, Vec<f64>)> {
@@ -219,9 +220,10 @@ pub fn run(o: &Options, work: &Path) -> anyhow::Result<ControlResults> {
     let changes = if o.smoke { 10 } else { 100 };
     let change_services = if o.smoke { 100 } else { 1_000 };
     for &n in sizes {
-        let (rss, mut lat) = daemon(n, if n == change_services { changes } else { 0 }, work)?;
-        eprintln!("daemon with {n} services: idle RSS {} KiB", rss);
-        r.idle_rss_kib.push((n, rss));
+        let (rss, mut lat) = daemon(n, if n == change_services { changes } else { 0 }, work, &[])?;
+        let (rss_no_cache, _) = daemon(n, 0, work, &["--no-parse-cache"])?;
+        eprintln!("daemon with {n} services: idle RSS {rss} KiB ({rss_no_cache} KiB with --no-parse-cache)");
+        r.idle_rss_kib.push((n, rss, rss_no_cache));
         if !lat.is_empty() {
             lat.sort_by(f64::total_cmp);
             r.change_median_ms = lat[lat.len() / 2];
