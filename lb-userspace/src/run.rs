@@ -148,12 +148,13 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let (tx, rx) = watch::channel(Arc::new(RouteTable::default()));
     let mut watch = ConfigWatch::start(&opts.config)?;
     let mut cache = crate::load::Cache::default();
-    let mut reload = |applier: &mut Applier, dir: &Path, tx: Option<&watch::Sender<Arc<RouteTable>>>| {
-        if !opts.parse_cache {
-            cache = crate::load::Cache::default();
-        }
-        reload(applier, dir, tx, &mut cache)
-    };
+    let mut reload =
+        |applier: &mut Applier, dir: &Path, tx: Option<&watch::Sender<Arc<RouteTable>>>| {
+            if !opts.parse_cache {
+                cache = crate::load::Cache::default();
+            }
+            reload(applier, dir, tx, &mut cache)
+        };
     let mut pending: Vec<(Instant, Garbage)> = Vec::new();
     if let Some(g) = reload(&mut applier, &opts.config, Some(&tx)) {
         pending.push((Instant::now() + GRACE, g));

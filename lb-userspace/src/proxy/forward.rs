@@ -17,7 +17,6 @@ use hyper_util::rt::TokioIo;
 
 use super::Shared;
 use super::access_log::Entry;
-use super::metrics::RequestLabels;
 use crate::route::{self, Action};
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -69,12 +68,12 @@ fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 }
 
 /// What the access log and metrics record about a request.
-struct Outcome {
+struct Outcome<'t> {
     status: u16,
     flags: &'static str,
     upstream: Option<SocketAddr>,
-    route: String,
-    subset: String,
+    rule: Option<&'t route::Rule>,
+    destination: Option<&'t route::Destination>,
 }
 
 /// Handles one request; never fails (errors become 4xx/5xx answers).
@@ -84,53 +83,49 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
+    let table = shared.table.borrow().clone();
     let (method, version) = (req.method().clone(), req.version());
-    let path_log = req
-        .uri()
-        .path_and_query()
-        .map_or_else(|| "/".to_string(), |p| p.to_string());
-    let (resp, outcome) = route_request(&shared, &conn, req).await;
-    let service = conn
-        .dialled
-        .and_then(|d| shared.table.borrow().services.get(&d).cloned())
-        .unwrap_or_else(|| "-".into());
+    // Only kept when the access log is on (a refcount, not a copy).
+    let path_log = shared
+        .log
+        .as_ref()
+        .and_then(|_| req.uri().path_and_query().cloned());
+    let (resp, outcome) = route_request(&shared, &table, &conn, req).await;
     shared
         .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            service,
-            subset: outcome.subset.clone(),
-            code: outcome.status,
-        })
-        .inc();
+        .count(&table, conn.dialled, outcome.destination, outcome.status);
     if let Some(log) = &shared.log {
+        let route = outcome
+            .rule
+            .map_or("-", |r| r.name.as_deref().unwrap_or("default"));
         log.log(&Entry {
             method: method.as_str(),
-            path: &path_log,
+            path: path_log.as_ref().map_or("/", |p| p.as_str()),
             version,
             status: outcome.status,
             flags: outcome.flags,
             upstream: outcome.upstream,
             duration_ms: start.elapsed().as_millis(),
-            route: &outcome.route,
+            route,
         });
     }
     Ok(resp)
 }
 
-async fn route_request(
+async fn route_request<'t>(
     shared: &Shared,
+    table: &'t route::RouteTable,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
-) -> (Response<Body>, Outcome) {
+) -> (Response<Body>, Outcome<'t>) {
     let mut outcome = Outcome {
         status: 0,
         flags: "-",
         upstream: None,
-        route: "-".into(),
-        subset: "-".into(),
+        rule: None,
+        destination: None,
     };
-    let done = |resp: Response<Body>, mut o: Outcome| {
+    let done = |resp: Response<Body>, mut o: Outcome<'t>| {
         o.status = resp.status().as_u16();
         (resp, o)
     };
@@ -147,24 +142,21 @@ async fn route_request(
             outcome,
         );
     }
-    let table = shared.table.borrow().clone();
-    let authority = req
+    // Borrowed from the request: no allocation on the hot path.
+    let authority: &str = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_default();
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map_or_else(|| "/".to_string(), |p| p.to_string());
-    let scheme = req.uri().scheme_str().unwrap_or("http").to_string();
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let path_and_query: &str = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let scheme = req.uri().scheme_str().unwrap_or("http");
+    let has_host_header = req.headers().contains_key(header::HOST);
     let r = route::Request {
         method: req.method().as_str(),
-        scheme: &scheme,
-        path_and_query: &path_and_query,
-        authority: &authority,
+        scheme,
+        path_and_query,
+        authority,
         headers: req.headers(),
         dialled: conn.dialled,
     };
@@ -173,13 +165,13 @@ async fn route_request(
         && let (Some(d), Some(k)) = (conn.dialled, &shared.kernel)
         && let Ok(mut k) = k.lock()
     {
-        k.unknown_host(d, &route::host_key(&authority));
+        k.unknown_host(d, &route::host_key(authority));
     }
     let Some((_, rule)) = sel.rule else {
         outcome.flags = "NR";
         return done(local(StatusCode::NOT_FOUND, "no route\n"), outcome);
     };
-    outcome.route = rule.name.clone().unwrap_or_else(|| "default".into());
+    outcome.rule = Some(rule);
     let destinations = match &rule.action {
         Action::Redirect(rd) => {
             let location = route::redirect_location(rd, &sel, &r);
@@ -208,7 +200,7 @@ async fn route_request(
         outcome.flags = "NR";
         return done(local(StatusCode::NOT_FOUND, "no route\n"), outcome);
     };
-    outcome.subset = dest.label.clone();
+    outcome.destination = Some(dest);
     let endpoints = dest
         .port_for(conn.dialled.map(|d| d.port()))
         .and_then(|p| dest.endpoints.get(&p))
@@ -229,6 +221,7 @@ async fn route_request(
     }
     outcome.upstream = Some(endpoint);
     let (new_path, new_authority) = sel.rewritten(&r);
+    let set_host = !has_host_header || new_authority != authority;
 
     let upgrade = req
         .headers()
@@ -239,7 +232,9 @@ async fn route_request(
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
-    if let Ok(v) = HeaderValue::from_str(&new_authority) {
+    // Host reaches the backend unchanged unless an authority rewrite says otherwise
+    // (and an h2 request's :authority becomes the Host header).
+    if set_host && let Ok(v) = HeaderValue::from_str(&new_authority) {
         headers.insert(header::HOST, v);
     }
     append_forwarded_for(&mut headers, conn.peer);

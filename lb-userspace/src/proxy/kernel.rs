@@ -72,7 +72,12 @@ impl KernelMaps {
     /// Puts the proxy's accepted socket in the socket map so `sk_msg` can shortcut the
     /// client's bytes into it (and the proxy's answers back).
     /// `local` is the listener's address (known: saves a getsockname per connection).
-    pub fn add_accepted(&mut self, stream: &tokio::net::TcpStream, local: SocketAddr, peer: SocketAddr) {
+    pub fn add_accepted(
+        &mut self,
+        stream: &tokio::net::TcpStream,
+        local: SocketAddr,
+        peer: SocketAddr,
+    ) {
         let (Some(local), Some(remote)) = (v4(local), v4(peer)) else {
             return;
         };

@@ -1,9 +1,15 @@
 //! Prometheus metrics of the proxy: requests per service, subset and response code.
 
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+use std::sync::{Arc, Mutex};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+
+use crate::route::{Destination, RouteTable};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -15,6 +21,10 @@ pub struct RequestLabels {
 pub struct Metrics {
     pub registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
+    /// Counters by (routing table, dialled service, destination, code), so a request
+    /// bumps an atomic instead of building and hashing label strings. Keys use the
+    /// addresses of the table's entries; the cache is emptied when the table changes.
+    cache: Mutex<(usize, HashMap<(Option<SocketAddrV4>, usize, u16), Counter>)>,
 }
 
 impl Default for Metrics {
@@ -26,11 +36,51 @@ impl Default for Metrics {
             "Requests handled by the proxy, by service, subset and response code",
             requests.clone(),
         );
-        Self { registry, requests }
+        Self {
+            registry,
+            requests,
+            cache: Mutex::new((0, HashMap::new())),
+        }
     }
 }
 
 impl Metrics {
+    /// Counts one request.
+    pub fn count(
+        &self,
+        table: &Arc<RouteTable>,
+        dialled: Option<SocketAddrV4>,
+        dest: Option<&Destination>,
+        code: u16,
+    ) {
+        let Ok(mut cache) = self.cache.lock() else {
+            return;
+        };
+        let table_id = Arc::as_ptr(table) as usize;
+        if cache.0 != table_id {
+            *cache = (table_id, HashMap::new());
+        }
+        let key = (
+            dialled,
+            dest.map_or(0, |d| d as *const Destination as usize),
+            code,
+        );
+        let counter = cache.1.entry(key).or_insert_with(|| {
+            let service = dialled
+                .and_then(|d| table.services.get(&d).cloned())
+                .unwrap_or_else(|| "-".into());
+            let subset = dest.map_or_else(|| "-".to_string(), |d| d.label.clone());
+            self.requests
+                .get_or_create(&RequestLabels {
+                    service,
+                    subset,
+                    code,
+                })
+                .clone()
+        });
+        counter.inc();
+    }
+
     /// OpenMetrics text, with the kernel's counters (read from the maps) added.
     pub fn render(&self, kernel: &[(&str, &str, u64)]) -> String {
         let mut out = String::new();

@@ -112,7 +112,9 @@ impl Proxy {
         tokio::pin!(shutdown);
         // Where clients reach the proxy (the sk_msg key of accepted sockets).
         let local = match self.listener.local_addr() {
-            Ok(SocketAddr::V4(a)) if a.ip().is_unspecified() => SocketAddr::from(([127, 0, 0, 1], a.port())),
+            Ok(SocketAddr::V4(a)) if a.ip().is_unspecified() => {
+                SocketAddr::from(([127, 0, 0, 1], a.port()))
+            }
             Ok(a) => a,
             Err(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
         };

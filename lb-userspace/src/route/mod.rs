@@ -156,6 +156,23 @@ pub struct Selection<'t> {
 
 /// Host header to the name it is looked up by: lower case, no port, no trailing dot.
 pub fn host_key(authority: &str) -> String {
+    host_key_cow(authority).into_owned()
+}
+
+/// [`host_key`] without allocating when the Host is already in canonical form.
+fn host_key_cow(authority: &str) -> std::borrow::Cow<'_, str> {
+    let canonical = !authority.is_empty()
+        && !authority.ends_with('.')
+        && authority
+            .bytes()
+            .all(|b| b != b':' && !b.is_ascii_uppercase() && b != b'[');
+    if canonical {
+        return std::borrow::Cow::Borrowed(authority);
+    }
+    std::borrow::Cow::Owned(host_key_slow(authority))
+}
+
+fn host_key_slow(authority: &str) -> String {
     let h = if authority.starts_with('[') {
         authority
             .split(']')
@@ -175,8 +192,8 @@ pub fn host_key(authority: &str) -> String {
 impl RouteTable {
     /// The vhost the Host header names (exact, then the longest wildcard).
     pub fn vhost_by_host(&self, authority: &str) -> Option<usize> {
-        let key = host_key(authority);
-        self.hosts.get(&key).copied().or_else(|| {
+        let key = host_key_cow(authority);
+        self.hosts.get(key.as_ref()).copied().or_else(|| {
             self.wildcards
                 .iter()
                 .find(|(w, _)| crate::model::hosts::wildcard_covers(w, &key))

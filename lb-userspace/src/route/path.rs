@@ -14,6 +14,10 @@ pub fn normalize(path: &str) -> String {
     if path.is_empty() {
         return "/".to_string();
     }
+    // Fast path: nothing to remove (the common case, on every request).
+    if path.starts_with('/') && !path.contains("/.") {
+        return path.to_string();
+    }
     let mut out: Vec<&str> = Vec::new();
     let segments: Vec<&str> = path.split('/').collect();
     let last = segments.len() - 1;

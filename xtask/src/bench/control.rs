@@ -129,7 +129,12 @@ fn time_apply(n: usize, work: &Path) -> anyhow::Result<(usize, f64, f64, f64, f6
 }
 
 /// A daemon on `n` services: its idle RSS, and (if `changes` > 0) change latencies.
-fn daemon(n: usize, changes: usize, work: &Path, extra: &[&str]) -> anyhow::Result<(u64, Vec<f64>)> {
+fn daemon(
+    n: usize,
+    changes: usize,
+    work: &Path,
+    extra: &[&str],
+) -> anyhow::Result<(u64, Vec<f64>)> {
     let dir = work.join(format!("daemon-{n}"));
     write_config(&dir, n, 90)?;
     let id = std::process::id();
@@ -222,7 +227,9 @@ pub fn run(o: &Options, work: &Path) -> anyhow::Result<ControlResults> {
     for &n in sizes {
         let (rss, mut lat) = daemon(n, if n == change_services { changes } else { 0 }, work, &[])?;
         let (rss_no_cache, _) = daemon(n, 0, work, &["--no-parse-cache"])?;
-        eprintln!("daemon with {n} services: idle RSS {rss} KiB ({rss_no_cache} KiB with --no-parse-cache)");
+        eprintln!(
+            "daemon with {n} services: idle RSS {rss} KiB ({rss_no_cache} KiB with --no-parse-cache)"
+        );
         r.idle_rss_kib.push((n, rss, rss_no_cache));
         if !lat.is_empty() {
             lat.sort_by(f64::total_cmp);

@@ -211,10 +211,22 @@ pub fn render(r: &Results) -> String {
         }
     }
     let c = &r.control;
-    let _ = writeln!(md, "\n## Control plane\n\n| services × 10 endpoints | load YAML ms | compile ms | apply ms | unchanged re-apply ms | daemon idle RSS MiB | same, `--no-parse-cache` |\n|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        md,
+        "\n## Control plane\n\n| services × 10 endpoints | load YAML ms | compile ms | apply ms | unchanged re-apply ms | daemon idle RSS MiB | same, `--no-parse-cache` |\n|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for (n, load, compile, apply, again) in &c.apply {
-        let (rss, rss_nc) = c.idle_rss_kib.iter().find(|(m, _, _)| m == n).map_or((f64::NAN, f64::NAN), |(_, a, b)| (*a as f64 / 1024.0, *b as f64 / 1024.0));
-        let _ = writeln!(md, "| {n} | {load:.0} | {compile:.1} | {apply:.0} | {again:.0} | {rss:.1} | {rss_nc:.1} |");
+        let (rss, rss_nc) = c
+            .idle_rss_kib
+            .iter()
+            .find(|(m, _, _)| m == n)
+            .map_or((f64::NAN, f64::NAN), |(_, a, b)| {
+                (*a as f64 / 1024.0, *b as f64 / 1024.0)
+            });
+        let _ = writeln!(
+            md,
+            "| {n} | {load:.0} | {compile:.1} | {apply:.0} | {again:.0} | {rss:.1} | {rss_nc:.1} |"
+        );
     }
     let _ = writeln!(
         md,
@@ -237,7 +249,11 @@ pub fn render(r: &Results) -> String {
         cl(Row::Haproxy),
     );
     let big = c.apply.iter().max_by_key(|t| t.0);
-    let rss1k = c.idle_rss_kib.iter().find(|(n, _, _)| *n == 1_000).map(|(_, a, b)| (*a as f64 / 1024.0, *b as f64 / 1024.0));
+    let rss1k = c
+        .idle_rss_kib
+        .iter()
+        .find(|(n, _, _)| *n == 1_000)
+        .map(|(_, a, b)| (*a as f64 / 1024.0, *b as f64 / 1024.0));
     let _ = writeln!(md, "## Targets\n\n| target | measured | |\n|---|---|---|");
     let _ = writeln!(
         md,
@@ -290,7 +306,11 @@ pub fn render(r: &Results) -> String {
         verdict(c.change_max_ms < 50.0)
     );
     if let Some((rss, rss_nc)) = rss1k {
-        let _ = writeln!(md, "| idle RSS < 30 MB with 1,000 services | {rss:.1} MiB (parse cache) / {rss_nc:.1} MiB (`--no-parse-cache`) | {} |", verdict(rss_nc < 30.0));
+        let _ = writeln!(
+            md,
+            "| idle RSS < 30 MB with 1,000 services | {rss:.1} MiB (parse cache) / {rss_nc:.1} MiB (`--no-parse-cache`) | {} |",
+            verdict(rss_nc < 30.0)
+        );
     }
     md
 }
