@@ -312,5 +312,9 @@ pub fn render(r: &Results) -> String {
             verdict(rss_nc < 30.0)
         );
     }
+    // The hand-written analysis of misses and profiles (kept across runs).
+    if let Ok(analysis) = std::fs::read_to_string(super::root().join("bench/ANALYSIS.md")) {
+        let _ = writeln!(md, "\n{analysis}");
+    }
     md
 }
