@@ -11,6 +11,7 @@ use lb::apply::{Pins, attach, cgroup};
 
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf/lb";
 
+
 #[derive(Parser)]
 #[command(
     name = "lb",

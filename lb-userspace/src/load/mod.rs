@@ -8,6 +8,7 @@ pub mod istio;
 pub mod locate;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
@@ -92,7 +93,7 @@ pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
 
 /// Loads every resource of `dir`. Content problems are returned as diagnostics beside
 /// the resources that did load.
-pub fn load_dir(dir: &Path) -> Result<(Vec<Loaded>, Vec<Diagnostic>), LoadError> {
+pub fn load_dir(dir: &Path) -> Result<(Vec<Arc<Loaded>>, Vec<Diagnostic>), LoadError> {
     Cache::default().load_dir(dir)
 }
 
@@ -100,12 +101,12 @@ pub fn load_dir(dir: &Path) -> Result<(Vec<Loaded>, Vec<Diagnostic>), LoadError>
 /// bytes changed (a one-line edit among 10,000 services re-reads one file).
 #[derive(Default)]
 pub struct Cache {
-    files: std::collections::HashMap<PathBuf, (u64, Vec<Loaded>, Vec<Diagnostic>)>,
+    files: std::collections::HashMap<PathBuf, (u64, Vec<Arc<Loaded>>, Vec<Diagnostic>)>,
 }
 
 impl Cache {
     /// Like [`load_dir`], reusing the results of files whose content is unchanged.
-    pub fn load_dir(&mut self, dir: &Path) -> Result<(Vec<Loaded>, Vec<Diagnostic>), LoadError> {
+    pub fn load_dir(&mut self, dir: &Path) -> Result<(Vec<Arc<Loaded>>, Vec<Diagnostic>), LoadError> {
         let mut loaded = Vec::new();
         let mut diags = Vec::new();
         let files = config_files(dir)?;
@@ -129,6 +130,8 @@ impl Cache {
                 _ => {
                     let (mut l, mut d) = (Vec::new(), Vec::new());
                     load_text(&file, &text, &mut l, &mut d);
+                    // Shared with the cache: a reload of other files copies pointers only.
+                    let l: Vec<Arc<Loaded>> = l.into_iter().map(Arc::new).collect();
                     loaded.extend(l.iter().cloned());
                     diags.extend(d.iter().cloned());
                     self.files.insert(file, (hash, l, d));

@@ -111,7 +111,7 @@ pub fn load_dir_cached(dir: &Path, cache: &mut load::Cache) -> Result<Validated,
 }
 
 /// Builds the model from loaded resources, appending every problem to `diags`.
-pub fn build(loaded: &[Loaded], diags: &mut Vec<Diagnostic>) -> Model {
+pub fn build(loaded: &[std::sync::Arc<Loaded>], diags: &mut Vec<Diagnostic>) -> Model {
     check_duplicates(loaded, diags);
     let catalog = build_catalog(loaded, diags);
     let subset_rules = build_subset_rules(loaded, &catalog, diags);
@@ -181,7 +181,7 @@ pub fn build(loaded: &[Loaded], diags: &mut Vec<Diagnostic>) -> Model {
 }
 
 fn parse_virtual_services(
-    loaded: &[Loaded],
+    loaded: &[std::sync::Arc<Loaded>],
     catalog: &Catalog,
     subset_rules: &subsets::SubsetRules,
     diags: &mut Vec<Diagnostic>,
@@ -199,7 +199,7 @@ fn parse_virtual_services(
     out
 }
 
-fn check_duplicates(loaded: &[Loaded], diags: &mut Vec<Diagnostic>) {
+fn check_duplicates(loaded: &[std::sync::Arc<Loaded>], diags: &mut Vec<Diagnostic>) {
     let mut seen: HashMap<(&str, &str, &str), &Loaded> = HashMap::new();
     for l in loaded {
         if let Some(first) = seen.insert((l.kind, &l.namespace, &l.name), l) {
@@ -219,7 +219,7 @@ fn check_duplicates(loaded: &[Loaded], diags: &mut Vec<Diagnostic>) {
     }
 }
 
-fn build_catalog(loaded: &[Loaded], diags: &mut Vec<Diagnostic>) -> Catalog {
+fn build_catalog(loaded: &[std::sync::Arc<Loaded>], diags: &mut Vec<Diagnostic>) -> Catalog {
     let mut cat = Catalog::default();
     for (i, l) in loaded.iter().enumerate() {
         let Resource::ServiceEntry(se) = &l.resource else {
@@ -251,7 +251,7 @@ fn build_catalog(loaded: &[Loaded], diags: &mut Vec<Diagnostic>) -> Catalog {
 }
 
 fn build_subset_rules(
-    loaded: &[Loaded],
+    loaded: &[std::sync::Arc<Loaded>],
     catalog: &Catalog,
     diags: &mut Vec<Diagnostic>,
 ) -> subsets::SubsetRules {
@@ -293,7 +293,7 @@ fn build_subset_rules(
 /// Binds each VirtualService to the catalogue services its hosts name (host → index
 /// into `parsed`); two VirtualServices for one host are an error naming both.
 fn bind_virtual_services(
-    loaded: &[Loaded],
+    loaded: &[std::sync::Arc<Loaded>],
     parsed: &[routes::ParsedVs],
     catalog: &Catalog,
     diags: &mut Vec<Diagnostic>,
