@@ -86,15 +86,7 @@ pub fn reload(
     cache: &mut crate::load::Cache,
 ) -> Option<Garbage> {
     let started = std::time::Instant::now();
-    let result = model::load_dir_cached(dir, cache)
-        .map_err(|e| e.to_string())
-        .and_then(|v| {
-            for w in &v.warnings {
-                tracing::warn!("{w}");
-            }
-            compile::plan(v.model).map_err(|e| e.to_string())
-        })
-        .and_then(|plan| {
+    let result = build_plan(dir, cache).and_then(|plan| {
             if let Some(tx) = routes {
                 tx.send_replace(plan.proxy.clone());
             }
@@ -130,6 +122,15 @@ pub fn reload(
     }
 }
 
+/// Loads (reusing the parse of unchanged files) and compiles the configuration.
+fn build_plan(dir: &Path, cache: &mut crate::load::Cache) -> Result<compile::Plan, String> {
+    let v = model::load_dir_cached(dir, cache).map_err(|e| e.to_string())?;
+    for w in &v.warnings {
+        tracing::warn!("{w}");
+    }
+    compile::plan(v.model).map_err(|e| e.to_string())
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -150,10 +151,14 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let mut cache = crate::load::Cache::default();
     let mut reload =
         |applier: &mut Applier, dir: &Path, tx: Option<&watch::Sender<Arc<RouteTable>>>| {
+            let garbage = reload(applier, dir, tx, &mut cache);
             if !opts.parse_cache {
+                // Nothing of the parse outlives the reload.
                 cache = crate::load::Cache::default();
+                // SAFETY: malloc_trim only releases free heap memory.
+                unsafe { libc::malloc_trim(0) };
             }
-            reload(applier, dir, tx, &mut cache)
+            garbage
         };
     let mut pending: Vec<(Instant, Garbage)> = Vec::new();
     if let Some(g) = reload(&mut applier, &opts.config, Some(&tx)) {
