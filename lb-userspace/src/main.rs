@@ -11,7 +11,6 @@ use lb::apply::{Pins, attach, cgroup};
 
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf/lb";
 
-
 #[derive(Parser)]
 #[command(
     name = "lb",

@@ -87,11 +87,11 @@ pub fn reload(
 ) -> Option<Garbage> {
     let started = std::time::Instant::now();
     let result = build_plan(dir, cache).and_then(|plan| {
-            if let Some(tx) = routes {
-                tx.send_replace(plan.proxy.clone());
-            }
-            applier.apply(&plan.kernel).map_err(|e| e.to_string())
-        });
+        if let Some(tx) = routes {
+            tx.send_replace(plan.proxy.clone());
+        }
+        applier.apply(&plan.kernel).map_err(|e| e.to_string())
+    });
     // Parsing a large configuration allocates a lot, briefly: hand the freed memory
     // back to the OS so the idle daemon stays small.
     // SAFETY: malloc_trim only releases free heap memory.

@@ -106,7 +106,10 @@ pub struct Cache {
 
 impl Cache {
     /// Like [`load_dir`], reusing the results of files whose content is unchanged.
-    pub fn load_dir(&mut self, dir: &Path) -> Result<(Vec<Arc<Loaded>>, Vec<Diagnostic>), LoadError> {
+    pub fn load_dir(
+        &mut self,
+        dir: &Path,
+    ) -> Result<(Vec<Arc<Loaded>>, Vec<Diagnostic>), LoadError> {
         let mut loaded = Vec::new();
         let mut diags = Vec::new();
         let files = config_files(dir)?;

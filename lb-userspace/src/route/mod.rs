@@ -161,13 +161,18 @@ pub fn host_key(authority: &str) -> String {
 
 /// [`host_key`] without allocating when the Host is already in canonical form.
 fn host_key_cow(authority: &str) -> std::borrow::Cow<'_, str> {
-    let canonical = !authority.is_empty()
-        && !authority.ends_with('.')
-        && authority
+    // Common case: lower case, maybe a numeric port, no IPv6 brackets, no trailing dot.
+    let host = match authority.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    let canonical = !host.is_empty()
+        && !host.ends_with('.')
+        && host
             .bytes()
             .all(|b| b != b':' && !b.is_ascii_uppercase() && b != b'[');
     if canonical {
-        return std::borrow::Cow::Borrowed(authority);
+        return std::borrow::Cow::Borrowed(host);
     }
     std::borrow::Cow::Owned(host_key_slow(authority))
 }
