@@ -59,12 +59,7 @@ impl ConfigWatch {
             }
             self.pending = true;
         }
-        loop {
-            match tokio::time::timeout(quiet, self.rx.recv()).await {
-                Ok(Some(())) => continue,
-                _ => break,
-            }
-        }
+        while let Ok(Some(())) = tokio::time::timeout(quiet, self.rx.recv()).await {}
         self.pending = false;
     }
 }

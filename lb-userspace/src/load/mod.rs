@@ -97,11 +97,14 @@ pub fn load_dir(dir: &Path) -> Result<(Vec<Arc<Loaded>>, Vec<Diagnostic>), LoadE
     Cache::default().load_dir(dir)
 }
 
+/// One file's content hash, resources and problems.
+type CachedFile = (u64, Vec<Arc<Loaded>>, Vec<Diagnostic>);
+
 /// What each file loaded to, by its content: a reload parses only the files whose
 /// bytes changed (a one-line edit among 10,000 services re-reads one file).
 #[derive(Default)]
 pub struct Cache {
-    files: std::collections::HashMap<PathBuf, (u64, Vec<Arc<Loaded>>, Vec<Diagnostic>)>,
+    files: std::collections::HashMap<PathBuf, CachedFile>,
 }
 
 impl Cache {

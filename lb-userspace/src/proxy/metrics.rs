@@ -18,13 +18,16 @@ pub struct RequestLabels {
     pub code: u16,
 }
 
+/// (dialled service, destination address in the table, response code).
+type CounterKey = (Option<SocketAddrV4>, usize, u16);
+
 pub struct Metrics {
     pub registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     /// Counters by (routing table, dialled service, destination, code), so a request
     /// bumps an atomic instead of building and hashing label strings. Keys use the
     /// addresses of the table's entries; the cache is emptied when the table changes.
-    cache: Mutex<(usize, HashMap<(Option<SocketAddrV4>, usize, u16), Counter>)>,
+    cache: Mutex<(usize, HashMap<CounterKey, Counter>)>,
 }
 
 impl Default for Metrics {
