@@ -314,6 +314,18 @@ fn on_active_established(ctx: &SockOpsContext) {
 pub fn lb_sk_msg(ctx: SkMsgContext) -> u32 {
     // SAFETY: the context pointer is valid for the program's run.
     let md = unsafe { &*ctx.msg };
+    // Only the proxy -> client direction is shortcut. The proxy's accepted socket joins
+    // the socket map from user space after accept(); bytes the client sent before that
+    // sit in its receive queue, and tcp_bpf reads redirected bytes first whenever there
+    // are any, so redirecting client -> proxy could reorder a request (seen with h2c,
+    // whose preface, SETTINGS and HEADERS are separate writes). The client's socket
+    // joins at ACTIVE_ESTABLISHED, before any answer, so this direction is safe.
+    let Some(settings) = LB_SETTINGS.get(0) else {
+        return SK_PASS;
+    };
+    if md.local_port as u16 != settings.proxy.port || md.local_ip4 != settings.proxy.user_ip4() {
+        return SK_PASS;
+    }
     // Bytes sent on `local -> remote` are delivered to the socket whose own tuple is
     // `remote -> local`. sk_msg_md: local_port host order, remote_port network order.
     let mut peer = SockKey {
