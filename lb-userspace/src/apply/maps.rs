@@ -26,7 +26,8 @@ pub struct Maps {
     pub hosts: HashMap<MapData, lb_common::HostKey, u64>,
 }
 
-fn open<T>(pins: &Pins, name: &'static str) -> Result<T, ApplyError>
+/// Opens one pinned map as its typed handle.
+pub fn open<T>(pins: &Pins, name: &'static str) -> Result<T, ApplyError>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {

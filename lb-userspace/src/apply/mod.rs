@@ -120,25 +120,23 @@ impl Applier {
     pub fn adopt(pins: &Pins) -> Result<Self, ApplyError> {
         let mut maps = Maps::open(pins)?;
         let current = maps.read_services()?;
+        // Entries of a revision the service no longer uses (or of a removed service).
+        let stale = |service: &SockAddr4, revision: u32| {
+            current
+                .get(service)
+                .is_none_or(|s| s.entry.revision != revision)
+        };
         let stale_slots: Vec<SlotKey> = maps
             .slots
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| {
-                current
-                    .get(&k.service)
-                    .is_none_or(|s| s.entry.revision != k.revision)
-            })
+            .filter(|k| stale(&k.service, k.revision))
             .collect();
         let stale_eps: Vec<EndpointKey> = maps
             .endpoints
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| {
-                current
-                    .get(&k.service)
-                    .is_none_or(|s| s.entry.revision != k.revision)
-            })
+            .filter(|k| stale(&k.service, k.revision))
             .collect();
         for k in stale_slots {
             let _ = maps.slots.remove(&k);

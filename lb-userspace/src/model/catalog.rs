@@ -215,41 +215,33 @@ pub fn from_service_entry(
                 None => err(&ppath, format!("port number {n} is out of range 1-65535")),
             }
         }
-        for (field, set) in [
-            ("network", e.network.is_some()),
-            ("locality", e.locality.is_some()),
-            ("weight", e.weight.is_some()),
-            ("serviceAccount", e.service_account.is_some()),
-        ] {
-            if set {
-                let p = format!("{path}.{field}");
-                diags.push(Diagnostic::warning(
-                    l.at(&p),
-                    &p,
-                    format!("{field} is valid Istio but lb does not enforce it yet"),
-                ));
-            }
-        }
+        super::warn_unenforced(
+            l,
+            &path,
+            &[
+                ("network", e.network.is_some()),
+                ("locality", e.locality.is_some()),
+                ("weight", e.weight.is_some()),
+                ("serviceAccount", e.service_account.is_some()),
+            ],
+            diags,
+        );
         endpoints.push(Endpoint {
             address,
             labels: e.labels.clone(),
             ports: eports,
         });
     }
-    for (field, set) in [
-        ("workloadSelector", spec.workload_selector.is_some()),
-        ("exportTo", !spec.export_to.is_empty()),
-        ("subjectAltNames", !spec.subject_alt_names.is_empty()),
-    ] {
-        if set {
-            let p = format!("spec.{field}");
-            diags.push(Diagnostic::warning(
-                l.at(&p),
-                &p,
-                format!("{field} is valid Istio but lb does not enforce it yet"),
-            ));
-        }
-    }
+    super::warn_unenforced(
+        l,
+        "spec",
+        &[
+            ("workloadSelector", spec.workload_selector.is_some()),
+            ("exportTo", !spec.export_to.is_empty()),
+            ("subjectAltNames", !spec.subject_alt_names.is_empty()),
+        ],
+        diags,
+    );
     if !errors.is_empty() {
         diags.extend(errors);
         return Vec::new();

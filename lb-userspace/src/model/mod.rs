@@ -43,6 +43,25 @@ fn render(d: &[Diagnostic]) -> String {
         .join("\n")
 }
 
+/// Warns, for each field that is set, that it is valid Istio lb does not enforce yet.
+pub(crate) fn warn_unenforced(
+    l: &Loaded,
+    base: &str,
+    fields: &[(&str, bool)],
+    diags: &mut Vec<Diagnostic>,
+) {
+    for (field, set) in fields {
+        if *set {
+            let p = format!("{base}.{field}");
+            diags.push(Diagnostic::warning(
+                l.at(&p),
+                &p,
+                format!("{field} is valid Istio but lb does not enforce it yet"),
+            ));
+        }
+    }
+}
+
 /// A service address the kernel steers, with its resolved split.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {

@@ -86,19 +86,15 @@ pub fn from_destination_rule(
             diags.push(Diagnostic::warning(l.at("spec.trafficPolicy"), "spec.trafficPolicy", "trafficPolicy is valid Istio but lb does not enforce it yet (endpoints are picked at random)"));
         }
     }
-    for (field, set) in [
-        ("exportTo", !spec.export_to.is_empty()),
-        ("workloadSelector", spec.workload_selector.is_some()),
-    ] {
-        if set {
-            let p = format!("spec.{field}");
-            diags.push(Diagnostic::warning(
-                l.at(&p),
-                &p,
-                format!("{field} is valid Istio but lb does not enforce it yet"),
-            ));
-        }
-    }
+    super::warn_unenforced(
+        l,
+        "spec",
+        &[
+            ("exportTo", !spec.export_to.is_empty()),
+            ("workloadSelector", spec.workload_selector.is_some()),
+        ],
+        diags,
+    );
     ok.then(|| SubsetRule {
         host,
         source: format!("{}/{}", l.namespace, l.name),

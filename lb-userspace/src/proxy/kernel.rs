@@ -5,9 +5,10 @@ use std::collections::{HashMap as StdHashMap, HashSet};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 
-use aya::maps::{HashMap, Map, MapData, PerCpuArray, SockHash};
+use aya::maps::{HashMap, MapData, PerCpuArray, SockHash};
 use lb_common::{ClientKey, HostKey, SockAddr4, SockKey, capacity, counters, map_names};
 
+use crate::apply::maps::open;
 use crate::apply::{ApplyError, Pins};
 use crate::compile::sock_addr;
 
@@ -20,25 +21,6 @@ pub struct KernelMaps {
     /// Unknown-Host counts not yet written to the map, and the hosts seen per service.
     pending: StdHashMap<HostKey, u64>,
     seen: StdHashMap<SockAddr4, HashSet<String>>,
-}
-
-fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(
-    pins: &Pins,
-    name: &'static str,
-) -> Result<T, ApplyError> {
-    let path = pins.map(name);
-    let data = MapData::from_pin(&path).map_err(|e| ApplyError::OpenMap {
-        path: path.clone(),
-        source: Box::new(e),
-    })?;
-    let map = Map::from_map_data(data).map_err(|e| ApplyError::OpenMap {
-        path: path.clone(),
-        source: Box::new(e),
-    })?;
-    T::try_from(map).map_err(|e| ApplyError::OpenMap {
-        path,
-        source: Box::new(e),
-    })
 }
 
 fn v4(a: SocketAddr) -> Option<SockAddr4> {
