@@ -111,6 +111,26 @@ fn seed_c_header_match() {
         (1000, Some(0)),
         "{without}"
     );
+    // The admin listener and the access log (the Istio sidecar's line shape).
+    assert_eq!(env.admin_get("/ready"), "ready\n");
+    let dump = env.admin_get("/config_dump");
+    assert!(
+        dump.contains("\"virtual_service\": \"default/backend-vs\"") && dump.contains("hellotest"),
+        "{dump}"
+    );
+    let log_path = env.work.join("access.log");
+    let want = format!("\"GET /test HTTP/1.1\" 200 - upstream=127.0.0.3:{port} duration=");
+    wait_for(
+        Duration::from_secs(5),
+        "the access log to be flushed",
+        || std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains(&want)),
+    );
+    let log = std::fs::read_to_string(&log_path).expect("access log");
+    let line = log.lines().find(|l| l.contains(&want)).expect("a v1 line");
+    assert!(
+        line.starts_with('[') && line.contains("Z] \"GET") && line.ends_with("route=default"),
+        "{line}"
+    );
 }
 
 /// Seed (d): `/test/v1…` → v1 (also `/test/x/../v1/y`), everything else → v0.

@@ -247,7 +247,6 @@ impl RouteTable {
                 match m.check(&view) {
                     Ok(()) => {
                         sel.rule = Some((i, rule));
-                        sel.skipped.shrink_to_fit();
                         return sel;
                     }
                     Err(why) => reasons.push(why),
