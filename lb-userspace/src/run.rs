@@ -22,7 +22,7 @@ use crate::watch::{ConfigWatch, WatchError};
 /// between reading a service entry and its slot.
 const GRACE: Duration = Duration::from_secs(2);
 /// Quiet time after the last file event before reloading.
-const DEBOUNCE: Duration = Duration::from_millis(20);
+const DEBOUNCE: Duration = Duration::from_millis(10);
 
 /// The daemon could not start or keep running.
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,9 @@ pub struct CatalogService {
     /// IPv4 service addresses the kernel steers (may be empty: destination only).
     pub addresses: Vec<Ipv4Addr>,
     pub ports: Vec<Port>,
-    pub endpoints: Vec<Endpoint>,
+    /// Shared by the hosts of one ServiceEntry (cloning labels per host showed in
+    /// reload profiles).
+    pub endpoints: std::sync::Arc<Vec<Endpoint>>,
     /// Index of the resource in the loaded list.
     pub resource: usize,
 }
@@ -246,6 +248,7 @@ pub fn from_service_entry(
         diags.extend(errors);
         return Vec::new();
     }
+    let endpoints = std::sync::Arc::new(endpoints);
     spec.hosts
         .iter()
         .map(|h| CatalogService {
