@@ -12,6 +12,7 @@ use std::net::SocketAddrV4;
 use lb_common::{SockAddr4, capacity, mode};
 
 use crate::model::Model;
+use crate::model::routes::ProxyReason;
 use crate::route::RouteTable;
 pub use image::{MapImage, ServiceImage, SubsetImage};
 
@@ -144,8 +145,8 @@ pub fn compile(model: &Model) -> Result<MapImage, CompileError> {
                 },
                 reason: match &svc.proxy_reason {
                     None => reason::WEIGHTS_ONLY,
-                    Some(r) if r.starts_with("annotation") => reason::ANNOTATION,
-                    Some(_) => reason::L7_RULE,
+                    Some(ProxyReason::Annotation) => reason::ANNOTATION,
+                    Some(ProxyReason::Rule(_)) => reason::L7_RULE,
                 },
                 weight_scale: scale,
                 slots,

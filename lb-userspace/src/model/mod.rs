@@ -77,7 +77,7 @@ pub struct Service {
     /// The VirtualService that sets the split (`ns/name`), if any.
     pub virtual_service: Option<String>,
     /// Why connects go to the proxy; None: weights only, the kernel path.
-    pub proxy_reason: Option<String>,
+    pub proxy_reason: Option<routes::ProxyReason>,
 }
 
 /// What lb enforces.

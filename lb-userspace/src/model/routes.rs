@@ -132,6 +132,27 @@ fn warn_unenforced(l: &Loaded, path: &str, diags: &mut Vec<Diagnostic>, what: &s
 /// request weights for keep-alive clients).
 pub const DATAPATH_ANNOTATION: &str = "lb.dev/datapath";
 
+/// Why a VirtualService's services take the proxy path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyReason {
+    /// `lb.dev/datapath: proxy`: per-request weights for keep-alive clients.
+    Annotation,
+    /// A rule looks inside or changes requests (`spec.http[0] has match`).
+    Rule(String),
+}
+
+impl std::fmt::Display for ProxyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProxyReason::Annotation => write!(
+                f,
+                "annotation {DATAPATH_ANNOTATION}: proxy (per-request weights)"
+            ),
+            ProxyReason::Rule(why) => f.write_str(why),
+        }
+    }
+}
+
 /// One HTTP rule, validated, destinations not yet resolved to endpoints.
 #[derive(Debug)]
 pub struct ParsedRule {
@@ -152,7 +173,7 @@ pub struct ParsedVs {
     pub kernel: Option<KernelRoute>,
     pub rules: Vec<ParsedRule>,
     /// Why this VirtualService needs the proxy; None: weights only, kernel path.
-    pub proxy_reason: Option<String>,
+    pub proxy_reason: Option<ProxyReason>,
     /// Index of the resource in the loaded list.
     pub resource: usize,
 }
@@ -201,9 +222,7 @@ pub fn from_virtual_service(
         warn_unenforced(l, "spec.exportTo", diags, "exportTo");
     }
     let mut proxy_reason = match l.annotations().get(DATAPATH_ANNOTATION).map(String::as_str) {
-        Some("proxy") => Some(format!(
-            "annotation {DATAPATH_ANNOTATION}: proxy (per-request weights)"
-        )),
+        Some("proxy") => Some(ProxyReason::Annotation),
         Some("kernel") | None => None,
         Some(other) => {
             let p = format!("metadata.annotations.{DATAPATH_ANNOTATION}");
@@ -305,7 +324,7 @@ pub fn from_virtual_service(
         if let Some(what) = needs
             && proxy_reason.is_none()
         {
-            proxy_reason = Some(format!("{base} has {what}"));
+            proxy_reason = Some(ProxyReason::Rule(format!("{base} has {what}")));
         }
         let catch_all = r.matches.is_empty();
         if catch_all && catch_all_at.is_none() {

@@ -87,7 +87,7 @@ pub fn build(
         t.vhosts.push(VirtualHost {
             name: vs.source,
             rules,
-            proxy_reason: vs.proxy_reason,
+            proxy_reason: vs.proxy_reason.map(|r| r.to_string()),
         });
     }
     t.wildcards.sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
