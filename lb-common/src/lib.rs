@@ -25,9 +25,11 @@ pub mod map_names {
     pub const STATE: &str = "LB_STATE";
     pub const COUNTERS: &str = "LB_COUNTERS";
     pub const HOSTS: &str = "LB_HOSTS";
+    pub const SK_MSG_PATH: &str = "LB_SK_MSG_PATH";
     /// Every pinned map, in the order `lb down` removes them.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         COUNTERS,
+        SK_MSG_PATH,
         HOSTS,
         SERVICES,
         SLOTS,
@@ -249,6 +251,9 @@ pub mod counters {
     /// Connects to proxy-path services that found no proxy listening and took the
     /// kernel split of the catch-all route instead.
     pub const PROXY_FALLBACKS: u32 = 2;
+    /// Sockets whose peer was not in the socket map at their first message: their bytes
+    /// stay on TCP for the connection's life (order), not redirected.
+    pub const SK_MSG_STAYED_ON_TCP: u32 = 3;
     pub const COUNT: u32 = 4;
 }
 

@@ -2,8 +2,8 @@
 //!
 //! * `lb_connect4` — weighted pick of subset then endpoint, rewrite of the destination.
 //! * `lb_getpeername4` — the client sees the service address it dialled, not the backend.
-//! * `lb_sockops` — on established, proxy-bound sockets are recorded (original
-//!   destination, socket map) for the proxy path.
+//! * `lb_sockops` — on established, proxy-bound client sockets are recorded (original
+//!   destination, socket map), and so are the proxy's accepted sockets (socket map).
 //! * `lb_sk_msg` — redirects bytes between two local sockets in the socket map.
 //!
 //! Every program fails open: on any unexpected error the socket proceeds untouched.
@@ -14,13 +14,14 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_F_CURRENT_NETNS, BPF_F_INGRESS, BPF_F_NO_PREALLOC, BPF_NOEXIST, bpf_sock_tuple,
-        sk_action::SK_PASS,
+        BPF_F_CURRENT_NETNS, BPF_F_INGRESS, BPF_F_NO_PREALLOC, BPF_NOEXIST,
+        BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, bpf_sock_tuple, sk_action::SK_PASS,
     },
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SkStorage, SockHash},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval,
-        bpf_sk_lookup_tcp, bpf_sk_release,
+        bpf_sk_lookup_tcp, bpf_sk_release, generated::bpf_sk_storage_get,
     },
     macros::{btf_map, cgroup_sock_addr, sk_msg, sock_ops},
     programs::{SkMsgContext, SockAddrContext, SockOpsContext},
@@ -50,6 +51,10 @@ static LB_ORIG_DST: LruHashMap<ClientKey, SockAddr4, { cap::ORIG_DST as usize }>
     LruHashMap::new();
 #[btf_map(pin_by_name)]
 static LB_SOCKETS: SockHash<SockKey, { cap::SOCKETS as usize }> = SockHash::new();
+/// Per sending socket: how `lb_sk_msg` delivers its bytes, decided at its first
+/// message and kept for the socket's life (see `lb_sk_msg`). Freed with the socket.
+#[btf_map(pin_by_name)]
+static LB_SK_MSG_PATH: SkStorage<u32> = SkStorage::new();
 #[btf_map(pin_by_name)]
 static LB_STATS: PerCpuHashMap<StatKey, Stats, { cap::STATS as usize }> = PerCpuHashMap::new();
 #[btf_map(pin_by_name)]
@@ -273,10 +278,30 @@ pub fn lb_getpeername4(ctx: SockAddrContext) -> i32 {
 
 #[sock_ops]
 pub fn lb_sockops(ctx: SockOpsContext) -> u32 {
-    if ctx.op() == aya_ebpf::bindings::BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
-        on_active_established(&ctx);
+    match ctx.op() {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_active_established(&ctx),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_passive_established(&ctx),
+        _ => {}
     }
     0
+}
+
+/// The socket's own tuple as the socket map keys it: (local, remote).
+/// sock_ops: local_port is host order, remote_port network order.
+#[inline(always)]
+fn sock_key(ctx: &SockOpsContext) -> SockKey {
+    SockKey {
+        local: SockAddr4::new(ctx.local_ip4().to_ne_bytes(), ctx.local_port() as u16),
+        remote: SockAddr4::new(
+            ctx.remote_ip4().to_ne_bytes(),
+            remote_port_from_ctx(ctx.remote_port()),
+        ),
+    }
+}
+
+#[inline(always)]
+fn sk_msg_on(settings: &Settings) -> bool {
+    settings.flags & settings_flags::SK_MSG != 0
 }
 
 /// A client socket that was handed to the proxy is now established: record what it
@@ -293,37 +318,77 @@ fn on_active_established(ctx: &SockOpsContext) {
     if origin.mode != mode::PROXY {
         return;
     }
-    // sock_ops: local_port is host order, remote_port network order.
-    let local = SockAddr4::new(ctx.local_ip4().to_ne_bytes(), ctx.local_port() as u16);
-    let remote = SockAddr4::new(
-        ctx.remote_ip4().to_ne_bytes(),
-        remote_port_from_ctx(ctx.remote_port()),
-    );
-    let _ = LB_ORIG_DST.insert(&ClientKey { client: local }, &origin.service, 0);
-    let sk_msg_on = LB_SETTINGS
-        .get(0)
-        .is_some_and(|s| s.flags & settings_flags::SK_MSG != 0);
-    if sk_msg_on {
-        let mut key = SockKey { local, remote };
-        // SAFETY: the context pointer is valid for the program's run.
-        let _ = LB_SOCKETS.update(&mut key, unsafe { &mut *ctx.ops }, 0);
+    let mut key = sock_key(ctx);
+    let _ = LB_ORIG_DST.insert(&ClientKey { client: key.local }, &origin.service, 0);
+    // SAFETY: the context pointer is valid for the program's run.
+    let ops = unsafe { &mut *ctx.ops };
+    // A socket that already sent bytes (TCP Fast Open data in the SYN) must stay on
+    // TCP: its later bytes, redirected, would be read before those.
+    if LB_SETTINGS.get(0).is_some_and(sk_msg_on) && ops.data_segs_out == 0 {
+        let _ = LB_SOCKETS.update(&mut key, ops, 0);
     }
 }
+
+/// The proxy accepted a connection (only seen when lb runs inside the attached cgroup,
+/// as on a node where the programs sit on the root cgroup): the accepted socket joins
+/// the socket map here, in the handshake, before the client can send a byte. That is
+/// what lets the client -> proxy direction be shortcut too.
+#[inline(always)]
+fn on_passive_established(ctx: &SockOpsContext) {
+    let Some(settings) = LB_SETTINGS.get(0) else {
+        return;
+    };
+    if !sk_msg_on(settings) {
+        return;
+    }
+    let mut key = sock_key(ctx);
+    if key.local != settings.proxy {
+        return;
+    }
+    // SAFETY: the context pointer is valid for the program's run.
+    let ops = unsafe { &mut *ctx.ops };
+    // Bytes already received by TCP (Fast Open) would be read after redirected ones.
+    if ops.data_segs_in == 0 {
+        let _ = LB_SOCKETS.update(&mut key, ops, 0);
+    }
+}
+
+/// `LB_SK_MSG_PATH` values.
+const PATH_UNDECIDED: u32 = 0;
+const PATH_REDIRECT: u32 = 1;
+const PATH_TCP: u32 = 2;
 
 #[sk_msg]
 pub fn lb_sk_msg(ctx: SkMsgContext) -> u32 {
     // SAFETY: the context pointer is valid for the program's run.
     let md = unsafe { &*ctx.msg };
-    // Only the proxy -> client direction is shortcut. The proxy's accepted socket joins
-    // the socket map from user space after accept(); bytes the client sent before that
-    // sit in its receive queue, and tcp_bpf reads redirected bytes first whenever there
-    // are any, so redirecting client -> proxy could reorder a request (seen with h2c,
-    // whose preface, SETTINGS and HEADERS are separate writes). The client's socket
-    // joins at ACTIVE_ESTABLISHED, before any answer, so this direction is safe.
-    let Some(settings) = LB_SETTINGS.get(0) else {
-        return SK_PASS;
+    // One path per sending socket, chosen at its first message. tcp_bpf reads
+    // redirected bytes before anything in the normal receive queue, so a stream that
+    // went partly by TCP and then by redirect would be read out of order (seen with
+    // h2c, whose preface, SETTINGS and HEADERS are separate writes). A socket whose
+    // peer was not in the map at its first message (the proxy's accepted socket joins
+    // at PASSIVE_ESTABLISHED only when lb runs inside the cgroup) stays on TCP for
+    // good; one whose peer was there is redirected for good. A TCP socket receives
+    // only from its peer, so the receiver never mixes the two.
+    // SAFETY: `sk` is the sending socket, valid for the program's run; the storage
+    // helper zero-fills a new value.
+    let path = unsafe {
+        let sk = md.__bindgen_anon_3.sk;
+        bpf_sk_storage_get(
+            core::ptr::from_ref(&LB_SK_MSG_PATH).cast_mut().cast(),
+            sk.cast(),
+            core::ptr::null_mut(),
+            BPF_SK_STORAGE_GET_F_CREATE as u64,
+        )
+        .cast::<u32>()
     };
-    if md.local_port as u16 != settings.proxy.port || md.local_ip4 != settings.proxy.user_ip4() {
+    if path.is_null() {
+        return SK_PASS;
+    }
+    // SAFETY: non-null storage of this socket; only its own sends touch it, and the
+    // socket lock serialises those.
+    let path = unsafe { &mut *path };
+    if *path == PATH_TCP {
         return SK_PASS;
     }
     // Bytes sent on `local -> remote` are delivered to the socket whose own tuple is
@@ -336,8 +401,17 @@ pub fn lb_sk_msg(ctx: SkMsgContext) -> u32 {
         remote: SockAddr4::new(md.local_ip4.to_ne_bytes(), md.local_port as u16),
     };
     // On a miss the helper answers SK_DROP without choosing a target; returning SK_PASS
-    // regardless sends the bytes the normal way, so a missing peer never drops data.
-    if LB_SOCKETS.redirect_msg(&ctx, &mut peer, BPF_F_INGRESS as u64) == SK_PASS as i64 {
+    // regardless sends the bytes the normal way, so a missing peer never drops data
+    // (after the first message a miss means the peer has closed).
+    let redirected =
+        LB_SOCKETS.redirect_msg(&ctx, &mut peer, BPF_F_INGRESS as u64) == SK_PASS as i64;
+    if *path == PATH_UNDECIDED {
+        *path = if redirected { PATH_REDIRECT } else { PATH_TCP };
+        if !redirected {
+            bump(counters::SK_MSG_STAYED_ON_TCP);
+        }
+    }
+    if redirected {
         bump(counters::SK_MSG_REDIRECTED);
     }
     SK_PASS

@@ -67,6 +67,20 @@ pub fn start(
 ) -> Result<Applier, ApplyError> {
     let how = apply::attach::ensure_attached(pins, cgroup)?;
     tracing::info!(?how, cgroup = %cgroup.display(), pins = %pins.root.display(), "datapath ready");
+    // The proxy's accepted sockets join the socket map at PASSIVE_ESTABLISHED, which
+    // only fires for sockets of processes inside the cgroup; outside it, client sockets
+    // in the map would only pay for a shortcut that never finds its peer.
+    let sk_msg = sk_msg
+        && {
+            let inside = apply::cgroup::contains_self(cgroup).unwrap_or(false);
+            if !inside {
+                tracing::info!(
+                    "lb runs outside {}: the sk_msg shortcut of the client <-> proxy hop is off (run lb inside the cgroup it attaches to, e.g. the root cgroup on a node)",
+                    cgroup.display()
+                );
+            }
+            inside
+        };
     let mut applier = Applier::adopt(pins)?;
     applier.set_settings(Settings {
         self_tgid: std::process::id(),
@@ -174,7 +188,6 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         metrics: Default::default(),
         log,
         kernel,
-        sk_msg: opts.sk_msg,
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let drain = opts.proxy.drain;

@@ -24,6 +24,9 @@ pub struct Counters {
     pub proxy_handoffs: u64,
     /// Proxy-path connects that found no proxy and took the kernel split.
     pub proxy_fallbacks: u64,
+    /// Sockets in the socket map whose peer was not there at their first message:
+    /// their bytes stay on TCP for the connection's life.
+    pub sk_msg_stayed_on_tcp: u64,
 }
 
 /// Requests whose Host named no VirtualService host, for one service.
@@ -95,6 +98,7 @@ pub fn read(pins: &Pins) -> Result<Status, ApplyError> {
         sk_msg_redirected: counter(lb_common::counters::SK_MSG_REDIRECTED),
         proxy_handoffs: counter(lb_common::counters::PROXY_HANDOFFS),
         proxy_fallbacks: counter(lb_common::counters::PROXY_FALLBACKS),
+        sk_msg_stayed_on_tcp: counter(lb_common::counters::SK_MSG_STAYED_ON_TCP),
     };
     let mut hosts: std::collections::HashMap<lb_common::SockAddr4, Vec<UnknownHost>> =
         Default::default();
@@ -218,8 +222,8 @@ impl Status {
         let c = &self.counters;
         let _ = writeln!(
             s,
-            "proxy handoffs {}, proxy fallbacks to the kernel split {}, sk_msg redirected messages {}",
-            c.proxy_handoffs, c.proxy_fallbacks, c.sk_msg_redirected
+            "proxy handoffs {}, proxy fallbacks to the kernel split {}, sk_msg redirected messages {}, sockets kept on TCP {}",
+            c.proxy_handoffs, c.proxy_fallbacks, c.sk_msg_redirected, c.sk_msg_stayed_on_tcp
         );
         if let Some(e) = &self.config.last_error {
             let _ = writeln!(s, "last change REJECTED (the plan above stays):\n{e}");

@@ -29,7 +29,7 @@ pub struct Env {
     pub work: PathBuf,
     daemons: Vec<Child>,
     others: Vec<Child>,
-    last_log: Option<PathBuf>,
+    pub last_log: Option<PathBuf>,
     _serial: MutexGuard<'static, ()>,
 }
 

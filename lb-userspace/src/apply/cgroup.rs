@@ -22,6 +22,19 @@ pub fn cgroup2_root() -> std::io::Result<PathBuf> {
         })
 }
 
+/// Whether this process runs inside `cgroup` (or one of its descendants): its own
+/// sockets then pass through the programs attached there.
+pub fn contains_self(cgroup: &std::path::Path) -> std::io::Result<bool> {
+    let own = std::fs::read_to_string("/proc/self/cgroup")?;
+    // cgroup2's line is "0::/path"; on a hybrid layout it sits among v1 lines.
+    let Some(rel) = own.lines().find_map(|l| l.strip_prefix("0::")) else {
+        return Ok(false);
+    };
+    let own = cgroup2_root()?.join(rel.trim_start_matches('/'));
+    let target = cgroup.canonicalize()?;
+    Ok(own.canonicalize().unwrap_or(own).starts_with(target))
+}
+
 /// Makes a spawned command join `cgroup` before it runs (the caller itself stays
 /// where it is: moving the caller would move every thread of it).
 pub fn spawn_into(cmd: &mut std::process::Command, cgroup: &std::path::Path) {

@@ -21,6 +21,8 @@ pub struct Guarded<T> {
     inner: T,
     /// Lower-cased tail of the previous read, then the current read.
     scratch: Vec<u8>,
+    /// Bytes already read (and inspected) that the next reads hand out first.
+    unread: bytes::Bytes,
     pub poisoned: Arc<AtomicBool>,
 }
 
@@ -29,12 +31,16 @@ impl<T> Guarded<T> {
         Self {
             inner,
             scratch: Vec::new(),
+            unread: bytes::Bytes::new(),
             poisoned: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    pub fn get_ref(&self) -> &T {
-        &self.inner
+    /// Hands `bytes` (read through this guard, so already inspected) out again before
+    /// anything new: the proxy peeks at a connection's first bytes to pick HTTP/1 or
+    /// HTTP/2 without a second read.
+    pub fn unread(&mut self, bytes: bytes::Bytes) {
+        self.unread = bytes;
     }
 
     fn inspect(&mut self, new: &[u8]) {
@@ -72,6 +78,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            let chunk = self.unread.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {

@@ -1,12 +1,13 @@
 //! The proxy's side of the kernel maps: the original destination of an accepted
-//! connection, the socket map for the sk_msg shortcut, counters, unknown Hosts.
+//! connection, counters, unknown Hosts. (The proxy's accepted sockets join the
+//! sk_msg socket map in the kernel, at PASSIVE_ESTABLISHED.)
 
 use std::collections::{HashMap as StdHashMap, HashSet};
 use std::net::{SocketAddr, SocketAddrV4};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd as _, AsRawFd as _};
 
-use aya::maps::{HashMap, MapData, PerCpuArray, SockHash};
-use lb_common::{ClientKey, HostKey, SockAddr4, SockKey, capacity, counters, map_names};
+use aya::maps::{HashMap, MapData, MapFd, PerCpuArray};
+use lb_common::{ClientKey, HostKey, SockAddr4, capacity, counters, map_names};
 
 use crate::apply::maps::open;
 use crate::apply::{ApplyError, Pins};
@@ -14,8 +15,8 @@ use crate::compile::sock_addr;
 
 /// Handles on the maps the proxy uses.
 pub struct KernelMaps {
-    orig_dst: HashMap<MapData, ClientKey, SockAddr4>,
-    sockets: SockHash<MapData, SockKey>,
+    /// Raw fd: aya has no lookup-and-delete for hash maps.
+    orig_dst: MapFd,
     counters: PerCpuArray<MapData, u64>,
     hosts: HashMap<MapData, HostKey, u64>,
     /// Unknown-Host counts not yet written to the map, and the hosts seen per service.
@@ -33,8 +34,7 @@ fn v4(a: SocketAddr) -> Option<SockAddr4> {
 impl KernelMaps {
     pub fn open(pins: &Pins) -> Result<Self, ApplyError> {
         Ok(Self {
-            orig_dst: open(pins, map_names::ORIG_DST)?,
-            sockets: open(pins, map_names::SOCKETS)?,
+            orig_dst: open_fd(pins, map_names::ORIG_DST)?,
             counters: open(pins, map_names::COUNTERS)?,
             hosts: open(pins, map_names::HOSTS)?,
             pending: StdHashMap::new(),
@@ -42,33 +42,13 @@ impl KernelMaps {
         })
     }
 
-    /// What the client at `peer` dialled; the entry is removed once read (the map is an
-    /// LRU: stale entries would only crowd out live ones).
+    /// What the client at `peer` dialled, removed as it is read: one syscall per
+    /// accepted connection (BPF_MAP_LOOKUP_AND_DELETE_ELEM, hash maps since 5.14).
     pub fn take_orig_dst(&mut self, peer: SocketAddr) -> Option<SocketAddrV4> {
         let key = ClientKey { client: v4(peer)? };
-        let dst = self.orig_dst.get(&key, 0).ok()?;
-        let _ = self.orig_dst.remove(&key);
+        let mut dst = SockAddr4::default();
+        lookup_and_delete(&self.orig_dst, &key, &mut dst).ok()?;
         Some(SocketAddrV4::new(dst.addr.into(), dst.port))
-    }
-
-    /// Puts the proxy's accepted socket in the socket map so `sk_msg` can shortcut the
-    /// client's bytes into it (and the proxy's answers back).
-    /// `local` is the listener's address (known: saves a getsockname per connection).
-    pub fn add_accepted(
-        &mut self,
-        stream: &tokio::net::TcpStream,
-        local: SocketAddr,
-        peer: SocketAddr,
-    ) {
-        let (Some(local), Some(remote)) = (v4(local), v4(peer)) else {
-            return;
-        };
-        if let Err(e) = self
-            .sockets
-            .insert(&SockKey { local, remote }, stream.as_raw_fd(), 0)
-        {
-            tracing::debug!("socket map insert: {e}");
-        }
     }
 
     /// A per-CPU counter summed.
@@ -107,4 +87,51 @@ impl KernelMaps {
             let _ = self.hosts.insert(&k, &(old + n), 0);
         }
     }
+}
+
+fn open_fd(pins: &Pins, name: &'static str) -> Result<MapFd, ApplyError> {
+    let path = pins.map(name);
+    MapData::from_pin(&path)
+        .and_then(|d| d.info())
+        .and_then(|i| i.fd())
+        .map_err(|e| ApplyError::OpenMap {
+            path,
+            source: Box::new(e),
+        })
+}
+
+/// `bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM)`: copies the value of `key` out and removes
+/// the entry in one call.
+fn lookup_and_delete<K, V>(map: &MapFd, key: &K, value: &mut V) -> std::io::Result<()> {
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    /// The map-element member of `union bpf_attr`.
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let attr = ElemAttr {
+        map_fd: map.as_fd().as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: std::ptr::from_mut(value) as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` points at a live key and a value buffer of the map's sizes (the
+    // map was created from the same lb-common types).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            std::ptr::from_ref(&attr),
+            std::mem::size_of::<ElemAttr>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -15,9 +15,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -54,7 +54,6 @@ pub struct Shared {
     pub metrics: metrics::Metrics,
     pub log: Option<access_log::AccessLog>,
     pub kernel: Option<Mutex<kernel::KernelMaps>>,
-    pub sk_msg: bool,
 }
 
 /// A bound, not yet serving proxy: binding first lets the daemon point the kernel at
@@ -97,55 +96,40 @@ impl Proxy {
         drain: Duration,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .max_buf_size(MAX_HEADER_BYTES)
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30));
-        builder
-            .http2()
-            .max_header_list_size(MAX_HEADER_BYTES as u32);
-        let graceful = GracefulShutdown::new();
+        let mut h1 = http1::Builder::new();
+        h1.max_buf_size(MAX_HEADER_BYTES)
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.max_header_list_size(MAX_HEADER_BYTES as u32)
+            .timer(TokioTimer::new());
+        let builders = Arc::new((h1, h2));
+        // Every connection holds a receiver; draining is over when none is left.
+        let (stopping, _) = watch::channel(false);
         let admin_task = tokio::spawn(admin::serve(self.admin, shared.clone()));
         let flusher = tokio::spawn(flush_loop(shared.clone()));
         tokio::pin!(shutdown);
-        // Where clients reach the proxy (the sk_msg key of accepted sockets).
-        let local = match self.listener.local_addr() {
-            Ok(SocketAddr::V4(a)) if a.ip().is_unspecified() => {
-                SocketAddr::from(([127, 0, 0, 1], a.port()))
-            }
-            Ok(a) => a,
-            Err(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => {
                     let Ok((stream, peer)) = accepted else { continue };
                     let _ = stream.set_nodelay(true);
-                    let dialled = shared.kernel.as_ref().and_then(|k| {
-                        let mut k = k.lock().ok()?;
-                        if shared.sk_msg {
-                            k.add_accepted(&stream, local, peer);
-                        }
-                        k.take_orig_dst(peer)
-                    });
-                    let stream = guard::Guarded::new(stream);
-                    let conn = Arc::new(forward::ConnInfo { peer, dialled, smuggling: stream.poisoned.clone() });
-                    let shared = shared.clone();
-                    let svc = hyper::service::service_fn(move |req| forward::handle(shared.clone(), conn.clone(), req));
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
-                    let watched = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        let _ = watched.await;
-                    });
+                    let dialled = shared.kernel.as_ref().and_then(|k| k.lock().ok()?.take_orig_dst(peer));
+                    tokio::spawn(serve_connection(
+                        stream,
+                        forward::ConnInfo { peer, dialled, smuggling: Default::default() },
+                        shared.clone(),
+                        builders.clone(),
+                        stopping.subscribe(),
+                    ));
                 }
                 () = &mut shutdown => break,
             }
         }
         drop(self.listener);
         tracing::info!("proxy draining (at most {drain:?})");
-        if tokio::time::timeout(drain, graceful.shutdown())
+        stopping.send_replace(true);
+        if tokio::time::timeout(drain, stopping.closed())
             .await
             .is_err()
         {
@@ -154,6 +138,63 @@ impl Proxy {
         admin_task.abort();
         flusher.abort();
         flush(&shared);
+    }
+}
+
+/// Bound on a client's first bytes and on each request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The HTTP/2 prior-knowledge preface (h2c).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves one accepted connection: reads its first bytes once to tell HTTP/2 prior
+/// knowledge from HTTP/1 (the bytes are handed to hyper again, no second read), then
+/// runs hyper's connection until it ends or the proxy drains.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    mut conn: forward::ConnInfo,
+    shared: Arc<Shared>,
+    builders: Arc<(http1::Builder, http2::Builder<TokioExecutor>)>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut stream = guard::Guarded::new(stream);
+    conn.smuggling = stream.poisoned.clone();
+    let mut first = bytes::BytesMut::with_capacity(4096);
+    // Read until the bytes differ from the preface or hold all of it.
+    let h2 = loop {
+        match tokio::time::timeout(HEADER_READ_TIMEOUT, stream.read_buf(&mut first)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+        let n = first.len().min(H2_PREFACE.len());
+        if first[..n] != H2_PREFACE[..n] {
+            break false;
+        }
+        if n == H2_PREFACE.len() {
+            break true;
+        }
+    };
+    stream.unread(first.freeze());
+    let conn = Arc::new(conn);
+    let svc =
+        hyper::service::service_fn(move |req| forward::handle(shared.clone(), conn.clone(), req));
+    let io = TokioIo::new(stream);
+    if h2 {
+        let c = builders.1.serve_connection(io, svc);
+        tokio::pin!(c);
+        tokio::select! {
+            _ = c.as_mut() => return,
+            _ = stopping.changed() => c.as_mut().graceful_shutdown(),
+        }
+        let _ = c.await;
+    } else {
+        let c = builders.0.serve_connection(io, svc).with_upgrades();
+        tokio::pin!(c);
+        tokio::select! {
+            _ = c.as_mut() => return,
+            _ = stopping.changed() => c.as_mut().graceful_shutdown(),
+        }
+        let _ = c.await;
     }
 }
 

@@ -208,7 +208,16 @@ impl Setup {
                 args.push("--no-sk-msg".into());
             }
             let log = work.join(format!("lb-{name}.log"));
-            procs.spawn(&format!("lb-{name}"), SERVER_CPU, None, &lb_s, &args, &log)?;
+            // Inside the cgroup it attaches to, as on a node (root cgroup): the proxy's
+            // accepted sockets then join the sk_msg socket map in the handshake.
+            procs.spawn(
+                &format!("lb-{name}"),
+                SERVER_CPU,
+                Some(&cgroup.path),
+                &lb_s,
+                &args,
+                &log,
+            )?;
             control::wait_for_log(&log, "configuration applied", Duration::from_secs(20))?;
             Ok(LbDaemon {
                 cgroup,
@@ -387,6 +396,8 @@ pub struct Sample {
     pub round: usize,
     pub wrk: wrk::WrkResult,
     pub cpu_us_per_req: f64,
+    /// Whole-machine busy CPU per request (both CPUs, everything on them).
+    pub machine_us_per_req: f64,
 }
 
 /// Everything one harness run measured.
@@ -428,8 +439,10 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
             for row in Row::ALL {
                 let (url, cgroup, _) = setup.target(row);
                 let cpu0 = setup.balancer_cpu(row);
+                let machine0 = procs::machine_busy_us();
                 let w = wrk::run(&url, o.seconds, close, cgroup)?;
                 let cpu = setup.balancer_cpu(row).saturating_sub(cpu0);
+                let machine = procs::machine_busy_us().saturating_sub(machine0);
                 anyhow::ensure!(
                     w.non_2xx == 0,
                     "{}: {} non-2xx answers",
@@ -441,6 +454,7 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
                     close,
                     round,
                     cpu_us_per_req: cpu as f64 / w.requests.max(1) as f64,
+                    machine_us_per_req: machine as f64 / w.requests.max(1) as f64,
                     wrk: w,
                 };
                 eprintln!(

@@ -85,6 +85,24 @@ pub fn cpu_us(pid: u32) -> u64 {
     ticks * 1_000_000 / hz
 }
 
+/// Busy CPU time of the whole machine (user, nice, system, irq, softirq over all
+/// CPUs: client, balancer, backends and the kernel work done for them), in µs.
+pub fn machine_busy_us() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0;
+    };
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let busy: u64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| f.get(i)).sum();
+    busy * 1_000_000 / hz
+}
+
 /// A `/proc/PID/status` field in KiB (VmHWM: peak RSS, VmRSS: current).
 pub fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

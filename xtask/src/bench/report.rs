@@ -64,6 +64,7 @@ pub struct Summary {
     pub p50: f64,
     pub p99: f64,
     pub cpu: f64,
+    pub machine: f64,
     pub spread: f64,
     pub errors: u64,
 }
@@ -83,6 +84,7 @@ pub fn summarize(samples: &[Sample], row: Row, close: bool) -> Summary {
         p50: median(s.iter().map(|x| x.wrk.p50_us).collect()),
         p99: median(s.iter().map(|x| x.wrk.p99_us).collect()),
         cpu: median(s.iter().map(|x| x.cpu_us_per_req).collect()),
+        machine: median(s.iter().map(|x| x.machine_us_per_req).collect()),
         spread: if m > 0.0 {
             (max - min) / m * 100.0
         } else {
@@ -116,7 +118,7 @@ pub fn render(r: &Results) -> String {
     );
     let _ = writeln!(
         md,
-        "Setup: backends (`lb backend`, v0 on 127.0.0.2, v1 on 127.0.0.3) and every balancer pinned to CPU 0; `wrk -t1 -c50` pinned to CPU 1. {} interleaved round(s) of {} s per row and mode (A B C … A B C …); medians; spread = (max − min) / median of req/s over rounds. Balancer CPU is user + system time of its process(es) from /proc during the run, divided by requests. lb: proxy on 1 thread (tokio current-thread), access log {}; HAProxy `nbthread 1`, nginx `worker_processes 1`, both with the same 90/10 split, `hellotest` header rule and `/test/v2` rewrite, configs in `bench/`. Every row was checked before timing: 500 new connections, no failure, the configured split.\n",
+        "Setup: backends (`lb backend`, v0 on 127.0.0.2, v1 on 127.0.0.3) and every balancer pinned to CPU 0; `wrk -t1 -c50` pinned to CPU 1. {} interleaved round(s) of {} s per row and mode (A B C … A B C …); medians; spread = (max − min) / median of req/s over rounds. Balancer CPU is user + system time of its process(es) from /proc during the run, divided by requests; machine CPU is the busy time of both CPUs from /proc/stat (client, balancer, backends and the kernel's softirq work, wherever it lands), divided by requests — the number kernel shortcuts cannot move between columns. lb: proxy on 1 thread (tokio current-thread), daemon inside the cgroup it attaches to (as on a node), access log {}; HAProxy `nbthread 1`, nginx `worker_processes 1`, both with the same 90/10 split, `hellotest` header rule and `/test/v2` rewrite, configs in `bench/`. Every row was checked before timing: 500 new connections, no failure, the configured split.\n",
         o.rounds,
         o.seconds,
         if o.access_log { "on" } else { "off" }
@@ -133,9 +135,12 @@ pub fn render(r: &Results) -> String {
         );
         let _ = writeln!(
             md,
-            "| row | req/s | × direct | × HAProxy | × nginx | p50 µs | p99 µs | balancer CPU µs/req | spread | socket errors |"
+            "| row | req/s | × direct | × HAProxy | × nginx | p50 µs | p99 µs | balancer CPU µs/req | machine CPU µs/req | spread | socket errors |"
         );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            md,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
         let direct = summarize(&r.samples, Row::Direct, close);
         let hap = summarize(&r.samples, Row::Haproxy, close);
         let ngx = summarize(&r.samples, Row::Nginx, close);
@@ -148,7 +153,7 @@ pub fn render(r: &Results) -> String {
             };
             let _ = writeln!(
                 md,
-                "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {cpu} | {:.1} % | {} |",
+                "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {cpu} | {:.1} | {:.1} % | {} |",
                 row.label(),
                 s.rps,
                 s.rps / direct.rps,
@@ -156,6 +161,7 @@ pub fn render(r: &Results) -> String {
                 s.rps / ngx.rps,
                 s.p50,
                 s.p99,
+                s.machine,
                 s.spread,
                 s.errors
             );
