@@ -106,10 +106,6 @@ pub fn reload(
         }
         applier.apply(&plan.kernel).map_err(|e| e.to_string())
     });
-    // Parsing a large configuration allocates a lot, briefly: hand the freed memory
-    // back to the OS so the idle daemon stays small.
-    // SAFETY: malloc_trim only releases free heap memory.
-    unsafe { libc::malloc_trim(0) };
     match result {
         Ok((report, garbage)) => {
             let took_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -208,6 +204,11 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             _ = async { tokio::time::sleep_until(next_gc.expect("guarded")).await }, if next_gc.is_some() => {
                 let (_, g) = pending.remove(0);
                 applier.collect_garbage(g);
+                // Parsing a large configuration allocates a lot, briefly: hand the
+                // freed memory back to the OS once things are quiet (trimming on every
+                // reload made the next one fault all its pages in again).
+                // SAFETY: malloc_trim only releases free heap memory.
+                unsafe { libc::malloc_trim(0) };
             }
             _ = term.recv() => break,
             _ = int.recv() => break,

@@ -1,4 +1,6 @@
-//! Developer tasks: `cargo xtask bench` runs the side-by-side benchmarks (bench/).
+//! Developer tasks: `cargo xtask bench` runs the side-by-side benchmarks (bench/);
+//! `cargo xtask rebuild DIR [N]` times the daemon's per-change work (model + compile
+//! of an already parsed configuration) N times, for profiling reloads.
 mod bench;
 
 fn main() -> anyhow::Result<()> {
@@ -7,6 +9,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench") => bench::main(&args[1..]),
         // Internal: the paced client, re-executed inside a cgroup by the harness.
         Some("paced") => bench::paced::main(&args[1..]),
+        Some("rebuild") => bench::control::rebuild_main(&args[1..]),
         other => anyhow::bail!(
             "unknown task {other:?}: try `cargo xtask bench [--smoke] [--rounds N] [--seconds S] [--access-log]`"
         ),

@@ -82,8 +82,9 @@ pub struct WorkloadEntry {
     pub address: Option<String>,
     #[serde(default)]
     pub ports: BTreeMap<String, i64>,
+    /// Shared with the model's endpoints (a reload clones a refcount, not the map).
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: std::sync::Arc<BTreeMap<String, String>>,
     pub network: Option<String>,
     pub locality: Option<String>,
     pub weight: Option<i64>,

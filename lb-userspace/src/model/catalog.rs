@@ -37,7 +37,7 @@ pub struct Port {
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub address: Ipv4Addr,
-    pub labels: BTreeMap<String, String>,
+    pub labels: std::sync::Arc<BTreeMap<String, String>>,
     /// Port overrides by service port name.
     pub ports: BTreeMap<String, u16>,
 }
@@ -179,21 +179,23 @@ pub fn from_service_entry(
     }
     let mut endpoints = Vec::new();
     for (i, e) in spec.endpoints.iter().enumerate() {
-        let path = format!("spec.endpoints[{i}]");
+        // Formatted only when something is reported (10k endpoints reload often).
+        let path = || format!("spec.endpoints[{i}]");
         let addr = e.address.as_deref().unwrap_or("");
         let address = match addr.parse::<std::net::IpAddr>() {
             Ok(std::net::IpAddr::V4(v4)) => v4,
             Ok(std::net::IpAddr::V6(_)) => {
+                let path = format!("{}.address", path());
                 diags.push(Diagnostic::warning(
-                    l.at(&format!("{path}.address")),
-                    format!("{path}.address"),
+                    l.at(&path),
+                    path,
                     format!("endpoint {addr:?} is IPv6: lb steers IPv4 only, it is left out"),
                 ));
                 continue;
             }
             Err(_) => {
                 err(
-                    &format!("{path}.address"),
+                    &format!("{}.address", path()),
                     format!(
                         "invalid endpoint address {addr:?}: expected an IPv4 address (resolution STATIC)"
                     ),
@@ -203,10 +205,10 @@ pub fn from_service_entry(
         };
         let mut eports = BTreeMap::new();
         for (name, n) in &e.ports {
-            let ppath = format!("{path}.ports.{name}");
+            let ppath = || format!("{}.ports.{name}", path());
             if !ports.iter().any(|p| &p.name == name) {
                 err(
-                    &ppath,
+                    &ppath(),
                     format!("endpoint port {name:?} names no port of the ServiceEntry"),
                 );
             }
@@ -214,20 +216,18 @@ pub fn from_service_entry(
                 Some(p) => {
                     eports.insert(name.clone(), p);
                 }
-                None => err(&ppath, format!("port number {n} is out of range 1-65535")),
+                None => err(&ppath(), format!("port number {n} is out of range 1-65535")),
             }
         }
-        super::warn_unenforced(
-            l,
-            &path,
-            &[
-                ("network", e.network.is_some()),
-                ("locality", e.locality.is_some()),
-                ("weight", e.weight.is_some()),
-                ("serviceAccount", e.service_account.is_some()),
-            ],
-            diags,
-        );
+        let unenforced = [
+            ("network", e.network.is_some()),
+            ("locality", e.locality.is_some()),
+            ("weight", e.weight.is_some()),
+            ("serviceAccount", e.service_account.is_some()),
+        ];
+        if unenforced.iter().any(|(_, set)| *set) {
+            super::warn_unenforced(l, &path(), &unenforced, diags);
+        }
         endpoints.push(Endpoint {
             address,
             labels: e.labels.clone(),

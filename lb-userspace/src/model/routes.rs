@@ -440,18 +440,18 @@ pub fn endpoints_by_port(
     let Some(svc) = catalog.lookup(&d.host) else {
         return Default::default();
     };
+    static ALL: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
     let labels = d
         .subset
         .as_ref()
         .and_then(|s| subset_rules.get(&svc.host).and_then(|r| r.subsets.get(s)))
-        .cloned()
-        .unwrap_or_default();
+        .unwrap_or(&ALL);
     svc.ports
         .iter()
         .map(|p| {
             (
                 p.number,
-                svc.select(&labels, p)
+                svc.select(labels, p)
                     .into_iter()
                     .map(std::net::SocketAddr::V4)
                     .collect(),

@@ -247,3 +247,32 @@ pub fn run(o: &Options, work: &Path) -> anyhow::Result<ControlResults> {
     }
     Ok(r)
 }
+
+/// `cargo xtask rebuild DIR [N]`: what a reload costs once the files are parsed (the
+/// parse cache holds every unchanged file): model build + compile, N times; prints the
+/// minimum and the median (the minimum is what noise on a shared VM cannot inflate).
+pub fn rebuild_main(args: &[String]) -> anyhow::Result<()> {
+    let dir = PathBuf::from(
+        args.first()
+            .ok_or_else(|| anyhow::anyhow!("usage: rebuild DIR [N]"))?,
+    );
+    let n: usize = args.get(1).map_or(Ok(30), |v| v.parse())?;
+    let mut cache = lb::load::Cache::default();
+    lb::model::load_dir_cached(&dir, &mut cache)?;
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let v = lb::model::load_dir_cached(&dir, &mut cache)?;
+        let plan = lb::compile::plan(v.model)?;
+        drop(plan);
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "rebuild of {}: min {:.1} ms, median {:.1} ms over {n}",
+        dir.display(),
+        times[0],
+        times[n / 2]
+    );
+    Ok(())
+}

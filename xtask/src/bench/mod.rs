@@ -4,7 +4,7 @@
 //!
 //! Pinning (2 cores): balancer and backends on CPU 0, the load generator on CPU 1.
 
-mod control;
+pub mod control;
 pub mod paced;
 mod procs;
 mod report;
