@@ -97,7 +97,7 @@ pub fn reload(
     applier: &mut Applier,
     dir: &Path,
     routes: Option<&watch::Sender<Arc<RouteTable>>>,
-    cache: &mut crate::load::Cache,
+    cache: &mut model::Cache,
 ) -> Option<Garbage> {
     let started = std::time::Instant::now();
     let result = build_plan(dir, cache).and_then(|plan| {
@@ -133,7 +133,7 @@ pub fn reload(
 }
 
 /// Loads (reusing the parse of unchanged files) and compiles the configuration.
-fn build_plan(dir: &Path, cache: &mut crate::load::Cache) -> Result<compile::Plan, String> {
+fn build_plan(dir: &Path, cache: &mut model::Cache) -> Result<compile::Plan, String> {
     let v = model::load_dir_cached(dir, cache).map_err(|e| e.to_string())?;
     for w in &v.warnings {
         tracing::warn!("{w}");
@@ -158,13 +158,13 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     };
     let (tx, rx) = watch::channel(Arc::new(RouteTable::default()));
     let mut watch = ConfigWatch::start(&opts.config)?;
-    let mut cache = crate::load::Cache::default();
+    let mut cache = model::Cache::default();
     let mut reload =
         |applier: &mut Applier, dir: &Path, tx: Option<&watch::Sender<Arc<RouteTable>>>| {
             let garbage = reload(applier, dir, tx, &mut cache);
             if !opts.parse_cache {
                 // Nothing of the parse outlives the reload.
-                cache = crate::load::Cache::default();
+                cache = model::Cache::default();
                 // SAFETY: malloc_trim only releases free heap memory.
                 unsafe { libc::malloc_trim(0) };
             }

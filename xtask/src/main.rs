@@ -1,6 +1,8 @@
 //! Developer tasks: `cargo xtask bench` runs the side-by-side benchmarks (bench/);
 //! `cargo xtask rebuild DIR [N]` times the daemon's per-change work (model + compile
-//! of an already parsed configuration) N times, for profiling reloads.
+//! of an already parsed configuration) N times, for profiling reloads;
+//! `cargo xtask change-latency [SERVICES] [CHANGES]` runs the benchmark's
+//! config-change row alone.
 mod bench;
 
 fn main() -> anyhow::Result<()> {
@@ -10,6 +12,7 @@ fn main() -> anyhow::Result<()> {
         // Internal: the paced client, re-executed inside a cgroup by the harness.
         Some("paced") => bench::paced::main(&args[1..]),
         Some("rebuild") => bench::control::rebuild_main(&args[1..]),
+        Some("change-latency") => bench::control::change_main(&args[1..]),
         other => anyhow::bail!(
             "unknown task {other:?}: try `cargo xtask bench [--smoke] [--rounds N] [--seconds S] [--access-log]`"
         ),

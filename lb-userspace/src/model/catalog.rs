@@ -10,7 +10,7 @@ use crate::load::{Loaded, istio};
 use super::hosts;
 
 /// One service of the catalogue (one ServiceEntry host).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CatalogService {
     /// Canonical host (`backend-service.default.svc.cluster.local`).
     pub host: String,
@@ -23,8 +23,22 @@ pub struct CatalogService {
     /// Shared by the hosts of one ServiceEntry (cloning labels per host showed in
     /// reload profiles).
     pub endpoints: std::sync::Arc<Vec<Endpoint>>,
-    /// Index of the resource in the loaded list.
-    pub resource: usize,
+    /// The ServiceEntry document that declared it.
+    pub doc: std::sync::Arc<Loaded>,
+    /// `select` answers. A service outlives reloads that leave its ServiceEntry alone
+    /// (model::Cache), and each reload asks the same few questions (one per subset and
+    /// port) twice: matching labels endpoint by endpoint was the largest part of a
+    /// one-file change among 1000 services.
+    selected: std::sync::Mutex<Vec<Selection>>,
+}
+
+const MAX_SELECTIONS: usize = 64;
+
+#[derive(Debug)]
+struct Selection {
+    labels: BTreeMap<String, String>,
+    port: u16,
+    endpoints: Vec<SocketAddrV4>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +64,30 @@ impl CatalogService {
 
     /// Endpoints matching `labels` (all of them), on service port `port`.
     pub fn select(&self, labels: &BTreeMap<String, String>, port: &Port) -> Vec<SocketAddrV4> {
+        let Ok(mut memo) = self.selected.lock() else {
+            return self.select_uncached(labels, port);
+        };
+        if let Some(s) = memo
+            .iter()
+            .find(|s| s.port == port.number && s.labels == *labels)
+        {
+            return s.endpoints.clone();
+        }
+        let endpoints = self.select_uncached(labels, port);
+        // Subsets edited again and again under one ServiceEntry would pile up answers
+        // nobody asks any more: start over past a bound no real service reaches.
+        if memo.len() >= MAX_SELECTIONS {
+            memo.clear();
+        }
+        memo.push(Selection {
+            labels: labels.clone(),
+            port: port.number,
+            endpoints: endpoints.clone(),
+        });
+        endpoints
+    }
+
+    fn select_uncached(&self, labels: &BTreeMap<String, String>, port: &Port) -> Vec<SocketAddrV4> {
         self.endpoints
             .iter()
             .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
@@ -72,11 +110,11 @@ fn port_number(v: i64) -> Option<u16> {
 
 /// Reads one ServiceEntry into catalogue services (one per host).
 pub fn from_service_entry(
-    l: &Loaded,
-    index: usize,
+    doc: &std::sync::Arc<Loaded>,
     spec: &istio::ServiceEntrySpec,
     diags: &mut Vec<Diagnostic>,
 ) -> Vec<CatalogService> {
+    let l: &Loaded = doc;
     let mut errors = Vec::new();
     let mut err = |path: &str, msg: String| errors.push(Diagnostic::error(l.at(path), path, msg));
     if spec.hosts.is_empty() {
@@ -258,7 +296,8 @@ pub fn from_service_entry(
             addresses: addresses.clone(),
             ports: ports.clone(),
             endpoints: endpoints.clone(),
-            resource: index,
+            doc: doc.clone(),
+            selected: Default::default(),
         })
         .collect()
 }

@@ -14,6 +14,7 @@ mod table;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddrV4;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::diagnostic::{self, Diagnostic};
 use crate::load::{self, Loaded, Resource};
@@ -99,26 +100,45 @@ pub struct Validated {
 /// The catalogue of services by every name they answer to.
 #[derive(Debug, Default)]
 pub struct Catalog {
-    pub services: Vec<catalog::CatalogService>,
+    pub services: Vec<Arc<catalog::CatalogService>>,
     by_alias: HashMap<String, usize>,
 }
 
 impl Catalog {
     /// The service a canonical host names (any of its forms).
     pub fn lookup(&self, host: &str) -> Option<&catalog::CatalogService> {
-        self.by_alias.get(host).map(|i| &self.services[*i])
+        self.by_alias.get(host).map(|i| &*self.services[*i])
     }
+}
+
+/// What a reload reuses from the previous one (the daemon keeps it): the parse of
+/// unchanged files, and the catalogue services of unchanged ServiceEntry documents
+/// (reading endpoints was the largest part of a one-file change among 1000 services).
+#[derive(Default)]
+pub struct Cache {
+    pub parse: load::Cache,
+    /// By document (`Arc` address; the memo holds the `Arc`, so the address stays its).
+    service_entries: HashMap<usize, ServiceEntryMemo>,
+}
+
+struct ServiceEntryMemo {
+    /// Held so the address keying this entry cannot be reused by another document.
+    _doc: Arc<Loaded>,
+    services: Vec<Arc<catalog::CatalogService>>,
+    /// Every name each service answers to (host forms, addresses).
+    names: Vec<Vec<String>>,
+    diags: Vec<Diagnostic>,
 }
 
 /// Loads and validates the configuration directory.
 pub fn load_dir(dir: &Path) -> Result<Validated, ModelError> {
-    load_dir_cached(dir, &mut load::Cache::default())
+    load_dir_cached(dir, &mut Cache::default())
 }
 
-/// [`load_dir`] reusing the parse of unchanged files (the daemon keeps the cache).
-pub fn load_dir_cached(dir: &Path, cache: &mut load::Cache) -> Result<Validated, ModelError> {
-    let (loaded, mut diags) = cache.load_dir(dir)?;
-    let model = build(&loaded, &mut diags);
+/// [`load_dir`] reusing what the previous load of `cache` can lend.
+pub fn load_dir_cached(dir: &Path, cache: &mut Cache) -> Result<Validated, ModelError> {
+    let (loaded, mut diags) = cache.parse.load_dir(dir)?;
+    let model = build_with(&loaded, &mut cache.service_entries, &mut diags);
     diagnostic::sort(&mut diags);
     if diags.iter().any(Diagnostic::is_error) {
         return Err(ModelError::Invalid { diagnostics: diags });
@@ -130,9 +150,17 @@ pub fn load_dir_cached(dir: &Path, cache: &mut load::Cache) -> Result<Validated,
 }
 
 /// Builds the model from loaded resources, appending every problem to `diags`.
-pub fn build(loaded: &[std::sync::Arc<Loaded>], diags: &mut Vec<Diagnostic>) -> Model {
+pub fn build(loaded: &[Arc<Loaded>], diags: &mut Vec<Diagnostic>) -> Model {
+    build_with(loaded, &mut HashMap::new(), diags)
+}
+
+fn build_with(
+    loaded: &[Arc<Loaded>],
+    memo: &mut HashMap<usize, ServiceEntryMemo>,
+    diags: &mut Vec<Diagnostic>,
+) -> Model {
     check_duplicates(loaded, diags);
-    let catalog = build_catalog(loaded, diags);
+    let catalog = build_catalog(loaded, memo, diags);
     let subset_rules = build_subset_rules(loaded, &catalog, diags);
     let parsed = parse_virtual_services(loaded, &catalog, &subset_rules, diags);
     let bindings = bind_virtual_services(loaded, &parsed, &catalog, diags);
@@ -145,7 +173,7 @@ pub fn build(loaded: &[std::sync::Arc<Loaded>], diags: &mut Vec<Diagnostic>) -> 
                 let frontend = SocketAddrV4::new(*addr, port.number);
                 if let Some(other) = frontends.insert(frontend, &svc.host) {
                     if other != svc.host {
-                        let l = &loaded[svc.resource];
+                        let l = &svc.doc;
                         diags.push(Diagnostic::error(
                             l.at("spec.addresses"),
                             "spec.addresses",
@@ -238,13 +266,43 @@ fn check_duplicates(loaded: &[std::sync::Arc<Loaded>], diags: &mut Vec<Diagnosti
     }
 }
 
-fn build_catalog(loaded: &[std::sync::Arc<Loaded>], diags: &mut Vec<Diagnostic>) -> Catalog {
+fn build_catalog(
+    loaded: &[Arc<Loaded>],
+    memo: &mut HashMap<usize, ServiceEntryMemo>,
+    diags: &mut Vec<Diagnostic>,
+) -> Catalog {
+    // Documents no longer loaded leave the memo.
+    let live: std::collections::HashSet<usize> =
+        loaded.iter().map(|l| Arc::as_ptr(l) as usize).collect();
+    memo.retain(|k, _| live.contains(k));
     let mut cat = Catalog::default();
-    for (i, l) in loaded.iter().enumerate() {
+    for l in loaded {
         let Resource::ServiceEntry(se) = &l.resource else {
             continue;
         };
-        for svc in catalog::from_service_entry(l, i, &se.spec, diags) {
+        let m = memo.entry(Arc::as_ptr(l) as usize).or_insert_with(|| {
+            let mut own = Vec::new();
+            let services: Vec<_> = catalog::from_service_entry(l, &se.spec, &mut own)
+                .into_iter()
+                .map(Arc::new)
+                .collect();
+            let names = services
+                .iter()
+                .map(|svc| {
+                    let mut names = hosts::aliases(&svc.host);
+                    names.extend(svc.addresses.iter().map(|a| a.to_string()));
+                    names
+                })
+                .collect();
+            ServiceEntryMemo {
+                _doc: l.clone(),
+                services,
+                names,
+                diags: own,
+            }
+        });
+        diags.extend(m.diags.iter().cloned());
+        for (svc, names) in m.services.iter().zip(&m.names) {
             if let Some(&j) = cat.by_alias.get(&svc.host) {
                 let other = &cat.services[j];
                 diags.push(Diagnostic::error(
@@ -258,12 +316,12 @@ fn build_catalog(loaded: &[std::sync::Arc<Loaded>], diags: &mut Vec<Diagnostic>)
                 continue;
             }
             let idx = cat.services.len();
-            let mut names = hosts::aliases(&svc.host);
-            names.extend(svc.addresses.iter().map(|a| a.to_string()));
             for n in names {
-                cat.by_alias.entry(n).or_insert(idx);
+                if !cat.by_alias.contains_key(n) {
+                    cat.by_alias.insert(n.clone(), idx);
+                }
             }
-            cat.services.push(svc);
+            cat.services.push(svc.clone());
         }
     }
     cat

@@ -257,7 +257,7 @@ pub fn rebuild_main(args: &[String]) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("usage: rebuild DIR [N]"))?,
     );
     let n: usize = args.get(1).map_or(Ok(30), |v| v.parse())?;
-    let mut cache = lb::load::Cache::default();
+    let mut cache = lb::model::Cache::default();
     lb::model::load_dir_cached(&dir, &mut cache)?;
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
@@ -273,6 +273,27 @@ pub fn rebuild_main(args: &[String]) -> anyhow::Result<()> {
         dir.display(),
         times[0],
         times[n / 2]
+    );
+    Ok(())
+}
+
+/// `cargo xtask change-latency [SERVICES] [CHANGES]`: the control-plane row of the
+/// benchmark alone (config file change -> new weights live in the pinned map).
+pub fn change_main(args: &[String]) -> anyhow::Result<()> {
+    let n: usize = args.first().map_or(Ok(1_000), |v| v.parse())?;
+    let changes: usize = args.get(1).map_or(Ok(30), |v| v.parse())?;
+    let work = std::env::temp_dir().join(format!("lb-change-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let result = daemon(n, changes, &work, &[]);
+    let _ = std::fs::remove_dir_all(&work);
+    let (_, mut lat) = result?;
+    lat.sort_by(f64::total_cmp);
+    anyhow::ensure!(!lat.is_empty(), "no change measured");
+    println!(
+        "config change -> live with {n} services: median {:.1} ms, max {:.1} ms ({} changes)",
+        lat[lat.len() / 2],
+        lat[lat.len() - 1],
+        lat.len()
     );
     Ok(())
 }
