@@ -26,10 +26,12 @@ pub mod map_names {
     pub const COUNTERS: &str = "LB_COUNTERS";
     pub const HOSTS: &str = "LB_HOSTS";
     pub const SK_MSG_PATH: &str = "LB_SK_MSG_PATH";
+    pub const UPSTREAM_PEERS: &str = "LB_UPSTREAM_PEERS";
     /// Every pinned map, in the order `lb down` removes them.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         COUNTERS,
         SK_MSG_PATH,
+        UPSTREAM_PEERS,
         HOSTS,
         SERVICES,
         SLOTS,
@@ -60,6 +62,7 @@ pub mod capacity {
     pub const ORIGINS: u32 = 262_144;
     pub const ORIG_DST: u32 = 65_536;
     pub const SOCKETS: u32 = 65_536;
+    pub const UPSTREAM_PEERS: u32 = 16_384;
     pub const STATS: u32 = 65_536;
     pub const NAME_LEN: usize = 64;
     /// Distinct unknown Host headers remembered (per service at most `HOSTS_PER_SERVICE`).
@@ -74,6 +77,9 @@ pub mod mode {
     pub const KERNEL: u32 = 1;
     /// Handed to lb's proxy listener (the L7 path).
     pub const PROXY: u32 = 2;
+    /// In `LB_ORIGINS` only: lb's own connect to a loopback endpoint (the proxy's
+    /// upstream hop), a candidate for the sk_msg shortcut.
+    pub const UPSTREAM: u32 = 3;
 }
 
 /// An IPv4 service or endpoint address: `[u8; 4]` in network order plus a host-order port.

@@ -3,7 +3,8 @@
 //! * `lb_connect4` — weighted pick of subset then endpoint, rewrite of the destination.
 //! * `lb_getpeername4` — the client sees the service address it dialled, not the backend.
 //! * `lb_sockops` — on established, proxy-bound client sockets are recorded (original
-//!   destination, socket map), and so are the proxy's accepted sockets (socket map).
+//!   destination, socket map), and so are the proxy's accepted sockets, its upstream
+//!   sockets to loopback endpoints and the backends' accepted ends (socket map).
 //! * `lb_sk_msg` — redirects bytes between two local sockets in the socket map.
 //!
 //! Every program fails open: on any unexpected error the socket proceeds untouched.
@@ -55,6 +56,12 @@ static LB_SOCKETS: SockHash<SockKey, { cap::SOCKETS as usize }> = SockHash::new(
 /// message and kept for the socket's life (see `lb_sk_msg`). Freed with the socket.
 #[btf_map(pin_by_name)]
 static LB_SK_MSG_PATH: SkStorage<u32> = SkStorage::new();
+/// The tuple the backend's accepted socket will have, for each upstream connect of
+/// lb's proxy that joined the socket map: the backend's socket joins too at
+/// PASSIVE_ESTABLISHED (when the backend runs inside the cgroup, as local pods do).
+#[btf_map(pin_by_name)]
+static LB_UPSTREAM_PEERS: LruHashMap<SockKey, u32, { cap::UPSTREAM_PEERS as usize }> =
+    LruHashMap::new();
 #[btf_map(pin_by_name)]
 static LB_STATS: PerCpuHashMap<StatKey, Stats, { cap::STATS as usize }> = PerCpuHashMap::new();
 #[btf_map(pin_by_name)]
@@ -115,6 +122,11 @@ fn try_connect4(ctx: &SockAddrContext) -> Verdict {
     let dialled = SockAddr4::from_sock_addr(sa.user_ip4, sa.user_port);
     // SAFETY: the returned reference is read at once, before any update of the map.
     let Some(svc) = (unsafe { LB_SERVICES.get(&dialled) }) else {
+        // lb's proxy connecting to a loopback endpoint: both ends are local sockets,
+        // so the upstream hop can be shortcut too (see on_active_established).
+        if dialled.addr[0] == 127 && LB_SETTINGS.get(0).is_some_and(sk_msg_on) && is_own_socket() {
+            remember_origin(ctx, dialled, dialled, mode::UPSTREAM);
+        }
         return Verdict::Allow;
     };
     let svc = *svc;
@@ -315,11 +327,20 @@ fn on_active_established(ctx: &SockOpsContext) {
     let Some(origin) = (unsafe { LB_ORIGINS.get(&cookie) }).copied() else {
         return;
     };
-    if origin.mode != mode::PROXY {
-        return;
-    }
     let mut key = sock_key(ctx);
-    let _ = LB_ORIG_DST.insert(&ClientKey { client: key.local }, &origin.service, 0);
+    match origin.mode {
+        mode::PROXY => {
+            let _ = LB_ORIG_DST.insert(&ClientKey { client: key.local }, &origin.service, 0);
+        }
+        mode::UPSTREAM => {
+            let peer = SockKey {
+                local: key.remote,
+                remote: key.local,
+            };
+            let _ = LB_UPSTREAM_PEERS.insert(&peer, &1, 0);
+        }
+        _ => return,
+    }
     // SAFETY: the context pointer is valid for the program's run.
     let ops = unsafe { &mut *ctx.ops };
     // A socket that already sent bytes (TCP Fast Open data in the SYN) must stay on
@@ -332,7 +353,8 @@ fn on_active_established(ctx: &SockOpsContext) {
 /// The proxy accepted a connection (only seen when lb runs inside the attached cgroup,
 /// as on a node where the programs sit on the root cgroup): the accepted socket joins
 /// the socket map here, in the handshake, before the client can send a byte. That is
-/// what lets the client -> proxy direction be shortcut too.
+/// what lets the client -> proxy direction be shortcut too. Likewise a backend inside
+/// the cgroup accepting lb's upstream connect: the proxy <-> backend hop.
 #[inline(always)]
 fn on_passive_established(ctx: &SockOpsContext) {
     let Some(settings) = LB_SETTINGS.get(0) else {
@@ -343,7 +365,12 @@ fn on_passive_established(ctx: &SockOpsContext) {
     }
     let mut key = sock_key(ctx);
     if key.local != settings.proxy {
-        return;
+        // A backend accepting one of lb's upstream connects.
+        // SAFETY: copied out at once.
+        if unsafe { LB_UPSTREAM_PEERS.get(&key) }.is_none() {
+            return;
+        }
+        let _ = LB_UPSTREAM_PEERS.remove(&key);
     }
     // SAFETY: the context pointer is valid for the program's run.
     let ops = unsafe { &mut *ctx.ops };

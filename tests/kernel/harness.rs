@@ -164,7 +164,15 @@ impl Env {
 
     /// Starts a test backend answering with `name` on each address.
     pub fn backend(&mut self, name: &str, addrs: &[SocketAddr]) {
+        self.backend_at(name, addrs, false)
+    }
+
+    /// A backend, inside the attached cgroup if `inside` (as a local pod on a node).
+    pub fn backend_at(&mut self, name: &str, addrs: &[SocketAddr], inside: bool) {
         let mut cmd = Command::new(lb_bin());
+        if inside {
+            spawn_into(&mut cmd, &self.cgroup.path);
+        }
         cmd.args(["backend", "--name", name])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
