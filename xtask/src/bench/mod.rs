@@ -169,64 +169,90 @@ impl Setup {
             )?;
             procs::wait_listening(addr, name)?;
         }
-        let config = work.join("lb-config");
-        std::fs::create_dir_all(&config)?;
-        std::fs::write(
-            config.join("config.yaml"),
-            template(
-                &root().join("bench/lb/config.yaml"),
-                &[("PORT", PORT.to_string())],
-            )?,
-        )?;
-        let mut daemon = |name: &str, sk_msg: bool| -> anyhow::Result<LbDaemon> {
-            let cgroup = ChildCgroup::create(&format!("lb-bench-{name}-{id}"))?;
-            let bpffs = PathBuf::from(format!("/sys/fs/bpf/lb-bench-{name}-{id}"));
-            let mut args: Vec<String> = vec![
-                "run".into(),
-                "--config".into(),
-                config.to_string_lossy().into(),
-                "--cgroup".into(),
-                cgroup.path.to_string_lossy().into(),
-                "--bpffs".into(),
-                bpffs.to_string_lossy().into(),
-                "--proxy-listen".into(),
-                "127.0.0.1:0".into(),
-                "--admin-listen".into(),
-                "127.0.0.1:0".into(),
-            ];
-            args.extend([
-                "--access-log".into(),
-                if o.access_log {
-                    work.join(format!("access-{name}.log"))
-                        .to_string_lossy()
-                        .into()
-                } else {
-                    "off".into()
-                },
-            ]);
-            if !sk_msg {
-                args.push("--no-sk-msg".into());
-            }
-            let log = work.join(format!("lb-{name}.log"));
-            // Inside the cgroup it attaches to, as on a node (root cgroup): the proxy's
-            // accepted sockets then join the sk_msg socket map in the handshake.
-            procs.spawn(
-                &format!("lb-{name}"),
-                SERVER_CPU,
-                Some(&cgroup.path),
-                &lb_s,
-                &args,
-                &log,
-            )?;
-            control::wait_for_log(&log, "configuration applied", Duration::from_secs(20))?;
-            Ok(LbDaemon {
-                cgroup,
-                bpffs,
-                name: format!("lb-{name}"),
-            })
-        };
-        let lb_on = daemon("skmsg", true)?;
-        let lb_off = daemon("noskmsg", false)?;
+        // Each lb daemon runs inside the cgroup it attaches to, with its own pair of
+        // proxy-path backends in there too: on a node, lb sits on the root cgroup and
+        // local pods are inside it. (The peers' and the kernel path's backends, v0/v1
+        // above, are outside every cgroup.)
+        let mut daemon =
+            |name: &str, sk_msg: bool, backends: [&str; 2]| -> anyhow::Result<LbDaemon> {
+                let cgroup = ChildCgroup::create(&format!("lb-bench-{name}-{id}"))?;
+                for (v, addr) in ["v0", "v1"].iter().zip(backends) {
+                    procs.spawn(
+                        &format!("{name}-{v}"),
+                        SERVER_CPU,
+                        Some(&cgroup.path),
+                        &lb_s,
+                        &[
+                            "backend".into(),
+                            "--name".into(),
+                            v.to_string(),
+                            "--listen".into(),
+                            format!("{addr}:{PORT}"),
+                        ],
+                        &work.join(format!("{name}-{v}.log")),
+                    )?;
+                    procs::wait_listening(&format!("{addr}:{PORT}"), v)?;
+                }
+                let config = work.join(format!("lb-config-{name}"));
+                std::fs::create_dir_all(&config)?;
+                std::fs::write(
+                    config.join("config.yaml"),
+                    template(
+                        &root().join("bench/lb/config.yaml"),
+                        &[
+                            ("PORT", PORT.to_string()),
+                            ("PROXY_V0", backends[0].into()),
+                            ("PROXY_V1", backends[1].into()),
+                        ],
+                    )?,
+                )?;
+                let bpffs = PathBuf::from(format!("/sys/fs/bpf/lb-bench-{name}-{id}"));
+                let mut args: Vec<String> = vec![
+                    "run".into(),
+                    "--config".into(),
+                    config.to_string_lossy().into(),
+                    "--cgroup".into(),
+                    cgroup.path.to_string_lossy().into(),
+                    "--bpffs".into(),
+                    bpffs.to_string_lossy().into(),
+                    "--proxy-listen".into(),
+                    "127.0.0.1:0".into(),
+                    "--admin-listen".into(),
+                    "127.0.0.1:0".into(),
+                ];
+                args.extend([
+                    "--access-log".into(),
+                    if o.access_log {
+                        work.join(format!("access-{name}.log"))
+                            .to_string_lossy()
+                            .into()
+                    } else {
+                        "off".into()
+                    },
+                ]);
+                if !sk_msg {
+                    args.push("--no-sk-msg".into());
+                }
+                let log = work.join(format!("lb-{name}.log"));
+                // Inside the cgroup it attaches to, as on a node (root cgroup): the proxy's
+                // accepted sockets then join the sk_msg socket map in the handshake.
+                procs.spawn(
+                    &format!("lb-{name}"),
+                    SERVER_CPU,
+                    Some(&cgroup.path),
+                    &lb_s,
+                    &args,
+                    &log,
+                )?;
+                control::wait_for_log(&log, "configuration applied", Duration::from_secs(20))?;
+                Ok(LbDaemon {
+                    cgroup,
+                    bpffs,
+                    name: format!("lb-{name}"),
+                })
+            };
+        let lb_on = daemon("skmsg", true, ["127.0.0.4", "127.0.0.5"])?;
+        let lb_off = daemon("noskmsg", false, ["127.0.0.6", "127.0.0.7"])?;
         let hcfg = work.join("haproxy.cfg");
         std::fs::write(
             &hcfg,
