@@ -47,7 +47,8 @@ enum Cmd {
         /// Access log: `stdout`, `off`, or a file path.
         #[arg(long, default_value = "stdout")]
         access_log: String,
-        /// Do not shortcut client <-> proxy bytes with sk_msg.
+        /// Do not shortcut local hops (client <-> proxy, proxy <-> local backend) with
+        /// sk_msg. (The shortcut needs lb inside the cgroup it attaches to.)
         #[arg(long)]
         no_sk_msg: bool,
         /// Bound on finishing in-flight requests at SIGTERM, in seconds.

@@ -43,7 +43,7 @@ pub struct RunOptions {
     pub bpffs: PathBuf,
     pub detach_on_exit: bool,
     pub proxy: ProxyOptions,
-    /// Shortcut client ↔ proxy bytes with sk_msg.
+    /// Shortcut local hops (client ↔ proxy, proxy ↔ local backend) with sk_msg.
     pub sk_msg: bool,
     /// Keep each file's parse between reloads (faster changes, more memory).
     pub parse_cache: bool,

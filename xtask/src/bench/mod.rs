@@ -64,6 +64,8 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
 pub enum Row {
     Direct,
     LbKernel,
+    /// The 90/10 split alone, forced through the proxy: the base the L7 rules add to.
+    LbProxySplit,
     LbProxySkMsg,
     LbProxyNoSkMsg,
     Haproxy,
@@ -71,9 +73,10 @@ pub enum Row {
 }
 
 impl Row {
-    pub const ALL: [Row; 6] = [
+    pub const ALL: [Row; 7] = [
         Row::Direct,
         Row::LbKernel,
+        Row::LbProxySplit,
         Row::LbProxySkMsg,
         Row::LbProxyNoSkMsg,
         Row::Haproxy,
@@ -84,6 +87,7 @@ impl Row {
         match self {
             Row::Direct => "direct (no balancer)",
             Row::LbKernel => "lb kernel path",
+            Row::LbProxySplit => "lb proxy path, split only",
             Row::LbProxySkMsg => "lb proxy path, sk_msg on",
             Row::LbProxyNoSkMsg => "lb proxy path, sk_msg off",
             Row::Haproxy => "HAProxy 2.6",
@@ -323,6 +327,11 @@ impl Setup {
             Row::Direct => (format!("http://{V0}/test"), None, None),
             Row::LbKernel => (
                 format!("http://127.10.30.1:{PORT}/test"),
+                Some(&self.lb_on.cgroup.path),
+                self.procs.pid(&self.lb_on.name),
+            ),
+            Row::LbProxySplit => (
+                format!("http://127.10.30.3:{PORT}/test"),
                 Some(&self.lb_on.cgroup.path),
                 self.procs.pid(&self.lb_on.name),
             ),

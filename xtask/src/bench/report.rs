@@ -203,7 +203,7 @@ pub fn render(r: &Results) -> String {
     }
     let _ = writeln!(md, "\n## Memory\n\n| balancer | peak RSS MiB |\n|---|---:|");
     for (row, kib) in &r.rss_kib {
-        if *row != Row::Direct && *row != Row::LbProxyNoSkMsg {
+        if !matches!(row, Row::Direct | Row::LbProxyNoSkMsg | Row::LbProxySplit) {
             let _ = writeln!(
                 md,
                 "| {} | {:.1} |",
@@ -254,6 +254,7 @@ pub fn render(r: &Results) -> String {
         ka(Row::Haproxy),
         cl(Row::Haproxy),
     );
+    let (sk, sc) = (ka(Row::LbProxySplit), cl(Row::LbProxySplit));
     let big = c.apply.iter().max_by_key(|t| t.0);
     let rss1k = c
         .idle_rss_kib
@@ -288,6 +289,11 @@ pub fn render(r: &Results) -> String {
         "proxy req/s ≥ 1.1 × HAProxy",
         (pk.rps / hk.rps, pc.rps / hc.rps),
         |r| r >= 1.1,
+    );
+    both(
+        "L7 rules add ≤ 5 % CPU over the plain split (proxy)",
+        (pk.cpu / sk.cpu, pc.cpu / sc.cpu),
+        |r| r <= 1.05,
     );
     both(
         "proxy p99 no worse than HAProxy",
