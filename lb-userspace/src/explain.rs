@@ -66,7 +66,7 @@ pub fn explain(model: &Model, q: &Query) -> Explanation {
         headers: &q.headers,
         dialled: q.to,
     };
-    let sel = table.select(&req);
+    let sel = table.select_explained(&req);
     let dialled_service =
         q.to.and_then(|to| model.services.iter().find(|s| s.frontend == to));
     let datapath = match (dialled_service, sel.vhost) {

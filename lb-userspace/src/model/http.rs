@@ -85,6 +85,31 @@ fn map_matches(
     ok.then_some(out)
 }
 
+/// [`map_matches`] keyed by header name, parsed once here (a request is then
+/// looked up without re-validating the name each time).
+fn header_matches(
+    l: &Loaded,
+    base: &str,
+    m: &std::collections::BTreeMap<String, istio::StringMatch>,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<(http::HeaderName, StrMatch)> {
+    let mut out = Vec::new();
+    for (name, sm) in map_matches(l, base, m, diags).unwrap_or_default() {
+        match http::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) => out.push((h, sm)),
+            Err(_) => {
+                let path = format!("{base}.{name}");
+                diags.push(Diagnostic::error(
+                    l.at(&path),
+                    path,
+                    format!("{name:?} is not a valid HTTP header name"),
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Compiles one `match` block.
 pub fn match_block(
     l: &Loaded,
@@ -101,14 +126,9 @@ pub fn match_block(
     let scheme = one(&m.scheme, "scheme", diags);
     let method = one(&m.method, "method", diags);
     let authority = one(&m.authority, "authority", diags);
-    let headers = map_matches(l, &format!("{base}.headers"), &m.headers, diags).unwrap_or_default();
-    let without_headers = map_matches(
-        l,
-        &format!("{base}.withoutHeaders"),
-        &m.without_headers,
-        diags,
-    )
-    .unwrap_or_default();
+    let headers = header_matches(l, &format!("{base}.headers"), &m.headers, diags);
+    let without_headers =
+        header_matches(l, &format!("{base}.withoutHeaders"), &m.without_headers, diags);
     let query_params =
         map_matches(l, &format!("{base}.queryParams"), &m.query_params, diags).unwrap_or_default();
     let port = match m.port {

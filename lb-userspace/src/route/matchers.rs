@@ -42,9 +42,8 @@ pub struct MatchBlock {
     pub scheme: Option<StrMatch>,
     pub method: Option<StrMatch>,
     pub authority: Option<StrMatch>,
-    /// Lower-case names.
-    pub headers: Vec<(String, StrMatch)>,
-    pub without_headers: Vec<(String, StrMatch)>,
+    pub headers: Vec<(http::HeaderName, StrMatch)>,
+    pub without_headers: Vec<(http::HeaderName, StrMatch)>,
     pub query_params: Vec<(String, StrMatch)>,
     pub port: Option<u16>,
 }
@@ -64,13 +63,52 @@ pub struct RequestView<'a> {
     pub port: Option<u16>,
 }
 
+/// The first condition of a block a request fails, borrowed from both: cheap to find
+/// on every request, put into words only for `lb explain`.
+pub enum Mismatch<'a> {
+    Uri(&'a str, &'a StrMatch),
+    Field(&'static str, &'a str, &'a StrMatch),
+    Header(&'a str, &'a str, &'a StrMatch),
+    HeaderAbsent(&'a str),
+    WithoutHeader(&'a str),
+    Query(&'a str, &'a str, &'a StrMatch),
+    QueryAbsent(&'a str),
+    Port(Option<u16>, u16),
+}
+
+impl std::fmt::Display for Mismatch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mismatch::Uri(path, m) => write!(f, "uri {path} does not match {}", describe(m)),
+            Mismatch::Field(what, v, m) => {
+                write!(f, "{what} {v:?} does not match {}", describe(m))
+            }
+            Mismatch::Header(name, v, m) => {
+                write!(f, "header {name}: {v:?} does not match {}", describe(m))
+            }
+            Mismatch::HeaderAbsent(name) => write!(f, "header {name} is absent"),
+            Mismatch::WithoutHeader(name) => write!(f, "withoutHeaders {name} matched"),
+            Mismatch::Query(name, v, m) => {
+                write!(f, "query {name}={v:?} does not match {}", describe(m))
+            }
+            Mismatch::QueryAbsent(name) => write!(f, "query parameter {name} is absent"),
+            Mismatch::Port(got, want) => write!(f, "port {got:?} is not {want}"),
+        }
+    }
+}
+
 impl MatchBlock {
     /// Whether every condition of the block holds. Returns why not, for `lb explain`.
     pub fn check(&self, r: &RequestView<'_>) -> Result<(), String> {
+        self.mismatch(r).map_or(Ok(()), |m| Err(m.to_string()))
+    }
+
+    /// The first condition `r` fails, if any (no allocation: the proxy's hot path).
+    pub fn mismatch<'a>(&'a self, r: &RequestView<'a>) -> Option<Mismatch<'a>> {
         if let Some(u) = &self.uri
             && !u.matches(r.path, self.ignore_uri_case)
         {
-            return Err(format!("uri {} does not match {}", r.path, describe(u)));
+            return Some(Mismatch::Uri(r.path, u));
         }
         for (what, m, v) in [
             ("scheme", &self.scheme, r.scheme),
@@ -80,19 +118,14 @@ impl MatchBlock {
             if let Some(m) = m
                 && !m.matches(v, false)
             {
-                return Err(format!("{what} {v:?} does not match {}", describe(m)));
+                return Some(Mismatch::Field(what, v, m));
             }
         }
         for (name, m) in &self.headers {
             match r.headers.get(name).map(|v| v.to_str().unwrap_or("")) {
                 Some(v) if m.matches(v, false) => {}
-                Some(v) => {
-                    return Err(format!(
-                        "header {name}: {v:?} does not match {}",
-                        describe(m)
-                    ));
-                }
-                None => return Err(format!("header {name} is absent")),
+                Some(v) => return Some(Mismatch::Header(name.as_str(), v, m)),
+                None => return Some(Mismatch::HeaderAbsent(name.as_str())),
             }
         }
         for (name, m) in &self.without_headers {
@@ -103,24 +136,22 @@ impl MatchBlock {
                 (m, v) => m.matches(v.unwrap_or(""), false),
             };
             if hit {
-                return Err(format!("withoutHeaders {name} matched"));
+                return Some(Mismatch::WithoutHeader(name.as_str()));
             }
         }
         for (name, m) in &self.query_params {
             match query_param(r.query, name) {
-                Some(v) if m.matches(&v, false) => {}
-                Some(v) => {
-                    return Err(format!("query {name}={v:?} does not match {}", describe(m)));
-                }
-                None => return Err(format!("query parameter {name} is absent")),
+                Some(v) if m.matches(v, false) => {}
+                Some(v) => return Some(Mismatch::Query(name, v, m)),
+                None => return Some(Mismatch::QueryAbsent(name)),
             }
         }
         if let Some(p) = self.port
             && r.port != Some(p)
         {
-            return Err(format!("port {:?} is not {p}", r.port));
+            return Some(Mismatch::Port(r.port, p));
         }
-        Ok(())
+        None
     }
 
     /// Length of the path prefix a `rewrite.uri` replaces (no uri match: prefix `/`).
@@ -134,10 +165,10 @@ impl MatchBlock {
 }
 
 /// The first value of `name` in a query string (a repeated key counts once).
-fn query_param(query: &str, name: &str) -> Option<String> {
+fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     query.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then(|| v.to_string())
+        (k == name).then_some(v)
     })
 }
 
@@ -211,19 +242,22 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("hellotest", "true".parse().expect("value"));
         let m = MatchBlock {
-            headers: vec![("hellotest".into(), StrMatch::Exact("true".into()))],
+            headers: vec![(
+                http::HeaderName::from_static("hellotest"),
+                StrMatch::Exact("true".into()),
+            )],
             ..Default::default()
         };
         assert!(m.check(&view(&h, "/", "")).is_ok());
         let present = MatchBlock {
-            headers: vec![("hellotest".into(), StrMatch::Present)],
+            headers: vec![(http::HeaderName::from_static("hellotest"), StrMatch::Present)],
             ..Default::default()
         };
         assert!(present.check(&view(&h, "/", "")).is_ok());
         assert!(present.check(&view(&HeaderMap::new(), "/", "")).is_err());
         // withoutHeaders x: {exact: ""} applies when x is absent (missing counts as empty).
         let without_empty = MatchBlock {
-            without_headers: vec![("x".into(), StrMatch::Exact(String::new()))],
+            without_headers: vec![(http::HeaderName::from_static("x"), StrMatch::Exact(String::new()))],
             ..Default::default()
         };
         assert!(
@@ -232,7 +266,7 @@ mod tests {
                 .is_err()
         );
         let without_present = MatchBlock {
-            without_headers: vec![("hellotest".into(), StrMatch::Present)],
+            without_headers: vec![(http::HeaderName::from_static("hellotest"), StrMatch::Present)],
             ..Default::default()
         };
         assert!(without_present.check(&view(&h, "/", "")).is_err());

@@ -206,8 +206,19 @@ impl RouteTable {
         })
     }
 
-    /// Finds the VirtualService and rule for a request.
+    /// Finds the VirtualService and rule for a request (the proxy's hot path: no
+    /// account of skipped rules).
     pub fn select<'t>(&'t self, req: &Request<'_>) -> Selection<'t> {
+        self.select_with(req, false)
+    }
+
+    /// [`select`](Self::select), saying in `skipped` why each earlier rule did not
+    /// match (`lb explain`).
+    pub fn select_explained<'t>(&'t self, req: &Request<'_>) -> Selection<'t> {
+        self.select_with(req, true)
+    }
+
+    fn select_with<'t>(&'t self, req: &Request<'_>, explain: bool) -> Selection<'t> {
         let (raw_path, query) = path::split_query(req.path_and_query);
         let path = path::normalize(raw_path);
         let (vhost, by_dialled) = match self.vhost_by_host(req.authority) {
@@ -241,6 +252,13 @@ impl RouteTable {
             if rule.matches.is_empty() {
                 sel.rule = Some((i, rule));
                 return sel;
+            }
+            if !explain {
+                if rule.matches.iter().any(|m| m.mismatch(&view).is_none()) {
+                    sel.rule = Some((i, rule));
+                    return sel;
+                }
+                continue;
             }
             let mut reasons = Vec::new();
             for m in &rule.matches {

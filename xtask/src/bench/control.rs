@@ -172,7 +172,8 @@ fn daemon(
             &log,
         )?;
         wait_for_log(&log, "configuration applied", Duration::from_secs(120))?;
-        std::thread::sleep(Duration::from_secs(1));
+        // Idle: past the 2 s after an apply when the daemon hands freed memory back.
+        std::thread::sleep(Duration::from_secs(3));
         let rss = procs::status_kib(pid, "VmRSS:");
         let maps = lb::apply::Maps::open(&pins)?;
         let key =
