@@ -127,8 +127,12 @@ pub fn match_block(
     let method = one(&m.method, "method", diags);
     let authority = one(&m.authority, "authority", diags);
     let headers = header_matches(l, &format!("{base}.headers"), &m.headers, diags);
-    let without_headers =
-        header_matches(l, &format!("{base}.withoutHeaders"), &m.without_headers, diags);
+    let without_headers = header_matches(
+        l,
+        &format!("{base}.withoutHeaders"),
+        &m.without_headers,
+        diags,
+    );
     let query_params =
         map_matches(l, &format!("{base}.queryParams"), &m.query_params, diags).unwrap_or_default();
     let port = match m.port {

@@ -24,6 +24,8 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 /// The connection a request came on.
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// `peer`'s IP as a header value (X-Forwarded-For), built once per connection.
+    pub peer_ip: Option<HeaderValue>,
     /// The service address the client dialled (original-destination map).
     pub dialled: Option<SocketAddrV4>,
     /// Set by the guard when a request head carried both Content-Length and
@@ -44,6 +46,11 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none of them (keep-alive is HTTP/1.1's default): one pass
+    // over the few headers present beats eight hashed removals.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     // Headers the Connection header names are hop-by-hop too.
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
@@ -235,7 +242,7 @@ async fn route_request<'t>(
     if set_host && let Ok(v) = HeaderValue::from_str(&new_authority) {
         headers.insert(header::HOST, v);
     }
-    append_forwarded_for(&mut headers, conn.peer);
+    append_forwarded_for(&mut headers, conn);
     rule.request_headers.apply(&mut headers);
     if let Some(u) = &upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -288,13 +295,14 @@ async fn route_request<'t>(
     done(Response::from_parts(parts, body.boxed()), outcome)
 }
 
-fn append_forwarded_for(h: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_string();
-    let value = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+fn append_forwarded_for(h: &mut HeaderMap, conn: &ConnInfo) {
+    let name = HeaderName::from_static("x-forwarded-for");
+    let value = match h.get(&name).and_then(|v| v.to_str().ok()) {
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", conn.peer.ip())).ok(),
+        // The client's own address, formatted once per connection.
+        None => conn.peer_ip.clone(),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        h.insert(HeaderName::from_static("x-forwarded-for"), v);
+    if let Some(v) = value {
+        h.insert(name, v);
     }
 }

@@ -117,7 +117,12 @@ impl Proxy {
                     let dialled = shared.kernel.as_ref().and_then(|k| k.lock().ok()?.take_orig_dst(peer));
                     tokio::spawn(serve_connection(
                         stream,
-                        forward::ConnInfo { peer, dialled, smuggling: Default::default() },
+                        forward::ConnInfo {
+                            peer,
+                            peer_ip: http::HeaderValue::from_str(&peer.ip().to_string()).ok(),
+                            dialled,
+                            smuggling: Default::default(),
+                        },
                         shared.clone(),
                         builders.clone(),
                         stopping.subscribe(),

@@ -250,14 +250,20 @@ mod tests {
         };
         assert!(m.check(&view(&h, "/", "")).is_ok());
         let present = MatchBlock {
-            headers: vec![(http::HeaderName::from_static("hellotest"), StrMatch::Present)],
+            headers: vec![(
+                http::HeaderName::from_static("hellotest"),
+                StrMatch::Present,
+            )],
             ..Default::default()
         };
         assert!(present.check(&view(&h, "/", "")).is_ok());
         assert!(present.check(&view(&HeaderMap::new(), "/", "")).is_err());
         // withoutHeaders x: {exact: ""} applies when x is absent (missing counts as empty).
         let without_empty = MatchBlock {
-            without_headers: vec![(http::HeaderName::from_static("x"), StrMatch::Exact(String::new()))],
+            without_headers: vec![(
+                http::HeaderName::from_static("x"),
+                StrMatch::Exact(String::new()),
+            )],
             ..Default::default()
         };
         assert!(
@@ -266,7 +272,10 @@ mod tests {
                 .is_err()
         );
         let without_present = MatchBlock {
-            without_headers: vec![(http::HeaderName::from_static("hellotest"), StrMatch::Present)],
+            without_headers: vec![(
+                http::HeaderName::from_static("hellotest"),
+                StrMatch::Present,
+            )],
             ..Default::default()
         };
         assert!(without_present.check(&view(&h, "/", "")).is_err());
