@@ -286,8 +286,23 @@ pub fn change_main(args: &[String]) -> anyhow::Result<()> {
     let work = std::env::temp_dir().join(format!("lb-change-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let result = daemon(n, changes, &work, &[]);
+    // The daemon's own account of each reload (`took_ms` of "configuration applied").
+    let mut took: Vec<f64> = std::fs::read_to_string(work.join(format!("daemon-{n}.log")))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split("took_ms=").nth(1)?.split(' ').next()?.parse().ok())
+        .skip(1)
+        .collect();
     let _ = std::fs::remove_dir_all(&work);
     let (_, mut lat) = result?;
+    took.sort_by(f64::total_cmp);
+    if !took.is_empty() {
+        println!(
+            "daemon reload (took_ms): median {:.1} ms, max {:.1} ms",
+            took[took.len() / 2],
+            took[took.len() - 1]
+        );
+    }
     lat.sort_by(f64::total_cmp);
     anyhow::ensure!(!lat.is_empty(), "no change measured");
     println!(
