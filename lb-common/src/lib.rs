@@ -244,8 +244,12 @@ pub struct Settings {
 
 /// `Settings::flags`.
 pub mod settings_flags {
-    /// Put proxy-bound client sockets in the socket map for the `sk_msg` redirect.
-    pub const SK_MSG: u32 = 1;
+    /// Shortcut the client <-> proxy hop: proxy-bound client sockets and the proxy's
+    /// accepted sockets join the socket map for the `sk_msg` redirect.
+    pub const SK_MSG_CLIENT: u32 = 1;
+    /// Shortcut the proxy <-> local backend hop: lb's upstream sockets to loopback
+    /// endpoints and the backends' accepted sockets join the socket map.
+    pub const SK_MSG_UPSTREAM: u32 = 2;
 }
 
 /// Indexes of `LB_COUNTERS` (per-CPU u64).

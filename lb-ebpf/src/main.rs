@@ -124,7 +124,7 @@ fn try_connect4(ctx: &SockAddrContext) -> Verdict {
     let Some(svc) = (unsafe { LB_SERVICES.get(&dialled) }) else {
         // lb's proxy connecting to a loopback endpoint: both ends are local sockets,
         // so the upstream hop can be shortcut too (see on_active_established).
-        if dialled.addr[0] == 127 && LB_SETTINGS.get(0).is_some_and(sk_msg_on) && is_own_socket() {
+        if dialled.addr[0] == 127 && shortcut(settings_flags::SK_MSG_UPSTREAM) && is_own_socket() {
             remember_origin(ctx, dialled, dialled, mode::UPSTREAM);
         }
         return Verdict::Allow;
@@ -312,8 +312,14 @@ fn sock_key(ctx: &SockOpsContext) -> SockKey {
 }
 
 #[inline(always)]
-fn sk_msg_on(settings: &Settings) -> bool {
-    settings.flags & settings_flags::SK_MSG != 0
+fn sk_msg_on(settings: &Settings, hop: u32) -> bool {
+    settings.flags & hop != 0
+}
+
+/// Whether the daemon asked for the sk_msg shortcut of `hop` (a settings flag).
+#[inline(always)]
+fn shortcut(hop: u32) -> bool {
+    LB_SETTINGS.get(0).is_some_and(|s| sk_msg_on(s, hop))
 }
 
 /// A client socket that was handed to the proxy is now established: record what it
@@ -328,9 +334,10 @@ fn on_active_established(ctx: &SockOpsContext) {
         return;
     };
     let mut key = sock_key(ctx);
-    match origin.mode {
+    let hop = match origin.mode {
         mode::PROXY => {
             let _ = LB_ORIG_DST.insert(&ClientKey { client: key.local }, &origin.service, 0);
+            settings_flags::SK_MSG_CLIENT
         }
         mode::UPSTREAM => {
             let peer = SockKey {
@@ -338,14 +345,15 @@ fn on_active_established(ctx: &SockOpsContext) {
                 remote: key.local,
             };
             let _ = LB_UPSTREAM_PEERS.insert(&peer, &1, 0);
+            settings_flags::SK_MSG_UPSTREAM
         }
         _ => return,
-    }
+    };
     // SAFETY: the context pointer is valid for the program's run.
     let ops = unsafe { &mut *ctx.ops };
     // A socket that already sent bytes (TCP Fast Open data in the SYN) must stay on
     // TCP: its later bytes, redirected, would be read before those.
-    if LB_SETTINGS.get(0).is_some_and(sk_msg_on) && ops.data_segs_out == 0 {
+    if shortcut(hop) && ops.data_segs_out == 0 {
         let _ = LB_SOCKETS.update(&mut key, ops, 0);
     }
 }
@@ -360,12 +368,14 @@ fn on_passive_established(ctx: &SockOpsContext) {
     let Some(settings) = LB_SETTINGS.get(0) else {
         return;
     };
-    if !sk_msg_on(settings) {
-        return;
-    }
     let mut key = sock_key(ctx);
-    if key.local != settings.proxy {
-        // A backend accepting one of lb's upstream connects.
+    if key.local == settings.proxy {
+        if !sk_msg_on(settings, settings_flags::SK_MSG_CLIENT) {
+            return;
+        }
+    } else {
+        // A backend accepting one of lb's upstream connects (marked only when the
+        // upstream hop is shortcut).
         // SAFETY: copied out at once.
         if unsafe { LB_UPSTREAM_PEERS.get(&key) }.is_none() {
             return;

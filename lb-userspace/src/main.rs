@@ -47,9 +47,12 @@ enum Cmd {
         /// Access log: `stdout`, `off`, or a file path.
         #[arg(long, default_value = "stdout")]
         access_log: String,
-        /// Do not shortcut local hops (client <-> proxy, proxy <-> local backend) with
-        /// sk_msg. (The shortcut needs lb inside the cgroup it attaches to.)
-        #[arg(long)]
+        /// Which local hops sk_msg shortcuts: client <-> proxy, proxy <-> local
+        /// backend, both, or none. (Needs lb inside the cgroup it attaches to.)
+        #[arg(long, value_enum, default_value = "both")]
+        sk_msg: lb::run::SkMsgHops,
+        /// Same as `--sk-msg off`.
+        #[arg(long, conflicts_with = "sk_msg")]
         no_sk_msg: bool,
         /// Bound on finishing in-flight requests at SIGTERM, in seconds.
         #[arg(long, default_value_t = 10)]
@@ -181,6 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             proxy_listen,
             admin_listen,
             access_log,
+            sk_msg,
             no_sk_msg,
             drain_seconds,
             no_parse_cache,
@@ -219,7 +223,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 bpffs,
                 detach_on_exit,
                 proxy,
-                sk_msg: !no_sk_msg,
+                sk_msg: if no_sk_msg {
+                    lb::run::SkMsgHops::Off
+                } else {
+                    sk_msg
+                },
                 parse_cache: !no_parse_cache,
             }))?;
             Ok(ExitCode::SUCCESS)

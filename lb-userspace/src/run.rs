@@ -43,8 +43,8 @@ pub struct RunOptions {
     pub bpffs: PathBuf,
     pub detach_on_exit: bool,
     pub proxy: ProxyOptions,
-    /// Shortcut local hops (client ↔ proxy, proxy ↔ local backend) with sk_msg.
-    pub sk_msg: bool,
+    /// Which local hops sk_msg shortcuts.
+    pub sk_msg: SkMsgHops,
     /// Keep each file's parse between reloads (faster changes, more memory).
     pub parse_cache: bool,
 }
@@ -58,34 +58,61 @@ fn proxy_target(addr: SocketAddr) -> SockAddr4 {
     }
 }
 
+/// Which local hops the sk_msg shortcut takes (both ends must be sockets of processes
+/// inside the attached cgroup).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SkMsgHops {
+    /// Client <-> proxy and proxy <-> local backend.
+    Both,
+    /// Proxy <-> local backend only (pooled connections: no per-client-connection
+    /// socket-map set-up, which costs more than it saves for one-request clients).
+    Upstream,
+    /// Client <-> proxy only.
+    Client,
+    Off,
+}
+
+impl SkMsgHops {
+    fn flags(self) -> u32 {
+        use settings_flags::{SK_MSG_CLIENT, SK_MSG_UPSTREAM};
+        match self {
+            SkMsgHops::Both => SK_MSG_CLIENT | SK_MSG_UPSTREAM,
+            SkMsgHops::Upstream => SK_MSG_UPSTREAM,
+            SkMsgHops::Client => SK_MSG_CLIENT,
+            SkMsgHops::Off => 0,
+        }
+    }
+}
+
 /// Attaches (or adopts) the datapath and tells the programs who lb is.
 pub fn start(
     pins: &Pins,
     cgroup: &Path,
     proxy: Option<SocketAddr>,
-    sk_msg: bool,
+    sk_msg: SkMsgHops,
 ) -> Result<Applier, ApplyError> {
     let how = apply::attach::ensure_attached(pins, cgroup)?;
     tracing::info!(?how, cgroup = %cgroup.display(), pins = %pins.root.display(), "datapath ready");
-    // The proxy's accepted sockets join the socket map at PASSIVE_ESTABLISHED, which
-    // only fires for sockets of processes inside the cgroup; outside it, client sockets
-    // in the map would only pay for a shortcut that never finds its peer.
-    let sk_msg = sk_msg
-        && {
-            let inside = apply::cgroup::contains_self(cgroup).unwrap_or(false);
-            if !inside {
-                tracing::info!(
-                    "lb runs outside {}: the sk_msg shortcut of the client <-> proxy hop is off (run lb inside the cgroup it attaches to, e.g. the root cgroup on a node)",
-                    cgroup.display()
-                );
-            }
-            inside
-        };
+    // Both shortcuts need lb's own sockets to pass through the programs (its accepted
+    // sockets join the socket map at PASSIVE_ESTABLISHED, its upstream ones at
+    // ACTIVE_ESTABLISHED), which only happens inside the cgroup; outside it, client
+    // sockets in the map would only pay for a shortcut that never finds its peer.
+    let sk_msg = if sk_msg != SkMsgHops::Off
+        && !apply::cgroup::contains_self(cgroup).unwrap_or(false)
+    {
+        tracing::info!(
+            "lb runs outside {}: the sk_msg shortcut of local hops is off (run lb inside the cgroup it attaches to, e.g. the root cgroup on a node)",
+            cgroup.display()
+        );
+        SkMsgHops::Off
+    } else {
+        sk_msg
+    };
     let mut applier = Applier::adopt(pins)?;
     applier.set_settings(Settings {
         self_tgid: std::process::id(),
         proxy: proxy.map(proxy_target).unwrap_or_default(),
-        flags: if sk_msg { settings_flags::SK_MSG } else { 0 },
+        flags: sk_msg.flags(),
     })?;
     Ok(applier)
 }

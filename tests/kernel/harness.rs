@@ -118,15 +118,24 @@ impl Env {
 
     /// The running daemon's admin listener (from its log).
     pub fn admin(&self) -> SocketAddr {
+        self.logged_addr("admin=")
+    }
+
+    /// The running daemon's proxy listener (from its log).
+    pub fn proxy(&self) -> SocketAddr {
+        self.logged_addr("proxy=")
+    }
+
+    fn logged_addr(&self, key: &str) -> SocketAddr {
         let log = std::fs::read_to_string(self.last_log.as_ref().expect("a daemon was started"))
             .expect("daemon log");
-        let at = log.find("admin=").expect("admin address in the daemon log") + "admin=".len();
+        let at = log.find(key).expect("address in the daemon log") + key.len();
         log[at..]
             .split_whitespace()
             .next()
             .expect("address")
             .parse()
-            .expect("admin address")
+            .expect("address")
     }
 
     /// GET on the admin listener; returns the body.

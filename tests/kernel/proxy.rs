@@ -485,6 +485,28 @@ fn sk_msg_shortcuts_both_hops_in_order_inside_the_cgroup_only() {
             let a = env.probe(&["--to", &to, "--h2c", "--path", &format!("/h2/{i}")]);
             assert_eq!(a["status"].as_u64(), Some(200), "{case}: h2c #{i}: {a}");
         }
+        if inside && backends_inside && flag.is_none() {
+            // A client dialling the proxy listener itself (no connect4 hand-off) is not
+            // in the socket map: the proxy's accepted socket finds no peer at its first
+            // message, keeps that connection on TCP, and the answer is still right.
+            let stayed = || env.status()["counters"]["sk_msg_stayed_on_tcp"].as_u64();
+            let before = stayed().unwrap_or(0);
+            let direct = env.proxy().to_string();
+            let s = env.probe(&[
+                "--to",
+                &direct,
+                "--count",
+                "3",
+                "--host",
+                "api.wilsontest.com",
+            ]);
+            assert_eq!(count(&s, "v0") + count(&s, "v1"), 3, "{case}: {s}");
+            assert_eq!(
+                stayed(),
+                Some(before + 3),
+                "{case}: one per direct connection"
+            );
+        }
         let n = redirected();
         let metrics = env.admin_get("/metrics");
         assert!(
@@ -495,7 +517,7 @@ fn sk_msg_shortcuts_both_hops_in_order_inside_the_cgroup_only() {
             let log = std::fs::read_to_string(env.last_log.as_ref().expect("daemon log"))
                 .expect("daemon log");
             assert!(
-                log.contains("sk_msg shortcut of the client <-> proxy hop is off"),
+                log.contains("sk_msg shortcut of local hops is off"),
                 "{log}"
             );
         }
