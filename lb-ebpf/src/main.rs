@@ -322,9 +322,12 @@ fn shortcut(hop: u32) -> bool {
     LB_SETTINGS.get(0).is_some_and(|s| sk_msg_on(s, hop))
 }
 
-/// A client socket that was handed to the proxy is now established: record what it
-/// dialled under the 4-tuple the proxy will see, and put it in the socket map so
-/// `lb_sk_msg` can shortcut its bytes to the proxy's accepted socket.
+/// A socket lb cares about is established (on the connecting side):
+/// * a client handed to the proxy: record what it dialled under the 4-tuple the proxy
+///   will see, and put it in the socket map so `lb_sk_msg` can shortcut its bytes to
+///   the proxy's accepted socket;
+/// * lb's own upstream connect to a loopback endpoint: put it in the socket map and
+///   leave the tuple the backend's accepted socket will have, so that one joins too.
 #[inline(always)]
 fn on_active_established(ctx: &SockOpsContext) {
     // SAFETY: the cookie helper accepts a sock_ops context.
@@ -339,23 +342,24 @@ fn on_active_established(ctx: &SockOpsContext) {
             let _ = LB_ORIG_DST.insert(&ClientKey { client: key.local }, &origin.service, 0);
             settings_flags::SK_MSG_CLIENT
         }
-        mode::UPSTREAM => {
-            let peer = SockKey {
-                local: key.remote,
-                remote: key.local,
-            };
-            let _ = LB_UPSTREAM_PEERS.insert(&peer, &1, 0);
-            settings_flags::SK_MSG_UPSTREAM
-        }
+        mode::UPSTREAM => settings_flags::SK_MSG_UPSTREAM,
         _ => return,
     };
     // SAFETY: the context pointer is valid for the program's run.
     let ops = unsafe { &mut *ctx.ops };
     // A socket that already sent bytes (TCP Fast Open data in the SYN) must stay on
     // TCP: its later bytes, redirected, would be read before those.
-    if shortcut(hop) && ops.data_segs_out == 0 {
-        let _ = LB_SOCKETS.update(&mut key, ops, 0);
+    if !shortcut(hop) || ops.data_segs_out != 0 {
+        return;
     }
+    if origin.mode == mode::UPSTREAM {
+        let peer = SockKey {
+            local: key.remote,
+            remote: key.local,
+        };
+        let _ = LB_UPSTREAM_PEERS.insert(&peer, &1, 0);
+    }
+    let _ = LB_SOCKETS.update(&mut key, ops, 0);
 }
 
 /// The proxy accepted a connection (only seen when lb runs inside the attached cgroup,

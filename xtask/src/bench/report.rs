@@ -12,6 +12,8 @@ pub struct Machine {
     pub kernel: String,
     pub cpu: String,
     pub date: String,
+    /// The commit measured (`git describe --always --dirty`), when run from a checkout.
+    pub commit: String,
 }
 
 impl Machine {
@@ -28,11 +30,17 @@ impl Machine {
             .trim()
             .to_string();
         let date = humantime_now();
+        let commit = std::process::Command::new("git")
+            .args(["describe", "--always", "--dirty"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
         Self {
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             kernel,
             cpu,
             date,
+            commit,
         }
     }
 }
@@ -104,13 +112,18 @@ pub fn render(r: &Results) -> String {
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(
         md,
-        "One run of `cargo xtask bench{}{}` on {} ({} cores, kernel {}), {}.",
+        "One run of `cargo xtask bench{}{}` on {} ({} cores, kernel {}), {}, commit {}.",
         if o.access_log { " --access-log" } else { "" },
         if o.smoke { " --smoke" } else { "" },
         r.machine.cpu,
         r.machine.cores,
         r.machine.kernel,
-        r.machine.date
+        r.machine.date,
+        if r.machine.commit.is_empty() {
+            "unknown"
+        } else {
+            &r.machine.commit
+        }
     );
     let _ = writeln!(
         md,
