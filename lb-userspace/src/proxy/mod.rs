@@ -61,6 +61,25 @@ pub struct Shared {
 pub struct Proxy {
     listener: TcpListener,
     admin: TcpListener,
+    /// Accepted sockets inherit TCP_NODELAY from the listener (Linux copies it), so it
+    /// is set once here rather than once per connection; false if that failed.
+    nodelay_inherited: bool,
+}
+
+/// Sets TCP_NODELAY on a listening socket (its accepted sockets inherit it).
+fn set_nodelay(listener: &TcpListener) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket fd and a c_int option value of the size passed.
+    unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            std::ptr::from_ref(&one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+    }
 }
 
 impl Proxy {
@@ -77,7 +96,12 @@ impl Proxy {
                 addr: opts.admin,
                 source,
             })?;
-        Ok(Self { listener, admin })
+        let nodelay_inherited = set_nodelay(&listener);
+        Ok(Self {
+            listener,
+            admin,
+            nodelay_inherited,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -113,7 +137,9 @@ impl Proxy {
             tokio::select! {
                 accepted = self.listener.accept() => {
                     let Ok((stream, peer)) = accepted else { continue };
-                    let _ = stream.set_nodelay(true);
+                    if !self.nodelay_inherited {
+                        let _ = stream.set_nodelay(true);
+                    }
                     let dialled = shared.kernel.as_ref().and_then(|k| k.lock().ok()?.take_orig_dst(peer));
                     tokio::spawn(serve_connection(
                         stream,
