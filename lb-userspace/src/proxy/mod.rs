@@ -212,21 +212,26 @@ async fn serve_connection(
     let io = TokioIo::new(stream);
     if h2 {
         let c = builders.1.serve_connection(io, svc);
-        tokio::pin!(c);
-        tokio::select! {
-            _ = c.as_mut() => return,
-            _ = stopping.changed() => c.as_mut().graceful_shutdown(),
-        }
-        let _ = c.await;
+        until_drained(c, &mut stopping, |c| c.graceful_shutdown()).await;
     } else {
         let c = builders.0.serve_connection(io, svc).with_upgrades();
-        tokio::pin!(c);
-        tokio::select! {
-            _ = c.as_mut() => return,
-            _ = stopping.changed() => c.as_mut().graceful_shutdown(),
-        }
-        let _ = c.await;
+        until_drained(c, &mut stopping, |c| c.graceful_shutdown()).await;
     }
+}
+
+/// Runs a hyper connection to its end; when the proxy drains, asks it to finish the
+/// request in flight and close (`graceful`: hyper's per-protocol method).
+async fn until_drained<C: std::future::Future>(
+    c: C,
+    stopping: &mut watch::Receiver<bool>,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+) {
+    tokio::pin!(c);
+    tokio::select! {
+        _ = c.as_mut() => return,
+        _ = stopping.changed() => graceful(c.as_mut()),
+    }
+    let _ = c.await;
 }
 
 fn flush(shared: &Shared) {
