@@ -28,11 +28,23 @@ fn seed(name: &str, svc: &str, port: u16) -> String {
 
 /// An environment with v0 on 127.0.0.2 and v1 on 127.0.0.3, `config` applied.
 fn env_with(name: &str, port: u16, config: &str, extra: &[&str]) -> Env {
+    env_inside(name, port, config, extra, false, false)
+}
+
+/// [`env_with`], with lb and/or the backends inside the attached cgroup.
+fn env_inside(
+    name: &str,
+    port: u16,
+    config: &str,
+    extra: &[&str],
+    lb_inside: bool,
+    backends_inside: bool,
+) -> Env {
     let mut env = Env::new(name);
-    env.backend("v0", &[addr(&format!("127.0.0.2:{port}"))]);
-    env.backend("v1", &[addr(&format!("127.0.0.3:{port}"))]);
+    env.backend_at("v0", &[addr(&format!("127.0.0.2:{port}"))], backends_inside);
+    env.backend_at("v1", &[addr(&format!("127.0.0.3:{port}"))], backends_inside);
     env.write_config("config.yaml", config);
-    env.start_daemon_with(false, extra);
+    env.start_daemon_with(lb_inside, extra);
     env
 }
 
@@ -446,11 +458,14 @@ fn sk_msg_shortcuts_both_hops_in_order_inside_the_cgroup_only() {
         (false, true, None, 0..=0),
     ] {
         let extra: Vec<&str> = flag.into_iter().collect();
-        let mut env = Env::new("skmsg");
-        env.backend_at("v0", &[addr(&format!("127.0.0.2:{port}"))], backends_inside);
-        env.backend_at("v1", &[addr(&format!("127.0.0.3:{port}"))], backends_inside);
-        env.write_config("config.yaml", &seed("c-header", svc, port));
-        env.start_daemon_with(inside, &extra);
+        let env = env_inside(
+            "skmsg",
+            port,
+            &seed("c-header", svc, port),
+            &extra,
+            inside,
+            backends_inside,
+        );
         let case = format!("lb inside {inside}, backends inside {backends_inside}, {flag:?}");
         let s = env.probe(&[
             "--to",

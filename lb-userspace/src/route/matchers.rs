@@ -98,7 +98,8 @@ impl std::fmt::Display for Mismatch<'_> {
 }
 
 impl MatchBlock {
-    /// Whether every condition of the block holds. Returns why not, for `lb explain`.
+    /// Whether every condition of the block holds, and why not (tests).
+    #[cfg(test)]
     pub fn check(&self, r: &RequestView<'_>) -> Result<(), String> {
         self.mismatch(r).map_or(Ok(()), |m| Err(m.to_string()))
     }

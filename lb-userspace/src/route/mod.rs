@@ -253,22 +253,20 @@ impl RouteTable {
                 sel.rule = Some((i, rule));
                 return sel;
             }
-            if !explain {
-                if rule.matches.iter().any(|m| m.mismatch(&view).is_none()) {
-                    sel.rule = Some((i, rule));
-                    return sel;
-                }
-                continue;
-            }
+            // Reasons are put into words only for `lb explain` (not on the proxy's path).
             let mut reasons = Vec::new();
             for m in &rule.matches {
-                match m.check(&view) {
-                    Ok(()) => {
+                match m.mismatch(&view) {
+                    None => {
                         sel.rule = Some((i, rule));
                         return sel;
                     }
-                    Err(why) => reasons.push(why),
+                    Some(why) if explain => reasons.push(why.to_string()),
+                    Some(_) => {}
                 }
+            }
+            if !explain {
+                continue;
             }
             sel.skipped.push(format!(
                 "rule {i}{}: {}",
