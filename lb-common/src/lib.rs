@@ -25,12 +25,12 @@ pub mod map_names {
     pub const STATE: &str = "LB_STATE";
     pub const COUNTERS: &str = "LB_COUNTERS";
     pub const HOSTS: &str = "LB_HOSTS";
-    pub const SK_MSG_PATH: &str = "LB_SK_MSG_PATH";
     pub const UPSTREAM_PEERS: &str = "LB_UPSTREAM_PEERS";
+    pub const SK_MSG_TCP: &str = "LB_SK_MSG_TCP";
     /// Every pinned map, in the order `lb down` removes them.
     pub const ALL: [&str; 15] = [
         COUNTERS,
-        SK_MSG_PATH,
+        SK_MSG_TCP,
         UPSTREAM_PEERS,
         HOSTS,
         SERVICES,
@@ -250,6 +250,10 @@ pub mod settings_flags {
     /// Shortcut the proxy <-> local backend hop: lb's upstream sockets to loopback
     /// endpoints and the backends' accepted sockets join the socket map.
     pub const SK_MSG_UPSTREAM: u32 = 2;
+    /// Shortcut the client <-> backend hop of the kernel path: a client steered by
+    /// `connect4` to a loopback endpoint and the backend's accepted socket join the
+    /// socket map (needs both inside the cgroup, not lb).
+    pub const SK_MSG_KERNEL: u32 = 4;
 }
 
 /// Indexes of `LB_COUNTERS` (per-CPU u64).

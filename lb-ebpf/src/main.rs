@@ -4,7 +4,8 @@
 //! * `lb_getpeername4` — the client sees the service address it dialled, not the backend.
 //! * `lb_sockops` — on established, proxy-bound client sockets are recorded (original
 //!   destination, socket map), and so are the proxy's accepted sockets, its upstream
-//!   sockets to loopback endpoints and the backends' accepted ends (socket map).
+//!   sockets and kernel-path clients to loopback endpoints, and the backends'
+//!   accepted ends (socket map).
 //! * `lb_sk_msg` — redirects bytes between two local sockets in the socket map.
 //!
 //! Every program fails open: on any unexpected error the socket proceeds untouched.
@@ -16,13 +17,13 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{
         BPF_F_CURRENT_NETNS, BPF_F_INGRESS, BPF_F_NO_PREALLOC, BPF_NOEXIST,
-        BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, bpf_sock_tuple, sk_action::SK_PASS,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, bpf_sock_tuple,
+        sk_action::SK_PASS,
     },
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SkStorage, SockHash},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval,
-        bpf_sk_lookup_tcp, bpf_sk_release, generated::bpf_sk_storage_get,
+        bpf_sk_lookup_tcp, bpf_sk_release,
     },
     macros::{btf_map, cgroup_sock_addr, sk_msg, sock_ops},
     programs::{SkMsgContext, SockAddrContext, SockOpsContext},
@@ -52,13 +53,14 @@ static LB_ORIG_DST: LruHashMap<ClientKey, SockAddr4, { cap::ORIG_DST as usize }>
     LruHashMap::new();
 #[btf_map(pin_by_name)]
 static LB_SOCKETS: SockHash<SockKey, { cap::SOCKETS as usize }> = SockHash::new();
-/// Per sending socket: how `lb_sk_msg` delivers its bytes, decided at its first
-/// message and kept for the socket's life (see `lb_sk_msg`). Freed with the socket.
+/// Sending sockets (own tuple) kept on TCP: their peer was not in the socket map at
+/// their first message (see `lb_sk_msg`).
 #[btf_map(pin_by_name)]
-static LB_SK_MSG_PATH: SkStorage<u32> = SkStorage::new();
-/// The tuple the backend's accepted socket will have, for each upstream connect of
-/// lb's proxy that joined the socket map: the backend's socket joins too at
-/// PASSIVE_ESTABLISHED (when the backend runs inside the cgroup, as local pods do).
+static LB_SK_MSG_TCP: LruHashMap<SockKey, u32, { cap::SOCKETS as usize }> = LruHashMap::new();
+/// The tuple the backend's accepted socket will have, for each connect to a loopback
+/// endpoint that joined the socket map (lb's upstream connects, kernel-path clients):
+/// the backend's socket joins too at PASSIVE_ESTABLISHED (when the backend runs
+/// inside the cgroup, as local pods do).
 #[btf_map(pin_by_name)]
 static LB_UPSTREAM_PEERS: LruHashMap<SockKey, u32, { cap::UPSTREAM_PEERS as usize }> =
     LruHashMap::new();
@@ -326,8 +328,9 @@ fn shortcut(hop: u32) -> bool {
 /// * a client handed to the proxy: record what it dialled under the 4-tuple the proxy
 ///   will see, and put it in the socket map so `lb_sk_msg` can shortcut its bytes to
 ///   the proxy's accepted socket;
-/// * lb's own upstream connect to a loopback endpoint: put it in the socket map and
-///   leave the tuple the backend's accepted socket will have, so that one joins too.
+/// * lb's own upstream connect, or a kernel-path client steered, to a loopback
+///   endpoint: put it in the socket map and leave the tuple the backend's accepted
+///   socket will have, so that one joins too.
 #[inline(always)]
 fn on_active_established(ctx: &SockOpsContext) {
     // SAFETY: the cookie helper accepts a sock_ops context.
@@ -343,6 +346,9 @@ fn on_active_established(ctx: &SockOpsContext) {
             settings_flags::SK_MSG_CLIENT
         }
         mode::UPSTREAM => settings_flags::SK_MSG_UPSTREAM,
+        // A kernel-path client steered to a loopback endpoint: a local backend, whose
+        // accepted socket joins too if it runs inside the cgroup (as a local pod does).
+        mode::KERNEL if origin.backend.addr[0] == 127 => settings_flags::SK_MSG_KERNEL,
         _ => return,
     };
     // SAFETY: the context pointer is valid for the program's run.
@@ -352,7 +358,7 @@ fn on_active_established(ctx: &SockOpsContext) {
     if !shortcut(hop) || ops.data_segs_out != 0 {
         return;
     }
-    if origin.mode == mode::UPSTREAM {
+    if origin.mode != mode::PROXY {
         let peer = SockKey {
             local: key.remote,
             remote: key.local,
@@ -378,8 +384,8 @@ fn on_passive_established(ctx: &SockOpsContext) {
             return;
         }
     } else {
-        // A backend accepting one of lb's upstream connects (marked only when the
-        // upstream hop is shortcut).
+        // A backend accepting one of lb's upstream connects or a kernel-path client's
+        // (marked only when that hop is shortcut).
         // SAFETY: copied out at once.
         if unsafe { LB_UPSTREAM_PEERS.get(&key) }.is_none() {
             return;
@@ -394,11 +400,6 @@ fn on_passive_established(ctx: &SockOpsContext) {
     }
 }
 
-/// `LB_SK_MSG_PATH` values.
-const PATH_UNDECIDED: u32 = 0;
-const PATH_REDIRECT: u32 = 1;
-const PATH_TCP: u32 = 2;
-
 #[sk_msg]
 pub fn lb_sk_msg(ctx: SkMsgContext) -> u32 {
     // SAFETY: the context pointer is valid for the program's run.
@@ -407,53 +408,38 @@ pub fn lb_sk_msg(ctx: SkMsgContext) -> u32 {
     // redirected bytes before anything in the normal receive queue, so a stream that
     // went partly by TCP and then by redirect would be read out of order (seen with
     // h2c, whose preface, SETTINGS and HEADERS are separate writes). A socket whose
-    // peer was not in the map at its first message (the proxy's accepted socket joins
-    // at PASSIVE_ESTABLISHED only when lb runs inside the cgroup) stays on TCP for
-    // good; one whose peer was there is redirected for good. A TCP socket receives
-    // only from its peer, so the receiver never mixes the two.
-    // SAFETY: `sk` is the sending socket, valid for the program's run; the storage
-    // helper zero-fills a new value.
-    let path = unsafe {
-        let sk = md.__bindgen_anon_3.sk;
-        bpf_sk_storage_get(
-            core::ptr::from_ref(&LB_SK_MSG_PATH).cast_mut().cast(),
-            sk.cast(),
-            core::ptr::null_mut(),
-            BPF_SK_STORAGE_GET_F_CREATE as u64,
-        )
-        .cast::<u32>()
-    };
-    if path.is_null() {
-        return SK_PASS;
-    }
-    // SAFETY: non-null storage of this socket; only its own sends touch it, and the
-    // socket lock serialises those.
-    let path = unsafe { &mut *path };
-    if *path == PATH_TCP {
-        return SK_PASS;
-    }
+    // peer is in the map at its first message is redirected for good (the peer joined
+    // at ESTABLISHED and stays until it closes); one whose peer is not is marked in
+    // `LB_SK_MSG_TCP` and stays on TCP for good. A TCP socket receives only from its
+    // peer, so the receiver never mixes the two. Nothing is allocated per connection
+    // on the redirected path (socket storage cost ~3 % of the machine in close mode).
     // Bytes sent on `local -> remote` are delivered to the socket whose own tuple is
     // `remote -> local`. sk_msg_md: local_port host order, remote_port network order.
-    let mut peer = SockKey {
-        local: SockAddr4::new(
+    let own = SockKey {
+        local: SockAddr4::new(md.local_ip4.to_ne_bytes(), md.local_port as u16),
+        remote: SockAddr4::new(
             md.remote_ip4.to_ne_bytes(),
             remote_port_from_ctx(md.remote_port),
         ),
-        remote: SockAddr4::new(md.local_ip4.to_ne_bytes(), md.local_port as u16),
+    };
+    // SAFETY: only tested for presence.
+    if unsafe { LB_SK_MSG_TCP.get(&own) }.is_some() {
+        return SK_PASS;
+    }
+    let mut peer = SockKey {
+        local: own.remote,
+        remote: own.local,
     };
     // On a miss the helper answers SK_DROP without choosing a target; returning SK_PASS
-    // regardless sends the bytes the normal way, so a missing peer never drops data
-    // (after the first message a miss means the peer has closed).
-    let redirected =
-        LB_SOCKETS.redirect_msg(&ctx, &mut peer, BPF_F_INGRESS as u64) == SK_PASS as i64;
-    if *path == PATH_UNDECIDED {
-        *path = if redirected { PATH_REDIRECT } else { PATH_TCP };
-        if !redirected {
-            bump(counters::SK_MSG_STAYED_ON_TCP);
-        }
-    }
-    if redirected {
+    // regardless sends the bytes the normal way, so a missing peer never drops data.
+    if LB_SOCKETS.redirect_msg(&ctx, &mut peer, BPF_F_INGRESS as u64) == SK_PASS as i64 {
         bump(counters::SK_MSG_REDIRECTED);
+    } else {
+        // First message without a peer (or the peer has closed): TCP from now on.
+        // A stale mark (a later socket with the same tuple) only keeps that socket on
+        // TCP too, which is always correct.
+        let _ = LB_SK_MSG_TCP.insert(&own, &1, 0);
+        bump(counters::SK_MSG_STAYED_ON_TCP);
     }
     SK_PASS
 }

@@ -47,9 +47,11 @@ enum Cmd {
         /// Access log: `stdout`, `off`, or a file path.
         #[arg(long, default_value = "stdout")]
         access_log: String,
-        /// Which local hops sk_msg shortcuts: client <-> proxy, proxy <-> local
-        /// backend, both, or none. (Needs lb inside the cgroup it attaches to.)
-        #[arg(long, value_enum, default_value = "both")]
+        /// Which local hops sk_msg shortcuts: `all`, `off`, or a comma list of
+        /// `client` (client <-> proxy), `upstream` (proxy <-> local backend) and
+        /// `kernel` (kernel-path client <-> local backend). The first two need lb
+        /// inside the cgroup it attaches to.
+        #[arg(long, default_value = "all")]
         sk_msg: lb::run::SkMsgHops,
         /// Same as `--sk-msg off`.
         #[arg(long, conflicts_with = "sk_msg")]
@@ -224,7 +226,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 detach_on_exit,
                 proxy,
                 sk_msg: if no_sk_msg {
-                    lb::run::SkMsgHops::Off
+                    lb::run::SkMsgHops::OFF
                 } else {
                     sk_msg
                 },

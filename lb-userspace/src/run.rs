@@ -59,28 +59,47 @@ fn proxy_target(addr: SocketAddr) -> SockAddr4 {
 }
 
 /// Which local hops the sk_msg shortcut takes (both ends must be sockets of processes
-/// inside the attached cgroup).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum SkMsgHops {
-    /// Client <-> proxy and proxy <-> local backend.
-    Both,
-    /// Proxy <-> local backend only (pooled connections: no per-client-connection
-    /// socket-map set-up, which costs more than it saves for one-request clients).
-    Upstream,
-    /// Client <-> proxy only.
-    Client,
-    Off,
-}
+/// inside the attached cgroup). `--sk-msg all`, `off`, or a comma list of
+/// `client` (client <-> proxy), `upstream` (proxy <-> local backend) and `kernel`
+/// (kernel-path client <-> local backend).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SkMsgHops(u32);
 
 impl SkMsgHops {
+    pub const ALL: SkMsgHops = SkMsgHops(
+        settings_flags::SK_MSG_CLIENT
+            | settings_flags::SK_MSG_UPSTREAM
+            | settings_flags::SK_MSG_KERNEL,
+    );
+    pub const OFF: SkMsgHops = SkMsgHops(0);
+
     fn flags(self) -> u32 {
-        use settings_flags::{SK_MSG_CLIENT, SK_MSG_UPSTREAM};
-        match self {
-            SkMsgHops::Both => SK_MSG_CLIENT | SK_MSG_UPSTREAM,
-            SkMsgHops::Upstream => SK_MSG_UPSTREAM,
-            SkMsgHops::Client => SK_MSG_CLIENT,
-            SkMsgHops::Off => 0,
+        self.0
+    }
+}
+
+impl std::str::FromStr for SkMsgHops {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" => return Ok(SkMsgHops::ALL),
+            "off" | "none" => return Ok(SkMsgHops::OFF),
+            _ => {}
         }
+        s.split(',').try_fold(SkMsgHops::OFF, |hops, hop| {
+            let flag = match hop.trim() {
+                "client" => settings_flags::SK_MSG_CLIENT,
+                "upstream" => settings_flags::SK_MSG_UPSTREAM,
+                "kernel" => settings_flags::SK_MSG_KERNEL,
+                other => {
+                    return Err(format!(
+                        "unknown hop `{other}`: expected all, off, or a comma list of client, upstream, kernel"
+                    ));
+                }
+            };
+            Ok(SkMsgHops(hops.0 | flag))
+        })
     }
 }
 
@@ -93,18 +112,20 @@ pub fn start(
 ) -> Result<Applier, ApplyError> {
     let how = apply::attach::ensure_attached(pins, cgroup)?;
     tracing::info!(?how, cgroup = %cgroup.display(), pins = %pins.root.display(), "datapath ready");
-    // Both shortcuts need lb's own sockets to pass through the programs (its accepted
-    // sockets join the socket map at PASSIVE_ESTABLISHED, its upstream ones at
-    // ACTIVE_ESTABLISHED), which only happens inside the cgroup; outside it, client
-    // sockets in the map would only pay for a shortcut that never finds its peer.
-    let sk_msg = if sk_msg != SkMsgHops::Off
+    // The client and upstream shortcuts need lb's own sockets to pass through the
+    // programs (its accepted sockets join the socket map at PASSIVE_ESTABLISHED, its
+    // upstream ones at ACTIVE_ESTABLISHED), which only happens inside the cgroup;
+    // outside it, sockets in the map would only pay for a shortcut that never finds
+    // its peer. The kernel-path shortcut involves only the client and the backend.
+    let lb_hops = settings_flags::SK_MSG_CLIENT | settings_flags::SK_MSG_UPSTREAM;
+    let sk_msg = if sk_msg.0 & lb_hops != 0
         && !apply::cgroup::contains_self(cgroup).unwrap_or(false)
     {
         tracing::info!(
-            "lb runs outside {}: the sk_msg shortcut of local hops is off (run lb inside the cgroup it attaches to, e.g. the root cgroup on a node)",
+            "lb runs outside {}: the sk_msg shortcut of the proxy's hops is off (run lb inside the cgroup it attaches to, e.g. the root cgroup on a node)",
             cgroup.display()
         );
-        SkMsgHops::Off
+        SkMsgHops(sk_msg.0 & !lb_hops)
     } else {
         sk_msg
     };
@@ -253,4 +274,27 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         tracing::info!("exiting; the datapath stays pinned and keeps steering");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SkMsgHops;
+    use lb_common::settings_flags::{SK_MSG_CLIENT, SK_MSG_KERNEL, SK_MSG_UPSTREAM};
+
+    #[test]
+    fn sk_msg_hops_parse_all_off_and_lists() {
+        let parse = |s: &str| s.parse::<SkMsgHops>().map(|h| h.flags());
+        assert_eq!(
+            parse("all"),
+            Ok(SK_MSG_CLIENT | SK_MSG_UPSTREAM | SK_MSG_KERNEL)
+        );
+        assert_eq!(parse("off"), Ok(0));
+        assert_eq!(parse("kernel"), Ok(SK_MSG_KERNEL));
+        assert_eq!(
+            parse("client, upstream"),
+            Ok(SK_MSG_CLIENT | SK_MSG_UPSTREAM)
+        );
+        let err = parse("client,both").unwrap_err();
+        assert!(err.contains("unknown hop `both`"), "{err}");
+    }
 }

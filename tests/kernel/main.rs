@@ -54,6 +54,80 @@ fn weighted_split_90_10_is_enforced_at_connect() {
     assert_eq!(connects, 2000, "{status}");
 }
 
+/// The kernel path's own shortcut: a client steered by connect4 to a loopback backend
+/// that runs inside the cgroup too (a local pod) has its bytes handed socket to socket
+/// by sk_msg both ways: one redirected message per request and one per answer. lb
+/// itself may run anywhere (here outside the cgroup). A backend outside the cgroup,
+/// or `--sk-msg` without `kernel`: nothing redirected, the same answers. Every case
+/// also checks a WebSocket exchange (handshake, then a frame: two writes each way, in
+/// order) and that getpeername still shows the service address.
+#[test]
+fn kernel_path_sk_msg_shortcuts_local_backends_only() {
+    const KEEP_ALIVE: u64 = 200;
+    let (svc, port) = ("127.10.3.1", 10300);
+    let to = format!("{svc}:{port}");
+    // (backends inside, --sk-msg, redirected messages per keep-alive request)
+    for (inside, hops, per_request) in [
+        (true, "all", 2),
+        (false, "all", 0),
+        (true, "client,upstream", 0),
+    ] {
+        let case = format!("backends inside {inside}, --sk-msg {hops}");
+        let mut env = Env::new("kskmsg");
+        env.backend_at("v0", &[addr(&format!("127.0.0.2:{port}"))], inside);
+        env.backend_at("v1", &[addr(&format!("127.0.0.3:{port}"))], inside);
+        env.write_config(
+            "backend.yaml",
+            &seed_config(svc, port, "127.0.0.2", "127.0.0.3", 90, 10),
+        );
+        env.start_daemon_with(false, &["--sk-msg", hops]);
+        let counter = |name: &str| env.status()["counters"][name].as_u64().unwrap_or(0);
+        let s = env.probe(&[
+            "--to",
+            &to,
+            "--count",
+            &KEEP_ALIVE.to_string(),
+            "--keep-alive",
+        ]);
+        assert_eq!(s["failures"], 0, "{case}: {s}");
+        assert_eq!(s["peer_mismatches"], 0, "{case}: getpeername: {s}");
+        let n = counter("sk_msg_redirected");
+        eprintln!("{case}: {n} messages redirected over {KEEP_ALIVE} keep-alive requests");
+        assert!(
+            n >= per_request * KEEP_ALIVE && n <= per_request * KEEP_ALIVE + 2,
+            "{case}: {n} messages redirected, expected {per_request} per request"
+        );
+        // A backend outside the cgroup never joins: the client's first message finds
+        // no peer and the connection stays on TCP (one per connection).
+        let stayed = counter("sk_msg_stayed_on_tcp");
+        let expected_stayed = u64::from(!inside && hops == "all");
+        assert_eq!(stayed, expected_stayed, "{case}");
+        let s = env.probe(&["--to", &to, "--count", "100"]);
+        assert_eq!(s["failures"], 0, "{case}: {s}");
+        assert_eq!(s["peer_mismatches"], 0, "{case}: {s}");
+        let answered: u64 = ["v0", "v1"]
+            .iter()
+            .map(|b| s["by_backend"][b].as_u64().unwrap_or(0))
+            .sum();
+        assert_eq!(answered, 100, "{case}: {s}");
+        for i in 0..10 {
+            let msg = format!("frame {i} over the kernel path");
+            let a = env.probe(&["--to", &to, "--websocket", &msg]);
+            assert_eq!(
+                (a["status"].as_u64(), a["body"].as_str()),
+                (Some(101), Some(msg.as_str())),
+                "{case}: {a}"
+            );
+        }
+        if per_request > 0 {
+            // New connections are shortcut too: at least one message per request.
+            assert!(counter("sk_msg_redirected") >= n + 100, "{case}");
+        } else {
+            assert_eq!(counter("sk_msg_redirected"), 0, "{case}");
+        }
+    }
+}
+
 /// A connect picking a subset without endpoints fails at once with ECONNREFUSED;
 /// UDP and unknown addresses pass through untouched.
 #[test]

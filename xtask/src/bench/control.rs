@@ -104,7 +104,7 @@ fn time_apply(n: usize, work: &Path) -> anyhow::Result<(usize, f64, f64, f64, f6
         "/sys/fs/bpf/lb-bench-apply-{n}-{id}"
     )));
     let result = (|| -> anyhow::Result<(usize, f64, f64, f64, f64)> {
-        let mut applier = lb::run::start(&pins, &cgroup.path, None, lb::run::SkMsgHops::Off)?;
+        let mut applier = lb::run::start(&pins, &cgroup.path, None, lb::run::SkMsgHops::OFF)?;
         let t = Instant::now();
         let model = lb::model::load_dir(&dir)?.model;
         let load = t.elapsed();

@@ -25,6 +25,15 @@ pub struct Options {
     pub access_log: bool,
     pub smoke: bool,
     pub out: PathBuf,
+    /// Rows to run (`--rows a,b`): a partial run skips the control plane and writes
+    /// its table next to the JSON instead of BENCHMARKS.md.
+    pub rows: Vec<Row>,
+}
+
+impl Options {
+    fn partial(&self) -> bool {
+        self.rows.len() < Row::ALL.len()
+    }
 }
 
 fn parse(args: &[String]) -> anyhow::Result<Options> {
@@ -34,6 +43,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
         access_log: false,
         smoke: false,
         out: PathBuf::from("bench/results.json"),
+        rows: Row::ALL.to_vec(),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -47,6 +57,20 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
             "--seconds" => o.seconds = value()?.parse()?,
             "--access-log" => o.access_log = true,
             "--out" => o.out = value()?.into(),
+            "--rows" => {
+                o.rows = value()?
+                    .split(',')
+                    .map(|name| {
+                        Row::ALL
+                            .into_iter()
+                            .find(|r| r.name() == name)
+                            .ok_or_else(|| {
+                                let names: Vec<_> = Row::ALL.iter().map(|r| r.name()).collect();
+                                anyhow::anyhow!("unknown row {name}: one of {}", names.join(", "))
+                            })
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+            }
             "--smoke" => {
                 o.smoke = true;
                 o.rounds = 1;
@@ -64,6 +88,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
 pub enum Row {
     Direct,
     LbKernel,
+    LbKernelNoSkMsg,
     /// The 90/10 split alone, forced through the proxy: the base the L7 rules add to.
     LbProxySplit,
     LbProxySkMsg,
@@ -73,9 +98,10 @@ pub enum Row {
 }
 
 impl Row {
-    pub const ALL: [Row; 7] = [
+    pub const ALL: [Row; 8] = [
         Row::Direct,
         Row::LbKernel,
+        Row::LbKernelNoSkMsg,
         Row::LbProxySplit,
         Row::LbProxySkMsg,
         Row::LbProxyNoSkMsg,
@@ -86,12 +112,27 @@ impl Row {
     pub fn label(self) -> &'static str {
         match self {
             Row::Direct => "direct (no balancer)",
-            Row::LbKernel => "lb kernel path",
+            Row::LbKernel => "lb kernel path, sk_msg on",
+            Row::LbKernelNoSkMsg => "lb kernel path, sk_msg off",
             Row::LbProxySplit => "lb proxy path, split only",
             Row::LbProxySkMsg => "lb proxy path, sk_msg on",
             Row::LbProxyNoSkMsg => "lb proxy path, sk_msg off",
             Row::Haproxy => "HAProxy 2.6",
             Row::Nginx => "nginx 1.22",
+        }
+    }
+
+    /// The row's name for `--rows` (as in results.json).
+    pub fn name(self) -> &'static str {
+        match self {
+            Row::Direct => "direct",
+            Row::LbKernel => "lb_kernel",
+            Row::LbKernelNoSkMsg => "lb_kernel_no_sk_msg",
+            Row::LbProxySplit => "lb_proxy_split",
+            Row::LbProxySkMsg => "lb_proxy_sk_msg",
+            Row::LbProxyNoSkMsg => "lb_proxy_no_sk_msg",
+            Row::Haproxy => "haproxy",
+            Row::Nginx => "nginx",
         }
     }
 }
@@ -205,8 +246,8 @@ impl Setup {
                         &root().join("bench/lb/config.yaml"),
                         &[
                             ("PORT", PORT.to_string()),
-                            ("PROXY_V0", backends[0].into()),
-                            ("PROXY_V1", backends[1].into()),
+                            ("LOCAL_V0", backends[0].into()),
+                            ("LOCAL_V1", backends[1].into()),
                         ],
                     )?,
                 )?;
@@ -329,6 +370,11 @@ impl Setup {
                 format!("http://127.10.30.1:{PORT}/test"),
                 Some(&self.lb_on.cgroup.path),
                 self.procs.pid(&self.lb_on.name),
+            ),
+            Row::LbKernelNoSkMsg => (
+                format!("http://127.10.30.1:{PORT}/test"),
+                Some(&self.lb_off.cgroup.path),
+                self.procs.pid(&self.lb_off.name),
             ),
             Row::LbProxySplit => (
                 format!("http://127.10.30.3:{PORT}/test"),
@@ -464,14 +510,14 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
     );
     let setup = Setup::start(&o)?;
     let mut splits = Vec::new();
-    for row in Row::ALL {
+    for &row in &o.rows {
         let (v0, v1) = setup.check(row)?;
         splits.push((row, v0, v1));
     }
     let mut samples = Vec::new();
     for round in 0..o.rounds {
         for close in [false, true] {
-            for row in Row::ALL {
+            for &row in &o.rows {
                 let (url, cgroup, _) = setup.target(row);
                 let cpu0 = setup.balancer_cpu(row);
                 let machine0 = procs::machine_busy_us();
@@ -508,7 +554,7 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
     }
     let mut fixed_rate = Vec::new();
     let paced_seconds = if o.smoke { "1" } else { "5" };
-    for row in Row::ALL {
+    for &row in &o.rows {
         let (url, cgroup, _) = setup.target(row);
         let to = url
             .trim_start_matches("http://")
@@ -539,14 +585,19 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
         eprintln!("fixed 1000 req/s {:<26} {v}", row.label());
         fixed_rate.push((row, v));
     }
-    let rss_kib = Row::ALL
+    let rss_kib = o
+        .rows
         .iter()
         .map(|r| (*r, setup.balancer_rss_kib(*r)))
         .collect();
     drop(setup);
     let work = std::env::temp_dir().join(format!("lb-bench-control-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let control = control::run(&o, &work);
+    let control = if o.partial() {
+        Ok(control::ControlResults::default())
+    } else {
+        control::run(&o, &work)
+    };
     let _ = std::fs::remove_dir_all(&work);
     let control = control?;
     let results = Results {
@@ -563,7 +614,7 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
     }
     std::fs::write(&o.out, serde_json::to_string_pretty(&results)?)?;
     let md = report::render(&results);
-    let md_path = if o.smoke {
+    let md_path = if o.smoke || o.partial() {
         o.out.with_extension("md")
     } else {
         root().join("BENCHMARKS.md")

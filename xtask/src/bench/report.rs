@@ -157,7 +157,7 @@ pub fn render(r: &Results) -> String {
         let direct = summarize(&r.samples, Row::Direct, close);
         let hap = summarize(&r.samples, Row::Haproxy, close);
         let ngx = summarize(&r.samples, Row::Nginx, close);
-        for row in Row::ALL {
+        for &row in &r.options.rows {
             let s = summarize(&r.samples, row, close);
             let cpu = if matches!(row, Row::Direct) {
                 "–".to_string()
@@ -216,7 +216,14 @@ pub fn render(r: &Results) -> String {
     }
     let _ = writeln!(md, "\n## Memory\n\n| balancer | peak RSS MiB |\n|---|---:|");
     for (row, kib) in &r.rss_kib {
-        if !matches!(row, Row::Direct | Row::LbProxyNoSkMsg | Row::LbProxySplit) {
+        if !matches!(
+            row,
+            Row::Direct
+                | Row::LbKernel
+                | Row::LbKernelNoSkMsg
+                | Row::LbProxyNoSkMsg
+                | Row::LbProxySplit
+        ) {
             let _ = writeln!(
                 md,
                 "| {} | {:.1} |",
