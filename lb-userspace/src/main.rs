@@ -152,10 +152,12 @@ enum Cmd {
     /// Test backend: answers every request with its name (x-backend header).
     #[command(hide = true)]
     Backend {
+        /// `ADDR:PORT` (answers as `--name`) or `NAME=ADDR:PORT`; repeatable, so one
+        /// process can serve several backends (v0 and v1 on one event loop).
         #[arg(long, required = true)]
-        listen: Vec<SocketAddr>,
+        listen: Vec<String>,
         #[arg(long)]
-        name: String,
+        name: Option<String>,
     },
 }
 
@@ -367,13 +369,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()?;
             rt.block_on(async {
                 let mut tasks = Vec::new();
-                for addr in listen {
+                let mut names = Vec::new();
+                for spec in &listen {
+                    let (answer_as, addr) = match spec.split_once('=') {
+                        Some((n, a)) => (n.to_string(), a),
+                        None => (
+                            name.clone()
+                                .context("--listen ADDR needs --name (or NAME=ADDR)")?,
+                            spec.as_str(),
+                        ),
+                    };
+                    let addr: SocketAddr = addr
+                        .parse()
+                        .with_context(|| format!("--listen {spec}: not ADDR:PORT"))?;
                     let l = lb::backend::bind(addr)
                         .await
                         .with_context(|| format!("binding {addr}"))?;
-                    tasks.push(tokio::spawn(lb::backend::serve(l, name.clone())));
+                    names.push(answer_as.clone());
+                    tasks.push(tokio::spawn(lb::backend::serve(l, answer_as)));
                 }
-                eprintln!("lb backend {name}: ready");
+                eprintln!("lb backend {}: ready", names.join(", "));
                 for t in tasks {
                     let _ = t.await;
                 }

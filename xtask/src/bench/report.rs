@@ -131,7 +131,7 @@ pub fn render(r: &Results) -> String {
     );
     let _ = writeln!(
         md,
-        "Setup: backends (`lb backend`, v0 on 127.0.0.2, v1 on 127.0.0.3; the lb proxy rows have their own identical pair inside lb's cgroup, as local pods under a node's root cgroup, where the upstream hop can be shortcut) and every balancer pinned to CPU 0; `wrk -t1 -c50` pinned to CPU 1. {} interleaved round(s) of {} s per row and mode (A B C … A B C …); medians; spread = (max − min) / median of req/s over rounds. Balancer CPU is user + system time of its process(es) from /proc during the run, divided by requests; machine CPU is the busy time of both CPUs from /proc/stat (client, balancer, backends and the kernel's softirq work, wherever it lands), divided by requests — the number kernel shortcuts cannot move between columns. lb: proxy on 1 thread (tokio current-thread), daemon inside the cgroup it attaches to (as on a node), access log {}; HAProxy `nbthread 1`, nginx `worker_processes 1`, both with the same 90/10 split, `hellotest` header rule and `/test/v2` rewrite, configs in `bench/`. Every row was checked before timing: 500 new connections, no failure, the configured split.\n",
+        "Setup: backends (`lb backend`: one process answering as v0 on 127.0.0.2 and v1 on 127.0.0.3, so no row pays for two backend processes taking turns on a CPU; each lb daemon has its own identical process inside its cgroup, as local pods under a node's root cgroup, where the kernel path's client ↔ backend hop and the proxy's hops can be shortcut by sk_msg) and every balancer pinned to CPU 0; `wrk -t1 -c50` pinned to CPU 1. {} interleaved round(s) of {} s per row and mode (A B C … A B C …); medians; spread = (max − min) / median of req/s over rounds. Balancer CPU is user + system time of its process(es) from /proc during the run, divided by requests; machine CPU is the busy time of both CPUs from /proc/stat (client, balancer, backends and the kernel's softirq work, wherever it lands), divided by requests — the number kernel shortcuts cannot move between columns. lb: proxy on 1 thread (tokio current-thread), daemon inside the cgroup it attaches to (as on a node), `--sk-msg all` for the \"sk_msg on\" rows and `--no-sk-msg` for the \"off\" rows, access log {}; HAProxy `nbthread 1`, nginx `worker_processes 1`, both with the same 90/10 split, `hellotest` header rule and `/test/v2` rewrite, configs in `bench/`. Every row was checked before timing: 500 new connections, no failure, the configured split.\n",
         o.rounds,
         o.seconds,
         if o.access_log { "on" } else { "off" }
@@ -183,7 +183,7 @@ pub fn render(r: &Results) -> String {
     }
     let _ = writeln!(
         md,
-        "lb kernel path: the balancer process does no work per request (CPU ≈ 0); connect4 runs in the client's connect() and is counted in the client's time.\n"
+        "lb kernel path: the balancer process does no work per request (CPU ≈ 0); connect4 runs in the client's connect() and sk_msg in the sender's write(), both counted in the client's and backend's time (machine CPU column).\n"
     );
     let _ = writeln!(
         md,
@@ -268,6 +268,8 @@ pub fn render(r: &Results) -> String {
         ka(Row::LbKernel),
         cl(Row::LbKernel),
     );
+    let (ok, oc) = (ka(Row::LbKernelNoSkMsg), cl(Row::LbKernelNoSkMsg));
+    let (nk, nc) = (ka(Row::LbProxyNoSkMsg), cl(Row::LbProxyNoSkMsg));
     let (pk, pc, hk, hc) = (
         ka(Row::LbProxySkMsg),
         cl(Row::LbProxySkMsg),
@@ -301,6 +303,16 @@ pub fn render(r: &Results) -> String {
         |r| r <= 1.05,
     );
     both(
+        "same, kernel path with sk_msg off: req/s ≥ 0.97 × direct",
+        (ok.rps / dk.rps, oc.rps / dc.rps),
+        |r| r >= 0.97,
+    );
+    both(
+        "same, kernel path with sk_msg off: p99 ≤ 1.05 × direct",
+        (ok.p99 / dk.p99, oc.p99 / dc.p99),
+        |r| r <= 1.05,
+    );
+    both(
         "proxy CPU µs/req ≤ 0.9 × HAProxy (both modes)",
         (pk.cpu / hk.cpu, pc.cpu / hc.cpu),
         |r| r <= 0.9,
@@ -319,6 +331,19 @@ pub fn render(r: &Results) -> String {
         "proxy p99 no worse than HAProxy",
         (pk.p99 / hk.p99, pc.p99 / hc.p99),
         |r| r <= 1.0,
+    );
+    both(
+        "sk_msg: no p99 regression (proxy p99 on / off)",
+        (pk.p99 / nk.p99, pc.p99 / nc.p99),
+        |r| r <= 1.0,
+    );
+    let _ = writeln!(
+        md,
+        "| what sk_msg buys: proxy req/s on / off; kernel path req/s on / off | {:.2} / {:.2}; {:.2} / {:.2} | – |",
+        pk.rps / nk.rps,
+        pc.rps / nc.rps,
+        kk.rps / ok.rps,
+        kc.rps / oc.rps
     );
     if let Some((n, _, compile, apply, _)) = big {
         let _ = writeln!(
