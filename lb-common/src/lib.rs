@@ -27,9 +27,11 @@ pub mod map_names {
     pub const HOSTS: &str = "LB_HOSTS";
     pub const UPSTREAM_PEERS: &str = "LB_UPSTREAM_PEERS";
     pub const SK_MSG_TCP: &str = "LB_SK_MSG_TCP";
+    pub const LOCAL_LISTENERS: &str = "LB_LOCAL_LISTENERS";
     /// Every pinned map, in the order `lb down` removes them.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         COUNTERS,
+        LOCAL_LISTENERS,
         SK_MSG_TCP,
         UPSTREAM_PEERS,
         HOSTS,
@@ -63,6 +65,8 @@ pub mod capacity {
     pub const ORIG_DST: u32 = 65_536;
     pub const SOCKETS: u32 = 65_536;
     pub const UPSTREAM_PEERS: u32 = 16_384;
+    /// Listening addresses inside the cgroup remembered (LRU).
+    pub const LOCAL_LISTENERS: u32 = 16_384;
     pub const STATS: u32 = 65_536;
     pub const NAME_LEN: usize = 64;
     /// Distinct unknown Host headers remembered (per service at most `HOSTS_PER_SERVICE`).
@@ -247,11 +251,12 @@ pub mod settings_flags {
     /// Shortcut the client <-> proxy hop: proxy-bound client sockets and the proxy's
     /// accepted sockets join the socket map for the `sk_msg` redirect.
     pub const SK_MSG_CLIENT: u32 = 1;
-    /// Shortcut the proxy <-> local backend hop: lb's upstream sockets to loopback
-    /// endpoints and the backends' accepted sockets join the socket map.
+    /// Shortcut the proxy <-> local backend hop: lb's upstream sockets to local
+    /// backends (listening inside the cgroup) and their accepted sockets join the
+    /// socket map.
     pub const SK_MSG_UPSTREAM: u32 = 2;
     /// Shortcut the client <-> backend hop of the kernel path: a client steered by
-    /// `connect4` to a loopback endpoint and the backend's accepted socket join the
+    /// `connect4` to a local backend and the backend's accepted socket join the
     /// socket map (needs both inside the cgroup, not lb).
     pub const SK_MSG_KERNEL: u32 = 4;
 }

@@ -4,8 +4,8 @@
 //! * `lb_getpeername4` — the client sees the service address it dialled, not the backend.
 //! * `lb_sockops` — on established, proxy-bound client sockets are recorded (original
 //!   destination, socket map), and so are the proxy's accepted sockets, its upstream
-//!   sockets and kernel-path clients to loopback endpoints, and the backends'
-//!   accepted ends (socket map).
+//!   sockets and kernel-path clients to local backends, and the backends' accepted
+//!   ends (socket map); listeners inside the cgroup are recorded (local backends).
 //! * `lb_sk_msg` — redirects bytes between two local sockets in the socket map.
 //!
 //! Every program fails open: on any unexpected error the socket proceeds untouched.
@@ -17,8 +17,8 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{
         BPF_F_CURRENT_NETNS, BPF_F_INGRESS, BPF_F_NO_PREALLOC, BPF_NOEXIST,
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, bpf_sock_tuple,
-        sk_action::SK_PASS,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_TCP_LISTEN_CB, bpf_sock_tuple, sk_action::SK_PASS,
     },
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash},
     helpers::{
@@ -53,12 +53,21 @@ static LB_ORIG_DST: LruHashMap<ClientKey, SockAddr4, { cap::ORIG_DST as usize }>
     LruHashMap::new();
 #[btf_map(pin_by_name)]
 static LB_SOCKETS: SockHash<SockKey, { cap::SOCKETS as usize }> = SockHash::new();
+/// Addresses that sockets inside the cgroup listen on (learned at TCP_LISTEN_CB, seeded
+/// by the daemon for listeners older than the attach): the endpoints whose accepted
+/// sockets will join the socket map, so the only connects worth a shortcut. An
+/// address listened on by a process outside the cgroup never joins: a connect to it
+/// pays for no socket map. Never removed (LRU): a stale entry costs a socket map
+/// membership that finds no peer, never a wrong delivery.
+#[btf_map(pin_by_name)]
+static LB_LOCAL_LISTENERS: LruHashMap<SockAddr4, u32, { cap::LOCAL_LISTENERS as usize }> =
+    LruHashMap::new();
 /// Sending sockets (own tuple) kept on TCP: their peer was not in the socket map at
 /// their first message (see `lb_sk_msg`).
 #[btf_map(pin_by_name)]
 static LB_SK_MSG_TCP: LruHashMap<SockKey, u32, { cap::SOCKETS as usize }> = LruHashMap::new();
-/// The tuple the backend's accepted socket will have, for each connect to a loopback
-/// endpoint that joined the socket map (lb's upstream connects, kernel-path clients):
+/// The tuple the backend's accepted socket will have, for each connect to a local
+/// backend that joined the socket map (lb's upstream connects, kernel-path clients):
 /// the backend's socket joins too at PASSIVE_ESTABLISHED (when the backend runs
 /// inside the cgroup, as local pods do).
 #[btf_map(pin_by_name)]
@@ -126,7 +135,10 @@ fn try_connect4(ctx: &SockAddrContext) -> Verdict {
     let Some(svc) = (unsafe { LB_SERVICES.get(&dialled) }) else {
         // lb's proxy connecting to a loopback endpoint: both ends are local sockets,
         // so the upstream hop can be shortcut too (see on_active_established).
-        if dialled.addr[0] == 127 && shortcut(settings_flags::SK_MSG_UPSTREAM) && is_own_socket() {
+        if shortcut(settings_flags::SK_MSG_UPSTREAM)
+            && is_own_socket()
+            && is_local_listener(dialled)
+        {
             remember_origin(ctx, dialled, dialled, mode::UPSTREAM);
         }
         return Verdict::Allow;
@@ -220,6 +232,19 @@ fn live_proxy(ctx: &SockAddrContext) -> Option<SockAddr4> {
     Some(proxy)
 }
 
+/// Whether a socket inside the cgroup listens on `addr` (or on every address at its
+/// port): a local backend, whose accepted socket will join the socket map.
+#[inline(always)]
+fn is_local_listener(addr: SockAddr4) -> bool {
+    // SAFETY: only tested for presence.
+    unsafe {
+        LB_LOCAL_LISTENERS.get(&addr).is_some()
+            || LB_LOCAL_LISTENERS
+                .get(&SockAddr4::new([0; 4], addr.port))
+                .is_some()
+    }
+}
+
 #[inline(always)]
 fn bump(index: u32) {
     if let Some(p) = LB_COUNTERS.get_ptr_mut(index) {
@@ -295,6 +320,10 @@ pub fn lb_sockops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_active_established(&ctx),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_passive_established(&ctx),
+        BPF_SOCK_OPS_TCP_LISTEN_CB => {
+            let listener = SockAddr4::new(ctx.local_ip4().to_ne_bytes(), ctx.local_port() as u16);
+            let _ = LB_LOCAL_LISTENERS.insert(&listener, &1, 0);
+        }
         _ => {}
     }
     0
@@ -328,8 +357,8 @@ fn shortcut(hop: u32) -> bool {
 /// * a client handed to the proxy: record what it dialled under the 4-tuple the proxy
 ///   will see, and put it in the socket map so `lb_sk_msg` can shortcut its bytes to
 ///   the proxy's accepted socket;
-/// * lb's own upstream connect, or a kernel-path client steered, to a loopback
-///   endpoint: put it in the socket map and leave the tuple the backend's accepted
+/// * lb's own upstream connect, or a kernel-path client steered, to a local backend:
+///   put it in the socket map and leave the tuple the backend's accepted
 ///   socket will have, so that one joins too.
 #[inline(always)]
 fn on_active_established(ctx: &SockOpsContext) {
@@ -346,9 +375,9 @@ fn on_active_established(ctx: &SockOpsContext) {
             settings_flags::SK_MSG_CLIENT
         }
         mode::UPSTREAM => settings_flags::SK_MSG_UPSTREAM,
-        // A kernel-path client steered to a loopback endpoint: a local backend, whose
-        // accepted socket joins too if it runs inside the cgroup (as a local pod does).
-        mode::KERNEL if origin.backend.addr[0] == 127 => settings_flags::SK_MSG_KERNEL,
+        // A kernel-path client steered to a local backend (one listening inside the
+        // cgroup, as a local pod does), whose accepted socket joins too.
+        mode::KERNEL if is_local_listener(origin.backend) => settings_flags::SK_MSG_KERNEL,
         _ => return,
     };
     // SAFETY: the context pointer is valid for the program's run.

@@ -130,6 +130,16 @@ pub fn start(
         sk_msg
     };
     let mut applier = Applier::adopt(pins)?;
+    if sk_msg.0 & !settings_flags::SK_MSG_CLIENT != 0 {
+        // Local backends that listened before the programs were attached.
+        match apply::listeners::inside(cgroup) {
+            Ok(found) => {
+                let n = applier.remember_listeners(found)?;
+                tracing::info!(listeners = n, "local backends found inside the cgroup");
+            }
+            Err(e) => tracing::warn!("looking for listeners inside {}: {e}", cgroup.display()),
+        }
+    }
     applier.set_settings(Settings {
         self_tgid: std::process::id(),
         proxy: proxy.map(proxy_target).unwrap_or_default(),

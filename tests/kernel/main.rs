@@ -54,11 +54,13 @@ fn weighted_split_90_10_is_enforced_at_connect() {
     assert_eq!(connects, 2000, "{status}");
 }
 
-/// The kernel path's own shortcut: a client steered by connect4 to a loopback backend
-/// that runs inside the cgroup too (a local pod) has its bytes handed socket to socket
-/// by sk_msg both ways: one redirected message per request and one per answer. lb
-/// itself may run anywhere (here outside the cgroup). A backend outside the cgroup,
-/// or `--sk-msg` without `kernel`: nothing redirected, the same answers. Every case
+/// The kernel path's own shortcut: a client steered by connect4 to a backend listening
+/// inside the cgroup too (a local pod) has its bytes handed socket to socket by sk_msg
+/// both ways: one redirected message per request and one per answer. lb itself may
+/// run anywhere (here outside the cgroup). Backends that listened before the daemon
+/// attached are found by the daemon, later ones by sock_ops at listen(). A backend
+/// outside the cgroup, or `--sk-msg` without `kernel`: the client never joins the
+/// socket map (nothing redirected, nothing kept on TCP), the same answers. Every case
 /// also checks a WebSocket exchange (handshake, then a frame: two writes each way, in
 /// order) and that getpeername still shows the service address.
 #[test]
@@ -66,21 +68,28 @@ fn kernel_path_sk_msg_shortcuts_local_backends_only() {
     const KEEP_ALIVE: u64 = 200;
     let (svc, port) = ("127.10.3.1", 10300);
     let to = format!("{svc}:{port}");
-    // (backends inside, --sk-msg, redirected messages per keep-alive request)
-    for (inside, hops, per_request) in [
-        (true, "all", 2),
-        (false, "all", 0),
-        (true, "client,upstream", 0),
+    // (backends inside, started after the daemon, --sk-msg, redirected messages per
+    // keep-alive request)
+    for (inside, after, hops, per_request) in [
+        (true, false, "all", 2),
+        (true, true, "all", 2),
+        (false, false, "all", 0),
+        (true, false, "client,upstream", 0),
     ] {
-        let case = format!("backends inside {inside}, --sk-msg {hops}");
+        let case = format!("backends inside {inside}, after {after}, --sk-msg {hops}");
         let mut env = Env::new("kskmsg");
-        env.backend_at("v0", &[addr(&format!("127.0.0.2:{port}"))], inside);
-        env.backend_at("v1", &[addr(&format!("127.0.0.3:{port}"))], inside);
         env.write_config(
             "backend.yaml",
             &seed_config(svc, port, "127.0.0.2", "127.0.0.3", 90, 10),
         );
-        env.start_daemon_with(false, &["--sk-msg", hops]);
+        if after {
+            env.start_daemon_with(false, &["--sk-msg", hops]);
+        }
+        env.backend_at("v0", &[addr(&format!("127.0.0.2:{port}"))], inside);
+        env.backend_at("v1", &[addr(&format!("127.0.0.3:{port}"))], inside);
+        if !after {
+            env.start_daemon_with(false, &["--sk-msg", hops]);
+        }
         let counter = |name: &str| env.status()["counters"][name].as_u64().unwrap_or(0);
         let s = env.probe(&[
             "--to",
@@ -97,11 +106,20 @@ fn kernel_path_sk_msg_shortcuts_local_backends_only() {
             n >= per_request * KEEP_ALIVE && n <= per_request * KEEP_ALIVE + 2,
             "{case}: {n} messages redirected, expected {per_request} per request"
         );
-        // A backend outside the cgroup never joins: the client's first message finds
-        // no peer and the connection stays on TCP (one per connection).
-        let stayed = counter("sk_msg_stayed_on_tcp");
-        let expected_stayed = u64::from(!inside && hops == "all");
-        assert_eq!(stayed, expected_stayed, "{case}");
+        // No socket ever looked for a peer it could not find.
+        assert_eq!(counter("sk_msg_stayed_on_tcp"), 0, "{case}");
+        if hops == "all" {
+            // Listeners older than the daemon are found by it at start.
+            let log = std::fs::read_to_string(env.last_log.as_ref().expect("daemon log"))
+                .expect("daemon log");
+            let found = if inside && !after { 2 } else { 0 };
+            assert!(
+                log.contains(&format!(
+                    "local backends found inside the cgroup listeners={found}"
+                )),
+                "{case}: {log}"
+            );
+        }
         let s = env.probe(&["--to", &to, "--count", "100"]);
         assert_eq!(s["failures"], 0, "{case}: {s}");
         assert_eq!(s["peer_mismatches"], 0, "{case}: {s}");

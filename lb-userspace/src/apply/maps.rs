@@ -24,6 +24,7 @@ pub struct Maps {
     pub state: Array<MapData, State>,
     pub counters: aya::maps::PerCpuArray<MapData, u64>,
     pub hosts: HashMap<MapData, lb_common::HostKey, u64>,
+    pub local_listeners: HashMap<MapData, SockAddr4, u32>,
 }
 
 /// Opens one pinned map as its typed handle.
@@ -67,6 +68,7 @@ impl Maps {
             state: open(pins, map_names::STATE)?,
             counters: open(pins, map_names::COUNTERS)?,
             hosts: open(pins, map_names::HOSTS)?,
+            local_listeners: open(pins, map_names::LOCAL_LISTENERS)?,
         })
     }
 

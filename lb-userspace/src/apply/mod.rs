@@ -8,6 +8,7 @@
 
 pub mod attach;
 pub mod cgroup;
+pub mod listeners;
 pub mod maps;
 pub mod pins;
 
@@ -154,6 +155,22 @@ impl Applier {
             .settings
             .set(0, &settings, 0)
             .map_err(ApplyError::map)
+    }
+
+    /// Records local backends that were listening before the programs could see it.
+    pub fn remember_listeners(
+        &mut self,
+        addrs: impl IntoIterator<Item = SockAddr4>,
+    ) -> Result<usize, ApplyError> {
+        let mut n = 0;
+        for a in addrs {
+            self.maps
+                .local_listeners
+                .insert(&a, &1, 0)
+                .map_err(ApplyError::map)?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// Makes the maps hold `image`. Returns what changed and the old entries to delete
