@@ -286,22 +286,31 @@ pub fn change_main(args: &[String]) -> anyhow::Result<()> {
     let work = std::env::temp_dir().join(format!("lb-change-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
     let result = daemon(n, changes, &work, &[]);
-    // The daemon's own account of each reload (`took_ms` of "configuration applied").
-    let mut took: Vec<f64> = std::fs::read_to_string(work.join(format!("daemon-{n}.log")))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split("took_ms=").nth(1)?.split(' ').next()?.parse().ok())
-        .skip(1)
-        .collect();
+    // The daemon's own account of each reload ("configuration applied" fields).
+    let log = std::fs::read_to_string(work.join(format!("daemon-{n}.log"))).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&work);
     let (_, mut lat) = result?;
-    took.sort_by(f64::total_cmp);
-    if !took.is_empty() {
-        println!(
-            "daemon reload (took_ms): median {:.1} ms, max {:.1} ms",
-            took[took.len() / 2],
-            took[took.len() - 1]
-        );
+    for field in ["took_ms", "load_ms", "compile_ms", "apply_ms"] {
+        let mut v: Vec<f64> = log
+            .lines()
+            .filter_map(|l| {
+                l.split(&format!("{field}="))
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .skip(1)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        if !v.is_empty() {
+            println!(
+                "daemon reload {field}: median {:.1} ms, max {:.1} ms",
+                v[v.len() / 2],
+                v[v.len() - 1]
+            );
+        }
     }
     lat.sort_by(f64::total_cmp);
     anyhow::ensure!(!lat.is_empty(), "no change measured");
