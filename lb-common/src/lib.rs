@@ -28,6 +28,9 @@ pub mod map_names {
     pub const UPSTREAM_PEERS: &str = "LB_UPSTREAM_PEERS";
     pub const SK_MSG_TCP: &str = "LB_SK_MSG_TCP";
     pub const LOCAL_LISTENERS: &str = "LB_LOCAL_LISTENERS";
+    /// Maps older lb versions pinned under the same layout version (the maps an
+    /// upgraded node may still hold); `lb down` removes them too.
+    pub const RETIRED: [&str; 1] = ["LB_SK_MSG_PATH"];
     /// Every pinned map, in the order `lb down` removes them.
     pub const ALL: [&str; 16] = [
         COUNTERS,

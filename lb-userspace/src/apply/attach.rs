@@ -119,7 +119,7 @@ pub fn remove_all(pins: &Pins) -> Result<(), ApplyError> {
         let fd_link = link.unpin().map_err(|e| ApplyError::io(&path, e))?;
         drop(fd_link);
     }
-    for name in map_names::ALL {
+    for name in map_names::ALL.iter().chain(&map_names::RETIRED) {
         let path = pins.map(name);
         if path.exists() {
             std::fs::remove_file(&path).map_err(|e| ApplyError::io(&path, e))?;
