@@ -29,7 +29,7 @@ pub struct Env {
     pub work: PathBuf,
     daemons: Vec<Child>,
     others: Vec<Child>,
-    pub last_log: Option<PathBuf>,
+    last_log: Option<PathBuf>,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -126,9 +126,14 @@ impl Env {
         self.logged_addr("proxy=")
     }
 
+    /// What the last daemon started has logged so far.
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.last_log.as_ref().expect("a daemon was started"))
+            .expect("daemon log")
+    }
+
     fn logged_addr(&self, key: &str) -> SocketAddr {
-        let log = std::fs::read_to_string(self.last_log.as_ref().expect("a daemon was started"))
-            .expect("daemon log");
+        let log = self.daemon_log();
         let at = log.find(key).expect("address in the daemon log") + key.len();
         log[at..]
             .split_whitespace()

@@ -110,8 +110,7 @@ fn kernel_path_sk_msg_shortcuts_local_backends_only() {
         assert_eq!(counter("sk_msg_stayed_on_tcp"), 0, "{case}");
         if hops == "all" {
             // Listeners older than the daemon are found by it at start.
-            let log = std::fs::read_to_string(env.last_log.as_ref().expect("daemon log"))
-                .expect("daemon log");
+            let log = env.daemon_log();
             let found = if inside && !after { 2 } else { 0 };
             assert!(
                 log.contains(&format!(

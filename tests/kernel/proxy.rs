@@ -529,8 +529,7 @@ fn sk_msg_shortcuts_both_hops_in_order_inside_the_cgroup_only() {
             "{case}: {metrics}"
         );
         if !inside {
-            let log = std::fs::read_to_string(env.last_log.as_ref().expect("daemon log"))
-                .expect("daemon log");
+            let log = env.daemon_log();
             assert!(
                 log.contains("sk_msg shortcut of the proxy's hops is off"),
                 "{log}"
