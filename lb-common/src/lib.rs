@@ -262,6 +262,12 @@ pub mod settings_flags {
     /// `connect4` to a local backend and the backend's accepted socket join the
     /// socket map (needs both inside the cgroup, not lb).
     pub const SK_MSG_KERNEL: u32 = 4;
+    /// The hops' names (`--sk-msg`, `lb status`).
+    pub const HOPS: [(&str, u32); 3] = [
+        ("client", SK_MSG_CLIENT),
+        ("upstream", SK_MSG_UPSTREAM),
+        ("kernel", SK_MSG_KERNEL),
+    ];
 }
 
 /// Indexes of `LB_COUNTERS` (per-CPU u64).

@@ -377,7 +377,11 @@ fn on_active_established(ctx: &SockOpsContext) {
         mode::UPSTREAM => settings_flags::SK_MSG_UPSTREAM,
         // A kernel-path client steered to a local backend (one listening inside the
         // cgroup, as a local pod does), whose accepted socket joins too.
-        mode::KERNEL if is_local_listener(origin.backend) => settings_flags::SK_MSG_KERNEL,
+        mode::KERNEL
+            if shortcut(settings_flags::SK_MSG_KERNEL) && is_local_listener(origin.backend) =>
+        {
+            settings_flags::SK_MSG_KERNEL
+        }
         _ => return,
     };
     // SAFETY: the context pointer is valid for the program's run.

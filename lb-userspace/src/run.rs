@@ -88,16 +88,15 @@ impl std::str::FromStr for SkMsgHops {
             _ => {}
         }
         s.split(',').try_fold(SkMsgHops::OFF, |hops, hop| {
-            let flag = match hop.trim() {
-                "client" => settings_flags::SK_MSG_CLIENT,
-                "upstream" => settings_flags::SK_MSG_UPSTREAM,
-                "kernel" => settings_flags::SK_MSG_KERNEL,
-                other => {
-                    return Err(format!(
-                        "unknown hop `{other}`: expected all, off, or a comma list of client, upstream, kernel"
-                    ));
-                }
-            };
+            let hop = hop.trim();
+            let (_, flag) = settings_flags::HOPS
+                .iter()
+                .find(|(name, _)| *name == hop)
+                .ok_or_else(|| {
+                    format!(
+                        "unknown hop `{hop}`: expected all, off, or a comma list of client, upstream, kernel"
+                    )
+                })?;
             Ok(SkMsgHops(hops.0 | flag))
         })
     }

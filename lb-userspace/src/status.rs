@@ -13,6 +13,18 @@ pub struct Status {
     pub services: Vec<ServiceStatus>,
     pub config: ConfigStatus,
     pub counters: Counters,
+    pub sk_msg: SkMsgStatus,
+}
+
+/// Which local hops the daemon asked sk_msg to shortcut, and to which backends.
+#[derive(Debug, Serialize)]
+pub struct SkMsgStatus {
+    /// Hops on (`client`, `upstream`, `kernel`); the proxy's hops are off when lb runs
+    /// outside the cgroup it attaches to.
+    pub hops: Vec<&'static str>,
+    /// Addresses listened on inside the cgroup (`0.0.0.0` = every address at that
+    /// port): connects to these can skip TCP.
+    pub local_backends: Vec<String>,
 }
 
 /// Datapath-wide counters (summed over CPUs).
@@ -100,6 +112,21 @@ pub fn read(pins: &Pins) -> Result<Status, ApplyError> {
         proxy_fallbacks: counter(lb_common::counters::PROXY_FALLBACKS),
         sk_msg_stayed_on_tcp: counter(lb_common::counters::SK_MSG_STAYED_ON_TCP),
     };
+    let flags = maps.settings.get(&0, 0).map_or(0, |s| s.flags);
+    let mut local_backends: Vec<lb_common::SockAddr4> =
+        maps.local_listeners.keys().filter_map(Result::ok).collect();
+    local_backends.sort();
+    let sk_msg = SkMsgStatus {
+        hops: lb_common::settings_flags::HOPS
+            .iter()
+            .filter(|(_, f)| flags & f != 0)
+            .map(|(name, _)| *name)
+            .collect(),
+        local_backends: local_backends
+            .iter()
+            .map(|a| format!("{}:{}", std::net::Ipv4Addr::from(a.addr), a.port))
+            .collect(),
+    };
     let mut hosts: std::collections::HashMap<lb_common::SockAddr4, Vec<UnknownHost>> =
         Default::default();
     for (k, n) in maps.hosts.iter().filter_map(Result::ok) {
@@ -163,6 +190,7 @@ pub fn read(pins: &Pins) -> Result<Status, ApplyError> {
     });
     Ok(Status {
         counters,
+        sk_msg,
         services: out,
         config: ConfigStatus {
             applied_at: (state.applied_at_ms > 0).then(|| rfc3339_ms(state.applied_at_ms)),
@@ -224,6 +252,24 @@ impl Status {
             s,
             "proxy handoffs {}, proxy fallbacks to the kernel split {}, sk_msg redirected messages {}, sockets kept on TCP {}",
             c.proxy_handoffs, c.proxy_fallbacks, c.sk_msg_redirected, c.sk_msg_stayed_on_tcp
+        );
+        let k = &self.sk_msg;
+        let shown = k.local_backends.len().min(8);
+        let _ = writeln!(
+            s,
+            "sk_msg hops: {}; local backends (listening inside the cgroup): {} [{}{}]",
+            if k.hops.is_empty() {
+                "none".to_string()
+            } else {
+                k.hops.join(", ")
+            },
+            k.local_backends.len(),
+            k.local_backends[..shown].join(", "),
+            if shown < k.local_backends.len() {
+                ", …"
+            } else {
+                ""
+            }
         );
         if let Some(e) = &self.config.last_error {
             let _ = writeln!(s, "last change REJECTED (the plan above stays):\n{e}");

@@ -108,6 +108,21 @@ fn kernel_path_sk_msg_shortcuts_local_backends_only() {
         );
         // No socket ever looked for a peer it could not find.
         assert_eq!(counter("sk_msg_stayed_on_tcp"), 0, "{case}");
+        // `lb status` tells which hops are on (lb runs outside: only the kernel path's)
+        // and which backends count as local.
+        let status = env.status();
+        let expected_hops: &[&str] = if hops == "all" { &["kernel"] } else { &[] };
+        assert_eq!(
+            status["sk_msg"]["hops"],
+            serde_json::json!(expected_hops),
+            "{case}"
+        );
+        let local = status["sk_msg"]["local_backends"].to_string();
+        assert_eq!(
+            local.contains(&format!("127.0.0.2:{port}")),
+            inside && hops == "all",
+            "{case}: {local}"
+        );
         if hops == "all" {
             // Listeners older than the daemon are found by it at start.
             let log = env.daemon_log();
