@@ -11,7 +11,12 @@ pub mod routes;
 pub mod subsets;
 mod table;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+/// The model's maps: keyed by names from the operator's own files (no untrusted
+/// input), rebuilt on every reload — a fast hasher rather than SipHash (~7 % of a
+/// 1000-service reload).
+pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::SocketAddrV4;
 use std::path::Path;
 use std::sync::Arc;
@@ -151,7 +156,7 @@ pub fn load_dir_cached(dir: &Path, cache: &mut Cache) -> Result<Validated, Model
 
 /// Builds the model from loaded resources, appending every problem to `diags`.
 pub fn build(loaded: &[Arc<Loaded>], diags: &mut Vec<Diagnostic>) -> Model {
-    build_with(loaded, &mut HashMap::new(), diags)
+    build_with(loaded, &mut HashMap::default(), diags)
 }
 
 fn build_with(
@@ -247,7 +252,8 @@ fn parse_virtual_services(
 }
 
 fn check_duplicates(loaded: &[std::sync::Arc<Loaded>], diags: &mut Vec<Diagnostic>) {
-    let mut seen: HashMap<(&str, &str, &str), &Loaded> = HashMap::new();
+    let mut seen: HashMap<(&str, &str, &str), &Loaded> =
+        HashMap::with_capacity_and_hasher(loaded.len(), Default::default());
     for l in loaded {
         if let Some(first) = seen.insert((l.kind, &l.namespace, &l.name), l) {
             diags.push(Diagnostic::error(
@@ -272,7 +278,7 @@ fn build_catalog(
     diags: &mut Vec<Diagnostic>,
 ) -> Catalog {
     // Documents no longer loaded leave the memo.
-    let live: std::collections::HashSet<usize> =
+    let live: std::collections::HashSet<usize, foldhash::fast::RandomState> =
         loaded.iter().map(|l| Arc::as_ptr(l) as usize).collect();
     memo.retain(|k, _| live.contains(k));
     let mut cat = Catalog::default();
@@ -332,7 +338,7 @@ fn build_subset_rules(
     catalog: &Catalog,
     diags: &mut Vec<Diagnostic>,
 ) -> subsets::SubsetRules {
-    let mut rules = subsets::SubsetRules::new();
+    let mut rules = subsets::SubsetRules::default();
     for (i, l) in loaded.iter().enumerate() {
         let Resource::DestinationRule(dr) = &l.resource else {
             continue;
@@ -375,8 +381,8 @@ fn bind_virtual_services(
     catalog: &Catalog,
     diags: &mut Vec<Diagnostic>,
 ) -> HashMap<String, usize> {
-    let mut owner: HashMap<String, String> = HashMap::new();
-    let mut bound = HashMap::new();
+    let mut owner: HashMap<String, String> = HashMap::default();
+    let mut bound = HashMap::default();
     for (vs_i, vs) in parsed.iter().enumerate() {
         let l = &loaded[vs.resource];
         for (h_i, h) in vs.hosts.iter().enumerate() {

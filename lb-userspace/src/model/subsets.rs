@@ -8,7 +8,7 @@ use crate::load::{Loaded, istio};
 use super::hosts;
 
 /// DestinationRules by canonical host.
-pub type SubsetRules = std::collections::HashMap<String, SubsetRule>;
+pub type SubsetRules = super::HashMap<String, SubsetRule>;
 
 /// The subsets a DestinationRule defines for one host.
 #[derive(Debug, Clone)]

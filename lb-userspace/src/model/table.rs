@@ -1,6 +1,6 @@
 //! Builds the proxy's [`RouteTable`] from the validated VirtualServices.
 
-use std::collections::HashMap;
+use super::HashMap;
 
 use super::catalog::CatalogService;
 use super::http::ParsedAction;
