@@ -341,33 +341,24 @@ impl Setup {
 
     /// (URL, cgroup the client must run in, balancer process).
     fn target(&self, row: Row) -> (String, Option<&Path>, Option<u32>) {
+        // An lb row: one of the benchmark config's services, through the daemon with
+        // sk_msg on or the one with it off.
+        let lb = |service: &str, sk_msg: bool| {
+            let d = if sk_msg { &self.lb_on } else { &self.lb_off };
+            (
+                format!("http://{service}:{PORT}/test"),
+                Some(d.cgroup.path.as_path()),
+                self.procs.pid(&d.name),
+            )
+        };
+        let (kernel, proxy, split) = ("127.10.30.1", "127.10.30.2", "127.10.30.3");
         match row {
             Row::Direct => (format!("http://{V0}/test"), None, None),
-            Row::LbKernel => (
-                format!("http://127.10.30.1:{PORT}/test"),
-                Some(&self.lb_on.cgroup.path),
-                self.procs.pid(&self.lb_on.name),
-            ),
-            Row::LbKernelNoSkMsg => (
-                format!("http://127.10.30.1:{PORT}/test"),
-                Some(&self.lb_off.cgroup.path),
-                self.procs.pid(&self.lb_off.name),
-            ),
-            Row::LbProxySplit => (
-                format!("http://127.10.30.3:{PORT}/test"),
-                Some(&self.lb_on.cgroup.path),
-                self.procs.pid(&self.lb_on.name),
-            ),
-            Row::LbProxySkMsg => (
-                format!("http://127.10.30.2:{PORT}/test"),
-                Some(&self.lb_on.cgroup.path),
-                self.procs.pid(&self.lb_on.name),
-            ),
-            Row::LbProxyNoSkMsg => (
-                format!("http://127.10.30.2:{PORT}/test"),
-                Some(&self.lb_off.cgroup.path),
-                self.procs.pid(&self.lb_off.name),
-            ),
+            Row::LbKernel => lb(kernel, true),
+            Row::LbKernelNoSkMsg => lb(kernel, false),
+            Row::LbProxySplit => lb(split, true),
+            Row::LbProxySkMsg => lb(proxy, true),
+            Row::LbProxyNoSkMsg => lb(proxy, false),
             Row::Haproxy => (
                 format!("http://127.0.0.1:{HAPROXY_PORT}/test"),
                 None,
