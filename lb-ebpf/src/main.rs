@@ -133,8 +133,9 @@ fn try_connect4(ctx: &SockAddrContext) -> Verdict {
     let dialled = SockAddr4::from_sock_addr(sa.user_ip4, sa.user_port);
     // SAFETY: the returned reference is read at once, before any update of the map.
     let Some(svc) = (unsafe { LB_SERVICES.get(&dialled) }) else {
-        // lb's proxy connecting to a loopback endpoint: both ends are local sockets,
-        // so the upstream hop can be shortcut too (see on_active_established).
+        // lb's proxy connecting to a local backend (one listening inside the cgroup):
+        // both ends are local sockets, so the upstream hop can be shortcut too (see
+        // on_active_established).
         if shortcut(settings_flags::SK_MSG_UPSTREAM)
             && is_own_socket()
             && is_local_listener(dialled)
