@@ -117,19 +117,19 @@ pub fn start(
     // outside it, sockets in the map would only pay for a shortcut that never finds
     // its peer. The kernel-path shortcut involves only the client and the backend.
     let lb_hops = settings_flags::SK_MSG_CLIENT | settings_flags::SK_MSG_UPSTREAM;
-    let sk_msg = if sk_msg.0 & lb_hops != 0
+    let sk_msg = if sk_msg.flags() & lb_hops != 0
         && !apply::cgroup::contains_self(cgroup).unwrap_or(false)
     {
         tracing::info!(
             "lb runs outside {}: the sk_msg shortcut of the proxy's hops is off (run lb inside the cgroup it attaches to, e.g. the root cgroup on a node)",
             cgroup.display()
         );
-        SkMsgHops(sk_msg.0 & !lb_hops)
+        SkMsgHops(sk_msg.flags() & !lb_hops)
     } else {
         sk_msg
     };
     let mut applier = Applier::adopt(pins)?;
-    if sk_msg.0 & !settings_flags::SK_MSG_CLIENT != 0 {
+    if sk_msg.flags() & !settings_flags::SK_MSG_CLIENT != 0 {
         // Local backends that listened before the programs were attached.
         match apply::listeners::inside(cgroup) {
             Ok(found) => {
