@@ -146,6 +146,10 @@ enum Cmd {
         /// Send this file's bytes as they are; print the answer.
         #[arg(long)]
         raw: Option<PathBuf>,
+        /// With `--raw`: shut the write side down after the bytes (a client that
+        /// half-closes once its request is sent).
+        #[arg(long, requires = "raw")]
+        half_close: bool,
         #[arg(long)]
         json: bool,
     },
@@ -307,6 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             h2c,
             websocket,
             raw,
+            half_close,
             json,
         } => {
             let host_or_to = host.clone().unwrap_or_else(|| to.to_string());
@@ -326,7 +331,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )?)
             } else if let Some(file) = raw {
                 Some(serde_json::to_string(
-                    &lb::probe::raw(to, &std::fs::read(file)?).map_err(anyhow::Error::msg)?,
+                    &lb::probe::raw(to, &std::fs::read(file)?, half_close)
+                        .map_err(anyhow::Error::msg)?,
                 )?)
             } else {
                 None

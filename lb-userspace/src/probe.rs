@@ -305,10 +305,15 @@ pub fn http10(to: SocketAddr, host: &str, path: &str) -> Result<Answer, String> 
     exchange(&mut s, "GET", path, host, &[], "HTTP/1.0", true)
 }
 
-/// Raw bytes in, the status line's code out (0 if the connection closed first).
-pub fn raw(to: SocketAddr, bytes: &[u8]) -> Result<Answer, String> {
+/// Raw bytes in, the status line's code out (0 if the connection closed first);
+/// `half_close`: the write side is shut down after the bytes.
+pub fn raw(to: SocketAddr, bytes: &[u8], half_close: bool) -> Result<Answer, String> {
     let mut s = connect(to)?;
     s.write_all(bytes).map_err(|e| format!("write: {e}"))?;
+    if half_close {
+        s.shutdown(std::net::Shutdown::Write)
+            .map_err(|e| format!("shutdown: {e}"))?;
+    }
     let mut reader = BufReader::new(s);
     Ok(read_answer(&mut reader).unwrap_or_default())
 }

@@ -293,7 +293,8 @@ fn live_proxy_agrees_with_explain_on_the_shared_table() {
     );
 }
 
-/// HTTP/1.0 (no 426), h2c with prior knowledge, and a WebSocket echo through the proxy.
+/// HTTP/1.0 (no 426), h2c with prior knowledge, a WebSocket echo and a half-closing
+/// client through the proxy.
 #[test]
 fn http10_h2c_and_websocket_work_through_the_proxy() {
     let (svc, port) = ("127.10.15.1", 15100);
@@ -327,6 +328,18 @@ fn http10_h2c_and_websocket_work_through_the_proxy() {
     assert_eq!(
         (a["status"].as_u64(), a["body"].as_str()),
         (Some(101), Some("hello through lb")),
+        "{a}"
+    );
+    // A client that shuts its write side once the request is sent still gets the
+    // routed, rewritten answer (hyper's half_close; without it the proxy took the
+    // EOF for a hang-up and answered nothing).
+    let f = env.work.join("half-close.bin");
+    std::fs::write(&f, format!("GET /test/v2/a HTTP/1.1\r\nhost: {to}\r\n\r\n")).expect("raw");
+    let path = f.to_str().expect("utf-8");
+    let a = env.probe(&["--to", &to, "--raw", path, "--half-close"]);
+    assert_eq!(
+        (a["status"].as_u64(), a["headers"]["x-path"].as_str()),
+        (Some(200), Some("/test/a")),
         "{a}"
     );
 }

@@ -86,13 +86,16 @@ impl Pool {
         req: Request<Incoming>,
         upgrade: bool,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        // Connecting is boxed: its future is large and rare (the pool usually has a
+        // sender), and inline it would grow every request's future, which hyper moves
+        // into place per request.
         if upgrade {
-            let mut s = Self::connect(ep, true).await?;
+            let mut s = Box::pin(Self::connect(ep, true)).await?;
             return Ok(s.send_request(req).await?);
         }
         let mut s = match self.take_ready(ep) {
             Some(s) => s,
-            None => Self::connect(ep, false).await?,
+            None => Box::pin(Self::connect(ep, false)).await?,
         };
         let resp = s.send_request(req).await;
         if resp.is_ok() {
