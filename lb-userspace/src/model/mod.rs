@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 /// input), rebuilt on every reload — a fast hasher rather than SipHash (~7 % of a
 /// 1000-service reload).
 pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::net::SocketAddrV4;
 use std::path::Path;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the proxy: requests per service, subset and response code.
 
-use std::collections::HashMap;
+use crate::model::HashMap;
 use std::net::SocketAddrV4;
 use std::sync::{Arc, Mutex};
 
@@ -42,7 +42,7 @@ impl Default for Metrics {
         Self {
             registry,
             requests,
-            cache: Mutex::new((0, HashMap::new())),
+            cache: Mutex::new((0, HashMap::default())),
         }
     }
 }
@@ -61,7 +61,7 @@ impl Metrics {
         };
         let table_id = Arc::as_ptr(table) as usize;
         if cache.0 != table_id {
-            *cache = (table_id, HashMap::new());
+            *cache = (table_id, HashMap::default());
         }
         let key = (
             dialled,

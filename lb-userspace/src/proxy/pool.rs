@@ -6,7 +6,6 @@
 //! sender that is ready (LIFO keeps few connections warm), else opens a connection.
 //! Senders go back at once; one still busy with its response body is skipped.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -15,6 +14,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+
+use crate::model::HashMap;
 
 /// Idle senders kept per endpoint (beyond: dropped, the connection closes).
 const MAX_IDLE: usize = 256;
