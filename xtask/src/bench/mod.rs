@@ -197,6 +197,23 @@ impl Setup {
         let mut procs = Procs::default();
         let lb = lb_bin();
         let lb_s = lb.to_string_lossy().to_string();
+        // A leftover listener on one of these would take the row's traffic unnoticed
+        // (it answered as v0/v1 too, so the checks passed, but outside the daemon's
+        // cgroup: sk_msg then found no local backend).
+        let ours = [
+            "127.0.0.2",
+            "127.0.0.3",
+            "127.0.0.4",
+            "127.0.0.5",
+            "127.0.0.6",
+            "127.0.0.7",
+        ]
+        .map(|ip| format!("{ip}:{PORT}"))
+        .into_iter()
+        .chain([HAPROXY_PORT, NGINX_PORT].map(|p| format!("127.0.0.1:{p}")));
+        for addr in ours {
+            procs::ensure_free(&addr)?;
+        }
         backends(&mut procs, &work, "backends", None, [V0, V1])?;
         // Each lb daemon runs inside the cgroup it attaches to, with its own backends
         // in there too: on a node, lb sits on the root cgroup and local pods are inside

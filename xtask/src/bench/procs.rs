@@ -116,6 +116,17 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Fails if something already accepts connections on `addr`, before the harness
+/// starts its own server there.
+pub fn ensure_free(addr: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "{addr} already accepts connections before the harness started its server there: \
+         a process left from an earlier run? Stop it and rerun"
+    );
+    Ok(())
+}
+
 /// Waits until `addr` accepts connections.
 pub fn wait_listening(addr: &str, what: &str) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
