@@ -2,13 +2,15 @@
 //! `cargo xtask rebuild DIR [N]` times the daemon's per-change work (model + compile
 //! of an already parsed configuration) N times, for profiling reloads;
 //! `cargo xtask change-latency [SERVICES] [CHANGES]` runs the benchmark's
-//! config-change row alone.
+//! config-change row alone; `cargo xtask bench-render` writes BENCHMARKS.md again
+//! from bench/results.json (after editing bench/ANALYSIS.md).
 mod bench;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("bench") => bench::main(&args[1..]),
+        Some("bench-render") => bench::render_main(&args[1..]),
         // Internal: the paced client, re-executed inside a cgroup by the harness.
         Some("paced") => bench::paced::main(&args[1..]),
         Some("rebuild") => bench::control::rebuild_main(&args[1..]),

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use lb::apply::Pins;
 use lb::apply::cgroup::ChildCgroup;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Options, lb_bin, procs};
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct ControlResults {
     /// (services, load ms, compile ms, apply ms, unchanged re-apply ms)
     pub apply: Vec<(usize, f64, f64, f64, f64)>,

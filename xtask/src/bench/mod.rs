@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use lb::apply::cgroup::ChildCgroup;
 use procs::{Procs, SERVER_CPU};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Harness flags.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Options {
     pub rounds: usize,
     pub seconds: u64,
@@ -83,7 +83,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
 }
 
 /// One row of the table: how the client reaches the backends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Row {
     Direct,
@@ -487,7 +487,7 @@ fn children(pid: u32) -> Vec<u32> {
 }
 
 /// One timed run of one row in one mode.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sample {
     pub row: Row,
     pub close: bool,
@@ -499,7 +499,7 @@ pub struct Sample {
 }
 
 /// Everything one harness run measured.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Results {
     pub options: Options,
     pub machine: report::Machine,
@@ -508,6 +508,26 @@ pub struct Results {
     pub fixed_rate: Vec<(Row, serde_json::Value)>,
     pub rss_kib: Vec<(Row, u64)>,
     pub control: control::ControlResults,
+}
+
+/// `cargo xtask bench-render [RESULTS]`: BENCHMARKS.md again from a full run's JSON
+/// (default bench/results.json), e.g. after editing bench/ANALYSIS.md; no rerun.
+pub fn render_main(args: &[String]) -> anyhow::Result<()> {
+    let path = args
+        .first()
+        .map_or_else(|| root().join("bench/results.json"), PathBuf::from);
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let results: Results =
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    anyhow::ensure!(
+        !results.options.smoke && !results.options.partial(),
+        "{}: a smoke or partial run does not make BENCHMARKS.md",
+        path.display()
+    );
+    std::fs::write(root().join("BENCHMARKS.md"), report::render(&results))?;
+    eprintln!("wrote BENCHMARKS.md from {}", path.display());
+    Ok(())
 }
 
 pub fn main(args: &[String]) -> anyhow::Result<()> {

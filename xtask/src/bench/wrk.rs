@@ -5,7 +5,7 @@ use std::path::Path;
 use super::procs::{CLIENT_CPU, pinned};
 
 /// One wrk run.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct WrkResult {
     pub requests: u64,
     pub rps: f64,
