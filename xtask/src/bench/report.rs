@@ -434,3 +434,44 @@ pub fn render(r: &Results) -> String {
     }
     md
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(row: Row, round: usize, rps: f64) -> Sample {
+        Sample {
+            row,
+            close: false,
+            round,
+            wrk: super::super::wrk::WrkResult {
+                rps,
+                ..Default::default()
+            },
+            cpu_us_per_req: 0.0,
+            machine_us_per_req: 0.0,
+        }
+    }
+
+    /// Ratios pair rows by round: a slow round slows both rows and cancels out, where
+    /// the ratio of the medians would mix rounds.
+    #[test]
+    fn paired_ratios_are_per_round() {
+        let samples = [
+            sample(Row::LbKernel, 0, 110.0),
+            sample(Row::Direct, 0, 100.0),
+            sample(Row::LbKernel, 1, 55.0),
+            sample(Row::Direct, 1, 50.0),
+            sample(Row::LbKernel, 2, 60.0),
+            sample(Row::Direct, 2, 80.0),
+        ];
+        let (median, min, max) = paired(&samples, Row::LbKernel, Row::Direct, false, |s| s.wrk.rps);
+        assert_eq!((median, min, max), (1.1, 0.75, 1.1));
+        // No close-mode samples: no ratio.
+        assert!(
+            paired(&samples, Row::LbKernel, Row::Direct, true, |s| s.wrk.rps)
+                .0
+                .is_nan()
+        );
+    }
+}
