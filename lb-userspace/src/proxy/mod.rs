@@ -179,20 +179,7 @@ impl Proxy {
                         if !self.nodelay_inherited {
                             set_nodelay(stream.as_raw_fd());
                         }
-                        let dialled = shared.kernel.as_ref().and_then(|k| k.lock().ok()?.take_orig_dst(peer));
-                        let conn = serve_connection(
-                            stream,
-                            forward::ConnInfo {
-                                peer,
-                                peer_ip: http::HeaderValue::from_str(&peer.ip().to_string()).ok(),
-                                dialled,
-                                smuggling: Default::default(),
-                            },
-                            shared.clone(),
-                            builders.clone(),
-                            stopping.subscribe(),
-                        );
-                        tokio::spawn(conn);
+                        spawn_connection(stream, peer, &shared, &builders, &stopping);
                     }
                     if !drained {
                         // A full batch: let the accepted connections run before the next.
@@ -215,6 +202,36 @@ impl Proxy {
         flusher.abort();
         flush(&shared);
     }
+}
+
+type Builders = Arc<(http1::Builder, http2::Builder<TokioExecutor>)>;
+
+/// Starts serving one accepted connection in a task of its own, with what the client
+/// dialled (the original-destination map, read once).
+fn spawn_connection(
+    stream: client_io::ClientStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    builders: &Builders,
+    stopping: &watch::Sender<bool>,
+) {
+    let dialled = shared
+        .kernel
+        .as_ref()
+        .and_then(|k| k.lock().ok()?.take_orig_dst(peer));
+    let conn = forward::ConnInfo {
+        peer,
+        peer_ip: http::HeaderValue::from_str(&peer.ip().to_string()).ok(),
+        dialled,
+        smuggling: Default::default(),
+    };
+    tokio::spawn(serve_connection(
+        stream,
+        conn,
+        shared.clone(),
+        builders.clone(),
+        stopping.subscribe(),
+    ));
 }
 
 /// Connections accepted per wake-up before the accepted ones run (HAProxy's
@@ -247,7 +264,7 @@ async fn serve_connection(
     stream: client_io::ClientStream,
     mut conn: forward::ConnInfo,
     shared: Arc<Shared>,
-    builders: Arc<(http1::Builder, http2::Builder<TokioExecutor>)>,
+    builders: Builders,
     mut stopping: watch::Receiver<bool>,
 ) {
     let mut stream = guard::Guarded::new(stream);
