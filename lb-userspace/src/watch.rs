@@ -101,23 +101,19 @@ mod tests {
 
     #[test]
     fn finished_files_settle_raw_writes_wait() {
-        assert_eq!(
-            settles(&K::Access(AccessKind::Close(AccessMode::Write))),
-            Some(true)
-        );
-        assert_eq!(
-            settles(&K::Modify(ModifyKind::Name(RenameMode::To))),
-            Some(true)
-        );
-        assert_eq!(
-            settles(&K::Modify(ModifyKind::Name(RenameMode::From))),
-            Some(false)
-        );
-        assert_eq!(
-            settles(&K::Modify(ModifyKind::Data(DataChange::Content))),
-            Some(false)
-        );
-        assert_eq!(settles(&K::Create(CreateKind::File)), Some(false));
-        assert_eq!(settles(&K::Access(AccessKind::Read)), None);
+        let cases = [
+            (K::Access(AccessKind::Close(AccessMode::Write)), Some(true)),
+            (K::Modify(ModifyKind::Name(RenameMode::To)), Some(true)),
+            (K::Modify(ModifyKind::Name(RenameMode::From)), Some(false)),
+            (
+                K::Modify(ModifyKind::Data(DataChange::Content)),
+                Some(false),
+            ),
+            (K::Create(CreateKind::File), Some(false)),
+            (K::Access(AccessKind::Read), None),
+        ];
+        for (kind, want) in cases {
+            assert_eq!(settles(&kind), want, "{kind:?}");
+        }
     }
 }

@@ -219,6 +219,14 @@ impl Env {
         serde_json::from_slice(&out.stdout).expect("probe json")
     }
 
+    /// `count` requests on one keep-alive connection to `to` (plus `extra` probe flags).
+    pub fn probe_keep_alive(&self, to: &str, count: u64, extra: &[&str]) -> Value {
+        let count = count.to_string();
+        let mut args = vec!["--to", to, "--count", &count, "--keep-alive"];
+        args.extend_from_slice(extra);
+        self.probe(&args)
+    }
+
     /// Starts the test client in the background; `stop_probe` ends it.
     pub fn spawn_probe(&self, args: &[&str]) -> Child {
         self.probe_cmd(args)

@@ -91,13 +91,7 @@ fn kernel_path_sk_msg_shortcuts_local_backends_only() {
             env.start_daemon_with(false, &["--sk-msg", hops]);
         }
         let counter = |name: &str| env.status()["counters"][name].as_u64().unwrap_or(0);
-        let s = env.probe(&[
-            "--to",
-            &to,
-            "--count",
-            &KEEP_ALIVE.to_string(),
-            "--keep-alive",
-        ]);
+        let s = env.probe_keep_alive(&to, KEEP_ALIVE, &[]);
         assert_eq!(s["failures"], 0, "{case}: {s}");
         assert_eq!(s["peer_mismatches"], 0, "{case}: getpeername: {s}");
         let n = counter("sk_msg_redirected");

@@ -480,15 +480,7 @@ fn sk_msg_shortcuts_both_hops_in_order_inside_the_cgroup_only() {
             backends_inside,
         );
         let case = format!("lb inside {inside}, backends inside {backends_inside}, {flag:?}");
-        let s = env.probe(&[
-            "--to",
-            &to,
-            "--count",
-            &KEEP_ALIVE.to_string(),
-            "--keep-alive",
-            "--header",
-            "hellotest: true",
-        ]);
+        let s = env.probe_keep_alive(&to, KEEP_ALIVE, &["--header", "hellotest: true"]);
         assert_eq!(count(&s, "v1"), KEEP_ALIVE, "{case}: {s}");
         let redirected = || -> u64 {
             env.status()["counters"]["sk_msg_redirected"]
