@@ -292,10 +292,13 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                 let (_, g) = pending.remove(0);
                 applier.collect_garbage(g);
                 // Parsing a large configuration allocates a lot, briefly: hand the
-                // freed memory back to the OS once things are quiet (trimming on every
-                // reload made the next one fault all its pages in again).
-                // SAFETY: malloc_trim only releases free heap memory.
-                unsafe { libc::malloc_trim(0) };
+                // freed memory back to the OS once things are quiet — after the last
+                // reload's grace, not during a burst of changes (trimming between
+                // reloads made each one fault its pages in again: ~10 % of a reload).
+                if pending.is_empty() {
+                    // SAFETY: malloc_trim only releases free heap memory.
+                    unsafe { libc::malloc_trim(0) };
+                }
             }
             _ = term.recv() => break,
             _ = int.recv() => break,

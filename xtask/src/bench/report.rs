@@ -72,6 +72,8 @@ pub struct Summary {
     pub p50: f64,
     pub p99: f64,
     pub cpu: f64,
+    /// wrk's CPU per request (0 in runs from before it was measured).
+    pub client: f64,
     pub machine: f64,
     pub spread: f64,
     pub errors: u64,
@@ -93,6 +95,11 @@ pub fn summarize(samples: &[Sample], row: Row, close: bool) -> Summary {
         p99: median(s.iter().map(|x| x.wrk.p99_us).collect()),
         cpu: median(s.iter().map(|x| x.cpu_us_per_req).collect()),
         machine: median(s.iter().map(|x| x.machine_us_per_req).collect()),
+        client: median(
+            s.iter()
+                .map(|x| x.wrk.client_cpu_us as f64 / x.wrk.requests.max(1) as f64)
+                .collect(),
+        ),
         spread: if m > 0.0 {
             (max - min) / m * 100.0
         } else {
@@ -156,7 +163,7 @@ pub fn render(r: &Results) -> String {
     );
     let _ = writeln!(
         md,
-        "Setup: backends (`lb backend`: one process answering as v0 on 127.0.0.2 and v1 on 127.0.0.3, so no row pays for two backend processes taking turns on a CPU; each lb daemon has its own identical process inside its cgroup, as local pods under a node's root cgroup, where the kernel path's client ↔ backend hop and the proxy's hops can be shortcut by sk_msg) and every balancer pinned to CPU 0; `wrk -t1 -c50` pinned to CPU 1. {} interleaved round(s) of {} s per row and mode (A B C … A B C …); medians; spread = (max − min) / median of req/s over rounds. Balancer CPU is user + system time of its process(es) from /proc during the run, divided by requests; machine CPU is the busy time of both CPUs from /proc/stat (client, balancer, backends and the kernel's softirq work, wherever it lands), divided by requests — the number kernel shortcuts cannot move between columns. lb: proxy on 1 thread (tokio current-thread), daemon inside the cgroup it attaches to (as on a node), `--sk-msg all` for the \"sk_msg on\" rows and `--no-sk-msg` for the \"off\" rows, access log {}; HAProxy `nbthread 1`, nginx `worker_processes 1`, both with the same 90/10 split, `hellotest` header rule and `/test/v2` rewrite, configs in `bench/`. Every row was checked before timing: 500 new connections, no failure, the configured split.\n",
+        "Setup: backends (`lb backend`: one process answering as v0 on 127.0.0.2 and v1 on 127.0.0.3, so no row pays for two backend processes taking turns on a CPU; each lb daemon has its own identical process inside its cgroup, as local pods under a node's root cgroup, where the kernel path's client ↔ backend hop and the proxy's hops can be shortcut by sk_msg) and every balancer pinned to CPU 0; `wrk -t1 -c50` pinned to CPU 1. {} interleaved round(s) of {} s per row and mode (A B C … A B C …); medians; spread = (max − min) / median of req/s over rounds. Balancer CPU is user + system time of its process(es) from /proc during the run, divided by requests; client CPU is wrk's own (its rusage), divided by requests; machine CPU is the busy time of both CPUs from /proc/stat (client, balancer, backends and the kernel's softirq work, wherever it lands), divided by requests — the number kernel shortcuts cannot move between columns. lb: proxy on 1 thread (tokio current-thread), daemon inside the cgroup it attaches to (as on a node), `--sk-msg all` for the \"sk_msg on\" rows and `--no-sk-msg` for the \"off\" rows, access log {}; HAProxy `nbthread 1`, nginx `worker_processes 1`, both with the same 90/10 split, `hellotest` header rule and `/test/v2` rewrite, configs in `bench/`. Every row was checked before timing: 500 new connections, no failure, the configured split.\n",
         o.rounds,
         o.seconds,
         if o.access_log { "on" } else { "off" }
@@ -173,11 +180,11 @@ pub fn render(r: &Results) -> String {
         );
         let _ = writeln!(
             md,
-            "| row | req/s | × direct | × HAProxy | × nginx | p50 µs | p99 µs | balancer CPU µs/req | machine CPU µs/req | spread | socket errors |"
+            "| row | req/s | × direct | × HAProxy | × nginx | p50 µs | p99 µs | balancer CPU µs/req | client CPU µs/req | machine CPU µs/req | spread | socket errors |"
         );
         let _ = writeln!(
             md,
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         let direct = summarize(&r.samples, Row::Direct, close);
         let hap = summarize(&r.samples, Row::Haproxy, close);
@@ -191,7 +198,7 @@ pub fn render(r: &Results) -> String {
             };
             let _ = writeln!(
                 md,
-                "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {cpu} | {:.1} | {:.1} % | {} |",
+                "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {cpu} | {:.1} | {:.1} | {:.1} % | {} |",
                 row.label(),
                 s.rps,
                 s.rps / direct.rps,
@@ -199,6 +206,7 @@ pub fn render(r: &Results) -> String {
                 s.rps / ngx.rps,
                 s.p50,
                 s.p99,
+                s.client,
                 s.machine,
                 s.spread,
                 s.errors
@@ -208,7 +216,7 @@ pub fn render(r: &Results) -> String {
     }
     let _ = writeln!(
         md,
-        "lb kernel path: the balancer process does no work per request (CPU ≈ 0); connect4 runs in the client's connect() and sk_msg in the sender's write(), both counted in the client's and backend's time (machine CPU column).\n"
+        "lb kernel path: the balancer process does no work per request (CPU ≈ 0); connect4 runs in the client's connect() and sk_msg in the sender's write(), both counted in the client's time (client CPU column: wrk's own user + system time per request, which in close mode is what bounds req/s — the client's CPU is the busy one) and the backend's (machine CPU column).\n"
     );
     let _ = writeln!(
         md,

@@ -13,6 +13,10 @@ pub struct WrkResult {
     pub p99_us: f64,
     pub errors: u64,
     pub non_2xx: u64,
+    /// wrk's own CPU time (user + system), µs: where connect4 and the client's half of
+    /// sk_msg land, and the bound in close mode (the client's CPU is the busy one).
+    #[serde(default)]
+    pub client_cpu_us: u64,
 }
 
 /// `wrk -t1 -c50 -dS --latency [-H 'Connection: close'] URL`, pinned to the client CPU,
@@ -35,15 +39,33 @@ pub fn run(
     if let Some(cg) = cgroup {
         lb::apply::cgroup::spawn_into(&mut cmd, cg);
     }
+    // wrk is the only child reaped while it runs (taskset execs it): the children's
+    // rusage grows by exactly its CPU time.
+    let before = children_cpu_us();
     let out = cmd
         .output()
         .map_err(|e| anyhow::anyhow!("running wrk (apt install wrk): {e}"))?;
+    let client_cpu_us = children_cpu_us().saturating_sub(before);
     anyhow::ensure!(
         out.status.success(),
         "wrk failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    parse(&String::from_utf8_lossy(&out.stdout))
+    let mut r = parse(&String::from_utf8_lossy(&out.stdout))?;
+    r.client_cpu_us = client_cpu_us;
+    Ok(r)
+}
+
+/// User + system CPU time of every child reaped so far, µs.
+fn children_cpu_us() -> u64 {
+    // SAFETY: getrusage fills the struct we own.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        ru
+    };
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    us(ru.ru_utime) + us(ru.ru_stime)
 }
 
 fn duration_us(v: &str) -> f64 {
