@@ -91,6 +91,11 @@ pub fn build(
         });
     }
     t.wildcards.sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
+    t.matches_headers = t.vhosts.iter().flat_map(|vh| &vh.rules).any(|r| {
+        r.matches
+            .iter()
+            .any(|m| !m.headers.is_empty() || !m.without_headers.is_empty())
+    });
     for vh in &t.vhosts {
         for r in &vh.rules {
             if let Action::Route { destinations, .. } = &r.action {

@@ -35,7 +35,7 @@ pub struct ConnInfo {
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded, or a client's
 /// `Connection: close` would close the pooled upstream connection.
-const HOP_BY_HOP: [HeaderName; 7] = [
+pub(super) const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -75,12 +75,61 @@ fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 }
 
 /// What the access log and metrics record about a request.
-struct Outcome<'t> {
-    status: u16,
-    flags: &'static str,
-    upstream: Option<SocketAddr>,
-    rule: Option<&'t route::Rule>,
-    destination: Option<&'t route::Destination>,
+pub(super) struct Outcome<'t> {
+    pub status: u16,
+    pub flags: &'static str,
+    pub upstream: Option<SocketAddr>,
+    pub rule: Option<&'t route::Rule>,
+    pub destination: Option<&'t route::Destination>,
+}
+
+impl Default for Outcome<'_> {
+    fn default() -> Self {
+        Outcome {
+            status: 0,
+            flags: "-",
+            upstream: None,
+            rule: None,
+            destination: None,
+        }
+    }
+}
+
+/// The request as the access log names it.
+pub(super) struct Logged<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub version: Version,
+    /// When the request was read (only with the access log: a clock read otherwise).
+    pub start: Option<Instant>,
+}
+
+/// Counts a finished request in the metrics and writes its access-log line.
+pub(super) fn record(
+    shared: &Shared,
+    table: &Arc<route::RouteTable>,
+    conn: &ConnInfo,
+    req: &Logged<'_>,
+    outcome: &Outcome<'_>,
+) {
+    shared
+        .metrics
+        .count(table, conn.dialled, outcome.destination, outcome.status);
+    if let Some(log) = &shared.log {
+        let route = outcome
+            .rule
+            .map_or("-", |r| r.name.as_deref().unwrap_or("default"));
+        log.log(&Entry {
+            method: req.method,
+            path: req.path,
+            version: req.version,
+            status: outcome.status,
+            flags: outcome.flags,
+            upstream: outcome.upstream,
+            duration_ms: req.start.map_or(0, |s| s.elapsed().as_millis()),
+            route,
+        });
+    }
 }
 
 /// Handles one request; never fails (errors become 4xx/5xx answers).
@@ -99,24 +148,13 @@ pub async fn handle(
         .as_ref()
         .and_then(|_| req.uri().path_and_query().cloned());
     let (resp, outcome) = route_request(&shared, &table, &conn, req).await;
-    shared
-        .metrics
-        .count(&table, conn.dialled, outcome.destination, outcome.status);
-    if let Some(log) = &shared.log {
-        let route = outcome
-            .rule
-            .map_or("-", |r| r.name.as_deref().unwrap_or("default"));
-        log.log(&Entry {
-            method: method.as_str(),
-            path: path_log.as_ref().map_or("/", |p| p.as_str()),
-            version,
-            status: outcome.status,
-            flags: outcome.flags,
-            upstream: outcome.upstream,
-            duration_ms: start.map_or(0, |s| s.elapsed().as_millis()),
-            route,
-        });
-    }
+    let logged = Logged {
+        method: method.as_str(),
+        path: path_log.as_ref().map_or("/", |p| p.as_str()),
+        version,
+        start,
+    };
+    record(&shared, &table, &conn, &logged, &outcome);
     Ok(resp)
 }
 
@@ -150,13 +188,7 @@ async fn route_request<'t>(
     conn: &ConnInfo,
     req: Request<Incoming>,
 ) -> (Response<Body>, Outcome<'t>) {
-    let mut outcome = Outcome {
-        status: 0,
-        flags: "-",
-        upstream: None,
-        rule: None,
-        destination: None,
-    };
+    let mut outcome = Outcome::default();
     let fwd = match prepare(shared, table, conn, req, &mut outcome) {
         Routed::Forward(f) => f,
         Routed::Answer(resp) => return done(resp, outcome),
@@ -173,8 +205,108 @@ async fn route_request<'t>(
     done(resp, outcome)
 }
 
-/// Picks the rule, destination and endpoint for `req` and builds the upstream
-/// request; or the local answer (400, 404, 503, redirect, direct response).
+/// Where routing sends a request: to an endpoint, or answered by the proxy.
+pub(super) enum Decision<'t> {
+    Upstream(Target<'t>),
+    /// 404 (no route), 503 (no endpoint), a redirect or a direct response.
+    Answer(Response<Body>),
+}
+
+/// A request's endpoint and what the request becomes on the way there.
+pub(super) struct Target<'t> {
+    pub rule: &'t route::Rule,
+    pub endpoint: SocketAddr,
+    /// Path and query after the rule's rewrite.
+    pub path: String,
+    /// The Host header to set (an authority rewrite, or the request had none); None:
+    /// the client's goes through.
+    pub host: Option<String>,
+}
+
+/// Picks the rule, destination and endpoint for a request (both paths: hyper's and
+/// the lean one), or the proxy's own answer.
+pub(super) fn decide<'t>(
+    shared: &Shared,
+    table: &'t route::RouteTable,
+    conn: &ConnInfo,
+    r: &route::Request<'_>,
+    has_host_header: bool,
+    outcome: &mut Outcome<'t>,
+) -> Decision<'t> {
+    let sel = table.select(r);
+    if sel.by_dialled_service
+        && let (Some(d), Some(k)) = (conn.dialled, &shared.kernel)
+        && let Ok(mut k) = k.lock()
+    {
+        k.unknown_host(d, &route::host_key(r.authority));
+    }
+    let Some((_, rule)) = sel.rule else {
+        outcome.flags = "NR";
+        return Decision::Answer(local(StatusCode::NOT_FOUND, "no route\n"));
+    };
+    outcome.rule = Some(rule);
+    let destinations = match &rule.action {
+        Action::Redirect(rd) => {
+            let location = route::redirect_location(rd, &sel, r);
+            let mut resp = local(
+                StatusCode::from_u16(rd.code).unwrap_or(StatusCode::MOVED_PERMANENTLY),
+                Bytes::new(),
+            );
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            outcome.flags = "RD";
+            return Decision::Answer(resp);
+        }
+        Action::Direct { status, body } => {
+            let mut resp = local(
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::OK),
+                body.clone().unwrap_or_default(),
+            );
+            rule.response_headers.apply(resp.headers_mut());
+            outcome.flags = "DR";
+            return Decision::Answer(resp);
+        }
+        Action::Route { destinations, .. } => destinations,
+    };
+    let Some(dest) = route::pick_weighted(destinations) else {
+        outcome.flags = "NR";
+        return Decision::Answer(local(StatusCode::NOT_FOUND, "no route\n"));
+    };
+    outcome.destination = Some(dest);
+    let endpoints = dest
+        .port_for(conn.dialled.map(|d| d.port()))
+        .and_then(|p| dest.endpoints.get(&p))
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    if endpoints.is_empty() {
+        outcome.flags = "UH";
+        return Decision::Answer(local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream\n",
+        ));
+    }
+    let endpoint = endpoints[fastrand::usize(..endpoints.len())];
+    // Defence in depth: only ever forward to an endpoint of a configured service.
+    if !table.endpoints.contains(&endpoint) {
+        outcome.flags = "UF";
+        return Decision::Answer(local(StatusCode::BAD_GATEWAY, "not an endpoint\n"));
+    }
+    outcome.upstream = Some(endpoint);
+    let (path, authority) = sel.rewritten(r);
+    // Host reaches the backend unchanged unless an authority rewrite says otherwise
+    // (and an h2 request's :authority becomes the Host header).
+    let host = (!has_host_header || authority != r.authority).then_some(authority);
+    Decision::Upstream(Target {
+        rule,
+        endpoint,
+        path,
+        host,
+    })
+}
+
+/// Routes `req` ([`decide`]) and builds the upstream request; or the local answer
+/// (400, 404, 503, redirect, direct response).
 fn prepare<'t>(
     shared: &Shared,
     table: &'t route::RouteTable,
@@ -208,69 +340,10 @@ fn prepare<'t>(
         headers: req.headers(),
         dialled: conn.dialled,
     };
-    let sel = table.select(&r);
-    if sel.by_dialled_service
-        && let (Some(d), Some(k)) = (conn.dialled, &shared.kernel)
-        && let Ok(mut k) = k.lock()
-    {
-        k.unknown_host(d, &route::host_key(authority));
-    }
-    let Some((_, rule)) = sel.rule else {
-        outcome.flags = "NR";
-        return Routed::Answer(local(StatusCode::NOT_FOUND, "no route\n"));
+    let target = match decide(shared, table, conn, &r, has_host_header, outcome) {
+        Decision::Upstream(t) => t,
+        Decision::Answer(resp) => return Routed::Answer(resp),
     };
-    outcome.rule = Some(rule);
-    let destinations = match &rule.action {
-        Action::Redirect(rd) => {
-            let location = route::redirect_location(rd, &sel, &r);
-            let mut resp = local(
-                StatusCode::from_u16(rd.code).unwrap_or(StatusCode::MOVED_PERMANENTLY),
-                Bytes::new(),
-            );
-            if let Ok(v) = HeaderValue::from_str(&location) {
-                resp.headers_mut().insert(header::LOCATION, v);
-            }
-            outcome.flags = "RD";
-            return Routed::Answer(resp);
-        }
-        Action::Direct { status, body } => {
-            let mut resp = local(
-                StatusCode::from_u16(*status).unwrap_or(StatusCode::OK),
-                body.clone().unwrap_or_default(),
-            );
-            rule.response_headers.apply(resp.headers_mut());
-            outcome.flags = "DR";
-            return Routed::Answer(resp);
-        }
-        Action::Route { destinations, .. } => destinations,
-    };
-    let Some(dest) = route::pick_weighted(destinations) else {
-        outcome.flags = "NR";
-        return Routed::Answer(local(StatusCode::NOT_FOUND, "no route\n"));
-    };
-    outcome.destination = Some(dest);
-    let endpoints = dest
-        .port_for(conn.dialled.map(|d| d.port()))
-        .and_then(|p| dest.endpoints.get(&p))
-        .map(Vec::as_slice)
-        .unwrap_or(&[]);
-    if endpoints.is_empty() {
-        outcome.flags = "UH";
-        return Routed::Answer(local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no healthy upstream\n",
-        ));
-    }
-    let endpoint = endpoints[fastrand::usize(..endpoints.len())];
-    // Defence in depth: only ever forward to an endpoint of a configured service.
-    if !table.endpoints.contains(&endpoint) {
-        outcome.flags = "UF";
-        return Routed::Answer(local(StatusCode::BAD_GATEWAY, "not an endpoint\n"));
-    }
-    outcome.upstream = Some(endpoint);
-    let (new_path, new_authority) = sel.rewritten(&r);
-    let set_host = !has_host_header || new_authority != authority;
-
     let upgrade = req
         .headers()
         .get(header::UPGRADE)
@@ -280,19 +353,19 @@ fn prepare<'t>(
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
-    // Host reaches the backend unchanged unless an authority rewrite says otherwise
-    // (and an h2 request's :authority becomes the Host header).
-    if set_host && let Ok(v) = HeaderValue::from_str(&new_authority) {
+    if let Some(host) = &target.host
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
         headers.insert(header::HOST, v);
     }
     append_forwarded_for(&mut headers, conn);
-    rule.request_headers.apply(&mut headers);
+    target.rule.request_headers.apply(&mut headers);
     if let Some(u) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, u);
     }
     // Origin-form: the pool talks to the endpoint directly, no absolute URI needed.
-    let Ok(uri) = http::Uri::try_from(new_path) else {
+    let Ok(uri) = http::Uri::try_from(target.path) else {
         return Routed::Answer(local(StatusCode::BAD_REQUEST, "bad path\n"));
     };
     let mut up = Request::new(body);
@@ -302,8 +375,8 @@ fn prepare<'t>(
     *up.headers_mut() = headers;
     Routed::Forward(Forward {
         up,
-        endpoint,
-        rule,
+        endpoint: target.endpoint,
+        rule: target.rule,
         client_upgrade,
     })
 }

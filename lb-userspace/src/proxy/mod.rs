@@ -9,6 +9,7 @@ pub mod client_io;
 pub mod forward;
 pub mod guard;
 pub mod kernel;
+pub mod lean;
 pub mod metrics;
 pub mod pool;
 
@@ -258,8 +259,9 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves one accepted connection: reads its first bytes once to tell HTTP/2 prior
-/// knowledge from HTTP/1 (the bytes are handed to hyper again, no second read), then
-/// runs hyper's connection until it ends or the proxy drains.
+/// knowledge from HTTP/1, serves HTTP/1 requests on the lean path while they fit it
+/// (lean.rs), then hands the bytes read so far to hyper, which runs the connection
+/// until it ends or the proxy drains.
 async fn serve_connection(
     stream: client_io::ClientStream,
     mut conn: forward::ConnInfo,
@@ -284,6 +286,13 @@ async fn serve_connection(
             break true;
         }
     };
+    // HTTP/1: the lean path serves what it can; hyper the rest of the connection.
+    if !h2 {
+        match lean::serve(&mut stream, &mut first, &shared, &conn, &mut stopping).await {
+            lean::Next::Closed => return,
+            lean::Next::Hyper => {}
+        }
+    }
     stream.unread(first.freeze());
     let conn = Arc::new(conn);
     let svc =

@@ -1,4 +1,5 @@
-//! Upstream connections: a small hand-kept pool of HTTP/1.1 senders per endpoint.
+//! Upstream connections: a small hand-kept pool of HTTP/1.1 senders per endpoint, and
+//! of plain sockets for the lean path.
 //!
 //! hyper-util's legacy `Client` costs about a quarter more instructions per request
 //! here (an extra task hop per re-pooled connection, an absolute URI and pool key
@@ -36,6 +37,33 @@ pub enum UpstreamError {
 #[derive(Default)]
 pub struct Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<Incoming>>>>,
+    /// The lean path's idle sockets (proxy/lean.rs), most recently used last.
+    raw: Mutex<HashMap<SocketAddr, Vec<Upstream>>>,
+}
+
+/// An upstream socket of the lean path, with the buffer its answers are read into
+/// (kept with it: one allocation per connection, not per request).
+pub struct Upstream {
+    pub stream: tokio::net::TcpStream,
+    pub buf: bytes::BytesMut,
+}
+
+impl Upstream {
+    /// Whether an idle socket still looks usable: the backend has not closed it, and
+    /// it holds no stray bytes (one non-blocking peek, no wait).
+    pub fn looks_alive(&self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: a valid socket and a one-byte buffer we own.
+        let n = unsafe {
+            libc::recv(
+                std::os::fd::AsRawFd::as_raw_fd(&self.stream),
+                std::ptr::from_mut(&mut byte).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+    }
 }
 
 impl Pool {
@@ -57,15 +85,44 @@ impl Pool {
         }
     }
 
-    async fn connect(
-        ep: SocketAddr,
-        upgrades: bool,
-    ) -> Result<SendRequest<Incoming>, UpstreamError> {
+    /// A lean-path socket to `ep`: the most recently used idle one, if any.
+    pub fn take_raw(&self, ep: SocketAddr) -> Option<Upstream> {
+        self.raw.lock().ok()?.get_mut(&ep)?.pop()
+    }
+
+    /// Keeps a lean-path socket whose last exchange ended cleanly.
+    pub fn give_back_raw(&self, ep: SocketAddr, u: Upstream) {
+        if let Ok(mut raw) = self.raw.lock() {
+            let list = raw.entry(ep).or_default();
+            if list.len() < MAX_IDLE {
+                list.push(u);
+            }
+        }
+    }
+
+    /// A new lean-path socket to `ep`.
+    pub async fn connect_raw(ep: SocketAddr) -> Result<Upstream, UpstreamError> {
+        Ok(Upstream {
+            stream: Self::open(ep).await?,
+            buf: bytes::BytesMut::with_capacity(4096),
+        })
+    }
+
+    /// A TCP connection to `ep`, Nagle off (requests and answers are whole writes).
+    async fn open(ep: SocketAddr) -> Result<tokio::net::TcpStream, UpstreamError> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(ep))
             .await
             .map_err(|_| UpstreamError::Timeout(ep))?
             .map_err(|e| UpstreamError::Connect(ep, e))?;
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn connect(
+        ep: SocketAddr,
+        upgrades: bool,
+    ) -> Result<SendRequest<Incoming>, UpstreamError> {
+        let stream = Self::open(ep).await?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
         if upgrades {
             tokio::spawn(async move {

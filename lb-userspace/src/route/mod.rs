@@ -30,6 +30,9 @@ pub struct RouteTable {
     pub wildcards: Vec<(String, usize)>,
     /// Dialled service address → vhost bound to that service.
     pub by_service: HashMap<SocketAddrV4, usize>,
+    /// Whether any rule matches on headers: the lean path builds a request's header
+    /// map only then.
+    pub matches_headers: bool,
     /// Dialled service address → `ns/name` (metrics, unknown-host counting).
     pub services: HashMap<SocketAddrV4, String>,
     /// Every endpoint of every service: the proxy never forwards elsewhere.
@@ -63,6 +66,10 @@ pub struct HeaderOps {
 }
 
 impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
     pub fn apply(&self, h: &mut HeaderMap) {
         for n in &self.remove {
             h.remove(n);

@@ -1,0 +1,180 @@
+use super::{ChunkScanner, Facts, Framing, parse_answer, upstream_head};
+use crate::proxy::forward::Target;
+use crate::route::{Action, Rule};
+
+fn headers_of<'b>(
+    text: &'b [u8],
+    storage: &'b mut [httparse::Header<'b>],
+) -> &'b [httparse::Header<'b>] {
+    let mut req = httparse::Request::new(storage);
+    assert!(req.parse(text).expect("parses").is_complete());
+    req.headers
+}
+
+#[test]
+fn chunk_scanner_finds_the_end_whole_or_byte_by_byte() {
+    let body = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+    let end = body.len() - 4;
+    let mut whole = ChunkScanner::default();
+    assert_eq!(whole.feed(body), Ok(end));
+    assert!(whole.done());
+    let mut bytewise = ChunkScanner::default();
+    let mut taken = 0;
+    for b in body.chunks(1) {
+        taken += bytewise.feed(b).expect("valid");
+    }
+    assert_eq!(taken, end, "stops at the end, not at the bytes after it");
+    assert!(bytewise.done());
+    let mut unfinished = ChunkScanner::default();
+    assert_eq!(unfinished.feed(b"a\r\n0123"), Ok(7));
+    assert!(!unfinished.done());
+    for bad in [&b"x\r\n"[..], b"\r\n", b"4\r\nWikiX", b"0\r\n\rX"] {
+        assert!(ChunkScanner::default().feed(bad).is_err(), "{bad:?}");
+    }
+    assert!(
+        ChunkScanner::default()
+            .feed(b"10000000000000000\r\n")
+            .is_err(),
+        "a size past 60 bits is refused"
+    );
+}
+
+#[test]
+fn requests_the_lean_path_leaves_to_hyper() {
+    for (text, why) in [
+        (
+            &b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            "chunked body",
+        ),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "two Hosts"),
+        (
+            b"PUT / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n",
+            "bad length",
+        ),
+        (
+            b"PUT / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            "repeated length",
+        ),
+        (b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n", "expect"),
+        (b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", "upgrade"),
+    ] {
+        let mut storage = [httparse::EMPTY_HEADER; 8];
+        assert_eq!(Facts::of(headers_of(text, &mut storage)), None, "{why}");
+    }
+    let text = b"POST / HTTP/1.1\r\nhost: svc\r\nConnection: close, X-Secret\r\nContent-Length: 12\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\n\r\n";
+    let mut storage = [httparse::EMPTY_HEADER; 8];
+    let f = Facts::of(headers_of(text, &mut storage)).expect("lean");
+    assert_eq!(
+        f,
+        Facts {
+            host: Some("svc"),
+            content_length: 12,
+            close: true,
+            names_headers: true,
+            forwarded_for: Some(b"10.0.0.1"),
+        }
+    );
+}
+
+fn rule() -> Rule {
+    Rule {
+        name: None,
+        matches: Vec::new(),
+        action: Action::Direct {
+            status: 200,
+            body: None,
+        },
+        request_headers: Default::default(),
+        response_headers: Default::default(),
+    }
+}
+
+#[test]
+fn upstream_head_drops_hop_by_hop_and_sets_host_and_forwarded_for() {
+    let text = b"GET /test/v2?q=1 HTTP/1.1\r\nHost: svc:80\r\nConnection: close, X-Secret\r\nKeep-Alive: 5\r\nX-Secret: s\r\nX-Forwarded-For: 10.0.0.1\r\nAccept: */*\r\nTE: trailers\r\n\r\n";
+    let mut storage = [httparse::EMPTY_HEADER; 8];
+    let headers = headers_of(text, &mut storage);
+    let facts = Facts::of(headers).expect("lean");
+    let rule = rule();
+    let mut target = Target {
+        rule: &rule,
+        endpoint: "127.0.0.1:1".parse().expect("addr"),
+        path: "/test?q=1".into(),
+        host: None,
+    };
+    let head = upstream_head("GET", &target, headers, &facts, Some(b"127.0.0.9"));
+    assert_eq!(
+        String::from_utf8_lossy(&head),
+        "GET /test?q=1 HTTP/1.1\r\nHost: svc:80\r\nAccept: */*\r\nx-forwarded-for: 10.0.0.1, 127.0.0.9\r\n\r\n"
+    );
+    target.host = Some("rewritten".into());
+    let head = upstream_head("GET", &target, headers, &facts, None);
+    assert_eq!(
+        String::from_utf8_lossy(&head),
+        "GET /test?q=1 HTTP/1.1\r\nhost: rewritten\r\nAccept: */*\r\n\r\n"
+    );
+}
+
+#[test]
+fn answers_are_framed_and_their_heads_cleaned() {
+    let parse = |text: &[u8], head_method: bool, close: bool| {
+        parse_answer(text, head_method, close)
+            .expect("valid")
+            .expect("complete")
+    };
+    let text = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\nabc";
+    let a = parse(text, false, false);
+    assert_eq!(
+        (a.framing, a.reusable, a.close_client, a.len),
+        (Framing::Length(3), true, false, text.len() - 3)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&a.head),
+        "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"
+    );
+    let a = parse(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        false,
+        true,
+    );
+    assert_eq!((a.framing, a.reusable), (Framing::Chunked, false));
+    assert_eq!(
+        String::from_utf8_lossy(&a.head),
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
+    let a = parse(b"HTTP/1.0 200 OK\r\n\r\nbody until close", false, false);
+    assert_eq!(
+        (a.framing, a.reusable, a.close_client),
+        (Framing::UntilClose, false, true)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&a.head),
+        "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n"
+    );
+    let a = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true, false);
+    assert_eq!(a.framing, Framing::Empty, "the answer to HEAD has no body");
+    let a = parse(b"HTTP/1.1 304 Not Modified\r\n\r\n", false, false);
+    assert_eq!((a.framing, a.reusable), (Framing::Empty, true));
+    let a = parse(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n",
+        false,
+        false,
+    );
+    assert!(a.interim && a.len == 25);
+    assert_eq!(
+        parse_answer(b"HTTP/1.1 200 OK\r\nContent-Le", false, false),
+        Ok(None)
+    );
+    for bad in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        b"NOT HTTP\r\n\r\n",
+    ] {
+        assert!(
+            parse_answer(bad, false, false).is_err(),
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
