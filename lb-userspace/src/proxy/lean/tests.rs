@@ -178,3 +178,153 @@ fn answers_are_framed_and_their_heads_cleaned() {
         );
     }
 }
+
+/// A scripted upstream on loopback: connection `i` answers its requests with
+/// `script[i].0` in turn (each answer in two writes, so the relay sees it split),
+/// then closes if `script[i].1`. Returns its address and the request bodies it got.
+async fn upstream(
+    script: Vec<(Vec<&'static [u8]>, bool)>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let got = bodies.clone();
+    tokio::spawn(async move {
+        for (answers, close) in script {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut buf = Vec::new();
+            for answer in answers {
+                let mut chunk = [0u8; 1024];
+                let end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    let n = s.read(&mut chunk).await.expect("read");
+                    assert!(n > 0, "request cut short");
+                    buf.extend_from_slice(&chunk[..n]);
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len = head
+                    .split("\r\n")
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.parse::<usize>().expect("length"));
+                while buf.len() < end + len {
+                    let n = s.read(&mut chunk).await.expect("read body");
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                got.lock().expect("lock").push(buf[end..end + len].to_vec());
+                buf.drain(..end + len);
+                let (a, b) = answer.split_at(answer.len() / 2);
+                s.write_all(a).await.expect("write");
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                s.write_all(b).await.expect("write");
+            }
+            if !close {
+                // Kept open (pooled on lb's side) until the test ends.
+                std::mem::forget(s);
+            }
+        }
+    });
+    (addr, bodies)
+}
+
+fn send(endpoint: std::net::SocketAddr, method: &str, body: &[u8]) -> super::Send {
+    let head = format!(
+        "{method} / HTTP/1.1\r\nhost: svc\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    super::Send {
+        endpoint,
+        head: head.into_bytes(),
+        body_len: body.len() as u64,
+        head_method: false,
+        replayable: body.is_empty() && method == "GET",
+        close: false,
+    }
+}
+
+/// Runs one exchange; returns (its result, what the client received, status).
+async fn exchange_once(
+    pool: &crate::proxy::pool::Pool,
+    send: &super::Send,
+    client_body: &[u8],
+) -> (Result<bool, super::LeanError>, String, u16) {
+    use tokio::io::AsyncReadExt as _;
+    let (mut proxy_side, mut client_side) = tokio::io::duplex(1 << 16);
+    let mut buf = bytes::BytesMut::from(client_body);
+    let mut status = 0;
+    let r = super::exchange(&mut proxy_side, &mut buf, pool, send, &mut status).await;
+    assert!(buf.is_empty(), "the body was consumed");
+    drop(proxy_side);
+    let mut got = String::new();
+    client_side
+        .read_to_string(&mut got)
+        .await
+        .expect("read client side");
+    (r, got, status)
+}
+
+#[tokio::test]
+async fn relays_chunked_and_until_close_answers_and_pools_only_clean_ends() {
+    let chunked: &[u8] =
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+    let unframed: &[u8] = b"HTTP/1.1 200 OK\r\n\r\nuntil the end";
+    let (addr, _) = upstream(vec![(vec![chunked, unframed], true)]).await;
+    let pool = crate::proxy::pool::Pool::default();
+    let (r, got, status) = exchange_once(&pool, &send(addr, "GET", b""), b"").await;
+    assert!(matches!(r, Ok(true)), "{r:?}");
+    assert_eq!(status, 200);
+    assert_eq!(got.as_bytes(), chunked, "relayed as it came");
+    // The chunked answer ended cleanly: its socket was pooled and carries the next.
+    let (r, got, _) = exchange_once(&pool, &send(addr, "GET", b""), b"").await;
+    assert!(
+        matches!(r, Ok(false)),
+        "an answer ending at close closes the client"
+    );
+    assert_eq!(
+        got,
+        "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end"
+    );
+    assert!(
+        pool.take_raw(addr).is_none(),
+        "a socket at its end is not pooled"
+    );
+}
+
+#[tokio::test]
+async fn a_pooled_socket_the_upstream_closed_is_replaced() {
+    let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let (addr, bodies) =
+        upstream(vec![(vec![ok], true), (vec![ok], true), (vec![ok], false)]).await;
+    let pool = crate::proxy::pool::Pool::default();
+    for (method, body) in [("GET", &b""[..]), ("GET", b""), ("POST", b"payload")] {
+        // Each answer's socket is pooled; the upstream closes it right after, as an
+        // idle timeout would: a GET is sent again on a new socket, a POST (not
+        // replayable) finds the closed one before sending.
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        let (r, got, status) = exchange_once(&pool, &send(addr, method, body), body).await;
+        assert!(matches!(r, Ok(true)), "{method}: {r:?}");
+        assert_eq!((status, got.ends_with("\r\n\r\nok")), (200, true), "{got}");
+    }
+    let bodies = bodies.lock().expect("lock").clone();
+    assert_eq!(bodies.last().map(Vec::as_slice), Some(&b"payload"[..]));
+    assert_eq!(bodies.len(), 3, "each request reached the upstream once");
+}
+
+#[tokio::test]
+async fn an_upstream_that_refuses_leaves_the_client_untouched() {
+    // Bound, then dropped: nothing listens on the port.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let pool = crate::proxy::pool::Pool::default();
+    let (r, got, status) = exchange_once(&pool, &send(addr, "GET", b""), b"").await;
+    assert!(matches!(r, Err(super::LeanError::Connect(_))), "{r:?}");
+    assert_eq!((status, got.as_str()), (0, ""), "the caller answers 502");
+}
