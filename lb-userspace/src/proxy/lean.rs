@@ -205,11 +205,15 @@ fn parse_request<'t>(
         dialled: conn.dialled,
     };
     let mut outcome = Outcome::default();
+    // Only a plain forward: no header edits, and a path and Host that go on the wire
+    // as they are (hyper's path answers the rest: local answers, edits, a rewrite
+    // that made a bad path).
     let target = match forward::decide(shared, table, conn, &r, facts.host.is_some(), &mut outcome)
     {
         Decision::Upstream(t)
             if t.rule.request_headers.is_empty()
                 && t.rule.response_headers.is_empty()
+                && t.path.starts_with('/')
                 && plain(&t.path)
                 && t.host.as_deref().is_none_or(plain) =>
         {
