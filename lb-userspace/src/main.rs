@@ -150,6 +150,9 @@ enum Cmd {
         /// half-closes once its request is sent).
         #[arg(long, requires = "raw")]
         half_close: bool,
+        /// With `--raw`: read answers until the connection closes; print them all.
+        #[arg(long, requires = "raw")]
+        all: bool,
         #[arg(long)]
         json: bool,
     },
@@ -312,6 +315,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             websocket,
             raw,
             half_close,
+            all,
             json,
         } => {
             let host_or_to = host.clone().unwrap_or_else(|| to.to_string());
@@ -330,10 +334,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     &lb::probe::websocket(to, &host_or_to, &msg).map_err(anyhow::Error::msg)?,
                 )?)
             } else if let Some(file) = raw {
-                Some(serde_json::to_string(
-                    &lb::probe::raw(to, &std::fs::read(file)?, half_close)
-                        .map_err(anyhow::Error::msg)?,
-                )?)
+                let bytes = std::fs::read(file)?;
+                Some(if all {
+                    serde_json::to_string(
+                        &lb::probe::raw_all(to, &bytes).map_err(anyhow::Error::msg)?,
+                    )?
+                } else {
+                    serde_json::to_string(
+                        &lb::probe::raw(to, &bytes, half_close).map_err(anyhow::Error::msg)?,
+                    )?
+                })
             } else {
                 None
             };

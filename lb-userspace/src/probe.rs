@@ -318,6 +318,19 @@ pub fn raw(to: SocketAddr, bytes: &[u8], half_close: bool) -> Result<Answer, Str
     Ok(read_answer(&mut reader).unwrap_or_default())
 }
 
+/// Raw bytes in (several pipelined requests, say), every answer until the connection
+/// closes out.
+pub fn raw_all(to: SocketAddr, bytes: &[u8]) -> Result<Vec<Answer>, String> {
+    let mut s = connect(to)?;
+    s.write_all(bytes).map_err(|e| format!("write: {e}"))?;
+    let mut reader = BufReader::new(s);
+    let mut answers = Vec::new();
+    while let Ok(a) = read_answer(&mut reader) {
+        answers.push(a);
+    }
+    Ok(answers)
+}
+
 /// A WebSocket handshake and one echoed text frame through whatever is at `to`.
 pub fn websocket(to: SocketAddr, host: &str, message: &str) -> Result<Answer, String> {
     let mut s = connect(to)?;

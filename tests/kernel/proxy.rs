@@ -293,10 +293,10 @@ fn live_proxy_agrees_with_explain_on_the_shared_table() {
     );
 }
 
-/// HTTP/1.0 (no 426), h2c with prior knowledge, a WebSocket echo and a half-closing
-/// client through the proxy.
+/// HTTP/1.0 (no 426), h2c with prior knowledge, a WebSocket echo, a half-closing
+/// client and pipelined requests with a body through the proxy.
 #[test]
-fn http10_h2c_and_websocket_work_through_the_proxy() {
+fn http10_h2c_websocket_and_pipelining_work_through_the_proxy() {
     let (svc, port) = ("127.10.15.1", 15100);
     let env = env_with("protocols", port, &seed("e-rewrite", svc, port), &[]);
     let to = format!("{svc}:{port}");
@@ -342,6 +342,38 @@ fn http10_h2c_and_websocket_work_through_the_proxy() {
         (Some(200), Some("/test/a")),
         "{a}"
     );
+    // Two pipelined requests in one write, the first with a body and a client's
+    // X-Forwarded-For: the lean path relays the body, extends the header, frames each
+    // answer, and closes after the second as it asks.
+    let f = env.work.join("pipelined.bin");
+    std::fs::write(
+        &f,
+        format!(
+            "POST /test/v2/a HTTP/1.1\r\nhost: {to}\r\ncontent-length: 5\r\nx-forwarded-for: 10.1.2.3\r\n\r\nhello\
+             GET /test/v2/b HTTP/1.1\r\nhost: {to}\r\nconnection: close\r\n\r\n"
+        ),
+    )
+    .expect("raw");
+    let path = f.to_str().expect("utf-8");
+    let a = env.probe(&["--to", &to, "--raw", path, "--all"]);
+    let seen: Vec<_> = a
+        .as_array()
+        .expect("answers")
+        .iter()
+        .map(|a| {
+            let h = |n: &str| a["headers"][n].as_str().map(str::to_string);
+            (a["status"].as_u64(), h("x-method"), h("x-path"))
+        })
+        .collect();
+    let want = |m: &str, p: &str| (Some(200), Some(m.to_string()), Some(p.to_string()));
+    assert_eq!(
+        seen,
+        [want("POST", "/test/a"), want("GET", "/test/b")],
+        "{a}"
+    );
+    let xff = a[0]["headers"]["x-forwarded-for"].as_str().unwrap_or("");
+    assert!(xff.starts_with("10.1.2.3, 127."), "{a}");
+    assert_eq!(a[1]["headers"]["connection"], "close", "{a}");
 }
 
 /// Malformed and hostile requests get 4xx and never reach a backend.
