@@ -374,6 +374,7 @@ fn http10_h2c_websocket_and_pipelining_work_through_the_proxy() {
     let xff = a[0]["headers"]["x-forwarded-for"].as_str().unwrap_or("");
     assert!(xff.starts_with("10.1.2.3, 127."), "{a}");
     assert_eq!(a[1]["headers"]["connection"], "close", "{a}");
+    assert!(a[0]["headers"]["date"].is_string(), "a Date is added: {a}");
 }
 
 /// Malformed and hostile requests get 4xx and never reach a backend.

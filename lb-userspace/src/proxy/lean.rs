@@ -531,7 +531,7 @@ async fn request<S: AsyncRead + Unpin>(
     }
     up.buf.clear();
     loop {
-        match parse_answer(&up.buf, send.head_method, send.close) {
+        match with_date(|date| parse_answer(&up.buf, send.head_method, send.close, date)) {
             Err(e) => return Err(LeanError::Answer(ep, e)),
             // An interim answer (100 Continue, 103 Early Hints): hyper's client skips
             // them too.
@@ -578,11 +578,34 @@ struct Answer {
     head: Vec<u8>,
 }
 
-/// Ok(None): the head is not complete yet.
+/// The Date header's value for now, formatted once a second (as hyper's server does).
+fn with_date<T>(f: impl FnOnce(&str) -> T) -> T {
+    thread_local! {
+        static CACHED: std::cell::RefCell<(u64, String)> = const {
+            std::cell::RefCell::new((0, String::new()))
+        };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHED.with_borrow_mut(|(at, text)| {
+        if *at != secs || text.is_empty() {
+            *at = secs;
+            *text = httpdate::fmt_http_date(now);
+        }
+        f(text)
+    })
+}
+
+/// Ok(None): the head is not complete yet. `date`: added as the Date header if the
+/// answer has none (RFC 9110 §6.6.1: a proxy with a clock adds it; hyper's server
+/// did).
 fn parse_answer(
     bytes: &[u8],
     head_method: bool,
     client_close: bool,
+    date: &str,
 ) -> Result<Option<Answer>, &'static str> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
@@ -610,6 +633,7 @@ fn parse_answer(
         return Ok(Some(answer));
     }
     let (mut length, mut coded, mut chunked, mut names_headers) = (None, false, false, false);
+    let mut dated = false;
     for h in resp.headers.iter() {
         let n = h.name;
         if n.eq_ignore_ascii_case("content-length") {
@@ -623,6 +647,8 @@ fn parse_answer(
             chunked = tokens(h.value)
                 .last()
                 .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+        } else if n.eq_ignore_ascii_case("date") {
+            dated = true;
         } else if n.eq_ignore_ascii_case("connection") {
             for t in tokens(h.value) {
                 if t.eq_ignore_ascii_case(b"close") {
@@ -662,6 +688,9 @@ fn parse_answer(
         if !drop {
             line(&mut out, n, h.value);
         }
+    }
+    if !dated {
+        line(&mut out, "date", date.as_bytes());
     }
     if answer.close_client {
         out.extend_from_slice(b"connection: close\r\n");

@@ -2,6 +2,8 @@ use super::{ChunkScanner, Facts, Framing, parse_answer, upstream_head};
 use crate::proxy::forward::Target;
 use crate::route::{Action, Rule};
 
+const DATE: &str = "now";
+
 fn headers_of<'b>(
     text: &'b [u8],
     storage: &'b mut [httparse::Header<'b>],
@@ -118,11 +120,11 @@ fn upstream_head_drops_hop_by_hop_and_sets_host_and_forwarded_for() {
 #[test]
 fn answers_are_framed_and_their_heads_cleaned() {
     let parse = |text: &[u8], head_method: bool, close: bool| {
-        parse_answer(text, head_method, close)
+        parse_answer(text, head_method, close, DATE)
             .expect("valid")
             .expect("complete")
     };
-    let text = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n\r\nabc";
+    let text = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nDate: then\r\nKeep-Alive: timeout=5\r\n\r\nabc";
     let a = parse(text, false, false);
     assert_eq!(
         (a.framing, a.reusable, a.close_client, a.len),
@@ -130,7 +132,8 @@ fn answers_are_framed_and_their_heads_cleaned() {
     );
     assert_eq!(
         String::from_utf8_lossy(&a.head),
-        "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"
+        "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nDate: then\r\n\r\n",
+        "the upstream's Date stays"
     );
     let a = parse(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
@@ -140,7 +143,7 @@ fn answers_are_framed_and_their_heads_cleaned() {
     assert_eq!((a.framing, a.reusable), (Framing::Chunked, false));
     assert_eq!(
         String::from_utf8_lossy(&a.head),
-        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nconnection: close\r\n\r\n"
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\ndate: now\r\nconnection: close\r\n\r\n"
     );
     let a = parse(b"HTTP/1.0 200 OK\r\n\r\nbody until close", false, false);
     assert_eq!(
@@ -149,7 +152,7 @@ fn answers_are_framed_and_their_heads_cleaned() {
     );
     assert_eq!(
         String::from_utf8_lossy(&a.head),
-        "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n"
+        "HTTP/1.1 200 OK\r\ndate: now\r\nconnection: close\r\n\r\n"
     );
     let a = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true, false);
     assert_eq!(a.framing, Framing::Empty, "the answer to HEAD has no body");
@@ -162,7 +165,7 @@ fn answers_are_framed_and_their_heads_cleaned() {
     );
     assert!(a.interim && a.len == 25);
     assert_eq!(
-        parse_answer(b"HTTP/1.1 200 OK\r\nContent-Le", false, false),
+        parse_answer(b"HTTP/1.1 200 OK\r\nContent-Le", false, false, DATE),
         Ok(None)
     );
     for bad in [
@@ -172,7 +175,7 @@ fn answers_are_framed_and_their_heads_cleaned() {
         b"NOT HTTP\r\n\r\n",
     ] {
         assert!(
-            parse_answer(bad, false, false).is_err(),
+            parse_answer(bad, false, false, DATE).is_err(),
             "{}",
             String::from_utf8_lossy(bad)
         );
@@ -273,8 +276,8 @@ async fn exchange_once(
 #[tokio::test]
 async fn relays_chunked_and_until_close_answers_and_pools_only_clean_ends() {
     let chunked: &[u8] =
-        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
-    let unframed: &[u8] = b"HTTP/1.1 200 OK\r\n\r\nuntil the end";
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ndate: then\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+    let unframed: &[u8] = b"HTTP/1.1 200 OK\r\ndate: then\r\n\r\nuntil the end";
     let (addr, _) = upstream(vec![(vec![chunked, unframed], true)]).await;
     let pool = crate::proxy::pool::Pool::default();
     let (r, got, status) = exchange_once(&pool, &send(addr, "GET", b""), b"").await;
@@ -289,7 +292,7 @@ async fn relays_chunked_and_until_close_answers_and_pools_only_clean_ends() {
     );
     assert_eq!(
         got,
-        "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end"
+        "HTTP/1.1 200 OK\r\ndate: then\r\nconnection: close\r\n\r\nuntil the end"
     );
     assert!(
         pool.take_raw(addr).is_none(),
