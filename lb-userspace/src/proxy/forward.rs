@@ -1,6 +1,7 @@
-//! One request through the proxy: route it (shared `route` code), then forward it to
-//! an endpoint, answer it locally (redirect, direct response, 404, 503), or tunnel an
-//! `Upgrade`. Bodies stream both ways.
+//! One request on hyper's path: route it (`decide`, shared with the lean path, on the
+//! shared `route` code), then forward it to an endpoint, answer it locally (redirect,
+//! direct response, 404, 503), or tunnel an `Upgrade`. Bodies stream both ways. Also
+//! what both paths record per request (`record`: metrics, access log).
 
 use std::convert::Infallible;
 use std::net::{SocketAddr, SocketAddrV4};

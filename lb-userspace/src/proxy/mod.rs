@@ -1,4 +1,5 @@
-//! The L7 path: lb's hyper proxy. The kernel hands it the connects of services whose
+//! The L7 path: lb's proxy (a lean HTTP/1.1 path for plain requests, hyper for the
+//! rest; lean.rs). The kernel hands it the connects of services whose
 //! VirtualService looks inside requests; it recovers what each client dialled from the
 //! original-destination map and routes every request (shared `route` code, the same
 //! as `lb explain`).

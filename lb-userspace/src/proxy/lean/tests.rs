@@ -1,4 +1,5 @@
-use super::{ChunkScanner, Facts, Framing, parse_answer, upstream_head};
+use super::head::{Facts, upstream_head};
+use super::{ChunkScanner, Framing, parse_answer};
 use crate::proxy::forward::Target;
 use crate::route::{Action, Rule};
 

@@ -1,0 +1,241 @@
+//! The answer side of the lean path: an upstream's head turned into the client's, and
+//! where its body ends.
+
+use std::io::Write as _;
+
+use super::MAX_HEADERS;
+use super::head::{digits, is_hop_by_hop, line, named_by_connection, tokens};
+
+/// How an answer's body ends (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// An answer's head, read and turned into what the client gets.
+#[derive(Debug, PartialEq)]
+pub(super) struct Answer {
+    /// Bytes of the head (and of the interim answer, if it is one).
+    pub(super) len: usize,
+    pub(super) status: u16,
+    pub(super) interim: bool,
+    pub(super) framing: Framing,
+    /// The upstream connection can carry another request.
+    pub(super) reusable: bool,
+    /// The client connection must close after it (asked to, or the body ends at close).
+    pub(super) close_client: bool,
+    /// The head for the client.
+    pub(super) head: Vec<u8>,
+}
+
+/// The Date header's value for now, formatted once a second (as hyper's server does).
+pub(super) fn with_date<T>(f: impl FnOnce(&str) -> T) -> T {
+    thread_local! {
+        static CACHED: std::cell::RefCell<(u64, String)> = const {
+            std::cell::RefCell::new((0, String::new()))
+        };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHED.with_borrow_mut(|(at, text)| {
+        if *at != secs || text.is_empty() {
+            *at = secs;
+            *text = httpdate::fmt_http_date(now);
+        }
+        f(text)
+    })
+}
+
+/// Ok(None): the head is not complete yet. `date`: added as the Date header if the
+/// answer has none (RFC 9110 §6.6.1: a proxy with a clock adds it; hyper's server
+/// did).
+pub(super) fn parse_answer(
+    bytes: &[u8],
+    head_method: bool,
+    client_close: bool,
+    date: &str,
+) -> Result<Option<Answer>, &'static str> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(bytes) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err("malformed head"),
+    };
+    let (Some(version), Some(status)) = (resp.version, resp.code) else {
+        return Err("malformed head");
+    };
+    if status == 101 {
+        return Err("101 without an upgrade");
+    }
+    let mut answer = Answer {
+        len,
+        status,
+        interim: (100..200).contains(&status),
+        framing: Framing::Empty,
+        reusable: version == 1,
+        close_client: client_close,
+        head: Vec::new(),
+    };
+    if answer.interim {
+        return Ok(Some(answer));
+    }
+    let (mut length, mut coded, mut chunked, mut names_headers) = (None, false, false, false);
+    let mut dated = false;
+    for h in resp.headers.iter() {
+        let n = h.name;
+        if n.eq_ignore_ascii_case("content-length") {
+            if length.is_some() {
+                return Err("repeated Content-Length");
+            }
+            length = Some(digits(h.value).ok_or("bad Content-Length")?);
+        } else if n.eq_ignore_ascii_case("transfer-encoding") {
+            coded = true;
+            // Chunked must be the last coding (RFC 9112 §6.3).
+            chunked = tokens(h.value)
+                .last()
+                .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+        } else if n.eq_ignore_ascii_case("date") {
+            dated = true;
+        } else if n.eq_ignore_ascii_case("connection") {
+            for t in tokens(h.value) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    answer.reusable = false;
+                } else if !t.eq_ignore_ascii_case(b"keep-alive") {
+                    names_headers = true;
+                }
+            }
+        }
+    }
+    if coded && length.is_some() {
+        return Err("both Content-Length and Transfer-Encoding");
+    }
+    answer.framing = if head_method || status == 204 || status == 304 {
+        Framing::Empty
+    } else if chunked {
+        Framing::Chunked
+    } else if coded {
+        Framing::UntilClose
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::UntilClose
+    };
+    if answer.framing == Framing::UntilClose {
+        answer.reusable = false;
+        answer.close_client = true;
+    }
+    let reason = resp.reason.unwrap_or("");
+    let mut out = Vec::with_capacity(len + 32);
+    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
+    for h in resp.headers.iter() {
+        let n = h.name;
+        // Transfer-Encoding stays: the body goes through as it was coded.
+        let drop = (is_hop_by_hop(n) && !n.eq_ignore_ascii_case("transfer-encoding"))
+            || (names_headers && named_by_connection(resp.headers, n));
+        if !drop {
+            line(&mut out, n, h.value);
+        }
+    }
+    if !dated {
+        line(&mut out, "date", date.as_bytes());
+    }
+    if answer.close_client {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    answer.head = out;
+    Ok(Some(answer))
+}
+
+/// Finds where a chunked body ends in the bytes relayed (RFC 9112 §7.1); the bytes
+/// themselves go through unchanged.
+#[derive(Debug, Default)]
+pub(super) struct ChunkScanner {
+    state: Chunk,
+    size: u64,
+    digits: u8,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+enum Chunk {
+    #[default]
+    Size,
+    /// Chunk extensions (or whitespace) up to the CR.
+    Ext,
+    SizeLf,
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// After the last chunk: a trailer line, or the final CRLF.
+    Trailer,
+    TrailerLine,
+    FinalLf,
+    Done,
+}
+
+impl ChunkScanner {
+    /// How many of `bytes` belong to the body (all of them until its end).
+    pub(super) fn feed(&mut self, bytes: &[u8]) -> Result<usize, &'static str> {
+        let mut i = 0;
+        while i < bytes.len() && self.state != Chunk::Done {
+            if let Chunk::Data(left) = self.state {
+                let k = (bytes.len() - i).min(usize::try_from(left).unwrap_or(usize::MAX));
+                i += k;
+                let left = left - k as u64;
+                self.state = if left == 0 {
+                    Chunk::DataCr
+                } else {
+                    Chunk::Data(left)
+                };
+                continue;
+            }
+            let b = bytes[i];
+            i += 1;
+            self.state = match (self.state, b) {
+                (Chunk::Size, _) if b.is_ascii_hexdigit() => {
+                    if self.digits == 15 {
+                        return Err("chunk size too large");
+                    }
+                    self.digits += 1;
+                    let v = (b as char).to_digit(16).unwrap_or(0);
+                    self.size = self.size * 16 + u64::from(v);
+                    Chunk::Size
+                }
+                (Chunk::Size, b';' | b' ' | b'\t') if self.digits > 0 => Chunk::Ext,
+                (Chunk::Size, b'\r') if self.digits > 0 => Chunk::SizeLf,
+                (Chunk::Size, _) => return Err("bad chunk size"),
+                (Chunk::Ext, b'\r') => Chunk::SizeLf,
+                (Chunk::Ext, _) => Chunk::Ext,
+                (Chunk::SizeLf, b'\n') => {
+                    let size = std::mem::take(&mut self.size);
+                    self.digits = 0;
+                    if size == 0 {
+                        Chunk::Trailer
+                    } else {
+                        Chunk::Data(size)
+                    }
+                }
+                (Chunk::DataCr, b'\r') => Chunk::DataLf,
+                (Chunk::DataLf, b'\n') => Chunk::Size,
+                (Chunk::Trailer, b'\r') => Chunk::FinalLf,
+                // A bare LF ends a line too (RFC 9112 §2.2 lets a recipient accept it).
+                (Chunk::Trailer, b'\n') => Chunk::Done,
+                (Chunk::TrailerLine, b'\n') => Chunk::Trailer,
+                (Chunk::Trailer | Chunk::TrailerLine, _) => Chunk::TrailerLine,
+                (Chunk::FinalLf, b'\n') => Chunk::Done,
+                _ => return Err("bad chunked framing"),
+            };
+        }
+        Ok(i)
+    }
+
+    pub(super) fn done(&self) -> bool {
+        self.state == Chunk::Done
+    }
+}
