@@ -113,9 +113,10 @@ async fn connection(mut stream: TcpStream, name: &str, served: &AtomicU64) -> st
             || header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let body = format!("{name}\n");
         let resp = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-backend: {name}\r\nx-method: {method}\r\nx-path: {path}\r\nx-host: {host}\r\nx-forwarded-for: {}\r\n{}\r\n{body}",
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-backend: {name}\r\nx-method: {method}\r\nx-path: {path}\r\nx-host: {host}\r\nx-forwarded-for: {}\r\n{}{}\r\n{body}",
             body.len(),
             header("x-forwarded-for").unwrap_or_default(),
+            echo_x_headers(&head),
             if close { "connection: close\r\n" } else { "" },
         );
         stream.write_all(resp.as_bytes()).await?;
@@ -123,6 +124,25 @@ async fn connection(mut stream: TcpStream, name: &str, served: &AtomicU64) -> st
             return Ok(());
         }
     }
+}
+
+/// The request's own `x-` headers (but X-Forwarded-For, echoed as such) as
+/// `x-req-<name>: <values joined by ", ">`, so tests see what a proxy sent on.
+fn echo_x_headers(head: &str) -> String {
+    let mut seen: Vec<(String, Vec<&str>)> = Vec::new();
+    for (k, v) in head.split("\r\n").skip(1).filter_map(|l| l.split_once(':')) {
+        let k = k.trim().to_ascii_lowercase();
+        if !k.starts_with("x-") || k == "x-forwarded-for" {
+            continue;
+        }
+        match seen.iter_mut().find(|(n, _)| *n == k) {
+            Some((_, vs)) => vs.push(v.trim()),
+            None => seen.push((k, vec![v.trim()])),
+        }
+    }
+    seen.iter()
+        .map(|(k, vs)| format!("x-req-{k}: {}\r\n", vs.join(", ")))
+        .collect()
 }
 
 /// Echoes small masked client frames back unmasked (server frames carry no mask).

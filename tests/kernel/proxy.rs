@@ -145,6 +145,51 @@ fn seed_c_header_match() {
     );
 }
 
+/// A rule's header edits (Istio `headers.request` / `headers.response`): set replaces,
+/// add appends, remove drops, on the way to the backend and back.
+#[test]
+fn header_edits_reach_the_backend_and_the_client() {
+    let (svc, port) = ("127.10.16.1", 16100);
+    let edit = "  http:\n  - match:\n    - uri:\n        prefix: /edit\n    headers:\n      request:\n        set: {x-set: s}\n        add: {x-added: a}\n        remove: [x-removed]\n      response:\n        set: {x-resp-set: \"1\"}\n        remove: [x-backend]\n    route:\n    - destination: {host: backend-service, subset: v1}\n  - match:";
+    let config = seed("e-rewrite", svc, port).replacen("  http:\n  - match:", edit, 1);
+    let env = env_with("edits", port, &config, &[]);
+    let to = format!("{svc}:{port}");
+    let f = env.work.join("edits.bin");
+    let req = |path: &str, last: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nhost: {to}\r\nx-set: original\r\nx-added: mine\r\nx-removed: r\r\nx-kept: k\r\n{last}\r\n"
+        )
+    };
+    // Two requests on one connection: the edited one, then one without edits.
+    std::fs::write(
+        &f,
+        req("/edit", "") + &req("/test", "connection: close\r\n"),
+    )
+    .expect("raw");
+    let a = env.probe(&["--to", &to, "--raw", f.to_str().expect("utf-8"), "--all"]);
+    let h = |i: usize, n: &str| a[i]["headers"][n].as_str().map(str::to_string);
+    let edited = (
+        h(0, "x-req-x-set"),
+        h(0, "x-req-x-added"),
+        h(0, "x-req-x-removed"),
+        h(0, "x-req-x-kept"),
+        h(0, "x-resp-set"),
+        h(0, "x-backend"),
+    );
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        edited,
+        (s("s"), s("mine, a"), None, s("k"), s("1"), None),
+        "{a}"
+    );
+    let plain = (
+        h(1, "x-req-x-set"),
+        h(1, "x-req-x-removed"),
+        h(1, "x-backend"),
+    );
+    assert_eq!(plain, (s("original"), s("r"), s("v0")), "{a}");
+}
+
 /// Seed (d): `/test/v1…` → v1 (also `/test/x/../v1/y`), everything else → v0.
 #[test]
 fn seed_d_prefix_match() {
