@@ -3,15 +3,15 @@
 //! task per upstream connection and the channels to it, header maps built and
 //! re-encoded (~55 % and ~30 % of the proxy's user time with a new connection per
 //! request, perf). Most requests need none of it: a head with at most a
-//! Content-Length body, routed to an endpoint with no header edits. Those are parsed
-//! with httparse (hyper's own parser), routed by the same code as hyper's path
-//! (`forward::decide`), and written to a pooled upstream socket as the client sent
-//! them — hop-by-hop headers dropped, Host and X-Forwarded-For as hyper's path sets
+//! Content-Length body, routed to an endpoint. Those are parsed with httparse (hyper's
+//! own parser), routed by the same code as hyper's path (`forward::decide`), and
+//! written to a pooled upstream socket as the client sent them — hop-by-hop headers
+//! dropped, Host, X-Forwarded-For and the rule's header edits as hyper's path applies
 //! them; the answer's head is parsed the same way and relayed with its body bytes
 //! untouched (Content-Length, chunked or until close). Anything else — HTTP/1.0,
 //! Transfer-Encoding, Expect or Upgrade on a request, a local answer (404, 503,
-//! redirect, direct response), a rule with header edits, a malformed head — goes to
-//! hyper with the bytes read so far, for the rest of that connection.
+//! redirect, direct response), edits of the framing headers, a malformed head — goes
+//! to hyper with the bytes read so far, for the rest of that connection.
 
 mod answer;
 mod head;
@@ -138,7 +138,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut S,
     buf: &mut BytesMut,
     pool: &Pool,
-    send: &Send,
+    send: &Send<'_>,
     status: &mut u16,
 ) -> Result<bool, LeanError> {
     let ep = send.endpoint;
@@ -255,7 +255,7 @@ async fn request<S: AsyncRead + Unpin>(
     client: &mut S,
     buf: &mut BytesMut,
     up: &mut Upstream,
-    send: &Send,
+    send: &Send<'_>,
 ) -> Result<answer::Answer, LeanError> {
     let ep = send.endpoint;
     let up_err = |e| LeanError::Upstream(ep, e);
@@ -278,7 +278,16 @@ async fn request<S: AsyncRead + Unpin>(
     }
     up.buf.clear();
     loop {
-        match with_date(|date| parse_answer(&up.buf, send.head_method, send.close, date)) {
+        let answer = with_date(|date| {
+            parse_answer(
+                &up.buf,
+                send.head_method,
+                send.close,
+                send.answer_edits,
+                date,
+            )
+        });
+        match answer {
             Err(e) => return Err(LeanError::Answer(ep, e)),
             // An interim answer (100 Continue, 103 Early Hints): hyper's client skips
             // them too.

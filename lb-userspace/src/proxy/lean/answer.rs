@@ -4,7 +4,8 @@
 use std::io::Write as _;
 
 use super::MAX_HEADERS;
-use super::head::{digits, is_hop_by_hop, line, named_by_connection, tokens};
+use super::head::{digits, edited_lines, edits, is_hop_by_hop, line, named_by_connection, tokens};
+use crate::route::HeaderOps;
 
 /// How an answer's body ends (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -51,13 +52,14 @@ pub(super) fn with_date<T>(f: impl FnOnce(&str) -> T) -> T {
     })
 }
 
-/// Ok(None): the head is not complete yet. `date`: added as the Date header if the
-/// answer has none (RFC 9110 §6.6.1: a proxy with a clock adds it; hyper's server
-/// did).
+/// Ok(None): the head is not complete yet. `ops`: the rule's edits of the answer's
+/// headers. `date`: added as the Date header if the answer has none (RFC 9110 §6.6.1:
+/// a proxy with a clock adds it; hyper's server does).
 pub(super) fn parse_answer(
     bytes: &[u8],
     head_method: bool,
     client_close: bool,
+    ops: &HeaderOps,
     date: &str,
 ) -> Result<Option<Answer>, &'static str> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -137,11 +139,20 @@ pub(super) fn parse_answer(
         let n = h.name;
         // Transfer-Encoding stays: the body goes through as it was coded.
         let drop = (is_hop_by_hop(n) && !n.eq_ignore_ascii_case("transfer-encoding"))
-            || (names_headers && named_by_connection(resp.headers, n));
+            || (names_headers && named_by_connection(resp.headers, n))
+            || edits(ops, n);
         if !drop {
             line(&mut out, n, h.value);
         }
     }
+    // The rule's edits, then what hyper's server would add: a Date if none is left.
+    edited_lines(&mut out, ops);
+    dated = (dated && !edits(ops, "date"))
+        || ops
+            .set
+            .iter()
+            .chain(&ops.add)
+            .any(|(n, _)| n == http::header::DATE);
     if !dated {
         line(&mut out, "date", date.as_bytes());
     }

@@ -13,14 +13,14 @@ use crate::route;
 /// A request head read and routed: what to send where.
 pub(super) struct Ready<'t> {
     pub(super) head_len: usize,
-    pub(super) send: Send,
+    pub(super) send: Send<'t>,
     pub(super) outcome: Outcome<'t>,
     /// Method and path for the access log (only when it is on).
     pub(super) log: Option<(String, String)>,
 }
 
 /// The upstream side of one request.
-pub(super) struct Send {
+pub(super) struct Send<'t> {
     pub(super) endpoint: SocketAddr,
     /// The request head as the upstream gets it.
     pub(super) head: Vec<u8>,
@@ -32,9 +32,15 @@ pub(super) struct Send {
     pub(super) replayable: bool,
     /// The client asked to close after this request.
     pub(super) close: bool,
+    /// The rule's edits of the answer's headers.
+    pub(super) answer_edits: &'t route::HeaderOps,
 }
 
 /// What the bytes read so far give.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once per request and taken apart at once; boxing would allocate per request"
+)]
 pub(super) enum Parsed<'t> {
     Ready(Ready<'t>),
     /// The head is not complete yet.
@@ -88,14 +94,14 @@ pub(super) fn parse_request<'t>(
         dialled: conn.dialled,
     };
     let mut outcome = Outcome::default();
-    // Only a plain forward: no header edits, and a path and Host that go on the wire
-    // as they are (hyper's path answers the rest: local answers, edits, a rewrite
-    // that made a bad path).
+    // Only a forward whose path and Host go on the wire as they are, and whose header
+    // edits leave the framing alone (hyper's path answers the rest: local answers, a
+    // rewrite that made a bad path, edits of Content-Length or Transfer-Encoding).
     let target = match forward::decide(shared, table, conn, &r, facts.host.is_some(), &mut outcome)
     {
         Decision::Upstream(t)
-            if t.rule.request_headers.is_empty()
-                && t.rule.response_headers.is_empty()
+            if !touches_framing(&t.rule.request_headers)
+                && !touches_framing(&t.rule.response_headers)
                 && t.path.starts_with('/')
                 && plain(&t.path)
                 && t.host.as_deref().is_none_or(plain) =>
@@ -113,6 +119,7 @@ pub(super) fn parse_request<'t>(
             head,
             body_len: facts.content_length,
             head_method: method == "HEAD",
+            answer_edits: &target.rule.response_headers,
             replayable: facts.content_length == 0
                 && matches!(
                     method,
@@ -126,6 +133,32 @@ pub(super) fn parse_request<'t>(
             .as_ref()
             .map(|_| (method.to_string(), path.to_string())),
     })
+}
+
+/// Whether header edits name a header the lean path frames messages by.
+fn touches_framing(ops: &route::HeaderOps) -> bool {
+    let framing =
+        |n: &HeaderName| n == http::header::CONTENT_LENGTH || n == http::header::TRANSFER_ENCODING;
+    ops.remove.iter().any(framing) || ops.set.iter().chain(&ops.add).any(|(n, _)| framing(n))
+}
+
+/// Whether `ops` replace or drop the header `name` (a set replaces every value).
+pub(super) fn edits(ops: &route::HeaderOps, name: &str) -> bool {
+    ops.remove
+        .iter()
+        .any(|r| name.eq_ignore_ascii_case(r.as_str()))
+        || ops
+            .set
+            .iter()
+            .any(|(s, _)| name.eq_ignore_ascii_case(s.as_str()))
+}
+
+/// The header lines `ops` set and add (after the headers they replace are dropped):
+/// what `HeaderOps::apply` does to a header map, on the wire.
+pub(super) fn edited_lines(out: &mut Vec<u8>, ops: &route::HeaderOps) {
+    for (n, v) in ops.set.iter().chain(&ops.add) {
+        line(out, n.as_str(), v.as_bytes());
+    }
 }
 
 /// Visible ASCII only: fit for a request line or a header value as it is.
@@ -218,7 +251,8 @@ pub(super) fn named_by_connection(headers: &[httparse::Header<'_>], name: &str) 
 }
 
 /// The request head the upstream gets: the rewritten path, hop-by-hop headers
-/// dropped, Host set when the rule rewrites it, X-Forwarded-For extended.
+/// dropped, Host set when the rule rewrites it, X-Forwarded-For extended, the rule's
+/// header edits applied.
 pub(super) fn upstream_head(
     method: &str,
     target: &forward::Target<'_>,
@@ -235,7 +269,11 @@ pub(super) fn upstream_head(
     ] {
         out.extend_from_slice(part);
     }
-    if let Some(host) = &target.host {
+    // The rule's edits come last, over everything else (as on hyper's path).
+    let ops = &target.rule.request_headers;
+    if let Some(host) = &target.host
+        && !edits(ops, "host")
+    {
         line(&mut out, "host", host.as_bytes());
     }
     for h in headers {
@@ -243,12 +281,15 @@ pub(super) fn upstream_head(
         let drop = is_hop_by_hop(n)
             || n.eq_ignore_ascii_case("x-forwarded-for")
             || (target.host.is_some() && n.eq_ignore_ascii_case("host"))
-            || (facts.names_headers && named_by_connection(headers, n));
+            || (facts.names_headers && named_by_connection(headers, n))
+            || edits(ops, n);
         if !drop {
             line(&mut out, n, h.value);
         }
     }
-    if let Some(ip) = peer_ip {
+    if let Some(ip) = peer_ip
+        && !edits(ops, "x-forwarded-for")
+    {
         out.extend_from_slice(b"x-forwarded-for: ");
         if let Some(prev) = facts.forwarded_for {
             out.extend_from_slice(prev);
@@ -257,6 +298,7 @@ pub(super) fn upstream_head(
         out.extend_from_slice(ip);
         out.extend_from_slice(b"\r\n");
     }
+    edited_lines(&mut out, ops);
     out.extend_from_slice(b"\r\n");
     out
 }

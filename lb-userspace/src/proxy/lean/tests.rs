@@ -1,9 +1,30 @@
 use super::head::{Facts, upstream_head};
 use super::{ChunkScanner, Framing, parse_answer};
 use crate::proxy::forward::Target;
-use crate::route::{Action, Rule};
+use crate::route::{Action, HeaderOps, Rule};
+use http::{HeaderName, HeaderValue};
 
 const DATE: &str = "now";
+static NO_EDITS: HeaderOps = HeaderOps {
+    set: Vec::new(),
+    add: Vec::new(),
+    remove: Vec::new(),
+};
+
+fn edits(
+    set: &[(&'static str, &'static str)],
+    add: &[(&'static str, &'static str)],
+    remove: &[&'static str],
+) -> HeaderOps {
+    let pair = |(n, v): &(&'static str, &'static str)| {
+        (HeaderName::from_static(n), HeaderValue::from_static(v))
+    };
+    HeaderOps {
+        set: set.iter().map(pair).collect(),
+        add: add.iter().map(pair).collect(),
+        remove: remove.iter().map(|n| HeaderName::from_static(n)).collect(),
+    }
+}
 
 fn headers_of<'b>(
     text: &'b [u8],
@@ -119,9 +140,50 @@ fn upstream_head_drops_hop_by_hop_and_sets_host_and_forwarded_for() {
 }
 
 #[test]
+fn the_rules_edits_come_last_on_both_heads() {
+    let text =
+        b"GET / HTTP/1.1\r\nHost: svc\r\nX-Set: original\r\nX-Added: mine\r\nX-Removed: r\r\n\r\n";
+    let mut storage = [httparse::EMPTY_HEADER; 8];
+    let headers = headers_of(text, &mut storage);
+    let facts = Facts::of(headers).expect("lean");
+    let mut rule = rule();
+    rule.request_headers = edits(
+        &[("x-set", "s"), ("x-forwarded-for", "fixed")],
+        &[("x-added", "a")],
+        &["x-removed", "host"],
+    );
+    let target = Target {
+        rule: &rule,
+        endpoint: "127.0.0.1:1".parse().expect("addr"),
+        path: "/".into(),
+        host: None,
+    };
+    let head = upstream_head("GET", &target, headers, &facts, Some(b"127.0.0.9"));
+    assert_eq!(
+        String::from_utf8_lossy(&head),
+        "GET / HTTP/1.1\r\nX-Added: mine\r\nx-set: s\r\nx-forwarded-for: fixed\r\nx-added: a\r\n\r\n"
+    );
+    let ops = edits(&[("x-resp", "1")], &[], &["x-backend", "date"]);
+    let a = parse_answer(
+        b"HTTP/1.1 200 OK\r\nX-Backend: v1\r\nX-Resp: 0\r\nDate: then\r\nContent-Length: 0\r\n\r\n",
+        false,
+        false,
+        &ops,
+        DATE,
+    )
+    .expect("valid")
+    .expect("complete");
+    assert_eq!(
+        String::from_utf8_lossy(&a.head),
+        "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nx-resp: 1\r\ndate: now\r\n\r\n",
+        "a removed Date comes back as the proxy's, as hyper's server does"
+    );
+}
+
+#[test]
 fn answers_are_framed_and_their_heads_cleaned() {
     let parse = |text: &[u8], head_method: bool, close: bool| {
-        parse_answer(text, head_method, close, DATE)
+        parse_answer(text, head_method, close, &NO_EDITS, DATE)
             .expect("valid")
             .expect("complete")
     };
@@ -166,7 +228,13 @@ fn answers_are_framed_and_their_heads_cleaned() {
     );
     assert!(a.interim && a.len == 25);
     assert_eq!(
-        parse_answer(b"HTTP/1.1 200 OK\r\nContent-Le", false, false, DATE),
+        parse_answer(
+            b"HTTP/1.1 200 OK\r\nContent-Le",
+            false,
+            false,
+            &NO_EDITS,
+            DATE
+        ),
         Ok(None)
     );
     for bad in [
@@ -176,7 +244,7 @@ fn answers_are_framed_and_their_heads_cleaned() {
         b"NOT HTTP\r\n\r\n",
     ] {
         assert!(
-            parse_answer(bad, false, false, DATE).is_err(),
+            parse_answer(bad, false, false, &NO_EDITS, DATE).is_err(),
             "{}",
             String::from_utf8_lossy(bad)
         );
@@ -238,7 +306,7 @@ async fn upstream(
     (addr, bodies)
 }
 
-fn send(endpoint: std::net::SocketAddr, method: &str, body: &[u8]) -> super::Send {
+fn send(endpoint: std::net::SocketAddr, method: &str, body: &[u8]) -> super::Send<'static> {
     let head = format!(
         "{method} / HTTP/1.1\r\nhost: svc\r\ncontent-length: {}\r\n\r\n",
         body.len()
@@ -250,13 +318,14 @@ fn send(endpoint: std::net::SocketAddr, method: &str, body: &[u8]) -> super::Sen
         head_method: false,
         replayable: body.is_empty() && method == "GET",
         close: false,
+        answer_edits: &NO_EDITS,
     }
 }
 
 /// Runs one exchange; returns (its result, what the client received, status).
 async fn exchange_once(
     pool: &crate::proxy::pool::Pool,
-    send: &super::Send,
+    send: &super::Send<'_>,
     client_body: &[u8],
 ) -> (Result<bool, super::LeanError>, String, u16) {
     use tokio::io::AsyncReadExt as _;
