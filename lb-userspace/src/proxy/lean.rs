@@ -72,8 +72,11 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stopping: &mut watch::Receiver<bool>,
 ) -> Next {
     loop {
-        let table = shared.table.borrow().clone();
+        let mut table;
         let req = loop {
+            // The table of the moment the head is complete: a keep-alive connection
+            // idle across a reload routes its next request by the new one.
+            table = shared.table.borrow().clone();
             match parse_request(buf, shared, &table, conn) {
                 Parsed::Ready(r) => break r,
                 Parsed::Hyper => return Next::Hyper,

@@ -401,3 +401,90 @@ async fn an_upstream_that_refuses_leaves_the_client_untouched() {
     assert!(matches!(r, Err(super::LeanError::Connect(_))), "{r:?}");
     assert_eq!((status, got.as_str()), (0, ""), "the caller answers 502");
 }
+
+/// A table routing every request for Host `svc` to `endpoint`.
+fn table_to(endpoint: std::net::SocketAddr) -> std::sync::Arc<crate::route::RouteTable> {
+    use crate::route::{Destination, RouteTable, VirtualHost};
+    let mut t = RouteTable::default();
+    t.hosts.insert("svc".into(), 0);
+    t.endpoints.insert(endpoint);
+    let mut r = rule();
+    r.action = Action::Route {
+        destinations: vec![Destination {
+            host: "svc".into(),
+            subset: None,
+            port: Some(endpoint.port()),
+            weight: 1,
+            endpoints: [(endpoint.port(), vec![endpoint])].into(),
+            label: "(all)".into(),
+        }],
+        rewrite: Default::default(),
+    };
+    t.vhosts.push(VirtualHost {
+        name: "default/svc".into(),
+        rules: vec![r],
+        proxy_reason: None,
+    });
+    std::sync::Arc::new(t)
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_routes_each_request_by_the_table_of_its_time() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let ok_a: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ndate: then\r\n\r\na";
+    let ok_b: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ndate: then\r\n\r\nb";
+    // The old endpoint would answer a second request too: a stale table shows as "a".
+    let (a, _) = upstream(vec![(vec![ok_a, ok_a], false)]).await;
+    let (b, _) = upstream(vec![(vec![ok_b], false)]).await;
+    let (tx, rx) = tokio::sync::watch::channel(table_to(a));
+    let shared = crate::proxy::Shared {
+        table: rx,
+        client: Default::default(),
+        metrics: Default::default(),
+        log: None,
+        kernel: None,
+    };
+    let conn = crate::proxy::forward::ConnInfo {
+        peer: "127.0.0.1:5".parse().expect("addr"),
+        peer_ip: None,
+        dialled: None,
+        smuggling: Default::default(),
+    };
+    let (_stop_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let (mut proxy_side, mut client) = tokio::io::duplex(1 << 16);
+    let mut buf = bytes::BytesMut::from(&b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n"[..]);
+    let serving = async {
+        let next = super::serve(&mut proxy_side, &mut buf, &shared, &conn, &mut stopping).await;
+        assert!(matches!(next, super::Next::Closed), "closed as asked");
+    };
+    let talking = async {
+        let mut got = vec![0u8; 256];
+        let n = client.read(&mut got).await.expect("first answer");
+        assert!(
+            got[..n].ends_with(b"\r\n\r\na"),
+            "{:?}",
+            String::from_utf8_lossy(&got[..n])
+        );
+        // The configuration changes while the connection is idle.
+        tx.send_replace(table_to(b));
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("second request");
+        let mut rest = String::new();
+        client
+            .read_to_string(&mut rest)
+            .await
+            .expect("second answer");
+        rest
+    };
+    let ((), rest) = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        tokio::join!(serving, talking)
+    })
+    .await
+    .expect("both requests answered");
+    assert!(
+        rest.starts_with("HTTP/1.1 200 OK\r\n") && rest.ends_with("connection: close\r\n\r\nb"),
+        "{rest}"
+    );
+}
