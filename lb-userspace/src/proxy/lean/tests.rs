@@ -116,51 +116,49 @@ fn rule() -> Rule {
 #[test]
 fn upstream_head_drops_hop_by_hop_and_sets_host_and_forwarded_for() {
     let text = b"GET /test/v2?q=1 HTTP/1.1\r\nHost: svc:80\r\nConnection: close, X-Secret\r\nKeep-Alive: 5\r\nX-Secret: s\r\nX-Forwarded-For: 10.0.0.1\r\nAccept: */*\r\nTE: trailers\r\n\r\n";
+    let rule = rule();
+    assert_eq!(
+        head_for(text, &rule, "/test?q=1", None, Some(b"127.0.0.9")),
+        "GET /test?q=1 HTTP/1.1\r\nHost: svc:80\r\nAccept: */*\r\nx-forwarded-for: 10.0.0.1, 127.0.0.9\r\n\r\n"
+    );
+    assert_eq!(
+        head_for(text, &rule, "/test?q=1", Some("rewritten"), None),
+        "GET /test?q=1 HTTP/1.1\r\nhost: rewritten\r\nAccept: */*\r\n\r\n"
+    );
+}
+
+/// The head `upstream_head` builds for the GET `text` under `rule`.
+fn head_for(
+    text: &[u8],
+    rule: &Rule,
+    path: &str,
+    host: Option<&str>,
+    peer_ip: Option<&[u8]>,
+) -> String {
     let mut storage = [httparse::EMPTY_HEADER; 8];
     let headers = headers_of(text, &mut storage);
     let facts = Facts::of(headers).expect("lean");
-    let rule = rule();
-    let mut target = Target {
-        rule: &rule,
+    let target = Target {
+        rule,
         endpoint: "127.0.0.1:1".parse().expect("addr"),
-        path: "/test?q=1".into(),
-        host: None,
+        path: path.into(),
+        host: host.map(Into::into),
     };
-    let head = upstream_head("GET", &target, headers, &facts, Some(b"127.0.0.9"));
-    assert_eq!(
-        String::from_utf8_lossy(&head),
-        "GET /test?q=1 HTTP/1.1\r\nHost: svc:80\r\nAccept: */*\r\nx-forwarded-for: 10.0.0.1, 127.0.0.9\r\n\r\n"
-    );
-    target.host = Some("rewritten".into());
-    let head = upstream_head("GET", &target, headers, &facts, None);
-    assert_eq!(
-        String::from_utf8_lossy(&head),
-        "GET /test?q=1 HTTP/1.1\r\nhost: rewritten\r\nAccept: */*\r\n\r\n"
-    );
+    String::from_utf8_lossy(&upstream_head("GET", &target, headers, &facts, peer_ip)).into_owned()
 }
 
 #[test]
 fn the_rules_edits_come_last_on_both_heads() {
     let text =
         b"GET / HTTP/1.1\r\nHost: svc\r\nX-Set: original\r\nX-Added: mine\r\nX-Removed: r\r\n\r\n";
-    let mut storage = [httparse::EMPTY_HEADER; 8];
-    let headers = headers_of(text, &mut storage);
-    let facts = Facts::of(headers).expect("lean");
     let mut rule = rule();
     rule.request_headers = edits(
         &[("x-set", "s"), ("x-forwarded-for", "fixed")],
         &[("x-added", "a")],
         &["x-removed", "host"],
     );
-    let target = Target {
-        rule: &rule,
-        endpoint: "127.0.0.1:1".parse().expect("addr"),
-        path: "/".into(),
-        host: None,
-    };
-    let head = upstream_head("GET", &target, headers, &facts, Some(b"127.0.0.9"));
     assert_eq!(
-        String::from_utf8_lossy(&head),
+        head_for(text, &rule, "/", None, Some(b"127.0.0.9")),
         "GET / HTTP/1.1\r\nX-Added: mine\r\nx-set: s\r\nx-forwarded-for: fixed\r\nx-added: a\r\n\r\n"
     );
     let ops = edits(&[("x-resp", "1")], &[], &["x-backend", "date"]);
