@@ -24,7 +24,7 @@ use http::Version;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::watch;
 
-use self::answer::{ChunkScanner, Framing, parse_answer, with_date};
+use self::answer::{BodyEnd, parse_answer, with_date};
 use self::head::{Parsed, Send, parse_request};
 use super::forward::{self, ConnInfo, Logged};
 use super::pool::{Pool, Upstream, UpstreamError};
@@ -161,43 +161,21 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     up.buf.advance(answer.len);
     let mut out = answer.head;
     let mut clean = answer.reusable;
-    match answer.framing {
-        Framing::Empty => write(client, &out).await?,
-        Framing::Length(n) => {
-            let mut left = n;
-            let k = up
-                .buf
-                .len()
-                .min(usize::try_from(left).unwrap_or(usize::MAX));
-            out.extend_from_slice(&up.buf[..k]);
-            up.buf.advance(k);
-            left -= k as u64;
-            write(client, &out).await?;
-            while left > 0 {
-                fill(&mut up, ep).await?;
-                let k = up
-                    .buf
-                    .len()
-                    .min(usize::try_from(left).unwrap_or(usize::MAX));
-                write(client, &up.buf[..k]).await?;
-                up.buf.advance(k);
-                left -= k as u64;
-            }
-        }
-        Framing::Chunked => {
-            let mut scan = ChunkScanner::default();
-            let k = scan.feed(&up.buf).map_err(|e| LeanError::Answer(ep, e))?;
+    match BodyEnd::of(answer.framing) {
+        // The head and the body bytes already read go out in one write.
+        Some(mut end) => {
+            let k = end.take(&up.buf).map_err(|e| LeanError::Answer(ep, e))?;
             out.extend_from_slice(&up.buf[..k]);
             up.buf.advance(k);
             write(client, &out).await?;
-            while !scan.done() {
+            while !end.done() {
                 fill(&mut up, ep).await?;
-                let k = scan.feed(&up.buf).map_err(|e| LeanError::Answer(ep, e))?;
+                let k = end.take(&up.buf).map_err(|e| LeanError::Answer(ep, e))?;
                 write(client, &up.buf[..k]).await?;
                 up.buf.advance(k);
             }
         }
-        Framing::UntilClose => {
+        None => {
             clean = false;
             out.extend_from_slice(&up.buf);
             up.buf.clear();

@@ -164,6 +164,46 @@ pub(super) fn parse_answer(
     Ok(Some(answer))
 }
 
+/// Where a framed body ends in the bytes relayed: after so many more bytes, or where
+/// the chunk scanner says.
+pub(super) enum BodyEnd {
+    Length(u64),
+    Chunked(ChunkScanner),
+}
+
+impl BodyEnd {
+    /// The end of a body of this framing; None: it ends when the upstream closes.
+    pub(super) fn of(framing: Framing) -> Option<Self> {
+        match framing {
+            Framing::Empty => Some(BodyEnd::Length(0)),
+            Framing::Length(n) => Some(BodyEnd::Length(n)),
+            Framing::Chunked => Some(BodyEnd::Chunked(ChunkScanner::default())),
+            Framing::UntilClose => None,
+        }
+    }
+
+    /// How many of `bytes` belong to the body (all of them until its end).
+    pub(super) fn take(&mut self, bytes: &[u8]) -> Result<usize, &'static str> {
+        match self {
+            BodyEnd::Length(left) => {
+                let k = bytes
+                    .len()
+                    .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= k as u64;
+                Ok(k)
+            }
+            BodyEnd::Chunked(scan) => scan.feed(bytes),
+        }
+    }
+
+    pub(super) fn done(&self) -> bool {
+        match self {
+            BodyEnd::Length(left) => *left == 0,
+            BodyEnd::Chunked(scan) => scan.done(),
+        }
+    }
+}
+
 /// Finds where a chunked body ends in the bytes relayed (RFC 9112 §7.1); the bytes
 /// themselves go through unchanged.
 #[derive(Debug, Default)]

@@ -1,5 +1,6 @@
+use super::answer::{ChunkScanner, Framing};
 use super::head::{Facts, upstream_head};
-use super::{ChunkScanner, Framing, parse_answer};
+use super::parse_answer;
 use crate::proxy::forward::Target;
 use crate::route::{Action, HeaderOps, Rule};
 use http::{HeaderName, HeaderValue};
