@@ -420,6 +420,21 @@ fn http10_h2c_websocket_and_pipelining_work_through_the_proxy() {
     assert!(xff.starts_with("10.1.2.3, 127."), "{a}");
     assert_eq!(a[1]["headers"]["connection"], "close", "{a}");
     assert!(a[0]["headers"]["date"].is_string(), "a Date is added: {a}");
+    // Both engines served: HTTP/1.0, h2c and the WebSocket went to hyper; the
+    // half-closing GET and the two pipelined requests took the lean path.
+    let metrics = env.admin_get("/metrics");
+    let served = |engine: &str| {
+        let prefix = format!("lb_proxy_engine_requests_total{{engine=\"{engine}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert_eq!(
+        (served("lean"), served("hyper")),
+        (Some(3), Some(3)),
+        "{metrics}"
+    );
 }
 
 /// Malformed and hostile requests get 4xx and never reach a backend.

@@ -105,6 +105,12 @@ pub(super) struct Logged<'a> {
     pub start: Option<Instant>,
 }
 
+/// Which of the proxy's engines answered a request.
+pub(super) enum Engine {
+    Lean,
+    Hyper,
+}
+
 /// Counts a finished request in the metrics and writes its access-log line.
 pub(super) fn record(
     shared: &Shared,
@@ -112,10 +118,14 @@ pub(super) fn record(
     conn: &ConnInfo,
     req: &Logged<'_>,
     outcome: &Outcome<'_>,
+    engine: Engine,
 ) {
-    shared
-        .metrics
-        .count(table, conn.dialled, outcome.destination, outcome.status);
+    let m = &shared.metrics;
+    m.count(table, conn.dialled, outcome.destination, outcome.status);
+    match engine {
+        Engine::Lean => m.lean.inc(),
+        Engine::Hyper => m.hyper.inc(),
+    };
     if let Some(log) = &shared.log {
         let route = outcome
             .rule
@@ -155,7 +165,7 @@ pub async fn handle(
         version,
         start,
     };
-    record(&shared, &table, &conn, &logged, &outcome);
+    record(&shared, &table, &conn, &logged, &outcome, Engine::Hyper);
     Ok(resp)
 }
 

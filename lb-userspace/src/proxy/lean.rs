@@ -126,7 +126,14 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             version: Version::HTTP_11,
             start,
         };
-        forward::record(shared, &table, conn, &logged, &outcome);
+        forward::record(
+            shared,
+            &table,
+            conn,
+            &logged,
+            &outcome,
+            forward::Engine::Lean,
+        );
         if !keep || *stopping.borrow() {
             let _ = client.shutdown().await;
             return Next::Closed;

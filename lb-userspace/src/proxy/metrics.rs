@@ -18,12 +18,21 @@ pub struct RequestLabels {
     pub code: u16,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EngineLabels {
+    pub engine: String,
+}
+
 /// (dialled service, destination address in the table, response code).
 type CounterKey = (Option<SocketAddrV4>, usize, u16);
 
 pub struct Metrics {
     pub registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
+    /// Requests answered by the lean HTTP/1.1 path and by hyper: how much traffic takes
+    /// the fast path (HTTP/1.0 clients, upgrades, h2c and local answers go to hyper).
+    pub lean: Counter,
+    pub hyper: Counter,
     /// Counters by (routing table, dialled service, destination, code), so a request
     /// bumps an atomic instead of building and hashing label strings. Keys use the
     /// addresses of the table's entries; the cache is emptied when the table changes.
@@ -39,9 +48,24 @@ impl Default for Metrics {
             "Requests handled by the proxy, by service, subset and response code",
             requests.clone(),
         );
+        let engines = Family::<EngineLabels, Counter>::default();
+        registry.register(
+            "proxy_engine_requests",
+            "Requests answered by each of the proxy's engines (lean HTTP/1.1 path, hyper)",
+            engines.clone(),
+        );
+        let engine = |name: &str| {
+            engines
+                .get_or_create(&EngineLabels {
+                    engine: name.into(),
+                })
+                .clone()
+        };
         Self {
             registry,
             requests,
+            lean: engine("lean"),
+            hyper: engine("hyper"),
             cache: Mutex::new((0, HashMap::default())),
         }
     }
