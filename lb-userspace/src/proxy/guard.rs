@@ -4,8 +4,10 @@
 //! the client sends and poisons the connection when a request head carries both; the
 //! handler then answers 400 and the request reaches no backend.
 //!
-//! Cost on the hot path: one SIMD substring search per read; the head is only parsed
-//! when a Transfer-Encoding header is present (rare in requests).
+//! Only hyper's path needs it (the lean path hands any request with
+//! Transfer-Encoding to hyper), so it wraps a connection when hyper takes it over.
+//! Cost there: one SIMD substring search per read; the head is only parsed when a
+//! Transfer-Encoding header is present (rare in requests).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -36,10 +38,10 @@ impl<T> Guarded<T> {
         }
     }
 
-    /// Hands `bytes` (read through this guard, so already inspected) out again before
-    /// anything new: the proxy peeks at a connection's first bytes to pick HTTP/1 or
-    /// HTTP/2 without a second read.
+    /// Hands `bytes`, read before the guard was put on (the first bytes, and what the
+    /// lean path left), out before anything new — inspected here like any read.
     pub fn unread(&mut self, bytes: bytes::Bytes) {
+        self.inspect(&bytes);
         self.unread = bytes;
     }
 

@@ -264,14 +264,12 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// (lean.rs), then hands the bytes read so far to hyper, which runs the connection
 /// until it ends or the proxy drains.
 async fn serve_connection(
-    stream: client_io::ClientStream,
+    mut stream: client_io::ClientStream,
     mut conn: forward::ConnInfo,
     shared: Arc<Shared>,
     builders: Builders,
     mut stopping: watch::Receiver<bool>,
 ) {
-    let mut stream = guard::Guarded::new(stream);
-    conn.smuggling = stream.poisoned.clone();
     let mut first = bytes::BytesMut::new();
     // Read until the bytes differ from the preface or hold all of it.
     let h2 = loop {
@@ -294,6 +292,10 @@ async fn serve_connection(
             lean::Next::Hyper => {}
         }
     }
+    // hyper's path: every byte from here on passes the smuggling guard, and so do
+    // the ones already read.
+    let mut stream = guard::Guarded::new(stream);
+    conn.smuggling = stream.poisoned.clone();
     stream.unread(first.freeze());
     let conn = Arc::new(conn);
     let svc =

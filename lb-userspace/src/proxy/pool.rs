@@ -66,6 +66,16 @@ impl Upstream {
     }
 }
 
+/// Keeps an idle connection to `ep`, up to [`MAX_IDLE`] (beyond: dropped, closed).
+fn keep_idle<T>(idle: &Mutex<HashMap<SocketAddr, Vec<T>>>, ep: SocketAddr, c: T) {
+    if let Ok(mut idle) = idle.lock() {
+        let list = idle.entry(ep).or_default();
+        if list.len() < MAX_IDLE {
+            list.push(c);
+        }
+    }
+}
+
 impl Pool {
     fn take_ready(&self, ep: SocketAddr) -> Option<SendRequest<Incoming>> {
         let mut idle = self.idle.lock().ok()?;
@@ -77,12 +87,7 @@ impl Pool {
     }
 
     fn give_back(&self, ep: SocketAddr, s: SendRequest<Incoming>) {
-        if let Ok(mut idle) = self.idle.lock() {
-            let list = idle.entry(ep).or_default();
-            if list.len() < MAX_IDLE {
-                list.push(s);
-            }
-        }
+        keep_idle(&self.idle, ep, s);
     }
 
     /// A lean-path socket to `ep`: the most recently used idle one, if any.
@@ -92,12 +97,7 @@ impl Pool {
 
     /// Keeps a lean-path socket whose last exchange ended cleanly.
     pub fn give_back_raw(&self, ep: SocketAddr, u: Upstream) {
-        if let Ok(mut raw) = self.raw.lock() {
-            let list = raw.entry(ep).or_default();
-            if list.len() < MAX_IDLE {
-                list.push(u);
-            }
-        }
+        keep_idle(&self.raw, ep, u);
     }
 
     /// A new lean-path socket to `ep`.
