@@ -8,7 +8,7 @@
 
 /// Bumped whenever a map layout below changes; part of the pin path
 /// (`<bpffs>/v<LAYOUT_VERSION>/...`) so an upgrade never reads an old layout as new.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Names of the pinned maps (also the names of the statics in lb-ebpf).
 pub mod map_names {
@@ -25,18 +25,20 @@ pub mod map_names {
     pub const STATE: &str = "LB_STATE";
     pub const COUNTERS: &str = "LB_COUNTERS";
     pub const HOSTS: &str = "LB_HOSTS";
-    pub const UPSTREAM_PEERS: &str = "LB_UPSTREAM_PEERS";
-    pub const SK_MSG_TCP: &str = "LB_SK_MSG_TCP";
+    pub const PEERS_TO_JOIN: &str = "LB_PEERS_TO_JOIN";
+    pub const SENDERS: &str = "LB_SENDERS";
+    pub const HABITS: &str = "LB_HABITS";
     pub const LOCAL_LISTENERS: &str = "LB_LOCAL_LISTENERS";
     /// Maps older lb versions pinned under the same layout version (the maps an
     /// upgraded node may still hold); `lb down` removes them too.
     pub const RETIRED: [&str; 1] = ["LB_SK_MSG_PATH"];
     /// Every pinned map, in the order `lb down` removes them.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         COUNTERS,
         LOCAL_LISTENERS,
-        SK_MSG_TCP,
-        UPSTREAM_PEERS,
+        SENDERS,
+        PEERS_TO_JOIN,
+        HABITS,
         HOSTS,
         SERVICES,
         SLOTS,
@@ -67,7 +69,9 @@ pub mod capacity {
     pub const ORIGINS: u32 = 262_144;
     pub const ORIG_DST: u32 = 65_536;
     pub const SOCKETS: u32 = 65_536;
-    pub const UPSTREAM_PEERS: u32 = 16_384;
+    pub const PEERS_TO_JOIN: u32 = 16_384;
+    /// Client processes × services whose connection habit is remembered (LRU).
+    pub const HABITS: u32 = 16_384;
     /// Listening addresses inside the cgroup remembered (LRU).
     pub const LOCAL_LISTENERS: u32 = 16_384;
     pub const STATS: u32 = 65_536;
@@ -200,7 +204,9 @@ pub struct Origin {
     pub service: SockAddr4,
     pub backend: SockAddr4,
     pub mode: u32,
-    pub _pad: u32,
+    /// The connecting process (its tgid): whose habit decides whether the socket joins
+    /// the socket map (see [`habit`]).
+    pub tgid: u32,
 }
 
 /// `LB_ORIG_DST` key: the client end of a proxied connection as the proxy sees it.
@@ -217,6 +223,79 @@ pub struct ClientKey {
 pub struct SockKey {
     pub local: SockAddr4,
     pub remote: SockAddr4,
+}
+
+/// `LB_HABITS` key: a client process and a service address it dials.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HabitKey {
+    pub service: SockAddr4,
+    pub tgid: u32,
+}
+
+/// `LB_SENDERS` value, by the sending socket's own tuple ([`SockKey`]): what `sk_msg`
+/// knows of a socket before its bytes go anywhere.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sender {
+    /// Whose habit the socket's first two messages teach (joined client sockets).
+    pub habit: HabitKey,
+    /// One of [`sender`].
+    pub state: u32,
+}
+
+/// `Sender::state`.
+pub mod sender {
+    /// Kept on TCP for good: its peer was not in the socket map at its first message.
+    pub const ON_TCP: u32 = 0;
+    /// A client socket that joined the socket map and has sent nothing yet.
+    pub const JOINED: u32 = 1;
+    /// ... and has sent one message (so far a one-request connection).
+    pub const SENT_ONE: u32 = 2;
+    /// ... and has sent a second one: what it teaches is taught.
+    pub const SENT_MORE: u32 = 3;
+}
+
+/// Whether a client's new connection joins the socket map, learned per process and
+/// service. A socket-map membership costs a psock (allocated in the handshake, torn
+/// down through RCU work at close: a few µs on the client's CPU and a p99 tail) and
+/// pays back on every message after the first; a connection that carries one request
+/// and closes only pays. So each joined client socket teaches its process's score for
+/// the service: its first message debits it by 1, a second one credits it by 5 (a
+/// keep-alive connection nets +4, since it saves far more than a one-request one
+/// costs). A score below zero keeps new connections off the map, except one in
+/// [`EXPLORE_ONE_IN`](habit::EXPLORE_ONE_IN), which keeps learning: a process that
+/// turns to keep-alive is seen again within a few such connections. Both mistakes are
+/// cheap: a wrong skip loses one connection's shortcut, a wrong join costs one psock.
+/// Pure functions, shared by the kernel programs and the tests.
+pub mod habit {
+    pub const FLOOR: i32 = -4;
+    pub const CEILING: i32 = 8;
+    /// A skipping process still joins one new connection in this many, at random.
+    pub const EXPLORE_ONE_IN: u32 = 8;
+
+    /// Whether a new connection joins, given its process's score (0 when unknown) and a
+    /// random number.
+    #[inline(always)]
+    pub fn joins(score: i32, dice: u32) -> bool {
+        score >= 0 || dice % EXPLORE_ONE_IN == 0
+    }
+
+    /// The score after a joined socket sent its first message.
+    #[inline(always)]
+    pub fn after_first_message(score: i32) -> i32 {
+        if score - 1 < FLOOR { FLOOR } else { score - 1 }
+    }
+
+    /// The score after a joined socket sent its second message.
+    #[inline(always)]
+    pub fn after_second_message(score: i32) -> i32 {
+        if score + 5 > CEILING {
+            CEILING
+        } else {
+            score + 5
+        }
+    }
 }
 
 /// `LB_STATS` key (per-CPU): counters per service and subset.
@@ -282,7 +361,10 @@ pub mod counters {
     /// Sockets whose peer was not in the socket map at their first message: their bytes
     /// stay on TCP for the connection's life (order), not redirected.
     pub const SK_MSG_STAYED_ON_TCP: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Client connections left off the socket map because their process's recent
+    /// connections to the service each carried one message (see [`habit`](crate::habit)).
+    pub const SK_MSG_SKIPPED: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// `LB_SERVICE_META` value (never read by the kernel): names for `lb status`.
@@ -369,6 +451,8 @@ const _: () = {
     assert!(size_of::<Origin>() == 24);
     assert!(size_of::<StatKey>() == 12);
     assert!(size_of::<SockKey>() == 16);
+    assert!(size_of::<HabitKey>() == 12);
+    assert!(size_of::<Sender>() == 16);
     assert!(size_of::<Stats>() == 16);
     assert!(size_of::<Settings>() == 16);
     assert!(size_of::<ServiceMeta>() == 136);
@@ -389,6 +473,8 @@ mod pod {
     unsafe impl aya::Pod for ClientKey {}
     unsafe impl aya::Pod for StatKey {}
     unsafe impl aya::Pod for SockKey {}
+    unsafe impl aya::Pod for HabitKey {}
+    unsafe impl aya::Pod for Sender {}
     unsafe impl aya::Pod for HostKey {}
     unsafe impl aya::Pod for Stats {}
     unsafe impl aya::Pod for Settings {}
@@ -400,7 +486,9 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
+    use std::vec::Vec;
 
     #[test]
     fn port_round_trips_through_network_order() {
@@ -421,6 +509,73 @@ mod tests {
             0,
             "the low-half conversion would read 0"
         );
+    }
+
+    /// Plays `connections` (messages each) of one process through the score, as the
+    /// kernel programs do; returns how many joined the socket map.
+    fn play(score: &mut i32, connections: &[u32], dice: &mut impl FnMut() -> u32) -> usize {
+        let mut joined = 0;
+        for &messages in connections {
+            if !habit::joins(*score, dice()) {
+                continue;
+            }
+            joined += 1;
+            if messages >= 1 {
+                *score = habit::after_first_message(*score);
+            }
+            if messages >= 2 {
+                *score = habit::after_second_message(*score);
+            }
+        }
+        joined
+    }
+
+    #[test]
+    fn habit_learns_one_request_connections_and_relearns_keep_alive() {
+        // A fixed sequence standing in for the kernel's random numbers: every
+        // EXPLORE_ONE_IN-th connection explores.
+        let mut n = 0u32;
+        let mut dice = || {
+            n += 1;
+            n
+        };
+        let mut score = 0;
+        // A new process with a keep-alive pool: every connection joins.
+        assert_eq!(play(&mut score, &[100; 50], &mut dice), 50);
+        assert_eq!(score, habit::CEILING);
+        // It turns to one request per connection: nine more join (8 -> -1), then only
+        // the explorers.
+        let joined = play(&mut score, &[1; 800], &mut dice);
+        let explorers = (800 - 9) / habit::EXPLORE_ONE_IN as usize;
+        assert!(
+            (9 + explorers..=10 + explorers).contains(&joined),
+            "{joined}"
+        );
+        assert_eq!(score, habit::FLOOR);
+        // Back to keep-alive: the first explorer turns it round.
+        let joined = play(&mut score, &[100; 40], &mut dice);
+        assert!(joined >= 40 - habit::EXPLORE_ONE_IN as usize, "{joined}");
+        assert_eq!(score, habit::CEILING);
+    }
+
+    #[test]
+    fn habit_follows_what_pays_for_mixed_clients() {
+        let runs = |mix: &dyn Fn(u32) -> u32| {
+            let mut n = 0u32;
+            let mut dice = || {
+                n += 1;
+                n
+            };
+            let connections: Vec<u32> = (0..300).map(mix).collect();
+            play(&mut 0, &connections, &mut dice)
+        };
+        // One keep-alive connection in five pays for the four one-request ones.
+        assert_eq!(runs(&|i| if i % 5 == 0 { 50 } else { 1 }), 300);
+        // One in three one-request connections: all join once the first keep-alive
+        // one is seen (an explorer, after the leading one-request connection).
+        assert!(runs(&|i| if i % 3 == 0 { 1 } else { 50 }) >= 290);
+        // One in ten keep-alive: mostly skipped.
+        assert!(runs(&|i| if i % 10 == 0 { 50 } else { 1 }) < 60);
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! * `lb_connect4` — weighted pick of subset then endpoint, rewrite of the destination.
 //! * `lb_getpeername4` — the client sees the service address it dialled, not the backend.
 //! * `lb_sockops` — on established, proxy-bound client sockets are recorded (original
-//!   destination, socket map), and so are the proxy's accepted sockets, its upstream
-//!   sockets and kernel-path clients to local backends, and the backends' accepted
-//!   ends (socket map); listeners inside the cgroup are recorded (local backends).
-//! * `lb_sk_msg` — redirects bytes between two local sockets in the socket map.
+//!   destination); they, lb's upstream sockets and kernel-path clients to local
+//!   backends join the socket map (clients only if their process's connections carry
+//!   more than one message: `lb_common::habit`), and so do the sockets accepting them;
+//!   listeners inside the cgroup are recorded (local backends).
+//! * `lb_sk_msg` — redirects bytes between two local sockets in the socket map, and
+//!   learns from a joined client's first two messages.
 //!
 //! Every program fails open: on any unexpected error the socket proceeds untouched.
 //! Map types and names are shared with user space through lb-common.
@@ -29,8 +31,9 @@ use aya_ebpf::{
     programs::{SkMsgContext, SockAddrContext, SockOpsContext},
 };
 use lb_common::{
-    ClientKey, EndpointKey, Origin, Service, Settings, SlotKey, SockAddr4, SockKey, StatKey, Stats,
-    capacity as cap, counters, mode, remote_port_from_ctx, settings_flags,
+    ClientKey, EndpointKey, HabitKey, Origin, Sender, Service, Settings, SlotKey, SockAddr4,
+    SockKey, StatKey, Stats, capacity as cap, counters, habit, mode, remote_port_from_ctx, sender,
+    settings_flags,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -62,17 +65,23 @@ static LB_SOCKETS: SockHash<SockKey, { cap::SOCKETS as usize }> = SockHash::new(
 #[btf_map(pin_by_name)]
 static LB_LOCAL_LISTENERS: LruHashMap<SockAddr4, u32, { cap::LOCAL_LISTENERS as usize }> =
     LruHashMap::new();
-/// Sending sockets (own tuple) kept on TCP: their peer was not in the socket map at
-/// their first message (see `lb_sk_msg`).
+/// Sending sockets by their own tuple: those kept on TCP (their peer was not in the
+/// socket map at their first message), and joined client sockets whose first two
+/// messages teach their process's habit (see `lb_sk_msg`).
 #[btf_map(pin_by_name)]
-static LB_SK_MSG_TCP: LruHashMap<SockKey, u32, { cap::SOCKETS as usize }> = LruHashMap::new();
-/// The tuple the backend's accepted socket will have, for each connect to a local
-/// backend that joined the socket map (lb's upstream connects, kernel-path clients):
-/// the backend's socket joins too at PASSIVE_ESTABLISHED (when the backend runs
-/// inside the cgroup, as local pods do).
+static LB_SENDERS: LruHashMap<SockKey, Sender, { cap::SOCKETS as usize }> = LruHashMap::new();
+/// The tuple the accepting side's socket will have, for each connect that joined the
+/// socket map (a client handed to the proxy, lb's upstream connects, kernel-path
+/// clients of local backends): that socket joins too at PASSIVE_ESTABLISHED (when its
+/// listener runs inside the cgroup, as lb and local pods do on a node). A connect
+/// that did not join leaves no mark, so its peer pays for no psock either.
 #[btf_map(pin_by_name)]
-static LB_UPSTREAM_PEERS: LruHashMap<SockKey, u32, { cap::UPSTREAM_PEERS as usize }> =
+static LB_PEERS_TO_JOIN: LruHashMap<SockKey, u32, { cap::PEERS_TO_JOIN as usize }> =
     LruHashMap::new();
+/// Per client process and service: do its connections carry more than one message?
+/// (`lb_common::habit`; LRU, a forgotten process starts again at "join").
+#[btf_map(pin_by_name)]
+static LB_HABITS: LruHashMap<HabitKey, i32, { cap::HABITS as usize }> = LruHashMap::new();
 #[btf_map(pin_by_name)]
 static LB_STATS: PerCpuHashMap<StatKey, Stats, { cap::STATS as usize }> = PerCpuHashMap::new();
 #[btf_map(pin_by_name)]
@@ -272,7 +281,7 @@ fn remember_origin(ctx: &SockAddrContext, service: SockAddr4, backend: SockAddr4
         service,
         backend,
         mode,
-        _pad: 0,
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
     };
     // LRU: a full map evicts the oldest entry; getpeername then shows the backend.
     let _ = LB_ORIGINS.insert(&cookie, &origin, 0);
@@ -343,24 +352,18 @@ fn sock_key(ctx: &SockOpsContext) -> SockKey {
     }
 }
 
-#[inline(always)]
-fn sk_msg_on(settings: &Settings, hop: u32) -> bool {
-    settings.flags & hop != 0
-}
-
 /// Whether the daemon asked for the sk_msg shortcut of `hop` (a settings flag).
 #[inline(always)]
 fn shortcut(hop: u32) -> bool {
-    LB_SETTINGS.get(0).is_some_and(|s| sk_msg_on(s, hop))
+    LB_SETTINGS.get(0).is_some_and(|s| s.flags & hop != 0)
 }
 
 /// A socket lb cares about is established (on the connecting side):
 /// * a client handed to the proxy: record what it dialled under the 4-tuple the proxy
-///   will see, and put it in the socket map so `lb_sk_msg` can shortcut its bytes to
-///   the proxy's accepted socket;
-/// * lb's own upstream connect, or a kernel-path client steered, to a local backend:
-///   put it in the socket map and leave the tuple the backend's accepted
-///   socket will have, so that one joins too.
+///   will see;
+/// * that client, lb's own upstream connect, or a kernel-path client steered to a
+///   local backend: put it in the socket map so `lb_sk_msg` can shortcut its bytes,
+///   and leave the tuple the accepting socket will have, so that one joins too.
 #[inline(always)]
 fn on_active_established(ctx: &SockOpsContext) {
     // SAFETY: the cookie helper accepts a sock_ops context.
@@ -392,40 +395,49 @@ fn on_active_established(ctx: &SockOpsContext) {
     if !shortcut(hop) || ops.data_segs_out != 0 {
         return;
     }
-    if origin.mode != mode::PROXY {
-        let peer = SockKey {
-            local: key.remote,
-            remote: key.local,
+    // A client joins only if its process's connections to this service have been
+    // carrying more than one message (lb's own upstream sockets are pooled: always).
+    if origin.mode != mode::UPSTREAM {
+        let habit = HabitKey {
+            service: origin.service,
+            tgid: origin.tgid,
         };
-        let _ = LB_UPSTREAM_PEERS.insert(&peer, &1, 0);
+        // SAFETY: copied out at once.
+        let score = unsafe { LB_HABITS.get(&habit) }.copied().unwrap_or(0);
+        if !habit::joins(score, random()) {
+            bump(counters::SK_MSG_SKIPPED);
+            return;
+        }
+        let joined = Sender {
+            habit,
+            state: sender::JOINED,
+        };
+        // Replaces any mark a closed socket with the same tuple left.
+        let _ = LB_SENDERS.insert(&key, &joined, 0);
     }
+    let peer = SockKey {
+        local: key.remote,
+        remote: key.local,
+    };
+    let _ = LB_PEERS_TO_JOIN.insert(&peer, &1, 0);
     let _ = LB_SOCKETS.update(&mut key, ops, 0);
 }
 
-/// The proxy accepted a connection (only seen when lb runs inside the attached cgroup,
-/// as on a node where the programs sit on the root cgroup): the accepted socket joins
-/// the socket map here, in the handshake, before the client can send a byte. That is
-/// what lets the client -> proxy direction be shortcut too. Likewise a backend inside
-/// the cgroup accepting lb's upstream connect: the proxy <-> backend hop.
+/// The accepting side of a connect that joined the socket map (the mark its
+/// connecting side left): the proxy accepting a client (only seen when lb runs inside
+/// the attached cgroup, as on a node where the programs sit on the root cgroup), a
+/// backend inside the cgroup accepting lb's upstream connect or a kernel-path client.
+/// It joins here, in the handshake, before the connecting side can send a byte (its
+/// ACTIVE_ESTABLISHED ran before it sent the handshake's last ACK), so both directions
+/// can be shortcut.
 #[inline(always)]
 fn on_passive_established(ctx: &SockOpsContext) {
-    let Some(settings) = LB_SETTINGS.get(0) else {
-        return;
-    };
     let mut key = sock_key(ctx);
-    if key.local == settings.proxy {
-        if !sk_msg_on(settings, settings_flags::SK_MSG_CLIENT) {
-            return;
-        }
-    } else {
-        // A backend accepting one of lb's upstream connects or a kernel-path client's
-        // (marked only when that hop is shortcut).
-        // SAFETY: copied out at once.
-        if unsafe { LB_UPSTREAM_PEERS.get(&key) }.is_none() {
-            return;
-        }
-        let _ = LB_UPSTREAM_PEERS.remove(&key);
+    // SAFETY: only tested for presence.
+    if unsafe { LB_PEERS_TO_JOIN.get(&key) }.is_none() {
+        return;
     }
+    let _ = LB_PEERS_TO_JOIN.remove(&key);
     // SAFETY: the context pointer is valid for the program's run.
     let ops = unsafe { &mut *ctx.ops };
     // Bytes already received by TCP (Fast Open) would be read after redirected ones.
@@ -456,9 +468,12 @@ pub fn lb_sk_msg(ctx: SkMsgContext) -> u32 {
             remote_port_from_ctx(md.remote_port),
         ),
     };
-    // SAFETY: only tested for presence.
-    if unsafe { LB_SK_MSG_TCP.get(&own) }.is_some() {
-        return SK_PASS;
+    let known = LB_SENDERS.get_ptr_mut(&own);
+    if let Some(s) = known {
+        // SAFETY: a map value pointer, valid for the program's run.
+        if unsafe { (*s).state } == sender::ON_TCP {
+            return SK_PASS;
+        }
     }
     let mut peer = SockKey {
         local: own.remote,
@@ -468,14 +483,53 @@ pub fn lb_sk_msg(ctx: SkMsgContext) -> u32 {
     // regardless sends the bytes the normal way, so a missing peer never drops data.
     if LB_SOCKETS.redirect_msg(&ctx, &mut peer, BPF_F_INGRESS as u64) == SK_PASS as i64 {
         bump(counters::SK_MSG_REDIRECTED);
+        if let Some(s) = known {
+            // SAFETY: as above; a lost update between CPUs only blurs a heuristic.
+            learn(unsafe { &mut *s });
+        }
     } else {
         // First message without a peer (or the peer has closed): TCP from now on.
         // A stale mark (a later socket with the same tuple) only keeps that socket on
         // TCP too, which is always correct.
-        let _ = LB_SK_MSG_TCP.insert(&own, &1, 0);
+        let on_tcp = Sender {
+            habit: HabitKey::default(),
+            state: sender::ON_TCP,
+        };
+        let _ = LB_SENDERS.insert(&own, &on_tcp, 0);
         bump(counters::SK_MSG_STAYED_ON_TCP);
     }
     SK_PASS
+}
+
+/// A joined client socket's first and second messages teach its process's habit for
+/// the service (`lb_common::habit`); later ones cost only the lookup above.
+#[inline(always)]
+fn learn(s: &mut Sender) {
+    let first = match s.state {
+        sender::JOINED => true,
+        sender::SENT_ONE => false,
+        _ => return,
+    };
+    s.state = if first {
+        sender::SENT_ONE
+    } else {
+        sender::SENT_MORE
+    };
+    // (No function pointers: BPF has no indirect calls.)
+    let step = |score| {
+        if first {
+            habit::after_first_message(score)
+        } else {
+            habit::after_second_message(score)
+        }
+    };
+    match LB_HABITS.get_ptr_mut(&s.habit) {
+        // SAFETY: a map value pointer, valid for the program's run.
+        Some(score) => unsafe { *score = step(*score) },
+        None => {
+            let _ = LB_HABITS.insert(&s.habit, &step(0), 0);
+        }
+    }
 }
 
 #[cfg(not(test))]

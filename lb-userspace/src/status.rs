@@ -39,6 +39,9 @@ pub struct Counters {
     /// Sockets in the socket map whose peer was not there at their first message:
     /// their bytes stay on TCP for the connection's life.
     pub sk_msg_stayed_on_tcp: u64,
+    /// Client connections left off the socket map: their process's recent connections
+    /// to the service carried one message each (`lb_common::habit`).
+    pub sk_msg_skipped: u64,
 }
 
 /// Requests whose Host named no VirtualService host, for one service.
@@ -111,6 +114,7 @@ pub fn read(pins: &Pins) -> Result<Status, ApplyError> {
         proxy_handoffs: counter(lb_common::counters::PROXY_HANDOFFS),
         proxy_fallbacks: counter(lb_common::counters::PROXY_FALLBACKS),
         sk_msg_stayed_on_tcp: counter(lb_common::counters::SK_MSG_STAYED_ON_TCP),
+        sk_msg_skipped: counter(lb_common::counters::SK_MSG_SKIPPED),
     };
     let flags = maps.settings.get(&0, 0).map_or(0, |s| s.flags);
     let mut local_backends: Vec<lb_common::SockAddr4> =
@@ -250,8 +254,12 @@ impl Status {
         let c = &self.counters;
         let _ = writeln!(
             s,
-            "proxy handoffs {}, proxy fallbacks to the kernel split {}, sk_msg redirected messages {}, sockets kept on TCP {}",
-            c.proxy_handoffs, c.proxy_fallbacks, c.sk_msg_redirected, c.sk_msg_stayed_on_tcp
+            "proxy handoffs {}, proxy fallbacks to the kernel split {}, sk_msg redirected messages {}, sockets kept on TCP {}, one-request connections kept off the socket map {}",
+            c.proxy_handoffs,
+            c.proxy_fallbacks,
+            c.sk_msg_redirected,
+            c.sk_msg_stayed_on_tcp,
+            c.sk_msg_skipped
         );
         let k = &self.sk_msg;
         let shown = k.local_backends.len().min(8);

@@ -48,6 +48,7 @@ fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
                     ("proxy_handoffs", "Connects the kernel handed to the proxy", k.counter(counters::PROXY_HANDOFFS)),
                     ("proxy_fallbacks", "Proxy-path connects that found no proxy and took the kernel split", k.counter(counters::PROXY_FALLBACKS)),
                     ("sk_msg_stayed_on_tcp", "Sockets whose peer was not in the socket map at their first message; their bytes stay on TCP", k.counter(counters::SK_MSG_STAYED_ON_TCP)),
+                    ("sk_msg_skipped", "Client connections kept off the socket map: their process's recent connections to the service carried one message each", k.counter(counters::SK_MSG_SKIPPED)),
                 ]
             });
             (
