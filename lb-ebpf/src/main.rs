@@ -311,6 +311,18 @@ fn random() -> u32 {
 pub fn lb_getpeername4(ctx: SockAddrContext) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.
     let sa = unsafe { &mut *ctx.sock_addr };
+    // The proxy's accepted sockets (lb inside the cgroup: accept4 asks for the peer)
+    // were never steered: no cookie, no LRU lookup, which missed the cache there at
+    // every new connection (~1 % of the proxy's CPU, perf).
+    // SAFETY: `sk` of a sock_addr context is always a valid socket; src_port is
+    // host order, src_ip4 network order.
+    let local = unsafe {
+        let sk = &*sa.__bindgen_anon_1.sk;
+        SockAddr4::new(sk.src_ip4.to_ne_bytes(), sk.src_port as u16)
+    };
+    if LB_SETTINGS.get(0).is_some_and(|s| s.proxy == local) {
+        return 1;
+    }
     // SAFETY: the cookie helper accepts a sock_addr context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: copied out at once.

@@ -450,11 +450,14 @@ async fn a_keep_alive_connection_routes_each_request_by_the_table_of_its_time() 
         smuggling: Default::default(),
     };
     let (_stop_tx, mut stopping) = tokio::sync::watch::channel(false);
-    let (mut proxy_side, mut client) = tokio::io::duplex(1 << 16);
+    let (proxy_side, mut client) = tokio::io::duplex(1 << 16);
     let mut buf = bytes::BytesMut::from(&b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n"[..]);
     let serving = async {
+        let mut proxy_side = proxy_side;
         let next = super::serve(&mut proxy_side, &mut buf, &shared, &conn, &mut stopping).await;
         assert!(matches!(next, super::Next::Closed), "closed as asked");
+        // As the caller does: dropping the connection closes it.
+        drop(proxy_side);
     };
     let talking = async {
         let mut got = vec![0u8; 256];
