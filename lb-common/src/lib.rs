@@ -256,6 +256,18 @@ pub mod sender {
     pub const SENT_MORE: u32 = 3;
 }
 
+/// `LB_HABITS` value: what a client process's connections to a service have been
+/// like (see [`habit`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Habit {
+    /// Below zero: new connections stay off the socket map.
+    pub score: i32,
+    /// When a process kept off last let a connection join to keep learning
+    /// ([`habit::clock`] units).
+    pub explored_at: u32,
+}
+
 /// Whether a client's new connection joins the socket map, learned per process and
 /// service. A socket-map membership costs a psock (allocated in the handshake, torn
 /// down through RCU work at close: a few µs on the client's CPU and a p99 tail) and
@@ -263,37 +275,72 @@ pub mod sender {
 /// and closes only pays. So each joined client socket teaches its process's score for
 /// the service: its first message debits it by 1, a second one credits it by 5 (a
 /// keep-alive connection nets +4, since it saves far more than a one-request one
-/// costs). A score below zero keeps new connections off the map, except one in
-/// [`EXPLORE_ONE_IN`](habit::EXPLORE_ONE_IN), which keeps learning: a process that
-/// turns to keep-alive is seen again within a few such connections. Both mistakes are
-/// cheap: a wrong skip loses one connection's shortcut, a wrong join costs one psock.
-/// Pure functions, shared by the kernel programs and the tests.
+/// costs). A score below zero keeps new connections off the map, except one every
+/// [`EXPLORE_EVERY`](habit::EXPLORE_EVERY) (~0.1 s), which keeps learning: a process
+/// that turns to keep-alive is seen again within that, and one opening thousands of
+/// one-request connections a second pays for ten psocks a second, not a share of
+/// its connections. Both mistakes are cheap: a wrong skip loses one connection's
+/// shortcut, a wrong join costs one psock. Pure functions, shared by the kernel
+/// programs and the tests.
 pub mod habit {
+    use super::Habit;
+
     pub const FLOOR: i32 = -4;
     pub const CEILING: i32 = 8;
-    /// A skipping process still joins one new connection in this many, at random.
-    pub const EXPLORE_ONE_IN: u32 = 8;
+    /// A process kept off the socket map lets one new connection join, to keep
+    /// learning, once in this many [`clock`] units (~0.1 s).
+    pub const EXPLORE_EVERY: u32 = 100;
 
-    /// Whether a new connection joins, given its process's score (0 when unknown) and a
-    /// random number.
+    /// Kernel time (ns) in 2^20 ns (~1.05 ms) units, wrapping.
     #[inline(always)]
-    pub fn joins(score: i32, dice: u32) -> bool {
-        score >= 0 || dice % EXPLORE_ONE_IN == 0
+    pub fn clock(ktime_ns: u64) -> u32 {
+        (ktime_ns >> 20) as u32
     }
 
-    /// The score after a joined socket sent its first message.
-    #[inline(always)]
-    pub fn after_first_message(score: i32) -> i32 {
-        if score - 1 < FLOOR { FLOOR } else { score - 1 }
-    }
+    impl Habit {
+        /// A process first seen at `now` (no connection has taught anything yet): if
+        /// its first lesson keeps it off, the next connection still explores.
+        #[inline(always)]
+        pub fn new(now: u32) -> Self {
+            Self {
+                score: 0,
+                explored_at: now.wrapping_sub(EXPLORE_EVERY),
+            }
+        }
 
-    /// The score after a joined socket sent its second message.
-    #[inline(always)]
-    pub fn after_second_message(score: i32) -> i32 {
-        if score + 5 > CEILING {
-            CEILING
-        } else {
-            score + 5
+        /// Whether a new connection joins; `now` is read only for a process kept off,
+        /// and an exploring join is recorded.
+        #[inline(always)]
+        pub fn admits(&mut self, now: impl FnOnce() -> u32) -> bool {
+            if self.score >= 0 {
+                return true;
+            }
+            let now = now();
+            if now.wrapping_sub(self.explored_at) < EXPLORE_EVERY {
+                return false;
+            }
+            self.explored_at = now;
+            true
+        }
+
+        /// A joined socket sent its first message.
+        #[inline(always)]
+        pub fn first_message(&mut self) {
+            self.score = if self.score - 1 < FLOOR {
+                FLOOR
+            } else {
+                self.score - 1
+            };
+        }
+
+        /// A joined socket sent its second message.
+        #[inline(always)]
+        pub fn second_message(&mut self) {
+            self.score = if self.score + 5 > CEILING {
+                CEILING
+            } else {
+                self.score + 5
+            };
         }
     }
 }
@@ -452,6 +499,7 @@ const _: () = {
     assert!(size_of::<StatKey>() == 12);
     assert!(size_of::<SockKey>() == 16);
     assert!(size_of::<HabitKey>() == 12);
+    assert!(size_of::<Habit>() == 8);
     assert!(size_of::<Sender>() == 16);
     assert!(size_of::<Stats>() == 16);
     assert!(size_of::<Settings>() == 16);
@@ -474,6 +522,7 @@ mod pod {
     unsafe impl aya::Pod for StatKey {}
     unsafe impl aya::Pod for SockKey {}
     unsafe impl aya::Pod for HabitKey {}
+    unsafe impl aya::Pod for Habit {}
     unsafe impl aya::Pod for Sender {}
     unsafe impl aya::Pod for HostKey {}
     unsafe impl aya::Pod for Stats {}
@@ -511,20 +560,22 @@ mod tests {
         );
     }
 
-    /// Plays `connections` (messages each) of one process through the score, as the
-    /// kernel programs do; returns how many joined the socket map.
-    fn play(score: &mut i32, connections: &[u32], dice: &mut impl FnMut() -> u32) -> usize {
+    /// Plays `connections` (messages each) of one process through its habit, as the
+    /// kernel programs do, one every `every` clock units from `*now` on; returns how
+    /// many joined the socket map.
+    fn play(h: &mut Habit, now: &mut u32, every: u32, connections: &[u32]) -> usize {
         let mut joined = 0;
         for &messages in connections {
-            if !habit::joins(*score, dice()) {
+            *now += every;
+            if !h.admits(|| *now) {
                 continue;
             }
             joined += 1;
             if messages >= 1 {
-                *score = habit::after_first_message(*score);
+                h.first_message();
             }
             if messages >= 2 {
-                *score = habit::after_second_message(*score);
+                h.second_message();
             }
         }
         joined
@@ -532,48 +583,40 @@ mod tests {
 
     #[test]
     fn habit_learns_one_request_connections_and_relearns_keep_alive() {
-        // A fixed sequence standing in for the kernel's random numbers: every
-        // EXPLORE_ONE_IN-th connection explores.
-        let mut n = 0u32;
-        let mut dice = || {
-            n += 1;
-            n
-        };
-        let mut score = 0;
-        // A new process with a keep-alive pool: every connection joins.
-        assert_eq!(play(&mut score, &[100; 50], &mut dice), 50);
-        assert_eq!(score, habit::CEILING);
-        // It turns to one request per connection: nine more join (8 -> -1), then only
-        // the explorers.
-        let joined = play(&mut score, &[1; 800], &mut dice);
-        let explorers = (800 - 9) / habit::EXPLORE_ONE_IN as usize;
+        let (mut h, mut now) = (Habit::new(0), 0);
+        // A new process opens a keep-alive pool at once: every connection joins.
+        assert_eq!(play(&mut h, &mut now, 0, &[100; 50]), 50);
+        assert_eq!(h.score, habit::CEILING);
+        // It turns to one request per connection, 1000 a second (one per clock unit)
+        // for 800 units: nine more join (8 -> -1), then one per EXPLORE_EVERY (the
+        // first at once: the habit was made long before).
+        let joined = play(&mut h, &mut now, 1, &[1; 800]);
+        let explorers = (800 - 9) / habit::EXPLORE_EVERY as usize;
         assert!(
-            (9 + explorers..=10 + explorers).contains(&joined),
+            (explorers + 9..=explorers + 11).contains(&joined),
             "{joined}"
         );
-        assert_eq!(score, habit::FLOOR);
+        assert_eq!(h.score, habit::FLOOR);
+        // At 20,000 a second it still pays for about ten psocks a second.
+        let joined = play(&mut h, &mut now, 0, &[1; 20_000]);
+        assert!(joined <= 1, "{joined}");
         // Back to keep-alive: the first explorer turns it round.
-        let joined = play(&mut score, &[100; 40], &mut dice);
-        assert!(joined >= 40 - habit::EXPLORE_ONE_IN as usize, "{joined}");
-        assert_eq!(score, habit::CEILING);
+        now += habit::EXPLORE_EVERY;
+        assert_eq!(play(&mut h, &mut now, 0, &[100; 40]), 40);
+        assert_eq!(h.score, habit::CEILING);
     }
 
     #[test]
     fn habit_follows_what_pays_for_mixed_clients() {
         let runs = |mix: &dyn Fn(u32) -> u32| {
-            let mut n = 0u32;
-            let mut dice = || {
-                n += 1;
-                n
-            };
             let connections: Vec<u32> = (0..300).map(mix).collect();
-            play(&mut 0, &connections, &mut dice)
+            play(&mut Habit::new(0), &mut 0, 10, &connections)
         };
         // One keep-alive connection in five pays for the four one-request ones.
         assert_eq!(runs(&|i| if i % 5 == 0 { 50 } else { 1 }), 300);
-        // One in three one-request connections: all join once the first keep-alive
-        // one is seen (an explorer, after the leading one-request connection).
-        assert!(runs(&|i| if i % 3 == 0 { 1 } else { 50 }) >= 290);
+        // One in three one-request connections: the leading one keeps the next off,
+        // but that one explores at once, is keep-alive, and from then on all join.
+        assert_eq!(runs(&|i| if i % 3 == 0 { 1 } else { 50 }), 300);
         // One in ten keep-alive: mostly skipped.
         assert!(runs(&|i| if i % 10 == 0 { 50 } else { 1 }) < 60);
     }

@@ -24,14 +24,14 @@ use aya_ebpf::{
     },
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval,
-        bpf_sk_lookup_tcp, bpf_sk_release,
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        bpf_set_retval, bpf_sk_lookup_tcp, bpf_sk_release,
     },
     macros::{btf_map, cgroup_sock_addr, sk_msg, sock_ops},
     programs::{SkMsgContext, SockAddrContext, SockOpsContext},
 };
 use lb_common::{
-    ClientKey, EndpointKey, HabitKey, Origin, Sender, Service, Settings, SlotKey, SockAddr4,
+    ClientKey, EndpointKey, Habit, HabitKey, Origin, Sender, Service, Settings, SlotKey, SockAddr4,
     SockKey, StatKey, Stats, capacity as cap, counters, habit, mode, remote_port_from_ctx, sender,
     settings_flags,
 };
@@ -81,7 +81,7 @@ static LB_PEERS_TO_JOIN: LruHashMap<SockKey, u32, { cap::PEERS_TO_JOIN as usize 
 /// Per client process and service: do its connections carry more than one message?
 /// (`lb_common::habit`; LRU, a forgotten process starts again at "join").
 #[btf_map(pin_by_name)]
-static LB_HABITS: LruHashMap<HabitKey, i32, { cap::HABITS as usize }> = LruHashMap::new();
+static LB_HABITS: LruHashMap<HabitKey, Habit, { cap::HABITS as usize }> = LruHashMap::new();
 #[btf_map(pin_by_name)]
 static LB_STATS: PerCpuHashMap<StatKey, Stats, { cap::STATS as usize }> = PerCpuHashMap::new();
 #[btf_map(pin_by_name)]
@@ -301,6 +301,13 @@ fn count(key: &StatKey, f: impl FnOnce(&mut Stats)) {
     }
 }
 
+/// The habits' clock (`lb_common::habit::clock`).
+#[inline(always)]
+fn now() -> u32 {
+    // SAFETY: no preconditions.
+    habit::clock(unsafe { bpf_ktime_get_ns() })
+}
+
 #[inline(always)]
 fn random() -> u32 {
     // SAFETY: no preconditions.
@@ -414,11 +421,13 @@ fn on_active_established(ctx: &SockOpsContext) {
             service: origin.service,
             tgid: origin.tgid,
         };
-        // SAFETY: copied out at once.
-        let score = unsafe { LB_HABITS.get(&habit) }.copied().unwrap_or(0);
-        if !habit::joins(score, random()) {
-            bump(counters::SK_MSG_SKIPPED);
-            return;
+        if let Some(h) = LB_HABITS.get_ptr_mut(&habit) {
+            // SAFETY: a map value pointer, valid for the program's run; a lost update
+            // between CPUs only blurs a heuristic.
+            if !unsafe { &mut *h }.admits(now) {
+                bump(counters::SK_MSG_SKIPPED);
+                return;
+            }
         }
         let joined = Sender {
             habit,
@@ -527,19 +536,20 @@ fn learn(s: &mut Sender) {
     } else {
         sender::SENT_MORE
     };
-    // (No function pointers: BPF has no indirect calls.)
-    let step = |score| {
+    let step = |h: &mut Habit| {
         if first {
-            habit::after_first_message(score)
+            h.first_message();
         } else {
-            habit::after_second_message(score)
+            h.second_message();
         }
     };
     match LB_HABITS.get_ptr_mut(&s.habit) {
         // SAFETY: a map value pointer, valid for the program's run.
-        Some(score) => unsafe { *score = step(*score) },
+        Some(h) => step(unsafe { &mut *h }),
         None => {
-            let _ = LB_HABITS.insert(&s.habit, &step(0), 0);
+            let mut h = Habit::new(now());
+            step(&mut h);
+            let _ = LB_HABITS.insert(&s.habit, &h, 0);
         }
     }
 }

@@ -62,10 +62,10 @@ fn weighted_split_90_10_is_enforced_at_connect() {
 /// outside the cgroup, or `--sk-msg` without `kernel`: the client never joins the
 /// socket map (nothing redirected, nothing kept on TCP), the same answers. A process
 /// whose connections each carry one request is soon kept off the socket map (its
-/// habit, learned from its first connections' messages), bar one connection in
-/// EXPLORE_ONE_IN. Every case also checks a WebSocket exchange (handshake, then a
-/// frame: two writes each way, in order) and that getpeername still shows the
-/// service address.
+/// habit, learned from its first connections' messages), bar one connection every
+/// ~0.1 s that keeps learning. Every case also checks a WebSocket exchange
+/// (handshake, then a frame: two writes each way, in order) and that getpeername
+/// still shows the service address.
 #[test]
 fn kernel_path_sk_msg_shortcuts_local_backends_only() {
     const KEEP_ALIVE: u64 = 200;
@@ -146,7 +146,8 @@ fn kernel_path_sk_msg_shortcuts_local_backends_only() {
             "{case}: one-request connections: {skipped} of 100 kept off the socket map, {one_shot} messages redirected"
         );
         if per_request > 0 {
-            // The first joins and teaches; ~1 in 8 of the rest explores (expected ~87).
+            // The first joins and teaches, the next explores at once, then one per
+            // ~0.1 s (98 seen here; a slow machine lets a few more explore).
             assert!(skipped >= 70, "{case}: {skipped} skipped");
             // The joined ones: one message each way.
             assert_eq!(one_shot, 2 * (100 - skipped), "{case}");
