@@ -17,6 +17,7 @@ pub mod map_names {
     pub const ENDPOINTS: &str = "LB_ENDPOINTS";
     pub const ORIGINS: &str = "LB_ORIGINS";
     pub const ORIG_DST: &str = "LB_ORIG_DST";
+    pub const ORIG_DST_BY_PORT: &str = "LB_ORIG_DST_BY_PORT";
     pub const SOCKETS: &str = "LB_SOCKETS";
     pub const STATS: &str = "LB_STATS";
     pub const SETTINGS: &str = "LB_SETTINGS";
@@ -33,7 +34,7 @@ pub mod map_names {
     /// upgraded node may still hold); `lb down` removes them too.
     pub const RETIRED: [&str; 1] = ["LB_SK_MSG_PATH"];
     /// Every pinned map, in the order `lb down` removes them.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         COUNTERS,
         LOCAL_LISTENERS,
         SENDERS,
@@ -45,6 +46,7 @@ pub mod map_names {
         ENDPOINTS,
         ORIGINS,
         ORIG_DST,
+        ORIG_DST_BY_PORT,
         SOCKETS,
         STATS,
         SETTINGS,
@@ -68,6 +70,8 @@ pub mod capacity {
     pub const ENDPOINTS_PER_SUBSET: u32 = 65_535;
     pub const ORIGINS: u32 = 262_144;
     pub const ORIG_DST: u32 = 65_536;
+    /// One slot per client port (`LB_ORIG_DST_BY_PORT`).
+    pub const PORTS: u32 = 65_536;
     pub const SOCKETS: u32 = 65_536;
     pub const PEERS_TO_JOIN: u32 = 16_384;
     /// Client processes × services whose connection habit is remembered (LRU).
@@ -116,6 +120,15 @@ impl SockAddr4 {
     #[inline(always)]
     pub fn from_sock_addr(user_ip4: u32, user_port: u32) -> Self {
         Self::new(user_ip4.to_ne_bytes(), port_from_be32(user_port))
+    }
+
+    /// The address as one u64 (its 8 bytes as they lie in memory, padding zero), for
+    /// the atomic claim of a [`PortSlot`]; never 0 for a client (its port is not 0).
+    #[inline(always)]
+    pub fn to_u64(&self) -> u64 {
+        let p = self.port.to_ne_bytes();
+        let a = self.addr;
+        u64::from_ne_bytes([a[0], a[1], a[2], a[3], p[0], p[1], 0, 0])
     }
 
     /// `user_ip4` value (network order) for this address.
@@ -207,6 +220,19 @@ pub struct Origin {
     /// The connecting process (its tgid): whose habit decides whether the socket joins
     /// the socket map (see [`habit`]).
     pub tgid: u32,
+}
+
+/// `LB_ORIG_DST_BY_PORT[client port]` (an mmap-able array): the original destination
+/// of a proxied connection, which the proxy reads from shared memory, no syscall.
+/// `client` is claimed with a compare-and-swap (as one u64: [`SockAddr4::to_u64`]) and
+/// the service written after it; the proxy zeroes `client` once read. A slot held by
+/// another client address sends the connection to `LB_ORIG_DST` instead, so a
+/// collision costs a syscall, never a wrong answer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortSlot {
+    pub client: SockAddr4,
+    pub service: SockAddr4,
 }
 
 /// `LB_ORIG_DST` key: the client end of a proxied connection as the proxy sees it.
@@ -499,6 +525,7 @@ const _: () = {
     assert!(size_of::<StatKey>() == 12);
     assert!(size_of::<SockKey>() == 16);
     assert!(size_of::<HabitKey>() == 12);
+    assert!(size_of::<PortSlot>() == 16);
     assert!(size_of::<Habit>() == 8);
     assert!(size_of::<Sender>() == 16);
     assert!(size_of::<Stats>() == 16);
@@ -522,6 +549,7 @@ mod pod {
     unsafe impl aya::Pod for StatKey {}
     unsafe impl aya::Pod for SockKey {}
     unsafe impl aya::Pod for HabitKey {}
+    unsafe impl aya::Pod for PortSlot {}
     unsafe impl aya::Pod for Habit {}
     unsafe impl aya::Pod for Sender {}
     unsafe impl aya::Pod for HostKey {}
@@ -619,6 +647,17 @@ mod tests {
         assert_eq!(runs(&|i| if i % 3 == 0 { 1 } else { 50 }), 300);
         // One in ten keep-alive: mostly skipped.
         assert!(runs(&|i| if i % 10 == 0 { 50 } else { 1 }) < 60);
+    }
+
+    #[test]
+    fn an_address_as_u64_is_its_bytes_in_memory() {
+        let a = SockAddr4::new([127, 0, 0, 1], 40000);
+        // SAFETY: SockAddr4 is 8 bytes of plain data, its padding zeroed by `new`.
+        let raw: u64 = unsafe { core::mem::transmute(a) };
+        assert_eq!(a.to_u64(), raw);
+        assert_ne!(a.to_u64(), 0);
+        assert_ne!(a.to_u64(), SockAddr4::new([127, 0, 0, 2], 40000).to_u64());
+        assert_ne!(a.to_u64(), SockAddr4::new([127, 0, 0, 1], 40001).to_u64());
     }
 
     #[test]

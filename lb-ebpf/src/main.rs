@@ -14,11 +14,14 @@
 //! Map types and names are shared with user space through lb-common.
 #![no_std]
 #![no_main]
+// BPF inline assembly (`compare_and_swap`); the crate is built with RUSTC_BOOTSTRAP
+// already, for `-Z build-std`.
+#![feature(asm_experimental_arch)]
 
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_F_CURRENT_NETNS, BPF_F_INGRESS, BPF_F_NO_PREALLOC, BPF_NOEXIST,
+        BPF_F_CURRENT_NETNS, BPF_F_INGRESS, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST,
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_TCP_LISTEN_CB, bpf_sock_tuple, sk_action::SK_PASS,
     },
@@ -31,14 +34,15 @@ use aya_ebpf::{
     programs::{SkMsgContext, SockAddrContext, SockOpsContext},
 };
 use lb_common::{
-    ClientKey, EndpointKey, Habit, HabitKey, Origin, Sender, Service, Settings, SlotKey, SockAddr4,
-    SockKey, StatKey, Stats, capacity as cap, counters, habit, mode, remote_port_from_ctx, sender,
-    settings_flags,
+    ClientKey, EndpointKey, Habit, HabitKey, Origin, PortSlot, Sender, Service, Settings, SlotKey,
+    SockAddr4, SockKey, StatKey, Stats, capacity as cap, counters, habit, mode,
+    remote_port_from_ctx, sender, settings_flags,
 };
 
 const IPPROTO_TCP: u32 = 6;
 const ECONNREFUSED: i32 = 111;
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+const MMAPABLE: usize = BPF_F_MMAPABLE as usize;
 
 #[btf_map(pin_by_name)]
 static LB_SERVICES: HashMap<SockAddr4, Service, { cap::SERVICES as usize }, NO_PREALLOC> =
@@ -54,6 +58,10 @@ static LB_ORIGINS: LruHashMap<u64, Origin, { cap::ORIGINS as usize }> = LruHashM
 #[btf_map(pin_by_name)]
 static LB_ORIG_DST: LruHashMap<ClientKey, SockAddr4, { cap::ORIG_DST as usize }> =
     LruHashMap::new();
+/// The fast path of `LB_ORIG_DST`, by client port (see `lb_common::PortSlot`):
+/// mmap-able, so the proxy reads it without a syscall.
+#[btf_map(pin_by_name)]
+static LB_ORIG_DST_BY_PORT: Array<PortSlot, { cap::PORTS as usize }, MMAPABLE> = Array::new();
 #[btf_map(pin_by_name)]
 static LB_SOCKETS: SockHash<SockKey, { cap::SOCKETS as usize }> = SockHash::new();
 /// Addresses that sockets inside the cgroup listen on (learned at TCP_LISTEN_CB, seeded
@@ -394,7 +402,7 @@ fn on_active_established(ctx: &SockOpsContext) {
     let mut key = sock_key(ctx);
     let hop = match origin.mode {
         mode::PROXY => {
-            let _ = LB_ORIG_DST.insert(&ClientKey { client: key.local }, &origin.service, 0);
+            remember_orig_dst(key.local, origin.service);
             settings_flags::SK_MSG_CLIENT
         }
         mode::UPSTREAM => settings_flags::SK_MSG_UPSTREAM,
@@ -442,6 +450,52 @@ fn on_active_established(ctx: &SockOpsContext) {
     };
     let _ = LB_PEERS_TO_JOIN.insert(&peer, &1, 0);
     let _ = LB_SOCKETS.update(&mut key, ops, 0);
+}
+
+/// What a client handed to the proxy dialled, where the proxy will look for it: the
+/// slot of its port if free (or left by an earlier socket with the same address and
+/// port), else the LRU hash. The slot is claimed with a compare-and-swap of its
+/// `client`, so two clients racing for one port never both think they hold it; the
+/// service is written after the claim and read by the proxy only after accept(),
+/// which this callback precedes (it runs before the handshake's last ACK is sent).
+#[inline(always)]
+fn remember_orig_dst(client: SockAddr4, service: SockAddr4) {
+    if let Some(slot) = LB_ORIG_DST_BY_PORT.get_ptr_mut(client.port as u32) {
+        let mine = client.to_u64();
+        let claim = slot.cast::<u64>();
+        // SAFETY: a map value pointer, valid for the program's run and 8-byte aligned
+        // (array values are); `client` is its first 8 bytes.
+        let held = unsafe { core::ptr::read_volatile(claim) };
+        if (held == 0 || held == mine) && unsafe { compare_and_swap(claim, held, mine) } == held {
+            // SAFETY: as above; the slot is this socket's now.
+            unsafe { (*slot).service = service };
+            return;
+        }
+    }
+    let _ = LB_ORIG_DST.insert(&ClientKey { client }, &service, 0);
+}
+
+/// BPF's atomic compare-and-exchange (`BPF_ATOMIC | BPF_CMPXCHG`, kernel 5.12+):
+/// stores `new` at `p` if it holds `old`, and returns what it held. Written as
+/// assembly: Rust's BPF target spec has no `atomic-cas` (older BPF cpus lacked it),
+/// and the intrinsic's bitcode is refused by bpf-linker ("Invalid record").
+///
+/// # Safety
+/// `p` must point at 8 aligned bytes of map memory.
+#[inline(always)]
+unsafe fn compare_and_swap(p: *mut u64, old: u64, new: u64) -> u64 {
+    let held: u64;
+    // SAFETY: per the function's contract.
+    unsafe {
+        core::arch::asm!(
+            "r0 = cmpxchg_64({p} + 0, r0, {new})",
+            p = in(reg) p,
+            new = in(reg) new,
+            inout("r0") old => held,
+            options(nostack),
+        );
+    }
+    held
 }
 
 /// The accepting side of a connect that joined the socket map (the mark its

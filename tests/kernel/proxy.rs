@@ -229,6 +229,70 @@ fn seed_e_rewrite() {
     }
 }
 
+/// The proxy finds what each client dialled in the slot of the client's port (shared
+/// memory, no syscall). A slot held by another client address sends that connection
+/// to the hash instead (one syscall), with the same answers; a client dialling the
+/// proxy itself has no original destination. Counted in
+/// `lb_proxy_original_destinations_total{source}`.
+#[test]
+fn original_destinations_come_from_port_slots_else_the_hash() {
+    let (svc, port) = ("127.10.21.1", 21000);
+    let env = env_with("origdst", port, &seed("e-rewrite", svc, port), &[]);
+    let to = format!("{svc}:{port}");
+    let sources = || -> [u64; 3] {
+        let metrics = env.admin_get("/metrics");
+        ["port_slot", "hash", "none"].map(|source| {
+            let prefix = format!("lb_proxy_original_destinations_total{{source=\"{source}\"}} ");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        })
+    };
+    let rewritten = |what: &str| {
+        let s = env.probe(&["--to", &to, "--count", "50", "--path", "/test/v2/x"]);
+        assert_eq!(count(&s, "v0"), 50, "{what}: {s}");
+        assert_eq!(
+            s["paths_seen"],
+            serde_json::json!({ "/test/x": 50 }),
+            "{what}"
+        );
+    };
+    rewritten("port slots");
+    assert_eq!(sources(), [50, 0, 0]);
+    // Every slot held by a client address nobody uses (as if another pod's
+    // connections were waiting in the accept queue on every port).
+    let path = env.bpffs.join(format!(
+        "v{}/{}",
+        lb_common::LAYOUT_VERSION,
+        lb_common::map_names::ORIG_DST_BY_PORT
+    ));
+    let map = aya::maps::MapData::from_pin(&path).expect("pinned slots");
+    let mut slots: aya::maps::Array<_, lb_common::PortSlot> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(map)).expect("an array");
+    for p in 0..lb_common::capacity::PORTS {
+        let foreign = lb_common::PortSlot {
+            client: lb_common::SockAddr4::new([127, 0, 0, 99], p as u16),
+            service: lb_common::SockAddr4::new([127, 0, 0, 99], 9),
+        };
+        slots.set(p, &foreign, 0).expect("slot");
+    }
+    rewritten("hash");
+    assert_eq!(sources(), [50, 50, 0]);
+    // The foreign claims were left alone.
+    let held = slots.get(&40000, 0).expect("slot");
+    assert_eq!(
+        held.client,
+        lb_common::SockAddr4::new([127, 0, 0, 99], 40000)
+    );
+    // A client dialling the proxy listener itself: nothing to find.
+    let direct = env.proxy().to_string();
+    let s = env.probe(&["--to", &direct, "--count", "3", "--host", svc]);
+    assert_eq!(count(&s, "v0") + count(&s, "v1"), 3, "{s}");
+    assert_eq!(sources(), [50, 50, 3]);
+}
+
 /// The shared table of tests/routing: every request through the live proxy gets what
 /// `lb explain` says — status, backend, rewritten path and Host, redirect location.
 #[test]

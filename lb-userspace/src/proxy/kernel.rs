@@ -9,12 +9,16 @@ use std::os::fd::{AsFd as _, AsRawFd as _};
 use aya::maps::{HashMap, MapData, MapFd, PerCpuArray};
 use lb_common::{ClientKey, HostKey, SockAddr4, capacity, counters, map_names};
 
+use super::port_slots::PortSlots;
 use crate::apply::maps::open;
 use crate::apply::{ApplyError, Pins};
 use crate::compile::sock_addr;
 
 /// Handles on the maps the proxy uses.
 pub struct KernelMaps {
+    /// The original destinations by client port, mapped (None: the mapping failed,
+    /// every lookup takes the hash).
+    by_port: Option<PortSlots>,
     /// Raw fd: aya has no lookup-and-delete for hash maps.
     orig_dst: MapFd,
     counters: PerCpuArray<MapData, u64>,
@@ -22,6 +26,34 @@ pub struct KernelMaps {
     /// Unknown-Host counts not yet written to the map, and the hosts seen per service.
     pending: StdHashMap<HostKey, u64>,
     seen: StdHashMap<SockAddr4, HashSet<String>>,
+}
+
+/// Where the original destination of an accepted connection was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrigDst {
+    PortSlot(SocketAddrV4),
+    /// Its port's slot was held by another client address.
+    Hash(SocketAddrV4),
+    /// Not handed over by connect4 (a client dialling the proxy itself), or evicted.
+    Missing,
+}
+
+impl OrigDst {
+    pub fn addr(self) -> Option<SocketAddrV4> {
+        match self {
+            Self::PortSlot(a) | Self::Hash(a) => Some(a),
+            Self::Missing => None,
+        }
+    }
+
+    /// The `source` label of `lb_proxy_original_destinations_total`.
+    pub fn source(self) -> &'static str {
+        match self {
+            Self::PortSlot(_) => "port_slot",
+            Self::Hash(_) => "hash",
+            Self::Missing => "none",
+        }
+    }
 }
 
 fn v4(a: SocketAddr) -> Option<SockAddr4> {
@@ -33,7 +65,15 @@ fn v4(a: SocketAddr) -> Option<SockAddr4> {
 
 impl KernelMaps {
     pub fn open(pins: &Pins) -> Result<Self, ApplyError> {
+        let by_port = open_fd(pins, map_names::ORIG_DST_BY_PORT)
+            .and_then(|fd| {
+                PortSlots::map(&fd)
+                    .map_err(|e| ApplyError::io(&pins.map(map_names::ORIG_DST_BY_PORT), e))
+            })
+            .inspect_err(|e| tracing::warn!("original destinations by port: {e}; the hash only"))
+            .ok();
         Ok(Self {
+            by_port,
             orig_dst: open_fd(pins, map_names::ORIG_DST)?,
             counters: open(pins, map_names::COUNTERS)?,
             hosts: open(pins, map_names::HOSTS)?,
@@ -42,13 +82,22 @@ impl KernelMaps {
         })
     }
 
-    /// What the client at `peer` dialled, removed as it is read: one syscall per
-    /// accepted connection (BPF_MAP_LOOKUP_AND_DELETE_ELEM, hash maps since 5.14).
-    pub fn take_orig_dst(&mut self, peer: SocketAddr) -> Option<SocketAddrV4> {
-        let key = ClientKey { client: v4(peer)? };
+    /// What the client at `peer` dialled, removed as it is read: from the slot of its
+    /// port (shared memory), else from the hash (one syscall,
+    /// BPF_MAP_LOOKUP_AND_DELETE_ELEM, hash maps since 5.14).
+    pub fn take_orig_dst(&mut self, peer: SocketAddr) -> OrigDst {
+        let Some(client) = v4(peer) else {
+            return OrigDst::Missing;
+        };
+        let addr = |d: SockAddr4| SocketAddrV4::new(d.addr.into(), d.port);
+        if let Some(d) = self.by_port.as_ref().and_then(|s| s.take(client)) {
+            return OrigDst::PortSlot(addr(d));
+        }
         let mut dst = SockAddr4::default();
-        lookup_and_delete(&self.orig_dst, &key, &mut dst).ok()?;
-        Some(SocketAddrV4::new(dst.addr.into(), dst.port))
+        match lookup_and_delete(&self.orig_dst, &ClientKey { client }, &mut dst) {
+            Ok(()) => OrigDst::Hash(addr(dst)),
+            Err(_) => OrigDst::Missing,
+        }
     }
 
     /// A per-CPU counter summed.

@@ -23,6 +23,15 @@ pub struct EngineLabels {
     pub engine: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
+/// The `source` labels of `lb_proxy_original_destinations_total`
+/// (`kernel::OrigDst::source`).
+const ORIG_DST_SOURCES: [&str; 3] = ["port_slot", "hash", "none"];
+
 /// (dialled service, destination address in the table, response code).
 type CounterKey = (Option<SocketAddrV4>, usize, u16);
 
@@ -33,6 +42,9 @@ pub struct Metrics {
     /// the fast path (HTTP/1.0 clients, upgrades, h2c and local answers go to hyper).
     pub lean: Counter,
     pub hyper: Counter,
+    /// Accepted connections by where their original destination was found, in the
+    /// order of [`ORIG_DST_SOURCES`] (created up front: no label hashing per accept).
+    orig_dst: [Counter; 3],
     /// Counters by (routing table, dialled service, destination, code), so a request
     /// bumps an atomic instead of building and hashing label strings. Keys use the
     /// addresses of the table's entries; the cache is emptied when the table changes.
@@ -54,6 +66,14 @@ impl Default for Metrics {
             "Requests answered by each of the proxy's engines (lean HTTP/1.1 path, hyper)",
             engines.clone(),
         );
+        let orig_dst = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "proxy_original_destinations",
+            "Accepted connections by where the service they dialled was found (port_slot: shared memory; hash: a syscall, the port's slot held by another client address; none: not handed over by connect4)",
+            orig_dst.clone(),
+        );
+        let orig_dst =
+            ORIG_DST_SOURCES.map(|source| orig_dst.get_or_create(&SourceLabels { source }).clone());
         let engine = |name: &str| {
             engines
                 .get_or_create(&EngineLabels {
@@ -66,12 +86,20 @@ impl Default for Metrics {
             requests,
             lean: engine("lean"),
             hyper: engine("hyper"),
+            orig_dst,
             cache: Mutex::new((0, HashMap::default())),
         }
     }
 }
 
 impl Metrics {
+    /// Counts an accepted connection's original-destination lookup.
+    pub fn original_destination(&self, source: &'static str) {
+        if let Some(i) = ORIG_DST_SOURCES.iter().position(|s| *s == source) {
+            self.orig_dst[i].inc();
+        }
+    }
+
     /// Counts one request.
     pub fn count(
         &self,

@@ -13,6 +13,7 @@ pub mod kernel;
 pub mod lean;
 pub mod metrics;
 pub mod pool;
+mod port_slots;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd as _, RawFd};
@@ -220,7 +221,11 @@ fn spawn_connection(
     let dialled = shared
         .kernel
         .as_ref()
-        .and_then(|k| k.lock().ok()?.take_orig_dst(peer));
+        .and_then(|k| Some(k.lock().ok()?.take_orig_dst(peer)))
+        .and_then(|found| {
+            shared.metrics.original_destination(found.source());
+            found.addr()
+        });
     let conn = forward::ConnInfo {
         peer,
         peer_ip: http::HeaderValue::from_str(&peer.ip().to_string()).ok(),
