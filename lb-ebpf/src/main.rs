@@ -34,8 +34,8 @@ use aya_ebpf::{
     programs::{SkMsgContext, SockAddrContext, SockOpsContext},
 };
 use lb_common::{
-    ClientKey, EndpointKey, Habit, HabitKey, Origin, PortSlot, Sender, Service, Settings, SlotKey,
-    SockAddr4, SockKey, StatKey, Stats, capacity as cap, counters, habit, mode,
+    ClientKey, EndpointKey, Habit, HabitKey, Origin, OriginSlot, PortSlot, Sender, Service,
+    Settings, SlotKey, SockAddr4, SockKey, StatKey, Stats, capacity as cap, counters, habit, mode,
     remote_port_from_ctx, sender, settings_flags,
 };
 
@@ -54,7 +54,7 @@ static LB_SLOTS: HashMap<SlotKey, lb_common::Slot, { cap::SLOTS as usize }, NO_P
 static LB_ENDPOINTS: HashMap<EndpointKey, SockAddr4, { cap::ENDPOINTS as usize }, NO_PREALLOC> =
     HashMap::new();
 #[btf_map(pin_by_name)]
-static LB_ORIGINS: LruHashMap<u64, Origin, { cap::ORIGINS as usize }> = LruHashMap::new();
+static LB_ORIGINS: Array<OriginSlot, { cap::ORIGINS as usize }> = Array::new();
 #[btf_map(pin_by_name)]
 static LB_ORIG_DST: LruHashMap<ClientKey, SockAddr4, { cap::ORIG_DST as usize }> =
     LruHashMap::new();
@@ -291,8 +291,34 @@ fn remember_origin(ctx: &SockAddrContext, service: SockAddr4, backend: SockAddr4
         mode,
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
     };
-    // LRU: a full map evicts the oldest entry; getpeername then shows the backend.
-    let _ = LB_ORIGINS.insert(&cookie, &origin, 0);
+    // A ring: a slot is reused after ORIGINS newer cookies; getpeername of a socket
+    // that old then shows the backend (as an evicting LRU hash would).
+    if let Some(slot) = LB_ORIGINS.get_ptr_mut(lb_common::origin_slot(cookie)) {
+        // SAFETY: a map value pointer, valid for the program's run. Volatile: the
+        // stores stay in this order (cookie zeroed, origin, cookie), which
+        // `origin_of` relies on.
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*slot).cookie, 0);
+            core::ptr::write_volatile(&raw mut (*slot).origin, origin);
+            core::ptr::write_volatile(&raw mut (*slot).cookie, cookie);
+        }
+    }
+}
+
+/// What the socket with `cookie` dialled, if `connect4` steered it (and its slot has
+/// not been reused since).
+#[inline(always)]
+fn origin_of(cookie: u64) -> Option<Origin> {
+    let slot = LB_ORIGINS.get_ptr(lb_common::origin_slot(cookie))?;
+    // SAFETY: a map value pointer, valid for the program's run; the cookie is read
+    // before and after the origin, so a slot rewritten meanwhile is not taken.
+    unsafe {
+        if core::ptr::read_volatile(&raw const (*slot).cookie) != cookie {
+            return None;
+        }
+        let origin = core::ptr::read_volatile(&raw const (*slot).origin);
+        (core::ptr::read_volatile(&raw const (*slot).cookie) == cookie).then_some(origin)
+    }
 }
 
 #[inline(always)]
@@ -340,8 +366,7 @@ pub fn lb_getpeername4(ctx: SockAddrContext) -> i32 {
     }
     // SAFETY: the cookie helper accepts a sock_addr context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: copied out at once.
-    if let Some(origin) = unsafe { LB_ORIGINS.get(&cookie) }.copied() {
+    if let Some(origin) = origin_of(cookie) {
         let peer = SockAddr4::from_sock_addr(sa.user_ip4, sa.user_port);
         if peer == origin.backend {
             sa.user_ip4 = origin.service.user_ip4();
@@ -395,8 +420,7 @@ fn shortcut(hop: u32) -> bool {
 fn on_active_established(ctx: &SockOpsContext) {
     // SAFETY: the cookie helper accepts a sock_ops context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: copied out at once.
-    let Some(origin) = (unsafe { LB_ORIGINS.get(&cookie) }).copied() else {
+    let Some(origin) = origin_of(cookie) else {
         return;
     };
     let mut key = sock_key(ctx);
