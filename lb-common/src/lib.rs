@@ -424,16 +424,19 @@ pub struct Settings {
 
 /// `Settings::flags`.
 pub mod settings_flags {
-    /// Shortcut the client <-> proxy hop: proxy-bound client sockets and the proxy's
-    /// accepted sockets join the socket map for the `sk_msg` redirect.
+    /// Shortcut the client <-> proxy hop: proxy-bound client sockets (of processes
+    /// whose connections carry more than one message, see [`habit`](crate::habit))
+    /// and the proxy's sockets accepting them join the socket map for the `sk_msg`
+    /// redirect.
     pub const SK_MSG_CLIENT: u32 = 1;
     /// Shortcut the proxy <-> local backend hop: lb's upstream sockets to local
     /// backends (listening inside the cgroup) and their accepted sockets join the
     /// socket map.
     pub const SK_MSG_UPSTREAM: u32 = 2;
     /// Shortcut the client <-> backend hop of the kernel path: a client steered by
-    /// `connect4` to a local backend and the backend's accepted socket join the
-    /// socket map (needs both inside the cgroup, not lb).
+    /// `connect4` to a local backend (as for the client hop, if its process's
+    /// connections carry more than one message) and the backend's accepted socket
+    /// join the socket map (needs both inside the cgroup, not lb).
     pub const SK_MSG_KERNEL: u32 = 4;
     /// The hops' names (`--sk-msg`, `lb status`).
     pub const HOPS: [(&str, u32); 3] = [

@@ -50,7 +50,8 @@ enum Cmd {
         /// Which local hops sk_msg shortcuts: `all`, `off`, or a comma list of
         /// `client` (client <-> proxy), `upstream` (proxy <-> local backend) and
         /// `kernel` (kernel-path client <-> local backend). The first two need lb
-        /// inside the cgroup it attaches to.
+        /// inside the cgroup it attaches to. Client connections join only while their
+        /// process's connections to the service carry more than one message.
         #[arg(long, default_value = "all")]
         sk_msg: lb::run::SkMsgHops,
         /// Same as `--sk-msg off`.
