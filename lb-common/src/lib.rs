@@ -221,6 +221,10 @@ pub struct Origin {
     /// The connecting process (its tgid): whose habit decides whether the socket joins
     /// the socket map (see [`habit`]).
     pub tgid: u32,
+    /// 1: a client handed to the proxy that joins the socket map (decided in connect4,
+    /// which picks the proxy listener by it).
+    pub join: u32,
+    pub _pad: u32,
 }
 
 /// `LB_ORIGINS[cookie % ORIGINS]`: a ring by socket cookie. Cookies come from one
@@ -416,8 +420,12 @@ pub struct Stats {
 pub struct Settings {
     /// Process id (tgid) of the running daemon: its own sockets are never steered.
     pub self_tgid: u32,
-    /// Proxy listener for `mode::PROXY` services.
+    /// Proxy listener for `mode::PROXY` clients that join the socket map.
     pub proxy: SockAddr4,
+    /// Proxy listener for the others (`TCP_DEFER_ACCEPT`: the proxy accepts a
+    /// connection once its request has arrived, and reads it at once, with no wait
+    /// in epoll); port 0: none, `proxy` takes everyone.
+    pub proxy_deferred: SockAddr4,
     /// [`settings_flags`].
     pub flags: u32,
 }
@@ -545,8 +553,8 @@ const _: () = {
     assert!(size_of::<SlotKey>() == 16);
     assert!(size_of::<Slot>() == 8);
     assert!(size_of::<EndpointKey>() == 20);
-    assert!(size_of::<Origin>() == 24);
-    assert!(size_of::<OriginSlot>() == 32);
+    assert!(size_of::<Origin>() == 32);
+    assert!(size_of::<OriginSlot>() == 40);
     assert!(capacity::ORIGINS.is_power_of_two());
     assert!(size_of::<StatKey>() == 12);
     assert!(size_of::<SockKey>() == 16);
@@ -555,7 +563,7 @@ const _: () = {
     assert!(size_of::<Habit>() == 8);
     assert!(size_of::<Sender>() == 16);
     assert!(size_of::<Stats>() == 16);
-    assert!(size_of::<Settings>() == 16);
+    assert!(size_of::<Settings>() == 24);
     assert!(size_of::<ServiceMeta>() == 136);
     assert!(size_of::<SubsetMetaKey>() == 12);
     assert!(size_of::<State>() == 1048);

@@ -157,7 +157,7 @@ fn try_connect4(ctx: &SockAddrContext) -> Verdict {
             && is_own_socket()
             && is_local_listener(dialled)
         {
-            remember_origin(ctx, dialled, dialled, mode::UPSTREAM);
+            remember_origin(ctx, dialled, dialled, mode::UPSTREAM, 0);
         }
         return Verdict::Allow;
     };
@@ -166,10 +166,15 @@ fn try_connect4(ctx: &SockAddrContext) -> Verdict {
         return Verdict::Allow;
     }
     if svc.mode == mode::PROXY {
-        if let Some(proxy) = live_proxy(ctx) {
+        // A client that joins the socket map goes to the proxy listener that accepts
+        // at once (its socket must exist before the client's first write, which is
+        // redirected into it); the others go to the one that accepts a connection
+        // once its request is there (TCP_DEFER_ACCEPT: no wait in epoll).
+        let join = shortcut(settings_flags::SK_MSG_CLIENT) && client_joins(dialled);
+        if let Some(proxy) = live_proxy(ctx, join) {
             sa.user_ip4 = proxy.user_ip4();
             sa.user_port = proxy.user_port();
-            remember_origin(ctx, dialled, proxy, mode::PROXY);
+            remember_origin(ctx, dialled, proxy, mode::PROXY, join as u32);
             bump(counters::PROXY_HANDOFFS);
             return Verdict::Allow;
         }
@@ -210,16 +215,22 @@ fn try_connect4(ctx: &SockAddrContext) -> Verdict {
     // The verifier only accepts 32-bit stores to user_ip4 / user_port.
     sa.user_ip4 = backend.user_ip4();
     sa.user_port = backend.user_port();
-    remember_origin(ctx, dialled, backend, mode::KERNEL);
+    remember_origin(ctx, dialled, backend, mode::KERNEL, 0);
     count(&stat_key, |s| s.connects += 1);
     Verdict::Allow
 }
 
-/// The proxy listener, if a socket listens on it right now. A killed daemon's
-/// listener is gone at once, so no connect is ever sent to a dead proxy.
+/// The proxy listener for a client that joins the socket map or not (see
+/// `Settings::proxy_deferred`), if a socket listens on it right now. A killed
+/// daemon's listener is gone at once, so no connect is ever sent to a dead proxy.
 #[inline(always)]
-fn live_proxy(ctx: &SockAddrContext) -> Option<SockAddr4> {
-    let proxy = LB_SETTINGS.get(0)?.proxy;
+fn live_proxy(ctx: &SockAddrContext, join: bool) -> Option<SockAddr4> {
+    let settings = LB_SETTINGS.get(0)?;
+    let proxy = if join || settings.proxy_deferred.port == 0 {
+        settings.proxy
+    } else {
+        settings.proxy_deferred
+    };
     if proxy.port == 0 {
         return None;
     }
@@ -281,8 +292,34 @@ fn is_own_socket() -> bool {
     }
 }
 
+/// Whether the calling process's new connection to `service` joins the socket map:
+/// unless its connections have been carrying one message each (`lb_common::habit`).
 #[inline(always)]
-fn remember_origin(ctx: &SockAddrContext, service: SockAddr4, backend: SockAddr4, mode: u32) {
+fn client_joins(service: SockAddr4) -> bool {
+    let habit = HabitKey {
+        service,
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+    };
+    let Some(h) = LB_HABITS.get_ptr_mut(&habit) else {
+        return true;
+    };
+    // SAFETY: a map value pointer, valid for the program's run; a lost update between
+    // CPUs only blurs a heuristic.
+    if unsafe { &mut *h }.admits(now) {
+        return true;
+    }
+    bump(counters::SK_MSG_SKIPPED);
+    false
+}
+
+#[inline(always)]
+fn remember_origin(
+    ctx: &SockAddrContext,
+    service: SockAddr4,
+    backend: SockAddr4,
+    mode: u32,
+    join: u32,
+) {
     // SAFETY: the cookie helper accepts a sock_addr context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let origin = Origin {
@@ -290,6 +327,8 @@ fn remember_origin(ctx: &SockAddrContext, service: SockAddr4, backend: SockAddr4
         backend,
         mode,
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        join,
+        _pad: 0,
     };
     // A ring: a slot is reused after ORIGINS newer cookies; getpeername of a socket
     // that old then shows the backend (as an evicting LRU hash would).
@@ -361,7 +400,10 @@ pub fn lb_getpeername4(ctx: SockAddrContext) -> i32 {
         let sk = &*sa.__bindgen_anon_1.sk;
         SockAddr4::new(sk.src_ip4.to_ne_bytes(), sk.src_port as u16)
     };
-    if LB_SETTINGS.get(0).is_some_and(|s| s.proxy == local) {
+    if LB_SETTINGS
+        .get(0)
+        .is_some_and(|s| s.proxy == local || s.proxy_deferred == local)
+    {
         return 1;
     }
     // SAFETY: the cookie helper accepts a sock_addr context.
@@ -447,19 +489,28 @@ fn on_active_established(ctx: &SockOpsContext) {
         return;
     }
     // A client joins only if its process's connections to this service have been
-    // carrying more than one message (lb's own upstream sockets are pooled: always).
+    // carrying more than one message (lb's own upstream sockets are pooled: always);
+    // for a proxy-bound one connect4 decided, as it picked the listener.
     if origin.mode != mode::UPSTREAM {
         let habit = HabitKey {
             service: origin.service,
             tgid: origin.tgid,
         };
-        if let Some(h) = LB_HABITS.get_ptr_mut(&habit) {
-            // SAFETY: a map value pointer, valid for the program's run; a lost update
-            // between CPUs only blurs a heuristic.
-            if !unsafe { &mut *h }.admits(now) {
-                bump(counters::SK_MSG_SKIPPED);
-                return;
+        let joins = if origin.mode == mode::PROXY {
+            origin.join != 0
+        } else {
+            match LB_HABITS.get_ptr_mut(&habit) {
+                // SAFETY: a map value pointer, valid for the program's run; a lost
+                // update between CPUs only blurs a heuristic.
+                Some(h) => unsafe { &mut *h }.admits(now),
+                None => true,
             }
+        };
+        if !joins {
+            if origin.mode != mode::PROXY {
+                bump(counters::SK_MSG_SKIPPED);
+            }
+            return;
         }
         let joined = Sender {
             habit,

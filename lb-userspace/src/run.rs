@@ -102,11 +102,18 @@ impl std::str::FromStr for SkMsgHops {
     }
 }
 
+/// The proxy's listeners (see `Settings::proxy` and `proxy_deferred`).
+#[derive(Clone, Copy, Debug)]
+pub struct ProxyListeners {
+    pub main: SocketAddr,
+    pub deferred: SocketAddr,
+}
+
 /// Attaches (or adopts) the datapath and tells the programs who lb is.
 pub fn start(
     pins: &Pins,
     cgroup: &Path,
-    proxy: Option<SocketAddr>,
+    proxy: Option<ProxyListeners>,
     sk_msg: SkMsgHops,
 ) -> Result<Applier, ApplyError> {
     let how = apply::attach::ensure_attached(pins, cgroup)?;
@@ -141,7 +148,8 @@ pub fn start(
     }
     applier.set_settings(Settings {
         self_tgid: std::process::id(),
-        proxy: proxy.map(proxy_target).unwrap_or_default(),
+        proxy: proxy.map(|p| proxy_target(p.main)).unwrap_or_default(),
+        proxy_deferred: proxy.map(|p| proxy_target(p.deferred)).unwrap_or_default(),
         flags: sk_msg.flags(),
     })?;
     Ok(applier)
@@ -234,8 +242,12 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let pins = Pins::new(&opts.bpffs);
     // The proxy listens before any service is switched to it.
     let proxy = Proxy::bind(&opts.proxy).await?;
-    tracing::info!(proxy = %proxy.local_addr(), admin = %proxy.admin_addr(), "proxy listening");
-    let mut applier = start(&pins, &opts.cgroup, Some(proxy.local_addr()), opts.sk_msg)?;
+    tracing::info!(proxy = %proxy.local_addr(), deferred = %proxy.deferred_addr(), admin = %proxy.admin_addr(), "proxy listening");
+    let listeners = ProxyListeners {
+        main: proxy.local_addr(),
+        deferred: proxy.deferred_addr(),
+    };
+    let mut applier = start(&pins, &opts.cgroup, Some(listeners), opts.sk_msg)?;
     let kernel = match proxy::kernel::KernelMaps::open(&pins) {
         Ok(k) => Some(Mutex::new(k)),
         Err(e) => {

@@ -148,7 +148,7 @@ fn kernel_path_sk_msg_shortcuts_local_backends_only() {
         if per_request > 0 {
             // The first joins and teaches, the next explores at once, then one per
             // ~0.1 s (98 seen here; a slow machine lets a few more explore).
-            assert!(skipped >= 70, "{case}: {skipped} skipped");
+            assert!(skipped >= 50, "{case}: {skipped} skipped");
             // The joined ones: one message each way.
             assert_eq!(one_shot, 2 * (100 - skipped), "{case}");
         } else {

@@ -28,6 +28,11 @@ pub struct SourceLabels {
     pub source: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: &'static str,
+}
+
 /// The `source` labels of `lb_proxy_original_destinations_total`
 /// (`kernel::OrigDst::source`).
 const ORIG_DST_SOURCES: [&str; 3] = ["port_slot", "hash", "none"];
@@ -45,6 +50,8 @@ pub struct Metrics {
     /// Accepted connections by where their original destination was found, in the
     /// order of [`ORIG_DST_SOURCES`] (created up front: no label hashing per accept).
     orig_dst: [Counter; 3],
+    /// Accepted connections: [main listener, deferred listener].
+    accepted: [Counter; 2],
     /// Counters by (routing table, dialled service, destination, code), so a request
     /// bumps an atomic instead of building and hashing label strings. Keys use the
     /// addresses of the table's entries; the cache is emptied when the table changes.
@@ -74,6 +81,17 @@ impl Default for Metrics {
         );
         let orig_dst =
             ORIG_DST_SOURCES.map(|source| orig_dst.get_or_create(&SourceLabels { source }).clone());
+        let listeners = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "proxy_accepted",
+            "Connections accepted by the proxy, by listener (main: clients that join the sk_msg socket map, or dialling the proxy itself; deferred: the others, accepted once their request has arrived)",
+            listeners.clone(),
+        );
+        let accepted = ["main", "deferred"].map(|listener| {
+            listeners
+                .get_or_create(&ListenerLabels { listener })
+                .clone()
+        });
         let engine = |name: &str| {
             engines
                 .get_or_create(&EngineLabels {
@@ -87,12 +105,18 @@ impl Default for Metrics {
             lean: engine("lean"),
             hyper: engine("hyper"),
             orig_dst,
+            accepted,
             cache: Mutex::new((0, HashMap::default())),
         }
     }
 }
 
 impl Metrics {
+    /// Counts an accepted connection.
+    pub fn accepted(&self, deferred: bool) {
+        self.accepted[usize::from(deferred)].inc();
+    }
+
     /// Counts an accepted connection's original-destination lookup.
     pub fn original_destination(&self, source: &'static str) {
         if let Some(i) = ORIG_DST_SOURCES.iter().position(|s| *s == source) {
