@@ -46,12 +46,14 @@ impl OrigDst {
         }
     }
 
-    /// The `source` label of `lb_proxy_original_destinations_total`.
-    pub fn source(self) -> &'static str {
+    /// The `source` labels of `lb_proxy_original_destinations_total`, by [`Self::index`].
+    pub const SOURCES: [&str; 3] = ["port_slot", "hash", "none"];
+
+    pub fn index(self) -> usize {
         match self {
-            Self::PortSlot(_) => "port_slot",
-            Self::Hash(_) => "hash",
-            Self::Missing => "none",
+            Self::PortSlot(_) => 0,
+            Self::Hash(_) => 1,
+            Self::Missing => 2,
         }
     }
 }

@@ -9,6 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
+use super::kernel::OrigDst;
 use crate::route::{Destination, RouteTable};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -33,10 +34,6 @@ pub struct ListenerLabels {
     pub listener: &'static str,
 }
 
-/// The `source` labels of `lb_proxy_original_destinations_total`
-/// (`kernel::OrigDst::source`).
-const ORIG_DST_SOURCES: [&str; 3] = ["port_slot", "hash", "none"];
-
 /// (dialled service, destination address in the table, response code).
 type CounterKey = (Option<SocketAddrV4>, usize, u16);
 
@@ -48,7 +45,7 @@ pub struct Metrics {
     pub lean: Counter,
     pub hyper: Counter,
     /// Accepted connections by where their original destination was found, in the
-    /// order of [`ORIG_DST_SOURCES`] (created up front: no label hashing per accept).
+    /// order of [`OrigDst::SOURCES`] (created up front: no label hashing per accept).
     orig_dst: [Counter; 3],
     /// Accepted connections: [main listener, deferred listener].
     accepted: [Counter; 2],
@@ -80,7 +77,7 @@ impl Default for Metrics {
             orig_dst.clone(),
         );
         let orig_dst =
-            ORIG_DST_SOURCES.map(|source| orig_dst.get_or_create(&SourceLabels { source }).clone());
+            OrigDst::SOURCES.map(|source| orig_dst.get_or_create(&SourceLabels { source }).clone());
         let listeners = Family::<ListenerLabels, Counter>::default();
         registry.register(
             "proxy_accepted",
@@ -118,10 +115,8 @@ impl Metrics {
     }
 
     /// Counts an accepted connection's original-destination lookup.
-    pub fn original_destination(&self, source: &'static str) {
-        if let Some(i) = ORIG_DST_SOURCES.iter().position(|s| *s == source) {
-            self.orig_dst[i].inc();
-        }
+    pub fn original_destination(&self, found: OrigDst) {
+        self.orig_dst[found.index()].inc();
     }
 
     /// Counts one request.

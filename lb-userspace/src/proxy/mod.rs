@@ -294,7 +294,7 @@ fn spawn_connection(
         .as_ref()
         .and_then(|k| Some(k.lock().ok()?.take_orig_dst(peer)))
         .and_then(|found| {
-            shared.metrics.original_destination(found.source());
+            shared.metrics.original_destination(found);
             found.addr()
         });
     let conn = forward::ConnInfo {
