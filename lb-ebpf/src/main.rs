@@ -170,7 +170,11 @@ fn try_connect4(ctx: &SockAddrContext) -> Verdict {
         // at once (its socket must exist before the client's first write, which is
         // redirected into it); the others go to the one that accepts a connection
         // once its request is there (TCP_DEFER_ACCEPT: no wait in epoll).
-        let join = shortcut(settings_flags::SK_MSG_CLIENT) && client_joins(dialled);
+        let habit = HabitKey {
+            service: dialled,
+            tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        };
+        let join = shortcut(settings_flags::SK_MSG_CLIENT) && client_joins(&habit);
         if let Some(proxy) = live_proxy(ctx, join) {
             sa.user_ip4 = proxy.user_ip4();
             sa.user_port = proxy.user_port();
@@ -292,15 +296,11 @@ fn is_own_socket() -> bool {
     }
 }
 
-/// Whether the calling process's new connection to `service` joins the socket map:
+/// Whether a client process's new connection to a service joins the socket map:
 /// unless its connections have been carrying one message each (`lb_common::habit`).
 #[inline(always)]
-fn client_joins(service: SockAddr4) -> bool {
-    let habit = HabitKey {
-        service,
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-    };
-    let Some(h) = LB_HABITS.get_ptr_mut(&habit) else {
+fn client_joins(habit: &HabitKey) -> bool {
+    let Some(h) = LB_HABITS.get_ptr_mut(habit) else {
         return true;
     };
     // SAFETY: a map value pointer, valid for the program's run; a lost update between
@@ -499,17 +499,9 @@ fn on_active_established(ctx: &SockOpsContext) {
         let joins = if origin.mode == mode::PROXY {
             origin.join != 0
         } else {
-            match LB_HABITS.get_ptr_mut(&habit) {
-                // SAFETY: a map value pointer, valid for the program's run; a lost
-                // update between CPUs only blurs a heuristic.
-                Some(h) => unsafe { &mut *h }.admits(now),
-                None => true,
-            }
+            client_joins(&habit)
         };
         if !joins {
-            if origin.mode != mode::PROXY {
-                bump(counters::SK_MSG_SKIPPED);
-            }
             return;
         }
         let joined = Sender {
