@@ -87,7 +87,15 @@ pub fn run(connections: u64) -> Result<(), DemoError> {
         "backends: v0 on 127.0.0.2:{port}, v1 on 127.0.0.3:{port}; service backend-service at {SERVICE}"
     );
     let mut applier = crate::run::start(&pins.0, &cgroup.path, None, crate::run::SkMsgHops::OFF)?;
-    if crate::run::reload(&mut applier, &work.0, None, &mut Default::default()).is_none() {
+    if crate::run::reload(
+        &mut applier,
+        &work.0,
+        None,
+        &mut Default::default(),
+        &Default::default(),
+    )
+    .is_none()
+    {
         return Err(DemoError::Config("see the error above".into()));
     }
     let summary = run_client(&cgroup.path, connections)?;

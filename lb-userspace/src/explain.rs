@@ -7,6 +7,7 @@ use http::HeaderMap;
 use serde::Serialize;
 
 use crate::model::Model;
+use crate::proxy::h1;
 use crate::route::{self, Action, Request};
 
 /// The request to explain.
@@ -58,15 +59,31 @@ pub struct ExplainedResponse {
 /// Explains how lb routes `q` under `model`.
 pub fn explain(model: &Model, q: &Query) -> Explanation {
     let table = &model.routes;
+    // The proxy's front end first: the same verdict on the request head.
+    let mut head: Vec<httparse::Header<'_>> = vec![httparse::Header {
+        name: "host",
+        value: q.host.as_bytes(),
+    }];
+    head.extend(q.headers.iter().map(|(n, v)| httparse::Header {
+        name: n.as_str(),
+        value: v.as_bytes(),
+    }));
+    let checked = match h1::request::checked(&q.method, &q.path, 1, &head, b"") {
+        Ok(c) => c,
+        Err(refusal) => return refused(q, refusal.status(), refusal.to_string()),
+    };
     let req = Request {
         method: &q.method,
         scheme: "http",
-        path_and_query: &q.path,
-        authority: &q.host,
+        path_and_query: checked.target.path_and_query(),
+        authority: checked.authority.unwrap_or(""),
         headers: &q.headers,
         dialled: q.to,
     };
-    let sel = table.select_explained(&req);
+    let sel = match table.select_explained(&req) {
+        Ok(sel) => sel,
+        Err(e) => return refused(q, 400, e.to_string()),
+    };
     let dialled_service =
         q.to.and_then(|to| model.services.iter().find(|s| s.frontend == to));
     let datapath = match (dialled_service, sel.vhost) {
@@ -168,6 +185,28 @@ pub fn explain(model: &Model, q: &Query) -> Explanation {
     out
 }
 
+/// The answer to a request lb's front end refuses before routing.
+fn refused(q: &Query, status: u16, why: String) -> Explanation {
+    Explanation {
+        virtual_service: None,
+        rule: None,
+        route_name: None,
+        datapath: "proxy",
+        action: "refused",
+        destinations: Vec::new(),
+        request: ExplainedRequest {
+            method: q.method.clone(),
+            path: q.path.clone(),
+            host: q.host.clone(),
+        },
+        response: Some(ExplainedResponse {
+            status,
+            headers: BTreeMap::new(),
+        }),
+        notes: vec![format!("refused by the proxy's front end: {why}")],
+    }
+}
+
 impl Explanation {
     /// A short human explanation.
     pub fn render(&self) -> String {
@@ -183,6 +222,7 @@ impl Explanation {
                     .map(|n| format!(" {n:?}"))
                     .unwrap_or_default()
             )),
+            (None, "refused") => s.push_str("=> refused before routing\n"),
             (None, _) => s.push_str("=> no rule matches: 404\n"),
         }
         let total: u32 = self.destinations.iter().map(|d| d.weight).sum();

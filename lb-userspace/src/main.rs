@@ -22,6 +22,21 @@ struct Cli {
     command: Cmd,
 }
 
+/// How the proxy reads requests (both engines).
+#[derive(clap::Args)]
+struct FrontArgs {
+    /// Header fields a request head may carry (more: 431).
+    #[arg(long, default_value_t = 100)]
+    max_request_headers: usize,
+    /// KiB a request head (request line and header fields) may take (more: 431).
+    #[arg(long, default_value_t = 64)]
+    max_request_headers_kb: usize,
+    /// Istio's pathNormalization: NONE, BASE, MERGE_SLASHES or
+    /// DECODE_AND_MERGE_SLASHES. The normalised path is matched and forwarded.
+    #[arg(long, default_value = "BASE")]
+    path_normalization: lb::route::path::Normalization,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the daemon: attach the datapath, apply the config directory, follow its changes.
@@ -64,6 +79,12 @@ enum Cmd {
         /// memory with many services, slower reloads).
         #[arg(long)]
         no_parse_cache: bool,
+        #[command(flatten)]
+        front: FrontArgs,
+        /// `lean` (default): the lean HTTP/1.1 path serves the plain requests, hyper
+        /// the rest; `hyper`: hyper serves every request (same answers, more CPU).
+        #[arg(long, default_value = "lean", value_parser = ["lean", "hyper"])]
+        http1_engine: String,
     },
     /// Explain how one request is routed, offline (the live proxy's routing code).
     Explain {
@@ -84,9 +105,20 @@ enum Cmd {
         to: Option<std::net::SocketAddrV4>,
         #[arg(long)]
         json: bool,
+        /// As `lb run --path-normalization`.
+        #[arg(long, default_value = "BASE")]
+        path_normalization: lb::route::path::Normalization,
     },
     /// Check a config directory; one line per problem; exit 1 on errors.
-    Validate { dir: PathBuf },
+    Validate {
+        dir: PathBuf,
+        /// The proxy address `lb run` will use: an endpoint there is an error (a loop).
+        #[arg(long, default_value = "127.0.0.1:15001")]
+        proxy_listen: SocketAddr,
+        /// The admin address `lb run` will use (likewise).
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin_listen: SocketAddr,
+    },
     /// Show what the pinned maps hold (works while the daemon is down).
     Status {
         #[arg(long, default_value = DEFAULT_BPFFS)]
@@ -200,7 +232,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_sk_msg,
             drain_seconds,
             no_parse_cache,
+            front,
+            http1_engine,
         } => {
+            anyhow::ensure!(
+                (1..=10_000).contains(&front.max_request_headers),
+                "--max-request-headers must be 1-10000, got {}",
+                front.max_request_headers
+            );
+            anyhow::ensure!(
+                (1..=1024).contains(&front.max_request_headers_kb),
+                "--max-request-headers-kb must be 1-1024, got {}",
+                front.max_request_headers_kb
+            );
             let cgroup = match cgroup {
                 Some(c) => c,
                 None => cgroup::cgroup2_root().context("finding the cgroup2 mount")?,
@@ -228,6 +272,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 admin: admin_listen,
                 access_log,
                 drain: Duration::from_secs(drain_seconds),
+                limits: lb::proxy::h1::Limits {
+                    headers: front.max_request_headers,
+                    head_bytes: front.max_request_headers_kb * 1024,
+                },
+                lean: http1_engine == "lean",
             };
             rt.block_on(lb::run::run(lb::run::RunOptions {
                 config,
@@ -241,10 +290,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     sk_msg
                 },
                 parse_cache: !no_parse_cache,
+                model: lb::model::Options {
+                    normalization: front.path_normalization,
+                    own: Default::default(),
+                },
             }))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Validate { dir } => validate(&dir),
+        Cmd::Validate {
+            dir,
+            proxy_listen,
+            admin_listen,
+        } => validate(&dir, &[proxy_listen, admin_listen]),
         Cmd::Explain {
             config,
             host,
@@ -253,8 +310,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             headers,
             to,
             json,
+            path_normalization,
         } => {
-            let validated = lb::model::load_dir(&config)?;
+            let opts = lb::model::Options {
+                normalization: path_normalization,
+                own: Default::default(),
+            };
+            let validated = lb::model::load_dir_with(&config, &mut Default::default(), &opts)?;
             let mut map = http::HeaderMap::new();
             for h in &headers {
                 let (k, v) = h
@@ -416,8 +478,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn validate(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
-    match lb::model::load_dir(dir) {
+fn validate(dir: &std::path::Path, listeners: &[SocketAddr]) -> anyhow::Result<ExitCode> {
+    let opts = lb::model::Options {
+        own: lb::run::own_listeners(listeners),
+        ..Default::default()
+    };
+    match lb::model::load_dir_with(dir, &mut Default::default(), &opts) {
         Ok(v) => {
             for w in &v.warnings {
                 println!("{w}");

@@ -47,6 +47,38 @@ pub struct RunOptions {
     pub sk_msg: SkMsgHops,
     /// Keep each file's parse between reloads (faster changes, more memory).
     pub parse_cache: bool,
+    /// Path normalisation and lb's own listeners (no endpoint may be one).
+    pub model: model::Options,
+}
+
+/// lb's own listeners as the model checks endpoints against them; a listener on every
+/// address covers each of the machine's IPv4 addresses.
+pub fn own_listeners(listeners: &[SocketAddr]) -> model::own::OwnListeners {
+    model::own::OwnListeners::new(listeners, local_ipv4())
+}
+
+/// The IPv4 addresses of this machine's interfaces (getifaddrs); empty if it fails.
+fn local_ipv4() -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we free below; each entry's
+    // address is read only when it is an AF_INET sockaddr.
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            return out;
+        }
+        let mut cur = list;
+        while !cur.is_null() {
+            let a = (*cur).ifa_addr;
+            if !a.is_null() && i32::from((*a).sa_family) == libc::AF_INET {
+                let sin = a.cast::<libc::sockaddr_in>();
+                out.push(Ipv4Addr::from(u32::from_be((*sin).sin_addr.s_addr)));
+            }
+            cur = (*cur).ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    out
 }
 
 /// Where the kernel sends proxy-path connects: the listener's address (loopback when
@@ -163,10 +195,11 @@ pub fn reload(
     dir: &Path,
     routes: Option<&watch::Sender<Arc<RouteTable>>>,
     cache: &mut model::Cache,
+    opts: &model::Options,
 ) -> Option<Garbage> {
     let started = std::time::Instant::now();
     let mut phases = Phases::default();
-    let result = build_plan(dir, cache, &mut phases).and_then(|plan| {
+    let result = build_plan(dir, cache, opts, &mut phases).and_then(|plan| {
         let previous = routes.map(|tx| tx.send_replace(plan.proxy.clone()));
         let t = std::time::Instant::now();
         let applied = applier.apply(&plan.kernel).map_err(|e| e.to_string());
@@ -222,10 +255,11 @@ fn ms(since: std::time::Instant) -> f64 {
 fn build_plan(
     dir: &Path,
     cache: &mut model::Cache,
+    opts: &model::Options,
     phases: &mut Phases,
 ) -> Result<compile::Plan, String> {
     let t = std::time::Instant::now();
-    let v = model::load_dir_cached(dir, cache).map_err(|e| e.to_string())?;
+    let v = model::load_dir_with(dir, cache, opts).map_err(|e| e.to_string())?;
     phases.load_ms = ms(t);
     for w in &v.warnings {
         tracing::warn!("{w}");
@@ -258,9 +292,16 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let (tx, rx) = watch::channel(Arc::new(RouteTable::default()));
     let mut watch = ConfigWatch::start(&opts.config)?;
     let mut cache = model::Cache::default();
+    // The listeners as bound (the deferred one's port is only known now).
+    let mut model_opts = opts.model.clone();
+    model_opts.own = own_listeners(&[
+        proxy.local_addr(),
+        proxy.deferred_addr(),
+        proxy.admin_addr(),
+    ]);
     let mut reload =
         |applier: &mut Applier, dir: &Path, tx: Option<&watch::Sender<Arc<RouteTable>>>| {
-            let garbage = reload(applier, dir, tx, &mut cache);
+            let garbage = reload(applier, dir, tx, &mut cache, &model_opts);
             if !opts.parse_cache {
                 // Nothing of the parse outlives the reload.
                 cache = model::Cache::default();
@@ -283,6 +324,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         metrics: Default::default(),
         log,
         kernel,
+        front: proxy::Front::new(opts.proxy.limits, opts.proxy.lean, listeners.main),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let drain = opts.proxy.drain;

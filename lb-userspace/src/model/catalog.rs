@@ -91,16 +91,20 @@ impl CatalogService {
         self.endpoints
             .iter()
             .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
-            .map(|e| {
-                let p = e
-                    .ports
-                    .get(&port.name)
-                    .copied()
-                    .or(port.target)
-                    .unwrap_or(port.number);
-                SocketAddrV4::new(e.address, p)
-            })
+            .map(|e| SocketAddrV4::new(e.address, e.port_for(port)))
             .collect()
+    }
+}
+
+impl Endpoint {
+    /// The port this endpoint serves service port `port` on: its own override by port
+    /// name, else the port's targetPort, else the port itself.
+    pub fn port_for(&self, port: &Port) -> u16 {
+        self.ports
+            .get(&port.name)
+            .copied()
+            .or(port.target)
+            .unwrap_or(port.number)
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod catalog;
 pub mod hosts;
 pub mod http;
+pub mod own;
 pub mod routes;
 pub mod subsets;
 mod table;
@@ -136,15 +137,29 @@ struct ServiceEntryMemo {
     diags: Vec<Diagnostic>,
 }
 
-/// Loads and validates the configuration directory.
-pub fn load_dir(dir: &Path) -> Result<Validated, ModelError> {
-    load_dir_cached(dir, &mut Cache::default())
+/// What the model needs besides the configuration: settings of the running lb that
+/// change what is valid or how requests are read.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Istio's `pathNormalization` (the route table applies it to every request).
+    pub normalization: crate::route::path::Normalization,
+    /// lb's own listeners: no endpoint may be one of them.
+    pub own: own::OwnListeners,
 }
 
-/// [`load_dir`] reusing what the previous load of `cache` can lend.
-pub fn load_dir_cached(dir: &Path, cache: &mut Cache) -> Result<Validated, ModelError> {
+/// Loads and validates the configuration directory (default options).
+pub fn load_dir(dir: &Path) -> Result<Validated, ModelError> {
+    load_dir_with(dir, &mut Cache::default(), &Options::default())
+}
+
+/// [`load_dir`] with `opts`, reusing what the previous load of `cache` can lend.
+pub fn load_dir_with(
+    dir: &Path,
+    cache: &mut Cache,
+    opts: &Options,
+) -> Result<Validated, ModelError> {
     let (loaded, mut diags) = cache.parse.load_dir(dir)?;
-    let model = build_with(&loaded, &mut cache.service_entries, &mut diags);
+    let model = build_with(&loaded, &mut cache.service_entries, &mut diags, opts);
     diagnostic::sort(&mut diags);
     if diags.iter().any(Diagnostic::is_error) {
         return Err(ModelError::Invalid { diagnostics: diags });
@@ -157,16 +172,18 @@ pub fn load_dir_cached(dir: &Path, cache: &mut Cache) -> Result<Validated, Model
 
 /// Builds the model from loaded resources, appending every problem to `diags`.
 pub fn build(loaded: &[Arc<Loaded>], diags: &mut Vec<Diagnostic>) -> Model {
-    build_with(loaded, &mut HashMap::default(), diags)
+    build_with(loaded, &mut HashMap::default(), diags, &Options::default())
 }
 
 fn build_with(
     loaded: &[Arc<Loaded>],
     memo: &mut HashMap<usize, ServiceEntryMemo>,
     diags: &mut Vec<Diagnostic>,
+    opts: &Options,
 ) -> Model {
     check_duplicates(loaded, diags);
     let catalog = build_catalog(loaded, memo, diags);
+    own::check(&catalog, &opts.own, diags);
     let subset_rules = build_subset_rules(loaded, &catalog, diags);
     let parsed = parse_virtual_services(loaded, &catalog, &subset_rules, diags);
     let bindings = bind_virtual_services(loaded, &parsed, &catalog, diags);
@@ -229,7 +246,8 @@ fn build_with(
         }
     }
     services.sort_by_key(|s| s.frontend);
-    let routes = table::build(parsed, &bindings, &services, &catalog, &subset_rules);
+    let mut routes = table::build(parsed, &bindings, &services, &catalog, &subset_rules);
+    routes.normalization = opts.normalization;
     Model { services, routes }
 }
 

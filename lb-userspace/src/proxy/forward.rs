@@ -16,8 +16,8 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::Shared;
 use super::access_log::Entry;
+use super::{Shared, h1};
 use crate::route::{self, Action};
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -29,27 +29,17 @@ pub struct ConnInfo {
     pub peer_ip: Option<HeaderValue>,
     /// The service address the client dialled (original-destination map).
     pub dialled: Option<SocketAddrV4>,
-    /// Set by the guard when a request head carried both Content-Length and
-    /// Transfer-Encoding.
-    pub smuggling: Arc<std::sync::atomic::AtomicBool>,
+    /// The front end's verdict on each request head, on hyper's HTTP/1 path (the
+    /// guard computes them from the bytes hyper reads); None on HTTP/2.
+    pub verdicts: Option<Arc<super::guard::Verdicts>>,
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded, or a client's
-/// `Connection: close` would close the pooled upstream connection.
-pub(super) const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
+/// Hop-by-hop headers are never forwarded (or a client's `Connection: close` would
+/// close the pooled upstream connection).
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Most messages carry none of them (keep-alive is HTTP/1.1's default): one pass
     // over the few headers present beats eight hashed removals.
-    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    if !h.keys().any(|k| h1::connection::is_hop_by_hop(k.as_str())) {
         return;
     }
     // Headers the Connection header names are hop-by-hop too.
@@ -60,7 +50,10 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
-    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+    for n in &named {
+        h.remove(n);
+    }
+    for n in h1::connection::HOP_BY_HOP {
         h.remove(n);
     }
 }
@@ -75,6 +68,24 @@ fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     r
 }
 
+/// lb's answer to a request its front end refuses (the lean path writes the same
+/// bytes, `Refusal::answer`); the connection closes after it.
+pub(super) fn refusal(r: h1::Refusal, outcome: &mut Outcome<'_>) -> Response<Body> {
+    outcome.flags = "DPE";
+    outcome.refusal = Some(r);
+    let mut resp = local(
+        StatusCode::from_u16(r.status()).unwrap_or(StatusCode::BAD_REQUEST),
+        r.body(),
+    );
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    if let Some(allow) = r.allow() {
+        h.insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 /// What the access log and metrics record about a request.
 pub(super) struct Outcome<'t> {
     pub status: u16,
@@ -82,6 +93,8 @@ pub(super) struct Outcome<'t> {
     pub upstream: Option<SocketAddr>,
     pub rule: Option<&'t route::Rule>,
     pub destination: Option<&'t route::Destination>,
+    /// Why the front end refused the request (`lb_proxy_refused_total`).
+    pub refusal: Option<h1::Refusal>,
 }
 
 impl Default for Outcome<'_> {
@@ -92,6 +105,7 @@ impl Default for Outcome<'_> {
             upstream: None,
             rule: None,
             destination: None,
+            refusal: None,
         }
     }
 }
@@ -122,6 +136,9 @@ pub(super) fn record(
 ) {
     let m = &shared.metrics;
     m.count(table, conn.dialled, outcome.destination, outcome.status);
+    if let Some(r) = outcome.refusal {
+        m.refused(r);
+    }
     match engine {
         Engine::Lean => m.lean.inc(),
         Engine::Hyper => m.hyper.inc(),
@@ -208,6 +225,7 @@ async fn route_request<'t>(
     let sent = shared.client.send(fwd.endpoint, fwd.up, upgrade).await;
     let resp = finish(
         sent,
+        conn,
         fwd.endpoint,
         fwd.rule,
         fwd.client_upgrade,
@@ -235,16 +253,19 @@ pub(super) struct Target<'t> {
 }
 
 /// Picks the rule, destination and endpoint for a request (both paths: hyper's and
-/// the lean one), or the proxy's own answer.
+/// the lean one), or the proxy's own answer. `host_as_sent`: the request's Host
+/// header is `r.authority` (it may then go upstream as it is).
 pub(super) fn decide<'t>(
     shared: &Shared,
     table: &'t route::RouteTable,
     conn: &ConnInfo,
     r: &route::Request<'_>,
-    has_host_header: bool,
+    host_as_sent: bool,
     outcome: &mut Outcome<'t>,
 ) -> Decision<'t> {
-    let sel = table.select(r);
+    let Ok(sel) = table.select(r) else {
+        return Decision::Answer(refusal(h1::Refusal::BadPath, outcome));
+    };
     if sel.by_dialled_service
         && let (Some(d), Some(k)) = (conn.dialled, &shared.kernel)
         && let Ok(mut k) = k.lock()
@@ -304,10 +325,17 @@ pub(super) fn decide<'t>(
         return Decision::Answer(local(StatusCode::BAD_GATEWAY, "not an endpoint\n"));
     }
     outcome.upstream = Some(endpoint);
-    let (path, authority) = sel.rewritten(r);
-    // Host reaches the backend unchanged unless an authority rewrite says otherwise
-    // (and an h2 request's :authority becomes the Host header).
-    let host = (!has_host_header || authority != r.authority).then_some(authority);
+    let (path, mut authority) = sel.rewritten(r);
+    // An HTTP/1.0 request without Host: the upstream (HTTP/1.1) gets the address the
+    // client dialled.
+    if authority.is_empty()
+        && let Some(d) = conn.dialled
+    {
+        authority = d.to_string();
+    }
+    // Host reaches the backend as sent unless an authority rewrite, an absolute-form
+    // target or an h2 request's :authority says otherwise.
+    let host = (!host_as_sent || authority != r.authority).then_some(authority);
     Decision::Upstream(Target {
         rule,
         endpoint,
@@ -325,24 +353,27 @@ fn prepare<'t>(
     mut req: Request<Incoming>,
     outcome: &mut Outcome<'t>,
 ) -> Routed<'t> {
-    // Request smuggling: hyper drops Content-Length when Transfer-Encoding is present,
-    // so only the byte-level guard (proxy/guard.rs) can tell; lb refuses the request.
-    if conn.smuggling.load(std::sync::atomic::Ordering::Relaxed) {
-        return Routed::Answer(local(
-            StatusCode::BAD_REQUEST,
-            "conflicting Content-Length and Transfer-Encoding\n",
-        ));
+    // The front end's verdict on this head (proxy/guard.rs), as the lean path has it.
+    if let Some(v) = &conn.verdicts
+        && let Err(r) = v.next()
+    {
+        return Routed::Answer(refusal(r, outcome));
     }
-    // Borrowed from the request: no allocation on the hot path.
-    let authority: &str = req
+    // Borrowed from the request: no allocation on the hot path. An absolute-form
+    // target's (or h2's) authority routes, and replaces Host (RFC 9112 §3.2.2).
+    let host_header = req
         .headers()
         .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .and_then(|h| h.to_str().ok());
+    let authority: &str = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or(host_header)
         .unwrap_or("");
     let path_and_query: &str = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let scheme = req.uri().scheme_str().unwrap_or("http");
-    let has_host_header = req.headers().contains_key(header::HOST);
+    let host_as_sent = host_header == Some(authority);
     let r = route::Request {
         method: req.method().as_str(),
         scheme,
@@ -351,7 +382,7 @@ fn prepare<'t>(
         headers: req.headers(),
         dialled: conn.dialled,
     };
-    let target = match decide(shared, table, conn, &r, has_host_header, outcome) {
+    let target = match decide(shared, table, conn, &r, host_as_sent, outcome) {
         Decision::Upstream(t) => t,
         Decision::Answer(resp) => return Routed::Answer(resp),
     };
@@ -371,6 +402,8 @@ fn prepare<'t>(
     }
     append_forwarded_for(&mut headers, conn);
     target.rule.request_headers.apply(&mut headers);
+    // After the rule's edits: no rule removes the loop marker.
+    headers.append(header::VIA, shared.front.via_header.clone());
     if let Some(u) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, u);
@@ -397,13 +430,19 @@ fn prepare<'t>(
 /// the rule's header edits.
 fn finish<'t>(
     sent: Result<Response<Incoming>, super::pool::UpstreamError>,
+    conn: &ConnInfo,
     endpoint: SocketAddr,
     rule: &'t route::Rule,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     outcome: &mut Outcome<'t>,
 ) -> Response<Body> {
+    let upgrading = client_upgrade.is_some();
     let mut resp = match sent {
         Ok(r) => r,
+        // The request's own chunked body broke on the way: the client's fault.
+        Err(_) if conn.verdicts.as_ref().is_some_and(|v| v.body_broke()) => {
+            return refusal(h1::Refusal::BadChunk, outcome);
+        }
         Err(e) => {
             tracing::debug!("upstream {endpoint}: {e}");
             outcome.flags = "UF";
@@ -426,6 +465,13 @@ fn finish<'t>(
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     rule.response_headers.apply(&mut parts.headers);
+    // A declined upgrade: the guard stopped following the stream at its head (a
+    // tunnel might have followed), so the connection ends here.
+    if upgrading {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if parts.status.is_informational() {
         parts.status = StatusCode::BAD_GATEWAY;
     }

@@ -1,77 +1,189 @@
-//! Request-smuggling guard. hyper resolves a request carrying both Content-Length and
-//! Transfer-Encoding by dropping Content-Length (RFC 9112 allows it), so the handler
-//! can no longer tell. lb refuses such requests instead: this wrapper watches the bytes
-//! the client sends and poisons the connection when a request head carries both; the
-//! handler then answers 400 and the request reaches no backend.
+//! hyper's path obeys the same verdict as the lean path. hyper's server parses request
+//! heads with its own rules (it drops Content-Length when Transfer-Encoding is present,
+//! accepts repeated Content-Lengths, two Hosts, ...), so this wrapper follows the bytes
+//! hyper reads, finds every request head in them exactly where hyper will (the body of
+//! each framed as [`h1::check`] says, chunked ones followed by the same strict scanner),
+//! and queues one verdict per head. The handler takes the verdict of each request hyper
+//! hands it, in order, and answers a refusal itself (forward.rs): no refused request
+//! reaches a backend, and the two engines refuse the same requests.
 //!
-//! Only hyper's path needs it (the lean path hands any request with
-//! Transfer-Encoding to hyper), so it wraps a connection when hyper takes it over.
-//! Cost there: one SIMD substring search per read; the head is only parsed when a
-//! Transfer-Encoding header is present (rare in requests).
+//! The guard never changes a byte: it only reads them. After a refused head, a body it
+//! cannot follow, or an `Upgrade` request (a tunnel may follow; lb closes the
+//! connection when the upgrade is declined), it stops: a request hyper would hand over
+//! after that finds no verdict and is refused.
+//!
+//! Only hyper's HTTP/1 connections carry it (HTTP/2 frames its own messages).
 
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Bytes of the previous read kept, so a header split across two reads is still seen.
-const CARRY: usize = 512;
+use super::h1::{self, ChunkScanner, Refusal};
+
+/// Verdicts of the request heads read so far, oldest first, shared with the handler.
+#[derive(Debug, Default)]
+pub struct Verdicts {
+    queue: Mutex<VecDeque<Result<(), Refusal>>>,
+    /// Set when a chunked body broke: its request's failure is the client's (400),
+    /// not the upstream's (502).
+    broken_body: std::sync::atomic::AtomicBool,
+}
+
+impl Verdicts {
+    /// The verdict on the next request hyper hands over; none queued (the guard had
+    /// stopped following the stream) is a refusal.
+    pub fn next(&self) -> Result<(), Refusal> {
+        self.queue
+            .lock()
+            .ok()
+            .and_then(|mut q| q.pop_front())
+            .unwrap_or(Err(Refusal::Malformed))
+    }
+
+    pub fn body_broke(&self) -> bool {
+        self.broken_body.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn push(&self, v: Result<(), Refusal>) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.push_back(v);
+        }
+    }
+}
+
+/// Where in the stream the guard is.
+enum State {
+    /// Before or inside a request head (its bytes so far are in `head`).
+    Head,
+    /// Inside a body of so many more bytes.
+    Length(u64),
+    Chunked(ChunkScanner),
+    /// Not following any more.
+    Stopped,
+}
+
+/// Follows an HTTP/1 request stream and queues a verdict per head.
+pub struct Follower {
+    state: State,
+    head: Vec<u8>,
+    limits: h1::Limits,
+    via: Arc<[u8]>,
+    pub verdicts: Arc<Verdicts>,
+}
+
+impl Follower {
+    pub fn new(limits: h1::Limits, via: Arc<[u8]>) -> Self {
+        Follower {
+            state: State::Head,
+            head: Vec::new(),
+            limits,
+            via,
+            verdicts: Arc::default(),
+        }
+    }
+
+    /// Takes in the next bytes of the stream.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            match &mut self.state {
+                State::Stopped => return,
+                State::Length(left) => {
+                    let k = bytes
+                        .len()
+                        .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= k as u64;
+                    bytes = &bytes[k..];
+                    if *left == 0 {
+                        self.state = State::Head;
+                    }
+                }
+                State::Chunked(scan) => match scan.feed(bytes) {
+                    Ok(k) => {
+                        bytes = &bytes[k..];
+                        if scan.done() {
+                            self.state = State::Head;
+                        }
+                    }
+                    Err(_) => {
+                        self.verdicts
+                            .broken_body
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        self.state = State::Stopped;
+                    }
+                },
+                State::Head => {
+                    self.head.extend_from_slice(bytes);
+                    // A head can only be complete (or over its bound) at a newline:
+                    // a head dripped byte by byte is parsed once per line, not per byte.
+                    let line_ended = memchr::memchr(b'\n', bytes).is_some();
+                    bytes = &[];
+                    if !line_ended && self.head.len() < self.limits.head_bytes {
+                        return;
+                    }
+                    let rest = self.parse_head();
+                    if let Some(rest) = rest {
+                        // The bytes after the head go through the body states.
+                        let head = std::mem::take(&mut self.head);
+                        self.feed(&head[rest..]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parses the head gathered so far; Some(its length) once it is complete and the
+    /// state is set for what follows.
+    fn parse_head(&mut self) -> Option<usize> {
+        let mut storage = vec![httparse::EMPTY_HEADER; self.limits.headers];
+        let (len, body, upgrade) =
+            match h1::check(&self.head, &mut storage, &self.limits, &self.via) {
+                Ok(None) => return None,
+                Ok(Some(h)) => (h.len, h.checked.body, h.checked.upgrade),
+                Err(r) => {
+                    self.verdicts.push(Err(r));
+                    self.state = State::Stopped;
+                    return None;
+                }
+            };
+        self.verdicts.push(Ok(()));
+        self.state = match body {
+            _ if upgrade => State::Stopped,
+            h1::Body::None | h1::Body::Length(0) => State::Head,
+            h1::Body::Length(n) => State::Length(n),
+            h1::Body::Chunked => State::Chunked(ChunkScanner::default()),
+        };
+        Some(len)
+    }
+}
 
 pub struct Guarded<T> {
     inner: T,
-    /// Lower-cased tail of the previous read, then the current read.
-    scratch: Vec<u8>,
-    /// Bytes already read (and inspected) that the next reads hand out first.
+    /// Bytes already read that the next reads hand out first (already followed).
     unread: bytes::Bytes,
-    pub poisoned: Arc<AtomicBool>,
+    follower: Option<Follower>,
 }
 
 impl<T> Guarded<T> {
-    pub fn new(inner: T) -> Self {
+    /// `follower`: None for a stream that is not HTTP/1 (h2c).
+    pub fn new(inner: T, follower: Option<Follower>) -> Self {
         Self {
             inner,
-            scratch: Vec::new(),
             unread: bytes::Bytes::new(),
-            poisoned: Arc::new(AtomicBool::new(false)),
+            follower,
         }
     }
 
     /// Hands `bytes`, read before the guard was put on (the first bytes, and what the
-    /// lean path left), out before anything new — inspected here like any read.
+    /// lean path left), out before anything new — followed here like any read.
     pub fn unread(&mut self, bytes: bytes::Bytes) {
-        self.inspect(&bytes);
+        if let Some(f) = &mut self.follower {
+            f.feed(&bytes);
+        }
         self.unread = bytes;
     }
-
-    fn inspect(&mut self, new: &[u8]) {
-        let keep = self.scratch.len().min(CARRY);
-        self.scratch.drain(..self.scratch.len() - keep);
-        self.scratch.extend(new.iter().map(u8::to_ascii_lowercase));
-        // Built once: constructing a searcher per read showed in the profile.
-        static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"transfer-encoding"));
-        if FINDER.find(&self.scratch).is_some() && has_conflicting_head(&self.scratch) {
-            self.poisoned.store(true, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Whether any request head (the lines before a blank line) in `bytes` (lower case)
-/// has both a Content-Length and a Transfer-Encoding header.
-pub fn has_conflicting_head(bytes: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(bytes);
-    text.split("\r\n\r\n").any(|block| {
-        let mut cl = false;
-        let mut te = false;
-        for line in block.split("\r\n") {
-            let line = line.trim_start();
-            cl |= line.starts_with("content-length:");
-            te |= line.starts_with("transfer-encoding:");
-        }
-        cl && te
-    })
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
@@ -87,12 +199,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            let new = &buf.filled()[before..];
-            if !new.is_empty() {
-                self.inspect(new);
-            }
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(f)) = (&r, &mut this.follower) {
+            f.feed(&buf.filled()[before..]);
         }
         r
     }
@@ -132,12 +242,44 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
 mod tests {
     use super::*;
 
+    fn verdicts_of(chunks: &[&[u8]]) -> (Vec<Result<(), Refusal>>, bool) {
+        let mut f = Follower::new(h1::Limits::default(), Arc::from(&b"lb-t"[..]));
+        for c in chunks {
+            f.feed(c);
+        }
+        let v = f.verdicts.clone();
+        let mut out = Vec::new();
+        while let Ok(mut q) = v.queue.lock() {
+            match q.pop_front() {
+                Some(x) => out.push(x),
+                None => break,
+            }
+        }
+        (out, v.body_broke())
+    }
+
     #[test]
-    fn finds_both_headers_in_one_head_only() {
-        assert!(has_conflicting_head(
-            b"post / http/1.1\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"
-        ));
-        assert!(!has_conflicting_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nPOST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n"));
-        assert!(!has_conflicting_head(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"));
+    fn one_verdict_per_head_across_bodies_and_reads() {
+        let stream: &[u8] = b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nGET /\
+              POST /b HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nGET\r\n0\r\n\r\n\
+              GET /c HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n\
+              GET /d HTTP/1.1\r\nHost: a\r\n\r\n";
+        let want = vec![Ok(()), Ok(()), Err(Refusal::DuplicateHost)];
+        assert_eq!(verdicts_of(&[stream]), (want.clone(), false), "whole");
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(verdicts_of(&bytes), (want, false), "byte by byte");
+    }
+
+    #[test]
+    fn a_broken_chunk_or_an_upgrade_stops_it() {
+        let (v, broke) = verdicts_of(&[
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        ]);
+        assert_eq!((v, broke), (vec![Ok(())], true));
+        let (v, _) = verdicts_of(&[
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nGET /x HTTP/1.1\r\n\r\n",
+        ]);
+        assert_eq!(v, vec![Ok(())], "tunnel bytes are not parsed");
     }
 }

@@ -26,14 +26,13 @@ use tokio::sync::watch;
 
 use self::answer::{BodyEnd, parse_answer, with_date};
 use self::head::{Parsed, Send, parse_request};
-use super::forward::{self, ConnInfo, Logged};
+use super::forward::{self, ConnInfo, Logged, Outcome};
+use super::h1::Refusal;
 use super::pool::{Pool, Upstream, UpstreamError};
-use super::{HEADER_READ_TIMEOUT, MAX_HEADER_BYTES, Shared, read_into};
+use super::{HEADER_READ_TIMEOUT, Shared, read_into};
 
-/// Headers parsed per message (httparse needs a bound; hyper's default): a request
-/// with more goes to hyper; an answer with more is refused (502), as hyper's client
-/// does.
-const MAX_HEADERS: usize = 100;
+/// Largest answer head accepted from an upstream (502 past it, as hyper's client).
+const MAX_ANSWER_HEAD: usize = 64 * 1024;
 
 /// hyper's path answers an upstream failure the same way.
 const BAD_GATEWAY: &[u8] = b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 23\r\nconnection: close\r\n\r\nupstream connect error\n";
@@ -80,19 +79,31 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             match parse_request(buf, shared, &table, conn) {
                 Parsed::Ready(r) => break r,
                 Parsed::Hyper => return Next::Hyper,
-                // hyper answers 431.
-                Parsed::Partial if buf.len() >= MAX_HEADER_BYTES => return Next::Hyper,
+                Parsed::Refused(r, log) => {
+                    refuse(client, shared, &table, conn, r, log).await;
+                    return Next::Closed;
+                }
                 Parsed::Partial => {}
             }
-            if buf.is_empty() && *stopping.borrow() {
-                return Next::Closed;
-            }
-            let read = tokio::select! {
-                r = tokio::time::timeout(HEADER_READ_TIMEOUT, read_into(client, buf)) => r,
-                _ = stopping.changed(), if buf.is_empty() => return Next::Closed,
-            };
-            if !matches!(read, Ok(Ok(n)) if n > 0) {
-                return Next::Closed;
+            // Read until a line ends: a head can only be complete at a newline, so
+            // one dripped byte by byte is parsed once per line, not per byte.
+            loop {
+                if buf.is_empty() && *stopping.borrow() {
+                    return Next::Closed;
+                }
+                let read = tokio::select! {
+                    r = tokio::time::timeout(HEADER_READ_TIMEOUT, read_into(client, buf)) => r,
+                    _ = stopping.changed(), if buf.is_empty() => return Next::Closed,
+                };
+                let n = match read {
+                    Ok(Ok(n)) if n > 0 => n,
+                    _ => return Next::Closed,
+                };
+                if memchr::memchr(b'\n', &buf[buf.len() - n..]).is_some()
+                    || buf.len() >= shared.front.limits.head_bytes
+                {
+                    break;
+                }
             }
         };
         let start = shared.log.as_ref().map(|_| Instant::now());
@@ -140,6 +151,42 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             return Next::Closed;
         }
     }
+}
+
+/// Answers a request the front end refuses (the bytes hyper's path sends too) and
+/// records it.
+async fn refuse<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    shared: &Shared,
+    table: &std::sync::Arc<crate::route::RouteTable>,
+    conn: &ConnInfo,
+    r: Refusal,
+    log: Option<(String, String)>,
+) {
+    let _ = client.write_all(&with_date(|d| r.answer(d))).await;
+    let mut outcome = Outcome {
+        status: r.status(),
+        ..Outcome::default()
+    };
+    outcome.flags = "DPE";
+    outcome.refusal = Some(r);
+    let (method, path) = log
+        .as_ref()
+        .map_or(("-", "-"), |(m, p)| (m.as_str(), p.as_str()));
+    let logged = Logged {
+        method,
+        path,
+        version: Version::HTTP_11,
+        start: None,
+    };
+    forward::record(
+        shared,
+        table,
+        conn,
+        &logged,
+        &outcome,
+        forward::Engine::Lean,
+    );
 }
 
 /// Sends one request and relays its answer. Ok(whether the client connection may
@@ -282,7 +329,7 @@ async fn request<S: AsyncRead + Unpin>(
             // them too.
             Ok(Some(a)) if a.interim => up.buf.advance(a.len),
             Ok(Some(a)) => return Ok(a),
-            Ok(None) if up.buf.len() >= MAX_HEADER_BYTES => {
+            Ok(None) if up.buf.len() >= MAX_ANSWER_HEAD => {
                 return Err(LeanError::Answer(ep, "head too large"));
             }
             Ok(None) => {

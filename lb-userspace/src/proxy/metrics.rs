@@ -34,6 +34,11 @@ pub struct ListenerLabels {
     pub listener: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub reason: String,
+}
+
 /// (dialled service, destination address in the table, response code).
 type CounterKey = (Option<SocketAddrV4>, usize, u16);
 
@@ -49,6 +54,8 @@ pub struct Metrics {
     orig_dst: [Counter; 3],
     /// Accepted connections: [main listener, deferred listener].
     accepted: [Counter; 2],
+    /// Requests the front end refused, by reason (rare: labels built per refusal).
+    refused: Family<RefusalLabels, Counter>,
     /// Counters by (routing table, dialled service, destination, code), so a request
     /// bumps an atomic instead of building and hashing label strings. Keys use the
     /// addresses of the table's entries; the cache is emptied when the table changes.
@@ -89,6 +96,12 @@ impl Default for Metrics {
                 .get_or_create(&ListenerLabels { listener })
                 .clone()
         });
+        let refused = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "proxy_refused",
+            "Requests lb refused before routing (malformed or ambiguous framing, Host, target, limits, loops), by reason; none reached a backend",
+            refused.clone(),
+        );
         let engine = |name: &str| {
             engines
                 .get_or_create(&EngineLabels {
@@ -103,6 +116,7 @@ impl Default for Metrics {
             hyper: engine("hyper"),
             orig_dst,
             accepted,
+            refused,
             cache: Mutex::new((0, HashMap::default())),
         }
     }
@@ -117,6 +131,15 @@ impl Metrics {
     /// Counts an accepted connection's original-destination lookup.
     pub fn original_destination(&self, found: OrigDst) {
         self.orig_dst[found.index()].inc();
+    }
+
+    /// Counts a request the front end refused.
+    pub fn refused(&self, r: crate::proxy::h1::Refusal) {
+        self.refused
+            .get_or_create(&RefusalLabels {
+                reason: format!("{r:?}"),
+            })
+            .inc();
     }
 
     /// Counts one request.

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod client_io;
 pub mod forward;
 pub mod guard;
+pub mod h1;
 pub mod kernel;
 pub mod lean;
 pub mod metrics;
@@ -29,9 +30,6 @@ use tokio::sync::watch;
 
 use crate::route::RouteTable;
 
-/// Largest request head accepted (request line + headers); larger gets 431.
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-
 /// The proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -51,6 +49,11 @@ pub struct ProxyOptions {
     pub access_log: Option<access_log::Target>,
     /// Bound on finishing in-flight requests at SIGTERM.
     pub drain: Duration,
+    /// Bounds on request heads (both engines).
+    pub limits: h1::Limits,
+    /// Whether the lean path serves the HTTP/1.1 requests it can (`--http1-engine
+    /// lean`, the default); off, hyper serves every request.
+    pub lean: bool,
 }
 
 /// State every connection shares.
@@ -60,6 +63,56 @@ pub struct Shared {
     pub metrics: metrics::Metrics,
     pub log: Option<access_log::AccessLog>,
     pub kernel: Option<Mutex<kernel::KernelMaps>>,
+    pub front: Front,
+}
+
+impl Shared {
+    /// State for a proxy without kernel maps or access log (tests, benchmarks).
+    pub fn new(table: watch::Receiver<Arc<RouteTable>>, front: Front) -> Self {
+        Shared {
+            table,
+            client: Default::default(),
+            metrics: Default::default(),
+            log: None,
+            kernel: None,
+            front,
+        }
+    }
+}
+
+/// How the proxy reads requests: the same for both engines.
+pub struct Front {
+    pub limits: h1::Limits,
+    /// lb's own Via marker (`lb-` and 8 hex digits of this host and listener): added
+    /// to every request lb forwards; a request that arrives carrying it has looped.
+    pub via: Arc<[u8]>,
+    /// `1.1 <via>`, the Via value lb appends.
+    pub via_header: http::HeaderValue,
+    pub lean: bool,
+}
+
+impl Front {
+    /// The front end of a proxy listening on `listen`.
+    pub fn new(limits: h1::Limits, lean: bool, listen: SocketAddr) -> Self {
+        let mut host = [0u8; 256];
+        // SAFETY: a buffer of the length passed; gethostname NUL-terminates or fails.
+        let named = unsafe { libc::gethostname(host.as_mut_ptr().cast(), host.len()) } == 0;
+        let host = if named { &host[..] } else { &[][..] };
+        let host = &host[..host.iter().position(|b| *b == 0).unwrap_or(host.len())];
+        // FNV-1a: stable across runs and versions (unlike std's hasher), so another
+        // hop's logs name the same lb.
+        let mut h: u32 = 0x811c_9dc5;
+        for b in host.iter().chain(listen.to_string().as_bytes()) {
+            h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+        }
+        let via = format!("lb-{h:08x}");
+        Front {
+            limits,
+            via_header: http::HeaderValue::from_str(&format!("1.1 {via}")).expect("visible ASCII"),
+            via: Arc::from(via.as_bytes()),
+            lean,
+        }
+    }
 }
 
 /// A bound, not yet serving proxy: binding first lets the daemon point the kernel at
@@ -181,12 +234,16 @@ impl Proxy {
         // request is in flight to notice a hang-up (HAProxy's default, no
         // `abortonclose`), so a one-request connection is read exactly once and never
         // needs the reactor (client_io.rs).
-        h1.max_buf_size(MAX_HEADER_BYTES)
+        let limits = shared.front.limits;
+        // hyper's read buffer bounds the head it accepts (431 past it), and may not be
+        // smaller than 8 KiB.
+        h1.max_buf_size(limits.head_bytes.max(8192))
+            .max_headers(limits.headers)
             .half_close(true)
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.max_header_list_size(MAX_HEADER_BYTES as u32)
+        h2.max_header_list_size(u32::try_from(limits.head_bytes).unwrap_or(u32::MAX))
             .timer(TokioTimer::new());
         let builders = Arc::new((h1, h2));
         // Every connection holds a receiver; draining is over when none is left.
@@ -301,7 +358,7 @@ fn spawn_connection(
         peer,
         peer_ip: http::HeaderValue::from_str(&peer.ip().to_string()).ok(),
         dialled,
-        smuggling: Default::default(),
+        verdicts: None,
     };
     tokio::spawn(serve_connection(
         stream,
@@ -362,16 +419,20 @@ async fn serve_connection(
         }
     };
     // HTTP/1: the lean path serves what it can; hyper the rest of the connection.
-    if !h2 {
+    if !h2 && shared.front.lean {
         match lean::serve(&mut stream, &mut first, &shared, &conn, &mut stopping).await {
             lean::Next::Closed => return,
             lean::Next::Hyper => {}
         }
     }
-    // hyper's path: every byte from here on passes the smuggling guard, and so do
-    // the ones already read.
-    let mut stream = guard::Guarded::new(stream);
-    conn.smuggling = stream.poisoned.clone();
+    // hyper's HTTP/1 path: the guard follows every byte from here on, and the ones
+    // already read, with the lean path's verdict on each request head.
+    let follower = (!h2).then(|| {
+        let f = guard::Follower::new(shared.front.limits, shared.front.via.clone());
+        conn.verdicts = Some(f.verdicts.clone());
+        f
+    });
+    let mut stream = guard::Guarded::new(stream, follower);
     stream.unread(first.freeze());
     let conn = Arc::new(conn);
     let svc =

@@ -37,6 +37,8 @@ pub struct RouteTable {
     pub services: HashMap<SocketAddrV4, String>,
     /// Every endpoint of every service: the proxy never forwards elsewhere.
     pub endpoints: HashSet<SocketAddr>,
+    /// How request paths are normalised before matching and forwarding.
+    pub normalization: path::Normalization,
 }
 
 #[derive(Debug)]
@@ -218,20 +220,27 @@ impl RouteTable {
     }
 
     /// Finds the VirtualService and rule for a request (the proxy's hot path: no
-    /// account of skipped rules).
-    pub fn select<'t>(&'t self, req: &Request<'_>) -> Selection<'t> {
+    /// account of skipped rules); Err: the path does not normalise (400).
+    pub fn select<'t>(&'t self, req: &Request<'_>) -> Result<Selection<'t>, path::BadPath> {
         self.select_with(req, false)
     }
 
     /// [`select`](Self::select), saying in `skipped` why each earlier rule did not
     /// match (`lb explain`).
-    pub fn select_explained<'t>(&'t self, req: &Request<'_>) -> Selection<'t> {
+    pub fn select_explained<'t>(
+        &'t self,
+        req: &Request<'_>,
+    ) -> Result<Selection<'t>, path::BadPath> {
         self.select_with(req, true)
     }
 
-    fn select_with<'t>(&'t self, req: &Request<'_>, explain: bool) -> Selection<'t> {
+    fn select_with<'t>(
+        &'t self,
+        req: &Request<'_>,
+        explain: bool,
+    ) -> Result<Selection<'t>, path::BadPath> {
         let (raw_path, query) = path::split_query(req.path_and_query);
-        let path = path::normalize(raw_path);
+        let path = path::normalize(raw_path, self.normalization)?;
         let (vhost, by_dialled) = match self.vhost_by_host(req.authority) {
             Some(i) => (Some(&self.vhosts[i]), false),
             None => (
@@ -249,7 +258,7 @@ impl RouteTable {
             query: query.to_string(),
             skipped: Vec::new(),
         };
-        let Some(vh) = vhost else { return sel };
+        let Some(vh) = vhost else { return Ok(sel) };
         let view = RequestView {
             method: req.method,
             scheme: req.scheme,
@@ -262,7 +271,7 @@ impl RouteTable {
         for (i, rule) in vh.rules.iter().enumerate() {
             if rule.matches.is_empty() {
                 sel.rule = Some((i, rule));
-                return sel;
+                return Ok(sel);
             }
             // Reasons are put into words only for `lb explain` (not on the proxy's path).
             let mut reasons = Vec::new();
@@ -270,7 +279,7 @@ impl RouteTable {
                 match m.mismatch(&view) {
                     None => {
                         sel.rule = Some((i, rule));
-                        return sel;
+                        return Ok(sel);
                     }
                     Some(why) if explain => reasons.push(why.to_string()),
                     Some(_) => {}
@@ -288,7 +297,7 @@ impl RouteTable {
                 reasons.join("; ")
             ));
         }
-        sel
+        Ok(sel)
     }
 }
 
@@ -298,8 +307,10 @@ impl Selection<'_> {
     pub fn rewritten(&self, req: &Request<'_>) -> (String, String) {
         let mut path = self.path.clone();
         let mut authority = req.authority.to_string();
+        // `OPTIONS *` has no path to rewrite.
         if let Some((_, rule)) = self.rule
             && let Action::Route { rewrite, .. } = &rule.action
+            && path != "*"
         {
             if let Some(uri) = &rewrite.uri {
                 let matched = self

@@ -259,11 +259,11 @@ pub fn rebuild_main(args: &[String]) -> anyhow::Result<()> {
     );
     let n: usize = args.get(1).map_or(Ok(30), |v| v.parse())?;
     let mut cache = lb::model::Cache::default();
-    lb::model::load_dir_cached(&dir, &mut cache)?;
+    lb::model::load_dir_with(&dir, &mut cache, &Default::default())?;
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        let v = lb::model::load_dir_cached(&dir, &mut cache)?;
+        let v = lb::model::load_dir_with(&dir, &mut cache, &Default::default())?;
         let plan = lb::compile::plan(v.model)?;
         drop(plan);
         times.push(t.elapsed().as_secs_f64() * 1000.0);

@@ -3,9 +3,14 @@
 
 use std::io::Write as _;
 
-use super::MAX_HEADERS;
-use super::head::{digits, edited_lines, edits, is_hop_by_hop, line, named_by_connection, tokens};
+use super::head::{edited_lines, edits, line};
+use crate::proxy::h1::ChunkScanner;
+use crate::proxy::h1::connection::{is_hop_by_hop, named_by_connection, tokens};
+use crate::proxy::h1::request::digits;
 use crate::route::HeaderOps;
+
+/// Header fields parsed per answer (hyper's client's bound): more is a 502.
+const MAX_HEADERS: usize = 100;
 
 /// How an answer's body ends (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -192,7 +197,7 @@ impl BodyEnd {
                 *left -= k as u64;
                 Ok(k)
             }
-            BodyEnd::Chunked(scan) => scan.feed(bytes),
+            BodyEnd::Chunked(scan) => scan.feed(bytes).map_err(|_| "bad chunked framing"),
         }
     }
 
@@ -201,92 +206,5 @@ impl BodyEnd {
             BodyEnd::Length(left) => *left == 0,
             BodyEnd::Chunked(scan) => scan.done(),
         }
-    }
-}
-
-/// Finds where a chunked body ends in the bytes relayed (RFC 9112 §7.1); the bytes
-/// themselves go through unchanged.
-#[derive(Debug, Default)]
-pub(super) struct ChunkScanner {
-    state: Chunk,
-    size: u64,
-    digits: u8,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
-enum Chunk {
-    #[default]
-    Size,
-    /// Chunk extensions (or whitespace) up to the CR.
-    Ext,
-    SizeLf,
-    Data(u64),
-    DataCr,
-    DataLf,
-    /// After the last chunk: a trailer line, or the final CRLF.
-    Trailer,
-    TrailerLine,
-    FinalLf,
-    Done,
-}
-
-impl ChunkScanner {
-    /// How many of `bytes` belong to the body (all of them until its end).
-    pub(super) fn feed(&mut self, bytes: &[u8]) -> Result<usize, &'static str> {
-        let mut i = 0;
-        while i < bytes.len() && self.state != Chunk::Done {
-            if let Chunk::Data(left) = self.state {
-                let k = (bytes.len() - i).min(usize::try_from(left).unwrap_or(usize::MAX));
-                i += k;
-                let left = left - k as u64;
-                self.state = if left == 0 {
-                    Chunk::DataCr
-                } else {
-                    Chunk::Data(left)
-                };
-                continue;
-            }
-            let b = bytes[i];
-            i += 1;
-            self.state = match (self.state, b) {
-                (Chunk::Size, _) if b.is_ascii_hexdigit() => {
-                    if self.digits == 15 {
-                        return Err("chunk size too large");
-                    }
-                    self.digits += 1;
-                    let v = (b as char).to_digit(16).unwrap_or(0);
-                    self.size = self.size * 16 + u64::from(v);
-                    Chunk::Size
-                }
-                (Chunk::Size, b';' | b' ' | b'\t') if self.digits > 0 => Chunk::Ext,
-                (Chunk::Size, b'\r') if self.digits > 0 => Chunk::SizeLf,
-                (Chunk::Size, _) => return Err("bad chunk size"),
-                (Chunk::Ext, b'\r') => Chunk::SizeLf,
-                (Chunk::Ext, _) => Chunk::Ext,
-                (Chunk::SizeLf, b'\n') => {
-                    let size = std::mem::take(&mut self.size);
-                    self.digits = 0;
-                    if size == 0 {
-                        Chunk::Trailer
-                    } else {
-                        Chunk::Data(size)
-                    }
-                }
-                (Chunk::DataCr, b'\r') => Chunk::DataLf,
-                (Chunk::DataLf, b'\n') => Chunk::Size,
-                (Chunk::Trailer, b'\r') => Chunk::FinalLf,
-                // A bare LF ends a line too (RFC 9112 §2.2 lets a recipient accept it).
-                (Chunk::Trailer, b'\n') => Chunk::Done,
-                (Chunk::TrailerLine, b'\n') => Chunk::Trailer,
-                (Chunk::Trailer | Chunk::TrailerLine, _) => Chunk::TrailerLine,
-                (Chunk::FinalLf, b'\n') => Chunk::Done,
-                _ => return Err("bad chunked framing"),
-            };
-        }
-        Ok(i)
-    }
-
-    pub(super) fn done(&self) -> bool {
-        self.state == Chunk::Done
     }
 }

@@ -1,13 +1,14 @@
-//! The request side of the lean path: a head parsed, checked and routed, and the head
-//! the upstream gets.
+//! The request side of the lean path: a head checked by the front end (proxy/h1),
+//! routed, and the head the upstream gets.
 
 use std::net::SocketAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::MAX_HEADERS;
 use crate::proxy::Shared;
-use crate::proxy::forward::{self, ConnInfo, Decision, HOP_BY_HOP, Outcome};
+use crate::proxy::forward::{self, ConnInfo, Decision, Outcome};
+use crate::proxy::h1::connection::{is_hop_by_hop, named_by_connection};
+use crate::proxy::h1::{self, Body, Checked, Refusal};
 use crate::route;
 
 /// A request head read and routed: what to send where.
@@ -47,7 +48,13 @@ pub(super) enum Parsed<'t> {
     Partial,
     /// Not for the lean path: hyper serves the connection from here.
     Hyper,
+    /// The front end refuses it (lb answers, the connection closes).
+    Refused(Refusal, Option<(String, String)>),
 }
+
+/// Header fields parsed on the stack; a configured limit above it parses into a
+/// vector (one allocation per request).
+const STACK_HEADERS: usize = 100;
 
 pub(super) fn parse_request<'t>(
     buf: &[u8],
@@ -55,27 +62,33 @@ pub(super) fn parse_request<'t>(
     table: &'t route::RouteTable,
     conn: &ConnInfo,
 ) -> Parsed<'t> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Hyper,
+    let front = &shared.front;
+    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+    let mut heap = Vec::new();
+    let storage = if front.limits.headers <= STACK_HEADERS {
+        &mut stack[..front.limits.headers]
+    } else {
+        heap.resize(front.limits.headers, httparse::EMPTY_HEADER);
+        &mut heap[..]
     };
-    let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else {
-        return Parsed::Hyper;
+    let head = match h1::check(buf, storage, &front.limits, &front.via) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Parsed::Partial,
+        Err(r) => return Parsed::Refused(r, None),
     };
-    // Absolute-form and CONNECT's authority-form are hyper's.
-    if method == "CONNECT" || !path.starts_with('/') {
+    let c = &head.checked;
+    let log = shared
+        .log
+        .as_ref()
+        .map(|_| (c.method.to_string(), c.target.path_and_query().to_string()));
+    // hyper's: HTTP/1.0, chunked bodies, upgrades, 100-continue.
+    if c.version != 1 || c.body == Body::Chunked || c.upgrade || c.expect_continue {
         return Parsed::Hyper;
     }
-    let Some(facts) = Facts::of(req.headers) else {
-        return Parsed::Hyper;
-    };
     // Header matchers need a header map; most tables have none.
     let mut map = HeaderMap::new();
     if table.matches_headers {
-        for h in req.headers.iter() {
+        for h in head.headers {
             let (Ok(n), Ok(v)) = (
                 HeaderName::from_bytes(h.name.as_bytes()),
                 HeaderValue::from_bytes(h.value),
@@ -85,11 +98,12 @@ pub(super) fn parse_request<'t>(
             map.append(n, v);
         }
     }
+    let authority = c.authority.unwrap_or("");
     let r = route::Request {
-        method,
+        method: c.method,
         scheme: "http",
-        path_and_query: path,
-        authority: facts.host.unwrap_or(""),
+        path_and_query: c.target.path_and_query(),
+        authority,
         headers: &map,
         dialled: conn.dialled,
     };
@@ -97,41 +111,51 @@ pub(super) fn parse_request<'t>(
     // Only a forward whose path and Host go on the wire as they are, and whose header
     // edits leave the framing alone (hyper's path answers the rest: local answers, a
     // rewrite that made a bad path, edits of Content-Length or Transfer-Encoding).
-    let target = match forward::decide(shared, table, conn, &r, facts.host.is_some(), &mut outcome)
-    {
+    let host_as_sent = c.host == Some(authority);
+    let target = match forward::decide(shared, table, conn, &r, host_as_sent, &mut outcome) {
         Decision::Upstream(t)
             if !touches_framing(&t.rule.request_headers)
                 && !touches_framing(&t.rule.response_headers)
-                && t.path.starts_with('/')
+                && (t.path.starts_with('/') || t.path == "*")
                 && plain(&t.path)
                 && t.host.as_deref().is_none_or(plain) =>
         {
             t
         }
+        _ if outcome.refusal.is_some() => {
+            return Parsed::Refused(outcome.refusal.unwrap_or(Refusal::Malformed), log);
+        }
         _ => return Parsed::Hyper,
     };
     let peer_ip = conn.peer_ip.as_ref().map(HeaderValue::as_bytes);
-    let head = upstream_head(method, &target, req.headers, &facts, peer_ip);
+    let up = upstream_head(
+        &target,
+        head.headers,
+        c,
+        peer_ip,
+        front.via_header.as_bytes(),
+    );
+    let body_len = match c.body {
+        Body::Length(n) => n,
+        _ => 0,
+    };
     Parsed::Ready(Ready {
-        head_len,
+        head_len: head.len,
         send: Send {
             endpoint: target.endpoint,
-            head,
-            body_len: facts.content_length,
-            head_method: method == "HEAD",
+            head: up,
+            body_len,
+            head_method: c.method == "HEAD",
             answer_edits: &target.rule.response_headers,
-            replayable: facts.content_length == 0
+            replayable: body_len == 0
                 && matches!(
-                    method,
+                    c.method,
                     "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
                 ),
-            close: facts.close,
+            close: c.close,
         },
         outcome,
-        log: shared
-            .log
-            .as_ref()
-            .map(|_| (method.to_string(), path.to_string())),
+        log,
     })
 }
 
@@ -166,103 +190,22 @@ fn plain(s: &str) -> bool {
     s.bytes().all(|b| (0x21..0x7f).contains(&b))
 }
 
-/// What the lean path needs to know of a request's headers.
-#[derive(Debug, Default, PartialEq)]
-pub(super) struct Facts<'h> {
-    pub(super) host: Option<&'h str>,
-    pub(super) content_length: u64,
-    /// `Connection: close`.
-    pub(super) close: bool,
-    /// Connection names headers other than the standard options: those are
-    /// hop-by-hop too.
-    pub(super) names_headers: bool,
-    /// The first X-Forwarded-For, if it is visible ASCII (hyper's path: `to_str`).
-    pub(super) forwarded_for: Option<&'h [u8]>,
-}
-
-impl<'h> Facts<'h> {
-    /// None: the request is hyper's (framing or semantics the lean path leaves alone,
-    /// or a head hyper would refuse: two Hosts, a bad or repeated Content-Length).
-    pub(super) fn of(headers: &[httparse::Header<'h>]) -> Option<Self> {
-        let mut f = Facts::default();
-        let mut length = None;
-        for h in headers {
-            let n = h.name;
-            if n.eq_ignore_ascii_case("host") {
-                if f.host.is_some() {
-                    return None;
-                }
-                f.host = Some(std::str::from_utf8(h.value).ok()?);
-            } else if n.eq_ignore_ascii_case("content-length") {
-                if length.is_some() {
-                    return None;
-                }
-                length = Some(digits(h.value)?);
-            } else if ["transfer-encoding", "expect", "upgrade"]
-                .iter()
-                .any(|x| n.eq_ignore_ascii_case(x))
-            {
-                return None;
-            } else if n.eq_ignore_ascii_case("connection") {
-                for t in tokens(h.value) {
-                    if t.eq_ignore_ascii_case(b"close") {
-                        f.close = true;
-                    } else if !t.eq_ignore_ascii_case(b"keep-alive") {
-                        f.names_headers = true;
-                    }
-                }
-            } else if n.eq_ignore_ascii_case("x-forwarded-for") && f.forwarded_for.is_none() {
-                f.forwarded_for = Some(h.value)
-                    .filter(|v| v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)));
-            }
-        }
-        f.content_length = length.unwrap_or(0);
-        Some(f)
-    }
-}
-
-pub(super) fn digits(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
-}
-
-/// The comma-separated tokens of a Connection header.
-pub(super) fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
-    v.split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-}
-
-pub(super) fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h.as_str()))
-}
-
-/// Whether a Connection header of `headers` names `name` (RFC 9110 §7.6.1).
-pub(super) fn named_by_connection(headers: &[httparse::Header<'_>], name: &str) -> bool {
-    headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .flat_map(|h| tokens(h.value))
-        .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
-}
-
 /// The request head the upstream gets: the rewritten path, hop-by-hop headers
-/// dropped, Host set when the rule rewrites it, X-Forwarded-For extended, the rule's
-/// header edits applied.
+/// dropped, Host set when the rule rewrites it (or the target was absolute-form),
+/// X-Forwarded-For extended, the rule's header edits applied, lb's Via marker last.
+/// The framing is lb's own: the client's Content-Length and Transfer-Encoding lines
+/// never go through; a `content-length` written from the front end's verdict does, so
+/// the upstream frames exactly the bytes lb forwards.
 pub(super) fn upstream_head(
-    method: &str,
     target: &forward::Target<'_>,
     headers: &[httparse::Header<'_>],
-    facts: &Facts<'_>,
+    c: &Checked<'_>,
     peer_ip: Option<&[u8]>,
+    via: &[u8],
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     for part in [
-        method.as_bytes(),
+        c.method.as_bytes(),
         b" ",
         target.path.as_bytes(),
         b" HTTP/1.1\r\n",
@@ -279,19 +222,24 @@ pub(super) fn upstream_head(
     for h in headers {
         let n = h.name;
         let drop = is_hop_by_hop(n)
+            || n.eq_ignore_ascii_case("content-length")
             || n.eq_ignore_ascii_case("x-forwarded-for")
             || (target.host.is_some() && n.eq_ignore_ascii_case("host"))
-            || (facts.names_headers && named_by_connection(headers, n))
+            || (c.connection.names_headers && named_by_connection(headers, n))
             || edits(ops, n);
         if !drop {
             line(&mut out, n, h.value);
         }
     }
+    if let Body::Length(n) = c.body {
+        let mut digits = itoa::Buffer::new();
+        line(&mut out, "content-length", digits.format(n).as_bytes());
+    }
     if let Some(ip) = peer_ip
         && !edits(ops, "x-forwarded-for")
     {
         out.extend_from_slice(b"x-forwarded-for: ");
-        if let Some(prev) = facts.forwarded_for {
+        if let Some(prev) = c.forwarded_for {
             out.extend_from_slice(prev);
             out.extend_from_slice(b", ");
         }
@@ -299,6 +247,7 @@ pub(super) fn upstream_head(
         out.extend_from_slice(b"\r\n");
     }
     edited_lines(&mut out, ops);
+    line(&mut out, "via", via);
     out.extend_from_slice(b"\r\n");
     out
 }

@@ -1,5 +1,5 @@
-use super::answer::{ChunkScanner, Framing};
-use super::head::{Facts, upstream_head};
+use super::answer::Framing;
+use super::head::upstream_head;
 use super::parse_answer;
 use crate::proxy::forward::Target;
 use crate::route::{Action, HeaderOps, Rule};
@@ -27,80 +27,6 @@ fn edits(
     }
 }
 
-fn headers_of<'b>(
-    text: &'b [u8],
-    storage: &'b mut [httparse::Header<'b>],
-) -> &'b [httparse::Header<'b>] {
-    let mut req = httparse::Request::new(storage);
-    assert!(req.parse(text).expect("parses").is_complete());
-    req.headers
-}
-
-#[test]
-fn chunk_scanner_finds_the_end_whole_or_byte_by_byte() {
-    let body = b"4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
-    let end = body.len() - 4;
-    let mut whole = ChunkScanner::default();
-    assert_eq!(whole.feed(body), Ok(end));
-    assert!(whole.done());
-    let mut bytewise = ChunkScanner::default();
-    let mut taken = 0;
-    for b in body.chunks(1) {
-        taken += bytewise.feed(b).expect("valid");
-    }
-    assert_eq!(taken, end, "stops at the end, not at the bytes after it");
-    assert!(bytewise.done());
-    let mut unfinished = ChunkScanner::default();
-    assert_eq!(unfinished.feed(b"a\r\n0123"), Ok(7));
-    assert!(!unfinished.done());
-    for bad in [&b"x\r\n"[..], b"\r\n", b"4\r\nWikiX", b"0\r\n\rX"] {
-        assert!(ChunkScanner::default().feed(bad).is_err(), "{bad:?}");
-    }
-    assert!(
-        ChunkScanner::default()
-            .feed(b"10000000000000000\r\n")
-            .is_err(),
-        "a size past 60 bits is refused"
-    );
-}
-
-#[test]
-fn requests_the_lean_path_leaves_to_hyper() {
-    for (text, why) in [
-        (
-            &b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
-            "chunked body",
-        ),
-        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "two Hosts"),
-        (
-            b"PUT / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n",
-            "bad length",
-        ),
-        (
-            b"PUT / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
-            "repeated length",
-        ),
-        (b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n", "expect"),
-        (b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", "upgrade"),
-    ] {
-        let mut storage = [httparse::EMPTY_HEADER; 8];
-        assert_eq!(Facts::of(headers_of(text, &mut storage)), None, "{why}");
-    }
-    let text = b"POST / HTTP/1.1\r\nhost: svc\r\nConnection: close, X-Secret\r\nContent-Length: 12\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\n\r\n";
-    let mut storage = [httparse::EMPTY_HEADER; 8];
-    let f = Facts::of(headers_of(text, &mut storage)).expect("lean");
-    assert_eq!(
-        f,
-        Facts {
-            host: Some("svc"),
-            content_length: 12,
-            close: true,
-            names_headers: true,
-            forwarded_for: Some(b"10.0.0.1"),
-        }
-    );
-}
-
 fn rule() -> Rule {
     Rule {
         name: None,
@@ -120,11 +46,20 @@ fn upstream_head_drops_hop_by_hop_and_sets_host_and_forwarded_for() {
     let rule = rule();
     assert_eq!(
         head_for(text, &rule, "/test?q=1", None, Some(b"127.0.0.9")),
-        "GET /test?q=1 HTTP/1.1\r\nHost: svc:80\r\nAccept: */*\r\nx-forwarded-for: 10.0.0.1, 127.0.0.9\r\n\r\n"
+        "GET /test?q=1 HTTP/1.1\r\nHost: svc:80\r\nAccept: */*\r\nx-forwarded-for: 10.0.0.1, 127.0.0.9\r\nvia: 1.1 lb-t\r\n\r\n"
     );
     assert_eq!(
         head_for(text, &rule, "/test?q=1", Some("rewritten"), None),
-        "GET /test?q=1 HTTP/1.1\r\nhost: rewritten\r\nAccept: */*\r\n\r\n"
+        "GET /test?q=1 HTTP/1.1\r\nhost: rewritten\r\nAccept: */*\r\nvia: 1.1 lb-t\r\n\r\n"
+    );
+}
+
+#[test]
+fn the_upstream_frames_a_body_by_lbs_own_content_length() {
+    let text = b"POST /a HTTP/1.1\r\nContent-Length: 012\r\nHost: svc\r\nX-Secret: s\r\nConnection: X-Secret\r\n\r\n";
+    assert_eq!(
+        head_for(text, &rule(), "/a", None, None),
+        "POST /a HTTP/1.1\r\nHost: svc\r\ncontent-length: 12\r\nvia: 1.1 lb-t\r\n\r\n"
     );
 }
 
@@ -137,15 +72,17 @@ fn head_for(
     peer_ip: Option<&[u8]>,
 ) -> String {
     let mut storage = [httparse::EMPTY_HEADER; 8];
-    let headers = headers_of(text, &mut storage);
-    let facts = Facts::of(headers).expect("lean");
+    let head = crate::proxy::h1::check(text, &mut storage, &Default::default(), b"")
+        .expect("valid")
+        .expect("complete");
     let target = Target {
         rule,
         endpoint: "127.0.0.1:1".parse().expect("addr"),
         path: path.into(),
         host: host.map(Into::into),
     };
-    String::from_utf8_lossy(&upstream_head("GET", &target, headers, &facts, peer_ip)).into_owned()
+    let up = upstream_head(&target, head.headers, &head.checked, peer_ip, b"1.1 lb-t");
+    String::from_utf8_lossy(&up).into_owned()
 }
 
 #[test]
@@ -160,7 +97,7 @@ fn the_rules_edits_come_last_on_both_heads() {
     );
     assert_eq!(
         head_for(text, &rule, "/", None, Some(b"127.0.0.9")),
-        "GET / HTTP/1.1\r\nX-Added: mine\r\nx-set: s\r\nx-forwarded-for: fixed\r\nx-added: a\r\n\r\n"
+        "GET / HTTP/1.1\r\nX-Added: mine\r\nx-set: s\r\nx-forwarded-for: fixed\r\nx-added: a\r\nvia: 1.1 lb-t\r\n\r\n"
     );
     let ops = edits(&[("x-resp", "1")], &[], &["x-backend", "date"]);
     let a = parse_answer(
@@ -436,18 +373,13 @@ async fn a_keep_alive_connection_routes_each_request_by_the_table_of_its_time() 
     let (a, _) = upstream(vec![(vec![ok_a, ok_a], false)]).await;
     let (b, _) = upstream(vec![(vec![ok_b], false)]).await;
     let (tx, rx) = tokio::sync::watch::channel(table_to(a));
-    let shared = crate::proxy::Shared {
-        table: rx,
-        client: Default::default(),
-        metrics: Default::default(),
-        log: None,
-        kernel: None,
-    };
+    let front = crate::proxy::Front::new(Default::default(), true, a);
+    let shared = crate::proxy::Shared::new(rx, front);
     let conn = crate::proxy::forward::ConnInfo {
         peer: "127.0.0.1:5".parse().expect("addr"),
         peer_ip: None,
         dialled: None,
-        smuggling: Default::default(),
+        verdicts: None,
     };
     let (_stop_tx, mut stopping) = tokio::sync::watch::channel(false);
     let (proxy_side, mut client) = tokio::io::duplex(1 << 16);
