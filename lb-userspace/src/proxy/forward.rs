@@ -71,8 +71,7 @@ fn local(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 /// lb's answer to a request its front end refuses (the lean path writes the same
 /// bytes, `Refusal::answer`); the connection closes after it.
 pub(super) fn refusal(r: h1::Refusal, outcome: &mut Outcome<'_>) -> Response<Body> {
-    outcome.flags = "DPE";
-    outcome.refusal = Some(r);
+    outcome.refuse(r);
     let mut resp = local(
         StatusCode::from_u16(r.status()).unwrap_or(StatusCode::BAD_REQUEST),
         r.body(),
@@ -95,6 +94,15 @@ pub(super) struct Outcome<'t> {
     pub destination: Option<&'t route::Destination>,
     /// Why the front end refused the request (`lb_proxy_refused_total`).
     pub refusal: Option<h1::Refusal>,
+}
+
+impl Outcome<'_> {
+    /// Records a refusal by the front end (Envoy's flag: downstream protocol error).
+    pub(super) fn refuse(&mut self, r: h1::Refusal) {
+        self.status = r.status();
+        self.flags = "DPE";
+        self.refusal = Some(r);
+    }
 }
 
 impl Default for Outcome<'_> {
@@ -439,12 +447,12 @@ fn finish<'t>(
     let upgrading = client_upgrade.is_some();
     let mut resp = match sent {
         Ok(r) => r,
-        // The request's own chunked body broke on the way: the client's fault.
-        Err(_) if conn.verdicts.as_ref().is_some_and(|v| v.body_broke()) => {
-            return refusal(h1::Refusal::BadChunk, outcome);
-        }
         Err(e) => {
             tracing::debug!("upstream {endpoint}: {e}");
+            // The request's own body broke on the way: the client's fault.
+            if let Some(why) = conn.verdicts.as_ref().and_then(|v| v.body_broke()) {
+                return refusal(why, outcome);
+            }
             outcome.flags = "UF";
             return local(StatusCode::BAD_GATEWAY, "upstream connect error\n");
         }

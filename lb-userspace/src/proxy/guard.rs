@@ -27,9 +27,9 @@ use super::h1::{self, ChunkScanner, Refusal};
 #[derive(Debug, Default)]
 pub struct Verdicts {
     queue: Mutex<VecDeque<Result<(), Refusal>>>,
-    /// Set when a chunked body broke: its request's failure is the client's (400),
-    /// not the upstream's (502).
-    broken_body: std::sync::atomic::AtomicBool,
+    /// Why a request body broke (a bad chunk, or the client ending mid-body): that
+    /// request's failure is the client's (400), not the upstream's (502).
+    broken_body: Mutex<Option<Refusal>>,
 }
 
 impl Verdicts {
@@ -43,8 +43,15 @@ impl Verdicts {
             .unwrap_or(Err(Refusal::Malformed))
     }
 
-    pub fn body_broke(&self) -> bool {
-        self.broken_body.load(std::sync::atomic::Ordering::Relaxed)
+    /// Why the body of the request in flight broke, if it did.
+    pub fn body_broke(&self) -> Option<Refusal> {
+        self.broken_body.lock().ok().and_then(|b| *b)
+    }
+
+    fn break_body(&self, why: Refusal) {
+        if let Ok(mut b) = self.broken_body.lock() {
+            b.get_or_insert(why);
+        }
     }
 
     fn push(&self, v: Result<(), Refusal>) {
@@ -108,9 +115,7 @@ impl Follower {
                         }
                     }
                     Err(_) => {
-                        self.verdicts
-                            .broken_body
-                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        self.verdicts.break_body(Refusal::BadChunk);
                         self.state = State::Stopped;
                     }
                 },
@@ -132,6 +137,14 @@ impl Follower {
                 }
             }
         }
+    }
+
+    /// The stream ended: inside a body, that body is cut short.
+    fn end(&mut self) {
+        if matches!(self.state, State::Length(_) | State::Chunked(_)) {
+            self.verdicts.break_body(Refusal::Incomplete);
+        }
+        self.state = State::Stopped;
     }
 
     /// Parses the head gathered so far; Some(its length) once it is complete and the
@@ -202,7 +215,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
         let this = &mut *self;
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let (Poll::Ready(Ok(())), Some(f)) = (&r, &mut this.follower) {
-            f.feed(&buf.filled()[before..]);
+            let new = &buf.filled()[before..];
+            if new.is_empty() && buf.remaining() > 0 {
+                f.end();
+            } else {
+                f.feed(new);
+            }
         }
         r
     }
@@ -242,7 +260,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
 mod tests {
     use super::*;
 
-    fn verdicts_of(chunks: &[&[u8]]) -> (Vec<Result<(), Refusal>>, bool) {
+    fn verdicts_of(chunks: &[&[u8]]) -> (Vec<Result<(), Refusal>>, Option<Refusal>) {
         let mut f = Follower::new(h1::Limits::default(), Arc::from(&b"lb-t"[..]));
         for c in chunks {
             f.feed(c);
@@ -265,9 +283,9 @@ mod tests {
               GET /c HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n\
               GET /d HTTP/1.1\r\nHost: a\r\n\r\n";
         let want = vec![Ok(()), Ok(()), Err(Refusal::DuplicateHost)];
-        assert_eq!(verdicts_of(&[stream]), (want.clone(), false), "whole");
+        assert_eq!(verdicts_of(&[stream]), (want.clone(), None), "whole");
         let bytes: Vec<&[u8]> = stream.chunks(1).collect();
-        assert_eq!(verdicts_of(&bytes), (want, false), "byte by byte");
+        assert_eq!(verdicts_of(&bytes), (want, None), "byte by byte");
     }
 
     #[test]
@@ -276,7 +294,7 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
         ]);
-        assert_eq!((v, broke), (vec![Ok(())], true));
+        assert_eq!((v, broke), (vec![Ok(())], Some(Refusal::BadChunk)));
         let (v, _) = verdicts_of(&[
             b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nGET /x HTTP/1.1\r\n\r\n",
         ]);

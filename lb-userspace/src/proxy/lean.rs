@@ -115,6 +115,15 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 outcome.status = status;
                 keep && !req.send.close
             }
+            // Nothing answered yet and the client failed: it ended (or broke) before
+            // the body its Content-Length announced. Its fault, not the upstream's.
+            Err(LeanError::Client(e)) if status == 0 => {
+                tracing::debug!("lean path: client: {e}");
+                let r = Refusal::Incomplete;
+                let _ = client.write_all(&with_date(|d| r.answer(d))).await;
+                outcome.refuse(r);
+                false
+            }
             Err(e) => {
                 tracing::debug!("lean path: {e}");
                 if status == 0 {
@@ -164,12 +173,8 @@ async fn refuse<S: AsyncWrite + Unpin>(
     log: Option<(String, String)>,
 ) {
     let _ = client.write_all(&with_date(|d| r.answer(d))).await;
-    let mut outcome = Outcome {
-        status: r.status(),
-        ..Outcome::default()
-    };
-    outcome.flags = "DPE";
-    outcome.refusal = Some(r);
+    let mut outcome = Outcome::default();
+    outcome.refuse(r);
     let (method, path) = log
         .as_ref()
         .map_or(("-", "-"), |(m, p)| (m.as_str(), p.as_str()));

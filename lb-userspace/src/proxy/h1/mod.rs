@@ -104,6 +104,9 @@ pub enum Refusal {
     /// LF, a missing CRLF, ...).
     #[error("malformed chunked body")]
     BadChunk,
+    /// The client ended the connection before the body its framing announced.
+    #[error("request body cut short")]
+    Incomplete,
     /// The request carries lb's own `Via` marker: it went round to this proxy again.
     #[error("request loops through this proxy")]
     Loop,
