@@ -58,4 +58,9 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
   LLVM_PREFIX=/usr/lib/llvm-22 cargo "+$TOOLCHAIN" install bpf-linker --version "$BPF_LINKER_VERSION" \
     --locked --no-default-features --features llvm-22,llvm-link-static
 fi
+CARGO_FUZZ_VERSION=0.13.2
+if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+  log "cargo-fuzz $CARGO_FUZZ_VERSION: installing (the two-client fuzz target's smoke run)"
+  cargo "+$TOOLCHAIN" install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
+fi
 log "ready: $(rustc "+$TOOLCHAIN" --version), $(bpf-linker --version), $(bpftool version | head -1)"

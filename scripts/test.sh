@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
 # The README's second command (and what CI runs): installs what is missing, builds once
-# (release), then runs every test: pure, validation and kernel tests (root, serial),
-# the demo, and a smoke run of the benchmark harness (a second per row) so it cannot rot.
+# (release), then runs every test: pure, validation, smuggling and kernel tests (root,
+# serial), a fuzz smoke run, the demo, and a smoke run of the benchmark harness (a
+# second per row) so it cannot rot.
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cargo fmt --all -- --check
 cargo build --release
 cargo clippy --release --all-targets -- -D warnings
 # Kernel tests share kernel state: --test-threads=1 (they also lock a mutex).
 cargo test --release -- --test-threads=1
+# The two-client fuzz target (tests/smuggling's shape), a bounded smoke run from the
+# checked-in seeds; new inputs go to a scratch corpus, a crash fails the run.
+fuzz_corpus="$(mktemp -d)"
+trap 'rm -rf "$fuzz_corpus" "$fuzz_corpus.log"' EXIT
+if ! cargo fuzz run --sanitizer none two_clients "$fuzz_corpus" fuzz/seeds -- \
+    -max_total_time=30 -max_len=4096 -timeout=20 >"$fuzz_corpus.log" 2>&1; then
+  cat "$fuzz_corpus.log"
+  exit 1
+fi
+echo "fuzz smoke: $(grep -E '^Done [0-9]+ runs' "$fuzz_corpus.log")"
 ./target/release/lb demo --connections 500
 cargo xtask bench --smoke --out target/bench-smoke/results.json
 echo "bench smoke: $(grep -c '' target/bench-smoke/results.md) lines in target/bench-smoke/results.md"

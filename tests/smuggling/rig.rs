@@ -325,3 +325,103 @@ async fn serve_backend(
         });
     }
 }
+
+/// The path a backend that decodes unreserved escapes and backslashes acts on (what
+/// Istio's BASE normalisation promises to match): an independent decoder, not lb's.
+fn as_a_backend_reads(path: &str) -> String {
+    let path = path.split('?').next().unwrap_or("");
+    let mut decoded = Vec::new();
+    let b = path.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) if v.is_ascii_alphanumeric() || b"-._~".contains(&v) => {
+                decoded.push(v);
+                i += 3;
+            }
+            (b'\\', _) => {
+                decoded.push(b'/');
+                i += 1;
+            }
+            (c, _) => {
+                decoded.push(c);
+                i += 1;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&decoded).into_owned();
+    let mut out: Vec<&str> = Vec::new();
+    for seg in text.split('/') {
+        match seg {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    format!("/{}", out.join("/").trim_start_matches('/'))
+}
+
+/// What one engine did with one case.
+#[derive(Debug, PartialEq)]
+pub struct Verdict {
+    pub answers: Answers,
+    /// (method, path, body) of each request the backend parsed.
+    pub reached: Vec<(String, String, Vec<u8>)>,
+}
+
+/// Runs `bytes` then an innocent request (number `n`) through `rig`; pushes what
+/// broke to `failures`: lb not ending the connection, the backend parsing a request lb
+/// did not relay or bytes it cannot parse, a path around the `/admin` rule, the
+/// innocent request changed.
+pub fn run_case(
+    rig: &Rig,
+    engine: &str,
+    name: &str,
+    bytes: &[u8],
+    n: u64,
+    failures: &mut Vec<String>,
+) -> Verdict {
+    let errors_before = rig.parse_errors();
+    let (answers, seen) = rig.attack(bytes);
+    let relayed = answers.statuses.iter().filter(|s| **s == 200).count();
+    let mut fail = |what: String| failures.push(format!("{engine} / {name}: {what}"));
+    if answers.timed_out {
+        fail(format!(
+            "lb did not end the connection in time ({:?})",
+            answers.statuses
+        ));
+    }
+    if seen.len() != relayed {
+        fail(format!(
+            "the backend parsed {} request(s), lb relayed {relayed} answer(s) {:?}: {seen:?}",
+            seen.len(),
+            answers.statuses
+        ));
+    }
+    for s in &seen {
+        if as_a_backend_reads(&s.path).starts_with("/admin") {
+            fail(format!(
+                "{} reached the backend around the /admin rule",
+                s.path
+            ));
+        }
+    }
+    if let Err(e) = rig.innocent(n) {
+        fail(e);
+    }
+    if rig.parse_errors() != errors_before {
+        fail("the backend got bytes it could not parse".into());
+    }
+    Verdict {
+        answers,
+        reached: seen
+            .into_iter()
+            .map(|s: Seen| (s.method, s.path, s.body))
+            .collect(),
+    }
+}
