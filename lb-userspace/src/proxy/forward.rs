@@ -333,14 +333,7 @@ pub(super) fn decide<'t>(
         return Decision::Answer(local(StatusCode::BAD_GATEWAY, "not an endpoint\n"));
     }
     outcome.upstream = Some(endpoint);
-    let (path, mut authority) = sel.rewritten(r);
-    // An HTTP/1.0 request without Host: the upstream (HTTP/1.1) gets the address the
-    // client dialled.
-    if authority.is_empty()
-        && let Some(d) = conn.dialled
-    {
-        authority = d.to_string();
-    }
+    let (path, authority) = sel.rewritten(r);
     // Host reaches the backend as sent unless an authority rewrite, an absolute-form
     // target or an h2 request's :authority says otherwise.
     let host = (!host_as_sent || authority != r.authority).then_some(authority);

@@ -324,6 +324,13 @@ impl Selection<'_> {
                 authority = a.clone();
             }
         }
+        // A request without a Host value (HTTP/1.0 without Host, or an empty Host):
+        // the upstream (HTTP/1.1) gets the address the client dialled.
+        if authority.is_empty()
+            && let Some(d) = req.dialled
+        {
+            authority = d.to_string();
+        }
         (format!("{path}{}", self.query), authority)
     }
 
