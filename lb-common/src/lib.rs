@@ -6,11 +6,8 @@
 //! readable as a dotted quad); ports are host order (bpftool prints the real port).
 #![no_std]
 
-/// Bumped whenever a map layout below changes; part of the pin path
-/// (`<bpffs>/v<LAYOUT_VERSION>/...`) so an upgrade never reads an old layout as new.
-pub const LAYOUT_VERSION: u32 = 2;
-
-/// Names of the pinned maps (also the names of the statics in lb-ebpf).
+/// Names of the pinned maps (also the names of the statics in lb-ebpf; the
+/// `elf_contract` test of lb-userspace checks the built object against [`layout`]).
 pub mod map_names {
     pub const SERVICES: &str = "LB_SERVICES";
     pub const SLOTS: &str = "LB_SLOTS";
@@ -30,30 +27,122 @@ pub mod map_names {
     pub const SENDERS: &str = "LB_SENDERS";
     pub const HABITS: &str = "LB_HABITS";
     pub const LOCAL_LISTENERS: &str = "LB_LOCAL_LISTENERS";
-    /// Maps older lb versions pinned under the same layout version (the maps an
-    /// upgraded node may still hold); `lb down` removes them too.
-    pub const RETIRED: [&str; 1] = ["LB_SK_MSG_PATH"];
-    /// Every pinned map, in the order `lb down` removes them.
-    pub const ALL: [&str; 18] = [
-        COUNTERS,
-        LOCAL_LISTENERS,
-        SENDERS,
-        PEERS_TO_JOIN,
-        HABITS,
-        HOSTS,
-        SERVICES,
-        SLOTS,
-        ENDPOINTS,
-        ORIGINS,
-        ORIG_DST,
-        ORIG_DST_BY_PORT,
-        SOCKETS,
-        STATS,
-        SETTINGS,
-        SERVICE_META,
-        SUBSET_META,
-        STATE,
+}
+
+/// The kernel/user contract: every pinned map's type, key and value sizes, capacity
+/// and flags, derived from the types below, and a fingerprint of all of it. Pins live
+/// under `<bpffs>/layout-<fingerprint>/`, so a build whose maps differ in any of these
+/// never adopts pins of another layout: it attaches beside them and removes them once
+/// its own are live. A test reads the built eBPF object and checks its maps against
+/// [`layout::MAPS`], and the daemon checks pinned maps against it before adopting them.
+pub mod layout {
+    use super::{map_names as n, *};
+
+    /// `enum bpf_map_type` values lb uses (linux/bpf.h).
+    pub mod kind {
+        pub const HASH: u32 = 1;
+        pub const ARRAY: u32 = 2;
+        pub const PERCPU_HASH: u32 = 5;
+        pub const PERCPU_ARRAY: u32 = 6;
+        pub const LRU_HASH: u32 = 9;
+        pub const SOCKHASH: u32 = 18;
+    }
+
+    /// Map creation flags (linux/bpf.h).
+    pub mod flags {
+        pub const NO_PREALLOC: u32 = 1;
+        pub const MMAPABLE: u32 = 1 << 10;
+    }
+
+    /// One pinned map as the programs declare it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct MapSpec {
+        pub name: &'static str,
+        /// One of [`kind`].
+        pub kind: u32,
+        pub key_size: u32,
+        pub value_size: u32,
+        pub max_entries: u32,
+        /// [`flags`].
+        pub flags: u32,
+    }
+
+    const fn spec<K, V>(name: &'static str, kind: u32, max_entries: u32, flags: u32) -> MapSpec {
+        MapSpec {
+            name,
+            kind,
+            key_size: size_of::<K>() as u32,
+            value_size: size_of::<V>() as u32,
+            max_entries,
+            flags,
+        }
+    }
+
+    use flags::{MMAPABLE, NO_PREALLOC};
+    use kind::*;
+
+    /// Every map lb pins, in the order `lb down` removes them.
+    pub const MAPS: [MapSpec; 18] = [
+        spec::<u32, u64>(n::COUNTERS, PERCPU_ARRAY, counters::COUNT, 0),
+        spec::<SockAddr4, u32>(n::LOCAL_LISTENERS, LRU_HASH, capacity::LOCAL_LISTENERS, 0),
+        spec::<SockKey, Sender>(n::SENDERS, LRU_HASH, capacity::SOCKETS, 0),
+        spec::<SockKey, u32>(n::PEERS_TO_JOIN, LRU_HASH, capacity::PEERS_TO_JOIN, 0),
+        spec::<HabitKey, Habit>(n::HABITS, LRU_HASH, capacity::HABITS, 0),
+        spec::<HostKey, u64>(n::HOSTS, HASH, capacity::HOSTS, NO_PREALLOC),
+        spec::<SockAddr4, Service>(n::SERVICES, HASH, capacity::SERVICES, NO_PREALLOC),
+        spec::<SlotKey, Slot>(n::SLOTS, HASH, capacity::SLOTS, NO_PREALLOC),
+        spec::<EndpointKey, SockAddr4>(n::ENDPOINTS, HASH, capacity::ENDPOINTS, NO_PREALLOC),
+        spec::<u32, OriginSlot>(n::ORIGINS, ARRAY, capacity::ORIGINS, 0),
+        spec::<ClientKey, SockAddr4>(n::ORIG_DST, LRU_HASH, capacity::ORIG_DST, 0),
+        spec::<u32, PortSlot>(n::ORIG_DST_BY_PORT, ARRAY, capacity::PORTS, MMAPABLE),
+        // A socket map's value is the socket (a u32 fd from user space).
+        spec::<SockKey, u32>(n::SOCKETS, SOCKHASH, capacity::SOCKETS, 0),
+        spec::<StatKey, Stats>(n::STATS, PERCPU_HASH, capacity::STATS, 0),
+        spec::<u32, Settings>(n::SETTINGS, ARRAY, 1, 0),
+        spec::<SockAddr4, ServiceMeta>(n::SERVICE_META, HASH, capacity::SERVICES, NO_PREALLOC),
+        spec::<SubsetMetaKey, SubsetMeta>(n::SUBSET_META, HASH, capacity::STATS, NO_PREALLOC),
+        spec::<u32, State>(n::STATE, ARRAY, 1, 0),
     ];
+
+    /// Bumped only for a change of meaning that keeps every size (a field's meaning,
+    /// a key's byte order); any change of a type's size, a capacity or a flag changes
+    /// the fingerprint by itself.
+    pub const EPOCH: u32 = 1;
+
+    /// FNV-1a over every field of [`MAPS`] and [`EPOCH`].
+    pub const FINGERPRINT: u32 = fingerprint(&MAPS, EPOCH);
+
+    const fn fnv(mut h: u32, bytes: &[u8]) -> u32 {
+        let mut i = 0;
+        while i < bytes.len() {
+            h = (h ^ bytes[i] as u32).wrapping_mul(0x0100_0193);
+            i += 1;
+        }
+        h
+    }
+
+    /// The fingerprint of a set of map specs (a pure function, so tests can show
+    /// that any field changes it).
+    pub const fn fingerprint(maps: &[MapSpec], epoch: u32) -> u32 {
+        let mut h = fnv(0x811c_9dc5, &epoch.to_le_bytes());
+        let mut i = 0;
+        while i < maps.len() {
+            let m = &maps[i];
+            h = fnv(h, m.name.as_bytes());
+            h = fnv(h, &m.kind.to_le_bytes());
+            h = fnv(h, &m.key_size.to_le_bytes());
+            h = fnv(h, &m.value_size.to_le_bytes());
+            h = fnv(h, &m.max_entries.to_le_bytes());
+            h = fnv(h, &m.flags.to_le_bytes());
+            i += 1;
+        }
+        h
+    }
+
+    /// The map spec of `name`.
+    pub fn map(name: &str) -> Option<&'static MapSpec> {
+        MAPS.iter().find(|m| m.name == name)
+    }
 }
 
 /// Capacities of the pinned maps. Pinned maps cannot grow: the applier refuses a plan
@@ -506,7 +595,7 @@ pub struct HostKey {
 
 /// `LB_SUBSET_META` key and value (never read by the kernel).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubsetMetaKey {
     pub service: SockAddr4,
     pub subset: u32,
@@ -601,6 +690,33 @@ mod tests {
     extern crate std;
     use super::*;
     use std::vec::Vec;
+
+    #[test]
+    fn the_layout_fingerprint_follows_every_field_of_every_map() {
+        let base = layout::fingerprint(&layout::MAPS, layout::EPOCH);
+        assert_eq!(base, layout::FINGERPRINT);
+        assert_ne!(layout::fingerprint(&layout::MAPS, layout::EPOCH + 1), base);
+        let names: Vec<&str> = layout::MAPS.iter().map(|m| m.name).collect();
+        for (i, name) in names.iter().enumerate() {
+            assert!(!names[..i].contains(name), "{name} twice");
+            for change in 0..5 {
+                let mut maps = layout::MAPS;
+                let m = &mut maps[i];
+                match change {
+                    0 => m.kind += 1,
+                    1 => m.key_size += 4,
+                    2 => m.value_size += 4,
+                    3 => m.max_entries *= 2,
+                    _ => m.flags ^= layout::flags::NO_PREALLOC,
+                }
+                assert_ne!(
+                    layout::fingerprint(&maps, layout::EPOCH),
+                    base,
+                    "{name}: change {change}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn port_round_trips_through_network_order() {

@@ -7,8 +7,8 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::apply::cgroup::{ChildCgroup, spawn_into};
-use crate::apply::{Pins, attach};
+use crate::datapath::cgroup::{ChildCgroup, spawn_into};
+use crate::datapath::{Pins, attach};
 use crate::probe::Summary;
 
 /// The bundled example (config/backend-service.yaml), built into the binary.
@@ -28,7 +28,9 @@ pub enum DemoError {
     #[error("the example configuration did not apply: {0}")]
     Config(String),
     #[error(transparent)]
-    Apply(#[from] crate::apply::ApplyError),
+    Start(#[from] crate::run::RunError),
+    #[error(transparent)]
+    Datapath(#[from] crate::datapath::DatapathError),
     #[error("the client failed: {0}")]
     Client(String),
     #[error("observed split disagrees with the configuration: {0}")]
@@ -86,11 +88,17 @@ pub fn run(connections: u64) -> Result<(), DemoError> {
     println!(
         "backends: v0 on 127.0.0.2:{port}, v1 on 127.0.0.3:{port}; service backend-service at {SERVICE}"
     );
-    let mut applier = crate::run::start(&pins.0, &cgroup.path, None, crate::run::SkMsgHops::OFF)?;
+    let (routes, _) = tokio::sync::watch::channel(Default::default());
+    let mut applier = crate::run::start(
+        &pins.0,
+        &cgroup.path,
+        None,
+        crate::run::SkMsgHops::OFF,
+        routes,
+    )?;
     if crate::run::reload(
         &mut applier,
         &work.0,
-        None,
         &mut Default::default(),
         &Default::default(),
     )

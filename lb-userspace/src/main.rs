@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use lb::apply::{Pins, attach, cgroup};
+use lb::datapath::{Pins, attach, cgroup};
 
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf/lb";
 
@@ -353,7 +353,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Down { bpffs, cgroup: _ } => {
-            attach::remove_all(&Pins::new(&bpffs))?;
+            // This build's layout and any other lb left attached there.
+            let pins = Pins::new(&bpffs);
+            for layout in pins.other_layouts().iter().chain([&pins]) {
+                attach::remove_all(layout)?;
+            }
             eprintln!("lb: detached and unpinned {}", bpffs.display());
             Ok(ExitCode::SUCCESS)
         }

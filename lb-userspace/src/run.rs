@@ -11,8 +11,9 @@ use lb_common::{Settings, SockAddr4, settings_flags};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::apply::{self, Applier, ApplyError, Garbage, Pins};
+use crate::apply::{Applier, ApplyError, Garbage};
 use crate::compile;
+use crate::datapath::{self, DatapathError, Pins, PlanMaps, ProxyMaps};
 use crate::model;
 use crate::proxy::{self, Proxy, ProxyError, ProxyOptions, Shared};
 use crate::route::RouteTable;
@@ -29,6 +30,8 @@ const DEBOUNCE: Duration = Duration::from_millis(10);
 pub enum RunError {
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
     #[error(transparent)]
     Watch(#[from] WatchError),
     #[error(transparent)]
@@ -141,15 +144,33 @@ pub struct ProxyListeners {
     pub deferred: SocketAddr,
 }
 
-/// Attaches (or adopts) the datapath and tells the programs who lb is.
+/// Attaches (or adopts, replacing programs of another build in place) the datapath,
+/// takes over its plan maps and tells the programs who lb is. The returned applier is
+/// the only writer of the plan maps and of `routes`, the proxy's route table.
 pub fn start(
     pins: &Pins,
     cgroup: &Path,
     proxy: Option<ProxyListeners>,
     sk_msg: SkMsgHops,
-) -> Result<Applier, ApplyError> {
-    let how = apply::attach::ensure_attached(pins, cgroup)?;
-    tracing::info!(?how, cgroup = %cgroup.display(), pins = %pins.root.display(), "datapath ready");
+    routes: watch::Sender<Arc<RouteTable>>,
+) -> Result<Applier, RunError> {
+    let t = std::time::Instant::now();
+    let done = datapath::attach::ensure_attached(pins, cgroup, datapath::object::bytes()?)?;
+    tracing::info!(
+        attached = ?done.attached,
+        replaced = ?done.replaced,
+        kept = ?done.kept,
+        took_ms = ms(t),
+        cgroup = %cgroup.display(),
+        pins = %pins.root.display(),
+        "datapath ready"
+    );
+    if let Err(e) = pins.mark_current() {
+        tracing::warn!(
+            "pointing {}/current at this layout: {e}",
+            pins.bpffs.display()
+        );
+    }
     // The client and upstream shortcuts need lb's own sockets to pass through the
     // programs (its accepted sockets join the socket map at PASSIVE_ESTABLISHED, its
     // upstream ones at ACTIVE_ESTABLISHED), which only happens inside the cgroup;
@@ -157,7 +178,7 @@ pub fn start(
     // its peer. The kernel-path shortcut involves only the client and the backend.
     let lb_hops = settings_flags::SK_MSG_CLIENT | settings_flags::SK_MSG_UPSTREAM;
     let sk_msg = if sk_msg.flags() & lb_hops != 0
-        && !apply::cgroup::contains_self(cgroup).unwrap_or(false)
+        && !datapath::cgroup::contains_self(cgroup).unwrap_or(false)
     {
         tracing::info!(
             "lb runs outside {}: the sk_msg shortcut of the proxy's hops is off (run lb inside the cgroup it attaches to, e.g. the root cgroup on a node)",
@@ -167,10 +188,10 @@ pub fn start(
     } else {
         sk_msg
     };
-    let mut applier = Applier::adopt(pins)?;
+    let mut applier = Applier::adopt(PlanMaps::open(pins)?, routes)?;
     if sk_msg.flags() & !settings_flags::SK_MSG_CLIENT != 0 {
         // Local backends that listened before the programs were attached.
-        match apply::listeners::inside(cgroup) {
+        match datapath::listeners::inside(cgroup) {
             Ok(found) => {
                 let n = applier.remember_listeners(found)?;
                 tracing::info!(listeners = n, "local backends found inside the cgroup");
@@ -187,26 +208,34 @@ pub fn start(
     Ok(applier)
 }
 
-/// Loads, compiles and applies the configuration; on any problem the running plan
-/// stays and the error is recorded. The proxy's table is published before the maps
-/// change, so the proxy knows every route the kernel may send it.
+/// Removes the datapath of other layouts (an older or newer build's, attached beside
+/// this one's) once this one steers: called after a plan was applied.
+fn retire_other_layouts(pins: &Pins) {
+    for old in pins.other_layouts() {
+        match datapath::attach::remove_all(&old) {
+            Ok(()) => {
+                tracing::info!(layout = %old.root.display(), "removed the datapath of another layout: this one is live")
+            }
+            Err(e) => tracing::warn!("removing the datapath at {}: {e}", old.root.display()),
+        }
+    }
+}
+
+/// Loads, compiles and applies the configuration (the kernel maps and the proxy's
+/// route table together, or neither); on any problem the running plan stays and the
+/// error is recorded.
 pub fn reload(
     applier: &mut Applier,
     dir: &Path,
-    routes: Option<&watch::Sender<Arc<RouteTable>>>,
     cache: &mut model::Cache,
     opts: &model::Options,
 ) -> Option<Garbage> {
     let started = std::time::Instant::now();
     let mut phases = Phases::default();
     let result = build_plan(dir, cache, opts, &mut phases).and_then(|plan| {
-        let previous = routes.map(|tx| tx.send_replace(plan.proxy.clone()));
         let t = std::time::Instant::now();
-        let applied = applier.apply(&plan.kernel).map_err(|e| e.to_string());
+        let applied = applier.apply(&plan).map_err(|e| e.to_string());
         phases.apply_ms = ms(t);
-        // Freed once the kernel has the change: dropping the previous table (and this
-        // plan) is not on the way to it.
-        drop(previous);
         applied
     });
     match result {
@@ -281,15 +310,15 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         main: proxy.local_addr(),
         deferred: proxy.deferred_addr(),
     };
-    let mut applier = start(&pins, &opts.cgroup, Some(listeners), opts.sk_msg)?;
-    let kernel = match proxy::kernel::KernelMaps::open(&pins) {
+    let (tx, rx) = watch::channel(Arc::new(RouteTable::default()));
+    let mut applier = start(&pins, &opts.cgroup, Some(listeners), opts.sk_msg, tx)?;
+    let kernel = match ProxyMaps::open(&pins) {
         Ok(k) => Some(Mutex::new(k)),
         Err(e) => {
             tracing::warn!("proxy without kernel maps (no original destinations): {e}");
             None
         }
     };
-    let (tx, rx) = watch::channel(Arc::new(RouteTable::default()));
     let mut watch = ConfigWatch::start(&opts.config)?;
     let mut cache = model::Cache::default();
     // The listeners as bound (the deferred one's port is only known now).
@@ -299,19 +328,21 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         proxy.deferred_addr(),
         proxy.admin_addr(),
     ]);
-    let mut reload =
-        |applier: &mut Applier, dir: &Path, tx: Option<&watch::Sender<Arc<RouteTable>>>| {
-            let garbage = reload(applier, dir, tx, &mut cache, &model_opts);
-            if !opts.parse_cache {
-                // Nothing of the parse outlives the reload.
-                cache = model::Cache::default();
-                // SAFETY: malloc_trim only releases free heap memory.
-                unsafe { libc::malloc_trim(0) };
-            }
-            garbage
-        };
+    let mut reload = |applier: &mut Applier, dir: &Path| {
+        let garbage = reload(applier, dir, &mut cache, &model_opts);
+        if !opts.parse_cache {
+            // Nothing of the parse outlives the reload.
+            cache = model::Cache::default();
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe { libc::malloc_trim(0) };
+        }
+        if garbage.is_some() {
+            retire_other_layouts(&pins);
+        }
+        garbage
+    };
     let mut pending: Vec<(Instant, Garbage)> = Vec::new();
-    if let Some(g) = reload(&mut applier, &opts.config, Some(&tx)) {
+    if let Some(g) = reload(&mut applier, &opts.config) {
         pending.push((Instant::now() + GRACE, g));
     }
     let log = match &opts.proxy.access_log {
@@ -338,7 +369,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         let next_gc = pending.first().map(|(t, _)| *t);
         tokio::select! {
             _ = watch.changed(DEBOUNCE) => {
-                if let Some(g) = reload(&mut applier, &opts.config, Some(&tx)) {
+                if let Some(g) = reload(&mut applier, &opts.config) {
                     pending.push((Instant::now() + GRACE, g));
                 }
             }
@@ -365,7 +396,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     let _ = server.await;
     if opts.detach_on_exit {
         drop(applier);
-        apply::attach::remove_all(&pins)?;
+        datapath::attach::remove_all(&pins)?;
         tracing::info!("detached and unpinned");
     } else {
         tracing::info!("exiting; the datapath stays pinned and keeps steering");

@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 use lb_common::{StatKey, mode};
 use serde::Serialize;
 
-use crate::apply::{ApplyError, Maps, Pins};
+use crate::datapath::plan_maps::{c_str, read_services};
+use crate::datapath::{DatapathError, Pins, StatusView};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -97,18 +98,13 @@ pub fn rfc3339_ms(unix_ms: u64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// Reads the status from the maps pinned under `pins`.
-pub fn read(pins: &Pins) -> Result<Status, ApplyError> {
-    let maps = Maps::open(pins)?;
-    let services = maps.read_services()?;
-    let stats = maps.read_stats()?;
-    let state = maps.read_state()?;
-    let counter = |i: u32| {
-        maps.counters
-            .get(&i, 0)
-            .map(|v| v.iter().sum::<u64>())
-            .unwrap_or(0)
-    };
+/// Reads the status from the maps pinned under `pins` (read-only).
+pub fn read(pins: &Pins) -> Result<Status, DatapathError> {
+    let view = StatusView::open(pins)?;
+    let services = read_services(view.plan())?;
+    let stats = view.stats()?;
+    let state = view.plan().state();
+    let counter = |i: u32| view.counter(i);
     let counters = Counters {
         sk_msg_redirected: counter(lb_common::counters::SK_MSG_REDIRECTED),
         proxy_handoffs: counter(lb_common::counters::PROXY_HANDOFFS),
@@ -116,26 +112,24 @@ pub fn read(pins: &Pins) -> Result<Status, ApplyError> {
         sk_msg_stayed_on_tcp: counter(lb_common::counters::SK_MSG_STAYED_ON_TCP),
         sk_msg_skipped: counter(lb_common::counters::SK_MSG_SKIPPED),
     };
-    let flags = maps.settings.get(&0, 0).map_or(0, |s| s.flags);
-    let mut local_backends: Vec<lb_common::SockAddr4> =
-        maps.local_listeners.keys().filter_map(Result::ok).collect();
-    local_backends.sort();
+    let flags = view.settings().flags;
     let sk_msg = SkMsgStatus {
         hops: lb_common::settings_flags::HOPS
             .iter()
             .filter(|(_, f)| flags & f != 0)
             .map(|(name, _)| *name)
             .collect(),
-        local_backends: local_backends
+        local_backends: view
+            .local_listeners()
             .iter()
-            .map(|a| format!("{}:{}", std::net::Ipv4Addr::from(a.addr), a.port))
+            .map(crate::datapath::plan_maps::addr)
             .collect(),
     };
     let mut hosts: std::collections::HashMap<lb_common::SockAddr4, Vec<UnknownHost>> =
         Default::default();
-    for (k, n) in maps.hosts.iter().filter_map(Result::ok) {
+    for (k, n) in view.unknown_hosts() {
         hosts.entry(k.service).or_default().push(UnknownHost {
-            host: crate::apply::maps::c_str(&k.host),
+            host: c_str(&k.host),
             requests: n,
         });
     }

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use lb::apply::cgroup::{ChildCgroup, spawn_into};
+use lb::datapath::cgroup::{ChildCgroup, spawn_into};
 use serde_json::Value;
 
 /// Kernel tests share the kernel: one at a time, whatever the test runner does.
@@ -78,6 +78,16 @@ impl Env {
     /// `start_daemon` with extra `lb run` arguments. Proxy and admin listen on free
     /// loopback ports (never lb's defaults); `admin` tells where.
     pub fn start_daemon_with(&mut self, inside: bool, extra: &[&str]) -> u32 {
+        self.start_daemon_env(inside, extra, &[])
+    }
+
+    /// `start_daemon_with` and environment variables for the daemon.
+    pub fn start_daemon_env(
+        &mut self,
+        inside: bool,
+        extra: &[&str],
+        envs: &[(&str, &std::ffi::OsStr)],
+    ) -> u32 {
         let before = self.applied_at();
         let log_path = self.work.join(format!("daemon-{}.log", self.daemons.len()));
         let log = std::fs::File::create(&log_path).expect("log");
@@ -97,6 +107,7 @@ impl Env {
         ])
         .arg(self.work.join("access.log"));
         cmd.args(extra);
+        cmd.envs(envs.iter().copied());
         cmd.stdout(Stdio::null()).stderr(log);
         self.last_log = Some(log_path);
         if inside {

@@ -3,6 +3,7 @@
 
 mod harness;
 mod proxy;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::time::Duration;

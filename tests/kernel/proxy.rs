@@ -263,11 +263,7 @@ fn original_destinations_come_from_port_slots_else_the_hash() {
     assert_eq!(sources(), [50, 0, 0]);
     // Every slot held by a client address nobody uses (as if another pod's
     // connections were waiting in the accept queue on every port).
-    let path = env.bpffs.join(format!(
-        "v{}/{}",
-        lb_common::LAYOUT_VERSION,
-        lb_common::map_names::ORIG_DST_BY_PORT
-    ));
+    let path = lb::datapath::Pins::new(&env.bpffs).map(lb_common::map_names::ORIG_DST_BY_PORT);
     let map = aya::maps::MapData::from_pin(&path).expect("pinned slots");
     let mut slots: aya::maps::Array<_, lb_common::PortSlot> =
         aya::maps::Array::try_from(aya::maps::Map::Array(map)).expect("an array");

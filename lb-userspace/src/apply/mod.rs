@@ -1,82 +1,64 @@
-//! Apply: the only code that writes lb's maps.
+//! Apply: the only writer of the plan. [`Applier::apply`] makes the kernel maps hold a
+//! plan's image and publishes its route table to the proxy — both, or neither.
 //!
-//! A changed service gets a whole new revision of slots and endpoints under new keys;
-//! then its service entry flips to that revision in one update, so a concurrent
-//! connect sees the old plan or the new one, never a mix. The old revision is deleted
-//! after a grace period ([`Garbage`]). Unchanged services are not touched; the diff is
-//! against what is pinned, so a restarted daemon writes only what changed.
+//! The order makes every intermediate state safe for traffic in flight:
+//! 1. capacity checked: a plan that cannot fit changes nothing;
+//! 2. each changed service's new revision written under new keys (no connect sees it);
+//! 3. the route table published (the proxy knows every route the kernel may send it);
+//! 4. the flips: each service entry switched to its new revision in one update, so a
+//!    connect sees the old plan or the new one, never a mix; removed services deleted;
+//! 5. names for `lb status`, and the apply time.
+//!
+//! Every write is journalled with what it replaced; any failure replays the journal
+//! backwards (entries restored, new revisions deleted, the previous route table
+//! published again) and the error names the step. Old revisions are deleted after a
+//! grace period ([`Garbage`]). Unchanged services are not touched; the diff is against
+//! what is pinned, so a restarted daemon writes only what changed.
 
-pub mod attach;
-pub mod cgroup;
-pub mod listeners;
-pub mod maps;
-pub mod pins;
+mod journal;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lb_common::{
-    EndpointKey, Service, ServiceMeta, Settings, Slot, SlotKey, SockAddr4, SubsetMeta,
+    EndpointKey, Service, ServiceMeta, Settings, Slot, SlotKey, SockAddr4, State, SubsetMeta,
     SubsetMetaKey, capacity,
 };
+use tokio::sync::watch;
 
-use crate::compile::{MapImage, ServiceImage};
-pub use maps::{Maps, PinnedService};
-pub use pins::Pins;
+use crate::compile::{MapImage, Plan, ServiceImage, SubsetImage};
+use crate::datapath::plan_maps::{addr, fixed, read_services};
+use crate::datapath::{DatapathError, MapWriter, PinnedService, PlanMaps, Write};
+use crate::route::RouteTable;
+use journal::Journal;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Writing the kernel side failed.
+/// A plan could not be applied; the running plan stays.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    /// A file or folder could not be used.
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// The eBPF object could not be loaded.
-    #[error("loading the eBPF object: {0}")]
-    Load(BoxError),
-    /// A program could not be loaded, attached or detached.
-    #[error("program {program}: {source}")]
-    Program { program: String, source: BoxError },
-    /// The object lacks a program (a build problem).
-    #[error("program {0} is missing from the eBPF object")]
-    MissingProgram(String),
-    /// The object lacks a map (a build problem).
-    #[error("map {0} is missing from the eBPF object")]
-    MissingMap(&'static str),
-    /// A link could not be pinned.
-    #[error("pinning {path}: {source}")]
-    Pin { path: PathBuf, source: BoxError },
-    /// A pinned map could not be opened (not attached yet? run `lb run` first).
-    #[error("opening pinned map {path}: {source}")]
-    OpenMap { path: PathBuf, source: BoxError },
-    /// A map read or write failed.
-    #[error("map operation: {0}")]
-    Map(BoxError),
-    /// The plan needs more entries than a pinned map holds.
-    #[error("the plan needs {needed} entries in {map}, which holds {capacity}")]
+    /// The plan needs more entries than a pinned map holds (checked before any write).
+    #[error(
+        "the plan needs {needed} entries in {map}, which holds {capacity}; nothing was changed"
+    )]
     Full {
         map: &'static str,
         needed: u64,
         capacity: u32,
     },
-}
-
-impl ApplyError {
-    pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-
-    pub fn map(e: aya::maps::MapError) -> Self {
-        Self::Map(Box::new(e))
-    }
+    /// A step failed; everything written before it was undone.
+    #[error("{step}: {source}; rolled back, the running plan stays")]
+    Step { step: String, source: DatapathError },
+    /// A step failed and undoing it failed too: the maps may hold a mix of both plans
+    /// until the next apply rewrites what differs.
+    #[error("{step}: {source}; undoing it failed too ({undo})")]
+    RollbackFailed {
+        step: String,
+        source: Box<DatapathError>,
+        undo: Box<DatapathError>,
+    },
+    /// The pinned maps could not be read or written outside an apply.
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
 }
 
 /// Entries of replaced revisions, deleted after a grace period so a connect that read
@@ -102,11 +84,13 @@ pub struct ApplyReport {
     pub unchanged: usize,
 }
 
-/// The single writer of the pinned maps.
-pub struct Applier {
-    maps: Maps,
+/// The single writer of the plan: the kernel's plan maps and the proxy's route table.
+pub struct Applier<W: MapWriter = PlanMaps> {
+    maps: W,
     /// What the maps hold now (read back at start, then kept in step).
     current: BTreeMap<SockAddr4, PinnedService>,
+    state: State,
+    routes: watch::Sender<Arc<RouteTable>>,
 }
 
 fn now_ms() -> u64 {
@@ -115,46 +99,72 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-impl Applier {
-    /// Opens the pinned maps, reads back what they hold and removes revisions left over
-    /// by a daemon that died before its grace period ended.
-    pub fn adopt(pins: &Pins) -> Result<Self, ApplyError> {
-        let mut maps = Maps::open(pins)?;
-        let current = maps.read_services()?;
+/// A service's names as `lb status` reads them.
+fn service_meta(img: &ServiceImage) -> ServiceMeta {
+    ServiceMeta {
+        name: fixed(&img.name),
+        namespace: fixed(&img.namespace),
+        weight_scale: img.weight_scale,
+        reason: img.reason,
+    }
+}
+
+fn subset_meta(s: &SubsetImage) -> SubsetMeta {
+    SubsetMeta {
+        name: fixed(&s.name),
+        endpoint_count: s.endpoints.len() as u32,
+        _pad: 0,
+    }
+}
+
+impl<W: MapWriter> Applier<W> {
+    /// Takes over the plan maps: reads back what they hold and removes revisions left
+    /// over by a daemon that died before its grace period ended. `routes` is the
+    /// proxy's route table, which only this applier publishes.
+    pub fn adopt(mut maps: W, routes: watch::Sender<Arc<RouteTable>>) -> Result<Self, ApplyError> {
+        let current = read_services(maps.read())?;
+        let state = maps.read().state();
         // Entries of a revision the service no longer uses (or of a removed service).
         let stale = |service: &SockAddr4, revision: u32| {
             current
                 .get(service)
                 .is_none_or(|s| s.entry.revision != revision)
         };
-        let stale_slots: Vec<SlotKey> = maps
-            .slots
-            .keys()
-            .filter_map(Result::ok)
+        let (slots, endpoints) = maps.read().revision_keys();
+        let sweep: Vec<Write> = slots
+            .into_iter()
             .filter(|k| stale(&k.service, k.revision))
+            .map(|k| Write::Slot(k, None))
+            .chain(
+                endpoints
+                    .into_iter()
+                    .filter(|k| stale(&k.service, k.revision))
+                    .map(|k| Write::Endpoint(k, None)),
+            )
             .collect();
-        let stale_eps: Vec<EndpointKey> = maps
-            .endpoints
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| stale(&k.service, k.revision))
-            .collect();
-        for k in stale_slots {
-            let _ = maps.slots.remove(&k);
+        for w in &sweep {
+            // Left for the next start if it fails: stale keys are never read.
+            if let Err(e) = maps.write(w) {
+                tracing::warn!("removing a stale revision: {e}");
+            }
         }
-        for k in stale_eps {
-            let _ = maps.endpoints.remove(&k);
-        }
-        Ok(Self { maps, current })
+        Ok(Self {
+            maps,
+            current,
+            state,
+            routes,
+        })
+    }
+
+    /// A receiver of the route table this applier publishes.
+    pub fn routes(&self) -> watch::Receiver<Arc<RouteTable>> {
+        self.routes.subscribe()
     }
 
     /// Tells the programs which process is lb (its sockets are never steered) and
     /// where the proxy listens.
     pub fn set_settings(&mut self, settings: Settings) -> Result<(), ApplyError> {
-        self.maps
-            .settings
-            .set(0, &settings, 0)
-            .map_err(ApplyError::map)
+        Ok(self.maps.write(&Write::Settings(settings))?)
     }
 
     /// Records local backends that were listening before the programs could see it.
@@ -164,59 +174,60 @@ impl Applier {
     ) -> Result<usize, ApplyError> {
         let mut n = 0;
         for a in addrs {
-            self.maps
-                .local_listeners
-                .insert(&a, &1, 0)
-                .map_err(ApplyError::map)?;
+            self.maps.write(&Write::LocalListener(a))?;
             n += 1;
         }
         Ok(n)
     }
 
-    /// Makes the maps hold `image`. Returns what changed and the old entries to delete
-    /// after the grace period.
-    pub fn apply(&mut self, image: &MapImage) -> Result<(ApplyReport, Garbage), ApplyError> {
-        self.check_capacity(image)?;
+    /// Makes the kernel maps hold `plan.kernel` and the proxy route by `plan.proxy`,
+    /// or neither. Returns what changed and the old entries to delete after the grace
+    /// period.
+    pub fn apply(&mut self, plan: &Plan) -> Result<(ApplyReport, Garbage), ApplyError> {
+        self.check_capacity(&plan.kernel)?;
+        let mut journal = Journal::default();
+        match self.apply_steps(plan, &mut journal) {
+            Ok(done) => Ok(done),
+            Err((step, source)) => match journal.undo(&mut self.maps, &self.routes) {
+                Ok(()) => Err(ApplyError::Step { step, source }),
+                Err(undo) => {
+                    // Believe the maps, not the plan: the next apply diffs against them.
+                    if let Ok(now) = read_services(self.maps.read()) {
+                        self.current = now;
+                    }
+                    Err(ApplyError::RollbackFailed {
+                        step,
+                        source: Box::new(source),
+                        undo: Box::new(undo),
+                    })
+                }
+            },
+        }
+    }
+
+    fn apply_steps(
+        &mut self,
+        plan: &Plan,
+        journal: &mut Journal,
+    ) -> Result<(ApplyReport, Garbage), (String, DatapathError)> {
+        let image = &plan.kernel;
         let mut report = ApplyReport::default();
-        let mut garbage = Garbage::default();
+        // Services to (re)write, with the revision they get; then the removed ones.
+        let mut writes: Vec<(SockAddr4, &ServiceImage, Service)> = Vec::new();
         for (key, svc) in &image.services {
-            let old = self.current.get(key).cloned();
-            if old
-                .as_ref()
-                .is_some_and(|o| same(&o.image, svc) && o.entry.mode == svc.mode)
-            {
+            let old = self.current.get(key);
+            if old.is_some_and(|o| same(&o.image, svc) && o.entry.mode == svc.mode) {
                 report.unchanged += 1;
                 continue;
             }
-            let revision = old
-                .as_ref()
-                .map_or(1, |o| o.entry.revision.wrapping_add(1).max(1));
-            self.write_revision(*key, revision, svc)?;
+            let revision = old.map_or(1, |o| o.entry.revision.wrapping_add(1).max(1));
             let entry = Service {
                 revision,
                 slot_count: svc.slots.len() as u32,
                 mode: svc.mode,
                 _pad: 0,
             };
-            // The flip: one update makes the whole new revision visible.
-            self.maps
-                .services
-                .insert(key, &entry, 0)
-                .map_err(ApplyError::map)?;
-            if let Some(o) = old {
-                collect(*key, &o, &mut garbage);
-                self.remove_stale_subset_meta(*key, &o.image, svc);
-                report.changed += 1;
-            } else {
-                report.added += 1;
-            }
-            self.current.insert(
-                *key,
-                PinnedService {
-                    entry,
-                    image: svc.clone(),
-                },
-            );
+            writes.push((*key, svc, entry));
         }
         let removed: Vec<SockAddr4> = self
             .current
@@ -224,141 +235,134 @@ impl Applier {
             .filter(|k| !image.services.contains_key(k))
             .copied()
             .collect();
+
+        // 2. New revisions, invisible until their flip.
+        for (key, svc, entry) in &writes {
+            let step = || format!("writing revision {} of {}", entry.revision, addr(key));
+            for w in revision_writes(*key, entry.revision, svc) {
+                journal
+                    .write(&mut self.maps, w, None)
+                    .map_err(|e| (step(), e))?;
+            }
+        }
+        // 3. The proxy's routes, before any service is flipped to it.
+        journal.publish(&self.routes, plan.proxy.clone());
+        // 4. The flips, and removals.
+        for (key, _, entry) in &writes {
+            let old = self.current.get(key).map(|o| o.entry);
+            journal
+                .write(
+                    &mut self.maps,
+                    Write::Service(*key, Some(*entry)),
+                    Some(Write::Service(*key, old)),
+                )
+                .map_err(|e| {
+                    (
+                        format!("switching {} to revision {}", addr(key), entry.revision),
+                        e,
+                    )
+                })?;
+        }
+        for key in &removed {
+            let old = self.current[key].entry;
+            journal
+                .write(
+                    &mut self.maps,
+                    Write::Service(*key, None),
+                    Some(Write::Service(*key, Some(old))),
+                )
+                .map_err(|e| (format!("removing {}", addr(key)), e))?;
+        }
+        // 5. Names for `lb status` and the apply time.
+        for (key, svc, _) in &writes {
+            let old = self.current.get(key).map(|o| &o.image);
+            write_names(&mut self.maps, journal, *key, Some(svc), old)
+                .map_err(|e| (format!("naming {}", addr(key)), e))?;
+        }
+        for key in &removed {
+            let old = &self.current[key].image;
+            write_names(&mut self.maps, journal, *key, None, Some(old))
+                .map_err(|e| (format!("naming {}", addr(key)), e))?;
+        }
+        let mut state = self.state;
+        state.applied_at_ms = now_ms();
+        journal
+            .write(
+                &mut self.maps,
+                Write::State(Box::new(state)),
+                Some(Write::State(Box::new(self.state))),
+            )
+            .map_err(|e| ("recording the apply time".to_string(), e))?;
+
+        // Done: what was replaced becomes garbage, the maps hold the plan.
+        self.state = state;
+        let mut garbage = Garbage::default();
+        for (key, svc, entry) in writes {
+            let new = PinnedService {
+                entry,
+                image: svc.clone(),
+            };
+            match self.current.insert(key, new) {
+                Some(old) => {
+                    collect(key, &old, &mut garbage);
+                    report.changed += 1;
+                }
+                None => report.added += 1,
+            }
+        }
         for key in removed {
             let old = self.current.remove(&key).expect("listed above");
-            // Connects to a removed service pass through untouched from here on.
-            self.maps.services.remove(&key).map_err(ApplyError::map)?;
-            let _ = self.maps.service_meta.remove(&key);
-            for s in &old.image.subsets {
-                let _ = self.maps.subset_meta.remove(&SubsetMetaKey {
-                    service: key,
-                    subset: s.id,
-                });
-            }
             collect(key, &old, &mut garbage);
             report.removed += 1;
         }
-        let mut state = self.maps.read_state().unwrap_or_default();
-        state.applied_at_ms = now_ms();
-        self.maps.state.set(0, &state, 0).map_err(ApplyError::map)?;
         Ok((report, garbage))
     }
 
     /// Deletes entries of replaced revisions (call after the grace period).
     pub fn collect_garbage(&mut self, garbage: Garbage) {
-        for k in garbage.slots {
-            // Already gone is fine (a restart's sweep may have taken it).
-            let _ = self.maps.slots.remove(&k);
-        }
-        for k in garbage.endpoints {
-            let _ = self.maps.endpoints.remove(&k);
+        let writes = (garbage.slots.into_iter().map(|k| Write::Slot(k, None))).chain(
+            garbage
+                .endpoints
+                .into_iter()
+                .map(|k| Write::Endpoint(k, None)),
+        );
+        for w in writes {
+            // Left behind if it fails: a stale revision is never read, and the next
+            // start sweeps it.
+            let _ = self.maps.write(&w);
         }
     }
 
     /// Records a rejected configuration for `lb status`; the running plan stays.
     pub fn record_error(&mut self, message: &str) -> Result<(), ApplyError> {
-        let mut state = self.maps.read_state().unwrap_or_default();
+        let mut state = self.state;
         state.error_at_ms = now_ms();
-        let bytes = message.as_bytes();
-        let mut len = bytes.len().min(capacity::ERROR_LEN);
+        let mut len = message.len().min(capacity::ERROR_LEN);
         while !message.is_char_boundary(len) {
             len -= 1;
         }
         state.last_error = [0; capacity::ERROR_LEN];
-        state.last_error[..len].copy_from_slice(&bytes[..len]);
+        state.last_error[..len].copy_from_slice(&message.as_bytes()[..len]);
         state.last_error_len = len as u32;
-        self.maps.state.set(0, &state, 0).map_err(ApplyError::map)
+        self.write_state(state)
     }
 
     /// Clears the recorded error after a configuration was accepted.
     pub fn clear_error(&mut self) -> Result<(), ApplyError> {
-        let mut state = self.maps.read_state().unwrap_or_default();
+        if self.state.last_error_len == 0 && self.state.error_at_ms == 0 {
+            return Ok(());
+        }
+        let mut state = self.state;
         state.last_error_len = 0;
         state.last_error = [0; capacity::ERROR_LEN];
         state.error_at_ms = 0;
-        self.maps.state.set(0, &state, 0).map_err(ApplyError::map)
+        self.write_state(state)
     }
 
-    fn write_revision(
-        &mut self,
-        key: SockAddr4,
-        revision: u32,
-        svc: &ServiceImage,
-    ) -> Result<(), ApplyError> {
-        for sub in &svc.subsets {
-            for (index, ep) in sub.endpoints.iter().enumerate() {
-                let k = EndpointKey {
-                    service: key,
-                    revision,
-                    subset: sub.id,
-                    index: index as u32,
-                };
-                self.maps
-                    .endpoints
-                    .insert(&k, ep, 0)
-                    .map_err(ApplyError::map)?;
-            }
-            let meta = SubsetMeta {
-                name: maps::fixed(&sub.name),
-                endpoint_count: sub.endpoints.len() as u32,
-                _pad: 0,
-            };
-            self.maps
-                .subset_meta
-                .insert(
-                    &SubsetMetaKey {
-                        service: key,
-                        subset: sub.id,
-                    },
-                    &meta,
-                    0,
-                )
-                .map_err(ApplyError::map)?;
-        }
-        for (slot, subset) in svc.slots.iter().enumerate() {
-            let endpoint_count = svc
-                .subsets
-                .iter()
-                .find(|s| s.id == *subset)
-                .map_or(0, |s| s.endpoints.len() as u32);
-            let k = SlotKey {
-                service: key,
-                revision,
-                slot: slot as u32,
-            };
-            self.maps
-                .slots
-                .insert(
-                    &k,
-                    &Slot {
-                        subset: *subset,
-                        endpoint_count,
-                    },
-                    0,
-                )
-                .map_err(ApplyError::map)?;
-        }
-        let meta = ServiceMeta {
-            name: maps::fixed(&svc.name),
-            namespace: maps::fixed(&svc.namespace),
-            weight_scale: svc.weight_scale,
-            reason: svc.reason,
-        };
-        self.maps
-            .service_meta
-            .insert(&key, &meta, 0)
-            .map_err(ApplyError::map)
-    }
-
-    fn remove_stale_subset_meta(&mut self, key: SockAddr4, old: &ServiceImage, new: &ServiceImage) {
-        for s in &old.subsets {
-            if !new.subsets.iter().any(|n| n.id == s.id) {
-                let _ = self.maps.subset_meta.remove(&SubsetMetaKey {
-                    service: key,
-                    subset: s.id,
-                });
-            }
-        }
+    fn write_state(&mut self, state: State) -> Result<(), ApplyError> {
+        self.maps.write(&Write::State(Box::new(state)))?;
+        self.state = state;
+        Ok(())
     }
 
     /// Refuses a plan that cannot fit while the old revisions still exist.
@@ -384,6 +388,88 @@ impl Applier {
         }
         Ok(())
     }
+
+    /// The plan maps (tests read the fake's contents).
+    #[cfg(test)]
+    pub(crate) fn maps(&self) -> &W {
+        &self.maps
+    }
+}
+
+/// Writes a service's names (`new`), replacing `old`'s; `new` None removes them.
+fn write_names(
+    maps: &mut impl MapWriter,
+    journal: &mut Journal,
+    key: SockAddr4,
+    new: Option<&ServiceImage>,
+    old: Option<&ServiceImage>,
+) -> Result<(), DatapathError> {
+    let old_meta = old.map(service_meta);
+    journal.write(
+        maps,
+        Write::ServiceMeta(key, new.map(service_meta)),
+        Some(Write::ServiceMeta(key, old_meta)),
+    )?;
+    let old_subsets = old.map_or(&[][..], |o| &o.subsets[..]);
+    let new_subsets = new.map_or(&[][..], |n| &n.subsets[..]);
+    let subset_key = |id| SubsetMetaKey {
+        service: key,
+        subset: id,
+    };
+    let was = |id| old_subsets.iter().find(|s| s.id == id).map(subset_meta);
+    for s in new_subsets {
+        journal.write(
+            maps,
+            Write::SubsetMeta(subset_key(s.id), Some(subset_meta(s))),
+            Some(Write::SubsetMeta(subset_key(s.id), was(s.id))),
+        )?;
+    }
+    for s in old_subsets {
+        if !new_subsets.iter().any(|n| n.id == s.id) {
+            journal.write(
+                maps,
+                Write::SubsetMeta(subset_key(s.id), None),
+                Some(Write::SubsetMeta(subset_key(s.id), Some(subset_meta(s)))),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The entries of one revision of `svc`: endpoints, then the slots that point at them.
+fn revision_writes(key: SockAddr4, revision: u32, svc: &ServiceImage) -> Vec<Write> {
+    let mut out = Vec::new();
+    for sub in &svc.subsets {
+        for (index, ep) in sub.endpoints.iter().enumerate() {
+            let k = EndpointKey {
+                service: key,
+                revision,
+                subset: sub.id,
+                index: index as u32,
+            };
+            out.push(Write::Endpoint(k, Some(*ep)));
+        }
+    }
+    for (slot, subset) in svc.slots.iter().enumerate() {
+        let endpoint_count = svc
+            .subsets
+            .iter()
+            .find(|s| s.id == *subset)
+            .map_or(0, |s| s.endpoints.len() as u32);
+        let k = SlotKey {
+            service: key,
+            revision,
+            slot: slot as u32,
+        };
+        out.push(Write::Slot(
+            k,
+            Some(Slot {
+                subset: *subset,
+                endpoint_count,
+            }),
+        ));
+    }
+    out
 }
 
 fn collect(key: SockAddr4, old: &PinnedService, garbage: &mut Garbage) {
@@ -428,3 +514,8 @@ fn same(a: &ServiceImage, b: &ServiceImage) -> bool {
     };
     norm(a) == norm(b)
 }
+
+#[cfg(test)]
+pub(crate) mod fake;
+#[cfg(test)]
+mod tests;

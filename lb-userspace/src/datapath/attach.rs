@@ -1,133 +1,223 @@
-//! Loading and attaching the programs, pinning maps and links, and removing them.
+//! Loading and attaching the programs, pinning maps and links, replacing the programs
+//! of an older build in place, and removing everything.
 //!
 //! Links are pinned so the datapath keeps steering while the daemon is stopped,
-//! killed or upgraded. A restart adopts what is pinned and never detaches first (that
-//! would leave a window without `connect4`).
+//! killed or upgraded. A restart never detaches first (that would leave a window
+//! without `connect4`): links already pinned keep running, and a link whose program
+//! differs from this build's (its tag) is switched to the new program with
+//! `BPF_LINK_UPDATE`, atomically, keeping the maps. A build with another map layout
+//! pins under another folder ([`Pins`]): it attaches beside the old programs, and the
+//! daemon removes the old layout ([`remove_all`]) once its own plan is applied.
 
 use std::fs::File;
 use std::path::Path;
 
 use aya::maps::SockHash;
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, Program, SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader};
-use lb_common::{SockKey, map_names};
+use lb_common::{SockKey, layout as contract, map_names};
 
-use super::ApplyError;
-use super::pins::{PROGRAMS, Pins};
+use super::layout::{self, Hook, ProgramDef};
+use super::{DatapathError, Pins, sys};
 
-/// What `ensure_attached` found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Attached {
-    /// Every link was already pinned: the running datapath was adopted untouched.
-    Adopted,
-    /// Programs were loaded and attached (all, or the ones missing).
-    Attached,
+/// What [`ensure_attached`] did, program by program.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Attached {
+    /// Programs attached and pinned now (every one on a fresh start).
+    pub attached: Vec<String>,
+    /// Pinned links that ran another build's program and now run this build's.
+    pub replaced: Vec<String>,
+    /// Pinned links already running this build's program.
+    pub kept: Vec<String>,
 }
 
-/// Makes sure lb's programs are attached to `cgroup` and pinned under `pins`.
-pub fn ensure_attached(pins: &Pins, cgroup: &Path) -> Result<Attached, ApplyError> {
-    if pins.all_links_pinned() {
-        return Ok(Attached::Adopted);
-    }
+/// Makes sure this build's programs are attached to `cgroup` and pinned under `pins`
+/// (the object is `object`, normally [`super::object::bytes`]).
+pub fn ensure_attached(
+    pins: &Pins,
+    cgroup: &Path,
+    object: &[u8],
+) -> Result<Attached, DatapathError> {
+    let defs = layout::of_object(object)?;
+    layout::check_object(&defs).map_err(|e| DatapathError::Load(e.into()))?;
     super::pins::ensure_bpffs(&pins.root)
-        .map_err(|e| ApplyError::io(Path::new(super::pins::BPFFS_MOUNT), e))?;
-    std::fs::create_dir_all(&pins.root).map_err(|e| ApplyError::io(&pins.root, e))?;
+        .map_err(|e| DatapathError::io(Path::new(super::pins::BPFFS_MOUNT), e))?;
+    std::fs::create_dir_all(&pins.root).map_err(|e| DatapathError::io(&pins.root, e))?;
+    // Never adopt a pinned map of another shape (aya would reuse it by name).
+    for spec in &contract::MAPS {
+        let path = pins.map(spec.name);
+        if path.exists() {
+            layout::check_pinned(&path, spec)?;
+        }
+    }
     // Maps declared pin-by-name are reused from `pins.root` when pinned, else created
     // and pinned there.
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(&pins.root)
-        .load(crate::datapath::object::bytes())
-        .map_err(|e| ApplyError::Load(Box::new(e)))?;
-    let cgroup_file = File::open(cgroup).map_err(|e| ApplyError::io(cgroup, e))?;
-    for name in PROGRAMS {
-        let path = pins.link(name);
+        .load(object)
+        .map_err(|e| DatapathError::Load(Box::new(e)))?;
+    let cgroup_file = File::open(cgroup).map_err(|e| DatapathError::io(cgroup, e))?;
+    let mut done = Attached::default();
+    for def in &defs.programs {
+        let path = pins.link(&def.name);
         if path.exists() {
+            if replace_if_changed(&mut ebpf, def, &path)? {
+                done.replaced.push(def.name.clone());
+            } else {
+                done.kept.push(def.name.clone());
+            }
             continue;
         }
-        let link = attach_one(&mut ebpf, name, &cgroup_file)?;
-        link.pin(&path).map_err(|e| ApplyError::Pin {
+        let link = attach_one(&mut ebpf, def, &cgroup_file)?;
+        link.pin(&path).map_err(|e| DatapathError::Pin {
             path: path.clone(),
             source: Box::new(e),
         })?;
+        done.attached.push(def.name.clone());
     }
-    Ok(Attached::Attached)
+    Ok(done)
 }
 
-fn program_error(program: &str, e: impl std::error::Error + Send + Sync + 'static) -> ApplyError {
-    ApplyError::Program {
+fn program_error(
+    program: &str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> DatapathError {
+    DatapathError::Program {
         program: program.to_string(),
         source: Box::new(e),
     }
 }
 
+/// `map_err(failed(name))`: any error of program `name`.
+fn failed<E: std::error::Error + Send + Sync + 'static>(
+    name: &str,
+) -> impl Fn(E) -> DatapathError + '_ {
+    move |e| program_error(name, e)
+}
+
+/// Loads this build's `def` and, if its tag differs from the program the pinned link
+/// at `path` runs, switches the link to it. Returns whether it switched.
+fn replace_if_changed(
+    ebpf: &mut Ebpf,
+    def: &ProgramDef,
+    path: &Path,
+) -> Result<bool, DatapathError> {
+    let name = def.name.as_str();
+    let running = FdLink::from(PinnedLink::from_pin(path).map_err(failed(name))?)
+        .info()
+        .map_err(failed(name))?
+        .program_id();
+    let running_tag = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == running)
+        .map(|p| p.tag());
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| program_error(name, std::io::Error::other("not in the object")))?;
+    load(prog).map_err(failed(name))?;
+    let new_tag = prog.info().map_err(failed(name))?.tag();
+    if running_tag == Some(new_tag) {
+        return Ok(false);
+    }
+    let link = sys::obj_get(path, false).map_err(|e| DatapathError::io(path, e))?;
+    let fd = prog.fd().map_err(failed(name))?;
+    sys::link_update(&link, fd).map_err(|e| DatapathError::Program {
+        program: name.to_string(),
+        source: format!("replacing the running program (BPF_LINK_UPDATE): {e}").into(),
+    })?;
+    tracing::info!(
+        program = name,
+        old_tag = %running_tag.map_or("?".into(), |t| format!("{t:016x}")),
+        new_tag = %format!("{new_tag:016x}"),
+        "replaced the running program in place"
+    );
+    Ok(true)
+}
+
+/// Loads a program of one of the kinds lb attaches.
+fn load(prog: &mut Program) -> Result<(), aya::programs::ProgramError> {
+    match prog {
+        Program::CgroupSockAddr(p) => p.load(),
+        Program::SockOps(p) => p.load(),
+        Program::SkMsg(p) => p.load(),
+        _ => Err(aya::programs::ProgramError::UnexpectedProgramType),
+    }
+}
+
 /// Loads and attaches one program; returns its link, ready to pin.
-fn attach_one(ebpf: &mut Ebpf, name: &str, cgroup: &File) -> Result<FdLink, ApplyError> {
-    let err = |e| program_error(name, e);
+fn attach_one(ebpf: &mut Ebpf, def: &ProgramDef, cgroup: &File) -> Result<FdLink, DatapathError> {
+    let name = def.name.as_str();
     // With bpf_link (kernel >= 5.7) the attach flags must be 0 ("Single" here): links
     // always sit beside other programs of the cgroup (Cilium's, ...) as multi-attach.
     let mode = CgroupAttachMode::Single;
-    if name == "lb_sk_msg" {
-        let sock_map: SockHash<_, SockKey> = ebpf
-            .map(map_names::SOCKETS)
-            .ok_or_else(|| ApplyError::MissingMap(map_names::SOCKETS))?
-            .try_into()
-            .map_err(|e| program_error(name, e))?;
-        let fd = sock_map
-            .fd()
-            .try_clone()
-            .map_err(|e| ApplyError::io(Path::new(map_names::SOCKETS), e))?;
-        let prog: &mut SkMsg = program(ebpf, name)?;
-        prog.load().map_err(err)?;
-        let id = prog.attach(&fd).map_err(err)?;
-        let link = prog.take_link(id).map_err(err)?;
-        return FdLink::try_from(link).map_err(|e| program_error(name, e));
+    match def.hook {
+        Hook::SkMsg => {
+            let sock_map: SockHash<_, SockKey> = ebpf
+                .map(map_names::SOCKETS)
+                .ok_or(DatapathError::MissingMap(map_names::SOCKETS))?
+                .try_into()
+                .map_err(failed(name))?;
+            let fd = sock_map
+                .fd()
+                .try_clone()
+                .map_err(|e| DatapathError::io(Path::new(map_names::SOCKETS), e))?;
+            let prog: &mut SkMsg = program(ebpf, name)?;
+            prog.load().map_err(failed(name))?;
+            let id = prog.attach(&fd).map_err(failed(name))?;
+            FdLink::try_from(prog.take_link(id).map_err(failed(name))?).map_err(failed(name))
+        }
+        Hook::SockOps => {
+            let prog: &mut SockOps = program(ebpf, name)?;
+            prog.load().map_err(failed(name))?;
+            let id = prog.attach(cgroup, mode).map_err(failed(name))?;
+            FdLink::try_from(prog.take_link(id).map_err(failed(name))?).map_err(failed(name))
+        }
+        Hook::CgroupSockAddr => {
+            let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+            prog.load().map_err(failed(name))?;
+            let id = prog.attach(cgroup, mode).map_err(failed(name))?;
+            FdLink::try_from(prog.take_link(id).map_err(failed(name))?).map_err(failed(name))
+        }
     }
-    if name == "lb_sockops" {
-        let prog: &mut SockOps = program(ebpf, name)?;
-        prog.load().map_err(err)?;
-        let id = prog.attach(cgroup, mode).map_err(err)?;
-        let link = prog.take_link(id).map_err(err)?;
-        return FdLink::try_from(link).map_err(|e| program_error(name, e));
-    }
-    let prog: &mut CgroupSockAddr = program(ebpf, name)?;
-    prog.load().map_err(err)?;
-    let id = prog.attach(cgroup, mode).map_err(err)?;
-    let link = prog.take_link(id).map_err(err)?;
-    FdLink::try_from(link).map_err(|e| program_error(name, e))
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, ApplyError>
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, DatapathError>
 where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    &'a mut T: TryFrom<&'a mut Program, Error = aya::programs::ProgramError>,
 {
     ebpf.program_mut(name)
-        .ok_or_else(|| ApplyError::MissingProgram(name.to_string()))?
+        .ok_or_else(|| program_error(name, std::io::Error::other("not in the object")))?
         .try_into()
         .map_err(|e| program_error(name, e))
 }
 
-/// Detaches every program and removes every pin under `pins` (idempotent).
-pub fn remove_all(pins: &Pins) -> Result<(), ApplyError> {
-    for name in PROGRAMS {
-        let path = pins.link(name);
-        if !path.exists() {
-            continue;
-        }
+/// Detaches every program and removes every pin of the layout under `pins`
+/// (idempotent): links first, so no program runs on maps being removed.
+pub fn remove_all(pins: &Pins) -> Result<(), DatapathError> {
+    for name in pins.linked_programs() {
+        let path = pins.link(&name);
         // Unpinning drops the last reference to the link: the program detaches.
-        let link = PinnedLink::from_pin(&path).map_err(|e| program_error(name, e))?;
-        let fd_link = link.unpin().map_err(|e| ApplyError::io(&path, e))?;
-        drop(fd_link);
+        let link = PinnedLink::from_pin(&path).map_err(|e| program_error(&name, e))?;
+        drop(link.unpin().map_err(|e| DatapathError::io(&path, e))?);
     }
-    for name in map_names::ALL.iter().chain(&map_names::RETIRED) {
-        let path = pins.map(name);
-        if path.exists() {
-            std::fs::remove_file(&path).map_err(|e| ApplyError::io(&path, e))?;
+    pins.unmark_current();
+    if let Ok(dir) = std::fs::read_dir(&pins.root) {
+        for entry in dir.filter_map(Result::ok) {
+            // Maps are lb's (`LB_*`); anything else someone pinned here stays.
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with("LB_"))
+            {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(|e| DatapathError::io(&path, e))?;
+            }
         }
     }
     for dir in [&pins.root, &pins.bpffs] {
         if dir.exists() {
-            // Only removes empty folders: anything else someone pinned here stays.
+            // Only removes empty folders.
             let _ = std::fs::remove_dir(dir);
         }
     }

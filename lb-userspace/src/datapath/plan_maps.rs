@@ -1,157 +1,338 @@
-//! Typed handles on the pinned maps, and reading back what they hold.
+//! The plan maps: what connects are steered by (services, slots, endpoints), their
+//! names for `lb status`, the daemon's settings and state. Every change goes through
+//! one vocabulary, [`Write`], and one trait, [`MapWriter`], so the applier's sequence
+//! of writes can be tested without a kernel (golden sequences, failures injected at
+//! any step) and the kernel's implementation, [`PlanMaps`], is a plain dispatch.
 
 use std::collections::{BTreeMap, HashMap as StdHashMap};
+use std::fmt;
+use std::net::Ipv4Addr;
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuHashMap};
+use aya::maps::{Array, HashMap, MapData, MapError};
 use lb_common::{
-    EndpointKey, Service, ServiceMeta, Settings, Slot, SlotKey, SockAddr4, StatKey, State, Stats,
-    SubsetMeta, SubsetMetaKey, map_names,
+    EndpointKey, Service, ServiceMeta, Settings, Slot, SlotKey, SockAddr4, State, SubsetMeta,
+    SubsetMetaKey, map_names,
 };
 
-use super::ApplyError;
-use super::pins::Pins;
+use super::{DatapathError, Pins};
 use crate::compile::{ServiceImage, SubsetImage};
 
-/// The pinned maps lb writes and reads.
-pub struct Maps {
-    pub services: HashMap<MapData, SockAddr4, Service>,
-    pub slots: HashMap<MapData, SlotKey, Slot>,
-    pub endpoints: HashMap<MapData, EndpointKey, SockAddr4>,
-    pub stats: PerCpuHashMap<MapData, StatKey, Stats>,
-    pub settings: Array<MapData, Settings>,
-    pub service_meta: HashMap<MapData, SockAddr4, ServiceMeta>,
-    pub subset_meta: HashMap<MapData, SubsetMetaKey, SubsetMeta>,
-    pub state: Array<MapData, State>,
-    pub counters: aya::maps::PerCpuArray<MapData, u64>,
-    pub hosts: HashMap<MapData, lb_common::HostKey, u64>,
-    pub local_listeners: HashMap<MapData, SockAddr4, u32>,
+/// One change of one plan map entry; `None` deletes the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    Service(SockAddr4, Option<Service>),
+    Slot(SlotKey, Option<Slot>),
+    Endpoint(EndpointKey, Option<SockAddr4>),
+    ServiceMeta(SockAddr4, Option<ServiceMeta>),
+    SubsetMeta(SubsetMetaKey, Option<SubsetMeta>),
+    /// `LB_STATE[0]` (an array: always set).
+    State(Box<State>),
+    /// `LB_SETTINGS[0]`.
+    Settings(Settings),
+    /// A local backend that listened before the programs could see it.
+    LocalListener(SockAddr4),
 }
 
-/// Opens one pinned map as its typed handle.
-pub fn open<T>(pins: &Pins, name: &'static str) -> Result<T, ApplyError>
-where
-    T: TryFrom<Map, Error = aya::maps::MapError>,
-{
-    let path = pins.map(name);
-    let data = MapData::from_pin(&path).map_err(|e| ApplyError::OpenMap {
-        path: path.clone(),
-        source: Box::new(e),
-    })?;
-    let map = Map::from_map_data(data).map_err(|e| ApplyError::OpenMap {
-        path: path.clone(),
-        source: Box::new(e),
-    })?;
-    T::try_from(map).map_err(|e| ApplyError::OpenMap {
-        path,
-        source: Box::new(e),
-    })
+/// Read access to the plan maps, as much as the applier needs to adopt them.
+pub trait PlanRead {
+    fn services(&self) -> Result<Vec<(SockAddr4, Service)>, DatapathError>;
+    fn slot(&self, key: &SlotKey) -> Option<Slot>;
+    fn endpoint(&self, key: &EndpointKey) -> Option<SockAddr4>;
+    fn service_meta(&self, key: &SockAddr4) -> Option<ServiceMeta>;
+    fn subset_metas(&self) -> Result<Vec<(SubsetMetaKey, SubsetMeta)>, DatapathError>;
+    /// Every slot and endpoint key, of every revision.
+    fn revision_keys(&self) -> (Vec<SlotKey>, Vec<EndpointKey>);
+    fn state(&self) -> State;
+}
+
+/// The plan maps' one writer interface.
+pub trait MapWriter {
+    /// Makes one change. Deleting a key that is not there is not an error.
+    fn write(&mut self, w: &Write) -> Result<(), DatapathError>;
+    /// What the maps hold.
+    fn read(&self) -> &dyn PlanRead;
 }
 
 /// A pinned service as read back: its entry and its current revision's content.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PinnedService {
     pub entry: Service,
     pub image: ServiceImage,
 }
 
-impl Maps {
-    /// Opens every map pinned under `pins`.
-    pub fn open(pins: &Pins) -> Result<Self, ApplyError> {
-        Ok(Self {
-            services: open(pins, map_names::SERVICES)?,
-            slots: open(pins, map_names::SLOTS)?,
-            endpoints: open(pins, map_names::ENDPOINTS)?,
-            stats: open(pins, map_names::STATS)?,
-            settings: open(pins, map_names::SETTINGS)?,
-            service_meta: open(pins, map_names::SERVICE_META)?,
-            subset_meta: open(pins, map_names::SUBSET_META)?,
-            state: open(pins, map_names::STATE)?,
-            counters: open(pins, map_names::COUNTERS)?,
-            hosts: open(pins, map_names::HOSTS)?,
-            local_listeners: open(pins, map_names::LOCAL_LISTENERS)?,
-        })
+/// Reads every service back: entry, slots of its current revision, subsets (names
+/// from the metadata map) and their endpoints.
+pub fn read_services(
+    maps: &dyn PlanRead,
+) -> Result<BTreeMap<SockAddr4, PinnedService>, DatapathError> {
+    let mut subsets_by_service: StdHashMap<SockAddr4, Vec<(u32, SubsetMeta)>> = StdHashMap::new();
+    for (k, v) in maps.subset_metas()? {
+        subsets_by_service
+            .entry(k.service)
+            .or_default()
+            .push((k.subset, v));
     }
-
-    /// Reads every service back: entry, slots of its current revision, subsets
-    /// (names from the metadata map) and their endpoints.
-    pub fn read_services(&self) -> Result<BTreeMap<SockAddr4, PinnedService>, ApplyError> {
-        let mut subsets_by_service: StdHashMap<SockAddr4, Vec<(u32, SubsetMeta)>> =
-            StdHashMap::new();
-        for item in self.subset_meta.iter() {
-            let (k, v) = item.map_err(ApplyError::map)?;
-            subsets_by_service
-                .entry(k.service)
-                .or_default()
-                .push((k.subset, v));
-        }
-        let mut out = BTreeMap::new();
-        for item in self.services.iter() {
-            let (key, entry) = item.map_err(ApplyError::map)?;
-            let meta = self.service_meta.get(&key, 0).unwrap_or_default();
-            let mut slots = Vec::with_capacity(entry.slot_count as usize);
-            for slot in 0..entry.slot_count {
+    let mut out = BTreeMap::new();
+    for (key, entry) in maps.services()? {
+        let meta = maps.service_meta(&key).unwrap_or_default();
+        let slots = (0..entry.slot_count)
+            .map(|slot| {
                 let k = SlotKey {
                     service: key,
                     revision: entry.revision,
                     slot,
                 };
                 // A missing slot makes connect4 fail open; show it as subset 0.
-                slots.push(self.slots.get(&k, 0).map(|s| s.subset).unwrap_or(0));
-            }
-            let mut subsets = Vec::new();
-            let mut known = subsets_by_service.remove(&key).unwrap_or_default();
-            known.sort_by(|a, b| c_str(&a.1.name).cmp(&c_str(&b.1.name)).then(a.0.cmp(&b.0)));
-            for (id, m) in known {
-                let mut endpoints = Vec::new();
-                for index in 0..m.endpoint_count {
-                    let k = EndpointKey {
-                        service: key,
-                        revision: entry.revision,
-                        subset: id,
-                        index,
-                    };
-                    if let Ok(ep) = self.endpoints.get(&k, 0) {
-                        endpoints.push(ep);
-                    }
-                }
-                subsets.push(SubsetImage {
-                    id,
-                    name: c_str(&m.name),
-                    endpoints,
-                });
-            }
-            let image = ServiceImage {
-                name: c_str(&meta.name),
-                namespace: c_str(&meta.namespace),
-                mode: entry.mode,
-                reason: meta.reason,
-                weight_scale: meta.weight_scale.max(1),
-                slots,
-                subsets,
-            };
-            out.insert(key, PinnedService { entry, image });
-        }
-        Ok(out)
+                maps.slot(&k).map_or(0, |s| s.subset)
+            })
+            .collect();
+        let mut known = subsets_by_service.remove(&key).unwrap_or_default();
+        known.sort_by(|a, b| c_str(&a.1.name).cmp(&c_str(&b.1.name)).then(a.0.cmp(&b.0)));
+        let subsets = known
+            .into_iter()
+            .map(|(id, m)| SubsetImage {
+                id,
+                name: c_str(&m.name),
+                endpoints: (0..m.endpoint_count)
+                    .filter_map(|index| {
+                        maps.endpoint(&EndpointKey {
+                            service: key,
+                            revision: entry.revision,
+                            subset: id,
+                            index,
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        let image = ServiceImage {
+            name: c_str(&meta.name),
+            namespace: c_str(&meta.namespace),
+            mode: entry.mode,
+            reason: meta.reason,
+            weight_scale: meta.weight_scale.max(1),
+            slots,
+            subsets,
+        };
+        out.insert(key, PinnedService { entry, image });
+    }
+    Ok(out)
+}
+
+/// Handles on the maps that hold the plan, read-write (the applier's) or read-only
+/// (`lb status`'s).
+pub(super) struct PlanHandles {
+    services: HashMap<MapData, SockAddr4, Service>,
+    slots: HashMap<MapData, SlotKey, Slot>,
+    endpoints: HashMap<MapData, EndpointKey, SockAddr4>,
+    service_meta: HashMap<MapData, SockAddr4, ServiceMeta>,
+    subset_meta: HashMap<MapData, SubsetMetaKey, SubsetMeta>,
+    state: Array<MapData, State>,
+    pub(super) settings: Array<MapData, Settings>,
+    pub(super) local_listeners: HashMap<MapData, SockAddr4, u32>,
+}
+
+impl PlanHandles {
+    pub(super) fn open(pins: &Pins, read_only: bool) -> Result<Self, DatapathError> {
+        Ok(Self {
+            services: super::open(pins, map_names::SERVICES, read_only)?,
+            slots: super::open(pins, map_names::SLOTS, read_only)?,
+            endpoints: super::open(pins, map_names::ENDPOINTS, read_only)?,
+            service_meta: super::open(pins, map_names::SERVICE_META, read_only)?,
+            subset_meta: super::open(pins, map_names::SUBSET_META, read_only)?,
+            state: super::open(pins, map_names::STATE, read_only)?,
+            settings: super::open(pins, map_names::SETTINGS, read_only)?,
+            local_listeners: super::open(pins, map_names::LOCAL_LISTENERS, read_only)?,
+        })
     }
 
-    /// Per-subset counters summed over CPUs.
-    pub fn read_stats(&self) -> Result<StdHashMap<StatKey, Stats>, ApplyError> {
-        let mut out = StdHashMap::new();
-        for item in self.stats.iter() {
-            let (k, per_cpu) = item.map_err(ApplyError::map)?;
-            let mut sum = Stats::default();
-            for s in per_cpu.iter() {
-                sum.connects += s.connects;
-                sum.refused += s.refused;
+    /// One service's entry (the revision connects use now).
+    pub(super) fn service(&self, key: &SockAddr4) -> Option<Service> {
+        self.services.get(key, 0).ok()
+    }
+}
+
+/// The kernel's plan maps, opened read-write: the daemon opens them once and hands
+/// them to the applier, their only writer.
+pub struct PlanMaps(PlanHandles);
+
+impl PlanMaps {
+    pub fn open(pins: &Pins) -> Result<Self, DatapathError> {
+        PlanHandles::open(pins, false).map(Self)
+    }
+}
+
+/// Inserts `v` at `k`, or deletes `k` (gone already is fine).
+fn put<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    k: &K,
+    v: Option<&V>,
+) -> Result<(), MapError> {
+    match v {
+        Some(v) => map.insert(k, v, 0),
+        None => match map.remove(k) {
+            Err(MapError::KeyNotFound) => Ok(()),
+            // aya reports a missing key on delete as the syscall's ENOENT.
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
             }
-            out.insert(k, sum);
-        }
-        Ok(out)
+            other => other,
+        },
+    }
+}
+
+impl MapWriter for PlanMaps {
+    fn write(&mut self, w: &Write) -> Result<(), DatapathError> {
+        let m = &mut self.0;
+        let r = match w {
+            Write::Service(k, v) => put(&mut m.services, k, v.as_ref()),
+            Write::Slot(k, v) => put(&mut m.slots, k, v.as_ref()),
+            Write::Endpoint(k, v) => put(&mut m.endpoints, k, v.as_ref()),
+            Write::ServiceMeta(k, v) => put(&mut m.service_meta, k, v.as_ref()),
+            Write::SubsetMeta(k, v) => put(&mut m.subset_meta, k, v.as_ref()),
+            Write::State(s) => m.state.set(0, &**s, 0),
+            Write::Settings(s) => m.settings.set(0, s, 0),
+            Write::LocalListener(a) => m.local_listeners.insert(a, &1, 0),
+        };
+        r.map_err(|e| DatapathError::map(w, e))
     }
 
-    pub fn read_state(&self) -> Result<State, ApplyError> {
-        self.state.get(&0, 0).map_err(ApplyError::map)
+    fn read(&self) -> &dyn PlanRead {
+        &self.0
     }
+}
+
+impl PlanRead for PlanHandles {
+    fn services(&self) -> Result<Vec<(SockAddr4, Service)>, DatapathError> {
+        self.services
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| DatapathError::map("reading LB_SERVICES", e))
+    }
+
+    fn slot(&self, key: &SlotKey) -> Option<Slot> {
+        self.slots.get(key, 0).ok()
+    }
+
+    fn endpoint(&self, key: &EndpointKey) -> Option<SockAddr4> {
+        self.endpoints.get(key, 0).ok()
+    }
+
+    fn service_meta(&self, key: &SockAddr4) -> Option<ServiceMeta> {
+        self.service_meta.get(key, 0).ok()
+    }
+
+    fn subset_metas(&self) -> Result<Vec<(SubsetMetaKey, SubsetMeta)>, DatapathError> {
+        self.subset_meta
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| DatapathError::map("reading LB_SUBSET_META", e))
+    }
+
+    fn revision_keys(&self) -> (Vec<SlotKey>, Vec<EndpointKey>) {
+        (
+            self.slots.keys().filter_map(Result::ok).collect(),
+            self.endpoints.keys().filter_map(Result::ok).collect(),
+        )
+    }
+
+    fn state(&self) -> State {
+        self.state.get(&0, 0).unwrap_or_default()
+    }
+}
+
+/// One line per write, as the golden sequences show them.
+impl fmt::Display for Write {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn set_or_delete<V>(
+            f: &mut fmt::Formatter<'_>,
+            map: &str,
+            key: fmt::Arguments<'_>,
+            v: Option<&V>,
+            show: impl Fn(&V) -> String,
+        ) -> fmt::Result {
+            match v {
+                Some(v) => write!(f, "{map} {key} = {}", show(v)),
+                None => write!(f, "{map} {key} deleted"),
+            }
+        }
+        match self {
+            Write::Service(k, v) => set_or_delete(
+                f,
+                "LB_SERVICES",
+                format_args!("{}", addr(k)),
+                v.as_ref(),
+                |s| {
+                    format!(
+                        "revision {} slots {} mode {}",
+                        s.revision, s.slot_count, s.mode
+                    )
+                },
+            ),
+            Write::Slot(k, v) => set_or_delete(
+                f,
+                "LB_SLOTS",
+                format_args!("{} r{} #{}", addr(&k.service), k.revision, k.slot),
+                v.as_ref(),
+                |s| format!("subset {:08x} ({} endpoints)", s.subset, s.endpoint_count),
+            ),
+            Write::Endpoint(k, v) => set_or_delete(
+                f,
+                "LB_ENDPOINTS",
+                format_args!(
+                    "{} r{} subset {:08x} #{}",
+                    addr(&k.service),
+                    k.revision,
+                    k.subset,
+                    k.index
+                ),
+                v.as_ref(),
+                addr,
+            ),
+            Write::ServiceMeta(k, v) => set_or_delete(
+                f,
+                "LB_SERVICE_META",
+                format_args!("{}", addr(k)),
+                v.as_ref(),
+                |m| {
+                    format!(
+                        "{}/{} scale {} reason {}",
+                        c_str(&m.namespace),
+                        c_str(&m.name),
+                        m.weight_scale,
+                        m.reason
+                    )
+                },
+            ),
+            Write::SubsetMeta(k, v) => set_or_delete(
+                f,
+                "LB_SUBSET_META",
+                format_args!("{} subset {:08x}", addr(&k.service), k.subset),
+                v.as_ref(),
+                |m| format!("{} ({} endpoints)", c_str(&m.name), m.endpoint_count),
+            ),
+            Write::State(s) => write!(
+                f,
+                "LB_STATE = applied {} error {}",
+                if s.applied_at_ms > 0 { "set" } else { "never" },
+                if s.last_error_len > 0 { "set" } else { "none" }
+            ),
+            Write::Settings(s) => write!(
+                f,
+                "LB_SETTINGS = tgid {} proxy {} deferred {} flags {}",
+                s.self_tgid,
+                addr(&s.proxy),
+                addr(&s.proxy_deferred),
+                s.flags
+            ),
+            Write::LocalListener(a) => write!(f, "LB_LOCAL_LISTENERS {} = 1", addr(a)),
+        }
+    }
+}
+
+/// `a.b.c.d:port`.
+pub fn addr(a: &SockAddr4) -> String {
+    format!("{}:{}", Ipv4Addr::from(a.addr), a.port)
 }
 
 /// A NUL-padded name as a string.

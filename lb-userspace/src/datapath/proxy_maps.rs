@@ -1,21 +1,20 @@
-//! The proxy's side of the kernel maps: the original destination of an accepted
-//! connection, counters, unknown Hosts. (The proxy's accepted sockets join the
-//! sk_msg socket map in the kernel, at PASSIVE_ESTABLISHED.)
+//! What the proxy may touch in the kernel maps, and how: it takes (reads and clears)
+//! the original destination of an accepted connection, reads counters, and counts
+//! unknown Hosts. (Its accepted sockets join the sk_msg socket map in the kernel, at
+//! PASSIVE_ESTABLISHED.)
 
 use std::collections::{HashMap as StdHashMap, HashSet};
 use std::net::{SocketAddr, SocketAddrV4};
-use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use aya::maps::{HashMap, MapData, MapFd, PerCpuArray};
 use lb_common::{ClientKey, HostKey, SockAddr4, capacity, counters, map_names};
 
 use super::port_slots::PortSlots;
-use crate::apply::maps::open;
-use crate::apply::{ApplyError, Pins};
+use super::{DatapathError, Pins, sys};
 use crate::compile::sock_addr;
 
 /// Handles on the maps the proxy uses.
-pub struct KernelMaps {
+pub struct ProxyMaps {
     /// The original destinations by client port, mapped (None: the mapping failed,
     /// every lookup takes the hash).
     by_port: Option<PortSlots>,
@@ -65,20 +64,20 @@ fn v4(a: SocketAddr) -> Option<SockAddr4> {
     }
 }
 
-impl KernelMaps {
-    pub fn open(pins: &Pins) -> Result<Self, ApplyError> {
+impl ProxyMaps {
+    pub fn open(pins: &Pins) -> Result<Self, DatapathError> {
         let by_port = open_fd(pins, map_names::ORIG_DST_BY_PORT)
             .and_then(|fd| {
                 PortSlots::map(&fd)
-                    .map_err(|e| ApplyError::io(&pins.map(map_names::ORIG_DST_BY_PORT), e))
+                    .map_err(|e| DatapathError::io(&pins.map(map_names::ORIG_DST_BY_PORT), e))
             })
             .inspect_err(|e| tracing::warn!("original destinations by port: {e}; the hash only"))
             .ok();
         Ok(Self {
             by_port,
             orig_dst: open_fd(pins, map_names::ORIG_DST)?,
-            counters: open(pins, map_names::COUNTERS)?,
-            hosts: open(pins, map_names::HOSTS)?,
+            counters: super::open(pins, map_names::COUNTERS, true)?,
+            hosts: super::open(pins, map_names::HOSTS, false)?,
             pending: StdHashMap::new(),
             seen: StdHashMap::new(),
         })
@@ -96,7 +95,7 @@ impl KernelMaps {
             return OrigDst::PortSlot(addr(d));
         }
         let mut dst = SockAddr4::default();
-        match lookup_and_delete(&self.orig_dst, &ClientKey { client }, &mut dst) {
+        match sys::lookup_and_delete(&self.orig_dst, &ClientKey { client }, &mut dst) {
             Ok(()) => OrigDst::Hash(addr(dst)),
             Err(_) => OrigDst::Missing,
         }
@@ -126,7 +125,7 @@ impl KernelMaps {
         };
         let key = HostKey {
             service: svc,
-            host: crate::apply::maps::fixed(host),
+            host: super::plan_maps::fixed(host),
         };
         *self.pending.entry(key).or_default() += 1;
     }
@@ -140,49 +139,13 @@ impl KernelMaps {
     }
 }
 
-fn open_fd(pins: &Pins, name: &'static str) -> Result<MapFd, ApplyError> {
+fn open_fd(pins: &Pins, name: &'static str) -> Result<MapFd, DatapathError> {
     let path = pins.map(name);
     MapData::from_pin(&path)
         .and_then(|d| d.info())
         .and_then(|i| i.fd())
-        .map_err(|e| ApplyError::OpenMap {
+        .map_err(|e| DatapathError::OpenMap {
             path,
             source: Box::new(e),
         })
-}
-
-/// `bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM)`: copies the value of `key` out and removes
-/// the entry in one call.
-fn lookup_and_delete<K, V>(map: &MapFd, key: &K, value: &mut V) -> std::io::Result<()> {
-    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
-    /// The map-element member of `union bpf_attr`.
-    #[repr(C)]
-    struct ElemAttr {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
-    }
-    let attr = ElemAttr {
-        map_fd: map.as_fd().as_raw_fd() as u32,
-        _pad: 0,
-        key: std::ptr::from_ref(key) as u64,
-        value: std::ptr::from_mut(value) as u64,
-        flags: 0,
-    };
-    // SAFETY: `attr` points at a live key and a value buffer of the map's sizes (the
-    // map was created from the same lb-common types).
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
-            std::ptr::from_ref(&attr),
-            std::mem::size_of::<ElemAttr>() as u32,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }

@@ -9,7 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use super::kernel::OrigDst;
+use crate::datapath::OrigDst;
 use crate::route::{Destination, RouteTable};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -10,11 +10,9 @@ pub mod client_io;
 pub mod forward;
 pub mod guard;
 pub mod h1;
-pub mod kernel;
 pub mod lean;
 pub mod metrics;
 pub mod pool;
-mod port_slots;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd as _, RawFd};
@@ -62,7 +60,7 @@ pub struct Shared {
     pub client: pool::Pool,
     pub metrics: metrics::Metrics,
     pub log: Option<access_log::AccessLog>,
-    pub kernel: Option<Mutex<kernel::KernelMaps>>,
+    pub kernel: Option<Mutex<crate::datapath::ProxyMaps>>,
     pub front: Front,
 }
 

@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lb::apply::Pins;
-use lb::apply::cgroup::ChildCgroup;
+use lb::datapath::Pins;
+use lb::datapath::cgroup::ChildCgroup;
 use serde::{Deserialize, Serialize};
 
 use super::{Options, lb_bin, procs};
@@ -104,7 +104,9 @@ fn time_apply(n: usize, work: &Path) -> anyhow::Result<(usize, f64, f64, f64, f6
         "/sys/fs/bpf/lb-bench-apply-{n}-{id}"
     )));
     let result = (|| -> anyhow::Result<(usize, f64, f64, f64, f64)> {
-        let mut applier = lb::run::start(&pins, &cgroup.path, None, lb::run::SkMsgHops::OFF)?;
+        let (routes, _) = tokio::sync::watch::channel(Default::default());
+        let mut applier =
+            lb::run::start(&pins, &cgroup.path, None, lb::run::SkMsgHops::OFF, routes)?;
         let t = Instant::now();
         let model = lb::model::load_dir(&dir)?.model;
         let load = t.elapsed();
@@ -112,18 +114,18 @@ fn time_apply(n: usize, work: &Path) -> anyhow::Result<(usize, f64, f64, f64, f6
         let plan = lb::compile::plan(model)?;
         let compile = t.elapsed();
         let t = Instant::now();
-        let (report, garbage) = applier.apply(&plan.kernel)?;
+        let (report, garbage) = applier.apply(&plan)?;
         let apply = t.elapsed();
         anyhow::ensure!(report.added == n, "applied {report:?}");
         applier.collect_garbage(garbage);
         let t = Instant::now();
-        let (report, _) = applier.apply(&plan.kernel)?;
+        let (report, _) = applier.apply(&plan)?;
         let again = t.elapsed();
         anyhow::ensure!(report.unchanged == n, "re-applied {report:?}");
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         Ok((n, ms(load), ms(compile), ms(apply), ms(again)))
     })();
-    let _ = lb::apply::attach::remove_all(&pins);
+    let _ = lb::datapath::attach::remove_all(&pins);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -175,16 +177,17 @@ fn daemon(
         // Idle: past the 2 s after an apply when the daemon hands freed memory back.
         std::thread::sleep(Duration::from_secs(3));
         let rss = procs::status_kib(pid, "VmRSS:");
-        let maps = lb::apply::Maps::open(&pins)?;
+        let maps = lb::datapath::StatusView::open(&pins)?;
         let key =
             lb_common::SockAddr4::new(service_addr(0).parse::<std::net::Ipv4Addr>()?.octets(), 80);
         let mut latencies = Vec::new();
         for c in 0..changes {
-            let before = maps.services.get(&key, 0)?.revision;
+            let revision = || maps.service(&key).map(|s| s.revision);
+            let before = revision();
             let t = Instant::now();
             change(&dir, if c % 2 == 0 { 80 } else { 90 })?;
             loop {
-                if maps.services.get(&key, 0)?.revision != before {
+                if revision() != before {
                     break;
                 }
                 anyhow::ensure!(

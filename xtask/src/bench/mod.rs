@@ -13,7 +13,7 @@ mod wrk;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lb::apply::cgroup::ChildCgroup;
+use lb::datapath::cgroup::ChildCgroup;
 use procs::{Procs, SERVER_CPU};
 use serde::{Deserialize, Serialize};
 
@@ -398,7 +398,7 @@ impl Setup {
         let mut cmd = std::process::Command::new(lb_bin());
         cmd.args(["probe", "--to", to, "--count", "500", "--json"]);
         if let Some(cg) = cgroup {
-            lb::apply::cgroup::spawn_into(&mut cmd, cg);
+            lb::datapath::cgroup::spawn_into(&mut cmd, cg);
         }
         let out = cmd.output()?;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)
@@ -610,7 +610,7 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
             ],
         );
         if let Some(cg) = cgroup {
-            lb::apply::cgroup::spawn_into(&mut cmd, cg);
+            lb::datapath::cgroup::spawn_into(&mut cmd, cg);
         }
         let out = cmd.output()?;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {

@@ -27,7 +27,7 @@ impl Procs {
     ) -> anyhow::Result<u32> {
         let mut cmd = pinned(cpu, program, args);
         if let Some(cg) = cgroup {
-            lb::apply::cgroup::spawn_into(&mut cmd, cg);
+            lb::datapath::cgroup::spawn_into(&mut cmd, cg);
         }
         let log = std::fs::File::create(log)?;
         cmd.stdout(log.try_clone()?).stderr(log);

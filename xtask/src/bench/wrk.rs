@@ -37,7 +37,7 @@ pub fn run(
     args.push(url.to_string());
     let mut cmd = pinned(CLIENT_CPU, "wrk", &args);
     if let Some(cg) = cgroup {
-        lb::apply::cgroup::spawn_into(&mut cmd, cg);
+        lb::datapath::cgroup::spawn_into(&mut cmd, cg);
     }
     // wrk is the only child reaped while it runs (taskset execs it): the children's
     // rusage grows by exactly its CPU time.

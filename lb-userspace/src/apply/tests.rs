@@ -1,0 +1,245 @@
+//! The applier without a kernel: golden write sequences (tests/apply), and a failure
+//! injected at every write of an apply leaves the maps and the route table as before.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::fake::{Contents, FakeMaps};
+use super::*;
+use crate::compile::Plan;
+
+/// The seed's service at `weights` (v0, v1), with v1 on `v1_endpoints`, and optionally
+/// a second service.
+fn config(weights: (u32, u32), v1_endpoints: &[&str], second: bool) -> String {
+    let eps: String = v1_endpoints
+        .iter()
+        .map(|a| format!("  - {{address: {a}, labels: {{version: v1}}}}\n"))
+        .collect();
+    let mut out = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: backend-service}}
+spec:
+  hosts: [backend-service]
+  addresses: [127.10.0.1]
+  ports: [{{number: 10000, name: http}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.2, labels: {{version: v0}}}}
+{eps}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: backend-dr}}
+spec:
+  host: backend-service
+  subsets:
+  - {{name: v0, labels: {{version: v0}}}}
+  - {{name: v1, labels: {{version: v1}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: backend-vs}}
+spec:
+  hosts: [backend-service]
+  http:
+  - route:
+    - {{destination: {{host: backend-service, subset: v0}}, weight: {}}}
+    - {{destination: {{host: backend-service, subset: v1}}, weight: {}}}
+",
+        weights.0, weights.1
+    );
+    if second {
+        out.push_str(
+            "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: other}
+spec:
+  hosts: [other]
+  addresses: [127.10.0.2]
+  ports: [{number: 80, name: http}]
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.4}
+",
+        );
+    }
+    out
+}
+
+fn plan(yaml: &str) -> Plan {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("c.yaml"), yaml).expect("write");
+    let model = crate::model::load_dir(dir.path()).expect("valid").model;
+    crate::compile::plan(model).expect("compiles")
+}
+
+fn applier(maps: FakeMaps) -> (Applier<FakeMaps>, watch::Receiver<Arc<RouteTable>>) {
+    let (tx, rx) = watch::channel(Arc::new(RouteTable::default()));
+    (Applier::adopt(maps, tx).expect("adopt"), rx)
+}
+
+/// Contents without the apply time (a clock reading).
+fn timeless(c: &Contents) -> Contents {
+    let mut c = c.clone();
+    c.state.applied_at_ms = 0;
+    c
+}
+
+#[test]
+fn golden_write_sequences_add_change_and_remove() {
+    let (mut a, _rx) = applier(FakeMaps::default());
+    let steps = [
+        ("the seed's 90/10", config((90, 10), &["127.0.0.3"], false)),
+        (
+            "70/30, a second v1 endpoint, another service",
+            config((70, 30), &["127.0.0.3", "127.0.0.5"], true),
+        ),
+        (
+            "the same again",
+            config((70, 30), &["127.0.0.5", "127.0.0.3"], true),
+        ),
+        (
+            "back to 90/10, the other service gone",
+            config((90, 10), &["127.0.0.3"], false),
+        ),
+    ];
+    let mut rendered = String::new();
+    for (what, yaml) in &steps {
+        let before = a.maps().log.len();
+        let (report, garbage) = a.apply(&plan(yaml)).expect("applies");
+        rendered.push_str(&format!("# {what}: {report:?}\n"));
+        for line in &a.maps().log[before..] {
+            rendered.push_str(line);
+            rendered.push('\n');
+        }
+        let before = a.maps().log.len();
+        a.collect_garbage(garbage);
+        rendered.push_str("# after the grace period\n");
+        for line in &a.maps().log[before..] {
+            rendered.push_str(line);
+            rendered.push('\n');
+        }
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/apply/seed-sequence.txt");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &rendered).expect("write golden");
+    }
+    let expected = std::fs::read_to_string(&path).expect("tests/apply/seed-sequence.txt");
+    assert_eq!(
+        rendered, expected,
+        "UPDATE_GOLDEN=1 rewrites it; review the diff"
+    );
+}
+
+#[test]
+fn a_failure_at_any_write_leaves_maps_and_routes_as_before() {
+    let first = plan(&config((90, 10), &["127.0.0.3"], true));
+    let second = plan(&config((70, 30), &["127.0.0.3", "127.0.0.5"], false));
+    // A clean run: how many writes the second apply makes, and what it leaves.
+    let (mut clean, _rx) = applier(FakeMaps::default());
+    clean.apply(&first).expect("first");
+    let from = clean.maps().log.len();
+    clean.apply(&second).expect("second");
+    let writes = clean.maps().log.len() - from;
+    let after_second = timeless(&clean.maps().contents);
+    assert!(writes > 10, "{writes} writes");
+    for i in 0..writes {
+        let (mut a, rx) = applier(FakeMaps::default());
+        a.apply(&first).expect("first");
+        let before = a.maps().contents.clone();
+        let table = rx.borrow().clone();
+        let mut maps = std::mem::take(&mut a.maps);
+        maps.fail_at = Some(maps.log.len() + i);
+        a.maps = maps;
+        let err = a.apply(&second).expect_err("fails");
+        assert!(matches!(err, ApplyError::Step { .. }), "write {i}: {err}");
+        assert_eq!(a.maps().contents, before, "write {i} failed: {err}");
+        assert!(
+            Arc::ptr_eq(&rx.borrow(), &table),
+            "write {i}: the route table changed"
+        );
+        // The plan still applies afterwards, to the same contents as a clean run.
+        a.apply(&second).expect("applies after the failure");
+        assert_eq!(
+            timeless(&a.maps().contents),
+            after_second,
+            "after failing at write {i}"
+        );
+        assert!(Arc::ptr_eq(&rx.borrow(), &second.proxy));
+    }
+}
+
+#[test]
+fn the_error_names_the_failed_step() {
+    let (mut a, _rx) = applier(FakeMaps::default());
+    a.maps.fail_at = Some(0);
+    let err = a
+        .apply(&plan(&config((90, 10), &["127.0.0.3"], false)))
+        .expect_err("fails");
+    assert_eq!(
+        err.to_string(),
+        "writing revision 1 of 127.10.0.1:10000: LB_ENDPOINTS 127.10.0.1:10000 r1 subset 954a47fb #0 = 127.0.0.2:10000: injected failure; rolled back, the running plan stays"
+    );
+}
+
+#[test]
+fn a_plan_over_capacity_writes_nothing() {
+    let (mut a, rx) = applier(FakeMaps::default());
+    let mut big = plan(&config((90, 10), &["127.0.0.3"], false));
+    let svc = big.kernel.services.values_mut().next().expect("one");
+    svc.subsets[0].endpoints = vec![Default::default(); capacity::ENDPOINTS as usize + 1];
+    let err = a.apply(&big).expect_err("too big");
+    assert!(
+        matches!(
+            err,
+            ApplyError::Full {
+                map: "LB_ENDPOINTS",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(a.maps().log.is_empty());
+    assert!(rx.borrow().vhosts.is_empty(), "no route table published");
+}
+
+#[test]
+fn adopting_sweeps_revisions_no_service_uses() {
+    let (mut a, _rx) = applier(FakeMaps::default());
+    a.apply(&plan(&config((90, 10), &["127.0.0.3"], false)))
+        .expect("first");
+    // A daemon that died before its grace period: revision 1 is still there.
+    a.apply(&plan(&config((50, 50), &["127.0.0.3"], false)))
+        .expect("second");
+    let mut maps = std::mem::take(&mut a.maps);
+    assert_eq!(maps.contents.slots.len(), 10 + 2);
+    maps.log.clear();
+    let (b, _rx) = applier(maps);
+    assert_eq!(
+        b.maps().log,
+        [
+            "LB_SLOTS 127.10.0.1:10000 r1 #0 deleted",
+            "LB_SLOTS 127.10.0.1:10000 r1 #1 deleted",
+            "LB_SLOTS 127.10.0.1:10000 r1 #2 deleted",
+            "LB_SLOTS 127.10.0.1:10000 r1 #3 deleted",
+            "LB_SLOTS 127.10.0.1:10000 r1 #4 deleted",
+            "LB_SLOTS 127.10.0.1:10000 r1 #5 deleted",
+            "LB_SLOTS 127.10.0.1:10000 r1 #6 deleted",
+            "LB_SLOTS 127.10.0.1:10000 r1 #7 deleted",
+            "LB_SLOTS 127.10.0.1:10000 r1 #8 deleted",
+            "LB_SLOTS 127.10.0.1:10000 r1 #9 deleted",
+            "LB_ENDPOINTS 127.10.0.1:10000 r1 subset 944a4668 #0 deleted",
+            "LB_ENDPOINTS 127.10.0.1:10000 r1 subset 954a47fb #0 deleted",
+        ]
+    );
+    assert_eq!(b.maps().contents.slots.len(), 2);
+    // What it read back is what it wrote: the same plan again changes nothing.
+    let mut b = b;
+    let (report, _) = b
+        .apply(&plan(&config((50, 50), &["127.0.0.3"], false)))
+        .expect("same plan");
+    assert_eq!(report.unchanged, 1);
+}
