@@ -94,7 +94,7 @@ fn explain_prints_the_documented_json() {
         e,
         serde_json::json!({
             "virtual_service": "default/backend-vs", "rule": 2, "route_name": "v2-rewrite", "datapath": "proxy", "action": "route",
-            "destinations": [{"host": "backend-service.default.svc.cluster.local", "subset": "v0", "port": 10500, "weight": 1}],
+            "destinations": [{"host": "backend-service.default.svc.cluster.local", "subset": "v0", "port": 10500, "weight": 1, "endpoints": 1}],
             "request": {"method": "GET", "path": "/test/x?q=1", "host": "api.wilsontest.com"},
             "response": null
         })

@@ -6,9 +6,11 @@ use std::net::SocketAddrV4;
 use http::HeaderMap;
 use serde::Serialize;
 
-use crate::model::Model;
+use lb_common::mode;
+
+use crate::compile::{Plan, sock_addr};
 use crate::proxy::h1;
-use crate::route::{self, Action, Request};
+use crate::route::{self, Action, Request, Verdict, decide::Forced};
 
 /// The request to explain.
 pub struct Query {
@@ -41,6 +43,8 @@ pub struct ExplainedDestination {
     pub subset: Option<String>,
     pub port: u16,
     pub weight: u32,
+    /// Endpoints it has at that port (0: requests picking it get 503).
+    pub endpoints: usize,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -56,9 +60,11 @@ pub struct ExplainedResponse {
     pub headers: BTreeMap<String, String>,
 }
 
-/// Explains how lb routes `q` under `model`.
-pub fn explain(model: &Model, q: &Query) -> Explanation {
-    let table = &model.routes;
+/// Explains how lb routes `q` under `plan`: the proxy's front end, its rule
+/// selection and its decision ([`route::decide`]), asked once per destination of the
+/// rule so every share of the requests is shown.
+pub fn explain(plan: &Plan, q: &Query) -> Explanation {
+    let table = &*plan.proxy;
     // The proxy's front end first: the same verdict on the request head.
     let mut head: Vec<httparse::Header<'_>> = vec![httparse::Header {
         name: "host",
@@ -72,36 +78,30 @@ pub fn explain(model: &Model, q: &Query) -> Explanation {
         Ok(c) => c,
         Err(refusal) => return refused(q, refusal.status(), refusal.to_string()),
     };
+    let authority = checked.authority.unwrap_or("");
     let req = Request {
         method: &q.method,
         scheme: "http",
         path_and_query: checked.target.path_and_query(),
-        authority: checked.authority.unwrap_or(""),
+        authority,
         headers: &q.headers,
         dialled: q.to,
     };
     let sel = match table.select_explained(&req) {
         Ok(sel) => sel,
-        Err(e) => return refused(q, 400, e.to_string()),
+        Err(_) => {
+            let r = h1::Refusal::BadPath;
+            return refused(q, r.status(), r.to_string());
+        }
     };
-    let dialled_service =
-        q.to.and_then(|to| model.services.iter().find(|s| s.frontend == to));
-    let datapath = match (dialled_service, sel.vhost) {
-        (Some(s), _) => {
-            if s.proxy_reason.is_some() {
-                "proxy"
-            } else {
-                "kernel"
-            }
-        }
-        (None, Some(vh)) => {
-            if vh.proxy_reason.is_some() {
-                "proxy"
-            } else {
-                "kernel"
-            }
-        }
-        (None, None) => "proxy",
+    let dialled_mode =
+        q.to.and_then(|to| plan.kernel.services.get(&sock_addr(to)))
+            .map(|s| s.mode == mode::PROXY);
+    let datapath = match (dialled_mode, sel.vhost) {
+        (Some(true), _) => "proxy",
+        (Some(false), _) => "kernel",
+        (None, Some(vh)) if vh.proxy_reason.is_none() => "kernel",
+        (None, _) => "proxy",
     };
     let mut notes = Vec::new();
     match (sel.vhost, sel.by_dialled_service) {
@@ -116,6 +116,8 @@ pub fn explain(model: &Model, q: &Query) -> Explanation {
         });
     }
     notes.extend(sel.skipped.iter().map(|s| format!("skipped {s}")));
+    // The Host as the proxy writes it (`Verdict::Upstream`'s host, or the client's).
+    let host_as_sent = checked.host == Some(authority);
     let (path, host) = sel.rewritten(&req);
     let mut out = Explanation {
         virtual_service: sel.vhost.map(|v| v.name.clone()),
@@ -129,59 +131,71 @@ pub fn explain(model: &Model, q: &Query) -> Explanation {
             path,
             host,
         },
-        response: Some(ExplainedResponse {
-            status: 404,
-            headers: BTreeMap::new(),
-        }),
+        response: None,
         notes,
     };
-    let Some((_, rule)) = sel.rule else {
-        return out;
+    let destinations = match sel.rule.map(|(_, r)| &r.action) {
+        Some(Action::Route { destinations, .. }) => &destinations[..],
+        _ => &[],
     };
-    let dialled_port = q.to.map(|t| t.port());
-    match &rule.action {
-        Action::Route { destinations, .. } => {
-            out.action = "route";
-            out.response = None;
-            let mut any_endpoint = false;
-            for d in destinations {
-                let port = d.port_for(dialled_port);
-                any_endpoint |= d.weight > 0
-                    && port
-                        .and_then(|p| d.endpoints.get(&p))
-                        .is_some_and(|e| !e.is_empty());
-                out.destinations.push(ExplainedDestination {
-                    host: d.host.clone(),
-                    subset: d.subset.clone(),
-                    port: port.unwrap_or(0),
-                    weight: d.weight,
-                });
-            }
-            if !any_endpoint {
-                out.response = Some(ExplainedResponse {
-                    status: 503,
-                    headers: BTreeMap::new(),
-                });
-                out.notes
-                    .push("no destination with weight has an endpoint: 503".into());
-            }
-        }
-        Action::Redirect(rd) => {
-            out.action = "redirect";
-            let location = route::redirect_location(rd, &sel, &req);
-            out.response = Some(ExplainedResponse {
-                status: rd.code,
-                headers: [("location".to_string(), location)].into(),
-            });
-        }
-        Action::Direct { status, .. } => {
-            out.action = "direct_response";
-            out.response = Some(ExplainedResponse {
-                status: *status,
-                headers: BTreeMap::new(),
-            });
+    // What the proxy decides for the share of each destination it may pick (weight
+    // above 0, or the first when every weight is 0); a rule without destinations
+    // (redirect, direct response, none) is decided once.
+    let all_zero = destinations.iter().all(|d| d.weight == 0);
+    let pickable: Vec<usize> = (0..destinations.len().max(1))
+        .filter(|&i| {
+            destinations
+                .get(i)
+                .is_none_or(|d| d.weight > 0 || (all_zero && i == 0))
+        })
+        .collect();
+    let verdicts: Vec<Verdict<'_>> = pickable
+        .iter()
+        .map(|&i| route::decide(table, &sel, &req, host_as_sent, &mut Forced(i)))
+        .collect();
+    for (&i, v) in pickable.iter().zip(&verdicts) {
+        if let (Some(d), Verdict::Local(l)) = (destinations.get(i), v) {
+            out.notes.push(format!(
+                "requests picking {} get {}: {}",
+                d.label,
+                l.status,
+                l.body.trim_end()
+            ));
         }
     }
+    let dialled_port = q.to.map(|t| t.port());
+    for d in destinations {
+        let port = d.port_for(dialled_port);
+        out.destinations.push(ExplainedDestination {
+            host: d.host.clone(),
+            subset: d.subset.clone(),
+            port: port.unwrap_or(0),
+            weight: d.weight,
+            endpoints: port.and_then(|p| d.endpoints.get(&p)).map_or(0, Vec::len),
+        });
+    }
+    // Routed when any share is forwarded; otherwise every share gets lb's answer.
+    if verdicts.iter().any(|v| matches!(v, Verdict::Upstream(_))) {
+        out.action = "route";
+        return out;
+    }
+    let Some(Verdict::Local(l)) = verdicts.first() else {
+        return out;
+    };
+    out.action = match l.flag {
+        "RD" => "redirect",
+        "DR" => "direct_response",
+        "UH" | "UF" => "route",
+        _ => "no_route",
+    };
+    out.response = Some(ExplainedResponse {
+        status: l.status,
+        headers: l
+            .location
+            .iter()
+            .map(|loc| ("location".to_string(), loc.clone()))
+            .collect(),
+    });
     out
 }
 
@@ -233,14 +247,15 @@ impl Explanation {
                 0.0
             };
             s.push_str(&format!(
-                "   {}{} port {} weight {} ({pct:.0}%)\n",
+                "   {}{} port {} weight {} ({pct:.0}%), {} endpoint(s)\n",
                 d.host,
                 d.subset
                     .as_deref()
                     .map(|x| format!(" subset {x}"))
                     .unwrap_or_default(),
                 d.port,
-                d.weight
+                d.weight,
+                d.endpoints
             ));
         }
         s.push_str(&format!(

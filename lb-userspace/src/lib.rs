@@ -12,6 +12,8 @@ pub mod datapath;
 pub mod demo;
 pub mod diagnostic;
 pub mod explain;
+pub mod fasthash;
+pub mod hosts;
 pub mod load;
 pub mod model;
 pub mod probe;

@@ -334,7 +334,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 headers: map,
                 to,
             };
-            let e = lb::explain::explain(&validated.model, &q);
+            let plan = lb::compile::plan(validated.model)?;
+            let e = lb::explain::explain(&plan, &q);
             if json {
                 println!("{}", serde_json::to_string(&e)?);
             } else {

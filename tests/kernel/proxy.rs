@@ -297,6 +297,7 @@ fn live_proxy_agrees_with_explain_on_the_shared_table() {
     let config = std::fs::read_to_string(dir.join("config.yaml")).expect("config");
     let env = env_with("table", 10500, &config, &[]);
     let model = lb::model::load_dir(&env.config).expect("valid").model;
+    let plan = lb::compile::plan(model).expect("compiles");
     let text = std::fs::read_to_string(dir.join("cases.jsonl")).expect("cases");
     let cases: Vec<Value> = text
         .lines()
@@ -326,7 +327,7 @@ fn live_proxy_agrees_with_explain_on_the_shared_table() {
             headers,
             to: Some(to.parse().expect("addr")),
         };
-        explained.push(lb::explain::explain(&model, &q));
+        explained.push(lb::explain::explain(&plan, &q));
         batch.push_str(&serde_json::json!({"to": to, "host": c["host"], "path": c["path"], "method": c["method"], "headers": c["headers"]}).to_string());
         batch.push('\n');
     }

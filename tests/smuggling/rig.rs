@@ -105,7 +105,8 @@ impl Rig {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("svc.yaml"), config(backend_port)).expect("config");
         let model = lb::model::load_dir(dir.path()).expect("valid config").model;
-        let (table, rx) = tokio::sync::watch::channel(Arc::new(model.routes));
+        let plan = lb::compile::plan(model).expect("compiles");
+        let (table, rx) = tokio::sync::watch::channel(plan.proxy);
         let opts = lb::proxy::ProxyOptions {
             listen: "127.0.0.1:0".parse().expect("addr"),
             admin: "127.0.0.1:0".parse().expect("addr"),

@@ -1,4 +1,5 @@
-//! Compile: a pure function from the validated [`Model`] to the kernel [`MapImage`].
+//! Compile: a pure function from the validated [`Model`] to the [`Plan`]: the kernel
+//! maps' image ([`MapImage`]) and the proxy's route table ([`routes`]).
 //!
 //! Weights become slots: relative weights are reduced by their gcd and each subset gets
 //! as many slots as its reduced weight; `connect4` picks a slot at random, then an
@@ -6,6 +7,7 @@
 //! `weight × endpoints` slots (90/10 over 7 and 3 endpoints is 10 slots, not 2,100).
 
 pub mod image;
+pub mod routes;
 
 use std::net::SocketAddrV4;
 
@@ -46,7 +48,7 @@ pub fn plan(model: Model) -> Result<Plan, CompileError> {
     let kernel = compile(&model)?;
     Ok(Plan {
         kernel,
-        proxy: std::sync::Arc::new(model.routes),
+        proxy: std::sync::Arc::new(routes::build(model)),
     })
 }
 

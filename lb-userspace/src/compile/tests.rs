@@ -53,7 +53,7 @@ fn service(split: Vec<(&str, u32, usize)>) -> Model {
             virtual_service: None,
             proxy_reason: None,
         }],
-        routes: Default::default(),
+        ..Default::default()
     }
 }
 

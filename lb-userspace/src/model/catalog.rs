@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use crate::diagnostic::Diagnostic;
 use crate::load::{Loaded, istio};
 
-use super::hosts;
+use crate::hosts;
 
 /// One service of the catalogue (one ServiceEntry host).
 #[derive(Debug)]

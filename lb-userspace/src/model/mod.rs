@@ -5,20 +5,15 @@
 //! a conflict (two VirtualServices for one host), lb rejects the configuration.
 
 pub mod catalog;
-pub mod hosts;
 pub mod http;
 pub mod own;
 pub mod routes;
 pub mod subsets;
-mod table;
 
 use std::collections::BTreeMap;
 
-/// The model's maps: keyed by names from the operator's own files (no untrusted
-/// input), rebuilt on every reload — a fast hasher rather than SipHash (~7 % of a
-/// 1000-service reload).
-pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-pub(crate) type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+pub(crate) use crate::fasthash::HashMap;
+use crate::hosts;
 use std::net::SocketAddrV4;
 use std::path::Path;
 use std::sync::Arc;
@@ -88,13 +83,21 @@ pub struct Service {
     pub proxy_reason: Option<routes::ProxyReason>,
 }
 
-/// What lb enforces.
+/// What lb enforces: the services the kernel steers, and the validated
+/// VirtualServices the proxy's route table is compiled from.
 #[derive(Debug, Default)]
 pub struct Model {
     /// Sorted by frontend.
     pub services: Vec<Service>,
-    /// Request routing for the proxy path.
-    pub routes: crate::route::RouteTable,
+    /// Valid VirtualServices, in the order they were loaded.
+    pub virtual_services: Vec<routes::ParsedVs>,
+    /// Canonical service host → the VirtualService bound to it (index into
+    /// `virtual_services`).
+    pub bindings: HashMap<String, usize>,
+    pub catalog: Catalog,
+    pub subset_rules: subsets::SubsetRules,
+    /// Istio's `pathNormalization` (the route table applies it to every request).
+    pub normalization: crate::route::path::Normalization,
 }
 
 /// A valid model and the warnings found on the way.
@@ -246,9 +249,14 @@ fn build_with(
         }
     }
     services.sort_by_key(|s| s.frontend);
-    let mut routes = table::build(parsed, &bindings, &services, &catalog, &subset_rules);
-    routes.normalization = opts.normalization;
-    Model { services, routes }
+    Model {
+        services,
+        virtual_services: parsed,
+        bindings,
+        catalog,
+        subset_rules,
+        normalization: opts.normalization,
+    }
 }
 
 fn parse_virtual_services(
@@ -297,7 +305,7 @@ fn build_catalog(
     diags: &mut Vec<Diagnostic>,
 ) -> Catalog {
     // Documents no longer loaded leave the memo.
-    let live: std::collections::HashSet<usize, foldhash::fast::RandomState> =
+    let live: crate::fasthash::HashSet<usize> =
         loaded.iter().map(|l| Arc::as_ptr(l) as usize).collect();
     memo.retain(|k, _| live.contains(k));
     let mut cat = Catalog::default();

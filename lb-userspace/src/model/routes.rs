@@ -6,9 +6,10 @@ use std::net::SocketAddrV4;
 use crate::diagnostic::Diagnostic;
 use crate::load::{Loaded, istio};
 
+use super::Catalog;
 use super::catalog::CatalogService;
 use super::subsets::SubsetRules;
-use super::{Catalog, hosts};
+use crate::hosts;
 
 /// One weighted destination of a rule, as written.
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use crate::diagnostic::Diagnostic;
 use crate::load::{Loaded, istio};
 
-use super::hosts;
+use crate::hosts;
 
 /// DestinationRules by canonical host.
 pub type SubsetRules = super::HashMap<String, SubsetRule>;

@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 
 use super::access_log::Entry;
 use super::{Shared, h1};
-use crate::route::{self, Action};
+use crate::route;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -94,6 +94,9 @@ pub(super) struct Outcome<'t> {
     pub destination: Option<&'t route::Destination>,
     /// Why the front end refused the request (`lb_proxy_refused_total`).
     pub refusal: Option<h1::Refusal>,
+    /// The Host (as looked up) when it named no VirtualService host and the dialled
+    /// service's routes applied (counted per service for `lb status`).
+    pub unknown_host: Option<String>,
 }
 
 impl Outcome<'_> {
@@ -114,6 +117,7 @@ impl Default for Outcome<'_> {
             rule: None,
             destination: None,
             refusal: None,
+            unknown_host: None,
         }
     }
 }
@@ -144,6 +148,11 @@ pub(super) fn record(
 ) {
     let m = &shared.metrics;
     m.count(table, conn.dialled, outcome.destination, outcome.status);
+    if let (Some(host), Some(d), Some(k)) = (&outcome.unknown_host, conn.dialled, &shared.kernel)
+        && let Ok(mut k) = k.lock()
+    {
+        k.unknown_host(d, host);
+    }
     if let Some(r) = outcome.refusal {
         m.refused(r);
     }
@@ -244,29 +253,18 @@ async fn route_request<'t>(
 
 /// Where routing sends a request: to an endpoint, or answered by the proxy.
 pub(super) enum Decision<'t> {
-    Upstream(Target<'t>),
-    /// 404 (no route), 503 (no endpoint), a redirect or a direct response.
+    Upstream(route::Target<'t>),
+    /// 400 (a path that does not normalise), 404 (no route), 503 (no endpoint), a
+    /// redirect or a direct response.
     Answer(Response<Body>),
 }
 
-/// A request's endpoint and what the request becomes on the way there.
-pub(super) struct Target<'t> {
-    pub rule: &'t route::Rule,
-    pub endpoint: SocketAddr,
-    /// Path and query after the rule's rewrite.
-    pub path: String,
-    /// The Host header to set (an authority rewrite, or the request had none); None:
-    /// the client's goes through.
-    pub host: Option<String>,
-}
-
-/// Picks the rule, destination and endpoint for a request (both paths: hyper's and
-/// the lean one), or the proxy's own answer. `host_as_sent`: the request's Host
-/// header is `r.authority` (it may then go upstream as it is).
+/// Selects the rule for a request and decides with the shared decision
+/// ([`route::decide`], also `lb explain`'s), noting in `outcome` what the access log
+/// and metrics record; local answers become responses. `host_as_sent`: the request's
+/// Host header is `r.authority`.
 pub(super) fn decide<'t>(
-    shared: &Shared,
     table: &'t route::RouteTable,
-    conn: &ConnInfo,
     r: &route::Request<'_>,
     host_as_sent: bool,
     outcome: &mut Outcome<'t>,
@@ -274,75 +272,38 @@ pub(super) fn decide<'t>(
     let Ok(sel) = table.select(r) else {
         return Decision::Answer(refusal(h1::Refusal::BadPath, outcome));
     };
-    if sel.by_dialled_service
-        && let (Some(d), Some(k)) = (conn.dialled, &shared.kernel)
-        && let Ok(mut k) = k.lock()
+    outcome.unknown_host = sel.by_dialled_service.then(|| route::host_key(r.authority));
+    match route::decide(table, &sel, r, host_as_sent, &mut route::decide::Random) {
+        route::Verdict::Upstream(t) => {
+            outcome.rule = Some(t.rule);
+            outcome.destination = Some(t.destination);
+            outcome.upstream = Some(t.endpoint);
+            Decision::Upstream(t)
+        }
+        route::Verdict::Local(l) => {
+            outcome.rule = l.rule;
+            outcome.destination = l.destination;
+            outcome.flags = l.flag;
+            Decision::Answer(local_answer(&l))
+        }
+    }
+}
+
+/// lb's own answer as a response.
+fn local_answer(l: &route::Local<'_>) -> Response<Body> {
+    let status = StatusCode::from_u16(l.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = local(status, Bytes::copy_from_slice(l.body.as_bytes()));
+    if let Some(loc) = &l.location
+        && let Ok(v) = HeaderValue::from_str(loc)
     {
-        k.unknown_host(d, &route::host_key(r.authority));
+        resp.headers_mut().insert(header::LOCATION, v);
     }
-    let Some((_, rule)) = sel.rule else {
-        outcome.flags = "NR";
-        return Decision::Answer(local(StatusCode::NOT_FOUND, "no route\n"));
-    };
-    outcome.rule = Some(rule);
-    let destinations = match &rule.action {
-        Action::Redirect(rd) => {
-            let location = route::redirect_location(rd, &sel, r);
-            let mut resp = local(
-                StatusCode::from_u16(rd.code).unwrap_or(StatusCode::MOVED_PERMANENTLY),
-                Bytes::new(),
-            );
-            if let Ok(v) = HeaderValue::from_str(&location) {
-                resp.headers_mut().insert(header::LOCATION, v);
-            }
-            outcome.flags = "RD";
-            return Decision::Answer(resp);
-        }
-        Action::Direct { status, body } => {
-            let mut resp = local(
-                StatusCode::from_u16(*status).unwrap_or(StatusCode::OK),
-                body.clone().unwrap_or_default(),
-            );
-            rule.response_headers.apply(resp.headers_mut());
-            outcome.flags = "DR";
-            return Decision::Answer(resp);
-        }
-        Action::Route { destinations, .. } => destinations,
-    };
-    let Some(dest) = route::pick_weighted(destinations) else {
-        outcome.flags = "NR";
-        return Decision::Answer(local(StatusCode::NOT_FOUND, "no route\n"));
-    };
-    outcome.destination = Some(dest);
-    let endpoints = dest
-        .port_for(conn.dialled.map(|d| d.port()))
-        .and_then(|p| dest.endpoints.get(&p))
-        .map(Vec::as_slice)
-        .unwrap_or(&[]);
-    if endpoints.is_empty() {
-        outcome.flags = "UH";
-        return Decision::Answer(local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no healthy upstream\n",
-        ));
+    if l.flag == "DR"
+        && let Some(rule) = l.rule
+    {
+        rule.response_headers.apply(resp.headers_mut());
     }
-    let endpoint = endpoints[fastrand::usize(..endpoints.len())];
-    // Defence in depth: only ever forward to an endpoint of a configured service.
-    if !table.endpoints.contains(&endpoint) {
-        outcome.flags = "UF";
-        return Decision::Answer(local(StatusCode::BAD_GATEWAY, "not an endpoint\n"));
-    }
-    outcome.upstream = Some(endpoint);
-    let (path, authority) = sel.rewritten(r);
-    // Host reaches the backend as sent unless an authority rewrite, an absolute-form
-    // target or an h2 request's :authority says otherwise.
-    let host = (!host_as_sent || authority != r.authority).then_some(authority);
-    Decision::Upstream(Target {
-        rule,
-        endpoint,
-        path,
-        host,
-    })
+    resp
 }
 
 /// Routes `req` ([`decide`]) and builds the upstream request; or the local answer
@@ -383,7 +344,7 @@ fn prepare<'t>(
         headers: req.headers(),
         dialled: conn.dialled,
     };
-    let target = match decide(shared, table, conn, &r, host_as_sent, outcome) {
+    let target = match decide(table, &r, host_as_sent, outcome) {
         Decision::Upstream(t) => t,
         Decision::Answer(resp) => return Routed::Answer(resp),
     };

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the proxy: requests per service, subset and response code.
 
-use crate::model::HashMap;
+use crate::fasthash::HashMap;
 use std::net::SocketAddrV4;
 use std::sync::{Arc, Mutex};
 

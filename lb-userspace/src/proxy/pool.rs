@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
-use crate::model::HashMap;
+use crate::fasthash::HashMap;
 
 /// Idle senders kept per endpoint (beyond: dropped, the connection closes).
 const MAX_IDLE: usize = 256;

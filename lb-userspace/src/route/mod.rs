@@ -5,17 +5,19 @@
 //! the seed's `proxy_set_header Host $host` trap). Rules are tried in order; the first
 //! whose match blocks (ORed, each an AND) hold wins. No rule: 404.
 
+pub mod decide;
 pub mod matchers;
 pub mod path;
 
 use std::collections::BTreeMap;
 
-use crate::model::{HashMap, HashSet};
+use crate::fasthash::{HashMap, HashSet};
 use std::net::{SocketAddr, SocketAddrV4};
 
 use http::HeaderMap;
 use regex::Regex;
 
+pub use decide::{Local, Pick, Target, Verdict, decide};
 pub use matchers::{MatchBlock, RequestView, StrMatch};
 
 /// The proxy's routing table: one immutable snapshot per applied configuration. Its
@@ -214,7 +216,7 @@ impl RouteTable {
         self.hosts.get(key.as_ref()).copied().or_else(|| {
             self.wildcards
                 .iter()
-                .find(|(w, _)| crate::model::hosts::wildcard_covers(w, &key))
+                .find(|(w, _)| crate::hosts::wildcard_covers(w, &key))
                 .map(|(_, i)| *i)
         })
     }

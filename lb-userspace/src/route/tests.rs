@@ -45,11 +45,12 @@ pub fn cases() -> Vec<(Value, Query)> {
 fn explain_agrees_with_the_shared_table() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/routing");
     let validated = model::load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let plan = crate::compile::plan(validated.model).expect("compiles");
     let cases = cases();
     assert!(cases.len() >= 50, "at least 50 shared cases");
     let mut failures = Vec::new();
     for (v, q) in &cases {
-        let e = explain(&validated.model, q);
+        let e = explain(&plan, q);
         let x = &v["expect"];
         let subsets: Vec<String> = e
             .destinations
@@ -98,5 +99,75 @@ fn explain_agrees_with_the_shared_table() {
         failures.len(),
         cases.len(),
         failures.join("\n")
+    );
+}
+
+/// A split where one subset has no endpoint: the proxy's decision answers 503 for the
+/// requests that pick it, and `lb explain` (the same decision, asked per destination)
+/// says so; when no subset has one, every request gets 503.
+#[test]
+fn explain_shows_the_share_a_subset_without_endpoints_answers_503() {
+    let yaml = |w0: u32, w1: u32| {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: svc}}
+spec:
+  hosts: [svc]
+  addresses: [127.10.0.1]
+  ports: [{{number: 80, name: http}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.2, labels: {{version: v0}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: svc}}
+spec:
+  host: svc
+  subsets: [{{name: v0, labels: {{version: v0}}}}, {{name: v1, labels: {{version: v1}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: svc}}
+spec:
+  hosts: [svc]
+  http:
+  - match: [{{uri: {{prefix: /a}}}}]
+    route: [{{destination: {{host: svc, subset: v0}}, weight: {w0}}}, {{destination: {{host: svc, subset: v1}}, weight: {w1}}}]
+"
+        )
+    };
+    let explain_at = |w0, w1| {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("c.yaml"), yaml(w0, w1)).expect("write");
+        let model = model::load_dir(dir.path()).expect("valid").model;
+        let plan = crate::compile::plan(model).expect("compiles");
+        let q = Query {
+            host: "svc".into(),
+            path: "/a".into(),
+            method: "GET".into(),
+            headers: HeaderMap::new(),
+            to: Some("127.10.0.1:80".parse().expect("addr")),
+        };
+        explain(&plan, &q)
+    };
+    let e = explain_at(90, 10);
+    assert_eq!(
+        (e.action, e.response.as_ref().map(|r| r.status)),
+        ("route", None)
+    );
+    assert!(
+        e.notes
+            .iter()
+            .any(|n| n == "requests picking v1 get 503: no healthy upstream"),
+        "{:?}",
+        e.notes
+    );
+    let endpoints: Vec<usize> = e.destinations.iter().map(|d| d.endpoints).collect();
+    assert_eq!(endpoints, [1, 0]);
+    let e = explain_at(0, 10);
+    assert_eq!(
+        (e.action, e.response.as_ref().map(|r| r.status)),
+        ("route", Some(503))
     );
 }

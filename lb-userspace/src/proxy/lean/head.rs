@@ -112,7 +112,7 @@ pub(super) fn parse_request<'t>(
     // edits leave the framing alone (hyper's path answers the rest: local answers, a
     // rewrite that made a bad path, edits of Content-Length or Transfer-Encoding).
     let host_as_sent = c.host == Some(authority);
-    let target = match forward::decide(shared, table, conn, &r, host_as_sent, &mut outcome) {
+    let target = match forward::decide(table, &r, host_as_sent, &mut outcome) {
         Decision::Upstream(t)
             if !touches_framing(&t.rule.request_headers)
                 && !touches_framing(&t.rule.response_headers)
@@ -197,7 +197,7 @@ fn plain(s: &str) -> bool {
 /// never go through; a `content-length` written from the front end's verdict does, so
 /// the upstream frames exactly the bytes lb forwards.
 pub(super) fn upstream_head(
-    target: &forward::Target<'_>,
+    target: &route::Target<'_>,
     headers: &[httparse::Header<'_>],
     c: &Checked<'_>,
     peer_ip: Option<&[u8]>,

@@ -1,8 +1,8 @@
 use super::answer::Framing;
 use super::head::upstream_head;
 use super::parse_answer;
-use crate::proxy::forward::Target;
 use crate::route::{Action, HeaderOps, Rule};
+use crate::route::{Destination, Target};
 use http::{HeaderName, HeaderValue};
 
 const DATE: &str = "now";
@@ -75,8 +75,17 @@ fn head_for(
     let head = crate::proxy::h1::check(text, &mut storage, &Default::default(), b"")
         .expect("valid")
         .expect("complete");
+    let destination = Destination {
+        host: "svc".into(),
+        subset: None,
+        port: None,
+        weight: 1,
+        endpoints: Default::default(),
+        label: "(all)".into(),
+    };
     let target = Target {
         rule,
+        destination: &destination,
         endpoint: "127.0.0.1:1".parse().expect("addr"),
         path: path.into(),
         host: host.map(Into::into),

@@ -1,12 +1,11 @@
-//! Builds the proxy's [`RouteTable`] from the validated VirtualServices.
+//! Compiles the proxy's [`RouteTable`] from the model's VirtualServices: every name a
+//! Host may use, the rules with their destinations' endpoints resolved per port.
 
-use super::HashMap;
-
-use super::catalog::CatalogService;
-use super::http::ParsedAction;
-use super::routes::{ParsedVs, endpoints_by_port};
-use super::subsets::SubsetRules;
-use super::{Catalog, Service, hosts};
+use crate::hosts;
+use crate::model::Model;
+use crate::model::catalog::CatalogService;
+use crate::model::http::ParsedAction;
+use crate::model::routes::endpoints_by_port;
 use crate::route::{Action, Destination, RouteTable, Rule, VirtualHost};
 
 /// Every name a Host header may use for a catalogue service: its host in every form,
@@ -18,15 +17,21 @@ fn names_of(svc: &CatalogService) -> Vec<String> {
     names
 }
 
-pub fn build(
-    parsed: Vec<ParsedVs>,
-    bindings: &HashMap<String, usize>,
-    services: &[Service],
-    catalog: &Catalog,
-    subset_rules: &SubsetRules,
-) -> RouteTable {
-    let mut t = RouteTable::default();
-    for svc in services {
+pub fn build(model: Model) -> RouteTable {
+    let Model {
+        services,
+        virtual_services: parsed,
+        bindings,
+        catalog,
+        subset_rules,
+        normalization,
+    } = model;
+    let (catalog, subset_rules) = (&catalog, &subset_rules);
+    let mut t = RouteTable {
+        normalization,
+        ..RouteTable::default()
+    };
+    for svc in &services {
         t.services
             .insert(svc.frontend, format!("{}/{}", svc.namespace, svc.name));
         if let Some(i) = bindings.get(&svc.host) {

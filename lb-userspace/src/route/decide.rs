@@ -1,0 +1,160 @@
+//! The decision for one request once its rule is selected: where it goes, or what lb
+//! answers itself. One function for the proxy's two engines and `lb explain`, with
+//! no side effects (what a request is counted as is counted where it is answered).
+
+use std::net::SocketAddr;
+
+use super::{Action, Destination, Request, RouteTable, Rule, Selection, redirect_location};
+
+/// What happens to a request.
+#[derive(Debug)]
+pub enum Verdict<'t> {
+    /// Forwarded to an endpoint.
+    Upstream(Target<'t>),
+    /// Answered by lb.
+    Local(Local<'t>),
+}
+
+/// Where a routed request goes.
+#[derive(Debug)]
+pub struct Target<'t> {
+    pub rule: &'t Rule,
+    pub destination: &'t Destination,
+    pub endpoint: SocketAddr,
+    /// Path and query after the rule's rewrite.
+    pub path: String,
+    /// The Host header to set (an authority rewrite, an absolute-form target, or a
+    /// request without a Host value); None: the client's goes through.
+    pub host: Option<String>,
+}
+
+/// lb's own answer.
+#[derive(Debug)]
+pub struct Local<'t> {
+    pub status: u16,
+    /// Envoy's response flag: `NR` no route, `UH` no endpoint, `UF` not an endpoint
+    /// of a configured service, `RD` redirect, `DR` direct response.
+    pub flag: &'static str,
+    pub body: &'t str,
+    /// A redirect's `Location`.
+    pub location: Option<String>,
+    /// The rule that answered (its response header edits apply to a direct response).
+    pub rule: Option<&'t Rule>,
+    /// The destination picked when it had no endpoint.
+    pub destination: Option<&'t Destination>,
+}
+
+impl<'t> Local<'t> {
+    fn new(status: u16, flag: &'static str, body: &'t str) -> Self {
+        Local {
+            status,
+            flag,
+            body,
+            location: None,
+            rule: None,
+            destination: None,
+        }
+    }
+}
+
+/// How a destination and an endpoint are chosen.
+pub trait Pick {
+    /// One of a rule's destinations (by weight).
+    fn destination<'d>(&mut self, dests: &'d [Destination]) -> Option<&'d Destination>;
+    /// An index below `count` (> 0).
+    fn endpoint(&mut self, count: usize) -> usize;
+}
+
+/// The proxy's choice: by weight, then uniformly among the endpoints.
+pub struct Random;
+
+impl Pick for Random {
+    fn destination<'d>(&mut self, dests: &'d [Destination]) -> Option<&'d Destination> {
+        super::pick_weighted(dests)
+    }
+
+    fn endpoint(&mut self, count: usize) -> usize {
+        fastrand::usize(..count)
+    }
+}
+
+/// `lb explain`'s choice: destination `.0`, its first endpoint (explain asks once per
+/// destination, so it shows what each share of the requests gets).
+pub struct Forced(pub usize);
+
+impl Pick for Forced {
+    fn destination<'d>(&mut self, dests: &'d [Destination]) -> Option<&'d Destination> {
+        dests.get(self.0)
+    }
+
+    fn endpoint(&mut self, _: usize) -> usize {
+        0
+    }
+}
+
+/// Decides what happens to `r`, whose rule `sel` selected. `host_as_sent`: the
+/// request's Host header is `r.authority` (it may then go upstream as it is).
+pub fn decide<'t>(
+    table: &'t RouteTable,
+    sel: &Selection<'t>,
+    r: &Request<'_>,
+    host_as_sent: bool,
+    pick: &mut impl Pick,
+) -> Verdict<'t> {
+    let Some((_, rule)) = sel.rule else {
+        return Verdict::Local(Local::new(404, "NR", "no route\n"));
+    };
+    let destinations = match &rule.action {
+        Action::Redirect(rd) => {
+            return Verdict::Local(Local {
+                location: Some(redirect_location(rd, sel, r)),
+                rule: Some(rule),
+                ..Local::new(rd.code, "RD", "")
+            });
+        }
+        Action::Direct { status, body } => {
+            return Verdict::Local(Local {
+                rule: Some(rule),
+                ..Local::new(*status, "DR", body.as_deref().unwrap_or(""))
+            });
+        }
+        Action::Route { destinations, .. } => destinations,
+    };
+    let Some(dest) = pick.destination(destinations) else {
+        return Verdict::Local(Local {
+            rule: Some(rule),
+            ..Local::new(404, "NR", "no route\n")
+        });
+    };
+    let endpoints = dest
+        .port_for(r.dialled.map(|d| d.port()))
+        .and_then(|p| dest.endpoints.get(&p))
+        .map_or(&[][..], Vec::as_slice);
+    if endpoints.is_empty() {
+        return Verdict::Local(Local {
+            rule: Some(rule),
+            destination: Some(dest),
+            ..Local::new(503, "UH", "no healthy upstream\n")
+        });
+    }
+    let endpoint = endpoints[pick.endpoint(endpoints.len())];
+    // Defence in depth: only ever forward to an endpoint of a configured service.
+    if !table.endpoints.contains(&endpoint) {
+        return Verdict::Local(Local {
+            rule: Some(rule),
+            destination: Some(dest),
+            ..Local::new(502, "UF", "not an endpoint\n")
+        });
+    }
+    let (path, authority) = sel.rewritten(r);
+    // Host reaches the backend as sent unless an authority rewrite, an absolute-form
+    // target or an h2 request's :authority says otherwise.
+    let host = (!host_as_sent || authority != r.authority).then_some(authority);
+    Verdict::Upstream(Target {
+        rule,
+        destination: dest,
+        endpoint,
+        path,
+        host,
+    })
+}
