@@ -7,6 +7,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cargo fmt --all -- --check
 cargo build --release
 cargo clippy --release --all-targets -- -D warnings
+# The eBPF crate, linted for its own target (RUSTC_BOOTSTRAP for -Z build-std, as
+# build.rs builds it).
+RUSTC_BOOTSTRAP=1 cargo clippy -p lb-ebpf --target bpfel-unknown-none -Z build-std=core \
+  --release --target-dir target/ebpf-lint -- -D warnings
 # Kernel tests share kernel state: --test-threads=1 (they also lock a mutex).
 cargo test --release -- --test-threads=1
 # The two-client fuzz target (tests/smuggling's shape), a bounded smoke run from the

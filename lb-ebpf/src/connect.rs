@@ -1,0 +1,269 @@
+//! `connect4` steers a connect to a service address (a weighted subset, then an
+//! endpoint; or the proxy), records where it went in the origin ring, and
+//! `getpeername4` shows the client the address it dialled.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{BPF_F_CURRENT_NETNS, BPF_NOEXIST, bpf_sock_tuple},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_set_retval, bpf_sk_lookup_tcp,
+        bpf_sk_release,
+    },
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use lb_common::{
+    EndpointKey, HabitKey, Origin, SlotKey, SockAddr4, StatKey, Stats, counters, mode,
+    settings_flags,
+};
+
+use crate::maps::{
+    LB_ENDPOINTS, LB_ORIGINS, LB_SERVICES, LB_SETTINGS, LB_SLOTS, LB_STATS, bump, client_joins,
+    is_local_listener, is_own_socket, random, shortcut,
+};
+
+const IPPROTO_TCP: u32 = 6;
+const ECONNREFUSED: i32 = 111;
+
+/// What `connect4` decided.
+enum Verdict {
+    /// Let the connect proceed (rewritten or untouched).
+    Allow,
+    /// The picked subset has no endpoint: fail the connect at once.
+    Refuse,
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn lb_connect4(ctx: SockAddrContext) -> i32 {
+    match try_connect4(&ctx) {
+        Verdict::Allow => 1,
+        Verdict::Refuse => {
+            // Returning 0 alone gives EPERM; ECONNREFUSED says what happened.
+            // SAFETY: helper available to cgroup programs since 5.18.
+            unsafe { bpf_set_retval(-ECONNREFUSED) };
+            0
+        }
+    }
+}
+
+#[inline(always)]
+fn try_connect4(ctx: &SockAddrContext) -> Verdict {
+    // SAFETY: the context pointer is valid for the program's run.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    // connect4 also fires for UDP connect(); only TCP is steered.
+    if sa.protocol != IPPROTO_TCP {
+        return Verdict::Allow;
+    }
+    let dialled = SockAddr4::from_sock_addr(sa.user_ip4, sa.user_port);
+    // SAFETY: the returned reference is read at once, before any update of the map.
+    let Some(svc) = (unsafe { LB_SERVICES.get(&dialled) }) else {
+        // lb's proxy connecting to a local backend (one listening inside the cgroup):
+        // both ends are local sockets, so the upstream hop can be shortcut too (see
+        // on_active_established).
+        if shortcut(settings_flags::SK_MSG_UPSTREAM)
+            && is_own_socket()
+            && is_local_listener(dialled)
+        {
+            remember_origin(ctx, dialled, dialled, mode::UPSTREAM, 0);
+        }
+        return Verdict::Allow;
+    };
+    let svc = *svc;
+    if is_own_socket() {
+        return Verdict::Allow;
+    }
+    if svc.mode == mode::PROXY {
+        // A client that joins the socket map goes to the proxy listener that accepts
+        // at once (its socket must exist before the client's first write, which is
+        // redirected into it); the others go to the one that accepts a connection
+        // once its request is there (TCP_DEFER_ACCEPT: no wait in epoll).
+        let habit = HabitKey {
+            service: dialled,
+            tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        };
+        let join = shortcut(settings_flags::SK_MSG_CLIENT) && client_joins(&habit);
+        if let Some(proxy) = live_proxy(ctx, join) {
+            sa.user_ip4 = proxy.user_ip4();
+            sa.user_port = proxy.user_port();
+            remember_origin(ctx, dialled, proxy, mode::PROXY, join as u32);
+            bump(counters::PROXY_HANDOFFS);
+            return Verdict::Allow;
+        }
+        // No proxy listening (daemon stopped, killed, upgrading): the kernel split of
+        // the catch-all route instead of a refused connect.
+        bump(counters::PROXY_FALLBACKS);
+    }
+    if svc.slot_count == 0 {
+        return Verdict::Allow;
+    }
+    let slot_key = SlotKey {
+        service: dialled,
+        revision: svc.revision,
+        slot: random() % svc.slot_count,
+    };
+    // SAFETY: copied out at once.
+    let Some(slot) = (unsafe { LB_SLOTS.get(&slot_key) }).copied() else {
+        return Verdict::Allow;
+    };
+    let stat_key = StatKey {
+        service: dialled,
+        subset: slot.subset,
+    };
+    if slot.endpoint_count == 0 {
+        count(&stat_key, |s| s.refused += 1);
+        return Verdict::Refuse;
+    }
+    let ep_key = EndpointKey {
+        service: dialled,
+        revision: svc.revision,
+        subset: slot.subset,
+        index: random() % slot.endpoint_count,
+    };
+    // SAFETY: copied out at once.
+    let Some(backend) = (unsafe { LB_ENDPOINTS.get(&ep_key) }).copied() else {
+        return Verdict::Allow;
+    };
+    // The verifier only accepts 32-bit stores to user_ip4 / user_port (a 16-bit store
+    // to user_port: "invalid bpf_context access off=24 size=2").
+    sa.user_ip4 = backend.user_ip4();
+    sa.user_port = backend.user_port();
+    remember_origin(ctx, dialled, backend, mode::KERNEL, 0);
+    count(&stat_key, |s| s.connects += 1);
+    Verdict::Allow
+}
+
+/// The proxy listener for a client that joins the socket map or not (see
+/// `Settings::proxy_deferred`), if a socket listens on it right now. A killed
+/// daemon's listener is gone at once, so no connect is ever sent to a dead proxy.
+#[inline(always)]
+fn live_proxy(ctx: &SockAddrContext, join: bool) -> Option<SockAddr4> {
+    let settings = LB_SETTINGS.get(0)?;
+    let proxy = if join || settings.proxy_deferred.port == 0 {
+        settings.proxy
+    } else {
+        settings.proxy_deferred
+    };
+    if proxy.port == 0 {
+        return None;
+    }
+    // SAFETY: an all-zero tuple is a valid value of this plain C union.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    // SAFETY: writing the ipv4 member of the union we own.
+    unsafe {
+        let t = &mut tuple.__bindgen_anon_1.ipv4;
+        t.daddr = proxy.user_ip4();
+        t.dport = proxy.port.to_be();
+    }
+    let size = core::mem::size_of::<u32>() as u32 * 3;
+    // SAFETY: helper available to sock_addr programs; the result is released below.
+    let sk = unsafe {
+        bpf_sk_lookup_tcp(
+            ctx.as_ptr(),
+            &mut tuple,
+            size,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        )
+    };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: `sk` came from bpf_sk_lookup_tcp and is released exactly once.
+    unsafe { bpf_sk_release(sk.cast()) };
+    Some(proxy)
+}
+
+#[inline(always)]
+pub fn remember_origin(
+    ctx: &SockAddrContext,
+    service: SockAddr4,
+    backend: SockAddr4,
+    mode: u32,
+    join: u32,
+) {
+    // SAFETY: the cookie helper accepts a sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let origin = Origin {
+        service,
+        backend,
+        mode,
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        join,
+        _pad: 0,
+    };
+    // A ring: a slot is reused after ORIGINS newer cookies; getpeername of a socket
+    // that old then shows the backend (as an evicting LRU hash would).
+    if let Some(slot) = LB_ORIGINS.get_ptr_mut(lb_common::origin_slot(cookie)) {
+        // SAFETY: a map value pointer, valid for the program's run. Volatile: the
+        // stores stay in this order (cookie zeroed, origin, cookie), which
+        // `origin_of` relies on.
+        unsafe {
+            core::ptr::write_volatile(&raw mut (*slot).cookie, 0);
+            core::ptr::write_volatile(&raw mut (*slot).origin, origin);
+            core::ptr::write_volatile(&raw mut (*slot).cookie, cookie);
+        }
+    }
+}
+
+/// What the socket with `cookie` dialled, if `connect4` steered it (and its slot has
+/// not been reused since).
+#[inline(always)]
+pub fn origin_of(cookie: u64) -> Option<Origin> {
+    let slot = LB_ORIGINS.get_ptr(lb_common::origin_slot(cookie))?;
+    // SAFETY: a map value pointer, valid for the program's run; the cookie is read
+    // before and after the origin, so a slot rewritten meanwhile is not taken.
+    unsafe {
+        if core::ptr::read_volatile(&raw const (*slot).cookie) != cookie {
+            return None;
+        }
+        let origin = core::ptr::read_volatile(&raw const (*slot).origin);
+        (core::ptr::read_volatile(&raw const (*slot).cookie) == cookie).then_some(origin)
+    }
+}
+
+#[inline(always)]
+fn count(key: &StatKey, f: impl FnOnce(&mut Stats)) {
+    match LB_STATS.get_ptr_mut(key) {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        Some(p) => f(unsafe { &mut *p }),
+        None => {
+            let mut s = Stats::default();
+            f(&mut s);
+            // BPF_NOEXIST: another CPU's concurrent insert wins; one count may be lost.
+            let _ = LB_STATS.insert(key, &s, BPF_NOEXIST as u64);
+        }
+    }
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn lb_getpeername4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the context pointer is valid for the program's run.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    // The proxy's accepted sockets (lb inside the cgroup: accept4 asks for the peer)
+    // were never steered: no cookie, no origin lookup, which missed the cache there at
+    // every new connection (~1 % of the proxy's CPU, perf).
+    // SAFETY: `sk` of a sock_addr context is always a valid socket; src_port is
+    // host order, src_ip4 network order.
+    let local = unsafe {
+        let sk = &*sa.__bindgen_anon_1.sk;
+        SockAddr4::new(sk.src_ip4.to_ne_bytes(), sk.src_port as u16)
+    };
+    if LB_SETTINGS
+        .get(0)
+        .is_some_and(|s| s.proxy == local || s.proxy_deferred == local)
+    {
+        return 1;
+    }
+    // SAFETY: the cookie helper accepts a sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if let Some(origin) = origin_of(cookie) {
+        let peer = SockAddr4::from_sock_addr(sa.user_ip4, sa.user_port);
+        if peer == origin.backend {
+            sa.user_ip4 = origin.service.user_ip4();
+            sa.user_port = origin.service.user_port();
+        }
+    }
+    // getpeername4 must return 1; the verifier, for 0: "At program exit the register
+    // R0 has smin=0 smax=0 should have been in [1, 1]".
+    1
+}

@@ -1,0 +1,157 @@
+//! Every map lb pins (shapes and names in `lb_common::layout`, checked against this
+//! object by lb-userspace's `elf_contract` test), and the small reads and counters
+//! every program shares.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::btf_map,
+};
+use lb_common::{
+    ClientKey, EndpointKey, Habit, HabitKey, OriginSlot, PortSlot, Sender, Service, Settings,
+    SlotKey, SockAddr4, SockKey, StatKey, Stats, capacity as cap, counters, habit,
+};
+
+const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+const MMAPABLE: usize = BPF_F_MMAPABLE as usize;
+
+#[btf_map(pin_by_name)]
+pub static LB_SERVICES: HashMap<SockAddr4, Service, { cap::SERVICES as usize }, NO_PREALLOC> =
+    HashMap::new();
+#[btf_map(pin_by_name)]
+pub static LB_SLOTS: HashMap<SlotKey, lb_common::Slot, { cap::SLOTS as usize }, NO_PREALLOC> =
+    HashMap::new();
+#[btf_map(pin_by_name)]
+pub static LB_ENDPOINTS: HashMap<EndpointKey, SockAddr4, { cap::ENDPOINTS as usize }, NO_PREALLOC> =
+    HashMap::new();
+#[btf_map(pin_by_name)]
+pub static LB_ORIGINS: Array<OriginSlot, { cap::ORIGINS as usize }> = Array::new();
+#[btf_map(pin_by_name)]
+pub static LB_ORIG_DST: LruHashMap<ClientKey, SockAddr4, { cap::ORIG_DST as usize }> =
+    LruHashMap::new();
+/// The fast path of `LB_ORIG_DST`, by client port (see `lb_common::PortSlot`):
+/// mmap-able, so the proxy reads it without a syscall.
+#[btf_map(pin_by_name)]
+pub static LB_ORIG_DST_BY_PORT: Array<PortSlot, { cap::PORTS as usize }, MMAPABLE> = Array::new();
+#[btf_map(pin_by_name)]
+pub static LB_SOCKETS: SockHash<SockKey, { cap::SOCKETS as usize }> = SockHash::new();
+/// Addresses that sockets inside the cgroup listen on (learned at TCP_LISTEN_CB, seeded
+/// by the daemon for listeners older than the attach): the endpoints whose accepted
+/// sockets will join the socket map, so the only connects worth a shortcut. An
+/// address listened on by a process outside the cgroup never joins: a connect to it
+/// pays for no socket map. Never removed (LRU): a stale entry costs a socket map
+/// membership that finds no peer, never a wrong delivery.
+#[btf_map(pin_by_name)]
+pub static LB_LOCAL_LISTENERS: LruHashMap<SockAddr4, u32, { cap::LOCAL_LISTENERS as usize }> =
+    LruHashMap::new();
+/// Sending sockets by their own tuple: those kept on TCP (their peer was not in the
+/// socket map at their first message), and joined client sockets whose first two
+/// messages teach their process's habit (see `lb_sk_msg`).
+#[btf_map(pin_by_name)]
+pub static LB_SENDERS: LruHashMap<SockKey, Sender, { cap::SOCKETS as usize }> = LruHashMap::new();
+/// The tuple the accepting side's socket will have, for each connect that joined the
+/// socket map (a client handed to the proxy, lb's upstream connects, kernel-path
+/// clients of local backends): that socket joins too at PASSIVE_ESTABLISHED (when its
+/// listener runs inside the cgroup, as lb and local pods do on a node). A connect
+/// that did not join leaves no mark, so its peer pays for no psock either.
+#[btf_map(pin_by_name)]
+pub static LB_PEERS_TO_JOIN: LruHashMap<SockKey, u32, { cap::PEERS_TO_JOIN as usize }> =
+    LruHashMap::new();
+/// Per client process and service: do its connections carry more than one message?
+/// (`lb_common::habit`; LRU, a forgotten process starts again at "join").
+#[btf_map(pin_by_name)]
+pub static LB_HABITS: LruHashMap<HabitKey, Habit, { cap::HABITS as usize }> = LruHashMap::new();
+#[btf_map(pin_by_name)]
+pub static LB_STATS: PerCpuHashMap<StatKey, Stats, { cap::STATS as usize }> = PerCpuHashMap::new();
+#[btf_map(pin_by_name)]
+pub static LB_SETTINGS: Array<Settings, 1> = Array::new();
+#[btf_map(pin_by_name)]
+pub static LB_COUNTERS: PerCpuArray<u64, { counters::COUNT as usize }> = PerCpuArray::new();
+// Read only by user space (`lb status`); declared here so they are created, typed and
+// pinned with the others.
+#[btf_map(pin_by_name)]
+pub static LB_SERVICE_META: HashMap<
+    SockAddr4,
+    lb_common::ServiceMeta,
+    { cap::SERVICES as usize },
+    NO_PREALLOC,
+> = HashMap::new();
+#[btf_map(pin_by_name)]
+pub static LB_SUBSET_META: HashMap<
+    lb_common::SubsetMetaKey,
+    lb_common::SubsetMeta,
+    { cap::STATS as usize },
+    NO_PREALLOC,
+> = HashMap::new();
+#[btf_map(pin_by_name)]
+pub static LB_STATE: Array<lb_common::State, 1> = Array::new();
+#[btf_map(pin_by_name)]
+pub static LB_HOSTS: HashMap<lb_common::HostKey, u64, { cap::HOSTS as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+/// Whether a socket inside the cgroup listens on `addr` (or on every address at its
+/// port): a local backend, whose accepted socket will join the socket map.
+#[inline(always)]
+pub fn is_local_listener(addr: SockAddr4) -> bool {
+    // SAFETY: only tested for presence.
+    unsafe {
+        LB_LOCAL_LISTENERS.get(&addr).is_some()
+            || LB_LOCAL_LISTENERS
+                .get(&SockAddr4::new([0; 4], addr.port))
+                .is_some()
+    }
+}
+
+#[inline(always)]
+pub fn bump(index: u32) {
+    if let Some(p) = LB_COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *p += 1 };
+    }
+}
+
+/// lb's own sockets (its proxy's upstream connects, the daemon's checks) are never
+/// steered, also when lb runs inside the attached cgroup.
+#[inline(always)]
+pub fn is_own_socket() -> bool {
+    match LB_SETTINGS.get(0) {
+        Some(s) => s.self_tgid != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 == s.self_tgid,
+        None => false,
+    }
+}
+
+/// Whether a client process's new connection to a service joins the socket map:
+/// unless its connections have been carrying one message each (`lb_common::habit`).
+#[inline(always)]
+pub fn client_joins(habit: &HabitKey) -> bool {
+    let Some(h) = LB_HABITS.get_ptr_mut(habit) else {
+        return true;
+    };
+    // SAFETY: a map value pointer, valid for the program's run; a lost update between
+    // CPUs only blurs a heuristic.
+    if unsafe { &mut *h }.admits(now) {
+        return true;
+    }
+    bump(counters::SK_MSG_SKIPPED);
+    false
+}
+
+/// Whether the daemon asked for the sk_msg shortcut of `hop` (a settings flag).
+#[inline(always)]
+pub fn shortcut(hop: u32) -> bool {
+    LB_SETTINGS.get(0).is_some_and(|s| s.flags & hop != 0)
+}
+
+/// The habits' clock (`lb_common::habit::clock`).
+#[inline(always)]
+pub fn now() -> u32 {
+    // SAFETY: no preconditions.
+    habit::clock(unsafe { bpf_ktime_get_ns() })
+}
+
+#[inline(always)]
+pub fn random() -> u32 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_get_prandom_u32() }
+}
