@@ -247,6 +247,40 @@ impl Env {
             .expect("spawn probe")
     }
 
+    /// A client connecting to `to` every millisecond in the background (at most
+    /// `count` connects and `for_ms`), until `stop_loop` ends it.
+    pub fn spawn_connect_loop(&self, to: &str, count: u32, for_ms: u32) -> ConnectLoop {
+        let stop = self.work.join("stop");
+        let (count, for_ms) = (count.to_string(), for_ms.to_string());
+        let child = self.spawn_probe(&[
+            "--to",
+            to,
+            "--count",
+            &count,
+            "--every-ms",
+            "1",
+            "--for-ms",
+            &for_ms,
+            "--until-file",
+            stop.to_str().expect("utf-8"),
+        ]);
+        ConnectLoop { child, stop }
+    }
+
+    /// lb's programs are attached to the test cgroup once each (no second set left by
+    /// a restart or an upgrade).
+    pub fn assert_one_set_attached(&self) {
+        let progs = self.attached_programs();
+        for p in ["lb_connect4", "lb_getpeername4", "lb_sockops"] {
+            assert_eq!(
+                progs.iter().filter(|l| l.contains(p)).count(),
+                1,
+                "{p} attached once, got:\n{}",
+                progs.join("\n")
+            );
+        }
+    }
+
     /// `lb status --json`, or Null when nothing is pinned yet.
     pub fn status(&self) -> Value {
         let out = Command::new(lb_bin())
@@ -301,6 +335,19 @@ impl Env {
             .filter(|l| l.contains("lb_"))
             .map(str::to_string)
             .collect()
+    }
+}
+
+/// A background connect loop (`Env::spawn_connect_loop`).
+pub struct ConnectLoop {
+    child: Child,
+    stop: PathBuf,
+}
+
+impl ConnectLoop {
+    /// Ends the loop; its summary.
+    pub fn stop(self) -> Value {
+        stop_probe(self.child, &self.stop)
     }
 }
 

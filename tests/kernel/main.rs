@@ -333,40 +333,20 @@ fn restarts_never_interrupt_steering_nor_duplicate_programs() {
     );
     env.start_daemon(false);
     let to = format!("{svc}:{port}");
-    let stop = env.work.join("stop");
-    let client = env.spawn_probe(&[
-        "--to",
-        &to,
-        "--count",
-        "200000",
-        "--every-ms",
-        "1",
-        "--for-ms",
-        "120000",
-        "--until-file",
-        stop.to_str().expect("utf-8"),
-    ]);
+    let client = env.spawn_connect_loop(&to, 200_000, 120_000);
     for _ in 0..20 {
         env.kill_daemons();
         std::thread::sleep(Duration::from_millis(30));
         env.start_daemon(false);
     }
     std::thread::sleep(Duration::from_millis(100));
-    let s = stop_probe(client, &stop);
+    let s = client.stop();
     assert_eq!(s["failures"], 0, "{}", s["first_errors"]);
     assert!(s["attempts"].as_u64().unwrap_or(0) > 200, "{s}");
     let v0 = s["by_backend"]["v0"].as_u64().unwrap_or(0);
     let v1 = s["by_backend"]["v1"].as_u64().unwrap_or(0);
     assert!(v0 > 0 && v1 > 0, "both subsets must keep serving: {s}");
-    let progs = env.attached_programs();
-    for p in ["lb_connect4", "lb_getpeername4", "lb_sockops"] {
-        assert_eq!(
-            progs.iter().filter(|l| l.contains(p)).count(),
-            1,
-            "{p} attached once, got:\n{}",
-            progs.join("\n")
-        );
-    }
+    env.assert_one_set_attached();
 }
 
 /// A bad config never replaces the running one; `lb status` shows the error; fixing

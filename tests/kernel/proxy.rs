@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Env, stop_probe, wait_for};
+use crate::harness::{Env, wait_for};
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().expect("socket address")
@@ -551,19 +551,7 @@ fn proxy_kill9_degrades_to_the_kernel_split_without_refusals() {
     let (svc, port) = ("127.10.17.1", 17000);
     let mut env = env_with("kill9", port, &seed("c-header", svc, port), &[]);
     let to = format!("{svc}:{port}");
-    let stop = env.work.join("stop");
-    let client = env.spawn_probe(&[
-        "--to",
-        &to,
-        "--count",
-        "100000",
-        "--every-ms",
-        "1",
-        "--for-ms",
-        "60000",
-        "--until-file",
-        stop.to_str().expect("utf-8"),
-    ]);
+    let client = env.spawn_connect_loop(&to, 100_000, 60_000);
     std::thread::sleep(Duration::from_millis(300));
     let kills = 5;
     for _ in 0..kills {
@@ -572,7 +560,7 @@ fn proxy_kill9_degrades_to_the_kernel_split_without_refusals() {
         env.start_daemon_with(false, &[]);
         std::thread::sleep(Duration::from_millis(300));
     }
-    let s = stop_probe(client, &stop);
+    let s = client.stop();
     // connect4 hands a connect to the proxy only if its listener exists at that moment;
     // a kill landing between that check and the SYN (a few microseconds) still refuses
     // that one connect. Seen at most once in 5 kills x ~500 connects each; a keeper of

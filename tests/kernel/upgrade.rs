@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::addr;
-use crate::harness::{Env, seed_config, stop_probe};
+use crate::harness::{Env, seed_config};
 
 /// lb's `connect4` in the test cgroup as bpftool shows it: (program id, tag).
 fn connect4(env: &Env) -> (u32, String) {
@@ -75,19 +75,7 @@ fn upgrades_replace_programs_in_place_without_a_failed_connect() {
     let (_, original) = connect4(&env);
     let variant = variant_object(&env.work);
     let to = format!("{svc}:{port}");
-    let stop = env.work.join("stop");
-    let client = env.spawn_probe(&[
-        "--to",
-        &to,
-        "--count",
-        "100000",
-        "--every-ms",
-        "1",
-        "--for-ms",
-        "60000",
-        "--until-file",
-        stop.to_str().expect("utf-8"),
-    ]);
+    let client = env.spawn_connect_loop(&to, 100_000, 60_000);
     std::thread::sleep(Duration::from_millis(200));
     // Upgrade: the old daemon stops (its programs keep steering), the new one starts.
     env.stop_daemons();
@@ -107,18 +95,10 @@ fn upgrades_replace_programs_in_place_without_a_failed_connect() {
     let (_, back) = connect4(&env);
     assert_eq!(back, original);
     std::thread::sleep(Duration::from_millis(200));
-    let s = stop_probe(client, &stop);
+    let s = client.stop();
     assert_eq!(s["failures"], 0, "{}", s["first_errors"]);
     assert!(s["attempts"].as_u64().unwrap_or(0) > 300, "{s}");
-    let progs = env.attached_programs();
-    for p in ["lb_connect4", "lb_getpeername4", "lb_sockops"] {
-        assert_eq!(
-            progs.iter().filter(|l| l.contains(p)).count(),
-            1,
-            "{p} attached once, got:\n{}",
-            progs.join("\n")
-        );
-    }
+    env.assert_one_set_attached();
 }
 
 /// A build with another map layout pins under another folder: it attaches beside the
@@ -146,39 +126,19 @@ fn a_new_layout_attaches_beside_the_old_and_retires_it() {
     // The renamed layout still steers: its links are pinned.
     let s = env.probe(&["--to", &to, "--count", "20"]);
     assert_eq!(s["failures"], 0, "{s}");
-    let stop = env.work.join("stop");
-    let client = env.spawn_probe(&[
-        "--to",
-        &to,
-        "--count",
-        "100000",
-        "--every-ms",
-        "1",
-        "--for-ms",
-        "60000",
-        "--until-file",
-        stop.to_str().expect("utf-8"),
-    ]);
+    let client = env.spawn_connect_loop(&to, 100_000, 60_000);
     std::thread::sleep(Duration::from_millis(200));
     env.start_daemon(false);
     crate::harness::wait_for(Duration::from_secs(10), "the old layout to go", || {
         !old.exists()
     });
     std::thread::sleep(Duration::from_millis(200));
-    let s = stop_probe(client, &stop);
+    let s = client.stop();
     assert_eq!(s["failures"], 0, "{}", s["first_errors"]);
     let v0 = s["by_backend"]["v0"].as_u64().unwrap_or(0);
     let v1 = s["by_backend"]["v1"].as_u64().unwrap_or(0);
     assert!(v0 > 0 && v1 > 0, "{s}");
-    let progs = env.attached_programs();
-    for p in ["lb_connect4", "lb_getpeername4", "lb_sockops"] {
-        assert_eq!(
-            progs.iter().filter(|l| l.contains(p)).count(),
-            1,
-            "{p} attached once, got:\n{}",
-            progs.join("\n")
-        );
-    }
+    env.assert_one_set_attached();
     assert!(
         env.daemon_log()
             .contains("removed the datapath of another layout"),
