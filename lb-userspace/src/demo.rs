@@ -96,9 +96,10 @@ pub fn run(connections: u64) -> Result<(), DemoError> {
         crate::run::SkMsgHops::OFF,
         routes,
     )?;
+    let mut sources = crate::run::Sources::files(&work.0);
     if crate::run::reload(
         &mut applier,
-        &work.0,
+        &mut sources,
         &mut Default::default(),
         &Default::default(),
     )

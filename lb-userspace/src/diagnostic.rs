@@ -1,5 +1,6 @@
 //! One problem found in the configuration, printed on one line:
-//! `file:line: Kind ns/name: spec.path.to.field: message`.
+//! `file:line: Kind ns/name: spec.path.to.field: message` (objects read from the
+//! Kubernetes API have no file: `Kind ns/name: spec.path: message`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -55,7 +56,9 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: ", self.origin.file.display(), self.origin.line)?;
+        if !self.origin.file.as_os_str().is_empty() {
+            write!(f, "{}:{}: ", self.origin.file.display(), self.origin.line)?;
+        }
         if self.severity == Severity::Warning {
             write!(f, "warning: ")?;
         }

@@ -39,11 +39,23 @@ struct FrontArgs {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the daemon: attach the datapath, apply the config directory, follow its changes.
+    /// Run the daemon: attach the datapath, apply the configuration (a folder of Istio
+    /// YAML, the Kubernetes cluster, or both), follow its changes.
     Run {
         /// Directory of Istio YAML (ServiceEntry, DestinationRule, VirtualService).
+        #[arg(long, required_unless_present_any = ["kubernetes", "kubeconfig"])]
+        config: Option<PathBuf>,
+        /// Read Services, EndpointSlices, Pod labels and Istio's VirtualService,
+        /// DestinationRule and ServiceEntry from the cluster (in a pod: its service
+        /// account; elsewhere `--kubeconfig`, `KUBECONFIG` or ~/.kube/config).
         #[arg(long)]
-        config: PathBuf,
+        kubernetes: bool,
+        /// The kubeconfig to reach the cluster with (implies --kubernetes).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// The cluster's DNS domain: a Service's host is name.namespace.svc.<domain>.
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
         /// Absolute path of the cgroup2 directory to attach to [default: the cgroup2 root].
         #[arg(long)]
         cgroup: Option<PathBuf>,
@@ -222,6 +234,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Cmd::Run {
             config,
+            kubernetes,
+            kubeconfig,
+            cluster_domain,
             cgroup,
             bpffs,
             detach_on_exit,
@@ -254,11 +269,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "--cgroup must be an absolute path, got {}",
                 cgroup.display()
             );
-            anyhow::ensure!(
-                config.is_dir(),
-                "--config {}: not a directory",
-                config.display()
-            );
+            if let Some(config) = &config {
+                anyhow::ensure!(
+                    config.is_dir(),
+                    "--config {}: not a directory",
+                    config.display()
+                );
+            }
+            let kubernetes =
+                (kubernetes || kubeconfig.is_some()).then_some(lb::kubernetes::Options {
+                    kubeconfig,
+                    domain: cluster_domain,
+                });
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -280,6 +302,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             rt.block_on(lb::run::run(lb::run::RunOptions {
                 config,
+                kubernetes,
                 cgroup,
                 bpffs,
                 detach_on_exit,

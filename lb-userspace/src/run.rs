@@ -14,9 +14,11 @@ use tokio::time::Instant;
 use crate::apply::{Applier, ApplyError, Garbage};
 use crate::compile;
 use crate::datapath::{self, DatapathError, Pins, PlanMaps, ProxyMaps};
-use crate::model;
+use crate::kubernetes::{self, KubeError, KubeSource};
+use crate::model::{self, accept};
 use crate::proxy::{self, Proxy, ProxyError, ProxyOptions, Shared};
 use crate::route::RouteTable;
+use crate::source::SourceStatus;
 use crate::watch::{ConfigWatch, WatchError};
 
 /// How long replaced revisions stay before deletion: far longer than a connect takes
@@ -24,6 +26,10 @@ use crate::watch::{ConfigWatch, WatchError};
 const GRACE: Duration = Duration::from_secs(2);
 /// Quiet time after the last file event before reloading.
 const DEBOUNCE: Duration = Duration::from_millis(10);
+/// Quiet time after the last Kubernetes event before reloading, and the longest a
+/// change waits while events keep coming (a rollout's burst becomes one apply).
+const CLUSTER_QUIET: Duration = Duration::from_millis(20);
+const CLUSTER_MAX_WAIT: Duration = Duration::from_millis(200);
 
 /// The daemon could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +39,8 @@ pub enum RunError {
     #[error(transparent)]
     Datapath(#[from] DatapathError),
     #[error(transparent)]
+    Kubernetes(#[from] KubeError),
+    #[error(transparent)]
     Watch(#[from] WatchError),
     #[error(transparent)]
     Proxy(#[from] ProxyError),
@@ -41,7 +49,10 @@ pub enum RunError {
 }
 
 pub struct RunOptions {
-    pub config: PathBuf,
+    /// A folder of Istio YAML (None: the cluster only).
+    pub config: Option<PathBuf>,
+    /// Read the Kubernetes cluster (None: the files only).
+    pub kubernetes: Option<kubernetes::Options>,
     pub cgroup: PathBuf,
     pub bpffs: PathBuf,
     pub detach_on_exit: bool,
@@ -221,25 +232,47 @@ fn retire_other_layouts(pins: &Pins) {
     }
 }
 
+/// Where the configuration comes from, and what the cluster's objects were last
+/// accepted as.
+#[derive(Default)]
+pub struct Sources {
+    pub dir: Option<PathBuf>,
+    pub kube: Option<KubeSource>,
+    pub last_good: accept::LastGood,
+    /// The rejected objects of the last reload (logged when they change).
+    pub rejected: Vec<accept::Rejected>,
+}
+
+impl Sources {
+    /// A folder of YAML only.
+    pub fn files(dir: &Path) -> Self {
+        Sources {
+            dir: Some(dir.to_path_buf()),
+            ..Default::default()
+        }
+    }
+}
+
 /// Loads, compiles and applies the configuration (the kernel maps and the proxy's
 /// route table together, or neither); on any problem the running plan stays and the
-/// error is recorded.
+/// error is recorded. Cluster objects that fail validation are left out one by one
+/// (their last good versions stay) and recorded the same way.
 pub fn reload(
     applier: &mut Applier,
-    dir: &Path,
+    sources: &mut Sources,
     cache: &mut model::Cache,
     opts: &model::Options,
 ) -> Option<Garbage> {
     let started = std::time::Instant::now();
     let mut phases = Phases::default();
-    let result = build_plan(dir, cache, opts, &mut phases).and_then(|plan| {
+    let result = build_plan(sources, cache, opts, &mut phases).and_then(|(plan, rejected)| {
         let t = std::time::Instant::now();
         let applied = applier.apply(&plan).map_err(|e| e.to_string());
         phases.apply_ms = ms(t);
-        applied
+        applied.map(|a| (a, rejected))
     });
     match result {
-        Ok((report, garbage)) => {
+        Ok(((report, garbage), rejected)) => {
             let took_ms = ms(started);
             tracing::info!(
                 took_ms,
@@ -250,11 +283,31 @@ pub fn reload(
                 changed = report.changed,
                 removed = report.removed,
                 unchanged = report.unchanged,
+                rejected = rejected.len(),
                 "configuration applied"
             );
-            if let Err(e) = applier.clear_error() {
+            if rejected != sources.rejected {
+                if let Some(k) = &sources.kube {
+                    k.report_rejected(&rejected, &sources.rejected);
+                }
+                for r in &rejected {
+                    tracing::error!(
+                        object = %r.object,
+                        last_good_stays = r.last_good_stays,
+                        "object rejected, the rest of the configuration applies:\n{}",
+                        r.problems.join("\n")
+                    );
+                }
+            }
+            let recorded = if rejected.is_empty() {
+                applier.clear_error()
+            } else {
+                applier.record_error(&describe_rejected(&rejected))
+            };
+            if let Err(e) = recorded {
                 tracing::warn!("recording state: {e}");
             }
+            sources.rejected = rejected;
             Some(garbage)
         }
         Err(e) => {
@@ -267,6 +320,27 @@ pub fn reload(
     }
 }
 
+/// The rejected objects as `lb status` shows them.
+fn describe_rejected(rejected: &[accept::Rejected]) -> String {
+    let mut s = format!(
+        "{} cluster object(s) rejected, the rest applied:\n",
+        rejected.len()
+    );
+    for r in rejected {
+        s.push_str(&format!(
+            "{} ({}):\n  {}\n",
+            r.object,
+            if r.last_good_stays {
+                "its last good version stays"
+            } else {
+                "left out"
+            },
+            r.problems.join("\n  ")
+        ));
+    }
+    s
+}
+
 /// Where a reload's time went (logged with "configuration applied").
 #[derive(Default)]
 struct Phases {
@@ -276,19 +350,45 @@ struct Phases {
     apply_ms: f64,
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn ms(since: std::time::Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
 
-/// Loads (reusing the parse of unchanged files) and compiles the configuration.
+/// Loads the files (reusing the parse of unchanged ones) and the cluster's objects,
+/// validates them together and compiles the plan.
 fn build_plan(
-    dir: &Path,
+    sources: &mut Sources,
     cache: &mut model::Cache,
     opts: &model::Options,
     phases: &mut Phases,
-) -> Result<compile::Plan, String> {
+) -> Result<(compile::Plan, Vec<accept::Rejected>), String> {
     let t = std::time::Instant::now();
-    let v = model::load_dir_with(dir, cache, opts).map_err(|e| e.to_string())?;
+    let files = match &sources.dir {
+        Some(dir) => {
+            let (loaded, diags) = cache.parse.load_dir(dir).map_err(|e| e.to_string())?;
+            accept::Input { loaded, diags }
+        }
+        None => accept::Input::default(),
+    };
+    let cluster = sources
+        .kube
+        .as_ref()
+        .map(|k| {
+            let s = k.snapshot();
+            accept::Input {
+                loaded: s.objects,
+                diags: s.diags,
+            }
+        })
+        .unwrap_or_default();
+    let (v, rejected) = accept::build(files, cluster, &mut sources.last_good, cache, opts)
+        .map_err(|e| e.to_string())?;
     phases.load_ms = ms(t);
     for w in &v.warnings {
         tracing::warn!("{w}");
@@ -296,7 +396,47 @@ fn build_plan(
     let t = std::time::Instant::now();
     let plan = compile::plan(v.model).map_err(|e| e.to_string());
     phases.compile_ms = ms(t);
-    plan
+    plan.map(|p| (p, rejected))
+}
+
+/// Starts the Kubernetes source and waits for its first complete list (a first plan
+/// must not see Services without their endpoints), saying what it waits for.
+async fn start_kubernetes(opts: &kubernetes::Options) -> Result<KubeSource, KubeError> {
+    let source = KubeSource::start(opts).await?;
+    {
+        let ready = source.ready();
+        tokio::pin!(ready);
+        loop {
+            tokio::select! {
+            () = &mut ready => break,
+            () = tokio::time::sleep(Duration::from_secs(10)) => {
+                let waiting: Vec<String> = source
+                    .health()
+                    .kinds
+                    .iter()
+                    .filter(|k| k.last_sync_ms.is_none())
+                    .map(|k| format!("{} ({})", k.kind, k.error.as_deref().unwrap_or("listing")))
+                    .collect();
+                    tracing::warn!("waiting for the first list of: {}", waiting.join(", "));
+                }
+            }
+        }
+    }
+    tracing::info!("Kubernetes source listed");
+    Ok(source)
+}
+
+/// Waits until the cluster's events pause (or have come for `CLUSTER_MAX_WAIT`).
+async fn cluster_settled(k: &KubeSource) {
+    k.changed().await;
+    let deadline = tokio::time::Instant::now() + CLUSTER_MAX_WAIT;
+    loop {
+        tokio::select! {
+            () = k.changed() => {}
+            () = tokio::time::sleep(CLUSTER_QUIET) => return,
+            () = tokio::time::sleep_until(deadline) => return,
+        }
+    }
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -319,7 +459,29 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
             None
         }
     };
-    let mut watch = ConfigWatch::start(&opts.config)?;
+    let mut watch = opts.config.as_deref().map(ConfigWatch::start).transpose()?;
+    let kube = match &opts.kubernetes {
+        Some(k) => Some(start_kubernetes(k).await?),
+        None => None,
+    };
+    let mut sources = Sources {
+        dir: opts.config.clone(),
+        kube,
+        ..Default::default()
+    };
+    let (status_tx, status_rx) = watch::channel(SourceStatus {
+        files: opts.config.as_ref().map(|d| d.display().to_string()),
+        ..Default::default()
+    });
+    let publish = |sources: &Sources, applied: bool| {
+        status_tx.send_modify(|s| {
+            s.kubernetes = sources.kube.as_ref().map(KubeSource::health);
+            s.rejected.clone_from(&sources.rejected);
+            if applied {
+                s.applied_at_ms = Some(now_ms());
+            }
+        });
+    };
     let mut cache = model::Cache::default();
     // The listeners as bound (the deferred one's port is only known now).
     let mut model_opts = opts.model.clone();
@@ -328,8 +490,8 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         proxy.deferred_addr(),
         proxy.admin_addr(),
     ]);
-    let mut reload = |applier: &mut Applier, dir: &Path| {
-        let garbage = reload(applier, dir, &mut cache, &model_opts);
+    let mut reload = |applier: &mut Applier, sources: &mut Sources| {
+        let garbage = reload(applier, sources, &mut cache, &model_opts);
         if !opts.parse_cache {
             // Nothing of the parse outlives the reload.
             cache = model::Cache::default();
@@ -339,10 +501,11 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         if garbage.is_some() {
             retire_other_layouts(&pins);
         }
+        publish(sources, garbage.is_some());
         garbage
     };
     let mut pending: Vec<(Instant, Garbage)> = Vec::new();
-    if let Some(g) = reload(&mut applier, &opts.config) {
+    if let Some(g) = reload(&mut applier, &mut sources) {
         pending.push((Instant::now() + GRACE, g));
     }
     let log = match &opts.proxy.access_log {
@@ -356,6 +519,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         log,
         kernel,
         front: proxy::Front::new(opts.proxy.limits, opts.proxy.lean, listeners.main),
+        source: status_rx,
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let drain = opts.proxy.drain;
@@ -365,15 +529,18 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
 
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
+    let mut health_tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let next_gc = pending.first().map(|(t, _)| *t);
-        tokio::select! {
-            _ = watch.changed(DEBOUNCE) => {
-                if let Some(g) = reload(&mut applier, &opts.config) {
-                    pending.push((Instant::now() + GRACE, g));
-                }
+        let changed = tokio::select! {
+            () = async { watch.as_mut().expect("guarded").changed(DEBOUNCE).await }, if watch.is_some() => true,
+            () = async { cluster_settled(sources.kube.as_ref().expect("guarded")).await }, if sources.kube.is_some() => true,
+            _ = health_tick.tick(), if sources.kube.is_some() => {
+                // Watches fail and recover between events: keep /ready current.
+                status_tx.send_modify(|s| s.kubernetes = sources.kube.as_ref().map(KubeSource::health));
+                false
             }
-            _ = async { tokio::time::sleep_until(next_gc.expect("guarded")).await }, if next_gc.is_some() => {
+            () = async { tokio::time::sleep_until(next_gc.expect("guarded")).await }, if next_gc.is_some() => {
                 let (_, g) = pending.remove(0);
                 applier.collect_garbage(g);
                 // Parsing a large configuration allocates a lot, briefly: hand the
@@ -385,9 +552,13 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                     // SAFETY: malloc_trim only releases free heap memory.
                     unsafe { libc::malloc_trim(0) };
                 }
+                false
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
+        };
+        if changed && let Some(g) = reload(&mut applier, &mut sources) {
+            pending.push((Instant::now() + GRACE, g));
         }
     }
     // Drain: stop accepting (the kernel falls back to its split at once), finish

@@ -27,6 +27,9 @@ pub struct Env {
     pub bpffs: PathBuf,
     pub config: PathBuf,
     pub work: PathBuf,
+    /// Where `lb run` reads its configuration: `--config <config>` unless a test says
+    /// otherwise (`--kubeconfig ...` for the Kubernetes source).
+    pub source_args: Vec<String>,
     daemons: Vec<Child>,
     others: Vec<Child>,
     last_log: Option<PathBuf>,
@@ -54,6 +57,7 @@ impl Env {
             name: name.to_string(),
             cgroup,
             bpffs: PathBuf::from(format!("/sys/fs/bpf/{id}")),
+            source_args: vec!["--config".into(), config.display().to_string()],
             config,
             work,
             daemons: Vec::new(),
@@ -92,8 +96,8 @@ impl Env {
         let log_path = self.work.join(format!("daemon-{}.log", self.daemons.len()));
         let log = std::fs::File::create(&log_path).expect("log");
         let mut cmd = Command::new(lb_bin());
-        cmd.args(["run", "--config"])
-            .arg(&self.config)
+        cmd.arg("run")
+            .args(&self.source_args)
             .arg("--cgroup")
             .arg(&self.cgroup.path)
             .arg("--bpffs")
@@ -116,14 +120,19 @@ impl Env {
         let child = cmd.spawn().expect("spawn lb run");
         let pid = child.id();
         self.daemons.push(child);
-        wait_for(
-            Duration::from_secs(20),
-            "lb run to apply its config",
-            || {
-                let now = self.applied_at();
-                now.is_some() && now != before
-            },
-        );
+        let start = Instant::now();
+        loop {
+            let now = self.applied_at();
+            if now.is_some() && now != before {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "lb run did not apply its config within 20 s; its log:\n{}",
+                self.daemon_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         pid
     }
 

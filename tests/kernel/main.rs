@@ -1,7 +1,9 @@
 //! Kernel tests: real programs attached to a child cgroup, real TCP connects from a
 //! process inside it, loopback addresses only. Run as root, serially.
 
+mod apiserver;
 mod harness;
+mod kubernetes;
 mod proxy;
 mod upgrade;
 

@@ -23,6 +23,17 @@ pub struct Document {
 }
 
 impl Document {
+    /// A document that is no file's: an object read from the Kubernetes API (its
+    /// problems name the object and field, no line).
+    pub fn detached() -> Self {
+        Document {
+            first_line: 0,
+            text: String::new(),
+            line_offset: 0,
+            lines: OnceLock::new(),
+        }
+    }
+
     fn lines(&self) -> &HashMap<String, usize> {
         self.lines.get_or_init(|| {
             let mut rx = Receiver {

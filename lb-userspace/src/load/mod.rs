@@ -351,6 +351,87 @@ fn load_document(
     })
 }
 
+/// The kinds lb reads, by name.
+fn kind_of(kind: &str) -> Option<&'static str> {
+    ["ServiceEntry", "DestinationRule", "VirtualService"]
+        .into_iter()
+        .find(|k| *k == kind)
+}
+
+fn object_or_empty(v: &serde_json::Value) -> serde_json::Value {
+    if v.is_object() {
+        v.clone()
+    } else {
+        serde_json::json!({})
+    }
+}
+
+/// One Istio object read from the Kubernetes API (a JSON object with `apiVersion`,
+/// `kind`, `metadata` and `spec`): typed like a file's document, with problems naming
+/// the object and field. Metadata lb does not read (uid, managedFields, ...) is left
+/// out before the schema check.
+pub fn load_object(value: &serde_json::Value, diags: &mut Vec<Diagnostic>) -> Option<Loaded> {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let meta = &value["metadata"];
+    let (name, namespace) = (text(&meta["name"]), text(&meta["namespace"]));
+    let namespace = if namespace.is_empty() {
+        "default".to_string()
+    } else {
+        namespace
+    };
+    let kind = kind_of(value["kind"].as_str().unwrap_or_default())?;
+    let resource = format!("{kind} {namespace}/{name}");
+    let object = serde_json::json!({
+        "apiVersion": value["apiVersion"],
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": object_or_empty(&meta["labels"]),
+            "annotations": object_or_empty(&meta["annotations"]),
+        },
+        "spec": value.get("spec").cloned().unwrap_or_default(),
+    });
+    let origin = |_: &str| Origin {
+        file: PathBuf::new(),
+        line: 0,
+        resource: resource.clone(),
+    };
+    fn parse<T: DeserializeOwned>(
+        object: &serde_json::Value,
+        origin: impl Fn(&str) -> Origin,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(object) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let path = e.path().to_string();
+                let path = if path == "." { String::new() } else { path };
+                let (path, message) = schema_message(&path, &e.into_inner().to_string());
+                diags.push(Diagnostic::error(origin(&path), path, message));
+                None
+            }
+        }
+    }
+    let parsed = match kind {
+        "ServiceEntry" => {
+            parse(&object, origin, diags).map(|r| Resource::ServiceEntry(Box::new(r)))
+        }
+        "DestinationRule" => {
+            parse(&object, origin, diags).map(|r| Resource::DestinationRule(Box::new(r)))
+        }
+        _ => parse(&object, origin, diags).map(|r| Resource::VirtualService(Box::new(r))),
+    }?;
+    Some(Loaded {
+        resource: parsed,
+        kind,
+        namespace,
+        name,
+        file: PathBuf::new(),
+        doc: locate::Document::detached(),
+    })
+}
+
 /// Deserialises a document into its Istio type; a schema error names the field.
 fn typed<T: DeserializeOwned>(
     doc: &locate::Document,

@@ -4,6 +4,7 @@
 //! Follows Istio's semantics (shared/ISTIO-SEMANTICS.md); where Istio only warns about
 //! a conflict (two VirtualServices for one host), lb rejects the configuration.
 
+pub mod accept;
 pub mod catalog;
 pub mod http;
 pub mod own;

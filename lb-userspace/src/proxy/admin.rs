@@ -1,4 +1,5 @@
-//! The admin listener: `/ready`, `/config_dump` (the active plan), `/metrics`.
+//! The admin listener: `/ready`, `/source` (what the configuration is read from and
+//! how current it is), `/config_dump` (the active plan), `/metrics`.
 
 use std::sync::Arc;
 
@@ -35,7 +36,20 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 
 fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match path {
-        "/ready" => (StatusCode::OK, "text/plain", "ready\n".to_string()),
+        "/ready" => {
+            let (ready, text) = shared.source.borrow().readiness();
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, "text/plain", text)
+        }
+        "/source" => (
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string_pretty(&*shared.source.borrow()).unwrap_or_default(),
+        ),
         "/config_dump" => (
             StatusCode::OK,
             "application/json",
@@ -54,13 +68,16 @@ fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
             (
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                shared.metrics.render(&kernel.unwrap_or_default()),
+                shared.metrics.render(
+                    &kernel.unwrap_or_default(),
+                    &shared.source.borrow().gauges(),
+                ),
             )
         }
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "try /ready, /config_dump or /metrics\n".to_string(),
+            "try /ready, /source, /config_dump or /metrics\n".to_string(),
         ),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));

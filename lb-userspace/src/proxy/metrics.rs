@@ -178,8 +178,13 @@ impl Metrics {
         counter.inc();
     }
 
-    /// OpenMetrics text, with the kernel's counters (read from the maps) added.
-    pub fn render(&self, kernel: &[(&str, &str, u64)]) -> String {
+    /// OpenMetrics text, with the kernel's counters (read from the maps) and the
+    /// source's gauges (name, help, labels, value) added.
+    pub fn render(
+        &self,
+        kernel: &[(&str, &str, u64)],
+        gauges: &[(&str, &str, String, u64)],
+    ) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         let body = out.strip_suffix("# EOF\n").unwrap_or(&out).to_string();
@@ -188,6 +193,21 @@ impl Metrics {
             body.push_str(&format!(
                 "# HELP lb_{name} {help}\n# TYPE lb_{name} counter\nlb_{name}_total {v}\n"
             ));
+        }
+        let mut last = "";
+        for (name, help, labels, v) in gauges {
+            if *name != last {
+                body.push_str(&format!(
+                    "# HELP lb_{name} {help}\n# TYPE lb_{name} gauge\n"
+                ));
+                last = name;
+            }
+            let labels = if labels.is_empty() {
+                String::new()
+            } else {
+                format!("{{{labels}}}")
+            };
+            body.push_str(&format!("lb_{name}{labels} {v}\n"));
         }
         body.push_str("# EOF\n");
         body

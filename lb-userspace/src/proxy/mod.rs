@@ -62,6 +62,8 @@ pub struct Shared {
     pub log: Option<access_log::AccessLog>,
     pub kernel: Option<Mutex<crate::datapath::ProxyMaps>>,
     pub front: Front,
+    /// The daemon's sources, as of its last reload (`/ready`, `/source`, `/metrics`).
+    pub source: watch::Receiver<crate::source::SourceStatus>,
 }
 
 impl Shared {
@@ -74,6 +76,12 @@ impl Shared {
             log: None,
             kernel: None,
             front,
+            // Tests and benchmarks: applied, from nowhere in particular.
+            source: watch::channel(crate::source::SourceStatus {
+                applied_at_ms: Some(0),
+                ..Default::default()
+            })
+            .1,
         }
     }
 }

@@ -1,0 +1,246 @@
+//! A shared cluster's rule: an object that fails validation is rejected on its own —
+//! its last good version, if it had one, stays — so one team's broken VirtualService
+//! does not freeze everybody's routing. Files keep theirs: a problem anywhere in them
+//! rejects the whole change (they are one operator's, edited together).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{Cache, HashMap, ModelError, Options, Validated};
+use crate::diagnostic::{self, Diagnostic};
+use crate::load::Loaded;
+
+/// Objects as one source gave them, with the problems of those it could not read.
+#[derive(Default)]
+pub struct Input {
+    pub loaded: Vec<Arc<Loaded>>,
+    pub diags: Vec<Diagnostic>,
+}
+
+/// A cluster object left out of the plan, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rejected {
+    /// `Kind ns/name`.
+    pub object: String,
+    /// Its errors, one line each.
+    pub problems: Vec<String>,
+    /// Whether its last good version stays in the plan (else none of it does).
+    pub last_good_stays: bool,
+}
+
+/// The last accepted version of each cluster object, by `Kind ns/name` (kept by the
+/// daemon across reloads).
+#[derive(Default)]
+pub struct LastGood(HashMap<String, Arc<Loaded>>);
+
+fn key(l: &Loaded) -> String {
+    format!("{} {}/{}", l.kind, l.namespace, l.name)
+}
+
+/// Validates files and cluster objects together. A problem in the files rejects the
+/// change (`Err`); a cluster object with a problem is replaced by its last good
+/// version, or left out, until the rest validates.
+pub fn build(
+    files: Input,
+    cluster: Input,
+    last_good: &mut LastGood,
+    cache: &mut Cache,
+    opts: &Options,
+) -> Result<(Validated, Vec<Rejected>), ModelError> {
+    let mut rejected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut objects: Vec<Arc<Loaded>> = cluster.loaded;
+    // Objects that did not even parse: their last good version, if any, instead.
+    for d in cluster.diags.iter().filter(|d| d.is_error()) {
+        let k = d.origin.resource.clone();
+        if !rejected.contains_key(&k)
+            && let Some(good) = last_good.0.get(&k)
+        {
+            objects.push(good.clone());
+        }
+        rejected.entry(k).or_default().push(d.to_string());
+    }
+    let warnings_in = |diags: &[Diagnostic]| -> Vec<Diagnostic> {
+        diags.iter().filter(|d| !d.is_error()).cloned().collect()
+    };
+    // Each round takes at least one object back to its last good version (once) or
+    // out: the loop ends, in at most two rounds per object.
+    let mut diags = Vec::new();
+    for _ in 0..=2 * objects.len() {
+        diags = files.diags.clone();
+        diags.extend(warnings_in(&cluster.diags));
+        let all: Vec<Arc<Loaded>> = files.loaded.iter().chain(&objects).cloned().collect();
+        let model = super::build_with(&all, &mut cache.service_entries, &mut diags, opts);
+        diagnostic::sort(&mut diags);
+        let errors: Vec<&Diagnostic> = diags.iter().filter(|d| d.is_error()).collect();
+        if errors.is_empty() {
+            last_good.0 = objects.iter().map(|o| (key(o), o.clone())).collect();
+            let rejected = rejected
+                .into_iter()
+                .map(|(object, problems)| Rejected {
+                    last_good_stays: last_good.0.contains_key(&object),
+                    object,
+                    problems,
+                })
+                .collect();
+            return Ok((
+                Validated {
+                    model,
+                    warnings: diags,
+                },
+                rejected,
+            ));
+        }
+        let mut progress = false;
+        for e in &errors {
+            let k = &e.origin.resource;
+            let Some(i) = objects.iter().position(|o| key(o) == *k) else {
+                // A file's problem (or one no object owns): the files' rule.
+                return Err(ModelError::Invalid { diagnostics: diags });
+            };
+            rejected.entry(k.clone()).or_default().push(e.to_string());
+            match last_good.0.get(k) {
+                Some(good) if !Arc::ptr_eq(good, &objects[i]) => objects[i] = good.clone(),
+                _ => {
+                    objects.remove(i);
+                }
+            }
+            progress = true;
+        }
+        if !progress {
+            return Err(ModelError::Invalid { diagnostics: diags });
+        }
+    }
+    Err(ModelError::Invalid { diagnostics: diags })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two services, a and b, each with its DestinationRule (v0, v1) and its
+    /// VirtualService; b's routes to `b_subset` at `b_weight` / rest.
+    fn cluster(b_subset: &str, b_weight: u32) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for (svc, ip, subset, w) in [("a", 1, "v1", 90), ("b", 2, b_subset, b_weight)] {
+            let se = format!(
+                "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {svc}, namespace: team-{svc}}}\nspec:\n  hosts: [{svc}]\n  addresses: [127.10.20.{ip}]\n  ports: [{{number: 80, name: http}}]\n  endpoints:\n  - {{address: 127.0.0.2, labels: {{version: v0}}}}\n  - {{address: 127.0.0.3, labels: {{version: v1}}}}\n"
+            );
+            let dr = format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {svc}, namespace: team-{svc}}}\nspec:\n  host: {svc}\n  subsets: [{{name: v0, labels: {{version: v0}}}}, {{name: v1, labels: {{version: v1}}}}]\n"
+            );
+            let vs = format!(
+                "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {svc}-vs, namespace: team-{svc}}}\nspec:\n  hosts: [{svc}]\n  http:\n  - route:\n    - {{destination: {{host: {svc}, subset: v0}}, weight: {}}}\n    - {{destination: {{host: {svc}, subset: {subset}}}, weight: {w}}}\n",
+                100 - w
+            );
+            for doc in [se, dr, vs] {
+                out.push(serde_yaml::from_str(&doc).expect("yaml"));
+            }
+        }
+        out
+    }
+
+    fn input(objects: &[serde_json::Value]) -> Input {
+        let mut diags = Vec::new();
+        let loaded = objects
+            .iter()
+            .filter_map(|o| crate::load::load_object(o, &mut diags))
+            .map(Arc::new)
+            .collect();
+        Input { loaded, diags }
+    }
+
+    /// The weights of the service at 127.10.20.`ip`:80 in the model.
+    fn weights(v: &Validated, ip: u8) -> Vec<(String, u32)> {
+        let addr = std::net::SocketAddrV4::new([127, 10, 20, ip].into(), 80);
+        v.model
+            .services
+            .iter()
+            .find(|s| s.frontend == addr)
+            .map(|s| s.split.iter().map(|w| (w.name.clone(), w.weight)).collect())
+            .unwrap_or_default()
+    }
+
+    fn build_with(
+        cluster_objects: &[serde_json::Value],
+        last_good: &mut LastGood,
+    ) -> (Validated, Vec<Rejected>) {
+        build(
+            Input::default(),
+            input(cluster_objects),
+            last_good,
+            &mut Cache::default(),
+            &Options::default(),
+        )
+        .expect("the rest validates")
+    }
+
+    #[test]
+    fn a_broken_object_is_rejected_alone_and_its_last_good_version_stays() {
+        let mut last_good = LastGood::default();
+        // Team b's VirtualService names a subset that does not exist: only it goes.
+        let (v, rejected) = build_with(&cluster("v9", 10), &mut last_good);
+        assert_eq!(weights(&v, 1), [("v0".into(), 10), ("v1".into(), 90)]);
+        assert_eq!(
+            weights(&v, 2),
+            [("(all)".into(), 1)],
+            "no VirtualService: even"
+        );
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert_eq!(rejected[0].object, "VirtualService team-b/b-vs");
+        assert!(!rejected[0].last_good_stays);
+        assert!(
+            rejected[0].problems[0].contains("v9"),
+            "{:?}",
+            rejected[0].problems
+        );
+        // Fixed: it applies and becomes its last good version.
+        let (v, rejected) = build_with(&cluster("v1", 30), &mut last_good);
+        assert!(rejected.is_empty());
+        assert_eq!(weights(&v, 2), [("v0".into(), 70), ("v1".into(), 30)]);
+        // Broken again: the last good version (70/30) stays.
+        let (v, rejected) = build_with(&cluster("v9", 50), &mut last_good);
+        assert_eq!(weights(&v, 2), [("v0".into(), 70), ("v1".into(), 30)]);
+        assert_eq!(
+            (rejected.len(), rejected[0].last_good_stays),
+            (1, true),
+            "{rejected:?}"
+        );
+        // An object that does not even parse: the same.
+        let mut objects = cluster("v1", 20);
+        objects[5]["spec"]["htttp"] = serde_json::json!([]);
+        let (v, rejected) = build_with(&objects, &mut last_good);
+        assert_eq!(weights(&v, 2), [("v0".into(), 70), ("v1".into(), 30)]);
+        assert_eq!(rejected[0].object, "VirtualService team-b/b-vs");
+        assert!(rejected[0].problems[0].contains("htttp"), "{rejected:?}");
+    }
+
+    #[test]
+    fn a_problem_in_the_files_rejects_the_whole_change() {
+        let mut files = Vec::new();
+        let mut diags = Vec::new();
+        crate::load::load_text(
+            std::path::Path::new("vs.yaml"),
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: f}\nspec:\n  hosts: [a.team-a.svc.cluster.local]\n  http:\n  - route: [{destination: {host: a.team-a.svc.cluster.local, subset: v7}}]\n",
+            &mut files,
+            &mut diags,
+        );
+        let result = build(
+            Input {
+                loaded: files.into_iter().map(Arc::new).collect(),
+                diags,
+            },
+            input(&cluster("v1", 10)),
+            &mut LastGood::default(),
+            &mut Cache::default(),
+            &Options::default(),
+        );
+        let Err(ModelError::Invalid { diagnostics }) = result else {
+            panic!("a file's error rejects the change");
+        };
+        assert!(
+            diagnostics
+                .iter()
+                .any(|d| d.to_string().starts_with("vs.yaml:"))
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! lb fed by a (fake) Kubernetes API server: the seed's cluster objects
+//! (tests/kubernetes/seed.yaml) programmed into the kernel; changes, an endpoint
+//! leaving, a 410 relist, a 10 s outage and an invalid object, each under real
+//! connects. Loopback addresses: the ClusterIP 127.10.14.1, pods 127.0.0.2 / .3.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::addr;
+use crate::apiserver::FakeApi;
+use crate::harness::{Env, wait_for};
+
+const SERVICE: &str = "127.10.14.1:11400";
+
+/// The seed's objects as the fake API server serves them.
+pub fn seed_objects() -> Vec<Value> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/kubernetes/seed.yaml");
+    let text = std::fs::read_to_string(path).expect("seed.yaml");
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("a YAML document"))
+        .collect()
+}
+
+/// An lb daemon on `env` reading `api` through a kubeconfig.
+fn start_on(env: &mut Env, api: &FakeApi) {
+    let kubeconfig = env.work.join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).expect("kubeconfig");
+    env.source_args = vec!["--kubeconfig".into(), kubeconfig.display().to_string()];
+    env.start_daemon(false);
+}
+
+/// (v0, v1, failures) over `n` new connections.
+fn split(env: &Env, n: u64) -> (u64, u64, u64) {
+    let s = env.probe(&["--to", SERVICE, "--count", &n.to_string()]);
+    let count = |k: &str| s["by_backend"][k].as_u64().unwrap_or(0);
+    assert_eq!(
+        s["peer_mismatches"], 0,
+        "getpeername shows the ClusterIP: {s}"
+    );
+    (
+        count("v0"),
+        count("v1"),
+        s["failures"].as_u64().unwrap_or(0),
+    )
+}
+
+fn set_weights(api: &FakeApi, v0: u32, v1: u32) {
+    let mut vs = api.get("VirtualService", "default", "backend-vs");
+    vs["spec"]["http"][0]["route"][0]["weight"] = v0.into();
+    vs["spec"]["http"][0]["route"][1]["weight"] = v1.into();
+    api.apply(vs);
+}
+
+fn wait_weights(env: &Env, v0: u64, v1: u64) {
+    wait_weights_within(env, v0, v1, Duration::from_secs(10));
+}
+
+fn wait_weights_within(env: &Env, v0: u64, v1: u64, limit: Duration) {
+    wait_for(limit, &format!("weights {v0}/{v1}"), || {
+        let w = env.weights("127.10.14.1");
+        w.contains(&("v0".into(), v0)) && w.contains(&("v1".into(), v1))
+    });
+}
+
+/// The seed on Kubernetes: the initial sync programs 90/10; a modified
+/// VirtualService is live for new connections; an endpoint leaving its slice leaves
+/// the slots; a 410 relists without dropping the plan; 10 s without the API server
+/// keeps the plan and says the source is stale, then recovers; an invalid
+/// VirtualService is rejected alone while another change applies.
+#[test]
+fn the_seed_on_kubernetes_follows_the_cluster() {
+    let mut env = Env::new("k8s");
+    env.backend("v0", &[addr("127.0.0.2:11400")]);
+    env.backend("v1", &[addr("127.0.0.3:11400")]);
+    let api = FakeApi::start(&seed_objects());
+    start_on(&mut env, &api);
+
+    // The initial sync: the seed's 90/10 over 2000 connections.
+    let (v0, v1, failures) = split(&env, 2000);
+    assert_eq!(failures, 0);
+    let share = v1 as f64 * 100.0 / (v0 + v1) as f64;
+    assert!((share - 10.0).abs() <= 2.5, "v1 got {share:.1} %");
+
+    // A MODIFIED VirtualService: 0/100 for new connections.
+    set_weights(&api, 0, 100);
+    wait_weights(&env, 0, 100);
+    assert_eq!(split(&env, 200), (0, 200, 0));
+
+    // v0's pod leaves the slice: its subset has no endpoint left.
+    let slice = api.get("EndpointSlice", "default", "backend-service-x7k2p");
+    let mut without_v0 = slice.clone();
+    without_v0["endpoints"]
+        .as_array_mut()
+        .expect("endpoints")
+        .remove(0);
+    api.apply(without_v0);
+    wait_for(Duration::from_secs(10), "v0's endpoint to leave", || {
+        subset_backends(&env, "v0").is_empty()
+    });
+    assert_eq!(subset_backends(&env, "v1"), ["127.0.0.3:11400"]);
+    api.apply(slice);
+    wait_for(
+        Duration::from_secs(10),
+        "v0's endpoint to come back",
+        || subset_backends(&env, "v0") == ["127.0.0.2:11400"],
+    );
+
+    // 410 Gone: every watch relists; the plan stays meanwhile, and changes after the
+    // relist apply.
+    let lists = api.lists_of("VirtualService");
+    api.compact();
+    wait_for(Duration::from_secs(10), "the relist", || {
+        api.lists_of("VirtualService") > lists
+    });
+    assert_eq!(split(&env, 100), (0, 100, 0));
+    set_weights(&api, 50, 50);
+    wait_weights(&env, 50, 50);
+
+    // The API server gone for 10 s: the plan stays, /ready says the source is stale.
+    api.down();
+    wait_for(Duration::from_secs(15), "the source to be stale", || {
+        env.admin_get("/ready").contains("stale since")
+    });
+    for _ in 0..5 {
+        let (v0, v1, failures) = split(&env, 20);
+        assert_eq!((v0 + v1, failures), (20, 0), "the plan keeps serving");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert!(env.admin_get("/metrics").contains("lb_source_stale 1"));
+    api.up();
+    set_weights(&api, 20, 80);
+    // The watches retry with kube-runtime's backoff (client-go's: from 0.8 s, doubling,
+    // jittered, at most 30 s), so after 10 s down the next try can be ~13 s away.
+    wait_weights_within(&env, 20, 80, Duration::from_secs(40));
+    wait_for(Duration::from_secs(40), "the source to be current", || {
+        !env.admin_get("/ready").contains("stale")
+    });
+
+    // One team's broken VirtualService is rejected alone; another change applies.
+    for mut o in other_service() {
+        if o["kind"] == "VirtualService" {
+            o["spec"]["http"][0]["route"][0]["destination"]["subset"] = "v9".into();
+        }
+        api.apply(o);
+    }
+    set_weights(&api, 60, 40);
+    wait_weights(&env, 60, 40);
+    let status = env.status();
+    let error = status["config"]["last_error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("VirtualService team-b/other-vs") && error.contains("v9"),
+        "{status}"
+    );
+    assert!(
+        env.admin_get("/metrics")
+            .contains("lb_config_rejected_objects 1")
+    );
+    let other = env.status()["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .any(|s| s["address"] == "127.10.14.2");
+    assert!(
+        other,
+        "the broken VirtualService's Service is still served (evenly)"
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "an Event on the rejected object",
+        || {
+            api.events()
+                .iter()
+                .any(|e| e["regarding"]["name"] == "other-vs" && e["reason"] == "Rejected")
+        },
+    );
+    // Deleted: nothing is rejected any more.
+    api.delete("VirtualService", "team-b", "other-vs");
+    wait_for(Duration::from_secs(10), "the rejection to clear", || {
+        env.status()["config"]["last_error"].is_null()
+    });
+}
+
+/// The backends of subset `name` of the seed's service, as `lb status` shows them.
+fn subset_backends(env: &Env, name: &str) -> Vec<String> {
+    let s = env.status();
+    s["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|svc| svc["address"] == "127.10.14.1")
+        .flat_map(|svc| svc["subsets"].as_array().cloned().unwrap_or_default())
+        .filter(|sub| sub["name"] == name)
+        .flat_map(|sub| sub["backends"].as_array().cloned().unwrap_or_default())
+        .map(|b| format!("{}:{}", b["address"].as_str().unwrap_or(""), b["port"]))
+        .collect()
+}
+
+/// Team b's Service `other` (ClusterIP 127.10.14.2, the same two pods' addresses),
+/// its DestinationRule and VirtualService.
+fn other_service() -> Vec<Value> {
+    let text = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: other, namespace: team-b}
+spec:
+  clusterIP: 127.10.14.2
+  clusterIPs: [127.10.14.2]
+  ports: [{name: http, port: 11400, targetPort: 11400}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: other-abcde, namespace: team-b, labels: {kubernetes.io/service-name: other}}
+addressType: IPv4
+ports: [{name: http, port: 11400}]
+endpoints:
+- addresses: [127.0.0.2]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: other, namespace: team-b}
+spec:
+  host: other
+  subsets: [{name: v0, labels: {version: v0}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: other-vs, namespace: team-b}
+spec:
+  hosts: [other]
+  http:
+  - route: [{destination: {host: other, subset: v0}}]
+"#;
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
+        .collect()
+}
