@@ -63,4 +63,12 @@ if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
   log "cargo-fuzz $CARGO_FUZZ_VERSION: installing (the two-client fuzz target's smoke run)"
   cargo "+$TOOLCHAIN" install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
 fi
+# The deployment files are validated offline against Kubernetes' schemas (test.sh).
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  log "kubernetes-validate: installing (PyPI)"
+  python3 -m pip install -q --disable-pip-version-check kubernetes-validate
+fi
+if ! command -v kubectl >/dev/null 2>&1; then
+  log "kubectl is missing: install it (with kustomize) to render deploy/ (test.sh checks the manifests)"
+fi
 log "ready: $(rustc "+$TOOLCHAIN" --version), $(bpf-linker --version), $(bpftool version | head -1)"

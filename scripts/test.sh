@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The README's second command (and what CI runs): installs what is missing, builds once
 # (release), then runs every test: pure, validation, smuggling and kernel tests (root,
-# serial), a fuzz smoke run, the demo, and a smoke run of the benchmark harness (a
-# second per row) so it cannot rot.
+# serial), a fuzz smoke run, the deployment manifests validated, the demo, and a smoke
+# run of the benchmark harness (a second per row) so it cannot rot.
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cargo fmt --all -- --check
 cargo build --release
@@ -23,6 +23,13 @@ if ! cargo fuzz run --sanitizer none two_clients "$fuzz_corpus" fuzz/seeds -- \
   exit 1
 fi
 echo "fuzz smoke: $(grep -E '^Done [0-9]+ runs' "$fuzz_corpus.log")"
+# The deployment files and `lb crds` as the cluster would take them: rendered by
+# kustomize, validated offline against Kubernetes' schemas (strict: no unknown field).
+command -v kubectl >/dev/null || { echo "kubectl (with kustomize) is needed to render deploy/" >&2; exit 1; }
+kubectl kustomize deploy/ > target/deploy.yaml
+./target/release/lb crds > target/crds.yaml
+kubernetes-validate --strict --quiet target/deploy.yaml target/crds.yaml tests/kubernetes/seed.yaml
+echo "manifests: deploy/ ($(grep -c '^kind:' target/deploy.yaml) objects) and lb crds valid"
 ./target/release/lb demo --connections 500
 cargo xtask bench --smoke --out target/bench-smoke/results.json
 echo "bench smoke: $(grep -c '' target/bench-smoke/results.md) lines in target/bench-smoke/results.md"

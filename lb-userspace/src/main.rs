@@ -121,6 +121,9 @@ enum Cmd {
         #[arg(long, default_value = "BASE")]
         path_normalization: lb::route::path::Normalization,
     },
+    /// Print CustomResourceDefinitions for Istio's VirtualService, DestinationRule and
+    /// ServiceEntry, for a cluster without Istio (`lb crds | kubectl apply -f -`).
+    Crds,
     /// Check a config directory; one line per problem; exit 1 on errors.
     Validate {
         dir: PathBuf,
@@ -135,6 +138,9 @@ enum Cmd {
     Status {
         #[arg(long, default_value = DEFAULT_BPFFS)]
         bpffs: PathBuf,
+        /// The daemon's admin listener, asked what it reads its configuration from.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
         #[arg(long)]
         json: bool,
     },
@@ -366,9 +372,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Status { bpffs, json } => {
-            let status = lb::status::read(&Pins::new(&bpffs))
+        Cmd::Status { bpffs, admin, json } => {
+            let mut status = lb::status::read(&Pins::new(&bpffs))
                 .with_context(|| format!("reading lb's pins under {}", bpffs.display()))?;
+            status.source = lb::status::source_from(admin);
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -383,6 +390,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 attach::remove_all(layout)?;
             }
             eprintln!("lb: detached and unpinned {}", bpffs.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Crds => {
+            print!("{}", lb::kubernetes::crds::yaml());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo { connections } => {

@@ -15,6 +15,9 @@ pub struct Status {
     pub config: ConfigStatus,
     pub counters: Counters,
     pub sk_msg: SkMsgStatus,
+    /// What the running daemon reads its configuration from (its admin `/source`);
+    /// None: no daemon answered.
+    pub source: Option<serde_json::Value>,
 }
 
 /// Which local hops the daemon asked sk_msg to shortcut, and to which backends.
@@ -189,6 +192,7 @@ pub fn read(pins: &Pins) -> Result<Status, DatapathError> {
     Ok(Status {
         counters,
         sk_msg,
+        source: None,
         services: out,
         config: ConfigStatus {
             applied_at: (state.applied_at_ms > 0).then(|| rfc3339_ms(state.applied_at_ms)),
@@ -197,10 +201,80 @@ pub fn read(pins: &Pins) -> Result<Status, DatapathError> {
     })
 }
 
+/// The daemon's `/source` from its admin listener, if it answers within a moment.
+pub fn source_from(admin: std::net::SocketAddr) -> Option<serde_json::Value> {
+    use std::io::{Read as _, Write as _};
+    let timeout = std::time::Duration::from_millis(500);
+    let mut s = std::net::TcpStream::connect_timeout(&admin, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.write_all(b"GET /source HTTP/1.1\r\nhost: lb\r\nconnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let text = String::from_utf8_lossy(&out);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200")
+        .then(|| serde_json::from_str(body).ok())
+        .flatten()
+}
+
+/// The source section of `lb status`.
+fn render_source(s: &mut String, source: &serde_json::Value) {
+    let mut from = Vec::new();
+    if let Some(dir) = source["files"].as_str() {
+        from.push(format!("files in {dir}"));
+    }
+    let k = &source["kubernetes"];
+    if k.is_object() {
+        from.push(format!(
+            "Kubernetes (Istio {})",
+            k["istio_version"].as_str().unwrap_or("not served")
+        ));
+    }
+    let _ = writeln!(s, "source: {}", from.join(" and "));
+    for kind in k["kinds"].as_array().into_iter().flatten() {
+        let sync = kind["last_sync_ms"]
+            .as_u64()
+            .map_or("never".to_string(), rfc3339_ms);
+        let _ = write!(
+            s,
+            "  {:<16} {:>6} objects, last sync {sync}",
+            kind["kind"].as_str().unwrap_or(""),
+            kind["objects"]
+        );
+        if let Some(since) = kind["stale_since_ms"].as_u64() {
+            let _ = write!(
+                s,
+                ", STALE since {} ({})",
+                rfc3339_ms(since),
+                kind["error"].as_str().unwrap_or("")
+            );
+        }
+        s.push('\n');
+    }
+    for r in source["rejected"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            s,
+            "  rejected {} ({}): {}",
+            r["object"].as_str().unwrap_or(""),
+            if r["last_good_stays"] == true {
+                "its last good version stays"
+            } else {
+                "left out"
+            },
+            r["problems"][0].as_str().unwrap_or("")
+        );
+    }
+}
+
 impl Status {
     /// Human-readable table.
     pub fn render(&self) -> String {
         let mut s = String::new();
+        match &self.source {
+            Some(source) => render_source(&mut s, source),
+            None => s.push_str("source: no daemon answered on the admin address\n"),
+        }
         for svc in &self.services {
             let total: u64 = svc.subsets.iter().map(|x| x.weight).sum();
             let _ = writeln!(
@@ -274,7 +348,7 @@ impl Status {
             }
         );
         if let Some(e) = &self.config.last_error {
-            let _ = writeln!(s, "last change REJECTED (the plan above stays):\n{e}");
+            let _ = writeln!(s, "rejected (the plan above stays):\n{e}");
         }
         s
     }

@@ -292,8 +292,16 @@ impl Env {
 
     /// `lb status --json`, or Null when nothing is pinned yet.
     pub fn status(&self) -> Value {
+        // The running daemon's admin listener (never lb's default); none: a port
+        // nothing listens on.
+        let admin = self
+            .last_log
+            .as_ref()
+            .and_then(|l| std::fs::read_to_string(l).ok())
+            .filter(|log| log.contains("admin="))
+            .map_or_else(|| "127.0.0.1:9".to_string(), |_| self.admin().to_string());
         let out = Command::new(lb_bin())
-            .args(["status", "--json", "--bpffs"])
+            .args(["status", "--json", "--admin", &admin, "--bpffs"])
             .arg(&self.bpffs)
             .output()
             .expect("lb status");

@@ -83,6 +83,32 @@ fn the_seed_on_kubernetes_follows_the_cluster() {
     let share = v1 as f64 * 100.0 / (v0 + v1) as f64;
     assert!((share - 10.0).abs() <= 2.5, "v1 got {share:.1} %");
 
+    // lb status says where the plan comes from.
+    let source = &env.status()["source"];
+    assert_eq!(source["kubernetes"]["istio_version"], "v1", "{source}");
+    let kinds: Vec<(&str, u64)> = source["kubernetes"]["kinds"]
+        .as_array()
+        .expect("kinds")
+        .iter()
+        .map(|k| {
+            (
+                k["kind"].as_str().unwrap_or(""),
+                k["objects"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("Service", 1),
+            ("EndpointSlice", 1),
+            ("Pod", 2),
+            ("VirtualService", 1),
+            ("DestinationRule", 1),
+            ("ServiceEntry", 0)
+        ]
+    );
+
     // A MODIFIED VirtualService: 0/100 for new connections.
     set_weights(&api, 0, 100);
     wait_weights(&env, 0, 100);

@@ -7,6 +7,7 @@
 //! so the running plan stays; [`Health`] says since when the source is stale.
 
 pub mod catalog;
+pub mod crds;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
