@@ -27,6 +27,18 @@ pub mod map_names {
     pub const SENDERS: &str = "LB_SENDERS";
     pub const HABITS: &str = "LB_HABITS";
     pub const LOCAL_LISTENERS: &str = "LB_LOCAL_LISTENERS";
+    pub const PROXY_LISTENERS: &str = "LB_PROXY_LISTENERS";
+}
+
+/// Indexes of `LB_PROXY_LISTENERS`: the proxy's listening sockets, as the daemon put
+/// them there. A socket leaves a socket map when it closes, so a listener found there
+/// is one that accepts now — whatever network namespace the connecting pod is in.
+pub mod proxy_listener {
+    /// `Settings::proxy`.
+    pub const MAIN: u32 = 0;
+    /// `Settings::proxy_deferred`.
+    pub const DEFERRED: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 /// The kernel/user contract: every pinned map's type, key and value sizes, capacity
@@ -45,6 +57,7 @@ pub mod layout {
         pub const PERCPU_HASH: u32 = 5;
         pub const PERCPU_ARRAY: u32 = 6;
         pub const LRU_HASH: u32 = 9;
+        pub const SOCKMAP: u32 = 15;
         pub const SOCKHASH: u32 = 18;
     }
 
@@ -82,7 +95,7 @@ pub mod layout {
     use kind::*;
 
     /// Every map lb pins, in the order `lb down` removes them.
-    pub const MAPS: [MapSpec; 18] = [
+    pub const MAPS: [MapSpec; 19] = [
         spec::<u32, u64>(n::COUNTERS, PERCPU_ARRAY, counters::COUNT, 0),
         spec::<SockAddr4, u32>(n::LOCAL_LISTENERS, LRU_HASH, capacity::LOCAL_LISTENERS, 0),
         spec::<SockKey, Sender>(n::SENDERS, LRU_HASH, capacity::SOCKETS, 0),
@@ -102,6 +115,7 @@ pub mod layout {
         spec::<SockAddr4, ServiceMeta>(n::SERVICE_META, HASH, capacity::SERVICES, NO_PREALLOC),
         spec::<SubsetMetaKey, SubsetMeta>(n::SUBSET_META, HASH, capacity::STATS, NO_PREALLOC),
         spec::<u32, State>(n::STATE, ARRAY, 1, 0),
+        spec::<u32, u32>(n::PROXY_LISTENERS, SOCKMAP, proxy_listener::COUNT, 0),
     ];
 
     /// Bumped only for a change of meaning that keeps every size (a field's meaning,

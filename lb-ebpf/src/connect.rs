@@ -4,9 +4,9 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_F_CURRENT_NETNS, BPF_NOEXIST, bpf_sock_tuple},
+    bindings::BPF_NOEXIST,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_set_retval, bpf_sk_lookup_tcp,
+        bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_map_lookup_elem, bpf_set_retval,
         bpf_sk_release,
     },
     macros::cgroup_sock_addr,
@@ -14,11 +14,12 @@ use aya_ebpf::{
 };
 use lb_common::{
     EndpointKey, HabitKey, Origin, SlotKey, SockAddr4, StatKey, Stats, counters, mode,
-    settings_flags,
+    proxy_listener, settings_flags,
 };
 
 use crate::maps::{
-    LB_ENDPOINTS, LB_ORIGINS, LB_SERVICES, LB_SETTINGS, LB_SLOTS, LB_STATS, bump, client_joins,
+    LB_ENDPOINTS, LB_ORIGINS, LB_PROXY_LISTENERS, LB_SERVICES, LB_SETTINGS, LB_SLOTS, LB_STATS,
+    bump, client_joins,
     is_local_listener, is_own_socket, random, shortcut,
 };
 
@@ -82,7 +83,7 @@ fn try_connect4(ctx: &SockAddrContext) -> Verdict {
             tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         };
         let join = shortcut(settings_flags::SK_MSG_CLIENT) && client_joins(&habit);
-        if let Some(proxy) = live_proxy(ctx, join) {
+        if let Some(proxy) = live_proxy(join) {
             sa.user_ip4 = proxy.user_ip4();
             sa.user_port = proxy.user_port();
             remember_origin(ctx, dialled, proxy, mode::PROXY, join as u32);
@@ -133,42 +134,30 @@ fn try_connect4(ctx: &SockAddrContext) -> Verdict {
 }
 
 /// The proxy listener for a client that joins the socket map or not (see
-/// `Settings::proxy_deferred`), if a socket listens on it right now. A killed
-/// daemon's listener is gone at once, so no connect is ever sent to a dead proxy.
+/// `Settings::proxy_deferred`), if its socket accepts right now: it is in
+/// `LB_PROXY_LISTENERS` (a closed socket leaves the map, so a killed daemon's is gone
+/// at once and no connect is sent to a dead proxy). A socket map holds the socket
+/// itself, so this answers for clients in any network namespace (a pod's), where a
+/// lookup by address (`bpf_sk_lookup_tcp`) would search the client's own.
 #[inline(always)]
-fn live_proxy(ctx: &SockAddrContext, join: bool) -> Option<SockAddr4> {
+fn live_proxy(join: bool) -> Option<SockAddr4> {
     let settings = LB_SETTINGS.get(0)?;
-    let proxy = if join || settings.proxy_deferred.port == 0 {
-        settings.proxy
+    let (proxy, index) = if join || settings.proxy_deferred.port == 0 {
+        (settings.proxy, proxy_listener::MAIN)
     } else {
-        settings.proxy_deferred
+        (settings.proxy_deferred, proxy_listener::DEFERRED)
     };
     if proxy.port == 0 {
         return None;
     }
-    // SAFETY: an all-zero tuple is a valid value of this plain C union.
-    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    // SAFETY: writing the ipv4 member of the union we own.
-    unsafe {
-        let t = &mut tuple.__bindgen_anon_1.ipv4;
-        t.daddr = proxy.user_ip4();
-        t.dport = proxy.port.to_be();
-    }
-    let size = core::mem::size_of::<u32>() as u32 * 3;
-    // SAFETY: helper available to sock_addr programs; the result is released below.
-    let sk = unsafe {
-        bpf_sk_lookup_tcp(
-            ctx.as_ptr(),
-            &mut tuple,
-            size,
-            BPF_F_CURRENT_NETNS as u64,
-            0,
-        )
-    };
+    let map = core::ptr::from_ref(&LB_PROXY_LISTENERS).cast_mut().cast();
+    // SAFETY: a socket map lookup from a program returns a referenced socket (or
+    // null), released below.
+    let sk = unsafe { bpf_map_lookup_elem(map, core::ptr::from_ref(&index).cast()) };
     if sk.is_null() {
         return None;
     }
-    // SAFETY: `sk` came from bpf_sk_lookup_tcp and is released exactly once.
+    // SAFETY: `sk` came from the socket map lookup and is released exactly once.
     unsafe { bpf_sk_release(sk.cast()) };
     Some(proxy)
 }

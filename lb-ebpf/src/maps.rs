@@ -4,13 +4,14 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash, SockMap},
     helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::btf_map,
 };
 use lb_common::{
     ClientKey, EndpointKey, Habit, HabitKey, OriginSlot, PortSlot, Sender, Service, Settings,
     SlotKey, SockAddr4, SockKey, StatKey, Stats, capacity as cap, counters, habit,
+    proxy_listener,
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
@@ -64,6 +65,10 @@ pub static LB_PEERS_TO_JOIN: LruHashMap<SockKey, u32, { cap::PEERS_TO_JOIN as us
 pub static LB_HABITS: LruHashMap<HabitKey, Habit, { cap::HABITS as usize }> = LruHashMap::new();
 #[btf_map(pin_by_name)]
 pub static LB_STATS: PerCpuHashMap<StatKey, Stats, { cap::STATS as usize }> = PerCpuHashMap::new();
+/// The proxy's listening sockets (`lb_common::proxy_listener`), put there by the daemon;
+/// a closed socket leaves the map by itself (no entry for a dead proxy).
+#[btf_map(pin_by_name)]
+pub static LB_PROXY_LISTENERS: SockMap<{ proxy_listener::COUNT as usize }> = SockMap::new();
 #[btf_map(pin_by_name)]
 pub static LB_SETTINGS: Array<Settings, 1> = Array::new();
 #[btf_map(pin_by_name)]

@@ -452,6 +452,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     };
     let (tx, rx) = watch::channel(Arc::new(RouteTable::default()));
     let mut applier = start(&pins, &opts.cgroup, Some(listeners), opts.sk_msg, tx)?;
+    ProxyMaps::register_listeners(&pins, proxy.listeners())?;
     let kernel = match ProxyMaps::open(&pins) {
         Ok(k) => Some(Mutex::new(k)),
         Err(e) => {

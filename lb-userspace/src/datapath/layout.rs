@@ -151,6 +151,7 @@ fn raw_kind(info: &MapInfo) -> Option<u32> {
         MapType::PerCpuArray => layout::kind::PERCPU_ARRAY,
         MapType::LruHash => layout::kind::LRU_HASH,
         MapType::SockHash => layout::kind::SOCKHASH,
+        MapType::SockMap => layout::kind::SOCKMAP,
         _ => return None,
     })
 }

@@ -101,6 +101,21 @@ impl ProxyMaps {
         }
     }
 
+    /// Puts the proxy's listening sockets (main, deferred) where `connect4` looks for a
+    /// live proxy; each leaves the map when it closes (a stopped or killed proxy).
+    pub fn register_listeners(
+        pins: &Pins,
+        listeners: [std::os::fd::BorrowedFd<'_>; 2],
+    ) -> Result<(), DatapathError> {
+        let mut map: aya::maps::SockMap<MapData> =
+            super::open(pins, map_names::PROXY_LISTENERS, false)?;
+        for (index, fd) in (0u32..).zip(listeners) {
+            map.set(index, &fd, 0)
+                .map_err(|e| DatapathError::map("registering the proxy's listener", e))?;
+        }
+        Ok(())
+    }
+
     /// A per-CPU counter summed.
     pub fn counter(&self, index: u32) -> u64 {
         self.counters

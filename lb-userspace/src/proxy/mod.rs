@@ -215,6 +215,13 @@ impl Proxy {
             .expect("bound listener")
     }
 
+    /// The listening sockets, in `lb_common::proxy_listener` order (main, deferred):
+    /// the kernel hands connects over only while they are open.
+    pub fn listeners(&self) -> [std::os::fd::BorrowedFd<'_>; 2] {
+        use std::os::fd::AsFd as _;
+        [self.listener.get_ref().as_fd(), self.deferred.get_ref().as_fd()]
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .get_ref()
