@@ -19,8 +19,7 @@ use lb_common::{
 
 use crate::maps::{
     LB_ENDPOINTS, LB_ORIGINS, LB_PROXY_LISTENERS, LB_SERVICES, LB_SETTINGS, LB_SLOTS, LB_STATS,
-    bump, client_joins,
-    is_local_listener, is_own_socket, random, shortcut,
+    bump, client_joins, is_local_listener, is_own_socket, random, shortcut,
 };
 
 const IPPROTO_TCP: u32 = 6;

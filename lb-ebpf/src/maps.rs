@@ -10,8 +10,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     ClientKey, EndpointKey, Habit, HabitKey, OriginSlot, PortSlot, Sender, Service, Settings,
-    SlotKey, SockAddr4, SockKey, StatKey, Stats, capacity as cap, counters, habit,
-    proxy_listener,
+    SlotKey, SockAddr4, SockKey, StatKey, Stats, capacity as cap, counters, habit, proxy_listener,
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;

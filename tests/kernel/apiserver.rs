@@ -73,14 +73,24 @@ pub struct FakeApi {
 impl FakeApi {
     /// Serves `objects` (Kubernetes objects as JSON) on a free loopback port.
     pub fn start(objects: &[Value]) -> FakeApi {
+        Self::start_on(
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind"),
+            objects,
+        )
+    }
+
+    /// Serves `objects` on `listener` (bound in another network namespace, say).
+    pub fn start_on(listener: std::net::TcpListener, objects: &[Value]) -> FakeApi {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("runtime");
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let listener = {
+            let _guard = rt.enter();
+            tokio::net::TcpListener::from_std(listener).expect("listener")
+        };
         let addr = listener.local_addr().expect("addr");
         let (changes, _) = broadcast::channel(4096);
         let (up, _) = watch::channel(true);

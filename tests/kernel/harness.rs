@@ -30,6 +30,11 @@ pub struct Env {
     /// Where `lb run` reads its configuration: `--config <config>` unless a test says
     /// otherwise (`--kubeconfig ...` for the Kubernetes source).
     pub source_args: Vec<String>,
+    /// Where the daemon's proxy and admin listen (free loopback ports unless a test
+    /// says otherwise: a node's address, for pods).
+    pub listen_args: Vec<String>,
+    /// A command the daemon runs under (`ip netns exec <node>`), if any.
+    pub daemon_prefix: Vec<String>,
     daemons: Vec<Child>,
     others: Vec<Child>,
     last_log: Option<PathBuf>,
@@ -58,6 +63,15 @@ impl Env {
             cgroup,
             bpffs: PathBuf::from(format!("/sys/fs/bpf/{id}")),
             source_args: vec!["--config".into(), config.display().to_string()],
+            listen_args: [
+                "--proxy-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ]
+            .map(String::from)
+            .to_vec(),
+            daemon_prefix: Vec::new(),
             config,
             work,
             daemons: Vec::new(),
@@ -95,21 +109,23 @@ impl Env {
         let before = self.applied_at();
         let log_path = self.work.join(format!("daemon-{}.log", self.daemons.len()));
         let log = std::fs::File::create(&log_path).expect("log");
-        let mut cmd = Command::new(lb_bin());
+        let mut cmd = match self.daemon_prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(lb_bin());
+                c
+            }
+            None => Command::new(lb_bin()),
+        };
         cmd.arg("run")
             .args(&self.source_args)
             .arg("--cgroup")
             .arg(&self.cgroup.path)
             .arg("--bpffs")
             .arg(&self.bpffs);
-        cmd.args([
-            "--proxy-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--access-log",
-        ])
-        .arg(self.work.join("access.log"));
+        cmd.args(&self.listen_args)
+            .arg("--access-log")
+            .arg(self.work.join("access.log"));
         cmd.args(extra);
         cmd.envs(envs.iter().copied());
         cmd.stdout(Stdio::null()).stderr(log);

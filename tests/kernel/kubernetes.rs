@@ -262,3 +262,142 @@ spec:
         .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
         .collect()
 }
+
+/// The seed on a node with pods (network namespaces, tests/kernel/node.rs): lb in the
+/// node's namespace and at the root of the pods' cgroups, fed by the fake API server;
+/// from the client pod, the seed's 90/10 over 2000 new connections with getpeername
+/// showing the ClusterIP, the header rule (c) through the proxy on the node's IP, the
+/// sk_msg shortcut between the pod and the proxy, and the kernel split while the
+/// proxy is killed.
+#[test]
+fn pods_on_a_node_get_the_seeds_rules() {
+    use crate::node::{NODE_IP, Node};
+    let mut env = Env::new("node");
+    let mut node = Node::new(
+        &format!("{}", std::process::id() % 100_000),
+        &env.cgroup.path,
+        &[("client", 2), ("v0", 3), ("v1", 4)],
+    );
+    node.backend("v0", 11400);
+    node.backend("v1", 11400);
+    // The seed's objects at the node's addresses: ClusterIP 10.96.0.10, pods .3 / .4.
+    let objects: Vec<Value> = seed_objects()
+        .into_iter()
+        .map(|o| {
+            let text = o
+                .to_string()
+                .replace("127.10.14.1", "10.96.0.10")
+                .replace("127.0.0.2", "10.244.0.3")
+                .replace("127.0.0.3", "10.244.0.4");
+            serde_json::from_str(&text).expect("json")
+        })
+        .collect();
+    let listener = node.run_inside(|| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"));
+    let api = FakeApi::start_on(listener, &objects);
+    env.daemon_prefix = std::iter::once("nsenter".to_string())
+        .chain(crate::node::enter(&node.ns))
+        .collect();
+    env.listen_args = vec![
+        "--proxy-listen".into(),
+        format!("{NODE_IP}:0"),
+        "--admin-listen".into(),
+        "127.0.0.1:0".into(),
+    ];
+    let kubeconfig = env.work.join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).expect("kubeconfig");
+    env.source_args = vec!["--kubeconfig".into(), kubeconfig.display().to_string()];
+    // lb inside the node's root cgroup, as the DaemonSet is.
+    env.start_daemon(true);
+    let to = "10.96.0.10:11400";
+
+    // The kernel path: 90/10 over 2000 new connections, getpeername the ClusterIP.
+    let s = node.probe("client", &["--to", to, "--count", "2000"]);
+    assert_eq!(
+        (s["failures"].as_u64(), s["peer_mismatches"].as_u64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
+    let v1 = s["by_backend"]["v1"].as_u64().unwrap_or(0) as f64;
+    assert!((v1 / 20.0 - 10.0).abs() <= 2.5, "v1 got {:.1} %", v1 / 20.0);
+
+    // The header rule: the service takes the proxy path, on the node's address.
+    let mut vs = api.get("VirtualService", "default", "backend-vs");
+    let routes = vs["spec"]["http"][0].clone();
+    vs["spec"]["http"] = serde_json::json!([
+        {"name": "hello", "match": [{"headers": {"hellotest": {"exact": "true"}}}],
+         "route": [{"destination": {"host": "backend-service", "subset": "v1"}}]},
+        routes,
+    ]);
+    api.apply(vs);
+    wait_for(Duration::from_secs(10), "the proxy path", || {
+        env.status()["services"][0]["datapath"] == "proxy"
+    });
+    let s = node.probe(
+        "client",
+        &["--to", to, "--count", "100", "--header", "hellotest: true"],
+    );
+    assert_eq!(
+        (s["by_backend"]["v1"].as_u64(), s["failures"].as_u64()),
+        (Some(100), Some(0)),
+        "{s}"
+    );
+    let before = env.status()["counters"]["sk_msg_redirected"]
+        .as_u64()
+        .unwrap_or(0);
+    let s = node.probe(
+        "client",
+        &[
+            "--to",
+            to,
+            "--count",
+            "50",
+            "--keep-alive",
+            "--header",
+            "hellotest: true",
+        ],
+    );
+    assert_eq!(s["by_backend"]["v1"].as_u64(), Some(50), "{s}");
+    let counters = env.status()["counters"].clone();
+    assert!(
+        counters["sk_msg_redirected"].as_u64().unwrap_or(0) > before,
+        "pod <-> proxy messages went by sk_msg: {counters}"
+    );
+    // 100 new connections, then one keep-alive connection.
+    assert!(
+        counters["proxy_handoffs"].as_u64().unwrap_or(0) >= 101,
+        "{counters}"
+    );
+
+    // The proxy killed: the kernel split of the catch-all route, no refused connect
+    // beyond the check-then-connect race.
+    let stop = env.work.join("stop");
+    let client = node.spawn_probe(
+        "client",
+        &[
+            "--to",
+            to,
+            "--count",
+            "100000",
+            "--every-ms",
+            "1",
+            "--for-ms",
+            "60000",
+            "--until-file",
+            stop.to_str().expect("utf-8"),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    env.kill_daemons();
+    std::thread::sleep(Duration::from_millis(500));
+    let s = crate::harness::stop_probe(client, &stop);
+    assert!(s["refused"].as_u64().unwrap_or(99) <= 1, "{s}");
+    assert!(s["failures"].as_u64().unwrap_or(99) <= 2, "{s}");
+    assert!(
+        env.status()["counters"]["proxy_fallbacks"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "the connects after the kill took the kernel split"
+    );
+    drop(node);
+}

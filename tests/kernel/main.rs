@@ -4,6 +4,7 @@
 mod apiserver;
 mod harness;
 mod kubernetes;
+mod node;
 mod proxy;
 mod upgrade;
 

@@ -54,7 +54,12 @@ pub struct ChildCgroup {
 impl ChildCgroup {
     /// Creates `<cgroup2 root>/<name>`.
     pub fn create(name: &str) -> std::io::Result<Self> {
-        let path = cgroup2_root()?.join(name);
+        Self::create_in(&cgroup2_root()?, name)
+    }
+
+    /// Creates `<parent>/<name>` (a pod's cgroup under a node's, in the tests).
+    pub fn create_in(parent: &std::path::Path, name: &str) -> std::io::Result<Self> {
+        let path = parent.join(name);
         std::fs::create_dir_all(&path)?;
         Ok(Self { path })
     }

@@ -219,7 +219,10 @@ impl Proxy {
     /// the kernel hands connects over only while they are open.
     pub fn listeners(&self) -> [std::os::fd::BorrowedFd<'_>; 2] {
         use std::os::fd::AsFd as _;
-        [self.listener.get_ref().as_fd(), self.deferred.get_ref().as_fd()]
+        [
+            self.listener.get_ref().as_fd(),
+            self.deferred.get_ref().as_fd(),
+        ]
     }
 
     pub fn local_addr(&self) -> SocketAddr {

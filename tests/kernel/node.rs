@@ -1,0 +1,218 @@
+//! A Kubernetes node with pods, on one machine: network namespaces the test creates —
+//! a "node" and its pods, each pod wired to the node's bridge by a veth pair — and a
+//! child cgroup of the test's cgroup per pod (the test's cgroup is the node's root,
+//! where lb attaches). Nothing is routed off the machine: the node has no interface
+//! to the host, pods only their on-link subnet, and every namespace a blackhole route
+//! for the ClusterIP range. Everything is removed when the value drops, also after a
+//! failed assertion.
+
+use std::os::fd::AsRawFd as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use lb::datapath::cgroup::{ChildCgroup, spawn_into};
+use serde_json::Value;
+
+use crate::harness::{lb_bin, wait_for};
+
+/// The pods' subnet on the node's bridge, and the node's address on it.
+pub const NODE_IP: &str = "10.244.0.1";
+/// The ClusterIP range: blackholed everywhere (an unsteered connect fails locally).
+pub const SERVICE_RANGE: &str = "10.96.0.0/16";
+
+pub struct Pod {
+    pub name: &'static str,
+    pub ns: String,
+    pub ip: String,
+    cgroup: ChildCgroup,
+}
+
+pub struct Node {
+    pub ns: String,
+    pub pods: Vec<Pod>,
+    processes: Vec<Child>,
+}
+
+/// `nsenter` arguments that run a command in network namespace `ns` and nothing else
+/// (`ip netns exec` also remounts /sys, which hides the host's bpffs and cgroup2).
+pub fn enter(ns: &str) -> [String; 2] {
+    [format!("--net=/var/run/netns/{ns}"), "--".into()]
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Node {
+    /// A node namespace and one pod per `(name, last octet)`, each pod's cgroup under
+    /// `node_cgroup`.
+    pub fn new(id: &str, node_cgroup: &Path, pods: &[(&'static str, u8)]) -> Node {
+        let ns = format!("lbt-{id}-node");
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        ip(&["netns", "add", &ns]);
+        let mut node = Node {
+            ns: ns.clone(),
+            pods: Vec::new(),
+            processes: Vec::new(),
+        };
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{NODE_IP}/24"),
+            "dev",
+            "br0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "br0", "up"]);
+        ip(&["-n", &ns, "route", "add", "blackhole", SERVICE_RANGE]);
+        for (i, (name, octet)) in pods.iter().enumerate() {
+            let pod_ns = format!("lbt-{id}-{name}");
+            let _ = Command::new("ip").args(["netns", "del", &pod_ns]).output();
+            ip(&["netns", "add", &pod_ns]);
+            // Unique in the host's namespace until moved: short (15 bytes at most).
+            let (outer, inner) = (
+                format!("lbn{}{i}", std::process::id() % 100_000),
+                format!("lbp{}{i}", std::process::id() % 100_000),
+            );
+            ip(&[
+                "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+            ]);
+            ip(&["link", "set", &outer, "netns", &ns]);
+            ip(&["link", "set", &inner, "netns", &pod_ns]);
+            ip(&["-n", &ns, "link", "set", &outer, "master", "br0", "up"]);
+            let pod_ip = format!("10.244.0.{octet}");
+            ip(&["-n", &pod_ns, "link", "set", &inner, "name", "eth0"]);
+            ip(&[
+                "-n",
+                &pod_ns,
+                "addr",
+                "add",
+                &format!("{pod_ip}/24"),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", &pod_ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", &pod_ns, "link", "set", "lo", "up"]);
+            ip(&["-n", &pod_ns, "route", "add", "blackhole", SERVICE_RANGE]);
+            let cgroup = ChildCgroup::create_in(node_cgroup, &format!("pod-{name}"))
+                .expect("the pod's cgroup");
+            node.pods.push(Pod {
+                name,
+                ns: pod_ns,
+                ip: pod_ip,
+                cgroup,
+            });
+        }
+        node
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    /// `lb <args>` in pod `name`: its network namespace and cgroup.
+    fn in_pod(&self, name: &str, args: &[&str]) -> Command {
+        let pod = self.pod(name);
+        let mut cmd = Command::new("nsenter");
+        cmd.args(enter(&pod.ns)).arg(lb_bin()).args(args);
+        spawn_into(&mut cmd, &pod.cgroup.path);
+        cmd
+    }
+
+    /// A test backend in pod `name`, answering as `name` on the pod's IP at `port`.
+    pub fn backend(&mut self, name: &str, port: u16) {
+        let listen = format!("{}:{port}", self.pod(name).ip);
+        let child = self
+            .in_pod(name, &["backend", "--name", name, "--listen", &listen])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn backend");
+        self.processes.push(child);
+        let ns = self.ns.clone();
+        wait_for(Duration::from_secs(5), "the backend to listen", || {
+            Command::new("nsenter")
+                .args(enter(&ns))
+                .args(["bash", "-c"])
+                .arg(format!(
+                    "exec 3<>/dev/tcp/{}/{port}",
+                    listen.split(':').next().unwrap_or("")
+                ))
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    }
+
+    /// The test client (`lb probe --json`) in pod `name`, to completion.
+    pub fn probe(&self, name: &str, args: &[&str]) -> Value {
+        let mut all = vec!["probe"];
+        all.extend_from_slice(args);
+        all.push("--json");
+        let out = self.in_pod(name, &all).output().expect("run probe");
+        assert!(
+            out.status.success(),
+            "probe failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("probe json")
+    }
+
+    /// The test client in pod `name` in the background; the summary comes from
+    /// [`crate::harness::stop_probe`] with `stop`.
+    pub fn spawn_probe(&self, name: &str, args: &[&str]) -> Child {
+        let mut all = vec!["probe"];
+        all.extend_from_slice(args);
+        all.push("--json");
+        self.in_pod(name, &all)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn probe")
+    }
+
+    /// `f` on a thread inside the node's network namespace (binding a socket there:
+    /// it stays the namespace's whatever thread uses it later).
+    pub fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/var/run/netns/{}", self.ns);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("the node's namespace");
+            // SAFETY: setns of this fresh thread only (it exits after `f`).
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("the thread in the node's namespace")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for mut p in self.processes.drain(..) {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        // Pod cgroups go with the pods (their guards kill what is left).
+        for pod in self.pods.drain(..) {
+            drop(pod.cgroup);
+            let _ = Command::new("ip").args(["netns", "del", &pod.ns]).output();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
