@@ -2,6 +2,7 @@
 //! process inside it, loopback addresses only. Run as root, serially.
 
 mod apiserver;
+mod foreign;
 mod harness;
 mod kubernetes;
 mod node;
