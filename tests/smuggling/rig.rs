@@ -167,11 +167,15 @@ impl Rig {
         );
         s.write_all(req.as_bytes())
             .map_err(|e| format!("send: {e}"))?;
-        let (got, timed_out) = read_until_closed(&mut s);
+        let started = std::time::Instant::now();
+        let (got, timed_out, error) = read_until_closed_or_error(&mut s);
         let text = String::from_utf8_lossy(&got).into_owned();
         let want_body = format!("ok GET /innocent?n={n}");
         if timed_out || !text.starts_with("HTTP/1.1 200 ") || !text.ends_with(&want_body) {
-            return Err(format!("the innocent request got {text:?}"));
+            return Err(format!(
+                "the innocent request got {text:?} (timed out: {timed_out}, error: {error:?}, after {:?})",
+                started.elapsed()
+            ));
         }
         let seen = self.seen_since(before);
         let [one] = seen.as_slice() else {
@@ -224,23 +228,31 @@ impl Rig {
 
 /// Reads until the peer closes, errs, or PATIENCE passes (true: timed out).
 fn read_until_closed(s: &mut TcpStream) -> (Vec<u8>, bool) {
+    let (got, timed_out, _) = read_until_closed_or_error(s);
+    (got, timed_out)
+}
+
+/// [`read_until_closed`], with the read error that ended it, if one did.
+fn read_until_closed_or_error(s: &mut TcpStream) -> (Vec<u8>, bool, Option<std::io::Error>) {
     let mut got = Vec::new();
     let mut buf = [0u8; 8192];
     let start = std::time::Instant::now();
     loop {
         match s.read(&mut buf) {
-            Ok(0) => return (got, false),
+            Ok(0) => return (got, false, None),
             Ok(n) => got.extend_from_slice(&buf[..n]),
+            // A signal (libFuzzer's timer in the fuzz target): read again.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e)
                 if e.kind() == std::io::ErrorKind::WouldBlock
                     || e.kind() == std::io::ErrorKind::TimedOut =>
             {
-                return (got, true);
+                return (got, true, None);
             }
-            Err(_) => return (got, false),
+            Err(e) => return (got, false, Some(e)),
         }
         if start.elapsed() > PATIENCE {
-            return (got, true);
+            return (got, true, None);
         }
     }
 }

@@ -21,7 +21,14 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 pub struct ClientStream {
     state: State,
+    /// Close gently: see [`ClientStream::linger_on_close`].
+    linger: bool,
 }
+
+/// How long, and for how many bytes, a gently closed connection is read before its
+/// descriptor closes: enough for a client to read an answer written just before.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+const LINGER_BYTES: usize = 64 * 1024;
 
 enum State {
     Raw(OwnedFd),
@@ -56,6 +63,7 @@ pub fn accept(listener: RawFd) -> io::Result<(ClientStream, SocketAddr)> {
     Ok((
         ClientStream {
             state: State::Raw(fd),
+            linger: false,
         },
         peer,
     ))
@@ -162,6 +170,63 @@ impl ClientStream {
                 }
                 State::Failed(kind) => return Poll::Ready(Err((*kind).into())),
             }
+        }
+    }
+}
+
+impl super::guard::LingerOnClose for ClientStream {
+    /// At close, sends the FIN, then reads and drops what the client still sends for
+    /// at most [`LINGER`] (or [`LINGER_BYTES`]) before the descriptor closes. Closing
+    /// a socket with unread input makes the kernel reset the connection, and a reset
+    /// can discard an answer the client has not read yet — a refusal's 400, written
+    /// just before (Apache's and nginx's lingering close). Only connections lb ends
+    /// with input unread pay for it.
+    fn linger_on_close(&mut self) {
+        self.linger = true;
+    }
+}
+
+impl Drop for ClientStream {
+    fn drop(&mut self) {
+        if !self.linger {
+            return;
+        }
+        let fd = match std::mem::replace(&mut self.state, State::Failed(io::ErrorKind::Other)) {
+            State::Raw(fd) => fd,
+            State::Registered(a) => a.into_inner(),
+            State::Failed(_) => return,
+        };
+        // SAFETY: shutdown of a descriptor this stream owns.
+        unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(drain(fd));
+        }
+    }
+}
+
+/// Reads and drops what arrives on `fd` until the client closes, [`LINGER`] passes or
+/// [`LINGER_BYTES`] came; then `fd` closes.
+async fn drain(fd: OwnedFd) {
+    // SAFETY: the OwnedFd moves into the AsyncFd and stays open until it drops it.
+    let Ok(a) = (unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }) else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let mut scratch = [0u8; 4096];
+    let mut total = 0;
+    while total < LINGER_BYTES {
+        let Ok(Ok(mut ready)) = tokio::time::timeout_at(deadline, a.readable()).await else {
+            return;
+        };
+        // SAFETY: the kernel writes at most `scratch.len()` bytes into it.
+        match ready.try_io(|a| {
+            result(unsafe {
+                libc::recv(a.as_raw_fd(), scratch.as_mut_ptr().cast(), scratch.len(), 0)
+            })
+        }) {
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(n)) => total += n,
+            Err(_would_block) => {}
         }
     }
 }

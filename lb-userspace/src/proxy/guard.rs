@@ -79,6 +79,8 @@ pub struct Follower {
     limits: h1::Limits,
     via: Arc<[u8]>,
     pub verdicts: Arc<Verdicts>,
+    /// A head was refused: the connection ends after its answer.
+    refused: bool,
 }
 
 impl Follower {
@@ -89,6 +91,7 @@ impl Follower {
             limits,
             via,
             verdicts: Arc::default(),
+            refused: false,
         }
     }
 
@@ -157,6 +160,7 @@ impl Follower {
                 Ok(Some(h)) => (h.len, h.checked.body, h.checked.upgrade),
                 Err(r) => {
                     self.verdicts.push(Err(r));
+                    self.refused = true;
                     self.state = State::Stopped;
                     return None;
                 }
@@ -172,6 +176,13 @@ impl Follower {
     }
 }
 
+/// A stream that can close gently (`ClientStream`): lingering after a refusal.
+pub trait LingerOnClose {
+    /// At close, send the FIN and read what is left for a moment before closing, so
+    /// an answer written just before is not discarded by a reset.
+    fn linger_on_close(&mut self);
+}
+
 pub struct Guarded<T> {
     inner: T,
     /// Bytes already read that the next reads hand out first (already followed).
@@ -179,7 +190,7 @@ pub struct Guarded<T> {
     follower: Option<Follower>,
 }
 
-impl<T> Guarded<T> {
+impl<T: LingerOnClose> Guarded<T> {
     /// `follower`: None for a stream that is not HTTP/1 (h2c).
     pub fn new(inner: T, follower: Option<Follower>) -> Self {
         Self {
@@ -194,12 +205,15 @@ impl<T> Guarded<T> {
     pub fn unread(&mut self, bytes: bytes::Bytes) {
         if let Some(f) = &mut self.follower {
             f.feed(&bytes);
+            if f.refused {
+                self.inner.linger_on_close();
+            }
         }
         self.unread = bytes;
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
+impl<T: AsyncRead + Unpin + LingerOnClose> AsyncRead for Guarded<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -220,6 +234,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
                 f.end();
             } else {
                 f.feed(new);
+            }
+            // A head refused: hyper answers it and closes, maybe before reading what
+            // follows.
+            if f.refused {
+                this.inner.linger_on_close();
             }
         }
         r

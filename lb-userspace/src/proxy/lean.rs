@@ -59,6 +59,10 @@ pub(super) enum Next {
     Hyper,
     /// Closed: the client's last request is answered, an error, or the proxy drains.
     Closed,
+    /// Closed after lb's own answer to a request it did not read to its end (a
+    /// refusal, a failed upstream): what the client sent beyond must not turn the
+    /// close into a reset that discards the answer (the stream lingers).
+    Linger,
 }
 
 /// Serves the connection's requests while they fit the lean path. `buf` holds what
@@ -81,7 +85,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 Parsed::Hyper => return Next::Hyper,
                 Parsed::Refused(r, log) => {
                     refuse(client, shared, &table, conn, r, log).await;
-                    return Next::Closed;
+                    return Next::Linger;
                 }
                 Parsed::Partial => {}
             }
@@ -110,6 +114,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         buf.advance(req.head_len);
         let mut outcome = req.outcome;
         let mut status = 0;
+        let mut failed = false;
         let keep = match exchange(client, buf, &shared.client, &req.send, &mut status).await {
             Ok(keep) => {
                 outcome.status = status;
@@ -126,6 +131,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Err(e) => {
                 tracing::debug!("lean path: {e}");
+                failed = true;
                 if status == 0 {
                     outcome.status = 502;
                     outcome.flags = "UF";
@@ -154,6 +160,9 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             &outcome,
             forward::Engine::Lean,
         );
+        if failed {
+            return Next::Linger;
+        }
         if !keep || *stopping.borrow() {
             // Dropping the socket closes it, which sends the FIN (a shutdown first
             // would only add a syscall per connection).

@@ -438,6 +438,10 @@ async fn serve_connection(
     if !h2 && shared.front.lean {
         match lean::serve(&mut stream, &mut first, &shared, &conn, &mut stopping).await {
             lean::Next::Closed => return,
+            lean::Next::Linger => {
+                guard::LingerOnClose::linger_on_close(&mut stream);
+                return;
+            }
             lean::Next::Hyper => {}
         }
     }

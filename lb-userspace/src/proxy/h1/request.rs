@@ -139,6 +139,10 @@ pub fn checked<'h>(
     };
     let mut length = None;
     let mut lengths = 0;
+    // Refusals only lb's front end makes (417, 508) wait for the framing checks: on
+    // hyper's path hyper's own parser answers 400 for broken framing before lb's
+    // verdict is asked, so both engines must rank framing first.
+    let mut deferred = None;
     // Transfer codings across every Transfer-Encoding field: how many, how many
     // `chunked`, and whether the last one is.
     let (mut coded, mut codings, mut chunked, mut last_chunked) = (false, 0, 0, false);
@@ -169,14 +173,15 @@ pub fn checked<'h>(
             c.upgrade = version == 1;
         } else if n.eq_ignore_ascii_case("expect") {
             for t in tokens(h.value) {
-                if !t.eq_ignore_ascii_case(b"100-continue") {
-                    return Err(Refusal::Expectation);
+                if t.eq_ignore_ascii_case(b"100-continue") {
+                    c.expect_continue = true;
+                } else {
+                    deferred.get_or_insert(Refusal::Expectation);
                 }
-                c.expect_continue = true;
             }
         } else if n.eq_ignore_ascii_case("via") {
             if !via.is_empty() && carries(h.value, via) {
-                return Err(Refusal::Loop);
+                deferred.get_or_insert(Refusal::Loop);
             }
         } else if n.eq_ignore_ascii_case("x-forwarded-for") && c.forwarded_for.is_none() {
             c.forwarded_for = Some(h.value)
@@ -200,6 +205,9 @@ pub fn checked<'h>(
     };
     if version == 1 && c.host.is_none() {
         return Err(Refusal::MissingHost);
+    }
+    if let Some(r) = deferred {
+        return Err(r);
     }
     c.authority = match c.target {
         Target::Absolute { authority, .. } => Some(authority),

@@ -253,3 +253,25 @@ fn refusals_answer_alike_and_close() {
     assert!(a.ends_with("\r\n\r\nCONNECT is not served\n"), "{a}");
     assert_eq!(Refusal::TooManyHeaders.status(), 431);
 }
+
+/// Found by the two-client fuzz target: a bad expectation beside a bad Content-Length
+/// got 417 from the lean path and hyper's own 400 on hyper's path. Broken framing is
+/// ranked first, whatever the header order, so both engines answer 400.
+#[test]
+fn broken_framing_outranks_an_expectation_or_a_loop() {
+    for head in [
+        "OPTIONS * HTTP/1.1\r\nHost: svc\r\nExpect: \u{fb}100-continue\r\nContent-Length: -\r\n\r\n",
+        "POST /a HTTP/1.1\r\nHost: svc\r\nVia: 1.1 lb-test\r\nContent-Length: 1, 2\r\n\r\n",
+        "POST /a HTTP/1.1\r\nExpect: nope\r\nHost: svc\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+    ] {
+        assert_eq!(refused(head).status(), 400, "{head:?}");
+    }
+    assert_eq!(
+        refused("GET /a HTTP/1.1\r\nHost: svc\r\nExpect: nope\r\n\r\n"),
+        Refusal::Expectation
+    );
+    assert_eq!(
+        refused("GET /a HTTP/1.1\r\nVia: 1.1 lb-test\r\nHost: svc\r\n\r\n"),
+        Refusal::Loop
+    );
+}
