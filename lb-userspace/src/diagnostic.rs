@@ -22,6 +22,26 @@ pub struct Origin {
     pub resource: String,
 }
 
+/// What is wrong, as the step that found it says: the document's form (load) or its
+/// meaning (model).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error(transparent)]
+    Load(#[from] crate::load::Invalid),
+    #[error(transparent)]
+    Model(#[from] crate::model::Invalid),
+}
+
+impl Problem {
+    /// A short name for the problem (the reason of a Kubernetes Event).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Problem::Load(_) => "InvalidSchema",
+            Problem::Model(m) => m.reason(),
+        }
+    }
+}
+
 /// One line of `lb validate` output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
@@ -29,23 +49,23 @@ pub struct Diagnostic {
     pub origin: Origin,
     /// Field path inside the resource (`spec.http[0].route[1].weight`), may be empty.
     pub path: String,
-    pub message: String,
+    pub problem: Problem,
 }
 
 impl Diagnostic {
-    pub fn error(origin: Origin, path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn error(origin: Origin, path: impl Into<String>, problem: impl Into<Problem>) -> Self {
         Self {
             severity: Severity::Error,
             origin,
             path: path.into(),
-            message: message.into(),
+            problem: problem.into(),
         }
     }
 
-    pub fn warning(origin: Origin, path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn warning(origin: Origin, path: impl Into<String>, problem: impl Into<Problem>) -> Self {
         Self {
             severity: Severity::Warning,
-            ..Self::error(origin, path, message)
+            ..Self::error(origin, path, problem)
         }
     }
 
@@ -68,7 +88,7 @@ impl fmt::Display for Diagnostic {
         if !self.path.is_empty() {
             write!(f, "{}: ", self.path)?;
         }
-        write!(f, "{}", self.message)
+        write!(f, "{}", self.problem)
     }
 }
 

@@ -198,7 +198,7 @@ fn the_seed_on_kubernetes_follows_the_cluster() {
         || {
             api.events()
                 .iter()
-                .any(|e| e["regarding"]["name"] == "other-vs" && e["reason"] == "Rejected")
+                .any(|e| e["regarding"]["name"] == "other-vs" && e["reason"] == "SubsetNotFound")
         },
     );
     // Deleted: nothing is rejected any more.

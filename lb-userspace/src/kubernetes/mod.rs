@@ -297,7 +297,8 @@ impl KubeSource {
 
 impl KubeSource {
     /// Posts a Warning Event on each object newly rejected (in `rejected`, not in
-    /// `before`), so `kubectl describe` shows its owner why lb left it out.
+    /// `before`), so `kubectl describe` shows its owner why lb left it out: its
+    /// reason names the problem (`SubsetNotFound`, ...), its note the lines.
     pub fn report_rejected(&self, rejected: &[Rejected], before: &[Rejected]) {
         let istio_version = self
             .health
@@ -329,7 +330,7 @@ impl KubeSource {
             note.truncate(note.char_indices().nth(1000).map_or(note.len(), |(i, _)| i));
             let event = kube::runtime::events::Event {
                 type_: kube::runtime::events::EventType::Warning,
-                reason: "Rejected".into(),
+                reason: r.reason.into(),
                 note: Some(note),
                 action: if r.last_good_stays {
                     "KeptLastGood".into()

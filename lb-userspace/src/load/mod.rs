@@ -25,6 +25,32 @@ pub enum LoadError {
     },
 }
 
+/// What is wrong with a document's form (the model checks its meaning).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("YAML syntax error: {0}")]
+    Syntax(String),
+    #[error("a document must be a mapping with apiVersion, kind, metadata and spec")]
+    NotAMapping,
+    #[error("missing kind")]
+    NoKind,
+    #[error("unknown kind {0:?}: lb reads ServiceEntry, DestinationRule and VirtualService")]
+    UnknownKind(String),
+    #[error("unknown apiVersion {api_version:?} for {kind}: expected networking.istio.io/v1")]
+    UnknownApiVersion { api_version: String, kind: String },
+    #[error("name is required")]
+    NoName,
+    /// A field the Istio schema does not have (a typo: the nearest field name, if any).
+    #[error("unknown field {field:?}{}", .suggestion.as_ref().map(|s| format!(" (did you mean {s:?}?)")).unwrap_or_default())]
+    UnknownField {
+        field: String,
+        suggestion: Option<String>,
+    },
+    /// A value of the wrong type (serde's words, said for YAML).
+    #[error("{0}")]
+    Schema(String),
+}
+
 /// One resource of the configuration.
 #[derive(Debug, Clone)]
 pub enum Resource {
@@ -220,11 +246,7 @@ pub fn load_text(file: &Path, text: &str, out: &mut Vec<Loaded>, diags: &mut Vec
                 line: e.line,
                 resource: String::new(),
             };
-            diags.push(Diagnostic::error(
-                origin,
-                "",
-                format!("YAML syntax error: {}", e.message),
-            ));
+            diags.push(Diagnostic::error(origin, "", Invalid::Syntax(e.message)));
             return;
         }
     };
@@ -268,7 +290,7 @@ fn load_document(
             diags.push(Diagnostic::error(
                 origin("", String::new()),
                 "",
-                "a document must be a mapping with apiVersion, kind, metadata and spec",
+                Invalid::NotAMapping,
             ));
             return None;
         }
@@ -280,7 +302,7 @@ fn load_document(
                 line,
                 ..origin("", String::new())
             };
-            diags.push(Diagnostic::error(o, "", format!("YAML syntax error: {e}")));
+            diags.push(Diagnostic::error(o, "", Invalid::Syntax(e.to_string())));
             return None;
         }
     };
@@ -301,7 +323,7 @@ fn load_document(
             diags.push(Diagnostic::error(
                 origin("kind", String::new()),
                 "kind",
-                "missing kind",
+                Invalid::NoKind,
             ));
             return None;
         }
@@ -309,7 +331,7 @@ fn load_document(
             diags.push(Diagnostic::error(
                 origin("kind", resource_name),
                 "kind",
-                format!("unknown kind {other:?}: lb reads ServiceEntry, DestinationRule and VirtualService"),
+                Invalid::UnknownKind(other.to_string()),
             ));
             return None;
         }
@@ -318,9 +340,7 @@ fn load_document(
         diags.push(Diagnostic::error(
             origin("apiVersion", resource_name),
             "apiVersion",
-            format!(
-                "unknown apiVersion {api_version:?} for {kind}: expected networking.istio.io/v1"
-            ),
+            Invalid::UnknownApiVersion { api_version, kind },
         ));
         return None;
     }
@@ -328,7 +348,7 @@ fn load_document(
         diags.push(Diagnostic::error(
             origin("metadata", resource_name),
             "metadata.name",
-            "name is required",
+            Invalid::NoName,
         ));
         return None;
     }
@@ -463,7 +483,7 @@ fn typed<T: DeserializeOwned>(
 
 /// Turns serde's message into Istio-like wording: `unknown field "rout"` (with a
 /// suggestion) instead of serde's list of every expected field.
-fn schema_message(path: &str, raw: &str) -> (String, String) {
+fn schema_message(path: &str, raw: &str) -> (String, Invalid) {
     // serde_yaml prefixes its own path ("spec.http[0]: ..."); drop it, we have ours.
     let msg = match raw.split_once(": ") {
         Some((prefix, rest)) if !prefix.contains(' ') => rest,
@@ -483,17 +503,21 @@ fn schema_message(path: &str, raw: &str) -> (String, String) {
         } else {
             full
         };
-        let hint = suggest(field, &candidates)
-            .map(|s| format!(" (did you mean {s:?}?)"))
-            .unwrap_or_default();
-        return (full, format!("unknown field {field:?}{hint}"));
+        let suggestion = suggest(field, &candidates).map(str::to_string);
+        return (
+            full,
+            Invalid::UnknownField {
+                field: field.to_string(),
+                suggestion,
+            },
+        );
     }
     // serde names Rust types; say what YAML value is expected instead.
     let msg = msg
         .replace("expected i64", "expected an integer")
         .replace("expected f64", "expected a number")
         .replace("expected a borrowed string", "expected a string");
-    (path.to_string(), msg)
+    (path.to_string(), Invalid::Schema(msg))
 }
 
 /// The closest candidate by edit distance, if it is close enough to be a typo.

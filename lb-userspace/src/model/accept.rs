@@ -24,6 +24,8 @@ pub struct Rejected {
     pub object: String,
     /// Its errors, one line each.
     pub problems: Vec<String>,
+    /// What its first error is (`Problem::reason`: the reason of the Event on it).
+    pub reason: &'static str,
     /// Whether its last good version stays in the plan (else none of it does).
     pub last_good_stays: bool,
 }
@@ -47,7 +49,7 @@ pub fn build(
     cache: &mut Cache,
     opts: &Options,
 ) -> Result<(Validated, Vec<Rejected>), ModelError> {
-    let mut rejected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut rejected: BTreeMap<String, (Vec<String>, &'static str)> = BTreeMap::new();
     let mut objects: Vec<Arc<Loaded>> = cluster.loaded;
     // Objects that did not even parse: their last good version, if any, instead.
     for d in cluster.diags.iter().filter(|d| d.is_error()) {
@@ -57,7 +59,11 @@ pub fn build(
         {
             objects.push(good.clone());
         }
-        rejected.entry(k).or_default().push(d.to_string());
+        rejected
+            .entry(k)
+            .or_insert_with(|| (Vec::new(), d.problem.reason()))
+            .0
+            .push(d.to_string());
     }
     let warnings_in = |diags: &[Diagnostic]| -> Vec<Diagnostic> {
         diags.iter().filter(|d| !d.is_error()).cloned().collect()
@@ -76,10 +82,11 @@ pub fn build(
             last_good.0 = objects.iter().map(|o| (key(o), o.clone())).collect();
             let rejected = rejected
                 .into_iter()
-                .map(|(object, problems)| Rejected {
+                .map(|(object, (problems, reason))| Rejected {
                     last_good_stays: last_good.0.contains_key(&object),
                     object,
                     problems,
+                    reason,
                 })
                 .collect();
             return Ok((
@@ -97,7 +104,11 @@ pub fn build(
                 // A file's problem (or one no object owns): the files' rule.
                 return Err(ModelError::Invalid { diagnostics: diags });
             };
-            rejected.entry(k.clone()).or_default().push(e.to_string());
+            rejected
+                .entry(k.clone())
+                .or_insert_with(|| (Vec::new(), e.problem.reason()))
+                .0
+                .push(e.to_string());
             match last_good.0.get(k) {
                 Some(good) if !Arc::ptr_eq(good, &objects[i]) => objects[i] = good.clone(),
                 _ => {
@@ -186,7 +197,10 @@ mod tests {
             "no VirtualService: even"
         );
         assert_eq!(rejected.len(), 1, "{rejected:?}");
-        assert_eq!(rejected[0].object, "VirtualService team-b/b-vs");
+        assert_eq!(
+            (rejected[0].object.as_str(), rejected[0].reason),
+            ("VirtualService team-b/b-vs", "SubsetNotFound")
+        );
         assert!(!rejected[0].last_good_stays);
         assert!(
             rejected[0].problems[0].contains("v9"),
@@ -210,7 +224,10 @@ mod tests {
         objects[5]["spec"]["htttp"] = serde_json::json!([]);
         let (v, rejected) = build_with(&objects, &mut last_good);
         assert_eq!(weights(&v, 2), [("v0".into(), 70), ("v1".into(), 30)]);
-        assert_eq!(rejected[0].object, "VirtualService team-b/b-vs");
+        assert_eq!(
+            (rejected[0].object.as_str(), rejected[0].reason),
+            ("VirtualService team-b/b-vs", "InvalidSchema")
+        );
         assert!(rejected[0].problems[0].contains("htttp"), "{rejected:?}");
     }
 

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use super::Invalid;
 use crate::diagnostic::Diagnostic;
 use crate::load::{Loaded, istio};
 
@@ -120,16 +121,15 @@ pub fn from_service_entry(
 ) -> Vec<CatalogService> {
     let l: &Loaded = doc;
     let mut errors = Vec::new();
-    let mut err = |path: &str, msg: String| errors.push(Diagnostic::error(l.at(path), path, msg));
+    let mut err = |path: &str, problem: Invalid| {
+        errors.push(Diagnostic::error(l.at(path), path, problem));
+    };
     if spec.hosts.is_empty() {
-        err(
-            "spec.hosts",
-            "ServiceEntry must have at least one host".into(),
-        );
+        err("spec.hosts", Invalid::NoHost);
     }
     for (i, h) in spec.hosts.iter().enumerate() {
         if h == "*" || h.is_empty() {
-            err(&format!("spec.hosts[{i}]"), format!("invalid host {h:?}"));
+            err(&format!("spec.hosts[{i}]"), Invalid::BadHost(h.clone()));
         }
     }
     let mut addresses = Vec::new();
@@ -139,34 +139,36 @@ pub fn from_service_entry(
             .split_once('/')
             .map_or((a.as_str(), None), |(ip, p)| (ip, Some(p)));
         match ip.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(v4)) if prefix.is_none() || prefix == Some("32") => addresses.push(v4),
-            Ok(std::net::IpAddr::V4(_)) => err(&path, format!("address {a:?}: CIDR ranges are not supported, give single IPv4 addresses")),
-            Ok(std::net::IpAddr::V6(_)) => diags.push(Diagnostic::warning(l.at(&path), &path, format!("address {a:?} is IPv6: lb steers IPv4 only, connects to it pass through untouched"))),
-            Err(_) => err(&path, format!("invalid address {a:?}: expected an IPv4 address")),
+            Ok(std::net::IpAddr::V4(v4)) if prefix.is_none() || prefix == Some("32") => {
+                addresses.push(v4)
+            }
+            Ok(std::net::IpAddr::V4(_)) => err(&path, Invalid::AddressRange(a.clone())),
+            Ok(std::net::IpAddr::V6(_)) => {
+                diags.push(Diagnostic::warning(
+                    l.at(&path),
+                    &path,
+                    Invalid::AddressV6(a.clone()),
+                ));
+            }
+            Err(_) => err(&path, Invalid::BadAddress(a.clone())),
         }
     }
     let mut ports: Vec<Port> = Vec::new();
     for (i, p) in spec.ports.iter().enumerate() {
         let path = format!("spec.ports[{i}]");
         let Some(number) = port_number(p.number) else {
-            err(
-                &format!("{path}.number"),
-                format!("port number {} is out of range 1-65535", p.number),
-            );
+            err(&format!("{path}.number"), Invalid::PortRange(p.number));
             continue;
         };
         let name = p.name.clone().unwrap_or_default();
         if name.is_empty() {
-            err(&format!("{path}.name"), "port name must be set".into());
+            err(&format!("{path}.name"), Invalid::NoPortName);
         }
         let target = match p.target_port.map(port_number) {
             Some(None) => {
                 err(
                     &format!("{path}.targetPort"),
-                    format!(
-                        "targetPort {} is out of range 1-65535",
-                        p.target_port.unwrap_or(0)
-                    ),
+                    Invalid::TargetPortRange(p.target_port.unwrap_or(0)),
                 );
                 None
             }
@@ -179,19 +181,16 @@ pub fn from_service_entry(
             diags.push(Diagnostic::warning(
                 l.at(&path),
                 format!("{path}.protocol"),
-                "UDP is not steered: lb handles TCP only, UDP passes through untouched",
+                Invalid::Udp,
             ));
         }
         if ports.iter().any(|q| q.number == number) {
-            err(
-                &format!("{path}.number"),
-                format!("port number {number} is declared twice"),
-            );
+            err(&format!("{path}.number"), Invalid::PortTwice(number));
         }
         if !name.is_empty() && ports.iter().any(|q| q.name == name) {
             err(
                 &format!("{path}.name"),
-                format!("port name {name:?} is declared twice"),
+                Invalid::PortNameTwice(name.clone()),
             );
         }
         ports.push(Port {
@@ -201,23 +200,14 @@ pub fn from_service_entry(
         });
     }
     if spec.ports.is_empty() {
-        err(
-            "spec.ports",
-            "ServiceEntry must have at least one port".into(),
-        );
+        err("spec.ports", Invalid::NoPort);
     }
     match spec.resolution.as_deref() {
         None | Some("STATIC") | Some("NONE") => {}
-        Some(r @ ("DNS" | "DNS_ROUND_ROBIN")) => err(
-            "spec.resolution",
-            format!(
-                "resolution {r} is not supported yet: list endpoint IP addresses with resolution STATIC"
-            ),
-        ),
-        Some(r) => err(
-            "spec.resolution",
-            format!("unknown resolution {r:?}: expected STATIC, NONE, DNS or DNS_ROUND_ROBIN"),
-        ),
+        Some(r @ ("DNS" | "DNS_ROUND_ROBIN")) => {
+            err("spec.resolution", Invalid::DnsResolution(r.to_string()));
+        }
+        Some(r) => err("spec.resolution", Invalid::UnknownResolution(r.to_string())),
     }
     let mut endpoints = Vec::new();
     for (i, e) in spec.endpoints.iter().enumerate() {
@@ -231,16 +221,14 @@ pub fn from_service_entry(
                 diags.push(Diagnostic::warning(
                     l.at(&path),
                     path,
-                    format!("endpoint {addr:?} is IPv6: lb steers IPv4 only, it is left out"),
+                    Invalid::EndpointV6(addr.to_string()),
                 ));
                 continue;
             }
             Err(_) => {
                 err(
                     &format!("{}.address", path()),
-                    format!(
-                        "invalid endpoint address {addr:?}: expected an IPv4 address (resolution STATIC)"
-                    ),
+                    Invalid::BadEndpoint(addr.to_string()),
                 );
                 continue;
             }
@@ -249,16 +237,13 @@ pub fn from_service_entry(
         for (name, n) in &e.ports {
             let ppath = || format!("{}.ports.{name}", path());
             if !ports.iter().any(|p| &p.name == name) {
-                err(
-                    &ppath(),
-                    format!("endpoint port {name:?} names no port of the ServiceEntry"),
-                );
+                err(&ppath(), Invalid::EndpointPortName(name.clone()));
             }
             match port_number(*n) {
                 Some(p) => {
                     eports.insert(name.clone(), p);
                 }
-                None => err(&ppath(), format!("port number {n} is out of range 1-65535")),
+                None => err(&ppath(), Invalid::PortRange(*n)),
             }
         }
         let unenforced = [

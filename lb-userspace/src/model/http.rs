@@ -5,6 +5,7 @@
 use http::{HeaderName, HeaderValue};
 use regex::Regex;
 
+use super::Invalid;
 use crate::diagnostic::Diagnostic;
 use crate::load::{Loaded, istio};
 use crate::route::{HeaderOps, MatchBlock, Redirect, Rewrite, StrMatch};
@@ -15,6 +16,14 @@ pub enum ParsedAction {
     Route(Rewrite),
     Redirect(Redirect),
     Direct { status: u16, body: Option<String> },
+}
+
+/// A regex that does not compile, said with the last line of the regex crate's error.
+fn bad_regex(pattern: &str, e: &regex::Error) -> Invalid {
+    Invalid::BadRegex {
+        pattern: pattern.to_string(),
+        why: e.to_string().lines().last().unwrap_or("").to_string(),
+    }
 }
 
 /// Compiles a `StringMatch`; `{}` is "present" where Istio allows it.
@@ -29,22 +38,19 @@ pub fn string_match(
         .iter()
         .filter(|b| **b)
         .count();
-    let err = |diags: &mut Vec<Diagnostic>, msg: String| {
-        diags.push(Diagnostic::error(l.at(path), path, msg));
+    let err = |diags: &mut Vec<Diagnostic>, problem: Invalid| {
+        diags.push(Diagnostic::error(l.at(path), path, problem));
         None
     };
     if set > 1 {
-        return err(
-            diags,
-            "only one of exact, prefix or regex may be set".into(),
-        );
+        return err(diags, Invalid::ManyMatchers);
     }
     if let Some(e) = &m.exact {
         return Some(StrMatch::Exact(e.clone()));
     }
     if let Some(p) = &m.prefix {
         if p.is_empty() {
-            return err(diags, "prefix must not be empty".into());
+            return err(diags, Invalid::EmptyPrefix);
         }
         return Some(StrMatch::Prefix(p.clone()));
     }
@@ -52,19 +58,13 @@ pub fn string_match(
         // RE2 semantics: a full match of the value.
         return match Regex::new(&format!("^(?:{r})$")) {
             Ok(re) => Some(StrMatch::Regex(re)),
-            Err(e) => err(
-                diags,
-                format!(
-                    "invalid regex {r:?}: {}",
-                    e.to_string().lines().last().unwrap_or("")
-                ),
-            ),
+            Err(e) => err(diags, bad_regex(r, &e)),
         };
     }
     if allow_present {
         Some(StrMatch::Present)
     } else {
-        err(diags, "one of exact, prefix or regex must be set".into())
+        err(diags, Invalid::NoMatcher)
     }
 }
 
@@ -102,7 +102,7 @@ fn header_matches(
                 diags.push(Diagnostic::error(
                     l.at(&path),
                     path,
-                    format!("{name:?} is not a valid HTTP header name"),
+                    Invalid::BadHeaderName(name.clone()),
                 ));
             }
         }
@@ -140,11 +140,7 @@ pub fn match_block(
             Some(p) => Some(p),
             None => {
                 let path = format!("{base}.port");
-                diags.push(Diagnostic::error(
-                    l.at(&path),
-                    path,
-                    format!("port number {p} is out of range 1-65535"),
-                ));
+                diags.push(Diagnostic::error(l.at(&path), path, Invalid::PortRange(p)));
                 None
             }
         },
@@ -152,11 +148,7 @@ pub fn match_block(
     };
     if m.ignore_uri_case == Some(true) && matches!(uri, Some(StrMatch::Regex(_))) {
         let path = format!("{base}.ignoreUriCase");
-        diags.push(Diagnostic::warning(
-            l.at(&path),
-            path,
-            "ignoreUriCase applies to exact and prefix only; the regex stays case-sensitive",
-        ));
+        diags.push(Diagnostic::warning(l.at(&path), path, Invalid::RegexCase));
     }
     for (field, set) in [
         ("sourceLabels", !m.source_labels.is_empty()),
@@ -165,7 +157,11 @@ pub fn match_block(
     ] {
         if set {
             let path = format!("{base}.{field}");
-            diags.push(Diagnostic::warning(l.at(&path), &path, format!("{field} is valid Istio but lb does not enforce it yet: the condition is ignored")));
+            let problem = Invalid::Unenforced {
+                field: field.into(),
+                consequence: ": the condition is ignored",
+            };
+            diags.push(Diagnostic::warning(l.at(&path), &path, problem));
         }
     }
     (diags.iter().filter(|d| d.is_error()).count() == n0).then(|| MatchBlock {
@@ -189,42 +185,30 @@ pub fn action(
     r: &istio::HttpRoute,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<ParsedAction> {
-    let mut err = |field: &str, msg: &str| {
+    let mut err = |field: &str, problem: Invalid| {
         let path = format!("{base}{field}");
-        diags.push(Diagnostic::error(l.at(&path), path, msg.to_string()));
+        diags.push(Diagnostic::error(l.at(&path), path, problem));
     };
     let has_route = !r.route.is_empty();
     if has_route && r.redirect.is_some() {
-        err("", "HTTP route cannot contain both route and redirect");
+        err("", Invalid::Both("route", "redirect"));
         return None;
     }
     if has_route && r.direct_response.is_some() {
-        err(
-            "",
-            "HTTP route cannot contain both route and directResponse",
-        );
+        err("", Invalid::Both("route", "directResponse"));
         return None;
     }
     if r.redirect.is_some() && r.direct_response.is_some() {
-        err(
-            "",
-            "HTTP route cannot contain both redirect and directResponse",
-        );
+        err("", Invalid::Both("redirect", "directResponse"));
         return None;
     }
     if r.rewrite.is_some() && (r.redirect.is_some() || r.direct_response.is_some()) {
-        err(
-            ".rewrite",
-            "HTTP route rule cannot contain both rewrite and redirect or directResponse",
-        );
+        err(".rewrite", Invalid::RewriteAndLocal);
         return None;
     }
     if let Some(rd) = &r.redirect {
         if r.fault.is_some() {
-            err(
-                ".fault",
-                "HTTP route cannot contain both fault and redirect",
-            );
+            err(".fault", Invalid::Both("fault", "redirect"));
             return None;
         }
         if rd.uri.is_none()
@@ -233,24 +217,18 @@ pub fn action(
             && rd.port.is_none()
             && rd.derive_port.is_none()
         {
-            err(
-                ".redirect",
-                "redirect must specify URI, authority, scheme, or port",
-            );
+            err(".redirect", Invalid::EmptyRedirect);
             return None;
         }
         let code = rd.redirect_code.unwrap_or(301);
         if ![301, 302, 303, 307, 308].contains(&code) {
-            err(
-                ".redirect.redirectCode",
-                &format!("{code} is not a valid redirect code, must be 301, 302, 303, 307, or 308"),
-            );
+            err(".redirect.redirectCode", Invalid::RedirectCode(code));
             return None;
         }
         let port = match rd.port.map(u16::try_from) {
             Some(Ok(p)) if p != 0 => Some(p),
             Some(_) => {
-                err(".redirect.port", "port number is out of range 1-65535");
+                err(".redirect.port", Invalid::RedirectPort);
                 return None;
             }
             None => None,
@@ -267,17 +245,11 @@ pub fn action(
     if let Some(dr) = &r.direct_response {
         let status = dr.status.unwrap_or(0);
         if !(200..=599).contains(&status) {
-            err(
-                ".directResponse.status",
-                &format!("status {status} is not a valid HTTP status code"),
-            );
+            err(".directResponse.status", Invalid::Status(status));
             return None;
         }
         if dr.body.as_ref().is_some_and(|b| b.bytes.is_some()) {
-            err(
-                ".directResponse.body.bytes",
-                "body.bytes is not supported yet: use body.string",
-            );
+            err(".directResponse.body.bytes", Invalid::BodyBytes);
             return None;
         }
         return Some(ParsedAction::Direct {
@@ -288,17 +260,11 @@ pub fn action(
     let mut rewrite = Rewrite::default();
     if let Some(rw) = &r.rewrite {
         if rw.uri.is_some() && rw.uri_regex_rewrite.is_some() {
-            err(
-                ".rewrite",
-                "rewrite may only contain one of uri or uriRegexRewrite",
-            );
+            err(".rewrite", Invalid::RewriteBoth);
             return None;
         }
         if rw.uri.is_none() && rw.authority.is_none() && rw.uri_regex_rewrite.is_none() {
-            err(
-                ".rewrite",
-                "rewrite must specify uri, uriRegexRewrite, or authority",
-            );
+            err(".rewrite", Invalid::EmptyRewrite);
             return None;
         }
         rewrite.uri = rw.uri.clone();
@@ -313,13 +279,7 @@ pub fn action(
                     ))
                 }
                 Err(e) => {
-                    err(
-                        ".rewrite.uriRegexRewrite.match",
-                        &format!(
-                            "invalid regex {pattern:?}: {}",
-                            e.to_string().lines().last().unwrap_or("")
-                        ),
-                    );
+                    err(".rewrite.uriRegexRewrite.match", bad_regex(&pattern, &e));
                     return None;
                 }
             }
@@ -343,7 +303,7 @@ pub fn header_ops(
             diags.push(Diagnostic::error(
                 l.at(&path),
                 &path,
-                format!("header {k:?} cannot be changed"),
+                Invalid::FixedHeader(k.to_string()),
             ));
             return None;
         }
@@ -356,7 +316,10 @@ pub fn header_ops(
                 diags.push(Diagnostic::error(
                     l.at(&path),
                     &path,
-                    format!("invalid header {k:?}: {v:?}"),
+                    Invalid::BadHeader {
+                        name: k.to_string(),
+                        value: v.to_string(),
+                    },
                 ));
                 None
             }

@@ -7,6 +7,7 @@
 pub mod accept;
 pub mod catalog;
 pub mod http;
+mod invalid;
 pub mod own;
 pub mod routes;
 pub mod subsets;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use crate::diagnostic::{self, Diagnostic};
 use crate::load::{self, Loaded, Resource};
 
+pub use invalid::Invalid;
 pub use routes::WeightedSubset;
 
 /// The configuration could not be turned into a model.
@@ -47,7 +49,8 @@ fn render(d: &[Diagnostic]) -> String {
         .join("\n")
 }
 
-/// Warns, for each field that is set, that it is valid Istio lb does not enforce yet.
+/// Warns, for each field that is set, that it is valid Istio lb does not enforce yet
+/// (`base`: the path of the fields' parent).
 pub(crate) fn warn_unenforced(
     l: &Loaded,
     base: &str,
@@ -56,14 +59,18 @@ pub(crate) fn warn_unenforced(
 ) {
     for (field, set) in fields {
         if *set {
-            let p = format!("{base}.{field}");
-            diags.push(Diagnostic::warning(
-                l.at(&p),
-                &p,
-                format!("{field} is valid Istio but lb does not enforce it yet"),
-            ));
+            warn_unenforced_at(l, &format!("{base}.{field}"), field, diags);
         }
     }
+}
+
+/// Warns that `what`, at `path`, is valid Istio lb does not enforce yet.
+pub(crate) fn warn_unenforced_at(l: &Loaded, path: &str, what: &str, diags: &mut Vec<Diagnostic>) {
+    diags.push(Diagnostic::warning(
+        l.at(path),
+        path,
+        Invalid::unenforced(what),
+    ));
 }
 
 /// A service address the kernel steers, with its resolved split.
@@ -204,10 +211,11 @@ fn build_with(
                         diags.push(Diagnostic::error(
                             l.at("spec.addresses"),
                             "spec.addresses",
-                            format!(
-                                "address {frontend} is claimed by both {other} and {}",
-                                svc.host
-                            ),
+                            Invalid::AddressTaken {
+                                address: frontend,
+                                first: other.to_string(),
+                                second: svc.host.clone(),
+                            },
                         ));
                     }
                     continue;
@@ -287,14 +295,12 @@ fn check_duplicates(loaded: &[std::sync::Arc<Loaded>], diags: &mut Vec<Diagnosti
             diags.push(Diagnostic::error(
                 l.at("metadata.name"),
                 "metadata.name",
-                format!(
-                    "duplicate {} {}/{}: already defined at {}:{}",
-                    l.kind,
-                    l.namespace,
-                    l.name,
-                    first.file.display(),
-                    first.doc.first_line
-                ),
+                Invalid::Duplicate {
+                    kind: l.kind,
+                    namespace: l.namespace.clone(),
+                    name: l.name.clone(),
+                    at: format!("{}:{}", first.file.display(), first.doc.first_line),
+                },
             ));
         }
     }
@@ -342,10 +348,10 @@ fn build_catalog(
                 diags.push(Diagnostic::error(
                     l.at("spec.hosts"),
                     "spec.hosts",
-                    format!(
-                        "host {} is already declared by ServiceEntry {}",
-                        svc.host, other.source
-                    ),
+                    Invalid::HostTaken {
+                        host: svc.host.clone(),
+                        by: other.source.clone(),
+                    },
                 ));
                 continue;
             }
@@ -379,20 +385,17 @@ fn build_subset_rules(
             None => diags.push(Diagnostic::warning(
                 l.at("spec.host"),
                 "spec.host",
-                format!(
-                    "Referenced host not found: {:?}: no ServiceEntry declares it",
-                    rule.host
-                ),
+                Invalid::RuleHostUnknown(rule.host.clone()),
             )),
         }
         if let Some(other) = rules.get(&rule.host) {
             diags.push(Diagnostic::error(
                 l.at("spec.host"),
                 "spec.host",
-                format!(
-                    "host {} already has DestinationRule {}: merge the subsets into one",
-                    rule.host, other.source
-                ),
+                Invalid::RuleHostTaken {
+                    host: rule.host.clone(),
+                    by: other.source.clone(),
+                },
             ));
             continue;
         }
@@ -434,7 +437,12 @@ fn bind_virtual_services(
                 match owner.get(&c) {
                     Some(other) if *other != vs.source => {
                         let p = format!("spec.hosts[{h_i}]");
-                        diags.push(Diagnostic::error(l.at(&p), p, format!("The VirtualServices {other},{} define the same host {c}: lb needs exactly one", vs.source)));
+                        let problem = Invalid::HostTwice {
+                            first: other.clone(),
+                            second: vs.source.clone(),
+                            host: c.clone(),
+                        };
+                        diags.push(Diagnostic::error(l.at(&p), p, problem));
                     }
                     _ => {
                         owner.insert(c, vs.source.clone());

@@ -60,10 +60,10 @@ pub fn check(catalog: &Catalog, own: &OwnListeners, diags: &mut Vec<Diagnostic>)
                     diags.push(Diagnostic::error(
                         svc.doc.at(&p),
                         &p,
-                        format!(
-                            "endpoint {ep} (port {}) is one of lb's own listeners: requests would loop through the proxy",
-                            port.number
-                        ),
+                        super::Invalid::OwnListener {
+                            endpoint: ep,
+                            port: port.number,
+                        },
                     ));
                 }
             }

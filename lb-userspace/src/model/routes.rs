@@ -3,6 +3,7 @@
 
 use std::net::SocketAddrV4;
 
+use super::Invalid;
 use crate::diagnostic::Diagnostic;
 use crate::load::{Loaded, istio};
 
@@ -60,7 +61,7 @@ fn destinations<'a>(
             diags.push(Diagnostic::error(
                 l.at(&path),
                 format!("{path}.destination"),
-                "destination is required",
+                Invalid::NoDestination,
             ));
             ok = false;
             continue;
@@ -69,7 +70,7 @@ fn destinations<'a>(
             diags.push(Diagnostic::error(
                 l.at(&path),
                 format!("{path}.destination.host"),
-                "destination.host is required",
+                Invalid::NoDestinationHost,
             ));
             ok = false;
             continue;
@@ -79,7 +80,7 @@ fn destinations<'a>(
             diags.push(Diagnostic::error(
                 l.at(&format!("{path}.weight")),
                 format!("{path}.weight"),
-                format!("weight {w} < 0"),
+                Invalid::NegativeWeight(w),
             ));
             ok = false;
         }
@@ -88,11 +89,7 @@ fn destinations<'a>(
                 Some(p) => Some(p),
                 None => {
                     let p = format!("{path}.destination.port.number");
-                    diags.push(Diagnostic::error(
-                        l.at(&p),
-                        p,
-                        format!("port number {n} is out of range 1-65535"),
-                    ));
+                    diags.push(Diagnostic::error(l.at(&p), p, Invalid::PortRange(n)));
                     ok = false;
                     None
                 }
@@ -111,22 +108,15 @@ fn destinations<'a>(
         // A single destination gets everything, whatever its weight says.
         out[0].weight = 1;
     } else if ok && !out.is_empty() && out.iter().all(|d| d.weight == 0) {
-        diags.push(Diagnostic::error(
-            l.at(base),
-            base,
-            "total destination weight = 0: at least one weight must be positive",
-        ));
+        diags.push(Diagnostic::error(l.at(base), base, Invalid::ZeroWeights));
         ok = false;
     }
     ok.then_some(out)
 }
 
+/// `super::warn_unenforced_at`, in this file's argument order.
 fn warn_unenforced(l: &Loaded, path: &str, diags: &mut Vec<Diagnostic>, what: &str) {
-    diags.push(Diagnostic::warning(
-        l.at(path),
-        path,
-        format!("{what} is valid Istio but lb does not enforce it yet"),
-    ));
+    super::warn_unenforced_at(l, path, what, diags);
 }
 
 /// The annotation that forces the proxy path for a weight-only VirtualService (per
@@ -195,20 +185,16 @@ pub fn from_virtual_service(
         diags.push(Diagnostic::error(
             l.at("spec.hosts"),
             "spec.hosts",
-            "virtual service must have at least one host",
+            Invalid::NoVirtualHost,
         ));
     }
     let mut hosts_out = Vec::new();
     for (i, h) in spec.hosts.iter().enumerate() {
         let p = format!("spec.hosts[{i}]");
         if h == "*" {
-            diags.push(Diagnostic::error(
-                l.at(&p),
-                &p,
-                "wildcard host * is not allowed for virtual services bound to the mesh gateway",
-            ));
+            diags.push(Diagnostic::error(l.at(&p), &p, Invalid::MeshWildcard));
         } else if h.is_empty() {
-            diags.push(Diagnostic::error(l.at(&p), &p, "host must not be empty"));
+            diags.push(Diagnostic::error(l.at(&p), &p, Invalid::EmptyHost));
         } else {
             hosts_out.push(hosts::canonical(h, &l.namespace));
         }
@@ -230,7 +216,7 @@ pub fn from_virtual_service(
             diags.push(Diagnostic::error(
                 l.at("metadata.annotations"),
                 p,
-                format!("unknown datapath {other:?}: expected proxy or kernel"),
+                Invalid::UnknownDatapath(other.to_string()),
             ));
             None
         }
@@ -244,7 +230,7 @@ pub fn from_virtual_service(
             diags.push(Diagnostic::warning(
                 l.at(&base),
                 &base,
-                format!("unreachable: rule {c} before it matches every request"),
+                Invalid::Unreachable(c),
             ));
         }
         let dests = destinations(
@@ -259,14 +245,10 @@ pub fn from_virtual_service(
                 diags.push(Diagnostic::error(
                     l.at(&format!("{base}.delegate")),
                     format!("{base}.delegate"),
-                    "delegate is not supported yet",
+                    Invalid::Delegate,
                 ));
             } else {
-                diags.push(Diagnostic::error(
-                    l.at(&base),
-                    &base,
-                    "HTTP route or redirect or directResponse is required",
-                ));
+                diags.push(Diagnostic::error(l.at(&base), &base, Invalid::NoAction));
             }
         }
         let action = super::http::action(l, &base, r, diags);
@@ -367,7 +349,11 @@ pub fn from_virtual_service(
     }
     if kernel.is_none() && catch_all_at.is_none() && !(spec.http.is_empty() && spec.tcp.is_empty())
     {
-        diags.push(Diagnostic::warning(l.at("spec"), "spec", "no rule matches every request: without the proxy, the kernel balances this service evenly over all its endpoints"));
+        diags.push(Diagnostic::warning(
+            l.at("spec"),
+            "spec",
+            Invalid::NoCatchAll,
+        ));
     }
     if diags.iter().filter(|d| d.is_error()).count() > errors_before {
         return None;
@@ -405,7 +391,7 @@ fn check_destinations(
             diags.push(Diagnostic::error(
                 l.at(&p),
                 p,
-                format!("Referenced host not found: {:?}", d.host),
+                Invalid::HostUnknown(d.host.clone()),
             ));
             continue;
         };
@@ -419,10 +405,10 @@ fn check_destinations(
                 diags.push(Diagnostic::error(
                     l.at(&p),
                     p,
-                    format!(
-                        "Referenced host+subset in destinationrule not found: \"{}+{subset}\"",
-                        d.host
-                    ),
+                    Invalid::SubsetUnknown {
+                        host: d.host.clone(),
+                        subset: subset.clone(),
+                    },
                 ));
                 continue;
             }
@@ -479,21 +465,21 @@ pub fn resolve(
             diags.push(Diagnostic::error(
                 l.at(&p),
                 p,
-                format!("Referenced host not found: {:?}", d.host),
+                Invalid::HostUnknown(d.host.clone()),
             ));
             ok = false;
             continue;
         };
         let Some(port) = pick_port(svc, d.port, dialled_port) else {
             let p = format!("{}.destination.port", d.path);
-            let msg = match d.port {
-                Some(n) => format!("port {n} is not a port of {}", svc.host),
-                None => format!(
-                    "destination port is required: {} has several ports",
-                    svc.host
-                ),
+            let problem = match d.port {
+                Some(port) => Invalid::NotAPort {
+                    port,
+                    host: svc.host.clone(),
+                },
+                None => Invalid::PortRequired(svc.host.clone()),
             };
-            diags.push(Diagnostic::error(l.at(&p), p, msg));
+            diags.push(Diagnostic::error(l.at(&p), p, problem));
             ok = false;
             continue;
         };
@@ -507,10 +493,10 @@ pub fn resolve(
                     diags.push(Diagnostic::error(
                         l.at(&p),
                         p,
-                        format!(
-                            "Referenced host+subset in destinationrule not found: \"{}+{subset}\"",
-                            d.host
-                        ),
+                        Invalid::SubsetUnknown {
+                            host: d.host.clone(),
+                            subset: subset.clone(),
+                        },
                     ));
                     ok = false;
                     continue;
@@ -518,7 +504,11 @@ pub fn resolve(
                 let eps = svc.select(labels, port);
                 if eps.is_empty() && d.weight > 0 {
                     let p = format!("{}.destination.subset", d.path);
-                    diags.push(Diagnostic::warning(l.at(&p), p, format!("subset {subset:?} selects no endpoint of {}: connects picking it are refused (ECONNREFUSED)", svc.host)));
+                    let problem = Invalid::SubsetEmpty {
+                        subset: subset.clone(),
+                        host: svc.host.clone(),
+                    };
+                    diags.push(Diagnostic::warning(l.at(&p), p, problem));
                 }
                 (subset.clone(), eps)
             }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use super::Invalid;
 use crate::diagnostic::Diagnostic;
 use crate::load::{Loaded, istio};
 
@@ -35,7 +36,7 @@ pub fn from_destination_rule(
             diags.push(Diagnostic::error(
                 l.at("spec.host"),
                 "spec.host",
-                "host must be set to a service host",
+                Invalid::NoRuleHost,
             ));
             return None;
         }
@@ -49,7 +50,7 @@ pub fn from_destination_rule(
             diags.push(Diagnostic::error(
                 l.at(&path),
                 format!("{path}.name"),
-                "subset name must be set",
+                Invalid::NoSubsetName,
             ));
             ok = false;
             continue;
@@ -58,18 +59,16 @@ pub fn from_destination_rule(
             diags.push(Diagnostic::error(
                 l.at(&path),
                 format!("{path}.name"),
-                format!("duplicate subset name {name:?}"),
+                Invalid::SubsetTwice(name.clone()),
             ));
             ok = false;
         }
-        if s.traffic_policy.is_some() {
-            let p = format!("{path}.trafficPolicy");
-            diags.push(Diagnostic::warning(
-                l.at(&p),
-                &p,
-                "trafficPolicy is valid Istio but lb does not enforce it yet",
-            ));
-        }
+        super::warn_unenforced(
+            l,
+            &path,
+            &[("trafficPolicy", s.traffic_policy.is_some())],
+            diags,
+        );
     }
     if let Some(tp) = &spec.traffic_policy {
         let simple = tp
@@ -83,7 +82,15 @@ pub fn from_destination_rule(
             && tp.tls.is_none()
             && tp.port_level_settings.is_empty();
         if !only_random {
-            diags.push(Diagnostic::warning(l.at("spec.trafficPolicy"), "spec.trafficPolicy", "trafficPolicy is valid Istio but lb does not enforce it yet (endpoints are picked at random)"));
+            let problem = Invalid::Unenforced {
+                field: "trafficPolicy".into(),
+                consequence: " (endpoints are picked at random)",
+            };
+            diags.push(Diagnostic::warning(
+                l.at("spec.trafficPolicy"),
+                "spec.trafficPolicy",
+                problem,
+            ));
         }
     }
     super::warn_unenforced(
