@@ -87,6 +87,11 @@ impl DatapathError {
     }
 }
 
+/// Counter `index` of `LB_COUNTERS`, summed over CPUs (0 if it cannot be read).
+fn counter(map: &aya::maps::PerCpuArray<MapData, u64>, index: u32) -> u64 {
+    map.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
+}
+
 /// Opens one pinned map as its typed handle; `read_only` opens it with
 /// `BPF_F_RDONLY`, so the kernel refuses writes through it.
 fn open<T>(pins: &Pins, name: &'static str, read_only: bool) -> Result<T, DatapathError>

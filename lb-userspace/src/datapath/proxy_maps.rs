@@ -116,12 +116,9 @@ impl ProxyMaps {
         Ok(())
     }
 
-    /// A per-CPU counter summed.
+    /// A datapath-wide counter (`lb_common::counters`) summed over CPUs.
     pub fn counter(&self, index: u32) -> u64 {
-        self.counters
-            .get(&index, 0)
-            .map(|v| v.iter().sum())
-            .unwrap_or(0)
+        super::counter(&self.counters, index)
     }
 
     pub fn sk_msg_redirected(&self) -> u64 {

@@ -54,10 +54,7 @@ impl StatusView {
 
     /// A datapath-wide counter (`lb_common::counters`) summed over CPUs.
     pub fn counter(&self, index: u32) -> u64 {
-        self.counters
-            .get(&index, 0)
-            .map(|v| v.iter().sum())
-            .unwrap_or(0)
+        super::counter(&self.counters, index)
     }
 
     pub fn settings(&self) -> Settings {
