@@ -24,8 +24,6 @@ use crate::watch::{ConfigWatch, WatchError};
 /// How long replaced revisions stay before deletion: far longer than a connect takes
 /// between reading a service entry and its slot.
 const GRACE: Duration = Duration::from_secs(2);
-/// Quiet time after the last file event before reloading.
-const DEBOUNCE: Duration = Duration::from_millis(10);
 /// Quiet time after the last Kubernetes event before reloading, and the longest a
 /// change waits while events keep coming (a rollout's burst becomes one apply).
 const CLUSTER_QUIET: Duration = Duration::from_millis(20);
@@ -534,7 +532,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     loop {
         let next_gc = pending.first().map(|(t, _)| *t);
         let changed = tokio::select! {
-            () = async { watch.as_mut().expect("guarded").changed(DEBOUNCE).await }, if watch.is_some() => true,
+            () = async { watch.as_mut().expect("guarded").changed().await }, if watch.is_some() => true,
             () = async { cluster_settled(sources.kube.as_ref().expect("guarded")).await }, if sources.kube.is_some() => true,
             _ = health_tick.tick(), if sources.kube.is_some() => {
                 // Watches fail and recover between events: keep /ready current.

@@ -839,3 +839,103 @@ fn sigterm_drains_in_flight_requests() {
         "{s}"
     );
 }
+
+/// Edits never apply half-written files (issue 16). Under keep-alive load whose
+/// requests a header rule sends to v1, the VirtualService is edited in place 20 times
+/// in two steps 10 ms apart (`>` then `>>`): the first step ends at the VirtualService
+/// (a valid file without it, the case that once sent traffic the wrong way) or in the
+/// middle of a word in it (an invalid file). Each edit is applied once, whole; then 20 atomic
+/// renames, at once; a log and a swap file written beside the config apply nothing.
+/// Every load request succeeds on its rule.
+#[test]
+fn edits_in_place_and_renames_apply_whole_under_load() {
+    use std::io::Write as _;
+    let (svc, port) = ("127.10.22.1", 22000);
+    // Edit i: `hellotest: true<i>` → v1 (shows it is live), `load: yes` → v1 always.
+    let config = |i: u32| {
+        seed("c-header", svc, port).replace(
+            "          exact: \"true\"\n",
+            &format!("          exact: \"true{i}\"\n    - headers:\n        load:\n          exact: \"yes\"\n"),
+        )
+    };
+    let env = env_with("in-place", port, &config(0), &[]);
+    let to = format!("{svc}:{port}");
+    let live = |env: &Env, i: u32| {
+        let s = env.probe(&[
+            "--to",
+            &to,
+            "--count",
+            "1",
+            "--header",
+            &format!("hellotest: true{i}"),
+        ]);
+        count(&s, "v1") == 1
+    };
+    let applies = |env: &Env| env.daemon_log().matches("configuration applied").count();
+    let stop = env.work.join("stop-load");
+    let load = env.spawn_probe(&[
+        "--to",
+        &to,
+        "--keep-alive",
+        "--header",
+        "load: yes",
+        "--count",
+        "200000",
+        "--every-ms",
+        "1",
+        "--for-ms",
+        "60000",
+        "--until-file",
+        stop.to_str().expect("utf-8"),
+    ]);
+    let path = env.config.join("config.yaml");
+    for i in 1..=20 {
+        let text = config(i);
+        let cut = if i % 2 == 0 {
+            text.find("apiVersion: networking.istio.io/v1\nkind: VirtualService")
+        } else {
+            text.find("subset: v1").map(|at| at + "sub".len())
+        }
+        .expect("cut");
+        std::fs::write(&path, &text[..cut]).expect("first step");
+        std::thread::sleep(Duration::from_millis(10));
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        f.write_all(&text.as_bytes()[cut..]).expect("second step");
+        drop(f);
+        wait_for(Duration::from_secs(5), "the in-place edit to apply", || {
+            live(&env, i)
+        });
+    }
+    let log = env.daemon_log();
+    // "configuration rejected, ..." or "object rejected, ...": a half file was read.
+    assert!(
+        !log.contains("rejected,"),
+        "a half-written file was read:\n{log}"
+    );
+    assert_eq!(applies(&env), 21, "one apply per edit:\n{log}");
+    for i in 21..=40 {
+        env.write_config("config.yaml", &config(i));
+        wait_for(Duration::from_secs(5), "the renamed file to apply", || {
+            live(&env, i)
+        });
+    }
+    assert_eq!(applies(&env), 41, "one apply per rename");
+    let mut other = std::fs::File::create(env.config.join("lb.log")).expect("log");
+    for n in 0..50 {
+        writeln!(other, "line {n}").expect("write");
+        std::fs::write(env.config.join(".config.yaml.swp"), n.to_string()).expect("swap");
+    }
+    drop(other);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(applies(&env), 41, "files lb does not read apply nothing");
+    let s = crate::harness::stop_probe(load, &stop);
+    assert!(s["attempts"].as_u64() > Some(1000), "{s}");
+    assert_eq!(
+        (s["failures"].as_u64(), count(&s, "v0")),
+        (Some(0), 0),
+        "every load request succeeded on its rule: {s}"
+    );
+}

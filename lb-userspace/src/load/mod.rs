@@ -97,6 +97,13 @@ const API_VERSIONS: [&str; 3] = [
     "networking.istio.io/v1alpha3",
 ];
 
+/// Whether lb reads the file at `path`: a YAML file, not hidden (so not a ConfigMap
+/// mount's `..data` folders, nor an editor's `.swp`).
+pub fn is_config_file(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
+}
+
 /// The YAML files of `dir`, sorted by name. Hidden entries (a ConfigMap mount's
 /// `..data` folders) are skipped; symlinks are followed.
 pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
@@ -107,9 +114,7 @@ pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(read)? {
         let path = entry.map_err(read)?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
-        if yaml && !name.starts_with('.') && path.is_file() {
+        if is_config_file(&path) && path.is_file() {
             files.push(path);
         }
     }
