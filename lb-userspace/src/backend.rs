@@ -3,7 +3,8 @@
 //! client can tell which backend served it. Keep-alive aware; request bodies are read
 //! (content-length) and ignored. `GET /__requests` tells how many requests it served;
 //! an `Upgrade: websocket` request gets a real handshake and an echo of each frame;
-//! paths starting with `/slow` are answered after 500 ms.
+//! paths starting with `/slow` are answered after 500 ms, `/hang` never (the backend
+//! reads until the client closes).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,6 +100,12 @@ async fn connection(mut stream: TcpStream, name: &str, served: &AtomicU64) -> st
         if path.starts_with("/slow") {
             // A slow answer, for drain tests.
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        if path.starts_with("/hang") {
+            // No answer at all, for timeout tests.
+            let mut sink = [0u8; 1024];
+            while stream.read(&mut sink).await? > 0 {}
+            return Ok(());
         }
         if header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
             let accept = websocket_accept(&header("sec-websocket-key").unwrap_or_default());

@@ -37,6 +37,66 @@ struct FrontArgs {
     path_normalization: lb::route::path::Normalization,
 }
 
+/// How long the proxy waits and how much it holds (README: "Timeouts and limits").
+#[derive(clap::Args)]
+struct BoundArgs {
+    /// A request head must be whole within this of the connection being ready for it
+    /// (the accept, or the end of the previous answer): past it 408, or a quiet close
+    /// if nothing came. E.g. `10s`, `500ms`.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    request_head_timeout: Duration,
+    /// A request whose bytes stop moving (the client's body, the upstream's answer,
+    /// the client reading it) ends after this: 408 or 504 if nothing was answered yet
+    /// (Envoy's stream_idle_timeout).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    stream_idle_timeout: Duration,
+    /// Connecting to an endpoint (Istio's connectTimeout).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+    /// Client connections held at once; at the bound the one idle longest is closed to
+    /// make room, or the new one refused (503) when all are busy [default: half the
+    /// descriptor limit, which lb raises as far as allowed, less a reserve].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Connects in progress to one endpoint (more: 503 at once, flag UO).
+    #[arg(long, default_value_t = 1024)]
+    max_pending_connects: usize,
+}
+
+impl BoundArgs {
+    /// The bounds, with the descriptor limit raised for them.
+    fn bounds(&self) -> anyhow::Result<lb::proxy::bounds::Bounds> {
+        use lb::proxy::bounds::{Bounds, raise_descriptor_limit};
+        let fds = raise_descriptor_limit().context("raising the descriptor limit")?;
+        let fit = Bounds::for_descriptors(fds);
+        let max_connections = self.max_connections.unwrap_or(fit);
+        anyhow::ensure!(max_connections > 0, "--max-connections must be at least 1");
+        if max_connections > fit {
+            tracing::warn!(
+                "--max-connections {max_connections}: the descriptor limit ({fds}) carries about {fit}"
+            );
+        }
+        anyhow::ensure!(
+            self.max_pending_connects > 0,
+            "--max-pending-connects must be at least 1"
+        );
+        for (flag, d) in [
+            ("--request-head-timeout", self.request_head_timeout),
+            ("--stream-idle-timeout", self.stream_idle_timeout),
+            ("--connect-timeout", self.connect_timeout),
+        ] {
+            anyhow::ensure!(!d.is_zero(), "{flag} must be more than 0");
+        }
+        Ok(Bounds {
+            head: self.request_head_timeout,
+            stream_idle: self.stream_idle_timeout,
+            connect: self.connect_timeout,
+            max_connections,
+            max_pending_connects: self.max_pending_connects,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the daemon: attach the datapath, apply the configuration (a folder of Istio
@@ -93,6 +153,8 @@ enum Cmd {
         no_parse_cache: bool,
         #[command(flatten)]
         front: FrontArgs,
+        #[command(flatten)]
+        bounds: BoundArgs,
         /// `lean` (default): the lean HTTP/1.1 path serves the plain requests, hyper
         /// the rest; `hyper`: hyper serves every request (same answers, more CPU).
         #[arg(long, default_value = "lean", value_parser = ["lean", "hyper"])]
@@ -254,6 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             drain_seconds,
             no_parse_cache,
             front,
+            bounds,
             http1_engine,
         } => {
             anyhow::ensure!(
@@ -304,6 +367,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     headers: front.max_request_headers,
                     head_bytes: front.max_request_headers_kb * 1024,
                 },
+                bounds: bounds.bounds()?,
                 lean: http1_engine == "lean",
             };
             rt.block_on(lb::run::run(lb::run::RunOptions {

@@ -45,6 +45,10 @@ pub struct Summary {
     /// Connections whose getpeername did not show the address dialled.
     pub peer_mismatches: u64,
     pub first_errors: Vec<String>,
+    /// Latency of the successful attempts (connect included unless keep-alive), µs.
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
 }
 
 #[derive(Serialize)]
@@ -192,9 +196,11 @@ pub fn run(opts: &ProbeOptions) -> std::io::Result<Summary> {
     let started = Instant::now();
     let mut sum = Summary::default();
     let mut kept: Option<TcpStream> = None;
+    let mut latencies_us: Vec<u64> = Vec::new();
     let stop_requested = || opts.until_file.as_ref().is_some_and(|f| f.exists());
     while sum.attempts < opts.count && started.elapsed() < opts.limit && !stop_requested() {
         let t_ms = now_ms();
+        let began = Instant::now();
         sum.attempts += 1;
         let result = if opts.keep_alive {
             let stream = match kept.take() {
@@ -239,6 +245,7 @@ pub fn run(opts: &ProbeOptions) -> std::io::Result<Summary> {
         });
         let backend = match &result {
             Ok(a) => {
+                latencies_us.push(began.elapsed().as_micros() as u64);
                 let b = a.header("x-backend");
                 *sum.by_backend.entry(b.clone()).or_default() += 1;
                 *sum.paths_seen.entry(a.header("x-path")).or_default() += 1;
@@ -274,6 +281,15 @@ pub fn run(opts: &ProbeOptions) -> std::io::Result<Summary> {
     if let Some(mut w) = log {
         w.flush()?;
     }
+    latencies_us.sort_unstable();
+    let at = |q: usize| {
+        latencies_us
+            .get((latencies_us.len() * q / 100).min(latencies_us.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    (sum.p50_us, sum.p99_us) = (at(50), at(99));
+    sum.max_us = latencies_us.last().copied().unwrap_or(0);
     Ok(sum)
 }
 

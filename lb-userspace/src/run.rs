@@ -511,13 +511,15 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         Some(t) => Some(proxy::access_log::AccessLog::open(t).map_err(ProxyError::AccessLog)?),
         None => None,
     };
+    let bounds = opts.proxy.bounds;
     let shared = Arc::new(Shared {
         table: rx,
-        client: Default::default(),
+        client: proxy::pool::Pool::new(&bounds),
+        conns: proxy::conns::Conns::new(bounds.max_connections),
         metrics: Default::default(),
         log,
         kernel,
-        front: proxy::Front::new(opts.proxy.limits, opts.proxy.lean, listeners.main),
+        front: proxy::Front::new(opts.proxy.limits, bounds, opts.proxy.lean, listeners.main),
         source: status_rx,
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -15,7 +15,7 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 /// A seed example (config/seed/<name>) moved to this test's service address and port.
-fn seed(name: &str, svc: &str, port: u16) -> String {
+pub(crate) fn seed(name: &str, svc: &str, port: u16) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../config/seed")
         .join(name)
@@ -27,7 +27,7 @@ fn seed(name: &str, svc: &str, port: u16) -> String {
 }
 
 /// An environment with v0 on 127.0.0.2 and v1 on 127.0.0.3, `config` applied.
-fn env_with(name: &str, port: u16, config: &str, extra: &[&str]) -> Env {
+pub(crate) fn env_with(name: &str, port: u16, config: &str, extra: &[&str]) -> Env {
     env_inside(name, port, config, extra, false, false)
 }
 

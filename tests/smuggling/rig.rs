@@ -113,13 +113,14 @@ impl Rig {
             access_log: None,
             drain: Duration::from_secs(1),
             limits: lb::proxy::h1::Limits::default(),
+            bounds: lb::proxy::bounds::Bounds::default(),
             lean,
         };
         let proxy = rt
             .block_on(lb::proxy::Proxy::bind(&opts))
             .expect("proxy binds");
         let addr = proxy.local_addr();
-        let front = lb::proxy::Front::new(opts.limits, lean, addr);
+        let front = lb::proxy::Front::new(opts.limits, opts.bounds, lean, addr);
         let via = String::from_utf8_lossy(&front.via).into_owned();
         let shared = Arc::new(lb::proxy::Shared::new(rx, front));
         rt.spawn(proxy.serve(shared, opts.drain, std::future::pending()));

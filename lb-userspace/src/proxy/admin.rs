@@ -2,6 +2,7 @@
 //! how current it is), `/config_dump` (the active plan), `/metrics`.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -65,13 +66,27 @@ fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
                     ("sk_msg_skipped", "Client connections kept off the socket map: their process's recent connections to the service carried one message each", k.counter(counters::SK_MSG_SKIPPED)),
                 ]
             });
+            let conns = &shared.conns;
+            let mut counters = kernel.unwrap_or_default();
+            counters.push(("proxy_connections_evicted", "Connections waiting for a request head closed to make room for a new one at --max-connections", conns.evicted.load(Relaxed)));
+            counters.push(("proxy_connections_refused", "Connections refused with 503 at --max-connections, every one held having a request in flight", conns.refused.load(Relaxed)));
+            let mut gauges = shared.source.borrow().gauges();
+            gauges.push((
+                "proxy_connections",
+                "Client connections the proxy holds",
+                String::new(),
+                conns.open() as u64,
+            ));
+            gauges.push((
+                "proxy_connections_max",
+                "--max-connections",
+                String::new(),
+                shared.front.bounds.max_connections as u64,
+            ));
             (
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                shared.metrics.render(
-                    &kernel.unwrap_or_default(),
-                    &shared.source.borrow().gauges(),
-                ),
+                shared.metrics.render(&counters, &gauges),
             )
         }
         _ => (

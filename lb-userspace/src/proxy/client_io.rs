@@ -174,6 +174,40 @@ impl ClientStream {
     }
 }
 
+impl ClientStream {
+    /// Answers a connection lb will not serve with `answer`, then closes it, without
+    /// waiting for anything: one non-blocking send, then what the client has sent so
+    /// far is read and dropped (so the close is a FIN, not a reset that could
+    /// discard the answer).
+    pub fn refuse(self, answer: &[u8]) {
+        let fd = self.as_raw_fd();
+        // SAFETY: a send from a live buffer on a descriptor this stream owns.
+        unsafe {
+            libc::send(
+                fd,
+                answer.as_ptr().cast(),
+                answer.len(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        let mut scratch = [0u8; 4096];
+        for _ in 0..LINGER_BYTES / scratch.len() {
+            // SAFETY: the kernel writes at most `scratch.len()` bytes into it.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    scratch.as_mut_ptr().cast(),
+                    scratch.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n <= 0 {
+                break;
+            }
+        }
+    }
+}
+
 impl super::guard::LingerOnClose for ClientStream {
     /// At close, sends the FIN, then reads and drops what the client still sends for
     /// at most [`LINGER`] (or [`LINGER_BYTES`]) before the descriptor closes. Closing

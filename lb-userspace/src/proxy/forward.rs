@@ -32,6 +32,9 @@ pub struct ConnInfo {
     /// The front end's verdict on each request head, on hyper's HTTP/1 path (the
     /// guard computes them from the bytes hyper reads); None on HTTP/2.
     pub verdicts: Option<Arc<super::guard::Verdicts>>,
+    /// When the client stream last moved a byte, on hyper's path (the stream-idle
+    /// bound); None on the lean path, which bounds each read and write itself.
+    pub activity: Option<super::idle::Activity>,
 }
 
 /// Hop-by-hop headers are never forwarded (or a client's `Connection: close` would
@@ -100,10 +103,10 @@ pub(super) struct Outcome<'t> {
 }
 
 impl Outcome<'_> {
-    /// Records a refusal by the front end (Envoy's flag: downstream protocol error).
+    /// Records a refusal by the front end.
     pub(super) fn refuse(&mut self, r: h1::Refusal) {
         self.status = r.status();
-        self.flags = "DPE";
+        self.flags = r.flag();
         self.refusal = Some(r);
     }
 }
@@ -239,7 +242,24 @@ async fn route_request<'t>(
         Routed::Answer(resp) => return done(resp, outcome),
     };
     let upgrade = fwd.client_upgrade.is_some();
-    let sent = shared.client.send(fwd.endpoint, fwd.up, upgrade).await;
+    let send = shared.client.send(fwd.endpoint, fwd.up, upgrade);
+    let sent = match &conn.activity {
+        Some(a) => a.within(shared.front.bounds.stream_idle, send).await,
+        None => Some(send.await),
+    };
+    let Some(sent) = sent else {
+        // No byte moved for the bound: the client's body stalled, or the upstream
+        // said nothing.
+        let in_body = conn.verdicts.as_ref().is_some_and(|v| v.in_body());
+        if in_body {
+            return done(refusal(h1::Refusal::BodyTimeout, &mut outcome), outcome);
+        }
+        outcome.flags = "UT";
+        return done(
+            local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n"),
+            outcome,
+        );
+    };
     let resp = finish(
         sent,
         conn,
@@ -406,6 +426,13 @@ fn finish<'t>(
             // The request's own body broke on the way: the client's fault.
             if let Some(why) = conn.verdicts.as_ref().and_then(|v| v.body_broke()) {
                 return refusal(why, outcome);
+            }
+            if let super::pool::UpstreamError::Overflow(_) = e {
+                outcome.flags = "UO";
+                return local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream connections overflow\n",
+                );
             }
             outcome.flags = "UF";
             return local(StatusCode::BAD_GATEWAY, "upstream connect error\n");

@@ -16,12 +16,14 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::h1::{self, ChunkScanner, Refusal};
+use super::idle::Activity;
 
 /// Verdicts of the request heads read so far, oldest first, shared with the handler.
 #[derive(Debug, Default)]
@@ -30,6 +32,8 @@ pub struct Verdicts {
     /// Why a request body broke (a bad chunk, or the client ending mid-body): that
     /// request's failure is the client's (400), not the upstream's (502).
     broken_body: Mutex<Option<Refusal>>,
+    /// The stream is inside a request body (a stall there is the client's).
+    in_body: AtomicBool,
 }
 
 impl Verdicts {
@@ -41,6 +45,11 @@ impl Verdicts {
             .ok()
             .and_then(|mut q| q.pop_front())
             .unwrap_or(Err(Refusal::Malformed))
+    }
+
+    /// Whether the client is still to send the rest of a request body.
+    pub fn in_body(&self) -> bool {
+        self.in_body.load(Ordering::Relaxed)
     }
 
     /// Why the body of the request in flight broke, if it did.
@@ -142,6 +151,12 @@ impl Follower {
         }
     }
 
+    /// Notes for the handler whether the stream is inside a body now.
+    fn note_state(&self) {
+        let in_body = matches!(self.state, State::Length(_) | State::Chunked(_));
+        self.verdicts.in_body.store(in_body, Ordering::Relaxed);
+    }
+
     /// The stream ended: inside a body, that body is cut short.
     fn end(&mut self) {
         if matches!(self.state, State::Length(_) | State::Chunked(_)) {
@@ -188,15 +203,18 @@ pub struct Guarded<T> {
     /// Bytes already read that the next reads hand out first (already followed).
     unread: bytes::Bytes,
     follower: Option<Follower>,
+    /// Touched whenever a byte moves (the stream-idle bound, proxy/idle.rs).
+    activity: Activity,
 }
 
 impl<T: LingerOnClose> Guarded<T> {
     /// `follower`: None for a stream that is not HTTP/1 (h2c).
-    pub fn new(inner: T, follower: Option<Follower>) -> Self {
+    pub fn new(inner: T, follower: Option<Follower>, activity: Activity) -> Self {
         Self {
             inner,
             unread: bytes::Bytes::new(),
             follower,
+            activity,
         }
     }
 
@@ -205,6 +223,7 @@ impl<T: LingerOnClose> Guarded<T> {
     pub fn unread(&mut self, bytes: bytes::Bytes) {
         if let Some(f) = &mut self.follower {
             f.feed(&bytes);
+            f.note_state();
             if f.refused {
                 self.inner.linger_on_close();
             }
@@ -228,6 +247,9 @@ impl<T: AsyncRead + Unpin + LingerOnClose> AsyncRead for Guarded<T> {
         let before = buf.filled().len();
         let this = &mut *self;
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.activity.touch();
+        }
         if let (Poll::Ready(Ok(())), Some(f)) = (&r, &mut this.follower) {
             let new = &buf.filled()[before..];
             if new.is_empty() && buf.remaining() > 0 {
@@ -235,6 +257,7 @@ impl<T: AsyncRead + Unpin + LingerOnClose> AsyncRead for Guarded<T> {
             } else {
                 f.feed(new);
             }
+            f.note_state();
             // A head refused: hyper answers it and closes, maybe before reading what
             // follows.
             if f.refused {
@@ -251,7 +274,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -267,7 +294,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -26,16 +26,21 @@ use tokio::sync::watch;
 
 use self::answer::{BodyEnd, parse_answer, with_date};
 use self::head::{Parsed, Send, parse_request};
+use super::conns::Admitted;
 use super::forward::{self, ConnInfo, Logged, Outcome};
 use super::h1::Refusal;
 use super::pool::{Pool, Upstream, UpstreamError};
-use super::{HEADER_READ_TIMEOUT, Shared, read_into};
+use super::{Shared, read_into};
 
 /// Largest answer head accepted from an upstream (502 past it, as hyper's client).
 const MAX_ANSWER_HEAD: usize = 64 * 1024;
 
 /// hyper's path answers an upstream failure the same way.
 const BAD_GATEWAY: &[u8] = b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 23\r\nconnection: close\r\n\r\nupstream connect error\n";
+/// An upstream silent for `Bounds::stream_idle` before its answer's head (both paths).
+const GATEWAY_TIMEOUT: &[u8] = b"HTTP/1.1 504 Gateway Timeout\r\ncontent-length: 25\r\nconnection: close\r\n\r\nupstream request timeout\n";
+/// Too many connects to the endpoint in progress (both paths).
+const OVERFLOW: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 30\r\nconnection: close\r\n\r\nupstream connections overflow\n";
 
 /// Why an exchange ended early.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +56,23 @@ pub enum LeanError {
     Answer(SocketAddr, &'static str),
     #[error("client: {0}")]
     Client(std::io::Error),
+    /// No byte of the request's body for `Bounds::stream_idle`.
+    #[error("client: body stalled")]
+    ClientStalled,
+    /// The upstream took no byte and sent none for `Bounds::stream_idle`.
+    #[error("upstream {0}: silent")]
+    UpstreamSilent(SocketAddr),
+}
+
+/// `io` within the stream-idle bound; `silent` is the error past it.
+async fn within<T>(
+    idle: std::time::Duration,
+    io: impl std::future::Future<Output = Result<T, LeanError>>,
+    silent: impl FnOnce() -> LeanError,
+) -> Result<T, LeanError> {
+    tokio::time::timeout(idle, io)
+        .await
+        .unwrap_or_else(|_| Err(silent()))
 }
 
 /// How the connection goes on after the lean path.
@@ -66,14 +88,18 @@ pub(super) enum Next {
 }
 
 /// Serves the connection's requests while they fit the lean path. `buf` holds what
-/// was read and not yet consumed.
+/// was read and not yet consumed; the first head must be complete by `deadline`,
+/// each next one within `Bounds::head` of the answer before it.
 pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut S,
     buf: &mut BytesMut,
     shared: &Shared,
     conn: &ConnInfo,
     stopping: &mut watch::Receiver<bool>,
+    admitted: &mut Admitted,
+    mut deadline: tokio::time::Instant,
 ) -> Next {
+    let bounds = shared.front.bounds;
     loop {
         let mut table;
         let req = loop {
@@ -96,11 +122,17 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     return Next::Closed;
                 }
                 let read = tokio::select! {
-                    r = tokio::time::timeout(HEADER_READ_TIMEOUT, read_into(client, buf)) => r,
+                    r = admitted.wait_for_head(tokio::time::timeout_at(deadline, read_into(client, buf))) => r,
                     _ = stopping.changed(), if buf.is_empty() => return Next::Closed,
                 };
                 let n = match read {
-                    Ok(Ok(n)) if n > 0 => n,
+                    Some(Ok(Ok(n))) if n > 0 => n,
+                    // Part of a head, and no more of it in time.
+                    Some(Err(_)) if !buf.is_empty() => {
+                        refuse(client, shared, &table, conn, Refusal::HeadTimeout, None).await;
+                        return Next::Linger;
+                    }
+                    // Closed, idle past the bound, or evicted to make room.
                     _ => return Next::Closed,
                 };
                 if memchr::memchr(b'\n', &buf[buf.len() - n..]).is_some()
@@ -115,16 +147,29 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         let mut outcome = req.outcome;
         let mut status = 0;
         let mut failed = false;
-        let keep = match exchange(client, buf, &shared.client, &req.send, &mut status).await {
+        let sent = exchange(
+            client,
+            buf,
+            &shared.client,
+            &req.send,
+            bounds.stream_idle,
+            &mut status,
+        )
+        .await;
+        let keep = match sent {
             Ok(keep) => {
                 outcome.status = status;
                 keep && !req.send.close
             }
-            // Nothing answered yet and the client failed: it ended (or broke) before
-            // the body its Content-Length announced. Its fault, not the upstream's.
-            Err(LeanError::Client(e)) if status == 0 => {
-                tracing::debug!("lean path: client: {e}");
-                let r = Refusal::Incomplete;
+            // Nothing answered yet and the client failed: it ended (or broke, or
+            // stalled) before the body its Content-Length announced. Its fault, not
+            // the upstream's.
+            Err(e @ (LeanError::Client(_) | LeanError::ClientStalled)) if status == 0 => {
+                tracing::debug!("lean path: {e}");
+                let r = match e {
+                    LeanError::ClientStalled => Refusal::BodyTimeout,
+                    _ => Refusal::Incomplete,
+                };
                 let _ = client.write_all(&with_date(|d| r.answer(d))).await;
                 outcome.refuse(r);
                 false
@@ -133,9 +178,13 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 tracing::debug!("lean path: {e}");
                 failed = true;
                 if status == 0 {
-                    outcome.status = 502;
-                    outcome.flags = "UF";
-                    let _ = client.write_all(BAD_GATEWAY).await;
+                    let (code, flags, answer) = match e {
+                        LeanError::UpstreamSilent(_) => (504, "UT", GATEWAY_TIMEOUT),
+                        LeanError::Connect(UpstreamError::Overflow(_)) => (503, "UO", OVERFLOW),
+                        _ => (502, "UF", BAD_GATEWAY),
+                    };
+                    (outcome.status, outcome.flags) = (code, flags);
+                    let _ = client.write_all(answer).await;
                 } else {
                     outcome.status = status;
                 }
@@ -168,6 +217,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             // would only add a syscall per connection).
             return Next::Closed;
         }
+        deadline = tokio::time::Instant::now() + bounds.head;
     }
 }
 
@@ -205,27 +255,30 @@ async fn refuse<S: AsyncWrite + Unpin>(
 
 /// Sends one request and relays its answer. Ok(whether the client connection may
 /// go on); `status` is set once the answer's head is known (0: nothing was written
-/// to the client).
+/// to the client). Each read and write ends after `idle` without progress.
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut S,
     buf: &mut BytesMut,
     pool: &Pool,
     send: &Send<'_>,
+    idle: std::time::Duration,
     status: &mut u16,
 ) -> Result<bool, LeanError> {
     let ep = send.endpoint;
     let (mut up, mut reused) = take(pool, ep, send.replayable).await?;
     let answer = loop {
-        match request(client, buf, &mut up, send).await {
+        match request(client, buf, &mut up, send, idle).await {
             Ok(a) => break a,
             // A pooled socket the backend had closed: once more on a new one.
             Err(LeanError::Closed(_) | LeanError::Upstream(..)) if reused && send.replayable => {
-                up = Pool::connect_raw(ep).await?;
+                up = pool.connect_raw(ep).await?;
                 reused = false;
             }
             Err(e) => return Err(e),
         }
     };
+    let silent = || LeanError::UpstreamSilent(ep);
+    let client_stuck = || LeanError::Client(std::io::ErrorKind::TimedOut.into());
     *status = answer.status;
     up.buf.advance(answer.len);
     let mut out = answer.head;
@@ -236,11 +289,11 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             let k = end.take(&up.buf).map_err(|e| LeanError::Answer(ep, e))?;
             out.extend_from_slice(&up.buf[..k]);
             up.buf.advance(k);
-            write(client, &out).await?;
+            within(idle, write(client, &out), client_stuck).await?;
             while !end.done() {
-                fill(&mut up, ep).await?;
+                within(idle, fill(&mut up, ep), silent).await?;
                 let k = end.take(&up.buf).map_err(|e| LeanError::Answer(ep, e))?;
-                write(client, &up.buf[..k]).await?;
+                within(idle, write(client, &up.buf[..k]), client_stuck).await?;
                 up.buf.advance(k);
             }
         }
@@ -248,18 +301,19 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             clean = false;
             out.extend_from_slice(&up.buf);
             up.buf.clear();
-            write(client, &out).await?;
+            within(idle, write(client, &out), client_stuck).await?;
             loop {
                 up.buf.reserve(8192);
-                let n = up
-                    .stream
-                    .read_buf(&mut up.buf)
-                    .await
-                    .map_err(|e| LeanError::Upstream(ep, e))?;
-                if n == 0 {
+                let read = async {
+                    up.stream
+                        .read_buf(&mut up.buf)
+                        .await
+                        .map_err(|e| LeanError::Upstream(ep, e))
+                };
+                if within(idle, read, silent).await? == 0 {
                     break;
                 }
-                write(client, &up.buf).await?;
+                within(idle, write(client, &up.buf), client_stuck).await?;
                 up.buf.clear();
             }
         }
@@ -283,7 +337,7 @@ async fn take(
             return Ok((u, true));
         }
     }
-    Ok((Pool::connect_raw(ep).await?, false))
+    Ok((pool.connect_raw(ep).await?, false))
 }
 
 async fn write<S: AsyncWrite + Unpin>(client: &mut S, bytes: &[u8]) -> Result<(), LeanError> {
@@ -306,23 +360,24 @@ async fn request<S: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     up: &mut Upstream,
     send: &Send<'_>,
+    idle: std::time::Duration,
 ) -> Result<answer::Answer, LeanError> {
     let ep = send.endpoint;
     let up_err = |e| LeanError::Upstream(ep, e);
-    up.stream.write_all(&send.head).await.map_err(up_err)?;
+    let silent = || LeanError::UpstreamSilent(ep);
+    let upload = async { up.stream.write_all(&send.head).await.map_err(up_err) };
+    within(idle, upload, silent).await?;
     let mut left = send.body_len;
     while left > 0 {
         if buf.is_empty() {
-            match read_into(client, buf).await {
-                Ok(0) => {
-                    return Err(LeanError::Client(std::io::ErrorKind::UnexpectedEof.into()));
-                }
-                Ok(_) => {}
-                Err(e) => return Err(LeanError::Client(e)),
+            let read = async { read_into(client, buf).await.map_err(LeanError::Client) };
+            if within(idle, read, || LeanError::ClientStalled).await? == 0 {
+                return Err(LeanError::Client(std::io::ErrorKind::UnexpectedEof.into()));
             }
         }
         let k = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        up.stream.write_all(&buf[..k]).await.map_err(up_err)?;
+        let upload = async { up.stream.write_all(&buf[..k]).await.map_err(up_err) };
+        within(idle, upload, silent).await?;
         buf.advance(k);
         left -= k as u64;
     }
@@ -348,11 +403,11 @@ async fn request<S: AsyncRead + Unpin>(
             }
             Ok(None) => {
                 up.buf.reserve(4096);
-                match up.stream.read_buf(&mut up.buf).await {
-                    Ok(0) if up.buf.is_empty() => return Err(LeanError::Closed(ep)),
-                    Ok(0) => return Err(LeanError::Answer(ep, "closed mid-head")),
-                    Ok(_) => {}
-                    Err(e) => return Err(up_err(e)),
+                let read = async { up.stream.read_buf(&mut up.buf).await.map_err(up_err) };
+                match within(idle, read, silent).await? {
+                    0 if up.buf.is_empty() => return Err(LeanError::Closed(ep)),
+                    0 => return Err(LeanError::Answer(ep, "closed mid-head")),
+                    _ => {}
                 }
             }
         }

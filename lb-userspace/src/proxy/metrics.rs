@@ -178,18 +178,19 @@ impl Metrics {
         counter.inc();
     }
 
-    /// OpenMetrics text, with the kernel's counters (read from the maps) and the
-    /// source's gauges (name, help, labels, value) added.
+    /// OpenMetrics text, with counters kept outside the registry (the kernel's, read
+    /// from the maps; the connection bounds') and gauges (name, help, labels, value)
+    /// added.
     pub fn render(
         &self,
-        kernel: &[(&str, &str, u64)],
+        counters: &[(&str, &str, u64)],
         gauges: &[(&str, &str, String, u64)],
     ) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         let body = out.strip_suffix("# EOF\n").unwrap_or(&out).to_string();
         let mut body = body;
-        for (name, help, v) in kernel {
+        for (name, help, v) in counters {
             body.push_str(&format!(
                 "# HELP lb_{name} {help}\n# TYPE lb_{name} counter\nlb_{name}_total {v}\n"
             ));

@@ -6,16 +6,20 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod bounds;
 pub mod client_io;
+pub mod conns;
 pub mod forward;
 pub mod guard;
 pub mod h1;
+pub mod idle;
 pub mod lean;
 pub mod metrics;
 pub mod pool;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd as _, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,6 +53,8 @@ pub struct ProxyOptions {
     pub drain: Duration,
     /// Bounds on request heads (both engines).
     pub limits: h1::Limits,
+    /// Timeouts and limits on connections (both engines).
+    pub bounds: bounds::Bounds,
     /// Whether the lean path serves the HTTP/1.1 requests it can (`--http1-engine
     /// lean`, the default); off, hyper serves every request.
     pub lean: bool,
@@ -58,6 +64,8 @@ pub struct ProxyOptions {
 pub struct Shared {
     pub table: watch::Receiver<Arc<RouteTable>>,
     pub client: pool::Pool,
+    /// Admission of client connections (`Bounds::max_connections`).
+    pub conns: Arc<conns::Conns>,
     pub metrics: metrics::Metrics,
     pub log: Option<access_log::AccessLog>,
     pub kernel: Option<Mutex<crate::datapath::ProxyMaps>>,
@@ -71,7 +79,8 @@ impl Shared {
     pub fn new(table: watch::Receiver<Arc<RouteTable>>, front: Front) -> Self {
         Shared {
             table,
-            client: Default::default(),
+            client: pool::Pool::new(&front.bounds),
+            conns: conns::Conns::new(front.bounds.max_connections),
             metrics: Default::default(),
             log: None,
             kernel: None,
@@ -89,6 +98,7 @@ impl Shared {
 /// How the proxy reads requests: the same for both engines.
 pub struct Front {
     pub limits: h1::Limits,
+    pub bounds: bounds::Bounds,
     /// lb's own Via marker (`lb-` and 8 hex digits of this host and listener): added
     /// to every request lb forwards; a request that arrives carrying it has looped.
     pub via: Arc<[u8]>,
@@ -99,7 +109,7 @@ pub struct Front {
 
 impl Front {
     /// The front end of a proxy listening on `listen`.
-    pub fn new(limits: h1::Limits, lean: bool, listen: SocketAddr) -> Self {
+    pub fn new(limits: h1::Limits, bounds: bounds::Bounds, lean: bool, listen: SocketAddr) -> Self {
         let mut host = [0u8; 256];
         // SAFETY: a buffer of the length passed; gethostname NUL-terminates or fails.
         let named = unsafe { libc::gethostname(host.as_mut_ptr().cast(), host.len()) } == 0;
@@ -114,6 +124,7 @@ impl Front {
         let via = format!("lb-{h:08x}");
         Front {
             limits,
+            bounds,
             via_header: http::HeaderValue::from_str(&format!("1.1 {via}")).expect("visible ASCII"),
             via: Arc::from(via.as_bytes()),
             lean,
@@ -172,27 +183,31 @@ fn watch_listener(
         .map_err(|source| ProxyError::Bind { addr, source })
 }
 
+/// A listener whose accept queue is as long as the kernel allows (net.core.somaxconn,
+/// 4096 on current kernels), as Envoy's: a burst of connects waits in the queue instead
+/// of having its handshake dropped and retried a second later (tokio's default is 1024).
+fn listen(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    };
+    socket
+        .and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(addr)?;
+            // The kernel caps the length at somaxconn.
+            s.listen(i32::MAX as u32)
+        })
+        .map_err(|source| ProxyError::Bind { addr, source })
+}
+
 impl Proxy {
     pub async fn bind(opts: &ProxyOptions) -> Result<Self, ProxyError> {
-        let listener = TcpListener::bind(opts.listen)
-            .await
-            .map_err(|source| ProxyError::Bind {
-                addr: opts.listen,
-                source,
-            })?;
-        let admin = TcpListener::bind(opts.admin)
-            .await
-            .map_err(|source| ProxyError::Bind {
-                addr: opts.admin,
-                source,
-            })?;
+        let listener = listen(opts.listen)?;
+        let admin = listen(opts.admin)?;
         let deferred_at = SocketAddr::new(opts.listen.ip(), 0);
-        let deferred = TcpListener::bind(deferred_at)
-            .await
-            .map_err(|source| ProxyError::Bind {
-                addr: deferred_at,
-                source,
-            })?;
+        let deferred = listen(deferred_at)?;
         let nodelay_inherited =
             set_nodelay(listener.as_raw_fd()) && set_nodelay(deferred.as_raw_fd());
         // Seconds the kernel waits for the request before accepting anyway.
@@ -257,7 +272,9 @@ impl Proxy {
             .max_headers(limits.headers)
             .half_close(true)
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+            // A whole head within the bound, from the end of the previous answer
+            // (hyper starts its timer when it waits for a head), as the lean path.
+            .header_read_timeout(shared.front.bounds.head);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.max_header_list_size(u32::try_from(limits.head_bytes).unwrap_or(u32::MAX))
             .timer(TokioTimer::new());
@@ -340,23 +357,61 @@ impl Accept<'_> {
                     return;
                 }
             };
+            let Some(admitted) = self.shared.conns.admit() else {
+                refused_at_bound(stream, self.shared);
+                continue;
+            };
             if !self.nodelay_inherited {
                 set_nodelay(stream.as_raw_fd());
             }
             self.shared
                 .metrics
                 .accepted(matches!(listener, Listener::Deferred));
-            spawn_connection(stream, peer, self.shared, self.builders, self.stopping);
+            let conn = Conn {
+                stream,
+                admitted,
+                deadline: tokio::time::Instant::now() + self.shared.front.bounds.head,
+            };
+            spawn_connection(conn, peer, self.shared, self.builders, self.stopping);
         }
         // A full batch: let the accepted connections run before the next.
         tokio::task::yield_now().await;
     }
 }
 
+/// A connection lb cannot hold (every one it holds has a request in flight): a 503,
+/// then closed. Said in the log at most once a second.
+fn refused_at_bound(stream: client_io::ClientStream, shared: &Shared) {
+    stream.refuse(conns::REFUSED);
+    static SAID: AtomicU64 = AtomicU64::new(0);
+    if first_this_second(&SAID) {
+        tracing::warn!(
+            max = shared.front.bounds.max_connections,
+            "connections refused: every connection lb holds has a request in flight (--max-connections)"
+        );
+    }
+}
+
+/// Whether this is the first call this second for `said` (a warning that could
+/// repeat thousands of times a second is said once a second).
+fn first_this_second(said: &AtomicU64) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    said.swap(now, Ordering::Relaxed) != now
+}
+
+/// An admitted connection: its socket, its place, and when its first head is due.
+struct Conn {
+    stream: client_io::ClientStream,
+    admitted: conns::Admitted,
+    deadline: tokio::time::Instant,
+}
+
 /// Starts serving one accepted connection in a task of its own, with what the client
 /// dialled (the original-destination map, read once).
 fn spawn_connection(
-    stream: client_io::ClientStream,
+    accepted: Conn,
     peer: SocketAddr,
     shared: &Arc<Shared>,
     builders: &Builders,
@@ -375,9 +430,10 @@ fn spawn_connection(
         peer_ip: http::HeaderValue::from_str(&peer.ip().to_string()).ok(),
         dialled,
         verdicts: None,
+        activity: None,
     };
     tokio::spawn(serve_connection(
-        stream,
+        accepted,
         conn,
         shared.clone(),
         builders.clone(),
@@ -396,14 +452,14 @@ async fn accept_failed(e: &std::io::Error) {
     match e.raw_os_error() {
         Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO) => {}
         _ => {
-            tracing::warn!("accept: {e}");
+            static SAID: AtomicU64 = AtomicU64::new(0);
+            if first_this_second(&SAID) {
+                tracing::warn!("accept: {e}");
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
-
-/// Bound on a client's first bytes and on each request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The HTTP/2 prior-knowledge preface (h2c).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -413,17 +469,23 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// (lean.rs), then hands the bytes read so far to hyper, which runs the connection
 /// until it ends or the proxy drains.
 async fn serve_connection(
-    mut stream: client_io::ClientStream,
+    accepted: Conn,
     mut conn: forward::ConnInfo,
     shared: Arc<Shared>,
     builders: Builders,
     mut stopping: watch::Receiver<bool>,
 ) {
+    let Conn {
+        mut stream,
+        mut admitted,
+        deadline,
+    } = accepted;
     let mut first = bytes::BytesMut::new();
     // Read until the bytes differ from the preface or hold all of it.
     let h2 = loop {
-        match tokio::time::timeout(HEADER_READ_TIMEOUT, read_into(&mut stream, &mut first)).await {
-            Ok(Ok(n)) if n > 0 => {}
+        let read = tokio::time::timeout_at(deadline, read_into(&mut stream, &mut first));
+        match admitted.wait_for_head(read).await {
+            Some(Ok(Ok(n))) if n > 0 => {}
             _ => return,
         }
         let n = first.len().min(H2_PREFACE.len());
@@ -436,7 +498,16 @@ async fn serve_connection(
     };
     // HTTP/1: the lean path serves what it can; hyper the rest of the connection.
     if !h2 && shared.front.lean {
-        match lean::serve(&mut stream, &mut first, &shared, &conn, &mut stopping).await {
+        let served = lean::serve(
+            &mut stream,
+            &mut first,
+            &shared,
+            &conn,
+            &mut stopping,
+            &mut admitted,
+            deadline,
+        );
+        match served.await {
             lean::Next::Closed => return,
             lean::Next::Linger => {
                 guard::LingerOnClose::linger_on_close(&mut stream);
@@ -452,21 +523,27 @@ async fn serve_connection(
         conn.verdicts = Some(f.verdicts.clone());
         f
     });
-    let mut stream = guard::Guarded::new(stream, follower);
+    let activity = idle::Activity::default();
+    conn.activity = Some(activity.clone());
+    let mut stream = guard::Guarded::new(stream, follower, activity.clone());
     stream.unread(first.freeze());
     let conn = Arc::new(conn);
+    let idle = shared.front.bounds.stream_idle;
     let svc =
         hyper::service::service_fn(move |req| forward::handle(shared.clone(), conn.clone(), req));
     let io = TokioIo::new(stream);
     // Boxed: hyper's connection state is large, and the task's future would otherwise
     // carry it inline, copied at every spawn (memmove was ~10 % of the proxy's user
     // time with a new connection per request, perf).
+    // A connection whose bytes stopped moving closes: a moment after a request
+    // waiting for its upstream got its 504 (forward.rs), so that answer goes out.
+    let stalled = activity.stalled(idle + Duration::from_secs(1));
     if h2 {
         let c = Box::pin(builders.1.serve_connection(io, svc));
-        until_drained(c, &mut stopping, |c| c.graceful_shutdown()).await;
+        until_drained(c, &mut stopping, stalled, |c| c.graceful_shutdown()).await;
     } else {
         let c = Box::pin(builders.0.serve_connection(io, svc).with_upgrades());
-        until_drained(c, &mut stopping, |c| c.graceful_shutdown()).await;
+        until_drained(c, &mut stopping, stalled, |c| c.graceful_shutdown()).await;
     }
 }
 
@@ -492,17 +569,24 @@ async fn read_into<R: tokio::io::AsyncRead + Unpin>(
 }
 
 /// Runs a hyper connection to its end; when the proxy drains, asks it to finish the
-/// request in flight and close (`graceful`: hyper's per-protocol method).
+/// request in flight and close (`graceful`: hyper's per-protocol method). Dropped
+/// (closed) when `stalled` resolves.
 async fn until_drained<C: std::future::Future>(
     mut c: std::pin::Pin<Box<C>>,
     stopping: &mut watch::Receiver<bool>,
+    stalled: impl std::future::Future<Output = ()>,
     graceful: impl FnOnce(std::pin::Pin<&mut C>),
 ) {
+    let mut stalled = std::pin::pin!(stalled);
     tokio::select! {
         _ = c.as_mut() => return,
+        () = stalled.as_mut() => return,
         _ = stopping.changed() => graceful(c.as_mut()),
     }
-    let _ = c.await;
+    tokio::select! {
+        _ = c => {}
+        () = stalled => {}
+    }
 }
 
 fn flush(shared: &Shared) {

@@ -20,8 +20,6 @@ use crate::fasthash::HashMap;
 
 /// Idle senders kept per endpoint (beyond: dropped, the connection closes).
 const MAX_IDLE: usize = 256;
-/// Istio's default TCP connect timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a request could not be sent upstream.
 #[derive(Debug, thiserror::Error)]
@@ -30,15 +28,46 @@ pub enum UpstreamError {
     Connect(SocketAddr, std::io::Error),
     #[error("connect {0}: timed out")]
     Timeout(SocketAddr),
+    /// `Bounds::max_pending_connects` connects to it are in progress already.
+    #[error("connect {0}: too many connects in progress")]
+    Overflow(SocketAddr),
     #[error("{0}")]
     Http(#[from] hyper::Error),
 }
 
-#[derive(Default)]
 pub struct Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<Incoming>>>>,
     /// The lean path's idle sockets (proxy/lean.rs), most recently used last.
     raw: Mutex<HashMap<SocketAddr, Vec<Upstream>>>,
+    /// Connects in progress per endpoint (only endpoints with one are present).
+    pending: Mutex<HashMap<SocketAddr, usize>>,
+    connect_timeout: Duration,
+    max_pending: usize,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool::new(&super::bounds::Bounds::default())
+    }
+}
+
+/// A connect in progress, counted against its endpoint's bound until dropped.
+struct Pending<'p> {
+    pool: &'p Pool,
+    ep: SocketAddr,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.pool.pending.lock()
+            && let Some(n) = p.get_mut(&self.ep)
+        {
+            *n -= 1;
+            if *n == 0 {
+                p.remove(&self.ep);
+            }
+        }
+    }
 }
 
 /// An upstream socket of the lean path, with the buffer its answers are read into
@@ -77,6 +106,16 @@ fn keep_idle<T>(idle: &Mutex<HashMap<SocketAddr, Vec<T>>>, ep: SocketAddr, c: T)
 }
 
 impl Pool {
+    pub fn new(bounds: &super::bounds::Bounds) -> Self {
+        Pool {
+            idle: Mutex::default(),
+            raw: Mutex::default(),
+            pending: Mutex::default(),
+            connect_timeout: bounds.connect,
+            max_pending: bounds.max_pending_connects,
+        }
+    }
+
     fn take_ready(&self, ep: SocketAddr) -> Option<SendRequest<Incoming>> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(&ep)?;
@@ -101,16 +140,29 @@ impl Pool {
     }
 
     /// A new lean-path socket to `ep`.
-    pub async fn connect_raw(ep: SocketAddr) -> Result<Upstream, UpstreamError> {
+    pub async fn connect_raw(&self, ep: SocketAddr) -> Result<Upstream, UpstreamError> {
         Ok(Upstream {
-            stream: Self::open(ep).await?,
+            stream: self.open(ep).await?,
             buf: bytes::BytesMut::with_capacity(4096),
         })
     }
 
-    /// A TCP connection to `ep`, Nagle off (requests and answers are whole writes).
-    async fn open(ep: SocketAddr) -> Result<tokio::net::TcpStream, UpstreamError> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(ep))
+    /// A TCP connection to `ep`, Nagle off (requests and answers are whole writes),
+    /// within the connect timeout and the bound on connects in progress to `ep`.
+    async fn open(&self, ep: SocketAddr) -> Result<tokio::net::TcpStream, UpstreamError> {
+        let _pending = {
+            let mut p = self
+                .pending
+                .lock()
+                .map_err(|_| UpstreamError::Overflow(ep))?;
+            let n = p.entry(ep).or_insert(0);
+            if *n >= self.max_pending {
+                return Err(UpstreamError::Overflow(ep));
+            }
+            *n += 1;
+            Pending { pool: self, ep }
+        };
+        let stream = tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(ep))
             .await
             .map_err(|_| UpstreamError::Timeout(ep))?
             .map_err(|e| UpstreamError::Connect(ep, e))?;
@@ -119,10 +171,11 @@ impl Pool {
     }
 
     async fn connect(
+        &self,
         ep: SocketAddr,
         upgrades: bool,
     ) -> Result<SendRequest<Incoming>, UpstreamError> {
-        let stream = Self::open(ep).await?;
+        let stream = self.open(ep).await?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
         if upgrades {
             tokio::spawn(async move {
@@ -148,12 +201,12 @@ impl Pool {
         // sender), and inline it would grow every request's future, which hyper moves
         // into place per request.
         if upgrade {
-            let mut s = Box::pin(Self::connect(ep, true)).await?;
+            let mut s = Box::pin(self.connect(ep, true)).await?;
             return Ok(s.send_request(req).await?);
         }
         let mut s = match self.take_ready(ep) {
             Some(s) => s,
-            None => Box::pin(Self::connect(ep, false)).await?,
+            None => Box::pin(self.connect(ep, false)).await?,
         };
         let resp = s.send_request(req).await;
         if resp.is_ok() {

@@ -113,6 +113,12 @@ pub enum Refusal {
     /// The path does not normalise: `%00` (Istio refuses it with 400).
     #[error("invalid path")]
     BadPath,
+    /// The head was not complete within `Bounds::head` (408).
+    #[error("request head not received in time")]
+    HeadTimeout,
+    /// The body stopped moving for `Bounds::stream_idle` before it ended (408).
+    #[error("request body stalled")]
+    BodyTimeout,
 }
 
 impl Refusal {
@@ -124,7 +130,17 @@ impl Refusal {
             Refusal::UnsupportedCoding => 501,
             Refusal::Expectation => 417,
             Refusal::Loop => 508,
+            Refusal::HeadTimeout | Refusal::BodyTimeout => 408,
             _ => 400,
+        }
+    }
+
+    /// The access log's response flag (Envoy's): a timeout on the client's side is
+    /// `SI` (stream idle), anything else a downstream protocol error.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Refusal::HeadTimeout | Refusal::BodyTimeout => "SI",
+            _ => "DPE",
         }
     }
 

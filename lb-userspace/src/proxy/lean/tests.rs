@@ -273,12 +273,24 @@ async fn exchange_once(
     send: &super::Send<'_>,
     client_body: &[u8],
 ) -> (Result<bool, super::LeanError>, String, u16) {
+    exchange_within(pool, send, client_body, std::time::Duration::from_secs(10)).await
+}
+
+/// [`exchange_once`] with `idle` as the stream-idle bound.
+async fn exchange_within(
+    pool: &crate::proxy::pool::Pool,
+    send: &super::Send<'_>,
+    client_body: &[u8],
+    idle: std::time::Duration,
+) -> (Result<bool, super::LeanError>, String, u16) {
     use tokio::io::AsyncReadExt as _;
     let (mut proxy_side, mut client_side) = tokio::io::duplex(1 << 16);
     let mut buf = bytes::BytesMut::from(client_body);
     let mut status = 0;
-    let r = super::exchange(&mut proxy_side, &mut buf, pool, send, &mut status).await;
+    let r = super::exchange(&mut proxy_side, &mut buf, pool, send, idle, &mut status).await;
     assert!(buf.is_empty(), "the body was consumed");
+    // The client's side stays open while the exchange runs (a stalled body is the
+    // client keeping its connection without sending).
     drop(proxy_side);
     let mut got = String::new();
     client_side
@@ -382,20 +394,32 @@ async fn a_keep_alive_connection_routes_each_request_by_the_table_of_its_time() 
     let (a, _) = upstream(vec![(vec![ok_a, ok_a], false)]).await;
     let (b, _) = upstream(vec![(vec![ok_b], false)]).await;
     let (tx, rx) = tokio::sync::watch::channel(table_to(a));
-    let front = crate::proxy::Front::new(Default::default(), true, a);
+    let front = crate::proxy::Front::new(Default::default(), Default::default(), true, a);
     let shared = crate::proxy::Shared::new(rx, front);
     let conn = crate::proxy::forward::ConnInfo {
         peer: "127.0.0.1:5".parse().expect("addr"),
         peer_ip: None,
         dialled: None,
         verdicts: None,
+        activity: None,
     };
     let (_stop_tx, mut stopping) = tokio::sync::watch::channel(false);
     let (proxy_side, mut client) = tokio::io::duplex(1 << 16);
     let mut buf = bytes::BytesMut::from(&b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n"[..]);
     let serving = async {
         let mut proxy_side = proxy_side;
-        let next = super::serve(&mut proxy_side, &mut buf, &shared, &conn, &mut stopping).await;
+        let mut admitted = shared.conns.admit().expect("room");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let serving = super::serve(
+            &mut proxy_side,
+            &mut buf,
+            &shared,
+            &conn,
+            &mut stopping,
+            &mut admitted,
+            deadline,
+        );
+        let next = serving.await;
         assert!(matches!(next, super::Next::Closed), "closed as asked");
         // As the caller does: dropping the connection closes it.
         drop(proxy_side);
@@ -430,4 +454,105 @@ async fn a_keep_alive_connection_routes_each_request_by_the_table_of_its_time() 
         rest.starts_with("HTTP/1.1 200 OK\r\n") && rest.ends_with("connection: close\r\n\r\nb"),
         "{rest}"
     );
+}
+
+/// An upstream that accepts, reads what comes, and never answers.
+async fn silent_upstream() -> std::net::SocketAddr {
+    use tokio::io::AsyncReadExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut sink = [0u8; 1024];
+                while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_stalled_body_and_a_silent_upstream_end_at_the_stream_idle_bound() {
+    let idle = std::time::Duration::from_millis(150);
+    let addr = silent_upstream().await;
+    let pool = crate::proxy::pool::Pool::default();
+    // 10 bytes announced, 3 sent, then nothing.
+    let stalled = send(addr, "POST", b"0123456789");
+    let (r, got, status) = exchange_within(&pool, &stalled, b"012", idle).await;
+    assert!(matches!(r, Err(super::LeanError::ClientStalled)), "{r:?}");
+    assert_eq!((status, got.as_str()), (0, ""), "the caller answers 408");
+    // The whole request sent; the upstream never answers.
+    let (r, got, status) = exchange_within(&pool, &send(addr, "GET", b""), b"", idle).await;
+    assert!(
+        matches!(r, Err(super::LeanError::UpstreamSilent(_))),
+        "{r:?}"
+    );
+    assert_eq!((status, got.as_str()), (0, ""), "the caller answers 504");
+}
+
+/// A connection whose head does not come whole within the bound: 408 if part of it
+/// came (a head dripped slowly), a quiet close if nothing did.
+#[tokio::test]
+async fn a_head_not_whole_in_time_gets_408_and_an_idle_connection_closes() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let bounds = crate::proxy::bounds::Bounds {
+        head: std::time::Duration::from_millis(150),
+        ..Default::default()
+    };
+    let addr = silent_upstream().await;
+    let front = crate::proxy::Front::new(Default::default(), bounds, true, addr);
+    let (_tx, rx) = tokio::sync::watch::channel(table_to(addr));
+    let shared = crate::proxy::Shared::new(rx, front);
+    let conn = crate::proxy::forward::ConnInfo {
+        peer: "127.0.0.1:5".parse().expect("addr"),
+        peer_ip: None,
+        dialled: None,
+        verdicts: None,
+        activity: None,
+    };
+    for (sent, want_next, want_answer) in [
+        (
+            &b"GET / HTTP/1.1\r\nhost: s"[..],
+            "Linger",
+            "HTTP/1.1 408 Request Timeout\r\n",
+        ),
+        (b"", "Closed", ""),
+    ] {
+        let (_stop_tx, mut stopping) = tokio::sync::watch::channel(false);
+        let (mut proxy_side, mut client) = tokio::io::duplex(1 << 16);
+        client.write_all(sent).await.expect("write");
+        let mut admitted = shared.conns.admit().expect("room");
+        let deadline = tokio::time::Instant::now() + bounds.head;
+        let mut buf = bytes::BytesMut::new();
+        let next = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            super::serve(
+                &mut proxy_side,
+                &mut buf,
+                &shared,
+                &conn,
+                &mut stopping,
+                &mut admitted,
+                deadline,
+            ),
+        )
+        .await
+        .expect("the bound ended the wait");
+        let next = match next {
+            super::Next::Linger => "Linger",
+            super::Next::Closed => "Closed",
+            super::Next::Hyper => "Hyper",
+        };
+        drop(proxy_side);
+        let mut got = String::new();
+        client.read_to_string(&mut got).await.expect("read");
+        assert_eq!(
+            (next, got.starts_with(want_answer), got.is_empty()),
+            (want_next, true, want_answer.is_empty()),
+            "{got}"
+        );
+    }
 }
