@@ -40,9 +40,12 @@ struct FrontArgs {
 /// How long the proxy waits and how much it holds (README: "Timeouts and limits").
 #[derive(clap::Args)]
 struct BoundArgs {
-    /// A request head must be whole within this of the connection being ready for it
-    /// (the accept, or the end of the previous answer): past it 408, or a quiet close
-    /// if nothing came. E.g. `10s`, `500ms`.
+    /// A connection waiting for a request to begin (new, or idle between requests)
+    /// closes after this (Envoy's idle_timeout). E.g. `1h`, `90s`.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// A request head must be whole within this of its first byte: past it 408.
+    /// E.g. `10s`, `500ms`.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     request_head_timeout: Duration,
     /// A request whose bytes stop moving (the client's body, the upstream's answer,
@@ -81,6 +84,7 @@ impl BoundArgs {
             "--max-pending-connects must be at least 1"
         );
         for (flag, d) in [
+            ("--idle-timeout", self.idle_timeout),
             ("--request-head-timeout", self.request_head_timeout),
             ("--stream-idle-timeout", self.stream_idle_timeout),
             ("--connect-timeout", self.connect_timeout),
@@ -88,6 +92,7 @@ impl BoundArgs {
             anyhow::ensure!(!d.is_zero(), "{flag} must be more than 0");
         }
         Ok(Bounds {
+            idle: self.idle_timeout,
             head: self.request_head_timeout,
             stream_idle: self.stream_idle_timeout,
             connect: self.connect_timeout,

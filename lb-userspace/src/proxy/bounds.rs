@@ -7,12 +7,18 @@ use std::time::Duration;
 /// The proxy's timeouts and limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bounds {
-    /// A request head must be complete within this of the connection being ready for
-    /// it — from the accept for the first request, from the end of the previous
-    /// answer for the next — however its bytes trickle in (a per-read timer would let
-    /// a head dripped a byte at a time live for ever). Past it: 408 if part of a head
-    /// came, else a quiet close. Envoy has no default (`request_headers_timeout`
-    /// off); HAProxy's documented `timeout http-request` is 10 s.
+    /// A connection waiting for a request head to begin (new, or idle keep-alive)
+    /// closes after this. Envoy's `idle_timeout` default (1 h): client pools keep
+    /// idle connections for minutes, and a shorter bound here races their reuse; a
+    /// crowd of idle connections is bounded by `max_connections`, not by this.
+    pub idle: Duration,
+    /// A request head must be complete within this of its first byte, however its
+    /// bytes trickle in (a per-read timer would let a head dripped a byte at a time
+    /// live for ever): past it, 408. Go's `ReadHeaderTimeout`; Envoy has no default
+    /// (`request_headers_timeout` off); HAProxy's documented `timeout http-request`
+    /// is 10 s. hyper's path (after an HTTP/1.0, chunked or upgrade request) has
+    /// one timer for both: a next head must be whole within this of the previous
+    /// answer.
     pub head: Duration,
     /// A request in flight with no byte moving — the client's body stalled, the
     /// upstream silent before or during its answer, the client not reading the
@@ -38,6 +44,7 @@ pub struct Bounds {
 impl Default for Bounds {
     fn default() -> Self {
         Bounds {
+            idle: Duration::from_secs(3600),
             head: Duration::from_secs(10),
             stream_idle: Duration::from_secs(300),
             connect: Duration::from_secs(10),

@@ -88,8 +88,9 @@ pub(super) enum Next {
 }
 
 /// Serves the connection's requests while they fit the lean path. `buf` holds what
-/// was read and not yet consumed; the first head must be complete by `deadline`,
-/// each next one within `Bounds::head` of the answer before it.
+/// was read and not yet consumed, the start of a head that must be complete by
+/// `head_due`. A next head may take `Bounds::idle` to begin and then `Bounds::head`
+/// to be complete (Envoy's idle timeout, then Go's ReadHeaderTimeout).
 pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut S,
     buf: &mut BytesMut,
@@ -97,9 +98,12 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &ConnInfo,
     stopping: &mut watch::Receiver<bool>,
     admitted: &mut Admitted,
-    mut deadline: tokio::time::Instant,
+    head_due: tokio::time::Instant,
 ) -> Next {
     let bounds = shared.front.bounds;
+    // When the head begun in `buf` is due; None while none has begun.
+    let mut due = (!buf.is_empty()).then_some(head_due);
+    let mut idle_due = tokio::time::Instant::now() + bounds.idle;
     loop {
         let mut table;
         let req = loop {
@@ -121,12 +125,16 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 if buf.is_empty() && *stopping.borrow() {
                     return Next::Closed;
                 }
+                let until = due.unwrap_or(idle_due);
                 let read = tokio::select! {
-                    r = admitted.wait_for_head(tokio::time::timeout_at(deadline, read_into(client, buf))) => r,
+                    r = admitted.wait_for_head(tokio::time::timeout_at(until, read_into(client, buf))) => r,
                     _ = stopping.changed(), if buf.is_empty() => return Next::Closed,
                 };
                 let n = match read {
-                    Some(Ok(Ok(n))) if n > 0 => n,
+                    Some(Ok(Ok(n))) if n > 0 => {
+                        due.get_or_insert_with(|| tokio::time::Instant::now() + bounds.head);
+                        n
+                    }
                     // Part of a head, and no more of it in time.
                     Some(Err(_)) if !buf.is_empty() => {
                         refuse(client, shared, &table, conn, Refusal::HeadTimeout, None).await;
@@ -217,7 +225,12 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             // would only add a syscall per connection).
             return Next::Closed;
         }
-        deadline = tokio::time::Instant::now() + bounds.head;
+        // Pipelined bytes are a head begun now; otherwise the connection is idle.
+        let now = tokio::time::Instant::now();
+        (due, idle_due) = (
+            (!buf.is_empty()).then(|| now + bounds.head),
+            now + bounds.idle,
+        );
     }
 }
 

@@ -370,7 +370,7 @@ impl Accept<'_> {
             let conn = Conn {
                 stream,
                 admitted,
-                deadline: tokio::time::Instant::now() + self.shared.front.bounds.head,
+                accepted_at: tokio::time::Instant::now(),
             };
             spawn_connection(conn, peer, self.shared, self.builders, self.stopping);
         }
@@ -401,11 +401,11 @@ fn first_this_second(said: &AtomicU64) -> bool {
     said.swap(now, Ordering::Relaxed) != now
 }
 
-/// An admitted connection: its socket, its place, and when its first head is due.
+/// An admitted connection: its socket, its place, and when it was accepted.
 struct Conn {
     stream: client_io::ClientStream,
     admitted: conns::Admitted,
-    deadline: tokio::time::Instant,
+    accepted_at: tokio::time::Instant,
 }
 
 /// Starts serving one accepted connection in a task of its own, with what the client
@@ -478,15 +478,22 @@ async fn serve_connection(
     let Conn {
         mut stream,
         mut admitted,
-        deadline,
+        accepted_at,
     } = accepted;
+    let bounds = shared.front.bounds;
     let mut first = bytes::BytesMut::new();
+    // The first bytes may take the idle bound to come; the head they begin, the head
+    // bound from then.
+    let (mut begun, mut due) = (false, accepted_at + bounds.idle);
     // Read until the bytes differ from the preface or hold all of it.
     let h2 = loop {
-        let read = tokio::time::timeout_at(deadline, read_into(&mut stream, &mut first));
+        let read = tokio::time::timeout_at(due, read_into(&mut stream, &mut first));
         match admitted.wait_for_head(read).await {
             Some(Ok(Ok(n))) if n > 0 => {}
             _ => return,
+        }
+        if !begun {
+            (begun, due) = (true, tokio::time::Instant::now() + bounds.head);
         }
         let n = first.len().min(H2_PREFACE.len());
         if first[..n] != H2_PREFACE[..n] {
@@ -505,7 +512,7 @@ async fn serve_connection(
             &conn,
             &mut stopping,
             &mut admitted,
-            deadline,
+            due,
         );
         match served.await {
             lean::Next::Closed => return,

@@ -409,7 +409,7 @@ async fn a_keep_alive_connection_routes_each_request_by_the_table_of_its_time() 
     let serving = async {
         let mut proxy_side = proxy_side;
         let mut admitted = shared.conns.admit().expect("room");
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let head_due = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         let serving = super::serve(
             &mut proxy_side,
             &mut buf,
@@ -417,7 +417,7 @@ async fn a_keep_alive_connection_routes_each_request_by_the_table_of_its_time() 
             &conn,
             &mut stopping,
             &mut admitted,
-            deadline,
+            head_due,
         );
         let next = serving.await;
         assert!(matches!(next, super::Next::Closed), "closed as asked");
@@ -493,13 +493,17 @@ async fn a_stalled_body_and_a_silent_upstream_end_at_the_stream_idle_bound() {
     assert_eq!((status, got.as_str()), (0, ""), "the caller answers 504");
 }
 
-/// A connection whose head does not come whole within the bound: 408 if part of it
-/// came (a head dripped slowly), a quiet close if nothing did.
+/// A head not whole within the head bound of its first byte gets 408; a connection
+/// with no head begun closes quietly at the idle bound; a head that begins after more
+/// than the head bound of idleness is served (the bounds are separate).
 #[tokio::test]
 async fn a_head_not_whole_in_time_gets_408_and_an_idle_connection_closes() {
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let bounds = crate::proxy::bounds::Bounds {
-        head: std::time::Duration::from_millis(150),
+        idle: Duration::from_millis(400),
+        head: Duration::from_millis(150),
+        stream_idle: Duration::from_millis(100),
         ..Default::default()
     };
     let addr = silent_upstream().await;
@@ -513,19 +517,28 @@ async fn a_head_not_whole_in_time_gets_408_and_an_idle_connection_closes() {
         verdicts: None,
         activity: None,
     };
-    for (sent, want_next, want_answer) in [
+    let whole = &b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n"[..];
+    for (sent, after, want_next, want_answer) in [
         (
-            &b"GET / HTTP/1.1\r\nhost: s"[..],
+            &whole[..23],
+            0,
             "Linger",
             "HTTP/1.1 408 Request Timeout\r\n",
         ),
-        (b"", "Closed", ""),
+        (b"", 0, "Closed", ""),
+        // Idle 250 ms (more than the head bound), then a whole head: it is served
+        // (here by the silent upstream's 504 at the stream-idle bound).
+        (whole, 250, "Linger", "HTTP/1.1 504 Gateway Timeout\r\n"),
     ] {
         let (_stop_tx, mut stopping) = tokio::sync::watch::channel(false);
         let (mut proxy_side, mut client) = tokio::io::duplex(1 << 16);
-        client.write_all(sent).await.expect("write");
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(after)).await;
+            client.write_all(sent).await.expect("write");
+            client
+        });
         let mut admitted = shared.conns.admit().expect("room");
-        let deadline = tokio::time::Instant::now() + bounds.head;
+        let head_due = tokio::time::Instant::now() + bounds.head;
         let mut buf = bytes::BytesMut::new();
         let next = tokio::time::timeout(
             std::time::Duration::from_secs(5),
@@ -536,11 +549,12 @@ async fn a_head_not_whole_in_time_gets_408_and_an_idle_connection_closes() {
                 &conn,
                 &mut stopping,
                 &mut admitted,
-                deadline,
+                head_due,
             ),
         )
         .await
         .expect("the bound ended the wait");
+        let mut client = writer.await.expect("writer");
         let next = match next {
             super::Next::Linger => "Linger",
             super::Next::Closed => "Closed",
