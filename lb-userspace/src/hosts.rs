@@ -48,9 +48,69 @@ pub fn wildcard_covers(pattern: &str, host: &str) -> bool {
     }
 }
 
+/// Why `host` is not a host name Istio's validation accepts, if it is not: DNS labels
+/// (letters, digits, inner `-`) of at most 63 characters, 253 in all; `*` only as the
+/// whole first label, or alone; an IP address.
+pub fn invalid(host: &str) -> Option<&'static str> {
+    if host == "*" || host.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    if host.len() > 253 {
+        return Some("longer than 253 characters");
+    }
+    let named = host.strip_prefix("*.").unwrap_or(host);
+    for label in named.split('.') {
+        let inner = |b: u8| b.is_ascii_alphanumeric() || b == b'-';
+        if label.is_empty() {
+            return Some("an empty label");
+        }
+        if label.len() > 63 {
+            return Some("a label longer than 63 characters");
+        }
+        if !label.bytes().all(inner) || label.starts_with('-') || label.ends_with('-') {
+            return Some("a label of other than letters, digits and inner '-'");
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_names_follow_dns_and_istio_wildcards() {
+        for ok in [
+            "*",
+            "*.example.com",
+            "a-b.c",
+            "backend-service.default.svc.cluster.local",
+            "10.0.0.1",
+        ] {
+            assert_eq!(invalid(ok), None, "{ok}");
+        }
+        let long_label = "a".repeat(64);
+        let long = vec!["abc"; 70].join(".");
+        for (bad, why) in [
+            ("a..b", "an empty label"),
+            (long_label.as_str(), "a label longer than 63 characters"),
+            (long.as_str(), "longer than 253 characters"),
+            (
+                "foo*.com",
+                "a label of other than letters, digits and inner '-'",
+            ),
+            (
+                "-a.com",
+                "a label of other than letters, digits and inner '-'",
+            ),
+            (
+                "a_b.com",
+                "a label of other than letters, digits and inner '-'",
+            ),
+        ] {
+            assert_eq!(invalid(bad), Some(why), "{bad}");
+        }
+    }
 
     #[test]
     fn short_names_expand_in_their_namespace() {

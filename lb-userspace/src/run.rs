@@ -442,7 +442,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     use tokio::signal::unix::{SignalKind, signal};
     let pins = Pins::new(&opts.bpffs);
     // The proxy listens before any service is switched to it.
-    let proxy = Proxy::bind(&opts.proxy).await?;
+    let proxy = Proxy::bind(&opts.proxy)?;
     tracing::info!(proxy = %proxy.local_addr(), deferred = %proxy.deferred_addr(), admin = %proxy.admin_addr(), "proxy listening");
     let listeners = ProxyListeners {
         main: proxy.local_addr(),
@@ -522,16 +522,12 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         front: proxy::Front::new(opts.proxy.limits, bounds, opts.proxy.lean, listeners.main),
         source: status_rx,
     });
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let drain = opts.proxy.drain;
-    let server = tokio::spawn(proxy.serve(shared, drain, async move {
-        let _ = stop_rx.await;
-    }));
+    let mut serving = proxy.spawn(shared, opts.proxy.drain)?;
 
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
     let mut health_tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
+    let served = loop {
         let next_gc = pending.first().map(|(t, _)| *t);
         let changed = tokio::select! {
             () = async { watch.as_mut().expect("guarded").changed().await }, if watch.is_some() => true,
@@ -555,17 +551,19 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
                 }
                 false
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            // Drain: stop accepting (the kernel falls back to its split at once),
+            // finish in-flight requests within the bound.
+            _ = term.recv() => break serving.stop().await,
+            _ = int.recv() => break serving.stop().await,
+            ended = serving.ended() => {
+                tracing::error!("the proxy stopped serving; exiting");
+                break ended;
+            }
         };
         if changed && let Some(g) = reload(&mut applier, &mut sources) {
             pending.push((Instant::now() + GRACE, g));
         }
-    }
-    // Drain: stop accepting (the kernel falls back to its split at once), finish
-    // in-flight requests within the bound.
-    let _ = stop_tx.send(());
-    let _ = server.await;
+    };
     if opts.detach_on_exit {
         drop(applier);
         datapath::attach::remove_all(&pins)?;
@@ -573,7 +571,7 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
     } else {
         tracing::info!("exiting; the datapath stays pinned and keeps steering");
     }
-    Ok(())
+    Ok(served?)
 }
 
 #[cfg(test)]

@@ -152,6 +152,11 @@ impl Env {
         pid
     }
 
+    /// The process id of the last daemon started.
+    pub fn daemon_pid(&self) -> u32 {
+        self.daemons.last().expect("a daemon was started").id()
+    }
+
     /// The running daemon's admin listener (from its log).
     pub fn admin(&self) -> SocketAddr {
         self.logged_addr("admin=")

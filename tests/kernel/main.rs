@@ -5,6 +5,7 @@ mod apiserver;
 mod bounds;
 mod foreign;
 mod harness;
+mod hostile;
 mod kubernetes;
 mod node;
 mod proxy;

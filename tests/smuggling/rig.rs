@@ -116,9 +116,7 @@ impl Rig {
             bounds: lb::proxy::bounds::Bounds::default(),
             lean,
         };
-        let proxy = rt
-            .block_on(lb::proxy::Proxy::bind(&opts))
-            .expect("proxy binds");
+        let proxy = lb::proxy::Proxy::bind(&opts).expect("proxy binds");
         let addr = proxy.local_addr();
         let front = lb::proxy::Front::new(opts.limits, opts.bounds, lean, addr);
         let via = String::from_utf8_lossy(&front.via).into_owned();

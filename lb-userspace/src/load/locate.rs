@@ -6,8 +6,10 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::Marker;
+
+use super::limits;
 
 /// One YAML document of a file.
 #[derive(Debug, Clone)]
@@ -40,8 +42,7 @@ impl Document {
                 record_paths: true,
                 ..Receiver::default()
             };
-            let mut parser = Parser::new_from_str(&self.text);
-            if parser.load(&mut rx, true).is_err() {
+            if feed(&self.text, &mut rx).is_err() {
                 return HashMap::new();
             }
             let mut lines = rx
@@ -80,14 +81,32 @@ pub struct SyntaxError {
     pub message: String,
 }
 
-/// Splits `text` into documents; empty documents are dropped.
+/// Parses `text` event by event into `rx`, stopping at the first error or bound
+/// exceeded. yaml_rust2's own `load` recurses once per nesting level (a file of
+/// 100,000 `[` would overflow the stack); its event source does not.
+fn feed(text: &str, rx: &mut Receiver) -> Result<(), SyntaxError> {
+    let mut parser = Parser::new_from_str(text);
+    loop {
+        let (ev, mark) = parser.next_token().map_err(|e| SyntaxError {
+            line: e.marker().line(),
+            message: e.info().to_string(),
+        })?;
+        if ev == Event::StreamEnd {
+            return Ok(());
+        }
+        rx.on_event(ev, mark).map_err(|e| SyntaxError {
+            line: mark.line(),
+            message: e.to_string(),
+        })?;
+    }
+}
+
+/// Splits `text` into documents; empty documents are dropped. A file past the
+/// bounds of limits.rs (documents, nesting, alias expansion) is an error at the line
+/// where it went past.
 pub fn split(text: &str) -> Result<Vec<Document>, SyntaxError> {
     let mut rx = Receiver::default();
-    let mut parser = Parser::new_from_str(text);
-    parser.load(&mut rx, true).map_err(|e| SyntaxError {
-        line: e.marker().line(),
-        message: e.info().to_string(),
-    })?;
+    feed(text, &mut rx)?;
     let all_lines: Vec<&str> = text.split_inclusive('\n').collect();
     Ok(rx
         .docs
@@ -135,6 +154,8 @@ struct Receiver {
     stack: Vec<Frame>,
     /// Index field paths (only when a line is asked for).
     record_paths: bool,
+    /// What the document's aliases would expand to.
+    aliases: limits::Aliases,
 }
 
 impl Receiver {
@@ -178,11 +199,15 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
-impl MarkedEventReceiver for Receiver {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
+impl Receiver {
+    fn on_event(&mut self, ev: Event, mark: Marker) -> Result<(), limits::Exceeded> {
         let line = mark.line();
+        self.aliases.on_event(&ev, mark.index())?;
         match ev {
             Event::DocumentStart => {
+                if self.docs.len() >= limits::MAX_DOCUMENTS {
+                    return Err(limits::Exceeded::Documents);
+                }
                 self.docs.push(RawDoc {
                     last_line: line,
                     ..RawDoc::default()
@@ -225,6 +250,9 @@ impl MarkedEventReceiver for Receiver {
                 let _ = self.next_child_path();
             }
             Event::MappingStart(..) | Event::SequenceStart(..) => {
+                if self.stack.len() >= limits::MAX_DEPTH {
+                    return Err(limits::Exceeded::Depth);
+                }
                 let path = self.next_child_path().unwrap_or_default();
                 let doc = self.doc();
                 doc.has_content = true;
@@ -245,6 +273,7 @@ impl MarkedEventReceiver for Receiver {
                 self.doc().last_line = line;
             }
         }
+        Ok(())
     }
 }
 

@@ -5,6 +5,7 @@
 //! file, line and field; the model step validates meaning.
 
 pub mod istio;
+pub mod limits;
 pub mod locate;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,14 @@ pub enum LoadError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}: not a regular file (lb reads files and symlinks to them)")]
+    NotAFile(PathBuf),
+    #[error("{path}: larger than {} MiB, the most lb reads from one file", max >> 20)]
+    TooLarge { path: PathBuf, max: u64 },
+    #[error("{dir}: its YAML files have more than {} MiB together, the most lb reads", max >> 20)]
+    TooLargeTogether { dir: PathBuf, max: u64 },
+    #[error("{path}:{line}: not UTF-8")]
+    NotUtf8 { path: PathBuf, line: usize },
 }
 
 /// What is wrong with a document's form (the model checks its meaning).
@@ -105,18 +114,37 @@ pub fn is_config_file(path: &Path) -> bool {
 }
 
 /// The YAML files of `dir`, sorted by name. Hidden entries (a ConfigMap mount's
-/// `..data` folders) are skipped; symlinks are followed.
+/// `..data` folders) are skipped; symlinks are followed; a file gone since the listing
+/// is skipped (the watcher reloads again for its removal). Anything else named like a
+/// YAML file that is not a regular file (a FIFO, a symlink loop) is an error, and so are
+/// files larger than `limits` allow together.
 pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
-    let read = |source| LoadError::Read {
-        path: dir.to_path_buf(),
-        source,
+    let read = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LoadError::Read { path, source }
     };
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(read)? {
-        let path = entry.map_err(read)?.path();
-        if is_config_file(&path) && path.is_file() {
-            files.push(path);
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).map_err(read(dir))? {
+        let path = entry.map_err(read(dir))?.path();
+        if !is_config_file(&path) {
+            continue;
         }
+        let meta = match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            m => m.map_err(read(&path))?,
+        };
+        if !meta.is_file() {
+            return Err(LoadError::NotAFile(path));
+        }
+        total += meta.len();
+        files.push(path);
+    }
+    if total > limits::MAX_TOTAL_BYTES {
+        return Err(LoadError::TooLargeTogether {
+            dir: dir.to_path_buf(),
+            max: limits::MAX_TOTAL_BYTES,
+        });
     }
     files.sort();
     Ok(files)
@@ -202,10 +230,16 @@ impl Cache {
                 diags.extend(c.diags.iter().cloned());
                 continue;
             }
-            let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Read {
-                path: file.clone(),
-                source,
-            })?;
+            let text = match limits::read(&file) {
+                // Removed since the listing: as if it had not been listed.
+                Err(LoadError::Read { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    self.files.remove(&file);
+                    continue;
+                }
+                read => read?,
+            };
             let hash = {
                 use std::hash::{Hash, Hasher};
                 let mut h = std::collections::hash_map::DefaultHasher::new();

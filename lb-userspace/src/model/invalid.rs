@@ -102,6 +102,9 @@ pub enum Invalid {
         second: String,
         host: String,
     },
+    /// Not a host name Istio accepts (`host` cut to 64 characters).
+    #[error("invalid host {host:?}: {why}")]
+    HostName { host: String, why: &'static str },
     #[error("unknown datapath {0:?}: expected proxy or kernel")]
     UnknownDatapath(String),
     #[error("unreachable: rule {0} before it matches every request")]

@@ -417,6 +417,16 @@ fn bind_virtual_services(
     for (vs_i, vs) in parsed.iter().enumerate() {
         let l = &loaded[vs.resource];
         for (h_i, h) in vs.hosts.iter().enumerate() {
+            if let Some(why) = hosts::invalid(h) {
+                let p = format!("spec.hosts[{h_i}]");
+                let host = h.chars().take(64).collect();
+                diags.push(Diagnostic::error(
+                    l.at(&p),
+                    p,
+                    Invalid::HostName { host, why },
+                ));
+                continue;
+            }
             let matched: Vec<String> = match catalog.lookup(h) {
                 Some(svc) => vec![svc.host.clone()],
                 None if h.starts_with('*') => catalog

@@ -15,6 +15,7 @@ pub mod h1;
 pub mod idle;
 pub mod lean;
 pub mod metrics;
+pub mod own_thread;
 pub mod pool;
 
 use std::net::SocketAddr;
@@ -42,6 +43,8 @@ pub enum ProxyError {
     },
     #[error("opening the access log: {0}")]
     AccessLog(std::io::Error),
+    #[error("starting the proxy's thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Proxy settings from the command line.
@@ -133,18 +136,19 @@ impl Front {
 }
 
 /// A bound, not yet serving proxy: binding first lets the daemon point the kernel at
-/// it only once it listens.
+/// it only once it listens. Plain sockets: they join the reactor of the runtime that
+/// serves them (the proxy's own thread, run.rs), not the binder's.
 pub struct Proxy {
     /// Accepted by hand (`client_io::accept`): the sockets are registered with the
     /// reactor only when they would block.
-    listener: AsyncFd<std::net::TcpListener>,
+    listener: std::net::TcpListener,
     /// The same, with `TCP_DEFER_ACCEPT` (an ephemeral port on the same address): the
     /// kernel hands it the clients that do not join the socket map, and the proxy
     /// accepts each once its request has arrived, so the first read finds it (with a
     /// new connection per request, ~half of them used to wait in epoll: two
     /// `epoll_ctl` calls, a failed read and a wake-up each).
-    deferred: AsyncFd<std::net::TcpListener>,
-    admin: TcpListener,
+    deferred: std::net::TcpListener,
+    admin: std::net::TcpListener,
     /// Accepted sockets inherit TCP_NODELAY from the listener (Linux copies it), so it
     /// is set once here rather than once per connection; false if that failed.
     nodelay_inherited: bool,
@@ -169,41 +173,32 @@ fn set_int(fd: RawFd, option: libc::c_int, value: libc::c_int) -> bool {
     }
 }
 
-/// A bound listener, registered with the reactor for readiness (accepted by hand).
-fn watch_listener(
-    l: TcpListener,
-    addr: SocketAddr,
-) -> Result<AsyncFd<std::net::TcpListener>, ProxyError> {
-    l.into_std()
-        // SAFETY: the listener moves into the AsyncFd, which owns and closes it.
-        .and_then(|l| {
-            unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }
-                .map_err(|e| e.into_parts().1)
-        })
-        .map_err(|source| ProxyError::Bind { addr, source })
+/// A listener registered with the reactor for readiness (accepted by hand).
+fn watch_listener(l: std::net::TcpListener) -> std::io::Result<AsyncFd<std::net::TcpListener>> {
+    // SAFETY: the listener moves into the AsyncFd, which owns and closes it.
+    unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }.map_err(|e| e.into_parts().1)
 }
 
-/// A listener whose accept queue is as long as the kernel allows (net.core.somaxconn,
-/// 4096 on current kernels), as Envoy's: a burst of connects waits in the queue instead
-/// of having its handshake dropped and retried a second later (tokio's default is 1024).
-fn listen(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()
-    } else {
-        tokio::net::TcpSocket::new_v6()
+/// A non-blocking listener whose accept queue is as long as the kernel allows
+/// (net.core.somaxconn, 4096 on current kernels), as Envoy's: a burst of connects
+/// waits in the queue instead of having its handshake dropped and retried a second
+/// later (tokio's default is 1024).
+fn listen(addr: SocketAddr) -> Result<std::net::TcpListener, ProxyError> {
+    use socket2::{Domain, Socket, Type};
+    let listen = || {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        s.set_reuse_address(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        // The kernel caps the length at somaxconn.
+        s.listen(i32::MAX)?;
+        Ok(s.into())
     };
-    socket
-        .and_then(|s| {
-            s.set_reuseaddr(true)?;
-            s.bind(addr)?;
-            // The kernel caps the length at somaxconn.
-            s.listen(i32::MAX as u32)
-        })
-        .map_err(|source| ProxyError::Bind { addr, source })
+    listen().map_err(|source| ProxyError::Bind { addr, source })
 }
 
 impl Proxy {
-    pub async fn bind(opts: &ProxyOptions) -> Result<Self, ProxyError> {
+    pub fn bind(opts: &ProxyOptions) -> Result<Self, ProxyError> {
         let listener = listen(opts.listen)?;
         let admin = listen(opts.admin)?;
         let deferred_at = SocketAddr::new(opts.listen.ip(), 0);
@@ -212,8 +207,6 @@ impl Proxy {
             set_nodelay(listener.as_raw_fd()) && set_nodelay(deferred.as_raw_fd());
         // Seconds the kernel waits for the request before accepting anyway.
         set_int(deferred.as_raw_fd(), libc::TCP_DEFER_ACCEPT, 1);
-        let listener = watch_listener(listener, opts.listen)?;
-        let deferred = watch_listener(deferred, deferred_at)?;
         Ok(Self {
             listener,
             deferred,
@@ -224,27 +217,18 @@ impl Proxy {
 
     /// Where the kernel sends the clients that do not join the socket map.
     pub fn deferred_addr(&self) -> SocketAddr {
-        self.deferred
-            .get_ref()
-            .local_addr()
-            .expect("bound listener")
+        self.deferred.local_addr().expect("bound listener")
     }
 
     /// The listening sockets, in `lb_common::proxy_listener` order (main, deferred):
     /// the kernel hands connects over only while they are open.
     pub fn listeners(&self) -> [std::os::fd::BorrowedFd<'_>; 2] {
         use std::os::fd::AsFd as _;
-        [
-            self.listener.get_ref().as_fd(),
-            self.deferred.get_ref().as_fd(),
-        ]
+        [self.listener.as_fd(), self.deferred.as_fd()]
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .get_ref()
-            .local_addr()
-            .expect("bound listener")
+        self.listener.local_addr().expect("bound listener")
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -258,7 +242,14 @@ impl Proxy {
         shared: Arc<Shared>,
         drain: Duration,
         shutdown: impl std::future::Future<Output = ()>,
-    ) {
+    ) -> Result<(), ProxyError> {
+        // Joining this runtime's reactor fails only if it has none.
+        let joined = |addr: SocketAddr| move |source| ProxyError::Bind { addr, source };
+        let (main_at, deferred_at, admin_at) =
+            (self.local_addr(), self.deferred_addr(), self.admin_addr());
+        let listener = watch_listener(self.listener).map_err(joined(main_at))?;
+        let deferred = watch_listener(self.deferred).map_err(joined(deferred_at))?;
+        let admin = TcpListener::from_std(self.admin).map_err(joined(admin_at))?;
         let mut h1 = http1::Builder::new();
         // half_close: a client may shut its write side once the request is sent and
         // still get the answer; and hyper does not read the socket again while a
@@ -281,7 +272,7 @@ impl Proxy {
         let builders = Arc::new((h1, h2));
         // Every connection holds a receiver; draining is over when none is left.
         let (stopping, _) = watch::channel(false);
-        let admin_task = tokio::spawn(admin::serve(self.admin, shared.clone()));
+        let admin_task = tokio::spawn(admin::serve(admin, shared.clone()));
         let flusher = tokio::spawn(flush_loop(shared.clone()));
         tokio::pin!(shutdown);
         let accept = Accept {
@@ -292,12 +283,12 @@ impl Proxy {
         };
         loop {
             tokio::select! {
-                ready = self.listener.readable() => {
+                ready = listener.readable() => {
                     if let Ok(ready) = ready {
                         accept.batch(ready, Listener::Main).await;
                     }
                 }
-                ready = self.deferred.readable() => {
+                ready = deferred.readable() => {
                     if let Ok(ready) = ready {
                         accept.batch(ready, Listener::Deferred).await;
                     }
@@ -305,8 +296,8 @@ impl Proxy {
                 () = &mut shutdown => break,
             }
         }
-        drop(self.listener);
-        drop(self.deferred);
+        drop(listener);
+        drop(deferred);
         tracing::info!("proxy draining (at most {drain:?})");
         stopping.send_replace(true);
         if tokio::time::timeout(drain, stopping.closed())
@@ -318,6 +309,7 @@ impl Proxy {
         admin_task.abort();
         flusher.abort();
         flush(&shared);
+        Ok(())
     }
 }
 
