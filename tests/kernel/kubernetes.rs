@@ -58,10 +58,19 @@ fn wait_weights(env: &Env, v0: u64, v1: u64) {
 }
 
 fn wait_weights_within(env: &Env, v0: u64, v1: u64, limit: Duration) {
-    wait_for(limit, &format!("weights {v0}/{v1}"), || {
+    let start = std::time::Instant::now();
+    loop {
         let w = env.weights("127.10.14.1");
-        w.contains(&("v0".into(), v0)) && w.contains(&("v1".into(), v1))
-    });
+        if w.contains(&("v0".into(), v0)) && w.contains(&("v1".into(), v1)) {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "weights {v0}/{v1} not live within {limit:?} (now {w:?}); the daemon's log:\n{}",
+            env.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The seed on Kubernetes: the initial sync programs 90/10; a modified
