@@ -14,6 +14,7 @@ pub mod diagnostic;
 pub mod explain;
 pub mod fasthash;
 pub mod hosts;
+pub mod keeper;
 pub mod kubernetes;
 pub mod load;
 pub mod model;

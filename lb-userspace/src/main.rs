@@ -164,6 +164,16 @@ enum Cmd {
         /// the rest; `hyper`: hyper serves every request (same answers, more CPU).
         #[arg(long, default_value = "lean", value_parser = ["lean", "hyper"])]
         http1_engine: String,
+        /// Run as one process. By default `lb run` is a keeper holding the proxy's
+        /// listening sockets and the daemon it starts with them, restarted at once
+        /// if it dies (connects wait for it instead of losing their L7 rules); SIGHUP
+        /// starts a daemon from the binary on disk and drains the old one.
+        #[arg(long)]
+        no_keeper: bool,
+        /// With no daemon serving for this long, the keeper closes the listeners and
+        /// connects take the kernel's split until one is back.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        fallback_after: Duration,
     },
     /// Explain how one request is routed, offline (the live proxy's routing code).
     Explain {
@@ -323,6 +333,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             front,
             bounds,
             http1_engine,
+            no_keeper,
+            fallback_after,
         } => {
             anyhow::ensure!(
                 (1..=10_000).contains(&front.max_request_headers),
@@ -375,7 +387,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 bounds: bounds.bounds()?,
                 lean: http1_engine == "lean",
             };
+            let inherited = lb::keeper::Inherited::take()?;
+            if inherited.is_none() && !no_keeper {
+                let held = lb::proxy::Proxy::bind(&proxy)?;
+                let code = rt.block_on(lb::keeper::keep(held, fallback_after))?;
+                return Ok(ExitCode::from(code));
+            }
             rt.block_on(lb::run::run(lb::run::RunOptions {
+                inherited,
                 config,
                 kubernetes,
                 cgroup,

@@ -38,6 +38,10 @@ pub struct Summary {
     pub failures: u64,
     /// Failures that were ECONNREFUSED.
     pub refused: u64,
+    /// Keep-alive requests sent again on a new connection because the reused one
+    /// ended before any answer (as HTTP clients do for an idle connection the server
+    /// closed; counted here, not in failures).
+    pub retried: u64,
     pub by_backend: BTreeMap<String, u64>,
     /// Paths and Host headers the backends saw.
     pub paths_seen: BTreeMap<String, u64>,
@@ -95,12 +99,17 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// How an error before any byte of an answer starts.
+const NO_ANSWER: &str = "no answer";
+
 /// Reads one HTTP/1.x response (status line, headers, content-length body).
 fn read_answer(reader: &mut impl BufRead) -> Result<Answer, String> {
     let mut status = String::new();
-    reader
-        .read_line(&mut status)
-        .map_err(|e| format!("read: {e}"))?;
+    match reader.read_line(&mut status) {
+        Ok(0) => return Err(format!("{NO_ANSWER}: closed")),
+        Ok(_) => {}
+        Err(e) => return Err(format!("{NO_ANSWER}: {e}")),
+    }
     let code = status
         .split_whitespace()
         .nth(1)
@@ -173,7 +182,7 @@ fn exchange(
     req.push_str("\r\n");
     stream
         .write_all(req.as_bytes())
-        .map_err(|e| format!("write: {e}"))?;
+        .map_err(|e| format!("{NO_ANSWER}: write: {e}"))?;
     let mut reader = BufReader::new(stream);
     read_answer(&mut reader)
 }
@@ -203,22 +212,32 @@ pub fn run(opts: &ProbeOptions) -> std::io::Result<Summary> {
         let began = Instant::now();
         sum.attempts += 1;
         let result = if opts.keep_alive {
-            let stream = match kept.take() {
-                Some(s) => Ok(s),
-                None => connect(opts.to),
-            };
-            stream.and_then(|mut s| {
-                let r = exchange(
-                    &mut s,
+            let send = |s: &mut TcpStream| {
+                exchange(
+                    s,
                     "GET",
                     &opts.path,
                     &host,
                     &opts.headers,
                     "HTTP/1.1",
                     false,
-                );
-                kept = Some(s);
-                r
+                )
+            };
+            let reused = kept.is_some();
+            let mut r = kept
+                .take()
+                .map_or_else(|| connect(opts.to), Ok)
+                .and_then(|mut s| send(&mut s).map(|a| (a, s)));
+            if reused && matches!(&r, Err(e) if e.starts_with(NO_ANSWER)) {
+                sum.retried += 1;
+                r = connect(opts.to).and_then(|mut s| send(&mut s).map(|a| (a, s)));
+            }
+            r.map(|(a, s)| {
+                // A connection that failed, or that the server closes, is not reused.
+                if !a.header("connection").eq_ignore_ascii_case("close") {
+                    kept = Some(s);
+                }
+                a
             })
         } else {
             connect(opts.to).and_then(|mut s| {

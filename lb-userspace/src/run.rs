@@ -61,6 +61,8 @@ pub struct RunOptions {
     pub parse_cache: bool,
     /// Path normalisation and lb's own listeners (no endpoint may be one).
     pub model: model::Options,
+    /// The listeners from `lb run`'s keeper (keeper.rs), if it started this daemon.
+    pub inherited: Option<crate::keeper::Inherited>,
 }
 
 /// lb's own listeners as the model checks endpoints against them; a listener on every
@@ -438,11 +440,14 @@ async fn cluster_settled(k: &KubeSource) {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(opts: RunOptions) -> Result<(), RunError> {
+pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
     use tokio::signal::unix::{SignalKind, signal};
     let pins = Pins::new(&opts.bpffs);
     // The proxy listens before any service is switched to it.
-    let proxy = Proxy::bind(&opts.proxy)?;
+    let (proxy, ready) = match opts.inherited.take() {
+        Some(i) => (i.proxy, Some(i.ready)),
+        None => (Proxy::bind(&opts.proxy)?, None),
+    };
     tracing::info!(proxy = %proxy.local_addr(), deferred = %proxy.deferred_addr(), admin = %proxy.admin_addr(), "proxy listening");
     let listeners = ProxyListeners {
         main: proxy.local_addr(),
@@ -523,6 +528,9 @@ pub async fn run(opts: RunOptions) -> Result<(), RunError> {
         source: status_rx,
     });
     let mut serving = proxy.spawn(shared, opts.proxy.drain)?;
+    if let Some(ready) = ready {
+        ready.say();
+    }
 
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;

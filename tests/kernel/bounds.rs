@@ -198,7 +198,8 @@ fn a_crowd_of_idle_connections_cannot_lock_new_clients_out() {
         env.backend(name, &[at]);
     }
     env.write_config("config.yaml", &seed("c-header", svc, port));
-    let pid = env.start_daemon(false);
+    env.start_daemon(false);
+    let pid = env.serving_pid();
     let proxy = env.proxy();
     let bound = metric(&env, "lb_proxy_connections_max");
     assert!(

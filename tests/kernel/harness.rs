@@ -152,9 +152,16 @@ impl Env {
         pid
     }
 
-    /// The process id of the last daemon started.
+    /// The process id of the last `lb run` started (the keeper, unless --no-keeper).
     pub fn daemon_pid(&self) -> u32 {
         self.daemons.last().expect("a daemon was started").id()
+    }
+
+    /// The process that serves: the daemon the keeper started (or `lb run` itself
+    /// with --no-keeper).
+    pub fn serving_pid(&self) -> u32 {
+        let pid = self.daemon_pid();
+        children(pid).first().copied().unwrap_or(pid)
     }
 
     /// The running daemon's admin listener (from its log).
@@ -399,6 +406,15 @@ pub fn stop_probe(child: Child, until_file: &Path) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("probe json")
+}
+
+/// The children of process `pid` (a keeper's daemons).
+pub fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 /// Polls `cond` until true or panics after `limit`.

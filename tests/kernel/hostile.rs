@@ -194,7 +194,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 fn hostile_configs_are_rejected_or_applied_while_requests_flow() {
     let (svc, port) = ("127.10.25.1", 25000);
     let env = env_with("hostile", port, &seed("c-header", svc, port), &[]);
-    let pid = env.daemon_pid();
+    let pid = env.serving_pid();
     let to = format!("{svc}:{port}");
     let stop = env.work.join("stop-normal");
     let normal = env.spawn_probe(&[

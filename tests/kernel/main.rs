@@ -6,6 +6,7 @@ mod bounds;
 mod foreign;
 mod harness;
 mod hostile;
+mod keeper;
 mod kubernetes;
 mod node;
 mod proxy;

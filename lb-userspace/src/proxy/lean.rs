@@ -162,6 +162,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             &req.send,
             bounds.stream_idle,
             &mut status,
+            || *stopping.borrow(),
         )
         .await;
         let keep = match sent {
@@ -268,7 +269,8 @@ async fn refuse<S: AsyncWrite + Unpin>(
 
 /// Sends one request and relays its answer. Ok(whether the client connection may
 /// go on); `status` is set once the answer's head is known (0: nothing was written
-/// to the client). Each read and write ends after `idle` without progress.
+/// to the client). Each read and write ends after `idle` without progress. If
+/// `draining` says so when the answer comes, the answer closes the connection.
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut S,
     buf: &mut BytesMut,
@@ -276,6 +278,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     send: &Send<'_>,
     idle: std::time::Duration,
     status: &mut u16,
+    draining: impl Fn() -> bool,
 ) -> Result<bool, LeanError> {
     let ep = send.endpoint;
     let (mut up, mut reused) = take(pool, ep, send.replayable).await?;
@@ -294,7 +297,15 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     let client_stuck = || LeanError::Client(std::io::ErrorKind::TimedOut.into());
     *status = answer.status;
     up.buf.advance(answer.len);
-    let mut out = answer.head;
+    let mut answer = answer;
+    if draining() && !answer.close_client {
+        // The proxy drains: the client learns from this answer that the connection
+        // ends, instead of sending its next request into a close (as hyper's path).
+        answer.head.truncate(answer.head.len() - 2);
+        answer.head.extend_from_slice(b"connection: close\r\n\r\n");
+        answer.close_client = true;
+    }
+    let mut out = std::mem::take(&mut answer.head);
     let mut clean = answer.reusable;
     match BodyEnd::of(answer.framing) {
         // The head and the body bytes already read go out in one write.

@@ -199,20 +199,58 @@ fn listen(addr: SocketAddr) -> Result<std::net::TcpListener, ProxyError> {
 
 impl Proxy {
     pub fn bind(opts: &ProxyOptions) -> Result<Self, ProxyError> {
-        let listener = listen(opts.listen)?;
-        let admin = listen(opts.admin)?;
-        let deferred_at = SocketAddr::new(opts.listen.ip(), 0);
-        let deferred = listen(deferred_at)?;
-        let nodelay_inherited =
-            set_nodelay(listener.as_raw_fd()) && set_nodelay(deferred.as_raw_fd());
+        // The deferred listener: an ephemeral port of the same address.
+        Self::bind_at([
+            opts.listen,
+            SocketAddr::new(opts.listen.ip(), 0),
+            opts.admin,
+        ])
+    }
+
+    /// Binds the main, deferred and admin listeners at these addresses.
+    pub fn bind_at([main, deferred, admin]: [SocketAddr; 3]) -> Result<Self, ProxyError> {
+        let deferred = listen(deferred)?;
         // Seconds the kernel waits for the request before accepting anyway.
         set_int(deferred.as_raw_fd(), libc::TCP_DEFER_ACCEPT, 1);
+        Self::from_listeners(listen(main)?, deferred, listen(admin)?)
+    }
+
+    /// A proxy on listeners bound elsewhere (by the keeper: keeper.rs).
+    pub fn from_listeners(
+        listener: std::net::TcpListener,
+        deferred: std::net::TcpListener,
+        admin: std::net::TcpListener,
+    ) -> Result<Self, ProxyError> {
+        for l in [&listener, &deferred, &admin] {
+            l.set_nonblocking(true).map_err(|source| ProxyError::Bind {
+                addr: l
+                    .local_addr()
+                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                source,
+            })?;
+        }
+        let nodelay_inherited =
+            set_nodelay(listener.as_raw_fd()) && set_nodelay(deferred.as_raw_fd());
         Ok(Self {
             listener,
             deferred,
             admin,
             nodelay_inherited,
         })
+    }
+
+    /// The main, deferred and admin listeners' addresses as bound.
+    pub fn addrs(&self) -> [SocketAddr; 3] {
+        [self.local_addr(), self.deferred_addr(), self.admin_addr()]
+    }
+
+    /// The main, deferred and admin listeners' descriptors.
+    pub fn fds(&self) -> [RawFd; 3] {
+        [
+            self.listener.as_raw_fd(),
+            self.deferred.as_raw_fd(),
+            self.admin.as_raw_fd(),
+        ]
     }
 
     /// Where the kernel sends the clients that do not join the socket map.

@@ -24,6 +24,9 @@ pub struct ControlResults {
     pub change_services: usize,
     /// (services, daemon RSS KiB when idle with the parse cache, without it)
     pub idle_rss_kib: Vec<(usize, u64, u64)>,
+    /// `lb run`'s keeper (holds the listening sockets), KiB: the same for any config.
+    #[serde(default)]
+    pub keeper_rss_kib: u64,
 }
 
 /// Service `i`'s address: 127.11.x.y (y from 1), so 62,500 fit.
@@ -130,13 +133,14 @@ fn time_apply(n: usize, work: &Path) -> anyhow::Result<(usize, f64, f64, f64, f6
     result
 }
 
-/// A daemon on `n` services: its idle RSS, and (if `changes` > 0) change latencies.
+/// A daemon on `n` services: its idle RSS and its keeper's, and (if `changes` > 0)
+/// change latencies.
 fn daemon(
     n: usize,
     changes: usize,
     work: &Path,
     extra: &[&str],
-) -> anyhow::Result<(u64, Vec<f64>)> {
+) -> anyhow::Result<(u64, u64, Vec<f64>)> {
     let dir = work.join(format!("daemon-{n}"));
     write_config(&dir, n, 90)?;
     let id = std::process::id();
@@ -164,7 +168,7 @@ fn daemon(
     .chain(extra)
     .map(|s| s.to_string())
     .collect();
-    let result = (|| -> anyhow::Result<(u64, Vec<f64>)> {
+    let result = (|| -> anyhow::Result<(u64, u64, Vec<f64>)> {
         let pid = ps.spawn(
             "lb",
             procs::SERVER_CPU,
@@ -176,7 +180,12 @@ fn daemon(
         wait_for_log(&log, "configuration applied", Duration::from_secs(120))?;
         // Idle: past the 2 s after an apply when the daemon hands freed memory back.
         std::thread::sleep(Duration::from_secs(3));
-        let rss = procs::status_kib(pid, "VmRSS:");
+        // lb run: the keeper, and the daemon it started.
+        let keeper = procs::status_kib(pid, "VmRSS:");
+        let rss = super::with_children(pid)
+            .skip(1)
+            .map(|p| procs::status_kib(p, "VmRSS:"))
+            .sum();
         let maps = lb::datapath::StatusView::open(&pins)?;
         let key =
             lb_common::SockAddr4::new(service_addr(0).parse::<std::net::Ipv4Addr>()?.octets(), 80);
@@ -200,7 +209,7 @@ fn daemon(
             // Let the debounce window pass so every change is its own reload.
             std::thread::sleep(Duration::from_millis(60));
         }
-        Ok((rss, latencies))
+        Ok((rss, keeper, latencies))
     })();
     drop(ps);
     let _ = std::process::Command::new(lb_bin())
@@ -229,8 +238,10 @@ pub fn run(o: &Options, work: &Path) -> anyhow::Result<ControlResults> {
     let changes = if o.smoke { 10 } else { 100 };
     let change_services = if o.smoke { 100 } else { 1_000 };
     for &n in sizes {
-        let (rss, mut lat) = daemon(n, if n == change_services { changes } else { 0 }, work, &[])?;
-        let (rss_no_cache, _) = daemon(n, 0, work, &["--no-parse-cache"])?;
+        let (rss, keeper, mut lat) =
+            daemon(n, if n == change_services { changes } else { 0 }, work, &[])?;
+        let (rss_no_cache, _, _) = daemon(n, 0, work, &["--no-parse-cache"])?;
+        r.keeper_rss_kib = keeper;
         eprintln!(
             "daemon with {n} services: idle RSS {rss} KiB ({rss_no_cache} KiB with --no-parse-cache)"
         );
@@ -292,7 +303,7 @@ pub fn change_main(args: &[String]) -> anyhow::Result<()> {
     // The daemon's own account of each reload ("configuration applied" fields).
     let log = std::fs::read_to_string(work.join(format!("daemon-{n}.log"))).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&work);
-    let (_, mut lat) = result?;
+    let (_, _, mut lat) = result?;
     for field in ["took_ms", "load_ms", "compile_ms", "apply_ms"] {
         let mut v: Vec<f64> = log
             .lines()

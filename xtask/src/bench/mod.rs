@@ -421,28 +421,20 @@ impl Setup {
         Ok((v0, v1))
     }
 
-    /// CPU time of the balancer (nginx: master and workers).
+    /// CPU time of the balancer: its process and their children (nginx's master and
+    /// workers; lb's keeper and the daemon it started).
     fn balancer_cpu(&self, row: Row) -> u64 {
         let (_, _, pid) = self.target(row);
-        let Some(pid) = pid else { return 0 };
-        let mut total = procs::cpu_us(pid);
-        if row == Row::Nginx {
-            total += children(pid).into_iter().map(procs::cpu_us).sum::<u64>();
-        }
-        total
+        pid.map_or(0, |pid| with_children(pid).map(procs::cpu_us).sum())
     }
 
     fn balancer_rss_kib(&self, row: Row) -> u64 {
         let (_, _, pid) = self.target(row);
-        let Some(pid) = pid else { return 0 };
-        let mut kib = procs::status_kib(pid, "VmHWM:");
-        if row == Row::Nginx {
-            kib += children(pid)
-                .into_iter()
-                .map(|c| procs::status_kib(c, "VmHWM:"))
-                .sum::<u64>();
-        }
-        kib
+        pid.map_or(0, |pid| {
+            with_children(pid)
+                .map(|p| procs::status_kib(p, "VmHWM:"))
+                .sum()
+        })
     }
 }
 
@@ -476,6 +468,11 @@ fn backends(
         procs::wait_listening(a, name)?;
     }
     Ok(())
+}
+
+/// `pid` and its children.
+pub fn with_children(pid: u32) -> impl Iterator<Item = u32> {
+    std::iter::once(pid).chain(children(pid))
 }
 
 fn children(pid: u32) -> Vec<u32> {

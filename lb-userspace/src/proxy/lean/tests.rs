@@ -287,7 +287,16 @@ async fn exchange_within(
     let (mut proxy_side, mut client_side) = tokio::io::duplex(1 << 16);
     let mut buf = bytes::BytesMut::from(client_body);
     let mut status = 0;
-    let r = super::exchange(&mut proxy_side, &mut buf, pool, send, idle, &mut status).await;
+    let r = super::exchange(
+        &mut proxy_side,
+        &mut buf,
+        pool,
+        send,
+        idle,
+        &mut status,
+        || false,
+    )
+    .await;
     assert!(buf.is_empty(), "the body was consumed");
     // The client's side stays open while the exchange runs (a stalled body is the
     // client keeping its connection without sending).
