@@ -10,6 +10,7 @@ mod keeper;
 mod kubernetes;
 mod node;
 mod proxy;
+mod soak;
 mod upgrade;
 
 use std::net::SocketAddr;
