@@ -4,7 +4,7 @@
 //! (content-length) and ignored. `GET /__requests` tells how many requests it served;
 //! an `Upgrade: websocket` request gets a real handshake and an echo of each frame;
 //! paths starting with `/slow` are answered after 500 ms, `/hang` never (the backend
-//! reads until the client closes).
+//! reads until the client closes), `/reset` with half an answer and then a reset.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -100,6 +100,14 @@ async fn connection(mut stream: TcpStream, name: &str, served: &AtomicU64) -> st
         if path.starts_with("/slow") {
             // A slow answer, for drain tests.
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        if path.starts_with("/reset") {
+            // Half an answer, then RST (SO_LINGER 0 makes the close a reset).
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+                .await?;
+            stream.set_zero_linger()?;
+            return Ok(());
         }
         if path.starts_with("/hang") {
             // No answer at all, for timeout tests.

@@ -2,6 +2,7 @@
 //! process inside it, loopback addresses only. Run as root, serially.
 
 mod apiserver;
+mod backends;
 mod bounds;
 mod foreign;
 mod harness;

@@ -195,7 +195,14 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     (outcome.status, outcome.flags) = (code, flags);
                     let _ = client.write_all(answer).await;
                 } else {
+                    // The answer was cut: by the upstream (Envoy's UC; UT if it went
+                    // silent) or by the client (DC).
                     outcome.status = status;
+                    outcome.flags = match e {
+                        LeanError::Client(_) | LeanError::ClientStalled => "DC",
+                        LeanError::UpstreamSilent(_) => "UT",
+                        _ => "UC",
+                    };
                 }
                 false
             }

@@ -1,0 +1,140 @@
+//! Backends that fail (issue 16; without retries and outlier detection, which are the
+//! traffic-policy issue's): a backend gone (its port refuses), one that resets the
+//! connection mid-answer, one that never answers, one that is slow. Each request ends
+//! within its bound, with the answer and the access-log flag Envoy would give, and the
+//! healthy backend keeps serving meanwhile.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::harness::{Env, wait_for};
+
+/// v0 on 127.0.0.2 answers; v1 is 127.0.0.9, where nothing listens.
+fn config(svc: &str, port: u16) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: backend-service, namespace: default}}
+spec:
+  hosts: [backend-service]
+  addresses: [{svc}]
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.2, labels: {{version: v0}}}}
+  - {{address: 127.0.0.9, labels: {{version: v1}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: backend-dr, namespace: default}}
+spec:
+  host: backend-service
+  subsets:
+  - {{name: v0, labels: {{version: v0}}}}
+  - {{name: v1, labels: {{version: v1}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: backend-vs, namespace: default}}
+spec:
+  hosts: [backend-service]
+  http:
+  - match: [{{headers: {{gone: {{exact: "true"}}}}}}]
+    route: [{{destination: {{host: backend-service, subset: v1}}}}]
+  - route: [{{destination: {{host: backend-service, subset: v0}}}}]
+"#
+    )
+}
+
+/// One request straight to the proxy: (what came back until the close, how long).
+fn request(env: &Env, path: &str, extra: &str) -> (String, Duration) {
+    let t = Instant::now();
+    let mut s = TcpStream::connect(env.proxy()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: backend-service\r\n{extra}connection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    (String::from_utf8_lossy(&got).into_owned(), t.elapsed())
+}
+
+#[test]
+fn failing_backends_end_within_their_bounds_with_envoys_flags() {
+    let (svc, port) = ("127.10.30.1", 30000);
+    let mut env = Env::new("backends");
+    env.backend("v0", &[format!("127.0.0.2:{port}").parse().expect("addr")]);
+    env.write_config("config.yaml", &config(svc, port));
+    env.start_daemon_with(
+        false,
+        &["--stream-idle-timeout", "1s", "--connect-timeout", "1s"],
+    );
+    let to = format!("{svc}:{port}");
+    let stop = env.work.join("stop-healthy");
+    let healthy = env.spawn_probe(&[
+        "--to",
+        &to,
+        "--count",
+        "100000",
+        "--every-ms",
+        "2",
+        "--for-ms",
+        "30000",
+        "--until-file",
+        stop.to_str().expect("utf-8"),
+    ]);
+    // (what, path, header, the answer's start, the flag, the bound)
+    let cases = [
+        (
+            "gone",
+            "/test",
+            "gone: true\r\n",
+            "HTTP/1.1 502 ",
+            "UF",
+            1.0,
+        ),
+        ("reset mid-answer", "/reset", "", "HTTP/1.1 200 ", "UC", 1.0),
+        ("never answers", "/hang", "", "HTTP/1.1 504 ", "UT", 2.0),
+        (
+            "slow (0.5 s, under the 1 s bound)",
+            "/slow",
+            "",
+            "HTTP/1.1 200 ",
+            "-",
+            2.0,
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (what, path, header, want, _, bound) in &cases {
+        for _ in 0..5 {
+            let (got, took) = request(&env, path, header);
+            eprintln!("{what}: {:?} in {took:?}", got.lines().next().unwrap_or(""));
+            if !got.starts_with(want) || took > Duration::from_secs_f64(*bound) {
+                wrong.push(format!("{what}: {:?} in {took:?}", got.lines().next()));
+            }
+        }
+    }
+    std::fs::write(&stop, "").expect("stop");
+    let s = crate::harness::stop_probe(healthy, &stop);
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    assert_eq!(s["failures"], 0, "the healthy backend kept serving: {s}");
+    // The access log says why each ended, as Envoy's response flags do.
+    let log_path = env.work.join("access.log");
+    wait_for(Duration::from_secs(5), "the access log flushed", || {
+        std::fs::read_to_string(&log_path).is_ok_and(|l| l.matches("GET /slow").count() == 5)
+    });
+    let log = std::fs::read_to_string(&log_path).expect("access log");
+    for (what, path, header, want, flag, _) in &cases {
+        let status = &want["HTTP/1.1 ".len()..];
+        let line = format!("\"GET {path} HTTP/1.1\" {status}{flag} ");
+        let n = log
+            .lines()
+            .filter(|l| l.contains(&line) && (header.is_empty() || l.contains("127.0.0.9")))
+            .count();
+        assert_eq!(n, 5, "{what}: want 5 lines with {line:?}:\n{log}");
+    }
+}
