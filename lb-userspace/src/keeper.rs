@@ -27,8 +27,9 @@ use crate::proxy::{Proxy, ProxyError};
 pub const INHERITED: &str = "LB_KEEPER_FDS";
 const FIRST_FD: RawFd = 3;
 
-/// A daemon this long from its start without serving is stopped and started again.
-const START_BOUND: Duration = Duration::from_secs(60);
+/// A daemon this long from its start without serving is stopped and started again:
+/// far above a start's usual 0.1–5 s (a large cluster's first sync included).
+const START_BOUND: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeeperError {
