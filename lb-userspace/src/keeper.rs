@@ -293,8 +293,17 @@ pub async fn keep(held: Proxy, fallback_after: Duration) -> Result<u8, KeeperErr
                     Started::Ended(status) => tracing::error!(%status, "keeper: the new daemon did not start; the running one stays"),
                 }
             }
-            _ = term.recv() => return stop(daemon, libc::SIGTERM).await,
-            _ = int.recv() => return stop(daemon, libc::SIGINT).await,
+            // The keeper lets go of the listeners first: once the daemon closes its
+            // copies as it drains, they are closed, and new connects take the kernel
+            // split at once instead of queueing for a daemon that will not accept.
+            _ = term.recv() => {
+                keeper.held = None;
+                return stop(daemon, libc::SIGTERM).await;
+            }
+            _ = int.recv() => {
+                keeper.held = None;
+                return stop(daemon, libc::SIGINT).await;
+            }
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Env, wait_for};
+use crate::harness::{Env, stop_probe, wait_for};
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().expect("socket address")
@@ -806,7 +806,8 @@ spec:
 }
 
 /// SIGTERM drains: the proxy stops accepting (new connects take the kernel split at
-/// once), finishes the request in flight, and the daemon exits cleanly.
+/// once, none waits in a queue the keeper still holds), finishes the request in
+/// flight, and the daemon exits cleanly.
 #[test]
 fn sigterm_drains_in_flight_requests() {
     let (svc, port) = ("127.10.20.1", 20000);
@@ -823,7 +824,21 @@ fn sigterm_drains_in_flight_requests() {
         "hellotest: true",
     ]);
     std::thread::sleep(Duration::from_millis(150));
+    // New connects while it drains: the kernel split takes them at once.
+    let stop = env.work.join("stop-during");
+    let during = env.spawn_probe(&[
+        "--to",
+        &to,
+        "--count",
+        "200",
+        "--every-ms",
+        "5",
+        "--until-file",
+        stop.to_str().expect("utf-8"),
+    ]);
     env.stop_daemons();
+    let during = stop_probe(during, &stop);
+    assert_eq!(during["failures"], 0, "connects during the drain: {during}");
     let out = slow.wait_with_output().expect("probe");
     let s: Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(
