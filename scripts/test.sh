@@ -23,6 +23,15 @@ if ! cargo fuzz run --sanitizer none two_clients "$fuzz_corpus" fuzz/seeds -- \
   exit 1
 fi
 echo "fuzz smoke: $(grep -E '^Done [0-9]+ runs' "$fuzz_corpus.log")"
+# The configuration path (loader, model, compiler) on any bytes: a panic, a stack
+# overflow or a run past the time or memory limit fails.
+rm -rf "$fuzz_corpus"/*
+if ! cargo fuzz run --sanitizer none config "$fuzz_corpus" fuzz/seeds-config -- \
+    -max_total_time=20 -max_len=8192 -timeout=10 -rss_limit_mb=2048 >"$fuzz_corpus.log" 2>&1; then
+  cat "$fuzz_corpus.log"
+  exit 1
+fi
+echo "config fuzz smoke: $(grep -E '^Done [0-9]+ runs' "$fuzz_corpus.log")"
 # The deployment files and `lb crds` as the cluster would take them: rendered by
 # kustomize, validated offline against Kubernetes' schemas (strict: no unknown field).
 command -v kubectl >/dev/null || { echo "kubectl (with kustomize) is needed to render deploy/" >&2; exit 1; }
