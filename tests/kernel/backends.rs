@@ -9,42 +9,13 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::harness::{Env, wait_for};
+use crate::proxy::seed;
 
-/// v0 on 127.0.0.2 answers; v1 is 127.0.0.9, where nothing listens.
+/// The seed's header rule, v1 moved to 127.0.0.9, where nothing listens.
 fn config(svc: &str, port: u16) -> String {
-    format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: backend-service, namespace: default}}
-spec:
-  hosts: [backend-service]
-  addresses: [{svc}]
-  ports: [{{number: {port}, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints:
-  - {{address: 127.0.0.2, labels: {{version: v0}}}}
-  - {{address: 127.0.0.9, labels: {{version: v1}}}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: backend-dr, namespace: default}}
-spec:
-  host: backend-service
-  subsets:
-  - {{name: v0, labels: {{version: v0}}}}
-  - {{name: v1, labels: {{version: v1}}}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: backend-vs, namespace: default}}
-spec:
-  hosts: [backend-service]
-  http:
-  - match: [{{headers: {{gone: {{exact: "true"}}}}}}]
-    route: [{{destination: {{host: backend-service, subset: v1}}}}]
-  - route: [{{destination: {{host: backend-service, subset: v0}}}}]
-"#
-    )
+    let config = seed("c-header", svc, port);
+    assert!(config.contains("address: 127.0.0.3"), "the seed's v1");
+    config.replace("address: 127.0.0.3", "address: 127.0.0.9")
 }
 
 /// One request straight to the proxy: (what came back until the close, how long).
@@ -74,25 +45,25 @@ fn failing_backends_end_within_their_bounds_with_envoys_flags() {
         &["--stream-idle-timeout", "1s", "--connect-timeout", "1s"],
     );
     let to = format!("{svc}:{port}");
-    let stop = env.work.join("stop-healthy");
-    let healthy = env.spawn_probe(&[
-        "--to",
-        &to,
-        "--count",
-        "100000",
-        "--every-ms",
-        "2",
-        "--for-ms",
-        "30000",
-        "--until-file",
-        stop.to_str().expect("utf-8"),
-    ]);
+    let healthy = env.spawn_client(
+        "healthy",
+        &[
+            "--to",
+            &to,
+            "--count",
+            "100000",
+            "--every-ms",
+            "2",
+            "--for-ms",
+            "30000",
+        ],
+    );
     // (what, path, header, the answer's start, the flag, the bound)
     let cases = [
         (
             "gone",
             "/test",
-            "gone: true\r\n",
+            "hellotest: true\r\n",
             "HTTP/1.1 502 ",
             "UF",
             1.0,
@@ -118,8 +89,7 @@ fn failing_backends_end_within_their_bounds_with_envoys_flags() {
             }
         }
     }
-    std::fs::write(&stop, "").expect("stop");
-    let s = crate::harness::stop_probe(healthy, &stop);
+    let s = healthy.stop();
     assert!(wrong.is_empty(), "{wrong:#?}");
     assert_eq!(s["failures"], 0, "the healthy backend kept serving: {s}");
     // The access log says why each ended, as Envoy's response flags do.

@@ -7,7 +7,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Env, stop_probe};
+use crate::harness::{Env, status_kib};
 use crate::proxy::{env_with, seed};
 
 /// A connection of the crowd: what lb answered on it, and when it closed it.
@@ -98,19 +98,19 @@ fn slow_heads_bodies_and_silent_upstreams_end_at_their_bounds() {
     let env = env_with("bounds", port, &seed("c-header", svc, port), &bounds);
     let proxy = env.proxy();
     let to = format!("{svc}:{port}");
-    let stop = env.work.join("stop-normal");
-    let normal = env.spawn_probe(&[
-        "--to",
-        &to,
-        "--count",
-        "20000",
-        "--every-ms",
-        "2",
-        "--for-ms",
-        "30000",
-        "--until-file",
-        stop.to_str().expect("utf-8"),
-    ]);
+    let normal = env.spawn_client(
+        "normal",
+        &[
+            "--to",
+            &to,
+            "--count",
+            "20000",
+            "--every-ms",
+            "2",
+            "--for-ms",
+            "30000",
+        ],
+    );
     let crowd = |n: usize, first: &[u8]| -> Vec<Peer> {
         (0..n).map(|_| Peer::open(proxy, first)).collect()
     };
@@ -130,7 +130,7 @@ fn slow_heads_bodies_and_silent_upstreams_end_at_their_bounds() {
     watch(&mut heads, limit, Some((b"x", Duration::from_millis(300))));
     watch(&mut bodies, limit, None);
     watch(&mut hangs, limit, None);
-    let s = stop_probe(normal, &stop);
+    let s = normal.stop();
     for (what, peers, want) in [
         ("slow head", &heads, "HTTP/1.1 408 Request Timeout"),
         ("stalled body", &bodies, "HTTP/1.1 408 Request Timeout"),
@@ -167,22 +167,6 @@ fn slow_heads_bodies_and_silent_upstreams_end_at_their_bounds() {
     }
 }
 
-/// The daemon's resident memory, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("daemon status")
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("VmRSS:")?
-                .trim()
-                .strip_suffix(" kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
 /// 20,000 connections that never send a byte, against lb's default bound (derived from
 /// its descriptor limit: 9,488 here, where the hard limit is 20,000 and not raisable):
 /// lb holds at most its bound, closing the longest-idle connection for each newcomer,
@@ -207,19 +191,19 @@ fn a_crowd_of_idle_connections_cannot_lock_new_clients_out() {
         "lb_proxy_connections_max {bound}"
     );
     let to = format!("{svc}:{port}");
-    let stop = env.work.join("stop-normal");
-    let normal = env.spawn_probe(&[
-        "--to",
-        &to,
-        "--count",
-        "20000",
-        "--every-ms",
-        "2",
-        "--for-ms",
-        "60000",
-        "--until-file",
-        stop.to_str().expect("utf-8"),
-    ]);
+    let normal = env.spawn_client(
+        "normal",
+        &[
+            "--to",
+            &to,
+            "--count",
+            "20000",
+            "--every-ms",
+            "2",
+            "--for-ms",
+            "60000",
+        ],
+    );
     let t = Instant::now();
     let (mut held, mut closed, mut most_open) = (Vec::<Peer>::new(), 0u64, 0);
     for _ in 0..40 {
@@ -233,12 +217,12 @@ fn a_crowd_of_idle_connections_cannot_lock_new_clients_out() {
     }
     let opened_in = t.elapsed();
     let keep_alive = env.probe(&["--to", &to, "--count", "300", "--keep-alive"]);
-    let normal = stop_probe(normal, &stop);
+    let normal = normal.stop();
     let evicted = metric(&env, "lb_proxy_connections_evicted_total");
     eprintln!(
         "20,000 idle connections in {opened_in:?}: lb closed {closed}, held at most \
          {most_open} (bound {bound}), evicted {evicted}, RSS {} KiB; normal client {normal}",
-        rss_kib(pid)
+        status_kib(pid, "VmRSS:")
     );
     for (what, s) in [("new connections", &normal), ("keep-alive", &keep_alive)] {
         assert_eq!(s["failures"], 0, "{what}: {s}");

@@ -285,23 +285,35 @@ impl Env {
     }
 
     /// A client connecting to `to` every millisecond in the background (at most
-    /// `count` connects and `for_ms`), until `stop_loop` ends it.
-    pub fn spawn_connect_loop(&self, to: &str, count: u32, for_ms: u32) -> ConnectLoop {
-        let stop = self.work.join("stop");
+    /// `count` connects and `for_ms`), until `stop` ends it.
+    pub fn spawn_connect_loop(&self, to: &str, count: u32, for_ms: u32) -> Client {
         let (count, for_ms) = (count.to_string(), for_ms.to_string());
-        let child = self.spawn_probe(&[
-            "--to",
-            to,
-            "--count",
-            &count,
-            "--every-ms",
-            "1",
-            "--for-ms",
-            &for_ms,
-            "--until-file",
-            stop.to_str().expect("utf-8"),
-        ]);
-        ConnectLoop { child, stop }
+        self.spawn_client(
+            "connect-loop",
+            &[
+                "--to",
+                to,
+                "--count",
+                &count,
+                "--every-ms",
+                "1",
+                "--for-ms",
+                &for_ms,
+            ],
+        )
+    }
+
+    /// The test client with `args` in the background, until its `stop` (`name` names
+    /// its stop file; clients running together need different names).
+    pub fn spawn_client(&self, name: &str, args: &[&str]) -> Client {
+        let stop = self.work.join(format!("stop-{name}"));
+        let _ = std::fs::remove_file(&stop);
+        let mut all = args.to_vec();
+        all.extend(["--until-file", stop.to_str().expect("utf-8")]);
+        Client {
+            child: self.spawn_probe(&all),
+            stop,
+        }
     }
 
     /// lb's programs are attached to the test cgroup once each (no second set left by
@@ -384,13 +396,14 @@ impl Env {
 }
 
 /// A background connect loop (`Env::spawn_connect_loop`).
-pub struct ConnectLoop {
+/// A test client running in the background.
+pub struct Client {
     child: Child,
     stop: PathBuf,
 }
 
-impl ConnectLoop {
-    /// Ends the loop; its summary.
+impl Client {
+    /// Ends the client; its summary.
     pub fn stop(self) -> Value {
         stop_probe(self.child, &self.stop)
     }
@@ -406,6 +419,22 @@ pub fn stop_probe(child: Child, until_file: &Path) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("probe json")
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmRSS:` resident now, `VmHWM:` its peak).
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("process status")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix(" kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
 }
 
 /// The children of process `pid` (a keeper's daemons).

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Env, stop_probe};
+use crate::harness::{Env, status_kib};
 use crate::proxy::{env_with, seed};
 
 /// What a case puts in the configuration folder.
@@ -174,41 +174,25 @@ fn next_reload(env: &Env, from: usize, what: &str) -> String {
     }
 }
 
-/// The daemon's peak resident memory, KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("daemon status")
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("VmHWM:")?
-                .trim()
-                .strip_suffix(" kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn hostile_configs_are_rejected_or_applied_while_requests_flow() {
     let (svc, port) = ("127.10.25.1", 25000);
     let env = env_with("hostile", port, &seed("c-header", svc, port), &[]);
     let pid = env.serving_pid();
     let to = format!("{svc}:{port}");
-    let stop = env.work.join("stop-normal");
-    let normal = env.spawn_probe(&[
-        "--to",
-        &to,
-        "--count",
-        "200000",
-        "--every-ms",
-        "2",
-        "--for-ms",
-        "240000",
-        "--until-file",
-        stop.to_str().expect("utf-8"),
-    ]);
+    let normal = env.spawn_client(
+        "normal",
+        &[
+            "--to",
+            &to,
+            "--count",
+            "200000",
+            "--every-ms",
+            "2",
+            "--for-ms",
+            "240000",
+        ],
+    );
     let mut report = Vec::new();
     let mut wrong = Vec::new();
     for (what, put_it, want) in cases() {
@@ -249,8 +233,8 @@ fn hostile_configs_are_rejected_or_applied_while_requests_flow() {
             );
         }
     }
-    let s = stop_probe(normal, &stop);
-    let peak = peak_rss_kib(pid);
+    let s = normal.stop();
+    let peak = status_kib(pid, "VmHWM:");
     eprintln!(
         "{}\nnormal client: {s}\npeak RSS {peak} KiB",
         report.join("\n")

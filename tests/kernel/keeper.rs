@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Env, children as daemons, stop_probe, wait_for};
+use serde_json::Value;
+
+use crate::harness::{Client, Env, children as daemons, status_kib, wait_for};
 use crate::proxy::{env_with, seed};
 
 /// Waits until the keeper has exactly one daemon, not `old`, and it serves.
@@ -26,11 +28,11 @@ fn signal(pid: u32, sig: libc::c_int) {
     );
 }
 
-/// Two clients with the header rule's header (→ v1 by the proxy; the kernel split
-/// would send most to v0): one keep-alive, one connection per request.
-fn clients(env: &Env, to: &str, stop: &std::path::Path) -> [std::process::Child; 2] {
-    let stop = stop.to_str().expect("utf-8");
-    let common = [
+/// Runs `work` under two clients with the header rule's header (→ v1 by the proxy;
+/// the kernel split would send most to v0), one keep-alive, one connection per
+/// request, each a request every ms; their summaries.
+fn under_load(env: &Env, to: &str, phase: &str, work: impl FnOnce()) -> [Value; 2] {
+    let args = [
         "--to",
         to,
         "--header",
@@ -41,11 +43,16 @@ fn clients(env: &Env, to: &str, stop: &std::path::Path) -> [std::process::Child;
         "1",
         "--for-ms",
         "60000",
-        "--until-file",
-        stop,
     ];
-    let keep_alive: Vec<&str> = common.iter().copied().chain(["--keep-alive"]).collect();
-    [env.spawn_probe(&keep_alive), env.spawn_probe(&common)]
+    let keep_alive: Vec<&str> = args.iter().copied().chain(["--keep-alive"]).collect();
+    let clients = [
+        env.spawn_client(&format!("{phase}-keep-alive"), &keep_alive),
+        env.spawn_client(&format!("{phase}-per-request"), &args),
+    ];
+    std::thread::sleep(Duration::from_millis(500));
+    work();
+    std::thread::sleep(Duration::from_millis(500));
+    clients.map(Client::stop)
 }
 
 #[test]
@@ -62,23 +69,18 @@ fn a_killed_daemon_comes_back_with_its_rules_and_sighup_upgrades_in_place() {
     let before = fallbacks();
 
     // Five kill -9s of the daemon under load.
-    let stop = env.work.join("stop-kills");
-    let [keep_alive, per_request] = clients(&env, &to, &stop);
-    std::thread::sleep(Duration::from_millis(500));
     let kills = 5;
     let mut down = Vec::new();
-    for _ in 0..kills {
-        let old = daemons(keeper)[0];
-        let t = Instant::now();
-        signal(old, libc::SIGKILL);
-        wait_for_new_daemon(&env, keeper, old);
-        down.push(t.elapsed());
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let (ka, pr) = (
-        stop_probe(keep_alive, &stop),
-        stop_probe(per_request, &stop),
-    );
+    let [ka, pr] = under_load(&env, &to, "kills", || {
+        for _ in 0..kills {
+            let old = daemons(keeper)[0];
+            let t = Instant::now();
+            signal(old, libc::SIGKILL);
+            wait_for_new_daemon(&env, keeper, old);
+            down.push(t.elapsed());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
     eprintln!("daemon back after {down:?}\nkeep-alive {ka}\nper request {pr}");
     for (what, s) in [("keep-alive", &ka), ("per request", &pr)] {
         assert_eq!(s["refused"], 0, "{what}: no connect refused: {s}");
@@ -94,28 +96,19 @@ fn a_killed_daemon_comes_back_with_its_rules_and_sighup_upgrades_in_place() {
         assert!(ok > 500, "{what}: {s}");
     }
     assert_eq!(fallbacks(), before, "no connect took the kernel split");
-    let rss = |pid: u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .unwrap_or("")
-            .to_string()
-    };
-    eprintln!("keeper {}; daemon {}", rss(keeper), rss(daemons(keeper)[0]));
+    let rss = |pid| status_kib(pid, "VmRSS:");
+    eprintln!(
+        "keeper {} KiB; daemon {} KiB",
+        rss(keeper),
+        rss(daemons(keeper)[0])
+    );
 
     // SIGHUP: a new daemon from the binary on disk; the old one drains. Nothing lost.
-    let stop = env.work.join("stop-upgrade");
-    let [keep_alive, per_request] = clients(&env, &to, &stop);
-    std::thread::sleep(Duration::from_millis(500));
-    let old = daemons(keeper)[0];
-    signal(keeper, libc::SIGHUP);
-    wait_for_new_daemon(&env, keeper, old);
-    std::thread::sleep(Duration::from_millis(500));
-    let (ka, pr) = (
-        stop_probe(keep_alive, &stop),
-        stop_probe(per_request, &stop),
-    );
+    let [ka, pr] = under_load(&env, &to, "upgrade", || {
+        let old = daemons(keeper)[0];
+        signal(keeper, libc::SIGHUP);
+        wait_for_new_daemon(&env, keeper, old);
+    });
     eprintln!("upgrade: keep-alive {ka}\nper request {pr}");
     for (what, s) in [("keep-alive", &ka), ("per request", &pr)] {
         assert_eq!(s["failures"], 0, "{what}: {s}");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Env, stop_probe, wait_for};
+use crate::harness::{Env, wait_for};
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().expect("socket address")
@@ -825,19 +825,12 @@ fn sigterm_drains_in_flight_requests() {
     ]);
     std::thread::sleep(Duration::from_millis(150));
     // New connects while it drains: the kernel split takes them at once.
-    let stop = env.work.join("stop-during");
-    let during = env.spawn_probe(&[
-        "--to",
-        &to,
-        "--count",
-        "200",
-        "--every-ms",
-        "5",
-        "--until-file",
-        stop.to_str().expect("utf-8"),
-    ]);
+    let during = env.spawn_client(
+        "during",
+        &["--to", &to, "--count", "200", "--every-ms", "5"],
+    );
     env.stop_daemons();
-    let during = stop_probe(during, &stop);
+    let during = during.stop();
     assert_eq!(during["failures"], 0, "connects during the drain: {during}");
     let out = slow.wait_with_output().expect("probe");
     let s: Value = serde_json::from_slice(&out.stdout).expect("json");

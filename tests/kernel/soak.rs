@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Env, seed_config, stop_probe};
+use crate::harness::{Client, Env, seed_config, status_kib};
 use crate::proxy::seed;
 
 /// Maps that must be back where they were once traffic stops: the sockets joined (a
@@ -55,18 +55,7 @@ struct Footprint {
 
 fn footprint(env: &Env) -> Footprint {
     let pid = env.serving_pid();
-    let rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("status")
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("VmRSS:")?
-                .trim()
-                .strip_suffix(" kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0);
+    let rss_kib = status_kib(pid, "VmRSS:");
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("fds")
         .count();
@@ -97,33 +86,30 @@ fn config(svc: &str, kernel_svc: &str, port: u16, change: usize) -> String {
 }
 
 /// The three clients, for at most `secs`.
-fn traffic(
-    env: &Env,
-    to: &str,
-    kernel_to: &str,
-    secs: u64,
-    stop: &std::path::Path,
-) -> Vec<std::process::Child> {
-    let (ms, stop) = ((secs * 1000).to_string(), stop.to_str().expect("utf-8"));
-    let common = ["--count", "10000000", "--for-ms", &ms, "--until-file", stop];
-    let with = |extra: &[&str]| -> Vec<String> {
-        extra.iter().chain(&common).map(|s| s.to_string()).collect()
-    };
+fn traffic(env: &Env, to: &str, kernel_to: &str, secs: u64, phase: &str) -> Vec<Client> {
+    let ms = (secs * 1000).to_string();
+    let common = ["--count", "10000000", "--for-ms", &ms];
     [
-        with(&[
-            "--to",
-            to,
-            "--keep-alive",
-            "--every-ms",
-            "1",
-            "--header",
-            "hellotest: true",
-        ]),
-        with(&["--to", to, "--every-ms", "2"]),
-        with(&["--to", kernel_to, "--every-ms", "2"]),
+        (
+            "keep-alive",
+            vec![
+                "--to",
+                to,
+                "--keep-alive",
+                "--every-ms",
+                "1",
+                "--header",
+                "hellotest: true",
+            ],
+        ),
+        ("per-request", vec!["--to", to, "--every-ms", "2"]),
+        ("kernel", vec!["--to", kernel_to, "--every-ms", "2"]),
     ]
-    .iter()
-    .map(|args| env.spawn_probe(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+    .into_iter()
+    .map(|(name, mut args)| {
+        args.extend(common);
+        env.spawn_client(&format!("{phase}-{name}"), &args)
+    })
     .collect()
 }
 
@@ -144,16 +130,15 @@ fn mixed_traffic_and_config_changes_leave_nothing_behind() {
     env.start_daemon(true);
 
     // Warm-up: the same traffic for 5 s, then quiet; the footprint to come back to.
-    let stop = env.work.join("stop-warm");
-    for c in traffic(&env, &to, &kernel_to, 5, &stop) {
-        let s = stop_probe_after(c, &stop, Duration::from_secs(5));
+    let warm = traffic(&env, &to, &kernel_to, 5, "warm");
+    std::thread::sleep(Duration::from_secs(5));
+    for s in warm.into_iter().map(Client::stop) {
         assert_eq!(s["failures"], 0, "warm-up: {s}");
     }
     std::thread::sleep(Duration::from_millis(1_500));
     let before = footprint(&env);
 
-    let stop = env.work.join("stop-soak");
-    let clients = traffic(&env, &to, &kernel_to, secs + 30, &stop);
+    let clients = traffic(&env, &to, &kernel_to, secs + 30, "soak");
     let start = Instant::now();
     let mut changes = 0;
     let mut during = None;
@@ -171,8 +156,7 @@ fn mixed_traffic_and_config_changes_leave_nothing_behind() {
         env.write_config("config.yaml", &config(svc, kernel_svc, port, changes));
         std::thread::sleep(Duration::from_millis(500));
     }
-    std::fs::write(&stop, "").expect("stop");
-    let results: Vec<Value> = clients.into_iter().map(|c| stop_probe(c, &stop)).collect();
+    let results: Vec<Value> = clients.into_iter().map(Client::stop).collect();
     // Past the 2 s a replaced revision's entries stay (run.rs GRACE).
     std::thread::sleep(Duration::from_millis(3_000));
     let after = footprint(&env);
@@ -221,11 +205,4 @@ fn mixed_traffic_and_config_changes_leave_nothing_behind() {
             .max_entries as usize;
         assert!(*a <= capacity, "{m}: {a} entries, capacity {capacity}");
     }
-}
-
-/// `stop_probe` once `after` has passed (the warm-up's clients end by themselves).
-fn stop_probe_after(c: std::process::Child, stop: &std::path::Path, after: Duration) -> Value {
-    std::thread::sleep(after);
-    let _ = std::fs::write(stop, "");
-    stop_probe(c, stop)
 }

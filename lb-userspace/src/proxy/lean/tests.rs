@@ -405,13 +405,7 @@ async fn a_keep_alive_connection_routes_each_request_by_the_table_of_its_time() 
     let (tx, rx) = tokio::sync::watch::channel(table_to(a));
     let front = crate::proxy::Front::new(Default::default(), Default::default(), true, a);
     let shared = crate::proxy::Shared::new(rx, front);
-    let conn = crate::proxy::forward::ConnInfo {
-        peer: "127.0.0.1:5".parse().expect("addr"),
-        peer_ip: None,
-        dialled: None,
-        verdicts: None,
-        activity: None,
-    };
+    let conn = client_conn();
     let (_stop_tx, mut stopping) = tokio::sync::watch::channel(false);
     let (proxy_side, mut client) = tokio::io::duplex(1 << 16);
     let mut buf = bytes::BytesMut::from(&b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n"[..]);
@@ -519,13 +513,7 @@ async fn a_head_not_whole_in_time_gets_408_and_an_idle_connection_closes() {
     let front = crate::proxy::Front::new(Default::default(), bounds, true, addr);
     let (_tx, rx) = tokio::sync::watch::channel(table_to(addr));
     let shared = crate::proxy::Shared::new(rx, front);
-    let conn = crate::proxy::forward::ConnInfo {
-        peer: "127.0.0.1:5".parse().expect("addr"),
-        peer_ip: None,
-        dialled: None,
-        verdicts: None,
-        activity: None,
-    };
+    let conn = client_conn();
     let whole = &b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n"[..];
     for (sent, after, want_next, want_answer) in [
         (
@@ -577,5 +565,16 @@ async fn a_head_not_whole_in_time_gets_408_and_an_idle_connection_closes() {
             (want_next, true, want_answer.is_empty()),
             "{got}"
         );
+    }
+}
+
+/// A client connection as the accept loop describes one (no kernel maps here).
+fn client_conn() -> crate::proxy::forward::ConnInfo {
+    crate::proxy::forward::ConnInfo {
+        peer: "127.0.0.1:5".parse().expect("addr"),
+        peer_ip: None,
+        dialled: None,
+        verdicts: None,
+        activity: None,
     }
 }
