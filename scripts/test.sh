@@ -13,25 +13,25 @@ RUSTC_BOOTSTRAP=1 cargo clippy -p lb-ebpf --target bpfel-unknown-none -Z build-s
   --release --target-dir target/ebpf-lint -- -D warnings
 # Kernel tests share kernel state: --test-threads=1 (they also lock a mutex).
 cargo test --release -- --test-threads=1
-# The two-client fuzz target (tests/smuggling's shape), a bounded smoke run from the
-# checked-in seeds; new inputs go to a scratch corpus, a crash fails the run.
+# Fuzz smoke runs, each from its checked-in seeds
+# into a scratch corpus; a crash, a stack overflow or a run past the time or memory
+# limit fails. RELIABILITY.md has the longer runs. Targets: two_clients (tests/smuggling's shape), config (loader, model,
+# compiler), routes (matcher and rewriter), answer (the lean path's answer framing).
 fuzz_corpus="$(mktemp -d)"
 trap 'rm -rf "$fuzz_corpus" "$fuzz_corpus.log"' EXIT
-if ! cargo fuzz run --sanitizer none two_clients "$fuzz_corpus" fuzz/seeds -- \
-    -max_total_time=30 -max_len=4096 -timeout=20 >"$fuzz_corpus.log" 2>&1; then
-  cat "$fuzz_corpus.log"
-  exit 1
-fi
-echo "fuzz smoke: $(grep -E '^Done [0-9]+ runs' "$fuzz_corpus.log")"
-# The configuration path (loader, model, compiler) on any bytes: a panic, a stack
-# overflow or a run past the time or memory limit fails.
-rm -rf "$fuzz_corpus"/*
-if ! cargo fuzz run --sanitizer none config "$fuzz_corpus" fuzz/seeds-config -- \
-    -max_total_time=20 -max_len=8192 -timeout=10 -rss_limit_mb=2048 >"$fuzz_corpus.log" 2>&1; then
-  cat "$fuzz_corpus.log"
-  exit 1
-fi
-echo "config fuzz smoke: $(grep -E '^Done [0-9]+ runs' "$fuzz_corpus.log")"
+fuzz_smoke() { # target seeds seconds max_len timeout
+  rm -rf "${fuzz_corpus:?}"/*
+  if ! cargo fuzz run --sanitizer none "$1" "$fuzz_corpus" "fuzz/$2" -- -max_total_time="$3" \
+      -max_len="$4" -timeout="$5" -rss_limit_mb=2048 >"$fuzz_corpus.log" 2>&1; then
+    cat "$fuzz_corpus.log"
+    exit 1
+  fi
+  echo "fuzz smoke $1: $(grep -E '^Done [0-9]+ runs' "$fuzz_corpus.log")"
+}
+fuzz_smoke two_clients seeds 30 4096 20
+fuzz_smoke config seeds-config 20 8192 10
+fuzz_smoke routes seeds-routes 15 1024 10
+fuzz_smoke answer seeds-answer 15 2048 10
 # The deployment files and `lb crds` as the cluster would take them: rendered by
 # kustomize, validated offline against Kubernetes' schemas (strict: no unknown field).
 command -v kubectl >/dev/null || { echo "kubectl (with kustomize) is needed to render deploy/" >&2; exit 1; }

@@ -14,6 +14,8 @@
 //! to hyper with the bytes read so far, for the rest of that connection.
 
 mod answer;
+#[doc(hidden)]
+pub use answer::{Relayed, relay_for_fuzzing};
 mod head;
 
 use std::net::SocketAddr;

@@ -34,6 +34,8 @@ enum State {
     DataLf,
     /// After the last chunk: a trailer field or the final CRLF.
     EndCr,
+    /// A trailer field's name, then its value (RFC 9112 §7.1.2: field lines).
+    TrailerName,
     Trailer,
     TrailerLf,
     EndLf,
@@ -104,23 +106,36 @@ impl ChunkScanner {
             (DataCr, b'\r') => DataLf,
             (DataLf, b'\n') => Start,
             (EndCr, b'\r') => EndLf,
-            (EndCr | Trailer, _) if b != b'\r' => {
-                self.trailers += 1;
-                if self.trailers >= TRAILER_LIMIT {
-                    return Err(ChunkError::TooLarge);
-                }
-                Trailer
-            }
+            // Trailer lines are field lines, strictly: a bare LF or a line with no
+            // name would end the body one line early for a client that reads lines
+            // leniently, and the bytes after it would be taken as the next answer
+            // (found by fuzz/fuzz_targets/answer.rs).
+            (EndCr | TrailerName, _) if is_tchar(b) => self.trailer_byte(TrailerName)?,
+            (TrailerName, b':') => self.trailer_byte(Trailer)?,
             (Trailer, b'\r') => TrailerLf,
+            (Trailer, _) if b == b'\t' || (b >= b' ' && b != 0x7f) => self.trailer_byte(Trailer)?,
             (TrailerLf, b'\n') => EndCr,
             (EndLf, b'\n') => Done,
             _ => return Err(ChunkError::Malformed),
         })
     }
 
+    fn trailer_byte(&mut self, next: State) -> Result<State, ChunkError> {
+        self.trailers += 1;
+        if self.trailers >= TRAILER_LIMIT {
+            return Err(ChunkError::TooLarge);
+        }
+        Ok(next)
+    }
+
     pub fn done(&self) -> bool {
         self.state == State::Done
     }
+}
+
+/// A character of a field name (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]
@@ -160,6 +175,9 @@ mod tests {
             b"4 5\r\n",
             b"-1\r\n",
             b"0x4\r\n",
+            b"0\r\nx-trailer: a\nb\r\n\r\n",
+            b"0\r\nno name\r\n\r\n",
+            b"0\r\n: no name\r\n\r\n",
         ] {
             assert!(ChunkScanner::default().feed(bad).is_err(), "{bad:?}");
         }

@@ -153,6 +153,16 @@ fn answers_are_framed_and_their_heads_cleaned() {
         String::from_utf8_lossy(&a.head),
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\ndate: now\r\nconnection: close\r\n\r\n"
     );
+    let a = parse(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nTransfer-Encoding: \r\n\r\n",
+        false,
+        false,
+    );
+    assert_eq!(
+        a.framing,
+        Framing::Chunked,
+        "an empty field line adds no coding"
+    );
     let a = parse(b"HTTP/1.0 200 OK\r\n\r\nbody until close", false, false);
     assert_eq!(
         (a.framing, a.reusable, a.close_client),
@@ -187,6 +197,8 @@ fn answers_are_framed_and_their_heads_cleaned() {
         b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
         b"NOT HTTP\r\n\r\n",
+        // Found by the answer fuzz target: relayed as `HTTP/1.1 2`.
+        b"HTTP/1.1 002 OK\r\n\r\n",
     ] {
         assert!(
             parse_answer(bad, false, false, &NO_EDITS, DATE).is_err(),
