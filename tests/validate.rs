@@ -96,7 +96,10 @@ fn explain_prints_the_documented_json() {
             "virtual_service": "default/backend-vs", "rule": 2, "route_name": "v2-rewrite", "datapath": "proxy", "action": "route",
             "destinations": [{"host": "backend-service.default.svc.cluster.local", "subset": "v0", "port": 10500, "weight": 1, "endpoints": 1}],
             "request": {"method": "GET", "path": "/test/x?q=1", "host": "api.wilsontest.com"},
-            "response": null
+            "response": null,
+            "policy": {"timeout_ms": null, "retries": 2, "per_try_timeout_ms": null,
+                "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes,503",
+                "delay_ms": null, "delay_percent": null, "abort_status": null, "abort_percent": null}
         })
     );
     let e = run(&["--host", "backend-service", "--path", "/old?q=1"]);

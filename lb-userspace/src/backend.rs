@@ -4,7 +4,8 @@
 //! (content-length) and ignored. `GET /__requests` tells how many requests it served;
 //! an `Upgrade: websocket` request gets a real handshake and an echo of each frame;
 //! paths starting with `/slow` are answered after 500 ms, `/hang` never (the backend
-//! reads until the client closes), `/reset` with half an answer and then a reset.
+//! reads until the client closes), `/reset` with half an answer and then a reset,
+//! `/status/<code>` with that status.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -108,6 +109,17 @@ async fn connection(mut stream: TcpStream, name: &str, served: &AtomicU64) -> st
                 .await?;
             stream.set_zero_linger()?;
             return Ok(());
+        }
+        if let Some(code) = path
+            .strip_prefix("/status/")
+            .and_then(|c| c.get(..3))
+            .and_then(|c| c.parse::<u16>().ok())
+        {
+            // That status, for retry tests (as httpbin's /status/<code>).
+            let resp =
+                format!("HTTP/1.1 {code} Status\r\ncontent-length: 0\r\nx-backend: {name}\r\n\r\n");
+            stream.write_all(resp.as_bytes()).await?;
+            continue;
         }
         if path.starts_with("/hang") {
             // No answer at all, for timeout tests.

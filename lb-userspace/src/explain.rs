@@ -32,6 +32,8 @@ pub struct Explanation {
     pub destinations: Vec<ExplainedDestination>,
     pub request: ExplainedRequest,
     pub response: Option<ExplainedResponse>,
+    /// The rule's timeout, retries and fault, as the proxy applies them.
+    pub policy: Option<ExplainedPolicy>,
     /// Why earlier rules did not match, and how the VirtualService was chosen.
     #[serde(skip)]
     pub notes: Vec<String>,
@@ -52,6 +54,54 @@ pub struct ExplainedRequest {
     pub method: String,
     pub path: String,
     pub host: String,
+}
+
+/// A rule's traffic policy (durations in milliseconds, shares in percent).
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ExplainedPolicy {
+    pub timeout_ms: Option<u128>,
+    /// Retries after the first try (Istio's default 2 when the rule sets none).
+    pub retries: u32,
+    pub per_try_timeout_ms: Option<u128>,
+    pub retry_on: String,
+    pub delay_ms: Option<u128>,
+    pub delay_percent: Option<f64>,
+    pub abort_status: Option<u16>,
+    pub abort_percent: Option<f64>,
+}
+
+impl ExplainedPolicy {
+    fn of(p: &route::policy::Policy) -> Self {
+        ExplainedPolicy {
+            timeout_ms: p.timeout.map(|t| t.as_millis()),
+            retries: p.retry.attempts,
+            per_try_timeout_ms: p.retry.per_try.map(|t| t.as_millis()),
+            retry_on: p.retry.on.text.clone(),
+            delay_ms: p.fault.delay.map(|(d, _)| d.as_millis()),
+            delay_percent: p.fault.delay.map(|(_, s)| s),
+            abort_status: p.fault.abort.map(|(s, _)| s),
+            abort_percent: p.fault.abort.map(|(_, s)| s),
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut parts = vec![match self.timeout_ms {
+            Some(t) => format!("timeout {t} ms"),
+            None => "no timeout".to_string(),
+        }];
+        parts.push(match (self.retries, self.per_try_timeout_ms) {
+            (0, _) => "no retries".to_string(),
+            (n, Some(t)) => format!("{n} retries ({t} ms each) on {}", self.retry_on),
+            (n, None) => format!("{n} retries on {}", self.retry_on),
+        });
+        if let (Some(s), Some(p)) = (self.abort_status, self.abort_percent) {
+            parts.push(format!("fault: {p}% of requests answered {s} (FI)"));
+        }
+        if let (Some(d), Some(p)) = (self.delay_ms, self.delay_percent) {
+            parts.push(format!("fault: {p}% of requests delayed {d} ms (DI)"));
+        }
+        parts.join("; ")
+    }
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -132,6 +182,9 @@ pub fn explain(plan: &Plan, q: &Query) -> Explanation {
             host,
         },
         response: None,
+        policy: sel.rule.and_then(|(_, r)| {
+            matches!(r.action, Action::Route { .. }).then(|| ExplainedPolicy::of(&r.policy))
+        }),
         notes,
     };
     let destinations = match sel.rule.map(|(_, r)| &r.action) {
@@ -185,6 +238,7 @@ pub fn explain(plan: &Plan, q: &Query) -> Explanation {
     out.action = match l.flag {
         "RD" => "redirect",
         "DR" => "direct_response",
+        "FI" => "fault_abort",
         "UH" | "UF" => "route",
         _ => "no_route",
     };
@@ -217,6 +271,7 @@ fn refused(q: &Query, status: u16, why: String) -> Explanation {
             status,
             headers: BTreeMap::new(),
         }),
+        policy: None,
         notes: vec![format!("refused by the proxy's front end: {why}")],
     }
 }
@@ -271,6 +326,11 @@ impl Explanation {
                     .map(|l| format!(" location {l}"))
                     .unwrap_or_default()
             ));
+        }
+        if let Some(p) = &self.policy
+            && self.datapath == "proxy"
+        {
+            s.push_str(&format!("   policy: {}\n", p.render()));
         }
         s.push_str(&format!("   datapath: {}\n", self.datapath));
         s

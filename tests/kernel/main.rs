@@ -10,6 +10,7 @@ mod hostile;
 mod keeper;
 mod kubernetes;
 mod node;
+mod policy;
 mod proxy;
 mod soak;
 mod upgrade;

@@ -86,6 +86,7 @@ pub fn build(model: Model) -> RouteTable {
                     action,
                     request_headers: r.request_headers,
                     response_headers: r.response_headers,
+                    policy: r.policy,
                 }
             })
             .collect();

@@ -173,6 +173,28 @@ pub enum Invalid {
     FixedHeader(String),
     #[error("invalid header {name:?}: {value:?}")]
     BadHeader { name: String, value: String },
+
+    // -- traffic policy of an HTTP rule (Istio's wording)
+    #[error("invalid duration {0:?}: expected a duration such as 10s, 0.5s or 250ms")]
+    BadDuration(String),
+    #[error("duration must be greater than 1ms")]
+    DurationTooShort,
+    #[error("attempts cannot be negative")]
+    NegativeAttempts,
+    #[error("http retry policy configured when attempts are set to 0 (disabled)")]
+    RetryDisabled,
+    #[error("{0:?} is not a valid retryOn policy")]
+    BadRetryOn(String),
+    #[error("HTTP fault injection must have an abort and/or a delay")]
+    EmptyFault,
+    #[error("httpStatus must be in range 200 - 599")]
+    AbortStatus,
+    #[error("percentage {0} is neither less than 0.0, nor greater than 100.0")]
+    Percentage(String),
+    #[error("delay must have fixedDelay")]
+    NoFixedDelay,
+    #[error("exponentialDelay not supported yet")]
+    ExponentialDelay,
 }
 
 impl Invalid {

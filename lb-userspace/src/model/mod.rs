@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod http;
 mod invalid;
 pub mod own;
+pub mod policy;
 pub mod routes;
 pub mod subsets;
 

@@ -153,6 +153,7 @@ pub struct ParsedRule {
     pub destinations: Vec<WeightedDestination>,
     pub request_headers: crate::route::HeaderOps,
     pub response_headers: crate::route::HeaderOps,
+    pub policy: crate::route::policy::Policy,
 }
 
 /// A validated VirtualService.
@@ -280,10 +281,8 @@ pub fn from_virtual_service(
                 );
             }
         }
+        let policy = super::policy::policy(l, &base, r, diags);
         for (field, set) in [
-            ("timeout", r.timeout.is_some()),
-            ("retries", r.retries.is_some()),
-            ("fault", r.fault.is_some()),
             ("mirror", r.mirror.is_some() || !r.mirrors.is_empty()),
             ("corsPolicy", r.cors_policy.is_some()),
         ] {
@@ -301,6 +300,12 @@ pub fn from_virtual_service(
             Some("directResponse")
         } else if r.headers.is_some() {
             Some("headers")
+        } else if r.fault.is_some() {
+            Some("fault")
+        } else if r.timeout.is_some() {
+            Some("timeout")
+        } else if r.retries.is_some() {
+            Some("retries")
         } else {
             None
         };
@@ -319,7 +324,7 @@ pub fn from_virtual_service(
                 kernel = Some(d.clone());
             }
         }
-        if let (Some(dests), Some(action)) = (dests, action) {
+        if let (Some(dests), Some(action), Some(policy)) = (dests, action, policy) {
             rules.push(ParsedRule {
                 name: r.name.clone(),
                 matches,
@@ -327,6 +332,7 @@ pub fn from_virtual_service(
                 destinations: dests,
                 request_headers,
                 response_headers,
+                policy,
             });
         }
     }

@@ -210,12 +210,20 @@ pub async fn handle(
 struct Forward<'t> {
     up: Request<Incoming>,
     endpoint: SocketAddr,
+    /// The destination's endpoints (a connect retry goes to another).
+    endpoints: &'t [SocketAddr],
+    /// The fault's delay, if this request drew it.
+    delay: Option<std::time::Duration>,
     rule: &'t route::Rule,
     /// The client side of an `Upgrade` request, if it is one.
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 /// Where routing sends a request: upstream, or answered by the proxy itself.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once per request and taken apart at once; boxing would allocate per request"
+)]
 enum Routed<'t> {
     Forward(Forward<'t>),
     Answer(Response<Body>),
@@ -241,11 +249,62 @@ async fn route_request<'t>(
         Routed::Forward(f) => f,
         Routed::Answer(resp) => return done(resp, outcome),
     };
-    let upgrade = fwd.client_upgrade.is_some();
-    let send = shared.client.send(fwd.endpoint, fwd.up, upgrade);
-    let sent = match &conn.activity {
-        Some(a) => a.within(shared.front.bounds.stream_idle, send).await,
-        None => Some(send.await),
+    let Forward {
+        up,
+        mut endpoint,
+        endpoints,
+        delay,
+        rule,
+        client_upgrade,
+    } = fwd;
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+        outcome.flags = "DI";
+    }
+    let upgrade = client_upgrade.is_some();
+    let policy = &rule.policy;
+    let send = async {
+        let s = connect(
+            shared,
+            endpoints,
+            policy,
+            &mut endpoint,
+            upgrade,
+            &mut outcome,
+        )
+        .await?;
+        shared.client.send(endpoint, s, up, upgrade).await
+    };
+    let send = async {
+        let sent = match &conn.activity {
+            Some(a) => a.within(shared.front.bounds.stream_idle, send).await,
+            None => Some(send.await),
+        };
+        // Here the route timeout (and a per-try timeout: hyper's path tries a request
+        // that reached an upstream once) bounds the wait for the answer's head.
+        sent.ok_or(TimedOut::Stream)
+    };
+    let bound = match (policy.timeout, policy.retry.per_try) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let sent = match bound {
+        Some(t) => tokio::time::timeout(t, send)
+            .await
+            .unwrap_or(Err(TimedOut::Route)),
+        None => send.await,
+    };
+    outcome.upstream = Some(endpoint);
+    let sent = match sent {
+        Ok(sent) => Some(sent),
+        Err(TimedOut::Route) => {
+            outcome.flags = "UT";
+            return done(
+                local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n"),
+                outcome,
+            );
+        }
+        Err(TimedOut::Stream) => None,
     };
     let Some(sent) = sent else {
         // No byte moved for the bound: the client's body stalled, or the upstream
@@ -260,23 +319,58 @@ async fn route_request<'t>(
             outcome,
         );
     };
-    let resp = finish(
-        sent,
-        conn,
-        fwd.endpoint,
-        fwd.rule,
-        fwd.client_upgrade,
-        &mut outcome,
-    );
+    let resp = finish(sent, conn, endpoint, rule, client_upgrade, &mut outcome);
     done(resp, outcome)
+}
+
+/// Which bound ended the wait for an answer.
+enum TimedOut {
+    /// Nothing moved for the stream-idle bound.
+    Stream,
+    /// The rule's timeout (or per-try timeout) passed.
+    Route,
+}
+
+/// A sender to `endpoint`, or — when the connect fails and the rule's retry policy
+/// retries connect failures — to another of `endpoints` (which `endpoint` then names).
+/// The request is not sent yet, so any request can go elsewhere.
+async fn connect(
+    shared: &Shared,
+    endpoints: &[SocketAddr],
+    policy: &route::policy::Policy,
+    endpoint: &mut SocketAddr,
+    upgrade: bool,
+    outcome: &mut Outcome<'_>,
+) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, super::pool::UpstreamError> {
+    use super::pool::UpstreamError::{Connect, Timeout};
+    let retry = &policy.retry;
+    let mut previous = Vec::new();
+    loop {
+        match shared.client.sender(*endpoint, upgrade).await {
+            Err(Connect(..) | Timeout(_))
+                if retry.on.connect() && previous.len() < retry.attempts as usize =>
+            {
+                shared.metrics.retries.inc();
+                previous.push(*endpoint);
+                *endpoint = route::policy::another(endpoints, &previous);
+            }
+            Err(e @ (Connect(..) | Timeout(_))) if retry.on.connect() && retry.attempts > 0 => {
+                outcome.flags = "URX";
+                return Err(e);
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Where routing sends a request: to an endpoint, or answered by the proxy.
 pub(super) enum Decision<'t> {
     Upstream(route::Target<'t>),
-    /// 400 (a path that does not normalise), 404 (no route), 503 (no endpoint), a
-    /// redirect or a direct response.
-    Answer(Response<Body>),
+    /// 404 (no route), 503 (no endpoint), a fault's abort, a redirect or a direct
+    /// response.
+    Local(route::Local<'t>),
+    /// A path that does not normalise (400).
+    Refused(h1::Refusal),
 }
 
 /// Selects the rule for a request and decides with the shared decision
@@ -290,7 +384,8 @@ pub(super) fn decide<'t>(
     outcome: &mut Outcome<'t>,
 ) -> Decision<'t> {
     let Ok(sel) = table.select(r) else {
-        return Decision::Answer(refusal(h1::Refusal::BadPath, outcome));
+        outcome.refuse(h1::Refusal::BadPath);
+        return Decision::Refused(h1::Refusal::BadPath);
     };
     outcome.unknown_host = sel.by_dialled_service.then(|| route::host_key(r.authority));
     match route::decide(table, &sel, r, host_as_sent, &mut route::decide::Random) {
@@ -304,7 +399,7 @@ pub(super) fn decide<'t>(
             outcome.rule = l.rule;
             outcome.destination = l.destination;
             outcome.flags = l.flag;
-            Decision::Answer(local_answer(&l))
+            Decision::Local(l)
         }
     }
 }
@@ -366,7 +461,8 @@ fn prepare<'t>(
     };
     let target = match decide(table, &r, host_as_sent, outcome) {
         Decision::Upstream(t) => t,
-        Decision::Answer(resp) => return Routed::Answer(resp),
+        Decision::Local(l) => return Routed::Answer(local_answer(&l)),
+        Decision::Refused(r) => return Routed::Answer(refusal(r, outcome)),
     };
     let upgrade = req
         .headers()
@@ -402,6 +498,8 @@ fn prepare<'t>(
     Routed::Forward(Forward {
         up,
         endpoint: target.endpoint,
+        endpoints: target.endpoints,
+        delay: target.delay,
         rule: target.rule,
         client_upgrade,
     })
@@ -434,7 +532,12 @@ fn finish<'t>(
                     "upstream connections overflow\n",
                 );
             }
-            outcome.flags = "UF";
+            // Retries used up on connect failures: Envoy's URX beside UF.
+            outcome.flags = if outcome.flags == "URX" {
+                "UF,URX"
+            } else {
+                "UF"
+            };
             return local(StatusCode::BAD_GATEWAY, "upstream connect error\n");
         }
     };

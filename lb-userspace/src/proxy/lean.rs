@@ -17,6 +17,7 @@ mod answer;
 #[doc(hidden)]
 pub use answer::{Relayed, relay_for_fuzzing};
 mod head;
+mod retry;
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -27,7 +28,8 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::watch;
 
 use self::answer::{BodyEnd, parse_answer, with_date};
-use self::head::{Parsed, Send, parse_request};
+use self::head::{Job, Local, Parsed, Send, parse_request};
+use self::retry::{Replay, Tried};
 use super::conns::Admitted;
 use super::forward::{self, ConnInfo, Logged, Outcome};
 use super::h1::Refusal;
@@ -61,9 +63,13 @@ pub enum LeanError {
     /// No byte of the request's body for `Bounds::stream_idle`.
     #[error("client: body stalled")]
     ClientStalled,
-    /// The upstream took no byte and sent none for `Bounds::stream_idle`.
+    /// The upstream took no byte and sent none for `Bounds::stream_idle`, or for the
+    /// retry policy's per-try timeout.
     #[error("upstream {0}: silent")]
     UpstreamSilent(SocketAddr),
+    /// The rule's `timeout` passed.
+    #[error("route timeout")]
+    RouteTimeout,
 }
 
 /// `io` within the stream-idle bound; `silent` is the error past it.
@@ -155,58 +161,16 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         let start = shared.log.as_ref().map(|_| Instant::now());
         buf.advance(req.head_len);
         let mut outcome = req.outcome;
-        let mut status = 0;
-        let mut failed = false;
-        let sent = exchange(
-            client,
-            buf,
-            &shared.client,
-            &req.send,
-            bounds.stream_idle,
-            &mut status,
-            || *stopping.borrow(),
-        )
-        .await;
-        let keep = match sent {
-            Ok(keep) => {
-                outcome.status = status;
-                keep && !req.send.close
+        let (keep, failed) = match &req.job {
+            Job::Forward(send) => {
+                forward_one(client, buf, shared, send, &mut outcome, stopping).await
             }
-            // Nothing answered yet and the client failed: it ended (or broke, or
-            // stalled) before the body its Content-Length announced. Its fault, not
-            // the upstream's.
-            Err(e @ (LeanError::Client(_) | LeanError::ClientStalled)) if status == 0 => {
-                tracing::debug!("lean path: {e}");
-                let r = match e {
-                    LeanError::ClientStalled => Refusal::BodyTimeout,
-                    _ => Refusal::Incomplete,
-                };
-                let _ = client.write_all(&with_date(|d| r.answer(d))).await;
-                outcome.refuse(r);
-                false
-            }
-            Err(e) => {
-                tracing::debug!("lean path: {e}");
-                failed = true;
-                if status == 0 {
-                    let (code, flags, answer) = match e {
-                        LeanError::UpstreamSilent(_) => (504, "UT", GATEWAY_TIMEOUT),
-                        LeanError::Connect(UpstreamError::Overflow(_)) => (503, "UO", OVERFLOW),
-                        _ => (502, "UF", BAD_GATEWAY),
-                    };
-                    (outcome.status, outcome.flags) = (code, flags);
-                    let _ = client.write_all(answer).await;
-                } else {
-                    // The answer was cut: by the upstream (Envoy's UC; UT if it went
-                    // silent) or by the client (DC).
-                    outcome.status = status;
-                    outcome.flags = match e {
-                        LeanError::Client(_) | LeanError::ClientStalled => "DC",
-                        LeanError::UpstreamSilent(_) => "UT",
-                        _ => "UC",
-                    };
-                }
-                false
+            Job::Answer(local) => {
+                outcome.status = local.status;
+                let answer = with_date(|d| local_answer(local, d));
+                let written = client.write_all(&answer).await.is_ok();
+                // A body lb did not read: the close must not become a reset.
+                (written && !local.close, local.close)
             }
         };
         let (method, path) = req
@@ -244,6 +208,109 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Forwards one request (after its fault's delay, within its route timeout) and
+/// relays the answer, or writes lb's answer when there is none. Returns whether the
+/// connection may go on, and whether it ended in a failure (it then lingers).
+async fn forward_one<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut S,
+    buf: &mut BytesMut,
+    shared: &Shared,
+    send: &Send<'_>,
+    outcome: &mut Outcome<'_>,
+    stopping: &watch::Receiver<bool>,
+) -> (bool, bool) {
+    if let Some(d) = send.delay {
+        tokio::time::sleep(d).await;
+        outcome.flags = "DI";
+    }
+    let mut status = 0;
+    let mut tried = Tried::default();
+    let run = exchange(
+        client,
+        buf,
+        &shared.client,
+        send,
+        shared.front.bounds.stream_idle,
+        &mut status,
+        &mut tried,
+        || *stopping.borrow(),
+    );
+    // Envoy's route timeout: the whole exchange, answer included.
+    let sent = match send.policy.timeout {
+        Some(t) => tokio::time::timeout(t, run)
+            .await
+            .unwrap_or(Err(LeanError::RouteTimeout)),
+        None => run.await,
+    };
+    outcome.upstream = Some(tried.endpoint.unwrap_or(send.endpoint));
+    if tried.retries > 0 {
+        shared.metrics.retries.inc_by(u64::from(tried.retries));
+    }
+    match sent {
+        Ok(keep) => {
+            outcome.status = status;
+            if tried.exhausted {
+                outcome.flags = "URX";
+            }
+            (keep && !send.close, false)
+        }
+        // Nothing answered yet and the client failed: it ended (or broke, or
+        // stalled) before the body its Content-Length announced. Its fault, not
+        // the upstream's.
+        Err(e @ (LeanError::Client(_) | LeanError::ClientStalled)) if status == 0 => {
+            tracing::debug!("lean path: {e}");
+            let r = match e {
+                LeanError::ClientStalled => Refusal::BodyTimeout,
+                _ => Refusal::Incomplete,
+            };
+            let _ = client.write_all(&with_date(|d| r.answer(d))).await;
+            outcome.refuse(r);
+            (false, false)
+        }
+        Err(e) => {
+            tracing::debug!("lean path: {e}");
+            if status == 0 {
+                let (code, flags, answer) = match e {
+                    LeanError::UpstreamSilent(_) | LeanError::RouteTimeout => {
+                        (504, "UT", GATEWAY_TIMEOUT)
+                    }
+                    LeanError::Connect(UpstreamError::Overflow(_)) => (503, "UO", OVERFLOW),
+                    _ if tried.exhausted => (502, "UF,URX", BAD_GATEWAY),
+                    _ => (502, "UF", BAD_GATEWAY),
+                };
+                (outcome.status, outcome.flags) = (code, flags);
+                let _ = client.write_all(answer).await;
+            } else {
+                // The answer was cut: by the upstream (Envoy's UC; UT if it went
+                // silent or the route timeout passed) or by the client (DC).
+                outcome.status = status;
+                outcome.flags = match e {
+                    LeanError::Client(_) | LeanError::ClientStalled => "DC",
+                    LeanError::UpstreamSilent(_) | LeanError::RouteTimeout => "UT",
+                    _ => "UC",
+                };
+            }
+            (false, true)
+        }
+    }
+}
+
+/// lb's own plain answer, as hyper's server writes `forward::local`'s.
+fn local_answer(l: &Local<'_>, date: &str) -> Vec<u8> {
+    let reason = http::StatusCode::from_u16(l.status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let close = if l.close { "connection: close\r\n" } else { "" };
+    format!(
+        "HTTP/1.1 {} {reason}\r\ncontent-length: {}\r\n{close}date: {date}\r\n\r\n{}",
+        l.status,
+        l.body.len(),
+        l.body
+    )
+    .into_bytes()
+}
+
 /// Answers a request the front end refuses (the bytes hyper's path sends too) and
 /// records it.
 async fn refuse<S: AsyncWrite + Unpin>(
@@ -276,10 +343,15 @@ async fn refuse<S: AsyncWrite + Unpin>(
     );
 }
 
-/// Sends one request and relays its answer. Ok(whether the client connection may
-/// go on); `status` is set once the answer's head is known (0: nothing was written
-/// to the client). Each read and write ends after `idle` without progress. If
-/// `draining` says so when the answer comes, the answer closes the connection.
+/// Sends one request (with the retries its policy allows, `tried` says how it went)
+/// and relays the answer. Ok(whether the client connection may go on); `status` is
+/// set once the answer's head is known (0: nothing was written to the client). Each
+/// read and write ends after `idle` without progress. If `draining` says so when the
+/// answer comes, the answer closes the connection.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site, each argument distinct"
+)]
 async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut S,
     buf: &mut BytesMut,
@@ -287,21 +359,11 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     send: &Send<'_>,
     idle: std::time::Duration,
     status: &mut u16,
+    tried: &mut Tried,
     draining: impl Fn() -> bool,
 ) -> Result<bool, LeanError> {
-    let ep = send.endpoint;
-    let (mut up, mut reused) = take(pool, ep, send.replayable).await?;
-    let answer = loop {
-        match request(client, buf, &mut up, send, idle).await {
-            Ok(a) => break a,
-            // A pooled socket the backend had closed: once more on a new one.
-            Err(LeanError::Closed(_) | LeanError::Upstream(..)) if reused && send.replayable => {
-                up = pool.connect_raw(ep).await?;
-                reused = false;
-            }
-            Err(e) => return Err(e),
-        }
-    };
+    let (mut up, answer) = retry::attempts(client, buf, pool, send, idle, tried).await?;
+    let ep = tried.endpoint.unwrap_or(send.endpoint);
     let silent = || LeanError::UpstreamSilent(ep);
     let client_stuck = || LeanError::Client(std::io::ErrorKind::TimedOut.into());
     *status = answer.status;
@@ -358,21 +420,6 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(!answer.close_client)
 }
 
-/// A pooled socket to `ep` (true) or a new one (false). A request that cannot be
-/// sent again checks the pooled socket first.
-async fn take(
-    pool: &Pool,
-    ep: SocketAddr,
-    replayable: bool,
-) -> Result<(Upstream, bool), LeanError> {
-    while let Some(u) = pool.take_raw(ep) {
-        if replayable || u.looks_alive() {
-            return Ok((u, true));
-        }
-    }
-    Ok((pool.connect_raw(ep).await?, false))
-}
-
 async fn write<S: AsyncWrite + Unpin>(client: &mut S, bytes: &[u8]) -> Result<(), LeanError> {
     client.write_all(bytes).await.map_err(LeanError::Client)
 }
@@ -387,20 +434,26 @@ async fn fill(up: &mut Upstream, ep: SocketAddr) -> Result<(), LeanError> {
     }
 }
 
-/// Writes the request (and its body) upstream and reads the answer's head.
+/// Writes the request upstream to `ep` — its head, the body bytes a previous try kept,
+/// the rest from the client — and reads the answer's head.
 async fn request<S: AsyncRead + Unpin>(
     client: &mut S,
     buf: &mut BytesMut,
     up: &mut Upstream,
     send: &Send<'_>,
+    ep: SocketAddr,
+    body: &mut Replay,
     idle: std::time::Duration,
 ) -> Result<answer::Answer, LeanError> {
-    let ep = send.endpoint;
     let up_err = |e| LeanError::Upstream(ep, e);
     let silent = || LeanError::UpstreamSilent(ep);
     let upload = async { up.stream.write_all(&send.head).await.map_err(up_err) };
     within(idle, upload, silent).await?;
-    let mut left = send.body_len;
+    if let Some(kept) = body.kept() {
+        let upload = async { up.stream.write_all(kept).await.map_err(up_err) };
+        within(idle, upload, silent).await?;
+    }
+    let mut left = send.body_len - body.consumed();
     while left > 0 {
         if buf.is_empty() {
             let read = async { read_into(client, buf).await.map_err(LeanError::Client) };
@@ -409,9 +462,12 @@ async fn request<S: AsyncRead + Unpin>(
             }
         }
         let k = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        // Consumed from the client once written (or not): kept for a retry if it can be.
+        body.keep(&buf[..k]);
         let upload = async { up.stream.write_all(&buf[..k]).await.map_err(up_err) };
-        within(idle, upload, silent).await?;
+        let uploaded = within(idle, upload, silent).await;
         buf.advance(k);
+        uploaded?;
         left -= k as u64;
     }
     up.buf.clear();

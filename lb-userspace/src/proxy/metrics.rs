@@ -49,6 +49,8 @@ pub struct Metrics {
     /// the fast path (HTTP/1.0 clients, upgrades, h2c and local answers go to hyper).
     pub lean: Counter,
     pub hyper: Counter,
+    /// Requests sent again by the rules' retry policies (Envoy's `upstream_rq_retry`).
+    pub retries: Counter,
     /// Accepted connections by where their original destination was found, in the
     /// order of [`OrigDst::SOURCES`] (created up front: no label hashing per accept).
     orig_dst: [Counter; 3],
@@ -102,6 +104,12 @@ impl Default for Metrics {
             "Requests lb refused before routing (malformed or ambiguous framing, Host, target, limits, loops), by reason; none reached a backend",
             refused.clone(),
         );
+        let retries = Counter::default();
+        registry.register(
+            "proxy_upstream_retries",
+            "Requests sent again to an upstream by a rule's retry policy (Istio's default: 2 retries on connect failures and 503s)",
+            retries.clone(),
+        );
         let engine = |name: &str| {
             engines
                 .get_or_create(&EngineLabels {
@@ -114,6 +122,7 @@ impl Default for Metrics {
             requests,
             lean: engine("lean"),
             hyper: engine("hyper"),
+            retries,
             orig_dst,
             accepted,
             refused,

@@ -189,27 +189,34 @@ impl Pool {
         Ok(sender)
     }
 
-    /// Sends `req` (origin-form URI, Host set) to `ep`. Upgrade requests get a
-    /// connection of their own, never pooled.
-    pub async fn send(
+    /// A sender to `ep`: a pooled connection, or a new one (a connect that fails
+    /// leaves the request unsent, so it can go to another endpoint). Upgrade requests
+    /// get a connection of their own, never pooled.
+    pub async fn sender(
         &self,
         ep: SocketAddr,
-        req: Request<Incoming>,
         upgrade: bool,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<SendRequest<Incoming>, UpstreamError> {
+        if !upgrade && let Some(s) = self.take_ready(ep) {
+            return Ok(s);
+        }
         // Connecting is boxed: its future is large and rare (the pool usually has a
         // sender), and inline it would grow every request's future, which hyper moves
         // into place per request.
-        if upgrade {
-            let mut s = Box::pin(self.connect(ep, true)).await?;
-            return Ok(s.send_request(req).await?);
-        }
-        let mut s = match self.take_ready(ep) {
-            Some(s) => s,
-            None => Box::pin(self.connect(ep, false)).await?,
-        };
+        Box::pin(self.connect(ep, upgrade)).await
+    }
+
+    /// Sends `req` (origin-form URI, Host set) on `s`, a sender to `ep`, which goes back
+    /// to the pool after a clean exchange (an upgrade's never does).
+    pub async fn send(
+        &self,
+        ep: SocketAddr,
+        mut s: SendRequest<Incoming>,
+        req: Request<Incoming>,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let resp = s.send_request(req).await;
-        if resp.is_ok() {
+        if resp.is_ok() && !upgrade {
             self.give_back(ep, s);
         }
         Ok(resp?)

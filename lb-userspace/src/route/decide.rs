@@ -26,6 +26,10 @@ pub struct Target<'t> {
     /// The Host header to set (an authority rewrite, an absolute-form target, or a
     /// request without a Host value); None: the client's goes through.
     pub host: Option<String>,
+    /// The endpoints of the destination's port: where a retry goes.
+    pub endpoints: &'t [SocketAddr],
+    /// A fault's delay, when this request draws it (`DI`).
+    pub delay: Option<std::time::Duration>,
 }
 
 /// lb's own answer.
@@ -33,7 +37,8 @@ pub struct Target<'t> {
 pub struct Local<'t> {
     pub status: u16,
     /// Envoy's response flag: `NR` no route, `UH` no endpoint, `UF` not an endpoint
-    /// of a configured service, `RD` redirect, `DR` direct response.
+    /// of a configured service, `RD` redirect, `DR` direct response, `FI` a fault's
+    /// abort.
     pub flag: &'static str,
     pub body: &'t str,
     /// A redirect's `Location`.
@@ -63,6 +68,8 @@ pub trait Pick {
     fn destination<'d>(&mut self, dests: &'d [Destination]) -> Option<&'d Destination>;
     /// An index below `count` (> 0).
     fn endpoint(&mut self, count: usize) -> usize;
+    /// Whether a fault with this share (0–100 %) fires.
+    fn fires(&mut self, percent: f64) -> bool;
 }
 
 /// The proxy's choice: by weight, then uniformly among the endpoints.
@@ -75,6 +82,10 @@ impl Pick for Random {
 
     fn endpoint(&mut self, count: usize) -> usize {
         fastrand::usize(..count)
+    }
+
+    fn fires(&mut self, percent: f64) -> bool {
+        percent >= 100.0 || (percent > 0.0 && fastrand::f64() * 100.0 < percent)
     }
 }
 
@@ -89,6 +100,11 @@ impl Pick for Forced {
 
     fn endpoint(&mut self, _: usize) -> usize {
         0
+    }
+
+    /// A fault for every request fires; `lb explain` reports the others with their share.
+    fn fires(&mut self, percent: f64) -> bool {
+        percent >= 100.0
     }
 }
 
@@ -120,6 +136,20 @@ pub fn decide<'t>(
         }
         Action::Route { destinations, .. } => destinations,
     };
+    // Envoy's fault filter comes before the router: an aborted request reaches no
+    // backend, a delayed one is routed after its delay.
+    let fault = &rule.policy.fault;
+    if let Some((status, share)) = fault.abort
+        && pick.fires(share)
+    {
+        return Verdict::Local(Local {
+            rule: Some(rule),
+            ..Local::new(status, "FI", "fault filter abort")
+        });
+    }
+    let delay = fault
+        .delay
+        .and_then(|(d, share)| pick.fires(share).then_some(d));
     let Some(dest) = pick.destination(destinations) else {
         return Verdict::Local(Local {
             rule: Some(rule),
@@ -156,5 +186,7 @@ pub fn decide<'t>(
         endpoint,
         path,
         host,
+        endpoints,
+        delay,
     })
 }

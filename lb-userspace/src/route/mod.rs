@@ -8,6 +8,7 @@
 pub mod decide;
 pub mod matchers;
 pub mod path;
+pub mod policy;
 
 use std::collections::BTreeMap;
 
@@ -60,6 +61,8 @@ pub struct Rule {
     pub action: Action,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// `timeout`, `retries` and `fault`.
+    pub policy: policy::Policy,
 }
 
 #[derive(Debug, Default, Clone)]

@@ -10,14 +10,32 @@ use crate::proxy::forward::{self, ConnInfo, Decision, Outcome};
 use crate::proxy::h1::connection::{is_hop_by_hop, named_by_connection};
 use crate::proxy::h1::{self, Body, Checked, Refusal};
 use crate::route;
+use crate::route::policy::Policy;
 
 /// A request head read and routed: what to send where.
 pub(super) struct Ready<'t> {
     pub(super) head_len: usize,
-    pub(super) send: Send<'t>,
+    pub(super) job: Job<'t>,
     pub(super) outcome: Outcome<'t>,
     /// Method and path for the access log (only when it is on).
     pub(super) log: Option<(String, String)>,
+}
+
+/// What becomes of a request the lean path serves.
+pub(super) enum Job<'t> {
+    Forward(Send<'t>),
+    /// lb's own plain answer (404, 503, a fault's abort), written here rather than by
+    /// hyper's path, which would draw the weights and the fault's share again.
+    Answer(Local<'t>),
+}
+
+/// lb's own answer, as the lean path writes it.
+pub(super) struct Local<'t> {
+    pub(super) status: u16,
+    pub(super) body: &'t str,
+    /// The connection ends after it: the client asked to, or sent a body lb does not
+    /// read.
+    pub(super) close: bool,
 }
 
 /// The upstream side of one request.
@@ -35,6 +53,12 @@ pub(super) struct Send<'t> {
     pub(super) close: bool,
     /// The rule's edits of the answer's headers.
     pub(super) answer_edits: &'t route::HeaderOps,
+    /// The rule's timeout, retries and fault.
+    pub(super) policy: &'t Policy,
+    /// The destination's endpoints (a retry goes to another).
+    pub(super) endpoints: &'t [SocketAddr],
+    /// The fault's delay, if this request drew it.
+    pub(super) delay: Option<std::time::Duration>,
 }
 
 /// What the bytes read so far give.
@@ -112,6 +136,10 @@ pub(super) fn parse_request<'t>(
     // edits leave the framing alone (hyper's path answers the rest: local answers, a
     // rewrite that made a bad path, edits of Content-Length or Transfer-Encoding).
     let host_as_sent = c.host == Some(authority);
+    let body_len = match c.body {
+        Body::Length(n) => n,
+        _ => 0,
+    };
     let target = match forward::decide(table, &r, host_as_sent, &mut outcome) {
         Decision::Upstream(t)
             if !touches_framing(&t.rule.request_headers)
@@ -122,8 +150,19 @@ pub(super) fn parse_request<'t>(
         {
             t
         }
-        _ if outcome.refusal.is_some() => {
-            return Parsed::Refused(outcome.refusal.unwrap_or(Refusal::Malformed), log);
+        Decision::Refused(r) => return Parsed::Refused(r, log),
+        // Redirects and direct responses (their headers) are hyper's to write.
+        Decision::Local(l) if l.location.is_none() && l.flag != "DR" => {
+            return Parsed::Ready(Ready {
+                head_len: head.len,
+                job: Job::Answer(Local {
+                    status: l.status,
+                    body: l.body,
+                    close: c.close || body_len > 0,
+                }),
+                outcome,
+                log,
+            });
         }
         _ => return Parsed::Hyper,
     };
@@ -135,13 +174,9 @@ pub(super) fn parse_request<'t>(
         peer_ip,
         front.via_header.as_bytes(),
     );
-    let body_len = match c.body {
-        Body::Length(n) => n,
-        _ => 0,
-    };
     Parsed::Ready(Ready {
         head_len: head.len,
-        send: Send {
+        job: Job::Forward(Send {
             endpoint: target.endpoint,
             head: up,
             body_len,
@@ -153,7 +188,10 @@ pub(super) fn parse_request<'t>(
                     "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
                 ),
             close: c.close,
-        },
+            policy: &target.rule.policy,
+            endpoints: target.endpoints,
+            delay: target.delay,
+        }),
         outcome,
         log,
     })

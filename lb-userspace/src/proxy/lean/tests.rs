@@ -37,6 +37,7 @@ fn rule() -> Rule {
         },
         request_headers: Default::default(),
         response_headers: Default::default(),
+        policy: Default::default(),
     }
 }
 
@@ -89,6 +90,8 @@ fn head_for(
         endpoint: "127.0.0.1:1".parse().expect("addr"),
         path: path.into(),
         host: host.map(Into::into),
+        endpoints: &[],
+        delay: None,
     };
     let up = upstream_head(&target, head.headers, &head.checked, peer_ip, b"1.1 lb-t");
     String::from_utf8_lossy(&up).into_owned()
@@ -264,6 +267,26 @@ async fn upstream(
 }
 
 fn send(endpoint: std::net::SocketAddr, method: &str, body: &[u8]) -> super::Send<'static> {
+    send_with(
+        endpoint,
+        method,
+        body,
+        crate::route::policy::Policy {
+            retry: crate::route::policy::Retry::none(),
+            ..Default::default()
+        },
+        &[],
+    )
+}
+
+/// [`send`] under `policy`, with more endpoints for its retries.
+fn send_with(
+    endpoint: std::net::SocketAddr,
+    method: &str,
+    body: &[u8],
+    policy: crate::route::policy::Policy,
+    others: &[std::net::SocketAddr],
+) -> super::Send<'static> {
     let head = format!(
         "{method} / HTTP/1.1\r\nhost: svc\r\ncontent-length: {}\r\n\r\n",
         body.len()
@@ -276,6 +299,10 @@ fn send(endpoint: std::net::SocketAddr, method: &str, body: &[u8]) -> super::Sen
         replayable: body.is_empty() && method == "GET",
         close: false,
         answer_edits: &NO_EDITS,
+        // Leaked: a few bytes per test, for the 'static the helpers return.
+        policy: Box::leak(Box::new(policy)),
+        endpoints: Box::leak([&[endpoint][..], others].concat().into_boxed_slice()),
+        delay: None,
     }
 }
 
@@ -295,10 +322,22 @@ async fn exchange_within(
     client_body: &[u8],
     idle: std::time::Duration,
 ) -> (Result<bool, super::LeanError>, String, u16) {
+    let (r, got, status, _) = exchange_tried(pool, send, client_body, idle).await;
+    (r, got, status)
+}
+
+/// [`exchange_within`], also saying how the tries went.
+async fn exchange_tried(
+    pool: &crate::proxy::pool::Pool,
+    send: &super::Send<'_>,
+    client_body: &[u8],
+    idle: std::time::Duration,
+) -> (Result<bool, super::LeanError>, String, u16, super::Tried) {
     use tokio::io::AsyncReadExt as _;
     let (mut proxy_side, mut client_side) = tokio::io::duplex(1 << 16);
     let mut buf = bytes::BytesMut::from(client_body);
     let mut status = 0;
+    let mut tried = super::Tried::default();
     let r = super::exchange(
         &mut proxy_side,
         &mut buf,
@@ -306,6 +345,7 @@ async fn exchange_within(
         send,
         idle,
         &mut status,
+        &mut tried,
         || false,
     )
     .await;
@@ -318,7 +358,80 @@ async fn exchange_within(
         .read_to_string(&mut got)
         .await
         .expect("read client side");
-    (r, got, status)
+    (r, got, status, tried)
+}
+
+#[tokio::test]
+async fn retries_go_to_another_endpoint_with_the_body_sent_again() {
+    let unavailable: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy";
+    let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    // Istio's default policy: a 503 is tried again, on the other endpoint.
+    let (busy, busy_got) = upstream(vec![(vec![unavailable], false)]).await;
+    let (good, good_got) = upstream(vec![(vec![ok], false)]).await;
+    let pool = crate::proxy::pool::Pool::default();
+    let idle = std::time::Duration::from_secs(10);
+    let post = send_with(busy, "POST", b"payload", Default::default(), &[good]);
+    let (r, got, status, tried) = exchange_tried(&pool, &post, b"payload", idle).await;
+    assert!(matches!(r, Ok(true)), "{r:?}");
+    assert_eq!((status, got.ends_with("\r\n\r\nok")), (200, true), "{got}");
+    assert_eq!(
+        (tried.retries, tried.endpoint, tried.exhausted),
+        (1, Some(good), false)
+    );
+    assert_eq!(
+        busy_got.lock().expect("lock").as_slice(),
+        [b"payload".to_vec()]
+    );
+    assert_eq!(
+        good_got.lock().expect("lock").as_slice(),
+        [b"payload".to_vec()],
+        "the body sent again"
+    );
+    // Retries used up: the last answer goes to the client, flagged exhausted.
+    let (only, _) = upstream(vec![(vec![unavailable], false); 3]).await;
+    let get = send_with(only, "GET", b"", Default::default(), &[]);
+    let (r, got, status, tried) = exchange_tried(&pool, &get, b"", idle).await;
+    assert!(matches!(r, Ok(true)), "{r:?}");
+    assert_eq!((status, got.ends_with("busy")), (503, true), "{got}");
+    assert_eq!((tried.retries, tried.exhausted), (2, true));
+}
+
+#[tokio::test]
+async fn connect_failures_are_retried_and_a_500_is_not_by_default() {
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let failing: &[u8] = b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n";
+    let (broken, _) = upstream(vec![(vec![failing], false)]).await;
+    let pool = crate::proxy::pool::Pool::default();
+    let idle = std::time::Duration::from_secs(10);
+    let get = send_with(refusing, "GET", b"", Default::default(), &[broken]);
+    let (r, _, status, tried) = exchange_tried(&pool, &get, b"", idle).await;
+    assert!(matches!(r, Ok(true)), "{r:?}");
+    assert_eq!(
+        (status, tried.retries),
+        (500, 1),
+        "refused, then a 500 kept"
+    );
+    // With retryOn 5xx and a body past the replay bound, the 500 is not tried again.
+    let big = vec![b'x'; super::retry::REPLAY_LIMIT as usize + 1];
+    let (broken, _) = upstream(vec![(vec![failing], false)]).await;
+    let policy = crate::route::policy::Policy {
+        retry: crate::route::policy::Retry {
+            attempts: 3,
+            per_try: None,
+            on: crate::route::policy::RetryOn::parse("5xx").expect("parses"),
+        },
+        ..Default::default()
+    };
+    let post = send_with(broken, "POST", &big, policy, &[]);
+    let (r, _, status, tried) = exchange_tried(&pool, &post, &big, idle).await;
+    assert!(matches!(r, Ok(true)), "{r:?}");
+    assert_eq!(
+        (status, tried.retries),
+        (500, 0),
+        "a body not kept is not sent again"
+    );
 }
 
 #[tokio::test]

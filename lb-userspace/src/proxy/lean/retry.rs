@@ -1,0 +1,160 @@
+//! The tries of one request on the lean path, as the rule's `retries` allow (Istio's
+//! default policy without one): each retry on an endpoint not tried yet where there is
+//! one, within the per-try timeout, the request body sent again from a copy kept while
+//! it was first sent.
+
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use tokio::io::AsyncRead;
+
+use super::head::Send;
+use super::{LeanError, answer, request};
+use crate::proxy::pool::{Pool, Upstream, UpstreamError};
+use crate::route::policy::another;
+
+/// The largest request body kept to be sent again (Envoy buffers up to its connection
+/// buffer limit, 1 MiB; lb keeps less per request). A larger body is tried once, unless
+/// the try failed before any of it was read (a failed connect).
+pub(super) const REPLAY_LIMIT: u64 = 64 * 1024;
+
+/// How a request's tries went.
+#[derive(Debug, Default)]
+pub(super) struct Tried {
+    /// The endpoint of the last try (None: only the first was tried).
+    pub(super) endpoint: Option<SocketAddr>,
+    pub(super) retries: u32,
+    /// The retries were used up and the last try failed in a way that would have been
+    /// retried (Envoy's `URX`).
+    pub(super) exhausted: bool,
+}
+
+/// The request body as read from the client so far, with a copy to send again.
+pub(super) struct Replay {
+    consumed: u64,
+    copy: Option<Vec<u8>>,
+}
+
+impl Replay {
+    fn new(send: &Send<'_>) -> Self {
+        let keep =
+            send.policy.retry.attempts > 0 && send.body_len > 0 && send.body_len <= REPLAY_LIMIT;
+        Replay {
+            consumed: 0,
+            // Allocated as the body arrives: most requests have none.
+            copy: keep.then(Vec::new),
+        }
+    }
+
+    pub(super) fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    /// The bytes to send again before reading more from the client.
+    pub(super) fn kept(&self) -> Option<&[u8]> {
+        self.copy.as_deref().filter(|c| !c.is_empty())
+    }
+
+    pub(super) fn keep(&mut self, bytes: &[u8]) {
+        self.consumed += bytes.len() as u64;
+        if let Some(c) = &mut self.copy {
+            c.extend_from_slice(bytes);
+        }
+    }
+
+    /// Whether a retry can send the same request.
+    fn replayable(&self) -> bool {
+        self.consumed == 0 || self.copy.is_some()
+    }
+}
+
+/// Tries the request until an answer or a failure the policy does not retry.
+pub(super) async fn attempts<S: AsyncRead + Unpin>(
+    client: &mut S,
+    buf: &mut BytesMut,
+    pool: &Pool,
+    send: &Send<'_>,
+    idle: std::time::Duration,
+    tried: &mut Tried,
+) -> Result<(Upstream, answer::Answer), LeanError> {
+    let retry = &send.policy.retry;
+    let mut body = Replay::new(send);
+    let mut ep = send.endpoint;
+    let mut previous = Vec::new();
+    loop {
+        let one = once(client, buf, pool, send, ep, &mut body, idle);
+        let result = match retry.per_try {
+            Some(t) => tokio::time::timeout(t, one)
+                .await
+                .unwrap_or(Err(LeanError::UpstreamSilent(ep))),
+            None => one.await,
+        };
+        let again = match &result {
+            Ok((_, a)) => retry.on.status(a.status, None),
+            Err(LeanError::Connect(UpstreamError::Connect(..) | UpstreamError::Timeout(_))) => {
+                retry.on.connect()
+            }
+            // Overflow is the pool's own limit (503 `UO`); the client's failures are its.
+            Err(
+                LeanError::Connect(_)
+                | LeanError::Client(_)
+                | LeanError::ClientStalled
+                | LeanError::RouteTimeout,
+            ) => false,
+            Err(_) => retry.on.no_answer(),
+        };
+        if !again || !body.replayable() {
+            return result;
+        }
+        if tried.retries == retry.attempts {
+            tried.exhausted = true;
+            return result;
+        }
+        // A retried answer's connection is dropped with the rest of that answer.
+        drop(result);
+        tried.retries += 1;
+        previous.push(ep);
+        ep = another(send.endpoints, &previous);
+        tried.endpoint = Some(ep);
+    }
+}
+
+/// One try: a pooled socket (or a new one if the pooled one turns out closed and the
+/// request is safe to send again), the request, the answer's head.
+async fn once<S: AsyncRead + Unpin>(
+    client: &mut S,
+    buf: &mut BytesMut,
+    pool: &Pool,
+    send: &Send<'_>,
+    ep: SocketAddr,
+    body: &mut Replay,
+    idle: std::time::Duration,
+) -> Result<(Upstream, answer::Answer), LeanError> {
+    let (mut up, mut reused) = take(pool, ep, send.replayable).await?;
+    loop {
+        match request(client, buf, &mut up, send, ep, body, idle).await {
+            Ok(a) => return Ok((up, a)),
+            // A pooled socket the backend had closed: once more on a new one.
+            Err(LeanError::Closed(_) | LeanError::Upstream(..)) if reused && send.replayable => {
+                up = pool.connect_raw(ep).await?;
+                reused = false;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A pooled socket to `ep` (true) or a new one (false). A request that cannot be
+/// sent again checks the pooled socket first.
+async fn take(
+    pool: &Pool,
+    ep: SocketAddr,
+    replayable: bool,
+) -> Result<(Upstream, bool), LeanError> {
+    while let Some(u) = pool.take_raw(ep) {
+        if replayable || u.looks_alive() {
+            return Ok((u, true));
+        }
+    }
+    Ok((pool.connect_raw(ep).await?, false))
+}

@@ -1,0 +1,273 @@
+//! A rule's traffic policy on the proxy path: `timeout`, `retries` and `fault`, as
+//! Istio configures Envoy with them (../shared/ISTIO-SEMANTICS.md).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// What a rule does besides choosing a destination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// The route timeout: from the request to the end of its answer (504 `UT`). None:
+    /// no route timeout (Istio's default; the stream-idle bound still applies).
+    pub timeout: Option<Duration>,
+    pub retry: Retry,
+    pub fault: Fault,
+}
+
+impl Default for Policy {
+    /// What a rule without `timeout`, `retries` and `fault` gets.
+    fn default() -> Self {
+        Policy {
+            timeout: None,
+            retry: Retry::istio_default(),
+            fault: Fault::default(),
+        }
+    }
+}
+
+/// `retries`: how often, and on what, a request is sent again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retry {
+    /// Retries after the first try (0: none).
+    pub attempts: u32,
+    /// Each try's bound (504 `UT` for the last); None: the route timeout only.
+    pub per_try: Option<Duration>,
+    pub on: RetryOn,
+}
+
+impl Retry {
+    /// Istio's policy for a route without `retries` (pilot's `retry.DefaultPolicy`):
+    /// 2 retries on connect failures, refused streams, gRPC `unavailable` and
+    /// `cancelled`, and 503 answers, each on another endpoint where there is one.
+    pub fn istio_default() -> Self {
+        Retry {
+            attempts: 2,
+            per_try: None,
+            on: RetryOn::parse(ISTIO_DEFAULT_RETRY_ON).expect("Istio's default parses"),
+        }
+    }
+
+    pub fn none() -> Self {
+        Retry {
+            attempts: 0,
+            per_try: None,
+            on: RetryOn::default(),
+        }
+    }
+}
+
+/// `retryOn` when `retries` leaves it out, or has no `retries` at all.
+pub const ISTIO_DEFAULT_RETRY_ON: &str =
+    "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes,503";
+
+/// The conditions of `retryOn` (Envoy's `x-envoy-retry-on` policies), with the status
+/// codes it lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    /// As configured (`lb explain`).
+    pub text: String,
+    /// Any 5xx answer, or no answer (connect failure, reset, per-try timeout).
+    pub any_5xx: bool,
+    /// 502, 503 or 504, or no answer.
+    pub gateway_error: bool,
+    /// No answer: the connection reset or closed, or the per-try bound passed.
+    pub reset: bool,
+    pub connect_failure: bool,
+    /// 409 (`retriable-4xx`).
+    pub conflict: bool,
+    /// `retriable-status-codes`: the codes listed in `retryOn`.
+    pub codes: Vec<u16>,
+    /// gRPC statuses (`grpc-status` of an answer's head): cancelled 1, deadline-exceeded 4,
+    /// resource-exhausted 8, internal 13, unavailable 14.
+    pub grpc: Vec<u8>,
+}
+
+/// The `retryOn` values Istio accepts (besides status codes 100–599).
+const POLICIES: [&str; 16] = [
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "http3-post-connect-failure",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+
+impl RetryOn {
+    /// Parses `retryOn`; Err names the value Istio would reject.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        // Codes listed count as `retriable-status-codes` (Istio adds that policy itself).
+        let mut on = RetryOn {
+            text: text.to_string(),
+            ..RetryOn::default()
+        };
+        for p in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            if let Ok(code) = p.parse::<u16>() {
+                if !(100..=599).contains(&code) {
+                    return Err(p.to_string());
+                }
+                on.codes.push(code);
+                continue;
+            }
+            if !POLICIES.contains(&p) {
+                return Err(p.to_string());
+            }
+            match p {
+                "5xx" => on.any_5xx = true,
+                "gateway-error" => on.gateway_error = true,
+                "reset" | "reset-before-request" => on.reset = true,
+                "connect-failure" | "http3-post-connect-failure" => on.connect_failure = true,
+                "retriable-4xx" => on.conflict = true,
+                "cancelled" => on.grpc.push(1),
+                "deadline-exceeded" => on.grpc.push(4),
+                "resource-exhausted" => on.grpc.push(8),
+                "internal" => on.grpc.push(13),
+                "unavailable" => on.grpc.push(14),
+                // The codes listed; HTTP/2's REFUSED_STREAM, Envoy's rate limiting,
+                // retriable headers: nothing lb's HTTP/1.1 upstreams produce.
+                _ => {}
+            }
+        }
+        Ok(on)
+    }
+
+    /// Whether an answer with `status` (and `grpc` status, if its head has one) is tried
+    /// again.
+    pub fn status(&self, status: u16, grpc: Option<u8>) -> bool {
+        (self.any_5xx && (500..600).contains(&status))
+            || (self.gateway_error && matches!(status, 502..=504))
+            || (self.conflict && status == 409)
+            || self.codes.contains(&status)
+            || grpc.is_some_and(|g| self.grpc.contains(&g))
+    }
+
+    /// Whether a connect that failed (refused, timed out) is tried again.
+    pub fn connect(&self) -> bool {
+        self.connect_failure || self.any_5xx || self.gateway_error || self.reset
+    }
+
+    /// Whether a try that got no answer (reset, closed, past the per-try bound) is
+    /// tried again.
+    pub fn no_answer(&self) -> bool {
+        self.any_5xx || self.gateway_error || self.reset
+    }
+
+    /// Whether any answer's status can cause a retry (the request must then be kept
+    /// until its answer's head is read).
+    pub fn on_status(&self) -> bool {
+        self.any_5xx || self.gateway_error || self.conflict || !self.codes.is_empty()
+    }
+}
+
+/// The endpoint of the next try: one not tried yet, at random (Envoy's
+/// `previous_hosts` predicate, which Istio sets); once all were, any.
+pub fn another(endpoints: &[SocketAddr], previous: &[SocketAddr]) -> SocketAddr {
+    let fresh = endpoints.iter().filter(|e| !previous.contains(e)).count();
+    if fresh == 0 {
+        return endpoints[fastrand::usize(..endpoints.len())];
+    }
+    let n = fastrand::usize(..fresh);
+    *endpoints
+        .iter()
+        .filter(|e| !previous.contains(e))
+        .nth(n)
+        .expect("n < fresh")
+}
+
+/// `fault`: delays and aborts injected for a share of the requests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fault {
+    /// The delay and the share of requests (0–100 %) that get it.
+    pub delay: Option<(Duration, f64)>,
+    /// The status answered instead of forwarding, and the share.
+    pub abort: Option<(u16, f64)>,
+}
+
+/// A Go / Kubernetes duration (`10s`, `0.5s`, `250ms`, `1m30s`, `1h`), as Istio's
+/// `timeout`, `perTryTimeout` and `fixedDelay` take them.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let value: f64 = rest[..n].parse().ok()?;
+        rest = &rest[n..];
+        let u = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..u] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[u..];
+        total += value * scale;
+    }
+    Duration::try_from_secs_f64(total).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_go_writes_them() {
+        let ms = |t| parse_duration(t).map(|d| d.as_millis());
+        assert_eq!(ms("10s"), Some(10_000));
+        assert_eq!(ms("0.5s"), Some(500));
+        assert_eq!(ms("250ms"), Some(250));
+        assert_eq!(ms("1m30s"), Some(90_000));
+        assert_eq!(ms("1h"), Some(3_600_000));
+        for bad in ["", "10", "s", "1x", "1.2.3s", "-1s"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_retry_goes_to_an_endpoint_not_tried_while_there_is_one() {
+        let eps: Vec<SocketAddr> = (1..=3)
+            .map(|i| format!("127.0.0.{i}:80").parse().expect("addr"))
+            .collect();
+        for _ in 0..100 {
+            let next = another(&eps, &eps[..1]);
+            assert_ne!(next, eps[0]);
+            assert_eq!(another(&eps, &eps[..2]), eps[2]);
+            assert!(eps.contains(&another(&eps, &eps)));
+        }
+    }
+
+    #[test]
+    fn retry_on_reads_envoys_policies_and_codes() {
+        let d = RetryOn::parse(ISTIO_DEFAULT_RETRY_ON).expect("parses");
+        assert!(d.connect() && !d.no_answer());
+        assert!(d.status(503, None) && !d.status(500, None) && !d.status(502, None));
+        assert!(d.status(200, Some(14)), "gRPC unavailable");
+        let g = RetryOn::parse("gateway-error").expect("parses");
+        assert!(g.status(502, None) && g.status(504, None) && !g.status(500, None));
+        assert!(g.connect() && g.no_answer());
+        let x = RetryOn::parse("5xx,409").expect("parses");
+        assert!(x.status(500, None) && x.status(409, None) && !x.status(404, None));
+        let c = RetryOn::parse("connect-failure").expect("parses");
+        assert!(c.connect() && !c.no_answer() && !c.on_status());
+        assert_eq!(RetryOn::parse("5xx,bogus"), Err("bogus".into()));
+        assert_eq!(RetryOn::parse("99"), Err("99".into()));
+    }
+}

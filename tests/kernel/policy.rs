@@ -1,0 +1,218 @@
+//! Istio's route policies through the live proxy (issue 15): `fault` aborts and
+//! delays, `timeout`, `retries` (Istio's default policy and configured ones, with
+//! `perTryTimeout`), on both engines — the lean HTTP/1.1 path and hyper's (an
+//! HTTP/1.0 request) — against backends that refuse, hang and answer 503, with the
+//! access log's flags as Envoy's and the backends' own request counts.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Env, wait_for};
+
+const CONFIG: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: backend-service}
+spec:
+  hosts: [backend-service]
+  addresses: [127.10.31.1]
+  ports: [{number: 31000, name: http}]
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.2, labels: {version: v0}}
+  - {address: 127.0.0.3, labels: {version: v1}}
+  - {address: 127.0.0.9, labels: {version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend-dr}
+spec:
+  host: backend-service
+  subsets:
+  - {name: v0, labels: {version: v0}}
+  - {name: v1, labels: {version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend-vs}
+spec:
+  hosts: [backend-service]
+  http:
+  - match: [{uri: {prefix: /abort}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: backend-service, subset: v0}}]
+  - match: [{uri: {prefix: /half}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 50}}}
+    route: [{destination: {host: backend-service, subset: v0}}]
+  - match: [{uri: {prefix: /delay}}]
+    fault: {delay: {fixedDelay: 300ms, percentage: {value: 100}}}
+    route: [{destination: {host: backend-service, subset: v0}}]
+  - match: [{uri: {prefix: /hang}, headers: {x-try: {exact: per-try}}}]
+    timeout: 3s
+    retries: {attempts: 2, perTryTimeout: 200ms, retryOn: 5xx}
+    route: [{destination: {host: backend-service, subset: v0}}]
+  - match: [{uri: {prefix: /hang}}]
+    timeout: 500ms
+    route: [{destination: {host: backend-service, subset: v0}}]
+  - match: [{uri: {prefix: /status}}]
+    route: [{destination: {host: backend-service, subset: v0}}]
+  - match: [{uri: {prefix: /once}}]
+    retries: {attempts: 0}
+    route: [{destination: {host: backend-service, subset: v1}}]
+  - route: [{destination: {host: backend-service, subset: v1}}]
+"#;
+
+/// One request straight to the proxy: (the answer's status, how long it took).
+fn request(env: &Env, version: &str, path: &str, extra: &str) -> (u16, Duration) {
+    let t = Instant::now();
+    let mut s = TcpStream::connect(env.proxy()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} {version}\r\nhost: backend-service\r\n{extra}connection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let status = String::from_utf8_lossy(&got)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, t.elapsed())
+}
+
+/// How many requests the test backend at `addr` has served.
+fn served(addr: &str) -> u64 {
+    let mut s = TcpStream::connect(addr).expect("backend");
+    s.write_all(b"GET /__requests HTTP/1.1\r\nhost: b\r\n\r\n")
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out.rsplit("\r\n\r\n")
+        .next()
+        .and_then(|b| b.trim().parse().ok())
+        .expect("a count")
+}
+
+/// lb's counter of retried requests.
+fn retries(env: &Env) -> u64 {
+    env.admin_get("/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix("lb_proxy_upstream_retries_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn faults_timeouts_and_retries_apply_on_both_engines() {
+    let port = 31000;
+    let (v0, v1) = (format!("127.0.0.2:{port}"), format!("127.0.0.3:{port}"));
+    let mut env = Env::new("policy");
+    let addr = |a: &str| -> SocketAddr { a.parse().expect("addr") };
+    env.backend("v0", &[addr(&v0)]);
+    env.backend("v1", &[addr(&v1)]);
+    // 127.0.0.9 (v1's second endpoint) refuses: nothing listens there.
+    env.write_config("config.yaml", CONFIG);
+    env.start_daemon(false);
+    let mut wrong = Vec::new();
+    let mut check = |what: String, ok: bool| {
+        if !ok {
+            wrong.push(what);
+        }
+    };
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        // An abort answers at the proxy: no backend sees the request.
+        let before = served(&v0);
+        let answers: Vec<u16> = (0..20)
+            .map(|_| request(&env, version, "/abort", "").0)
+            .collect();
+        check(
+            format!("{version} abort: {answers:?}"),
+            answers.iter().all(|&s| s == 418),
+        );
+        check(format!("{version} abort reached v0"), served(&v0) == before);
+        // Half aborted: 400 requests, 50 % ± 8 points.
+        let aborted = (0..400)
+            .filter(|_| request(&env, version, "/half", "").0 == 418)
+            .count();
+        check(
+            format!("{version} half: {aborted} of 400 aborted"),
+            (168..=232).contains(&aborted),
+        );
+        // A delay, then the backend's answer.
+        let (status, took) = request(&env, version, "/delay", "");
+        check(
+            format!("{version} delay: {status} in {took:?}"),
+            status == 200 && took >= Duration::from_millis(300),
+        );
+        // The route timeout: a backend that never answers gets 504 at 0.5 s.
+        let (status, took) = request(&env, version, "/hang", "");
+        check(
+            format!("{version} timeout: {status} in {took:?}"),
+            status == 504 && took >= Duration::from_millis(500) && took < Duration::from_secs(2),
+        );
+        // Istio's default policy: v1's refusing endpoint is retried on the other, so no
+        // request fails; with `attempts: 0` about half get 502.
+        let r0 = retries(&env);
+        let failed = (0..100)
+            .filter(|_| request(&env, version, "/any", "").0 != 200)
+            .count();
+        check(
+            format!("{version} default retries: {failed} of 100 failed"),
+            failed == 0,
+        );
+        check(
+            format!("{version} default retries: counted {}", retries(&env) - r0),
+            retries(&env) > r0,
+        );
+        let failed = (0..100)
+            .filter(|_| request(&env, version, "/once", "").0 == 502)
+            .count();
+        check(
+            format!("{version} no retries: {failed} of 100 got 502"),
+            (25..=75).contains(&failed),
+        );
+    }
+    // The lean path sends a request again after a 503 (Istio's default policy): v0
+    // answers 503 each time, so it sees three tries and the client the last 503.
+    let before = served(&v0);
+    let (status, _) = request(&env, "HTTP/1.1", "/status/503", "");
+    check(format!("503 retried: {status}"), status == 503);
+    let tries = served(&v0) - before;
+    check(format!("503 retried: v0 served {tries}"), tries == 3);
+    // perTryTimeout: three tries of 200 ms each, then 504, well inside the 3 s timeout.
+    let before = served(&v0);
+    let (status, took) = request(&env, "HTTP/1.1", "/hang", "x-try: per-try\r\n");
+    check(
+        format!("per-try: {status} in {took:?}"),
+        status == 504 && took >= Duration::from_millis(600) && took < Duration::from_millis(1500),
+    );
+    check(
+        format!("per-try: v0 served {}", served(&v0) - before),
+        served(&v0) - before == 3,
+    );
+    assert!(wrong.is_empty(), "{wrong:#?}\n{}", env.daemon_log());
+    // The access log carries Envoy's flags: FI for aborts, DI for delays, UT for the
+    // timeouts, URX for retries used up.
+    let log_path = env.work.join("access.log");
+    wait_for(Duration::from_secs(5), "the access log flushed", || {
+        std::fs::read_to_string(&log_path)
+            .is_ok_and(|l| l.matches("GET /hang HTTP/1.1").count() == 2)
+    });
+    let log = std::fs::read_to_string(&log_path).expect("access log");
+    for (line, n) in [
+        ("\"GET /abort HTTP/1.1\" 418 FI ", 20),
+        ("\"GET /abort HTTP/1.0\" 418 FI ", 20),
+        ("\"GET /delay HTTP/1.1\" 200 DI ", 1),
+        ("\"GET /delay HTTP/1.0\" 200 DI ", 1),
+        ("\"GET /hang HTTP/1.1\" 504 UT ", 2),
+        ("\"GET /hang HTTP/1.0\" 504 UT ", 1),
+        ("\"GET /status/503 HTTP/1.1\" 503 URX ", 1),
+    ] {
+        let got = log.lines().filter(|l| l.contains(line)).count();
+        assert_eq!(got, n, "{line:?}:\n{log}");
+    }
+}
