@@ -517,11 +517,12 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
         None => None,
     };
     let bounds = opts.proxy.bounds;
+    let client = proxy::pool::Pool::new(&bounds);
     let shared = Arc::new(Shared {
         table: rx,
-        client: proxy::pool::Pool::new(&bounds),
+        metrics: proxy::metrics::Metrics::with(&client),
+        client,
         conns: proxy::conns::Conns::new(bounds.max_connections),
-        metrics: Default::default(),
         log,
         kernel,
         front: proxy::Front::new(opts.proxy.limits, bounds, opts.proxy.lean, listeners.main),

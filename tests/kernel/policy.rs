@@ -65,6 +65,12 @@ spec:
 
 /// One request straight to the proxy: (the answer's status, how long it took).
 fn request(env: &Env, version: &str, path: &str, extra: &str) -> (u16, Duration) {
+    let (status, took, _) = answer(env, version, path, extra);
+    (status, took)
+}
+
+/// [`request`], with the backend that answered (`x-backend`, empty if none).
+fn answer(env: &Env, version: &str, path: &str, extra: &str) -> (u16, Duration, String) {
     let t = Instant::now();
     let mut s = TcpStream::connect(env.proxy()).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(20)))
@@ -81,7 +87,14 @@ fn request(env: &Env, version: &str, path: &str, extra: &str) -> (u16, Duration)
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    (status, t.elapsed())
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    let backend = text
+        .lines()
+        .find_map(|l| l.strip_prefix("x-backend: "))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    (status, t.elapsed(), backend)
 }
 
 /// How many requests the test backend at `addr` has served.
@@ -97,13 +110,18 @@ fn served(addr: &str) -> u64 {
         .expect("a count")
 }
 
-/// lb's counter of retried requests.
-fn retries(env: &Env) -> u64 {
+/// One of lb's counters.
+fn counter(env: &Env, name: &str) -> u64 {
     env.admin_get("/metrics")
         .lines()
-        .find_map(|l| l.strip_prefix("lb_proxy_upstream_retries_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// lb's counter of retried requests.
+fn retries(env: &Env) -> u64 {
+    counter(env, "lb_proxy_upstream_retries_total")
 }
 
 #[test]
@@ -215,4 +233,104 @@ fn faults_timeouts_and_retries_apply_on_both_engines() {
         let got = log.lines().filter(|l| l.contains(line)).count();
         assert_eq!(got, n, "{line:?}:\n{log}");
     }
+}
+
+const BALANCED: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: backend-service}
+spec:
+  hosts: [backend-service]
+  addresses: [127.10.32.1]
+  ports: [{number: 32000, name: http}]
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.2, labels: {pool: rr}}
+  - {address: 127.0.0.3, labels: {pool: rr}}
+  - {address: 127.0.0.4, labels: {pool: od}}
+  - {address: 127.0.0.9, labels: {pool: od}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend-dr}
+spec:
+  host: backend-service
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 2s}
+  subsets:
+  - name: rr
+    labels: {pool: rr}
+    trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+  - {name: od, labels: {pool: od}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend-vs}
+spec:
+  hosts: [backend-service]
+  http:
+  - match: [{uri: {prefix: /rr}}]
+    route: [{destination: {host: backend-service, subset: rr}}]
+  - route: [{destination: {host: backend-service, subset: od}}]
+    retries: {attempts: 0}
+"#;
+
+/// A DestinationRule's traffic policy through the live proxy: ROUND_ROBIN alternates
+/// exactly; outlier detection ejects an endpoint that refuses after 3 failures in a
+/// row (on either engine), for 2 s then 4 s, and takes it back once it serves.
+#[test]
+fn round_robin_and_outlier_detection_follow_the_destination_rule() {
+    let port = 32000;
+    let at = |ip: &str| -> SocketAddr { format!("{ip}:{port}").parse().expect("addr") };
+    let mut env = Env::new("balanced");
+    env.backend("v2", &[at("127.0.0.2")]);
+    env.backend("v3", &[at("127.0.0.3")]);
+    env.backend("v4", &[at("127.0.0.4")]);
+    env.write_config("config.yaml", BALANCED);
+    env.start_daemon(false);
+    let order: Vec<String> = (0..40)
+        .map(|_| answer(&env, "HTTP/1.1", "/rr", "").2)
+        .collect();
+    let alternates = order.windows(2).all(|w| w[0] != w[1]);
+    assert!(
+        alternates && order.iter().filter(|b| *b == "v2").count() == 20,
+        "{order:?}"
+    );
+    // 127.0.0.9 refuses: its third failure in a row ejects it; the rest go to v4.
+    for (round, version) in ["HTTP/1.1", "HTTP/1.0"].into_iter().enumerate() {
+        let got: Vec<(u16, String)> = (0..40)
+            .map(|_| {
+                let (s, _, b) = answer(&env, version, "/od", "");
+                (s, b)
+            })
+            .collect();
+        let failed: Vec<usize> = (0..got.len()).filter(|&i| got[i].0 != 200).collect();
+        assert_eq!(failed.len(), 3, "{version}: {got:?}");
+        assert!(
+            got[failed[2] + 1..]
+                .iter()
+                .all(|(s, b)| *s == 200 && b == "v4"),
+            "{got:?}"
+        );
+        assert_eq!(
+            counter(&env, "lb_proxy_outlier_ejections_total"),
+            round as u64 + 1
+        );
+        // Still ejected a moment later; back (and failing again) after its time.
+        std::thread::sleep(Duration::from_millis(2200 * (round as u64 + 1)));
+    }
+    // Ejected a second time for twice as long (4 s): it serves now, and is taken back.
+    env.backend("v9", &[at("127.0.0.9")]);
+    let seen: Vec<(u16, String)> = (0..60)
+        .map(|_| {
+            let (s, _, b) = answer(&env, "HTTP/1.1", "/od", "");
+            (s, b)
+        })
+        .collect();
+    assert!(seen.iter().all(|(s, _)| *s == 200), "{seen:?}");
+    assert!(
+        seen.iter().any(|(_, b)| b == "v9"),
+        "v9 taken back: {seen:?}"
+    );
+    assert!(seen.iter().any(|(_, b)| b == "v4"), "{seen:?}");
 }

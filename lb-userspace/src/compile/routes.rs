@@ -5,7 +5,7 @@ use crate::hosts;
 use crate::model::Model;
 use crate::model::catalog::CatalogService;
 use crate::model::http::ParsedAction;
-use crate::model::routes::endpoints_by_port;
+use crate::model::routes::{destination_policy, endpoints_by_port};
 use crate::route::{Action, Destination, RouteTable, Rule, VirtualHost};
 
 /// Every name a Host header may use for a catalogue service: its host in every form,
@@ -72,6 +72,8 @@ pub fn build(model: Model) -> RouteTable {
                                     weight: d.weight,
                                     endpoints: endpoints_by_port(d, catalog, subset_rules),
                                     label,
+                                    policy: destination_policy(d, catalog, subset_rules),
+                                    next: Default::default(),
                                 }
                             })
                             .collect(),

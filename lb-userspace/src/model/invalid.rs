@@ -195,6 +195,16 @@ pub enum Invalid {
     NoFixedDelay,
     #[error("exponentialDelay not supported yet")]
     ExponentialDelay,
+
+    // -- traffic policy of a DestinationRule
+    #[error(
+        "unknown load balancer {0:?}: expected LEAST_REQUEST, ROUND_ROBIN, RANDOM or PASSTHROUGH"
+    )]
+    UnknownBalance(String),
+    #[error("outlier detection consecutive errors cannot be negative")]
+    NegativeConsecutive,
+    #[error("outlier detection {0} must be in range [0, 100]")]
+    PercentRange(String),
 }
 
 impl Invalid {

@@ -12,6 +12,7 @@ pub mod own;
 pub mod policy;
 pub mod routes;
 pub mod subsets;
+pub mod traffic;
 
 use std::collections::BTreeMap;
 

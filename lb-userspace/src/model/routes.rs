@@ -453,6 +453,20 @@ pub fn endpoints_by_port(
         .collect()
 }
 
+/// The DestinationRule's traffic policy for a destination (Istio's defaults without
+/// one).
+pub fn destination_policy(
+    d: &WeightedDestination,
+    catalog: &Catalog,
+    subset_rules: &SubsetRules,
+) -> crate::route::policy::DestinationPolicy {
+    catalog
+        .lookup(&d.host)
+        .and_then(|svc| subset_rules.get(&svc.host))
+        .map(|r| r.policy(d.subset.as_deref()))
+        .unwrap_or_default()
+}
+
 /// Resolves a route's destinations for traffic dialled to `dialled_port`.
 pub fn resolve(
     route: &KernelRoute,

@@ -19,8 +19,19 @@ pub struct SubsetRule {
     /// `ns/name` of the DestinationRule.
     pub source: String,
     pub subsets: BTreeMap<String, BTreeMap<String, String>>,
+    /// `spec.trafficPolicy`'s groups, and each subset's own.
+    pub policy: super::traffic::Groups,
+    pub subset_policies: BTreeMap<String, super::traffic::Groups>,
     /// Index of the resource in the loaded list.
     pub resource: usize,
+}
+
+impl SubsetRule {
+    /// What the proxy applies to requests for `subset` (None: the whole host).
+    pub fn policy(&self, subset: Option<&str>) -> crate::route::policy::DestinationPolicy {
+        let own = subset.and_then(|s| self.subset_policies.get(s));
+        own.cloned().unwrap_or_default().over(&self.policy)
+    }
 }
 
 /// Reads one DestinationRule.
@@ -41,7 +52,9 @@ pub fn from_destination_rule(
             return None;
         }
     };
+    let errors_before = diags.iter().filter(|d| d.is_error()).count();
     let mut subsets = BTreeMap::new();
+    let mut subset_policies = BTreeMap::new();
     let mut ok = true;
     for (i, s) in spec.subsets.iter().enumerate() {
         let path = format!("spec.subsets[{i}]");
@@ -63,36 +76,17 @@ pub fn from_destination_rule(
             ));
             ok = false;
         }
-        super::warn_unenforced(
-            l,
-            &path,
-            &[("trafficPolicy", s.traffic_policy.is_some())],
-            diags,
-        );
-    }
-    if let Some(tp) = &spec.traffic_policy {
-        let simple = tp
-            .load_balancer
-            .as_ref()
-            .and_then(|lb| lb.simple.as_deref());
-        // RANDOM is exactly what connect4 does; anything else is not enforced yet.
-        let only_random = simple == Some("RANDOM")
-            && tp.connection_pool.is_none()
-            && tp.outlier_detection.is_none()
-            && tp.tls.is_none()
-            && tp.port_level_settings.is_empty();
-        if !only_random {
-            let problem = Invalid::Unenforced {
-                field: "trafficPolicy".into(),
-                consequence: " (endpoints are picked at random)",
-            };
-            diags.push(Diagnostic::warning(
-                l.at("spec.trafficPolicy"),
-                "spec.trafficPolicy",
-                problem,
-            ));
+        if let Some(tp) = &s.traffic_policy {
+            let groups = super::traffic::groups(l, &format!("{path}.trafficPolicy"), tp, diags);
+            subset_policies.insert(name.clone(), groups);
         }
     }
+    let policy = spec
+        .traffic_policy
+        .as_ref()
+        .map(|tp| super::traffic::groups(l, "spec.trafficPolicy", tp, diags))
+        .unwrap_or_default();
+    ok &= diags.iter().filter(|d| d.is_error()).count() == errors_before;
     super::warn_unenforced(
         l,
         "spec",
@@ -106,6 +100,8 @@ pub fn from_destination_rule(
         host,
         source: format!("{}/{}", l.namespace, l.name),
         subsets,
+        policy,
+        subset_policies,
         resource: index,
     })
 }

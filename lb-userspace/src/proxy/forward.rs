@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::access_log::Entry;
+use super::balance::Answered;
 use super::{Shared, h1};
 use crate::route;
 
@@ -212,6 +213,7 @@ struct Forward<'t> {
     endpoint: SocketAddr,
     /// The destination's endpoints (a connect retry goes to another).
     endpoints: &'t [SocketAddr],
+    destination: &'t route::Destination,
     /// The fault's delay, if this request drew it.
     delay: Option<std::time::Duration>,
     rule: &'t route::Rule,
@@ -253,6 +255,7 @@ async fn route_request<'t>(
         up,
         mut endpoint,
         endpoints,
+        destination,
         delay,
         rule,
         client_upgrade,
@@ -263,17 +266,31 @@ async fn route_request<'t>(
     }
     let upgrade = client_upgrade.is_some();
     let policy = &rule.policy;
+    let health = &shared.client.endpoints;
+    let track =
+        destination.policy.balance == route::policy::Balance::LeastRequest && endpoints.len() > 1;
     let send = async {
         let s = connect(
             shared,
             endpoints,
             policy,
+            destination,
             &mut endpoint,
             upgrade,
             &mut outcome,
         )
         .await?;
-        shared.client.send(endpoint, s, up, upgrade).await
+        // In flight until the answer's head (LEAST_REQUEST compares these).
+        let _active = track.then(|| health.begin(endpoint));
+        let sent = shared.client.send(endpoint, s, up, upgrade).await;
+        if let Some(o) = &destination.policy.outlier {
+            let a = match &sent {
+                Ok(resp) => Answered::Status(resp.status().as_u16()),
+                Err(_) => Answered::Nothing,
+            };
+            health.report(o, endpoints, endpoint, a);
+        }
+        sent
     };
     let send = async {
         let sent = match &conn.activity {
@@ -338,6 +355,7 @@ async fn connect(
     shared: &Shared,
     endpoints: &[SocketAddr],
     policy: &route::policy::Policy,
+    destination: &route::Destination,
     endpoint: &mut SocketAddr,
     upgrade: bool,
     outcome: &mut Outcome<'_>,
@@ -346,7 +364,14 @@ async fn connect(
     let retry = &policy.retry;
     let mut previous = Vec::new();
     loop {
-        match shared.client.sender(*endpoint, upgrade).await {
+        let sender = shared.client.sender(*endpoint, upgrade).await;
+        if let (Err(Connect(..) | Timeout(_)), Some(o)) = (&sender, &destination.policy.outlier) {
+            shared
+                .client
+                .endpoints
+                .report(o, endpoints, *endpoint, Answered::Nothing);
+        }
+        match sender {
             Err(Connect(..) | Timeout(_))
                 if retry.on.connect() && previous.len() < retry.attempts as usize =>
             {
@@ -381,6 +406,7 @@ pub(super) fn decide<'t>(
     table: &'t route::RouteTable,
     r: &route::Request<'_>,
     host_as_sent: bool,
+    endpoints: &super::balance::Endpoints,
     outcome: &mut Outcome<'t>,
 ) -> Decision<'t> {
     let Ok(sel) = table.select(r) else {
@@ -388,7 +414,8 @@ pub(super) fn decide<'t>(
         return Decision::Refused(h1::Refusal::BadPath);
     };
     outcome.unknown_host = sel.by_dialled_service.then(|| route::host_key(r.authority));
-    match route::decide(table, &sel, r, host_as_sent, &mut route::decide::Random) {
+    let mut pick = super::balance::Live(endpoints);
+    match route::decide(table, &sel, r, host_as_sent, &mut pick) {
         route::Verdict::Upstream(t) => {
             outcome.rule = Some(t.rule);
             outcome.destination = Some(t.destination);
@@ -459,7 +486,7 @@ fn prepare<'t>(
         headers: req.headers(),
         dialled: conn.dialled,
     };
-    let target = match decide(table, &r, host_as_sent, outcome) {
+    let target = match decide(table, &r, host_as_sent, &shared.client.endpoints, outcome) {
         Decision::Upstream(t) => t,
         Decision::Local(l) => return Routed::Answer(local_answer(&l)),
         Decision::Refused(r) => return Routed::Answer(refusal(r, outcome)),
@@ -499,6 +526,7 @@ fn prepare<'t>(
         up,
         endpoint: target.endpoint,
         endpoints: target.endpoints,
+        destination: target.destination,
         delay: target.delay,
         rule: target.rule,
         client_upgrade,

@@ -132,6 +132,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The proxy's metrics, with those `pool` keeps (outlier ejections).
+    pub fn with(pool: &super::pool::Pool) -> Self {
+        let mut m = Metrics::default();
+        m.registry.register(
+            "proxy_outlier_ejections",
+            "Endpoints ejected by DestinationRules' outlier detection",
+            pool.endpoints.ejections.clone(),
+        );
+        m
+    }
+
     /// Counts an accepted connection.
     pub fn accepted(&self, deferred: bool) {
         self.accepted[usize::from(deferred)].inc();

@@ -6,6 +6,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod balance;
 pub mod bounds;
 pub mod client_io;
 pub mod conns;
@@ -80,11 +81,12 @@ pub struct Shared {
 impl Shared {
     /// State for a proxy without kernel maps or access log (tests, benchmarks).
     pub fn new(table: watch::Receiver<Arc<RouteTable>>, front: Front) -> Self {
+        let client = pool::Pool::new(&front.bounds);
         Shared {
             table,
-            client: pool::Pool::new(&front.bounds),
+            metrics: metrics::Metrics::with(&client),
+            client,
             conns: conns::Conns::new(front.bounds.max_connections),
-            metrics: Default::default(),
             log: None,
             kernel: None,
             front,

@@ -43,6 +43,8 @@ pub struct Pool {
     pending: Mutex<HashMap<SocketAddr, usize>>,
     connect_timeout: Duration,
     max_pending: usize,
+    /// What is known of each endpoint: requests in flight, outlier detection.
+    pub endpoints: super::balance::Endpoints,
 }
 
 impl Default for Pool {
@@ -113,6 +115,7 @@ impl Pool {
             pending: Mutex::default(),
             connect_timeout: bounds.connect,
             max_pending: bounds.max_pending_connects,
+            endpoints: Default::default(),
         }
     }
 

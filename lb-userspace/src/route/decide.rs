@@ -66,8 +66,9 @@ impl<'t> Local<'t> {
 pub trait Pick {
     /// One of a rule's destinations (by weight).
     fn destination<'d>(&mut self, dests: &'d [Destination]) -> Option<&'d Destination>;
-    /// An index below `count` (> 0).
-    fn endpoint(&mut self, count: usize) -> usize;
+    /// The index of one of `endpoints` (not empty) of `dest`; None: none may take a
+    /// request (all ejected).
+    fn endpoint(&mut self, dest: &Destination, endpoints: &[SocketAddr]) -> Option<usize>;
     /// Whether a fault with this share (0–100 %) fires.
     fn fires(&mut self, percent: f64) -> bool;
 }
@@ -80,8 +81,8 @@ impl Pick for Random {
         super::pick_weighted(dests)
     }
 
-    fn endpoint(&mut self, count: usize) -> usize {
-        fastrand::usize(..count)
+    fn endpoint(&mut self, _: &Destination, endpoints: &[SocketAddr]) -> Option<usize> {
+        Some(fastrand::usize(..endpoints.len()))
     }
 
     fn fires(&mut self, percent: f64) -> bool {
@@ -98,8 +99,8 @@ impl Pick for Forced {
         dests.get(self.0)
     }
 
-    fn endpoint(&mut self, _: usize) -> usize {
-        0
+    fn endpoint(&mut self, _: &Destination, _: &[SocketAddr]) -> Option<usize> {
+        Some(0)
     }
 
     /// A fault for every request fires; `lb explain` reports the others with their share.
@@ -160,14 +161,18 @@ pub fn decide<'t>(
         .port_for(r.dialled.map(|d| d.port()))
         .and_then(|p| dest.endpoints.get(&p))
         .map_or(&[][..], Vec::as_slice);
-    if endpoints.is_empty() {
+    let picked = match endpoints {
+        [] => None,
+        _ => pick.endpoint(dest, endpoints),
+    };
+    let Some(i) = picked else {
         return Verdict::Local(Local {
             rule: Some(rule),
             destination: Some(dest),
             ..Local::new(503, "UH", "no healthy upstream\n")
         });
-    }
-    let endpoint = endpoints[pick.endpoint(endpoints.len())];
+    };
+    let endpoint = endpoints[i];
     // Defence in depth: only ever forward to an endpoint of a configured service.
     if !table.endpoints.contains(&endpoint) {
         return Verdict::Local(Local {

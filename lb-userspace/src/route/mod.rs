@@ -132,6 +132,10 @@ pub struct Destination {
     pub endpoints: BTreeMap<u16, Vec<SocketAddr>>,
     /// Name for metrics and logs: `v0`, or `host/v0` for another host.
     pub label: String,
+    /// The DestinationRule's load balancer and outlier detection for it.
+    pub policy: policy::DestinationPolicy,
+    /// ROUND_ROBIN's next endpoint.
+    pub next: std::sync::atomic::AtomicUsize,
 }
 
 impl Destination {

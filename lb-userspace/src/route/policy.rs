@@ -183,6 +183,43 @@ pub fn another(endpoints: &[SocketAddr], previous: &[SocketAddr]) -> SocketAddr 
         .expect("n < fresh")
 }
 
+/// How a destination's endpoint is picked (`loadBalancer.simple`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Balance {
+    /// Istio's default: the fewer active requests of two endpoints drawn at random
+    /// (Envoy's power of two choices).
+    #[default]
+    LeastRequest,
+    RoundRobin,
+    Random,
+}
+
+/// `outlierDetection`: when an endpoint is ejected and for how long (Envoy's
+/// consecutive-errors detectors, with Istio's defaults).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outlier {
+    /// 5xx answers and failures without an answer (connect, reset) in a row; 0: off.
+    pub consecutive_5xx: u32,
+    /// 502, 503, 504 and failures without an answer in a row; 0: off.
+    pub consecutive_gateway: u32,
+    /// How often the ejection multiplier may fall back by one while healthy.
+    pub interval: Duration,
+    /// An ejection lasts this × the times the endpoint was ejected.
+    pub base_ejection: Duration,
+    /// At most this share of the destination's endpoints is ejected (at least one).
+    pub max_ejection_percent: u32,
+    /// Below this share of healthy endpoints, ejections are ignored (Envoy's panic
+    /// threshold; Istio's default 0 never ignores them).
+    pub min_health_percent: u32,
+}
+
+/// What a DestinationRule's `trafficPolicy` makes the proxy do for one destination.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DestinationPolicy {
+    pub balance: Balance,
+    pub outlier: Option<Outlier>,
+}
+
 /// `fault`: delays and aborts injected for a share of the requests.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Fault {

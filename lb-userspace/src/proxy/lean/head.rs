@@ -57,6 +57,8 @@ pub(super) struct Send<'t> {
     pub(super) policy: &'t Policy,
     /// The destination's endpoints (a retry goes to another).
     pub(super) endpoints: &'t [SocketAddr],
+    /// The destination (its load balancer and outlier detection).
+    pub(super) destination: &'t route::Destination,
     /// The fault's delay, if this request drew it.
     pub(super) delay: Option<std::time::Duration>,
 }
@@ -140,7 +142,8 @@ pub(super) fn parse_request<'t>(
         Body::Length(n) => n,
         _ => 0,
     };
-    let target = match forward::decide(table, &r, host_as_sent, &mut outcome) {
+    let endpoints = &shared.client.endpoints;
+    let target = match forward::decide(table, &r, host_as_sent, endpoints, &mut outcome) {
         Decision::Upstream(t)
             if !touches_framing(&t.rule.request_headers)
                 && !touches_framing(&t.rule.response_headers)
@@ -190,6 +193,7 @@ pub(super) fn parse_request<'t>(
             close: c.close,
             policy: &target.rule.policy,
             endpoints: target.endpoints,
+            destination: target.destination,
             delay: target.delay,
         }),
         outcome,

@@ -10,8 +10,9 @@ use tokio::io::AsyncRead;
 
 use super::head::Send;
 use super::{LeanError, answer, request};
+use crate::proxy::balance::Answered;
 use crate::proxy::pool::{Pool, Upstream, UpstreamError};
-use crate::route::policy::another;
+use crate::route::policy::{Balance, another};
 
 /// The largest request body kept to be sent again (Envoy buffers up to its connection
 /// buffer limit, 1 MiB; lb keeps less per request). A larger body is tried once, unless
@@ -81,7 +82,11 @@ pub(super) async fn attempts<S: AsyncRead + Unpin>(
     let mut body = Replay::new(send);
     let mut ep = send.endpoint;
     let mut previous = Vec::new();
+    let policy = &send.destination.policy;
+    let track = policy.balance == Balance::LeastRequest && send.endpoints.len() > 1;
     loop {
+        // In flight until the answer's head (LEAST_REQUEST compares these).
+        let active = track.then(|| pool.endpoints.begin(ep));
         let one = once(client, buf, pool, send, ep, &mut body, idle);
         let result = match retry.per_try {
             Some(t) => tokio::time::timeout(t, one)
@@ -103,6 +108,12 @@ pub(super) async fn attempts<S: AsyncRead + Unpin>(
             ) => false,
             Err(_) => retry.on.no_answer(),
         };
+        drop(active);
+        if let Some(o) = &policy.outlier
+            && let Some(a) = answered(&result)
+        {
+            pool.endpoints.report(o, send.endpoints, ep, a);
+        }
         if !again || !body.replayable() {
             return result;
         }
@@ -116,6 +127,21 @@ pub(super) async fn attempts<S: AsyncRead + Unpin>(
         previous.push(ep);
         ep = another(send.endpoints, &previous);
         tried.endpoint = Some(ep);
+    }
+}
+
+/// What outlier detection learns from a try (None: the client's failure, or lb's own
+/// limit, says nothing of the endpoint).
+fn answered<T>(result: &Result<(T, answer::Answer), LeanError>) -> Option<Answered> {
+    match result {
+        Ok((_, a)) => Some(Answered::Status(a.status)),
+        Err(
+            LeanError::Client(_)
+            | LeanError::ClientStalled
+            | LeanError::RouteTimeout
+            | LeanError::Connect(UpstreamError::Overflow(_)),
+        ) => None,
+        Err(_) => Some(Answered::Nothing),
     }
 }
 

@@ -83,6 +83,8 @@ fn head_for(
         weight: 1,
         endpoints: Default::default(),
         label: "(all)".into(),
+        policy: Default::default(),
+        next: Default::default(),
     };
     let target = Target {
         rule,
@@ -302,6 +304,16 @@ fn send_with(
         // Leaked: a few bytes per test, for the 'static the helpers return.
         policy: Box::leak(Box::new(policy)),
         endpoints: Box::leak([&[endpoint][..], others].concat().into_boxed_slice()),
+        destination: Box::leak(Box::new(crate::route::Destination {
+            host: "svc".into(),
+            subset: None,
+            port: None,
+            weight: 1,
+            endpoints: Default::default(),
+            label: "(all)".into(),
+            policy: Default::default(),
+            next: Default::default(),
+        })),
         delay: None,
     }
 }
@@ -508,6 +520,8 @@ fn table_to(endpoint: std::net::SocketAddr) -> std::sync::Arc<crate::route::Rout
             weight: 1,
             endpoints: [(endpoint.port(), vec![endpoint])].into(),
             label: "(all)".into(),
+            policy: Default::default(),
+            next: Default::default(),
         }],
         rewrite: Default::default(),
     };

@@ -1,0 +1,231 @@
+//! A DestinationRule's `trafficPolicy` (top level, and per subset with Istio's
+//! override: a subset's `loadBalancer` or `outlierDetection` replaces the top level's)
+//! into what the proxy applies to a destination (the kernel path picks endpoints at
+//! random whatever it says), validated as Istio does.
+
+use std::time::Duration;
+
+use super::Invalid;
+use crate::diagnostic::Diagnostic;
+use crate::load::{Loaded, istio};
+use crate::route::policy::{Balance, DestinationPolicy, Outlier, parse_duration};
+
+/// The groups one `trafficPolicy` sets (None: left to the level above).
+#[derive(Debug, Clone, Default)]
+pub struct Groups {
+    balance: Option<Balance>,
+    /// `outlierDetection`: Some(None) when set but invalid.
+    outlier: Option<Option<Outlier>>,
+}
+
+impl Groups {
+    /// A subset's groups over the top level's (Istio: a group the subset sets replaces
+    /// the top level's whole).
+    pub fn over(&self, top: &Groups) -> DestinationPolicy {
+        DestinationPolicy {
+            balance: self.balance.or(top.balance).unwrap_or_default(),
+            outlier: self
+                .outlier
+                .clone()
+                .or_else(|| top.outlier.clone())
+                .flatten(),
+        }
+    }
+}
+
+/// Reads one `trafficPolicy` at `base` (`spec.trafficPolicy`, or a subset's).
+pub fn groups(
+    l: &Loaded,
+    base: &str,
+    tp: &istio::TrafficPolicy,
+    diags: &mut Vec<Diagnostic>,
+) -> Groups {
+    super::warn_unenforced(
+        l,
+        base,
+        &[
+            ("connectionPool", tp.connection_pool.is_some()),
+            ("tls", tp.tls.is_some()),
+            ("portLevelSettings", !tp.port_level_settings.is_empty()),
+            ("tunnel", tp.tunnel.is_some()),
+            ("proxyProtocol", tp.proxy_protocol.is_some()),
+            ("retryBudget", tp.retry_budget.is_some()),
+        ],
+        diags,
+    );
+    // connect4 draws an endpoint at random and knows no answers: say so where the
+    // policy asks for more.
+    let kernel_differs = [
+        (
+            "loadBalancer",
+            tp.load_balancer
+                .as_ref()
+                .is_some_and(|lb| lb.simple.as_deref() != Some("RANDOM")),
+        ),
+        ("outlierDetection", tp.outlier_detection.is_some()),
+    ];
+    for (field, set) in kernel_differs {
+        if set {
+            let path = format!("{base}.{field}");
+            diags.push(Diagnostic::warning(
+                l.at(&path),
+                path,
+                Invalid::Unenforced {
+                    field: field.to_string(),
+                    consequence: " on the kernel path (weight-only routes pick endpoints at random there; the proxy path applies it)",
+                },
+            ));
+        }
+    }
+    Groups {
+        balance: tp
+            .load_balancer
+            .as_ref()
+            .map(|lb| balance(l, &format!("{base}.loadBalancer"), lb, diags)),
+        outlier: tp
+            .outlier_detection
+            .as_ref()
+            .map(|od| outlier(l, &format!("{base}.outlierDetection"), od, diags)),
+    }
+}
+
+fn balance(
+    l: &Loaded,
+    base: &str,
+    lb: &istio::LoadBalancerSettings,
+    diags: &mut Vec<Diagnostic>,
+) -> Balance {
+    super::warn_unenforced(
+        l,
+        base,
+        &[
+            ("consistentHash", lb.consistent_hash.is_some()),
+            ("localityLbSetting", lb.locality_lb_setting.is_some()),
+            ("warmupDurationSecs", lb.warmup_duration_secs.is_some()),
+            ("warmup", lb.warmup.is_some()),
+        ],
+        diags,
+    );
+    match lb.simple.as_deref() {
+        None | Some("UNSPECIFIED" | "LEAST_REQUEST" | "LEAST_CONN") => Balance::LeastRequest,
+        Some("ROUND_ROBIN") => Balance::RoundRobin,
+        Some("RANDOM") => Balance::Random,
+        Some("PASSTHROUGH") => {
+            // The client dialled the service address, not an endpoint: nothing to pass
+            // through to.
+            super::warn_unenforced_at(l, &format!("{base}.simple"), "PASSTHROUGH", diags);
+            Balance::Random
+        }
+        Some(other) => {
+            let path = format!("{base}.simple");
+            diags.push(Diagnostic::error(
+                l.at(&path),
+                path,
+                Invalid::UnknownBalance(other.to_string()),
+            ));
+            Balance::LeastRequest
+        }
+    }
+}
+
+/// A count such as `consecutive5xxErrors` (a number, or `{value: n}` as protobuf's
+/// wrapper types are sometimes written).
+fn count(v: &serde_yaml::Value) -> Option<i64> {
+    v.as_i64()
+        .or_else(|| v.get("value").and_then(serde_yaml::Value::as_i64))
+}
+
+/// Reads `outlierDetection` with Istio's defaults; None if a field is invalid.
+fn outlier(
+    l: &Loaded,
+    base: &str,
+    od: &istio::OutlierDetection,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Outlier> {
+    let mut errors = Vec::new();
+    let consecutive =
+        |f: &str, v: Option<&serde_yaml::Value>, default: u32, errors: &mut Vec<_>| match v
+            .map(count)
+        {
+            None => default,
+            Some(Some(n)) if n >= 0 => u32::try_from(n).unwrap_or(u32::MAX),
+            Some(_) => {
+                errors.push((f.to_string(), Invalid::NegativeConsecutive));
+                default
+            }
+        };
+    let duration = |f: &str, v: Option<&str>, default: u64, errors: &mut Vec<_>| {
+        let Some(text) = v else {
+            return Duration::from_secs(default);
+        };
+        match parse_duration(text) {
+            Some(d) if d >= Duration::from_millis(1) => d,
+            Some(_) => {
+                errors.push((f.to_string(), Invalid::DurationTooShort));
+                Duration::from_secs(default)
+            }
+            None => {
+                errors.push((f.to_string(), Invalid::BadDuration(text.to_string())));
+                Duration::from_secs(default)
+            }
+        }
+    };
+    let percent = |f: &str, v: Option<i64>, default: u32, errors: &mut Vec<_>| match v {
+        None => default,
+        Some(n @ 0..=100) => n as u32,
+        Some(_) => {
+            errors.push((f.to_string(), Invalid::PercentRange(f.to_string())));
+            default
+        }
+    };
+    let o = Outlier {
+        consecutive_5xx: consecutive(
+            "consecutive5xxErrors",
+            od.consecutive_5xx_errors.as_ref(),
+            5,
+            &mut errors,
+        ),
+        consecutive_gateway: consecutive(
+            "consecutiveGatewayErrors",
+            od.consecutive_gateway_errors.as_ref(),
+            0,
+            &mut errors,
+        ),
+        interval: duration("interval", od.interval.as_deref(), 10, &mut errors),
+        base_ejection: duration(
+            "baseEjectionTime",
+            od.base_ejection_time.as_deref(),
+            30,
+            &mut errors,
+        ),
+        max_ejection_percent: percent(
+            "maxEjectionPercent",
+            od.max_ejection_percent,
+            10,
+            &mut errors,
+        ),
+        min_health_percent: percent("minHealthPercent", od.min_health_percent, 0, &mut errors),
+    };
+    super::warn_unenforced(
+        l,
+        base,
+        &[
+            ("consecutiveErrors", od.consecutive_errors.is_some()),
+            (
+                "consecutiveLocalOriginFailures",
+                od.consecutive_local_origin_failures.is_some(),
+            ),
+            (
+                "splitExternalLocalOriginErrors",
+                od.split_external_local_origin_errors == Some(true),
+            ),
+        ],
+        diags,
+    );
+    let ok = errors.is_empty();
+    for (f, problem) in errors {
+        let path = format!("{base}.{f}");
+        diags.push(Diagnostic::error(l.at(&path), path, problem));
+    }
+    ok.then_some(o)
+}

@@ -1,0 +1,287 @@
+//! Which endpoint of a destination a request goes to: the DestinationRule's load
+//! balancer (Istio's default LEAST_REQUEST, ROUND_ROBIN, RANDOM) over the endpoints
+//! outlier detection has not ejected; and what each answer tells outlier detection.
+//! The state is per endpoint address and outlives routing tables, so a reload neither
+//! forgets an ejection nor the requests in flight.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::route::policy::{Balance, Outlier};
+use crate::route::{Destination, Pick};
+
+/// Envoy's `max_ejection_time` default: an ejection never lasts longer.
+const MAX_EJECTION: Duration = Duration::from_secs(300);
+
+/// What the proxy knows of each endpoint.
+#[derive(Default)]
+pub struct Endpoints {
+    states: RwLock<HashMap<SocketAddr, Arc<State>>>,
+    /// Ejections so far (`lb_proxy_outlier_ejections_total`).
+    pub ejections: prometheus_client::metrics::counter::Counter,
+}
+
+#[derive(Default)]
+struct State {
+    /// Requests in flight (LEAST_REQUEST).
+    active: AtomicU32,
+    health: Mutex<Health>,
+}
+
+#[derive(Default)]
+struct Health {
+    errors_5xx: u32,
+    errors_gateway: u32,
+    /// Ejected until then (the end of the last ejection once it passed).
+    ejected_until: Option<Instant>,
+    /// Ejections counted for the next one's length; falls back by one per `interval`
+    /// healthy.
+    ejections: u32,
+}
+
+/// How a try ended, for outlier detection.
+#[derive(Debug, Clone, Copy)]
+pub enum Answered {
+    Status(u16),
+    /// No answer: the connect failed, the connection reset or went silent.
+    Nothing,
+}
+
+/// A request in flight to an endpoint (LEAST_REQUEST's count), until dropped.
+pub struct Active(Arc<State>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Endpoints {
+    fn get(&self, ep: SocketAddr) -> Option<Arc<State>> {
+        self.states.read().ok()?.get(&ep).cloned()
+    }
+
+    fn state(&self, ep: SocketAddr) -> Arc<State> {
+        if let Some(s) = self.get(ep) {
+            return s;
+        }
+        let mut map = self.states.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(ep).or_default().clone()
+    }
+
+    /// Counts a request to `ep` as in flight until the guard drops.
+    pub fn begin(&self, ep: SocketAddr) -> Active {
+        let s = self.state(ep);
+        s.active.fetch_add(1, Ordering::Relaxed);
+        Active(s)
+    }
+
+    fn active(&self, ep: SocketAddr) -> u32 {
+        self.get(ep).map_or(0, |s| s.active.load(Ordering::Relaxed))
+    }
+
+    fn ejected(&self, ep: SocketAddr, now: Instant) -> bool {
+        self.get(ep).is_some_and(|s| {
+            s.health
+                .lock()
+                .is_ok_and(|h| h.ejected_until.is_some_and(|t| t > now))
+        })
+    }
+
+    /// Notes how a try to `ep`, one of `endpoints` under `o`, ended; ejects `ep` when
+    /// its errors in a row reach a threshold and the destination may lose it.
+    pub fn report(&self, o: &Outlier, endpoints: &[SocketAddr], ep: SocketAddr, a: Answered) {
+        let (is_5xx, is_gateway) = match a {
+            Answered::Nothing => (true, true),
+            Answered::Status(s) => (s >= 500, matches!(s, 502..=504)),
+        };
+        let state = self.state(ep);
+        let now = Instant::now();
+        {
+            let mut h = state.health.lock().unwrap_or_else(|p| p.into_inner());
+            h.errors_5xx = if is_5xx { h.errors_5xx + 1 } else { 0 };
+            h.errors_gateway = if is_gateway { h.errors_gateway + 1 } else { 0 };
+            let tripped = (o.consecutive_5xx > 0 && h.errors_5xx >= o.consecutive_5xx)
+                || (o.consecutive_gateway > 0 && h.errors_gateway >= o.consecutive_gateway);
+            if !tripped || h.ejected_until.is_some_and(|t| t > now) {
+                return;
+            }
+        }
+        // At most max_ejection_percent of the destination ejected, but at least one.
+        let ejected = endpoints.iter().filter(|e| self.ejected(**e, now)).count();
+        let allowed = (endpoints.len() * o.max_ejection_percent as usize / 100).max(1);
+        if ejected >= allowed {
+            return;
+        }
+        let mut h = state.health.lock().unwrap_or_else(|p| p.into_inner());
+        // Healthy since the last ejection ended: the multiplier falls back by one per
+        // interval (Envoy's).
+        if let Some(until) = h.ejected_until {
+            let healthy = now.saturating_duration_since(until).as_nanos();
+            let steps = healthy / o.interval.as_nanos().max(1);
+            h.ejections = h
+                .ejections
+                .saturating_sub(u32::try_from(steps).unwrap_or(u32::MAX));
+        }
+        h.ejections += 1;
+        let length = o
+            .base_ejection
+            .saturating_mul(h.ejections)
+            .min(MAX_EJECTION);
+        h.ejected_until = Some(now + length);
+        (h.errors_5xx, h.errors_gateway) = (0, 0);
+        self.ejections.inc();
+        tracing::info!("outlier detection: {ep} ejected for {length:?} ({a:?})");
+    }
+}
+
+/// The proxy's choice: a destination by weight, then an endpoint by the destination's
+/// policy.
+pub struct Live<'a>(pub &'a Endpoints);
+
+impl Pick for Live<'_> {
+    fn destination<'d>(&mut self, dests: &'d [Destination]) -> Option<&'d Destination> {
+        crate::route::pick_weighted(dests)
+    }
+
+    fn endpoint(&mut self, dest: &Destination, endpoints: &[SocketAddr]) -> Option<usize> {
+        let n = endpoints.len();
+        // The common case pays nothing: one endpoint, no outlier detection.
+        let Some(o) = &dest.policy.outlier else {
+            return (n > 0).then(|| self.among(dest, endpoints, n, |i| i));
+        };
+        let now = Instant::now();
+        let healthy: Vec<usize> = (0..n)
+            .filter(|&i| !self.0.ejected(endpoints[i], now))
+            .collect();
+        // Below min_health_percent healthy, ejections are ignored (Envoy's panic mode).
+        if healthy.len() * 100 < n * o.min_health_percent as usize || healthy.is_empty() {
+            return (n > 0 && o.min_health_percent > 0)
+                .then(|| self.among(dest, endpoints, n, |i| i));
+        }
+        Some(self.among(dest, endpoints, healthy.len(), |i| healthy[i]))
+    }
+
+    fn fires(&mut self, percent: f64) -> bool {
+        crate::route::decide::Random.fires(percent)
+    }
+}
+
+impl Live<'_> {
+    /// One of `count` candidates (`at` maps a candidate to its endpoint index), by the
+    /// destination's balancer.
+    fn among(
+        &self,
+        dest: &Destination,
+        endpoints: &[SocketAddr],
+        count: usize,
+        at: impl Fn(usize) -> usize,
+    ) -> usize {
+        if count == 1 {
+            return at(0);
+        }
+        match dest.policy.balance {
+            Balance::Random => at(fastrand::usize(..count)),
+            Balance::RoundRobin => at(dest.next.fetch_add(1, Ordering::Relaxed) % count),
+            Balance::LeastRequest => {
+                let a = fastrand::usize(..count);
+                let b = (a + 1 + fastrand::usize(..count - 1)) % count;
+                let (a, b) = (at(a), at(b));
+                if self.0.active(endpoints[b]) < self.0.active(endpoints[a]) {
+                    b
+                } else {
+                    a
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outlier(n: u32) -> Outlier {
+        Outlier {
+            consecutive_5xx: n,
+            consecutive_gateway: 0,
+            interval: Duration::from_secs(10),
+            base_ejection: Duration::from_millis(100),
+            max_ejection_percent: 50,
+            min_health_percent: 0,
+        }
+    }
+
+    #[test]
+    fn errors_in_a_row_eject_for_base_times_ejections_and_a_success_resets_the_count() {
+        let e = Endpoints::default();
+        let eps: Vec<SocketAddr> = ["127.0.0.1:1", "127.0.0.2:1"]
+            .iter()
+            .map(|a| a.parse().expect("addr"))
+            .collect();
+        let o = outlier(3);
+        for a in [
+            Answered::Status(503),
+            Answered::Nothing,
+            Answered::Status(200),
+        ] {
+            e.report(&o, &eps, eps[0], a);
+        }
+        assert!(!e.ejected(eps[0], Instant::now()), "the 200 broke the run");
+        for _ in 0..3 {
+            e.report(&o, &eps, eps[0], Answered::Status(500));
+        }
+        assert!(e.ejected(eps[0], Instant::now()));
+        assert_eq!(e.ejections.get(), 1);
+        // 50 % of two: the second cannot be ejected while the first is.
+        for _ in 0..3 {
+            e.report(&o, &eps, eps[1], Answered::Nothing);
+        }
+        assert!(!e.ejected(eps[1], Instant::now()));
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(
+            !e.ejected(eps[0], Instant::now()),
+            "back after the ejection time"
+        );
+        for _ in 0..3 {
+            e.report(&o, &eps, eps[0], Answered::Status(502));
+        }
+        let until = e
+            .get(eps[0])
+            .and_then(|s| s.health.lock().ok()?.ejected_until);
+        let left = until
+            .expect("ejected")
+            .saturating_duration_since(Instant::now());
+        assert!(
+            left > Duration::from_millis(150),
+            "twice the base the second time: {left:?}"
+        );
+    }
+
+    #[test]
+    fn least_request_prefers_the_idler_endpoint() {
+        let e = Endpoints::default();
+        let eps: Vec<SocketAddr> = ["127.0.0.1:1", "127.0.0.2:1"]
+            .iter()
+            .map(|a| a.parse().expect("addr"))
+            .collect();
+        let dest = Destination {
+            host: "h".into(),
+            subset: None,
+            port: None,
+            weight: 1,
+            endpoints: Default::default(),
+            label: "h".into(),
+            policy: Default::default(),
+            next: Default::default(),
+        };
+        let _busy = [e.begin(eps[0]), e.begin(eps[0])];
+        let mut live = Live(&e);
+        for _ in 0..50 {
+            assert_eq!(live.endpoint(&dest, &eps), Some(1));
+        }
+    }
+}
