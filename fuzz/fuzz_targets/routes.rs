@@ -77,6 +77,7 @@ libfuzzer_sys::fuzz_target!(|bytes: &[u8]| {
         authority,
         headers: &headers,
         dialled,
+        peer: None,
     };
     let Ok(sel) = table.select(&r) else {
         assert!(

@@ -136,6 +136,7 @@ pub fn explain(plan: &Plan, q: &Query) -> Explanation {
         authority,
         headers: &q.headers,
         dialled: q.to,
+        peer: None,
     };
     let sel = match table.select_explained(&req) {
         Ok(sel) => sel,
@@ -191,6 +192,17 @@ pub fn explain(plan: &Plan, q: &Query) -> Explanation {
         Some(Action::Route { destinations, .. }) => &destinations[..],
         _ => &[],
     };
+    // lb's sticky subsets: the request's key decides the group, not a draw.
+    if let Some(k) = sel.rule.and_then(|(_, r)| r.sticky.as_ref()) {
+        out.notes.push(match k.of(&req) {
+            Some(key) => format!(
+                "sticky subsets: this request's key lands in {}",
+                route::policy::by_weight(key, destinations, |d| d.weight)
+                    .map_or("nothing", |d| d.label.as_str())
+            ),
+            None => format!("sticky subsets: the request has no {k:?} key, so a draw by weight"),
+        });
+    }
     // What the proxy decides for the share of each destination it may pick (weight
     // above 0, or the first when every weight is 0); a rule without destinations
     // (redirect, direct response, none) is decided once.

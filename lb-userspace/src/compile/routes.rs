@@ -89,6 +89,7 @@ pub fn build(model: Model) -> RouteTable {
                     request_headers: r.request_headers,
                     response_headers: r.response_headers,
                     policy: r.policy,
+                    sticky: vs.sticky.clone(),
                 }
             })
             .collect();
@@ -99,10 +100,21 @@ pub fn build(model: Model) -> RouteTable {
         });
     }
     t.wildcards.sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
+    // Headers are read into a map only where something looks at them: a header
+    // match, or a header or cookie the request is hashed by.
+    let reads =
+        |k: &Option<crate::route::policy::HashKey>| k.as_ref().is_some_and(|k| k.reads_headers());
     t.matches_headers = t.vhosts.iter().flat_map(|vh| &vh.rules).any(|r| {
         r.matches
             .iter()
             .any(|m| !m.headers.is_empty() || !m.without_headers.is_empty())
+            || reads(&r.sticky)
+            || match &r.action {
+                Action::Route { destinations, .. } => {
+                    destinations.iter().any(|d| reads(&d.policy.hash))
+                }
+                _ => false,
+            }
     });
     for vh in &t.vhosts {
         for r in &vh.rules {

@@ -107,6 +107,10 @@ pub enum Invalid {
     HostName { host: String, why: &'static str },
     #[error("unknown datapath {0:?}: expected proxy or kernel")]
     UnknownDatapath(String),
+    #[error(
+        "invalid sticky-subsets key {0:?}: expected cookie:<name>, header:<name>, query:<name> or source-ip"
+    )]
+    BadStickyKey(String),
     #[error("unreachable: rule {0} before it matches every request")]
     Unreachable(usize),
     #[error("delegate is not supported yet")]
@@ -205,6 +209,16 @@ pub enum Invalid {
     NegativeConsecutive,
     #[error("outlier detection {0} must be in range [0, 100]")]
     PercentRange(String),
+    #[error(
+        "consistentHash must set exactly one of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName"
+    )]
+    HashKeyCount,
+    #[error("name required for HttpCookie")]
+    CookieName,
+    #[error("{0:?} is not a valid HTTP header name")]
+    HashHeader(String),
+    #[error("unknown consistentHash field {0:?}")]
+    HashField(String),
 }
 
 impl Invalid {

@@ -123,6 +123,11 @@ fn warn_unenforced(l: &Loaded, path: &str, diags: &mut Vec<Diagnostic>, what: &s
 /// request weights for keep-alive clients).
 pub const DATAPATH_ANNOTATION: &str = "lb.dev/datapath";
 
+/// lb's sticky subsets: the annotation names the request key (`cookie:<name>`,
+/// `header:<name>`, `query:<name>`, `source-ip`) that picks the destination by weight,
+/// so a user stays in A or B for a whole test (Istio draws per request).
+pub const STICKY_ANNOTATION: &str = "lb.dev/sticky-subsets";
+
 /// Why a VirtualService's services take the proxy path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProxyReason {
@@ -166,6 +171,8 @@ pub struct ParsedVs {
     pub rules: Vec<ParsedRule>,
     /// Why this VirtualService needs the proxy; None: weights only, kernel path.
     pub proxy_reason: Option<ProxyReason>,
+    /// The sticky-subsets key, if the annotation names one.
+    pub sticky: Option<crate::route::policy::HashKey>,
     /// Index of the resource in the loaded list.
     pub resource: usize,
 }
@@ -222,6 +229,22 @@ pub fn from_virtual_service(
             None
         }
     };
+    let sticky = l.annotations().get(STICKY_ANNOTATION).and_then(|text| {
+        let key = crate::route::policy::HashKey::parse(text);
+        if key.is_none() {
+            let p = format!("metadata.annotations.{STICKY_ANNOTATION}");
+            diags.push(Diagnostic::error(
+                l.at("metadata.annotations"),
+                p,
+                Invalid::BadStickyKey(text.clone()),
+            ));
+        }
+        key
+    });
+    if sticky.is_some() && proxy_reason.is_none() {
+        // The key is in the request: only the proxy reads it.
+        proxy_reason = Some(ProxyReason::Rule(format!("annotation {STICKY_ANNOTATION}")));
+    }
     let mut kernel: Option<Vec<WeightedDestination>> = None;
     let mut rules = Vec::new();
     let mut catch_all_at: Option<usize> = None;
@@ -377,6 +400,7 @@ pub fn from_virtual_service(
         kernel,
         rules,
         proxy_reason,
+        sticky,
         resource: index,
     })
 }

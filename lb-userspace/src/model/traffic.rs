@@ -8,12 +8,13 @@ use std::time::Duration;
 use super::Invalid;
 use crate::diagnostic::Diagnostic;
 use crate::load::{Loaded, istio};
-use crate::route::policy::{Balance, DestinationPolicy, Outlier, parse_duration};
+use crate::route::policy::{Balance, DestinationPolicy, HashKey, Outlier, parse_duration};
 
 /// The groups one `trafficPolicy` sets (None: left to the level above).
 #[derive(Debug, Clone, Default)]
 pub struct Groups {
-    balance: Option<Balance>,
+    /// `loadBalancer`: `simple`, or a `consistentHash` key.
+    balance: Option<(Balance, Option<HashKey>)>,
     /// `outlierDetection`: Some(None) when set but invalid.
     outlier: Option<Option<Outlier>>,
 }
@@ -22,8 +23,14 @@ impl Groups {
     /// A subset's groups over the top level's (Istio: a group the subset sets replaces
     /// the top level's whole).
     pub fn over(&self, top: &Groups) -> DestinationPolicy {
+        let (balance, hash) = self
+            .balance
+            .clone()
+            .or_else(|| top.balance.clone())
+            .unwrap_or_default();
         DestinationPolicy {
-            balance: self.balance.or(top.balance).unwrap_or_default(),
+            balance,
+            hash,
             outlier: self
                 .outlier
                 .clone()
@@ -94,12 +101,93 @@ fn balance(
     base: &str,
     lb: &istio::LoadBalancerSettings,
     diags: &mut Vec<Diagnostic>,
+) -> (Balance, Option<HashKey>) {
+    let hash = lb
+        .consistent_hash
+        .as_ref()
+        .and_then(|h| hash_key(l, &format!("{base}.consistentHash"), h, diags));
+    (simple(l, base, lb, diags), hash)
+}
+
+/// `consistentHash`: one key; the ring's kind and size are read and left to lb's
+/// rendezvous hashing, which keeps a key on its endpoint the same way.
+fn hash_key(
+    l: &Loaded,
+    base: &str,
+    h: &serde_yaml::Value,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<HashKey> {
+    let mut err = |f: String, problem: Invalid| {
+        diags.push(Diagnostic::error(l.at(&f), f, problem));
+        None
+    };
+    let Some(map) = h.as_mapping() else {
+        return err(base.to_string(), Invalid::HashKeyCount);
+    };
+    let mut keys = Vec::new();
+    let generate = map
+        .get("httpCookie")
+        .is_some_and(|c| c.get("ttl").is_some());
+    for (k, v) in map {
+        let field = k.as_str().unwrap_or("");
+        let key = match field {
+            "httpHeaderName" => match v
+                .as_str()
+                .map(|n| http::HeaderName::from_bytes(n.as_bytes()))
+            {
+                Some(Ok(n)) => Some(HashKey::Header(n)),
+                _ => {
+                    return err(
+                        format!("{base}.{field}"),
+                        Invalid::HashHeader(format!("{v:?}")),
+                    );
+                }
+            },
+            "httpCookie" => match v.get("name").and_then(serde_yaml::Value::as_str) {
+                Some(n) if !n.is_empty() => Some(HashKey::Cookie(n.to_string())),
+                _ => return err(format!("{base}.httpCookie.name"), Invalid::CookieName),
+            },
+            "useSourceIp" => v.as_bool().unwrap_or(false).then_some(HashKey::SourceIp),
+            "httpQueryParameterName" => v
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .map(|n| HashKey::Query(n.to_string())),
+            "ringHash" | "maglev" | "minimumRingSize" => None,
+            other => {
+                return err(
+                    format!("{base}.{other}"),
+                    Invalid::HashField(other.to_string()),
+                );
+            }
+        };
+        keys.extend(key);
+    }
+    if keys.len() != 1 {
+        return err(base.to_string(), Invalid::HashKeyCount);
+    }
+    if generate {
+        // Envoy sets a cookie on an answer to a request without one; lb does not yet:
+        // such a request picks at random, and the client keeps whatever it had.
+        super::warn_unenforced_at(
+            l,
+            &format!("{base}.httpCookie.ttl"),
+            "httpCookie.ttl",
+            diags,
+        );
+    }
+    keys.pop()
+}
+
+fn simple(
+    l: &Loaded,
+    base: &str,
+    lb: &istio::LoadBalancerSettings,
+    diags: &mut Vec<Diagnostic>,
 ) -> Balance {
     super::warn_unenforced(
         l,
         base,
         &[
-            ("consistentHash", lb.consistent_hash.is_some()),
             ("localityLbSetting", lb.locality_lb_setting.is_some()),
             ("warmupDurationSecs", lb.warmup_duration_secs.is_some()),
             ("warmup", lb.warmup.is_some()),
@@ -143,17 +231,17 @@ fn outlier(
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Outlier> {
     let mut errors = Vec::new();
-    let consecutive =
-        |f: &str, v: Option<&serde_yaml::Value>, default: u32, errors: &mut Vec<_>| match v
-            .map(count)
-        {
-            None => default,
-            Some(Some(n)) if n >= 0 => u32::try_from(n).unwrap_or(u32::MAX),
-            Some(_) => {
-                errors.push((f.to_string(), Invalid::NegativeConsecutive));
-                default
-            }
-        };
+    let consecutive = |f: &str,
+                       v: Option<&serde_yaml::Value>,
+                       default: u32,
+                       errors: &mut Vec<_>| match v.map(count) {
+        None => default,
+        Some(Some(n)) if n >= 0 => u32::try_from(n).unwrap_or(u32::MAX),
+        Some(_) => {
+            errors.push((f.to_string(), Invalid::NegativeConsecutive));
+            default
+        }
+    };
     let duration = |f: &str, v: Option<&str>, default: u64, errors: &mut Vec<_>| {
         let Some(text) = v else {
             return Duration::from_secs(default);

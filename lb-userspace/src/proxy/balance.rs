@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::route::policy::{Balance, Outlier};
+use crate::route::policy::{Balance, Outlier, rendezvous};
 use crate::route::{Destination, Pick};
 
 /// Envoy's `max_ejection_time` default: an ejection never lasts longer.
@@ -147,10 +147,18 @@ impl Pick for Live<'_> {
         crate::route::pick_weighted(dests)
     }
 
-    fn endpoint(&mut self, dest: &Destination, endpoints: &[SocketAddr]) -> Option<usize> {
+    fn endpoint(
+        &mut self,
+        dest: &Destination,
+        endpoints: &[SocketAddr],
+        key: Option<u64>,
+    ) -> Option<usize> {
         let n = endpoints.len();
         // The common case pays nothing: one endpoint, no outlier detection.
         let Some(o) = &dest.policy.outlier else {
+            if let Some(k) = key {
+                return rendezvous(k, endpoints.iter().copied().enumerate());
+            }
             return (n > 0).then(|| self.among(dest, endpoints, n, |i| i));
         };
         let now = Instant::now();
@@ -161,6 +169,9 @@ impl Pick for Live<'_> {
         if healthy.len() * 100 < n * o.min_health_percent as usize || healthy.is_empty() {
             return (n > 0 && o.min_health_percent > 0)
                 .then(|| self.among(dest, endpoints, n, |i| i));
+        }
+        if let Some(k) = key {
+            return rendezvous(k, healthy.iter().map(|&i| (i, endpoints[i])));
         }
         Some(self.among(dest, endpoints, healthy.len(), |i| healthy[i]))
     }
@@ -281,7 +292,7 @@ mod tests {
         let _busy = [e.begin(eps[0]), e.begin(eps[0])];
         let mut live = Live(&e);
         for _ in 0..50 {
-            assert_eq!(live.endpoint(&dest, &eps), Some(1));
+            assert_eq!(live.endpoint(&dest, &eps, None), Some(1));
         }
     }
 }

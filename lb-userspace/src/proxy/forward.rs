@@ -485,6 +485,7 @@ fn prepare<'t>(
         authority,
         headers: req.headers(),
         dialled: conn.dialled,
+        peer: Some(conn.peer.ip()),
     };
     let target = match decide(table, &r, host_as_sent, &shared.client.endpoints, outcome) {
         Decision::Upstream(t) => t,

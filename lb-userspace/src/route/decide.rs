@@ -66,9 +66,15 @@ impl<'t> Local<'t> {
 pub trait Pick {
     /// One of a rule's destinations (by weight).
     fn destination<'d>(&mut self, dests: &'d [Destination]) -> Option<&'d Destination>;
-    /// The index of one of `endpoints` (not empty) of `dest`; None: none may take a
+    /// The index of one of `endpoints` (not empty) of `dest`, the one `key` (the
+    /// request's consistent-hash key) maps to if there is one; None: none may take a
     /// request (all ejected).
-    fn endpoint(&mut self, dest: &Destination, endpoints: &[SocketAddr]) -> Option<usize>;
+    fn endpoint(
+        &mut self,
+        dest: &Destination,
+        endpoints: &[SocketAddr],
+        key: Option<u64>,
+    ) -> Option<usize>;
     /// Whether a fault with this share (0–100 %) fires.
     fn fires(&mut self, percent: f64) -> bool;
 }
@@ -81,8 +87,11 @@ impl Pick for Random {
         super::pick_weighted(dests)
     }
 
-    fn endpoint(&mut self, _: &Destination, endpoints: &[SocketAddr]) -> Option<usize> {
-        Some(fastrand::usize(..endpoints.len()))
+    fn endpoint(&mut self, _: &Destination, eps: &[SocketAddr], key: Option<u64>) -> Option<usize> {
+        match key {
+            Some(k) => super::policy::rendezvous(k, eps.iter().copied().enumerate()),
+            None => Some(fastrand::usize(..eps.len())),
+        }
     }
 
     fn fires(&mut self, percent: f64) -> bool {
@@ -99,8 +108,10 @@ impl Pick for Forced {
         dests.get(self.0)
     }
 
-    fn endpoint(&mut self, _: &Destination, _: &[SocketAddr]) -> Option<usize> {
-        Some(0)
+    /// The key's endpoint when the request has one (lb explain shows it), else the first.
+    fn endpoint(&mut self, _: &Destination, eps: &[SocketAddr], key: Option<u64>) -> Option<usize> {
+        key.and_then(|k| super::policy::rendezvous(k, eps.iter().copied().enumerate()))
+            .or(Some(0))
     }
 
     /// A fault for every request fires; `lb explain` reports the others with their share.
@@ -151,7 +162,13 @@ pub fn decide<'t>(
     let delay = fault
         .delay
         .and_then(|(d, share)| pick.fires(share).then_some(d));
-    let Some(dest) = pick.destination(destinations) else {
+    // lb's sticky subsets: the request's key picks the destination, by weight.
+    let sticky = rule.sticky.as_ref().and_then(|k| k.of(r));
+    let dest = match sticky {
+        Some(key) => super::policy::by_weight(key, destinations, |d| d.weight),
+        None => pick.destination(destinations),
+    };
+    let Some(dest) = dest else {
         return Verdict::Local(Local {
             rule: Some(rule),
             ..Local::new(404, "NR", "no route\n")
@@ -161,9 +178,10 @@ pub fn decide<'t>(
         .port_for(r.dialled.map(|d| d.port()))
         .and_then(|p| dest.endpoints.get(&p))
         .map_or(&[][..], Vec::as_slice);
+    let key = dest.policy.hash.as_ref().and_then(|h| h.of(r));
     let picked = match endpoints {
         [] => None,
-        _ => pick.endpoint(dest, endpoints),
+        _ => pick.endpoint(dest, endpoints, key),
     };
     let Some(i) = picked else {
         return Verdict::Local(Local {

@@ -63,6 +63,9 @@ pub struct Rule {
     pub response_headers: HeaderOps,
     /// `timeout`, `retries` and `fault`.
     pub policy: policy::Policy,
+    /// lb's sticky subsets (`lb.dev/sticky-subsets` on the VirtualService): the
+    /// destination follows this key of the request, by weight, instead of a draw.
+    pub sticky: Option<policy::HashKey>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -160,6 +163,8 @@ pub struct Request<'a> {
     pub headers: &'a HeaderMap,
     /// The service address the client dialled (from the original-destination map).
     pub dialled: Option<SocketAddrV4>,
+    /// The client's address (`consistentHash.useSourceIp`).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// Which VirtualService and rule a request hits, and the request after rewrites.

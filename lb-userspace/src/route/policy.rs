@@ -217,7 +217,121 @@ pub struct Outlier {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DestinationPolicy {
     pub balance: Balance,
+    /// `consistentHash`: the endpoint follows this key of the request (instead of
+    /// `balance`) when the request has one.
+    pub hash: Option<HashKey>,
     pub outlier: Option<Outlier>,
+}
+
+/// What a request is hashed by (`consistentHash`, and lb's sticky subsets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    Header(http::HeaderName),
+    /// `httpCookie` (`ttl`: generating a missing one is not done yet).
+    Cookie(String),
+    SourceIp,
+    Query(String),
+}
+
+impl HashKey {
+    /// Parses lb's annotation form: `header:<name>`, `cookie:<name>`,
+    /// `query:<name>` or `source-ip`.
+    pub fn parse(text: &str) -> Option<HashKey> {
+        match text.trim().split_once(':') {
+            Some(("header", n)) => http::HeaderName::from_bytes(n.trim().as_bytes())
+                .ok()
+                .map(HashKey::Header),
+            Some(("cookie", n)) if !n.trim().is_empty() => Some(HashKey::Cookie(n.trim().into())),
+            Some(("query", n)) if !n.trim().is_empty() => Some(HashKey::Query(n.trim().into())),
+            None if text.trim() == "source-ip" => Some(HashKey::SourceIp),
+            _ => None,
+        }
+    }
+
+    /// Whether reading the key needs the request's headers.
+    pub fn reads_headers(&self) -> bool {
+        matches!(self, HashKey::Header(_) | HashKey::Cookie(_))
+    }
+
+    /// The request's key, hashed; None when it has none (the pick is then random).
+    pub fn of(&self, r: &super::Request<'_>) -> Option<u64> {
+        match self {
+            HashKey::Header(n) => r.headers.get(n).map(|v| stable_hash(v.as_bytes())),
+            HashKey::Cookie(name) => r
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|c| {
+                    let (k, v) = c.trim().split_once('=')?;
+                    (k == name).then(|| stable_hash(v.as_bytes()))
+                }),
+            HashKey::SourceIp => r.peer.map(|ip| stable_hash(ip.to_string().as_bytes())),
+            HashKey::Query(name) => super::path::split_query(r.path_and_query)
+                .1
+                .trim_start_matches('?')
+                .split('&')
+                .find_map(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    (k == name).then(|| stable_hash(v.as_bytes()))
+                }),
+        }
+    }
+}
+
+/// FNV-1a, 64 bits: the same key hashes the same on every node and every version of
+/// lb (std's hashers promise neither).
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // A final mix (FNV's low bits are weak for short keys).
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
+}
+
+/// Rendezvous (highest random weight) hashing: the candidate whose mix with `key`
+/// is highest. A key stays on its endpoint while that endpoint exists; removing one
+/// moves only its keys — the property Istio's ring hash and Maglev give.
+pub fn rendezvous(
+    key: u64,
+    candidates: impl Iterator<Item = (usize, SocketAddr)>,
+) -> Option<usize> {
+    candidates
+        .max_by_key(|(_, ep)| {
+            let mut b = [0u8; 26];
+            b[..8].copy_from_slice(&key.to_le_bytes());
+            let ip = match ep.ip() {
+                std::net::IpAddr::V4(v) => v.to_ipv6_mapped().octets(),
+                std::net::IpAddr::V6(v) => v.octets(),
+            };
+            b[8..24].copy_from_slice(&ip);
+            b[24..].copy_from_slice(&ep.port().to_le_bytes());
+            stable_hash(&b)
+        })
+        .map(|(i, _)| i)
+}
+
+/// The destination a key lands in, by weight (lb's sticky subsets): the same key
+/// always lands in the same one while the weights stay, and keys spread by weight.
+pub fn by_weight<T>(key: u64, items: &[T], weight: impl Fn(&T) -> u32) -> Option<&T> {
+    let total: u64 = items.iter().map(|d| u64::from(weight(d))).sum();
+    if total == 0 {
+        return items.first();
+    }
+    let mut n = key % total;
+    for d in items {
+        let w = u64::from(weight(d));
+        if n < w {
+            return Some(d);
+        }
+        n -= w;
+    }
+    items.last()
 }
 
 /// `fault`: delays and aborts injected for a share of the requests.
@@ -289,6 +403,48 @@ mod tests {
             assert_eq!(another(&eps, &eps[..2]), eps[2]);
             assert!(eps.contains(&another(&eps, &eps)));
         }
+    }
+
+    #[test]
+    fn keys_stay_on_their_endpoint_and_spread_by_weight() {
+        let eps: Vec<SocketAddr> = (1..=4)
+            .map(|i| format!("127.0.0.{i}:80").parse().expect("addr"))
+            .collect();
+        let pick = |key: u64, eps: &[SocketAddr]| {
+            rendezvous(key, eps.iter().copied().enumerate()).map(|i| eps[i])
+        };
+        let mut moved = 0;
+        for user in 0..1000u32 {
+            let key = stable_hash(format!("user-{user}").as_bytes());
+            let before = pick(key, &eps).expect("one");
+            assert_eq!(
+                pick(key, &eps),
+                Some(before),
+                "the same key, the same endpoint"
+            );
+            // Without endpoint 4, only its keys move.
+            let after = pick(key, &eps[..3]).expect("one");
+            if before != eps[3] {
+                assert_eq!(after, before);
+            } else {
+                moved += 1;
+            }
+        }
+        assert!(
+            (180..320).contains(&moved),
+            "about a quarter lived on the 4th: {moved}"
+        );
+        let weights = [90u32, 10];
+        let in_first = (0..10_000u32)
+            .filter(|u| {
+                let key = stable_hash(format!("user-{u}").as_bytes());
+                std::ptr::eq(by_weight(key, &weights, |w| *w).expect("one"), &weights[0])
+            })
+            .count();
+        assert!(
+            (8_800..9_200).contains(&in_first),
+            "90 % by weight: {in_first}"
+        );
     }
 
     #[test]

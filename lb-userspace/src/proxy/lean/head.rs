@@ -132,6 +132,7 @@ pub(super) fn parse_request<'t>(
         authority,
         headers: &map,
         dialled: conn.dialled,
+        peer: Some(conn.peer.ip()),
     };
     let mut outcome = Outcome::default();
     // Only a forward whose path and Host go on the wire as they are, and whose header

@@ -38,6 +38,7 @@ fn rule() -> Rule {
         request_headers: Default::default(),
         response_headers: Default::default(),
         policy: Default::default(),
+        sticky: None,
     }
 }
 
