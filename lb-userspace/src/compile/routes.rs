@@ -65,6 +65,8 @@ pub fn build(model: Model) -> RouteTable {
                                 } else {
                                     format!("{}/{subset}", hosts::short_name(&d.host))
                                 };
+                                let edits =
+                                    r.dest_headers.get(&d.path).cloned().unwrap_or_default();
                                 Destination {
                                     host: d.host.clone(),
                                     subset: d.subset.clone(),
@@ -74,6 +76,8 @@ pub fn build(model: Model) -> RouteTable {
                                     label,
                                     policy: destination_policy(d, catalog, subset_rules),
                                     next: Default::default(),
+                                    request_headers: edits.0,
+                                    response_headers: edits.1,
                                 }
                             })
                             .collect(),

@@ -122,11 +122,32 @@ pub fn match_block(
         f.as_ref()
             .and_then(|s| string_match(l, &format!("{base}.{name}"), s, false, diags))
     };
-    let uri = one(&m.uri, "uri", diags);
-    let scheme = one(&m.scheme, "scheme", diags);
-    let method = one(&m.method, "method", diags);
-    let authority = one(&m.authority, "authority", diags);
-    let headers = header_matches(l, &format!("{base}.headers"), &m.headers, diags);
+    // Istio accepts pseudo-headers among `headers`: `:method`, `:authority`,
+    // `:scheme`, `:path` match what the fields of the same name match.
+    let mut plain = m.headers.clone();
+    let mut pseudo = |name: &str, field: &Option<istio::StringMatch>| {
+        let h = plain.remove(name);
+        if h.is_some() && field.is_some() {
+            let path = format!("{base}.headers.{name}");
+            diags.push(Diagnostic::error(
+                l.at(&path),
+                path,
+                Invalid::PseudoTwice(name.to_string()),
+            ));
+        }
+        h.or_else(|| field.clone())
+    };
+    let (m_uri, m_scheme, m_method, m_authority) = (
+        pseudo(":path", &m.uri),
+        pseudo(":scheme", &m.scheme),
+        pseudo(":method", &m.method),
+        pseudo(":authority", &m.authority),
+    );
+    let uri = one(&m_uri, "uri", diags);
+    let scheme = one(&m_scheme, "scheme", diags);
+    let method = one(&m_method, "method", diags);
+    let authority = one(&m_authority, "authority", diags);
+    let headers = header_matches(l, &format!("{base}.headers"), &plain, diags);
     let without_headers = header_matches(
         l,
         &format!("{base}.withoutHeaders"),
@@ -299,6 +320,12 @@ pub fn header_ops(
     let Some(ops) = ops else { return out };
     let mut parse = |k: &str, v: &str, field: &str| -> Option<(HeaderName, HeaderValue)> {
         let path = format!("{base}.{field}.{k}");
+        // Setting `:authority` is setting Host (the caller makes it a rewrite).
+        let k = if field == "set" && k.eq_ignore_ascii_case(":authority") {
+            "host"
+        } else {
+            k
+        };
         if k.starts_with(':') || k.eq_ignore_ascii_case("host") && field == "remove" {
             diags.push(Diagnostic::error(
                 l.at(&path),

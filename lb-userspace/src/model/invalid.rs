@@ -175,6 +175,10 @@ pub enum Invalid {
     EmptyRewrite,
     #[error("header {0:?} cannot be changed")]
     FixedHeader(String),
+    #[error("{0} is matched twice: as a header and as its own field")]
+    PseudoTwice(String),
+    #[error("authority is rewritten twice: by rewrite.authority and by setting the Host header")]
+    AuthorityTwice,
     #[error("invalid header {name:?}: {value:?}")]
     BadHeader { name: String, value: String },
 

@@ -158,6 +158,9 @@ pub struct ParsedRule {
     pub destinations: Vec<WeightedDestination>,
     pub request_headers: crate::route::HeaderOps,
     pub response_headers: crate::route::HeaderOps,
+    /// A destination's own header edits (request, response), by its field path.
+    pub dest_headers:
+        std::collections::BTreeMap<String, (crate::route::HeaderOps, crate::route::HeaderOps)>,
     pub policy: crate::route::policy::Policy,
 }
 
@@ -282,27 +285,47 @@ pub fn from_virtual_service(
                 matches.push(b);
             }
         }
-        let request_headers = super::http::header_ops(
+        let mut request_headers = super::http::header_ops(
             l,
             &format!("{base}.headers.request"),
             r.headers.as_ref().and_then(|h| h.request.as_ref()),
             diags,
         );
+        // Setting Host (or `:authority`) is Istio's other way to rewrite the authority.
+        let mut action = action;
+        if let Some(i) = request_headers
+            .set
+            .iter()
+            .position(|(n, _)| n == http::header::HOST)
+            && let Some(super::http::ParsedAction::Route(rw)) = &mut action
+        {
+            let (_, v) = request_headers.set.remove(i);
+            if rw.authority.is_some() {
+                let p = format!("{base}.headers.request.set");
+                diags.push(Diagnostic::error(l.at(&p), p, Invalid::AuthorityTwice));
+            }
+            rw.authority = v.to_str().ok().map(str::to_string);
+        }
         let response_headers = super::http::header_ops(
             l,
             &format!("{base}.headers.response"),
             r.headers.as_ref().and_then(|h| h.response.as_ref()),
             diags,
         );
+        // Per-destination header edits, by the destination's field path.
+        let mut dest_headers = std::collections::BTreeMap::new();
         for (j, d) in r.route.iter().enumerate() {
-            if d.headers.is_some() {
-                warn_unenforced(
-                    l,
-                    &format!("{base}.route[{j}].headers"),
-                    diags,
-                    "per-destination headers",
-                );
-            }
+            let Some(h) = &d.headers else { continue };
+            let at = format!("{base}.route[{j}]");
+            let ops =
+                |which: &str, o: Option<&istio::HeaderOperations>, diags: &mut Vec<Diagnostic>| {
+                    super::http::header_ops(l, &format!("{at}.headers.{which}"), o, diags)
+                };
+            let edits = (
+                ops("request", h.request.as_ref(), diags),
+                ops("response", h.response.as_ref(), diags),
+            );
+            dest_headers.insert(at, edits);
         }
         let policy = super::policy::policy(l, &base, r, diags);
         for (field, set) in [
@@ -321,7 +344,7 @@ pub fn from_virtual_service(
             Some("redirect")
         } else if r.direct_response.is_some() {
             Some("directResponse")
-        } else if r.headers.is_some() {
+        } else if r.headers.is_some() || r.route.iter().any(|d| d.headers.is_some()) {
             Some("headers")
         } else if r.fault.is_some() {
             Some("fault")
@@ -355,6 +378,7 @@ pub fn from_virtual_service(
                 destinations: dests,
                 request_headers,
                 response_headers,
+                dest_headers,
                 policy,
             });
         }

@@ -288,6 +288,8 @@ mod tests {
             label: "h".into(),
             policy: Default::default(),
             next: Default::default(),
+            request_headers: Default::default(),
+            response_headers: Default::default(),
         };
         let _busy = [e.begin(eps[0]), e.begin(eps[0])];
         let mut live = Live(&e);

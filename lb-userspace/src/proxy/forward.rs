@@ -336,7 +336,15 @@ async fn route_request<'t>(
             outcome,
         );
     };
-    let resp = finish(sent, conn, endpoint, rule, client_upgrade, &mut outcome);
+    let resp = finish(
+        sent,
+        conn,
+        endpoint,
+        rule,
+        destination,
+        client_upgrade,
+        &mut outcome,
+    );
     done(resp, outcome)
 }
 
@@ -507,6 +515,7 @@ fn prepare<'t>(
         headers.insert(header::HOST, v);
     }
     append_forwarded_for(&mut headers, conn);
+    target.destination.request_headers.apply(&mut headers);
     target.rule.request_headers.apply(&mut headers);
     // After the rule's edits: no rule removes the loop marker.
     headers.append(header::VIA, shared.front.via_header.clone());
@@ -542,6 +551,7 @@ fn finish<'t>(
     conn: &ConnInfo,
     endpoint: SocketAddr,
     rule: &'t route::Rule,
+    destination: &route::Destination,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     outcome: &mut Outcome<'t>,
 ) -> Response<Body> {
@@ -585,6 +595,7 @@ fn finish<'t>(
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    destination.response_headers.apply(&mut parts.headers);
     rule.response_headers.apply(&mut parts.headers);
     // A declined upgrade: the guard stopped following the stream at its head (a
     // tunnel might have followed), so the connection ends here.

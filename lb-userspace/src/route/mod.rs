@@ -137,6 +137,10 @@ pub struct Destination {
     pub label: String,
     /// The DestinationRule's load balancer and outlier detection for it.
     pub policy: policy::DestinationPolicy,
+    /// The route destination's own header edits, applied before the rule's (which win,
+    /// as Envoy's route-level edits win over a weighted cluster's by default).
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
     /// ROUND_ROBIN's next endpoint.
     pub next: std::sync::atomic::AtomicUsize,
 }

@@ -148,6 +148,9 @@ pub(super) fn parse_request<'t>(
         Decision::Upstream(t)
             if !touches_framing(&t.rule.request_headers)
                 && !touches_framing(&t.rule.response_headers)
+                // A destination's own edits: hyper's path applies them.
+                && t.destination.request_headers.is_empty()
+                && t.destination.response_headers.is_empty()
                 && (t.path.starts_with('/') || t.path == "*")
                 && plain(&t.path)
                 && t.host.as_deref().is_none_or(plain) =>

@@ -86,6 +86,8 @@ fn head_for(
         label: "(all)".into(),
         policy: Default::default(),
         next: Default::default(),
+        request_headers: Default::default(),
+        response_headers: Default::default(),
     };
     let target = Target {
         rule,
@@ -314,6 +316,8 @@ fn send_with(
             label: "(all)".into(),
             policy: Default::default(),
             next: Default::default(),
+            request_headers: Default::default(),
+            response_headers: Default::default(),
         })),
         delay: None,
     }
@@ -523,6 +527,8 @@ fn table_to(endpoint: std::net::SocketAddr) -> std::sync::Arc<crate::route::Rout
             label: "(all)".into(),
             policy: Default::default(),
             next: Default::default(),
+            request_headers: Default::default(),
+            response_headers: Default::default(),
         }],
         rewrite: Default::default(),
     };
