@@ -99,7 +99,8 @@ fn explain_prints_the_documented_json() {
             "response": null,
             "policy": {"timeout_ms": null, "retries": 2, "per_try_timeout_ms": null,
                 "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes,503",
-                "delay_ms": null, "delay_percent": null, "abort_status": null, "abort_percent": null}
+                "delay_ms": null, "delay_percent": null, "abort_status": null, "abort_percent": null,
+                "mirrors": []}
         })
     );
     let e = run(&["--host", "backend-service", "--path", "/old?q=1"]);

@@ -68,11 +68,14 @@ pub struct ExplainedPolicy {
     pub delay_percent: Option<f64>,
     pub abort_status: Option<u16>,
     pub abort_percent: Option<f64>,
+    /// Mirror destinations (label) and the share of requests copied to each.
+    pub mirrors: Vec<(String, f64)>,
 }
 
 impl ExplainedPolicy {
-    fn of(p: &route::policy::Policy) -> Self {
+    fn of(p: &route::policy::Policy, mirrors: &[(route::Destination, f64)]) -> Self {
         ExplainedPolicy {
+            mirrors: mirrors.iter().map(|(d, s)| (d.label.clone(), *s)).collect(),
             timeout_ms: p.timeout.map(|t| t.as_millis()),
             retries: p.retry.attempts,
             per_try_timeout_ms: p.retry.per_try.map(|t| t.as_millis()),
@@ -99,6 +102,9 @@ impl ExplainedPolicy {
         }
         if let (Some(d), Some(p)) = (self.delay_ms, self.delay_percent) {
             parts.push(format!("fault: {p}% of requests delayed {d} ms (DI)"));
+        }
+        for (m, p) in &self.mirrors {
+            parts.push(format!("mirror: {p}% of requests copied to {m}"));
         }
         parts.join("; ")
     }
@@ -184,7 +190,8 @@ pub fn explain(plan: &Plan, q: &Query) -> Explanation {
         },
         response: None,
         policy: sel.rule.and_then(|(_, r)| {
-            matches!(r.action, Action::Route { .. }).then(|| ExplainedPolicy::of(&r.policy))
+            matches!(r.action, Action::Route { .. })
+                .then(|| ExplainedPolicy::of(&r.policy, &r.mirrors))
         }),
         notes,
     };

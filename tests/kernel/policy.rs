@@ -437,3 +437,101 @@ fn sticky_ab_keeps_each_user_in_one_group() {
         );
     }
 }
+
+const MIRRORED: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: backend-service}
+spec:
+  hosts: [backend-service]
+  addresses: [127.10.34.1]
+  ports: [{number: 34000, name: http}]
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.2, labels: {version: v0}}
+  - {address: 127.0.0.3, labels: {version: v1}}
+  - {address: 127.0.0.9, labels: {version: gone}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend-dr}
+spec:
+  host: backend-service
+  subsets:
+  - {name: v0, labels: {version: v0}}
+  - {name: v1, labels: {version: v1}}
+  - {name: gone, labels: {version: gone}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend-vs}
+spec:
+  hosts: [backend-service]
+  http:
+  - match: [{uri: {prefix: /half}}]
+    route: [{destination: {host: backend-service, subset: v0}}]
+    mirror: {host: backend-service, subset: v1}
+    mirrorPercentage: {value: 50}
+  - match: [{uri: {prefix: /nowhere}}]
+    route: [{destination: {host: backend-service, subset: v0}}]
+    mirrors: [{destination: {host: backend-service, subset: gone}}]
+  - route: [{destination: {host: backend-service, subset: v0}}]
+    mirror: {host: backend-service, subset: v1}
+"#;
+
+/// `mirror`: v1 gets a copy of every request v0 answers (bodies too, on the lean
+/// path), of about half with `mirrorPercentage: 50`; a mirror that refuses never
+/// touches the real requests.
+#[test]
+fn mirrors_get_copies_and_never_touch_the_real_request() {
+    let port = 34000;
+    let (v0, v1) = (format!("127.0.0.2:{port}"), format!("127.0.0.3:{port}"));
+    let mut env = Env::new("mirror");
+    env.backend("v0", &[v0.parse().expect("addr")]);
+    env.backend("v1", &[v1.parse().expect("addr")]);
+    env.write_config("config.yaml", MIRRORED);
+    env.start_daemon(false);
+    let copies = |before: u64, want: u64| {
+        wait_for(Duration::from_secs(5), "the copies to arrive", || {
+            served(&v1) >= before + want
+        });
+        served(&v1) - before
+    };
+    let before = served(&v1);
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        for _ in 0..50 {
+            let (status, _, backend) = answer(&env, version, "/all", "");
+            assert_eq!((status, backend.as_str()), (200, "v0"));
+        }
+    }
+    assert_eq!(
+        copies(before, 100),
+        100,
+        "a copy of each of the 100 requests"
+    );
+    // A body goes with its copy (the lean path keeps it).
+    let before = served(&v1);
+    let mut s = TcpStream::connect(env.proxy()).expect("connect");
+    s.write_all(b"POST /all HTTP/1.1\r\nhost: backend-service\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello")
+        .expect("write");
+    let mut got = String::new();
+    let _ = s.read_to_string(&mut got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert_eq!(copies(before, 1), 1);
+    // Half of 400 requests copied: 200 ± 40.
+    let before = served(&v1);
+    for _ in 0..400 {
+        assert_eq!(request(&env, "HTTP/1.1", "/half", "").0, 200);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let half = served(&v1) - before;
+    assert!((160..=240).contains(&half), "{half} of 400 copied");
+    // A mirror that refuses: every real request answered at once.
+    let t = Instant::now();
+    for _ in 0..100 {
+        assert_eq!(request(&env, "HTTP/1.1", "/nowhere", "").0, 200);
+    }
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let m = counter(&env, "lb_proxy_mirrored_total");
+    assert!(m >= 100 + 1 + 160 + 100, "copies sent: {m}");
+}

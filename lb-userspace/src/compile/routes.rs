@@ -5,7 +5,7 @@ use crate::hosts;
 use crate::model::Model;
 use crate::model::catalog::CatalogService;
 use crate::model::http::ParsedAction;
-use crate::model::routes::{destination_policy, endpoints_by_port};
+use crate::model::routes::{WeightedDestination, destination_policy, endpoints_by_port};
 use crate::route::{Action, Destination, RouteTable, Rule, VirtualHost};
 
 /// Every name a Host header may use for a catalogue service: its host in every form,
@@ -53,34 +53,35 @@ pub fn build(model: Model) -> RouteTable {
             .rules
             .into_iter()
             .map(|r| {
+                let destination = |d: &WeightedDestination| {
+                    let subset = d.subset.clone().unwrap_or_else(|| "(all)".into());
+                    let label = if vs.hosts.contains(&d.host) {
+                        subset
+                    } else {
+                        format!("{}/{subset}", hosts::short_name(&d.host))
+                    };
+                    let edits = r.dest_headers.get(&d.path).cloned().unwrap_or_default();
+                    Destination {
+                        host: d.host.clone(),
+                        subset: d.subset.clone(),
+                        port: d.port,
+                        weight: d.weight,
+                        endpoints: endpoints_by_port(d, catalog, subset_rules),
+                        label,
+                        policy: destination_policy(d, catalog, subset_rules),
+                        next: Default::default(),
+                        request_headers: edits.0,
+                        response_headers: edits.1,
+                    }
+                };
+                let mirrors = r
+                    .mirrors
+                    .iter()
+                    .map(|(d, share)| (destination(d), *share))
+                    .collect();
                 let action = match r.action {
                     ParsedAction::Route(rewrite) => Action::Route {
-                        destinations: r
-                            .destinations
-                            .iter()
-                            .map(|d| {
-                                let subset = d.subset.clone().unwrap_or_else(|| "(all)".into());
-                                let label = if vs.hosts.contains(&d.host) {
-                                    subset
-                                } else {
-                                    format!("{}/{subset}", hosts::short_name(&d.host))
-                                };
-                                let edits =
-                                    r.dest_headers.get(&d.path).cloned().unwrap_or_default();
-                                Destination {
-                                    host: d.host.clone(),
-                                    subset: d.subset.clone(),
-                                    port: d.port,
-                                    weight: d.weight,
-                                    endpoints: endpoints_by_port(d, catalog, subset_rules),
-                                    label,
-                                    policy: destination_policy(d, catalog, subset_rules),
-                                    next: Default::default(),
-                                    request_headers: edits.0,
-                                    response_headers: edits.1,
-                                }
-                            })
-                            .collect(),
+                        destinations: r.destinations.iter().map(destination).collect(),
                         rewrite,
                     },
                     ParsedAction::Redirect(rd) => Action::Redirect(rd),
@@ -94,6 +95,7 @@ pub fn build(model: Model) -> RouteTable {
                     response_headers: r.response_headers,
                     policy: r.policy,
                     sticky: vs.sticky.clone(),
+                    mirrors,
                 }
             })
             .collect();
@@ -123,7 +125,7 @@ pub fn build(model: Model) -> RouteTable {
     for vh in &t.vhosts {
         for r in &vh.rules {
             if let Action::Route { destinations, .. } = &r.action {
-                for d in destinations {
+                for d in destinations.iter().chain(r.mirrors.iter().map(|(m, _)| m)) {
                     t.endpoints.extend(d.endpoints.values().flatten().copied());
                 }
             }

@@ -158,6 +158,8 @@ pub struct ParsedRule {
     pub destinations: Vec<WeightedDestination>,
     pub request_headers: crate::route::HeaderOps,
     pub response_headers: crate::route::HeaderOps,
+    /// `mirror` / `mirrors`, resolved, with the share of requests copied.
+    pub mirrors: Vec<(WeightedDestination, f64)>,
     /// A destination's own header edits (request, response), by its field path.
     pub dest_headers:
         std::collections::BTreeMap<String, (crate::route::HeaderOps, crate::route::HeaderOps)>,
@@ -328,10 +330,8 @@ pub fn from_virtual_service(
             dest_headers.insert(at, edits);
         }
         let policy = super::policy::policy(l, &base, r, diags);
-        for (field, set) in [
-            ("mirror", r.mirror.is_some() || !r.mirrors.is_empty()),
-            ("corsPolicy", r.cors_policy.is_some()),
-        ] {
+        let mirrors = mirrors(l, &base, r, catalog, subset_rules, diags);
+        for (field, set) in [("corsPolicy", r.cors_policy.is_some())] {
             if set {
                 warn_unenforced(l, &format!("{base}.{field}"), diags, field);
             }
@@ -348,6 +348,8 @@ pub fn from_virtual_service(
             Some("headers")
         } else if r.fault.is_some() {
             Some("fault")
+        } else if r.mirror.is_some() || !r.mirrors.is_empty() {
+            Some("mirror")
         } else if r.timeout.is_some() {
             Some("timeout")
         } else if r.retries.is_some() {
@@ -378,6 +380,7 @@ pub fn from_virtual_service(
                 destinations: dests,
                 request_headers,
                 response_headers,
+                mirrors,
                 dest_headers,
                 policy,
             });
@@ -427,6 +430,87 @@ pub fn from_virtual_service(
         sticky,
         resource: index,
     })
+}
+
+/// `mirror` (with `mirrorPercentage`, or the deprecated `mirrorPercent`; 100 % when
+/// neither is set) or `mirrors` (each with its `percentage`), resolved as the route's
+/// destinations are.
+fn mirrors(
+    l: &Loaded,
+    base: &str,
+    r: &istio::HttpRoute,
+    catalog: &Catalog,
+    subset_rules: &SubsetRules,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<(WeightedDestination, f64)> {
+    if r.mirror.is_some() && !r.mirrors.is_empty() {
+        diags.push(Diagnostic::error(
+            l.at(base),
+            base,
+            Invalid::Both("mirror", "mirrors"),
+        ));
+    }
+    let share = |p: Option<f64>, field: String, diags: &mut Vec<Diagnostic>| {
+        let v = p.unwrap_or(100.0);
+        if !(0.0..=100.0).contains(&v) {
+            diags.push(Diagnostic::error(
+                l.at(&field),
+                field,
+                Invalid::Percentage(v.to_string()),
+            ));
+        }
+        v
+    };
+    let (list, at, shares): (Vec<_>, String, Vec<f64>) = match &r.mirror {
+        Some(d) => {
+            let p = r
+                .mirror_percentage
+                .as_ref()
+                .and_then(|p| p.value)
+                .or(r.mirror_percent.map(|n| n as f64));
+            let s = share(p, format!("{base}.mirrorPercentage"), diags);
+            (vec![(Some(d), Some(1))], format!("{base}.mirror"), vec![s])
+        }
+        None => {
+            let shares = r
+                .mirrors
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let p = m.percentage.as_ref().and_then(|p| p.value);
+                    share(p, format!("{base}.mirrors[{i}].percentage"), diags)
+                })
+                .collect();
+            // Weight 1 each: every mirror gets its copy (the share says how often).
+            let list = r
+                .mirrors
+                .iter()
+                .map(|m| (m.destination.as_ref(), Some(1)))
+                .collect();
+            (list, format!("{base}.mirrors"), shares)
+        }
+    };
+    if list.is_empty() {
+        return Vec::new();
+    }
+    let Some(dests) = destinations(l, &at, list.into_iter(), diags) else {
+        return Vec::new();
+    };
+    let dests = check_destinations(l, dests, catalog, subset_rules, diags);
+    // `destinations` names a lone `mirror` `{base}.mirror[0]`: its share is the first.
+    dests
+        .into_iter()
+        .filter_map(|d| {
+            let i = d
+                .path
+                .rsplit_once('[')?
+                .1
+                .trim_end_matches(']')
+                .parse::<usize>()
+                .ok()?;
+            Some((d, *shares.get(i)?))
+        })
+        .collect()
 }
 
 /// Reports destinations whose host is not in the catalogue or whose subset no

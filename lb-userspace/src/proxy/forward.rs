@@ -519,6 +519,14 @@ fn prepare<'t>(
     target.rule.request_headers.apply(&mut headers);
     // After the rule's edits: no rule removes the loop marker.
     headers.append(header::VIA, shared.front.via_header.clone());
+    mirror(
+        shared,
+        &target,
+        &parts.method,
+        &headers,
+        &body,
+        upgrade.is_some(),
+    );
     if let Some(u) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, u);
@@ -608,6 +616,39 @@ fn finish<'t>(
         parts.status = StatusCode::BAD_GATEWAY;
     }
     Response::from_parts(parts, body.boxed())
+}
+
+/// The copies a `mirror` rule asks for, on hyper's path: only of a request without a
+/// body (hyper's streams its body once; the lean path keeps bodies up to 64 KiB).
+fn mirror(
+    shared: &Shared,
+    target: &route::Target<'_>,
+    method: &http::Method,
+    headers: &HeaderMap,
+    body: &Incoming,
+    upgrade: bool,
+) {
+    use hyper::body::Body as _;
+    if target.mirrors.is_empty() {
+        return;
+    }
+    let m = &shared.metrics;
+    if upgrade || !body.is_end_stream() {
+        m.mirror_dropped.inc_by(target.mirrors.len() as u64);
+        return;
+    }
+    // Host is in `headers` already (the client's, or the one `target.host` set).
+    let named = headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
+    let head = super::mirror::head(method.as_str(), &target.path, named);
+    let bound = shared.front.bounds.connect;
+    for ep in &target.mirrors {
+        let sent = super::mirror::spawn(*ep, head.clone(), Vec::new(), bound);
+        if sent {
+            m.mirrored.inc()
+        } else {
+            m.mirror_dropped.inc()
+        };
+    }
 }
 
 fn append_forwarded_for(h: &mut HeaderMap, conn: &ConnInfo) {

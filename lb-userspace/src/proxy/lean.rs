@@ -243,6 +243,7 @@ async fn forward_one<S: AsyncRead + AsyncWrite + Unpin>(
         None => run.await,
     };
     outcome.upstream = Some(tried.endpoint.unwrap_or(send.endpoint));
+    mirror(shared, send, tried.body.take());
     if tried.retries > 0 {
         shared.metrics.retries.inc_by(u64::from(tried.retries));
     }
@@ -292,6 +293,35 @@ async fn forward_one<S: AsyncRead + AsyncWrite + Unpin>(
             }
             (false, true)
         }
+    }
+}
+
+/// Sends the copies `send.mirrors` asks for, with the body as sent (a body lb did not
+/// keep whole: no copy, counted as dropped).
+fn mirror(shared: &Shared, send: &Send<'_>, body: Option<Vec<u8>>) {
+    if send.mirrors.is_empty() {
+        return;
+    }
+    let m = &shared.metrics;
+    let body = match body {
+        Some(b) => b,
+        None if send.body_len == 0 => Vec::new(),
+        None => {
+            m.mirror_dropped.inc_by(send.mirrors.len() as u64);
+            return;
+        }
+    };
+    let Some(head) = super::mirror::head_from_wire(&send.head) else {
+        return;
+    };
+    let bound = shared.front.bounds.connect;
+    for ep in &send.mirrors {
+        let sent = super::mirror::spawn(*ep, head.clone(), body.clone(), bound);
+        if sent {
+            m.mirrored.inc()
+        } else {
+            m.mirror_dropped.inc()
+        };
     }
 }
 

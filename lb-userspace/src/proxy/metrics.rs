@@ -51,6 +51,10 @@ pub struct Metrics {
     pub hyper: Counter,
     /// Requests sent again by the rules' retry policies (Envoy's `upstream_rq_retry`).
     pub retries: Counter,
+    /// Copies sent by `mirror` rules, and copies dropped (too many in flight, or a
+    /// request body lb did not keep).
+    pub mirrored: Counter,
+    pub mirror_dropped: Counter,
     /// Accepted connections by where their original destination was found, in the
     /// order of [`OrigDst::SOURCES`] (created up front: no label hashing per accept).
     orig_dst: [Counter; 3],
@@ -110,6 +114,18 @@ impl Default for Metrics {
             "Requests sent again to an upstream by a rule's retry policy (Istio's default: 2 retries on connect failures and 503s)",
             retries.clone(),
         );
+        let mirrored = Counter::default();
+        registry.register(
+            "proxy_mirrored",
+            "Copies of requests sent to mirror destinations (answers thrown away)",
+            mirrored.clone(),
+        );
+        let mirror_dropped = Counter::default();
+        registry.register(
+            "proxy_mirror_dropped",
+            "Copies of requests not sent: 1,024 in flight already, or a body lb did not keep (over 64 KiB, or on hyper's path)",
+            mirror_dropped.clone(),
+        );
         let engine = |name: &str| {
             engines
                 .get_or_create(&EngineLabels {
@@ -123,6 +139,8 @@ impl Default for Metrics {
             lean: engine("lean"),
             hyper: engine("hyper"),
             retries,
+            mirrored,
+            mirror_dropped,
             orig_dst,
             accepted,
             refused,

@@ -16,6 +16,7 @@ pub mod h1;
 pub mod idle;
 pub mod lean;
 pub mod metrics;
+pub mod mirror;
 pub mod own_thread;
 pub mod pool;
 

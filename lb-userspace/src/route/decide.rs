@@ -30,6 +30,8 @@ pub struct Target<'t> {
     pub endpoints: &'t [SocketAddr],
     /// A fault's delay, when this request draws it (`DI`).
     pub delay: Option<std::time::Duration>,
+    /// Where copies of this request go (the mirrors whose share it drew).
+    pub mirrors: Vec<SocketAddr>,
 }
 
 /// lb's own answer.
@@ -199,6 +201,17 @@ pub fn decide<'t>(
             ..Local::new(502, "UF", "not an endpoint\n")
         });
     }
+    let dialled_port = r.dialled.map(|d| d.port());
+    let mut mirrors = Vec::new();
+    for (m, share) in &rule.mirrors {
+        let eps = m.port_for(dialled_port).and_then(|p| m.endpoints.get(&p));
+        if let Some(eps) = eps.filter(|e| !e.is_empty())
+            && pick.fires(*share)
+            && let Some(i) = pick.endpoint(m, eps, None)
+        {
+            mirrors.push(eps[i]);
+        }
+    }
     let (path, authority) = sel.rewritten(r);
     // Host reaches the backend as sent unless an authority rewrite, an absolute-form
     // target or an h2 request's :authority says otherwise.
@@ -211,5 +224,6 @@ pub fn decide<'t>(
         host,
         endpoints,
         delay,
+        mirrors,
     })
 }

@@ -66,6 +66,9 @@ pub struct Rule {
     /// lb's sticky subsets (`lb.dev/sticky-subsets` on the VirtualService): the
     /// destination follows this key of the request, by weight, instead of a draw.
     pub sticky: Option<policy::HashKey>,
+    /// `mirror` / `mirrors`: where a copy of each request goes, for a share (0–100 %)
+    /// of the requests.
+    pub mirrors: Vec<(Destination, f64)>,
 }
 
 #[derive(Debug, Default, Clone)]

@@ -61,6 +61,8 @@ pub(super) struct Send<'t> {
     pub(super) destination: &'t route::Destination,
     /// The fault's delay, if this request drew it.
     pub(super) delay: Option<std::time::Duration>,
+    /// Where copies go (`mirror`).
+    pub(super) mirrors: Vec<SocketAddr>,
 }
 
 /// What the bytes read so far give.
@@ -199,6 +201,7 @@ pub(super) fn parse_request<'t>(
             endpoints: target.endpoints,
             destination: target.destination,
             delay: target.delay,
+            mirrors: target.mirrors,
         }),
         outcome,
         log,

@@ -28,6 +28,8 @@ pub(super) struct Tried {
     /// The retries were used up and the last try failed in a way that would have been
     /// retried (Envoy's `URX`).
     pub(super) exhausted: bool,
+    /// The request body as sent, when it was kept whole (None: none, or not kept).
+    pub(super) body: Option<Vec<u8>>,
 }
 
 /// The request body as read from the client so far, with a copy to send again.
@@ -38,8 +40,10 @@ pub(super) struct Replay {
 
 impl Replay {
     fn new(send: &Send<'_>) -> Self {
-        let keep =
-            send.policy.retry.attempts > 0 && send.body_len > 0 && send.body_len <= REPLAY_LIMIT;
+        // Kept for a retry, or for the mirrors' copies.
+        let keep = (send.policy.retry.attempts > 0 || !send.mirrors.is_empty())
+            && send.body_len > 0
+            && send.body_len <= REPLAY_LIMIT;
         Replay {
             consumed: 0,
             // Allocated as the body arrives: most requests have none.
@@ -63,6 +67,11 @@ impl Replay {
         }
     }
 
+    /// The body kept, if all `len` bytes were.
+    fn whole(&mut self, len: u64) -> Option<Vec<u8>> {
+        self.copy.take().filter(|c| c.len() as u64 == len)
+    }
+
     /// Whether a retry can send the same request.
     fn replayable(&self) -> bool {
         self.consumed == 0 || self.copy.is_some()
@@ -84,7 +93,7 @@ pub(super) async fn attempts<S: AsyncRead + Unpin>(
     let mut previous = Vec::new();
     let policy = &send.destination.policy;
     let track = policy.balance == Balance::LeastRequest && send.endpoints.len() > 1;
-    loop {
+    let result = loop {
         // In flight until the answer's head (LEAST_REQUEST compares these).
         let active = track.then(|| pool.endpoints.begin(ep));
         let one = once(client, buf, pool, send, ep, &mut body, idle);
@@ -115,11 +124,11 @@ pub(super) async fn attempts<S: AsyncRead + Unpin>(
             pool.endpoints.report(o, send.endpoints, ep, a);
         }
         if !again || !body.replayable() {
-            return result;
+            break result;
         }
         if tried.retries == retry.attempts {
             tried.exhausted = true;
-            return result;
+            break result;
         }
         // A retried answer's connection is dropped with the rest of that answer.
         drop(result);
@@ -127,7 +136,10 @@ pub(super) async fn attempts<S: AsyncRead + Unpin>(
         previous.push(ep);
         ep = another(send.endpoints, &previous);
         tried.endpoint = Some(ep);
-    }
+    };
+    // The whole body as sent, for the mirrors' copies.
+    tried.body = body.whole(send.body_len);
+    result
 }
 
 /// What outlier detection learns from a try (None: the client's failure, or lb's own

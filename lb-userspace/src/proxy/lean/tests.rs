@@ -39,6 +39,7 @@ fn rule() -> Rule {
         response_headers: Default::default(),
         policy: Default::default(),
         sticky: None,
+        mirrors: Vec::new(),
     }
 }
 
@@ -97,6 +98,7 @@ fn head_for(
         host: host.map(Into::into),
         endpoints: &[],
         delay: None,
+        mirrors: Vec::new(),
     };
     let up = upstream_head(&target, head.headers, &head.checked, peer_ip, b"1.1 lb-t");
     String::from_utf8_lossy(&up).into_owned()
@@ -320,6 +322,7 @@ fn send_with(
             response_headers: Default::default(),
         })),
         delay: None,
+        mirrors: Vec::new(),
     }
 }
 
