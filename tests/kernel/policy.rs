@@ -10,20 +10,29 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Env, wait_for};
 
-const CONFIG: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: backend-service}
-spec:
-  hosts: [backend-service]
-  addresses: [127.10.31.1]
-  ports: [{number: 31000, name: http}]
-  resolution: STATIC
-  endpoints:
-  - {address: 127.0.0.2, labels: {version: v0}}
-  - {address: 127.0.0.3, labels: {version: v1}}
-  - {address: 127.0.0.9, labels: {version: v1}}
----
+/// A ServiceEntry `backend-service` at `address:port` with `endpoints` (address,
+/// labels in YAML flow style), as every configuration here starts.
+fn service_entry(address: &str, port: u16, endpoints: &[(&str, &str)]) -> String {
+    let mut y = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: backend-service}}\nspec:\n  hosts: [backend-service]\n  addresses: [{address}]\n  ports: [{{number: {port}, name: http}}]\n  resolution: STATIC\n  endpoints:\n"
+    );
+    for (a, labels) in endpoints {
+        y.push_str(&format!("  - {{address: {a}, labels: {{{labels}}}}}\n"));
+    }
+    y + "---\n"
+}
+
+/// The configuration: `backend-service` at 127.10.31.1:31000, then the rules.
+fn config() -> String {
+    service_entry(
+        "127.10.31.1",
+        31000,
+        &[
+            ("127.0.0.2", "version: v0"),
+            ("127.0.0.3", "version: v1"),
+            ("127.0.0.9", "version: v1"),
+        ],
+    ) + r#"
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: backend-dr}
@@ -61,7 +70,8 @@ spec:
     retries: {attempts: 0}
     route: [{destination: {host: backend-service, subset: v1}}]
   - route: [{destination: {host: backend-service, subset: v1}}]
-"#;
+"#
+}
 
 /// One request straight to the proxy: (the answer's status, how long it took).
 fn request(env: &Env, version: &str, path: &str, extra: &str) -> (u16, Duration) {
@@ -133,7 +143,7 @@ fn faults_timeouts_and_retries_apply_on_both_engines() {
     env.backend("v0", &[addr(&v0)]);
     env.backend("v1", &[addr(&v1)]);
     // 127.0.0.9 (v1's second endpoint) refuses: nothing listens there.
-    env.write_config("config.yaml", CONFIG);
+    env.write_config("config.yaml", &config());
     env.start_daemon(false);
     let mut wrong = Vec::new();
     let mut check = |what: String, ok: bool| {
@@ -235,21 +245,18 @@ fn faults_timeouts_and_retries_apply_on_both_engines() {
     }
 }
 
-const BALANCED: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: backend-service}
-spec:
-  hosts: [backend-service]
-  addresses: [127.10.32.1]
-  ports: [{number: 32000, name: http}]
-  resolution: STATIC
-  endpoints:
-  - {address: 127.0.0.2, labels: {pool: rr}}
-  - {address: 127.0.0.3, labels: {pool: rr}}
-  - {address: 127.0.0.4, labels: {pool: od}}
-  - {address: 127.0.0.9, labels: {pool: od}}
----
+/// The configuration: `backend-service` at 127.10.32.1:32000, then the rules.
+fn balanced() -> String {
+    service_entry(
+        "127.10.32.1",
+        32000,
+        &[
+            ("127.0.0.2", "pool: rr"),
+            ("127.0.0.3", "pool: rr"),
+            ("127.0.0.4", "pool: od"),
+            ("127.0.0.9", "pool: od"),
+        ],
+    ) + r#"
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: backend-dr}
@@ -273,7 +280,8 @@ spec:
     route: [{destination: {host: backend-service, subset: rr}}]
   - route: [{destination: {host: backend-service, subset: od}}]
     retries: {attempts: 0}
-"#;
+"#
+}
 
 /// A DestinationRule's traffic policy through the live proxy: ROUND_ROBIN alternates
 /// exactly; outlier detection ejects an endpoint that refuses after 3 failures in a
@@ -286,7 +294,7 @@ fn round_robin_and_outlier_detection_follow_the_destination_rule() {
     env.backend("v2", &[at("127.0.0.2")]);
     env.backend("v3", &[at("127.0.0.3")]);
     env.backend("v4", &[at("127.0.0.4")]);
-    env.write_config("config.yaml", BALANCED);
+    env.write_config("config.yaml", &balanced());
     env.start_daemon(false);
     let order: Vec<String> = (0..40)
         .map(|_| answer(&env, "HTTP/1.1", "/rr", "").2)
@@ -335,21 +343,18 @@ fn round_robin_and_outlier_detection_follow_the_destination_rule() {
     assert!(seen.iter().any(|(_, b)| b == "v4"), "{seen:?}");
 }
 
-const STICKY: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: backend-service}
-spec:
-  hosts: [backend-service]
-  addresses: [127.10.33.1]
-  ports: [{number: 33000, name: http}]
-  resolution: STATIC
-  endpoints:
-  - {address: 127.0.0.2, labels: {version: v0}}
-  - {address: 127.0.0.3, labels: {version: v0}}
-  - {address: 127.0.0.4, labels: {version: v1}}
-  - {address: 127.0.0.5, labels: {version: v1}}
----
+/// The configuration: `backend-service` at 127.10.33.1:33000, then the rules.
+fn sticky() -> String {
+    service_entry(
+        "127.10.33.1",
+        33000,
+        &[
+            ("127.0.0.2", "version: v0"),
+            ("127.0.0.3", "version: v0"),
+            ("127.0.0.4", "version: v1"),
+            ("127.0.0.5", "version: v1"),
+        ],
+    ) + r#"
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: backend-dr}
@@ -372,7 +377,8 @@ spec:
   - route:
     - {destination: {host: backend-service, subset: v0}, weight: 50}
     - {destination: {host: backend-service, subset: v1}, weight: 50}
-"#;
+"#
+}
 
 /// The sticky A/B test (issue 15): 1000 users × 10 requests, each on a new
 /// connection, split 50/50 by their cookie. The annotation keeps each user in one
@@ -386,7 +392,7 @@ fn sticky_ab_keeps_each_user_in_one_group() {
         let at: SocketAddr = format!("127.0.0.{i}:{port}").parse().expect("addr");
         env.backend(&format!("b{i}"), &[at]);
     }
-    env.write_config("config.yaml", STICKY);
+    env.write_config("config.yaml", &sticky());
     env.start_daemon(false);
     let group = |b: &str| if b == "b2" || b == "b3" { "v0" } else { "v1" };
     let mut in_v0 = 0;
@@ -438,20 +444,17 @@ fn sticky_ab_keeps_each_user_in_one_group() {
     }
 }
 
-const MIRRORED: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: backend-service}
-spec:
-  hosts: [backend-service]
-  addresses: [127.10.34.1]
-  ports: [{number: 34000, name: http}]
-  resolution: STATIC
-  endpoints:
-  - {address: 127.0.0.2, labels: {version: v0}}
-  - {address: 127.0.0.3, labels: {version: v1}}
-  - {address: 127.0.0.9, labels: {version: gone}}
----
+/// The configuration: `backend-service` at 127.10.34.1:34000, then the rules.
+fn mirrored() -> String {
+    service_entry(
+        "127.10.34.1",
+        34000,
+        &[
+            ("127.0.0.2", "version: v0"),
+            ("127.0.0.3", "version: v1"),
+            ("127.0.0.9", "version: gone"),
+        ],
+    ) + r#"
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: backend-dr}
@@ -477,7 +480,8 @@ spec:
     mirrors: [{destination: {host: backend-service, subset: gone}}]
   - route: [{destination: {host: backend-service, subset: v0}}]
     mirror: {host: backend-service, subset: v1}
-"#;
+"#
+}
 
 /// `mirror`: v1 gets a copy of every request v0 answers (bodies too, on the lean
 /// path), of about half with `mirrorPercentage: 50`; a mirror that refuses never
@@ -489,7 +493,7 @@ fn mirrors_get_copies_and_never_touch_the_real_request() {
     let mut env = Env::new("mirror");
     env.backend("v0", &[v0.parse().expect("addr")]);
     env.backend("v1", &[v1.parse().expect("addr")]);
-    env.write_config("config.yaml", MIRRORED);
+    env.write_config("config.yaml", &mirrored());
     env.start_daemon(false);
     let copies = |before: u64, want: u64| {
         wait_for(Duration::from_secs(5), "the copies to arrive", || {

@@ -27,6 +27,22 @@ fn edits(
     }
 }
 
+/// The destination `svc` with no endpoints (the helpers name their own).
+fn svc() -> Destination {
+    Destination {
+        host: "svc".into(),
+        subset: None,
+        port: None,
+        weight: 1,
+        endpoints: Default::default(),
+        label: "(all)".into(),
+        policy: Default::default(),
+        next: Default::default(),
+        request_headers: Default::default(),
+        response_headers: Default::default(),
+    }
+}
+
 fn rule() -> Rule {
     Rule {
         name: None,
@@ -78,18 +94,7 @@ fn head_for(
     let head = crate::proxy::h1::check(text, &mut storage, &Default::default(), b"")
         .expect("valid")
         .expect("complete");
-    let destination = Destination {
-        host: "svc".into(),
-        subset: None,
-        port: None,
-        weight: 1,
-        endpoints: Default::default(),
-        label: "(all)".into(),
-        policy: Default::default(),
-        next: Default::default(),
-        request_headers: Default::default(),
-        response_headers: Default::default(),
-    };
+    let destination = svc();
     let target = Target {
         rule,
         destination: &destination,
@@ -309,18 +314,7 @@ fn send_with(
         // Leaked: a few bytes per test, for the 'static the helpers return.
         policy: Box::leak(Box::new(policy)),
         endpoints: Box::leak([&[endpoint][..], others].concat().into_boxed_slice()),
-        destination: Box::leak(Box::new(crate::route::Destination {
-            host: "svc".into(),
-            subset: None,
-            port: None,
-            weight: 1,
-            endpoints: Default::default(),
-            label: "(all)".into(),
-            policy: Default::default(),
-            next: Default::default(),
-            request_headers: Default::default(),
-            response_headers: Default::default(),
-        })),
+        destination: Box::leak(Box::new(svc())),
         delay: None,
         mirrors: Vec::new(),
     }
@@ -522,16 +516,9 @@ fn table_to(endpoint: std::net::SocketAddr) -> std::sync::Arc<crate::route::Rout
     let mut r = rule();
     r.action = Action::Route {
         destinations: vec![Destination {
-            host: "svc".into(),
-            subset: None,
             port: Some(endpoint.port()),
-            weight: 1,
             endpoints: [(endpoint.port(), vec![endpoint])].into(),
-            label: "(all)".into(),
-            policy: Default::default(),
-            next: Default::default(),
-            request_headers: Default::default(),
-            response_headers: Default::default(),
+            ..svc()
         }],
         rewrite: Default::default(),
     };
