@@ -239,7 +239,9 @@ fn done<'t>(resp: Response<Body>, mut o: Outcome<'t>) -> (Response<Body>, Outcom
 /// Routes and forwards one request. Only the send is awaited: routing (`prepare`) and
 /// the answer (`finish`) are plain functions, so the future hyper moves into place
 /// per request holds little more than the upstream send (`handle`'s future: 3.2 KB
-/// with everything in one async fn, 2.3 KB now; memmove showed in the profile).
+/// with everything in one async fn, 2.3 KB after the split in session 6; memmove
+/// showed in the profile). The traffic policy's waits (delay, timeouts, the connect
+/// retries) are here too; connecting stays boxed (`Pool::sender`).
 async fn route_request<'t>(
     shared: &Shared,
     table: &'t route::RouteTable,
