@@ -94,6 +94,8 @@ pub enum Invalid {
     MeshWildcard,
     #[error("host must not be empty")]
     EmptyHost,
+    #[error("host {host} is listed twice in this VirtualService (also as {other:?})")]
+    HostListedTwice { host: String, other: String },
     #[error(
         "The VirtualServices {first},{second} define the same host {host}: lb needs exactly one"
     )]
@@ -219,6 +221,8 @@ pub enum Invalid {
     HashKeyCount,
     #[error("name required for HttpCookie")]
     CookieName,
+    #[error("connectionPool must set tcp or http")]
+    EmptyConnectionPool,
     #[error("{0:?} is not a valid HTTP header name")]
     HashHeader(String),
     #[error("unknown consistentHash field {0:?}")]

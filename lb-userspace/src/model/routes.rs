@@ -201,7 +201,9 @@ pub fn from_virtual_service(
             Invalid::NoVirtualHost,
         ));
     }
-    let mut hosts_out = Vec::new();
+    let mut hosts_out: Vec<String> = Vec::new();
+    // As written, beside `hosts_out` (messages name what the operator wrote).
+    let mut listed: Vec<String> = Vec::new();
     for (i, h) in spec.hosts.iter().enumerate() {
         let p = format!("spec.hosts[{i}]");
         if h == "*" {
@@ -209,7 +211,21 @@ pub fn from_virtual_service(
         } else if h.is_empty() {
             diags.push(Diagnostic::error(l.at(&p), &p, Invalid::EmptyHost));
         } else {
-            hosts_out.push(hosts::canonical(h, &l.namespace));
+            let host = hosts::canonical(h, &l.namespace);
+            // Listed before, or covered by a wildcard listed too: which rules a
+            // request gets would depend on the order (Istio rejects it).
+            let twice = hosts_out.iter().zip(&listed).find(|(o, _)| {
+                **o == host || hosts::wildcard_covers(o, &host) || hosts::wildcard_covers(&host, o)
+            });
+            if let Some((_, other)) = twice {
+                let problem = Invalid::HostListedTwice {
+                    host: host.clone(),
+                    other: other.clone(),
+                };
+                diags.push(Diagnostic::error(l.at(&p), &p, problem));
+            }
+            hosts_out.push(host);
+            listed.push(h.clone());
         }
     }
     if spec.gateways.iter().any(|g| g != "mesh") {

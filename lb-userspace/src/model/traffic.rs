@@ -60,6 +60,18 @@ pub fn groups(
         ],
         diags,
     );
+    if tp
+        .connection_pool
+        .as_ref()
+        .is_some_and(|c| c.tcp.is_none() && c.http.is_none())
+    {
+        let path = format!("{base}.connectionPool");
+        diags.push(Diagnostic::error(
+            l.at(&path),
+            path,
+            Invalid::EmptyConnectionPool,
+        ));
+    }
     // connect4 draws an endpoint at random and knows no answers: say so where the
     // policy asks for more.
     let kernel_differs = [
