@@ -223,6 +223,8 @@ pub enum Invalid {
     CookieName,
     #[error("connectionPool must set tcp or http")]
     EmptyConnectionPool,
+    #[error("{0} must be a count, 0 or more")]
+    NegativeCount(String),
     #[error("{0:?} is not a valid HTTP header name")]
     HashHeader(String),
     #[error("unknown consistentHash field {0:?}")]

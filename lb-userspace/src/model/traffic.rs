@@ -8,7 +8,9 @@ use std::time::Duration;
 use super::Invalid;
 use crate::diagnostic::Diagnostic;
 use crate::load::{Loaded, istio};
-use crate::route::policy::{Balance, DestinationPolicy, HashKey, Outlier, parse_duration};
+use crate::route::policy::{
+    Balance, ConnPool, DestinationPolicy, HashKey, Outlier, parse_duration,
+};
 
 /// The groups one `trafficPolicy` sets (None: left to the level above).
 #[derive(Debug, Clone, Default)]
@@ -17,6 +19,8 @@ pub struct Groups {
     balance: Option<(Balance, Option<HashKey>)>,
     /// `outlierDetection`: Some(None) when set but invalid.
     outlier: Option<Option<Outlier>>,
+    /// `connectionPool`.
+    pool: Option<ConnPool>,
 }
 
 impl Groups {
@@ -36,6 +40,7 @@ impl Groups {
                 .clone()
                 .or_else(|| top.outlier.clone())
                 .flatten(),
+            pool: self.pool.or(top.pool).unwrap_or_default(),
         }
     }
 }
@@ -51,7 +56,6 @@ pub fn groups(
         l,
         base,
         &[
-            ("connectionPool", tp.connection_pool.is_some()),
             ("tls", tp.tls.is_some()),
             ("portLevelSettings", !tp.port_level_settings.is_empty()),
             ("tunnel", tp.tunnel.is_some()),
@@ -82,6 +86,7 @@ pub fn groups(
                 .is_some_and(|lb| lb.simple.as_deref() != Some("RANDOM")),
         ),
         ("outlierDetection", tp.outlier_detection.is_some()),
+        ("connectionPool", tp.connection_pool.is_some()),
     ];
     for (field, set) in kernel_differs {
         if set {
@@ -105,6 +110,10 @@ pub fn groups(
             .outlier_detection
             .as_ref()
             .map(|od| outlier(l, &format!("{base}.outlierDetection"), od, diags)),
+        pool: tp
+            .connection_pool
+            .as_ref()
+            .map(|cp| conn_pool(l, &format!("{base}.connectionPool"), cp, diags)),
     }
 }
 
@@ -226,6 +235,54 @@ fn simple(
             Balance::LeastRequest
         }
     }
+}
+
+/// `connectionPool`: `tcp.connectTimeout` and `http.maxRequestsPerConnection` are
+/// enforced; its other fields are warned about.
+fn conn_pool(
+    l: &Loaded,
+    base: &str,
+    cp: &istio::ConnectionPoolSettings,
+    diags: &mut Vec<Diagnostic>,
+) -> ConnPool {
+    let mut out = ConnPool::default();
+    for (group, v) in [("tcp", &cp.tcp), ("http", &cp.http)] {
+        let Some(map) = v.as_ref().and_then(serde_yaml::Value::as_mapping) else {
+            continue;
+        };
+        for (k, v) in map {
+            let field = k.as_str().unwrap_or("");
+            let path = format!("{base}.{group}.{field}");
+            match (group, field) {
+                ("tcp", "connectTimeout") => match v.as_str().and_then(parse_duration) {
+                    Some(d) if d >= Duration::from_millis(1) => out.connect_timeout = Some(d),
+                    Some(_) => diags.push(Diagnostic::error(
+                        l.at(&path),
+                        path,
+                        Invalid::DurationTooShort,
+                    )),
+                    None => diags.push(Diagnostic::error(
+                        l.at(&path),
+                        path,
+                        Invalid::BadDuration(format!("{v:?}")),
+                    )),
+                },
+                ("http", "maxRequestsPerConnection") => match count(v) {
+                    Some(0) => {}
+                    Some(n) if n > 0 => {
+                        out.max_requests = Some(u32::try_from(n).unwrap_or(u32::MAX))
+                    }
+                    _ => diags.push(Diagnostic::error(
+                        l.at(&path),
+                        path,
+                        Invalid::NegativeCount(field.to_string()),
+                    )),
+                },
+                _ => super::warn_unenforced_at(l, &path, field, diags),
+            }
+        }
+    }
+    out
 }
 
 /// A count such as `consecutive5xxErrors` (a number, or `{value: n}` as protobuf's

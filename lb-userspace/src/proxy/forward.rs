@@ -284,7 +284,8 @@ async fn route_request<'t>(
         .await?;
         // In flight until the answer's head (LEAST_REQUEST compares these).
         let _active = track.then(|| health.begin(endpoint));
-        let sent = shared.client.send(endpoint, s, up, upgrade).await;
+        let max = destination.policy.pool.max_requests;
+        let sent = shared.client.send(endpoint, s, up, upgrade, max).await;
         if let Some(o) = &destination.policy.outlier {
             let a = match &sent {
                 Ok(resp) => Answered::Status(resp.status().as_u16()),
@@ -369,12 +370,13 @@ async fn connect(
     endpoint: &mut SocketAddr,
     upgrade: bool,
     outcome: &mut Outcome<'_>,
-) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, super::pool::UpstreamError> {
+) -> Result<super::pool::Sender, super::pool::UpstreamError> {
     use super::pool::UpstreamError::{Connect, Timeout};
     let retry = &policy.retry;
     let mut previous = Vec::new();
     loop {
-        let sender = shared.client.sender(*endpoint, upgrade).await;
+        let timeout = destination.policy.pool.connect_timeout;
+        let sender = shared.client.sender(*endpoint, upgrade, timeout).await;
         if let (Err(Connect(..) | Timeout(_)), Some(o)) = (&sender, &destination.policy.outlier) {
             shared
                 .client

@@ -443,8 +443,16 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
-    // Bytes past the answer mean the upstream is out of step: not reused.
-    if clean && up.buf.is_empty() {
+    // Bytes past the answer mean the upstream is out of step: not reused. Nor is a
+    // connection that carried the destination's maxRequestsPerConnection.
+    up.served += 1;
+    let spent = send
+        .destination
+        .policy
+        .pool
+        .max_requests
+        .is_some_and(|m| up.served >= m);
+    if clean && up.buf.is_empty() && !spent {
         pool.give_back_raw(ep, up);
     }
     Ok(!answer.close_client)

@@ -18,6 +18,9 @@ use hyper_util::rt::TokioIo;
 
 use crate::fasthash::HashMap;
 
+/// A sender and the requests its connection carried.
+pub type Sender = (SendRequest<Incoming>, u32);
+
 /// Idle senders kept per endpoint (beyond: dropped, the connection closes).
 const MAX_IDLE: usize = 256;
 
@@ -36,7 +39,7 @@ pub enum UpstreamError {
 }
 
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<Incoming>>>>,
+    idle: Mutex<HashMap<SocketAddr, Vec<Sender>>>,
     /// The lean path's idle sockets (proxy/lean.rs), most recently used last.
     raw: Mutex<HashMap<SocketAddr, Vec<Upstream>>>,
     /// Connects in progress per endpoint (only endpoints with one are present).
@@ -77,6 +80,8 @@ impl Drop for Pending<'_> {
 pub struct Upstream {
     pub stream: tokio::net::TcpStream,
     pub buf: bytes::BytesMut,
+    /// Requests it carried (`maxRequestsPerConnection`).
+    pub served: u32,
 }
 
 impl Upstream {
@@ -119,17 +124,13 @@ impl Pool {
         }
     }
 
-    fn take_ready(&self, ep: SocketAddr) -> Option<SendRequest<Incoming>> {
+    fn take_ready(&self, ep: SocketAddr) -> Option<Sender> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(&ep)?;
         // Closed senders are dropped on the way; busy ones stay for later.
-        list.retain(|s| !s.is_closed());
-        let i = list.iter().rposition(|s| s.is_ready())?;
+        list.retain(|s| !s.0.is_closed());
+        let i = list.iter().rposition(|s| s.0.is_ready())?;
         Some(list.swap_remove(i))
-    }
-
-    fn give_back(&self, ep: SocketAddr, s: SendRequest<Incoming>) {
-        keep_idle(&self.idle, ep, s);
     }
 
     /// A lean-path socket to `ep`: the most recently used idle one, if any.
@@ -142,17 +143,27 @@ impl Pool {
         keep_idle(&self.raw, ep, u);
     }
 
-    /// A new lean-path socket to `ep`.
-    pub async fn connect_raw(&self, ep: SocketAddr) -> Result<Upstream, UpstreamError> {
+    /// A new lean-path socket to `ep`, within `timeout` (the destination's
+    /// `connectTimeout`) or `--connect-timeout`.
+    pub async fn connect_raw(
+        &self,
+        ep: SocketAddr,
+        timeout: Option<Duration>,
+    ) -> Result<Upstream, UpstreamError> {
         Ok(Upstream {
-            stream: self.open(ep).await?,
+            stream: self.open(ep, timeout).await?,
             buf: bytes::BytesMut::with_capacity(4096),
+            served: 0,
         })
     }
 
     /// A TCP connection to `ep`, Nagle off (requests and answers are whole writes),
     /// within the connect timeout and the bound on connects in progress to `ep`.
-    async fn open(&self, ep: SocketAddr) -> Result<tokio::net::TcpStream, UpstreamError> {
+    async fn open(
+        &self,
+        ep: SocketAddr,
+        timeout: Option<Duration>,
+    ) -> Result<tokio::net::TcpStream, UpstreamError> {
         let _pending = {
             let mut p = self
                 .pending
@@ -165,7 +176,8 @@ impl Pool {
             *n += 1;
             Pending { pool: self, ep }
         };
-        let stream = tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(ep))
+        let bound = timeout.unwrap_or(self.connect_timeout);
+        let stream = tokio::time::timeout(bound, tokio::net::TcpStream::connect(ep))
             .await
             .map_err(|_| UpstreamError::Timeout(ep))?
             .map_err(|e| UpstreamError::Connect(ep, e))?;
@@ -177,8 +189,9 @@ impl Pool {
         &self,
         ep: SocketAddr,
         upgrades: bool,
-    ) -> Result<SendRequest<Incoming>, UpstreamError> {
-        let stream = self.open(ep).await?;
+        timeout: Option<Duration>,
+    ) -> Result<Sender, UpstreamError> {
+        let stream = self.open(ep, timeout).await?;
         let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
         if upgrades {
             tokio::spawn(async move {
@@ -189,7 +202,7 @@ impl Pool {
                 let _ = conn.await;
             });
         }
-        Ok(sender)
+        Ok((sender, 0))
     }
 
     /// A sender to `ep`: a pooled connection, or a new one (a connect that fails
@@ -199,28 +212,32 @@ impl Pool {
         &self,
         ep: SocketAddr,
         upgrade: bool,
-    ) -> Result<SendRequest<Incoming>, UpstreamError> {
+        connect_timeout: Option<Duration>,
+    ) -> Result<Sender, UpstreamError> {
         if !upgrade && let Some(s) = self.take_ready(ep) {
             return Ok(s);
         }
         // Connecting is boxed: its future is large and rare (the pool usually has a
         // sender), and inline it would grow every request's future, which hyper moves
         // into place per request.
-        Box::pin(self.connect(ep, upgrade)).await
+        Box::pin(self.connect(ep, upgrade, connect_timeout)).await
     }
 
     /// Sends `req` (origin-form URI, Host set) on `s`, a sender to `ep`, which goes back
-    /// to the pool after a clean exchange (an upgrade's never does).
+    /// to the pool after a clean exchange unless it carried `max_requests` (the
+    /// destination's `maxRequestsPerConnection`); an upgrade's never does.
     pub async fn send(
         &self,
         ep: SocketAddr,
-        mut s: SendRequest<Incoming>,
+        (mut s, served): Sender,
         req: Request<Incoming>,
         upgrade: bool,
+        max_requests: Option<u32>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let resp = s.send_request(req).await;
-        if resp.is_ok() && !upgrade {
-            self.give_back(ep, s);
+        let spent = max_requests.is_some_and(|m| served + 1 >= m);
+        if resp.is_ok() && !upgrade && !spent {
+            keep_idle(&self.idle, ep, (s, served + 1));
         }
         Ok(resp?)
     }

@@ -221,6 +221,17 @@ pub struct DestinationPolicy {
     /// `balance`) when the request has one.
     pub hash: Option<HashKey>,
     pub outlier: Option<Outlier>,
+    /// `connectionPool`'s connects and connection reuse.
+    pub pool: ConnPool,
+}
+
+/// The parts of `connectionPool` lb enforces.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ConnPool {
+    /// `tcp.connectTimeout` (None: `--connect-timeout`, 10 s as Istio's default).
+    pub connect_timeout: Option<Duration>,
+    /// `http.maxRequestsPerConnection` (1: no keep-alive upstream; None: no limit).
+    pub max_requests: Option<u32>,
 }
 
 /// What a request is hashed by (`consistentHash`, and lb's sticky subsets).

@@ -171,3 +171,66 @@ spec:
         ("route", Some(503))
     );
 }
+
+/// A DestinationRule's traffic policy reaches each destination with Istio's override:
+/// a subset's group replaces the top level's, the groups it does not set are the top
+/// level's.
+#[test]
+fn destination_rules_policy_reaches_each_subset_with_istios_override() {
+    use crate::route::policy::{Balance, HashKey};
+    let yaml = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: svc}
+spec:
+  hosts: [svc]
+  addresses: [127.10.0.1]
+  ports: [{number: 80, name: http}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.2, labels: {version: v0}}, {address: 127.0.0.3, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: svc}
+spec:
+  host: svc
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    connectionPool: {tcp: {connectTimeout: 250ms}, http: {maxRequestsPerConnection: 1}}
+    outlierDetection: {consecutive5xxErrors: 2}
+  subsets:
+  - {name: v0, labels: {version: v0}}
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: svc}
+spec:
+  hosts: [svc]
+  http:
+  - match: [{uri: {prefix: /a}}]
+    route: [{destination: {host: svc, subset: v0}, weight: 50}, {destination: {host: svc, subset: v1}, weight: 50}]
+";
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("c.yaml"), yaml).expect("write");
+    let plan =
+        crate::compile::plan(model::load_dir(dir.path()).expect("valid").model).expect("plan");
+    let super::Action::Route { destinations, .. } = &plan.proxy.vhosts[0].rules[0].action else {
+        panic!("a route");
+    };
+    let (v0, v1) = (&destinations[0].policy, &destinations[1].policy);
+    assert_eq!((v0.balance, v0.hash.as_ref()), (Balance::RoundRobin, None));
+    assert_eq!(
+        v1.hash,
+        Some(HashKey::Header(http::HeaderName::from_static("x-user")))
+    );
+    for p in [v0, v1] {
+        assert_eq!(
+            p.pool.connect_timeout,
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(p.pool.max_requests, Some(1));
+        assert_eq!(p.outlier.as_ref().map(|o| o.consecutive_5xx), Some(2));
+    }
+}

@@ -168,13 +168,14 @@ async fn once<S: AsyncRead + Unpin>(
     body: &mut Replay,
     idle: std::time::Duration,
 ) -> Result<(Upstream, answer::Answer), LeanError> {
-    let (mut up, mut reused) = take(pool, ep, send.replayable).await?;
+    let timeout = send.destination.policy.pool.connect_timeout;
+    let (mut up, mut reused) = take(pool, ep, send.replayable, timeout).await?;
     loop {
         match request(client, buf, &mut up, send, ep, body, idle).await {
             Ok(a) => return Ok((up, a)),
             // A pooled socket the backend had closed: once more on a new one.
             Err(LeanError::Closed(_) | LeanError::Upstream(..)) if reused && send.replayable => {
-                up = pool.connect_raw(ep).await?;
+                up = pool.connect_raw(ep, timeout).await?;
                 reused = false;
             }
             Err(e) => return Err(e),
@@ -188,11 +189,12 @@ async fn take(
     pool: &Pool,
     ep: SocketAddr,
     replayable: bool,
+    timeout: Option<std::time::Duration>,
 ) -> Result<(Upstream, bool), LeanError> {
     while let Some(u) = pool.take_raw(ep) {
         if replayable || u.looks_alive() {
             return Ok((u, true));
         }
     }
-    Ok((pool.connect_raw(ep).await?, false))
+    Ok((pool.connect_raw(ep, timeout).await?, false))
 }

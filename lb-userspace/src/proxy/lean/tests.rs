@@ -411,6 +411,29 @@ async fn retries_go_to_another_endpoint_with_the_body_sent_again() {
 }
 
 #[tokio::test]
+async fn max_requests_per_connection_1_opens_a_connection_per_request() {
+    let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    // Each scripted connection answers one request and stays open: a second request
+    // on the first connection would never be answered.
+    let (addr, bodies) = upstream(vec![(vec![ok], false), (vec![ok], false)]).await;
+    let pool = crate::proxy::pool::Pool::default();
+    let mut get = send(addr, "GET", b"");
+    let mut dest = svc();
+    dest.policy.pool.max_requests = Some(1);
+    get.destination = Box::leak(Box::new(dest));
+    for _ in 0..2 {
+        let (r, got, status) = exchange_once(&pool, &get, b"").await;
+        assert!(matches!(r, Ok(true)), "{r:?}");
+        assert_eq!((status, got.ends_with("ok")), (200, true));
+        assert!(
+            pool.take_raw(addr).is_none(),
+            "not kept for another request"
+        );
+    }
+    assert_eq!(bodies.lock().expect("lock").len(), 2);
+}
+
+#[tokio::test]
 async fn connect_failures_are_retried_and_a_500_is_not_by_default() {
     let refusing = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
