@@ -214,7 +214,10 @@ fn the_seed_on_kubernetes_follows_the_cluster() {
     );
     // Deleted: nothing is rejected any more.
     api.delete("VirtualService", "team-b", "other-vs");
-    wait_for(Duration::from_secs(10), "the rejection to clear", || {
+    // Within the same 40 s: a watch may still be in the backoff the outage above
+    // started (once, session 9, in the full suite, the deletion was not seen within
+    // 10 s; alone it clears in well under one).
+    wait_for(Duration::from_secs(40), "the rejection to clear", || {
         env.status()["config"]["last_error"].is_null()
     });
 }
