@@ -4,9 +4,7 @@
 //! within its bound, with the answer and the access-log flag Envoy would give, and the
 //! healthy backend keeps serving meanwhile.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::{Env, wait_for};
 use crate::proxy::seed;
@@ -16,22 +14,6 @@ fn config(svc: &str, port: u16) -> String {
     let config = seed("c-header", svc, port);
     assert!(config.contains("address: 127.0.0.3"), "the seed's v1");
     config.replace("address: 127.0.0.3", "address: 127.0.0.9")
-}
-
-/// One request straight to the proxy: (what came back until the close, how long).
-fn request(env: &Env, path: &str, extra: &str) -> (String, Duration) {
-    let t = Instant::now();
-    let mut s = TcpStream::connect(env.proxy()).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: backend-service\r\n{extra}connection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut got = Vec::new();
-    let _ = s.read_to_end(&mut got);
-    (String::from_utf8_lossy(&got).into_owned(), t.elapsed())
 }
 
 #[test]
@@ -83,7 +65,7 @@ fn failing_backends_end_within_their_bounds_with_envoys_flags() {
     let mut wrong = Vec::new();
     for (what, path, header, want, _, bound) in &cases {
         for _ in 0..5 {
-            let (got, took) = request(&env, path, header);
+            let (got, took) = env.get_once("HTTP/1.1", path, header);
             eprintln!("{what}: {:?} in {took:?}", got.lines().next().unwrap_or(""));
             if !got.starts_with(want) || took > Duration::from_secs_f64(*bound) {
                 wrong.push(format!("{what}: {:?} in {took:?}", got.lines().next()));

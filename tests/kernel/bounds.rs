@@ -86,6 +86,21 @@ fn metric(env: &Env, name: &str) -> u64 {
 /// bodies that stop after 3 of 100 bytes get 408 at the stream-idle bound (1 s); 50
 /// requests to a backend that never answers get 504 at it — while a client making a
 /// request every 2 ms through the kernel's hand-off sees no failure.
+/// The well-behaved client beside the slow ones: a request every 2 ms for `for_ms`.
+fn normal_client(env: &Env, to: &str, for_ms: &str) -> crate::harness::Client {
+    let args = [
+        "--to",
+        to,
+        "--count",
+        "20000",
+        "--every-ms",
+        "2",
+        "--for-ms",
+        for_ms,
+    ];
+    env.spawn_client("normal", &args)
+}
+
 #[test]
 fn slow_heads_bodies_and_silent_upstreams_end_at_their_bounds() {
     let (svc, port) = ("127.10.23.1", 23000);
@@ -98,19 +113,7 @@ fn slow_heads_bodies_and_silent_upstreams_end_at_their_bounds() {
     let env = env_with("bounds", port, &seed("c-header", svc, port), &bounds);
     let proxy = env.proxy();
     let to = format!("{svc}:{port}");
-    let normal = env.spawn_client(
-        "normal",
-        &[
-            "--to",
-            &to,
-            "--count",
-            "20000",
-            "--every-ms",
-            "2",
-            "--for-ms",
-            "30000",
-        ],
-    );
+    let normal = normal_client(&env, &to, "30000");
     let crowd = |n: usize, first: &[u8]| -> Vec<Peer> {
         (0..n).map(|_| Peer::open(proxy, first)).collect()
     };
@@ -191,19 +194,7 @@ fn a_crowd_of_idle_connections_cannot_lock_new_clients_out() {
         "lb_proxy_connections_max {bound}"
     );
     let to = format!("{svc}:{port}");
-    let normal = env.spawn_client(
-        "normal",
-        &[
-            "--to",
-            &to,
-            "--count",
-            "20000",
-            "--every-ms",
-            "2",
-            "--for-ms",
-            "60000",
-        ],
-    );
+    let normal = normal_client(&env, &to, "60000");
     let t = Instant::now();
     let (mut held, mut closed, mut most_open) = (Vec::<Peer>::new(), 0u64, 0);
     for _ in 0..40 {

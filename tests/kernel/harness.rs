@@ -174,6 +174,25 @@ impl Env {
         self.logged_addr("proxy=")
     }
 
+    /// One `GET path` for Host `backend-service` straight to the proxy, in HTTP
+    /// `version` with `extra` header lines, closing after it: (what came back until
+    /// the close, how long it took).
+    pub fn get_once(&self, version: &str, path: &str, extra: &str) -> (String, Duration) {
+        use std::io::{Read, Write};
+        let t = Instant::now();
+        let mut s = TcpStream::connect(self.proxy()).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET {path} {version}\r\nhost: backend-service\r\n{extra}connection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        (String::from_utf8_lossy(&got).into_owned(), t.elapsed())
+    }
+
     /// What the last daemon started has logged so far.
     pub fn daemon_log(&self) -> String {
         std::fs::read_to_string(self.last_log.as_ref().expect("a daemon was started"))

@@ -81,30 +81,18 @@ fn request(env: &Env, version: &str, path: &str, extra: &str) -> (u16, Duration)
 
 /// [`request`], with the backend that answered (`x-backend`, empty if none).
 fn answer(env: &Env, version: &str, path: &str, extra: &str) -> (u16, Duration, String) {
-    let t = Instant::now();
-    let mut s = TcpStream::connect(env.proxy()).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} {version}\r\nhost: backend-service\r\n{extra}connection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut got = Vec::new();
-    let _ = s.read_to_end(&mut got);
-    let status = String::from_utf8_lossy(&got)
+    let (got, took) = env.get_once(version, path, extra);
+    let status = got
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
-    let backend = text
+    let backend = got
+        .to_ascii_lowercase()
         .lines()
-        .find_map(|l| l.strip_prefix("x-backend: "))
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    (status, t.elapsed(), backend)
+        .find_map(|l| l.strip_prefix("x-backend: ").map(|b| b.trim().to_string()))
+        .unwrap_or_default();
+    (status, took, backend)
 }
 
 /// How many requests the test backend at `addr` has served.

@@ -57,12 +57,19 @@ pub fn policy(
 
 /// A duration of at least 1 ms (Istio's `ValidateDuration`).
 fn duration(text: &str, field: String, found: &mut Found) -> Option<Duration> {
+    checked_duration(text)
+        .map_err(|e| found.error(field, e))
+        .ok()
+}
+
+/// A duration of at least 1 ms, or what Istio says of it (every duration field of
+/// VirtualServices and DestinationRules).
+pub(super) fn checked_duration(text: &str) -> Result<Duration, Invalid> {
     match parse_duration(text) {
-        None => found.error(field, Invalid::BadDuration(text.to_string())),
-        Some(d) if d < Duration::from_millis(1) => found.error(field, Invalid::DurationTooShort),
-        Some(d) => return Some(d),
+        None => Err(Invalid::BadDuration(text.to_string())),
+        Some(d) if d < Duration::from_millis(1) => Err(Invalid::DurationTooShort),
+        Some(d) => Ok(d),
     }
-    None
 }
 
 fn retry(x: &istio::HttpRetry, base: &str, found: &mut Found) -> Retry {

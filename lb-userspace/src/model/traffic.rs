@@ -8,9 +8,7 @@ use std::time::Duration;
 use super::Invalid;
 use crate::diagnostic::Diagnostic;
 use crate::load::{Loaded, istio};
-use crate::route::policy::{
-    Balance, ConnPool, DestinationPolicy, HashKey, Outlier, parse_duration,
-};
+use crate::route::policy::{Balance, ConnPool, DestinationPolicy, HashKey, Outlier};
 
 /// The groups one `trafficPolicy` sets (None: left to the level above).
 #[derive(Debug, Clone, Default)]
@@ -254,19 +252,12 @@ fn conn_pool(
             let field = k.as_str().unwrap_or("");
             let path = format!("{base}.{group}.{field}");
             match (group, field) {
-                ("tcp", "connectTimeout") => match v.as_str().and_then(parse_duration) {
-                    Some(d) if d >= Duration::from_millis(1) => out.connect_timeout = Some(d),
-                    Some(_) => diags.push(Diagnostic::error(
-                        l.at(&path),
-                        path,
-                        Invalid::DurationTooShort,
-                    )),
-                    None => diags.push(Diagnostic::error(
-                        l.at(&path),
-                        path,
-                        Invalid::BadDuration(format!("{v:?}")),
-                    )),
-                },
+                ("tcp", "connectTimeout") => {
+                    match super::policy::checked_duration(v.as_str().unwrap_or("")) {
+                        Ok(d) => out.connect_timeout = Some(d),
+                        Err(e) => diags.push(Diagnostic::error(l.at(&path), path, e)),
+                    }
+                }
                 ("http", "maxRequestsPerConnection") => match count(v) {
                     Some(0) => {}
                     Some(n) if n > 0 => {
@@ -312,20 +303,14 @@ fn outlier(
         }
     };
     let duration = |f: &str, v: Option<&str>, default: u64, errors: &mut Vec<_>| {
-        let Some(text) = v else {
-            return Duration::from_secs(default);
-        };
-        match parse_duration(text) {
-            Some(d) if d >= Duration::from_millis(1) => d,
-            Some(_) => {
-                errors.push((f.to_string(), Invalid::DurationTooShort));
-                Duration::from_secs(default)
-            }
-            None => {
-                errors.push((f.to_string(), Invalid::BadDuration(text.to_string())));
-                Duration::from_secs(default)
-            }
-        }
+        let checked = v.map_or(
+            Ok(Duration::from_secs(default)),
+            super::policy::checked_duration,
+        );
+        checked.unwrap_or_else(|e| {
+            errors.push((f.to_string(), e));
+            Duration::from_secs(default)
+        })
     };
     let percent = |f: &str, v: Option<i64>, default: u32, errors: &mut Vec<_>| match v {
         None => default,

@@ -644,15 +644,7 @@ fn mirror(
     // Host is in `headers` already (the client's, or the one `target.host` set).
     let named = headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
     let head = super::mirror::head(method.as_str(), &target.path, named);
-    let bound = shared.front.bounds.connect;
-    for ep in &target.mirrors {
-        let sent = super::mirror::spawn(*ep, head.clone(), Vec::new(), bound);
-        if sent {
-            m.mirrored.inc()
-        } else {
-            m.mirror_dropped.inc()
-        };
-    }
+    super::mirror::copies(shared, &target.mirrors, &head, &[]);
 }
 
 fn append_forwarded_for(h: &mut HeaderMap, conn: &ConnInfo) {

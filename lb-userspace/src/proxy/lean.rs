@@ -311,17 +311,8 @@ fn mirror(shared: &Shared, send: &Send<'_>, body: Option<Vec<u8>>) {
             return;
         }
     };
-    let Some(head) = super::mirror::head_from_wire(&send.head) else {
-        return;
-    };
-    let bound = shared.front.bounds.connect;
-    for ep in &send.mirrors {
-        let sent = super::mirror::spawn(*ep, head.clone(), body.clone(), bound);
-        if sent {
-            m.mirrored.inc()
-        } else {
-            m.mirror_dropped.inc()
-        };
+    if let Some(head) = super::mirror::head_from_wire(&send.head) {
+        super::mirror::copies(shared, &send.mirrors, &head, &body);
     }
 }
 

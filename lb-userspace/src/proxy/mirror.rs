@@ -69,9 +69,23 @@ pub fn head_from_wire(wire: &[u8]) -> Option<Vec<u8>> {
     ))
 }
 
+/// Sends a copy (`head`, `body`) to each of `eps`, each step within the proxy's connect
+/// bound, counting the copies sent and dropped.
+pub fn copies(shared: &super::Shared, eps: &[SocketAddr], head: &[u8], body: &[u8]) {
+    let m = &shared.metrics;
+    for ep in eps {
+        let bound = shared.front.bounds.connect;
+        if spawn(*ep, head.to_vec(), body.to_vec(), bound) {
+            m.mirrored.inc();
+        } else {
+            m.mirror_dropped.inc();
+        }
+    }
+}
+
 /// Sends `head` and `body` to `ep` on a task of its own, each step within `bound`;
 /// false: dropped, too many copies in flight.
-pub fn spawn(ep: SocketAddr, head: Vec<u8>, body: Vec<u8>, bound: Duration) -> bool {
+fn spawn(ep: SocketAddr, head: Vec<u8>, body: Vec<u8>, bound: Duration) -> bool {
     if IN_FLIGHT.fetch_add(1, Ordering::Relaxed) >= MAX_IN_FLIGHT {
         IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
         return false;

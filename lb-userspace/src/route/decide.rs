@@ -176,10 +176,8 @@ pub fn decide<'t>(
             ..Local::new(404, "NR", "no route\n")
         });
     };
-    let endpoints = dest
-        .port_for(r.dialled.map(|d| d.port()))
-        .and_then(|p| dest.endpoints.get(&p))
-        .map_or(&[][..], Vec::as_slice);
+    let dialled_port = r.dialled.map(|d| d.port());
+    let endpoints = dest.endpoints_for(dialled_port);
     let key = dest.policy.hash.as_ref().and_then(|h| h.of(r));
     let picked = match endpoints {
         [] => None,
@@ -201,11 +199,10 @@ pub fn decide<'t>(
             ..Local::new(502, "UF", "not an endpoint\n")
         });
     }
-    let dialled_port = r.dialled.map(|d| d.port());
     let mut mirrors = Vec::new();
     for (m, share) in &rule.mirrors {
-        let eps = m.port_for(dialled_port).and_then(|p| m.endpoints.get(&p));
-        if let Some(eps) = eps.filter(|e| !e.is_empty())
+        let eps = m.endpoints_for(dialled_port);
+        if !eps.is_empty()
             && pick.fires(*share)
             && let Some(i) = pick.endpoint(m, eps, None)
         {

@@ -149,6 +149,13 @@ pub struct Destination {
 }
 
 impl Destination {
+    /// The endpoints a request dialled to port `dialled` goes to (empty: none).
+    pub fn endpoints_for(&self, dialled: Option<u16>) -> &[SocketAddr] {
+        self.port_for(dialled)
+            .and_then(|p| self.endpoints.get(&p))
+            .map_or(&[][..], Vec::as_slice)
+    }
+
     /// The service port a request dialled to `dialled` goes to.
     pub fn port_for(&self, dialled: Option<u16>) -> Option<u16> {
         self.port
