@@ -169,8 +169,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 outcome.status = local.status;
                 let answer = with_date(|d| local_answer(local, d));
                 let written = client.write_all(&answer).await.is_ok();
-                // A body lb did not read: the close must not become a reset.
-                (written && !local.close, local.close)
+                (written && !local.close, false)
             }
         };
         let (method, path) = req
