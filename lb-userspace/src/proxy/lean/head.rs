@@ -163,7 +163,11 @@ pub(super) fn parse_request<'t>(
         // is an answer to a request with a body, which hyper reads past to serve the
         // next request (the two-client fuzz target holds the engines to the same
         // answers).
-        Decision::Local(l) if l.location.is_none() && l.flag != "DR" && body_len == 0 => {
+        // Only the answers a draw decides (a fault's abort, a subset without endpoints):
+        // hyper would draw again. lb's other answers stay hyper's, whose front end
+        // refuses some heads the lean path routes (the two-client fuzz target found a
+        // 404 here against hyper's 400).
+        Decision::Local(l) if matches!(l.flag, "FI" | "UH") && body_len == 0 => {
             return Parsed::Ready(Ready {
                 head_len: head.len,
                 job: Job::Answer(Local {
