@@ -28,6 +28,7 @@ pub mod map_names {
     pub const HABITS: &str = "LB_HABITS";
     pub const LOCAL_LISTENERS: &str = "LB_LOCAL_LISTENERS";
     pub const PROXY_LISTENERS: &str = "LB_PROXY_LISTENERS";
+    pub const HEALTH: &str = "LB_HEALTH";
 }
 
 /// Indexes of `LB_PROXY_LISTENERS`: the proxy's listening sockets, as the daemon put
@@ -95,7 +96,7 @@ pub mod layout {
     use kind::*;
 
     /// Every map lb pins, in the order `lb down` removes them.
-    pub const MAPS: [MapSpec; 19] = [
+    pub const MAPS: [MapSpec; 20] = [
         spec::<u32, u64>(n::COUNTERS, PERCPU_ARRAY, counters::COUNT, 0),
         spec::<SockAddr4, u32>(n::LOCAL_LISTENERS, LRU_HASH, capacity::LOCAL_LISTENERS, 0),
         spec::<SockKey, Sender>(n::SENDERS, LRU_HASH, capacity::SOCKETS, 0),
@@ -116,6 +117,7 @@ pub mod layout {
         spec::<SubsetMetaKey, SubsetMeta>(n::SUBSET_META, HASH, capacity::STATS, NO_PREALLOC),
         spec::<u32, State>(n::STATE, ARRAY, 1, 0),
         spec::<u32, u32>(n::PROXY_LISTENERS, SOCKMAP, proxy_listener::COUNT, 0),
+        spec::<HealthKey, Health>(n::HEALTH, LRU_HASH, capacity::HEALTH, 0),
     ];
 
     /// Bumped only for a change of meaning that keeps every size (a field's meaning,
@@ -183,6 +185,9 @@ pub mod capacity {
     /// Listening addresses inside the cgroup remembered (LRU).
     pub const LOCAL_LISTENERS: u32 = 16_384;
     pub const STATS: u32 = 65_536;
+    /// Endpoints of kernel-path services with outlier detection whose connects are
+    /// tracked (LRU).
+    pub const HEALTH: u32 = 65_536;
     pub const NAME_LEN: usize = 64;
     /// Distinct unknown Host headers remembered (per service at most `HOSTS_PER_SERVICE`).
     pub const HOSTS: u32 = 4_096;
@@ -280,7 +285,43 @@ pub struct Service {
     pub slot_count: u32,
     /// One of [`mode`].
     pub mode: u32,
-    pub _pad: u32,
+    /// [`service_flags`].
+    pub flags: u32,
+}
+
+/// `Service::flags`.
+pub mod service_flags {
+    /// The client picks the slot (so the subset) by its hash, not a draw: lb's sticky
+    /// subsets keyed by the source (`lb.dev/sticky-subsets: source-ip`).
+    pub const HASH_SUBSET: u32 = 1;
+    /// Connects are tracked in `LB_HEALTH` (outlier detection on the kernel path).
+    pub const TRACK_HEALTH: u32 = 2;
+}
+
+/// `Slot::flags`.
+pub mod slot_flags {
+    /// The client picks the endpoint by its hash, not a draw
+    /// (`consistentHash.useSourceIp`).
+    pub const HASH_ENDPOINT: u32 = 1;
+}
+
+/// Who a connect comes from, for source hashing: the address a socket is bound to,
+/// or else (an unbound socket: its source is only chosen after `connect4`) its network
+/// namespace, which on a node is one pod, with one address. Mixed so that keys close
+/// together spread (a murmur3 finaliser).
+#[inline(always)]
+pub fn client_hash(bound_ip4: u32, netns_cookie: u64) -> u32 {
+    let mut h = if bound_ip4 != 0 {
+        bound_ip4 as u64
+    } else {
+        netns_cookie ^ 0x9e37_79b9_7f4a_7c15
+    };
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h as u32
 }
 
 /// `LB_SLOTS` key: one weight slot of one revision of a service.
@@ -301,6 +342,9 @@ pub struct Slot {
     pub subset: u32,
     /// Endpoints in that subset; 0 fails the connect with ECONNREFUSED.
     pub endpoint_count: u32,
+    /// [`slot_flags`].
+    pub flags: u32,
+    pub _pad: u32,
 }
 
 /// `LB_ENDPOINTS` key: endpoint `index` of a subset in one revision of a service.
@@ -327,7 +371,9 @@ pub struct Origin {
     /// 1: a client handed to the proxy that joins the socket map (decided in connect4,
     /// which picks the proxy listener by it).
     pub join: u32,
-    pub _pad: u32,
+    /// The service's [`service_flags`] when the connect was steered (`sock_ops` tracks
+    /// the connect's outcome if they say so).
+    pub flags: u32,
 }
 
 /// `LB_ORIGINS[cookie % ORIGINS]`: a ring by socket cookie. Cookies come from one
@@ -517,6 +563,28 @@ pub struct Stats {
     pub refused: u64,
 }
 
+/// `LB_HEALTH` key: an endpoint of a kernel-path service whose connects are tracked.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HealthKey {
+    pub service: SockAddr4,
+    pub endpoint: SockAddr4,
+}
+
+/// `LB_HEALTH` value: how the endpoint's connects ended, as `sock_ops` saw them, since
+/// the entry was made (the daemon deletes it when it ejects the endpoint). Read and
+/// updated without atomics by every CPU: a lost count only blurs a threshold.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Failed connects (refused, reset or given up before established) in a row;
+    /// zeroed by an established one.
+    pub failed_in_a_row: u32,
+    pub failed: u32,
+    pub established: u32,
+    pub _pad: u32,
+}
+
 /// `LB_SETTINGS[0]`: knobs the daemon sets for the programs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -654,7 +722,9 @@ const _: () = {
     assert!(size_of::<SockAddr4>() == 8);
     assert!(size_of::<Service>() == 16);
     assert!(size_of::<SlotKey>() == 16);
-    assert!(size_of::<Slot>() == 8);
+    assert!(size_of::<Slot>() == 16);
+    assert!(size_of::<HealthKey>() == 16);
+    assert!(size_of::<Health>() == 16);
     assert!(size_of::<EndpointKey>() == 20);
     assert!(size_of::<Origin>() == 32);
     assert!(size_of::<OriginSlot>() == 40);
@@ -697,6 +767,8 @@ mod pod {
     unsafe impl aya::Pod for SubsetMetaKey {}
     unsafe impl aya::Pod for SubsetMeta {}
     unsafe impl aya::Pod for State {}
+    unsafe impl aya::Pod for HealthKey {}
+    unsafe impl aya::Pod for Health {}
 }
 
 #[cfg(test)]

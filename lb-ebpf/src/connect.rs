@@ -6,15 +6,15 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::BPF_NOEXIST,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_socket_cookie, bpf_map_lookup_elem, bpf_set_retval,
-        bpf_sk_release,
+        bpf_get_current_pid_tgid, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_map_lookup_elem,
+        bpf_set_retval, bpf_sk_release,
     },
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use lb_common::{
     EndpointKey, HabitKey, Origin, SlotKey, SockAddr4, StatKey, Stats, counters, mode,
-    proxy_listener, settings_flags,
+    proxy_listener, service_flags, settings_flags, slot_flags,
 };
 
 use crate::maps::{
@@ -64,7 +64,7 @@ fn try_connect4(ctx: &SockAddrContext) -> Verdict {
             && is_own_socket()
             && is_local_listener(dialled)
         {
-            remember_origin(ctx, dialled, dialled, mode::UPSTREAM, 0);
+            remember_origin(ctx, dialled, dialled, mode::UPSTREAM, 0, 0);
         }
         return Verdict::Allow;
     };
@@ -85,7 +85,7 @@ fn try_connect4(ctx: &SockAddrContext) -> Verdict {
         if let Some(proxy) = live_proxy(join) {
             sa.user_ip4 = proxy.user_ip4();
             sa.user_port = proxy.user_port();
-            remember_origin(ctx, dialled, proxy, mode::PROXY, join as u32);
+            remember_origin(ctx, dialled, proxy, mode::PROXY, join as u32, 0);
             bump(counters::PROXY_HANDOFFS);
             return Verdict::Allow;
         }
@@ -96,10 +96,17 @@ fn try_connect4(ctx: &SockAddrContext) -> Verdict {
     if svc.slot_count == 0 {
         return Verdict::Allow;
     }
+    // Computed once, only when a source hash is asked for.
+    let mut client: Option<u32> = None;
+    let slot = if svc.flags & service_flags::HASH_SUBSET != 0 {
+        *client.insert(client_of(ctx, sa)) % svc.slot_count
+    } else {
+        random() % svc.slot_count
+    };
     let slot_key = SlotKey {
         service: dialled,
         revision: svc.revision,
-        slot: random() % svc.slot_count,
+        slot,
     };
     // SAFETY: copied out at once.
     let Some(slot) = (unsafe { LB_SLOTS.get(&slot_key) }).copied() else {
@@ -113,11 +120,19 @@ fn try_connect4(ctx: &SockAddrContext) -> Verdict {
         count(&stat_key, |s| s.refused += 1);
         return Verdict::Refuse;
     }
+    let index = if slot.flags & slot_flags::HASH_ENDPOINT != 0 {
+        // Another mix of the same key than the slot's, so the endpoint inside a
+        // subset does not follow from the subset.
+        let h = client.unwrap_or_else(|| client_of(ctx, sa));
+        h.rotate_left(16).wrapping_mul(0x9e37_79b1) % slot.endpoint_count
+    } else {
+        random() % slot.endpoint_count
+    };
     let ep_key = EndpointKey {
         service: dialled,
         revision: svc.revision,
         subset: slot.subset,
-        index: random() % slot.endpoint_count,
+        index,
     };
     // SAFETY: copied out at once.
     let Some(backend) = (unsafe { LB_ENDPOINTS.get(&ep_key) }).copied() else {
@@ -127,9 +142,20 @@ fn try_connect4(ctx: &SockAddrContext) -> Verdict {
     // to user_port: "invalid bpf_context access off=24 size=2").
     sa.user_ip4 = backend.user_ip4();
     sa.user_port = backend.user_port();
-    remember_origin(ctx, dialled, backend, mode::KERNEL, 0);
+    remember_origin(ctx, dialled, backend, mode::KERNEL, 0, svc.flags);
     count(&stat_key, |s| s.connects += 1);
     Verdict::Allow
+}
+
+/// The client's hash for source hashing ([`lb_common::client_hash`]): its bound
+/// address, else its network namespace.
+#[inline(always)]
+fn client_of(ctx: &SockAddrContext, sa: &aya_ebpf::bindings::bpf_sock_addr) -> u32 {
+    // SAFETY: `sk` of a sock_addr context is always a valid socket.
+    let bound = unsafe { (*sa.__bindgen_anon_1.sk).src_ip4 };
+    // SAFETY: the helper accepts a sock_addr context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    lb_common::client_hash(bound, netns)
 }
 
 /// The proxy listener for a client that joins the socket map or not (see
@@ -168,6 +194,7 @@ pub fn remember_origin(
     backend: SockAddr4,
     mode: u32,
     join: u32,
+    flags: u32,
 ) {
     // SAFETY: the cookie helper accepts a sock_addr context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -177,7 +204,7 @@ pub fn remember_origin(
         mode,
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         join,
-        _pad: 0,
+        flags,
     };
     // A ring: a slot is reused after ORIGINS newer cookies; getpeername of a socket
     // that old then shows the backend (as an evicting LRU hash would).

@@ -90,6 +90,14 @@ pub static LB_SUBSET_META: HashMap<
 > = HashMap::new();
 #[btf_map(pin_by_name)]
 pub static LB_STATE: Array<lb_common::State, 1> = Array::new();
+/// How tracked connects to each endpoint of a kernel-path service with outlier
+/// detection ended (`sock_ops`); the daemon reads it and ejects failing endpoints.
+#[btf_map(pin_by_name)]
+pub static LB_HEALTH: LruHashMap<
+    lb_common::HealthKey,
+    lb_common::Health,
+    { cap::HEALTH as usize },
+> = LruHashMap::new();
 #[btf_map(pin_by_name)]
 pub static LB_HOSTS: HashMap<lb_common::HostKey, u64, { cap::HOSTS as usize }, NO_PREALLOC> =
     HashMap::new();

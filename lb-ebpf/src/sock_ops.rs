@@ -6,21 +6,22 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_TCP_LISTEN_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
     },
     helpers::bpf_get_socket_cookie,
     macros::sock_ops,
     programs::SockOpsContext,
 };
 use lb_common::{
-    ClientKey, HabitKey, Sender, SockAddr4, SockKey, mode, remote_port_from_ctx, sender,
-    settings_flags,
+    ClientKey, HabitKey, Health, HealthKey, Origin, Sender, SockAddr4, SockKey, mode,
+    remote_port_from_ctx, sender, service_flags, settings_flags,
 };
 
 use crate::connect::origin_of;
 use crate::maps::{
-    LB_LOCAL_LISTENERS, LB_ORIG_DST, LB_ORIG_DST_BY_PORT, LB_PEERS_TO_JOIN, LB_SENDERS, LB_SOCKETS,
-    client_joins, is_local_listener, shortcut,
+    LB_HEALTH, LB_LOCAL_LISTENERS, LB_ORIG_DST, LB_ORIG_DST_BY_PORT, LB_PEERS_TO_JOIN, LB_SENDERS,
+    LB_SOCKETS, client_joins, is_local_listener, shortcut,
 };
 
 #[sock_ops]
@@ -28,6 +29,15 @@ pub fn lb_sockops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_active_established(&ctx),
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_passive_established(&ctx),
+        BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(&ctx),
+        BPF_SOCK_OPS_STATE_CB => {
+            // Only sockets `on_connect` asked state callbacks for get here.
+            if ctx.arg(0) == BPF_TCP_SYN_SENT && ctx.arg(1) == BPF_TCP_CLOSE {
+                if let Some(origin) = origin_of(cookie(&ctx)) {
+                    record_health(&origin, false);
+                }
+            }
+        }
         BPF_SOCK_OPS_TCP_LISTEN_CB => {
             let listener = SockAddr4::new(ctx.local_ip4().to_ne_bytes(), ctx.local_port() as u16);
             let _ = LB_LOCAL_LISTENERS.insert(&listener, &1, 0);
@@ -35,6 +45,53 @@ pub fn lb_sockops(ctx: SockOpsContext) -> u32 {
         _ => {}
     }
     0
+}
+
+fn cookie(ctx: &SockOpsContext) -> u64 {
+    // SAFETY: the cookie helper accepts a sock_ops context.
+    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
+}
+
+/// A kernel-path connect to a service with outlier detection: ask for state
+/// callbacks, so a connect that ends before it is established (refused, reset, given
+/// up by the client) is seen. Cleared again once established, so the socket's life
+/// costs no more callbacks.
+#[inline(always)]
+fn on_connect(ctx: &SockOpsContext) {
+    let Some(origin) = origin_of(cookie(ctx)) else {
+        return;
+    };
+    if origin.mode == mode::KERNEL && origin.flags & service_flags::TRACK_HEALTH != 0 {
+        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    }
+}
+
+/// Counts how a tracked connect to an endpoint ended (`LB_HEALTH`).
+#[inline(always)]
+fn record_health(origin: &Origin, established: bool) {
+    let key = HealthKey {
+        service: origin.service,
+        endpoint: origin.backend,
+    };
+    let count = |h: &mut Health| {
+        if established {
+            h.failed_in_a_row = 0;
+            h.established = h.established.wrapping_add(1);
+        } else {
+            h.failed_in_a_row = h.failed_in_a_row.saturating_add(1);
+            h.failed = h.failed.wrapping_add(1);
+        }
+    };
+    match LB_HEALTH.get_ptr_mut(&key) {
+        // SAFETY: a map value pointer, valid for the program's run; a lost update
+        // between CPUs only blurs a threshold.
+        Some(h) => count(unsafe { &mut *h }),
+        None => {
+            let mut h = Health::default();
+            count(&mut h);
+            let _ = LB_HEALTH.insert(&key, &h, 0);
+        }
+    }
 }
 
 /// The socket's own tuple as the socket map keys it: (local, remote).
@@ -58,11 +115,14 @@ fn sock_key(ctx: &SockOpsContext) -> SockKey {
 ///   and leave the tuple the accepting socket will have, so that one joins too.
 #[inline(always)]
 fn on_active_established(ctx: &SockOpsContext) {
-    // SAFETY: the cookie helper accepts a sock_ops context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(origin) = origin_of(cookie) else {
+    let Some(origin) = origin_of(cookie(ctx)) else {
         return;
     };
+    let flags = ctx.cb_flags();
+    if flags & BPF_SOCK_OPS_STATE_CB_FLAG != 0 {
+        record_health(&origin, true);
+        let _ = ctx.set_cb_flags((flags & !BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    }
     let mut key = sock_key(ctx);
     let hop = match origin.mode {
         mode::PROXY => {

@@ -151,9 +151,8 @@ pub fn explain(plan: &Plan, q: &Query) -> Explanation {
             return refused(q, r.status(), r.to_string());
         }
     };
-    let dialled_mode =
-        q.to.and_then(|to| plan.kernel.services.get(&sock_addr(to)))
-            .map(|s| s.mode == mode::PROXY);
+    let dialled = q.to.and_then(|to| plan.kernel.services.get(&sock_addr(to)));
+    let dialled_mode = dialled.map(|s| s.mode == mode::PROXY);
     let datapath = match (dialled_mode, sel.vhost) {
         (Some(true), _) => "proxy",
         (Some(false), _) => "kernel",
@@ -167,9 +166,14 @@ pub fn explain(plan: &Plan, q: &Query) -> Explanation {
         (None, _) => notes.push(format!("Host {:?} names no VirtualService host{}", q.host, if q.to.is_some() { " and the dialled service has none" } else { " (no --to: Host-only)" })),
     }
     if let Some(vh) = sel.vhost {
-        notes.push(match &vh.proxy_reason {
-            Some(r) => format!("datapath proxy: {r}"),
-            None => "datapath kernel: weights only (per connection)".to_string(),
+        notes.push(match (&vh.proxy_reason, dialled) {
+            (Some(r), _) => format!("datapath proxy: {r}"),
+            // Weights only, but the dialled service takes the proxy for another reason.
+            (None, Some(svc)) if svc.mode == mode::PROXY => format!(
+                "datapath proxy: {}",
+                crate::compile::reason::describe(svc.reason)
+            ),
+            (None, _) => "datapath kernel: weights only (per connection)".to_string(),
         });
     }
     notes.extend(sel.skipped.iter().map(|s| format!("skipped {s}")));

@@ -248,6 +248,9 @@ enum Cmd {
         for_ms: u64,
         #[arg(long)]
         keep_alive: bool,
+        /// Bind each connection to this source address first.
+        #[arg(long)]
+        from: Option<std::net::Ipv4Addr>,
         #[arg(long)]
         host: Option<String>,
         #[arg(long)]
@@ -494,6 +497,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             every_ms,
             for_ms,
             keep_alive,
+            from,
             host,
             log,
             until_file,
@@ -555,6 +559,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 every: Duration::from_millis(every_ms),
                 limit: Duration::from_millis(for_ms),
                 keep_alive,
+                from,
                 host,
                 path,
                 headers,

@@ -22,6 +22,8 @@ pub struct ProbeOptions {
     pub limit: Duration,
     /// One connection, many requests (checks it stays on its backend).
     pub keep_alive: bool,
+    /// Source address each connection binds to first (None: the kernel's choice).
+    pub from: Option<std::net::Ipv4Addr>,
     pub host: Option<String>,
     /// Request path and extra headers.
     pub path: String,
@@ -188,8 +190,23 @@ fn exchange(
 }
 
 fn connect(to: SocketAddr) -> Result<TcpStream, String> {
-    let s = TcpStream::connect_timeout(&to, Duration::from_secs(2))
-        .map_err(|e| format!("connect: {e}"))?;
+    connect_from(None, to)
+}
+
+/// Connects to `to`, bound to `from` first if given.
+fn connect_from(from: Option<std::net::Ipv4Addr>, to: SocketAddr) -> Result<TcpStream, String> {
+    let err = |e: std::io::Error| format!("connect: {e}");
+    let s = match from {
+        None => TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(err)?,
+        Some(ip) => {
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .map_err(err)?;
+            sock.bind(&SocketAddr::from((ip, 0)).into()).map_err(err)?;
+            sock.connect_timeout(&to.into(), Duration::from_secs(2))
+                .map_err(err)?;
+            sock.into()
+        }
+    };
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
     Ok(s)
@@ -226,11 +243,11 @@ pub fn run(opts: &ProbeOptions) -> std::io::Result<Summary> {
             let reused = kept.is_some();
             let mut r = kept
                 .take()
-                .map_or_else(|| connect(opts.to), Ok)
+                .map_or_else(|| connect_from(opts.from, opts.to), Ok)
                 .and_then(|mut s| send(&mut s).map(|a| (a, s)));
             if reused && matches!(&r, Err(e) if e.starts_with(NO_ANSWER)) {
                 sum.retried += 1;
-                r = connect(opts.to).and_then(|mut s| send(&mut s).map(|a| (a, s)));
+                r = connect_from(opts.from, opts.to).and_then(|mut s| send(&mut s).map(|a| (a, s)));
             }
             r.map(|(a, s)| {
                 // A connection that failed, or that the server closes, is not reused.
@@ -240,7 +257,7 @@ pub fn run(opts: &ProbeOptions) -> std::io::Result<Summary> {
                 a
             })
         } else {
-            connect(opts.to).and_then(|mut s| {
+            connect_from(opts.from, opts.to).and_then(|mut s| {
                 if s.peer_addr().ok() != Some(opts.to) {
                     sum.peer_mismatches += 1;
                 }

@@ -536,9 +536,23 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
     let mut health_tick = tokio::time::interval(Duration::from_secs(1));
+    // Outlier detection on the kernel path, only while a service asks for it.
+    let mut outlier_tick: Option<(Duration, tokio::time::Interval)> = None;
     let served = loop {
+        let period = applier.outlier_period();
+        if outlier_tick.as_ref().map(|(p, _)| *p) != period {
+            outlier_tick = period.map(|p| (p, tokio::time::interval(p)));
+        }
         let next_gc = pending.first().map(|(t, _)| *t);
         let changed = tokio::select! {
+            _ = async { outlier_tick.as_mut().expect("guarded").1.tick().await }, if outlier_tick.is_some() => {
+                match applier.eject() {
+                    Ok(Some((_, g))) => pending.push((Instant::now() + GRACE, g)),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("kernel outlier detection: {e}"),
+                }
+                false
+            }
             () = async { watch.as_mut().expect("guarded").changed().await }, if watch.is_some() => true,
             () = async { cluster_settled(sources.kube.as_ref().expect("guarded")).await }, if sources.kube.is_some() => true,
             _ = health_tick.tick(), if sources.kube.is_some() => {

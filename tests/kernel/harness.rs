@@ -243,13 +243,23 @@ impl Env {
         }
     }
 
-    /// Starts a test backend answering with `name` on each address.
-    pub fn backend(&mut self, name: &str, addrs: &[SocketAddr]) {
+    /// Starts a test backend answering with `name` on each address; returns its pid
+    /// (for `stop_backend`).
+    pub fn backend(&mut self, name: &str, addrs: &[SocketAddr]) -> u32 {
         self.backend_at(name, addrs, false)
     }
 
+    /// Stops a backend this test started (its addresses refuse from then on).
+    pub fn stop_backend(&mut self, pid: u32) {
+        if let Some(i) = self.others.iter().position(|c| c.id() == pid) {
+            let mut c = self.others.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// A backend, inside the attached cgroup if `inside` (as a local pod on a node).
-    pub fn backend_at(&mut self, name: &str, addrs: &[SocketAddr], inside: bool) {
+    pub fn backend_at(&mut self, name: &str, addrs: &[SocketAddr], inside: bool) -> u32 {
         let mut cmd = Command::new(lb_bin());
         if inside {
             spawn_into(&mut cmd, &self.cgroup.path);
@@ -260,12 +270,15 @@ impl Env {
         for a in addrs {
             cmd.arg("--listen").arg(a.to_string());
         }
-        self.others.push(cmd.spawn().expect("spawn backend"));
+        let child = cmd.spawn().expect("spawn backend");
+        let pid = child.id();
+        self.others.push(child);
         for a in addrs {
             wait_for(Duration::from_secs(5), "backend to listen", || {
                 TcpStream::connect_timeout(a, Duration::from_millis(200)).is_ok()
             });
         }
+        pid
     }
 
     fn probe_cmd(&self, args: &[&str]) -> Command {

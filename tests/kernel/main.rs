@@ -8,6 +8,7 @@ mod foreign;
 mod harness;
 mod hostile;
 mod keeper;
+mod kernel_policy;
 mod kubernetes;
 mod node;
 mod policy;

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use lb_common::{
-    EndpointKey, Service, ServiceMeta, Settings, Slot, SlotKey, SockAddr4, State, SubsetMeta,
-    SubsetMetaKey,
+    EndpointKey, Health, HealthKey, Service, ServiceMeta, Settings, Slot, SlotKey, SockAddr4,
+    State, SubsetMeta, SubsetMetaKey,
 };
 
 use crate::datapath::{DatapathError, MapWriter, PlanRead, Write};
@@ -21,6 +21,7 @@ pub struct Contents {
     pub state: State,
     pub settings: Settings,
     pub listeners: Vec<SockAddr4>,
+    pub health: BTreeMap<HealthKey, Health>,
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +67,7 @@ impl MapWriter for FakeMaps {
             Write::State(s) => c.state = **s,
             Write::Settings(s) => c.settings = *s,
             Write::LocalListener(a) => c.listeners.push(*a),
+            Write::Health(k, v) => put(&mut c.health, k, v.as_ref()),
         }
         Ok(())
     }
@@ -105,5 +107,9 @@ impl PlanRead for Contents {
 
     fn state(&self) -> State {
         self.state
+    }
+
+    fn health(&self) -> Result<Vec<(HealthKey, Health)>, DatapathError> {
+        Ok(self.health.iter().map(|(k, v)| (*k, *v)).collect())
     }
 }

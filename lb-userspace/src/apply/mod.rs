@@ -16,6 +16,7 @@
 //! what is pinned, so a restarted daemon writes only what changed.
 
 mod journal;
+pub mod outliers;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use crate::datapath::plan_maps::{addr, fixed, read_services};
 use crate::datapath::{DatapathError, MapWriter, PinnedService, PlanMaps, Write};
 use crate::route::RouteTable;
 use journal::Journal;
+pub use outliers::KernelOutliers;
 
 /// A plan could not be applied; the running plan stays.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +93,7 @@ pub struct Applier<W: MapWriter = PlanMaps> {
     current: BTreeMap<SockAddr4, PinnedService>,
     state: State,
     routes: watch::Sender<Arc<RouteTable>>,
+    outliers: KernelOutliers,
 }
 
 fn now_ms() -> u64 {
@@ -153,6 +156,7 @@ impl<W: MapWriter> Applier<W> {
             current,
             state,
             routes,
+            outliers: KernelOutliers::default(),
         })
     }
 
@@ -185,8 +189,41 @@ impl<W: MapWriter> Applier<W> {
     /// period.
     pub fn apply(&mut self, plan: &Plan) -> Result<(ApplyReport, Garbage), ApplyError> {
         self.check_capacity(&plan.kernel)?;
+        let removed: Vec<SockAddr4> = self
+            .current
+            .keys()
+            .filter(|k| !plan.kernel.services.contains_key(k))
+            .copied()
+            .collect();
+        // Endpoints outlier detection ejected stay out of the new plan too.
+        let watching = self
+            .outliers
+            .plan(&plan.kernel, &plan.outliers, std::time::Instant::now());
+        let services: Vec<_> = (plan.kernel.services.iter())
+            .map(|(k, svc)| (*k, watching.live(k).unwrap_or(svc)))
+            .collect();
+        let done = self.run(&services, removed, Some(&plan.proxy))?;
+        self.outliers.adopt(watching);
+        Ok(done)
+    }
+
+    /// Rewrites only `services` (each already applied: outlier detection changing
+    /// which endpoints a kernel-path service uses); the others and the proxy's routes
+    /// stay. The same steps as [`apply`](Self::apply), so the same guarantees.
+    fn update(&mut self, services: &MapImage) -> Result<(ApplyReport, Garbage), ApplyError> {
+        self.check_capacity(services)?;
+        let services: Vec<_> = services.services.iter().map(|(k, s)| (*k, s)).collect();
+        self.run(&services, Vec::new(), None)
+    }
+
+    fn run(
+        &mut self,
+        services: &[(SockAddr4, &ServiceImage)],
+        removed: Vec<SockAddr4>,
+        routes: Option<&Arc<RouteTable>>,
+    ) -> Result<(ApplyReport, Garbage), ApplyError> {
         let mut journal = Journal::default();
-        match self.apply_steps(plan, &mut journal) {
+        match self.apply_steps(services, removed, routes, &mut journal) {
             Ok(done) => Ok(done),
             Err((step, source)) => match journal.undo(&mut self.maps, &self.routes) {
                 Ok(()) => Err(ApplyError::Step { step, source }),
@@ -207,15 +244,16 @@ impl<W: MapWriter> Applier<W> {
 
     fn apply_steps(
         &mut self,
-        plan: &Plan,
+        services: &[(SockAddr4, &ServiceImage)],
+        removed: Vec<SockAddr4>,
+        routes: Option<&Arc<RouteTable>>,
         journal: &mut Journal,
     ) -> Result<(ApplyReport, Garbage), (String, DatapathError)> {
-        let image = &plan.kernel;
         let mut report = ApplyReport::default();
         // Services to (re)write, with the revision they get; then the removed ones.
         let mut writes: Vec<(SockAddr4, &ServiceImage, Service)> = Vec::new();
-        for (key, svc) in &image.services {
-            let old = self.current.get(key);
+        for &(key, svc) in services {
+            let old = self.current.get(&key);
             if old.is_some_and(|o| same(&o.image, svc) && o.entry.mode == svc.mode) {
                 report.unchanged += 1;
                 continue;
@@ -225,16 +263,10 @@ impl<W: MapWriter> Applier<W> {
                 revision,
                 slot_count: svc.slots.len() as u32,
                 mode: svc.mode,
-                _pad: 0,
+                flags: svc.flags,
             };
-            writes.push((*key, svc, entry));
+            writes.push((key, svc, entry));
         }
-        let removed: Vec<SockAddr4> = self
-            .current
-            .keys()
-            .filter(|k| !image.services.contains_key(k))
-            .copied()
-            .collect();
 
         // 2. New revisions, invisible until their flip.
         for (key, svc, entry) in &writes {
@@ -246,7 +278,9 @@ impl<W: MapWriter> Applier<W> {
             }
         }
         // 3. The proxy's routes, before any service is flipped to it.
-        journal.publish(&self.routes, plan.proxy.clone());
+        if let Some(routes) = routes {
+            journal.publish(&self.routes, routes.clone());
+        }
         // 4. The flips, and removals.
         for (key, _, entry) in &writes {
             let old = self.current.get(key).map(|o| o.entry);
@@ -316,6 +350,29 @@ impl<W: MapWriter> Applier<W> {
             report.removed += 1;
         }
         Ok((report, garbage))
+    }
+
+    /// Outlier detection on the kernel path: reads what `sock_ops` counted, ejects
+    /// (or brings back) endpoints, and rewrites the services whose endpoints changed.
+    /// None: nothing changed.
+    pub fn eject(&mut self) -> Result<Option<(ApplyReport, Garbage)>, ApplyError> {
+        let health = self.maps.read().health()?;
+        let seen = self.outliers.observe(&health, std::time::Instant::now());
+        for key in seen.reset {
+            // Left as it is if it fails: the endpoint is out for its ejection time
+            // anyway, and its run is judged again when it is back.
+            let _ = self.maps.write(&Write::Health(key, None));
+        }
+        if seen.changed.services.is_empty() {
+            return Ok(None);
+        }
+        self.update(&seen.changed).map(Some)
+    }
+
+    /// How often [`eject`](Self::eject) should run (None: no kernel-path service
+    /// has outlier detection).
+    pub fn outlier_period(&self) -> Option<std::time::Duration> {
+        self.outliers.period()
     }
 
     /// Deletes entries of replaced revisions (call after the grace period).
@@ -451,11 +508,8 @@ fn revision_writes(key: SockAddr4, revision: u32, svc: &ServiceImage) -> Vec<Wri
         }
     }
     for (slot, subset) in svc.slots.iter().enumerate() {
-        let endpoint_count = svc
-            .subsets
-            .iter()
-            .find(|s| s.id == *subset)
-            .map_or(0, |s| s.endpoints.len() as u32);
+        let sub = svc.subsets.iter().find(|s| s.id == *subset);
+        let endpoint_count = sub.map_or(0, |s| s.endpoints.len() as u32);
         let k = SlotKey {
             service: key,
             revision,
@@ -466,6 +520,8 @@ fn revision_writes(key: SockAddr4, revision: u32, svc: &ServiceImage) -> Vec<Wri
             Some(Slot {
                 subset: *subset,
                 endpoint_count,
+                flags: sub.map_or(0, |s| s.flags),
+                _pad: 0,
             }),
         ));
     }
@@ -501,13 +557,14 @@ fn same(a: &ServiceImage, b: &ServiceImage) -> bool {
         let mut subs: Vec<_> = s
             .subsets
             .iter()
-            .map(|x| (x.id, x.name.clone(), x.endpoints.clone()))
+            .map(|x| (x.id, x.name.clone(), x.endpoints.clone(), x.flags))
             .collect();
         subs.sort();
         (
             s.name.clone(),
             s.namespace.clone(),
             s.weight_scale,
+            s.flags,
             slots,
             subs,
         )

@@ -24,6 +24,8 @@ pub struct ServiceImage {
     pub reason: u32,
     /// Configured weights were divided by this.
     pub weight_scale: u32,
+    /// `lb_common::service_flags`.
+    pub flags: u32,
     /// Subset id per slot.
     pub slots: Vec<u32>,
     pub subsets: Vec<SubsetImage>,
@@ -35,6 +37,8 @@ pub struct SubsetImage {
     pub name: String,
     /// Sorted, unique.
     pub endpoints: Vec<SockAddr4>,
+    /// `lb_common::slot_flags` of its slots.
+    pub flags: u32,
 }
 
 impl ServiceImage {
@@ -56,26 +60,37 @@ impl MapImage {
         for (frontend, s) in &self.services {
             let _ = writeln!(
                 out,
-                "service {} {}/{} mode={} slots={} scale={}",
+                "service {} {}/{} mode={} slots={} scale={}{}",
                 show(frontend),
                 s.namespace,
                 s.name,
                 s.mode,
                 s.slots.len(),
-                s.weight_scale
+                s.weight_scale,
+                flags(s.flags)
             );
             for sub in &s.subsets {
                 let eps: Vec<String> = sub.endpoints.iter().map(show).collect();
                 let _ = writeln!(
                     out,
-                    "  subset {} id={:#010x} slots={} endpoints=[{}]",
+                    "  subset {} id={:#010x} slots={}{} endpoints=[{}]",
                     sub.name,
                     sub.id,
                     s.slots_of(sub.id),
+                    flags(sub.flags),
                     eps.join(", ")
                 );
             }
         }
         out
+    }
+}
+
+/// ` flags=N`, or nothing for none (the golden files of plain configs stay as they were).
+fn flags(f: u32) -> String {
+    if f == 0 {
+        String::new()
+    } else {
+        format!(" flags={f}")
     }
 }

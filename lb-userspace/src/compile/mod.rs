@@ -9,13 +9,15 @@
 pub mod image;
 pub mod routes;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
 
-use lb_common::{SockAddr4, capacity, mode};
+use lb_common::{SockAddr4, capacity, mode, service_flags, slot_flags};
 
 use crate::model::Model;
 use crate::model::routes::ProxyReason;
 use crate::route::RouteTable;
+use crate::route::policy::Outlier;
 pub use image::{MapImage, ServiceImage, SubsetImage};
 
 /// What the daemon applies: the kernel maps' image and the proxy's routing table.
@@ -23,7 +25,13 @@ pub use image::{MapImage, ServiceImage, SubsetImage};
 pub struct Plan {
     pub kernel: MapImage,
     pub proxy: std::sync::Arc<RouteTable>,
+    /// Outlier detection of kernel-path services, per subset id.
+    pub outliers: Outliers,
 }
+
+/// Per kernel-path service address, the outlier detection of each subset (by id) that
+/// has one.
+pub type Outliers = BTreeMap<SockAddr4, BTreeMap<u32, Outlier>>;
 
 /// `ServiceMeta::reason` codes: why a service takes its datapath.
 pub mod reason {
@@ -33,11 +41,16 @@ pub mod reason {
     pub const L7_RULE: u32 = 1;
     /// The `lb.dev/datapath: proxy` annotation.
     pub const ANNOTATION: u32 = 2;
+    /// Another VirtualService's Host alias routes to the service.
+    pub const HOST_ROUTED: u32 = 3;
 
     pub fn describe(code: u32) -> &'static str {
         match code {
             L7_RULE => "a rule matches on or changes requests",
             ANNOTATION => "annotation lb.dev/datapath: proxy (per-request weights)",
+            HOST_ROUTED => {
+                "another VirtualService routes a Host alias here (the Host picks the rules)"
+            }
             _ => "weights only",
         }
     }
@@ -46,10 +59,33 @@ pub mod reason {
 /// Compiles the whole plan.
 pub fn plan(model: Model) -> Result<Plan, CompileError> {
     let kernel = compile(&model)?;
+    let outliers = outliers(&model, &kernel);
     Ok(Plan {
         kernel,
         proxy: std::sync::Arc::new(routes::build(model)),
+        outliers,
     })
+}
+
+/// The outlier detection of each kernel-path subset that has one.
+fn outliers(model: &Model, image: &MapImage) -> Outliers {
+    let mut out = Outliers::new();
+    for svc in &model.services {
+        let key = sock_addr(svc.frontend);
+        let Some(img) = image.services.get(&key).filter(|i| i.mode == mode::KERNEL) else {
+            continue;
+        };
+        for s in &svc.split {
+            let (Some(o), Some(sub)) = (
+                &s.kernel.outlier,
+                img.subsets.iter().find(|x| x.name == s.name),
+            ) else {
+                continue;
+            };
+            out.entry(key).or_default().insert(sub.id, o.clone());
+        }
+    }
+    out
 }
 
 /// The model does not fit the kernel maps.
@@ -133,11 +169,24 @@ pub fn compile(model: &Model) -> Result<MapImage, CompileError> {
                 id,
                 name: s.name.clone(),
                 endpoints,
+                flags: if s.kernel.hash_source {
+                    slot_flags::HASH_ENDPOINT
+                } else {
+                    0
+                },
             });
+        }
+        let mut flags = 0;
+        if svc.sticky_source {
+            flags |= service_flags::HASH_SUBSET;
+        }
+        if svc.proxy_reason.is_none() && svc.split.iter().any(|s| s.kernel.outlier.is_some()) {
+            flags |= service_flags::TRACK_HEALTH;
         }
         image.services.insert(
             sock_addr(svc.frontend),
             ServiceImage {
+                flags,
                 name: svc.name.clone(),
                 namespace: svc.namespace.clone(),
                 mode: if svc.proxy_reason.is_some() {
@@ -149,6 +198,7 @@ pub fn compile(model: &Model) -> Result<MapImage, CompileError> {
                     None => reason::WEIGHTS_ONLY,
                     Some(ProxyReason::Annotation) => reason::ANNOTATION,
                     Some(ProxyReason::Rule(_)) => reason::L7_RULE,
+                    Some(ProxyReason::HostRouted { .. }) => reason::HOST_ROUTED,
                 },
                 weight_scale: scale,
                 slots,

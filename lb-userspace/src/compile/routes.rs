@@ -5,7 +5,9 @@ use crate::hosts;
 use crate::model::Model;
 use crate::model::catalog::CatalogService;
 use crate::model::http::ParsedAction;
-use crate::model::routes::{WeightedDestination, destination_policy, endpoints_by_port};
+use crate::model::routes::{
+    ProxyReason, WeightedDestination, destination_policy, endpoints_by_port,
+};
 use crate::route::{Action, Destination, RouteTable, Rule, VirtualHost};
 
 /// Every name a Host header may use for a catalogue service: its host in every form,
@@ -104,6 +106,58 @@ pub fn build(model: Model) -> RouteTable {
             rules,
             proxy_reason: vs.proxy_reason.map(|r| r.to_string()),
         });
+    }
+    // A service on the proxy path without a VirtualService of its own (another's Host
+    // alias routes to it): its own name and address route to all its endpoints.
+    for svc in &services {
+        if t.by_service.contains_key(&svc.frontend) {
+            continue;
+        }
+        let Some(reason @ ProxyReason::HostRouted { .. }) = &svc.proxy_reason else {
+            continue;
+        };
+        let d = WeightedDestination {
+            host: svc.host.clone(),
+            subset: None,
+            port: None,
+            weight: 100,
+            path: String::new(),
+        };
+        let idx = t.vhosts.len();
+        t.vhosts.push(VirtualHost {
+            name: format!("{}/{} (its endpoints)", svc.namespace, svc.name),
+            rules: vec![Rule {
+                name: None,
+                matches: Vec::new(),
+                action: Action::Route {
+                    destinations: vec![Destination {
+                        endpoints: endpoints_by_port(&d, catalog, subset_rules),
+                        policy: destination_policy(&d, catalog, subset_rules),
+                        host: d.host,
+                        subset: None,
+                        port: None,
+                        weight: 100,
+                        label: "(all)".into(),
+                        next: Default::default(),
+                        request_headers: Default::default(),
+                        response_headers: Default::default(),
+                    }],
+                    rewrite: Default::default(),
+                },
+                request_headers: Default::default(),
+                response_headers: Default::default(),
+                policy: Default::default(),
+                sticky: None,
+                mirrors: Vec::new(),
+            }],
+            proxy_reason: Some(reason.to_string()),
+        });
+        t.by_service.insert(svc.frontend, idx);
+        if let Some(c) = catalog.lookup(&svc.host) {
+            for n in names_of(c) {
+                t.hosts.entry(n).or_insert(idx);
+            }
+        }
     }
     t.wildcards.sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
     // Headers are read into a map only where something looks at them: a header

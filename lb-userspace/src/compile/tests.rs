@@ -48,10 +48,12 @@ fn service(split: Vec<(&str, u32, usize)>) -> Model {
                     endpoints: (0..n)
                         .map(|i| SocketAddrV4::new([127, 0, 0, 2 + i as u8].into(), 80))
                         .collect(),
+                    kernel: Default::default(),
                 })
                 .collect(),
             virtual_service: None,
             proxy_reason: None,
+            sticky_source: false,
         }],
         ..Default::default()
     }
@@ -93,5 +95,49 @@ fn subset_ids_are_stable_and_distinct() {
     assert_eq!(
         a.subsets[1].id, b.subsets[0].id,
         "same name, same id across plans"
+    );
+}
+
+/// The kernel path's share of a DestinationRule: each subset's outlier detection goes
+/// to the plan; a Host alias routing to a service puts it on the proxy, and its own
+/// name still routes to its endpoints there.
+#[test]
+fn kernel_policies_and_host_aliases_in_the_plan() {
+    let dir = golden_dir().join("kernel-policy");
+    let validated = model::load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let plan = plan(validated.model).expect("compiles");
+    let hashed = sock_addr("127.10.40.1:80".parse().expect("addr"));
+    let subsets = &plan.outliers[&hashed];
+    assert_eq!(subsets.len(), 2, "the top level's, for both subsets");
+    assert!(subsets.values().all(|o| o.consecutive_5xx == 5));
+    let aliased = sock_addr("127.10.40.2:80".parse().expect("addr"));
+    let img = &plan.kernel.services[&aliased];
+    assert_eq!((img.mode, img.reason), (mode::PROXY, reason::HOST_ROUTED));
+    assert!(!plan.outliers.contains_key(&aliased));
+    let q = |host: &str, path: &str| crate::explain::Query {
+        host: host.into(),
+        path: path.into(),
+        method: "GET".into(),
+        headers: Default::default(),
+        to: Some("127.10.40.2:80".parse().expect("addr")),
+    };
+    let e = crate::explain::explain(&plan, &q("bar.example.com", "/bar/x"));
+    assert_eq!(
+        (
+            e.virtual_service.as_deref(),
+            e.request.path.as_str(),
+            e.datapath
+        ),
+        (Some("default/alias"), "/baz/x", "proxy")
+    );
+    let e = crate::explain::explain(&plan, &q("aliased", "/y"));
+    assert_eq!(e.action, "route", "{e:?}");
+    assert_eq!(e.destinations.len(), 1);
+    assert!(
+        e.notes
+            .iter()
+            .any(|n| n.contains("default/alias routes Host bar.example.com here")),
+        "{:?}",
+        e.notes
     );
 }

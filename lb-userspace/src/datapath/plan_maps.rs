@@ -10,8 +10,8 @@ use std::net::Ipv4Addr;
 
 use aya::maps::{Array, HashMap, MapData, MapError};
 use lb_common::{
-    EndpointKey, Service, ServiceMeta, Settings, Slot, SlotKey, SockAddr4, State, SubsetMeta,
-    SubsetMetaKey, map_names,
+    EndpointKey, Health, HealthKey, Service, ServiceMeta, Settings, Slot, SlotKey, SockAddr4,
+    State, SubsetMeta, SubsetMetaKey, map_names,
 };
 
 use super::{DatapathError, Pins};
@@ -31,6 +31,9 @@ pub enum Write {
     Settings(Settings),
     /// A local backend that listened before the programs could see it.
     LocalListener(SockAddr4),
+    /// `LB_HEALTH` (outlier detection on the kernel path): deleted when the endpoint
+    /// is ejected, so its run of failures starts again.
+    Health(HealthKey, Option<Health>),
 }
 
 /// Read access to the plan maps, as much as the applier needs to adopt them.
@@ -43,6 +46,8 @@ pub trait PlanRead {
     /// Every slot and endpoint key, of every revision.
     fn revision_keys(&self) -> (Vec<SlotKey>, Vec<EndpointKey>);
     fn state(&self) -> State;
+    /// Every tracked endpoint's connect outcomes.
+    fn health(&self) -> Result<Vec<(HealthKey, Health)>, DatapathError>;
 }
 
 /// The plan maps' one writer interface.
@@ -75,17 +80,23 @@ pub fn read_services(
     let mut out = BTreeMap::new();
     for (key, entry) in maps.services()? {
         let meta = maps.service_meta(&key).unwrap_or_default();
-        let slots = (0..entry.slot_count)
+        let read: Vec<Option<Slot>> = (0..entry.slot_count)
             .map(|slot| {
-                let k = SlotKey {
+                maps.slot(&SlotKey {
                     service: key,
                     revision: entry.revision,
                     slot,
-                };
-                // A missing slot makes connect4 fail open; show it as subset 0.
-                maps.slot(&k).map_or(0, |s| s.subset)
+                })
             })
             .collect();
+        // A missing slot makes connect4 fail open; show it as subset 0.
+        let slots = read.iter().map(|s| s.map_or(0, |s| s.subset)).collect();
+        let slot_flags = |id: u32| {
+            read.iter()
+                .flatten()
+                .find(|s| s.subset == id)
+                .map_or(0, |s| s.flags)
+        };
         let mut known = subsets_by_service.remove(&key).unwrap_or_default();
         known.sort_by(|a, b| c_str(&a.1.name).cmp(&c_str(&b.1.name)).then(a.0.cmp(&b.0)));
         let subsets = known
@@ -103,9 +114,11 @@ pub fn read_services(
                         })
                     })
                     .collect(),
+                flags: slot_flags(id),
             })
             .collect();
         let image = ServiceImage {
+            flags: entry.flags,
             name: c_str(&meta.name),
             namespace: c_str(&meta.namespace),
             mode: entry.mode,
@@ -130,6 +143,7 @@ pub(super) struct PlanHandles {
     state: Array<MapData, State>,
     pub(super) settings: Array<MapData, Settings>,
     pub(super) local_listeners: HashMap<MapData, SockAddr4, u32>,
+    health: HashMap<MapData, HealthKey, Health>,
 }
 
 impl PlanHandles {
@@ -143,6 +157,7 @@ impl PlanHandles {
             state: super::open(pins, map_names::STATE, read_only)?,
             settings: super::open(pins, map_names::SETTINGS, read_only)?,
             local_listeners: super::open(pins, map_names::LOCAL_LISTENERS, read_only)?,
+            health: super::open(pins, map_names::HEALTH, read_only)?,
         })
     }
 
@@ -193,6 +208,7 @@ impl MapWriter for PlanMaps {
             Write::State(s) => m.state.set(0, &**s, 0),
             Write::Settings(s) => m.settings.set(0, s, 0),
             Write::LocalListener(a) => m.local_listeners.insert(a, &1, 0),
+            Write::Health(k, v) => put(&mut m.health, k, v.as_ref()),
         };
         r.map_err(|e| DatapathError::map(w, e))
     }
@@ -239,6 +255,13 @@ impl PlanRead for PlanHandles {
     fn state(&self) -> State {
         self.state.get(&0, 0).unwrap_or_default()
     }
+
+    fn health(&self) -> Result<Vec<(HealthKey, Health)>, DatapathError> {
+        self.health
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| DatapathError::map("reading LB_HEALTH", e))
+    }
 }
 
 /// One line per write, as the golden sequences show them.
@@ -264,8 +287,11 @@ impl fmt::Display for Write {
                 v.as_ref(),
                 |s| {
                     format!(
-                        "revision {} slots {} mode {}",
-                        s.revision, s.slot_count, s.mode
+                        "revision {} slots {} mode {}{}",
+                        s.revision,
+                        s.slot_count,
+                        s.mode,
+                        flags(s.flags)
                     )
                 },
             ),
@@ -274,7 +300,14 @@ impl fmt::Display for Write {
                 "LB_SLOTS",
                 format_args!("{} r{} #{}", addr(&k.service), k.revision, k.slot),
                 v.as_ref(),
-                |s| format!("subset {:08x} ({} endpoints)", s.subset, s.endpoint_count),
+                |s| {
+                    format!(
+                        "subset {:08x} ({} endpoints){}",
+                        s.subset,
+                        s.endpoint_count,
+                        flags(s.flags)
+                    )
+                },
             ),
             Write::Endpoint(k, v) => set_or_delete(
                 f,
@@ -326,7 +359,23 @@ impl fmt::Display for Write {
                 s.flags
             ),
             Write::LocalListener(a) => write!(f, "LB_LOCAL_LISTENERS {} = 1", addr(a)),
+            Write::Health(k, v) => set_or_delete(
+                f,
+                "LB_HEALTH",
+                format_args!("{} {}", addr(&k.service), addr(&k.endpoint)),
+                v.as_ref(),
+                |h| format!("{} failed in a row", h.failed_in_a_row),
+            ),
         }
+    }
+}
+
+/// ` flags N`, nothing for none (golden sequences of plain plans stay as they were).
+fn flags(f: u32) -> String {
+    if f == 0 {
+        String::new()
+    } else {
+        format!(" flags {f}")
     }
 }
 

@@ -91,6 +91,9 @@ pub struct Service {
     pub virtual_service: Option<String>,
     /// Why connects go to the proxy; None: weights only, the kernel path.
     pub proxy_reason: Option<routes::ProxyReason>,
+    /// lb's sticky subsets keyed by the source: connect4 picks the subset by the
+    /// client's hash too.
+    pub sticky_source: bool,
 }
 
 /// What lb enforces: the services the kernel steers, and the validated
@@ -200,6 +203,7 @@ fn build_with(
     let subset_rules = build_subset_rules(loaded, &catalog, diags);
     let parsed = parse_virtual_services(loaded, &catalog, &subset_rules, diags);
     let bindings = bind_virtual_services(loaded, &parsed, &catalog, diags);
+    let host_routed = routes::host_routed(&parsed, &catalog);
 
     let mut services = Vec::new();
     let mut frontends: BTreeMap<SocketAddrV4, &str> = BTreeMap::new();
@@ -245,6 +249,10 @@ fn build_with(
                         name: "(all)".into(),
                         weight: 1,
                         endpoints: svc.select(&Default::default(), port),
+                        kernel: subset_rules
+                            .get(&svc.host)
+                            .map(|r| traffic::KernelPolicy::of(&r.policy(None)))
+                            .unwrap_or_default(),
                     }],
                 };
                 services.push(Service {
@@ -254,7 +262,17 @@ fn build_with(
                     frontend,
                     split,
                     virtual_service: vs.map(|v| v.source.clone()),
-                    proxy_reason: vs.and_then(|v| v.proxy_reason.clone()),
+                    proxy_reason: vs.and_then(|v| v.proxy_reason.clone()).or_else(|| {
+                        let (i, host) = host_routed.get(&svc.host)?;
+                        (bindings.get(&svc.host) != Some(i)).then(|| {
+                            routes::ProxyReason::HostRouted {
+                                virtual_service: parsed[*i].source.clone(),
+                                host: host.clone(),
+                            }
+                        })
+                    }),
+                    sticky_source: vs
+                        .is_some_and(|v| v.sticky == Some(crate::route::policy::HashKey::SourceIp)),
                 });
             }
         }

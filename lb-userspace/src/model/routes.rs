@@ -31,6 +31,8 @@ pub struct WeightedSubset {
     pub name: String,
     pub weight: u32,
     pub endpoints: Vec<SocketAddrV4>,
+    /// What the kernel path applies of the destination's DestinationRule.
+    pub kernel: super::traffic::KernelPolicy,
 }
 
 /// A VirtualService's kernel-enforceable route: the weighted destinations of its
@@ -135,6 +137,13 @@ pub enum ProxyReason {
     Annotation,
     /// A rule looks inside or changes requests (`spec.http[0] has match`).
     Rule(String),
+    /// Another VirtualService's host that names no service (`bar.com`,
+    /// `*.example.com`) routes here: clients reach that name by dialling this
+    /// service's address, and only the Host tells the two apart.
+    HostRouted {
+        virtual_service: String,
+        host: String,
+    },
 }
 
 impl std::fmt::Display for ProxyReason {
@@ -145,6 +154,13 @@ impl std::fmt::Display for ProxyReason {
                 "annotation {DATAPATH_ANNOTATION}: proxy (per-request weights)"
             ),
             ProxyReason::Rule(why) => f.write_str(why),
+            ProxyReason::HostRouted {
+                virtual_service,
+                host,
+            } => write!(
+                f,
+                "VirtualService {virtual_service} routes Host {host} here (the Host picks the rules)"
+            ),
         }
     }
 }
@@ -262,8 +278,13 @@ pub fn from_virtual_service(
         }
         key
     });
-    if sticky.is_some() && proxy_reason.is_none() {
-        // The key is in the request: only the proxy reads it.
+    if sticky
+        .as_ref()
+        .is_some_and(|k| *k != crate::route::policy::HashKey::SourceIp)
+        && proxy_reason.is_none()
+    {
+        // The key is in the request: only the proxy reads it (connect4 hashes the
+        // source itself).
         proxy_reason = Some(ProxyReason::Rule(format!("annotation {STICKY_ANNOTATION}")));
     }
     let mut kernel: Option<Vec<WeightedDestination>> = None;
@@ -615,6 +636,28 @@ pub fn destination_policy(
         .unwrap_or_default()
 }
 
+/// The services that VirtualServices route to from a host that names no service (a
+/// Host alias such as `bar.com`, or a wildcard): service host → (VirtualService
+/// index, the alias). Clients reach such a name only by dialling some service's
+/// address, so for those services the Host, not the address, picks the rules.
+pub fn host_routed(
+    parsed: &[ParsedVs],
+    catalog: &Catalog,
+) -> super::HashMap<String, (usize, String)> {
+    let mut out = super::HashMap::default();
+    for (i, vs) in parsed.iter().enumerate() {
+        let Some(alias) = vs.hosts.iter().find(|h| catalog.lookup(h).is_none()) else {
+            continue;
+        };
+        for d in vs.rules.iter().flat_map(|r| &r.destinations) {
+            if let Some(svc) = catalog.lookup(&d.host) {
+                out.entry(svc.host.clone()).or_insert((i, alias.clone()));
+            }
+        }
+    }
+    out
+}
+
 /// Resolves a route's destinations for traffic dialled to `dialled_port`.
 pub fn resolve(
     route: &KernelRoute,
@@ -651,10 +694,13 @@ pub fn resolve(
             ok = false;
             continue;
         };
+        let rule = subset_rules.get(&svc.host);
+        let kernel = rule
+            .map(|r| super::traffic::KernelPolicy::of(&r.policy(d.subset.as_deref())))
+            .unwrap_or_default();
         let (name, endpoints) = match &d.subset {
             None => ("(all)".to_string(), svc.select(&Default::default(), port)),
             Some(subset) => {
-                let rule = subset_rules.get(&svc.host);
                 let labels = rule.and_then(|r| r.subsets.get(subset));
                 let Some(labels) = labels else {
                     let p = format!("{}.destination.subset", d.path);
@@ -692,6 +738,7 @@ pub fn resolve(
                 name,
                 weight: d.weight,
                 endpoints,
+                kernel,
             }),
         }
     }

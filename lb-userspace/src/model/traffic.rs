@@ -10,6 +10,25 @@ use crate::diagnostic::Diagnostic;
 use crate::load::{Loaded, istio};
 use crate::route::policy::{Balance, ConnPool, DestinationPolicy, HashKey, Outlier};
 
+/// What the kernel path applies of a destination's policy: `connect4` knows the
+/// client, not the request, and sees connects, not answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelPolicy {
+    /// `consistentHash.useSourceIp`: the endpoint follows the client's hash.
+    pub hash_source: bool,
+    /// Ejects endpoints whose connects fail (refused, reset, given up) in a row.
+    pub outlier: Option<Outlier>,
+}
+
+impl KernelPolicy {
+    pub fn of(p: &DestinationPolicy) -> Self {
+        KernelPolicy {
+            hash_source: p.hash == Some(HashKey::SourceIp),
+            outlier: p.outlier.clone(),
+        }
+    }
+}
+
 /// The groups one `trafficPolicy` sets (None: left to the level above).
 #[derive(Debug, Clone, Default)]
 pub struct Groups {
@@ -74,16 +93,20 @@ pub fn groups(
             Invalid::EmptyConnectionPool,
         ));
     }
-    // connect4 draws an endpoint at random and knows no answers: say so where the
-    // policy asks for more.
+    // connect4 draws an endpoint at random (or hashes the source) and sees connects,
+    // not answers: say so where the policy asks for more.
+    let lb = tp.load_balancer.as_ref();
     let kernel_differs = [
         (
-            "loadBalancer",
-            tp.load_balancer
-                .as_ref()
-                .is_some_and(|lb| lb.simple.as_deref() != Some("RANDOM")),
+            "loadBalancer.simple",
+            lb.and_then(|lb| lb.simple.as_deref())
+                .is_some_and(|s| s != "RANDOM"),
         ),
-        ("outlierDetection", tp.outlier_detection.is_some()),
+        (
+            "loadBalancer.consistentHash",
+            lb.and_then(|lb| lb.consistent_hash.as_ref())
+                .is_some_and(|h| h.get("useSourceIp").and_then(|v| v.as_bool()) != Some(true)),
+        ),
         ("connectionPool", tp.connection_pool.is_some()),
     ];
     for (field, set) in kernel_differs {
@@ -94,7 +117,7 @@ pub fn groups(
                 path,
                 Invalid::Unenforced {
                     field: field.to_string(),
-                    consequence: " on the kernel path (weight-only routes pick endpoints at random there; the proxy path applies it)",
+                    consequence: " on the kernel path (weight-only routes pick endpoints at random there, or by the source with consistentHash.useSourceIp; the proxy path applies it)",
                 },
             ));
         }

@@ -8,13 +8,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::route::policy::{Balance, Outlier, rendezvous};
+use crate::route::policy::{Balance, Ejection, Outlier, Usable, rendezvous};
 use crate::route::{Destination, Pick};
-
-/// Envoy's `max_ejection_time` default: an ejection never lasts longer.
-const MAX_EJECTION: Duration = Duration::from_secs(300);
 
 /// What the proxy knows of each endpoint.
 #[derive(Default)]
@@ -35,11 +32,7 @@ struct State {
 struct Health {
     errors_5xx: u32,
     errors_gateway: u32,
-    /// Ejected until then (the end of the last ejection once it passed).
-    ejected_until: Option<Instant>,
-    /// Ejections counted for the next one's length; falls back by one per `interval`
-    /// healthy.
-    ejections: u32,
+    ejection: Ejection,
 }
 
 /// How a try ended, for outlier detection.
@@ -84,11 +77,8 @@ impl Endpoints {
     }
 
     fn ejected(&self, ep: SocketAddr, now: Instant) -> bool {
-        self.get(ep).is_some_and(|s| {
-            s.health
-                .lock()
-                .is_ok_and(|h| h.ejected_until.is_some_and(|t| t > now))
-        })
+        self.get(ep)
+            .is_some_and(|s| s.health.lock().is_ok_and(|h| h.ejection.ejected(now)))
     }
 
     /// Notes how a try to `ep`, one of `endpoints` under `o`, ended; ejects `ep` when
@@ -106,32 +96,16 @@ impl Endpoints {
             h.errors_gateway = if is_gateway { h.errors_gateway + 1 } else { 0 };
             let tripped = (o.consecutive_5xx > 0 && h.errors_5xx >= o.consecutive_5xx)
                 || (o.consecutive_gateway > 0 && h.errors_gateway >= o.consecutive_gateway);
-            if !tripped || h.ejected_until.is_some_and(|t| t > now) {
+            if !tripped || h.ejection.ejected(now) {
                 return;
             }
         }
-        // At most max_ejection_percent of the destination ejected, but at least one.
         let ejected = endpoints.iter().filter(|e| self.ejected(**e, now)).count();
-        let allowed = (endpoints.len() * o.max_ejection_percent as usize / 100).max(1);
-        if ejected >= allowed {
+        if !o.may_eject(ejected, endpoints.len()) {
             return;
         }
         let mut h = state.health.lock().unwrap_or_else(|p| p.into_inner());
-        // Healthy since the last ejection ended: the multiplier falls back by one per
-        // interval (Envoy's).
-        if let Some(until) = h.ejected_until {
-            let healthy = now.saturating_duration_since(until).as_nanos();
-            let steps = healthy / o.interval.as_nanos().max(1);
-            h.ejections = h
-                .ejections
-                .saturating_sub(u32::try_from(steps).unwrap_or(u32::MAX));
-        }
-        h.ejections += 1;
-        let length = o
-            .base_ejection
-            .saturating_mul(h.ejections)
-            .min(MAX_EJECTION);
-        h.ejected_until = Some(now + length);
+        let length = h.ejection.eject(o, now);
         (h.errors_5xx, h.errors_gateway) = (0, 0);
         self.ejections.inc();
         tracing::info!("outlier detection: {ep} ejected for {length:?} ({a:?})");
@@ -165,10 +139,10 @@ impl Pick for Live<'_> {
         let healthy: Vec<usize> = (0..n)
             .filter(|&i| !self.0.ejected(endpoints[i], now))
             .collect();
-        // Below min_health_percent healthy, ejections are ignored (Envoy's panic mode).
-        if healthy.len() * 100 < n * o.min_health_percent as usize || healthy.is_empty() {
-            return (n > 0 && o.min_health_percent > 0)
-                .then(|| self.among(dest, endpoints, n, |i| i));
+        match o.usable(healthy.len(), n) {
+            Usable::Healthy => {}
+            Usable::All => return Some(self.among(dest, endpoints, n, |i| i)),
+            Usable::None => return None,
         }
         if let Some(k) = key {
             return rendezvous(k, healthy.iter().map(|&i| (i, endpoints[i])));
@@ -214,6 +188,7 @@ impl Live<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn outlier(n: u32) -> Outlier {
         Outlier {
@@ -262,7 +237,7 @@ mod tests {
         }
         let until = e
             .get(eps[0])
-            .and_then(|s| s.health.lock().ok()?.ejected_until);
+            .and_then(|s| s.health.lock().ok()?.ejection.until());
         let left = until
             .expect("ejected")
             .saturating_duration_since(Instant::now());

@@ -2,7 +2,7 @@
 //! Istio configures Envoy with them (../shared/ISTIO-SEMANTICS.md).
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What a rule does besides choosing a destination.
 #[derive(Debug, Clone, PartialEq)]
@@ -196,7 +196,7 @@ pub enum Balance {
 
 /// `outlierDetection`: when an endpoint is ejected and for how long (Envoy's
 /// consecutive-errors detectors, with Istio's defaults).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outlier {
     /// 5xx answers and failures without an answer (connect, reset) in a row; 0: off.
     pub consecutive_5xx: u32,
@@ -211,6 +211,85 @@ pub struct Outlier {
     /// Below this share of healthy endpoints, ejections are ignored (Envoy's panic
     /// threshold; Istio's default 0 never ignores them).
     pub min_health_percent: u32,
+}
+
+/// Envoy's `max_ejection_time` default: an ejection never lasts longer.
+const MAX_EJECTION: Duration = Duration::from_secs(300);
+
+/// Which endpoints a destination uses while some are ejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usable {
+    /// Those not ejected.
+    Healthy,
+    /// All of them: fewer than `minHealthPercent` are healthy (Envoy's panic mode).
+    All,
+    /// None: every one is ejected and there is no panic threshold.
+    None,
+}
+
+impl Outlier {
+    /// Failures without an answer (a connect refused or reset) in a row that eject:
+    /// they count for both detectors, so the lower threshold set (None: both off).
+    pub fn failures_to_eject(&self) -> Option<u32> {
+        [self.consecutive_5xx, self.consecutive_gateway]
+            .into_iter()
+            .filter(|n| *n > 0)
+            .min()
+    }
+
+    /// Whether one more of `total` endpoints may be ejected while `ejected` are:
+    /// at most `maxEjectionPercent`, but at least one.
+    pub fn may_eject(&self, ejected: usize, total: usize) -> bool {
+        ejected < (total * self.max_ejection_percent as usize / 100).max(1)
+    }
+
+    /// What a destination uses while `healthy` of its `total` endpoints are not ejected.
+    pub fn usable(&self, healthy: usize, total: usize) -> Usable {
+        if healthy > 0 && healthy * 100 >= total * self.min_health_percent as usize {
+            Usable::Healthy
+        } else if total > 0 && self.min_health_percent > 0 {
+            Usable::All
+        } else {
+            Usable::None
+        }
+    }
+}
+
+/// One endpoint's ejections under an [`Outlier`] (the proxy's and the kernel path's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ejection {
+    /// Ejected until then (the end of the last ejection once it passed).
+    until: Option<Instant>,
+    /// Ejections counted for the next one's length.
+    count: u32,
+}
+
+impl Ejection {
+    pub fn ejected(&self, now: Instant) -> bool {
+        self.until.is_some_and(|t| t > now)
+    }
+
+    /// Ejects the endpoint at `now` for `baseEjectionTime` × its ejections (at most
+    /// Envoy's 300 s), and returns for how long. Healthy since the last ejection
+    /// ended, the count falls back by one per `interval` (Envoy's).
+    pub fn eject(&mut self, o: &Outlier, now: Instant) -> Duration {
+        if let Some(until) = self.until {
+            let healthy = now.saturating_duration_since(until).as_nanos();
+            let steps = healthy / o.interval.as_nanos().max(1);
+            self.count = self
+                .count
+                .saturating_sub(u32::try_from(steps).unwrap_or(u32::MAX));
+        }
+        self.count += 1;
+        let length = o.base_ejection.saturating_mul(self.count).min(MAX_EJECTION);
+        self.until = Some(now + length);
+        length
+    }
+
+    /// When the ejection ends (None: never ejected).
+    pub fn until(&self) -> Option<Instant> {
+        self.until
+    }
 }
 
 /// What a DestinationRule's `trafficPolicy` makes the proxy do for one destination.
