@@ -32,10 +32,11 @@ pub fn lb_sockops(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(&ctx),
         BPF_SOCK_OPS_STATE_CB => {
             // Only sockets `on_connect` asked state callbacks for get here.
-            if ctx.arg(0) == BPF_TCP_SYN_SENT && ctx.arg(1) == BPF_TCP_CLOSE {
-                if let Some(origin) = origin_of(cookie(&ctx)) {
-                    record_health(&origin, false);
-                }
+            if ctx.arg(0) == BPF_TCP_SYN_SENT
+                && ctx.arg(1) == BPF_TCP_CLOSE
+                && let Some(origin) = origin_of(cookie(&ctx))
+            {
+                record_health(&origin, false);
             }
         }
         BPF_SOCK_OPS_TCP_LISTEN_CB => {
