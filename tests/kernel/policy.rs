@@ -527,3 +527,78 @@ fn mirrors_get_copies_and_never_touch_the_real_request() {
     let m = counter(&env, "lb_proxy_mirrored_total");
     assert!(m >= 100 + 1 + 160 + 100, "copies sent: {m}");
 }
+
+/// One subset with `connectionPool` bounds: one connection in use, one request
+/// waiting for it.
+fn pooled() -> String {
+    service_entry("127.10.35.1", 35000, &[("127.0.0.2", "version: v0")])
+        + r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend-dr}
+spec:
+  host: backend-service
+  subsets:
+  - name: v0
+    labels: {version: v0}
+    trafficPolicy:
+      connectionPool:
+        tcp: {maxConnections: 1}
+        http: {http1MaxPendingRequests: 1}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend-vs}
+spec:
+  hosts: [backend-service]
+  http:
+  - route: [{destination: {host: backend-service, subset: v0}}]
+"#
+}
+
+/// `connectionPool` bounds on both engines: of four requests at once to a backend
+/// that answers after 500 ms, one is served, one waits for its connection and is
+/// served after it, two get 503 `UO` at once without reaching the backend.
+#[test]
+fn connection_pool_bounds_answer_503_uo_past_them() {
+    let port = 35000;
+    let v0 = format!("127.0.0.2:{port}");
+    let mut env = Env::new("pooled");
+    env.backend("v0", &[v0.parse().expect("addr")]);
+    env.write_config("config.yaml", &pooled());
+    env.start_daemon(false);
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        let before = served(&v0);
+        let env = &env;
+        let got: Vec<(u16, Duration)> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..4)
+                .map(|i| {
+                    s.spawn(move || {
+                        // Started 50 ms apart, so the order is known.
+                        std::thread::sleep(Duration::from_millis(50 * i));
+                        request(env, version, "/slow", "")
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().expect("thread"))
+                .collect()
+        });
+        let statuses: Vec<u16> = got.iter().map(|(s, _)| *s).collect();
+        assert_eq!(statuses, [200, 200, 503, 503], "{version}: {got:?}");
+        assert!(
+            got[1].1 >= Duration::from_millis(900),
+            "{version}: waited {got:?}"
+        );
+        assert!(
+            got[2].1 < Duration::from_millis(300),
+            "{version}: at once {got:?}"
+        );
+        assert_eq!(
+            served(&v0) - before,
+            2,
+            "{version}: the overflow reached no backend"
+        );
+    }
+}

@@ -281,17 +281,34 @@ fn conn_pool(
                         Err(e) => diags.push(Diagnostic::error(l.at(&path), path, e)),
                     }
                 }
-                ("http", "maxRequestsPerConnection") => match count(v) {
-                    Some(0) => {}
-                    Some(n) if n > 0 => {
-                        out.max_requests = Some(u32::try_from(n).unwrap_or(u32::MAX))
+                ("http", "idleTimeout") => {
+                    match super::policy::checked_duration(v.as_str().unwrap_or("")) {
+                        Ok(d) => out.idle_timeout = Some(d),
+                        Err(e) => diags.push(Diagnostic::error(l.at(&path), path, e)),
                     }
-                    _ => diags.push(Diagnostic::error(
-                        l.at(&path),
-                        path,
-                        Invalid::NegativeCount(field.to_string()),
-                    )),
-                },
+                }
+                ("http", "maxRequestsPerConnection")
+                | ("tcp", "maxConnections")
+                | ("http", "http1MaxPendingRequests" | "http2MaxRequests" | "maxRetries") => {
+                    let n = match count(v) {
+                        Some(n) if n >= 0 => u32::try_from(n).unwrap_or(u32::MAX),
+                        _ => {
+                            let problem = Invalid::NegativeCount(field.to_string());
+                            diags.push(Diagnostic::error(l.at(&path), path, problem));
+                            continue;
+                        }
+                    };
+                    // 0 leaves the default (no limit), as Istio reads these.
+                    let n = (n > 0).then_some(n);
+                    let limits = &mut out.limits;
+                    match field {
+                        "maxRequestsPerConnection" => out.max_requests = n,
+                        "maxConnections" => limits.connections = n,
+                        "http1MaxPendingRequests" => limits.pending = n,
+                        "http2MaxRequests" => limits.requests = n,
+                        _ => limits.retries = n,
+                    }
+                }
                 _ => super::warn_unenforced_at(l, &path, field, diags),
             }
         }

@@ -272,6 +272,8 @@ async fn route_request<'t>(
     let track =
         destination.policy.balance == route::policy::Balance::LeastRequest && endpoints.len() > 1;
     let send = async {
+        // The destination's connectionPool bounds, held until the answer's head.
+        let admitted = shared.client.breakers.admit(destination).await?;
         let s = connect(
             shared,
             endpoints,
@@ -279,6 +281,7 @@ async fn route_request<'t>(
             destination,
             &mut endpoint,
             upgrade,
+            &admitted,
             &mut outcome,
         )
         .await?;
@@ -293,6 +296,7 @@ async fn route_request<'t>(
             };
             health.report(o, endpoints, endpoint, a);
         }
+        drop(admitted);
         sent
     };
     let send = async {
@@ -362,6 +366,10 @@ enum TimedOut {
 /// A sender to `endpoint`, or — when the connect fails and the rule's retry policy
 /// retries connect failures — to another of `endpoints` (which `endpoint` then names).
 /// The request is not sent yet, so any request can go elsewhere.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site, each argument distinct"
+)]
 async fn connect(
     shared: &Shared,
     endpoints: &[SocketAddr],
@@ -369,14 +377,16 @@ async fn connect(
     destination: &route::Destination,
     endpoint: &mut SocketAddr,
     upgrade: bool,
+    admitted: &Option<super::limits::Admitted>,
     outcome: &mut Outcome<'_>,
 ) -> Result<super::pool::Sender, super::pool::UpstreamError> {
     use super::pool::UpstreamError::{Connect, Timeout};
     let retry = &policy.retry;
     let mut previous = Vec::new();
+    let mut _retrying = None;
     loop {
-        let timeout = destination.policy.pool.connect_timeout;
-        let sender = shared.client.sender(*endpoint, upgrade, timeout).await;
+        let pool = &destination.policy.pool;
+        let sender = shared.client.sender(*endpoint, upgrade, pool).await;
         if let (Err(Connect(..) | Timeout(_)), Some(o)) = (&sender, &destination.policy.outlier) {
             shared
                 .client
@@ -385,8 +395,11 @@ async fn connect(
         }
         match sender {
             Err(Connect(..) | Timeout(_))
-                if retry.on.connect() && previous.len() < retry.attempts as usize =>
+                if retry.on.connect()
+                    && previous.len() < retry.attempts as usize
+                    && let Some(ticket) = super::limits::may_retry(admitted) =>
             {
+                _retrying = ticket;
                 shared.metrics.retries.inc();
                 previous.push(*endpoint);
                 *endpoint = route::policy::another(endpoints, &previous);
@@ -576,7 +589,9 @@ fn finish<'t>(
             if let Some(why) = conn.verdicts.as_ref().and_then(|v| v.body_broke()) {
                 return refusal(why, outcome);
             }
-            if let super::pool::UpstreamError::Overflow(_) = e {
+            if let super::pool::UpstreamError::Overflow(_)
+            | super::pool::UpstreamError::Breaker(_) = e
+            {
                 outcome.flags = "UO";
                 return local(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -274,7 +274,9 @@ async fn forward_one<S: AsyncRead + AsyncWrite + Unpin>(
                     LeanError::UpstreamSilent(_) | LeanError::RouteTimeout => {
                         (504, "UT", GATEWAY_TIMEOUT)
                     }
-                    LeanError::Connect(UpstreamError::Overflow(_)) => (503, "UO", OVERFLOW),
+                    LeanError::Connect(UpstreamError::Overflow(_) | UpstreamError::Breaker(_)) => {
+                        (503, "UO", OVERFLOW)
+                    }
                     _ if tried.exhausted => (502, "UF,URX", BAD_GATEWAY),
                     _ => (502, "UF", BAD_GATEWAY),
                 };
@@ -382,7 +384,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     tried: &mut Tried,
     draining: impl Fn() -> bool,
 ) -> Result<bool, LeanError> {
-    let (mut up, answer) = retry::attempts(client, buf, pool, send, idle, tried).await?;
+    let (mut up, answer, _admitted) = retry::attempts(client, buf, pool, send, idle, tried).await?;
     let ep = tried.endpoint.unwrap_or(send.endpoint);
     let silent = || LeanError::UpstreamSilent(ep);
     let client_stuck = || LeanError::Client(std::io::ErrorKind::TimedOut.into());

@@ -15,6 +15,7 @@ pub mod guard;
 pub mod h1;
 pub mod idle;
 pub mod lean;
+pub mod limits;
 pub mod metrics;
 pub mod mirror;
 pub mod own_thread;

@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -34,20 +34,28 @@ pub enum UpstreamError {
     /// `Bounds::max_pending_connects` connects to it are in progress already.
     #[error("connect {0}: too many connects in progress")]
     Overflow(SocketAddr),
+    /// The destination is at a `connectionPool` bound.
+    #[error("destination at its connectionPool bound: {0}")]
+    Breaker(#[from] super::limits::Overflow),
     #[error("{0}")]
     Http(#[from] hyper::Error),
 }
 
+/// Idle connections per endpoint, most recently used last, with when each went idle.
+type Idle<T> = Mutex<HashMap<SocketAddr, Vec<(T, Instant)>>>;
+
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Sender>>>,
-    /// The lean path's idle sockets (proxy/lean.rs), most recently used last.
-    raw: Mutex<HashMap<SocketAddr, Vec<Upstream>>>,
+    idle: Idle<Sender>,
+    /// The lean path's idle sockets (proxy/lean.rs).
+    raw: Idle<Upstream>,
     /// Connects in progress per endpoint (only endpoints with one are present).
     pending: Mutex<HashMap<SocketAddr, usize>>,
     connect_timeout: Duration,
     max_pending: usize,
     /// What is known of each endpoint: requests in flight, outlier detection.
     pub endpoints: super::balance::Endpoints,
+    /// Each destination's `connectionPool` bounds.
+    pub breakers: super::limits::Breakers,
 }
 
 impl Default for Pool {
@@ -103,13 +111,19 @@ impl Upstream {
 }
 
 /// Keeps an idle connection to `ep`, up to [`MAX_IDLE`] (beyond: dropped, closed).
-fn keep_idle<T>(idle: &Mutex<HashMap<SocketAddr, Vec<T>>>, ep: SocketAddr, c: T) {
+fn keep_idle<T>(idle: &Idle<T>, ep: SocketAddr, c: T) {
     if let Ok(mut idle) = idle.lock() {
         let list = idle.entry(ep).or_default();
         if list.len() < MAX_IDLE {
-            list.push(c);
+            list.push((c, Instant::now()));
         }
     }
+}
+
+/// Whether a connection idle since `since` is past the destination's `idleTimeout`
+/// (dropped then: closed, never used again).
+fn stale(since: Instant, idle_timeout: Option<Duration>) -> bool {
+    idle_timeout.is_some_and(|t| since.elapsed() >= t)
 }
 
 impl Pool {
@@ -121,21 +135,30 @@ impl Pool {
             connect_timeout: bounds.connect,
             max_pending: bounds.max_pending_connects,
             endpoints: Default::default(),
+            breakers: Default::default(),
         }
     }
 
-    fn take_ready(&self, ep: SocketAddr) -> Option<Sender> {
+    fn take_ready(&self, ep: SocketAddr, idle_timeout: Option<Duration>) -> Option<Sender> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(&ep)?;
-        // Closed senders are dropped on the way; busy ones stay for later.
-        list.retain(|s| !s.0.is_closed());
-        let i = list.iter().rposition(|s| s.0.is_ready())?;
-        Some(list.swap_remove(i))
+        // Closed and stale senders are dropped on the way; busy ones stay for later.
+        list.retain(|(s, since)| !s.0.is_closed() && !stale(*since, idle_timeout));
+        let i = list.iter().rposition(|(s, _)| s.0.is_ready())?;
+        Some(list.swap_remove(i).0)
     }
 
-    /// A lean-path socket to `ep`: the most recently used idle one, if any.
-    pub fn take_raw(&self, ep: SocketAddr) -> Option<Upstream> {
-        self.raw.lock().ok()?.get_mut(&ep)?.pop()
+    /// A lean-path socket to `ep`: the most recently used idle one, if any (those idle
+    /// past `idle_timeout` are dropped).
+    pub fn take_raw(&self, ep: SocketAddr, idle_timeout: Option<Duration>) -> Option<Upstream> {
+        let mut raw = self.raw.lock().ok()?;
+        let list = raw.get_mut(&ep)?;
+        while let Some((u, since)) = list.pop() {
+            if !stale(since, idle_timeout) {
+                return Some(u);
+            }
+        }
+        None
     }
 
     /// Keeps a lean-path socket whose last exchange ended cleanly.
@@ -212,11 +235,12 @@ impl Pool {
         &self,
         ep: SocketAddr,
         upgrade: bool,
-        connect_timeout: Option<Duration>,
+        pool: &crate::route::policy::ConnPool,
     ) -> Result<Sender, UpstreamError> {
-        if !upgrade && let Some(s) = self.take_ready(ep) {
+        if !upgrade && let Some(s) = self.take_ready(ep, pool.idle_timeout) {
             return Ok(s);
         }
+        let connect_timeout = pool.connect_timeout;
         // Connecting is boxed: its future is large and rare (the pool usually has a
         // sender), and inline it would grow every request's future, which hyper moves
         // into place per request.

@@ -304,13 +304,37 @@ pub struct DestinationPolicy {
     pub pool: ConnPool,
 }
 
-/// The parts of `connectionPool` lb enforces.
+/// A destination's `connectionPool` (None: no limit, Istio's default).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ConnPool {
     /// `tcp.connectTimeout` (None: `--connect-timeout`, 10 s as Istio's default).
     pub connect_timeout: Option<Duration>,
     /// `http.maxRequestsPerConnection` (1: no keep-alive upstream; None: no limit).
     pub max_requests: Option<u32>,
+    /// `http.idleTimeout`: an upstream connection idle this long is not used again.
+    pub idle_timeout: Option<Duration>,
+    /// Envoy's circuit breakers for the destination; past one: 503 `UO`.
+    pub limits: Limits,
+}
+
+/// `connectionPool`'s bounds on a destination as a whole (all its endpoints).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Limits {
+    /// `tcp.maxConnections`: upstream connections in use at once (HTTP/1.1: one
+    /// request each); a request finding them all in use waits for one.
+    pub connections: Option<u32>,
+    /// `http.http1MaxPendingRequests`: requests waiting for a connection.
+    pub pending: Option<u32>,
+    /// `http.http2MaxRequests`: requests in flight (Envoy applies it to HTTP/1.1 too).
+    pub requests: Option<u32>,
+    /// `http.maxRetries`: retries in progress at once; past it a failure is not retried.
+    pub retries: Option<u32>,
+}
+
+impl Limits {
+    pub fn any(&self) -> bool {
+        *self != Limits::default()
+    }
 }
 
 /// What a request is hashed by (`consistentHash`, and lb's sticky subsets).

@@ -11,6 +11,7 @@ use tokio::io::AsyncRead;
 use super::head::Send;
 use super::{LeanError, answer, request};
 use crate::proxy::balance::Answered;
+use crate::proxy::limits::Admitted;
 use crate::proxy::pool::{Pool, Upstream, UpstreamError};
 use crate::route::policy::{Balance, another};
 
@@ -78,7 +79,9 @@ impl Replay {
     }
 }
 
-/// Tries the request until an answer or a failure the policy does not retry.
+/// Tries the request until an answer or a failure the policy does not retry, within
+/// the destination's `connectionPool` bounds (its admission comes back with the
+/// answer, to hold while it is relayed).
 pub(super) async fn attempts<S: AsyncRead + Unpin>(
     client: &mut S,
     buf: &mut BytesMut,
@@ -86,8 +89,15 @@ pub(super) async fn attempts<S: AsyncRead + Unpin>(
     send: &Send<'_>,
     idle: std::time::Duration,
     tried: &mut Tried,
-) -> Result<(Upstream, answer::Answer), LeanError> {
+) -> Result<(Upstream, answer::Answer, Option<Admitted>), LeanError> {
     let retry = &send.policy.retry;
+    // The destination's connectionPool bounds, held until the answer is relayed.
+    let admitted = pool
+        .breakers
+        .admit(send.destination)
+        .await
+        .map_err(|e| LeanError::Connect(e.into()))?;
+    let mut retrying = None;
     let mut body = Replay::new(send);
     let mut ep = send.endpoint;
     let mut previous = Vec::new();
@@ -108,7 +118,7 @@ pub(super) async fn attempts<S: AsyncRead + Unpin>(
             Err(LeanError::Connect(UpstreamError::Connect(..) | UpstreamError::Timeout(_))) => {
                 retry.on.connect()
             }
-            // Overflow is the pool's own limit (503 `UO`); the client's failures are its.
+            // An overflow is lb's own bound (503 `UO`); the client's failures are its.
             Err(
                 LeanError::Connect(_)
                 | LeanError::Client(_)
@@ -130,6 +140,11 @@ pub(super) async fn attempts<S: AsyncRead + Unpin>(
             tried.exhausted = true;
             break result;
         }
+        // Past `maxRetries` retries in progress for the destination: not retried.
+        let Some(ticket) = crate::proxy::limits::may_retry(&admitted) else {
+            break result;
+        };
+        retrying = ticket;
         // A retried answer's connection is dropped with the rest of that answer.
         drop(result);
         tried.retries += 1;
@@ -139,7 +154,8 @@ pub(super) async fn attempts<S: AsyncRead + Unpin>(
     };
     // The whole body as sent, for the mirrors' copies.
     tried.body = body.whole(send.body_len);
-    result
+    drop(retrying);
+    result.map(|(up, answer)| (up, answer, admitted))
 }
 
 /// What outlier detection learns from a try (None: the client's failure, or lb's own
@@ -151,7 +167,7 @@ fn answered<T>(result: &Result<(T, answer::Answer), LeanError>) -> Option<Answer
             LeanError::Client(_)
             | LeanError::ClientStalled
             | LeanError::RouteTimeout
-            | LeanError::Connect(UpstreamError::Overflow(_)),
+            | LeanError::Connect(UpstreamError::Overflow(_) | UpstreamError::Breaker(_)),
         ) => None,
         Err(_) => Some(Answered::Nothing),
     }
@@ -168,8 +184,9 @@ async fn once<S: AsyncRead + Unpin>(
     body: &mut Replay,
     idle: std::time::Duration,
 ) -> Result<(Upstream, answer::Answer), LeanError> {
-    let timeout = send.destination.policy.pool.connect_timeout;
-    let (mut up, mut reused) = take(pool, ep, send.replayable, timeout).await?;
+    let dest_pool = &send.destination.policy.pool;
+    let timeout = dest_pool.connect_timeout;
+    let (mut up, mut reused) = take(pool, ep, send.replayable, dest_pool).await?;
     loop {
         match request(client, buf, &mut up, send, ep, body, idle).await {
             Ok(a) => return Ok((up, a)),
@@ -189,12 +206,12 @@ async fn take(
     pool: &Pool,
     ep: SocketAddr,
     replayable: bool,
-    timeout: Option<std::time::Duration>,
+    policy: &crate::route::policy::ConnPool,
 ) -> Result<(Upstream, bool), LeanError> {
-    while let Some(u) = pool.take_raw(ep) {
+    while let Some(u) = pool.take_raw(ep, policy.idle_timeout) {
         if replayable || u.looks_alive() {
             return Ok((u, true));
         }
     }
-    Ok((pool.connect_raw(ep, timeout).await?, false))
+    Ok((pool.connect_raw(ep, policy.connect_timeout).await?, false))
 }

@@ -426,11 +426,35 @@ async fn max_requests_per_connection_1_opens_a_connection_per_request() {
         assert!(matches!(r, Ok(true)), "{r:?}");
         assert_eq!((status, got.ends_with("ok")), (200, true));
         assert!(
-            pool.take_raw(addr).is_none(),
+            pool.take_raw(addr, None).is_none(),
             "not kept for another request"
         );
     }
     assert_eq!(bodies.lock().expect("lock").len(), 2);
+}
+
+#[tokio::test]
+async fn a_connection_idle_past_idle_timeout_is_not_used_again() {
+    let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    // Each scripted connection answers one request, then stays open and silent.
+    let (addr, bodies) = upstream(vec![(vec![ok], false), (vec![ok], false)]).await;
+    let pool = crate::proxy::pool::Pool::default();
+    let mut get = send(addr, "GET", b"");
+    let mut dest = svc();
+    dest.policy.pool.idle_timeout = Some(std::time::Duration::from_millis(50));
+    get.destination = Box::leak(Box::new(dest));
+    for _ in 0..2 {
+        let (r, got, status) = exchange_once(&pool, &get, b"").await;
+        assert!(matches!(r, Ok(true)), "{r:?}");
+        assert_eq!((status, got.ends_with("ok")), (200, true), "{got}");
+        // Kept, but past its idle timeout when the next request looks.
+        tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+    }
+    assert_eq!(
+        bodies.lock().expect("lock").len(),
+        2,
+        "a new connection each time"
+    );
 }
 
 #[tokio::test]
@@ -493,7 +517,7 @@ async fn relays_chunked_and_until_close_answers_and_pools_only_clean_ends() {
         "HTTP/1.1 200 OK\r\ndate: then\r\nconnection: close\r\n\r\nuntil the end"
     );
     assert!(
-        pool.take_raw(addr).is_none(),
+        pool.take_raw(addr, None).is_none(),
         "a socket at its end is not pooled"
     );
 }
