@@ -230,6 +230,14 @@ pub fn explain(plan: &Plan, q: &Query) -> Explanation {
         .map(|&i| route::decide(table, &sel, &req, host_as_sent, &mut Forced(i)))
         .collect();
     for (&i, v) in pickable.iter().zip(&verdicts) {
+        if let (Some(d), Verdict::Upstream(t)) = (destinations.get(i), v)
+            && let Some(c) = &t.set_cookie
+        {
+            out.notes.push(format!(
+                "requests picking {} have no hash cookie: the answer sets one (Set-Cookie: {c})",
+                d.label
+            ));
+        }
         if let (Some(d), Verdict::Local(l)) = (destinations.get(i), v) {
             out.notes.push(format!(
                 "requests picking {} get {}: {}",

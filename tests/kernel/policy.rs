@@ -602,3 +602,65 @@ fn connection_pool_bounds_answer_503_uo_past_them() {
         );
     }
 }
+
+/// Three endpoints hashed by a cookie lb sets when a request lacks it.
+fn cookie_hashed() -> String {
+    service_entry(
+        "127.10.36.1",
+        36000,
+        &[
+            ("127.0.0.2", "v: a"),
+            ("127.0.0.3", "v: a"),
+            ("127.0.0.4", "v: a"),
+        ],
+    ) + r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend-dr}
+spec:
+  host: backend-service
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {httpCookie: {name: user, ttl: 3600s, path: /}}
+"#
+}
+
+/// `httpCookie.ttl`: a request without the cookie gets one set on its answer (on
+/// either engine), and the requests that carry it go to the endpoint the first went to.
+#[test]
+fn a_missing_hash_cookie_is_set_and_then_keeps_its_endpoint() {
+    let port = 36000;
+    let mut env = Env::new("cookie");
+    for (name, ip) in [
+        ("v2", "127.0.0.2"),
+        ("v3", "127.0.0.3"),
+        ("v4", "127.0.0.4"),
+    ] {
+        env.backend(name, &[format!("{ip}:{port}").parse().expect("addr")]);
+    }
+    env.write_config("config.yaml", &cookie_hashed());
+    env.start_daemon(false);
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        let (first, _) = env.get_once(version, "/", "");
+        let set = first
+            .lines()
+            .find_map(|l| l.strip_prefix("set-cookie: "))
+            .unwrap_or_else(|| panic!("{version}: no Set-Cookie in {first}"));
+        let value = set.split(';').next().expect("name=value");
+        assert!(
+            set.ends_with("; Max-Age=3600; Path=/; HttpOnly") && value.starts_with("user="),
+            "{set}"
+        );
+        let (_, _, backend) = answer(&env, version, "/", "");
+        let extra = format!("cookie: other=1; {value}\r\n");
+        let seen: Vec<String> = (0..30)
+            .map(|_| answer(&env, version, "/", &extra).2)
+            .collect();
+        assert!(
+            seen.iter().all(|b| *b == backend),
+            "{version}: {backend} first, then {seen:?}"
+        );
+        let (with_cookie, _) = env.get_once(version, "/", &extra);
+        assert!(!with_cookie.contains("set-cookie"), "set only when missing");
+    }
+}

@@ -43,6 +43,8 @@ pub mod reason {
     pub const ANNOTATION: u32 = 2;
     /// Another VirtualService's Host alias routes to the service.
     pub const HOST_ROUTED: u32 = 3;
+    /// Its DestinationRule hashes by a header, cookie or query parameter.
+    pub const HASHED: u32 = 4;
 
     pub fn describe(code: u32) -> &'static str {
         match code {
@@ -51,6 +53,7 @@ pub mod reason {
             HOST_ROUTED => {
                 "another VirtualService routes a Host alias here (the Host picks the rules)"
             }
+            HASHED => "its DestinationRule hashes by what requests carry",
             _ => "weights only",
         }
     }
@@ -199,6 +202,7 @@ pub fn compile(model: &Model) -> Result<MapImage, CompileError> {
                     Some(ProxyReason::Annotation) => reason::ANNOTATION,
                     Some(ProxyReason::Rule(_)) => reason::L7_RULE,
                     Some(ProxyReason::HostRouted { .. }) => reason::HOST_ROUTED,
+                    Some(ProxyReason::Hashed(_)) => reason::HASHED,
                 },
                 weight_scale: scale,
                 slots,

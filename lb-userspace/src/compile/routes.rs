@@ -5,9 +5,7 @@ use crate::hosts;
 use crate::model::Model;
 use crate::model::catalog::CatalogService;
 use crate::model::http::ParsedAction;
-use crate::model::routes::{
-    ProxyReason, WeightedDestination, destination_policy, endpoints_by_port,
-};
+use crate::model::routes::{WeightedDestination, destination_policy, endpoints_by_port};
 use crate::route::{Action, Destination, RouteTable, Rule, VirtualHost};
 
 /// Every name a Host header may use for a catalogue service: its host in every form,
@@ -108,12 +106,13 @@ pub fn build(model: Model) -> RouteTable {
         });
     }
     // A service on the proxy path without a VirtualService of its own (another's Host
-    // alias routes to it): its own name and address route to all its endpoints.
+    // alias routes to it, or its DestinationRule hashes by the request): its own name
+    // and address route to all its endpoints.
     for svc in &services {
         if t.by_service.contains_key(&svc.frontend) {
             continue;
         }
-        let Some(reason @ ProxyReason::HostRouted { .. }) = &svc.proxy_reason else {
+        let Some(reason) = &svc.proxy_reason else {
             continue;
         };
         let d = WeightedDestination {

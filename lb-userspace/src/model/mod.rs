@@ -251,10 +251,11 @@ fn build_with(
                         endpoints: svc.select(&Default::default(), port),
                         kernel: subset_rules
                             .get(&svc.host)
-                            .map(|r| traffic::KernelPolicy::of(&r.policy(None)))
+                            .map(|r| traffic::KernelPolicy::of(&r.policy(None), &r.source))
                             .unwrap_or_default(),
                     }],
                 };
+                let hashed = split.iter().find_map(|s| s.kernel.needs_proxy.clone());
                 services.push(Service {
                     name: hosts::short_name(&svc.host).to_string(),
                     namespace: svc.namespace.clone(),
@@ -262,15 +263,18 @@ fn build_with(
                     frontend,
                     split,
                     virtual_service: vs.map(|v| v.source.clone()),
-                    proxy_reason: vs.and_then(|v| v.proxy_reason.clone()).or_else(|| {
-                        let (i, host) = host_routed.get(&svc.host)?;
-                        (bindings.get(&svc.host) != Some(i)).then(|| {
-                            routes::ProxyReason::HostRouted {
-                                virtual_service: parsed[*i].source.clone(),
-                                host: host.clone(),
-                            }
+                    proxy_reason: vs
+                        .and_then(|v| v.proxy_reason.clone())
+                        .or_else(|| {
+                            let (i, host) = host_routed.get(&svc.host)?;
+                            (bindings.get(&svc.host) != Some(i)).then(|| {
+                                routes::ProxyReason::HostRouted {
+                                    virtual_service: parsed[*i].source.clone(),
+                                    host: host.clone(),
+                                }
+                            })
                         })
-                    }),
+                        .or_else(|| hashed.map(routes::ProxyReason::Hashed)),
                     sticky_source: vs
                         .is_some_and(|v| v.sticky == Some(crate::route::policy::HashKey::SourceIp)),
                 });

@@ -144,6 +144,9 @@ pub enum ProxyReason {
         virtual_service: String,
         host: String,
     },
+    /// A destination's consistent hash reads the request (`DestinationRule ns/name
+    /// hashes by cookie user`).
+    Hashed(String),
 }
 
 impl std::fmt::Display for ProxyReason {
@@ -161,6 +164,7 @@ impl std::fmt::Display for ProxyReason {
                 f,
                 "VirtualService {virtual_service} routes Host {host} here (the Host picks the rules)"
             ),
+            ProxyReason::Hashed(why) => write!(f, "{why} (only the proxy reads requests)"),
         }
     }
 }
@@ -696,7 +700,7 @@ pub fn resolve(
         };
         let rule = subset_rules.get(&svc.host);
         let kernel = rule
-            .map(|r| super::traffic::KernelPolicy::of(&r.policy(d.subset.as_deref())))
+            .map(|r| super::traffic::KernelPolicy::of(&r.policy(d.subset.as_deref()), &r.source))
             .unwrap_or_default();
         let (name, endpoints) = match &d.subset {
             None => ("(all)".to_string(), svc.select(&Default::default(), port)),

@@ -18,13 +18,28 @@ pub struct KernelPolicy {
     pub hash_source: bool,
     /// Ejects endpoints whose connects fail (refused, reset, given up) in a row.
     pub outlier: Option<Outlier>,
+    /// Why only the proxy can follow the policy: a consistent hash on what the
+    /// request carries (a header, cookie or query parameter), which `connect4` never
+    /// sees.
+    pub needs_proxy: Option<String>,
 }
 
 impl KernelPolicy {
-    pub fn of(p: &DestinationPolicy) -> Self {
+    /// The kernel's share of `p`, the policy of DestinationRule `rule` (`ns/name`).
+    pub fn of(p: &DestinationPolicy, rule: &str) -> Self {
+        let needs_proxy = p.hash.as_ref().and_then(|h| {
+            let key = match h {
+                HashKey::Header(n) => format!("header {n}"),
+                HashKey::Cookie(c) => format!("cookie {}", c.name),
+                HashKey::Query(q) => format!("query parameter {q}"),
+                HashKey::SourceIp => return None,
+            };
+            Some(format!("DestinationRule {rule} hashes by {key}"))
+        });
         KernelPolicy {
             hash_source: p.hash == Some(HashKey::SourceIp),
             outlier: p.outlier.clone(),
+            needs_proxy,
         }
     }
 }
@@ -102,11 +117,6 @@ pub fn groups(
             lb.and_then(|lb| lb.simple.as_deref())
                 .is_some_and(|s| s != "RANDOM"),
         ),
-        (
-            "loadBalancer.consistentHash",
-            lb.and_then(|lb| lb.consistent_hash.as_ref())
-                .is_some_and(|h| h.get("useSourceIp").and_then(|v| v.as_bool()) != Some(true)),
-        ),
         ("connectionPool", tp.connection_pool.is_some()),
     ];
     for (field, set) in kernel_differs {
@@ -117,7 +127,7 @@ pub fn groups(
                 path,
                 Invalid::Unenforced {
                     field: field.to_string(),
-                    consequence: " on the kernel path (weight-only routes pick endpoints at random there, or by the source with consistentHash.useSourceIp; the proxy path applies it)",
+                    consequence: " on the kernel path (weight-only routes pick endpoints at random there; the proxy path applies it)",
                 },
             ));
         }
@@ -167,9 +177,6 @@ fn hash_key(
         return err(base.to_string(), Invalid::HashKeyCount);
     };
     let mut keys = Vec::new();
-    let generate = map
-        .get("httpCookie")
-        .is_some_and(|c| c.get("ttl").is_some());
     for (k, v) in map {
         let field = k.as_str().unwrap_or("");
         let key = match field {
@@ -185,10 +192,29 @@ fn hash_key(
                     );
                 }
             },
-            "httpCookie" => match v.get("name").and_then(serde_yaml::Value::as_str) {
-                Some(n) if !n.is_empty() => Some(HashKey::Cookie(n.to_string())),
-                _ => return err(format!("{base}.httpCookie.name"), Invalid::CookieName),
-            },
+            "httpCookie" => {
+                let Some(name) = v
+                    .get("name")
+                    .and_then(serde_yaml::Value::as_str)
+                    .filter(|n| !n.is_empty())
+                else {
+                    return err(format!("{base}.httpCookie.name"), Invalid::CookieName);
+                };
+                let ttl = match v.get("ttl").map(|t| t.as_str().unwrap_or("")) {
+                    None => None,
+                    // 0s: a session cookie (no Max-Age), as Envoy's.
+                    Some("0s" | "0") => Some(Duration::ZERO),
+                    Some(t) => match super::policy::checked_duration(t) {
+                        Ok(d) => Some(d),
+                        Err(e) => return err(format!("{base}.httpCookie.ttl"), e),
+                    },
+                };
+                let path = v.get("path").and_then(serde_yaml::Value::as_str);
+                Some(HashKey::Cookie(crate::route::policy::Cookie {
+                    name: name.to_string(),
+                    generate: ttl.map(|t| (t, path.map(str::to_string))),
+                }))
+            }
             "useSourceIp" => v.as_bool().unwrap_or(false).then_some(HashKey::SourceIp),
             "httpQueryParameterName" => v
                 .as_str()
@@ -206,16 +232,6 @@ fn hash_key(
     }
     if keys.len() != 1 {
         return err(base.to_string(), Invalid::HashKeyCount);
-    }
-    if generate {
-        // Envoy sets a cookie on an answer to a request without one; lb does not yet:
-        // such a request picks at random, and the client keeps whatever it had.
-        super::warn_unenforced_at(
-            l,
-            &format!("{base}.httpCookie.ttl"),
-            "httpCookie.ttl",
-            diags,
-        );
     }
     keys.pop()
 }

@@ -219,6 +219,8 @@ struct Forward<'t> {
     rule: &'t route::Rule,
     /// The client side of an `Upgrade` request, if it is one.
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// A generated hash cookie for the answer.
+    set_cookie: Option<String>,
 }
 
 /// Where routing sends a request: upstream, or answered by the proxy itself.
@@ -261,6 +263,7 @@ async fn route_request<'t>(
         delay,
         rule,
         client_upgrade,
+        set_cookie,
     } = fwd;
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
@@ -343,7 +346,7 @@ async fn route_request<'t>(
             outcome,
         );
     };
-    let resp = finish(
+    let mut resp = finish(
         sent,
         conn,
         endpoint,
@@ -352,6 +355,9 @@ async fn route_request<'t>(
         client_upgrade,
         &mut outcome,
     );
+    if let Some(v) = set_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
     done(resp, outcome)
 }
 
@@ -565,6 +571,7 @@ fn prepare<'t>(
         delay: target.delay,
         rule: target.rule,
         client_upgrade,
+        set_cookie: target.set_cookie,
     })
 }
 

@@ -32,6 +32,9 @@ pub struct Target<'t> {
     pub delay: Option<std::time::Duration>,
     /// Where copies of this request go (the mirrors whose share it drew).
     pub mirrors: Vec<SocketAddr>,
+    /// A `Set-Cookie` for the answer: the destination hashes by a cookie this request
+    /// lacks, generated here (`httpCookie.ttl`).
+    pub set_cookie: Option<String>,
 }
 
 /// lb's own answer.
@@ -178,7 +181,17 @@ pub fn decide<'t>(
     };
     let dialled_port = r.dialled.map(|d| d.port());
     let endpoints = dest.endpoints_for(dialled_port);
-    let key = dest.policy.hash.as_ref().and_then(|h| h.of(r));
+    let mut set_cookie = None;
+    let key = dest.policy.hash.as_ref().and_then(|h| {
+        h.of(r).or_else(|| match h {
+            super::policy::HashKey::Cookie(c) => {
+                let (key, set) = c.generated(r)?;
+                set_cookie = Some(set);
+                Some(key)
+            }
+            _ => None,
+        })
+    });
     let picked = match endpoints {
         [] => None,
         _ => pick.endpoint(dest, endpoints, key),
@@ -222,5 +235,6 @@ pub fn decide<'t>(
         endpoints,
         delay,
         mirrors,
+        set_cookie,
     })
 }

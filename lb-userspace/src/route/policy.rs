@@ -341,10 +341,40 @@ impl Limits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HashKey {
     Header(http::HeaderName),
-    /// `httpCookie` (`ttl`: generating a missing one is not done yet).
-    Cookie(String),
+    /// `httpCookie`.
+    Cookie(Cookie),
     SourceIp,
     Query(String),
+}
+
+/// `httpCookie`: the cookie a request is hashed by, and whether lb sets it when a
+/// request comes without it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cookie {
+    pub name: String,
+    /// `ttl` (and `path`): set, a request without the cookie gets one generated, set
+    /// on its answer (Envoy's); `ttl: 0s` makes it a session cookie.
+    pub generate: Option<(Duration, Option<String>)>,
+}
+
+impl Cookie {
+    /// For a request without the cookie: the generated value's hash (the key it and
+    /// the requests carrying it hash to) and the `Set-Cookie` value. The value is a
+    /// hash of the client's address (as Envoy's), so explain and both engines agree.
+    pub fn generated(&self, r: &super::Request<'_>) -> Option<(u64, String)> {
+        let (ttl, path) = self.generate.as_ref()?;
+        let client = r.peer.map(|ip| ip.to_string()).unwrap_or_default();
+        let value = format!("{:016x}", stable_hash(client.as_bytes()));
+        let mut set = format!("{}={value}", self.name);
+        if !ttl.is_zero() {
+            set.push_str(&format!("; Max-Age={}", ttl.as_secs().max(1)));
+        }
+        if let Some(p) = path {
+            set.push_str(&format!("; Path={p}"));
+        }
+        set.push_str("; HttpOnly");
+        Some((stable_hash(value.as_bytes()), set))
+    }
 }
 
 impl HashKey {
@@ -355,7 +385,10 @@ impl HashKey {
             Some(("header", n)) => http::HeaderName::from_bytes(n.trim().as_bytes())
                 .ok()
                 .map(HashKey::Header),
-            Some(("cookie", n)) if !n.trim().is_empty() => Some(HashKey::Cookie(n.trim().into())),
+            Some(("cookie", n)) if !n.trim().is_empty() => Some(HashKey::Cookie(Cookie {
+                name: n.trim().into(),
+                generate: None,
+            })),
             Some(("query", n)) if !n.trim().is_empty() => Some(HashKey::Query(n.trim().into())),
             None if text.trim() == "source-ip" => Some(HashKey::SourceIp),
             _ => None,
@@ -371,7 +404,7 @@ impl HashKey {
     pub fn of(&self, r: &super::Request<'_>) -> Option<u64> {
         match self {
             HashKey::Header(n) => r.headers.get(n).map(|v| stable_hash(v.as_bytes())),
-            HashKey::Cookie(name) => r
+            HashKey::Cookie(Cookie { name, .. }) => r
                 .headers
                 .get_all(http::header::COOKIE)
                 .iter()

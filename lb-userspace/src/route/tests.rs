@@ -234,3 +234,39 @@ spec:
         assert_eq!(p.outlier.as_ref().map(|o| o.consecutive_5xx), Some(2));
     }
 }
+
+/// `httpCookie.ttl`: a request without the cookie hashes to the value lb sets for it,
+/// so the client's next requests (carrying it) go where the first went.
+#[test]
+fn a_generated_cookie_hashes_as_the_cookie_it_sets() {
+    use crate::route::policy::{Cookie, HashKey};
+    let c = Cookie {
+        name: "user".into(),
+        generate: Some((std::time::Duration::from_secs(60), Some("/".into()))),
+    };
+    let empty = HeaderMap::new();
+    let req = |headers| super::Request {
+        method: "GET",
+        scheme: "http",
+        path_and_query: "/",
+        authority: "h",
+        headers,
+        dialled: None,
+        peer: Some("10.0.0.7".parse().expect("ip")),
+    };
+    let (key, set) = c.generated(&req(&empty)).expect("generated");
+    let value = set.split(';').next().expect("pair");
+    assert!(set.ends_with("; Max-Age=60; Path=/; HttpOnly"), "{set}");
+    let mut with = HeaderMap::new();
+    with.insert(http::header::COOKIE, value.parse().expect("value"));
+    assert_eq!(HashKey::Cookie(c.clone()).of(&req(&with)), Some(key));
+    let session = Cookie {
+        generate: Some((std::time::Duration::ZERO, None)),
+        ..c
+    };
+    let (_, set) = session.generated(&req(&empty)).expect("generated");
+    assert!(
+        !set.contains("Max-Age") && set.ends_with("; HttpOnly"),
+        "{set}"
+    );
+}

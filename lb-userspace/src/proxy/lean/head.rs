@@ -152,6 +152,8 @@ pub(super) fn parse_request<'t>(
                 // A destination's own edits: hyper's path applies them.
                 && t.destination.request_headers.is_empty()
                 && t.destination.response_headers.is_empty()
+                // A generated cookie for the answer: hyper's path sets it.
+                && t.set_cookie.is_none()
                 && (t.path.starts_with('/') || t.path == "*")
                 && plain(&t.path)
                 && t.host.as_deref().is_none_or(plain) =>

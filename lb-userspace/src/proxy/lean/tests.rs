@@ -104,6 +104,7 @@ fn head_for(
         endpoints: &[],
         delay: None,
         mirrors: Vec::new(),
+        set_cookie: None,
     };
     let up = upstream_head(&target, head.headers, &head.checked, peer_ip, b"1.1 lb-t");
     String::from_utf8_lossy(&up).into_owned()
