@@ -91,6 +91,9 @@ pub enum Row {
     LbKernelNoSkMsg,
     /// The 90/10 split alone, forced through the proxy: the base the L7 rules add to.
     LbProxySplit,
+    /// The same split with a timeout, retries and LEAST_REQUEST over a two-endpoint
+    /// subset: what Istio's traffic policy costs per request.
+    LbProxyPolicy,
     LbProxySkMsg,
     LbProxyNoSkMsg,
     Haproxy,
@@ -98,11 +101,12 @@ pub enum Row {
 }
 
 impl Row {
-    pub const ALL: [Row; 8] = [
+    pub const ALL: [Row; 9] = [
         Row::Direct,
         Row::LbKernel,
         Row::LbKernelNoSkMsg,
         Row::LbProxySplit,
+        Row::LbProxyPolicy,
         Row::LbProxySkMsg,
         Row::LbProxyNoSkMsg,
         Row::Haproxy,
@@ -115,6 +119,7 @@ impl Row {
             Row::LbKernel => "lb kernel path, sk_msg on",
             Row::LbKernelNoSkMsg => "lb kernel path, sk_msg off",
             Row::LbProxySplit => "lb proxy path, split only",
+            Row::LbProxyPolicy => "lb proxy path, split + timeout, retries, LEAST_REQUEST",
             Row::LbProxySkMsg => "lb proxy path, sk_msg on",
             Row::LbProxyNoSkMsg => "lb proxy path, sk_msg off",
             Row::Haproxy => "HAProxy 2.6",
@@ -129,6 +134,7 @@ impl Row {
             Row::LbKernel => "lb_kernel",
             Row::LbKernelNoSkMsg => "lb_kernel_no_sk_msg",
             Row::LbProxySplit => "lb_proxy_split",
+            Row::LbProxyPolicy => "lb_proxy_policy",
             Row::LbProxySkMsg => "lb_proxy_sk_msg",
             Row::LbProxyNoSkMsg => "lb_proxy_no_sk_msg",
             Row::Haproxy => "haproxy",
@@ -138,6 +144,8 @@ impl Row {
 }
 
 const PORT: u16 = 20080;
+/// The second endpoint of v0 in the policy row (the same backend process as v0).
+const PORT2: u16 = 20090;
 const HAPROXY_PORT: u16 = 20081;
 const NGINX_PORT: u16 = 20082;
 const V0: &str = "127.0.0.2:20080";
@@ -210,11 +218,18 @@ impl Setup {
         ]
         .map(|ip| format!("{ip}:{PORT}"))
         .into_iter()
+        .chain(["127.0.0.4", "127.0.0.6"].map(|ip| format!("{ip}:{PORT2}")))
         .chain([HAPROXY_PORT, NGINX_PORT].map(|p| format!("127.0.0.1:{p}")));
         for addr in ours {
             procs::ensure_free(&addr)?;
         }
-        backends(&mut procs, &work, "backends", None, [V0, V1])?;
+        backends(
+            &mut procs,
+            &work,
+            "backends",
+            None,
+            &[("v0", V0.into()), ("v1", V1.into())],
+        )?;
         // Each lb daemon runs inside the cgroup it attaches to, with its own backends
         // in there too: on a node, lb sits on the root cgroup and local pods are inside
         // it. (The peers' and the direct row's backends, V0/V1 above, are outside
@@ -226,10 +241,11 @@ impl Setup {
                 &work,
                 &format!("{name}-backends"),
                 Some(&cgroup.path),
-                local
-                    .map(|a| format!("{a}:{PORT}"))
-                    .each_ref()
-                    .map(String::as_str),
+                &[
+                    ("v0", format!("{}:{PORT}", local[0])),
+                    ("v1", format!("{}:{PORT}", local[1])),
+                    ("v0", format!("{}:{PORT2}", local[0])),
+                ],
             )?;
             let backends = local;
             let config = work.join(format!("lb-config-{name}"));
@@ -240,6 +256,7 @@ impl Setup {
                     &root().join("bench/lb/config.yaml"),
                     &[
                         ("PORT", PORT.to_string()),
+                        ("PORT2", PORT2.to_string()),
                         ("LOCAL_V0", backends[0].into()),
                         ("LOCAL_V1", backends[1].into()),
                     ],
@@ -368,12 +385,14 @@ impl Setup {
                 self.procs.pid(&d.name),
             )
         };
-        let (kernel, proxy, split) = ("127.10.30.1", "127.10.30.2", "127.10.30.3");
+        let (kernel, proxy, split, policy) =
+            ("127.10.30.1", "127.10.30.2", "127.10.30.3", "127.10.30.4");
         match row {
             Row::Direct => (format!("http://{V0}/test"), None, None),
             Row::LbKernel => lb(kernel, true),
             Row::LbKernelNoSkMsg => lb(kernel, false),
             Row::LbProxySplit => lb(split, true),
+            Row::LbProxyPolicy => lb(policy, true),
             Row::LbProxySkMsg => lb(proxy, true),
             Row::LbProxyNoSkMsg => lb(proxy, false),
             Row::Haproxy => (
@@ -447,24 +466,22 @@ fn backends(
     work: &Path,
     name: &str,
     cgroup: Option<&Path>,
-    addrs: [&str; 2],
+    listens: &[(&str, String)],
 ) -> anyhow::Result<()> {
     let lb = lb_bin().to_string_lossy().to_string();
+    let mut args = vec!["backend".to_string()];
+    for (answer_as, addr) in listens {
+        args.extend(["--listen".into(), format!("{answer_as}={addr}")]);
+    }
     procs.spawn(
         name,
         SERVER_CPU,
         cgroup,
         &lb,
-        &[
-            "backend".into(),
-            "--listen".into(),
-            format!("v0={}", addrs[0]),
-            "--listen".into(),
-            format!("v1={}", addrs[1]),
-        ],
+        &args,
         &work.join(format!("{name}.log")),
     )?;
-    for a in addrs {
+    for (_, a) in listens {
         procs::wait_listening(a, name)?;
     }
     Ok(())

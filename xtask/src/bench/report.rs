@@ -256,6 +256,7 @@ pub fn render(r: &Results) -> String {
                 | Row::LbKernelNoSkMsg
                 | Row::LbProxyNoSkMsg
                 | Row::LbProxySplit
+                | Row::LbProxyPolicy
         ) {
             let _ = writeln!(
                 md,
@@ -393,6 +394,13 @@ pub fn render(r: &Results) -> String {
     both(
         "L7 rules add ≤ 5 % CPU over the plain split (proxy)",
         proxy,
+        Row::LbProxySplit,
+        cpu,
+        |r| r <= 1.05,
+    );
+    both(
+        "timeout + retries + LEAST_REQUEST (2 endpoints) add ≤ 5 % CPU over the plain split",
+        Row::LbProxyPolicy,
         Row::LbProxySplit,
         cpu,
         |r| r <= 1.05,

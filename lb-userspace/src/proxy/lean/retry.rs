@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncRead;
 
 use super::head::Send;
-use super::{LeanError, answer, request};
+use super::{Clock, LeanError, answer, request};
 use crate::proxy::balance::Answered;
 use crate::proxy::limits::Admitted;
 use crate::proxy::pool::{Pool, Upstream, UpstreamError};
@@ -87,7 +87,7 @@ pub(super) async fn attempts<S: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     pool: &Pool,
     send: &Send<'_>,
-    idle: std::time::Duration,
+    clock: Clock,
     tried: &mut Tried,
 ) -> Result<(Upstream, answer::Answer, Option<Admitted>), LeanError> {
     let retry = &send.policy.retry;
@@ -106,13 +106,11 @@ pub(super) async fn attempts<S: AsyncRead + Unpin>(
     let result = loop {
         // In flight until the answer's head (LEAST_REQUEST compares these).
         let active = track.then(|| pool.endpoints.begin(ep));
-        let one = once(client, buf, pool, send, ep, &mut body, idle);
-        let result = match retry.per_try {
-            Some(t) => tokio::time::timeout(t, one)
-                .await
-                .unwrap_or(Err(LeanError::UpstreamSilent(ep))),
-            None => one.await,
+        let clock = Clock {
+            try_ends: retry.per_try.map(|t| (tokio::time::Instant::now() + t, ep)),
+            ..clock
         };
+        let result = once(client, buf, pool, send, ep, &mut body, &clock).await;
         let again = match &result {
             Ok((_, a)) => retry.on.status(a.status, None),
             Err(LeanError::Connect(UpstreamError::Connect(..) | UpstreamError::Timeout(_))) => {
@@ -182,17 +180,26 @@ async fn once<S: AsyncRead + Unpin>(
     send: &Send<'_>,
     ep: SocketAddr,
     body: &mut Replay,
-    idle: std::time::Duration,
+    clock: &Clock,
 ) -> Result<(Upstream, answer::Answer), LeanError> {
     let dest_pool = &send.destination.policy.pool;
     let timeout = dest_pool.connect_timeout;
-    let (mut up, mut reused) = take(pool, ep, send.replayable, dest_pool).await?;
+    // A connect is bounded by the clock's deadlines too (a timer only then: pooled
+    // sockets need none).
+    let silent = || LeanError::UpstreamSilent(ep);
+    let (mut up, mut reused) = match take_pooled(pool, ep, send.replayable, dest_pool) {
+        Some(u) => (u, true),
+        None => (
+            clock.within(connect(pool, ep, timeout), silent).await?,
+            false,
+        ),
+    };
     loop {
-        match request(client, buf, &mut up, send, ep, body, idle).await {
+        match request(client, buf, &mut up, send, ep, body, clock).await {
             Ok(a) => return Ok((up, a)),
             // A pooled socket the backend had closed: once more on a new one.
             Err(LeanError::Closed(_) | LeanError::Upstream(..)) if reused && send.replayable => {
-                up = pool.connect_raw(ep, timeout).await?;
+                up = clock.within(connect(pool, ep, timeout), silent).await?;
                 reused = false;
             }
             Err(e) => return Err(e),
@@ -200,18 +207,26 @@ async fn once<S: AsyncRead + Unpin>(
     }
 }
 
-/// A pooled socket to `ep` (true) or a new one (false). A request that cannot be
-/// sent again checks the pooled socket first.
-async fn take(
+async fn connect(
+    pool: &Pool,
+    ep: SocketAddr,
+    timeout: Option<std::time::Duration>,
+) -> Result<Upstream, LeanError> {
+    Ok(pool.connect_raw(ep, timeout).await?)
+}
+
+/// A pooled socket to `ep`, if one is idle. A request that cannot be sent again
+/// checks it first.
+fn take_pooled(
     pool: &Pool,
     ep: SocketAddr,
     replayable: bool,
     policy: &crate::route::policy::ConnPool,
-) -> Result<(Upstream, bool), LeanError> {
+) -> Option<Upstream> {
     while let Some(u) = pool.take_raw(ep, policy.idle_timeout) {
         if replayable || u.looks_alive() {
-            return Ok((u, true));
+            return Some(u);
         }
     }
-    Ok((pool.connect_raw(ep, policy.connect_timeout).await?, false))
+    None
 }

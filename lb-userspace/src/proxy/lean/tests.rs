@@ -353,12 +353,17 @@ async fn exchange_tried(
     let mut buf = bytes::BytesMut::from(client_body);
     let mut status = 0;
     let mut tried = super::Tried::default();
+    let clock = super::Clock {
+        idle,
+        route: None,
+        try_ends: None,
+    };
     let r = super::exchange(
         &mut proxy_side,
         &mut buf,
         pool,
         send,
-        idle,
+        clock,
         &mut status,
         &mut tried,
         || false,
