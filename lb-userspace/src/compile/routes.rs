@@ -61,6 +61,7 @@ pub fn build(model: Model) -> RouteTable {
                         format!("{}/{subset}", hosts::short_name(&d.host))
                     };
                     let edits = r.dest_headers.get(&d.path).cloned().unwrap_or_default();
+                    let (policy, port_policies) = destination_policy(d, catalog, subset_rules);
                     Destination {
                         host: d.host.clone(),
                         subset: d.subset.clone(),
@@ -68,7 +69,8 @@ pub fn build(model: Model) -> RouteTable {
                         weight: d.weight,
                         endpoints: endpoints_by_port(d, catalog, subset_rules),
                         label,
-                        policy: destination_policy(d, catalog, subset_rules),
+                        policy,
+                        port_policies,
                         next: Default::default(),
                         request_headers: edits.0,
                         response_headers: edits.1,
@@ -123,6 +125,7 @@ pub fn build(model: Model) -> RouteTable {
             path: String::new(),
         };
         let idx = t.vhosts.len();
+        let (policy, port_policies) = destination_policy(&d, catalog, subset_rules);
         t.vhosts.push(VirtualHost {
             name: format!("{}/{} (its endpoints)", svc.namespace, svc.name),
             rules: vec![Rule {
@@ -131,7 +134,8 @@ pub fn build(model: Model) -> RouteTable {
                 action: Action::Route {
                     destinations: vec![Destination {
                         endpoints: endpoints_by_port(&d, catalog, subset_rules),
-                        policy: destination_policy(&d, catalog, subset_rules),
+                        policy,
+                        port_policies,
                         host: d.host,
                         subset: None,
                         port: None,
@@ -169,9 +173,9 @@ pub fn build(model: Model) -> RouteTable {
             .any(|m| !m.headers.is_empty() || !m.without_headers.is_empty())
             || reads(&r.sticky)
             || match &r.action {
-                Action::Route { destinations, .. } => {
-                    destinations.iter().any(|d| reads(&d.policy.hash))
-                }
+                Action::Route { destinations, .. } => destinations.iter().any(|d| {
+                    reads(&d.policy.hash) || d.port_policies.iter().any(|(_, p)| reads(&p.hash))
+                }),
                 _ => false,
             }
     });

@@ -122,10 +122,27 @@ pub struct TrafficPolicy {
     pub outlier_detection: Option<OutlierDetection>,
     pub tls: Option<Value>,
     #[serde(default)]
-    pub port_level_settings: Vec<Value>,
+    pub port_level_settings: Vec<PortTrafficPolicy>,
     pub tunnel: Option<Value>,
     pub proxy_protocol: Option<Value>,
     pub retry_budget: Option<Value>,
+}
+
+/// One of `portLevelSettings`: a traffic policy for one port of the destination.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PortTrafficPolicy {
+    pub port: Option<PortNumber>,
+    pub load_balancer: Option<LoadBalancerSettings>,
+    pub connection_pool: Option<ConnectionPoolSettings>,
+    pub outlier_detection: Option<OutlierDetection>,
+    pub tls: Option<Value>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PortNumber {
+    pub number: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -223,6 +223,10 @@ pub enum Invalid {
     CookieName,
     #[error("connectionPool must set tcp or http")]
     EmptyConnectionPool,
+    #[error("portTrafficPolicy must have valid port")]
+    PortLevelWithoutPort,
+    #[error("port traffic policy must have at least one field")]
+    PortLevelEmpty,
     #[error("{0} must be a count, 0 or more")]
     NegativeCount(String),
     #[error("{0:?} is not a valid HTTP header name")]

@@ -251,7 +251,10 @@ fn build_with(
                         endpoints: svc.select(&Default::default(), port),
                         kernel: subset_rules
                             .get(&svc.host)
-                            .map(|r| traffic::KernelPolicy::of(&r.policy(None), &r.source))
+                            .map(|r| {
+                                let policy = r.policy(None, Some(port.number));
+                                traffic::KernelPolicy::of(&policy, &r.source)
+                            })
                             .unwrap_or_default(),
                     }],
                 };

@@ -627,17 +627,33 @@ pub fn endpoints_by_port(
 }
 
 /// The DestinationRule's traffic policy for a destination (Istio's defaults without
-/// one).
+/// one), and its policy at each port whose `portLevelSettings` make it another.
 pub fn destination_policy(
     d: &WeightedDestination,
     catalog: &Catalog,
     subset_rules: &SubsetRules,
-) -> crate::route::policy::DestinationPolicy {
-    catalog
+) -> (
+    crate::route::policy::DestinationPolicy,
+    Vec<(u16, crate::route::policy::DestinationPolicy)>,
+) {
+    let Some((svc, rule)) = catalog
         .lookup(&d.host)
-        .and_then(|svc| subset_rules.get(&svc.host))
-        .map(|r| r.policy(d.subset.as_deref()))
-        .unwrap_or_default()
+        .and_then(|svc| Some((svc, subset_rules.get(&svc.host)?)))
+    else {
+        return Default::default();
+    };
+    let subset = d.subset.as_deref();
+    let policy = rule.policy(subset, None);
+    let mut ports = Vec::new();
+    if rule.has_port_policies(subset) {
+        for p in &svc.ports {
+            let at = rule.policy(subset, Some(p.number));
+            if at != policy {
+                ports.push((p.number, at));
+            }
+        }
+    }
+    (policy, ports)
 }
 
 /// The services that VirtualServices route to from a host that names no service (a
@@ -700,7 +716,10 @@ pub fn resolve(
         };
         let rule = subset_rules.get(&svc.host);
         let kernel = rule
-            .map(|r| super::traffic::KernelPolicy::of(&r.policy(d.subset.as_deref()), &r.source))
+            .map(|r| {
+                let policy = r.policy(d.subset.as_deref(), Some(port.number));
+                super::traffic::KernelPolicy::of(&policy, &r.source)
+            })
             .unwrap_or_default();
         let (name, endpoints) = match &d.subset {
             None => ("(all)".to_string(), svc.select(&Default::default(), port)),

@@ -27,10 +27,23 @@ pub struct SubsetRule {
 }
 
 impl SubsetRule {
-    /// What the proxy applies to requests for `subset` (None: the whole host).
-    pub fn policy(&self, subset: Option<&str>) -> crate::route::policy::DestinationPolicy {
+    /// What applies to requests for `subset` (None: the whole host) at service port
+    /// `port` (None: whatever the port).
+    pub fn policy(
+        &self,
+        subset: Option<&str>,
+        port: Option<u16>,
+    ) -> crate::route::policy::DestinationPolicy {
         let own = subset.and_then(|s| self.subset_policies.get(s));
-        own.cloned().unwrap_or_default().over(&self.policy)
+        own.cloned().unwrap_or_default().over(&self.policy, port)
+    }
+
+    /// Whether some port of `subset` has a policy of its own (`portLevelSettings`).
+    pub fn has_port_policies(&self, subset: Option<&str>) -> bool {
+        self.policy.has_ports()
+            || subset
+                .and_then(|s| self.subset_policies.get(s))
+                .is_some_and(super::traffic::Groups::has_ports)
     }
 }
 

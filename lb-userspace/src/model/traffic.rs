@@ -53,12 +53,41 @@ pub struct Groups {
     outlier: Option<Option<Outlier>>,
     /// `connectionPool`.
     pool: Option<ConnPool>,
+    /// `portLevelSettings` by port number.
+    ports: std::collections::BTreeMap<u16, Groups>,
 }
 
 impl Groups {
-    /// A subset's groups over the top level's (Istio: a group the subset sets replaces
-    /// the top level's whole).
-    pub fn over(&self, top: &Groups) -> DestinationPolicy {
+    /// These groups at service port `port`: its `portLevelSettings` entry replaces
+    /// them all — a group it leaves out is at its default, not inherited (Istio's
+    /// `GetPortLevelTrafficPolicy`).
+    fn at(&self, port: Option<u16>) -> std::borrow::Cow<'_, Groups> {
+        match port.and_then(|p| self.ports.get(&p)) {
+            Some(p) => std::borrow::Cow::Owned(Groups {
+                balance: Some(p.balance.clone().unwrap_or_default()),
+                outlier: Some(p.outlier.clone().flatten()),
+                pool: Some(p.pool.unwrap_or_default()),
+                ports: Default::default(),
+            }),
+            None => std::borrow::Cow::Borrowed(self),
+        }
+    }
+
+    /// Whether any port has its own settings.
+    pub fn has_ports(&self) -> bool {
+        !self.ports.is_empty()
+    }
+
+    /// A subset's groups over the top level's at `port` (Istio's
+    /// `MergeSubsetTrafficPolicy`: each level at the port first; then a group the
+    /// subset sets replaces the top level's whole, and a subset's port-level entry
+    /// replaces them all).
+    pub fn over(&self, top: &Groups, port: Option<u16>) -> DestinationPolicy {
+        let (own, top) = (self.at(port), top.at(port));
+        own.merged(&top)
+    }
+
+    fn merged(&self, top: &Groups) -> DestinationPolicy {
         let (balance, hash) = self
             .balance
             .clone()
@@ -89,7 +118,6 @@ pub fn groups(
         base,
         &[
             ("tls", tp.tls.is_some()),
-            ("portLevelSettings", !tp.port_level_settings.is_empty()),
             ("tunnel", tp.tunnel.is_some()),
             ("proxyProtocol", tp.proxy_protocol.is_some()),
             ("retryBudget", tp.retry_budget.is_some()),
@@ -132,7 +160,44 @@ pub fn groups(
             ));
         }
     }
+    let mut ports = std::collections::BTreeMap::new();
+    for (i, pl) in tp.port_level_settings.iter().enumerate() {
+        let at = format!("{base}.portLevelSettings[{i}]");
+        let Some(number) = pl.port.as_ref().and_then(|p| p.number).filter(|n| *n > 0) else {
+            diags.push(Diagnostic::error(
+                l.at(&at),
+                format!("{at}.port"),
+                Invalid::PortLevelWithoutPort,
+            ));
+            continue;
+        };
+        let Ok(number) = u16::try_from(number) else {
+            diags.push(Diagnostic::error(
+                l.at(&at),
+                format!("{at}.port.number"),
+                Invalid::PortLevelWithoutPort,
+            ));
+            continue;
+        };
+        if pl.load_balancer.is_none()
+            && pl.connection_pool.is_none()
+            && pl.outlier_detection.is_none()
+            && pl.tls.is_none()
+        {
+            diags.push(Diagnostic::error(l.at(&at), at, Invalid::PortLevelEmpty));
+            continue;
+        }
+        let as_policy = istio::TrafficPolicy {
+            load_balancer: pl.load_balancer.clone(),
+            connection_pool: pl.connection_pool.clone(),
+            outlier_detection: pl.outlier_detection.clone(),
+            tls: pl.tls.clone(),
+            ..Default::default()
+        };
+        ports.insert(number, groups(l, &at, &as_policy, diags));
+    }
     Groups {
+        ports,
         balance: tp
             .load_balancer
             .as_ref()

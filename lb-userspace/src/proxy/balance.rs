@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use crate::route::policy::{Balance, Ejection, Outlier, Usable, rendezvous};
+use crate::route::policy::{Balance, DestinationPolicy, Ejection, Outlier, Usable, rendezvous};
 use crate::route::{Destination, Pick};
 
 /// What the proxy knows of each endpoint.
@@ -124,16 +124,19 @@ impl Pick for Live<'_> {
     fn endpoint(
         &mut self,
         dest: &Destination,
+        policy: &DestinationPolicy,
         endpoints: &[SocketAddr],
         key: Option<u64>,
     ) -> Option<usize> {
         let n = endpoints.len();
+        let among =
+            |count, at: &dyn Fn(usize) -> usize| self.among(dest, policy, endpoints, count, at);
         // The common case pays nothing: one endpoint, no outlier detection.
-        let Some(o) = &dest.policy.outlier else {
+        let Some(o) = &policy.outlier else {
             if let Some(k) = key {
                 return rendezvous(k, endpoints.iter().copied().enumerate());
             }
-            return (n > 0).then(|| self.among(dest, endpoints, n, |i| i));
+            return (n > 0).then(|| among(n, &|i| i));
         };
         let now = Instant::now();
         let healthy: Vec<usize> = (0..n)
@@ -141,13 +144,13 @@ impl Pick for Live<'_> {
             .collect();
         match o.usable(healthy.len(), n) {
             Usable::Healthy => {}
-            Usable::All => return Some(self.among(dest, endpoints, n, |i| i)),
+            Usable::All => return Some(among(n, &|i| i)),
             Usable::None => return None,
         }
         if let Some(k) = key {
             return rendezvous(k, healthy.iter().map(|&i| (i, endpoints[i])));
         }
-        Some(self.among(dest, endpoints, healthy.len(), |i| healthy[i]))
+        Some(among(healthy.len(), &|i| healthy[i]))
     }
 
     fn fires(&mut self, percent: f64) -> bool {
@@ -161,14 +164,15 @@ impl Live<'_> {
     fn among(
         &self,
         dest: &Destination,
+        policy: &DestinationPolicy,
         endpoints: &[SocketAddr],
         count: usize,
-        at: impl Fn(usize) -> usize,
+        at: &dyn Fn(usize) -> usize,
     ) -> usize {
         if count == 1 {
             return at(0);
         }
-        match dest.policy.balance {
+        match policy.balance {
             Balance::Random => at(fastrand::usize(..count)),
             Balance::RoundRobin => at(dest.next.fetch_add(1, Ordering::Relaxed) % count),
             Balance::LeastRequest => {
@@ -262,6 +266,7 @@ mod tests {
             endpoints: Default::default(),
             label: "h".into(),
             policy: Default::default(),
+            port_policies: Vec::new(),
             next: Default::default(),
             request_headers: Default::default(),
             response_headers: Default::default(),
@@ -269,7 +274,7 @@ mod tests {
         let _busy = [e.begin(eps[0]), e.begin(eps[0])];
         let mut live = Live(&e);
         for _ in 0..50 {
-            assert_eq!(live.endpoint(&dest, &eps, None), Some(1));
+            assert_eq!(live.endpoint(&dest, &dest.policy, &eps, None), Some(1));
         }
     }
 }

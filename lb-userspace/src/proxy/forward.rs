@@ -221,6 +221,8 @@ struct Forward<'t> {
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     /// A generated hash cookie for the answer.
     set_cookie: Option<String>,
+    /// The destination's policy at the port the request goes to.
+    dest_policy: &'t route::policy::DestinationPolicy,
 }
 
 /// Where routing sends a request: upstream, or answered by the proxy itself.
@@ -264,6 +266,7 @@ async fn route_request<'t>(
         rule,
         client_upgrade,
         set_cookie,
+        dest_policy,
     } = fwd;
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
@@ -272,16 +275,19 @@ async fn route_request<'t>(
     let upgrade = client_upgrade.is_some();
     let policy = &rule.policy;
     let health = &shared.client.endpoints;
-    let track =
-        destination.policy.balance == route::policy::Balance::LeastRequest && endpoints.len() > 1;
+    let track = dest_policy.balance == route::policy::Balance::LeastRequest && endpoints.len() > 1;
     let send = async {
         // The destination's connectionPool bounds, held until the answer's head.
-        let admitted = shared.client.breakers.admit(destination).await?;
+        let admitted = shared
+            .client
+            .breakers
+            .admit(destination, dest_policy)
+            .await?;
         let s = connect(
             shared,
             endpoints,
             policy,
-            destination,
+            dest_policy,
             &mut endpoint,
             upgrade,
             &admitted,
@@ -290,9 +296,9 @@ async fn route_request<'t>(
         .await?;
         // In flight until the answer's head (LEAST_REQUEST compares these).
         let _active = track.then(|| health.begin(endpoint));
-        let max = destination.policy.pool.max_requests;
+        let max = dest_policy.pool.max_requests;
         let sent = shared.client.send(endpoint, s, up, upgrade, max).await;
-        if let Some(o) = &destination.policy.outlier {
+        if let Some(o) = &dest_policy.outlier {
             let a = match &sent {
                 Ok(resp) => Answered::Status(resp.status().as_u16()),
                 Err(_) => Answered::Nothing,
@@ -380,7 +386,7 @@ async fn connect(
     shared: &Shared,
     endpoints: &[SocketAddr],
     policy: &route::policy::Policy,
-    destination: &route::Destination,
+    dest_policy: &route::policy::DestinationPolicy,
     endpoint: &mut SocketAddr,
     upgrade: bool,
     admitted: &Option<super::limits::Admitted>,
@@ -391,9 +397,9 @@ async fn connect(
     let mut previous = Vec::new();
     let mut _retrying = None;
     loop {
-        let pool = &destination.policy.pool;
+        let pool = &dest_policy.pool;
         let sender = shared.client.sender(*endpoint, upgrade, pool).await;
-        if let (Err(Connect(..) | Timeout(_)), Some(o)) = (&sender, &destination.policy.outlier) {
+        if let (Err(Connect(..) | Timeout(_)), Some(o)) = (&sender, &dest_policy.outlier) {
             shared
                 .client
                 .endpoints
@@ -572,6 +578,7 @@ fn prepare<'t>(
         rule: target.rule,
         client_upgrade,
         set_cookie: target.set_cookie,
+        dest_policy: target.policy,
     })
 }
 

@@ -480,8 +480,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     // connection that carried the destination's maxRequestsPerConnection.
     up.served += 1;
     let spent = send
-        .destination
-        .policy
+        .dest_policy
         .pool
         .max_requests
         .is_some_and(|m| up.served >= m);

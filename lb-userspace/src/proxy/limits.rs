@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::route::Destination;
-use crate::route::policy::Limits;
+use crate::route::policy::{DestinationPolicy, Limits};
 
 /// Why a request was not admitted (its answer: 503 `UO`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -76,8 +76,12 @@ impl Breakers {
     /// Admits a request to `d`: None when it has no bounds (nothing counted), else
     /// its admission — after waiting for a connection if all are in use and fewer
     /// than `http1MaxPendingRequests` wait.
-    pub async fn admit(&self, d: &Destination) -> Result<Option<Admitted>, Overflow> {
-        let limits = d.policy.pool.limits;
+    pub async fn admit(
+        &self,
+        d: &Destination,
+        policy: &DestinationPolicy,
+    ) -> Result<Option<Admitted>, Overflow> {
+        let limits = policy.pool.limits;
         if !limits.any() {
             return Ok(None);
         }
@@ -158,6 +162,7 @@ mod tests {
             endpoints: Default::default(),
             label: "v0".into(),
             policy: Default::default(),
+            port_policies: Vec::new(),
             next: Default::default(),
             request_headers: Default::default(),
             response_headers: Default::default(),
@@ -176,17 +181,24 @@ mod tests {
         };
         let b = Arc::new(Breakers::default());
         let d = destination(limits);
-        let first = b.admit(&d).await.expect("admitted").expect("counted");
+        let first = b
+            .admit(&d, &d.policy)
+            .await
+            .expect("admitted")
+            .expect("counted");
         // The second waits for the first's connection; the third finds the wait full.
         let waiter = tokio::spawn({
             let b = b.clone();
-            async move { b.admit(&destination(limits)).await.map(|a| a.is_some()) }
+            async move {
+                let d = destination(limits);
+                b.admit(&d, &d.policy).await.map(|a| a.is_some())
+            }
         });
         let breaker = b.breaker(&d, limits);
         while breaker.waiting.load(Ordering::Relaxed) == 0 {
             tokio::task::yield_now().await;
         }
-        assert_eq!(b.admit(&d).await.err(), Some(Overflow::Pending));
+        assert_eq!(b.admit(&d, &d.policy).await.err(), Some(Overflow::Pending));
         let retry = first.retry().expect("one retry");
         assert!(first.retry().is_none(), "maxRetries 1");
         drop(retry);
@@ -199,7 +211,7 @@ mod tests {
         );
         // Without bounds nothing is counted.
         let free = destination(Limits::default());
-        assert!(b.admit(&free).await.expect("ok").is_none());
+        assert!(b.admit(&free, &free.policy).await.expect("ok").is_none());
     }
 
     #[tokio::test]
@@ -209,11 +221,14 @@ mod tests {
             requests: Some(2),
             ..Limits::default()
         });
-        let a = b.admit(&d).await.expect("1");
-        let c = b.admit(&d).await.expect("2");
-        assert_eq!(b.admit(&d).await.err(), Some(Overflow::Requests));
+        let a = b.admit(&d, &d.policy).await.expect("1");
+        let c = b.admit(&d, &d.policy).await.expect("2");
+        assert_eq!(b.admit(&d, &d.policy).await.err(), Some(Overflow::Requests));
         drop(a);
-        assert!(b.admit(&d).await.is_ok(), "one finished, one more in");
+        assert!(
+            b.admit(&d, &d.policy).await.is_ok(),
+            "one finished, one more in"
+        );
         drop(c);
     }
 }

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use super::policy::DestinationPolicy;
 use super::{Action, Destination, Request, RouteTable, Rule, Selection, redirect_location};
 
 /// What happens to a request.
@@ -30,6 +31,8 @@ pub struct Target<'t> {
     pub endpoints: &'t [SocketAddr],
     /// A fault's delay, when this request draws it (`DI`).
     pub delay: Option<std::time::Duration>,
+    /// The destination's policy at the port the request goes to.
+    pub policy: &'t super::policy::DestinationPolicy,
     /// Where copies of this request go (the mirrors whose share it drew).
     pub mirrors: Vec<SocketAddr>,
     /// A `Set-Cookie` for the answer: the destination hashes by a cookie this request
@@ -71,12 +74,13 @@ impl<'t> Local<'t> {
 pub trait Pick {
     /// One of a rule's destinations (by weight).
     fn destination<'d>(&mut self, dests: &'d [Destination]) -> Option<&'d Destination>;
-    /// The index of one of `endpoints` (not empty) of `dest`, the one `key` (the
-    /// request's consistent-hash key) maps to if there is one; None: none may take a
-    /// request (all ejected).
+    /// The index of one of `endpoints` (not empty) of `dest` under `policy` (its
+    /// policy at their port), the one `key` (the request's consistent-hash key) maps
+    /// to if there is one; None: none may take a request (all ejected).
     fn endpoint(
         &mut self,
         dest: &Destination,
+        policy: &DestinationPolicy,
         endpoints: &[SocketAddr],
         key: Option<u64>,
     ) -> Option<usize>;
@@ -92,7 +96,13 @@ impl Pick for Random {
         super::pick_weighted(dests)
     }
 
-    fn endpoint(&mut self, _: &Destination, eps: &[SocketAddr], key: Option<u64>) -> Option<usize> {
+    fn endpoint(
+        &mut self,
+        _: &Destination,
+        _: &DestinationPolicy,
+        eps: &[SocketAddr],
+        key: Option<u64>,
+    ) -> Option<usize> {
         match key {
             Some(k) => super::policy::rendezvous(k, eps.iter().copied().enumerate()),
             None => Some(fastrand::usize(..eps.len())),
@@ -114,7 +124,13 @@ impl Pick for Forced {
     }
 
     /// The key's endpoint when the request has one (lb explain shows it), else the first.
-    fn endpoint(&mut self, _: &Destination, eps: &[SocketAddr], key: Option<u64>) -> Option<usize> {
+    fn endpoint(
+        &mut self,
+        _: &Destination,
+        _: &DestinationPolicy,
+        eps: &[SocketAddr],
+        key: Option<u64>,
+    ) -> Option<usize> {
         key.and_then(|k| super::policy::rendezvous(k, eps.iter().copied().enumerate()))
             .or(Some(0))
     }
@@ -181,8 +197,9 @@ pub fn decide<'t>(
     };
     let dialled_port = r.dialled.map(|d| d.port());
     let endpoints = dest.endpoints_for(dialled_port);
+    let policy = dest.policy_at(dest.port_for(dialled_port));
     let mut set_cookie = None;
-    let key = dest.policy.hash.as_ref().and_then(|h| {
+    let key = policy.hash.as_ref().and_then(|h| {
         h.of(r).or_else(|| match h {
             super::policy::HashKey::Cookie(c) => {
                 let (key, set) = c.generated(r)?;
@@ -194,7 +211,7 @@ pub fn decide<'t>(
     });
     let picked = match endpoints {
         [] => None,
-        _ => pick.endpoint(dest, endpoints, key),
+        _ => pick.endpoint(dest, policy, endpoints, key),
     };
     let Some(i) = picked else {
         return Verdict::Local(Local {
@@ -215,9 +232,10 @@ pub fn decide<'t>(
     let mut mirrors = Vec::new();
     for (m, share) in &rule.mirrors {
         let eps = m.endpoints_for(dialled_port);
+        let policy = m.policy_at(m.port_for(dialled_port));
         if !eps.is_empty()
             && pick.fires(*share)
-            && let Some(i) = pick.endpoint(m, eps, None)
+            && let Some(i) = pick.endpoint(m, policy, eps, None)
         {
             mirrors.push(eps[i]);
         }
@@ -234,6 +252,7 @@ pub fn decide<'t>(
         host,
         endpoints,
         delay,
+        policy,
         mirrors,
         set_cookie,
     })

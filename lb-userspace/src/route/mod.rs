@@ -140,6 +140,8 @@ pub struct Destination {
     pub label: String,
     /// The DestinationRule's load balancer and outlier detection for it.
     pub policy: policy::DestinationPolicy,
+    /// Ports whose `portLevelSettings` make their policy another one.
+    pub port_policies: Vec<(u16, policy::DestinationPolicy)>,
     /// The route destination's own header edits, applied before the rule's (which win,
     /// as Envoy's route-level edits win over a weighted cluster's by default).
     pub request_headers: HeaderOps,
@@ -154,6 +156,12 @@ impl Destination {
         self.port_for(dialled)
             .and_then(|p| self.endpoints.get(&p))
             .map_or(&[][..], Vec::as_slice)
+    }
+
+    /// The policy at service port `port` (`portLevelSettings`, else the destination's).
+    pub fn policy_at(&self, port: Option<u16>) -> &policy::DestinationPolicy {
+        port.and_then(|p| self.port_policies.iter().find(|(q, _)| *q == p))
+            .map_or(&self.policy, |(_, pol)| pol)
     }
 
     /// The service port a request dialled to `dialled` goes to.

@@ -270,3 +270,70 @@ fn a_generated_cookie_hashes_as_the_cookie_it_sets() {
         "{set}"
     );
 }
+
+/// `portLevelSettings`, as Istio merges them: at a port with its own entry, that entry
+/// replaces the level's groups whole (what it leaves out is at its default, not
+/// inherited); a subset's groups then replace the top level's; other ports keep the
+/// destination's policy. `lb explain` and both engines read the policy at the port a
+/// request goes to.
+#[test]
+fn port_level_settings_replace_the_level_at_their_port() {
+    use crate::route::policy::Balance;
+    let yaml = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: svc}
+spec:
+  hosts: [svc]
+  addresses: [127.10.0.1]
+  ports: [{number: 80, name: http}, {number: 81, name: http-admin}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.2, labels: {version: v0}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: svc}
+spec:
+  host: svc
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    connectionPool: {http: {maxRequestsPerConnection: 7}}
+    portLevelSettings:
+    - port: {number: 81}
+      connectionPool: {tcp: {maxConnections: 3}}
+  subsets:
+  - name: v0
+    labels: {version: v0}
+    trafficPolicy: {outlierDetection: {consecutive5xxErrors: 4}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: svc}
+spec:
+  hosts: [svc]
+  http:
+  - match: [{uri: {prefix: /a}}]
+    route: [{destination: {host: svc, subset: v0}}]
+";
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("c.yaml"), yaml).expect("write");
+    let plan =
+        crate::compile::plan(model::load_dir(dir.path()).expect("valid").model).expect("plan");
+    let super::Action::Route { destinations, .. } = &plan.proxy.vhosts[0].rules[0].action else {
+        panic!("a route");
+    };
+    let d = &destinations[0];
+    let (p80, p81) = (d.policy_at(Some(80)), d.policy_at(Some(81)));
+    assert_eq!(p80.balance, Balance::RoundRobin);
+    assert_eq!(p80.pool.max_requests, Some(7));
+    // Port 81: the port-level entry replaced the top level whole (balancer back at
+    // its default, no maxRequestsPerConnection); the subset's outlier detection stays.
+    assert_eq!(p81.balance, Balance::LeastRequest);
+    assert_eq!(
+        (p81.pool.max_requests, p81.pool.limits.connections),
+        (None, Some(3))
+    );
+    for p in [p80, p81] {
+        assert_eq!(p.outlier.as_ref().map(|o| o.consecutive_5xx), Some(4));
+    }
+    assert_eq!(d.port_policies.len(), 1, "only port 81 differs");
+}

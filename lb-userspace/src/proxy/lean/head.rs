@@ -58,6 +58,8 @@ pub(super) struct Send<'t> {
     pub(super) endpoints: &'t [SocketAddr],
     /// The destination (its load balancer and outlier detection).
     pub(super) destination: &'t route::Destination,
+    /// Its policy at the port the request goes to.
+    pub(super) dest_policy: &'t route::policy::DestinationPolicy,
     /// The fault's delay, if this request drew it.
     pub(super) delay: Option<std::time::Duration>,
     /// Where copies go (`mirror`).
@@ -208,6 +210,7 @@ pub(super) fn parse_request<'t>(
             policy: &target.rule.policy,
             endpoints: target.endpoints,
             destination: target.destination,
+            dest_policy: target.policy,
             delay: target.delay,
             mirrors: target.mirrors,
         }),

@@ -94,14 +94,14 @@ pub(super) async fn attempts<S: AsyncRead + Unpin>(
     // The destination's connectionPool bounds, held until the answer is relayed.
     let admitted = pool
         .breakers
-        .admit(send.destination)
+        .admit(send.destination, send.dest_policy)
         .await
         .map_err(|e| LeanError::Connect(e.into()))?;
     let mut retrying = None;
     let mut body = Replay::new(send);
     let mut ep = send.endpoint;
     let mut previous = Vec::new();
-    let policy = &send.destination.policy;
+    let policy = send.dest_policy;
     let track = policy.balance == Balance::LeastRequest && send.endpoints.len() > 1;
     let result = loop {
         // In flight until the answer's head (LEAST_REQUEST compares these).
@@ -182,7 +182,7 @@ async fn once<S: AsyncRead + Unpin>(
     body: &mut Replay,
     clock: &Clock,
 ) -> Result<(Upstream, answer::Answer), LeanError> {
-    let dest_pool = &send.destination.policy.pool;
+    let dest_pool = &send.dest_policy.pool;
     let timeout = dest_pool.connect_timeout;
     // A connect is bounded by the clock's deadlines too (a timer only then: pooled
     // sockets need none).

@@ -37,6 +37,7 @@ fn svc() -> Destination {
         endpoints: Default::default(),
         label: "(all)".into(),
         policy: Default::default(),
+        port_policies: Vec::new(),
         next: Default::default(),
         request_headers: Default::default(),
         response_headers: Default::default(),
@@ -103,6 +104,7 @@ fn head_for(
         host: host.map(Into::into),
         endpoints: &[],
         delay: None,
+        policy: &destination.policy,
         mirrors: Vec::new(),
         set_cookie: None,
     };
@@ -316,6 +318,7 @@ fn send_with(
         policy: Box::leak(Box::new(policy)),
         endpoints: Box::leak([&[endpoint][..], others].concat().into_boxed_slice()),
         destination: Box::leak(Box::new(svc())),
+        dest_policy: Box::leak(Box::default()),
         delay: None,
         mirrors: Vec::new(),
     }
@@ -426,6 +429,7 @@ async fn max_requests_per_connection_1_opens_a_connection_per_request() {
     let mut get = send(addr, "GET", b"");
     let mut dest = svc();
     dest.policy.pool.max_requests = Some(1);
+    get.dest_policy = Box::leak(Box::new(dest.policy.clone()));
     get.destination = Box::leak(Box::new(dest));
     for _ in 0..2 {
         let (r, got, status) = exchange_once(&pool, &get, b"").await;
@@ -448,6 +452,7 @@ async fn a_connection_idle_past_idle_timeout_is_not_used_again() {
     let mut get = send(addr, "GET", b"");
     let mut dest = svc();
     dest.policy.pool.idle_timeout = Some(std::time::Duration::from_millis(50));
+    get.dest_policy = Box::leak(Box::new(dest.policy.clone()));
     get.destination = Box::leak(Box::new(dest));
     for _ in 0..2 {
         let (r, got, status) = exchange_once(&pool, &get, b"").await;
