@@ -192,31 +192,51 @@ fn faults_timeouts_and_retries_apply_on_both_engines() {
             (25..=75).contains(&failed),
         );
     }
-    // The lean path sends a request again after a 503 (Istio's default policy): v0
-    // answers 503 each time, so it sees three tries and the client the last 503.
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        // A request is sent again after a 503 (Istio's default policy): v0 answers
+        // 503 each time, so it sees three tries and the client the last 503.
+        let before = served(&v0);
+        let (status, _) = request(&env, version, "/status/503", "");
+        check(format!("{version} 503 retried: {status}"), status == 503);
+        let tries = served(&v0) - before;
+        check(
+            format!("{version} 503 retried: v0 served {tries}"),
+            tries == 3,
+        );
+        // perTryTimeout: three tries of 200 ms each, then 504, inside the 3 s timeout.
+        let before = served(&v0);
+        let (status, took) = request(&env, version, "/hang", "x-try: per-try\r\n");
+        check(
+            format!("{version} per-try: {status} in {took:?}"),
+            status == 504
+                && took >= Duration::from_millis(600)
+                && took < Duration::from_millis(1500),
+        );
+        check(
+            format!("{version} per-try: v0 served {}", served(&v0) - before),
+            served(&v0) - before == 3,
+        );
+    }
+    // A request with a body on hyper's path (HTTP/1.0): the body, kept while it was
+    // sent, goes again with each retry.
     let before = served(&v0);
-    let (status, _) = request(&env, "HTTP/1.1", "/status/503", "");
-    check(format!("503 retried: {status}"), status == 503);
-    let tries = served(&v0) - before;
-    check(format!("503 retried: v0 served {tries}"), tries == 3);
-    // perTryTimeout: three tries of 200 ms each, then 504, well inside the 3 s timeout.
-    let before = served(&v0);
-    let (status, took) = request(&env, "HTTP/1.1", "/hang", "x-try: per-try\r\n");
+    let mut s = TcpStream::connect(env.proxy()).expect("proxy");
+    s.write_all(
+        b"POST /status/503 HTTP/1.0\r\nhost: backend-service\r\ncontent-length: 5\r\n\r\nhello",
+    )
+    .expect("write");
+    let mut got = String::new();
+    let _ = s.read_to_string(&mut got);
     check(
-        format!("per-try: {status} in {took:?}"),
-        status == 504 && took >= Duration::from_millis(600) && took < Duration::from_millis(1500),
-    );
-    check(
-        format!("per-try: v0 served {}", served(&v0) - before),
-        served(&v0) - before == 3,
+        format!("POST retried: {got:?}, v0 served {}", served(&v0) - before),
+        got.starts_with("HTTP/1.0 503") && served(&v0) - before == 3,
     );
     assert!(wrong.is_empty(), "{wrong:#?}\n{}", env.daemon_log());
     // The access log carries Envoy's flags: FI for aborts, DI for delays, UT for the
     // timeouts, URX for retries used up.
     let log_path = env.work.join("access.log");
     wait_for(Duration::from_secs(5), "the access log flushed", || {
-        std::fs::read_to_string(&log_path)
-            .is_ok_and(|l| l.matches("GET /hang HTTP/1.1").count() == 2)
+        std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("POST /status/503 HTTP/1.0"))
     });
     let log = std::fs::read_to_string(&log_path).expect("access log");
     for (line, n) in [
@@ -225,8 +245,10 @@ fn faults_timeouts_and_retries_apply_on_both_engines() {
         ("\"GET /delay HTTP/1.1\" 200 DI ", 1),
         ("\"GET /delay HTTP/1.0\" 200 DI ", 1),
         ("\"GET /hang HTTP/1.1\" 504 UT ", 2),
-        ("\"GET /hang HTTP/1.0\" 504 UT ", 1),
+        ("\"GET /hang HTTP/1.0\" 504 UT ", 2),
         ("\"GET /status/503 HTTP/1.1\" 503 URX ", 1),
+        ("\"GET /status/503 HTTP/1.0\" 503 URX ", 1),
+        ("\"POST /status/503 HTTP/1.0\" 503 URX ", 1),
     ] {
         let got = log.lines().filter(|l| l.contains(line)).count();
         assert_eq!(got, n, "{line:?}:\n{log}");

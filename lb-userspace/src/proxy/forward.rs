@@ -14,6 +14,9 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
+
+use super::pool::UpstreamError;
+use super::replay::Replayable;
 use hyper_util::rt::TokioIo;
 
 use super::access_log::Entry;
@@ -283,45 +286,79 @@ async fn route_request<'t>(
             .breakers
             .admit(destination, dest_policy)
             .await?;
-        let s = connect(
-            shared,
-            endpoints,
-            policy,
-            dest_policy,
-            &mut endpoint,
-            upgrade,
-            &admitted,
-            &mut outcome,
-        )
-        .await?;
-        // In flight until the answer's head (LEAST_REQUEST compares these).
-        let _active = track.then(|| health.begin(endpoint));
-        let max = dest_policy.pool.max_requests;
-        let sent = shared.client.send(endpoint, s, up, upgrade, max).await;
-        if let Some(o) = &dest_policy.outlier {
-            let a = match &sent {
-                Ok(resp) => Answered::Status(resp.status().as_u16()),
-                Err(_) => Answered::Nothing,
+        let retry = &policy.retry;
+        // Kept for a retry: the head, and the body while it fits (an upgrade's
+        // connection is the client's from its 101 on: never sent twice).
+        let (mut req, replay) = Replayable::first(up, retry.attempts > 0 && !upgrade);
+        let mut previous = Vec::new();
+        let mut _retrying = None;
+        loop {
+            let s = connect(
+                shared,
+                endpoints,
+                policy,
+                dest_policy,
+                &mut endpoint,
+                &mut previous,
+                upgrade,
+                &admitted,
+                &mut outcome,
+            )
+            .await?;
+            // In flight until the answer's head (LEAST_REQUEST compares these).
+            let active = track.then(|| health.begin(endpoint));
+            let max = dest_policy.pool.max_requests;
+            let one = shared.client.send(endpoint, s, req, upgrade, max);
+            let sent = match retry.per_try {
+                Some(t) => tokio::time::timeout(t, one)
+                    .await
+                    .unwrap_or(Err(UpstreamError::TryTimeout(endpoint))),
+                None => one.await,
             };
-            health.report(o, endpoints, endpoint, a);
+            drop(active);
+            if let Some(o) = &dest_policy.outlier {
+                let a = match &sent {
+                    Ok(resp) => Answered::Status(resp.status().as_u16()),
+                    Err(_) => Answered::Nothing,
+                };
+                health.report(o, endpoints, endpoint, a);
+            }
+            let again = match &sent {
+                Ok(resp) => retry.on.status(resp.status().as_u16(), None),
+                Err(UpstreamError::Http(_) | UpstreamError::TryTimeout(_)) => retry.on.no_answer(),
+                Err(_) => false,
+            };
+            if !again {
+                break sent;
+            }
+            if previous.len() >= retry.attempts as usize {
+                outcome.flags = "URX";
+                break sent;
+            }
+            // Sent again only whole, and within the destination's maxRetries.
+            let Some(next) = replay.as_ref().and_then(Replayable::again) else {
+                break sent;
+            };
+            let Some(ticket) = super::limits::may_retry(&admitted) else {
+                break sent;
+            };
+            _retrying = ticket;
+            shared.metrics.retries.inc();
+            previous.push(endpoint);
+            endpoint = route::policy::another(endpoints, &previous);
+            req = next;
         }
-        drop(admitted);
-        sent
     };
     let send = async {
         let sent = match &conn.activity {
             Some(a) => a.within(shared.front.bounds.stream_idle, send).await,
             None => Some(send.await),
         };
-        // Here the route timeout (and a per-try timeout: hyper's path tries a request
-        // that reached an upstream once) bounds the wait for the answer's head.
+        // Here the route timeout bounds the wait for the answer's head (each try's
+        // per-try timeout is inside).
         sent.ok_or(TimedOut::Stream)
     };
-    let bound = match (policy.timeout, policy.retry.per_try) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    let sent = match bound {
+    let sent = match policy.timeout {
         Some(t) => tokio::time::timeout(t, send)
             .await
             .unwrap_or(Err(TimedOut::Route)),
@@ -376,7 +413,8 @@ enum TimedOut {
 }
 
 /// A sender to `endpoint`, or — when the connect fails and the rule's retry policy
-/// retries connect failures — to another of `endpoints` (which `endpoint` then names).
+/// retries connect failures — to another of `endpoints` (which `endpoint` then names;
+/// `previous` holds the endpoints tried so far, the retries spent).
 /// The request is not sent yet, so any request can go elsewhere.
 #[expect(
     clippy::too_many_arguments,
@@ -388,13 +426,13 @@ async fn connect(
     policy: &route::policy::Policy,
     dest_policy: &route::policy::DestinationPolicy,
     endpoint: &mut SocketAddr,
+    previous: &mut Vec<SocketAddr>,
     upgrade: bool,
     admitted: &Option<super::limits::Admitted>,
     outcome: &mut Outcome<'_>,
 ) -> Result<super::pool::Sender, super::pool::UpstreamError> {
     use super::pool::UpstreamError::{Connect, Timeout};
     let retry = &policy.retry;
-    let mut previous = Vec::new();
     let mut _retrying = None;
     loop {
         let pool = &dest_policy.pool;
@@ -414,7 +452,7 @@ async fn connect(
                 _retrying = ticket;
                 shared.metrics.retries.inc();
                 previous.push(*endpoint);
-                *endpoint = route::policy::another(endpoints, &previous);
+                *endpoint = route::policy::another(endpoints, previous);
             }
             Err(e @ (Connect(..) | Timeout(_))) if retry.on.connect() && retry.attempts > 0 => {
                 outcome.flags = "URX";
@@ -603,9 +641,12 @@ fn finish<'t>(
             if let Some(why) = conn.verdicts.as_ref().and_then(|v| v.body_broke()) {
                 return refusal(why, outcome);
             }
-            if let super::pool::UpstreamError::Overflow(_)
-            | super::pool::UpstreamError::Breaker(_) = e
-            {
+            if let UpstreamError::TryTimeout(_) = e {
+                // As the lean path: the last try's timeout, whatever came before.
+                outcome.flags = "UT";
+                return local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n");
+            }
+            if let UpstreamError::Overflow(_) | UpstreamError::Breaker(_) = e {
                 outcome.flags = "UO";
                 return local(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod own_thread;
 pub mod pool;
+pub mod replay;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd as _, RawFd};

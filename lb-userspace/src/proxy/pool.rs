@@ -14,12 +14,14 @@ use std::time::{Duration, Instant};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
+
+use super::replay::UpBody;
 use hyper_util::rt::TokioIo;
 
 use crate::fasthash::HashMap;
 
 /// A sender and the requests its connection carried.
-pub type Sender = (SendRequest<Incoming>, u32);
+pub type Sender = (SendRequest<UpBody>, u32);
 
 /// Idle senders kept per endpoint (beyond: dropped, the connection closes).
 const MAX_IDLE: usize = 256;
@@ -37,6 +39,9 @@ pub enum UpstreamError {
     /// The destination is at a `connectionPool` bound.
     #[error("destination at its connectionPool bound: {0}")]
     Breaker(#[from] super::limits::Overflow),
+    /// The retry policy's per-try timeout passed before the answer's head.
+    #[error("{0}: no answer within the per-try timeout")]
+    TryTimeout(SocketAddr),
     #[error("{0}")]
     Http(#[from] hyper::Error),
 }
@@ -254,7 +259,7 @@ impl Pool {
         &self,
         ep: SocketAddr,
         (mut s, served): Sender,
-        req: Request<Incoming>,
+        req: Request<UpBody>,
         upgrade: bool,
         max_requests: Option<u32>,
     ) -> Result<Response<Incoming>, UpstreamError> {
