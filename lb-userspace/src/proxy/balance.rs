@@ -72,13 +72,20 @@ impl Endpoints {
         Active(s)
     }
 
+    /// Reads one endpoint's state under the read lock (no `Arc` count touched: these
+    /// run per request, twice for LEAST_REQUEST).
+    fn peek<T>(&self, ep: SocketAddr, f: impl FnOnce(&State) -> T) -> Option<T> {
+        self.states.read().ok()?.get(&ep).map(|s| f(s))
+    }
+
     fn active(&self, ep: SocketAddr) -> u32 {
-        self.get(ep).map_or(0, |s| s.active.load(Ordering::Relaxed))
+        self.peek(ep, |s| s.active.load(Ordering::Relaxed))
+            .unwrap_or(0)
     }
 
     fn ejected(&self, ep: SocketAddr, now: Instant) -> bool {
-        self.get(ep)
-            .is_some_and(|s| s.health.lock().is_ok_and(|h| h.ejection.ejected(now)))
+        self.peek(ep, |s| s.health.lock().is_ok_and(|h| h.ejection.ejected(now)))
+            .unwrap_or(false)
     }
 
     /// Notes how a try to `ep`, one of `endpoints` under `o`, ended; ejects `ep` when

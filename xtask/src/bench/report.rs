@@ -329,6 +329,10 @@ pub fn render(r: &Results) -> String {
     // One row per target measured in both modes, `a` over `b` per round.
     let mut both =
         |target: &str, a: Row, b: Row, metric: fn(&Sample) -> f64, ok: fn(f64) -> bool| {
+            // A partial run (`--rows`) judges only the targets whose rows it ran.
+            if !r.samples.iter().any(|s| s.row == a) || !r.samples.iter().any(|s| s.row == b) {
+                return;
+            }
             let k = paired(&r.samples, a, b, false, metric);
             let c = paired(&r.samples, a, b, true, metric);
             let of_medians = |close: bool| {
