@@ -62,12 +62,14 @@ pub fn build(model: Model) -> RouteTable {
                     };
                     let edits = r.dest_headers.get(&d.path).cloned().unwrap_or_default();
                     let (policy, port_policies) = destination_policy(d, catalog, subset_rules);
+                    let endpoints = endpoints_by_port(d, catalog, subset_rules);
                     Destination {
+                        in_flight: Destination::counters(&endpoints),
                         host: d.host.clone(),
                         subset: d.subset.clone(),
                         port: d.port,
                         weight: d.weight,
-                        endpoints: endpoints_by_port(d, catalog, subset_rules),
+                        endpoints,
                         label,
                         policy,
                         port_policies,
@@ -126,6 +128,7 @@ pub fn build(model: Model) -> RouteTable {
         };
         let idx = t.vhosts.len();
         let (policy, port_policies) = destination_policy(&d, catalog, subset_rules);
+        let endpoints = endpoints_by_port(&d, catalog, subset_rules);
         t.vhosts.push(VirtualHost {
             name: format!("{}/{} (its endpoints)", svc.namespace, svc.name),
             rules: vec![Rule {
@@ -133,7 +136,8 @@ pub fn build(model: Model) -> RouteTable {
                 matches: Vec::new(),
                 action: Action::Route {
                     destinations: vec![Destination {
-                        endpoints: endpoints_by_port(&d, catalog, subset_rules),
+                        in_flight: Destination::counters(&endpoints),
+                        endpoints,
                         policy,
                         port_policies,
                         host: d.host,

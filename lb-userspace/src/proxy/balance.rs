@@ -23,8 +23,6 @@ pub struct Endpoints {
 
 #[derive(Default)]
 struct State {
-    /// Requests in flight (LEAST_REQUEST).
-    active: AtomicU32,
     health: Mutex<Health>,
 }
 
@@ -43,12 +41,22 @@ pub enum Answered {
     Nothing,
 }
 
-/// A request in flight to an endpoint (LEAST_REQUEST's count), until dropped.
-pub struct Active(Arc<State>);
+/// A request in flight to an endpoint of a destination (LEAST_REQUEST's count),
+/// until dropped.
+pub struct Active<'t>(&'t AtomicU32);
 
-impl Drop for Active {
+impl<'t> Active<'t> {
+    /// Counts a request to endpoint `index` (of `counts`, a destination's at a port).
+    pub fn begin(counts: &'t [AtomicU32], index: usize) -> Option<Self> {
+        let c = counts.get(index)?;
+        c.fetch_add(1, Ordering::Relaxed);
+        Some(Active(c))
+    }
+}
+
+impl Drop for Active<'_> {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -65,27 +73,14 @@ impl Endpoints {
         map.entry(ep).or_default().clone()
     }
 
-    /// Counts a request to `ep` as in flight until the guard drops.
-    pub fn begin(&self, ep: SocketAddr) -> Active {
-        let s = self.state(ep);
-        s.active.fetch_add(1, Ordering::Relaxed);
-        Active(s)
-    }
-
-    /// Reads one endpoint's state under the read lock (no `Arc` count touched: these
-    /// run per request, twice for LEAST_REQUEST).
-    fn peek<T>(&self, ep: SocketAddr, f: impl FnOnce(&State) -> T) -> Option<T> {
-        self.states.read().ok()?.get(&ep).map(|s| f(s))
-    }
-
-    fn active(&self, ep: SocketAddr) -> u32 {
-        self.peek(ep, |s| s.active.load(Ordering::Relaxed))
-            .unwrap_or(0)
-    }
-
     fn ejected(&self, ep: SocketAddr, now: Instant) -> bool {
-        self.peek(ep, |s| s.health.lock().is_ok_and(|h| h.ejection.ejected(now)))
-            .unwrap_or(false)
+        // Under the read lock, no `Arc` count touched: this runs per request.
+        let Ok(states) = self.states.read() else {
+            return false;
+        };
+        states
+            .get(&ep)
+            .is_some_and(|s| s.health.lock().is_ok_and(|h| h.ejection.ejected(now)))
     }
 
     /// Notes how a try to `ep`, one of `endpoints` under `o`, ended; ejects `ep` when
@@ -133,11 +128,11 @@ impl Pick for Live<'_> {
         dest: &Destination,
         policy: &DestinationPolicy,
         endpoints: &[SocketAddr],
+        in_flight: &[AtomicU32],
         key: Option<u64>,
     ) -> Option<usize> {
         let n = endpoints.len();
-        let among =
-            |count, at: &dyn Fn(usize) -> usize| self.among(dest, policy, endpoints, count, at);
+        let among = |count, at: &dyn Fn(usize) -> usize| among(dest, policy, in_flight, count, at);
         // The common case pays nothing: one endpoint, no outlier detection.
         let Some(o) = &policy.outlier else {
             if let Some(k) = key {
@@ -165,33 +160,30 @@ impl Pick for Live<'_> {
     }
 }
 
-impl Live<'_> {
-    /// One of `count` candidates (`at` maps a candidate to its endpoint index), by the
-    /// destination's balancer.
-    fn among(
-        &self,
-        dest: &Destination,
-        policy: &DestinationPolicy,
-        endpoints: &[SocketAddr],
-        count: usize,
-        at: &dyn Fn(usize) -> usize,
-    ) -> usize {
-        if count == 1 {
-            return at(0);
-        }
-        match policy.balance {
-            Balance::Random => at(fastrand::usize(..count)),
-            Balance::RoundRobin => at(dest.next.fetch_add(1, Ordering::Relaxed) % count),
-            Balance::LeastRequest => {
-                let a = fastrand::usize(..count);
-                let b = (a + 1 + fastrand::usize(..count - 1)) % count;
-                let (a, b) = (at(a), at(b));
-                if self.0.active(endpoints[b]) < self.0.active(endpoints[a]) {
-                    b
-                } else {
-                    a
-                }
-            }
+/// One of `count` candidates (`at` maps a candidate to its endpoint index), by the
+/// destination's balancer (`in_flight`: its endpoints' counts).
+fn among(
+    dest: &Destination,
+    policy: &DestinationPolicy,
+    in_flight: &[AtomicU32],
+    count: usize,
+    at: &dyn Fn(usize) -> usize,
+) -> usize {
+    if count == 1 {
+        return at(0);
+    }
+    match policy.balance {
+        Balance::Random => at(fastrand::usize(..count)),
+        Balance::RoundRobin => at(dest.next.fetch_add(1, Ordering::Relaxed) % count),
+        Balance::LeastRequest => {
+            // Two distinct candidates from one draw (a thread-local RNG access each
+            // showed in the instruction count).
+            let r = fastrand::u64(..);
+            let a = (r as usize) % count;
+            let b = (a + 1 + ((r >> 32) as usize) % (count - 1)) % count;
+            let (a, b) = (at(a), at(b));
+            let load = |i: usize| in_flight.get(i).map_or(0, |c| c.load(Ordering::Relaxed));
+            if load(b) < load(a) { b } else { a }
         }
     }
 }
@@ -265,12 +257,14 @@ mod tests {
             .iter()
             .map(|a| a.parse().expect("addr"))
             .collect();
+        let endpoints = std::collections::BTreeMap::from([(1, eps.clone())]);
         let dest = Destination {
             host: "h".into(),
             subset: None,
             port: None,
             weight: 1,
-            endpoints: Default::default(),
+            in_flight: Destination::counters(&endpoints),
+            endpoints,
             label: "h".into(),
             policy: Default::default(),
             port_policies: Vec::new(),
@@ -278,10 +272,14 @@ mod tests {
             request_headers: Default::default(),
             response_headers: Default::default(),
         };
-        let _busy = [e.begin(eps[0]), e.begin(eps[0])];
+        let counts = dest.in_flight_at(Some(1));
+        let _busy = [Active::begin(counts, 0), Active::begin(counts, 0)];
         let mut live = Live(&e);
         for _ in 0..50 {
-            assert_eq!(live.endpoint(&dest, &dest.policy, &eps, None), Some(1));
+            assert_eq!(
+                live.endpoint(&dest, &dest.policy, &eps, counts, None),
+                Some(1)
+            );
         }
     }
 }

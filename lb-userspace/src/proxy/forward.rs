@@ -20,7 +20,7 @@ use super::replay::Replayable;
 use hyper_util::rt::TokioIo;
 
 use super::access_log::Entry;
-use super::balance::Answered;
+use super::balance::{Active, Answered};
 use super::{Shared, h1};
 use crate::route;
 
@@ -226,6 +226,9 @@ struct Forward<'t> {
     set_cookie: Option<String>,
     /// The destination's policy at the port the request goes to.
     dest_policy: &'t route::policy::DestinationPolicy,
+    /// The in-flight counts of `endpoints`, and `endpoint`'s index there.
+    in_flight: &'t [std::sync::atomic::AtomicU32],
+    index: usize,
 }
 
 /// Where routing sends a request: upstream, or answered by the proxy itself.
@@ -270,6 +273,8 @@ async fn route_request<'t>(
         client_upgrade,
         set_cookie,
         dest_policy,
+        in_flight,
+        index,
     } = fwd;
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
@@ -306,7 +311,15 @@ async fn route_request<'t>(
             )
             .await?;
             // In flight until the answer's head (LEAST_REQUEST compares these).
-            let active = track.then(|| health.begin(endpoint));
+            let at = if previous.is_empty() {
+                index
+            } else {
+                endpoints
+                    .iter()
+                    .position(|e| *e == endpoint)
+                    .unwrap_or(usize::MAX)
+            };
+            let active = track.then(|| Active::begin(in_flight, at));
             let max = dest_policy.pool.max_requests;
             let one = shared.client.send(endpoint, s, req, upgrade, max);
             let sent = match retry.per_try {
@@ -617,6 +630,8 @@ fn prepare<'t>(
         client_upgrade,
         set_cookie: target.set_cookie,
         dest_policy: target.policy,
+        in_flight: target.in_flight,
+        index: target.index,
     })
 }
 

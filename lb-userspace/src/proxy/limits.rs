@@ -163,6 +163,7 @@ mod tests {
             label: "v0".into(),
             policy: Default::default(),
             port_policies: Vec::new(),
+            in_flight: Default::default(),
             next: Default::default(),
             request_headers: Default::default(),
             response_headers: Default::default(),

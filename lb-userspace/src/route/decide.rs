@@ -3,6 +3,7 @@
 //! no side effects (what a request is counted as is counted where it is answered).
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU32;
 
 use super::policy::DestinationPolicy;
 use super::{Action, Destination, Request, RouteTable, Rule, Selection, redirect_location};
@@ -29,6 +30,9 @@ pub struct Target<'t> {
     pub host: Option<String>,
     /// The endpoints of the destination's port: where a retry goes.
     pub endpoints: &'t [SocketAddr],
+    /// Their in-flight counts (LEAST_REQUEST), and the index of `endpoint` there.
+    pub in_flight: &'t [AtomicU32],
+    pub index: usize,
     /// A fault's delay, when this request draws it (`DI`).
     pub delay: Option<std::time::Duration>,
     /// The destination's policy at the port the request goes to.
@@ -82,6 +86,7 @@ pub trait Pick {
         dest: &Destination,
         policy: &DestinationPolicy,
         endpoints: &[SocketAddr],
+        in_flight: &[AtomicU32],
         key: Option<u64>,
     ) -> Option<usize>;
     /// Whether a fault with this share (0–100 %) fires.
@@ -101,6 +106,7 @@ impl Pick for Random {
         _: &Destination,
         _: &DestinationPolicy,
         eps: &[SocketAddr],
+        _: &[AtomicU32],
         key: Option<u64>,
     ) -> Option<usize> {
         match key {
@@ -129,6 +135,7 @@ impl Pick for Forced {
         _: &Destination,
         _: &DestinationPolicy,
         eps: &[SocketAddr],
+        _: &[AtomicU32],
         key: Option<u64>,
     ) -> Option<usize> {
         key.and_then(|k| super::policy::rendezvous(k, eps.iter().copied().enumerate()))
@@ -196,8 +203,10 @@ pub fn decide<'t>(
         });
     };
     let dialled_port = r.dialled.map(|d| d.port());
+    let port = dest.port_for(dialled_port);
     let endpoints = dest.endpoints_for(dialled_port);
-    let policy = dest.policy_at(dest.port_for(dialled_port));
+    let in_flight = dest.in_flight_at(port);
+    let policy = dest.policy_at(port);
     let mut set_cookie = None;
     let key = policy.hash.as_ref().and_then(|h| {
         h.of(r).or_else(|| match h {
@@ -211,7 +220,7 @@ pub fn decide<'t>(
     });
     let picked = match endpoints {
         [] => None,
-        _ => pick.endpoint(dest, policy, endpoints, key),
+        _ => pick.endpoint(dest, policy, endpoints, in_flight, key),
     };
     let Some(i) = picked else {
         return Verdict::Local(Local {
@@ -232,10 +241,10 @@ pub fn decide<'t>(
     let mut mirrors = Vec::new();
     for (m, share) in &rule.mirrors {
         let eps = m.endpoints_for(dialled_port);
-        let policy = m.policy_at(m.port_for(dialled_port));
+        let port = m.port_for(dialled_port);
         if !eps.is_empty()
             && pick.fires(*share)
-            && let Some(i) = pick.endpoint(m, policy, eps, None)
+            && let Some(i) = pick.endpoint(m, m.policy_at(port), eps, m.in_flight_at(port), None)
         {
             mirrors.push(eps[i]);
         }
@@ -251,6 +260,8 @@ pub fn decide<'t>(
         path,
         host,
         endpoints,
+        in_flight,
+        index: i,
         delay,
         policy,
         mirrors,

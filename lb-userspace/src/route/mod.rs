@@ -142,6 +142,10 @@ pub struct Destination {
     pub policy: policy::DestinationPolicy,
     /// Ports whose `portLevelSettings` make their policy another one.
     pub port_policies: Vec<(u16, policy::DestinationPolicy)>,
+    /// Requests in flight to each endpoint, by port, as `endpoints` (LEAST_REQUEST's
+    /// counts: per destination and endpoint, as Envoy's per cluster host; a new table
+    /// starts them at 0).
+    pub in_flight: BTreeMap<u16, Box<[std::sync::atomic::AtomicU32]>>,
     /// The route destination's own header edits, applied before the rule's (which win,
     /// as Envoy's route-level edits win over a weighted cluster's by default).
     pub request_headers: HeaderOps,
@@ -156,6 +160,24 @@ impl Destination {
         self.port_for(dialled)
             .and_then(|p| self.endpoints.get(&p))
             .map_or(&[][..], Vec::as_slice)
+    }
+
+    /// Counters for `endpoints`, zeroed: one per endpoint of each port.
+    pub fn counters(
+        endpoints: &BTreeMap<u16, Vec<SocketAddr>>,
+    ) -> BTreeMap<u16, Box<[std::sync::atomic::AtomicU32]>> {
+        endpoints
+            .iter()
+            .map(|(p, eps)| (*p, eps.iter().map(|_| Default::default()).collect()))
+            .collect()
+    }
+
+    /// The in-flight counts of the endpoints at `port` (as [`endpoints_for`]'s).
+    ///
+    /// [`endpoints_for`]: Self::endpoints_for
+    pub fn in_flight_at(&self, port: Option<u16>) -> &[std::sync::atomic::AtomicU32] {
+        port.and_then(|p| self.in_flight.get(&p))
+            .map_or(&[][..], |c| &c[..])
     }
 
     /// The policy at service port `port` (`portLevelSettings`, else the destination's).

@@ -60,6 +60,9 @@ pub(super) struct Send<'t> {
     pub(super) destination: &'t route::Destination,
     /// Its policy at the port the request goes to.
     pub(super) dest_policy: &'t route::policy::DestinationPolicy,
+    /// The in-flight counts of `endpoints`, and `endpoint`'s index there.
+    pub(super) in_flight: &'t [std::sync::atomic::AtomicU32],
+    pub(super) index: usize,
     /// The fault's delay, if this request drew it.
     pub(super) delay: Option<std::time::Duration>,
     /// Where copies go (`mirror`).
@@ -211,6 +214,8 @@ pub(super) fn parse_request<'t>(
             endpoints: target.endpoints,
             destination: target.destination,
             dest_policy: target.policy,
+            in_flight: target.in_flight,
+            index: target.index,
             delay: target.delay,
             mirrors: target.mirrors,
         }),

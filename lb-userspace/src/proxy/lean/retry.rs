@@ -10,7 +10,7 @@ use tokio::io::AsyncRead;
 
 use super::head::Send;
 use super::{Clock, LeanError, answer, request};
-use crate::proxy::balance::Answered;
+use crate::proxy::balance::{Active, Answered};
 use crate::proxy::limits::Admitted;
 use crate::proxy::pool::{Pool, Upstream, UpstreamError};
 use crate::route::policy::{Balance, another};
@@ -105,7 +105,15 @@ pub(super) async fn attempts<S: AsyncRead + Unpin>(
     let track = policy.balance == Balance::LeastRequest && send.endpoints.len() > 1;
     let result = loop {
         // In flight until the answer's head (LEAST_REQUEST compares these).
-        let active = track.then(|| pool.endpoints.begin(ep));
+        let index = if ep == send.endpoint {
+            send.index
+        } else {
+            send.endpoints
+                .iter()
+                .position(|e| *e == ep)
+                .unwrap_or(usize::MAX)
+        };
+        let active = track.then(|| Active::begin(send.in_flight, index));
         let clock = Clock {
             try_ends: retry.per_try.map(|t| (tokio::time::Instant::now() + t, ep)),
             ..clock
