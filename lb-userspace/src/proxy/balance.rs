@@ -1,8 +1,10 @@
 //! Which endpoint of a destination a request goes to: the DestinationRule's load
 //! balancer (Istio's default LEAST_REQUEST, ROUND_ROBIN, RANDOM) over the endpoints
 //! outlier detection has not ejected; and what each answer tells outlier detection.
-//! The state is per endpoint address and outlives routing tables, so a reload neither
-//! forgets an ejection nor the requests in flight.
+//! Outlier state is per endpoint address and outlives routing tables, so a reload
+//! does not forget an ejection; LEAST_REQUEST's counts of requests in flight live in
+//! the route destination (per endpoint, as Envoy's per cluster host: read per request
+//! by index), so a new table starts them at zero.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
