@@ -17,6 +17,24 @@ fn names_of(svc: &CatalogService) -> Vec<String> {
     names
 }
 
+/// A route destination: its endpoints and DestinationRule policy resolved.
+fn resolved(
+    d: &WeightedDestination,
+    label: String,
+    catalog: &crate::model::Catalog,
+    subset_rules: &crate::model::subsets::SubsetRules,
+) -> Destination {
+    let (policy, port_policies) = destination_policy(d, catalog, subset_rules);
+    let endpoints = endpoints_by_port(d, catalog, subset_rules);
+    Destination {
+        port: d.port,
+        weight: d.weight,
+        policy,
+        port_policies,
+        ..Destination::new(d.host.clone(), d.subset.clone(), label, endpoints)
+    }
+}
+
 pub fn build(model: Model) -> RouteTable {
     let Model {
         services,
@@ -60,22 +78,12 @@ pub fn build(model: Model) -> RouteTable {
                     } else {
                         format!("{}/{subset}", hosts::short_name(&d.host))
                     };
-                    let edits = r.dest_headers.get(&d.path).cloned().unwrap_or_default();
-                    let (policy, port_policies) = destination_policy(d, catalog, subset_rules);
-                    let endpoints = endpoints_by_port(d, catalog, subset_rules);
+                    let (request_headers, response_headers) =
+                        r.dest_headers.get(&d.path).cloned().unwrap_or_default();
                     Destination {
-                        in_flight: Destination::counters(&endpoints),
-                        host: d.host.clone(),
-                        subset: d.subset.clone(),
-                        port: d.port,
-                        weight: d.weight,
-                        endpoints,
-                        label,
-                        policy,
-                        port_policies,
-                        next: Default::default(),
-                        request_headers: edits.0,
-                        response_headers: edits.1,
+                        request_headers,
+                        response_headers,
+                        ..resolved(d, label, catalog, subset_rules)
                     }
                 };
                 let mirrors = r
@@ -127,28 +135,13 @@ pub fn build(model: Model) -> RouteTable {
             path: String::new(),
         };
         let idx = t.vhosts.len();
-        let (policy, port_policies) = destination_policy(&d, catalog, subset_rules);
-        let endpoints = endpoints_by_port(&d, catalog, subset_rules);
         t.vhosts.push(VirtualHost {
             name: format!("{}/{} (its endpoints)", svc.namespace, svc.name),
             rules: vec![Rule {
                 name: None,
                 matches: Vec::new(),
                 action: Action::Route {
-                    destinations: vec![Destination {
-                        in_flight: Destination::counters(&endpoints),
-                        endpoints,
-                        policy,
-                        port_policies,
-                        host: d.host,
-                        subset: None,
-                        port: None,
-                        weight: 100,
-                        label: "(all)".into(),
-                        next: Default::default(),
-                        request_headers: Default::default(),
-                        response_headers: Default::default(),
-                    }],
+                    destinations: vec![resolved(&d, "(all)".into(), catalog, subset_rules)],
                     rewrite: Default::default(),
                 },
                 request_headers: Default::default(),

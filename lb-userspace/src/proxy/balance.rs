@@ -260,20 +260,7 @@ mod tests {
             .map(|a| a.parse().expect("addr"))
             .collect();
         let endpoints = std::collections::BTreeMap::from([(1, eps.clone())]);
-        let dest = Destination {
-            host: "h".into(),
-            subset: None,
-            port: None,
-            weight: 1,
-            in_flight: Destination::counters(&endpoints),
-            endpoints,
-            label: "h".into(),
-            policy: Default::default(),
-            port_policies: Vec::new(),
-            next: Default::default(),
-            request_headers: Default::default(),
-            response_headers: Default::default(),
-        };
+        let dest = Destination::new("h".into(), None, "h".into(), endpoints);
         let counts = dest.in_flight_at(Some(1));
         let _busy = [Active::begin(counts, 0), Active::begin(counts, 0)];
         let mut live = Live(&e);

@@ -154,20 +154,12 @@ mod tests {
     use super::*;
 
     fn destination(limits: Limits) -> Destination {
-        let mut d = Destination {
-            host: "h".into(),
-            subset: Some("v0".into()),
-            port: None,
-            weight: 1,
-            endpoints: Default::default(),
-            label: "v0".into(),
-            policy: Default::default(),
-            port_policies: Vec::new(),
-            in_flight: Default::default(),
-            next: Default::default(),
-            request_headers: Default::default(),
-            response_headers: Default::default(),
-        };
+        let mut d = Destination::new(
+            "h".into(),
+            Some("v0".into()),
+            "v0".into(),
+            Default::default(),
+        );
         d.policy.pool.limits = limits;
         d
     }

@@ -155,6 +155,30 @@ pub struct Destination {
 }
 
 impl Destination {
+    /// A destination of `host` (and `subset`) over `endpoints`: weight 1, no port
+    /// named, Istio's default policy, no header edits — what compile starts from.
+    pub fn new(
+        host: String,
+        subset: Option<String>,
+        label: String,
+        endpoints: BTreeMap<u16, Vec<SocketAddr>>,
+    ) -> Self {
+        Destination {
+            in_flight: Self::counters(&endpoints),
+            endpoints,
+            host,
+            subset,
+            port: None,
+            weight: 1,
+            label,
+            policy: Default::default(),
+            port_policies: Vec::new(),
+            next: Default::default(),
+            request_headers: Default::default(),
+            response_headers: Default::default(),
+        }
+    }
+
     /// The endpoints a request dialled to port `dialled` goes to (empty: none).
     pub fn endpoints_for(&self, dialled: Option<u16>) -> &[SocketAddr] {
         self.port_for(dialled)

@@ -29,20 +29,7 @@ fn edits(
 
 /// The destination `svc` with no endpoints (the helpers name their own).
 fn svc() -> Destination {
-    Destination {
-        host: "svc".into(),
-        subset: None,
-        port: None,
-        weight: 1,
-        endpoints: Default::default(),
-        label: "(all)".into(),
-        policy: Default::default(),
-        port_policies: Vec::new(),
-        in_flight: Default::default(),
-        next: Default::default(),
-        request_headers: Default::default(),
-        response_headers: Default::default(),
-    }
+    Destination::new("svc".into(), None, "(all)".into(), Default::default())
 }
 
 fn rule() -> Rule {
