@@ -112,33 +112,21 @@ fn source_hashing_keeps_each_client_on_one_endpoint_without_the_proxy() {
     let mut groups = BTreeSet::new();
     for i in 0..8 {
         let from = format!("127.0.0.{}", 20 + i);
-        let s = env.probe(&[
-            "--to",
-            "127.10.33.1:33000",
-            "--count",
-            "125",
-            "--from",
-            &from,
-        ]);
-        assert_eq!(s["failures"], 0, "{s}");
-        let r = reached(&s);
-        assert_eq!(r.len(), 1, "{from} moved between endpoints: {s}");
+        // The backends 125 connects from `from` to `to` reached, none failing.
+        let reached_from = |to: &str| {
+            let s = env.probe(&["--to", to, "--count", "125", "--from", &from]);
+            assert_eq!(s["failures"], 0, "{s}");
+            reached(&s)
+        };
+        let r = reached_from("127.10.33.1:33000");
+        assert_eq!(r.len(), 1, "{from} moved between endpoints: {r:?}");
         endpoints.extend(r);
         // The sticky service: the subset (v0 is a, v1 is b or c) by the source too.
-        let s = env.probe(&[
-            "--to",
-            "127.10.33.2:33000",
-            "--count",
-            "125",
-            "--from",
-            &from,
-        ]);
-        assert_eq!(s["failures"], 0, "{s}");
-        let r = reached(&s);
+        let r = reached_from("127.10.33.2:33000");
         let group = if r.contains("a") { "v0" } else { "v1" };
         assert!(
             r.iter().all(|b| (b == "a") == (group == "v0")),
-            "{from} moved between groups: {s}"
+            "{from} moved between groups: {r:?}"
         );
         groups.insert(group);
     }
