@@ -320,8 +320,9 @@ async fn route_request<'t>(
                     .unwrap_or(usize::MAX)
             };
             let active = track.then(|| Active::begin(in_flight, at));
-            let max = dest_policy.pool.max_requests;
-            let one = shared.client.send(endpoint, s, req, upgrade, max);
+            let one = shared
+                .client
+                .send(endpoint, s, req, upgrade, &dest_policy.pool);
             let sent = match retry.per_try {
                 Some(t) => tokio::time::timeout(t, one)
                     .await

@@ -485,7 +485,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         .max_requests
         .is_some_and(|m| up.served >= m);
     if clean && up.buf.is_empty() && !spent {
-        pool.give_back_raw(ep, up);
+        pool.give_back_raw(ep, up, send.dest_policy.pool.idle_timeout);
     }
     Ok(!answer.close_client)
 }

@@ -642,10 +642,13 @@ fn flush(shared: &Shared) {
     }
 }
 
+/// Once a second: the access log and unknown Hosts flushed, upstream connections
+/// idle past their destination's `idleTimeout` closed.
 async fn flush_loop(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         flush(&shared);
+        shared.client.sweep();
     }
 }

@@ -46,8 +46,9 @@ pub enum UpstreamError {
     Http(#[from] hyper::Error),
 }
 
-/// Idle connections per endpoint, most recently used last, with when each went idle.
-type Idle<T> = Mutex<HashMap<SocketAddr, Vec<(T, Instant)>>>;
+/// Idle connections per endpoint, most recently used last, each with the end of its
+/// destination's `idleTimeout` (None: kept while the endpoint is used).
+type Idle<T> = Mutex<HashMap<SocketAddr, Vec<(T, Option<Instant>)>>>;
 
 pub struct Pool {
     idle: Idle<Sender>,
@@ -61,6 +62,8 @@ pub struct Pool {
     pub endpoints: super::balance::Endpoints,
     /// Each destination's `connectionPool` bounds.
     pub breakers: super::limits::Breakers,
+    /// Some idle connection has an `idleTimeout` ([`Pool::sweep`] has work).
+    timed: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Pool {
@@ -115,20 +118,20 @@ impl Upstream {
     }
 }
 
-/// Keeps an idle connection to `ep`, up to [`MAX_IDLE`] (beyond: dropped, closed).
-fn keep_idle<T>(idle: &Idle<T>, ep: SocketAddr, c: T) {
-    if let Ok(mut idle) = idle.lock() {
-        let list = idle.entry(ep).or_default();
-        if list.len() < MAX_IDLE {
-            list.push((c, Instant::now()));
-        }
-    }
+/// Whether an idle connection whose timeout ends at `until` is past it (dropped then:
+/// closed, never used again).
+fn stale(until: Option<Instant>, now: Instant) -> bool {
+    until.is_some_and(|u| u <= now)
 }
 
-/// Whether a connection idle since `since` is past the destination's `idleTimeout`
-/// (dropped then: closed, never used again).
-fn stale(since: Instant, idle_timeout: Option<Duration>) -> bool {
-    idle_timeout.is_some_and(|t| since.elapsed() >= t)
+/// Drops the connections of `idle` past their `idleTimeout`.
+fn sweep_idle<T>(idle: &Idle<T>, now: Instant) {
+    if let Ok(mut idle) = idle.lock() {
+        idle.retain(|_, list| {
+            list.retain(|(_, until)| !stale(*until, now));
+            !list.is_empty()
+        });
+    }
 }
 
 impl Pool {
@@ -141,34 +144,72 @@ impl Pool {
             max_pending: bounds.max_pending_connects,
             endpoints: Default::default(),
             breakers: Default::default(),
+            timed: Default::default(),
         }
     }
 
-    fn take_ready(&self, ep: SocketAddr, idle_timeout: Option<Duration>) -> Option<Sender> {
+    /// Keeps an idle connection to `ep` (its destination's `idleTimeout` from now), up
+    /// to [`MAX_IDLE`] (beyond: dropped, closed).
+    fn keep_idle<T>(&self, idle: &Idle<T>, ep: SocketAddr, c: T, idle_timeout: Option<Duration>) {
+        let until = idle_timeout.map(|t| {
+            self.timed.store(true, std::sync::atomic::Ordering::Relaxed);
+            Instant::now() + t
+        });
+        if let Ok(mut idle) = idle.lock() {
+            let list = idle.entry(ep).or_default();
+            if list.len() < MAX_IDLE {
+                list.push((c, until));
+            }
+        }
+    }
+
+    /// Closes the idle connections past their destination's `idleTimeout` (the proxy
+    /// calls it every second; a request finds none of them either way).
+    pub fn sweep(&self) {
+        if self.timed.load(std::sync::atomic::Ordering::Relaxed) {
+            let now = Instant::now();
+            sweep_idle(&self.idle, now);
+            sweep_idle(&self.raw, now);
+        }
+    }
+
+    /// Idle connections kept, both kinds (tests).
+    #[cfg(test)]
+    pub fn idle_count(&self) -> usize {
+        fn count<T>(m: &HashMap<SocketAddr, Vec<T>>) -> usize {
+            m.values().map(Vec::len).sum()
+        }
+        self.idle.lock().map_or(0, |m| count(&m)) + self.raw.lock().map_or(0, |m| count(&m))
+    }
+
+    fn take_ready(&self, ep: SocketAddr) -> Option<Sender> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(&ep)?;
         // Closed and stale senders are dropped on the way; busy ones stay for later.
-        list.retain(|(s, since)| !s.0.is_closed() && !stale(*since, idle_timeout));
+        let now = Instant::now();
+        list.retain(|(s, until)| !s.0.is_closed() && !stale(*until, now));
         let i = list.iter().rposition(|(s, _)| s.0.is_ready())?;
         Some(list.swap_remove(i).0)
     }
 
-    /// A lean-path socket to `ep`: the most recently used idle one, if any (those idle
-    /// past `idle_timeout` are dropped).
-    pub fn take_raw(&self, ep: SocketAddr, idle_timeout: Option<Duration>) -> Option<Upstream> {
+    /// A lean-path socket to `ep`: the most recently used idle one, if any (those past
+    /// their `idleTimeout` are dropped).
+    pub fn take_raw(&self, ep: SocketAddr) -> Option<Upstream> {
         let mut raw = self.raw.lock().ok()?;
         let list = raw.get_mut(&ep)?;
-        while let Some((u, since)) = list.pop() {
-            if !stale(since, idle_timeout) {
+        let now = Instant::now();
+        while let Some((u, until)) = list.pop() {
+            if !stale(until, now) {
                 return Some(u);
             }
         }
         None
     }
 
-    /// Keeps a lean-path socket whose last exchange ended cleanly.
-    pub fn give_back_raw(&self, ep: SocketAddr, u: Upstream) {
-        keep_idle(&self.raw, ep, u);
+    /// Keeps a lean-path socket whose last exchange ended cleanly, for `idle_timeout`
+    /// (the destination's; None: no bound).
+    pub fn give_back_raw(&self, ep: SocketAddr, u: Upstream, idle_timeout: Option<Duration>) {
+        self.keep_idle(&self.raw, ep, u, idle_timeout);
     }
 
     /// A new lean-path socket to `ep`, within `timeout` (the destination's
@@ -242,7 +283,7 @@ impl Pool {
         upgrade: bool,
         pool: &crate::route::policy::ConnPool,
     ) -> Result<Sender, UpstreamError> {
-        if !upgrade && let Some(s) = self.take_ready(ep, pool.idle_timeout) {
+        if !upgrade && let Some(s) = self.take_ready(ep) {
             return Ok(s);
         }
         let connect_timeout = pool.connect_timeout;
@@ -253,20 +294,20 @@ impl Pool {
     }
 
     /// Sends `req` (origin-form URI, Host set) on `s`, a sender to `ep`, which goes back
-    /// to the pool after a clean exchange unless it carried `max_requests` (the
-    /// destination's `maxRequestsPerConnection`); an upgrade's never does.
+    /// to the pool after a clean exchange (for the destination's `idleTimeout`) unless
+    /// it carried its `maxRequestsPerConnection`; an upgrade's never does.
     pub async fn send(
         &self,
         ep: SocketAddr,
         (mut s, served): Sender,
         req: Request<UpBody>,
         upgrade: bool,
-        max_requests: Option<u32>,
+        policy: &crate::route::policy::ConnPool,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let resp = s.send_request(req).await;
-        let spent = max_requests.is_some_and(|m| served + 1 >= m);
+        let spent = policy.max_requests.is_some_and(|m| served + 1 >= m);
         if resp.is_ok() && !upgrade && !spent {
-            keep_idle(&self.idle, ep, (s, served + 1));
+            self.keep_idle(&self.idle, ep, (s, served + 1), policy.idle_timeout);
         }
         Ok(resp?)
     }

@@ -195,7 +195,7 @@ async fn once<S: AsyncRead + Unpin>(
     // A connect is bounded by the clock's deadlines too (a timer only then: pooled
     // sockets need none).
     let silent = || LeanError::UpstreamSilent(ep);
-    let (mut up, mut reused) = match take_pooled(pool, ep, send.replayable, dest_pool) {
+    let (mut up, mut reused) = match take_pooled(pool, ep, send.replayable) {
         Some(u) => (u, true),
         None => (
             clock.within(connect(pool, ep, timeout), silent).await?,
@@ -225,13 +225,8 @@ async fn connect(
 
 /// A pooled socket to `ep`, if one is idle. A request that cannot be sent again
 /// checks it first.
-fn take_pooled(
-    pool: &Pool,
-    ep: SocketAddr,
-    replayable: bool,
-    policy: &crate::route::policy::ConnPool,
-) -> Option<Upstream> {
-    while let Some(u) = pool.take_raw(ep, policy.idle_timeout) {
+fn take_pooled(pool: &Pool, ep: SocketAddr, replayable: bool) -> Option<Upstream> {
+    while let Some(u) = pool.take_raw(ep) {
         if replayable || u.looks_alive() {
             return Some(u);
         }

@@ -428,7 +428,7 @@ async fn max_requests_per_connection_1_opens_a_connection_per_request() {
         assert!(matches!(r, Ok(true)), "{r:?}");
         assert_eq!((status, got.ends_with("ok")), (200, true));
         assert!(
-            pool.take_raw(addr, None).is_none(),
+            pool.take_raw(addr).is_none(),
             "not kept for another request"
         );
     }
@@ -458,6 +458,28 @@ async fn a_connection_idle_past_idle_timeout_is_not_used_again() {
         2,
         "a new connection each time"
     );
+}
+
+#[tokio::test]
+async fn the_sweep_closes_connections_idle_past_idle_timeout() {
+    let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let (addr, _) = upstream(vec![(vec![ok], false)]).await;
+    let pool = crate::proxy::pool::Pool::default();
+    let mut get = send(addr, "GET", b"");
+    let mut dest = svc();
+    let timeout = Some(std::time::Duration::from_millis(50));
+    dest.policy.pool.idle_timeout = timeout;
+    get.dest_policy = Box::leak(Box::new(dest.policy.clone()));
+    get.destination = Box::leak(Box::new(dest));
+    let (r, _, status) = exchange_once(&pool, &get, b"").await;
+    assert!(matches!(r, Ok(true)) && status == 200, "{r:?}");
+    assert_eq!(pool.idle_count(), 1, "kept idle");
+    // Within its timeout the sweep keeps it; past it, closes it (no request needed).
+    pool.sweep();
+    assert_eq!(pool.idle_count(), 1, "still within its timeout");
+    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+    pool.sweep();
+    assert_eq!(pool.idle_count(), 0, "swept");
 }
 
 #[tokio::test]
@@ -520,7 +542,7 @@ async fn relays_chunked_and_until_close_answers_and_pools_only_clean_ends() {
         "HTTP/1.1 200 OK\r\ndate: then\r\nconnection: close\r\n\r\nuntil the end"
     );
     assert!(
-        pool.take_raw(addr, None).is_none(),
+        pool.take_raw(addr).is_none(),
         "a socket at its end is not pooled"
     );
 }
