@@ -339,8 +339,9 @@ fn simple(
     }
 }
 
-/// `connectionPool`: `tcp.connectTimeout` and `http.maxRequestsPerConnection` are
-/// enforced; its other fields are warned about.
+/// `connectionPool`: the connect and idle timeouts, requests per connection and the
+/// circuit breakers (`maxConnections`, `http1MaxPendingRequests`, `http2MaxRequests`,
+/// `maxRetries`) are enforced; its other fields are warned about.
 fn conn_pool(
     l: &Loaded,
     base: &str,
@@ -356,14 +357,9 @@ fn conn_pool(
             let field = k.as_str().unwrap_or("");
             let path = format!("{base}.{group}.{field}");
             match (group, field) {
-                ("tcp", "connectTimeout") => {
+                ("tcp", "connectTimeout") | ("http", "idleTimeout") => {
                     match super::policy::checked_duration(v.as_str().unwrap_or("")) {
-                        Ok(d) => out.connect_timeout = Some(d),
-                        Err(e) => diags.push(Diagnostic::error(l.at(&path), path, e)),
-                    }
-                }
-                ("http", "idleTimeout") => {
-                    match super::policy::checked_duration(v.as_str().unwrap_or("")) {
+                        Ok(d) if field == "connectTimeout" => out.connect_timeout = Some(d),
                         Ok(d) => out.idle_timeout = Some(d),
                         Err(e) => diags.push(Diagnostic::error(l.at(&path), path, e)),
                     }

@@ -48,8 +48,20 @@ pub enum Answered {
 pub struct Active<'t>(&'t AtomicU32);
 
 impl<'t> Active<'t> {
-    /// Counts a request to endpoint `index` (of `counts`, a destination's at a port).
-    pub fn begin(counts: &'t [AtomicU32], index: usize) -> Option<Self> {
+    /// Counts a request to `ep`, one of `endpoints` (whose counts are `counts`, a
+    /// destination's at a port); `hint` is where the pick found it (a retry's endpoint
+    /// is looked for).
+    pub fn begin(
+        counts: &'t [AtomicU32],
+        endpoints: &[SocketAddr],
+        ep: SocketAddr,
+        hint: usize,
+    ) -> Option<Self> {
+        let index = if endpoints.get(hint) == Some(&ep) {
+            hint
+        } else {
+            endpoints.iter().position(|e| *e == ep)?
+        };
         let c = counts.get(index)?;
         c.fetch_add(1, Ordering::Relaxed);
         Some(Active(c))
@@ -262,7 +274,7 @@ mod tests {
         let endpoints = std::collections::BTreeMap::from([(1, eps.clone())]);
         let dest = Destination::new("h".into(), None, "h".into(), endpoints);
         let counts = dest.in_flight_at(Some(1));
-        let _busy = [Active::begin(counts, 0), Active::begin(counts, 0)];
+        let _busy = [0, 0].map(|i| Active::begin(counts, &eps, eps[0], i));
         let mut live = Live(&e);
         for _ in 0..50 {
             assert_eq!(

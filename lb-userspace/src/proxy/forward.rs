@@ -311,15 +311,7 @@ async fn route_request<'t>(
             )
             .await?;
             // In flight until the answer's head (LEAST_REQUEST compares these).
-            let at = if previous.is_empty() {
-                index
-            } else {
-                endpoints
-                    .iter()
-                    .position(|e| *e == endpoint)
-                    .unwrap_or(usize::MAX)
-            };
-            let active = track.then(|| Active::begin(in_flight, at));
+            let active = track.then(|| Active::begin(in_flight, endpoints, endpoint, index));
             let one = shared
                 .client
                 .send(endpoint, s, req, upgrade, &dest_policy.pool);

@@ -105,15 +105,7 @@ pub(super) async fn attempts<S: AsyncRead + Unpin>(
     let track = policy.balance == Balance::LeastRequest && send.endpoints.len() > 1;
     let result = loop {
         // In flight until the answer's head (LEAST_REQUEST compares these).
-        let index = if ep == send.endpoint {
-            send.index
-        } else {
-            send.endpoints
-                .iter()
-                .position(|e| *e == ep)
-                .unwrap_or(usize::MAX)
-        };
-        let active = track.then(|| Active::begin(send.in_flight, index));
+        let active = track.then(|| Active::begin(send.in_flight, send.endpoints, ep, send.index));
         let clock = Clock {
             try_ends: retry.per_try.map(|t| (tokio::time::Instant::now() + t, ep)),
             ..clock
