@@ -22,6 +22,7 @@ pub mod probe;
 pub mod proxy;
 pub mod route;
 pub mod run;
+pub mod smallmap;
 pub mod source;
 pub mod status;
 pub mod watch;

@@ -94,8 +94,11 @@ fn endpoints(docs: &[Value]) -> Vec<(String, i64, String)> {
         .map(|e| {
             (
                 e.address.clone().unwrap_or_default(),
-                e.ports.values().next().copied().unwrap_or(0),
-                e.labels.get("version").cloned().unwrap_or_default(),
+                e.ports.iter().next().map_or(0, |(_, p)| *p),
+                e.labels
+                    .get("version")
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
             )
         })
         .collect()

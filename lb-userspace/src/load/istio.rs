@@ -11,6 +11,12 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+use crate::smallmap::{Labels, SmallMap};
+
+/// A field lb accepts but only asks whether it is set (or not even that): its value
+/// is checked for form and dropped, so it costs no memory.
+pub type Ignored = serde::de::IgnoredAny;
+
 /// Kubernetes object metadata: the fields lb uses, plus the ones `kubectl get -o yaml`
 /// adds (accepted and ignored).
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -22,14 +28,14 @@ pub struct Metadata {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
-    pub uid: Option<Value>,
-    pub resource_version: Option<Value>,
-    pub generation: Option<Value>,
-    pub creation_timestamp: Option<Value>,
-    pub managed_fields: Option<Value>,
-    pub owner_references: Option<Value>,
-    pub finalizers: Option<Value>,
-    pub generate_name: Option<Value>,
+    pub uid: Option<Ignored>,
+    pub resource_version: Option<Ignored>,
+    pub generation: Option<Ignored>,
+    pub creation_timestamp: Option<Ignored>,
+    pub managed_fields: Option<Ignored>,
+    pub owner_references: Option<Ignored>,
+    pub finalizers: Option<Ignored>,
+    pub generate_name: Option<Ignored>,
 }
 
 /// A whole resource document.
@@ -42,7 +48,7 @@ pub struct Resource<S> {
     pub metadata: Metadata,
     pub spec: S,
     /// Written by the Kubernetes API server; ignored.
-    pub status: Option<Value>,
+    pub status: Option<Ignored>,
 }
 
 // ---------------------------------------------------------------- ServiceEntry
@@ -60,7 +66,7 @@ pub struct ServiceEntrySpec {
     pub resolution: Option<String>,
     #[serde(default)]
     pub endpoints: Vec<WorkloadEntry>,
-    pub workload_selector: Option<Value>,
+    pub workload_selector: Option<Ignored>,
     #[serde(default)]
     pub export_to: Vec<String>,
     #[serde(default)]
@@ -81,10 +87,10 @@ pub struct ServicePort {
 pub struct WorkloadEntry {
     pub address: Option<String>,
     #[serde(default)]
-    pub ports: BTreeMap<String, i64>,
+    pub ports: SmallMap<i64>,
     /// Shared with the model's endpoints (a reload clones a refcount, not the map).
     #[serde(default)]
-    pub labels: std::sync::Arc<BTreeMap<String, String>>,
+    pub labels: std::sync::Arc<Labels>,
     pub network: Option<String>,
     pub locality: Option<String>,
     pub weight: Option<i64>,
@@ -102,7 +108,7 @@ pub struct DestinationRuleSpec {
     pub subsets: Vec<Subset>,
     #[serde(default)]
     pub export_to: Vec<String>,
-    pub workload_selector: Option<Value>,
+    pub workload_selector: Option<Ignored>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -110,7 +116,7 @@ pub struct DestinationRuleSpec {
 pub struct Subset {
     pub name: Option<String>,
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     pub traffic_policy: Option<TrafficPolicy>,
 }
 
@@ -123,9 +129,9 @@ pub struct TrafficPolicy {
     pub tls: Option<Value>,
     #[serde(default)]
     pub port_level_settings: Vec<PortTrafficPolicy>,
-    pub tunnel: Option<Value>,
-    pub proxy_protocol: Option<Value>,
-    pub retry_budget: Option<Value>,
+    pub tunnel: Option<Ignored>,
+    pub proxy_protocol: Option<Ignored>,
+    pub retry_budget: Option<Ignored>,
 }
 
 /// One of `portLevelSettings`: a traffic policy for one port of the destination.
@@ -150,9 +156,9 @@ pub struct PortNumber {
 pub struct LoadBalancerSettings {
     pub simple: Option<String>,
     pub consistent_hash: Option<Value>,
-    pub locality_lb_setting: Option<Value>,
-    pub warmup_duration_secs: Option<Value>,
-    pub warmup: Option<Value>,
+    pub locality_lb_setting: Option<Ignored>,
+    pub warmup_duration_secs: Option<Ignored>,
+    pub warmup: Option<Ignored>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -166,10 +172,10 @@ pub struct ConnectionPoolSettings {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OutlierDetection {
     pub split_external_local_origin_errors: Option<bool>,
-    pub consecutive_local_origin_failures: Option<Value>,
+    pub consecutive_local_origin_failures: Option<Ignored>,
     pub consecutive_gateway_errors: Option<Value>,
     pub consecutive_5xx_errors: Option<Value>,
-    pub consecutive_errors: Option<Value>,
+    pub consecutive_errors: Option<Ignored>,
     pub interval: Option<String>,
     pub base_ejection_time: Option<String>,
     pub max_ejection_percent: Option<i64>,
@@ -215,7 +221,7 @@ pub struct HttpRoute {
     pub mirrors: Vec<HttpMirrorPolicy>,
     pub mirror_percentage: Option<Percent>,
     pub mirror_percent: Option<i64>,
-    pub cors_policy: Option<Value>,
+    pub cors_policy: Option<Ignored>,
     pub headers: Option<Headers>,
 }
 

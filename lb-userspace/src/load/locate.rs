@@ -2,12 +2,17 @@
 //! line of every field path (`spec.http[0].route[1].weight`), so errors found after
 //! deserialisation still name the line they came from. The index is built only when a
 //! problem needs a line: loading a valid configuration never pays for it.
+//!
+//! The split is also where a document's head (`kind`, `apiVersion`, `metadata.name`,
+//! `metadata.namespace`) is read, so each document is deserialised once, straight into
+//! its type; and a large file is split at its document markers into chunks that are
+//! parsed on every core ([`chunks`]).
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use yaml_rust2::parser::{Event, Parser};
-use yaml_rust2::scanner::Marker;
+use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 use super::limits;
 
@@ -74,6 +79,30 @@ impl Document {
     }
 }
 
+/// What tells a document's type and name: the scalars at `kind`, `apiVersion`,
+/// `metadata.name` and `metadata.namespace` (a plain null or a non-scalar there is
+/// absent), and whether the document is a mapping at all.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub kind: Option<String>,
+    pub api_version: Option<String>,
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub mapping: bool,
+}
+
+impl Head {
+    fn slot(&mut self, path: &str) -> Option<&mut Option<String>> {
+        match path {
+            "kind" => Some(&mut self.kind),
+            "apiVersion" => Some(&mut self.api_version),
+            "metadata.name" => Some(&mut self.name),
+            "metadata.namespace" => Some(&mut self.namespace),
+            _ => None,
+        }
+    }
+}
+
 /// A YAML syntax error with its 1-based line.
 #[derive(Debug)]
 pub struct SyntaxError {
@@ -101,10 +130,10 @@ fn feed(text: &str, rx: &mut Receiver) -> Result<(), SyntaxError> {
     }
 }
 
-/// Splits `text` into documents; empty documents are dropped. A file past the
-/// bounds of limits.rs (documents, nesting, alias expansion) is an error at the line
-/// where it went past.
-pub fn split(text: &str) -> Result<Vec<Document>, SyntaxError> {
+/// Splits `text` into documents with their heads; empty documents are dropped. A file
+/// past the bounds of limits.rs (documents, nesting, alias expansion) is an error at
+/// the line where it went past.
+pub fn split(text: &str) -> Result<Vec<(Document, Head)>, SyntaxError> {
     let mut rx = Receiver::default();
     feed(text, &mut rx)?;
     let all_lines: Vec<&str> = text.split_inclusive('\n').collect();
@@ -125,14 +154,45 @@ pub fn split(text: &str) -> Result<Vec<Document>, SyntaxError> {
                     line
                 });
             }
-            Document {
+            let doc = Document {
                 first_line: d.first_line,
                 text,
                 line_offset: start,
                 lines: OnceLock::new(),
-            }
+            };
+            (doc, d.head)
         })
         .collect())
+}
+
+/// Cuts `text` into at most `n` runs of whole documents of about equal size, each
+/// with the number of lines before it. A cut is made only before a line that starts
+/// with `---` followed by a space or the line's end: YAML forbids such a line inside
+/// any scalar, so it always starts a document and each run is a stream of its own.
+/// Directives (`%YAML`, `%TAG`) belong to the document after them; a text that has
+/// any is not cut.
+pub fn chunks(text: &str, n: usize) -> Vec<(&str, usize)> {
+    let has_directives =
+        text.starts_with('%') || memchr::memmem::find(text.as_bytes(), b"\n%").is_some();
+    if n <= 1 || has_directives {
+        return vec![(text, 0)];
+    }
+    let target = text.len() / n + 1;
+    let mut out = Vec::with_capacity(n);
+    let (mut start, mut start_line) = (0, 0);
+    let mut pos = 0;
+    for (lines_before, line) in text.split_inclusive('\n').enumerate() {
+        let at = pos;
+        pos += line.len();
+        let marker = line == "---"
+            || (line.starts_with("---") && line[3..].starts_with([' ', '\t', '\n', '\r']));
+        if marker && at - start >= target && out.len() + 1 < n {
+            out.push((&text[start..at], start_line));
+            (start, start_line) = (at, lines_before);
+        }
+    }
+    out.push((&text[start..], start_line));
+    out
 }
 
 #[derive(Default)]
@@ -141,7 +201,14 @@ struct RawDoc {
     last_line: usize,
     has_content: bool,
     lines: HashMap<String, usize>,
+    head: Head,
+    /// Whether the root node was seen (the first node says if it is a mapping).
+    rooted: bool,
 }
+
+/// Frames this deep or shallower keep their paths even when no line is asked for:
+/// the head lives there (`metadata.name`).
+const HEAD_DEPTH: usize = 2;
 
 enum Frame {
     Map { path: String, key: Option<String> },
@@ -161,7 +228,7 @@ struct Receiver {
 impl Receiver {
     /// Path of the node that starts now, and advances the parent frame.
     fn next_child_path(&mut self) -> Option<String> {
-        if !self.record_paths {
+        if !self.record_paths && self.stack.len() > HEAD_DEPTH {
             return match self.stack.last_mut()? {
                 Frame::Map { key, .. } => key.take().map(|_| String::new()),
                 Frame::Seq { index, .. } => {
@@ -218,48 +285,70 @@ impl Receiver {
                 self.doc().last_line = line.max(1);
             }
             Event::StreamEnd | Event::StreamStart | Event::Nothing => {}
-            Event::Scalar(value, ..) => {
+            Event::Scalar(value, style, ..) => {
                 let is_key = matches!(self.stack.last(), Some(Frame::Map { key: None, .. }));
                 if is_key {
                     let record = self.record_paths;
+                    let shallow = self.stack.len() <= HEAD_DEPTH;
                     if let Some(Frame::Map { path, key }) = self.stack.last_mut() {
-                        if !record {
+                        if !record && !shallow {
                             *key = Some(String::new());
                         } else {
                             let full = join(path, &value);
                             *key = Some(value);
-                            if let Some(doc) = self.docs.last_mut() {
+                            if record && let Some(doc) = self.docs.last_mut() {
                                 doc.lines.entry(full).or_insert(line);
                             }
                         }
                     }
                 } else {
+                    let root = self.stack.is_empty();
                     let path = self.next_child_path();
+                    let record = self.record_paths;
                     let doc = self.doc();
                     doc.has_content |= !value.is_empty() || path.is_some();
                     if doc.first_line == 0 {
                         doc.first_line = line;
                     }
+                    doc.rooted |= root;
                     if let Some(p) = path.filter(|p| !p.is_empty()) {
-                        doc.lines.entry(p).or_insert(line);
+                        let null = style == TScalarStyle::Plain
+                            && matches!(value.as_str(), "" | "~" | "null" | "Null" | "NULL");
+                        if let Some(slot) = doc.head.slot(&p)
+                            && slot.is_none()
+                            && !null
+                        {
+                            *slot = Some(value);
+                        }
+                        if record {
+                            doc.lines.entry(p).or_insert(line);
+                        }
                     }
                 }
                 self.doc().last_line = line;
             }
             Event::Alias(_) => {
+                let root = self.stack.is_empty();
                 let _ = self.next_child_path();
+                self.doc().rooted |= root;
             }
             Event::MappingStart(..) | Event::SequenceStart(..) => {
                 if self.stack.len() >= limits::MAX_DEPTH {
                     return Err(limits::Exceeded::Depth);
                 }
+                let root = self.stack.is_empty();
                 let path = self.next_child_path().unwrap_or_default();
+                let record = self.record_paths;
                 let doc = self.doc();
                 doc.has_content = true;
                 if doc.first_line == 0 {
                     doc.first_line = line;
                 }
-                if !path.is_empty() {
+                if root && !doc.rooted {
+                    doc.rooted = true;
+                    doc.head.mapping = matches!(ev, Event::MappingStart(..));
+                }
+                if record && !path.is_empty() {
                     doc.lines.entry(path.clone()).or_insert(line);
                 }
                 self.stack.push(if matches!(ev, Event::MappingStart(..)) {
@@ -285,7 +374,11 @@ mod tests {
     fn indexes_paths_per_document() {
         let text =
             "a: 1\nb:\n  c: [x, y]\n---\nkind: K\nspec:\n  http:\n  - route:\n    - weight: 5\n";
-        let docs = split(text).expect("valid yaml");
+        let docs: Vec<Document> = split(text)
+            .expect("valid yaml")
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect();
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0].line_of("b.c"), 3);
         assert_eq!(docs[1].line_of("kind"), 5);

@@ -275,46 +275,100 @@ impl Cache {
     }
 }
 
-/// Loads the documents of one file's text.
+/// Files smaller than this are parsed on one core (threads cost more than they save).
+const PARALLEL_BYTES: usize = 256 << 10;
+
+/// Loads the documents of one file's text; a large file is parsed on every core, in
+/// runs of whole documents, with the same results in the same order as on one.
 pub fn load_text(file: &Path, text: &str, out: &mut Vec<Loaded>, diags: &mut Vec<Diagnostic>) {
-    let docs = match locate::split(text) {
-        Ok(d) => d,
-        Err(e) => {
+    let cores = if text.len() < PARALLEL_BYTES {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
+    let runs = locate::chunks(text, cores);
+    let parsed: Vec<Result<Run, locate::SyntaxError>> = if runs.len() == 1 {
+        vec![load_run(file, runs[0].0, runs[0].1)]
+    } else {
+        std::thread::scope(|s| {
+            let spawned: Vec<_> = runs
+                .iter()
+                .map(|(run, base)| s.spawn(move || load_run(file, run, *base)))
+                .collect();
+            spawned
+                .into_iter()
+                .map(|h| h.join().expect("a load thread panicked"))
+                .collect()
+        })
+    };
+    let mut docs = 0;
+    let mut runs_out = Vec::with_capacity(parsed.len());
+    for run in parsed {
+        let syntax = |e: locate::SyntaxError| {
             let origin = Origin {
                 file: file.to_path_buf(),
                 line: e.line,
                 resource: String::new(),
             };
-            diags.push(Diagnostic::error(origin, "", Invalid::Syntax(e.message)));
-            return;
+            Diagnostic::error(origin, "", Invalid::Syntax(e.message))
+        };
+        match run {
+            // The first syntax error of the file is its only problem (as on one core).
+            Err(e) => return diags.push(syntax(e)),
+            Ok(r) if docs + r.documents > limits::MAX_DOCUMENTS => {
+                let line = r.first_lines[limits::MAX_DOCUMENTS - docs];
+                let message = limits::Exceeded::Documents.to_string();
+                return diags.push(syntax(locate::SyntaxError { line, message }));
+            }
+            Ok(r) => {
+                docs += r.documents;
+                runs_out.push(r);
+            }
         }
-    };
-    for doc in docs {
-        if let Some(l) = load_document(file, doc, diags) {
-            out.push(l);
-        }
+    }
+    for r in runs_out {
+        out.extend(r.loaded);
+        diags.extend(r.diags);
     }
 }
 
-/// The fields that tell a document's type and name.
-#[derive(serde::Deserialize)]
-struct Head {
-    kind: Option<serde_yaml::Value>,
-    #[serde(rename = "apiVersion")]
-    api_version: Option<serde_yaml::Value>,
-    #[serde(default)]
-    metadata: HeadMeta,
+/// What one run of documents loaded to.
+struct Run {
+    loaded: Vec<Loaded>,
+    diags: Vec<Diagnostic>,
+    /// Documents in the run (the file's bound counts them together).
+    documents: usize,
+    /// First line of each document, to say where a file went past the bound.
+    first_lines: Vec<usize>,
 }
 
-#[derive(serde::Deserialize, Default)]
-struct HeadMeta {
-    name: Option<serde_yaml::Value>,
-    namespace: Option<serde_yaml::Value>,
+/// Splits and loads one run of documents that starts after `base` lines of the file.
+fn load_run(file: &Path, text: &str, base: usize) -> Result<Run, locate::SyntaxError> {
+    let docs = locate::split(text).map_err(|e| locate::SyntaxError {
+        line: e.line + base,
+        message: e.message,
+    })?;
+    let mut run = Run {
+        loaded: Vec::with_capacity(docs.len()),
+        diags: Vec::new(),
+        documents: docs.len(),
+        first_lines: Vec::with_capacity(docs.len()),
+    };
+    for (mut doc, head) in docs {
+        doc.first_line += base;
+        doc.line_offset += base;
+        run.first_lines.push(doc.first_line);
+        if let Some(l) = load_document(file, doc, head, &mut run.diags) {
+            run.loaded.push(l);
+        }
+    }
+    Ok(run)
 }
 
 fn load_document(
     file: &Path,
     doc: locate::Document,
+    head: locate::Head,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Loaded> {
     let origin = |path: &str, resource: String| Origin {
@@ -322,37 +376,20 @@ fn load_document(
         line: doc.line_of(path),
         resource,
     };
-    // Only what tells the type; the rest of the document is skipped, not built.
-    let head: Head = match serde_yaml::from_str(&doc.text) {
-        Ok(v) => v,
-        Err(e) if e.to_string().contains("expected struct Head") => {
-            diags.push(Diagnostic::error(
-                origin("", String::new()),
-                "",
-                Invalid::NotAMapping,
-            ));
-            return None;
-        }
-        Err(e) => {
-            let line = e
-                .location()
-                .map_or(doc.first_line, |l| l.line() + doc.line_offset);
-            let o = Origin {
-                line,
-                ..origin("", String::new())
-            };
-            diags.push(Diagnostic::error(o, "", Invalid::Syntax(e.to_string())));
-            return None;
-        }
-    };
-    let text =
-        |v: &Option<serde_yaml::Value>| v.as_ref().and_then(|v| v.as_str()).map(str::to_string);
+    if !head.mapping {
+        diags.push(Diagnostic::error(
+            origin("", String::new()),
+            "",
+            Invalid::NotAMapping,
+        ));
+        return None;
+    }
     let (kind, api_version) = (
-        text(&head.kind).unwrap_or_default(),
-        text(&head.api_version).unwrap_or_default(),
+        head.kind.unwrap_or_default(),
+        head.api_version.unwrap_or_default(),
     );
-    let name = text(&head.metadata.name).unwrap_or_default();
-    let namespace = text(&head.metadata.namespace).unwrap_or_else(|| "default".to_string());
+    let name = head.name.unwrap_or_default();
+    let namespace = head.namespace.unwrap_or_else(|| "default".to_string());
     let resource_name = format!("{kind} {namespace}/{name}");
     let kind_static: &'static str = match kind.as_str() {
         "ServiceEntry" => "ServiceEntry",
@@ -648,6 +685,52 @@ mod tests {
                 out[1].doc.first_line
             ),
             ("VirtualService", "ns", 6)
+        );
+    }
+
+    /// A large file parsed on every core loads to what one core makes of it: the same
+    /// resources and problems, in order, with the same lines; runs start at document
+    /// markers only.
+    #[test]
+    fn a_large_file_loads_the_same_on_every_core() {
+        let mut text = String::new();
+        for i in 0..3000 {
+            text.push_str(&match i {
+                1234 => "---\n- not a mapping\n".to_string(),
+                2999 => format!("---\nkind: VirtualService\napiVersion: networking.istio.io/v1\nmetadata: {{name: v{i}}}\nspec:\n  hosts: [h]\n  htp: []\n"),
+                _ => format!("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: d{i}\n  namespace: n\nspec: {{host: h{i}}}\n"),
+            });
+        }
+        assert!(text.len() > PARALLEL_BYTES);
+        let runs = locate::chunks(&text, 2);
+        assert_eq!(runs.len(), 2);
+        assert!(runs[1].0.starts_with("---\n"));
+        assert_eq!(
+            runs[1].1,
+            text[..text.len() - runs[1].0.len()].lines().count()
+        );
+        let (parallel, pd) = load(&text);
+        let one = load_run(Path::new("c.yaml"), &text, 0).expect("valid YAML");
+        let key = |l: &Loaded| {
+            (
+                l.kind,
+                l.name.clone(),
+                l.doc.first_line,
+                l.doc.line_of("spec.host"),
+            )
+        };
+        assert_eq!(
+            parallel.iter().map(key).collect::<Vec<_>>(),
+            one.loaded.iter().map(key).collect::<Vec<_>>()
+        );
+        let said = |d: &[Diagnostic]| d.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(said(&pd), said(&one.diags));
+        assert_eq!(parallel.len(), 2998);
+        assert_eq!(pd.len(), 2, "{pd:?}");
+        assert!(
+            pd[1].to_string().contains("unknown field \"htp\""),
+            "{}",
+            pd[1]
         );
     }
 

@@ -1,7 +1,6 @@
 //! The service catalogue from `ServiceEntry` resources: hosts, service addresses,
 //! ports and endpoints with labels.
 
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::Invalid;
@@ -9,6 +8,7 @@ use crate::diagnostic::Diagnostic;
 use crate::load::{Loaded, istio};
 
 use crate::hosts;
+use crate::smallmap::{Labels, SmallMap};
 
 /// One service of the catalogue (one ServiceEntry host).
 #[derive(Debug)]
@@ -37,7 +37,7 @@ const MAX_SELECTIONS: usize = 64;
 
 #[derive(Debug)]
 struct Selection {
-    labels: BTreeMap<String, String>,
+    labels: Labels,
     port: u16,
     endpoints: Vec<SocketAddrV4>,
 }
@@ -52,9 +52,9 @@ pub struct Port {
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub address: Ipv4Addr,
-    pub labels: std::sync::Arc<BTreeMap<String, String>>,
+    pub labels: std::sync::Arc<Labels>,
     /// Port overrides by service port name.
-    pub ports: BTreeMap<String, u16>,
+    pub ports: SmallMap<u16>,
 }
 
 impl CatalogService {
@@ -64,7 +64,7 @@ impl CatalogService {
     }
 
     /// Endpoints matching `labels` (all of them), on service port `port`.
-    pub fn select(&self, labels: &BTreeMap<String, String>, port: &Port) -> Vec<SocketAddrV4> {
+    pub fn select(&self, labels: &Labels, port: &Port) -> Vec<SocketAddrV4> {
         let Ok(mut memo) = self.selected.lock() else {
             return self.select_uncached(labels, port);
         };
@@ -88,7 +88,7 @@ impl CatalogService {
         endpoints
     }
 
-    fn select_uncached(&self, labels: &BTreeMap<String, String>, port: &Port) -> Vec<SocketAddrV4> {
+    fn select_uncached(&self, labels: &Labels, port: &Port) -> Vec<SocketAddrV4> {
         self.endpoints
             .iter()
             .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
@@ -233,15 +233,15 @@ pub fn from_service_entry(
                 continue;
             }
         };
-        let mut eports = BTreeMap::new();
-        for (name, n) in &e.ports {
+        let mut eports = Vec::new();
+        for (name, n) in e.ports.iter() {
             let ppath = || format!("{}.ports.{name}", path());
-            if !ports.iter().any(|p| &p.name == name) {
-                err(&ppath(), Invalid::EndpointPortName(name.clone()));
+            if !ports.iter().any(|p| p.name == name) {
+                err(&ppath(), Invalid::EndpointPortName(name.to_string()));
             }
             match port_number(*n) {
                 Some(p) => {
-                    eports.insert(name.clone(), p);
+                    eports.push((name, p));
                 }
                 None => err(&ppath(), Invalid::PortRange(*n)),
             }
@@ -258,7 +258,7 @@ pub fn from_service_entry(
         endpoints.push(Endpoint {
             address,
             labels: e.labels.clone(),
-            ports: eports,
+            ports: eports.into_iter().collect(),
         });
     }
     super::warn_unenforced(

@@ -606,12 +606,12 @@ pub fn endpoints_by_port(
     let Some(svc) = catalog.lookup(&d.host) else {
         return Default::default();
     };
-    static ALL: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    let all = crate::smallmap::Labels::default();
     let labels = d
         .subset
         .as_ref()
         .and_then(|s| subset_rules.get(&svc.host).and_then(|r| r.subsets.get(s)))
-        .unwrap_or(&ALL);
+        .unwrap_or(&all);
     svc.ports
         .iter()
         .map(|p| {

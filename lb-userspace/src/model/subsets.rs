@@ -18,7 +18,7 @@ pub struct SubsetRule {
     pub host: String,
     /// `ns/name` of the DestinationRule.
     pub source: String,
-    pub subsets: BTreeMap<String, BTreeMap<String, String>>,
+    pub subsets: BTreeMap<String, crate::smallmap::Labels>,
     /// `spec.trafficPolicy`'s groups, and each subset's own.
     pub policy: super::traffic::Groups,
     pub subset_policies: BTreeMap<String, super::traffic::Groups>,
