@@ -94,12 +94,22 @@ impl fmt::Display for Diagnostic {
 
 /// Errors first, then warnings, each in file and line order.
 pub fn sort(diags: &mut [Diagnostic]) {
+    // The resource breaks ties of objects without lines (the cluster's), so the order
+    // does not depend on the order the objects were validated in.
     diags.sort_by(|a, b| {
-        (a.severity, &a.origin.file, a.origin.line, &a.path).cmp(&(
-            b.severity,
-            &b.origin.file,
-            b.origin.line,
-            &b.path,
-        ))
+        (
+            a.severity,
+            &a.origin.file,
+            a.origin.line,
+            &a.origin.resource,
+            &a.path,
+        )
+            .cmp(&(
+                b.severity,
+                &b.origin.file,
+                b.origin.line,
+                &b.origin.resource,
+                &b.path,
+            ))
     });
 }

@@ -253,6 +253,14 @@ impl Sources {
     }
 }
 
+/// What a reload reuses from the ones before: the parse of unchanged files, the model
+/// and plan of unchanged slices.
+#[derive(Default)]
+pub struct Reuse {
+    pub model: model::Cache,
+    pub plans: compile::slices::PlanCache,
+}
+
 /// Loads, compiles and applies the configuration (the kernel maps and the proxy's
 /// route table together, or neither); on any problem the running plan stays and the
 /// error is recorded. Cluster objects that fail validation are left out one by one
@@ -260,7 +268,7 @@ impl Sources {
 pub fn reload(
     applier: &mut Applier,
     sources: &mut Sources,
-    cache: &mut model::Cache,
+    cache: &mut Reuse,
     opts: &model::Options,
 ) -> Option<Garbage> {
     let started = std::time::Instant::now();
@@ -364,14 +372,14 @@ fn ms(since: std::time::Instant) -> f64 {
 /// validates them together and compiles the plan.
 fn build_plan(
     sources: &mut Sources,
-    cache: &mut model::Cache,
+    cache: &mut Reuse,
     opts: &model::Options,
     phases: &mut Phases,
 ) -> Result<(compile::Plan, Vec<accept::Rejected>), String> {
     let t = std::time::Instant::now();
     let files = match &sources.dir {
         Some(dir) => {
-            let (loaded, diags) = cache.parse.load_dir(dir).map_err(|e| e.to_string())?;
+            let (loaded, diags) = cache.model.parse.load_dir(dir).map_err(|e| e.to_string())?;
             accept::Input { loaded, diags }
         }
         None => accept::Input::default(),
@@ -387,14 +395,21 @@ fn build_plan(
             }
         })
         .unwrap_or_default();
-    let (v, rejected) = accept::build(files, cluster, &mut sources.last_good, cache, opts)
-        .map_err(|e| e.to_string())?;
+    let (v, rejected) = accept::build(
+        files,
+        cluster,
+        &mut sources.last_good,
+        &mut cache.model,
+        opts,
+    )
+    .map_err(|e| e.to_string())?;
     phases.load_ms = ms(t);
     for w in &v.warnings {
         tracing::warn!("{w}");
     }
     let t = std::time::Instant::now();
-    let plan = compile::plan(v.model).map_err(|e| e.to_string());
+    let plan = compile::slices::plan_slices(&v.slices, opts.normalization, &mut cache.plans)
+        .map_err(|e| e.to_string());
     phases.compile_ms = ms(t);
     plan.map(|p| (p, rejected))
 }
@@ -486,7 +501,7 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
             }
         });
     };
-    let mut cache = model::Cache::default();
+    let mut cache = Reuse::default();
     // The listeners as bound (the deferred one's port is only known now).
     let mut model_opts = opts.model.clone();
     model_opts.own = own_listeners(&[
@@ -498,7 +513,7 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
         let garbage = reload(applier, sources, &mut cache, &model_opts);
         if !opts.parse_cache {
             // Nothing of the parse outlives the reload.
-            cache = model::Cache::default();
+            cache = Reuse::default();
             // SAFETY: malloc_trim only releases free heap memory.
             unsafe { libc::malloc_trim(0) };
         }

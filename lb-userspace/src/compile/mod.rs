@@ -8,6 +8,7 @@
 
 pub mod image;
 pub mod routes;
+pub mod slices;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;

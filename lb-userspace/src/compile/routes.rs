@@ -111,11 +111,11 @@ pub fn build(model: Model) -> RouteTable {
                 }
             })
             .collect();
-        t.vhosts.push(VirtualHost {
+        t.vhosts.push(std::sync::Arc::new(VirtualHost {
             name: vs.source,
             rules,
             proxy_reason: vs.proxy_reason.map(|r| r.to_string()),
-        });
+        }));
     }
     // A service on the proxy path without a VirtualService of its own (another's Host
     // alias routes to it, or its DestinationRule hashes by the request): its own name
@@ -135,7 +135,7 @@ pub fn build(model: Model) -> RouteTable {
             path: String::new(),
         };
         let idx = t.vhosts.len();
-        t.vhosts.push(VirtualHost {
+        t.vhosts.push(std::sync::Arc::new(VirtualHost {
             name: format!("{}/{} (its endpoints)", svc.namespace, svc.name),
             rules: vec![Rule {
                 name: None,
@@ -151,7 +151,7 @@ pub fn build(model: Model) -> RouteTable {
                 mirrors: Vec::new(),
             }],
             proxy_reason: Some(reason.to_string()),
-        });
+        }));
         t.by_service.insert(svc.frontend, idx);
         if let Some(c) = catalog.lookup(&svc.host) {
             for n in names_of(c) {

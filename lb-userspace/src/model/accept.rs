@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{Cache, HashMap, ModelError, Options, Validated};
+use super::{Cache, HashMap, ModelError, Options, Sliced};
 use crate::diagnostic::{self, Diagnostic};
 use crate::load::Loaded;
 
@@ -48,7 +48,7 @@ pub fn build(
     last_good: &mut LastGood,
     cache: &mut Cache,
     opts: &Options,
-) -> Result<(Validated, Vec<Rejected>), ModelError> {
+) -> Result<(Sliced, Vec<Rejected>), ModelError> {
     let mut rejected: BTreeMap<String, (Vec<String>, &'static str)> = BTreeMap::new();
     let mut objects: Vec<Arc<Loaded>> = cluster.loaded;
     // Objects that did not even parse: their last good version, if any, instead.
@@ -75,7 +75,9 @@ pub fn build(
         diags = files.diags.clone();
         diags.extend(warnings_in(&cluster.diags));
         let all: Vec<Arc<Loaded>> = files.loaded.iter().chain(&objects).cloned().collect();
-        let model = super::build_with(&all, &mut cache.service_entries, &mut diags, opts);
+        let slices =
+            super::slices::build(&all, &mut cache.slices, &mut cache.service_entries, opts);
+        diags.extend(slices.iter().flat_map(|s| s.diags.iter().cloned()));
         diagnostic::sort(&mut diags);
         let errors: Vec<&Diagnostic> = diags.iter().filter(|d| d.is_error()).collect();
         if errors.is_empty() {
@@ -90,8 +92,8 @@ pub fn build(
                 })
                 .collect();
             return Ok((
-                Validated {
-                    model,
+                Sliced {
+                    slices,
                     warnings: diags,
                 },
                 rejected,
@@ -161,11 +163,11 @@ mod tests {
     }
 
     /// The weights of the service at 127.10.20.`ip`:80 in the model.
-    fn weights(v: &Validated, ip: u8) -> Vec<(String, u32)> {
+    fn weights(v: &Sliced, ip: u8) -> Vec<(String, u32)> {
         let addr = std::net::SocketAddrV4::new([127, 10, 20, ip].into(), 80);
-        v.model
-            .services
+        v.slices
             .iter()
+            .flat_map(|s| s.take_model().services)
             .find(|s| s.frontend == addr)
             .map(|s| s.split.iter().map(|w| (w.name.clone(), w.weight)).collect())
             .unwrap_or_default()
@@ -174,7 +176,7 @@ mod tests {
     fn build_with(
         cluster_objects: &[serde_json::Value],
         last_good: &mut LastGood,
-    ) -> (Validated, Vec<Rejected>) {
+    ) -> (Sliced, Vec<Rejected>) {
         build(
             Input::default(),
             input(cluster_objects),

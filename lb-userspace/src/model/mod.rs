@@ -11,6 +11,7 @@ mod invalid;
 pub mod own;
 pub mod policy;
 pub mod routes;
+pub mod slices;
 pub mod subsets;
 pub mod traffic;
 
@@ -142,8 +143,18 @@ pub struct Cache {
     pub parse: load::Cache,
     /// By document (`Arc` address; the memo holds the `Arc`, so the address stays its).
     service_entries: HashMap<usize, ServiceEntryMemo>,
+    /// The slices of the last build (a change rebuilds the slices it touches).
+    slices: slices::SliceCache,
 }
 
+/// A valid configuration as slices (see slices.rs) and the warnings found on the way.
+#[derive(Debug)]
+pub struct Sliced {
+    pub slices: Vec<Arc<slices::Slice>>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+#[derive(Debug)]
 struct ServiceEntryMemo {
     /// Held so the address keying this entry cannot be reused by another document.
     _doc: Arc<Loaded>,
@@ -192,6 +203,24 @@ pub fn build(loaded: &[Arc<Loaded>], diags: &mut Vec<Diagnostic>) -> Model {
 }
 
 fn build_with(
+    loaded: &[Arc<Loaded>],
+    memo: &mut HashMap<usize, ServiceEntryMemo>,
+    diags: &mut Vec<Diagnostic>,
+    opts: &Options,
+) -> Model {
+    forget_unloaded(loaded, memo);
+    build_part(loaded, memo, diags, opts)
+}
+
+/// Documents no longer loaded leave the memo.
+fn forget_unloaded(loaded: &[Arc<Loaded>], memo: &mut HashMap<usize, ServiceEntryMemo>) {
+    let live: crate::fasthash::HashSet<usize> =
+        loaded.iter().map(|l| Arc::as_ptr(l) as usize).collect();
+    memo.retain(|k, _| live.contains(k));
+}
+
+/// [`build_with`] for some of the loaded documents (a slice): the memo keeps the rest.
+fn build_part(
     loaded: &[Arc<Loaded>],
     memo: &mut HashMap<usize, ServiceEntryMemo>,
     diags: &mut Vec<Diagnostic>,
@@ -338,10 +367,6 @@ fn build_catalog(
     memo: &mut HashMap<usize, ServiceEntryMemo>,
     diags: &mut Vec<Diagnostic>,
 ) -> Catalog {
-    // Documents no longer loaded leave the memo.
-    let live: crate::fasthash::HashSet<usize> =
-        loaded.iter().map(|l| Arc::as_ptr(l) as usize).collect();
-    memo.retain(|k, _| live.contains(k));
     let mut cat = Catalog::default();
     for l in loaded {
         let Resource::ServiceEntry(se) = &l.resource else {

@@ -26,7 +26,8 @@ pub use matchers::{MatchBlock, RequestView, StrMatch};
 /// their keys come from the configuration, so a client's Host can only miss.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    pub vhosts: Vec<VirtualHost>,
+    /// Shared with the compiler's slices: a change rebuilds only its slice's vhosts.
+    pub vhosts: Vec<std::sync::Arc<VirtualHost>>,
     /// Every exact name (and address) a VirtualService answers to → vhost index.
     pub hosts: HashMap<String, usize>,
     /// `*.example.com` patterns, longest first.
@@ -324,11 +325,11 @@ impl RouteTable {
         let (raw_path, query) = path::split_query(req.path_and_query);
         let path = path::normalize(raw_path, self.normalization)?;
         let (vhost, by_dialled) = match self.vhost_by_host(req.authority) {
-            Some(i) => (Some(&self.vhosts[i]), false),
+            Some(i) => (Some(&*self.vhosts[i]), false),
             None => (
                 req.dialled
                     .and_then(|d| self.by_service.get(&d))
-                    .map(|i| &self.vhosts[*i]),
+                    .map(|i| &*self.vhosts[*i]),
                 true,
             ),
         };

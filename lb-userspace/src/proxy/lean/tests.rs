@@ -594,11 +594,11 @@ fn table_to(endpoint: std::net::SocketAddr) -> std::sync::Arc<crate::route::Rout
         }],
         rewrite: Default::default(),
     };
-    t.vhosts.push(VirtualHost {
+    t.vhosts.push(std::sync::Arc::new(VirtualHost {
         name: "default/svc".into(),
         rules: vec![r],
         proxy_reason: None,
-    });
+    }));
     std::sync::Arc::new(t)
 }
 
