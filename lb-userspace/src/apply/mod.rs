@@ -200,7 +200,7 @@ impl<W: MapWriter> Applier<W> {
             .outliers
             .plan(&plan.kernel, &plan.outliers, std::time::Instant::now());
         let services: Vec<_> = (plan.kernel.services.iter())
-            .map(|(k, svc)| (*k, watching.live(k).unwrap_or(svc)))
+            .map(|(k, svc)| (*k, watching.live(k).unwrap_or(&**svc)))
             .collect();
         let done = self.run(&services, removed, Some(&plan.proxy))?;
         self.outliers.adopt(watching);
@@ -212,7 +212,7 @@ impl<W: MapWriter> Applier<W> {
     /// stay. The same steps as [`apply`](Self::apply), so the same guarantees.
     fn update(&mut self, services: &MapImage) -> Result<(ApplyReport, Garbage), ApplyError> {
         self.check_capacity(services)?;
-        let services: Vec<_> = services.services.iter().map(|(k, s)| (*k, s)).collect();
+        let services: Vec<_> = services.services.iter().map(|(k, s)| (*k, &**s)).collect();
         self.run(&services, Vec::new(), None)
     }
 
@@ -425,7 +425,7 @@ impl<W: MapWriter> Applier<W> {
     /// Refuses a plan that cannot fit while the old revisions still exist.
     fn check_capacity(&self, image: &MapImage) -> Result<(), ApplyError> {
         let count = |f: &dyn Fn(&ServiceImage) -> usize| -> u64 {
-            let new: usize = image.services.values().map(f).sum();
+            let new: usize = image.services.values().map(|s| f(s)).sum();
             let old: usize = self.current.values().map(|p| f(&p.image)).sum();
             (new + old) as u64
         };
@@ -551,6 +551,10 @@ fn collect(key: SockAddr4, old: &PinnedService, garbage: &mut Garbage) {
 
 /// Same content, whatever the order of subsets and slots.
 fn same(a: &ServiceImage, b: &ServiceImage) -> bool {
+    // Most often literally the same (what was applied last time): no copies then.
+    if a == b {
+        return true;
+    }
     let norm = |s: &ServiceImage| {
         let mut slots = s.slots.clone();
         slots.sort_unstable();

@@ -67,7 +67,7 @@ impl KernelOutliers {
             watching.insert(
                 *key,
                 Watched {
-                    compiled: svc.clone(),
+                    compiled: (**svc).clone(),
                     live: self.filter(*key, svc, subsets, now),
                     outliers: subsets.clone(),
                 },
@@ -149,7 +149,7 @@ impl KernelOutliers {
             let w = self.watched.get_mut(&key).expect("listed above");
             if live != w.live {
                 w.live = live.clone();
-                out.changed.services.insert(key, live);
+                out.changed.services.insert(key, std::sync::Arc::new(live));
             }
         }
         out
@@ -217,7 +217,7 @@ mod tests {
         let mut image = MapImage::default();
         image.services.insert(
             service,
-            ServiceImage {
+            std::sync::Arc::new(ServiceImage {
                 name: "s".into(),
                 namespace: "default".into(),
                 mode: lb_common::mode::KERNEL,
@@ -231,7 +231,7 @@ mod tests {
                     endpoints: endpoints.to_vec(),
                     flags: 0,
                 }],
-            },
+            }),
         );
         let outliers = Outliers::from([(service, BTreeMap::from([(7, outlier(50))]))]);
         (image, outliers, service)

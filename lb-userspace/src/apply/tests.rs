@@ -190,7 +190,8 @@ fn a_plan_over_capacity_writes_nothing() {
     let (mut a, rx) = applier(FakeMaps::default());
     let mut big = plan(&config((90, 10), &["127.0.0.3"], false));
     let svc = big.kernel.services.values_mut().next().expect("one");
-    svc.subsets[0].endpoints = vec![Default::default(); capacity::ENDPOINTS as usize + 1];
+    Arc::make_mut(svc).subsets[0].endpoints =
+        vec![Default::default(); capacity::ENDPOINTS as usize + 1];
     let err = a.apply(&big).expect_err("too big");
     assert!(
         matches!(

@@ -10,7 +10,8 @@ use lb_common::SockAddr4;
 /// Every steered service by its frontend address.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MapImage {
-    pub services: BTreeMap<SockAddr4, ServiceImage>,
+    /// Shared with the compiler's slices (a plan puts them together by reference).
+    pub services: BTreeMap<SockAddr4, std::sync::Arc<ServiceImage>>,
 }
 
 /// One service's slots and subsets.

@@ -189,7 +189,7 @@ pub fn compile(model: &Model) -> Result<MapImage, CompileError> {
         }
         image.services.insert(
             sock_addr(svc.frontend),
-            ServiceImage {
+            std::sync::Arc::new(ServiceImage {
                 flags,
                 name: svc.name.clone(),
                 namespace: svc.namespace.clone(),
@@ -208,7 +208,7 @@ pub fn compile(model: &Model) -> Result<MapImage, CompileError> {
                 weight_scale: scale,
                 slots,
                 subsets,
-            },
+            }),
         );
     }
     Ok(image)

@@ -50,8 +50,10 @@ pub fn build(model: Model) -> RouteTable {
         ..RouteTable::default()
     };
     for svc in &services {
-        t.services
-            .insert(svc.frontend, format!("{}/{}", svc.namespace, svc.name));
+        t.services.insert(
+            svc.frontend,
+            format!("{}/{}", svc.namespace, svc.name).into(),
+        );
         if let Some(i) = bindings.get(&svc.host) {
             t.by_service.insert(svc.frontend, *i);
         }
@@ -64,7 +66,7 @@ pub fn build(model: Model) -> RouteTable {
             }
             let names = catalog.lookup(h).map_or_else(|| vec![h.clone()], names_of);
             for n in names {
-                t.hosts.entry(n).or_insert(idx);
+                t.hosts.entry(n.into()).or_insert(idx);
             }
         }
         let rules = vs
@@ -155,7 +157,7 @@ pub fn build(model: Model) -> RouteTable {
         t.by_service.insert(svc.frontend, idx);
         if let Some(c) = catalog.lookup(&svc.host) {
             for n in names_of(c) {
-                t.hosts.entry(n).or_insert(idx);
+                t.hosts.entry(n.into()).or_insert(idx);
             }
         }
     }
@@ -180,7 +182,8 @@ pub fn build(model: Model) -> RouteTable {
         for r in &vh.rules {
             if let Action::Route { destinations, .. } = &r.action {
                 for d in destinations.iter().chain(r.mirrors.iter().map(|(m, _)| m)) {
-                    t.endpoints.extend(d.endpoints.values().flatten().copied());
+                    t.endpoints
+                        .extend(d.endpoints.values().flatten().map(|e| (*e, 1)));
                 }
             }
         }

@@ -8,77 +8,254 @@ use std::sync::Arc;
 use super::{CompileError, MapImage, Plan, capacity, plan};
 use crate::fasthash::HashMap;
 use crate::model::slices::Slice;
-use crate::route::RouteTable;
 use crate::route::path::Normalization;
+use crate::route::{RouteTable, VirtualHost};
 
-/// Each slice's plan, by the slice's address (the `Arc` held, so the address is its).
+/// Each slice's plan, and the slices' plans together as last handed out.
 #[derive(Default)]
-pub struct PlanCache(HashMap<usize, (Arc<Slice>, Arc<Plan>)>);
+pub struct PlanCache {
+    /// By the slice's address (the `Arc` held, so the address is its).
+    parts: HashMap<usize, Part>,
+    merged: Option<Merged>,
+}
 
-/// Compiles the slices not compiled before and puts every slice's plan together.
+struct Part {
+    _slice: Arc<Slice>,
+    plan: Arc<Plan>,
+    /// Where its vhosts are in the merged route table.
+    vhosts: Vec<usize>,
+}
+
+/// The plan of every slice together, and what it takes to change it in place.
+struct Merged {
+    kernel: MapImage,
+    outliers: super::Outliers,
+    table: Arc<RouteTable>,
+    /// Vhost places of slices gone, for the next ones.
+    free: Vec<usize>,
+    /// Slices with rules that read headers.
+    reading_headers: usize,
+}
+
+impl Merged {
+    fn plan(&self) -> Plan {
+        Plan {
+            kernel: self.kernel.clone(),
+            proxy: self.table.clone(),
+            outliers: self.outliers.clone(),
+        }
+    }
+}
+
+/// Compiles the slices not compiled before and puts every slice's plan together: the
+/// plan of the last call, changed by the slices that came and went.
 pub fn plan_slices(
     slices: &[Arc<Slice>],
     normalization: Normalization,
     cache: &mut PlanCache,
 ) -> Result<Plan, CompileError> {
-    let mut next = HashMap::with_capacity_and_hasher(slices.len(), Default::default());
+    let key = |s: &Arc<Slice>| Arc::as_ptr(s) as usize;
+    let mut added = Vec::new();
     for s in slices {
-        let key = Arc::as_ptr(s) as usize;
-        let part = match cache.0.remove(&key) {
-            Some((_, p)) => p,
-            None => Arc::new(plan(s.take_model())?),
-        };
-        next.insert(key, (s.clone(), part));
+        if !cache.parts.contains_key(&key(s)) {
+            added.push((s.clone(), Arc::new(plan(s.take_model())?)));
+        }
     }
-    let parts: Vec<&Plan> = slices
-        .iter()
-        .map(|s| &*next[&(Arc::as_ptr(s) as usize)].1)
-        .collect();
-    let merged = merge(&parts, normalization)?;
-    cache.0 = next;
-    Ok(merged)
+    let kept = slices.len() - added.len();
+    let removed: Vec<usize> = if kept == cache.parts.len() {
+        Vec::new()
+    } else {
+        let now: crate::fasthash::HashSet<usize> = slices.iter().map(key).collect();
+        cache
+            .parts
+            .keys()
+            .filter(|k| !now.contains(k))
+            .copied()
+            .collect()
+    };
+    // A wildcard host's vhost is found by pattern, across slices: put all together anew.
+    let wild = added.iter().any(|(_, p)| !p.proxy.wildcards.is_empty())
+        || cache
+            .merged
+            .as_ref()
+            .is_some_and(|m| !m.table.wildcards.is_empty());
+    match &cache.merged {
+        Some(m)
+            if added.is_empty() && removed.is_empty() && m.table.normalization == normalization =>
+        {
+            Ok(m.plan())
+        }
+        Some(m) if !wild && m.table.normalization == normalization => {
+            let mut next = Merged {
+                kernel: m.kernel.clone(),
+                outliers: m.outliers.clone(),
+                table: Arc::new((*m.table).clone()),
+                free: m.free.clone(),
+                reading_headers: m.reading_headers,
+            };
+            for k in &removed {
+                if let Some(part) = cache.parts.remove(k) {
+                    next.take_out(&part);
+                }
+            }
+            for (slice, plan) in added {
+                let vhosts = next.put_in(&plan);
+                cache.parts.insert(
+                    key(&slice),
+                    Part {
+                        _slice: slice,
+                        plan,
+                        vhosts,
+                    },
+                );
+            }
+            if let Err(e) = check_count(next.kernel.services.len()) {
+                // The parts changed with the plan that is refused: start over next time.
+                *cache = PlanCache::default();
+                return Err(e);
+            }
+            let out = next.plan();
+            cache.merged = Some(next);
+            Ok(out)
+        }
+        _ => {
+            let mut parts: HashMap<usize, Part> = std::mem::take(&mut cache.parts);
+            for (slice, plan) in added {
+                parts.insert(
+                    key(&slice),
+                    Part {
+                        _slice: slice,
+                        plan,
+                        vhosts: Vec::new(),
+                    },
+                );
+            }
+            let mut next = Merged {
+                kernel: MapImage::default(),
+                outliers: super::Outliers::new(),
+                table: Arc::new(RouteTable {
+                    normalization,
+                    ..RouteTable::default()
+                }),
+                free: Vec::new(),
+                reading_headers: 0,
+            };
+            let mut kept = HashMap::with_capacity_and_hasher(slices.len(), Default::default());
+            for s in slices {
+                let mut part = parts.remove(&key(s)).expect("compiled above or before");
+                part.vhosts = next.put_in(&part.plan);
+                kept.insert(key(s), part);
+            }
+            Arc::get_mut(&mut next.table)
+                .expect("not shared yet")
+                .wildcards
+                .sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
+            if let Err(e) = check_count(next.kernel.services.len()) {
+                *cache = PlanCache::default();
+                return Err(e);
+            }
+            let out = next.plan();
+            cache.parts = kept;
+            cache.merged = Some(next);
+            Ok(out)
+        }
+    }
 }
 
-/// The plans of slices as one.
-fn merge(parts: &[&Plan], normalization: Normalization) -> Result<Plan, CompileError> {
-    let count: usize = parts.iter().map(|p| p.kernel.services.len()).sum();
+fn check_count(count: usize) -> Result<(), CompileError> {
     if count > capacity::SERVICES as usize {
         return Err(CompileError::TooManyServices {
             count,
             max: capacity::SERVICES,
         });
     }
-    let mut kernel = MapImage::default();
-    let mut outliers = super::Outliers::new();
-    let mut t = RouteTable {
-        normalization,
-        ..RouteTable::default()
-    };
-    for p in parts {
-        kernel
+    Ok(())
+}
+
+impl Merged {
+    fn table(&mut self) -> &mut RouteTable {
+        Arc::get_mut(&mut self.table).expect("a table being made is not shared")
+    }
+
+    /// Adds a slice's plan; returns where its vhosts went.
+    fn put_in(&mut self, p: &Plan) -> Vec<usize> {
+        self.kernel
             .services
             .extend(p.kernel.services.iter().map(|(k, v)| (*k, v.clone())));
-        outliers.extend(p.outliers.iter().map(|(k, v)| (*k, v.clone())));
+        self.outliers
+            .extend(p.outliers.iter().map(|(k, v)| (*k, v.clone())));
+        self.reading_headers += usize::from(p.proxy.matches_headers);
+        let reading = self.reading_headers > 0;
+        let mut free = std::mem::take(&mut self.free);
+        let t = self.table();
         let r = &*p.proxy;
-        let base = t.vhosts.len();
-        t.vhosts.extend(r.vhosts.iter().cloned());
+        let at: Vec<usize> = r
+            .vhosts
+            .iter()
+            .map(|vh| match free.pop() {
+                Some(i) => {
+                    t.vhosts[i] = vh.clone();
+                    i
+                }
+                None => {
+                    t.vhosts.push(vh.clone());
+                    t.vhosts.len() - 1
+                }
+            })
+            .collect();
         t.hosts
-            .extend(r.hosts.iter().map(|(h, i)| (h.clone(), i + base)));
+            .extend(r.hosts.iter().map(|(h, i)| (h.clone(), at[*i])));
         t.wildcards
-            .extend(r.wildcards.iter().map(|(w, i)| (w.clone(), i + base)));
+            .extend(r.wildcards.iter().map(|(w, i)| (w.clone(), at[*i])));
         t.by_service
-            .extend(r.by_service.iter().map(|(a, i)| (*a, i + base)));
+            .extend(r.by_service.iter().map(|(a, i)| (*a, at[*i])));
         t.services
             .extend(r.services.iter().map(|(a, n)| (*a, n.clone())));
-        t.endpoints.extend(r.endpoints.iter().copied());
-        t.matches_headers |= r.matches_headers;
+        for e in r.endpoints.keys() {
+            *t.endpoints.entry(*e).or_insert(0) += 1;
+        }
+        t.matches_headers = reading;
+        self.free = free;
+        at
     }
-    t.wildcards.sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
-    Ok(Plan {
-        kernel,
-        proxy: Arc::new(t),
-        outliers,
-    })
+
+    /// Removes a slice's plan (never one with wildcards: those are put together anew).
+    fn take_out(&mut self, part: &Part) {
+        let p = &*part.plan;
+        for k in p.kernel.services.keys() {
+            self.kernel.services.remove(k);
+        }
+        for k in p.outliers.keys() {
+            self.outliers.remove(k);
+        }
+        self.reading_headers -= usize::from(p.proxy.matches_headers);
+        let reading = self.reading_headers > 0;
+        let t = self.table();
+        let r = &*p.proxy;
+        for h in r.hosts.keys() {
+            t.hosts.remove(h);
+        }
+        for a in r.by_service.keys() {
+            t.by_service.remove(a);
+        }
+        for a in r.services.keys() {
+            t.services.remove(a);
+        }
+        for e in r.endpoints.keys() {
+            if let Some(n) = t.endpoints.get_mut(e) {
+                *n -= 1;
+                if *n == 0 {
+                    t.endpoints.remove(e);
+                }
+            }
+        }
+        // Its places stay until another slice takes them; nothing points at them.
+        for &i in &part.vhosts {
+            t.vhosts[i] = Arc::new(VirtualHost::unused());
+        }
+        t.matches_headers = reading;
+        self.free.extend(&part.vhosts);
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,8 @@ use crate::load::{Loaded, Resource, istio};
 pub struct Slice {
     /// Held so the addresses keying the cache stay these objects'.
     docs: Vec<Arc<Loaded>>,
+    /// What its documents mention (see [`mentions`]).
+    names: Vec<String>,
     pub diags: Vec<Diagnostic>,
     model: Mutex<Option<Model>>,
     opts: Options,
@@ -48,46 +50,164 @@ impl Slice {
     }
 }
 
-/// The slices of the last build, by their objects' addresses.
+/// The slices of the last build, kept so the next one only redoes what changed.
 #[derive(Default)]
-pub struct SliceCache(HashMap<Vec<usize>, Arc<Slice>>);
+pub struct SliceCache {
+    /// Each document's slice, by the document's address.
+    of_doc: HashMap<usize, Arc<Slice>>,
+    /// Which slice mentions each name.
+    owner: HashMap<String, Arc<Slice>>,
+    /// Every slice, in the order they were made.
+    all: Vec<Arc<Slice>>,
+    /// A document names a wildcard host: one slice of all, made anew on any change.
+    wild: bool,
+}
 
-/// Parts `loaded` into slices and builds each that is not in `cache` (the cache then
-/// holds exactly the returned slices). Returns the slices in a stable order.
+fn addr(l: &Arc<Loaded>) -> usize {
+    Arc::as_ptr(l) as usize
+}
+
+/// Parts `loaded` into slices, building only those whose documents changed since the
+/// last build of `cache`: the slices of documents gone and those that share a name
+/// with a new document are taken apart and made again from what is left of them and
+/// the new documents. A build that changes nothing costs a look-up per document.
 pub(super) fn build(
     loaded: &[Arc<Loaded>],
     cache: &mut SliceCache,
     memo: &mut HashMap<usize, ServiceEntryMemo>,
     opts: &Options,
 ) -> Vec<Arc<Slice>> {
-    forget_unloaded(loaded, memo);
-    let groups = partition(loaded);
-    let mut next = HashMap::default();
-    let mut out = Vec::with_capacity(groups.len());
-    for members in groups {
-        let key: Vec<usize> = members
-            .iter()
-            .map(|&i| Arc::as_ptr(&loaded[i]) as usize)
-            .collect();
-        let slice = match cache.0.remove(&key) {
-            Some(s) => s,
-            None => {
-                let docs: Vec<Arc<Loaded>> = members.iter().map(|&i| loaded[i].clone()).collect();
-                let mut diags = Vec::new();
-                let model = build_part(&docs, memo, &mut diags, opts);
-                Arc::new(Slice {
-                    docs,
-                    diags,
-                    model: Mutex::new(Some(model)),
-                    opts: opts.clone(),
-                })
-            }
-        };
-        out.push(slice.clone());
-        next.insert(key, slice);
+    let mut added = Vec::new();
+    let mut kept = 0;
+    for (i, l) in loaded.iter().enumerate() {
+        if cache.of_doc.contains_key(&addr(l)) {
+            kept += 1;
+        } else {
+            added.push(i);
+        }
     }
-    cache.0 = next;
-    out
+    let removed: Vec<usize> = if kept == cache.of_doc.len() {
+        Vec::new()
+    } else {
+        let now: crate::fasthash::HashSet<usize> = loaded.iter().map(addr).collect();
+        cache
+            .of_doc
+            .keys()
+            .filter(|k| !now.contains(k))
+            .copied()
+            .collect()
+    };
+    if added.is_empty() && removed.is_empty() {
+        return cache.all.clone();
+    }
+    if cache.wild {
+        forget_unloaded(loaded, memo);
+        return rebuild(loaded, cache, memo, opts);
+    }
+    for k in &removed {
+        memo.remove(k);
+    }
+    // The slices to make again: those of documents gone, and those a new document's
+    // names reach (a wildcard host reaches them all).
+    let mut dirty: HashMap<usize, Arc<Slice>> = HashMap::default();
+    for k in &removed {
+        if let Some(s) = cache.of_doc.get(k) {
+            dirty.insert(Arc::as_ptr(s) as usize, s.clone());
+        }
+    }
+    let mut names = Vec::new();
+    for &i in &added {
+        names.clear();
+        if !mentions(&loaded[i], &mut names) {
+            forget_unloaded(loaded, memo);
+            return rebuild(loaded, cache, memo, opts);
+        }
+        for n in &names {
+            if let Some(s) = cache.owner.get(n) {
+                dirty.insert(Arc::as_ptr(s) as usize, s.clone());
+            }
+        }
+    }
+    // Their documents that stay, and the new ones, in load order.
+    let gone: crate::fasthash::HashSet<usize> = removed.iter().copied().collect();
+    let mut pool: crate::fasthash::HashSet<usize> = dirty
+        .values()
+        .flat_map(|s| s.docs.iter().map(addr))
+        .filter(|k| !gone.contains(k))
+        .collect();
+    pool.extend(added.iter().map(|&i| addr(&loaded[i])));
+    let docs: Vec<Arc<Loaded>> = loaded
+        .iter()
+        .filter(|l| pool.contains(&addr(l)))
+        .cloned()
+        .collect();
+    for s in dirty.values() {
+        for d in &s.docs {
+            cache.of_doc.remove(&addr(d));
+        }
+        for n in &s.names {
+            cache.owner.remove(n);
+        }
+    }
+    cache
+        .all
+        .retain(|s| !dirty.contains_key(&(Arc::as_ptr(s) as usize)));
+    for group in partition(&docs) {
+        let members: Vec<Arc<Loaded>> = group.iter().map(|&i| docs[i].clone()).collect();
+        add(cache, make(members, memo, opts));
+    }
+    cache.all.clone()
+}
+
+/// Parts and builds everything anew.
+fn rebuild(
+    loaded: &[Arc<Loaded>],
+    cache: &mut SliceCache,
+    memo: &mut HashMap<usize, ServiceEntryMemo>,
+    opts: &Options,
+) -> Vec<Arc<Slice>> {
+    *cache = SliceCache {
+        wild: loaded.iter().any(|l| !mentions(l, &mut Vec::new())),
+        ..SliceCache::default()
+    };
+    for group in partition(loaded) {
+        let members: Vec<Arc<Loaded>> = group.iter().map(|&i| loaded[i].clone()).collect();
+        add(cache, make(members, memo, opts));
+    }
+    cache.all.clone()
+}
+
+fn add(cache: &mut SliceCache, slice: Arc<Slice>) {
+    for d in &slice.docs {
+        cache.of_doc.insert(addr(d), slice.clone());
+    }
+    for n in &slice.names {
+        cache.owner.insert(n.clone(), slice.clone());
+    }
+    cache.all.push(slice);
+}
+
+/// Validates one slice's documents into its model.
+fn make(
+    docs: Vec<Arc<Loaded>>,
+    memo: &mut HashMap<usize, ServiceEntryMemo>,
+    opts: &Options,
+) -> Arc<Slice> {
+    let mut names = Vec::new();
+    for d in &docs {
+        mentions(d, &mut names);
+    }
+    names.sort_unstable();
+    names.dedup();
+    let mut diags = Vec::new();
+    let model = build_part(&docs, memo, &mut diags, opts);
+    Arc::new(Slice {
+        docs,
+        names,
+        diags,
+        model: Mutex::new(Some(model)),
+        opts: opts.clone(),
+    })
 }
 
 /// Groups of indices into `loaded`, each in load order, the groups ordered by their

@@ -108,6 +108,7 @@ pub fn dump(t: &RouteTable) -> Value {
     let vhosts: Vec<Value> = t
         .vhosts
         .iter()
+        .filter(|vh| !vh.is_unused())
         .map(|vh| {
             let rules: Vec<Value> = vh
                 .rules
@@ -142,11 +143,11 @@ pub fn dump(t: &RouteTable) -> Value {
             json!({"virtual_service": vh.name, "proxy_reason": vh.proxy_reason, "rules": rules})
         })
         .collect();
-    let mut hosts: Vec<(&String, &usize)> = t.hosts.iter().collect();
+    let mut hosts: Vec<(&std::sync::Arc<str>, &usize)> = t.hosts.iter().collect();
     hosts.sort();
     json!({
         "virtual_hosts": vhosts,
-        "hosts": hosts.into_iter().map(|(h, i)| (h.clone(), Value::String(t.vhosts[*i].name.clone()))).collect::<serde_json::Map<_, _>>(),
-        "services": t.services.iter().map(|(a, n)| (a.to_string(), Value::String(n.clone()))).collect::<serde_json::Map<_, _>>(),
+        "hosts": hosts.into_iter().map(|(h, i)| (h.to_string(), Value::String(t.vhosts[*i].name.clone()))).collect::<serde_json::Map<_, _>>(),
+        "services": t.services.iter().map(|(a, n)| (a.to_string(), Value::String(n.to_string()))).collect::<serde_json::Map<_, _>>(),
     })
 }

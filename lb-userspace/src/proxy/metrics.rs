@@ -202,7 +202,7 @@ impl Metrics {
         );
         let counter = cache.1.entry(key).or_insert_with(|| {
             let service = dialled
-                .and_then(|d| table.services.get(&d).cloned())
+                .and_then(|d| table.services.get(&d).map(|s| s.to_string()))
                 .unwrap_or_else(|| "-".into());
             let subset = dest.map_or_else(|| "-".to_string(), |d| d.label.clone());
             self.requests

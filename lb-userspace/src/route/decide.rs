@@ -231,7 +231,7 @@ pub fn decide<'t>(
     };
     let endpoint = endpoints[i];
     // Defence in depth: only ever forward to an endpoint of a configured service.
-    if !table.endpoints.contains(&endpoint) {
+    if !table.endpoints.contains_key(&endpoint) {
         return Verdict::Local(Local {
             rule: Some(rule),
             destination: Some(dest),

@@ -12,7 +12,7 @@ pub mod policy;
 
 use std::collections::BTreeMap;
 
-use crate::fasthash::{HashMap, HashSet};
+use crate::fasthash::HashMap;
 use std::net::{SocketAddr, SocketAddrV4};
 
 use http::HeaderMap;
@@ -24,12 +24,12 @@ pub use matchers::{MatchBlock, RequestView, StrMatch};
 /// The proxy's routing table: one immutable snapshot per applied configuration. Its
 /// maps hash with foldhash (looked up per request; SipHash showed in the profile):
 /// their keys come from the configuration, so a client's Host can only miss.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RouteTable {
     /// Shared with the compiler's slices: a change rebuilds only its slice's vhosts.
     pub vhosts: Vec<std::sync::Arc<VirtualHost>>,
     /// Every exact name (and address) a VirtualService answers to → vhost index.
-    pub hosts: HashMap<String, usize>,
+    pub hosts: HashMap<std::sync::Arc<str>, usize>,
     /// `*.example.com` patterns, longest first.
     pub wildcards: Vec<(String, usize)>,
     /// Dialled service address → vhost bound to that service.
@@ -38,9 +38,10 @@ pub struct RouteTable {
     /// map only then.
     pub matches_headers: bool,
     /// Dialled service address → `ns/name` (metrics, unknown-host counting).
-    pub services: HashMap<SocketAddrV4, String>,
-    /// Every endpoint of every service: the proxy never forwards elsewhere.
-    pub endpoints: HashSet<SocketAddr>,
+    pub services: HashMap<SocketAddrV4, std::sync::Arc<str>>,
+    /// Every endpoint of every service: the proxy never forwards elsewhere. (How many
+    /// of the compiler's slices name it: one drops out when its last slice does.)
+    pub endpoints: HashMap<SocketAddr, u32>,
     /// How request paths are normalised before matching and forwarding.
     pub normalization: path::Normalization,
 }
@@ -52,6 +53,21 @@ pub struct VirtualHost {
     pub rules: Vec<Rule>,
     /// Why its services take the proxy path (`lb status`, `lb explain`), None: kernel.
     pub proxy_reason: Option<String>,
+}
+
+impl VirtualHost {
+    /// A place in the table no name leads to (its slice is gone).
+    pub fn unused() -> Self {
+        VirtualHost {
+            name: String::new(),
+            rules: Vec::new(),
+            proxy_reason: None,
+        }
+    }
+
+    pub fn is_unused(&self) -> bool {
+        self.name.is_empty()
+    }
 }
 
 #[derive(Debug)]

@@ -125,7 +125,7 @@ fn describe(t: &RouteTable) -> String {
     by.sort();
     let mut services: Vec<String> = t.services.iter().map(|(a, n)| format!("{a} {n}")).collect();
     services.sort();
-    let mut endpoints: Vec<String> = t.endpoints.iter().map(ToString::to_string).collect();
+    let mut endpoints: Vec<String> = t.endpoints.keys().map(ToString::to_string).collect();
     endpoints.sort();
     let wild: Vec<String> = t
         .wildcards
@@ -135,7 +135,7 @@ fn describe(t: &RouteTable) -> String {
     format!(
         "{hosts:#?}\n{by:#?}\n{services:?}\n{endpoints:?}\n{wild:?}\nheaders={} vhosts={}",
         t.matches_headers,
-        t.vhosts.len()
+        t.vhosts.iter().filter(|v| !v.is_unused()).count()
     )
 }
 

@@ -584,7 +584,7 @@ fn table_to(endpoint: std::net::SocketAddr) -> std::sync::Arc<crate::route::Rout
     use crate::route::{Destination, RouteTable, VirtualHost};
     let mut t = RouteTable::default();
     t.hosts.insert("svc".into(), 0);
-    t.endpoints.insert(endpoint);
+    t.endpoints.insert(endpoint, 1);
     let mut r = rule();
     r.action = Action::Route {
         destinations: vec![Destination {
