@@ -200,7 +200,7 @@ impl<W: MapWriter> Applier<W> {
             .outliers
             .plan(&plan.kernel, &plan.outliers, std::time::Instant::now());
         let services: Vec<_> = (plan.kernel.services.iter())
-            .map(|(k, svc)| (*k, watching.live(k).unwrap_or(&**svc)))
+            .map(|(k, svc)| (k, watching.live(k).unwrap_or(svc)))
             .collect();
         let done = self.run(&services, removed, Some(&plan.proxy))?;
         self.outliers.adopt(watching);
@@ -212,13 +212,13 @@ impl<W: MapWriter> Applier<W> {
     /// stay. The same steps as [`apply`](Self::apply), so the same guarantees.
     fn update(&mut self, services: &MapImage) -> Result<(ApplyReport, Garbage), ApplyError> {
         self.check_capacity(services)?;
-        let services: Vec<_> = services.services.iter().map(|(k, s)| (*k, &**s)).collect();
+        let services: Vec<_> = services.services.iter().collect();
         self.run(&services, Vec::new(), None)
     }
 
     fn run(
         &mut self,
-        services: &[(SockAddr4, &ServiceImage)],
+        services: &[(&SockAddr4, &Arc<ServiceImage>)],
         removed: Vec<SockAddr4>,
         routes: Option<&Arc<RouteTable>>,
     ) -> Result<(ApplyReport, Garbage), ApplyError> {
@@ -244,17 +244,20 @@ impl<W: MapWriter> Applier<W> {
 
     fn apply_steps(
         &mut self,
-        services: &[(SockAddr4, &ServiceImage)],
+        services: &[(&SockAddr4, &Arc<ServiceImage>)],
         removed: Vec<SockAddr4>,
         routes: Option<&Arc<RouteTable>>,
         journal: &mut Journal,
     ) -> Result<(ApplyReport, Garbage), (String, DatapathError)> {
         let mut report = ApplyReport::default();
         // Services to (re)write, with the revision they get; then the removed ones.
-        let mut writes: Vec<(SockAddr4, &ServiceImage, Service)> = Vec::new();
-        for &(key, svc) in services {
+        let mut writes: Vec<(SockAddr4, &Arc<ServiceImage>, Service)> = Vec::new();
+        for &(&key, svc) in services {
             let old = self.current.get(&key);
-            if old.is_some_and(|o| same(&o.image, svc) && o.entry.mode == svc.mode) {
+            let unchanged = |o: &PinnedService| {
+                Arc::ptr_eq(&o.image, svc) || (same(&o.image, svc) && o.entry.mode == svc.mode)
+            };
+            if old.is_some_and(unchanged) {
                 report.unchanged += 1;
                 continue;
             }
@@ -309,7 +312,7 @@ impl<W: MapWriter> Applier<W> {
         }
         // 5. Names for `lb status` and the apply time.
         for (key, svc, _) in &writes {
-            let old = self.current.get(key).map(|o| &o.image);
+            let old = self.current.get(key).map(|o| &*o.image);
             write_names(&mut self.maps, journal, *key, Some(svc), old)
                 .map_err(|e| (format!("naming {}", addr(key)), e))?;
         }
@@ -334,7 +337,7 @@ impl<W: MapWriter> Applier<W> {
         for (key, svc, entry) in writes {
             let new = PinnedService {
                 entry,
-                image: svc.clone(),
+                image: Arc::clone(svc),
             };
             match self.current.insert(key, new) {
                 Some(old) => {

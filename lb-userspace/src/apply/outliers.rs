@@ -8,6 +8,7 @@
 //! endpoints ejected). Pure: the reads come in, the images to apply go out.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lb_common::{Health, HealthKey, SockAddr4};
@@ -33,7 +34,7 @@ struct Watched {
     /// By subset id.
     outliers: BTreeMap<u32, Outlier>,
     /// What the maps hold: `compiled` without the endpoints ejected.
-    live: ServiceImage,
+    live: Arc<ServiceImage>,
 }
 
 /// What one read of `LB_HEALTH` asks for.
@@ -50,7 +51,7 @@ pub struct Watching(BTreeMap<SockAddr4, Watched>);
 
 impl Watching {
     /// What the maps must hold for `key`, if outlier detection changes it.
-    pub fn live(&self, key: &SockAddr4) -> Option<&ServiceImage> {
+    pub fn live(&self, key: &SockAddr4) -> Option<&Arc<ServiceImage>> {
         self.0.get(key).map(|w| &w.live)
     }
 }
@@ -68,7 +69,7 @@ impl KernelOutliers {
                 *key,
                 Watched {
                     compiled: (**svc).clone(),
-                    live: self.filter(*key, svc, subsets, now),
+                    live: Arc::new(self.filter(*key, svc, subsets, now)),
                     outliers: subsets.clone(),
                 },
             );
@@ -147,9 +148,9 @@ impl KernelOutliers {
             let w = &self.watched[&key];
             let live = self.filter(key, &w.compiled, &w.outliers, now);
             let w = self.watched.get_mut(&key).expect("listed above");
-            if live != w.live {
-                w.live = live.clone();
-                out.changed.services.insert(key, std::sync::Arc::new(live));
+            if live != *w.live {
+                w.live = Arc::new(live);
+                out.changed.services.insert(key, w.live.clone());
             }
         }
         out

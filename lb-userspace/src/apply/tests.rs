@@ -189,7 +189,8 @@ fn the_error_names_the_failed_step() {
 fn a_plan_over_capacity_writes_nothing() {
     let (mut a, rx) = applier(FakeMaps::default());
     let mut big = plan(&config((90, 10), &["127.0.0.3"], false));
-    let svc = big.kernel.services.values_mut().next().expect("one");
+    let kernel = Arc::make_mut(&mut big.kernel);
+    let svc = kernel.services.values_mut().next().expect("one");
     Arc::make_mut(svc).subsets[0].endpoints =
         vec![Default::default(); capacity::ENDPOINTS as usize + 1];
     let err = a.apply(&big).expect_err("too big");

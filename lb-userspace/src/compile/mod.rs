@@ -24,10 +24,12 @@ pub use image::{MapImage, ServiceImage, SubsetImage};
 /// What the daemon applies: the kernel maps' image and the proxy's routing table.
 #[derive(Debug)]
 pub struct Plan {
-    pub kernel: MapImage,
+    /// Shared with the compiler (slices.rs), which changes it in place for the next
+    /// plan once this one is dropped.
+    pub kernel: std::sync::Arc<MapImage>,
     pub proxy: std::sync::Arc<RouteTable>,
     /// Outlier detection of kernel-path services, per subset id.
-    pub outliers: Outliers,
+    pub outliers: std::sync::Arc<Outliers>,
 }
 
 /// Per kernel-path service address, the outlier detection of each subset (by id) that
@@ -65,9 +67,9 @@ pub fn plan(model: Model) -> Result<Plan, CompileError> {
     let kernel = compile(&model)?;
     let outliers = outliers(&model, &kernel);
     Ok(Plan {
-        kernel,
+        kernel: std::sync::Arc::new(kernel),
         proxy: std::sync::Arc::new(routes::build(model)),
-        outliers,
+        outliers: std::sync::Arc::new(outliers),
     })
 }
 

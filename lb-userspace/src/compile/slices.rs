@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::{CompileError, MapImage, Plan, capacity, plan};
+use super::{CompileError, Plan, capacity, plan};
 use crate::fasthash::HashMap;
 use crate::model::slices::Slice;
 use crate::route::path::Normalization;
@@ -28,9 +28,7 @@ struct Part {
 
 /// The plan of every slice together, and what it takes to change it in place.
 struct Merged {
-    kernel: MapImage,
-    outliers: super::Outliers,
-    table: Arc<RouteTable>,
+    plan: Plan,
     /// Vhost places of slices gone, for the next ones.
     free: Vec<usize>,
     /// Slices with rules that read headers.
@@ -38,17 +36,35 @@ struct Merged {
 }
 
 impl Merged {
-    fn plan(&self) -> Plan {
+    fn new(normalization: Normalization) -> Self {
+        Merged {
+            plan: Plan {
+                kernel: Default::default(),
+                proxy: Arc::new(RouteTable {
+                    normalization,
+                    ..RouteTable::default()
+                }),
+                outliers: Default::default(),
+            },
+            free: Vec::new(),
+            reading_headers: 0,
+        }
+    }
+
+    /// The plan, sharing everything with this one.
+    fn handed_out(&self) -> Plan {
         Plan {
-            kernel: self.kernel.clone(),
-            proxy: self.table.clone(),
-            outliers: self.outliers.clone(),
+            kernel: self.plan.kernel.clone(),
+            proxy: self.plan.proxy.clone(),
+            outliers: self.plan.outliers.clone(),
         }
     }
 }
 
 /// Compiles the slices not compiled before and puts every slice's plan together: the
-/// plan of the last call, changed by the slices that came and went.
+/// plan of the last call, changed by the slices that came and went. (Changed in
+/// place: the map image and outliers are copied only while the last plan handed out
+/// is still held; the route table is copied, the proxy holds it.)
 pub fn plan_slices(
     slices: &[Arc<Slice>],
     normalization: Normalization,
@@ -66,100 +82,60 @@ pub fn plan_slices(
         Vec::new()
     } else {
         let now: crate::fasthash::HashSet<usize> = slices.iter().map(key).collect();
-        cache
-            .parts
-            .keys()
-            .filter(|k| !now.contains(k))
-            .copied()
-            .collect()
+        cache.parts.keys().filter(|k| !now.contains(k)).copied().collect()
     };
+    let same_normalization = cache
+        .merged
+        .as_ref()
+        .is_some_and(|m| m.plan.proxy.normalization == normalization);
+    if same_normalization && added.is_empty() && removed.is_empty() {
+        return Ok(cache.merged.as_ref().expect("checked").handed_out());
+    }
     // A wildcard host's vhost is found by pattern, across slices: put all together anew.
     let wild = added.iter().any(|(_, p)| !p.proxy.wildcards.is_empty())
-        || cache
-            .merged
-            .as_ref()
-            .is_some_and(|m| !m.table.wildcards.is_empty());
-    match &cache.merged {
-        Some(m)
-            if added.is_empty() && removed.is_empty() && m.table.normalization == normalization =>
-        {
-            Ok(m.plan())
-        }
-        Some(m) if !wild && m.table.normalization == normalization => {
-            let mut next = Merged {
-                kernel: m.kernel.clone(),
-                outliers: m.outliers.clone(),
-                table: Arc::new((*m.table).clone()),
-                free: m.free.clone(),
-                reading_headers: m.reading_headers,
-            };
+        || cache.merged.as_ref().is_some_and(|m| !m.plan.proxy.wildcards.is_empty());
+    let mut merged = match cache.merged.take() {
+        Some(mut m) if same_normalization && !wild => {
             for k in &removed {
                 if let Some(part) = cache.parts.remove(k) {
-                    next.take_out(&part);
+                    m.take_out(&part);
                 }
             }
             for (slice, plan) in added {
-                let vhosts = next.put_in(&plan);
-                cache.parts.insert(
-                    key(&slice),
-                    Part {
-                        _slice: slice,
-                        plan,
-                        vhosts,
-                    },
-                );
+                let vhosts = m.put_in(&plan);
+                cache.parts.insert(key(&slice), Part { _slice: slice, plan, vhosts });
             }
-            if let Err(e) = check_count(next.kernel.services.len()) {
-                // The parts changed with the plan that is refused: start over next time.
-                *cache = PlanCache::default();
-                return Err(e);
-            }
-            let out = next.plan();
-            cache.merged = Some(next);
-            Ok(out)
+            m
         }
         _ => {
             let mut parts: HashMap<usize, Part> = std::mem::take(&mut cache.parts);
             for (slice, plan) in added {
-                parts.insert(
-                    key(&slice),
-                    Part {
-                        _slice: slice,
-                        plan,
-                        vhosts: Vec::new(),
-                    },
-                );
+                parts.insert(key(&slice), Part { _slice: slice, plan, vhosts: Vec::new() });
             }
-            let mut next = Merged {
-                kernel: MapImage::default(),
-                outliers: super::Outliers::new(),
-                table: Arc::new(RouteTable {
-                    normalization,
-                    ..RouteTable::default()
-                }),
-                free: Vec::new(),
-                reading_headers: 0,
-            };
-            let mut kept = HashMap::with_capacity_and_hasher(slices.len(), Default::default());
+            let mut m = Merged::new(normalization);
             for s in slices {
                 let mut part = parts.remove(&key(s)).expect("compiled above or before");
-                part.vhosts = next.put_in(&part.plan);
-                kept.insert(key(s), part);
+                part.vhosts = m.put_in(&part.plan);
+                cache.parts.insert(key(s), part);
             }
-            Arc::get_mut(&mut next.table)
-                .expect("not shared yet")
+            m.table()
                 .wildcards
                 .sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
-            if let Err(e) = check_count(next.kernel.services.len()) {
-                *cache = PlanCache::default();
-                return Err(e);
-            }
-            let out = next.plan();
-            cache.parts = kept;
-            cache.merged = Some(next);
-            Ok(out)
+            m
         }
+    };
+    if let Err(e) = check_count(merged.plan.kernel.services.len()) {
+        // The parts changed with the plan that is refused: start over next time.
+        *cache = PlanCache::default();
+        return Err(e);
     }
+    let reading = merged.reading_headers > 0;
+    if merged.plan.proxy.matches_headers != reading {
+        merged.table().matches_headers = reading;
+    }
+    let out = merged.handed_out();
+    cache.merged = Some(merged);
+    Ok(out)
 }
 
 fn check_count(count: usize) -> Result<(), CompileError> {
@@ -174,18 +150,17 @@ fn check_count(count: usize) -> Result<(), CompileError> {
 
 impl Merged {
     fn table(&mut self) -> &mut RouteTable {
-        Arc::get_mut(&mut self.table).expect("a table being made is not shared")
+        Arc::make_mut(&mut self.plan.proxy)
     }
 
     /// Adds a slice's plan; returns where its vhosts went.
     fn put_in(&mut self, p: &Plan) -> Vec<usize> {
-        self.kernel
+        Arc::make_mut(&mut self.plan.kernel)
             .services
             .extend(p.kernel.services.iter().map(|(k, v)| (*k, v.clone())));
-        self.outliers
+        Arc::make_mut(&mut self.plan.outliers)
             .extend(p.outliers.iter().map(|(k, v)| (*k, v.clone())));
         self.reading_headers += usize::from(p.proxy.matches_headers);
-        let reading = self.reading_headers > 0;
         let mut free = std::mem::take(&mut self.free);
         let t = self.table();
         let r = &*p.proxy;
@@ -214,7 +189,6 @@ impl Merged {
         for e in r.endpoints.keys() {
             *t.endpoints.entry(*e).or_insert(0) += 1;
         }
-        t.matches_headers = reading;
         self.free = free;
         at
     }
@@ -222,14 +196,15 @@ impl Merged {
     /// Removes a slice's plan (never one with wildcards: those are put together anew).
     fn take_out(&mut self, part: &Part) {
         let p = &*part.plan;
+        let kernel = Arc::make_mut(&mut self.plan.kernel);
         for k in p.kernel.services.keys() {
-            self.kernel.services.remove(k);
+            kernel.services.remove(k);
         }
+        let outliers = Arc::make_mut(&mut self.plan.outliers);
         for k in p.outliers.keys() {
-            self.outliers.remove(k);
+            outliers.remove(k);
         }
         self.reading_headers -= usize::from(p.proxy.matches_headers);
-        let reading = self.reading_headers > 0;
         let t = self.table();
         let r = &*p.proxy;
         for h in r.hosts.keys() {
@@ -253,7 +228,6 @@ impl Merged {
         for &i in &part.vhosts {
             t.vhosts[i] = Arc::new(VirtualHost::unused());
         }
-        t.matches_headers = reading;
         self.free.extend(&part.vhosts);
     }
 }

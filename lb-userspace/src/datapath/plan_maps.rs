@@ -62,7 +62,9 @@ pub trait MapWriter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PinnedService {
     pub entry: Service,
-    pub image: ServiceImage,
+    /// Shared with the plan that was applied: the next apply finds an unchanged
+    /// service by its address, without comparing contents.
+    pub image: std::sync::Arc<ServiceImage>,
 }
 
 /// Reads every service back: entry, slots of its current revision, subsets (names
@@ -127,7 +129,13 @@ pub fn read_services(
             slots,
             subsets,
         };
-        out.insert(key, PinnedService { entry, image });
+        out.insert(
+            key,
+            PinnedService {
+                entry,
+                image: std::sync::Arc::new(image),
+            },
+        );
     }
     Ok(out)
 }
