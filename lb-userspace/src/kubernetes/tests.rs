@@ -85,7 +85,8 @@ fn snapshot(docs: &[Value]) -> (Vec<Arc<Loaded>>, Vec<crate::diagnostic::Diagnos
 fn endpoints(docs: &[Value]) -> Vec<(String, i64, String)> {
     let (objects, diags) = snapshot(docs);
     assert!(diags.is_empty(), "{diags:?}");
-    let Resource::ServiceEntry(se) = &objects[0].resource else {
+    let r = objects[0].resource();
+    let Resource::ServiceEntry(se) = &*r else {
         panic!("a ServiceEntry first");
     };
     se.spec
@@ -212,7 +213,8 @@ fn headless_and_external_name_services_have_no_address_to_steer() {
         d["spec"]["clusterIPs"] = serde_json::json!(["None"]);
     }
     let (objects, _) = snapshot(&docs);
-    let Resource::ServiceEntry(se) = &objects[0].resource else {
+    let r = objects[0].resource();
+    let Resource::ServiceEntry(se) = &*r else {
         panic!("a ServiceEntry");
     };
     assert!(se.spec.addresses.is_empty());

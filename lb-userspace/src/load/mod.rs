@@ -69,9 +69,11 @@ pub enum Resource {
 }
 
 /// A resource with where it came from.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Loaded {
-    pub resource: Resource,
+    /// The typed resource while it is needed; a file's is dropped between changes
+    /// ([`release`](Self::release)) and read again from its text when asked for.
+    parsed: std::sync::Mutex<Option<Arc<Resource>>>,
     pub kind: &'static str,
     pub namespace: String,
     pub name: String,
@@ -80,13 +82,61 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// `metadata.annotations` of the resource.
-    pub fn annotations(&self) -> &std::collections::BTreeMap<String, String> {
-        match &self.resource {
+    pub fn new(
+        resource: Resource,
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        file: PathBuf,
+        doc: locate::Document,
+    ) -> Self {
+        Loaded {
+            parsed: std::sync::Mutex::new(Some(Arc::new(resource))),
+            kind,
+            namespace,
+            name,
+            file,
+            doc,
+        }
+    }
+
+    fn parsed(&self) -> std::sync::MutexGuard<'_, Option<Arc<Resource>>> {
+        self.parsed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The typed resource (read again from the document if it was released).
+    pub fn resource(&self) -> Arc<Resource> {
+        let mut parsed = self.parsed();
+        if let Some(r) = &*parsed {
+            return r.clone();
+        }
+        let resource_name = format!("{} {}/{}", self.kind, self.namespace, self.name);
+        let again = parse_as(self.kind, &self.doc, &self.file, &resource_name, &mut Vec::new())
+            .expect("a document that parsed once parses again");
+        let r = Arc::new(again);
+        *parsed = Some(r.clone());
+        r
+    }
+
+    /// Drops the typed resource if it can be read again (a file's document): between
+    /// changes the daemon keeps a file's text, a tenth of its typed form.
+    pub fn release(&self) {
+        if !self.doc.text.is_empty() {
+            *self.parsed() = None;
+        }
+    }
+
+    /// A `metadata.annotations` value of the resource.
+    pub fn annotation(&self, key: &str) -> Option<String> {
+        let r = self.resource();
+        let annotations = match &*r {
             Resource::ServiceEntry(r) => &r.metadata.annotations,
             Resource::DestinationRule(r) => &r.metadata.annotations,
             Resource::VirtualService(r) => &r.metadata.annotations,
-        }
+        };
+        annotations.get(key).cloned()
     }
 
     /// Origin of `path` inside this resource.
@@ -428,23 +478,33 @@ fn load_document(
         ));
         return None;
     }
-    let parsed =
-        match kind_static {
-            "ServiceEntry" => typed(&doc, file, &resource_name, diags)
-                .map(|r| Resource::ServiceEntry(Box::new(r))),
-            "DestinationRule" => typed(&doc, file, &resource_name, diags)
-                .map(|r| Resource::DestinationRule(Box::new(r))),
-            _ => typed(&doc, file, &resource_name, diags)
-                .map(|r| Resource::VirtualService(Box::new(r))),
-        }?;
-    Some(Loaded {
-        resource: parsed,
-        kind: kind_static,
+    let parsed = parse_as(kind_static, &doc, file, &resource_name, diags)?;
+    Some(Loaded::new(
+        parsed,
+        kind_static,
         namespace,
         name,
-        file: file.to_path_buf(),
+        file.to_path_buf(),
         doc,
-    })
+    ))
+}
+
+/// Deserialises a document of `kind` (one of the three lb reads).
+fn parse_as(
+    kind: &str,
+    doc: &locate::Document,
+    file: &Path,
+    resource_name: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Resource> {
+    match kind {
+        "ServiceEntry" => typed(doc, file, resource_name, diags)
+            .map(|r| Resource::ServiceEntry(Box::new(r))),
+        "DestinationRule" => typed(doc, file, resource_name, diags)
+            .map(|r| Resource::DestinationRule(Box::new(r))),
+        _ => typed(doc, file, resource_name, diags)
+            .map(|r| Resource::VirtualService(Box::new(r))),
+    }
 }
 
 /// The kinds lb reads, by name.
@@ -518,14 +578,14 @@ pub fn load_object(value: &serde_json::Value, diags: &mut Vec<Diagnostic>) -> Op
         }
         _ => parse(&object, origin, diags).map(|r| Resource::VirtualService(Box::new(r))),
     }?;
-    Some(Loaded {
-        resource: parsed,
+    Some(Loaded::new(
+        parsed,
         kind,
         namespace,
         name,
-        file: PathBuf::new(),
-        doc: locate::Document::detached(),
-    })
+        PathBuf::new(),
+        locate::Document::detached(),
+    ))
 }
 
 /// Deserialises a document into its Istio type; a schema error names the field.
@@ -741,7 +801,7 @@ mod tests {
     }
 
     fn host_of(l: &Loaded) -> String {
-        match &l.resource {
+        match &*l.resource() {
             Resource::DestinationRule(r) => r.spec.host.clone().unwrap_or_default(),
             _ => String::new(),
         }

@@ -332,7 +332,8 @@ fn parse_virtual_services(
 ) -> Vec<routes::ParsedVs> {
     let mut out = Vec::new();
     for (i, l) in loaded.iter().enumerate() {
-        let Resource::VirtualService(vs) = &l.resource else {
+        let r = l.resource();
+        let Resource::VirtualService(vs) = &*r else {
             continue;
         };
         if let Some(p) = routes::from_virtual_service(l, i, &vs.spec, catalog, subset_rules, diags)
@@ -369,7 +370,8 @@ fn build_catalog(
 ) -> Catalog {
     let mut cat = Catalog::default();
     for l in loaded {
-        let Resource::ServiceEntry(se) = &l.resource else {
+        let r = l.resource();
+        let Resource::ServiceEntry(se) = &*r else {
             continue;
         };
         let m = memo.entry(Arc::as_ptr(l) as usize).or_insert_with(|| {
@@ -426,7 +428,8 @@ fn build_subset_rules(
 ) -> subsets::SubsetRules {
     let mut rules = subsets::SubsetRules::default();
     for (i, l) in loaded.iter().enumerate() {
-        let Resource::DestinationRule(dr) = &l.resource else {
+        let r = l.resource();
+        let Resource::DestinationRule(dr) = &*r else {
             continue;
         };
         let Some(mut rule) = subsets::from_destination_rule(l, i, &dr.spec, diags) else {

@@ -257,7 +257,7 @@ pub fn from_virtual_service(
     if !spec.export_to.is_empty() {
         warn_unenforced(l, "spec.exportTo", diags, "exportTo");
     }
-    let mut proxy_reason = match l.annotations().get(DATAPATH_ANNOTATION).map(String::as_str) {
+    let mut proxy_reason = match l.annotation(DATAPATH_ANNOTATION).as_deref() {
         Some("proxy") => Some(ProxyReason::Annotation),
         Some("kernel") | None => None,
         Some(other) => {
@@ -270,8 +270,8 @@ pub fn from_virtual_service(
             None
         }
     };
-    let sticky = l.annotations().get(STICKY_ANNOTATION).and_then(|text| {
-        let key = crate::route::policy::HashKey::parse(text);
+    let sticky = l.annotation(STICKY_ANNOTATION).and_then(|text| {
+        let key = crate::route::policy::HashKey::parse(&text);
         if key.is_none() {
             let p = format!("metadata.annotations.{STICKY_ANNOTATION}");
             diags.push(Diagnostic::error(

@@ -154,7 +154,7 @@ pub(super) fn build(
         .retain(|s| !dirty.contains_key(&(Arc::as_ptr(s) as usize)));
     for group in partition(&docs) {
         let members: Vec<Arc<Loaded>> = group.iter().map(|&i| docs[i].clone()).collect();
-        add(cache, make(members, memo, opts));
+        add(cache, make(members, memo, opts, true));
     }
     cache.all.clone()
 }
@@ -172,7 +172,7 @@ fn rebuild(
     };
     for group in partition(loaded) {
         let members: Vec<Arc<Loaded>> = group.iter().map(|&i| loaded[i].clone()).collect();
-        add(cache, make(members, memo, opts));
+        add(cache, make(members, memo, opts, !cache.wild));
     }
     cache.all.clone()
 }
@@ -187,11 +187,14 @@ fn add(cache: &mut SliceCache, slice: Arc<Slice>) {
     cache.all.push(slice);
 }
 
-/// Validates one slice's documents into its model.
+/// Validates one slice's documents into its model; `release`: then lets their typed
+/// forms go (they are read again from their text if the slice is made again; a
+/// configuration with a wildcard host, made anew on every change, keeps them).
 fn make(
     docs: Vec<Arc<Loaded>>,
     memo: &mut HashMap<usize, ServiceEntryMemo>,
     opts: &Options,
+    release: bool,
 ) -> Arc<Slice> {
     let mut names = Vec::new();
     for d in &docs {
@@ -201,6 +204,11 @@ fn make(
     names.dedup();
     let mut diags = Vec::new();
     let model = build_part(&docs, memo, &mut diags, opts);
+    if release {
+        for d in &docs {
+            d.release();
+        }
+    }
     Arc::new(Slice {
         docs,
         names,
@@ -269,7 +277,7 @@ fn mentions(l: &Loaded, out: &mut Vec<String>) -> bool {
             out.push(format!("h:{}", h.split('.').next().unwrap_or_default()));
         }
     };
-    match &l.resource {
+    match &*l.resource() {
         Resource::ServiceEntry(se) => {
             for h in &se.spec.hosts {
                 host(h, out);
