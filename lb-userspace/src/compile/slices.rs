@@ -82,7 +82,12 @@ pub fn plan_slices(
         Vec::new()
     } else {
         let now: crate::fasthash::HashSet<usize> = slices.iter().map(key).collect();
-        cache.parts.keys().filter(|k| !now.contains(k)).copied().collect()
+        cache
+            .parts
+            .keys()
+            .filter(|k| !now.contains(k))
+            .copied()
+            .collect()
     };
     let same_normalization = cache
         .merged
@@ -93,7 +98,10 @@ pub fn plan_slices(
     }
     // A wildcard host's vhost is found by pattern, across slices: put all together anew.
     let wild = added.iter().any(|(_, p)| !p.proxy.wildcards.is_empty())
-        || cache.merged.as_ref().is_some_and(|m| !m.plan.proxy.wildcards.is_empty());
+        || cache
+            .merged
+            .as_ref()
+            .is_some_and(|m| !m.plan.proxy.wildcards.is_empty());
     let mut merged = match cache.merged.take() {
         Some(mut m) if same_normalization && !wild => {
             for k in &removed {
@@ -103,14 +111,28 @@ pub fn plan_slices(
             }
             for (slice, plan) in added {
                 let vhosts = m.put_in(&plan);
-                cache.parts.insert(key(&slice), Part { _slice: slice, plan, vhosts });
+                cache.parts.insert(
+                    key(&slice),
+                    Part {
+                        _slice: slice,
+                        plan,
+                        vhosts,
+                    },
+                );
             }
             m
         }
         _ => {
             let mut parts: HashMap<usize, Part> = std::mem::take(&mut cache.parts);
             for (slice, plan) in added {
-                parts.insert(key(&slice), Part { _slice: slice, plan, vhosts: Vec::new() });
+                parts.insert(
+                    key(&slice),
+                    Part {
+                        _slice: slice,
+                        plan,
+                        vhosts: Vec::new(),
+                    },
+                );
             }
             let mut m = Merged::new(normalization);
             for s in slices {

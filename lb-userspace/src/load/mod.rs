@@ -113,8 +113,14 @@ impl Loaded {
             return r.clone();
         }
         let resource_name = format!("{} {}/{}", self.kind, self.namespace, self.name);
-        let again = parse_as(self.kind, &self.doc, &self.file, &resource_name, &mut Vec::new())
-            .expect("a document that parsed once parses again");
+        let again = parse_as(
+            self.kind,
+            &self.doc,
+            &self.file,
+            &resource_name,
+            &mut Vec::new(),
+        )
+        .expect("a document that parsed once parses again");
         let r = Arc::new(again);
         *parsed = Some(r.clone());
         r
@@ -498,12 +504,13 @@ fn parse_as(
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Resource> {
     match kind {
-        "ServiceEntry" => typed(doc, file, resource_name, diags)
-            .map(|r| Resource::ServiceEntry(Box::new(r))),
-        "DestinationRule" => typed(doc, file, resource_name, diags)
-            .map(|r| Resource::DestinationRule(Box::new(r))),
-        _ => typed(doc, file, resource_name, diags)
-            .map(|r| Resource::VirtualService(Box::new(r))),
+        "ServiceEntry" => {
+            typed(doc, file, resource_name, diags).map(|r| Resource::ServiceEntry(Box::new(r)))
+        }
+        "DestinationRule" => {
+            typed(doc, file, resource_name, diags).map(|r| Resource::DestinationRule(Box::new(r)))
+        }
+        _ => typed(doc, file, resource_name, diags).map(|r| Resource::VirtualService(Box::new(r))),
     }
 }
 

@@ -17,13 +17,14 @@ use super::{Options, lb_bin, procs};
 pub struct ControlResults {
     /// (services, load ms, compile ms, apply ms, unchanged re-apply ms)
     pub apply: Vec<(usize, f64, f64, f64, f64)>,
-    /// Config change → live in the kernel, ms.
-    pub change_median_ms: f64,
-    pub change_max_ms: f64,
-    pub change_samples: usize,
-    pub change_services: usize,
-    /// (services, daemon RSS KiB when idle with the parse cache, without it)
+    /// Config change → live in the kernel: (services, median ms, max ms, changes).
+    #[serde(default)]
+    pub changes: Vec<(usize, f64, f64, usize)>,
+    /// (services, daemon RSS KiB when idle, the same with `--no-parse-cache`)
     pub idle_rss_kib: Vec<(usize, u64, u64)>,
+    /// (services, the daemon's first reload: read, validate, compile, apply; ms)
+    #[serde(default)]
+    pub first_load_ms: Vec<(usize, f64)>,
     /// `lb run`'s keeper (holds the listening sockets), KiB: the same for any config.
     #[serde(default)]
     pub keeper_rss_kib: u64,
@@ -135,12 +136,7 @@ fn time_apply(n: usize, work: &Path) -> anyhow::Result<(usize, f64, f64, f64, f6
 
 /// A daemon on `n` services: its idle RSS and its keeper's, and (if `changes` > 0)
 /// change latencies.
-fn daemon(
-    n: usize,
-    changes: usize,
-    work: &Path,
-    extra: &[&str],
-) -> anyhow::Result<(u64, u64, Vec<f64>)> {
+fn daemon(n: usize, changes: usize, work: &Path, extra: &[&str]) -> anyhow::Result<Daemon> {
     let dir = work.join(format!("daemon-{n}"));
     write_config(&dir, n, 90)?;
     let id = std::process::id();
@@ -168,7 +164,7 @@ fn daemon(
     .chain(extra)
     .map(|s| s.to_string())
     .collect();
-    let result = (|| -> anyhow::Result<(u64, u64, Vec<f64>)> {
+    let result = (|| -> anyhow::Result<Daemon> {
         let pid = ps.spawn(
             "lb",
             procs::SERVER_CPU,
@@ -178,6 +174,10 @@ fn daemon(
             &log,
         )?;
         wait_for_log(&log, "configuration applied", Duration::from_secs(120))?;
+        let first_load_ms = logged_ms(&std::fs::read_to_string(&log)?, "took_ms")
+            .first()
+            .copied()
+            .unwrap_or(f64::NAN);
         // Idle: past the 2 s after an apply when the daemon hands freed memory back.
         std::thread::sleep(Duration::from_secs(3));
         // lb run: the keeper, and the daemon it started.
@@ -209,7 +209,12 @@ fn daemon(
             // Let the debounce window pass so every change is its own reload.
             std::thread::sleep(Duration::from_millis(60));
         }
-        Ok((rss, keeper, latencies))
+        Ok(Daemon {
+            rss,
+            keeper,
+            latencies,
+            first_load_ms,
+        })
     })();
     drop(ps);
     let _ = std::process::Command::new(lb_bin())
@@ -218,6 +223,35 @@ fn daemon(
         .output();
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// What one daemon run measured (KiB, ms).
+struct Daemon {
+    rss: u64,
+    keeper: u64,
+    latencies: Vec<f64>,
+    first_load_ms: f64,
+}
+
+/// Every value of `field=` on the daemon's "configuration applied" lines, in order.
+fn logged_ms(log: &str, field: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains("configuration applied"))
+        .filter_map(|l| {
+            l.split(&format!("{field}="))
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Median and max of `v` (sorted in place).
+fn median_max(v: &mut [f64]) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[v.len() - 1])
 }
 
 pub fn run(o: &Options, work: &Path) -> anyhow::Result<ControlResults> {
@@ -236,29 +270,21 @@ pub fn run(o: &Options, work: &Path) -> anyhow::Result<ControlResults> {
         r.apply.push(t);
     }
     let changes = if o.smoke { 10 } else { 100 };
-    let change_services = if o.smoke { 100 } else { 1_000 };
     for &n in sizes {
-        let (rss, keeper, mut lat) =
-            daemon(n, if n == change_services { changes } else { 0 }, work, &[])?;
-        let (rss_no_cache, _, _) = daemon(n, 0, work, &["--no-parse-cache"])?;
-        r.keeper_rss_kib = keeper;
+        let mut d = daemon(n, changes, work, &[])?;
+        let no_cache = daemon(n, 0, work, &["--no-parse-cache"])?;
+        r.keeper_rss_kib = d.keeper;
         eprintln!(
-            "daemon with {n} services: idle RSS {rss} KiB ({rss_no_cache} KiB with --no-parse-cache)"
+            "daemon with {n} services: first load {:.0} ms, idle RSS {} KiB ({} KiB with --no-parse-cache)",
+            d.first_load_ms, d.rss, no_cache.rss
         );
-        r.idle_rss_kib.push((n, rss, rss_no_cache));
-        if !lat.is_empty() {
-            lat.sort_by(f64::total_cmp);
-            r.change_median_ms = lat[lat.len() / 2];
-            r.change_max_ms = *lat.last().unwrap_or(&0.0);
-            r.change_samples = lat.len();
-            r.change_services = n;
-            eprintln!(
-                "config change -> live with {n} services: median {:.1} ms, max {:.1} ms ({} changes)",
-                r.change_median_ms,
-                r.change_max_ms,
-                lat.len()
-            );
-        }
+        r.idle_rss_kib.push((n, d.rss, no_cache.rss));
+        r.first_load_ms.push((n, d.first_load_ms));
+        let (median, max) = median_max(&mut d.latencies);
+        eprintln!(
+            "config change -> live with {n} services: median {median:.1} ms, max {max:.1} ms ({changes} changes)"
+        );
+        r.changes.push((n, median, max, changes));
     }
     Ok(r)
 }
@@ -303,36 +329,20 @@ pub fn change_main(args: &[String]) -> anyhow::Result<()> {
     // The daemon's own account of each reload ("configuration applied" fields).
     let log = std::fs::read_to_string(work.join(format!("daemon-{n}.log"))).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&work);
-    let (_, _, mut lat) = result?;
+    let mut d = result?;
+    println!("daemon's first load: {:.0} ms", d.first_load_ms);
     for field in ["took_ms", "load_ms", "compile_ms", "apply_ms"] {
-        let mut v: Vec<f64> = log
-            .lines()
-            .filter_map(|l| {
-                l.split(&format!("{field}="))
-                    .nth(1)?
-                    .split(' ')
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .skip(1)
-            .collect();
-        v.sort_by(f64::total_cmp);
+        // The first reload is the whole configuration's.
+        let mut v: Vec<f64> = logged_ms(&log, field).into_iter().skip(1).collect();
         if !v.is_empty() {
-            println!(
-                "daemon reload {field}: median {:.1} ms, max {:.1} ms",
-                v[v.len() / 2],
-                v[v.len() - 1]
-            );
+            let (median, max) = median_max(&mut v);
+            println!("daemon reload {field}: median {median:.1} ms, max {max:.1} ms");
         }
     }
-    lat.sort_by(f64::total_cmp);
-    anyhow::ensure!(!lat.is_empty(), "no change measured");
+    anyhow::ensure!(!d.latencies.is_empty(), "no change measured");
+    let (median, max) = median_max(&mut d.latencies);
     println!(
-        "config change -> live with {n} services: median {:.1} ms, max {:.1} ms ({} changes)",
-        lat[lat.len() / 2],
-        lat[lat.len() - 1],
-        lat.len()
+        "config change -> live with {n} services: median {median:.1} ms, max {max:.1} ms ({changes} changes)"
     );
     Ok(())
 }
