@@ -112,7 +112,7 @@ libfuzzer_sys::fuzz_target!(|bytes: &[u8]| {
             continue;
         };
         assert!(
-            table.endpoints.contains(&t.endpoint),
+            table.endpoints.contains_key(&t.endpoint),
             "forwarded outside the services"
         );
         if MODES[mode] != Normalization::None && path_and_query.starts_with('/') {

@@ -33,6 +33,22 @@ pub struct Cluster<'a> {
 /// One ServiceEntry per Service that has a ClusterIP or endpoints (ExternalName
 /// Services are left out: they name a DNS host, which lb does not resolve).
 pub fn service_entries(c: &Cluster<'_>, diags: &mut Vec<Diagnostic>) -> Vec<Loaded> {
+    entries(c)
+        .into_iter()
+        .filter_map(|(_, entry)| loaded(&entry, diags))
+        .collect()
+}
+
+/// A Service's ServiceEntry as lb reads it.
+pub fn loaded(entry: &serde_json::Value, diags: &mut Vec<Diagnostic>) -> Option<Loaded> {
+    let mut l = load::load_object(entry, diags)?;
+    // Named as the operator knows it.
+    l.kind = "Service";
+    Some(l)
+}
+
+/// Each Service's ServiceEntry as the API object lb reads (namespace, name, object).
+pub fn entries(c: &Cluster<'_>) -> Vec<((String, String), serde_json::Value)> {
     let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for s in c.slices {
         let (Some(ns), Some(svc)) = (
@@ -73,11 +89,7 @@ pub fn service_entries(c: &Cluster<'_>, diags: &mut Vec<Diagnostic>) -> Vec<Load
                 "endpoints": endpoints(ns, own, c.pods, unnamed_port(spec).as_deref()),
             },
         });
-        if let Some(mut l) = load::load_object(&entry, diags) {
-            // Named as the operator knows it.
-            l.kind = "Service";
-            out.push(l);
-        }
+        out.push(((ns.to_string(), name.to_string()), entry));
     }
     out
 }

@@ -9,8 +9,9 @@
 pub mod catalog;
 pub mod crds;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use std::time::Duration;
@@ -110,6 +111,19 @@ pub struct KubeSource {
     domain: String,
     /// Posts Events on rejected objects (needs `create` on events; a refusal is logged).
     recorder: kube::runtime::events::Recorder,
+    /// What the last snapshot read each object to.
+    reuse: Mutex<Reuse>,
+}
+
+/// The objects of the last snapshot, handed out again (the same `Arc`s) while they
+/// come out the same: the model rebuilds only the slices of objects that changed.
+#[derive(Default)]
+struct Reuse {
+    /// Each Service's ServiceEntry, by namespace and name, with the object it was read
+    /// from (its Service, EndpointSlices and pods' labels together).
+    services: HashMap<(String, String), (serde_json::Value, Arc<Loaded>)>,
+    /// Each Istio object, by kind, namespace and name, with its resourceVersion.
+    istio: HashMap<(String, String, String), (String, Arc<Loaded>)>,
 }
 
 impl KubeSource {
@@ -213,6 +227,7 @@ impl KubeSource {
             domain: opts.domain.clone(),
             recorder: kube::runtime::events::Recorder::new(client, reporter),
             health,
+            reuse: Mutex::default(),
         })
     }
 
@@ -270,12 +285,38 @@ impl KubeSource {
             pods: &pods,
             domain: &self.domain,
         };
-        let mut objects: Vec<Arc<Loaded>> = catalog::service_entries(&cluster, &mut diags)
-            .into_iter()
-            .map(Arc::new)
-            .collect();
+        let mut reuse = self.reuse.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut next = Reuse::default();
+        let mut objects: Vec<Arc<Loaded>> = Vec::new();
+        for (key, entry) in catalog::entries(&cluster) {
+            let l = match reuse.services.remove(&key) {
+                Some((was, l)) if was == entry => l,
+                _ => match catalog::loaded(&entry, &mut diags) {
+                    Some(l) => Arc::new(l),
+                    None => continue,
+                },
+            };
+            objects.push(l.clone());
+            next.services.insert(key, (entry, l));
+        }
         for store in &self.istio {
             for obj in store.state() {
+                let m = &obj.metadata;
+                let kind = obj.types.as_ref().map_or("", |t| t.kind.as_str());
+                let key = (
+                    kind.to_string(),
+                    m.namespace.clone().unwrap_or_default(),
+                    m.name.clone().unwrap_or_default(),
+                );
+                let version = m.resource_version.clone().unwrap_or_default();
+                if let Some((was, l)) = reuse.istio.remove(&key)
+                    && was == version
+                    && !version.is_empty()
+                {
+                    objects.push(l.clone());
+                    next.istio.insert(key, (version, l));
+                    continue;
+                }
                 let value = match serde_json::to_value(&*obj) {
                     Ok(v) => v,
                     Err(e) => {
@@ -284,10 +325,13 @@ impl KubeSource {
                     }
                 };
                 if let Some(l) = load::load_object(&value, &mut diags) {
-                    objects.push(Arc::new(l));
+                    let l = Arc::new(l);
+                    objects.push(l.clone());
+                    next.istio.insert(key, (version, l));
                 }
             }
         }
+        *reuse = next;
         // A stable order: messages and the model do not depend on the stores' hashing.
         objects
             .sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
