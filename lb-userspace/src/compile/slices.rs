@@ -3,7 +3,10 @@
 //! service address, host name or VirtualService, so putting them together only
 //! renumbers the vhosts.
 
+use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
+
+use lb_common::SockAddr4;
 
 use super::{CompileError, Plan, capacity, plan};
 use crate::fasthash::HashMap;
@@ -21,9 +24,20 @@ pub struct PlanCache {
 
 struct Part {
     _slice: Arc<Slice>,
-    plan: Arc<Plan>,
+    keys: Keys,
+}
+
+/// What a slice put into the merged plan, to take it out again. (Only the keys: the
+/// values live in the merged plan; a slice's own plan is dropped once put in.)
+struct Keys {
+    services: Box<[SockAddr4]>,
+    hosts: Box<[Arc<str>]>,
+    routed: Box<[SocketAddrV4]>,
+    named: Box<[SocketAddrV4]>,
+    endpoints: Box<[SocketAddr]>,
     /// Where its vhosts are in the merged route table.
-    vhosts: Vec<usize>,
+    vhosts: Box<[usize]>,
+    reads_headers: bool,
 }
 
 /// The plan of every slice together, and what it takes to change it in place.
@@ -74,7 +88,7 @@ pub fn plan_slices(
     let mut added = Vec::new();
     for s in slices {
         if !cache.parts.contains_key(&key(s)) {
-            added.push((s.clone(), Arc::new(plan(s.take_model())?)));
+            added.push((s.clone(), plan(s.take_model())?));
         }
     }
     let kept = slices.len() - added.len();
@@ -106,39 +120,41 @@ pub fn plan_slices(
         Some(mut m) if same_normalization && !wild => {
             for k in &removed {
                 if let Some(part) = cache.parts.remove(k) {
-                    m.take_out(&part);
+                    m.take_out(&part.keys);
                 }
             }
             for (slice, plan) in added {
-                let vhosts = m.put_in(&plan);
+                let keys = m.put_in(&plan);
                 cache.parts.insert(
                     key(&slice),
                     Part {
                         _slice: slice,
-                        plan,
-                        vhosts,
+                        keys,
                     },
                 );
             }
             m
         }
         _ => {
-            let mut parts: HashMap<usize, Part> = std::mem::take(&mut cache.parts);
-            for (slice, plan) in added {
-                parts.insert(
-                    key(&slice),
-                    Part {
-                        _slice: slice,
-                        plan,
-                        vhosts: Vec::new(),
-                    },
-                );
-            }
+            // Slices put in before are compiled again (their plans were dropped): only
+            // the first plan, a wildcard's single slice, or a new normalization.
+            let mut plans: HashMap<usize, Plan> =
+                added.into_iter().map(|(s, p)| (key(&s), p)).collect();
+            cache.parts.clear();
             let mut m = Merged::new(normalization);
             for s in slices {
-                let mut part = parts.remove(&key(s)).expect("compiled above or before");
-                part.vhosts = m.put_in(&part.plan);
-                cache.parts.insert(key(s), part);
+                let p = match plans.remove(&key(s)) {
+                    Some(p) => p,
+                    None => plan(s.take_model())?,
+                };
+                let keys = m.put_in(&p);
+                cache.parts.insert(
+                    key(s),
+                    Part {
+                        _slice: s.clone(),
+                        keys,
+                    },
+                );
             }
             m.table()
                 .wildcards
@@ -175,8 +191,8 @@ impl Merged {
         Arc::make_mut(&mut self.plan.proxy)
     }
 
-    /// Adds a slice's plan; returns where its vhosts went.
-    fn put_in(&mut self, p: &Plan) -> Vec<usize> {
+    /// Adds a slice's plan; returns what it put in.
+    fn put_in(&mut self, p: &Plan) -> Keys {
         Arc::make_mut(&mut self.plan.kernel)
             .services
             .extend(p.kernel.services.iter().map(|(k, v)| (*k, v.clone())));
@@ -212,33 +228,40 @@ impl Merged {
             *t.endpoints.entry(*e).or_insert(0) += 1;
         }
         self.free = free;
-        at
+        Keys {
+            services: p.kernel.services.keys().copied().collect(),
+            hosts: r.hosts.keys().cloned().collect(),
+            routed: r.by_service.keys().copied().collect(),
+            named: r.services.keys().copied().collect(),
+            endpoints: r.endpoints.keys().copied().collect(),
+            vhosts: at.into_boxed_slice(),
+            reads_headers: r.matches_headers,
+        }
     }
 
     /// Removes a slice's plan (never one with wildcards: those are put together anew).
-    fn take_out(&mut self, part: &Part) {
-        let p = &*part.plan;
+    fn take_out(&mut self, k: &Keys) {
         let kernel = Arc::make_mut(&mut self.plan.kernel);
-        for k in p.kernel.services.keys() {
-            kernel.services.remove(k);
+        for s in &k.services {
+            kernel.services.remove(s);
         }
+        // Outlier detection is per service too.
         let outliers = Arc::make_mut(&mut self.plan.outliers);
-        for k in p.outliers.keys() {
-            outliers.remove(k);
+        for s in &k.services {
+            outliers.remove(s);
         }
-        self.reading_headers -= usize::from(p.proxy.matches_headers);
+        self.reading_headers -= usize::from(k.reads_headers);
         let t = self.table();
-        let r = &*p.proxy;
-        for h in r.hosts.keys() {
+        for h in &k.hosts {
             t.hosts.remove(h);
         }
-        for a in r.by_service.keys() {
+        for a in &k.routed {
             t.by_service.remove(a);
         }
-        for a in r.services.keys() {
+        for a in &k.named {
             t.services.remove(a);
         }
-        for e in r.endpoints.keys() {
+        for e in &k.endpoints {
             if let Some(n) = t.endpoints.get_mut(e) {
                 *n -= 1;
                 if *n == 0 {
@@ -247,10 +270,10 @@ impl Merged {
             }
         }
         // Its places stay until another slice takes them; nothing points at them.
-        for &i in &part.vhosts {
+        for &i in &k.vhosts {
             t.vhosts[i] = Arc::new(VirtualHost::unused());
         }
-        self.free.extend(&part.vhosts);
+        self.free.extend(&k.vhosts);
     }
 }
 
