@@ -5,3 +5,21 @@
 
 pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 pub type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
+/// The keys of `cached` not in `now`, knowing that `kept` entries of `now` are keys of
+/// `cached`: when all of them were kept (nothing removed), nothing is looked for.
+pub fn gone<V>(
+    cached: &HashMap<usize, V>,
+    now: impl Iterator<Item = usize>,
+    kept: usize,
+) -> Vec<usize> {
+    if kept == cached.len() {
+        return Vec::new();
+    }
+    let now: HashSet<usize> = now.collect();
+    cached
+        .keys()
+        .filter(|k| !now.contains(k))
+        .copied()
+        .collect()
+}

@@ -92,17 +92,7 @@ pub fn plan_slices(
         }
     }
     let kept = slices.len() - added.len();
-    let removed: Vec<usize> = if kept == cache.parts.len() {
-        Vec::new()
-    } else {
-        let now: crate::fasthash::HashSet<usize> = slices.iter().map(key).collect();
-        cache
-            .parts
-            .keys()
-            .filter(|k| !now.contains(k))
-            .copied()
-            .collect()
-    };
+    let removed = crate::fasthash::gone(&cache.parts, slices.iter().map(key), kept);
     let same_normalization = cache
         .merged
         .as_ref()

@@ -86,17 +86,7 @@ pub(super) fn build(
             added.push(i);
         }
     }
-    let removed: Vec<usize> = if kept == cache.of_doc.len() {
-        Vec::new()
-    } else {
-        let now: crate::fasthash::HashSet<usize> = loaded.iter().map(addr).collect();
-        cache
-            .of_doc
-            .keys()
-            .filter(|k| !now.contains(k))
-            .copied()
-            .collect()
-    };
+    let removed = crate::fasthash::gone(&cache.of_doc, loaded.iter().map(addr), kept);
     if added.is_empty() && removed.is_empty() {
         return cache.all.clone();
     }
