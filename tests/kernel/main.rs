@@ -269,8 +269,10 @@ fn blue_green_switches_are_atomic_and_spare_open_connections() {
     let keep_alive = env.spawn_probe(&ka_args);
     std::thread::sleep(Duration::from_millis(200));
 
-    // (applied_at in unix ms, subset that must serve new connections after it)
-    let mut phases = Vec::new();
+    // (applied_at in unix ms, when the next switch was written, subset that must serve
+    // new connections in between): a connection made while a switch is on its way
+    // may go either way, so it is in no phase.
+    let mut phases: Vec<(u64, u64, &str)> = Vec::new();
     for i in 0..20 {
         let (w0, w1, expect) = if i % 2 == 0 {
             (0, 100, "v1")
@@ -278,6 +280,13 @@ fn blue_green_switches_are_atomic_and_spare_open_connections() {
             (100, 0, "v0")
         };
         let before = env.applied_at();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after epoch")
+            .as_millis() as u64;
+        if let Some(last) = phases.last_mut() {
+            last.1 = now_ms;
+        }
         env.write_config(
             "backend.yaml",
             &seed_config(svc, port, "127.0.0.2", "127.0.0.3", w0, w1),
@@ -285,7 +294,15 @@ fn blue_green_switches_are_atomic_and_spare_open_connections() {
         wait_for(Duration::from_secs(10), "the switch to apply", || {
             env.applied_at() != before && env.weights(svc).contains(&(expect.to_string(), 100))
         });
-        phases.push((unix_ms(&env.applied_at().expect("applied")), expect));
+        // The flip is visible a moment before the apply that made it records its time
+        // (step 5 of an apply): read the time once that apply is surely done, or a
+        // no-op reload's earlier time could open the phase before the flip.
+        std::thread::sleep(Duration::from_millis(30));
+        phases.push((
+            unix_ms(&env.applied_at().expect("applied")),
+            u64::MAX,
+            expect,
+        ));
         std::thread::sleep(Duration::from_millis(150));
     }
     let summary = stop_probe(client, &stop);
@@ -302,13 +319,12 @@ fn blue_green_switches_are_atomic_and_spare_open_connections() {
         "the client made only {} connections",
         lines.len()
     );
-    for (i, (t, expect)) in phases.iter().enumerate() {
-        let end = phases.get(i + 1).map_or(u64::MAX, |p| p.0);
+    for (i, (t, end, expect)) in phases.iter().enumerate() {
         let in_phase: Vec<_> = lines
             .iter()
             .filter(|l| {
                 let s = l["t_ms"].as_u64().unwrap_or(0);
-                s > *t && s < end
+                s > *t && s < *end
             })
             .collect();
         assert!(!in_phase.is_empty(), "no connection in phase {i}");
