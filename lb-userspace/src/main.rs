@@ -152,8 +152,8 @@ enum Cmd {
         /// Bound on finishing in-flight requests at SIGTERM, in seconds.
         #[arg(long, default_value_t = 10)]
         drain_seconds: u64,
-        /// Re-parse every file on each change instead of only the changed ones (less
-        /// memory with many services, slower reloads).
+        /// Keep nothing between changes: each one reads, validates and compiles the
+        /// whole configuration again (a little less memory, much slower changes).
         #[arg(long)]
         no_parse_cache: bool,
         #[command(flatten)]

@@ -57,7 +57,8 @@ pub struct RunOptions {
     pub proxy: ProxyOptions,
     /// Which local hops sk_msg shortcuts.
     pub sk_msg: SkMsgHops,
-    /// Keep each file's parse between reloads (faster changes, more memory).
+    /// Keep what a change does not touch between reloads (each file's text, the
+    /// slices' models and plans): a change then costs what it touches.
     pub parse_cache: bool,
     /// Path normalisation and lb's own listeners (no endpoint may be one).
     pub model: model::Options,

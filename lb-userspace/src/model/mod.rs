@@ -140,6 +140,7 @@ impl Catalog {
 /// (reading endpoints was the largest part of a one-file change among 1000 services).
 #[derive(Default)]
 pub struct Cache {
+    /// Each file's documents (their text; typed forms while a slice needs them).
     pub parse: load::Cache,
     /// By document (`Arc` address; the memo holds the `Arc`, so the address stays its).
     service_entries: HashMap<usize, ServiceEntryMemo>,
