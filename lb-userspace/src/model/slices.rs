@@ -43,11 +43,6 @@ impl Slice {
             )
         })
     }
-
-    /// Whether its objects have errors (then it is never compiled).
-    pub fn has_errors(&self) -> bool {
-        self.diags.iter().any(Diagnostic::is_error)
-    }
 }
 
 /// The slices of the last build, kept so the next one only redoes what changed.
