@@ -22,7 +22,8 @@ use crate::route::policy::Outlier;
 pub use image::{MapImage, ServiceImage, SubsetImage};
 
 /// What the daemon applies: the kernel maps' image and the proxy's routing table.
-#[derive(Debug)]
+/// (Cloned, it shares everything: each part is an `Arc`.)
+#[derive(Debug, Clone)]
 pub struct Plan {
     /// Shared with the compiler (slices.rs), which changes it in place for the next
     /// plan once this one is dropped.

@@ -64,15 +64,6 @@ impl Merged {
             reading_headers: 0,
         }
     }
-
-    /// The plan, sharing everything with this one.
-    fn handed_out(&self) -> Plan {
-        Plan {
-            kernel: self.plan.kernel.clone(),
-            proxy: self.plan.proxy.clone(),
-            outliers: self.plan.outliers.clone(),
-        }
-    }
 }
 
 /// Compiles the slices not compiled before and puts every slice's plan together: the
@@ -98,7 +89,7 @@ pub fn plan_slices(
         .as_ref()
         .is_some_and(|m| m.plan.proxy.normalization == normalization);
     if same_normalization && added.is_empty() && removed.is_empty() {
-        return Ok(cache.merged.as_ref().expect("checked").handed_out());
+        return Ok(cache.merged.as_ref().expect("checked").plan.clone());
     }
     // A wildcard host's vhost is found by pattern, across slices: put all together anew.
     let wild = added.iter().any(|(_, p)| !p.proxy.wildcards.is_empty())
@@ -161,7 +152,7 @@ pub fn plan_slices(
     if merged.plan.proxy.matches_headers != reading {
         merged.table().matches_headers = reading;
     }
-    let out = merged.handed_out();
+    let out = merged.plan.clone();
     cache.merged = Some(merged);
     Ok(out)
 }

@@ -30,15 +30,6 @@ pub struct Cluster<'a> {
     pub domain: &'a str,
 }
 
-/// One ServiceEntry per Service that has a ClusterIP or endpoints (ExternalName
-/// Services are left out: they name a DNS host, which lb does not resolve).
-pub fn service_entries(c: &Cluster<'_>, diags: &mut Vec<Diagnostic>) -> Vec<Loaded> {
-    entries(c)
-        .into_iter()
-        .filter_map(|(_, entry)| loaded(&entry, diags))
-        .collect()
-}
-
 /// A Service's ServiceEntry as lb reads it.
 pub fn loaded(entry: &serde_json::Value, diags: &mut Vec<Diagnostic>) -> Option<Loaded> {
     let mut l = load::load_object(entry, diags)?;
@@ -47,7 +38,9 @@ pub fn loaded(entry: &serde_json::Value, diags: &mut Vec<Diagnostic>) -> Option<
     Some(l)
 }
 
-/// Each Service's ServiceEntry as the API object lb reads (namespace, name, object).
+/// One ServiceEntry per Service that has a ClusterIP or endpoints, as the API object
+/// lb reads (ExternalName Services are left out: they name a DNS host, which lb does
+/// not resolve), by namespace and name.
 pub fn entries(c: &Cluster<'_>) -> Vec<((String, String), serde_json::Value)> {
     let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for s in c.slices {

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::Value;
 
-use super::catalog::{Cluster, PodLabels, service_entries};
+use super::catalog::{Cluster, PodLabels, entries, loaded};
 use crate::load::{self, Loaded, Resource};
 use crate::model::accept::{self, Input, LastGood};
 
@@ -65,8 +65,9 @@ fn snapshot(docs: &[Value]) -> (Vec<Arc<Loaded>>, Vec<crate::diagnostic::Diagnos
         pods: &pods,
         domain: "cluster.local",
     };
-    let mut out: Vec<Arc<Loaded>> = service_entries(&cluster, &mut diags)
+    let mut out: Vec<Arc<Loaded>> = entries(&cluster)
         .into_iter()
+        .filter_map(|(_, entry)| loaded(&entry, &mut diags))
         .map(Arc::new)
         .collect();
     for d in docs {

@@ -26,7 +26,8 @@ pub struct Slice {
     names: Vec<String>,
     pub diags: Vec<Diagnostic>,
     model: Mutex<Option<Model>>,
-    opts: Options,
+    /// The options it was built with (one copy for every slice of a build).
+    opts: Arc<Options>,
 }
 
 impl Slice {
@@ -86,14 +87,13 @@ pub(super) fn build(
         return cache.all.clone();
     }
     if cache.wild {
-        forget_unloaded(loaded, memo);
         return rebuild(loaded, cache, memo, opts);
     }
     for k in &removed {
         memo.remove(k);
     }
     // The slices to make again: those of documents gone, and those a new document's
-    // names reach (a wildcard host reaches them all).
+    // names reach (a wildcard host reaches them all: everything is made again).
     let mut dirty: HashMap<usize, Arc<Slice>> = HashMap::default();
     for k in &removed {
         if let Some(s) = cache.of_doc.get(k) {
@@ -104,7 +104,6 @@ pub(super) fn build(
     for &i in &added {
         names.clear();
         if !mentions(&loaded[i], &mut names) {
-            forget_unloaded(loaded, memo);
             return rebuild(loaded, cache, memo, opts);
         }
         for n in &names {
@@ -137,10 +136,7 @@ pub(super) fn build(
     cache
         .all
         .retain(|s| !dirty.contains_key(&(Arc::as_ptr(s) as usize)));
-    for group in partition(&docs) {
-        let members: Vec<Arc<Loaded>> = group.iter().map(|&i| docs[i].clone()).collect();
-        add(cache, make(members, memo, opts, true));
-    }
+    make_all(&docs, cache, memo, opts);
     cache.all.clone()
 }
 
@@ -151,15 +147,26 @@ fn rebuild(
     memo: &mut HashMap<usize, ServiceEntryMemo>,
     opts: &Options,
 ) -> Vec<Arc<Slice>> {
-    *cache = SliceCache {
-        wild: loaded.iter().any(|l| !mentions(l, &mut Vec::new())),
-        ..SliceCache::default()
-    };
-    for group in partition(loaded) {
-        let members: Vec<Arc<Loaded>> = group.iter().map(|&i| loaded[i].clone()).collect();
-        add(cache, make(members, memo, opts, !cache.wild));
-    }
+    forget_unloaded(loaded, memo);
+    *cache = SliceCache::default();
+    make_all(loaded, cache, memo, opts);
     cache.all.clone()
+}
+
+/// Parts `docs` into slices and makes each into `cache`.
+fn make_all(
+    docs: &[Arc<Loaded>],
+    cache: &mut SliceCache,
+    memo: &mut HashMap<usize, ServiceEntryMemo>,
+    opts: &Options,
+) {
+    let parted = partition(docs);
+    cache.wild |= parted.wild;
+    let opts = Arc::new(opts.clone());
+    for (group, names) in parted.groups {
+        let members: Vec<Arc<Loaded>> = group.iter().map(|&i| docs[i].clone()).collect();
+        add(cache, make(members, names, memo, &opts, !parted.wild));
+    }
 }
 
 fn add(cache: &mut SliceCache, slice: Arc<Slice>) {
@@ -177,16 +184,11 @@ fn add(cache: &mut SliceCache, slice: Arc<Slice>) {
 /// configuration with a wildcard host, made anew on every change, keeps them).
 fn make(
     docs: Vec<Arc<Loaded>>,
+    names: Vec<String>,
     memo: &mut HashMap<usize, ServiceEntryMemo>,
-    opts: &Options,
+    opts: &Arc<Options>,
     release: bool,
 ) -> Arc<Slice> {
-    let mut names = Vec::new();
-    for d in &docs {
-        mentions(d, &mut names);
-    }
-    names.sort_unstable();
-    names.dedup();
     let mut diags = Vec::new();
     let model = build_part(&docs, memo, &mut diags, opts);
     if release {
@@ -203,9 +205,18 @@ fn make(
     })
 }
 
-/// Groups of indices into `loaded`, each in load order, the groups ordered by their
-/// first member; one group of all when an object names a wildcard host.
-pub fn partition(loaded: &[Arc<Loaded>]) -> Vec<Vec<usize>> {
+/// Documents parted into slices.
+struct Parted {
+    /// Indices of each slice's documents, in load order (slices by their first), with
+    /// the names they mention.
+    groups: Vec<(Vec<usize>, Vec<String>)>,
+    /// A document names a wildcard host: one slice of all.
+    wild: bool,
+}
+
+/// Parts `loaded` into slices: objects that mention a common name go together; all
+/// together when one names a wildcard host.
+fn partition(loaded: &[Arc<Loaded>]) -> Parted {
     let mut parent: Vec<usize> = (0..loaded.len()).collect();
     fn root(parent: &mut [usize], mut i: usize) -> usize {
         while parent[i] != i {
@@ -215,36 +226,44 @@ pub fn partition(loaded: &[Arc<Loaded>]) -> Vec<Vec<usize>> {
         i
     }
     let mut owner: HashMap<String, usize> = HashMap::default();
-    let mut names = Vec::new();
+    let mut wild = false;
+    let mut names: Vec<Vec<String>> = Vec::with_capacity(loaded.len());
     for (i, l) in loaded.iter().enumerate() {
-        names.clear();
-        if !mentions(l, &mut names) {
-            return vec![(0..loaded.len()).collect()];
-        }
-        for n in names.drain(..) {
-            match owner.get(&n) {
+        let mut own = Vec::new();
+        wild |= !mentions(l, &mut own);
+        for n in &own {
+            match owner.get(n) {
                 Some(&j) => {
                     let (a, b) = (root(&mut parent, i), root(&mut parent, j));
                     // The smaller index leads, so a group's root is its first member.
                     parent[a.max(b)] = a.min(b);
                 }
                 None => {
-                    owner.insert(n, i);
+                    owner.insert(n.clone(), i);
                 }
             }
         }
+        names.push(own);
     }
-    let mut groups: Vec<Vec<usize>> = Vec::new();
+    if wild {
+        parent = vec![0; loaded.len()];
+    }
+    let mut groups: Vec<(Vec<usize>, Vec<String>)> = Vec::new();
     let mut at: HashMap<usize, usize> = HashMap::default();
-    for i in 0..loaded.len() {
+    for (i, own) in names.into_iter().enumerate() {
         let r = root(&mut parent, i);
         let g = *at.entry(r).or_insert_with(|| {
-            groups.push(Vec::new());
+            groups.push(Default::default());
             groups.len() - 1
         });
-        groups[g].push(i);
+        groups[g].0.push(i);
+        groups[g].1.extend(own);
     }
-    groups
+    for (_, names) in &mut groups {
+        names.sort_unstable();
+        names.dedup();
+    }
+    Parted { groups, wild }
 }
 
 /// The names `l` mentions, reduced so two objects that can touch one service share

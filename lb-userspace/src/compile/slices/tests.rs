@@ -111,22 +111,20 @@ fn said(d: &[Diagnostic]) -> Vec<String> {
 /// to, and the rules of each vhost.
 fn describe(t: &RouteTable) -> String {
     let vh = |i: &usize| format!("{:?}", t.vhosts[*i]);
-    let mut hosts: Vec<String> = t
-        .hosts
-        .iter()
-        .map(|(h, i)| format!("{h} -> {}", vh(i)))
-        .collect();
-    hosts.sort();
-    let mut by: Vec<String> = t
-        .by_service
-        .iter()
-        .map(|(a, i)| format!("{a} -> {}", vh(i)))
-        .collect();
-    by.sort();
-    let mut services: Vec<String> = t.services.iter().map(|(a, n)| format!("{a} {n}")).collect();
-    services.sort();
-    let mut endpoints: Vec<String> = t.endpoints.keys().map(ToString::to_string).collect();
-    endpoints.sort();
+    let sorted = |it: &mut dyn Iterator<Item = String>| {
+        let mut v: Vec<String> = it.collect();
+        v.sort();
+        v
+    };
+    let hosts = sorted(&mut t.hosts.iter().map(|(h, i)| format!("{h} -> {}", vh(i))));
+    let by = sorted(
+        &mut t
+            .by_service
+            .iter()
+            .map(|(a, i)| format!("{a} -> {}", vh(i))),
+    );
+    let services = sorted(&mut t.services.iter().map(|(a, n)| format!("{a} {n}")));
+    let endpoints = sorted(&mut t.endpoints.keys().map(ToString::to_string));
     let wild: Vec<String> = t
         .wildcards
         .iter()
