@@ -24,10 +24,6 @@ use crate::watch::{ConfigWatch, WatchError};
 /// How long replaced revisions stay before deletion: far longer than a connect takes
 /// between reading a service entry and its slot.
 const GRACE: Duration = Duration::from_secs(2);
-/// Quiet time after the last Kubernetes event before reloading, and the longest a
-/// change waits while events keep coming (a rollout's burst becomes one apply).
-const CLUSTER_QUIET: Duration = Duration::from_millis(20);
-const CLUSTER_MAX_WAIT: Duration = Duration::from_millis(200);
 
 /// The daemon could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -442,17 +438,19 @@ async fn start_kubernetes(opts: &kubernetes::Options) -> Result<KubeSource, Kube
     Ok(source)
 }
 
-/// Waits until the cluster's events pause (or have come for `CLUSTER_MAX_WAIT`).
-async fn cluster_settled(k: &KubeSource) {
-    k.changed().await;
-    let deadline = tokio::time::Instant::now() + CLUSTER_MAX_WAIT;
-    loop {
-        tokio::select! {
-            () = k.changed() => {}
-            () = tokio::time::sleep(CLUSTER_QUIET) => return,
-            () = tokio::time::sleep_until(deadline) => return,
-        }
+/// Stops the proxy: first its listeners leave `connect4`'s map, unless a newer daemon
+/// serves them now (an upgrade in place), so new connects take the kernel split at
+/// once; then the proxy accepts the connects already sent to it, closes its listeners
+/// and drains ([`Proxy::serve`]).
+async fn stop_proxy(serving: proxy::own_thread::Serving, pins: &Pins) -> Result<(), ProxyError> {
+    match ProxyMaps::unregister_listeners(pins) {
+        Ok(true) => tracing::info!(
+            "the proxy's listeners left the kernel's map: new connects take the kernel split"
+        ),
+        Ok(false) => tracing::info!("a newer daemon serves the proxy's listeners: they stay"),
+        Err(e) => tracing::warn!("taking the proxy's listeners out of the kernel's map: {e}"),
     }
+    serving.stop().await
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -525,6 +523,8 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
         garbage
     };
     let mut pending: Vec<(Instant, Garbage)> = Vec::new();
+    // The cluster's events not applied yet (kept here: see kubernetes::burst).
+    let mut burst = kubernetes::burst::Burst::default();
     if let Some(g) = reload(&mut applier, &mut sources) {
         pending.push((Instant::now() + GRACE, g));
     }
@@ -560,6 +560,7 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
             outlier_tick = period.map(|p| (p, tokio::time::interval(p)));
         }
         let next_gc = pending.first().map(|(t, _)| *t);
+        let cluster_due = burst.due();
         let changed = tokio::select! {
             _ = async { outlier_tick.as_mut().expect("guarded").1.tick().await }, if outlier_tick.is_some() => {
                 match applier.eject() {
@@ -570,7 +571,14 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
                 false
             }
             () = async { watch.as_mut().expect("guarded").changed().await }, if watch.is_some() => true,
-            () = async { cluster_settled(sources.kube.as_ref().expect("guarded")).await }, if sources.kube.is_some() => true,
+            () = async { sources.kube.as_ref().expect("guarded").changed().await }, if sources.kube.is_some() => {
+                burst.event(Instant::now());
+                false
+            }
+            () = async { tokio::time::sleep_until(cluster_due.expect("guarded")).await }, if cluster_due.is_some() => {
+                burst.applied();
+                true
+            }
             _ = health_tick.tick(), if sources.kube.is_some() => {
                 // Watches fail and recover between events: keep /ready current.
                 status_tx.send_modify(|s| s.kubernetes = sources.kube.as_ref().map(KubeSource::health));
@@ -592,8 +600,8 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
             }
             // Drain: stop accepting (the kernel falls back to its split at once),
             // finish in-flight requests within the bound.
-            _ = term.recv() => break serving.stop().await,
-            _ = int.recv() => break serving.stop().await,
+            _ = term.recv() => break stop_proxy(serving, &pins).await,
+            _ = int.recv() => break stop_proxy(serving, &pins).await,
             ended = serving.ended() => {
                 tracing::error!("the proxy stopped serving; exiting");
                 break ended;

@@ -7,7 +7,7 @@ use std::collections::{HashMap as StdHashMap, HashSet};
 use std::net::{SocketAddr, SocketAddrV4};
 
 use aya::maps::{HashMap, MapData, MapFd, PerCpuArray};
-use lb_common::{ClientKey, HostKey, SockAddr4, capacity, counters, map_names};
+use lb_common::{ClientKey, HostKey, Settings, SockAddr4, capacity, counters, map_names};
 
 use super::port_slots::PortSlots;
 use super::{DatapathError, Pins, sys};
@@ -114,6 +114,36 @@ impl ProxyMaps {
                 .map_err(|e| DatapathError::map("registering the proxy's listener", e))?;
         }
         Ok(())
+    }
+
+    /// Takes the proxy's listening sockets out of `connect4`'s map, if this process is
+    /// the daemon whose proxy it sends connects to (the settings hold its tgid; a
+    /// newer daemon that took over — an upgrade in place, serving the same sockets —
+    /// wrote its own, and keeps them). New connects then take the kernel split at
+    /// once, and the proxy can accept the ones already sent to it before it closes
+    /// the sockets (closing a listener resets the connections in its queue). Returns
+    /// whether they were this daemon's.
+    pub fn unregister_listeners(pins: &Pins) -> Result<bool, DatapathError> {
+        let settings: aya::maps::Array<MapData, Settings> =
+            super::open(pins, map_names::SETTINGS, true)?;
+        let current = settings
+            .get(&0, 0)
+            .map_err(|e| DatapathError::map("reading the settings", e))?;
+        if current.self_tgid != std::process::id() {
+            return Ok(false);
+        }
+        let mut map: aya::maps::SockMap<MapData> =
+            super::open(pins, map_names::PROXY_LISTENERS, false)?;
+        for index in 0..2 {
+            match map.clear_index(&index) {
+                Ok(()) => {}
+                // Not there: that socket is closed already.
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(DatapathError::map("unregistering the proxy's listener", e)),
+            }
+        }
+        Ok(true)
     }
 
     /// A datapath-wide counter (`lb_common::counters`) summed over CPUs.

@@ -6,6 +6,7 @@
 //! the files. While the API server cannot be reached the stores keep what they had,
 //! so the running plan stays; [`Health`] says since when the source is stale.
 
+pub mod burst;
 pub mod catalog;
 pub mod crds;
 

@@ -278,8 +278,9 @@ impl Proxy {
         self.admin.local_addr().expect("bound listener")
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting and drains in-flight
-    /// requests for at most `drain`.
+    /// Serves until `shutdown` resolves, then accepts for [`SETTLE`] more (and what is
+    /// queued then), closes its listeners and drains in-flight requests for at most
+    /// `drain`.
     pub async fn serve(
         self,
         shared: Arc<Shared>,
@@ -317,28 +318,22 @@ impl Proxy {
         let (stopping, _) = watch::channel(false);
         let admin_task = tokio::spawn(admin::serve(admin, shared.clone()));
         let flusher = tokio::spawn(flush_loop(shared.clone()));
-        tokio::pin!(shutdown);
         let accept = Accept {
             shared: &shared,
             builders: &builders,
             stopping: &stopping,
             nodelay_inherited: self.nodelay_inherited,
         };
-        loop {
-            tokio::select! {
-                ready = listener.readable() => {
-                    if let Ok(ready) = ready {
-                        accept.batch(ready, Listener::Main).await;
-                    }
-                }
-                ready = deferred.readable() => {
-                    if let Ok(ready) = ready {
-                        accept.batch(ready, Listener::Deferred).await;
-                    }
-                }
-                () = &mut shutdown => break,
-            }
-        }
+        accept.until(&listener, &deferred, shutdown).await;
+        // The connects the kernel sent here before the daemon took the listeners out
+        // of its map (run.rs) complete their handshakes within moments: accept them,
+        // and whatever is queued after that, before closing the listeners, which
+        // would reset every connection in their queues.
+        accept
+            .until(&listener, &deferred, tokio::time::sleep(SETTLE))
+            .await;
+        accept.queued(&listener, Listener::Main);
+        accept.queued(&deferred, Listener::Deferred);
         drop(listener);
         drop(deferred);
         tracing::info!("proxy draining (at most {drain:?})");
@@ -374,6 +369,31 @@ struct Accept<'a> {
 }
 
 impl Accept<'_> {
+    /// Accepts connections from both listeners until `end` resolves.
+    async fn until(
+        &self,
+        main: &AsyncFd<std::net::TcpListener>,
+        deferred: &AsyncFd<std::net::TcpListener>,
+        end: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(end);
+        loop {
+            tokio::select! {
+                ready = main.readable() => {
+                    if let Ok(ready) = ready {
+                        self.batch(ready, Listener::Main).await;
+                    }
+                }
+                ready = deferred.readable() => {
+                    if let Ok(ready) = ready {
+                        self.batch(ready, Listener::Deferred).await;
+                    }
+                }
+                () = &mut end => return,
+            }
+        }
+    }
+
     /// Accepts up to ACCEPT_BATCH connections from a readable listener.
     async fn batch(
         &self,
@@ -381,8 +401,8 @@ impl Accept<'_> {
         listener: Listener,
     ) {
         for _ in 0..ACCEPT_BATCH {
-            let (stream, peer) = match client_io::accept(ready.get_inner().as_raw_fd()) {
-                Ok(accepted) => accepted,
+            match client_io::accept(ready.get_inner().as_raw_fd()) {
+                Ok((stream, peer)) => self.serve(stream, peer, listener),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     ready.clear_ready();
                     return;
@@ -391,26 +411,37 @@ impl Accept<'_> {
                     accept_failed(&e).await;
                     return;
                 }
-            };
-            let Some(admitted) = self.shared.conns.admit() else {
-                refused_at_bound(stream, self.shared);
-                continue;
-            };
-            if !self.nodelay_inherited {
-                set_nodelay(stream.as_raw_fd());
             }
-            self.shared
-                .metrics
-                .accepted(matches!(listener, Listener::Deferred));
-            let conn = Conn {
-                stream,
-                admitted,
-                accepted_at: tokio::time::Instant::now(),
-            };
-            spawn_connection(conn, peer, self.shared, self.builders, self.stopping);
         }
         // A full batch: let the accepted connections run before the next.
         tokio::task::yield_now().await;
+    }
+
+    /// Accepts every connection queued on `listener` now, without waiting.
+    fn queued(&self, listener: &AsyncFd<std::net::TcpListener>, which: Listener) {
+        while let Ok((stream, peer)) = client_io::accept(listener.get_ref().as_raw_fd()) {
+            self.serve(stream, peer, which);
+        }
+    }
+
+    /// Serves an accepted connection in a task of its own, if there is room for it.
+    fn serve(&self, stream: client_io::ClientStream, peer: SocketAddr, listener: Listener) {
+        let Some(admitted) = self.shared.conns.admit() else {
+            refused_at_bound(stream, self.shared);
+            return;
+        };
+        if !self.nodelay_inherited {
+            set_nodelay(stream.as_raw_fd());
+        }
+        self.shared
+            .metrics
+            .accepted(matches!(listener, Listener::Deferred));
+        let conn = Conn {
+            stream,
+            admitted,
+            accepted_at: tokio::time::Instant::now(),
+        };
+        spawn_connection(conn, peer, self.shared, self.builders, self.stopping);
     }
 }
 
@@ -479,6 +510,10 @@ fn spawn_connection(
 /// Connections accepted per wake-up before the accepted ones run (HAProxy's
 /// `maxaccept` default).
 const ACCEPT_BATCH: usize = 64;
+/// How long the proxy keeps accepting once told to stop: the connects `connect4` sent
+/// it before its listeners left the map take microseconds to arrive on one machine;
+/// this is for a loaded one.
+const SETTLE: Duration = Duration::from_millis(100);
 
 /// A failed accept other than "none pending": a connection reset before it was
 /// accepted is skipped; running out of descriptors or memory pauses accepting briefly
