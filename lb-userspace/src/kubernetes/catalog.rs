@@ -4,7 +4,7 @@
 //! its EndpointSlices labelled with their pods' labels (subsets select by them).
 //! Pure: tested without an API server.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
@@ -18,18 +18,6 @@ use crate::load::{self, Loaded};
 /// The label an EndpointSlice names its Service by.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// Pod labels by (namespace, name).
-pub type PodLabels = HashMap<(String, String), Arc<BTreeMap<String, String>>>;
-
-/// The cluster's services, as read from the API.
-pub struct Cluster<'a> {
-    pub services: &'a [Arc<Service>],
-    pub slices: &'a [Arc<EndpointSlice>],
-    pub pods: &'a PodLabels,
-    /// `cluster.local` unless the cluster says otherwise.
-    pub domain: &'a str,
-}
-
 /// A Service's ServiceEntry as lb reads it.
 pub fn loaded(entry: &serde_json::Value, diags: &mut Vec<Diagnostic>) -> Option<Loaded> {
     let mut l = load::load_object(entry, diags)?;
@@ -38,53 +26,46 @@ pub fn loaded(entry: &serde_json::Value, diags: &mut Vec<Diagnostic>) -> Option<
     Some(l)
 }
 
-/// One ServiceEntry per Service that has a ClusterIP or endpoints, as the API object
-/// lb reads (ExternalName Services are left out: they name a DNS host, which lb does
-/// not resolve), by namespace and name.
-pub fn entries(c: &Cluster<'_>) -> Vec<((String, String), serde_json::Value)> {
-    let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-    for s in c.slices {
-        let (Some(ns), Some(svc)) = (
-            s.metadata.namespace.as_deref(),
-            s.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL)),
-        ) else {
-            continue;
-        };
-        if s.address_type == "IPv4" {
-            slices.entry((ns, svc.as_str())).or_default().push(s);
-        }
+/// The Service an EndpointSlice lists endpoints of, if lb reads it (IPv4).
+pub fn service_of(slice: &EndpointSlice) -> Option<&str> {
+    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    (slice.address_type == "IPv4").then_some(name.as_str())
+}
+
+/// A Pod's labels, by namespace and name, if it is known.
+pub type PodLabels<'a> = dyn Fn(&str, &str) -> Option<BTreeMap<String, String>> + 'a;
+
+/// The ServiceEntry of a Service that has a ClusterIP or endpoints, as the API object
+/// lb reads (None for an ExternalName Service: it names a DNS host, which lb does not
+/// resolve), from its own EndpointSlices and their pods' labels. Every pod its
+/// endpoints name is added to `pods` (known or not yet: its labels count once it is).
+pub fn entry(
+    svc: &Service,
+    slices: &[Arc<EndpointSlice>],
+    labels: &PodLabels<'_>,
+    domain: &str,
+    pods: &mut Vec<(String, String)>,
+) -> Option<serde_json::Value> {
+    let (name, ns) = (
+        svc.metadata.name.as_deref()?,
+        svc.metadata.namespace.as_deref()?,
+    );
+    let spec = svc.spec.as_ref()?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return None;
     }
-    let mut out = Vec::new();
-    for svc in c.services {
-        let (Some(name), Some(ns)) = (
-            svc.metadata.name.as_deref(),
-            svc.metadata.namespace.as_deref(),
-        ) else {
-            continue;
-        };
-        let Some(spec) = &svc.spec else { continue };
-        if spec.type_.as_deref() == Some("ExternalName") {
-            continue;
-        }
-        let own = slices.get(&(ns, name)).map_or(&[][..], Vec::as_slice);
-        let entry = json!({
-            "apiVersion": "networking.istio.io/v1",
-            "kind": "ServiceEntry",
-            "metadata": {"name": name, "namespace": ns},
-            "spec": {
-                "hosts": [format!("{name}.{ns}.svc.{}", c.domain)],
-                "addresses": cluster_ips(spec),
-                "ports": ports(spec),
-                "resolution": "STATIC",
-                "endpoints": endpoints(ns, own, c.pods, unnamed_port(spec).as_deref()),
-            },
-        });
-        out.push(((ns.to_string(), name.to_string()), entry));
-    }
-    out
+    Some(json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "ServiceEntry",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "hosts": [format!("{name}.{ns}.svc.{domain}")],
+            "addresses": cluster_ips(spec),
+            "ports": ports(spec),
+            "resolution": "STATIC",
+            "endpoints": endpoints(ns, slices, labels, unnamed_port(spec).as_deref(), pods),
+        },
+    }))
 }
 
 fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<String> {
@@ -157,14 +138,15 @@ fn serving_terminating(e: &Endpoint) -> bool {
 
 fn endpoints(
     ns: &str,
-    slices: &[&EndpointSlice],
-    pods: &PodLabels,
+    slices: &[Arc<EndpointSlice>],
+    labels: &PodLabels<'_>,
     unnamed: Option<&str>,
+    pods: &mut Vec<(String, String)>,
 ) -> Vec<serde_json::Value> {
     let all = || {
         slices
             .iter()
-            .flat_map(|s| s.endpoints.iter().map(move |e| (*s, e)))
+            .flat_map(|s| s.endpoints.iter().map(move |e| (&**s, e)))
     };
     let any_ready = all().any(|(_, e)| ready(e));
     let mut out: Vec<serde_json::Value> = Vec::new();
@@ -178,16 +160,17 @@ fn endpoints(
         if !take {
             continue;
         }
-        let labels = e
+        let pod = e
             .target_ref
             .as_ref()
             .filter(|r| r.kind.as_deref() == Some("Pod"))
-            .and_then(|r| {
-                let pod_ns = r.namespace.clone().unwrap_or_else(|| ns.to_string());
-                pods.get(&(pod_ns, r.name.clone()?))
-            })
-            .cloned()
+            .and_then(|r| Some((r.namespace.as_deref().unwrap_or(ns), r.name.as_deref()?)));
+        let pod_labels = pod
+            .and_then(|(ns, name)| labels(ns, name))
             .unwrap_or_default();
+        if let Some((ns, name)) = pod {
+            pods.push((ns.to_string(), name.to_string()));
+        }
         let ports: BTreeMap<String, i32> = slice
             .ports
             .iter()
@@ -204,7 +187,7 @@ fn endpoints(
         for address in &e.addresses {
             // One endpoint per address, even when two slices list it mid-update.
             if seen.insert(address.clone()) {
-                out.push(json!({"address": address, "ports": ports, "labels": *labels}));
+                out.push(json!({"address": address, "ports": ports, "labels": pod_labels}));
             }
         }
     }

@@ -9,8 +9,8 @@
 pub mod burst;
 pub mod catalog;
 pub mod crds;
+pub mod snapshot;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
@@ -22,13 +22,13 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector;
 use kube::runtime::watcher;
 use tokio::sync::Notify;
 
-use crate::diagnostic::Diagnostic;
-use crate::load::{self, Loaded};
 use crate::model::accept::Rejected;
+pub use snapshot::Snapshot;
+use snapshot::{Reader, Stores, Touched};
 
 /// The Kubernetes source could not start.
 #[derive(Debug, thiserror::Error)]
@@ -94,37 +94,29 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The cluster's objects, as the stores hold them now, for one reload.
-pub struct Snapshot {
-    pub objects: Vec<Arc<Loaded>>,
-    /// Istio objects that did not parse (each names the object and field).
-    pub diags: Vec<Diagnostic>,
-}
-
 /// The running watches and their stores.
 pub struct KubeSource {
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
-    pods: Store<PartialObjectMeta<Pod>>,
-    istio: Vec<Store<DynamicObject>>,
+    stores: Stores,
+    /// What the watches changed since the last snapshot.
+    touched: Arc<Mutex<Touched>>,
     changed: Arc<Notify>,
     health: Arc<Mutex<Health>>,
     domain: String,
     /// Posts Events on rejected objects (needs `create` on events; a refusal is logged).
     recorder: kube::runtime::events::Recorder,
-    /// What the last snapshot read each object to.
-    reuse: Mutex<Reuse>,
+    /// What the last snapshot read.
+    reader: Mutex<Reader>,
 }
 
-/// The objects of the last snapshot, handed out again (the same `Arc`s) while they
-/// come out the same: the model rebuilds only the slices of objects that changed.
-#[derive(Default)]
-struct Reuse {
-    /// Each Service's ServiceEntry, by namespace and name, with the object it was read
-    /// from (its Service, EndpointSlices and pods' labels together).
-    services: HashMap<(String, String), (serde_json::Value, Arc<Loaded>)>,
-    /// Each Istio object, by kind, namespace and name, with its resourceVersion.
-    istio: HashMap<(String, String, String), (String, Arc<Loaded>)>,
+/// An Istio kind as the cluster serves it.
+pub fn istio_resource(kind: &str, plural: &str, version: &str) -> ApiResource {
+    ApiResource {
+        group: ISTIO_GROUP.into(),
+        version: version.into(),
+        api_version: format!("{ISTIO_GROUP}/{version}"),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
 }
 
 impl KubeSource {
@@ -184,8 +176,10 @@ impl KubeSource {
                 .collect(),
             istio_version: istio_version.map(str::to_string),
         }));
+        let touched = Arc::new(Mutex::new(Touched::default()));
         let watch = |kind: &'static str| Watch {
             kind,
+            touched: touched.clone(),
             changed: changed.clone(),
             health: health.clone(),
         };
@@ -202,15 +196,9 @@ impl KubeSource {
         let mut istio = Vec::new();
         if let Some(version) = istio_version {
             for (kind, plural) in ISTIO_KINDS {
-                let resource = ApiResource {
-                    group: ISTIO_GROUP.into(),
-                    version: version.into(),
-                    api_version: format!("{ISTIO_GROUP}/{version}"),
-                    kind: kind.into(),
-                    plural: plural.into(),
-                };
+                let resource = istio_resource(kind, plural, version);
                 let w = reflector::store::Writer::new(resource.clone());
-                istio.push(w.as_reader());
+                istio.push((resource.clone(), w.as_reader()));
                 let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
                 watch(kind).spawn(w, move || watcher(api.clone(), Default::default()));
             }
@@ -220,26 +208,30 @@ impl KubeSource {
             instance: std::env::var("NODE_NAME").ok(),
         };
         Ok(Self {
-            services,
-            slices,
-            pods,
-            istio,
+            stores: Stores {
+                services,
+                slices,
+                pods,
+                istio,
+            },
+            touched,
             changed,
             domain: opts.domain.clone(),
             recorder: kube::runtime::events::Recorder::new(client, reporter),
             health,
-            reuse: Mutex::default(),
+            reader: Mutex::default(),
         })
     }
 
     /// Returns once every kind has been listed (the first plan must not see services
     /// without their endpoints).
     pub async fn ready(&self) {
-        let _ = self.services.wait_until_ready().await;
-        let _ = self.slices.wait_until_ready().await;
-        let _ = self.pods.wait_until_ready().await;
-        for s in &self.istio {
-            let _ = s.wait_until_ready().await;
+        let s = &self.stores;
+        let _ = s.services.wait_until_ready().await;
+        let _ = s.slices.wait_until_ready().await;
+        let _ = s.pods.wait_until_ready().await;
+        for (_, store) in &s.istio {
+            let _ = store.wait_until_ready().await;
         }
     }
 
@@ -250,13 +242,14 @@ impl KubeSource {
 
     pub fn health(&self) -> Health {
         let mut h = self.health.lock().map(|h| h.clone()).unwrap_or_default();
+        let s = &self.stores;
         let counts = [
-            self.services.state().len(),
-            self.slices.state().len(),
-            self.pods.state().len(),
+            s.services.state().len(),
+            s.slices.state().len(),
+            s.pods.state().len(),
         ]
         .into_iter()
-        .chain(self.istio.iter().map(|s| s.state().len()));
+        .chain(s.istio.iter().map(|(_, store)| store.state().len()));
         for (k, n) in h.kinds.iter_mut().zip(counts) {
             k.objects = n;
         }
@@ -264,79 +257,17 @@ impl KubeSource {
     }
 
     /// The stores' objects now: Istio objects as they are, and a ServiceEntry per
-    /// Service with its endpoints.
+    /// Service with its endpoints, read again where the watches changed something.
     pub fn snapshot(&self) -> Snapshot {
-        let mut diags = Vec::new();
-        let pods: catalog::PodLabels = self
-            .pods
-            .state()
-            .into_iter()
-            .filter_map(|p| {
-                let m = &p.metadata;
-                Some((
-                    (m.namespace.clone()?, m.name.clone()?),
-                    Arc::new(m.labels.clone().unwrap_or_default()),
-                ))
-            })
-            .collect();
-        let (services, slices) = (self.services.state(), self.slices.state());
-        let cluster = catalog::Cluster {
-            services: &services,
-            slices: &slices,
-            pods: &pods,
-            domain: &self.domain,
-        };
-        let mut reuse = self.reuse.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut next = Reuse::default();
-        let mut objects: Vec<Arc<Loaded>> = Vec::new();
-        for (key, entry) in catalog::entries(&cluster) {
-            let l = match reuse.services.remove(&key) {
-                Some((was, l)) if was == entry => l,
-                _ => match catalog::loaded(&entry, &mut diags) {
-                    Some(l) => Arc::new(l),
-                    None => continue,
-                },
-            };
-            objects.push(l.clone());
-            next.services.insert(key, (entry, l));
-        }
-        for store in &self.istio {
-            for obj in store.state() {
-                let m = &obj.metadata;
-                let kind = obj.types.as_ref().map_or("", |t| t.kind.as_str());
-                let key = (
-                    kind.to_string(),
-                    m.namespace.clone().unwrap_or_default(),
-                    m.name.clone().unwrap_or_default(),
-                );
-                let version = m.resource_version.clone().unwrap_or_default();
-                if let Some((was, l)) = reuse.istio.remove(&key)
-                    && was == version
-                    && !version.is_empty()
-                {
-                    objects.push(l.clone());
-                    next.istio.insert(key, (version, l));
-                    continue;
-                }
-                let value = match serde_json::to_value(&*obj) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        tracing::warn!("an Istio object could not be read: {e}");
-                        continue;
-                    }
-                };
-                if let Some(l) = load::load_object(&value, &mut diags) {
-                    let l = Arc::new(l);
-                    objects.push(l.clone());
-                    next.istio.insert(key, (version, l));
-                }
-            }
-        }
-        *reuse = next;
-        // A stable order: messages and the model do not depend on the stores' hashing.
-        objects
-            .sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
-        Snapshot { objects, diags }
+        let touched = self
+            .touched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.reader
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .snapshot(&self.stores, touched, &self.domain)
     }
 }
 
@@ -399,6 +330,7 @@ impl KubeSource {
 /// and keeps the kind's health.
 struct Watch {
     kind: &'static str,
+    touched: Arc<Mutex<Touched>>,
     changed: Arc<Notify>,
     health: Arc<Mutex<Health>>,
 }
@@ -431,6 +363,11 @@ impl Watch {
                     match event {
                         Ok(event) => {
                             store.apply_watcher_event(&event);
+                            // After the store: a snapshot that takes this finds it there.
+                            self.touched
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .event(self.kind, &event);
                             self.record(None);
                             // Init and InitApply only buffer (the store swaps at
                             // InitDone).

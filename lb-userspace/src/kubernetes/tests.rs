@@ -1,17 +1,22 @@
 //! The cluster's objects to lb's model, without an API server: the seed's Service,
 //! Pods and EndpointSlice (tests/kubernetes/seed.yaml) compile to the seed's 90/10
-//! split; endpoint conditions as kube-proxy reads them; ports by name.
+//! split; endpoint conditions as kube-proxy reads them; ports by name; and a snapshot
+//! that reads again only what the watches touched equals one that reads everything.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde_json::Value;
+use kube::api::DynamicObject;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher::Event;
+use serde_json::{Value, json};
 
-use super::catalog::{Cluster, PodLabels, entries, loaded};
-use crate::load::{self, Loaded, Resource};
+use super::snapshot::{Reader, Snapshot, Stores, Touched};
+use super::{ISTIO_KINDS, istio_resource};
+use crate::load::{Loaded, Resource};
 use crate::model::accept::{self, Input, LastGood};
 
 /// The documents of a multi-document YAML text, as JSON values.
@@ -26,69 +31,118 @@ fn seed() -> Vec<Value> {
     docs(&std::fs::read_to_string(path).expect("seed.yaml"))
 }
 
-fn of_kind<T: serde::de::DeserializeOwned>(docs: &[Value], kind: &str) -> Vec<Arc<T>> {
-    docs.iter()
-        .filter(|d| d["kind"] == kind)
-        .map(|d| Arc::new(serde_json::from_value(d.clone()).expect(kind)))
-        .collect()
+/// A cluster in reflector stores, kept as the watches keep them, with what each
+/// event touched.
+struct Cluster {
+    stores: Stores,
+    services: Writer<Service>,
+    slices: Writer<EndpointSlice>,
+    pods: Writer<PartialObjectMeta<Pod>>,
+    istio: Vec<Writer<DynamicObject>>,
+    touched: Touched,
+    /// The resourceVersion given out last, as an API server counts.
+    version: u64,
 }
 
-fn pods(docs: &[Value]) -> PodLabels {
-    docs.iter()
-        .filter(|d| d["kind"] == "Pod")
-        .map(|d| {
-            let m = &d["metadata"];
-            let labels: BTreeMap<String, String> =
-                serde_json::from_value(m["labels"].clone()).unwrap_or_default();
-            (
-                (
-                    m["namespace"].as_str().expect("ns").to_string(),
-                    m["name"].as_str().expect("name").to_string(),
-                ),
-                Arc::new(labels),
-            )
-        })
-        .collect()
+impl Cluster {
+    fn new() -> Self {
+        let (services, services_w) = reflector::store();
+        let (slices, slices_w) = reflector::store();
+        let (pods, pods_w) = reflector::store();
+        let writers: Vec<Writer<DynamicObject>> = ISTIO_KINDS
+            .iter()
+            .map(|(kind, plural)| Writer::new(istio_resource(kind, plural, "v1")))
+            .collect();
+        let istio = ISTIO_KINDS
+            .iter()
+            .zip(&writers)
+            .map(|((kind, plural), w)| (istio_resource(kind, plural, "v1"), w.as_reader()))
+            .collect();
+        Cluster {
+            stores: Stores {
+                services,
+                slices,
+                pods,
+                istio,
+            },
+            services: services_w,
+            slices: slices_w,
+            pods: pods_w,
+            istio: writers,
+            touched: Touched::default(),
+            version: 0,
+        }
+    }
+
+    /// `doc` added or modified (or deleted), as its watch tells it.
+    fn event(&mut self, doc: &Value, delete: bool) {
+        let mut doc = doc.clone();
+        self.version += 1;
+        doc["metadata"]["resourceVersion"] = self.version.to_string().into();
+        if doc["metadata"]["namespace"].is_null() {
+            doc["metadata"]["namespace"] = "default".into();
+        }
+        let t = &mut self.touched;
+        match doc["kind"].as_str().expect("kind") {
+            "Service" => apply(&mut self.services, t, "Service", doc, delete),
+            "EndpointSlice" => apply(&mut self.slices, t, "EndpointSlice", doc, delete),
+            "Pod" => apply(&mut self.pods, t, "Pod", doc, delete),
+            kind => {
+                let i = ISTIO_KINDS
+                    .iter()
+                    .position(|(k, _)| *k == kind)
+                    .expect("an Istio kind");
+                apply(&mut self.istio[i], t, ISTIO_KINDS[i].0, doc, delete);
+            }
+        }
+    }
+
+    /// What a reader that read everything before reads now.
+    fn read_all(&self) -> Snapshot {
+        Reader::default().snapshot(&self.stores, Touched::default(), "cluster.local")
+    }
+}
+
+fn apply<K>(w: &mut Writer<K>, t: &mut Touched, kind: &'static str, doc: Value, delete: bool)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let object: K = serde_json::from_value(doc).expect(kind);
+    let event = if delete {
+        Event::Delete(object)
+    } else {
+        Event::Apply(object)
+    };
+    w.apply_watcher_event(&event);
+    t.event(kind, &event);
 }
 
 /// What the source hands the model for `docs`.
 fn snapshot(docs: &[Value]) -> (Vec<Arc<Loaded>>, Vec<crate::diagnostic::Diagnostic>) {
-    let (services, slices) = (
-        of_kind::<Service>(docs, "Service"),
-        of_kind::<EndpointSlice>(docs, "EndpointSlice"),
-    );
-    let pods = pods(docs);
-    let mut diags = Vec::new();
-    let cluster = Cluster {
-        services: &services,
-        slices: &slices,
-        pods: &pods,
-        domain: "cluster.local",
-    };
-    let mut out: Vec<Arc<Loaded>> = entries(&cluster)
-        .into_iter()
-        .filter_map(|(_, entry)| loaded(&entry, &mut diags))
-        .map(Arc::new)
-        .collect();
+    let mut c = Cluster::new();
     for d in docs {
-        if d["apiVersion"]
-            .as_str()
-            .is_some_and(|v| v.starts_with("networking.istio.io/"))
-            && let Some(l) = load::load_object(d, &mut diags)
-        {
-            out.push(Arc::new(l));
-        }
+        c.event(d, false);
     }
-    (out, diags)
+    let s = c.read_all();
+    (s.objects, s.diags)
+}
+
+/// The one Service among `objects`.
+fn service(objects: &[Arc<Loaded>]) -> &Loaded {
+    let mut services = objects.iter().filter(|o| o.kind == "Service");
+    let one = services.next().expect("a Service");
+    assert!(services.next().is_none(), "one Service");
+    one
 }
 
 /// The endpoints of the one ServiceEntry made from `docs`: (address, port, version).
 fn endpoints(docs: &[Value]) -> Vec<(String, i64, String)> {
     let (objects, diags) = snapshot(docs);
     assert!(diags.is_empty(), "{diags:?}");
-    let r = objects[0].resource();
+    let r = service(&objects).resource();
     let Resource::ServiceEntry(se) = &*r else {
-        panic!("a ServiceEntry first");
+        panic!("a ServiceEntry");
     };
     se.spec
         .endpoints
@@ -110,7 +164,7 @@ fn endpoints(docs: &[Value]) -> Vec<(String, i64, String)> {
 fn the_seeds_cluster_compiles_to_its_90_10_split() {
     let (objects, diags) = snapshot(&seed());
     assert!(diags.is_empty(), "{diags:?}");
-    assert_eq!(objects[0].kind, "Service");
+    service(&objects);
     let (v, rejected) = accept::build(
         Input::default(),
         Input {
@@ -214,7 +268,7 @@ fn headless_and_external_name_services_have_no_address_to_steer() {
         d["spec"]["clusterIPs"] = serde_json::json!(["None"]);
     }
     let (objects, _) = snapshot(&docs);
-    let r = objects[0].resource();
+    let r = service(&objects).resource();
     let Resource::ServiceEntry(se) = &*r else {
         panic!("a ServiceEntry");
     };
@@ -242,4 +296,111 @@ fn an_istio_object_that_does_not_parse_names_itself_and_its_field() {
             "VirtualService default/backend-vs: spec.http[0].rout: unknown field \"rout\" (did you mean \"route\"?)"
         ]
     );
+}
+
+/// What a snapshot hands the model, by value: each object's kind, name and typed
+/// resource, then the problems.
+fn described(s: &Snapshot) -> Vec<String> {
+    s.objects
+        .iter()
+        .map(|o| format!("{} {}/{} {:?}", o.kind, o.namespace, o.name, o.resource()))
+        .chain(s.diags.iter().map(ToString::to_string))
+        .collect()
+}
+
+/// One of a small cluster's objects, made at random: Services (some ExternalName),
+/// EndpointSlices that move between Services and change address type, pods whose
+/// labels change, and VirtualServices (some that do not parse).
+fn random_object(rng: &mut fastrand::Rng) -> Value {
+    let ns = ["default", "team-b"][rng.usize(..2)];
+    match rng.usize(..4) {
+        0 => {
+            let i = rng.usize(..4);
+            let spec = if rng.u8(..) < 30 {
+                json!({"type": "ExternalName", "externalName": "db.example.com"})
+            } else {
+                json!({"clusterIP": format!("10.96.0.{i}"),
+                       "ports": [{"name": "http", "port": 80 + rng.u16(..2), "targetPort": 8080}]})
+            };
+            json!({"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": format!("svc{i}"), "namespace": ns}, "spec": spec})
+        }
+        1 => {
+            let endpoints: Vec<Value> = (0..rng.usize(..4))
+                .map(|_| {
+                    let p = rng.usize(..6);
+                    json!({"addresses": [format!("10.1.0.{p}")],
+                           "conditions": {"ready": rng.u8(..) < 200},
+                           "targetRef": {"kind": "Pod", "namespace": ns, "name": format!("pod{p}")}})
+                })
+                .collect();
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                   "metadata": {"name": format!("slice{}", rng.usize(..5)), "namespace": ns,
+                                "labels": {"kubernetes.io/service-name": format!("svc{}", rng.usize(..4))}},
+                   "addressType": if rng.u8(..) < 20 { "IPv6" } else { "IPv4" },
+                   "ports": [{"name": "http", "port": 8080 + rng.i32(0..2), "protocol": "TCP"}],
+                   "endpoints": endpoints})
+        }
+        2 => json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": format!("pod{}", rng.usize(..6)), "namespace": ns,
+                                 "labels": {"version": format!("v{}", rng.usize(..2))}}}),
+        _ => {
+            let field = if rng.u8(..) < 40 { "rout" } else { "route" };
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                   "metadata": {"name": format!("vs{}", rng.usize(..3)), "namespace": ns},
+                   "spec": {"hosts": [format!("svc{}", rng.usize(..4))],
+                            "http": [{field: [{"destination": {"host": format!("svc{}", rng.usize(..4))}}]}]}})
+        }
+    }
+}
+
+/// Any sequence of watch events read where they touched (with a relist now and then)
+/// hands the model what reading every object does; objects nothing touched keep their
+/// `Arc`.
+#[test]
+fn changes_read_where_touched_equal_a_full_read() {
+    let mut rng = fastrand::Rng::with_seed(18);
+    let mut cluster = Cluster::new();
+    let mut reader = Reader::default();
+    let mut live: Vec<Value> = Vec::new();
+    let mut before: Vec<Arc<Loaded>> = Vec::new();
+    let (mut reused, mut services) = (0, 0);
+    for step in 0..400 {
+        for _ in 0..rng.usize(1..=3) {
+            if !live.is_empty() && rng.u8(..) < 50 {
+                let gone = live.swap_remove(rng.usize(..live.len()));
+                cluster.event(&gone, true);
+                continue;
+            }
+            let o = random_object(&mut rng);
+            let id = |v: &Value| {
+                let m = &v["metadata"];
+                (v["kind"].clone(), m["namespace"].clone(), m["name"].clone())
+            };
+            live.retain(|l| id(l) != id(&o));
+            cluster.event(&o, false);
+            live.push(o);
+        }
+        let touched = if rng.u8(..) < 15 {
+            cluster.touched.take();
+            Touched::default()
+        } else {
+            cluster.touched.take()
+        };
+        let got = reader.snapshot(&cluster.stores, touched, "cluster.local");
+        assert_eq!(
+            described(&got),
+            described(&cluster.read_all()),
+            "step {step}"
+        );
+        reused += got
+            .objects
+            .iter()
+            .filter(|o| before.iter().any(|b| Arc::ptr_eq(b, o)))
+            .count();
+        services += got.objects.iter().filter(|o| o.kind == "Service").count();
+        before = got.objects;
+    }
+    // Most objects are untouched at each step: they are handed out as they were.
+    assert!(reused * 2 > services, "{reused} reused of {services}");
 }

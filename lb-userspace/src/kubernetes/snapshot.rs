@@ -1,0 +1,346 @@
+//! The cluster's objects as the model reads them, read again only where the watches
+//! say something changed: a Service is made into its ServiceEntry again when it, one
+//! of its EndpointSlices or one of its pods changed; an Istio object when it changed.
+//! A relist (the first list, after `410 Gone` or an outage) reads everything again.
+//! Each object read keeps its `Arc` while it comes out the same, so the model rebuilds
+//! only the slices of objects that changed (ARCHITECTURE.md, "Slices").
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{ApiResource, DynamicObject};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+
+use super::catalog;
+use crate::diagnostic::Diagnostic;
+use crate::load::{self, Loaded};
+
+/// The watches' stores.
+pub struct Stores {
+    pub services: Store<Service>,
+    pub slices: Store<EndpointSlice>,
+    pub pods: Store<PartialObjectMeta<Pod>>,
+    /// Istio's kinds, each with the resource it is read as.
+    pub istio: Vec<(ApiResource, Store<DynamicObject>)>,
+}
+
+/// The cluster's objects now, for one reload.
+pub struct Snapshot {
+    pub objects: Vec<Arc<Loaded>>,
+    /// Objects that did not parse (each names the object and field).
+    pub diags: Vec<Diagnostic>,
+}
+
+/// What the watches changed since the last snapshot. A watch records an event here
+/// after its store has it (so a snapshot that takes the record finds the change in
+/// the store), then wakes the daemon.
+#[derive(Debug)]
+pub struct Touched {
+    /// A kind was listed anew: everything is read again.
+    all: bool,
+    /// (kind, namespace, name) of each object added, modified or deleted.
+    objects: HashSet<(&'static str, String, String)>,
+}
+
+impl Default for Touched {
+    /// Nothing read yet: everything is to be read.
+    fn default() -> Self {
+        Self {
+            all: true,
+            objects: HashSet::new(),
+        }
+    }
+}
+
+impl Touched {
+    pub fn event<K: kube::Resource>(&mut self, kind: &'static str, event: &watcher::Event<K>) {
+        match event {
+            watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+                let m = o.meta();
+                self.objects.insert((
+                    kind,
+                    m.namespace.clone().unwrap_or_default(),
+                    m.name.clone().unwrap_or_default(),
+                ));
+            }
+            // The store swaps to the new list here.
+            watcher::Event::InitDone => self.all = true,
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        }
+    }
+
+    /// What was recorded, leaving nothing.
+    pub fn take(&mut self) -> Touched {
+        std::mem::replace(
+            self,
+            Touched {
+                all: false,
+                objects: HashSet::new(),
+            },
+        )
+    }
+}
+
+/// (namespace, name).
+type Key = (String, String);
+
+/// A Service as last read.
+struct ServiceRead {
+    /// Its ServiceEntry, as the object handed to the loader.
+    entry: serde_json::Value,
+    read: Read,
+    /// The pods its endpoints name.
+    pods: Vec<Key>,
+}
+
+/// An object as lb read it: loaded, or what was wrong with it.
+#[derive(Clone)]
+enum Read {
+    Loaded(Arc<Loaded>),
+    Invalid(Vec<Diagnostic>),
+}
+
+impl Read {
+    fn of(
+        value: &serde_json::Value,
+        load: impl FnOnce(&serde_json::Value, &mut Vec<Diagnostic>) -> Option<Loaded>,
+    ) -> Self {
+        let mut diags = Vec::new();
+        match load(value, &mut diags) {
+            Some(l) => Read::Loaded(Arc::new(l)),
+            None => Read::Invalid(diags),
+        }
+    }
+}
+
+/// What the last snapshot read, and the indexes that tell which Services a change
+/// reaches.
+#[derive(Default)]
+pub struct Reader {
+    services: BTreeMap<Key, ServiceRead>,
+    /// Istio objects by (kind, namespace, name), with their resourceVersion.
+    istio: BTreeMap<(String, String, String), (String, Read)>,
+    /// Each EndpointSlice's Service, by the slice's namespace and name.
+    slice_service: HashMap<Key, String>,
+    /// Each Service's EndpointSlices' names.
+    slices_of: HashMap<Key, BTreeSet<String>>,
+    /// The Services whose endpoints name each pod.
+    pod_services: HashMap<Key, BTreeSet<Key>>,
+}
+
+impl Reader {
+    /// The objects now: read again where `touched` says (everything after a relist).
+    pub fn snapshot(&mut self, stores: &Stores, touched: Touched, domain: &str) -> Snapshot {
+        if touched.all {
+            self.read_all(stores, domain);
+        } else {
+            let mut services = BTreeSet::new();
+            for (kind, ns, name) in touched.objects {
+                let key = (ns, name);
+                match kind {
+                    "Service" => {
+                        services.insert(key);
+                    }
+                    "EndpointSlice" => {
+                        let now = stores
+                            .slices
+                            .get(&ObjectRef::new(&key.1).within(&key.0))
+                            .and_then(|s| catalog::service_of(&s).map(str::to_string));
+                        for svc in self.index_slice(&key, now) {
+                            services.insert((key.0.clone(), svc));
+                        }
+                    }
+                    "Pod" => {
+                        services.extend(self.pod_services.get(&key).into_iter().flatten().cloned());
+                    }
+                    istio => self.read_istio(stores, istio, key),
+                }
+            }
+            for key in services {
+                self.read_service(stores, key, domain);
+            }
+        }
+        self.now()
+    }
+
+    /// Everything read again (unchanged objects keep their `Arc`).
+    fn read_all(&mut self, stores: &Stores, domain: &str) {
+        self.slice_service.clear();
+        self.slices_of.clear();
+        for s in stores.slices.state() {
+            let m = &s.metadata;
+            if let (Some(ns), Some(name), Some(svc)) =
+                (&m.namespace, &m.name, catalog::service_of(&s))
+            {
+                self.index_slice(&(ns.clone(), name.clone()), Some(svc.to_string()));
+            }
+        }
+        let keys: BTreeSet<Key> = stores
+            .services
+            .state()
+            .iter()
+            .filter_map(|s| Some((s.metadata.namespace.clone()?, s.metadata.name.clone()?)))
+            .collect();
+        let gone: Vec<Key> = self
+            .services
+            .keys()
+            .filter(|k| !keys.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone.into_iter().chain(keys) {
+            self.read_service(stores, key, domain);
+        }
+        let mut istio = BTreeSet::new();
+        for (resource, store) in &stores.istio {
+            for o in store.state() {
+                let m = &o.metadata;
+                istio.insert((
+                    resource.kind.clone(),
+                    m.namespace.clone().unwrap_or_default(),
+                    m.name.clone().unwrap_or_default(),
+                ));
+            }
+        }
+        let gone: Vec<_> = self
+            .istio
+            .keys()
+            .filter(|k| !istio.contains(*k))
+            .cloned()
+            .collect();
+        for (kind, ns, name) in gone.into_iter().chain(istio) {
+            self.read_istio(stores, &kind, (ns, name));
+        }
+    }
+
+    /// Records which Service the slice `key` belongs to now (None: it is gone, or no
+    /// longer one lb reads); returns the Services it left and joined.
+    fn index_slice(&mut self, key: &Key, now: Option<String>) -> Vec<String> {
+        let before = match &now {
+            Some(svc) => self.slice_service.insert(key.clone(), svc.clone()),
+            None => self.slice_service.remove(key),
+        };
+        if let Some(svc) = &before {
+            let owner = (key.0.clone(), svc.clone());
+            if let Some(set) = self.slices_of.get_mut(&owner) {
+                set.remove(&key.1);
+                if set.is_empty() {
+                    self.slices_of.remove(&owner);
+                }
+            }
+        }
+        if let Some(svc) = &now {
+            self.slices_of
+                .entry((key.0.clone(), svc.clone()))
+                .or_default()
+                .insert(key.1.clone());
+        }
+        before.into_iter().chain(now).collect()
+    }
+
+    /// Reads the Service `key` again from the stores: its ServiceEntry, the same
+    /// `Arc` if it came out the same.
+    fn read_service(&mut self, stores: &Stores, key: Key, domain: &str) {
+        let (ns, name) = &key;
+        let svc = stores.services.get(&ObjectRef::new(name).within(ns));
+        let slices: Vec<Arc<EndpointSlice>> = self
+            .slices_of
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter_map(|s| stores.slices.get(&ObjectRef::new(s).within(ns)))
+            .collect();
+        let labels = |ns: &str, name: &str| {
+            let pod = stores.pods.get(&ObjectRef::new(name).within(ns))?;
+            Some(pod.metadata.labels.clone().unwrap_or_default())
+        };
+        let mut pods = Vec::new();
+        let entry = svc.and_then(|s| catalog::entry(&s, &slices, &labels, domain, &mut pods));
+        let before = self.services.remove(&key);
+        if let Some(b) = &before {
+            for pod in &b.pods {
+                if let Some(set) = self.pod_services.get_mut(pod) {
+                    set.remove(&key);
+                    if set.is_empty() {
+                        self.pod_services.remove(pod);
+                    }
+                }
+            }
+        }
+        let Some(entry) = entry else { return };
+        for pod in &pods {
+            self.pod_services
+                .entry(pod.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        let read = match before {
+            Some(b) if b.entry == entry => b.read,
+            _ => Read::of(&entry, catalog::loaded),
+        };
+        self.services.insert(key, ServiceRead { entry, read, pods });
+    }
+
+    /// Reads the Istio object `kind` `key` again from its store (the same `Arc` while
+    /// its resourceVersion is the same).
+    fn read_istio(&mut self, stores: &Stores, kind: &str, key: Key) {
+        let Some((resource, store)) = stores.istio.iter().find(|(r, _)| r.kind == kind) else {
+            return;
+        };
+        let (ns, name) = key;
+        let object = store.get(&ObjectRef::new_with(&name, resource.clone()).within(&ns));
+        let id = (kind.to_string(), ns, name);
+        let Some(object) = object else {
+            self.istio.remove(&id);
+            return;
+        };
+        let version = object.metadata.resource_version.clone().unwrap_or_default();
+        if let Some((was, _)) = self.istio.get(&id)
+            && *was == version
+            && !version.is_empty()
+        {
+            return;
+        }
+        let read = match serde_json::to_value(&*object) {
+            Ok(value) => Read::of(&value, load::load_object),
+            Err(e) => {
+                tracing::warn!("an Istio object could not be read: {e}");
+                self.istio.remove(&id);
+                return;
+            }
+        };
+        self.istio.insert(id, (version, read));
+    }
+
+    /// Every object read, in a stable order (kind, namespace, name), so messages and
+    /// the model do not depend on the stores' hashing.
+    fn now(&self) -> Snapshot {
+        let mut out = Snapshot {
+            objects: Vec::with_capacity(self.services.len() + self.istio.len()),
+            diags: Vec::new(),
+        };
+        let mut add = |read: &Read| match read {
+            Read::Loaded(l) => out.objects.push(l.clone()),
+            Read::Invalid(d) => out.diags.extend(d.iter().cloned()),
+        };
+        let istio = |before: bool| {
+            self.istio
+                .iter()
+                .filter(move |((kind, _, _), _)| (kind.as_str() < "Service") == before)
+                .map(|(_, (_, read))| read)
+        };
+        for read in istio(true) {
+            add(read);
+        }
+        for s in self.services.values() {
+            add(&s.read);
+        }
+        for read in istio(false) {
+            add(read);
+        }
+        out
+    }
+}
