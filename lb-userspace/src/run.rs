@@ -575,10 +575,7 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
                 burst.event(Instant::now());
                 false
             }
-            () = async { tokio::time::sleep_until(cluster_due.expect("guarded")).await }, if cluster_due.is_some() => {
-                burst.applied();
-                true
-            }
+            () = async { tokio::time::sleep_until(cluster_due.expect("guarded")).await }, if cluster_due.is_some() => true,
             _ = health_tick.tick(), if sources.kube.is_some() => {
                 // Watches fail and recover between events: keep /ready current.
                 status_tx.send_modify(|s| s.kubernetes = sources.kube.as_ref().map(KubeSource::health));
@@ -607,8 +604,13 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
                 break ended;
             }
         };
-        if changed && let Some(g) = reload(&mut applier, &mut sources) {
-            pending.push((Instant::now() + GRACE, g));
+        if changed {
+            let started = Instant::now();
+            if let Some(g) = reload(&mut applier, &mut sources) {
+                pending.push((Instant::now() + GRACE, g));
+            }
+            // Every reload reads the cluster's objects as they are now.
+            burst.applied(started, Instant::now());
         }
     };
     if opts.detach_on_exit {

@@ -2,7 +2,8 @@
 //! `cargo xtask rebuild DIR [N]` times the daemon's per-change work (model + compile
 //! of an already parsed configuration) N times, for profiling reloads;
 //! `cargo xtask change-latency [SERVICES] [CHANGES]` runs the benchmark's
-//! config-change row alone; `cargo xtask bench-render` writes BENCHMARKS.md again
+//! config-change row alone; `cargo xtask kube-latency [SERVICES] [CHANGES] [BURST]`
+//! the same through the Kubernetes source; `cargo xtask bench-render` writes BENCHMARKS.md again
 //! from bench/results.json (after editing bench/ANALYSIS.md).
 mod bench;
 
@@ -15,6 +16,7 @@ fn main() -> anyhow::Result<()> {
         Some("paced") => bench::paced::main(&args[1..]),
         Some("rebuild") => bench::control::rebuild_main(&args[1..]),
         Some("change-latency") => bench::control::change_main(&args[1..]),
+        Some("kube-latency") => bench::kube::main(&args[1..]),
         other => anyhow::bail!(
             "unknown task {other:?}: try `cargo xtask bench [--smoke] [--rounds N] [--seconds S] [--access-log]`"
         ),

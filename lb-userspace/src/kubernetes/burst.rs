@@ -1,6 +1,8 @@
-//! When the daemon applies the cluster's events: once they pause for [`QUIET`], and
-//! at most [`MAX_WAIT`] after the first of them, so a rollout's burst becomes one
-//! apply and a steady stream of events still applies every `MAX_WAIT`.
+//! When the daemon applies the cluster's events: once they pause for [`QUIET`] — a
+//! burst the API server streams back to back becomes one apply — and no sooner than
+//! the last apply's own length after it ends, so however events come, applying takes
+//! at most about half the daemon's time; but never later than [`MAX_WAIT`] after the
+//! first event waiting.
 //!
 //! The state lives outside the daemon's `select!`: a wait held inside one of its
 //! branches (as a future that had taken the first event and slept for quiet) was
@@ -12,8 +14,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Quiet time after the last event before the apply.
-pub const QUIET: Duration = Duration::from_millis(20);
+/// Quiet time after the last event before the apply: events streamed together arrive
+/// microseconds apart; a change on its own waits this long.
+pub const QUIET: Duration = Duration::from_millis(2);
 /// The longest an event waits while others keep coming.
 pub const MAX_WAIT: Duration = Duration::from_millis(200);
 
@@ -22,6 +25,8 @@ pub const MAX_WAIT: Duration = Duration::from_millis(200);
 pub struct Burst {
     /// The first and the last event not applied yet.
     pending: Option<(Instant, Instant)>,
+    /// No apply before this (the last one's end plus its length).
+    rest_until: Option<Instant>,
 }
 
 impl Burst {
@@ -33,13 +38,17 @@ impl Burst {
 
     /// When the events seen are due to be applied (None: none waits).
     pub fn due(&self) -> Option<Instant> {
-        self.pending
-            .map(|(first, last)| (first + MAX_WAIT).min(last + QUIET))
+        self.pending.map(|(first, last)| {
+            let quiet = last + QUIET;
+            let settled = self.rest_until.map_or(quiet, |r| quiet.max(r));
+            settled.min(first + MAX_WAIT)
+        })
     }
 
-    /// The events seen are being applied.
-    pub fn applied(&mut self) {
+    /// An apply that began at `started` and ended at `now` applied the events seen.
+    pub fn applied(&mut self, started: Instant, now: Instant) {
         self.pending = None;
+        self.rest_until = Some(now + (now - started));
     }
 }
 
@@ -50,24 +59,32 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     #[test]
-    fn a_pause_or_the_bound_ends_a_burst() {
+    fn a_pause_a_rest_or_the_bound_ends_a_burst() {
         let t0 = Instant::now();
         let mut b = Burst::default();
         assert_eq!(b.due(), None);
         b.event(t0);
         assert_eq!(b.due(), Some(t0 + QUIET));
-        // Events 10 ms apart keep pushing the apply back, up to MAX_WAIT after the
-        // first.
-        b.event(t0 + 10 * MS);
-        assert_eq!(b.due(), Some(t0 + 10 * MS + QUIET));
-        for i in 2..100 {
-            b.event(t0 + i * 10 * MS);
+        // Events closer than QUIET keep pushing the apply back, up to MAX_WAIT after
+        // the first.
+        b.event(t0 + MS);
+        assert_eq!(b.due(), Some(t0 + MS + QUIET));
+        for i in 2..1000 {
+            b.event(t0 + i * MS);
         }
         assert_eq!(b.due(), Some(t0 + MAX_WAIT));
-        b.applied();
+        // An apply of 30 ms: the next waits as long after it ends, not QUIET...
+        b.applied(t0 + 1000 * MS, t0 + 1030 * MS);
         assert_eq!(b.due(), None);
-        // The next burst is timed from its own first event.
+        b.event(t0 + 1031 * MS);
+        assert_eq!(b.due(), Some(t0 + 1060 * MS));
+        // ...and an apply after a rest is QUIET after its event.
+        b.applied(t0 + 1060 * MS, t0 + 1061 * MS);
         b.event(t0 + 2000 * MS);
         assert_eq!(b.due(), Some(t0 + 2000 * MS + QUIET));
+        // A long apply (a first sync) holds the next back no longer than MAX_WAIT.
+        b.applied(t0 + 2000 * MS, t0 + 3000 * MS);
+        b.event(t0 + 3001 * MS);
+        assert_eq!(b.due(), Some(t0 + 3001 * MS + MAX_WAIT));
     }
 }

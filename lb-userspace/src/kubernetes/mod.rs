@@ -20,8 +20,10 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt as _;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt as _;
 use kube::runtime::reflector;
 use kube::runtime::watcher;
 use tokio::sync::Notify;
@@ -185,14 +187,20 @@ impl KubeSource {
         };
         let (services, w) = reflector::store();
         let api: Api<Service> = Api::all(client.clone());
-        watch("Service").spawn(w, move || watcher(api.clone(), Default::default()));
+        watch("Service").spawn(w, move || {
+            watcher(api.clone(), Default::default()).modify(unread)
+        });
         let (slices, w) = reflector::store();
         let api: Api<EndpointSlice> = Api::all(client.clone());
-        watch("EndpointSlice").spawn(w, move || watcher(api.clone(), Default::default()));
+        watch("EndpointSlice").spawn(w, move || {
+            watcher(api.clone(), Default::default()).modify(unread)
+        });
         let (pods, w) = reflector::store();
         // Labels only: a metadata-only list and watch.
         let api: Api<PartialObjectMeta<Pod>> = Api::all(client.clone());
-        watch("Pod").spawn(w, move || watcher(api.clone(), Default::default()));
+        watch("Pod").spawn(w, move || {
+            watcher(api.clone(), Default::default()).modify(unread)
+        });
         let mut istio = Vec::new();
         if let Some(version) = istio_version {
             for (kind, plural) in ISTIO_KINDS {
@@ -200,7 +208,11 @@ impl KubeSource {
                 let w = reflector::store::Writer::new(resource.clone());
                 istio.push((resource.clone(), w.as_reader()));
                 let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
-                watch(kind).spawn(w, move || watcher(api.clone(), Default::default()));
+                watch(kind).spawn(w, move || {
+                    // Their annotations are read (lb's own, on a VirtualService).
+                    watcher(api.clone(), Default::default())
+                        .modify(|o: &mut DynamicObject| o.managed_fields_mut().clear())
+                });
             }
         }
         let reporter = kube::runtime::events::Reporter {
@@ -243,13 +255,9 @@ impl KubeSource {
     pub fn health(&self) -> Health {
         let mut h = self.health.lock().map(|h| h.clone()).unwrap_or_default();
         let s = &self.stores;
-        let counts = [
-            s.services.state().len(),
-            s.slices.state().len(),
-            s.pods.state().len(),
-        ]
-        .into_iter()
-        .chain(s.istio.iter().map(|(_, store)| store.state().len()));
+        let counts = [s.services.len(), s.slices.len(), s.pods.len()]
+            .into_iter()
+            .chain(s.istio.iter().map(|(_, store)| store.len()));
         for (k, n) in h.kinds.iter_mut().zip(counts) {
             k.objects = n;
         }
@@ -324,6 +332,14 @@ impl KubeSource {
             });
         }
     }
+}
+
+/// Drops what lb does not read of a Service, EndpointSlice or Pod before its store
+/// keeps it: in a real cluster each object's managedFields alone is often larger
+/// than the rest of it.
+fn unread<K: kube::ResourceExt>(o: &mut K) {
+    o.managed_fields_mut().clear();
+    o.annotations_mut().clear();
 }
 
 /// One kind's watch: runs its stream into its store, wakes the daemon on every event

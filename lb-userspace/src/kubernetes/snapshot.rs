@@ -90,8 +90,9 @@ type Key = (String, String);
 
 /// A Service as last read.
 struct ServiceRead {
-    /// Its ServiceEntry, as the object handed to the loader.
-    entry: serde_json::Value,
+    /// A digest of its ServiceEntry as handed to the loader (the entry itself, a
+    /// JSON tree, was half the Reader's memory).
+    entry: [u8; 20],
     read: Read,
     /// The pods its endpoints name.
     pods: Vec<Key>,
@@ -126,10 +127,11 @@ pub struct Reader {
     istio: BTreeMap<(String, String, String), (String, Read)>,
     /// Each EndpointSlice's Service, by the slice's namespace and name.
     slice_service: HashMap<Key, String>,
-    /// Each Service's EndpointSlices' names.
-    slices_of: HashMap<Key, BTreeSet<String>>,
-    /// The Services whose endpoints name each pod.
-    pod_services: HashMap<Key, BTreeSet<Key>>,
+    /// Each Service's EndpointSlices' names (a few: a Vec is a tenth of a set's
+    /// memory).
+    slices_of: HashMap<Key, Vec<String>>,
+    /// The Services whose endpoints name each pod (mostly one).
+    pod_services: HashMap<Key, Vec<Key>>,
 }
 
 impl Reader {
@@ -225,9 +227,9 @@ impl Reader {
         };
         if let Some(svc) = &before {
             let owner = (key.0.clone(), svc.clone());
-            if let Some(set) = self.slices_of.get_mut(&owner) {
-                set.remove(&key.1);
-                if set.is_empty() {
+            if let Some(names) = self.slices_of.get_mut(&owner) {
+                names.retain(|n| *n != key.1);
+                if names.is_empty() {
                     self.slices_of.remove(&owner);
                 }
             }
@@ -236,7 +238,7 @@ impl Reader {
             self.slices_of
                 .entry((key.0.clone(), svc.clone()))
                 .or_default()
-                .insert(key.1.clone());
+                .push(key.1.clone());
         }
         before.into_iter().chain(now).collect()
     }
@@ -246,11 +248,11 @@ impl Reader {
     fn read_service(&mut self, stores: &Stores, key: Key, domain: &str) {
         let (ns, name) = &key;
         let svc = stores.services.get(&ObjectRef::new(name).within(ns));
-        let slices: Vec<Arc<EndpointSlice>> = self
-            .slices_of
-            .get(&key)
+        // By name: the first slice to list an address gives its endpoint.
+        let mut names: Vec<&String> = self.slices_of.get(&key).into_iter().flatten().collect();
+        names.sort();
+        let slices: Vec<Arc<EndpointSlice>> = names
             .into_iter()
-            .flatten()
             .filter_map(|s| stores.slices.get(&ObjectRef::new(s).within(ns)))
             .collect();
         let labels = |ns: &str, name: &str| {
@@ -262,9 +264,9 @@ impl Reader {
         let before = self.services.remove(&key);
         if let Some(b) = &before {
             for pod in &b.pods {
-                if let Some(set) = self.pod_services.get_mut(pod) {
-                    set.remove(&key);
-                    if set.is_empty() {
+                if let Some(services) = self.pod_services.get_mut(pod) {
+                    services.retain(|s| *s != key);
+                    if services.is_empty() {
                         self.pod_services.remove(pod);
                     }
                 }
@@ -272,16 +274,24 @@ impl Reader {
         }
         let Some(entry) = entry else { return };
         for pod in &pods {
-            self.pod_services
-                .entry(pod.clone())
-                .or_default()
-                .insert(key.clone());
+            let services = self.pod_services.entry(pod.clone()).or_default();
+            if !services.contains(&key) {
+                services.push(key.clone());
+            }
         }
+        let digest = sha1_smol::Sha1::from(entry.to_string()).digest().bytes();
         let read = match before {
-            Some(b) if b.entry == entry => b.read,
+            Some(b) if b.entry == digest => b.read,
             _ => Read::of(&entry, catalog::loaded),
         };
-        self.services.insert(key, ServiceRead { entry, read, pods });
+        self.services.insert(
+            key,
+            ServiceRead {
+                entry: digest,
+                read,
+                pods,
+            },
+        );
     }
 
     /// Reads the Istio object `kind` `key` again from its store (the same `Arc` while

@@ -33,7 +33,39 @@ pub struct Rejected {
 /// The last accepted version of each cluster object, by `Kind ns/name` (kept by the
 /// daemon across reloads).
 #[derive(Default)]
-pub struct LastGood(HashMap<String, Arc<Loaded>>);
+pub struct LastGood {
+    by_name: HashMap<String, Arc<Loaded>>,
+    /// Each of them by its address: a reload names only the objects it has not seen
+    /// (most change a few of thousands).
+    names: HashMap<usize, String>,
+}
+
+impl LastGood {
+    fn get(&self, name: &str) -> Option<&Arc<Loaded>> {
+        self.by_name.get(name)
+    }
+
+    /// `objects` (one per name) are the last good versions now.
+    fn accept(&mut self, objects: &[Arc<Loaded>]) {
+        let at = |o: &Arc<Loaded>| Arc::as_ptr(o) as usize;
+        for o in objects {
+            if self.names.contains_key(&at(o)) {
+                continue;
+            }
+            let name = key(o);
+            if let Some(old) = self.by_name.insert(name.clone(), o.clone()) {
+                self.names.remove(&at(&old));
+            }
+            self.names.insert(at(o), name);
+        }
+        // Every object is in `names` now: any other entry is an object gone.
+        for gone in crate::fasthash::gone(&self.names, objects.iter().map(at), objects.len()) {
+            if let Some(name) = self.names.remove(&gone) {
+                self.by_name.remove(&name);
+            }
+        }
+    }
+}
 
 fn key(l: &Loaded) -> String {
     format!("{} {}/{}", l.kind, l.namespace, l.name)
@@ -55,7 +87,7 @@ pub fn build(
     for d in cluster.diags.iter().filter(|d| d.is_error()) {
         let k = d.origin.resource.clone();
         if !rejected.contains_key(&k)
-            && let Some(good) = last_good.0.get(&k)
+            && let Some(good) = last_good.get(&k)
         {
             objects.push(good.clone());
         }
@@ -81,11 +113,11 @@ pub fn build(
         diagnostic::sort(&mut diags);
         let errors: Vec<&Diagnostic> = diags.iter().filter(|d| d.is_error()).collect();
         if errors.is_empty() {
-            last_good.0 = objects.iter().map(|o| (key(o), o.clone())).collect();
+            last_good.accept(&objects);
             let rejected = rejected
                 .into_iter()
                 .map(|(object, (problems, reason))| Rejected {
-                    last_good_stays: last_good.0.contains_key(&object),
+                    last_good_stays: last_good.get(&object).is_some(),
                     object,
                     problems,
                     reason,
@@ -111,7 +143,7 @@ pub fn build(
                 .or_insert_with(|| (Vec::new(), e.problem.reason()))
                 .0
                 .push(e.to_string());
-            match last_good.0.get(k) {
+            match last_good.get(k) {
                 Some(good) if !Arc::ptr_eq(good, &objects[i]) => objects[i] = good.clone(),
                 _ => {
                     objects.remove(i);

@@ -1,7 +1,8 @@
 //! Control-plane measurements: load / compile / apply of 10,000 services × 10
 //! endpoints (in process, lb's own code), time from a config file change to the new
 //! weights being live in the kernel (a real daemon, polled through the pinned map),
-//! and the daemon's idle RSS with 1,000 and 10,000 services.
+//! and the daemon's idle RSS with 1,000 and 10,000 services; then the same through
+//! the Kubernetes source (kube.rs).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,8 @@ use lb::datapath::Pins;
 use lb::datapath::cgroup::ChildCgroup;
 use serde::{Deserialize, Serialize};
 
-use super::{Options, lb_bin, procs};
+use super::Options;
+use super::daemon::{Spawned, logged_ms, median_max};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct ControlResults {
@@ -28,6 +30,9 @@ pub struct ControlResults {
     /// `lb run`'s keeper (holds the listening sockets), KiB: the same for any config.
     #[serde(default)]
     pub keeper_rss_kib: u64,
+    /// The same through the Kubernetes source (the fake API server).
+    #[serde(default)]
+    pub kubernetes: Vec<super::kube::KubeResults>,
 }
 
 /// Service `i`'s address: 127.11.x.y (y from 1), so 62,500 fit.
@@ -83,21 +88,6 @@ fn change(dir: &Path, w0: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn wait_for_log(log: &Path, needle: &str, limit: Duration) -> anyhow::Result<()> {
-    let start = Instant::now();
-    loop {
-        if std::fs::read_to_string(log).is_ok_and(|s| s.contains(needle)) {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            start.elapsed() < limit,
-            "{} never logged {needle:?}",
-            log.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// In-process load → compile → apply, timed by phase; then an unchanged re-apply.
 fn time_apply(n: usize, work: &Path) -> anyhow::Result<(usize, f64, f64, f64, f64)> {
     let dir = work.join(format!("apply-{n}"));
@@ -139,73 +129,22 @@ fn time_apply(n: usize, work: &Path) -> anyhow::Result<(usize, f64, f64, f64, f6
 fn daemon(n: usize, changes: usize, work: &Path, extra: &[&str]) -> anyhow::Result<Daemon> {
     let dir = work.join(format!("daemon-{n}"));
     write_config(&dir, n, 90)?;
-    let id = std::process::id();
-    let cgroup = ChildCgroup::create(&format!("lb-bench-daemon-{n}-{id}"))?;
-    let bpffs = PathBuf::from(format!("/sys/fs/bpf/lb-bench-daemon-{n}-{id}"));
-    let pins = Pins::new(&bpffs);
-    let log = work.join(format!("daemon-{n}.log"));
-    let mut ps = procs::Procs::default();
-    let args: Vec<String> = [
-        "run",
-        "--config",
-        &dir.to_string_lossy(),
-        "--cgroup",
-        &cgroup.path.to_string_lossy(),
-        "--bpffs",
-        &bpffs.to_string_lossy(),
-        "--proxy-listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--access-log",
-        "off",
-    ]
-    .iter()
-    .chain(extra)
-    .map(|s| s.to_string())
-    .collect();
+    let args: Vec<String> = ["--config", &dir.to_string_lossy()]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
     let result = (|| -> anyhow::Result<Daemon> {
-        let pid = ps.spawn(
-            "lb",
-            procs::SERVER_CPU,
-            None,
-            &lb_bin().to_string_lossy(),
-            &args,
-            &log,
-        )?;
-        wait_for_log(&log, "configuration applied", Duration::from_secs(120))?;
-        let first_load_ms = logged_ms(&std::fs::read_to_string(&log)?, "took_ms")
-            .first()
-            .copied()
-            .unwrap_or(f64::NAN);
-        // Idle: past the 2 s after an apply when the daemon hands freed memory back.
-        std::thread::sleep(Duration::from_secs(3));
-        // lb run: the keeper, and the daemon it started.
-        let keeper = procs::status_kib(pid, "VmRSS:");
-        let rss = super::with_children(pid)
-            .skip(1)
-            .map(|p| procs::status_kib(p, "VmRSS:"))
-            .sum();
-        let maps = lb::datapath::StatusView::open(&pins)?;
+        let d = Spawned::start(&format!("daemon-{n}"), work, &args)?;
+        let first_load_ms = d.first_apply_ms();
+        let (rss, keeper) = d.idle_rss();
+        let maps = d.maps()?;
         let key =
             lb_common::SockAddr4::new(service_addr(0).parse::<std::net::Ipv4Addr>()?.octets(), 80);
         let mut latencies = Vec::new();
         for c in 0..changes {
-            let revision = || maps.service(&key).map(|s| s.revision);
-            let before = revision();
-            let t = Instant::now();
-            change(&dir, if c % 2 == 0 { 80 } else { 90 })?;
-            loop {
-                if revision() != before {
-                    break;
-                }
-                anyhow::ensure!(
-                    t.elapsed() < Duration::from_secs(30),
-                    "change {c} never went live"
-                );
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+            let w0 = if c % 2 == 0 { 80 } else { 90 };
+            latencies.push(Spawned::until_live(&maps, &key, || change(&dir, w0))?);
             // Let the debounce window pass so every change is its own reload.
             std::thread::sleep(Duration::from_millis(60));
         }
@@ -216,11 +155,6 @@ fn daemon(n: usize, changes: usize, work: &Path, extra: &[&str]) -> anyhow::Resu
             first_load_ms,
         })
     })();
-    drop(ps);
-    let _ = std::process::Command::new(lb_bin())
-        .args(["down", "--bpffs"])
-        .arg(&bpffs)
-        .output();
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -231,27 +165,6 @@ struct Daemon {
     keeper: u64,
     latencies: Vec<f64>,
     first_load_ms: f64,
-}
-
-/// Every value of `field=` on the daemon's "configuration applied" lines, in order.
-fn logged_ms(log: &str, field: &str) -> Vec<f64> {
-    log.lines()
-        .filter(|l| l.contains("configuration applied"))
-        .filter_map(|l| {
-            l.split(&format!("{field}="))
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect()
-}
-
-/// Median and max of `v` (sorted in place).
-fn median_max(v: &mut [f64]) -> (f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], v[v.len() - 1])
 }
 
 pub fn run(o: &Options, work: &Path) -> anyhow::Result<ControlResults> {
@@ -286,6 +199,14 @@ pub fn run(o: &Options, work: &Path) -> anyhow::Result<ControlResults> {
         );
         r.changes.push((n, median, max, changes));
     }
+    let (n, burst) = if o.smoke {
+        (1_000, 100)
+    } else {
+        (10_000, 1_000)
+    };
+    let k = super::kube::run(n, changes, burst, work)?;
+    eprintln!("{}", super::kube::describe(&k));
+    r.kubernetes.push(k);
     Ok(r)
 }
 

@@ -5,6 +5,8 @@
 //! Pinning (2 cores): balancer and backends on CPU 0, the load generator on CPU 1.
 
 pub mod control;
+mod daemon;
+pub mod kube;
 pub mod paced;
 mod procs;
 mod report;
@@ -300,7 +302,7 @@ impl Setup {
                 &args,
                 &log,
             )?;
-            control::wait_for_log(&log, "configuration applied", Duration::from_secs(20))?;
+            daemon::wait_for_log(&log, "configuration applied", Duration::from_secs(20))?;
             Ok(LbDaemon {
                 cgroup,
                 bpffs,

@@ -302,6 +302,31 @@ pub fn render(r: &Results) -> String {
         "\n`lb run`'s keeper (it holds the proxy's listening sockets across daemon restarts) adds {:.1} MiB, whatever the configuration.",
         c.keeper_rss_kib as f64 / 1024.0
     );
+    if !c.kubernetes.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nThrough the Kubernetes source: the same services as Services, EndpointSlices (10 endpoints), pods, DestinationRules and VirtualServices, listed and watched from the fake API server (tests/kernel/apiserver.rs, real HTTP on loopback): from `lb run` to its first apply, idle RSS, one VirtualService or one endpoint's readiness changed (live: the pinned service entry's revision), and a burst of endpoint changes to as many Services.\n\n| services | first sync ms (its apply) | idle RSS MiB | VirtualService change live: median / max ms | endpoint change live: median / max ms | burst: changes → applies, last live after the last event |\n|---:|---:|---:|---:|---:|---:|"
+        );
+        for k in &c.kubernetes {
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} ({:.0}) | {:.1} | {:.1} / {:.1} ({}) | {:.1} / {:.1} ({}) | {} → {}, {:.1} ms |",
+                k.services,
+                k.first_sync_ms,
+                k.first_apply_ms,
+                k.idle_rss_kib as f64 / 1024.0,
+                k.vs_change.0,
+                k.vs_change.1,
+                k.vs_change.2,
+                k.endpoint_change.0,
+                k.endpoint_change.1,
+                k.endpoint_change.2,
+                k.burst.0,
+                k.burst.1,
+                k.burst.2
+            );
+        }
+    }
 
     // Targets.
     let ka = |row| summarize(&r.samples, row, false);
@@ -458,6 +483,31 @@ pub fn render(r: &Results) -> String {
                 verdict(rss < limit)
             );
         }
+    }
+    if let Some(k) = c.kubernetes.iter().max_by_key(|k| k.services) {
+        let n = k.services;
+        let _ = writeln!(
+            md,
+            "| Kubernetes: first sync of {n} services < 1 s | | | {:.0} ms | {} |",
+            k.first_sync_ms,
+            verdict(k.first_sync_ms < 1000.0)
+        );
+        for (what, (median, max, changes)) in [
+            ("VirtualService", k.vs_change),
+            ("endpoint", k.endpoint_change),
+        ] {
+            let _ = writeln!(
+                md,
+                "| Kubernetes: one {what} changed among {n} live < 5 ms median, < 10 ms max | | | {median:.1} / {max:.1} ms ({changes} changes) | {} |",
+                verdict(median < 5.0 && max < 10.0)
+            );
+        }
+        let (events, applies, live) = k.burst;
+        let _ = writeln!(
+            md,
+            "| Kubernetes: {events} endpoint changes in a burst: one apply, live within 50 ms of the last event | | | {applies} apply(s), {live:.1} ms | {} |",
+            verdict(applies == 1 && live < 50.0)
+        );
     }
     // The hand-written analysis of misses and profiles (kept across runs).
     if let Ok(analysis) = std::fs::read_to_string(super::root().join("bench/ANALYSIS.md")) {
