@@ -336,19 +336,16 @@ impl Reader {
             Read::Loaded(l) => out.objects.push(l.clone()),
             Read::Invalid(d) => out.diags.extend(d.iter().cloned()),
         };
-        let istio = |before: bool| {
-            self.istio
-                .iter()
-                .filter(move |((kind, _, _), _)| (kind.as_str() < "Service") == before)
-                .map(|(_, (_, read))| read)
-        };
-        for read in istio(true) {
+        // Istio's kinds before "Service", then the Services, then the others: a range
+        // each, not a comparison per object.
+        let services = ("Service".to_string(), String::new(), String::new());
+        for (_, read) in self.istio.range(..services.clone()).map(|(_, r)| r) {
             add(read);
         }
         for s in self.services.values() {
             add(&s.read);
         }
-        for read in istio(false) {
+        for (_, read) in self.istio.range(services..).map(|(_, r)| r) {
             add(read);
         }
         out
