@@ -16,7 +16,7 @@ use crate::diagnostic::Diagnostic;
 use crate::load::{self, Loaded};
 
 /// The label an EndpointSlice names its Service by.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub(super) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// A Service's ServiceEntry as lb reads it.
 pub fn loaded(entry: &serde_json::Value, diags: &mut Vec<Diagnostic>) -> Option<Loaded> {

@@ -9,6 +9,7 @@
 pub mod burst;
 pub mod catalog;
 pub mod crds;
+mod lean;
 pub mod snapshot;
 
 use std::path::PathBuf;
@@ -188,18 +189,18 @@ impl KubeSource {
         let (services, w) = reflector::store();
         let api: Api<Service> = Api::all(client.clone());
         watch("Service").spawn(w, move || {
-            watcher(api.clone(), Default::default()).modify(unread)
+            watcher(api.clone(), Default::default()).modify(lean::service)
         });
         let (slices, w) = reflector::store();
         let api: Api<EndpointSlice> = Api::all(client.clone());
         watch("EndpointSlice").spawn(w, move || {
-            watcher(api.clone(), Default::default()).modify(unread)
+            watcher(api.clone(), Default::default()).modify(lean::slice)
         });
         let (pods, w) = reflector::store();
         // Labels only: a metadata-only list and watch.
         let api: Api<PartialObjectMeta<Pod>> = Api::all(client.clone());
         watch("Pod").spawn(w, move || {
-            watcher(api.clone(), Default::default()).modify(unread)
+            watcher(api.clone(), Default::default()).modify(lean::pod)
         });
         let mut istio = Vec::new();
         if let Some(version) = istio_version {
@@ -332,14 +333,6 @@ impl KubeSource {
             });
         }
     }
-}
-
-/// Drops what lb does not read of a Service, EndpointSlice or Pod before its store
-/// keeps it: in a real cluster each object's managedFields alone is often larger
-/// than the rest of it.
-fn unread<K: kube::ResourceExt>(o: &mut K) {
-    o.managed_fields_mut().clear();
-    o.annotations_mut().clear();
 }
 
 /// One kind's watch: runs its stream into its store, wakes the daemon on every event
