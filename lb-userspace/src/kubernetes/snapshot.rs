@@ -88,6 +88,11 @@ impl Touched {
 /// (namespace, name).
 type Key = (String, String);
 
+/// The keys of `read` not in `now` (objects gone since they were read).
+fn absent<K: Ord + Clone, V>(read: &BTreeMap<K, V>, now: &BTreeSet<K>) -> Vec<K> {
+    read.keys().filter(|k| !now.contains(*k)).cloned().collect()
+}
+
 /// A Service as last read.
 struct ServiceRead {
     /// A digest of its ServiceEntry as handed to the loader (the entry itself, a
@@ -187,13 +192,7 @@ impl Reader {
             .iter()
             .filter_map(|s| Some((s.metadata.namespace.clone()?, s.metadata.name.clone()?)))
             .collect();
-        let gone: Vec<Key> = self
-            .services
-            .keys()
-            .filter(|k| !keys.contains(*k))
-            .cloned()
-            .collect();
-        for key in gone.into_iter().chain(keys) {
+        for key in absent(&self.services, &keys).into_iter().chain(keys) {
             self.read_service(stores, key, domain);
         }
         let mut istio = BTreeSet::new();
@@ -207,13 +206,7 @@ impl Reader {
                 ));
             }
         }
-        let gone: Vec<_> = self
-            .istio
-            .keys()
-            .filter(|k| !istio.contains(*k))
-            .cloned()
-            .collect();
-        for (kind, ns, name) in gone.into_iter().chain(istio) {
+        for (kind, ns, name) in absent(&self.istio, &istio).into_iter().chain(istio) {
             self.read_istio(stores, &kind, (ns, name));
         }
     }
