@@ -579,6 +579,9 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
             _ = health_tick.tick(), if sources.kube.is_some() => {
                 // Watches fail and recover between events: keep /ready current.
                 status_tx.send_modify(|s| s.kubernetes = sources.kube.as_ref().map(KubeSource::health));
+                if let Some(k) = &sources.kube {
+                    k.post_lasting();
+                }
                 false
             }
             () = async { tokio::time::sleep_until(next_gc.expect("guarded")).await }, if next_gc.is_some() => {

@@ -220,6 +220,15 @@ fn the_seed_on_kubernetes_follows_the_cluster() {
                 .any(|e| e["regarding"]["name"] == "other-vs" && e["reason"] == "SubsetNotFound")
         },
     );
+    // A rejection for the moment before its Service was read (if there was one) held
+    // for less than a second: no Event says so.
+    let reasons: Vec<Value> = api
+        .events()
+        .iter()
+        .filter(|e| e["regarding"]["name"] == "other-vs")
+        .map(|e| e["reason"].clone())
+        .collect();
+    assert_eq!(reasons, ["SubsetNotFound"], "one Event, for what held");
     // Deleted: nothing is rejected any more.
     api.delete("VirtualService", "team-b", "other-vs");
     // Within the same 40 s: a watch may still be in the backoff the outage above

@@ -9,6 +9,7 @@
 pub mod burst;
 pub mod catalog;
 pub mod crds;
+pub mod lasting;
 mod lean;
 pub mod snapshot;
 
@@ -109,6 +110,8 @@ pub struct KubeSource {
     recorder: kube::runtime::events::Recorder,
     /// What the last snapshot read.
     reader: Mutex<Reader>,
+    /// Rejections not yet posted as Events.
+    lasting: Mutex<lasting::Lasting>,
 }
 
 /// An Istio kind as the cluster serves it.
@@ -233,6 +236,7 @@ impl KubeSource {
             recorder: kube::runtime::events::Recorder::new(client, reporter),
             health,
             reader: Mutex::default(),
+            lasting: Mutex::default(),
         })
     }
 
@@ -281,17 +285,34 @@ impl KubeSource {
 }
 
 impl KubeSource {
-    /// Posts a Warning Event on each object newly rejected (in `rejected`, not in
-    /// `before`), so `kubectl describe` shows its owner why lb left it out: its
-    /// reason names the problem (`SubsetNotFound`, ...), its note the lines.
+    /// Notes the objects a reload rejected (`before`: the last reload's); an Event
+    /// is posted on each whose rejection holds ([`Self::post_lasting`]).
     pub fn report_rejected(&self, rejected: &[Rejected], before: &[Rejected]) {
+        self.lasting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .rejected(rejected, before, tokio::time::Instant::now());
+    }
+
+    /// Posts a Warning Event on each object whose rejection has held for
+    /// [`lasting::AFTER`], so `kubectl describe` shows its owner why lb left it out:
+    /// its reason names the problem (`SubsetNotFound`, ...), its note the lines.
+    pub fn post_lasting(&self) {
+        let due = self
+            .lasting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .due(tokio::time::Instant::now());
+        if due.is_empty() {
+            return;
+        }
         let istio_version = self
             .health
             .lock()
             .ok()
             .and_then(|h| h.istio_version.clone())
             .unwrap_or_else(|| ISTIO_VERSIONS[0].into());
-        for r in rejected.iter().filter(|r| !before.contains(r)) {
+        for r in &due {
             let Some((kind, rest)) = r.object.split_once(' ') else {
                 continue;
             };
