@@ -578,10 +578,9 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
             () = async { tokio::time::sleep_until(cluster_due.expect("guarded")).await }, if cluster_due.is_some() => true,
             _ = health_tick.tick(), if sources.kube.is_some() => {
                 // Watches fail and recover between events: keep /ready current.
-                status_tx.send_modify(|s| s.kubernetes = sources.kube.as_ref().map(KubeSource::health));
-                if let Some(k) = &sources.kube {
-                    k.post_lasting();
-                }
+                let k = sources.kube.as_ref().expect("guarded");
+                status_tx.send_modify(|s| s.kubernetes = Some(k.health()));
+                k.post_lasting();
                 false
             }
             () = async { tokio::time::sleep_until(next_gc.expect("guarded")).await }, if next_gc.is_some() => {
@@ -598,8 +597,8 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
                 }
                 false
             }
-            // Drain: stop accepting (the kernel falls back to its split at once),
-            // finish in-flight requests within the bound.
+            // Drain (stop_proxy): new connects take the kernel split at once,
+            // in-flight requests finish within the bound.
             _ = term.recv() => break stop_proxy(serving, &pins).await,
             _ = int.recv() => break stop_proxy(serving, &pins).await,
             ended = serving.ended() => {

@@ -13,7 +13,7 @@ use lb::datapath::cgroup::ChildCgroup;
 use serde::{Deserialize, Serialize};
 
 use super::Options;
-use super::daemon::{Spawned, logged_ms, median_max};
+use super::daemon::{Spawned, logged_ms, median_max, service_key};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct ControlResults {
@@ -139,8 +139,7 @@ fn daemon(n: usize, changes: usize, work: &Path, extra: &[&str]) -> anyhow::Resu
         let first_load_ms = d.first_apply_ms();
         let (rss, keeper) = d.idle_rss();
         let maps = d.maps()?;
-        let key =
-            lb_common::SockAddr4::new(service_addr(0).parse::<std::net::Ipv4Addr>()?.octets(), 80);
+        let key = service_key(&service_addr(0))?;
         let mut latencies = Vec::new();
         for c in 0..changes {
             let w0 = if c % 2 == 0 { 80 } else { 90 };

@@ -116,6 +116,14 @@ impl Spawned {
     }
 }
 
+/// The pinned service entry's key for `addr`:80 (how a change is seen live).
+pub fn service_key(addr: &str) -> anyhow::Result<SockAddr4> {
+    Ok(SockAddr4::new(
+        addr.parse::<std::net::Ipv4Addr>()?.octets(),
+        80,
+    ))
+}
+
 /// Polls `changed` every 0.2 ms; ms since `t` when it says so (an error past 30 s).
 pub fn until_changed(mut changed: impl FnMut() -> bool, t: Instant) -> anyhow::Result<f64> {
     while !changed() {

@@ -13,7 +13,7 @@ use lb_common::SockAddr4;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::daemon::{Spawned, median_max, until_changed};
+use super::daemon::{Spawned, median_max, service_key, until_changed};
 
 #[allow(dead_code)] // The kernel tests use all of it; the benchmark part.
 #[path = "../../../tests/kernel/apiserver.rs"]
@@ -44,10 +44,7 @@ fn cluster_ip(i: usize) -> String {
 }
 
 fn key(i: usize) -> anyhow::Result<SockAddr4> {
-    Ok(SockAddr4::new(
-        cluster_ip(i).parse::<std::net::Ipv4Addr>()?.octets(),
-        80,
-    ))
+    service_key(&cluster_ip(i))
 }
 
 fn host(i: usize) -> String {
