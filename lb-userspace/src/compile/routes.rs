@@ -66,7 +66,7 @@ pub fn build(model: Model) -> RouteTable {
             }
             let names = catalog.lookup(h).map_or_else(|| vec![h.clone()], names_of);
             for n in names {
-                t.hosts.entry(n.into()).or_insert(idx);
+                t.hosts.or_insert(n.into(), idx);
             }
         }
         let rules = vs
@@ -157,7 +157,7 @@ pub fn build(model: Model) -> RouteTable {
         t.by_service.insert(svc.frontend, idx);
         if let Some(c) = catalog.lookup(&svc.host) {
             for n in names_of(c) {
-                t.hosts.entry(n.into()).or_insert(idx);
+                t.hosts.or_insert(n.into(), idx);
             }
         }
     }
@@ -178,7 +178,7 @@ pub fn build(model: Model) -> RouteTable {
                 _ => false,
             }
     });
-    for vh in &t.vhosts {
+    for vh in t.vhosts.iter() {
         for r in &vh.rules {
             if let Action::Route { destinations, .. } = &r.action {
                 for d in destinations.iter().chain(r.mirrors.iter().map(|(m, _)| m)) {

@@ -188,7 +188,7 @@ impl Merged {
             .iter()
             .map(|vh| match free.pop() {
                 Some(i) => {
-                    t.vhosts[i] = vh.clone();
+                    t.vhosts.set(i, vh.clone());
                     i
                 }
                 None => {
@@ -206,7 +206,7 @@ impl Merged {
         t.services
             .extend(r.services.iter().map(|(a, n)| (*a, n.clone())));
         for e in r.endpoints.keys() {
-            *t.endpoints.entry(*e).or_insert(0) += 1;
+            *t.endpoints.or_insert(*e, 0) += 1;
         }
         self.free = free;
         Keys {
@@ -252,7 +252,7 @@ impl Merged {
         }
         // Its places stay until another slice takes them; nothing points at them.
         for &i in &k.vhosts {
-            t.vhosts[i] = Arc::new(VirtualHost::unused());
+            t.vhosts.set(i, Arc::new(VirtualHost::unused()));
         }
         self.free.extend(&k.vhosts);
     }

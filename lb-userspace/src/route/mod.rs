@@ -9,10 +9,10 @@ pub mod decide;
 pub mod matchers;
 pub mod path;
 pub mod policy;
+pub mod shards;
 
 use std::collections::BTreeMap;
 
-use crate::fasthash::HashMap;
 use std::net::{SocketAddr, SocketAddrV4};
 
 use http::HeaderMap;
@@ -20,6 +20,7 @@ use regex::Regex;
 
 pub use decide::{Local, Pick, Target, Verdict, decide};
 pub use matchers::{MatchBlock, RequestView, StrMatch};
+use shards::{ChunkedVec, ShardedMap};
 
 /// The proxy's routing table: one immutable snapshot per applied configuration. Its
 /// maps hash with foldhash (looked up per request; SipHash showed in the profile):
@@ -27,21 +28,22 @@ pub use matchers::{MatchBlock, RequestView, StrMatch};
 #[derive(Debug, Default, Clone)]
 pub struct RouteTable {
     /// Shared with the compiler's slices: a change rebuilds only its slice's vhosts.
-    pub vhosts: Vec<std::sync::Arc<VirtualHost>>,
+    /// (The table's maps are in shards shared between its copies: shards.rs.)
+    pub vhosts: ChunkedVec<std::sync::Arc<VirtualHost>>,
     /// Every exact name (and address) a VirtualService answers to → vhost index.
-    pub hosts: HashMap<std::sync::Arc<str>, usize>,
+    pub hosts: ShardedMap<std::sync::Arc<str>, usize>,
     /// `*.example.com` patterns, longest first.
     pub wildcards: Vec<(String, usize)>,
     /// Dialled service address → vhost bound to that service.
-    pub by_service: HashMap<SocketAddrV4, usize>,
+    pub by_service: ShardedMap<SocketAddrV4, usize>,
     /// Whether any rule matches on headers: the lean path builds a request's header
     /// map only then.
     pub matches_headers: bool,
     /// Dialled service address → `ns/name` (metrics, unknown-host counting).
-    pub services: HashMap<SocketAddrV4, std::sync::Arc<str>>,
+    pub services: ShardedMap<SocketAddrV4, std::sync::Arc<str>>,
     /// Every endpoint of every service: the proxy never forwards elsewhere. (How many
     /// of the compiler's slices name it: one drops out when its last slice does.)
-    pub endpoints: HashMap<SocketAddr, u32>,
+    pub endpoints: ShardedMap<SocketAddr, u32>,
     /// How request paths are normalised before matching and forwarding.
     pub normalization: path::Normalization,
 }
