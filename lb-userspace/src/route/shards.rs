@@ -2,31 +2,35 @@
 //! a few services of thousands on a reload while the proxy still holds the table it
 //! had: copying the table copies 64 pointers per map, and a change copies only the
 //! shards it touches. (Copying and dropping whole maps of 10,000 services was about a
-//! third of a one-service change.) A look-up costs one more hash and one more pointer.
+//! third of a one-service change.) A look-up costs one more pointer.
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
-use crate::fasthash::HashMap;
+use hashbrown::HashTable;
 
 const SHARDS: usize = 64;
 
-/// Picks a key's shard; a seed of its own, so the keys of one shard still spread
-/// over the shard's own table (which hashes with another seed).
-fn shard_of<Q: Hash + ?Sized>(key: &Q) -> usize {
-    const PICK: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x005e_ed1b);
-    (PICK.hash_one(key) >> 58) as usize
+/// A hash map split into 64 shards shared on copy; an empty shard has no table. A key
+/// is hashed once: bits 50..56 of its hash pick the shard (the shard's table uses the
+/// low bits and the top seven).
+pub struct ShardedMap<K, V> {
+    hasher: foldhash::fast::RandomState,
+    shards: [Shard<K, V>; SHARDS],
 }
 
-/// A hash map split into 64 shards shared on copy; an empty shard has no table.
-pub struct ShardedMap<K, V> {
-    shards: [Option<Arc<HashMap<K, V>>>; SHARDS],
+/// One shard: `None` until a key lands in it.
+type Shard<K, V> = Option<Arc<HashTable<(K, V)>>>;
+
+fn shard(hash: u64) -> usize {
+    (hash >> 50) as usize % SHARDS
 }
 
 impl<K, V> Default for ShardedMap<K, V> {
     fn default() -> Self {
         ShardedMap {
+            hasher: Default::default(),
             shards: std::array::from_fn(|_| None),
         }
     }
@@ -35,6 +39,7 @@ impl<K, V> Default for ShardedMap<K, V> {
 impl<K, V> Clone for ShardedMap<K, V> {
     fn clone(&self) -> Self {
         ShardedMap {
+            hasher: self.hasher.clone(),
             shards: self.shards.clone(),
         }
     }
@@ -56,7 +61,10 @@ impl<K, V> ShardedMap<K, V> {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.shards.iter().flatten().flat_map(|s| s.iter())
+        self.shards
+            .iter()
+            .flatten()
+            .flat_map(|s| s.iter().map(|(k, v)| (k, v)))
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &K> {
@@ -70,7 +78,9 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.shards[shard_of(key)].as_ref()?.get(key)
+        let h = self.hasher.hash_one(key);
+        let table = self.shards[shard(h)].as_ref()?;
+        table.find(h, |(k, _)| k.borrow() == key).map(|(_, v)| v)
     }
 
     pub fn contains_key<Q>(&self, key: &Q) -> bool
@@ -83,28 +93,37 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
-    /// The shard of `key` to change (copied first if a table still shares it).
-    fn shard_mut<Q: Hash + ?Sized>(&mut self, key: &Q) -> &mut HashMap<K, V> {
-        Arc::make_mut(self.shards[shard_of(key)].get_or_insert_with(Default::default))
-    }
-
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        self.shard_mut(&key).insert(key, value)
+        let (h, hasher) = (self.hasher.hash_one(&key), &self.hasher);
+        let table = Arc::make_mut(self.shards[shard(h)].get_or_insert_default());
+        match table.find_mut(h, |(k, _)| *k == key) {
+            Some((_, v)) => Some(std::mem::replace(v, value)),
+            None => {
+                table.insert_unique(h, (key, value), |(k, _)| hasher.hash_one(k));
+                None
+            }
+        }
     }
 
     /// Inserts `value` unless `key` has one; the value `key` has after.
     pub fn or_insert(&mut self, key: K, value: V) -> &mut V {
-        self.shard_mut(&key).entry(key).or_insert(value)
+        let (h, hasher) = (self.hasher.hash_one(&key), &self.hasher);
+        let table = Arc::make_mut(self.shards[shard(h)].get_or_insert_default());
+        let entry = table.entry(h, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k));
+        &mut entry.or_insert((key, value)).into_mut().1
     }
 
-    /// The shard holding `key`, to change (not copied for a miss).
-    fn holding_mut<Q>(&mut self, key: &Q) -> Option<&mut HashMap<K, V>>
+    /// The table holding `key` and the key's hash, to change it (not copied for a
+    /// miss).
+    fn holding_mut<Q>(&mut self, key: &Q) -> Option<(&mut HashTable<(K, V)>, u64)>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let shard = self.shards[shard_of(key)].as_mut()?;
-        shard.contains_key(key).then(|| Arc::make_mut(shard))
+        let h = self.hasher.hash_one(key);
+        let table = self.shards[shard(h)].as_mut()?;
+        let holds = table.find(h, |(k, _)| k.borrow() == key).is_some();
+        holds.then(|| (Arc::make_mut(table), h))
     }
 
     pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
@@ -112,7 +131,10 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.holding_mut(key)?.get_mut(key)
+        let (table, h) = self.holding_mut(key)?;
+        table
+            .find_mut(h, |(k, _)| k.borrow() == key)
+            .map(|(_, v)| v)
     }
 
     pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
@@ -120,7 +142,9 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.holding_mut(key)?.remove(key)
+        let (table, h) = self.holding_mut(key)?;
+        let entry = table.find_entry(h, |(k, _)| k.borrow() == key).ok()?;
+        Some(entry.remove().0.1)
     }
 }
 
