@@ -387,7 +387,7 @@ fn build_plan(
         .map(|k| {
             let s = k.snapshot();
             accept::Input {
-                loaded: s.objects,
+                loaded: s.objects.into(),
                 diags: s.diags,
             }
         })
@@ -405,8 +405,9 @@ fn build_plan(
         tracing::warn!("{w}");
     }
     let t = std::time::Instant::now();
-    let plan = compile::slices::plan_slices(&v.slices, opts.normalization, &mut cache.plans)
-        .map_err(|e| e.to_string());
+    let plan =
+        compile::slices::plan_slices(&v.slices, v.changes, opts.normalization, &mut cache.plans)
+            .map_err(|e| e.to_string());
     phases.compile_ms = ms(t);
     plan.map(|p| (p, rejected))
 }

@@ -113,12 +113,12 @@ mod tests {
                 subsets: vec![crate::compile::SubsetImage {
                     id: 0,
                     name: "v0".into(),
-                    endpoints: vec![SockAddr4::new([127, 0, 0, 2].into(), 80); eps],
+                    endpoints: vec![SockAddr4::new([127, 0, 0, 2], 80); eps],
                     flags: 0,
                 }],
             }),
         };
-        let key = |i: u16| SockAddr4::new([127, 0, 0, 1].into(), i);
+        let key = |i: u16| SockAddr4::new([127, 0, 0, 1], i);
         let mut a = Applied::new([(key(1), svc(10, 2))].into());
         a.insert(key(2), svc(5, 1));
         a.insert(key(1), svc(20, 3));
@@ -127,6 +127,12 @@ mod tests {
         a.remove(&key(2));
         let whole = Applied::new(a.services.clone());
         assert_eq!(a.size(), whole.size());
-        assert_eq!(a.size(), Size { slots: 21, endpoints: 4 });
+        assert_eq!(
+            a.size(),
+            Size {
+                slots: 21,
+                endpoints: 4
+            }
+        );
     }
 }

@@ -10,7 +10,7 @@ use lb_common::SockAddr4;
 
 use super::{CompileError, Plan, capacity, plan};
 use crate::fasthash::HashMap;
-use crate::model::slices::Slice;
+use crate::model::slices::{Changes, Slice};
 use crate::route::path::Normalization;
 use crate::route::{RouteTable, VirtualHost};
 
@@ -20,6 +20,8 @@ pub struct PlanCache {
     /// By the slice's address (the `Arc` held, so the address is its).
     parts: HashMap<usize, Part>,
     merged: Option<Merged>,
+    /// The model's take of changes the parts are at ([`Changes::since`] of the next).
+    at: Option<u64>,
 }
 
 struct Part {
@@ -72,23 +74,42 @@ impl Merged {
 /// is still held; the route table is copied, the proxy holds it.)
 pub fn plan_slices(
     slices: &[Arc<Slice>],
+    changes: Option<Changes>,
     normalization: Normalization,
     cache: &mut PlanCache,
 ) -> Result<Plan, CompileError> {
     let key = |s: &Arc<Slice>| Arc::as_ptr(s) as usize;
+    // Unknown until this call succeeds (a slice that fails to compile leaves the
+    // parts as they were, and the next call looks at every slice).
+    let at = cache.at.take();
+    let next_at = changes.as_ref().map(|c| c.since + 1);
     let mut added = Vec::new();
-    for s in slices {
-        if !cache.parts.contains_key(&key(s)) {
-            added.push((s.clone(), plan(s.take_model())?));
+    let removed = match changes {
+        // The model says what changed since the parts: only that is looked at.
+        Some(c) if Some(c.since) == at => {
+            for s in c.made {
+                let p = plan(s.take_model())?;
+                added.push((s, p));
+            }
+            c.dropped.iter().map(key).collect()
         }
-    }
-    let kept = slices.len() - added.len();
-    let removed = crate::fasthash::gone(&cache.parts, slices.iter().map(key), kept);
+        // Else every slice is looked up.
+        _ => {
+            for s in slices {
+                if !cache.parts.contains_key(&key(s)) {
+                    added.push((s.clone(), plan(s.take_model())?));
+                }
+            }
+            let kept = slices.len() - added.len();
+            crate::fasthash::gone(&cache.parts, slices.iter().map(key), kept)
+        }
+    };
     let same_normalization = cache
         .merged
         .as_ref()
         .is_some_and(|m| m.plan.proxy.normalization == normalization);
     if same_normalization && added.is_empty() && removed.is_empty() {
+        cache.at = next_at;
         return Ok(cache.merged.as_ref().expect("checked").plan.clone());
     }
     // A wildcard host's vhost is found by pattern, across slices: put all together anew.
@@ -154,6 +175,7 @@ pub fn plan_slices(
     }
     let out = merged.plan.clone();
     cache.merged = Some(merged);
+    cache.at = next_at;
     Ok(out)
 }
 

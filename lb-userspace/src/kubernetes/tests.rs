@@ -168,7 +168,7 @@ fn the_seeds_cluster_compiles_to_its_90_10_split() {
     let (v, rejected) = accept::build(
         Input::default(),
         Input {
-            loaded: objects,
+            loaded: objects.into(),
             diags,
         },
         &mut LastGood::default(),
@@ -177,9 +177,13 @@ fn the_seeds_cluster_compiles_to_its_90_10_split() {
     )
     .expect("valid");
     assert!(rejected.is_empty());
-    let plan =
-        crate::compile::slices::plan_slices(&v.slices, Default::default(), &mut Default::default())
-            .expect("compiles");
+    let plan = crate::compile::slices::plan_slices(
+        &v.slices,
+        None,
+        Default::default(),
+        &mut Default::default(),
+    )
+    .expect("compiles");
     assert_eq!(
         plan.kernel.render(),
         "service 127.10.14.1:11400 default/backend-service mode=1 slots=10 scale=10\n  subset v0 id=0x954a47fb slots=9 endpoints=[127.0.0.2:11400]\n  subset v1 id=0x944a4668 slots=1 endpoints=[127.0.0.3:11400]\n"

@@ -4,6 +4,7 @@
 //! Istio schema (unknown fields are errors). Problems become [`Diagnostic`]s naming the
 //! file, line and field; the model step validates meaning.
 
+pub mod docs;
 pub mod istio;
 pub mod limits;
 pub mod locate;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 
 use crate::diagnostic::{Diagnostic, Origin};
+pub use docs::Docs;
 
 /// Reading the configuration directory failed (not a problem in its contents).
 #[derive(Debug, thiserror::Error)]
@@ -208,7 +210,7 @@ pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
 
 /// Loads every resource of `dir`. Content problems are returned as diagnostics beside
 /// the resources that did load.
-pub fn load_dir(dir: &Path) -> Result<(Vec<Arc<Loaded>>, Vec<Diagnostic>), LoadError> {
+pub fn load_dir(dir: &Path) -> Result<(Docs, Vec<Diagnostic>), LoadError> {
     Cache::default().load_dir(dir)
 }
 
@@ -254,7 +256,7 @@ impl Stamp {
 struct CachedFile {
     stamp: Option<Stamp>,
     hash: u64,
-    loaded: Vec<Arc<Loaded>>,
+    loaded: docs::Run,
     diags: Vec<Diagnostic>,
 }
 
@@ -268,11 +270,8 @@ pub struct Cache {
 
 impl Cache {
     /// Like [`load_dir`], reusing the results of files whose content is unchanged.
-    pub fn load_dir(
-        &mut self,
-        dir: &Path,
-    ) -> Result<(Vec<Arc<Loaded>>, Vec<Diagnostic>), LoadError> {
-        let mut loaded = Vec::new();
+    pub fn load_dir(&mut self, dir: &Path) -> Result<(Docs, Vec<Diagnostic>), LoadError> {
+        let mut loaded = Docs::default();
         let mut diags = Vec::new();
         let files = config_files(dir)?;
         self.files.retain(|path, _| files.contains(path));
@@ -282,7 +281,7 @@ impl Cache {
                 && stamp.is_some()
                 && c.stamp == stamp
             {
-                loaded.extend(c.loaded.iter().cloned());
+                loaded.push(c.loaded.clone());
                 diags.extend(c.diags.iter().cloned());
                 continue;
             }
@@ -305,15 +304,15 @@ impl Cache {
             match self.files.get_mut(&file) {
                 Some(c) if c.hash == hash => {
                     c.stamp = stamp;
-                    loaded.extend(c.loaded.iter().cloned());
+                    loaded.push(c.loaded.clone());
                     diags.extend(c.diags.iter().cloned());
                 }
                 _ => {
                     let (mut l, mut d) = (Vec::new(), Vec::new());
                     load_text(&file, &text, &mut l, &mut d);
-                    // Shared with the cache: a reload of other files copies pointers only.
-                    let l: Vec<Arc<Loaded>> = l.into_iter().map(Arc::new).collect();
-                    loaded.extend(l.iter().cloned());
+                    // Shared with the cache: a reload of other files copies a pointer.
+                    let l: docs::Run = l.into_iter().map(Arc::new).collect();
+                    loaded.push(l.clone());
                     diags.extend(d.iter().cloned());
                     self.files.insert(
                         file,
@@ -829,8 +828,11 @@ mod tests {
         for host in ["h2", "h3", "h4"] {
             std::fs::write(&a, dr(host)).unwrap();
             let (now, _) = cache.load_dir(&dir).unwrap();
-            assert_eq!(host_of(&now[0]), host);
-            assert!(Arc::ptr_eq(&first[1], &now[1]), "b.yaml was parsed again");
+            assert_eq!(host_of(&now.to_vec()[0]), host);
+            assert!(
+                Arc::ptr_eq(&first.runs()[1], &now.runs()[1]),
+                "b.yaml was parsed again"
+            );
         }
         // Touched without a content change: read again, same bytes, same parse.
         let old = std::time::SystemTime::now() - std::time::Duration::from_secs(5);
@@ -842,7 +844,7 @@ mod tests {
             .unwrap();
         let (before, _) = cache.load_dir(&dir).unwrap();
         let (after, _) = cache.load_dir(&dir).unwrap();
-        assert!(Arc::ptr_eq(&before[1], &after[1]));
+        assert!(Arc::ptr_eq(&before.runs()[1], &after.runs()[1]));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use super::{Cache, HashMap, ModelError, Options, Sliced};
 use crate::diagnostic::{self, Diagnostic};
-use crate::load::Loaded;
+use crate::load::{Docs, Loaded};
 
 /// Objects as one source gave them, with the problems of those it could not read.
 #[derive(Default)]
 pub struct Input {
-    pub loaded: Vec<Arc<Loaded>>,
+    pub loaded: Docs,
     pub diags: Vec<Diagnostic>,
 }
 
@@ -46,9 +46,9 @@ impl LastGood {
     }
 
     /// `objects` (one per name) are the last good versions now.
-    fn accept(&mut self, objects: &[Arc<Loaded>]) {
+    fn accept(&mut self, objects: &Docs) {
         let at = |o: &Arc<Loaded>| Arc::as_ptr(o) as usize;
-        for o in objects {
+        for o in objects.iter() {
             if self.names.contains_key(&at(o)) {
                 continue;
             }
@@ -59,7 +59,8 @@ impl LastGood {
             self.names.insert(at(o), name);
         }
         // Every object is in `names` now: any other entry is an object gone.
-        for gone in crate::fasthash::gone(&self.names, objects.iter().map(at), objects.len()) {
+        let now = objects.len();
+        for gone in crate::fasthash::gone(&self.names, objects.iter().map(at), now) {
             if let Some(name) = self.names.remove(&gone) {
                 self.by_name.remove(&name);
             }
@@ -82,14 +83,15 @@ pub fn build(
     opts: &Options,
 ) -> Result<(Sliced, Vec<Rejected>), ModelError> {
     let mut rejected: BTreeMap<String, (Vec<String>, &'static str)> = BTreeMap::new();
-    let mut objects: Vec<Arc<Loaded>> = cluster.loaded;
+    let mut objects: Docs = cluster.loaded;
     // Objects that did not even parse: their last good version, if any, instead.
+    let mut instead = Vec::new();
     for d in cluster.diags.iter().filter(|d| d.is_error()) {
         let k = d.origin.resource.clone();
         if !rejected.contains_key(&k)
             && let Some(good) = last_good.get(&k)
         {
-            objects.push(good.clone());
+            instead.push(good.clone());
         }
         rejected
             .entry(k)
@@ -100,16 +102,18 @@ pub fn build(
     let warnings_in = |diags: &[Diagnostic]| -> Vec<Diagnostic> {
         diags.iter().filter(|d| !d.is_error()).cloned().collect()
     };
+    objects.push(instead.into());
     // Each round takes at least one object back to its last good version (once) or
     // out: the loop ends, in at most two rounds per object.
     let mut diags = Vec::new();
     for _ in 0..=2 * objects.len() {
         diags = files.diags.clone();
         diags.extend(warnings_in(&cluster.diags));
-        let all: Vec<Arc<Loaded>> = files.loaded.iter().chain(&objects).cloned().collect();
+        let mut all = files.loaded.clone();
+        all.extend(&objects);
         let slices =
             super::slices::build(&all, &mut cache.slices, &mut cache.service_entries, opts);
-        diags.extend(slices.iter().flat_map(|s| s.diags.iter().cloned()));
+        diags.extend(cache.slices.diags().cloned());
         diagnostic::sort(&mut diags);
         let errors: Vec<&Diagnostic> = diags.iter().filter(|d| d.is_error()).collect();
         if errors.is_empty() {
@@ -126,15 +130,18 @@ pub fn build(
             return Ok((
                 Sliced {
                     slices,
+                    changes: cache.slices.take_changes(),
                     warnings: diags,
                 },
                 rejected,
             ));
         }
         let mut progress = false;
+        // A round with errors changes the cluster's objects: one run of them again.
+        let mut objects_now = objects.to_vec();
         for e in &errors {
             let k = &e.origin.resource;
-            let Some(i) = objects.iter().position(|o| key(o) == *k) else {
+            let Some(i) = objects_now.iter().position(|o| key(o) == *k) else {
                 // A file's problem (or one no object owns): the files' rule.
                 return Err(ModelError::Invalid { diagnostics: diags });
             };
@@ -144,13 +151,14 @@ pub fn build(
                 .0
                 .push(e.to_string());
             match last_good.get(k) {
-                Some(good) if !Arc::ptr_eq(good, &objects[i]) => objects[i] = good.clone(),
+                Some(good) if !Arc::ptr_eq(good, &objects_now[i]) => objects_now[i] = good.clone(),
                 _ => {
-                    objects.remove(i);
+                    objects_now.remove(i);
                 }
             }
             progress = true;
         }
+        objects = objects_now.into();
         if !progress {
             return Err(ModelError::Invalid { diagnostics: diags });
         }

@@ -151,7 +151,9 @@ pub struct Cache {
 /// A valid configuration as slices (see slices.rs) and the warnings found on the way.
 #[derive(Debug)]
 pub struct Sliced {
-    pub slices: Vec<Arc<slices::Slice>>,
+    pub slices: Arc<Vec<Arc<slices::Slice>>>,
+    /// What changed since the slices handed out before (slices.rs).
+    pub changes: Option<slices::Changes>,
     pub warnings: Vec<Diagnostic>,
 }
 
@@ -187,7 +189,12 @@ pub fn load_dir_with(
     opts: &Options,
 ) -> Result<Validated, ModelError> {
     let (loaded, mut diags) = cache.parse.load_dir(dir)?;
-    let model = build_with(&loaded, &mut cache.service_entries, &mut diags, opts);
+    let model = build_with(
+        &loaded.to_vec(),
+        &mut cache.service_entries,
+        &mut diags,
+        opts,
+    );
     diagnostic::sort(&mut diags);
     if diags.iter().any(Diagnostic::is_error) {
         return Err(ModelError::Invalid { diagnostics: diags });

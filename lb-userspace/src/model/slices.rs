@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use super::{HashMap, Model, Options, ServiceEntryMemo, build_part, forget_unloaded};
 use crate::diagnostic::Diagnostic;
-use crate::load::{Loaded, Resource, istio};
+use crate::load::docs::Run;
+use crate::load::{Docs, Loaded, Resource, istio};
 
 /// One slice: its objects (in load order), its problems, and its model until the
 /// compiler takes it.
@@ -49,45 +50,177 @@ impl Slice {
 /// The slices of the last build, kept so the next one only redoes what changed.
 #[derive(Default)]
 pub struct SliceCache {
-    /// Each document's slice, by the document's address.
-    of_doc: HashMap<usize, Arc<Slice>>,
+    /// Each document's slice and place, by the document's address.
+    of_doc: HashMap<usize, Placed>,
     /// Which slice mentions each name.
     owner: HashMap<String, Arc<Slice>>,
-    /// Every slice, in the order they were made.
-    all: Vec<Arc<Slice>>,
+    /// Every slice, in the order they were made (shared with the last build's
+    /// output: copied only while that is still held).
+    all: Arc<Vec<Arc<Slice>>>,
+    /// Slices with problems (few): their diagnostics, without a look at every slice.
+    with_diags: HashMap<usize, Arc<Slice>>,
+    /// The runs of documents of the last build, by address: a run seen again is
+    /// kept whole, unread.
+    runs: HashMap<usize, Run>,
     /// A document names a wildcard host: one slice of all, made anew on any change.
     wild: bool,
+    /// Slices made and dropped since the compiler last took them.
+    changes: Pending,
+}
+
+/// Where a document is: its slice, and its place in the load order (its run's
+/// address and its index there).
+struct Placed {
+    slice: Arc<Slice>,
+    run: usize,
+    index: usize,
+}
+
+/// Slices made and dropped since the last [`SliceCache::take_changes`], netted (a
+/// slice made and dropped between two takes is in neither).
+#[derive(Default)]
+struct Pending {
+    made: HashMap<usize, Arc<Slice>>,
+    dropped: HashMap<usize, Arc<Slice>>,
+    /// The slices were all made anew (a wildcard, a first build): the changes do not
+    /// say what the compiler had.
+    reset: bool,
+    /// Takes so far.
+    taken: u64,
+}
+
+/// What changed between two takes: the compiler compiles the slices made and drops
+/// those dropped, when it holds the slices of take `since` (else it compares the
+/// whole list).
+#[derive(Debug)]
+pub struct Changes {
+    pub since: u64,
+    pub made: Vec<Arc<Slice>>,
+    pub dropped: Vec<Arc<Slice>>,
+}
+
+impl SliceCache {
+    /// What changed since the last take (None: everything may have).
+    pub fn take_changes(&mut self) -> Option<Changes> {
+        let p = &mut self.changes;
+        let since = p.taken;
+        p.taken += 1;
+        let (made, dropped) = (std::mem::take(&mut p.made), std::mem::take(&mut p.dropped));
+        if std::mem::take(&mut p.reset) {
+            return None;
+        }
+        Some(Changes {
+            since,
+            made: made.into_values().collect(),
+            dropped: dropped.into_values().collect(),
+        })
+    }
+
+    /// The problems of the slices, in no order (the caller sorts them).
+    pub fn diags(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.with_diags.values().flat_map(|s| s.diags.iter())
+    }
+
+    fn add(&mut self, slice: Arc<Slice>, places: &[(usize, usize)]) {
+        for (d, &(run, index)) in slice.docs.iter().zip(places) {
+            let placed = Placed {
+                slice: slice.clone(),
+                run,
+                index,
+            };
+            self.of_doc.insert(addr(d), placed);
+        }
+        for n in &slice.names {
+            self.owner.insert(n.clone(), slice.clone());
+        }
+        if !slice.diags.is_empty() {
+            self.with_diags.insert(slice_addr(&slice), slice.clone());
+        }
+        self.changes.made.insert(slice_addr(&slice), slice.clone());
+        Arc::make_mut(&mut self.all).push(slice);
+    }
+
+    /// Takes the slices `dirty` out (their documents and names with them).
+    fn drop_slices(&mut self, dirty: &HashMap<usize, Arc<Slice>>) {
+        for (k, s) in dirty {
+            for d in &s.docs {
+                self.of_doc.remove(&addr(d));
+            }
+            for n in &s.names {
+                self.owner.remove(n);
+            }
+            self.with_diags.remove(k);
+            if self.changes.made.remove(k).is_none() {
+                self.changes.dropped.insert(*k, s.clone());
+            }
+        }
+        Arc::make_mut(&mut self.all).retain(|s| !dirty.contains_key(&slice_addr(s)));
+    }
 }
 
 fn addr(l: &Arc<Loaded>) -> usize {
     Arc::as_ptr(l) as usize
 }
 
+fn slice_addr(s: &Arc<Slice>) -> usize {
+    Arc::as_ptr(s) as usize
+}
+
+fn run_addr(r: &Run) -> usize {
+    Arc::as_ptr(r) as *const () as usize
+}
+
 /// Parts `loaded` into slices, building only those whose documents changed since the
 /// last build of `cache`: the slices of documents gone and those that share a name
 /// with a new document are taken apart and made again from what is left of them and
-/// the new documents. A build that changes nothing costs a look-up per document.
+/// the new documents. Runs of documents seen last time are not even read: a build
+/// costs the runs that are new (a changed file's, the cluster's).
 pub(super) fn build(
-    loaded: &[Arc<Loaded>],
+    loaded: &Docs,
     cache: &mut SliceCache,
     memo: &mut HashMap<usize, ServiceEntryMemo>,
     opts: &Options,
-) -> Vec<Arc<Slice>> {
-    let mut added = Vec::new();
-    let mut kept = 0;
-    for (i, l) in loaded.iter().enumerate() {
-        if cache.of_doc.contains_key(&addr(l)) {
-            kept += 1;
-        } else {
-            added.push(i);
-        }
-    }
-    let removed = crate::fasthash::gone(&cache.of_doc, loaded.iter().map(addr), kept);
-    if added.is_empty() && removed.is_empty() {
+) -> Arc<Vec<Arc<Slice>>> {
+    let order: HashMap<usize, usize> = (loaded.runs().iter().enumerate())
+        .map(|(i, r)| (run_addr(r), i))
+        .collect();
+    let fresh: Vec<&Run> = (loaded.runs().iter())
+        .filter(|r| !cache.runs.contains_key(&run_addr(r)))
+        .collect();
+    let stale: Vec<usize> = (cache.runs.keys())
+        .filter(|k| !order.contains_key(k))
+        .copied()
+        .collect();
+    if fresh.is_empty() && stale.is_empty() {
         return cache.all.clone();
     }
-    if cache.wild {
+    if cache.wild || cache.all.is_empty() {
         return rebuild(loaded, cache, memo, opts);
+    }
+    // The documents of new runs: those not seen before are added, the others have a
+    // new place; the documents of runs gone that are in no new run are removed.
+    let mut added: Vec<(Arc<Loaded>, usize, usize)> = Vec::new();
+    let mut in_fresh: crate::fasthash::HashSet<usize> = Default::default();
+    for r in &fresh {
+        for (index, d) in r.iter().enumerate() {
+            in_fresh.insert(addr(d));
+            match cache.of_doc.get_mut(&addr(d)) {
+                Some(p) => (p.run, p.index) = (run_addr(r), index),
+                None => added.push((d.clone(), run_addr(r), index)),
+            }
+        }
+    }
+    let mut removed = Vec::new();
+    for k in &stale {
+        let run = cache.runs.remove(k).expect("listed");
+        for d in run.iter() {
+            if !in_fresh.contains(&addr(d)) && cache.of_doc.contains_key(&addr(d)) {
+                removed.push(addr(d));
+            }
+        }
+    }
+    for r in fresh {
+        cache.runs.insert(run_addr(r), r.clone());
     }
     for k in &removed {
         memo.remove(k);
@@ -96,66 +229,68 @@ pub(super) fn build(
     // names reach (a wildcard host reaches them all: everything is made again).
     let mut dirty: HashMap<usize, Arc<Slice>> = HashMap::default();
     for k in &removed {
-        if let Some(s) = cache.of_doc.get(k) {
-            dirty.insert(Arc::as_ptr(s) as usize, s.clone());
+        if let Some(p) = cache.of_doc.get(k) {
+            dirty.insert(slice_addr(&p.slice), p.slice.clone());
         }
     }
     let mut names = Vec::new();
-    for &i in &added {
+    for (d, ..) in &added {
         names.clear();
-        if !mentions(&loaded[i], &mut names) {
+        if !mentions(d, &mut names) {
             return rebuild(loaded, cache, memo, opts);
         }
         for n in &names {
             if let Some(s) = cache.owner.get(n) {
-                dirty.insert(Arc::as_ptr(s) as usize, s.clone());
+                dirty.insert(slice_addr(s), s.clone());
             }
         }
     }
     // Their documents that stay, and the new ones, in load order.
     let gone: crate::fasthash::HashSet<usize> = removed.iter().copied().collect();
-    let mut pool: crate::fasthash::HashSet<usize> = dirty
-        .values()
-        .flat_map(|s| s.docs.iter().map(addr))
-        .filter(|k| !gone.contains(k))
-        .collect();
-    pool.extend(added.iter().map(|&i| addr(&loaded[i])));
-    let docs: Vec<Arc<Loaded>> = loaded
-        .iter()
-        .filter(|l| pool.contains(&addr(l)))
-        .cloned()
-        .collect();
+    let mut pool: Vec<(Arc<Loaded>, usize, usize)> = added;
     for s in dirty.values() {
-        for d in &s.docs {
-            cache.of_doc.remove(&addr(d));
-        }
-        for n in &s.names {
-            cache.owner.remove(n);
+        for d in s.docs.iter().filter(|d| !gone.contains(&addr(d))) {
+            let p = &cache.of_doc[&addr(d)];
+            pool.push((d.clone(), p.run, p.index));
         }
     }
-    cache
-        .all
-        .retain(|s| !dirty.contains_key(&(Arc::as_ptr(s) as usize)));
-    make_all(&docs, cache, memo, opts);
+    pool.sort_unstable_by_key(|(_, run, index)| (order[run], *index));
+    cache.drop_slices(&dirty);
+    let (docs, places): (Vec<_>, Vec<_>) = pool.into_iter().map(|(d, r, i)| (d, (r, i))).unzip();
+    make_all(&docs, &places, cache, memo, opts);
     cache.all.clone()
 }
 
 /// Parts and builds everything anew.
 fn rebuild(
-    loaded: &[Arc<Loaded>],
+    loaded: &Docs,
     cache: &mut SliceCache,
     memo: &mut HashMap<usize, ServiceEntryMemo>,
     opts: &Options,
-) -> Vec<Arc<Slice>> {
-    forget_unloaded(loaded, memo);
+) -> Arc<Vec<Arc<Slice>>> {
+    let docs = loaded.to_vec();
+    forget_unloaded(&docs, memo);
+    let changes = std::mem::take(&mut cache.changes);
     *cache = SliceCache::default();
-    make_all(loaded, cache, memo, opts);
+    cache.changes = Pending {
+        reset: true,
+        taken: changes.taken,
+        ..Default::default()
+    };
+    let places: Vec<(usize, usize)> = (loaded.runs().iter())
+        .flat_map(|r| (0..r.len()).map(|i| (run_addr(r), i)))
+        .collect();
+    cache.runs = (loaded.runs().iter())
+        .map(|r| (run_addr(r), r.clone()))
+        .collect();
+    make_all(&docs, &places, cache, memo, opts);
     cache.all.clone()
 }
 
-/// Parts `docs` into slices and makes each into `cache`.
+/// Parts `docs` (at `places`) into slices and makes each into `cache`.
 fn make_all(
     docs: &[Arc<Loaded>],
+    places: &[(usize, usize)],
     cache: &mut SliceCache,
     memo: &mut HashMap<usize, ServiceEntryMemo>,
     opts: &Options,
@@ -165,18 +300,10 @@ fn make_all(
     let opts = Arc::new(opts.clone());
     for (group, names) in parted.groups {
         let members: Vec<Arc<Loaded>> = group.iter().map(|&i| docs[i].clone()).collect();
-        add(cache, make(members, names, memo, &opts, !parted.wild));
+        let at: Vec<(usize, usize)> = group.iter().map(|&i| places[i]).collect();
+        let slice = make(members, names, memo, &opts, !parted.wild);
+        cache.add(slice, &at);
     }
-}
-
-fn add(cache: &mut SliceCache, slice: Arc<Slice>) {
-    for d in &slice.docs {
-        cache.of_doc.insert(addr(d), slice.clone());
-    }
-    for n in &slice.names {
-        cache.owner.insert(n.clone(), slice.clone());
-    }
-    cache.all.push(slice);
 }
 
 /// Validates one slice's documents into its model; `release`: then lets their typed

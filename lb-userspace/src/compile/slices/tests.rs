@@ -157,6 +157,10 @@ fn changes_applied_slice_by_slice_equal_a_full_build() {
     // detection in the kernel.
     let (mut proxied, mut aliased, mut ejecting) = (0, 0, 0);
     let mut good = slots.clone();
+    // The documents in runs of contiguous slots (as files), each run shared with the
+    // step before while its documents are the same; now and then one run of all (as
+    // the cluster's).
+    let mut runs: Vec<(Vec<usize>, crate::load::docs::Run)> = Vec::new();
     for step in 0..400 {
         if step > 0 {
             // One to three objects change (some steps change none: a reload that
@@ -173,12 +177,27 @@ fn changes_applied_slice_by_slice_equal_a_full_build() {
             }
         }
         let loaded: Vec<Arc<Loaded>> = slots.iter().flatten().cloned().collect();
+        let docs: crate::load::Docs = if next(5) == 0 {
+            loaded.clone().into()
+        } else {
+            let mut docs = crate::load::Docs::default();
+            for (r, part) in slots.chunks(slots.len().div_ceil(6)).enumerate() {
+                let part: Vec<Arc<Loaded>> = part.iter().flatten().cloned().collect();
+                let ptrs: Vec<usize> = part.iter().map(|l| Arc::as_ptr(l) as usize).collect();
+                if runs.get(r).is_none_or(|(p, _)| *p != ptrs) {
+                    runs.truncate(r);
+                    runs.push((ptrs, part.into()));
+                }
+                docs.push(runs[r].1.clone());
+            }
+            docs
+        };
         let mut full_diags = Vec::new();
         let full = model::build(&loaded, &mut full_diags);
         diagnostic::sort(&mut full_diags);
         let sliced = accept::build(
             accept::Input {
-                loaded: loaded.clone(),
+                loaded: docs,
                 diags: Vec::new(),
             },
             accept::Input::default(),
@@ -203,8 +222,8 @@ fn changes_applied_slice_by_slice_equal_a_full_build() {
             Err(e) => panic!("step {step}: {e}"),
             Ok((v, _)) => {
                 assert_eq!(said(&v.warnings), said(&full_diags), "step {step}");
-                let a =
-                    plan_slices(&v.slices, opts.normalization, &mut reuse.plans).expect("compiles");
+                let a = plan_slices(&v.slices, v.changes, opts.normalization, &mut reuse.plans)
+                    .expect("compiles");
                 let b = crate::compile::plan(full).expect("compiles");
                 assert_eq!(a.kernel, b.kernel, "step {step}");
                 assert_eq!(a.outliers, b.outliers, "step {step}");
