@@ -509,11 +509,11 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
         proxy.deferred_addr(),
         proxy.admin_addr(),
     ]);
-    let mut reload = |applier: &mut Applier, sources: &mut Sources| {
-        let garbage = reload(applier, sources, &mut cache, &model_opts);
+    let reload = |applier: &mut Applier, sources: &mut Sources, cache: &mut Reuse| {
+        let garbage = reload(applier, sources, cache, &model_opts);
         if !opts.parse_cache {
             // Nothing of the parse outlives the reload.
-            cache = Reuse::default();
+            *cache = Reuse::default();
             // SAFETY: malloc_trim only releases free heap memory.
             unsafe { libc::malloc_trim(0) };
         }
@@ -526,7 +526,7 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
     let mut pending: Vec<(Instant, Garbage)> = Vec::new();
     // The cluster's events not applied yet (kept here: see kubernetes::burst).
     let mut burst = kubernetes::burst::Burst::default();
-    if let Some(g) = reload(&mut applier, &mut sources) {
+    if let Some(g) = reload(&mut applier, &mut sources, &mut cache) {
         pending.push((Instant::now() + GRACE, g));
     }
     let log = match &opts.proxy.access_log {
@@ -596,7 +596,9 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
                     // SAFETY: malloc_trim only releases free heap memory.
                     unsafe { libc::malloc_trim(0) };
                 }
-                false
+                // Files read within a second of their last write are checked again
+                // now, while nothing happens, rather than by the next change's reload.
+                cache.model.parse.settle()
             }
             // Drain (stop_proxy): new connects take the kernel split at once,
             // in-flight requests finish within the bound.
@@ -609,7 +611,7 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
         };
         if changed {
             let started = Instant::now();
-            if let Some(g) = reload(&mut applier, &mut sources) {
+            if let Some(g) = reload(&mut applier, &mut sources, &mut cache) {
                 pending.push((Instant::now() + GRACE, g));
             }
             // Every reload reads the cluster's objects as they are now.

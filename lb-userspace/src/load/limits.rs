@@ -105,10 +105,12 @@ pub fn read(path: &Path) -> Result<String, LoadError> {
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(io)?;
-    if !file.metadata().map_err(io)?.is_file() {
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
         return Err(LoadError::NotAFile(path.to_path_buf()));
     }
-    let mut bytes = Vec::new();
+    // Sized once (a 12 MB file read into a growing Vec was copied ~5 times over).
+    let mut bytes = Vec::with_capacity(meta.len().min(MAX_FILE_BYTES) as usize + 1);
     (&mut file)
         .take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut bytes)

@@ -295,12 +295,7 @@ impl Cache {
                 }
                 read => read?,
             };
-            let hash = {
-                use std::hash::{Hash, Hasher};
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                text.hash(&mut h);
-                h.finish()
-            };
+            let hash = hash(&text);
             match self.files.get_mut(&file) {
                 Some(c) if c.hash == hash => {
                     c.stamp = stamp;
@@ -327,6 +322,33 @@ impl Cache {
             }
         }
         Ok((loaded, diags))
+    }
+}
+
+/// A file's content hash (to tell a rewrite with the same bytes from a change).
+fn hash(text: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::with_seed(0).hash_one(text)
+}
+
+impl Cache {
+    /// Checks again the files that were read within a second of their last write
+    /// (their stamp could not be trusted then): once settled, one with the same bytes
+    /// keeps its stamp, and the next reload does not read it. True when one changed
+    /// or cannot be read: reload. (The daemon calls this while it is idle, so that the
+    /// next change does not pay for reading a large file again.)
+    pub fn settle(&mut self) -> bool {
+        let mut changed = false;
+        for (path, c) in self.files.iter_mut().filter(|(_, c)| c.stamp.is_none()) {
+            let Some(stamp) = Stamp::settled(path) else {
+                continue;
+            };
+            match limits::read(path) {
+                Ok(text) if hash(&text) == c.hash => c.stamp = Some(stamp),
+                _ => changed = true,
+            }
+        }
+        changed
     }
 }
 
@@ -816,6 +838,29 @@ mod tests {
     /// The cache reuses unchanged files (the same `Arc`s) and never misses a change:
     /// a same-length rewrite within one timestamp tick is read again, and a file touched
     /// with the same bytes keeps its parse.
+    /// Files read within a second of their last write are read again once settled:
+    /// one with the same bytes is trusted by its stamp from then on, one that changed
+    /// asks for a reload.
+    #[test]
+    fn fresh_files_are_checked_again_once_settled() {
+        let dir = std::env::temp_dir().join(format!("lb-settle-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a.yaml"), dir.join("b.yaml"));
+        std::fs::write(&a, dr("h1")).unwrap();
+        std::fs::write(&b, dr("x1")).unwrap();
+        let mut cache = Cache::default();
+        cache.load_dir(&dir).unwrap();
+        assert!(cache.files.values().all(|c| c.stamp.is_none()), "fresh");
+        // Rewritten after the read, same length: only its bytes tell.
+        std::fs::write(&b, dr("x2")).unwrap();
+        assert!(!cache.settle(), "nothing is settled yet, nothing read");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert!(cache.settle(), "b.yaml changed");
+        assert!(cache.files[&a].stamp.is_some(), "a.yaml is trusted now");
+        assert!(cache.files[&b].stamp.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn cache_reuses_unchanged_files_and_sees_same_length_rewrites() {
         let dir = std::env::temp_dir().join(format!("lb-cache-test-{}", std::process::id()));

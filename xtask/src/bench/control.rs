@@ -248,7 +248,11 @@ pub fn change_main(args: &[String]) -> anyhow::Result<()> {
     let result = daemon(n, changes, &work, &[]);
     // The daemon's own account of each reload ("configuration applied" fields).
     let log = std::fs::read_to_string(work.join(format!("daemon-{n}.log"))).unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&work);
+    if std::env::var_os("LB_BENCH_KEEP").is_some() {
+        eprintln!("kept {}", work.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&work);
+    }
     let mut d = result?;
     println!("daemon's first load: {:.0} ms", d.first_load_ms);
     for field in ["took_ms", "load_ms", "compile_ms", "apply_ms"] {
