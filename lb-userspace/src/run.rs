@@ -387,7 +387,7 @@ fn build_plan(
         .map(|k| {
             let s = k.snapshot();
             accept::Input {
-                loaded: s.objects.into(),
+                loaded: s.objects,
                 diags: s.diags,
             }
         })

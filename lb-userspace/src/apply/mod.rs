@@ -92,6 +92,8 @@ pub struct Applier<W: MapWriter = PlanMaps> {
     maps: W,
     /// What the maps hold now (read back at start, then kept in step).
     current: Applied,
+    /// The serial of the compiler's plan the maps hold (None: not known).
+    applied: Option<u64>,
     state: State,
     routes: watch::Sender<Arc<RouteTable>>,
     outliers: KernelOutliers,
@@ -155,6 +157,7 @@ impl<W: MapWriter> Applier<W> {
         Ok(Self {
             maps,
             current,
+            applied: None,
             state,
             routes,
             outliers: KernelOutliers::default(),
@@ -193,7 +196,10 @@ impl<W: MapWriter> Applier<W> {
         let watching = self
             .outliers
             .plan(&plan.kernel, &plan.outliers, std::time::Instant::now());
-        let diff = diff(&self.current, &plan.kernel, &watching);
+        let diff = match self.changed_since_applied(plan) {
+            Some(changed) => diff_some(&self.current, &plan.kernel, &watching, changed),
+            None => diff(&self.current, &plan.kernel, &watching),
+        };
         // The plan's size: what is applied, less what it replaces or removes, and
         // what it writes.
         let old = |k: &SockAddr4| {
@@ -211,7 +217,21 @@ impl<W: MapWriter> Applier<W> {
         let mut done = self.run(&diff.services, diff.removed, Some(&plan.proxy))?;
         done.0.unchanged += diff.same;
         self.outliers.adopt(watching);
+        self.applied = plan.lineage.as_ref().map(|l| l.serial);
         Ok(done)
+    }
+
+    /// The services `plan` changed since the plan the maps hold, if the compiler says
+    /// (None: look at every one).
+    fn changed_since_applied<'a>(&self, plan: &'a Plan) -> Option<&'a [SockAddr4]> {
+        let (lineage, applied) = (plan.lineage.as_ref()?, self.applied?);
+        if lineage.serial == applied {
+            return Some(&[]);
+        }
+        match &lineage.since {
+            Some((before, changed)) if *before == applied => Some(changed),
+            _ => None,
+        }
     }
 
     /// Rewrites only `services` (each already applied: outlier detection changing
@@ -239,6 +259,7 @@ impl<W: MapWriter> Applier<W> {
                 Ok(()) => Err(ApplyError::Step { step, source }),
                 Err(undo) => {
                     // Believe the maps, not the plan: the next apply diffs against them.
+                    self.applied = None;
                     if let Ok(now) = read_services(self.maps.read()) {
                         self.current = Applied::new(now);
                     }
@@ -497,6 +518,38 @@ fn diff<'a>(current: &Applied, plan: &'a MapImage, watching: &'a outliers::Watch
 }
 
 /// Writes a service's names (`new`), replacing `old`'s; `new` None removes them.
+/// [`diff`] of the services `changed` (and those outlier detection watches) only,
+/// the others being the very ones applied.
+fn diff_some<'a>(
+    current: &Applied,
+    plan: &'a MapImage,
+    watching: &'a outliers::Watching,
+    changed: &[SockAddr4],
+) -> Diff<'a> {
+    let mut keys: Vec<SockAddr4> = changed.iter().chain(watching.keys()).copied().collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut d = Diff {
+        services: Vec::new(),
+        removed: Vec::new(),
+        same: plan.services.len(),
+    };
+    for key in keys {
+        match plan.services.get_key_value(&key) {
+            Some((key, svc)) => {
+                let now = watching.live(key).unwrap_or(svc);
+                if !current.get(key).is_some_and(|o| Arc::ptr_eq(&o.image, now)) {
+                    d.same -= 1;
+                    d.services.push((key, now));
+                }
+            }
+            None if current.contains_key(&key) => d.removed.push(key),
+            None => {}
+        }
+    }
+    d
+}
+
 fn write_names(
     maps: &mut impl MapWriter,
     journal: &mut Journal,

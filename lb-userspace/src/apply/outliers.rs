@@ -54,6 +54,11 @@ impl Watching {
     pub fn live(&self, key: &SockAddr4) -> Option<&Arc<ServiceImage>> {
         self.0.get(key).map(|w| &w.live)
     }
+
+    /// The services watched.
+    pub fn keys(&self) -> impl Iterator<Item = &SockAddr4> {
+        self.0.keys()
+    }
 }
 
 impl KernelOutliers {

@@ -31,6 +31,30 @@ pub struct Plan {
     pub proxy: std::sync::Arc<RouteTable>,
     /// Outlier detection of kernel-path services, per subset id.
     pub outliers: std::sync::Arc<Outliers>,
+    /// Its place among the compiler's plans (slices.rs; None: compiled whole).
+    pub lineage: Option<Lineage>,
+}
+
+/// A plan's number among the compiler's plans, and the kernel services that changed
+/// since the plan before it: the applier that applied that one looks at these only.
+#[derive(Debug, Clone)]
+pub struct Lineage {
+    /// Unique in the process.
+    pub serial: u64,
+    /// The serial of the plan before, and the services added, changed or removed
+    /// since (None: not known).
+    pub since: Option<(u64, std::sync::Arc<Vec<SockAddr4>>)>,
+}
+
+impl Lineage {
+    /// A new serial, after `before` with `changed` (None: not known).
+    pub fn next(before: Option<u64>, changed: Option<Vec<SockAddr4>>) -> Self {
+        static SERIALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Lineage {
+            serial: SERIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            since: before.zip(changed.map(std::sync::Arc::new)),
+        }
+    }
 }
 
 /// Per kernel-path service address, the outlier detection of each subset (by id) that
@@ -71,6 +95,7 @@ pub fn plan(model: Model) -> Result<Plan, CompileError> {
         kernel: std::sync::Arc::new(kernel),
         proxy: std::sync::Arc::new(routes::build(model)),
         outliers: std::sync::Arc::new(outliers),
+        lineage: None,
     })
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use lb_common::SockAddr4;
 
-use super::{CompileError, Plan, capacity, plan};
+use super::{CompileError, Lineage, Plan, capacity, plan};
 use crate::fasthash::HashMap;
 use crate::model::slices::{Changes, Slice};
 use crate::route::path::Normalization;
@@ -61,6 +61,7 @@ impl Merged {
                     ..RouteTable::default()
                 }),
                 outliers: Default::default(),
+                lineage: None,
             },
             free: Vec::new(),
             reading_headers: 0,
@@ -118,14 +119,23 @@ pub fn plan_slices(
             .merged
             .as_ref()
             .is_some_and(|m| !m.plan.proxy.wildcards.is_empty());
+    let serial = cache
+        .merged
+        .as_ref()
+        .and_then(|m| m.plan.lineage.as_ref())
+        .map(|l| l.serial);
     let mut merged = match cache.merged.take() {
         Some(mut m) if same_normalization && !wild => {
+            // The kernel services taken out and put in: what the applier looks at.
+            let mut changed = Vec::new();
             for k in &removed {
                 if let Some(part) = cache.parts.remove(k) {
+                    changed.extend(part.keys.services.iter().copied());
                     m.take_out(&part.keys);
                 }
             }
             for (slice, plan) in added {
+                changed.extend(plan.kernel.services.keys().copied());
                 let keys = m.put_in(&plan);
                 cache.parts.insert(
                     key(&slice),
@@ -135,6 +145,9 @@ pub fn plan_slices(
                     },
                 );
             }
+            changed.sort_unstable();
+            changed.dedup();
+            m.plan.lineage = Some(Lineage::next(serial, Some(changed)));
             m
         }
         _ => {
@@ -161,6 +174,7 @@ pub fn plan_slices(
             m.table()
                 .wildcards
                 .sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
+            m.plan.lineage = Some(Lineage::next(serial, None));
             m
         }
     };

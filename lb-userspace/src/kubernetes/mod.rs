@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod crds;
 pub mod lasting;
 mod lean;
+mod runs;
 pub mod snapshot;
 
 use std::path::PathBuf;

@@ -16,6 +16,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
 use super::catalog;
+use super::runs::{Id, Item, Runs};
 use crate::diagnostic::Diagnostic;
 use crate::load::{self, Loaded};
 
@@ -30,7 +31,8 @@ pub struct Stores {
 
 /// The cluster's objects now, for one reload.
 pub struct Snapshot {
-    pub objects: Vec<Arc<Loaded>>,
+    /// In runs shared with the snapshot before where nothing in them changed.
+    pub objects: load::Docs,
     /// Objects that did not parse (each names the object and field).
     pub diags: Vec<Diagnostic>,
 }
@@ -137,6 +139,60 @@ pub struct Reader {
     slices_of: HashMap<Key, Vec<String>>,
     /// The Services whose endpoints name each pod (mostly one).
     pod_services: HashMap<Key, Vec<Key>>,
+    /// What the last snapshot handed out, in runs.
+    runs: Runs,
+}
+
+/// The Kind a Service's ServiceEntry sorts as among the Istio objects.
+const SERVICE: &str = "Service";
+
+fn service_id((ns, name): &Key) -> Id {
+    (SERVICE.to_string(), ns.clone(), name.clone())
+}
+
+impl Read {
+    fn item(&self) -> Item<'_> {
+        match self {
+            Read::Loaded(l) => Item::Loaded(l),
+            Read::Invalid(d) => Item::Invalid(d),
+        }
+    }
+}
+
+/// The objects with keys in `from..to` (to the end if None), in key order: Istio's
+/// kinds before "Service", the Services, then Istio's kinds after.
+fn items<'a>(
+    services: &'a BTreeMap<Key, ServiceRead>,
+    istio: &'a BTreeMap<Id, (String, Read)>,
+    from: &Id,
+    to: Option<&Id>,
+) -> Vec<(Id, Item<'a>)> {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    use std::ops::Bound::{Excluded, Included, Unbounded};
+    let end = to.map_or(Unbounded, |t| Excluded(t.clone()));
+    let istio_in: Vec<_> = istio.range((Included(from.clone()), end)).collect();
+    let split = istio_in.partition_point(|(id, _)| id.0.as_str() < SERVICE);
+    let lo = match from.0.as_str().cmp(SERVICE) {
+        Less => Some(Unbounded),
+        Equal => Some(Included((from.1.clone(), from.2.clone()))),
+        Greater => None,
+    };
+    let hi = match to {
+        None => Some(Unbounded),
+        Some(t) => match t.0.as_str().cmp(SERVICE) {
+            Greater => Some(Unbounded),
+            Equal => Some(Excluded((t.1.clone(), t.2.clone()))),
+            Less => None,
+        },
+    };
+    let mut out = Vec::new();
+    let istio_item = |(id, (_, read)): &(&Id, &'a (String, Read))| ((*id).clone(), read.item());
+    out.extend(istio_in[..split].iter().map(istio_item));
+    if let (Some(lo), Some(hi)) = (lo, hi) {
+        out.extend((services.range((lo, hi))).map(|(k, s)| (service_id(k), s.read.item())));
+    }
+    out.extend(istio_in[split..].iter().map(istio_item));
+    out
 }
 
 impl Reader {
@@ -176,6 +232,7 @@ impl Reader {
 
     /// Everything read again (unchanged objects keep their `Arc`).
     fn read_all(&mut self, stores: &Stores, domain: &str) {
+        self.runs.all_changed();
         self.slice_service.clear();
         self.slices_of.clear();
         for s in stores.slices.state() {
@@ -265,7 +322,12 @@ impl Reader {
                 }
             }
         }
-        let Some(entry) = entry else { return };
+        let Some(entry) = entry else {
+            if before.is_some() {
+                self.runs.changed(&service_id(&key));
+            }
+            return;
+        };
         for pod in &pods {
             let services = self.pod_services.entry(pod.clone()).or_default();
             if !services.contains(&key) {
@@ -275,7 +337,10 @@ impl Reader {
         let digest = sha1_smol::Sha1::from(entry.to_string()).digest().bytes();
         let read = match before {
             Some(b) if b.entry == digest => b.read,
-            _ => Read::of(&entry, catalog::loaded),
+            _ => {
+                self.runs.changed(&service_id(&key));
+                Read::of(&entry, catalog::loaded)
+            }
         };
         self.services.insert(
             key,
@@ -297,7 +362,9 @@ impl Reader {
         let object = store.get(&ObjectRef::new_with(&name, resource.clone()).within(&ns));
         let id = (kind.to_string(), ns, name);
         let Some(object) = object else {
-            self.istio.remove(&id);
+            if self.istio.remove(&id).is_some() {
+                self.runs.changed(&id);
+            }
             return;
         };
         let version = object.metadata.resource_version.clone().unwrap_or_default();
@@ -311,36 +378,22 @@ impl Reader {
             Ok(value) => Read::of(&value, load::load_object),
             Err(e) => {
                 tracing::warn!("an Istio object could not be read: {e}");
-                self.istio.remove(&id);
+                if self.istio.remove(&id).is_some() {
+                    self.runs.changed(&id);
+                }
                 return;
             }
         };
+        self.runs.changed(&id);
         self.istio.insert(id, (version, read));
     }
 
     /// Every object read, in a stable order (kind, namespace, name), so messages and
-    /// the model do not depend on the stores' hashing.
-    fn now(&self) -> Snapshot {
-        let mut out = Snapshot {
-            objects: Vec::with_capacity(self.services.len() + self.istio.len()),
-            diags: Vec::new(),
-        };
-        let mut add = |read: &Read| match read {
-            Read::Loaded(l) => out.objects.push(l.clone()),
-            Read::Invalid(d) => out.diags.extend(d.iter().cloned()),
-        };
-        // Istio's kinds before "Service", then the Services, then the others: a range
-        // each, not a comparison per object.
-        let services = ("Service".to_string(), String::new(), String::new());
-        for (_, read) in self.istio.range(..services.clone()).map(|(_, r)| r) {
-            add(read);
-        }
-        for s in self.services.values() {
-            add(&s.read);
-        }
-        for (_, read) in self.istio.range(services..).map(|(_, r)| r) {
-            add(read);
-        }
-        out
+    /// the model do not depend on the stores' hashing; in runs, made again only where
+    /// something changed.
+    fn now(&mut self) -> Snapshot {
+        let (services, istio) = (&self.services, &self.istio);
+        let (objects, diags) = self.runs.make(|from, to| items(services, istio, from, to));
+        Snapshot { objects, diags }
     }
 }

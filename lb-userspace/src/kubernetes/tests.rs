@@ -125,7 +125,7 @@ fn snapshot(docs: &[Value]) -> (Vec<Arc<Loaded>>, Vec<crate::diagnostic::Diagnos
         c.event(d, false);
     }
     let s = c.read_all();
-    (s.objects, s.diags)
+    (s.objects.to_vec(), s.diags)
 }
 
 /// The one Service among `objects`.
@@ -403,7 +403,7 @@ fn changes_read_where_touched_equal_a_full_read() {
             .filter(|o| before.iter().any(|b| Arc::ptr_eq(b, o)))
             .count();
         services += got.objects.iter().filter(|o| o.kind == "Service").count();
-        before = got.objects;
+        before = got.objects.to_vec();
     }
     // Most objects are untouched at each step: they are handed out as they were.
     assert!(reused * 2 > services, "{reused} reused of {services}");

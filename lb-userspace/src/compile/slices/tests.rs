@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::apply::fake::FakeMaps;
 use crate::diagnostic::{self, Diagnostic};
 use crate::load::{self, Loaded};
 use crate::model::{self, accept};
@@ -137,6 +138,20 @@ fn describe(t: &RouteTable) -> String {
     )
 }
 
+/// What the maps hold, revisions aside (an incremental applier counts them up).
+fn held(a: &crate::apply::Applier<FakeMaps>) -> Vec<String> {
+    let services = crate::datapath::plan_maps::read_services(&a.maps().contents).expect("reads");
+    (services.iter())
+        .map(|(k, p)| {
+            let e = p.entry;
+            format!(
+                "{k:?} {} {} {} {:?}",
+                e.mode, e.flags, e.slot_count, p.image
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn changes_applied_slice_by_slice_equal_a_full_build() {
     let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -161,6 +176,10 @@ fn changes_applied_slice_by_slice_equal_a_full_build() {
     // step before while its documents are the same; now and then one run of all (as
     // the cluster's).
     let mut runs: Vec<(Vec<usize>, crate::load::docs::Run)> = Vec::new();
+    // The incremental plans applied one after the other (the applier looks at what
+    // the compiler says changed) hold what the full plan applied afresh holds.
+    let (tx, _rx) = tokio::sync::watch::channel(Default::default());
+    let mut applier = crate::apply::Applier::adopt(FakeMaps::default(), tx).expect("adopt");
     for step in 0..400 {
         if step > 0 {
             // One to three objects change (some steps change none: a reload that
@@ -228,6 +247,12 @@ fn changes_applied_slice_by_slice_equal_a_full_build() {
                 assert_eq!(a.kernel, b.kernel, "step {step}");
                 assert_eq!(a.outliers, b.outliers, "step {step}");
                 assert_eq!(describe(&a.proxy), describe(&b.proxy), "step {step}");
+                applier.apply(&a).expect("applies");
+                let (tx, _rx) = tokio::sync::watch::channel(Default::default());
+                let mut fresh =
+                    crate::apply::Applier::adopt(FakeMaps::default(), tx).expect("adopt");
+                fresh.apply(&b).expect("applies");
+                assert_eq!(held(&applier), held(&fresh), "step {step}");
                 valid += 1;
                 good.clone_from(&slots);
                 proxied += usize::from(
