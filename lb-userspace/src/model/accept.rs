@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::{Cache, HashMap, ModelError, Options, Sliced};
 use crate::diagnostic::{self, Diagnostic};
+use crate::load::docs::Run;
 use crate::load::{Docs, Loaded};
 
 /// Objects as one source gave them, with the problems of those it could not read.
@@ -38,6 +39,8 @@ pub struct LastGood {
     /// Each of them by its address: a reload names only the objects it has not seen
     /// (most change a few of thousands).
     names: HashMap<usize, String>,
+    /// The runs of objects last accepted, by address: a run seen again is not read.
+    runs: HashMap<usize, Run>,
 }
 
 impl LastGood {
@@ -48,23 +51,43 @@ impl LastGood {
     /// `objects` (one per name) are the last good versions now.
     fn accept(&mut self, objects: &Docs) {
         let at = |o: &Arc<Loaded>| Arc::as_ptr(o) as usize;
-        for o in objects.iter() {
-            if self.names.contains_key(&at(o)) {
+        let run_at = |r: &Run| Arc::as_ptr(r) as *const () as usize;
+        let now: HashMap<usize, &Run> = objects.runs().iter().map(|r| (run_at(r), r)).collect();
+        let mut seen = crate::fasthash::HashSet::default();
+        for (k, r) in &now {
+            if self.runs.contains_key(k) {
                 continue;
             }
-            let name = key(o);
-            if let Some(old) = self.by_name.insert(name.clone(), o.clone()) {
-                self.names.remove(&at(&old));
+            for o in r.iter() {
+                seen.insert(at(o));
+                if self.names.contains_key(&at(o)) {
+                    continue;
+                }
+                let name = key(o);
+                if let Some(old) = self.by_name.insert(name.clone(), o.clone()) {
+                    self.names.remove(&at(&old));
+                }
+                self.names.insert(at(o), name);
             }
-            self.names.insert(at(o), name);
         }
-        // Every object is in `names` now: any other entry is an object gone.
-        let now = objects.len();
-        for gone in crate::fasthash::gone(&self.names, objects.iter().map(at), now) {
-            if let Some(name) = self.names.remove(&gone) {
-                self.by_name.remove(&name);
+        // The objects of runs gone that are in no new run are gone (one replaced by
+        // a new version left `names` above).
+        let stale: Vec<usize> = self
+            .runs
+            .keys()
+            .filter(|k| !now.contains_key(k))
+            .copied()
+            .collect();
+        for k in stale {
+            let run = self.runs.remove(&k).expect("listed");
+            for o in run.iter().filter(|o| !seen.contains(&at(o))) {
+                if let Some(name) = self.names.remove(&at(o)) {
+                    self.by_name.remove(&name);
+                }
             }
         }
+        self.runs
+            .extend(now.into_iter().map(|(k, r)| (k, r.clone())));
     }
 }
 
@@ -271,6 +294,52 @@ mod tests {
             ("VirtualService team-b/b-vs", "InvalidSchema")
         );
         assert!(rejected[0].problems[0].contains("htttp"), "{rejected:?}");
+    }
+
+    /// Objects handed over in runs (some shared with the reload before, some made
+    /// anew, an object now and then gone or in another version) are remembered as a
+    /// full list of them would be.
+    #[test]
+    fn last_good_follows_runs_as_a_full_list() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let object = |i: usize, v: usize| {
+            let o = serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": {"name": format!("d{i}"), "namespace": "n"}, "spec": {"host": format!("h{v}")}});
+            Arc::new(crate::load::load_object(&o, &mut Vec::new()).expect("loads"))
+        };
+        let mut slots: Vec<Option<Arc<Loaded>>> = (0..12).map(|i| Some(object(i, 0))).collect();
+        let mut runs: Vec<(Vec<usize>, Run)> = Vec::new();
+        let mut last_good = LastGood::default();
+        for step in 0..300 {
+            for _ in 0..rng.usize(0..3) {
+                let i = rng.usize(..slots.len());
+                slots[i] = (rng.u8(..) > 60).then(|| object(i, step));
+            }
+            let mut docs = Docs::default();
+            for (r, part) in slots.chunks(4).enumerate() {
+                let part: Vec<Arc<Loaded>> = part.iter().flatten().cloned().collect();
+                let ptrs: Vec<usize> = part.iter().map(|o| Arc::as_ptr(o) as usize).collect();
+                if rng.u8(..) < 30 || runs.get(r).is_none_or(|(p, _)| *p != ptrs) {
+                    runs.truncate(r);
+                    runs.push((ptrs, part.into()));
+                }
+                docs.push(runs[r].1.clone());
+            }
+            last_good.accept(&docs);
+            let want: Vec<(String, usize)> = {
+                let mut v: Vec<_> = (slots.iter().flatten())
+                    .map(|o| (key(o), Arc::as_ptr(o) as usize))
+                    .collect();
+                v.sort();
+                v
+            };
+            let mut got: Vec<(String, usize)> = (last_good.by_name.iter())
+                .map(|(k, o)| (k.clone(), Arc::as_ptr(o) as usize))
+                .collect();
+            got.sort();
+            assert_eq!(got, want, "step {step}");
+            assert_eq!(last_good.names.len(), want.len(), "step {step}");
+        }
     }
 
     #[test]
