@@ -15,24 +15,36 @@ const SHARDS: usize = 256;
 /// A hash map split into 256 shards shared on copy; an empty shard has no table. A
 /// key is hashed once: bits 48..56 of its hash pick the shard (the shard's table uses
 /// the low bits and the top seven). (At 10,000 services and 100,000 endpoints, a
-/// change copies a shard of a few hundred entries.)
+/// change copies a shard of a few hundred entries.) A small map (a slice's own plan)
+/// is one table until it grows past [`SPLIT`]: 256 tables for a few keys each were
+/// thousands of small allocations per 1,000 services, and a larger idle heap.
 pub struct ShardedMap<K, V> {
     hasher: foldhash::fast::RandomState,
-    shards: [Shard<K, V>; SHARDS],
+    /// None, one, or [`SHARDS`].
+    shards: Vec<Shard<K, V>>,
 }
 
 /// One shard: `None` until a key lands in it.
 type Shard<K, V> = Option<Arc<HashTable<(K, V)>>>;
 
-fn shard(hash: u64) -> usize {
-    (hash >> 48) as usize % SHARDS
+/// Entries past which a map of one table is split into shards.
+const SPLIT: usize = 1024;
+
+impl<K, V> ShardedMap<K, V> {
+    fn shard(&self, hash: u64) -> usize {
+        if self.shards.len() == SHARDS {
+            (hash >> 48) as usize % SHARDS
+        } else {
+            0
+        }
+    }
 }
 
 impl<K, V> Default for ShardedMap<K, V> {
     fn default() -> Self {
         ShardedMap {
             hasher: Default::default(),
-            shards: std::array::from_fn(|_| None),
+            shards: Vec::new(),
         }
     }
 }
@@ -80,7 +92,7 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         let h = self.hasher.hash_one(key);
-        let table = self.shards[shard(h)].as_ref()?;
+        let table = self.shards.get(self.shard(h))?.as_ref()?;
         table.find(h, |(k, _)| k.borrow() == key).map(|(_, v)| v)
     }
 
@@ -94,9 +106,27 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
+    /// The table `hash` goes to, to change (made if there is none; copied if a copy
+    /// of the map shares it); a map of one table that grew past [`SPLIT`] is split.
+    fn table_mut(&mut self, hash: u64) -> &mut HashTable<(K, V)> {
+        if self.shards.len() == 1 && self.shards[0].as_ref().is_some_and(|t| t.len() >= SPLIT) {
+            let one = self.shards.pop().flatten().map(Arc::unwrap_or_clone);
+            self.shards = (0..SHARDS).map(|_| None).collect();
+            for (k, v) in one.into_iter().flatten() {
+                self.insert(k, v);
+            }
+        }
+        if self.shards.is_empty() {
+            self.shards.push(None);
+        }
+        let i = self.shard(hash);
+        Arc::make_mut(self.shards[i].get_or_insert_default())
+    }
+
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        let (h, hasher) = (self.hasher.hash_one(&key), &self.hasher);
-        let table = Arc::make_mut(self.shards[shard(h)].get_or_insert_default());
+        let h = self.hasher.hash_one(&key);
+        let hasher = self.hasher.clone();
+        let table = self.table_mut(h);
         match table.find_mut(h, |(k, _)| *k == key) {
             Some((_, v)) => Some(std::mem::replace(v, value)),
             None => {
@@ -108,8 +138,9 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
 
     /// Inserts `value` unless `key` has one; the value `key` has after.
     pub fn or_insert(&mut self, key: K, value: V) -> &mut V {
-        let (h, hasher) = (self.hasher.hash_one(&key), &self.hasher);
-        let table = Arc::make_mut(self.shards[shard(h)].get_or_insert_default());
+        let h = self.hasher.hash_one(&key);
+        let hasher = self.hasher.clone();
+        let table = self.table_mut(h);
         let entry = table.entry(h, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k));
         &mut entry.or_insert((key, value)).into_mut().1
     }
@@ -122,7 +153,8 @@ impl<K: Hash + Eq + Clone, V: Clone> ShardedMap<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         let h = self.hasher.hash_one(key);
-        let table = self.shards[shard(h)].as_mut()?;
+        let i = self.shard(h);
+        let table = self.shards.get_mut(i)?.as_mut()?;
         let holds = table.find(h, |(k, _)| k.borrow() == key).is_some();
         holds.then(|| (Arc::make_mut(table), h))
     }
@@ -214,11 +246,7 @@ impl<T: Clone> ChunkedVec<T> {
     pub fn push(&mut self, value: T) {
         match self.chunks.last_mut() {
             Some(c) if c.len() < SHARDS => Arc::make_mut(c).push(value),
-            _ => {
-                let mut c = Vec::with_capacity(SHARDS);
-                c.push(value);
-                self.chunks.push(Arc::new(c));
-            }
+            _ => self.chunks.push(Arc::new(vec![value])),
         }
     }
 
@@ -251,22 +279,23 @@ mod tests {
 
     #[test]
     fn a_copy_changed_leaves_the_original_as_it_was() {
-        let mut a: ShardedMap<u32, u32> = (0..1000).map(|i| (i, i)).collect();
+        let mut a: ShardedMap<u32, u32> = (0..3000).map(|i| (i, i)).collect();
         let before = a.clone();
         a.insert(5, 50);
         assert_eq!(a.remove(&7), Some(7));
         assert_eq!(a.remove(&7), None);
-        *a.or_insert(2000, 1) += 1;
+        *a.or_insert(9000, 1) += 1;
         *a.or_insert(3, 0) += 1;
         if let Some(v) = a.get_mut(&9) {
             *v = 90;
         }
         assert_eq!(
-            (a.get(&5), a.get(&7), a.get(&2000), a.get(&3), a.get(&9)),
+            (a.get(&5), a.get(&7), a.get(&9000), a.get(&3), a.get(&9)),
             (Some(&50), None, Some(&2), Some(&4), Some(&90))
         );
-        assert_eq!((a.len(), before.len()), (1000, 1000));
-        for i in 0..1000 {
+        assert_eq!((a.len(), before.len()), (3000, 3000));
+        assert_eq!(a.shards.len(), SHARDS, "split");
+        for i in 0..3000 {
             assert_eq!(before.get(&i), Some(&i), "the copy stays");
         }
         // Only the shards a change touched were copied.
@@ -279,8 +308,10 @@ mod tests {
         assert!(shared >= SHARDS - 5, "{shared} of {SHARDS} shared");
         let mut keys: Vec<u32> = a.keys().copied().collect();
         keys.sort();
-        assert_eq!(keys.len(), 1000);
-        assert!(keys.contains(&2000) && !keys.contains(&7));
+        assert_eq!(keys.len(), 3000);
+        assert!(keys.contains(&9000) && !keys.contains(&7));
+        let small: ShardedMap<u32, u32> = (0..SPLIT as u32).map(|i| (i, i)).collect();
+        assert_eq!(small.shards.len(), 1, "one table while small");
     }
 
     #[test]

@@ -254,7 +254,11 @@ pub fn change_main(args: &[String]) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&work);
     }
     let mut d = result?;
-    println!("daemon's first load: {:.0} ms", d.first_load_ms);
+    println!(
+        "daemon's first load: {:.0} ms, idle RSS {:.1} MiB",
+        d.first_load_ms,
+        d.rss as f64 / 1024.0
+    );
     for field in ["took_ms", "load_ms", "compile_ms", "apply_ms"] {
         // The first reload is the whole configuration's.
         let mut v: Vec<f64> = logged_ms(&log, field).into_iter().skip(1).collect();
