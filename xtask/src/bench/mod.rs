@@ -546,6 +546,56 @@ pub fn render_main(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One pass of the paced client (1000 req/s over 10 keep-alive connections) at `row`.
+fn paced_pass(setup: &Setup, row: Row, seconds: &str) -> anyhow::Result<serde_json::Value> {
+    let (url, cgroup, _) = setup.target(row);
+    let to = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/test")
+        .to_string();
+    let exe = std::env::current_exe()?;
+    let args = [
+        "paced".into(),
+        to,
+        "1000".into(),
+        "10".into(),
+        seconds.into(),
+    ];
+    let mut cmd = procs::pinned(procs::CLIENT_CPU, &exe.to_string_lossy(), &args);
+    if let Some(cg) = cgroup {
+        lb::datapath::cgroup::spawn_into(&mut cmd, cg);
+    }
+    let out = cmd.output()?;
+    serde_json::from_slice(&out.stdout).map_err(|e| {
+        anyhow::anyhow!(
+            "paced client: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// A row's paced passes: the median p50 and p99 over the rounds, the p99's range, and
+/// the requests and errors of all.
+fn paced_summary(runs: &[serde_json::Value]) -> serde_json::Value {
+    let values = |k: &str| {
+        let mut v: Vec<f64> = runs.iter().filter_map(|r| r[k].as_f64()).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let median = |v: &[f64]| v.get(v.len() / 2).copied().unwrap_or(f64::NAN);
+    let sum = |k: &str| runs.iter().filter_map(|r| r[k].as_u64()).sum::<u64>();
+    let p99 = values("p99_us");
+    serde_json::json!({
+        "p50_us": median(&values("p50_us")),
+        "p99_us": median(&p99),
+        "p99_us_min": p99.first(),
+        "p99_us_max": p99.last(),
+        "rounds": runs.len(),
+        "requests": sum("requests"),
+        "errors": sum("errors"),
+    })
+}
+
 pub fn main(args: &[String]) -> anyhow::Result<()> {
     let o = parse(args)?;
     // SAFETY: geteuid has no preconditions.
@@ -605,39 +655,21 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
             }
         }
     }
-    let mut fixed_rate = Vec::new();
+    // The fixed-rate rows in rounds too, interleaved like the others: one 5 s pass's
+    // p99 on this VM moves with whatever else ran in those seconds.
     let paced_seconds = if o.smoke { "1" } else { "5" };
-    for &row in &o.rows {
-        let (url, cgroup, _) = setup.target(row);
-        let to = url
-            .trim_start_matches("http://")
-            .trim_end_matches("/test")
-            .to_string();
-        let exe = std::env::current_exe()?;
-        let mut cmd = procs::pinned(
-            procs::CLIENT_CPU,
-            &exe.to_string_lossy(),
-            &[
-                "paced".into(),
-                to,
-                "1000".into(),
-                "10".into(),
-                paced_seconds.into(),
-            ],
-        );
-        if let Some(cg) = cgroup {
-            lb::datapath::cgroup::spawn_into(&mut cmd, cg);
+    let mut paced: Vec<(Row, Vec<serde_json::Value>)> =
+        o.rows.iter().map(|r| (*r, Vec::new())).collect();
+    for round in 0..o.rounds {
+        for (row, runs) in &mut paced {
+            let v = paced_pass(&setup, *row, paced_seconds)?;
+            eprintln!("round {round} fixed 1000 req/s {:<26} {v}", row.label());
+            runs.push(v);
         }
-        let out = cmd.output()?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
-            anyhow::anyhow!(
-                "paced client: {e}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })?;
-        eprintln!("fixed 1000 req/s {:<26} {v}", row.label());
-        fixed_rate.push((row, v));
     }
+    let fixed_rate = (paced.into_iter())
+        .map(|(row, runs)| (row, paced_summary(&runs)))
+        .collect();
     let rss_kib = o
         .rows
         .iter()

@@ -220,13 +220,13 @@ pub fn render(r: &Results) -> String {
     );
     let _ = writeln!(
         md,
-        "## Latency at a fixed offered load (1000 req/s, 10 keep-alive connections, paced, latency from the scheduled send time)\n"
+        "## Latency at a fixed offered load (1000 req/s, 10 keep-alive connections, paced, latency from the scheduled send time; interleaved rounds: the median, and the p99's range over the rounds)\n"
     );
     let _ = writeln!(
         md,
-        "| row | p50 µs | p99 µs | added p50 µs | added p99 µs | requests | errors |"
+        "| row | p50 µs | p99 µs | p99 range µs (rounds) | added p50 µs | added p99 µs | requests | errors |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
     let direct = r
         .fixed_rate
         .iter()
@@ -237,10 +237,14 @@ pub fn render(r: &Results) -> String {
     for (row, v) in &r.fixed_rate {
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {:.0} | {:+.0} | {:+.0} | {} | {} |",
+            "| {} | {:.0} | {:.0} | {} | {:+.0} | {:+.0} | {} | {} |",
             row.label(),
             f(v, "p50_us"),
             f(v, "p99_us"),
+            match v["rounds"].as_u64() {
+                Some(n) => format!("{:.0}–{:.0} ({n})", f(v, "p99_us_min"), f(v, "p99_us_max")),
+                None => "one pass".to_string(),
+            },
             f(v, "p50_us") - f(&direct, "p50_us"),
             f(v, "p99_us") - f(&direct, "p99_us"),
             v["requests"],
