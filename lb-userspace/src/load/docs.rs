@@ -10,6 +10,11 @@ use super::Loaded;
 /// One run of documents (a file's, or the cluster's).
 pub type Run = Arc<[Arc<Loaded>]>;
 
+/// A run's address: what tells it from another while it is held.
+pub fn run_addr(r: &Run) -> usize {
+    Arc::as_ptr(r) as *const () as usize
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Docs {
     runs: Vec<Run>,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::{Cache, HashMap, ModelError, Options, Sliced};
 use crate::diagnostic::{self, Diagnostic};
-use crate::load::docs::Run;
+use crate::load::docs::{Run, run_addr};
 use crate::load::{Docs, Loaded};
 
 /// Objects as one source gave them, with the problems of those it could not read.
@@ -51,8 +51,7 @@ impl LastGood {
     /// `objects` (one per name) are the last good versions now.
     fn accept(&mut self, objects: &Docs) {
         let at = |o: &Arc<Loaded>| Arc::as_ptr(o) as usize;
-        let run_at = |r: &Run| Arc::as_ptr(r) as *const () as usize;
-        let now: HashMap<usize, &Run> = objects.runs().iter().map(|r| (run_at(r), r)).collect();
+        let now: HashMap<usize, &Run> = objects.runs().iter().map(|r| (run_addr(r), r)).collect();
         let mut seen = crate::fasthash::HashSet::default();
         for (k, r) in &now {
             if self.runs.contains_key(k) {

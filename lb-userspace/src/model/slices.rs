@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{HashMap, Model, Options, ServiceEntryMemo, build_part, forget_unloaded};
 use crate::diagnostic::Diagnostic;
-use crate::load::docs::Run;
+use crate::load::docs::{Run, run_addr};
 use crate::load::{Docs, Loaded, Resource, istio};
 
 /// One slice: its objects (in load order), its problems, and its model until the
@@ -116,7 +116,8 @@ impl SliceCache {
         })
     }
 
-    /// The problems of the slices, in no order (the caller sorts them).
+    /// The problems of the slices, in no order (the caller sorts them by origin: an
+    /// object is in one slice, so no two slices' problems tie).
     pub fn diags(&self) -> impl Iterator<Item = &Diagnostic> {
         self.with_diags.values().flat_map(|s| s.diags.iter())
     }
@@ -164,10 +165,6 @@ fn addr(l: &Arc<Loaded>) -> usize {
 
 fn slice_addr(s: &Arc<Slice>) -> usize {
     Arc::as_ptr(s) as usize
-}
-
-fn run_addr(r: &Run) -> usize {
-    Arc::as_ptr(r) as *const () as usize
 }
 
 /// Parts `loaded` into slices, building only those whose documents changed since the
