@@ -70,9 +70,11 @@ impl Merged {
 }
 
 /// Compiles the slices not compiled before and puts every slice's plan together: the
-/// plan of the last call, changed by the slices that came and went. (Changed in
+/// plan of the last call, changed by the slices that came and went (those `changes`
+/// names when the cache is at its take; else every slice is looked up). Changed in
 /// place: the map image and outliers are copied only while the last plan handed out
-/// is still held; the route table is copied, the proxy holds it.)
+/// is still held; the route table's copy shares the shards a change does not touch
+/// with the one the proxy holds (route/shards.rs).
 pub fn plan_slices(
     slices: &[Arc<Slice>],
     changes: Option<Changes>,
