@@ -496,6 +496,18 @@ struct Diff<'a> {
     same: usize,
 }
 
+/// The image the maps must hold for the planned `key` (outlier-filtered if it is
+/// watched), unless it is the very one applied (`was`).
+fn to_write<'a>(
+    key: &SockAddr4,
+    svc: &'a Arc<ServiceImage>,
+    was: Option<&PinnedService>,
+    watching: &'a outliers::Watching,
+) -> Option<&'a Arc<ServiceImage>> {
+    let now = watching.live(key).unwrap_or(svc);
+    (!was.is_some_and(|o| Arc::ptr_eq(&o.image, now))).then_some(now)
+}
+
 fn diff<'a>(current: &Applied, plan: &'a MapImage, watching: &'a outliers::Watching) -> Diff<'a> {
     let mut d = Diff {
         services: Vec::new(),
@@ -507,17 +519,16 @@ fn diff<'a>(current: &Applied, plan: &'a MapImage, watching: &'a outliers::Watch
         while let Some((k, _)) = applied.next_if(|(k, _)| *k < key) {
             d.removed.push(*k);
         }
-        let now = watching.live(key).unwrap_or(svc);
-        match applied.next_if(|(k, _)| *k == key) {
-            Some((_, o)) if Arc::ptr_eq(&o.image, now) => d.same += 1,
-            _ => d.services.push((key, now)),
+        let was = applied.next_if(|(k, _)| *k == key).map(|(_, o)| o);
+        match to_write(key, svc, was, watching) {
+            Some(now) => d.services.push((key, now)),
+            None => d.same += 1,
         }
     }
     d.removed.extend(applied.map(|(k, _)| *k));
     d
 }
 
-/// Writes a service's names (`new`), replacing `old`'s; `new` None removes them.
 /// [`diff`] of the services `changed` (and those outlier detection watches) only,
 /// the others being the very ones applied.
 fn diff_some<'a>(
@@ -537,8 +548,7 @@ fn diff_some<'a>(
     for key in keys {
         match plan.services.get_key_value(&key) {
             Some((key, svc)) => {
-                let now = watching.live(key).unwrap_or(svc);
-                if !current.get(key).is_some_and(|o| Arc::ptr_eq(&o.image, now)) {
+                if let Some(now) = to_write(key, svc, current.get(key), watching) {
                     d.same -= 1;
                     d.services.push((key, now));
                 }
@@ -550,6 +560,7 @@ fn diff_some<'a>(
     d
 }
 
+/// Writes a service's names (`new`), replacing `old`'s; `new` None removes them.
 fn write_names(
     maps: &mut impl MapWriter,
     journal: &mut Journal,

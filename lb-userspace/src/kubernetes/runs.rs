@@ -2,7 +2,8 @@
 //! (kind, namespace, name), each run made again only when an object in its range
 //! changed: a change among 10,000 Services hands over the same runs but one, and the
 //! model reads only that one (load/docs.rs). A run's range starts at its first key
-//! and ends where the next run starts; a run grown past twice its size is split.
+//! and ends where the next run starts; a run made again is cut into runs of at most
+//! 256, and one left empty disappears (its range joins the run before).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -835,19 +835,12 @@ mod tests {
         }
     }
 
-    /// The cache reuses unchanged files (the same `Arc`s) and never misses a change:
-    /// a same-length rewrite within one timestamp tick is read again, and a file touched
-    /// with the same bytes keeps its parse.
     /// Files read within a second of their last write are read again once settled:
     /// one with the same bytes is trusted by its stamp from then on, one that changed
     /// asks for a reload.
     #[test]
     fn fresh_files_are_checked_again_once_settled() {
-        let dir = std::env::temp_dir().join(format!("lb-settle-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (a, b) = (dir.join("a.yaml"), dir.join("b.yaml"));
-        std::fs::write(&a, dr("h1")).unwrap();
-        std::fs::write(&b, dr("x1")).unwrap();
+        let (dir, a, b) = two_files("settle");
         let mut cache = Cache::default();
         cache.load_dir(&dir).unwrap();
         assert!(cache.files.values().all(|c| c.stamp.is_none()), "fresh");
@@ -861,13 +854,22 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    #[test]
-    fn cache_reuses_unchanged_files_and_sees_same_length_rewrites() {
-        let dir = std::env::temp_dir().join(format!("lb-cache-test-{}", std::process::id()));
+    /// A folder of its own with a.yaml (host h1) and b.yaml (host x1).
+    fn two_files(test: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("lb-{test}-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (a, b) = (dir.join("a.yaml"), dir.join("b.yaml"));
         std::fs::write(&a, dr("h1")).unwrap();
         std::fs::write(&b, dr("x1")).unwrap();
+        (dir, a, b)
+    }
+
+    /// The cache reuses unchanged files (the same `Arc`s) and never misses a change:
+    /// a same-length rewrite within one timestamp tick is read again, and a file touched
+    /// with the same bytes keeps its parse.
+    #[test]
+    fn cache_reuses_unchanged_files_and_sees_same_length_rewrites() {
+        let (dir, a, b) = two_files("cache");
         let mut cache = Cache::default();
         let (first, _) = cache.load_dir(&dir).unwrap();
         for host in ["h2", "h3", "h4"] {
