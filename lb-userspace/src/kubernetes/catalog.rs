@@ -4,26 +4,33 @@
 //! its EndpointSlices labelled with their pods' labels (subsets select by them).
 //! Pure: tested without an API server.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde_json::json;
-
-use crate::diagnostic::Diagnostic;
-use crate::load::{self, Loaded};
+use crate::load::istio::{self, Metadata, ServiceEntrySpec, ServicePort, WorkloadEntry};
+use crate::load::{Loaded, Resource, locate};
+use crate::smallmap::{Labels, SmallMap};
 
 /// The label an EndpointSlice names its Service by.
 pub(super) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// A Service's ServiceEntry as lb reads it.
-pub fn loaded(entry: &serde_json::Value, diags: &mut Vec<Diagnostic>) -> Option<Loaded> {
-    let mut l = load::load_object(entry, diags)?;
-    // Named as the operator knows it.
-    l.kind = "Service";
-    Some(l)
+/// A Service's ServiceEntry.
+pub type Entry = istio::Resource<ServiceEntrySpec>;
+
+/// A Service's ServiceEntry as lb reads it (named "Service", as the operator knows it).
+pub fn loaded(entry: Entry) -> Loaded {
+    let meta = &entry.metadata;
+    let (namespace, name) = (meta.namespace.clone(), meta.name.clone());
+    Loaded::new(
+        Resource::ServiceEntry(Box::new(entry)),
+        "Service",
+        namespace.unwrap_or_default(),
+        name.unwrap_or_default(),
+        std::path::PathBuf::new(),
+        locate::Document::detached(),
+    )
 }
 
 /// The Service an EndpointSlice lists endpoints of, if lb reads it (IPv4).
@@ -33,19 +40,21 @@ pub fn service_of(slice: &EndpointSlice) -> Option<&str> {
 }
 
 /// A Pod's labels, by namespace and name, if it is known.
-pub type PodLabels<'a> = dyn Fn(&str, &str) -> Option<BTreeMap<String, String>> + 'a;
+pub type PodLabels<'a> = dyn Fn(&str, &str) -> Option<Arc<Labels>> + 'a;
 
-/// The ServiceEntry of a Service that has a ClusterIP or endpoints, as the API object
-/// lb reads (None for an ExternalName Service: it names a DNS host, which lb does not
-/// resolve), from its own EndpointSlices and their pods' labels. Every pod its
-/// endpoints name is added to `pods` (known or not yet: its labels count once it is).
+/// The ServiceEntry of a Service that has a ClusterIP or endpoints (None for an
+/// ExternalName Service: it names a DNS host, which lb does not resolve), from its own
+/// EndpointSlices and their pods' labels, typed as a file's would be (built directly:
+/// a JSON tree read back through the schema was half of what a changed Service cost).
+/// Every pod its endpoints name is added to `pods` (known or not yet: its labels
+/// count once it is).
 pub fn entry(
     svc: &Service,
     slices: &[Arc<EndpointSlice>],
     labels: &PodLabels<'_>,
     domain: &str,
     pods: &mut Vec<(String, String)>,
-) -> Option<serde_json::Value> {
+) -> Option<Entry> {
     let (name, ns) = (
         svc.metadata.name.as_deref()?,
         svc.metadata.namespace.as_deref()?,
@@ -54,18 +63,24 @@ pub fn entry(
     if spec.type_.as_deref() == Some("ExternalName") {
         return None;
     }
-    Some(json!({
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "ServiceEntry",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "hosts": [format!("{name}.{ns}.svc.{domain}")],
-            "addresses": cluster_ips(spec),
-            "ports": ports(spec),
-            "resolution": "STATIC",
-            "endpoints": endpoints(ns, slices, labels, unnamed_port(spec).as_deref(), pods),
+    Some(istio::Resource {
+        api_version: "networking.istio.io/v1".to_string(),
+        kind: "ServiceEntry".to_string(),
+        metadata: Metadata {
+            name: Some(name.to_string()),
+            namespace: Some(ns.to_string()),
+            ..Metadata::default()
         },
-    }))
+        spec: ServiceEntrySpec {
+            hosts: vec![format!("{name}.{ns}.svc.{domain}")],
+            addresses: cluster_ips(spec),
+            ports: ports(spec),
+            resolution: Some("STATIC".to_string()),
+            endpoints: endpoints(ns, slices, labels, unnamed_port(spec).as_deref(), pods),
+            ..ServiceEntrySpec::default()
+        },
+        status: None,
+    })
 }
 
 fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<String> {
@@ -102,7 +117,7 @@ fn is_tcp(protocol: Option<&str>) -> bool {
     protocol.is_none_or(|p| p.eq_ignore_ascii_case("TCP"))
 }
 
-fn ports(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<serde_json::Value> {
+fn ports(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<ServicePort> {
     spec.ports
         .iter()
         .flatten()
@@ -114,12 +129,12 @@ fn ports(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<serde_json::Valu
                 Some(IntOrString::Int(t)) => Some(*t),
                 _ => None,
             };
-            json!({
-                "number": p.port,
-                "name": port_name(p.name.as_deref(), p.port),
-                "protocol": "TCP",
-                "targetPort": target,
-            })
+            ServicePort {
+                number: p.port.into(),
+                name: Some(port_name(p.name.as_deref(), p.port)),
+                protocol: Some("TCP".to_string()),
+                target_port: target.map(i64::from),
+            }
         })
         .collect()
 }
@@ -142,14 +157,14 @@ fn endpoints(
     labels: &PodLabels<'_>,
     unnamed: Option<&str>,
     pods: &mut Vec<(String, String)>,
-) -> Vec<serde_json::Value> {
+) -> Vec<WorkloadEntry> {
     let all = || {
         slices
             .iter()
             .flat_map(|s| s.endpoints.iter().map(move |e| (&**s, e)))
     };
     let any_ready = all().any(|(_, e)| ready(e));
-    let mut out: Vec<serde_json::Value> = Vec::new();
+    let mut out: Vec<WorkloadEntry> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (slice, e) in all() {
         let take = if any_ready {
@@ -171,23 +186,28 @@ fn endpoints(
         if let Some((ns, name)) = pod {
             pods.push((ns.to_string(), name.to_string()));
         }
-        let ports: BTreeMap<String, i32> = slice
+        let ports: SmallMap<i64> = slice
             .ports
             .iter()
             .flatten()
             .filter(|p| is_tcp(p.protocol.as_deref()))
             .filter_map(|p| {
                 let name = match p.name.as_deref() {
-                    Some(n) if !n.is_empty() => n.to_string(),
-                    _ => unnamed?.to_string(),
+                    Some(n) if !n.is_empty() => n,
+                    _ => unnamed?,
                 };
-                Some((name, p.port?))
+                Some((name, p.port?.into()))
             })
             .collect();
         for address in &e.addresses {
             // One endpoint per address, even when two slices list it mid-update.
             if seen.insert(address.clone()) {
-                out.push(json!({"address": address, "ports": ports, "labels": pod_labels}));
+                out.push(WorkloadEntry {
+                    address: Some(address.clone()),
+                    ports: ports.clone(),
+                    labels: pod_labels.clone(),
+                    ..WorkloadEntry::default()
+                });
             }
         }
     }

@@ -1,12 +1,12 @@
-//! What the stores keep of a Service, an EndpointSlice and a Pod: only what lb reads
+//! What the stores keep of a Service and an EndpointSlice: only what lb reads
 //! (catalog.rs), cut from each object as its watch yields it. A node's lb holds every
-//! Service, slice and pod of the cluster; in a real cluster their managedFields,
-//! statuses, owner references, uids and topology hints are most of each object.
+//! Service and slice of the cluster; in a real cluster their managedFields, statuses,
+//! owner references, uids and topology hints are most of each object. (Of a pod lb
+//! keeps its labels only: pod_labels.rs.)
 
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::{ObjectReference, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::core::PartialObjectMeta;
 
 use super::catalog::SERVICE_NAME_LABEL;
 
@@ -79,10 +79,6 @@ pub fn slice(s: &mut EndpointSlice) {
     }
 }
 
-/// Its name and labels.
-pub fn pod(p: &mut PartialObjectMeta<Pod>) {
-    p.metadata = meta(&mut p.metadata, true);
-}
 
 #[cfg(test)]
 mod tests {
@@ -93,9 +89,9 @@ mod tests {
     use super::*;
     use crate::kubernetes::catalog;
 
-    /// A Service, its slice and a pod as an API server gives them, with what lb does
-    /// not read.
-    fn full() -> (Service, EndpointSlice, PartialObjectMeta<Pod>) {
+    /// A Service and its slice as an API server gives them, with what lb does not
+    /// read.
+    fn full() -> (Service, EndpointSlice) {
         let managed =
             json!([{"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:spec": {}}}]);
         let service = json!({"apiVersion": "v1", "kind": "Service",
@@ -118,26 +114,16 @@ mod tests {
                  "targetRef": {"kind": "Pod", "namespace": "default", "name": "p0", "uid": "u3", "resourceVersion": "5"}},
                 {"addresses": ["10.1.0.3"], "conditions": {"ready": false, "serving": true, "terminating": true},
                  "targetRef": {"kind": "Pod", "namespace": "default", "name": "p1"}}]});
-        let pod = json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "p0", "namespace": "default", "uid": "u3", "generateName": "backend-",
-                         "labels": {"version": "v0", "pod-template-hash": "abc"},
-                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "backend-abc", "uid": "u4"}],
-                         "managedFields": managed}});
         (
             serde_json::from_value(service).expect("service"),
             serde_json::from_value(slice).expect("slice"),
-            serde_json::from_value(pod).expect("pod"),
         )
     }
 
-    /// What lb makes of them.
-    fn entry(
-        service: &Service,
-        slice: &EndpointSlice,
-        pod: &PartialObjectMeta<Pod>,
-    ) -> serde_json::Value {
+    /// What lb makes of them (pod p0 labelled).
+    fn entry(service: &Service, slice: &EndpointSlice) -> catalog::Entry {
         let labels = |_: &str, name: &str| {
-            (name == "p0").then(|| pod.metadata.labels.clone().unwrap_or_default())
+            (name == "p0").then(|| Arc::new([("version", "v0".into())].into_iter().collect()))
         };
         catalog::entry(
             service,
@@ -151,18 +137,16 @@ mod tests {
 
     #[test]
     fn what_is_cut_is_what_lb_does_not_read() {
-        let (mut s, mut e, mut p) = full();
-        let before = entry(&s, &e, &p);
+        let (mut s, mut e) = full();
+        let before = entry(&s, &e);
         service(&mut s);
         slice(&mut e);
-        pod(&mut p);
-        assert_eq!(entry(&s, &e, &p), before);
+        assert_eq!(entry(&s, &e), before);
         // What is gone, as the API would say it.
         let json = |v: serde_json::Value| v.to_string();
-        let (s, e, p) = (
+        let (s, e) = (
             json(serde_json::to_value(&s).expect("json")),
             json(serde_json::to_value(&e).expect("json")),
-            json(serde_json::to_value(&p).expect("json")),
         );
         for gone in [
             "managedFields",
@@ -175,16 +159,11 @@ mod tests {
             "nodeName",
             "hints",
             "managed-by",
-            "generateName",
         ] {
             assert!(
-                ![&s, &e, &p].iter().any(|o| o.contains(gone)),
-                "{gone}: {s}\n{e}\n{p}"
+                ![&s, &e].iter().any(|o| o.contains(gone)),
+                "{gone}: {s}\n{e}"
             );
         }
-        assert!(
-            p.contains("pod-template-hash"),
-            "a pod keeps its labels: {p}"
-        );
     }
 }

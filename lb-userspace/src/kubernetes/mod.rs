@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod crds;
 pub mod lasting;
 mod lean;
+pub mod pod_labels;
 mod runs;
 pub mod snapshot;
 
@@ -200,12 +201,10 @@ impl KubeSource {
         watch("EndpointSlice").spawn(w, move || {
             watcher(api.clone(), Default::default()).modify(lean::slice)
         });
-        let (pods, w) = reflector::store();
+        let (pods, w) = pod_labels::store();
         // Labels only: a metadata-only list and watch.
         let api: Api<PartialObjectMeta<Pod>> = Api::all(client.clone());
-        watch("Pod").spawn(w, move || {
-            watcher(api.clone(), Default::default()).modify(lean::pod)
-        });
+        watch("Pod").spawn(w, move || watcher(api.clone(), Default::default()));
         let mut istio = Vec::new();
         if let Some(version) = istio_version {
             for (kind, plural) in ISTIO_KINDS {
@@ -357,6 +356,27 @@ impl KubeSource {
     }
 }
 
+/// Where a watch puts what it reads: kube-runtime's store, or lb's own lean one.
+trait Sink<K>: Send + 'static {
+    fn apply(&mut self, event: &watcher::Event<K>);
+}
+
+impl<K> Sink<K> for reflector::store::Writer<K>
+where
+    K: kube::Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    fn apply(&mut self, event: &watcher::Event<K>) {
+        self.apply_watcher_event(event);
+    }
+}
+
+impl Sink<PartialObjectMeta<Pod>> for pod_labels::Writer {
+    fn apply(&mut self, event: &watcher::Event<PartialObjectMeta<Pod>>) {
+        self.apply_watcher_event(event);
+    }
+}
+
 /// One kind's watch: runs its stream into its store, wakes the daemon on every event
 /// and keeps the kind's health.
 struct Watch {
@@ -376,13 +396,9 @@ impl Watch {
     /// `410 Gone`) into `store`. When it fails, it is started again — a fresh list —
     /// after a jittered, doubling wait, as client-go's reflector does: the store keeps
     /// what it had meanwhile, and the new list tells when the kind is current again.
-    fn spawn<K, S>(
-        self,
-        mut store: reflector::store::Writer<K>,
-        watch: impl Fn() -> S + Send + 'static,
-    ) where
-        K: kube::Resource + Clone + Send + Sync + 'static,
-        K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+    fn spawn<K, S>(self, mut store: impl Sink<K>, watch: impl Fn() -> S + Send + 'static)
+    where
+        K: kube::Resource + Send + 'static,
         S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     {
         tokio::spawn(async move {
@@ -393,7 +409,7 @@ impl Watch {
                 while let Some(event) = stream.next().await {
                     match event {
                         Ok(event) => {
-                            store.apply_watcher_event(&event);
+                            store.apply(&event);
                             // After the store: a snapshot that takes this finds it there.
                             self.touched
                                 .lock()

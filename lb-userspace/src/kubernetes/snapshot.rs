@@ -8,14 +8,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject};
-use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
 use super::catalog;
+use super::pod_labels::PodLabels;
 use super::runs::{Id, Item, Runs};
 use crate::diagnostic::Diagnostic;
 use crate::load::{self, Loaded};
@@ -24,7 +24,7 @@ use crate::load::{self, Loaded};
 pub struct Stores {
     pub services: Store<Service>,
     pub slices: Store<EndpointSlice>,
-    pub pods: Store<PartialObjectMeta<Pod>>,
+    pub pods: PodLabels,
     /// Istio's kinds, each with the resource it is read as.
     pub istio: Vec<(ApiResource, Store<DynamicObject>)>,
 }
@@ -97,12 +97,20 @@ fn absent<K: Ord + Clone, V>(read: &BTreeMap<K, V>, now: &BTreeSet<K>) -> Vec<K>
 
 /// A Service as last read.
 struct ServiceRead {
-    /// A digest of its ServiceEntry as handed to the loader (the entry itself, a
-    /// JSON tree, was half the Reader's memory).
-    entry: [u8; 20],
+    /// Its ServiceEntry, loaded.
     read: Read,
     /// The pods its endpoints name.
     pods: Vec<Key>,
+}
+
+impl ServiceRead {
+    /// Whether it was read as `entry` (then its loaded form stays, the same `Arc`).
+    fn read_as(&self, entry: &catalog::Entry) -> bool {
+        let Read::Loaded(l) = &self.read else {
+            return false;
+        };
+        matches!(&*l.resource(), load::Resource::ServiceEntry(r) if **r == *entry)
+    }
 }
 
 /// An object as lb read it: loaded, or what was wrong with it.
@@ -305,10 +313,7 @@ impl Reader {
             .into_iter()
             .filter_map(|s| stores.slices.get(&ObjectRef::new(s).within(ns)))
             .collect();
-        let labels = |ns: &str, name: &str| {
-            let pod = stores.pods.get(&ObjectRef::new(name).within(ns))?;
-            Some(pod.metadata.labels.clone().unwrap_or_default())
-        };
+        let labels = |ns: &str, name: &str| stores.pods.get(ns, name);
         let mut pods = Vec::new();
         let entry = svc.and_then(|s| catalog::entry(&s, &slices, &labels, domain, &mut pods));
         let before = self.services.remove(&key);
@@ -334,22 +339,14 @@ impl Reader {
                 services.push(key.clone());
             }
         }
-        let digest = sha1_smol::Sha1::from(entry.to_string()).digest().bytes();
         let read = match before {
-            Some(b) if b.entry == digest => b.read,
+            Some(b) if b.read_as(&entry) => b.read,
             _ => {
                 self.runs.changed(&service_id(&key));
-                Read::of(&entry, catalog::loaded)
+                Read::Loaded(Arc::new(catalog::loaded(entry)))
             }
         };
-        self.services.insert(
-            key,
-            ServiceRead {
-                entry: digest,
-                read,
-                pods,
-            },
-        );
+        self.services.insert(key, ServiceRead { read, pods });
     }
 
     /// Reads the Istio object `kind` `key` again from its store (the same `Arc` while

@@ -14,6 +14,7 @@ use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
 
+use super::pod_labels;
 use super::snapshot::{Reader, Snapshot, Stores, Touched};
 use super::{ISTIO_KINDS, istio_resource};
 use crate::load::{Loaded, Resource};
@@ -37,7 +38,7 @@ struct Cluster {
     stores: Stores,
     services: Writer<Service>,
     slices: Writer<EndpointSlice>,
-    pods: Writer<PartialObjectMeta<Pod>>,
+    pods: pod_labels::Writer,
     istio: Vec<Writer<DynamicObject>>,
     touched: Touched,
     /// The resourceVersion given out last, as an API server counts.
@@ -48,7 +49,7 @@ impl Cluster {
     fn new() -> Self {
         let (services, services_w) = reflector::store();
         let (slices, slices_w) = reflector::store();
-        let (pods, pods_w) = reflector::store();
+        let (pods, pods_w) = pod_labels::store();
         let writers: Vec<Writer<DynamicObject>> = ISTIO_KINDS
             .iter()
             .map(|(kind, plural)| Writer::new(istio_resource(kind, plural, "v1")))
@@ -86,7 +87,16 @@ impl Cluster {
         match doc["kind"].as_str().expect("kind") {
             "Service" => apply(&mut self.services, t, "Service", doc, delete),
             "EndpointSlice" => apply(&mut self.slices, t, "EndpointSlice", doc, delete),
-            "Pod" => apply(&mut self.pods, t, "Pod", doc, delete),
+            "Pod" => {
+                let pod: PartialObjectMeta<Pod> = serde_json::from_value(doc).expect("Pod");
+                let event = if delete {
+                    Event::Delete(pod)
+                } else {
+                    Event::Apply(pod)
+                };
+                self.pods.apply_watcher_event(&event);
+                t.event("Pod", &event);
+            }
             kind => {
                 let i = ISTIO_KINDS
                     .iter()

@@ -19,7 +19,7 @@ pub type Ignored = serde::de::IgnoredAny;
 
 /// Kubernetes object metadata: the fields lb uses, plus the ones `kubectl get -o yaml`
 /// adds (accepted and ignored).
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Metadata {
     pub name: Option<String>,
@@ -39,7 +39,7 @@ pub struct Metadata {
 }
 
 /// A whole resource document.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Resource<S> {
     pub api_version: String,
@@ -53,7 +53,7 @@ pub struct Resource<S> {
 
 // ---------------------------------------------------------------- ServiceEntry
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServiceEntrySpec {
     #[serde(default)]
@@ -73,7 +73,7 @@ pub struct ServiceEntrySpec {
     pub subject_alt_names: Vec<String>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ServicePort {
     pub number: i64,
@@ -82,7 +82,7 @@ pub struct ServicePort {
     pub target_port: Option<i64>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WorkloadEntry {
     pub address: Option<String>,

@@ -35,6 +35,9 @@ pub struct KubeResults {
     /// A burst: (endpoint changes, applies they took, ms from the last event to the
     /// last change live).
     pub burst: (usize, usize, f64),
+    /// How long the fake API server took to take the burst's changes (ms).
+    #[serde(default)]
+    pub burst_sent_ms: f64,
 }
 
 /// Service `i`'s ClusterIP (127.12.x.y: never routed off the machine; nothing is
@@ -144,9 +147,11 @@ pub fn run(n: usize, changes: usize, burst: usize, work: &Path) -> anyhow::Resul
     let last = key(burst + 1)?;
     let revision = || maps.service(&last).map(|s| s.revision);
     let before = revision();
+    let sending = Instant::now();
     for i in 2..burst + 2 {
         api.apply(slice(i, false));
     }
+    let sent_ms = sending.elapsed().as_secs_f64() * 1000.0;
     let live = until_changed(|| revision() != before, Instant::now())?;
     // Any apply still to come would show here.
     std::thread::sleep(Duration::from_millis(500));
@@ -158,6 +163,7 @@ pub fn run(n: usize, changes: usize, burst: usize, work: &Path) -> anyhow::Resul
         vs_change,
         endpoint_change,
         burst: (burst, d.applies() - applies, live),
+        burst_sent_ms: sent_ms,
     })
 }
 
@@ -185,7 +191,7 @@ pub fn describe(r: &KubeResults) -> String {
         "Kubernetes source, {} services: first sync {:.0} ms (its apply {:.0} ms), idle RSS {:.1} MiB\n\
          one VirtualService changed -> live: median {:.1} ms, max {:.1} ms ({} changes)\n\
          one endpoint changed -> live: median {:.1} ms, max {:.1} ms ({} changes)\n\
-         {} endpoint changes in a burst: {} apply(s), the last live {:.1} ms after the last event",
+         {} endpoint changes in a burst (sent in {:.1} ms): {} apply(s), the last live {:.1} ms after the last event",
         r.services,
         r.first_sync_ms,
         r.first_apply_ms,
@@ -197,6 +203,7 @@ pub fn describe(r: &KubeResults) -> String {
         r.endpoint_change.1,
         r.endpoint_change.2,
         r.burst.0,
+        r.burst_sent_ms,
         r.burst.1,
         r.burst.2
     )
