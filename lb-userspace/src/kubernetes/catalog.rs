@@ -6,12 +6,12 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use crate::load::istio::{self, Metadata, ServiceEntrySpec, ServicePort, WorkloadEntry};
 use crate::load::{Loaded, Resource, locate};
 use crate::smallmap::{Labels, SmallMap};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// The label an EndpointSlice names its Service by.
 pub(super) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

@@ -79,7 +79,6 @@ pub fn slice(s: &mut EndpointSlice) {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -14,6 +14,7 @@ mod lean;
 pub mod pod_labels;
 mod runs;
 pub mod snapshot;
+mod store;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,7 +25,6 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::ResourceExt as _;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt as _;
@@ -209,14 +209,11 @@ impl KubeSource {
         if let Some(version) = istio_version {
             for (kind, plural) in ISTIO_KINDS {
                 let resource = istio_resource(kind, plural, version);
-                let w = reflector::store::Writer::new(resource.clone());
-                istio.push((resource.clone(), w.as_reader()));
+                // Each object typed as it arrives (its JSON tree is not kept).
+                let (store, w) = store::store(snapshot::Read::of_object);
+                istio.push((kind, store));
                 let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
-                watch(kind).spawn(w, move || {
-                    // Their annotations are read (lb's own, on a VirtualService).
-                    watcher(api.clone(), Default::default())
-                        .modify(|o: &mut DynamicObject| o.managed_fields_mut().clear())
-                });
+                watch(kind).spawn(w, move || watcher(api.clone(), Default::default()));
             }
         }
         let reporter = kube::runtime::events::Reporter {
@@ -371,8 +368,8 @@ where
     }
 }
 
-impl Sink<PartialObjectMeta<Pod>> for pod_labels::Writer {
-    fn apply(&mut self, event: &watcher::Event<PartialObjectMeta<Pod>>) {
+impl<K: kube::Resource + Send + 'static, T: Send + Sync + 'static> Sink<K> for store::Writer<K, T> {
+    fn apply(&mut self, event: &watcher::Event<K>) {
         self.apply_watcher_event(event);
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{ApiResource, DynamicObject};
+use kube::api::DynamicObject;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
@@ -26,7 +26,8 @@ pub struct Stores {
     pub slices: Store<EndpointSlice>,
     pub pods: PodLabels,
     /// Istio's kinds, each with the resource it is read as.
-    pub istio: Vec<(ApiResource, Store<DynamicObject>)>,
+    /// By kind.
+    pub istio: Vec<(&'static str, super::store::Store<Read>)>,
 }
 
 /// The cluster's objects now, for one reload.
@@ -113,22 +114,46 @@ impl ServiceRead {
     }
 }
 
-/// An object as lb read it: loaded, or what was wrong with it.
+/// An object as lb read it: loaded, or what was wrong with it (shared: cloned from
+/// the store into the reader).
 #[derive(Clone)]
-enum Read {
+pub enum Read {
     Loaded(Arc<Loaded>),
-    Invalid(Vec<Diagnostic>),
+    Invalid(Arc<[Diagnostic]>),
 }
 
 impl Read {
-    fn of(
-        value: &serde_json::Value,
-        load: impl FnOnce(&serde_json::Value, &mut Vec<Diagnostic>) -> Option<Loaded>,
-    ) -> Self {
+    /// An Istio object as the API server gave it.
+    pub fn of_object(object: &DynamicObject) -> Self {
         let mut diags = Vec::new();
-        match load(value, &mut diags) {
+        let loaded = match serde_json::to_value(object) {
+            Ok(value) => load::load_object(&value, &mut diags),
+            Err(e) => {
+                let origin = crate::diagnostic::Origin {
+                    file: Default::default(),
+                    line: 0,
+                    resource: object.metadata.name.clone().unwrap_or_default(),
+                };
+                diags.push(Diagnostic::error(
+                    origin,
+                    "",
+                    load::Invalid::Schema(e.to_string()),
+                ));
+                None
+            }
+        };
+        match loaded {
             Some(l) => Read::Loaded(Arc::new(l)),
-            None => Read::Invalid(diags),
+            None => Read::Invalid(diags.into()),
+        }
+    }
+
+    /// The same read (an object unchanged in the store is the same `Arc`).
+    fn same(&self, other: &Read) -> bool {
+        match (self, other) {
+            (Read::Loaded(a), Read::Loaded(b)) => Arc::ptr_eq(a, b),
+            (Read::Invalid(a), Read::Invalid(b)) => Arc::ptr_eq(a, b),
+            _ => false,
         }
     }
 }
@@ -139,7 +164,7 @@ impl Read {
 pub struct Reader {
     services: BTreeMap<Key, ServiceRead>,
     /// Istio objects by (kind, namespace, name), with their resourceVersion.
-    istio: BTreeMap<(String, String, String), (String, Read)>,
+    istio: BTreeMap<(String, String, String), Read>,
     /// Each EndpointSlice's Service, by the slice's namespace and name.
     slice_service: HashMap<Key, String>,
     /// Each Service's EndpointSlices' names (a few: a Vec is a tenth of a set's
@@ -171,7 +196,7 @@ impl Read {
 /// kinds before "Service", the Services, then Istio's kinds after.
 fn items<'a>(
     services: &'a BTreeMap<Key, ServiceRead>,
-    istio: &'a BTreeMap<Id, (String, Read)>,
+    istio: &'a BTreeMap<Id, Read>,
     from: &Id,
     to: Option<&Id>,
 ) -> Vec<(Id, Item<'a>)> {
@@ -194,7 +219,7 @@ fn items<'a>(
         },
     };
     let mut out = Vec::new();
-    let istio_item = |(id, (_, read)): &(&Id, &'a (String, Read))| ((*id).clone(), read.item());
+    let istio_item = |(id, read): &(&Id, &'a Read)| ((*id).clone(), read.item());
     out.extend(istio_in[..split].iter().map(istio_item));
     if let (Some(lo), Some(hi)) = (lo, hi) {
         out.extend((services.range((lo, hi))).map(|(k, s)| (service_id(k), s.read.item())));
@@ -261,15 +286,8 @@ impl Reader {
             self.read_service(stores, key, domain);
         }
         let mut istio = BTreeSet::new();
-        for (resource, store) in &stores.istio {
-            for o in store.state() {
-                let m = &o.metadata;
-                istio.insert((
-                    resource.kind.clone(),
-                    m.namespace.clone().unwrap_or_default(),
-                    m.name.clone().unwrap_or_default(),
-                ));
-            }
+        for (kind, store) in &stores.istio {
+            istio.extend((store.keys().into_iter()).map(|(ns, name)| (kind.to_string(), ns, name)));
         }
         for (kind, ns, name) in absent(&self.istio, &istio).into_iter().chain(istio) {
             self.read_istio(stores, &kind, (ns, name));
@@ -349,40 +367,26 @@ impl Reader {
         self.services.insert(key, ServiceRead { read, pods });
     }
 
-    /// Reads the Istio object `kind` `key` again from its store (the same `Arc` while
-    /// its resourceVersion is the same).
+    /// Reads the Istio object `kind` `key` again from its store (typed there as it
+    /// arrived: the same `Arc` while it is unchanged).
     fn read_istio(&mut self, stores: &Stores, kind: &str, key: Key) {
-        let Some((resource, store)) = stores.istio.iter().find(|(r, _)| r.kind == kind) else {
+        let Some((_, store)) = stores.istio.iter().find(|(k, _)| *k == kind) else {
             return;
         };
         let (ns, name) = key;
-        let object = store.get(&ObjectRef::new_with(&name, resource.clone()).within(&ns));
+        let read = store.get(&ns, &name);
         let id = (kind.to_string(), ns, name);
-        let Some(object) = object else {
+        let Some(read) = read else {
             if self.istio.remove(&id).is_some() {
                 self.runs.changed(&id);
             }
             return;
         };
-        let version = object.metadata.resource_version.clone().unwrap_or_default();
-        if let Some((was, _)) = self.istio.get(&id)
-            && *was == version
-            && !version.is_empty()
-        {
+        if self.istio.get(&id).is_some_and(|was| was.same(&read)) {
             return;
         }
-        let read = match serde_json::to_value(&*object) {
-            Ok(value) => Read::of(&value, load::load_object),
-            Err(e) => {
-                tracing::warn!("an Istio object could not be read: {e}");
-                if self.istio.remove(&id).is_some() {
-                    self.runs.changed(&id);
-                }
-                return;
-            }
-        };
         self.runs.changed(&id);
-        self.istio.insert(id, (version, read));
+        self.istio.insert(id, read);
     }
 
     /// Every object read, in a stable order (kind, namespace, name), so messages and

@@ -15,10 +15,12 @@ use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
 
 use super::pod_labels;
-use super::snapshot::{Reader, Snapshot, Stores, Touched};
-use super::{ISTIO_KINDS, istio_resource};
+use super::snapshot::{Read, Reader, Snapshot, Stores, Touched};
+use super::store;
+use super::{ISTIO_KINDS, Sink};
 use crate::load::{Loaded, Resource};
 use crate::model::accept::{self, Input, LastGood};
+use crate::smallmap::Labels;
 
 /// The documents of a multi-document YAML text, as JSON values.
 fn docs(text: &str) -> Vec<Value> {
@@ -38,8 +40,8 @@ struct Cluster {
     stores: Stores,
     services: Writer<Service>,
     slices: Writer<EndpointSlice>,
-    pods: pod_labels::Writer,
-    istio: Vec<Writer<DynamicObject>>,
+    pods: store::Writer<PartialObjectMeta<Pod>, Arc<Labels>>,
+    istio: Vec<store::Writer<DynamicObject, Read>>,
     touched: Touched,
     /// The resourceVersion given out last, as an API server counts.
     version: u64,
@@ -50,15 +52,13 @@ impl Cluster {
         let (services, services_w) = reflector::store();
         let (slices, slices_w) = reflector::store();
         let (pods, pods_w) = pod_labels::store();
-        let writers: Vec<Writer<DynamicObject>> = ISTIO_KINDS
+        let (istio, writers) = ISTIO_KINDS
             .iter()
-            .map(|(kind, plural)| Writer::new(istio_resource(kind, plural, "v1")))
-            .collect();
-        let istio = ISTIO_KINDS
-            .iter()
-            .zip(&writers)
-            .map(|((kind, plural), w)| (istio_resource(kind, plural, "v1"), w.as_reader()))
-            .collect();
+            .map(|(kind, _)| {
+                let (store, w) = store::store(Read::of_object);
+                ((*kind, store), w)
+            })
+            .unzip();
         Cluster {
             stores: Stores {
                 services,
@@ -87,16 +87,7 @@ impl Cluster {
         match doc["kind"].as_str().expect("kind") {
             "Service" => apply(&mut self.services, t, "Service", doc, delete),
             "EndpointSlice" => apply(&mut self.slices, t, "EndpointSlice", doc, delete),
-            "Pod" => {
-                let pod: PartialObjectMeta<Pod> = serde_json::from_value(doc).expect("Pod");
-                let event = if delete {
-                    Event::Delete(pod)
-                } else {
-                    Event::Apply(pod)
-                };
-                self.pods.apply_watcher_event(&event);
-                t.event("Pod", &event);
-            }
+            "Pod" => apply::<PartialObjectMeta<Pod>>(&mut self.pods, t, "Pod", doc, delete),
             kind => {
                 let i = ISTIO_KINDS
                     .iter()
@@ -113,10 +104,9 @@ impl Cluster {
     }
 }
 
-fn apply<K>(w: &mut Writer<K>, t: &mut Touched, kind: &'static str, doc: Value, delete: bool)
+fn apply<K>(w: &mut impl Sink<K>, t: &mut Touched, kind: &'static str, doc: Value, delete: bool)
 where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
+    K: kube::Resource + serde::de::DeserializeOwned,
 {
     let object: K = serde_json::from_value(doc).expect(kind);
     let event = if delete {
@@ -124,7 +114,7 @@ where
     } else {
         Event::Apply(object)
     };
-    w.apply_watcher_event(&event);
+    w.apply(&event);
     t.event(kind, &event);
 }
 
