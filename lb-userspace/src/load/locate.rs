@@ -30,15 +30,21 @@ pub struct Document {
 }
 
 impl Document {
+    /// A document whose first node is on `first_line` (1-based) of its file, and whose
+    /// text starts after `line_offset` lines of it.
+    pub fn new(first_line: usize, text: String, line_offset: usize) -> Self {
+        Document {
+            first_line,
+            text,
+            line_offset,
+            lines: OnceLock::new(),
+        }
+    }
+
     /// A document that is no file's: an object read from the Kubernetes API (its
     /// problems name the object and field, no line).
     pub fn detached() -> Self {
-        Document {
-            first_line: 0,
-            text: String::new(),
-            line_offset: 0,
-            lines: OnceLock::new(),
-        }
+        Document::new(0, String::new(), 0)
     }
 
     fn lines(&self) -> &HashMap<String, usize> {
@@ -154,13 +160,7 @@ pub fn split(text: &str) -> Result<Vec<(Document, Head)>, SyntaxError> {
                     line
                 });
             }
-            let doc = Document {
-                first_line: d.first_line,
-                text,
-                line_offset: start,
-                lines: OnceLock::new(),
-            };
-            (doc, d.head)
+            (Document::new(d.first_line, text, start), d.head)
         })
         .collect())
 }

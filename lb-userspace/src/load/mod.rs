@@ -5,6 +5,7 @@
 //! file, line and field; the model step validates meaning.
 
 pub mod docs;
+mod fast;
 pub mod istio;
 pub mod limits;
 pub mod locate;
@@ -356,8 +357,32 @@ impl Cache {
 const PARALLEL_BYTES: usize = 256 << 10;
 
 /// Loads the documents of one file's text; a large file is parsed on every core, in
-/// runs of whole documents, with the same results in the same order as on one.
+/// runs of whole documents, with the same results in the same order as on one. Runs
+/// of plain documents are read in one pass (fast.rs), the others exactly.
 pub fn load_text(file: &Path, text: &str, out: &mut Vec<Loaded>, diags: &mut Vec<Diagnostic>) {
+    load_text_by(file, text, out, diags, load_run);
+}
+
+/// [`load_text`] on the exact path alone (the `config` fuzz target checks that the
+/// one-pass path loads what it loads).
+pub fn load_text_exact(
+    file: &Path,
+    text: &str,
+    out: &mut Vec<Loaded>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    load_text_by(file, text, out, diags, exact_run);
+}
+
+type RunLoader = fn(&Path, &str, usize) -> Result<Run, locate::SyntaxError>;
+
+fn load_text_by(
+    file: &Path,
+    text: &str,
+    out: &mut Vec<Loaded>,
+    diags: &mut Vec<Diagnostic>,
+    load_run: RunLoader,
+) {
     let cores = if text.len() < PARALLEL_BYTES {
         1
     } else {
@@ -419,8 +444,14 @@ struct Run {
     first_lines: Vec<usize>,
 }
 
-/// Splits and loads one run of documents that starts after `base` lines of the file.
+/// Loads one run of documents that starts after `base` lines of the file: in one
+/// pass if they are plain, else exactly.
 fn load_run(file: &Path, text: &str, base: usize) -> Result<Run, locate::SyntaxError> {
+    fast::load_run(file, text, base).map_or_else(|| exact_run(file, text, base), Ok)
+}
+
+/// Splits and loads one run of documents that starts after `base` lines of the file.
+fn exact_run(file: &Path, text: &str, base: usize) -> Result<Run, locate::SyntaxError> {
     let docs = locate::split(text).map_err(|e| locate::SyntaxError {
         line: e.line + base,
         message: e.message,
