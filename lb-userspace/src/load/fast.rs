@@ -238,7 +238,8 @@ mod tests {
                 format!("--- {{a: 1}}\n---\n{DR}"),
             ),
             (
-                ("no kind line", "{kind: DestinationRule, apiVersion: networking.istio.io/v1, metadata: {name: d}, spec: {host: h}}\n".to_string()),
+                "no kind line",
+                "{kind: DestinationRule, apiVersion: networking.istio.io/v1, metadata: {name: d}, spec: {host: h}}\n".to_string(),
             ),
             ("an unknown kind", DR.replace("DestinationRule", "Gateway")),
             ("an unknown apiVersion", DR.replace("/v1", "/v2")),
