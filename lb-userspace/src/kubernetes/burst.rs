@@ -1,5 +1,9 @@
 //! When the daemon applies the cluster's events: once they pause for [`QUIET`] — a
-//! burst the API server streams back to back becomes one apply — and no sooner than
+//! burst the API server streams back to back becomes one apply. A burst that comes in
+//! spurts (a controller writing 1,000 EndpointSlices, each a request of its own) must
+//! pause longer the more it holds — a quarter of its length so far, or [`PER_EVENT`]
+//! per event, about what applying one costs, up to [`MAX_QUIET`] — so that its spurts
+//! make one apply, not one each. And no sooner than
 //! the last apply's own length after it ends, so however events come, applying takes
 //! at most about half the daemon's time; but never later than [`MAX_WAIT`] after the
 //! first event waiting.
@@ -17,14 +21,18 @@ use tokio::time::Instant;
 /// Quiet time after the last event before the apply: events streamed together arrive
 /// microseconds apart; a change on its own waits this long.
 pub const QUIET: Duration = Duration::from_millis(2);
+/// How much longer a burst must pause to end for each event it holds.
+pub const PER_EVENT: Duration = Duration::from_micros(100);
+/// The longest pause that a burst must make to end.
+pub const MAX_QUIET: Duration = Duration::from_millis(20);
 /// The longest an event waits while others keep coming.
 pub const MAX_WAIT: Duration = Duration::from_millis(200);
 
 /// Events seen and not applied yet.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Burst {
-    /// The first and the last event not applied yet.
-    pending: Option<(Instant, Instant)>,
+    /// The first and the last event not applied yet, and how many there are.
+    pending: Option<(Instant, Instant, u32)>,
     /// No apply before this (the last one's end plus its length).
     rest_until: Option<Instant>,
 }
@@ -32,14 +40,15 @@ pub struct Burst {
 impl Burst {
     /// An event came at `now`.
     pub fn event(&mut self, now: Instant) {
-        let first = self.pending.map_or(now, |(first, _)| first);
-        self.pending = Some((first, now));
+        let (first, events) = self.pending.map_or((now, 0), |(first, _, n)| (first, n));
+        self.pending = Some((first, now, events.saturating_add(1)));
     }
 
     /// When the events seen are due to be applied (None: none waits).
     pub fn due(&self) -> Option<Instant> {
-        self.pending.map(|(first, last)| {
-            let quiet = last + QUIET;
+        self.pending.map(|(first, last, events)| {
+            let longer = ((last - first) / 4).max(PER_EVENT * events);
+            let quiet = last + longer.clamp(QUIET, MAX_QUIET);
             let settled = self.rest_until.map_or(quiet, |r| quiet.max(r));
             settled.min(first + MAX_WAIT)
         })
@@ -69,6 +78,14 @@ mod tests {
         // the first.
         b.event(t0 + MS);
         assert_eq!(b.due(), Some(t0 + MS + QUIET));
+        // A burst 40 ms long so far must pause 10 ms to end...
+        b.event(t0 + 40 * MS);
+        assert_eq!(b.due(), Some(t0 + 50 * MS));
+        // ...and one of 150 events 15 ms.
+        for _ in 3..150 {
+            b.event(t0 + 40 * MS);
+        }
+        assert_eq!(b.due(), Some(t0 + 55 * MS));
         for i in 2..1000 {
             b.event(t0 + i * MS);
         }
