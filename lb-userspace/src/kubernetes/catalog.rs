@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
+use super::lean::{Slice, SliceEndpoint};
 use crate::load::istio::{self, Metadata, ServiceEntrySpec, ServicePort, WorkloadEntry};
 use crate::load::{Loaded, Resource, locate};
 use crate::smallmap::{Labels, SmallMap};
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// The label an EndpointSlice names its Service by.
@@ -33,12 +33,6 @@ pub fn loaded(entry: Entry) -> Loaded {
     )
 }
 
-/// The Service an EndpointSlice lists endpoints of, if lb reads it (IPv4).
-pub fn service_of(slice: &EndpointSlice) -> Option<&str> {
-    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    (slice.address_type == "IPv4").then_some(name.as_str())
-}
-
 /// A Pod's labels, by namespace and name, if it is known.
 pub type PodLabels<'a> = dyn Fn(&str, &str) -> Option<Arc<Labels>> + 'a;
 
@@ -50,7 +44,7 @@ pub type PodLabels<'a> = dyn Fn(&str, &str) -> Option<Arc<Labels>> + 'a;
 /// count once it is).
 pub fn entry(
     svc: &Service,
-    slices: &[Arc<EndpointSlice>],
+    slices: &[Arc<Slice>],
     labels: &PodLabels<'_>,
     domain: &str,
     pods: &mut Vec<(String, String)>,
@@ -113,7 +107,7 @@ fn unnamed_port(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Option<String
         .map(|p| port_name(None, p.port))
 }
 
-fn is_tcp(protocol: Option<&str>) -> bool {
+pub(super) fn is_tcp(protocol: Option<&str>) -> bool {
     protocol.is_none_or(|p| p.eq_ignore_ascii_case("TCP"))
 }
 
@@ -139,21 +133,19 @@ fn ports(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<ServicePort> {
         .collect()
 }
 
-fn ready(e: &Endpoint) -> bool {
-    e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
+fn ready(e: &SliceEndpoint) -> bool {
+    e.ready.unwrap_or(true)
 }
 
 /// Terminating but still serving: used only when nothing is ready (kube-proxy's
 /// fallback), so a Service whose pods all terminate drains instead of refusing.
-fn serving_terminating(e: &Endpoint) -> bool {
-    e.conditions
-        .as_ref()
-        .is_some_and(|c| c.serving.unwrap_or(false) && c.terminating.unwrap_or(false))
+fn serving_terminating(e: &SliceEndpoint) -> bool {
+    e.serving.unwrap_or(false) && e.terminating.unwrap_or(false)
 }
 
 fn endpoints(
     ns: &str,
-    slices: &[Arc<EndpointSlice>],
+    slices: &[Arc<Slice>],
     labels: &PodLabels<'_>,
     unnamed: Option<&str>,
     pods: &mut Vec<(String, String)>,
@@ -175,35 +167,24 @@ fn endpoints(
         if !take {
             continue;
         }
-        let pod = e
-            .target_ref
-            .as_ref()
-            .filter(|r| r.kind.as_deref() == Some("Pod"))
-            .and_then(|r| Some((r.namespace.as_deref().unwrap_or(ns), r.name.as_deref()?)));
+        let pod = (e.pod.as_ref()).map(|(pod_ns, name)| (pod_ns.as_deref().unwrap_or(ns), &**name));
         let pod_labels = pod
             .and_then(|(ns, name)| labels(ns, name))
             .unwrap_or_default();
         if let Some((ns, name)) = pod {
             pods.push((ns.to_string(), name.to_string()));
         }
-        let ports: SmallMap<i64> = slice
-            .ports
-            .iter()
-            .flatten()
-            .filter(|p| is_tcp(p.protocol.as_deref()))
-            .filter_map(|p| {
-                let name = match p.name.as_deref() {
-                    Some(n) if !n.is_empty() => n,
-                    _ => unnamed?,
-                };
-                Some((name, p.port?.into()))
+        let ports: SmallMap<i64> = (slice.ports.iter())
+            .filter_map(|(name, port)| {
+                let name = if name.is_empty() { unnamed? } else { name };
+                Some((name, (*port).into()))
             })
             .collect();
         for address in &e.addresses {
             // One endpoint per address, even when two slices list it mid-update.
-            if seen.insert(address.clone()) {
+            if seen.insert(address) {
                 out.push(WorkloadEntry {
-                    address: Some(address.clone()),
+                    address: Some(address.to_string()),
                     ports: ports.clone(),
                     labels: pod_labels.clone(),
                     ..WorkloadEntry::default()

@@ -4,26 +4,27 @@
 //! owner references, uids and topology hints are most of each object. (Of a pod lb
 //! keeps its labels only: pod_labels.rs.)
 
-use k8s_openapi::api::core::v1::{ObjectReference, Service, ServicePort, ServiceSpec};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::catalog::SERVICE_NAME_LABEL;
+use super::catalog::{SERVICE_NAME_LABEL, is_tcp};
 
-/// Name, namespace and resourceVersion (and labels when `labels`).
-fn meta(m: &mut ObjectMeta, labels: bool) -> ObjectMeta {
+/// Name, namespace and resourceVersion.
+fn meta(m: &mut ObjectMeta) -> ObjectMeta {
     ObjectMeta {
         name: m.name.take(),
         namespace: m.namespace.take(),
         resource_version: m.resource_version.take(),
-        labels: if labels { m.labels.take() } else { None },
         ..ObjectMeta::default()
     }
 }
 
 /// Its type, ClusterIPs and ports.
 pub fn service(s: &mut Service) {
-    s.metadata = meta(&mut s.metadata, false);
+    s.metadata = meta(&mut s.metadata);
     s.status = None;
     if let Some(spec) = &mut s.spec {
         let ports = spec.ports.take().map(|ports| {
@@ -48,35 +49,66 @@ pub fn service(s: &mut Service) {
     }
 }
 
-/// Its Service's name label, address type, ports, and each endpoint's addresses,
-/// conditions and pod.
-pub fn slice(s: &mut EndpointSlice) {
-    let mut m = meta(&mut s.metadata, true);
-    if let Some(labels) = &mut m.labels {
-        labels.retain(|k, _| k == SERVICE_NAME_LABEL);
-    }
-    s.metadata = m;
-    for p in s.ports.iter_mut().flatten() {
-        *p = EndpointPort {
-            name: p.name.take(),
-            port: p.port,
-            protocol: p.protocol.take(),
-            app_protocol: None,
-        };
-    }
-    for e in &mut s.endpoints {
-        *e = Endpoint {
-            addresses: std::mem::take(&mut e.addresses),
-            conditions: e.conditions.take(),
-            target_ref: e.target_ref.take().map(|r| ObjectReference {
-                kind: r.kind,
-                namespace: r.namespace,
-                name: r.name,
-                ..ObjectReference::default()
-            }),
-            ..Endpoint::default()
-        };
-    }
+/// An EndpointSlice as lb keeps it: its Service (if lb reads the slice: IPv4), its
+/// TCP ports, and each endpoint's addresses, conditions and pod. A quarter of the
+/// cut-down API object it replaces (k8s-openapi's structs carry every field).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slice {
+    pub service: Option<Box<str>>,
+    /// (name, "" if unnamed; number)
+    pub ports: Box<[(Box<str>, i32)]>,
+    pub endpoints: Box<[SliceEndpoint]>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SliceEndpoint {
+    pub addresses: Box<[Box<str>]>,
+    /// Its conditions as the API gives them (None: not said).
+    pub ready: Option<bool>,
+    pub serving: Option<bool>,
+    pub terminating: Option<bool>,
+    /// The pod it names: (namespace if given, name).
+    pub pod: Option<(Option<Box<str>>, Box<str>)>,
+}
+
+/// An EndpointSlice as lb keeps it.
+pub fn slice(s: &EndpointSlice) -> Arc<Slice> {
+    let labels = s.metadata.labels.as_ref();
+    let service = labels
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .filter(|_| s.address_type == "IPv4")
+        .map(|n| n.as_str().into());
+    let tcp = |p: &&EndpointPort| is_tcp(p.protocol.as_deref());
+    let ports = s
+        .ports
+        .iter()
+        .flatten()
+        .filter(tcp)
+        .filter_map(|p| Some((p.name.as_deref().unwrap_or_default().into(), p.port?)));
+    let endpoints = s.endpoints.iter().map(|e| {
+        let c = e.conditions.as_ref();
+        SliceEndpoint {
+            addresses: e.addresses.iter().map(|a| a.as_str().into()).collect(),
+            ready: c.and_then(|c| c.ready),
+            serving: c.and_then(|c| c.serving),
+            terminating: c.and_then(|c| c.terminating),
+            pod: e
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| {
+                    Some((
+                        r.namespace.as_deref().map(Into::into),
+                        r.name.as_deref()?.into(),
+                    ))
+                }),
+        }
+    });
+    Arc::new(Slice {
+        service,
+        ports: ports.collect(),
+        endpoints: endpoints.collect(),
+    })
 }
 
 #[cfg(test)]
@@ -126,7 +158,7 @@ mod tests {
         };
         catalog::entry(
             service,
-            &[Arc::new(slice.clone())],
+            &[super::slice(slice)],
             &labels,
             "cluster.local",
             &mut Vec::new(),
@@ -136,33 +168,53 @@ mod tests {
 
     #[test]
     fn what_is_cut_is_what_lb_does_not_read() {
-        let (mut s, mut e) = full();
+        let (mut s, e) = full();
         let before = entry(&s, &e);
         service(&mut s);
-        slice(&mut e);
         assert_eq!(entry(&s, &e), before);
         // What is gone, as the API would say it.
-        let json = |v: serde_json::Value| v.to_string();
-        let (s, e) = (
-            json(serde_json::to_value(&s).expect("json")),
-            json(serde_json::to_value(&e).expect("json")),
-        );
+        let s = serde_json::to_value(&s).expect("json").to_string();
         for gone in [
             "managedFields",
             "uid",
-            "ownerReferences",
             "annotations",
             "status",
             "selector",
             "appProtocol",
-            "nodeName",
-            "hints",
-            "managed-by",
         ] {
-            assert!(
-                ![&s, &e].iter().any(|o| o.contains(gone)),
-                "{gone}: {s}\n{e}"
-            );
+            assert!(!s.contains(gone), "{gone}: {s}");
         }
+    }
+
+    #[test]
+    fn a_slice_is_kept_as_lb_reads_it() {
+        let (_, mut e) = full();
+        let endpoint = |address: &str, ready, terminating, pod: &str| SliceEndpoint {
+            addresses: [address.into()].into(),
+            ready: Some(ready),
+            serving: Some(true),
+            terminating: Some(terminating),
+            pod: Some((Some("default".into()), pod.into())),
+        };
+        let lean = Slice {
+            service: Some("backend".into()),
+            ports: [("http".into(), 8080)].into(),
+            endpoints: [
+                endpoint("10.1.0.2", true, false, "p0"),
+                endpoint("10.1.0.3", false, true, "p1"),
+            ]
+            .into(),
+        };
+        assert_eq!(*slice(&e), lean);
+        // UDP ports are not lb's; a reference to what is not a pod names no pod.
+        let ports = e.ports.get_or_insert_default();
+        ports[0].protocol = Some("UDP".into());
+        e.endpoints[0].target_ref.as_mut().expect("a pod").kind = Some("Node".into());
+        let cut = slice(&e);
+        assert!(cut.ports.is_empty());
+        assert_eq!(cut.endpoints[0].pod, None);
+        // An IPv6 slice is no Service's for lb.
+        e.address_type = "IPv6".into();
+        assert_eq!(slice(&e).service, None);
     }
 }

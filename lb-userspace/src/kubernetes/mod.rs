@@ -196,11 +196,9 @@ impl KubeSource {
         watch("Service").spawn(w, move || {
             watcher(api.clone(), Default::default()).modify(lean::service)
         });
-        let (slices, w) = reflector::store();
+        let (slices, w) = store::store(lean::slice);
         let api: Api<EndpointSlice> = Api::all(client.clone());
-        watch("EndpointSlice").spawn(w, move || {
-            watcher(api.clone(), Default::default()).modify(lean::slice)
-        });
+        watch("EndpointSlice").spawn(w, move || watcher(api.clone(), Default::default()));
         let (pods, w) = pod_labels::store();
         // Labels only: a metadata-only list and watch.
         let api: Api<PartialObjectMeta<Pod>> = Api::all(client.clone());

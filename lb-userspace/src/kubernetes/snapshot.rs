@@ -9,12 +9,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::DynamicObject;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
 use super::catalog;
+use super::lean::Slice;
 use super::pod_labels::PodLabels;
 use super::runs::{Id, Item, Runs};
 use crate::diagnostic::Diagnostic;
@@ -23,7 +23,7 @@ use crate::load::{self, Loaded};
 /// The watches' stores.
 pub struct Stores {
     pub services: Store<Service>,
-    pub slices: Store<EndpointSlice>,
+    pub slices: super::store::Store<Arc<Slice>>,
     pub pods: PodLabels,
     /// Istio's kinds, each with the resource it is read as.
     /// By kind.
@@ -242,10 +242,8 @@ impl Reader {
                         services.insert(key);
                     }
                     "EndpointSlice" => {
-                        let now = stores
-                            .slices
-                            .get(&ObjectRef::new(&key.1).within(&key.0))
-                            .and_then(|s| catalog::service_of(&s).map(str::to_string));
+                        let now = (stores.slices.get(&key.0, &key.1))
+                            .and_then(|s| s.service.as_deref().map(str::to_string));
                         for svc in self.index_slice(&key, now) {
                             services.insert((key.0.clone(), svc));
                         }
@@ -268,12 +266,9 @@ impl Reader {
         self.runs.all_changed();
         self.slice_service.clear();
         self.slices_of.clear();
-        for s in stores.slices.state() {
-            let m = &s.metadata;
-            if let (Some(ns), Some(name), Some(svc)) =
-                (&m.namespace, &m.name, catalog::service_of(&s))
-            {
-                self.index_slice(&(ns.clone(), name.clone()), Some(svc.to_string()));
+        for (key, s) in stores.slices.entries() {
+            if let Some(svc) = &s.service {
+                self.index_slice(&key, Some(svc.to_string()));
             }
         }
         let keys: BTreeSet<Key> = stores
@@ -287,7 +282,8 @@ impl Reader {
         }
         let mut istio = BTreeSet::new();
         for (kind, store) in &stores.istio {
-            istio.extend((store.keys().into_iter()).map(|(ns, name)| (kind.to_string(), ns, name)));
+            let keys = store.entries().into_iter().map(|(k, _)| k);
+            istio.extend(keys.map(|(ns, name)| (kind.to_string(), ns, name)));
         }
         for (kind, ns, name) in absent(&self.istio, &istio).into_iter().chain(istio) {
             self.read_istio(stores, &kind, (ns, name));
@@ -327,9 +323,8 @@ impl Reader {
         // By name: the first slice to list an address gives its endpoint.
         let mut names: Vec<&String> = self.slices_of.get(&key).into_iter().flatten().collect();
         names.sort();
-        let slices: Vec<Arc<EndpointSlice>> = names
-            .into_iter()
-            .filter_map(|s| stores.slices.get(&ObjectRef::new(s).within(ns)))
+        let slices: Vec<Arc<Slice>> = (names.into_iter())
+            .filter_map(|s| stores.slices.get(ns, s))
             .collect();
         let labels = |ns: &str, name: &str| stores.pods.get(ns, name);
         let mut pods = Vec::new();

@@ -80,11 +80,12 @@ impl<T: Clone> Store<T> {
         objects.get(&Named(namespace, name)).cloned()
     }
 
-    /// Every object's (namespace, name).
-    pub fn keys(&self) -> Vec<(String, String)> {
+    /// Every object, with its (namespace, name).
+    pub fn entries(&self) -> Vec<((String, String), T)> {
         let objects = self.objects.read().unwrap_or_else(PoisonError::into_inner);
-        let keys = objects.keys();
-        keys.map(|(ns, name)| (ns.to_string(), name.to_string()))
+        let entries = objects.iter();
+        entries
+            .map(|((ns, name), o)| ((ns.to_string(), name.to_string()), o.clone()))
             .collect()
     }
 
@@ -184,7 +185,7 @@ mod tests {
         w.apply_watcher_event(&Event::InitApply(pod("q", "v2")));
         assert_eq!(store.len(), 9);
         w.apply_watcher_event(&Event::InitDone);
-        assert_eq!(store.keys(), vec![("default".to_string(), "q".to_string())]);
-        assert_eq!(store.get("default", "q").as_deref(), Some("v2"));
+        let q = ("default".to_string(), "q".to_string());
+        assert_eq!(store.entries(), vec![(q, "v2".to_string())]);
     }
 }

@@ -14,6 +14,7 @@ use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
 
+use super::lean::Slice;
 use super::pod_labels;
 use super::snapshot::{Read, Reader, Snapshot, Stores, Touched};
 use super::store;
@@ -39,7 +40,7 @@ fn seed() -> Vec<Value> {
 struct Cluster {
     stores: Stores,
     services: Writer<Service>,
-    slices: Writer<EndpointSlice>,
+    slices: store::Writer<EndpointSlice, Arc<Slice>>,
     pods: store::Writer<PartialObjectMeta<Pod>, Arc<Labels>>,
     istio: Vec<store::Writer<DynamicObject, Read>>,
     touched: Touched,
@@ -50,7 +51,7 @@ struct Cluster {
 impl Cluster {
     fn new() -> Self {
         let (services, services_w) = reflector::store();
-        let (slices, slices_w) = reflector::store();
+        let (slices, slices_w) = store::store(super::lean::slice);
         let (pods, pods_w) = pod_labels::store();
         let (istio, writers) = ISTIO_KINDS
             .iter()
