@@ -192,5 +192,7 @@ fn endpoints(
             }
         }
     }
+    // Kept while the Service is: no room to grow.
+    out.shrink_to_fit();
     out
 }

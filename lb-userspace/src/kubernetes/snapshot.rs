@@ -96,12 +96,20 @@ fn absent<K: Ord + Clone, V>(read: &BTreeMap<K, V>, now: &BTreeSet<K>) -> Vec<K>
     read.keys().filter(|k| !now.contains(*k)).cloned().collect()
 }
 
+/// A pod as the index of which Services name it keeps it: a hash of its namespace and
+/// name (100,000 pods' names twice over were a tenth of the daemon's memory). Two
+/// pods with the same hash only make a change to one read the other's Services again.
+fn pod_id(namespace: &str, name: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::with_seed(0).hash_one((namespace, name))
+}
+
 /// A Service as last read.
 struct ServiceRead {
     /// Its ServiceEntry, loaded.
     read: Read,
-    /// The pods its endpoints name.
-    pods: Vec<Key>,
+    /// The pods its endpoints name (as [`pod_id`]s).
+    pods: Vec<u64>,
 }
 
 impl ServiceRead {
@@ -171,7 +179,7 @@ pub struct Reader {
     /// memory).
     slices_of: HashMap<Key, Vec<String>>,
     /// The Services whose endpoints name each pod (mostly one).
-    pod_services: HashMap<Key, Vec<Key>>,
+    pod_services: HashMap<u64, Vec<Key>>,
     /// What the last snapshot handed out, in runs.
     runs: Runs,
 }
@@ -249,7 +257,8 @@ impl Reader {
                         }
                     }
                     "Pod" => {
-                        services.extend(self.pod_services.get(&key).into_iter().flatten().cloned());
+                        let pod = pod_id(&key.0, &key.1);
+                        services.extend(self.pod_services.get(&pod).into_iter().flatten().cloned());
                     }
                     istio => self.read_istio(stores, istio, key),
                 }
@@ -329,6 +338,9 @@ impl Reader {
         let labels = |ns: &str, name: &str| stores.pods.get(ns, name);
         let mut pods = Vec::new();
         let entry = svc.and_then(|s| catalog::entry(&s, &slices, &labels, domain, &mut pods));
+        let mut pods: Vec<u64> = pods.iter().map(|(ns, name)| pod_id(ns, name)).collect();
+        pods.sort_unstable();
+        pods.dedup();
         let before = self.services.remove(&key);
         if let Some(b) = &before {
             for pod in &b.pods {
@@ -347,7 +359,7 @@ impl Reader {
             return;
         };
         for pod in &pods {
-            let services = self.pod_services.entry(pod.clone()).or_default();
+            let services = self.pod_services.entry(*pod).or_default();
             if !services.contains(&key) {
                 services.push(key.clone());
             }
