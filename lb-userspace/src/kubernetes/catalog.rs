@@ -6,12 +6,10 @@
 
 use std::sync::Arc;
 
-use super::lean::{Slice, SliceEndpoint};
+use super::lean::{Slice, SliceEndpoint, Svc};
 use crate::load::istio::{self, Metadata, ServiceEntrySpec, ServicePort, WorkloadEntry};
 use crate::load::{Loaded, Resource, locate};
 use crate::smallmap::{Labels, SmallMap};
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// The label an EndpointSlice names its Service by.
 pub(super) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -36,25 +34,20 @@ pub fn loaded(entry: Entry) -> Loaded {
 /// A Pod's labels, by namespace and name, if it is known.
 pub type PodLabels<'a> = dyn Fn(&str, &str) -> Option<Arc<Labels>> + 'a;
 
-/// The ServiceEntry of a Service that has a ClusterIP or endpoints (None for an
-/// ExternalName Service: it names a DNS host, which lb does not resolve), from its own
-/// EndpointSlices and their pods' labels, typed as a file's would be (built directly:
+/// The ServiceEntry of Service `ns/name` (None unless lb serves it: see
+/// [`Svc::served`]), from its own EndpointSlices and their pods' labels, typed as a file's would be (built directly:
 /// a JSON tree read back through the schema was half of what a changed Service cost).
 /// Every pod its endpoints name is added to `pods` (known or not yet: its labels
 /// count once it is).
 pub fn entry(
-    svc: &Service,
+    (ns, name): (&str, &str),
+    svc: &Svc,
     slices: &[Arc<Slice>],
     labels: &PodLabels<'_>,
     domain: &str,
     pods: &mut Vec<(String, String)>,
 ) -> Option<Entry> {
-    let (name, ns) = (
-        svc.metadata.name.as_deref()?,
-        svc.metadata.namespace.as_deref()?,
-    );
-    let spec = svc.spec.as_ref()?;
-    if spec.type_.as_deref() == Some("ExternalName") {
+    if !svc.served {
         return None;
     }
     Some(istio::Resource {
@@ -67,68 +60,44 @@ pub fn entry(
         },
         spec: ServiceEntrySpec {
             hosts: vec![format!("{name}.{ns}.svc.{domain}")],
-            addresses: cluster_ips(spec),
-            ports: ports(spec),
+            addresses: svc.cluster_ips.iter().map(|ip| ip.to_string()).collect(),
+            ports: ports(svc),
             resolution: Some("STATIC".to_string()),
-            endpoints: endpoints(ns, slices, labels, unnamed_port(spec).as_deref(), pods),
+            endpoints: endpoints(ns, slices, labels, unnamed_port(svc).as_deref(), pods),
             ..ServiceEntrySpec::default()
         },
         status: None,
     })
 }
 
-fn cluster_ips(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<String> {
-    let ips = spec
-        .cluster_ips
-        .clone()
-        .or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip]))
-        .unwrap_or_default();
-    // Headless Services ("None") have no address to steer; IPv6 ones are not steered.
-    ips.into_iter()
-        .filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok())
-        .collect()
-}
-
 /// A Service port's name as lb's catalogue keys it: its own, or one made from its
 /// number for the single unnamed port a Service may have (its slices name it "").
-fn port_name(name: Option<&str>, number: i32) -> String {
-    match name {
-        Some(n) if !n.is_empty() => n.to_string(),
-        _ => format!("port-{number}"),
+fn port_name(name: &str, number: i32) -> String {
+    if name.is_empty() {
+        format!("port-{number}")
+    } else {
+        name.to_string()
     }
 }
 
 /// The name lb gives the Service's unnamed port, if it has one (slices name it "").
-fn unnamed_port(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Option<String> {
-    spec.ports
-        .iter()
-        .flatten()
-        .find(|p| p.name.as_deref().unwrap_or("").is_empty())
-        .map(|p| port_name(None, p.port))
+fn unnamed_port(svc: &Svc) -> Option<String> {
+    let unnamed = svc.ports.iter().find(|p| p.name.is_empty());
+    unnamed.map(|p| port_name("", p.port))
 }
 
 pub(super) fn is_tcp(protocol: Option<&str>) -> bool {
     protocol.is_none_or(|p| p.eq_ignore_ascii_case("TCP"))
 }
 
-fn ports(spec: &k8s_openapi::api::core::v1::ServiceSpec) -> Vec<ServicePort> {
-    spec.ports
-        .iter()
-        .flatten()
-        .filter(|p| is_tcp(p.protocol.as_deref()))
-        .map(|p| {
-            // A numeric targetPort is the endpoints' port unless their slice says; a
-            // named one is resolved by the slices (per pod), as kube-proxy does.
-            let target = match &p.target_port {
-                Some(IntOrString::Int(t)) => Some(*t),
-                _ => None,
-            };
-            ServicePort {
-                number: p.port.into(),
-                name: Some(port_name(p.name.as_deref(), p.port)),
-                protocol: Some("TCP".to_string()),
-                target_port: target.map(i64::from),
-            }
+fn ports(svc: &Svc) -> Vec<ServicePort> {
+    (svc.ports.iter().filter(|p| p.tcp))
+        .map(|p| ServicePort {
+            number: p.port.into(),
+            name: Some(port_name(&p.name, p.port)),
+            protocol: Some("TCP".to_string()),
+            // The endpoints' port unless their slice says.
+            target_port: p.target_port.map(i64::from),
         })
         .collect()
 }

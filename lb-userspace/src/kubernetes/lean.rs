@@ -1,57 +1,75 @@
 //! What the stores keep of a Service and an EndpointSlice: only what lb reads
-//! (catalog.rs), cut from each object as its watch yields it. A node's lb holds every
+//! (catalog.rs), made from each object as its watch yields it. A node's lb holds every
 //! Service and slice of the cluster; in a real cluster their managedFields, statuses,
-//! owner references, uids and topology hints are most of each object. (Of a pod lb
-//! keeps its labels only: pod_labels.rs.)
+//! owner references, uids and topology hints are most of each object, and
+//! k8s-openapi's structs carry every field even when cut. (Of a pod lb keeps its
+//! labels only: pod_labels.rs.)
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::catalog::{SERVICE_NAME_LABEL, is_tcp};
 
-/// Name, namespace and resourceVersion.
-fn meta(m: &mut ObjectMeta) -> ObjectMeta {
-    ObjectMeta {
-        name: m.name.take(),
-        namespace: m.namespace.take(),
-        resource_version: m.resource_version.take(),
-        ..ObjectMeta::default()
-    }
+/// A Service as lb keeps it: whether lb makes it a ServiceEntry (it has a spec and
+/// is not an ExternalName, which names a DNS host lb does not resolve), its IPv4
+/// ClusterIPs, and its ports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Svc {
+    pub served: bool,
+    pub cluster_ips: Box<[Box<str>]>,
+    pub ports: Box<[SvcPort]>,
 }
 
-/// Its type, ClusterIPs and ports.
-pub fn service(s: &mut Service) {
-    s.metadata = meta(&mut s.metadata);
-    s.status = None;
-    if let Some(spec) = &mut s.spec {
-        let ports = spec.ports.take().map(|ports| {
-            ports
-                .into_iter()
-                .map(|p| ServicePort {
-                    name: p.name,
-                    port: p.port,
-                    protocol: p.protocol,
-                    target_port: p.target_port,
-                    ..ServicePort::default()
-                })
-                .collect()
+#[derive(Debug, Clone, PartialEq)]
+pub struct SvcPort {
+    /// "" if unnamed.
+    pub name: Box<str>,
+    pub port: i32,
+    pub tcp: bool,
+    /// A numeric targetPort (a named one is resolved by the slices, per pod).
+    pub target_port: Option<i32>,
+}
+
+/// A Service as lb keeps it.
+pub fn service(s: &Service) -> Arc<Svc> {
+    let spec = s.spec.as_ref();
+    let served = spec.is_some_and(|s| s.type_.as_deref() != Some("ExternalName"));
+    let ips = spec.and_then(|s| {
+        s.cluster_ips
+            .clone()
+            .or_else(|| s.cluster_ip.clone().map(|ip| vec![ip]))
+    });
+    // Headless Services ("None") have no address to steer; IPv6 ones are not steered.
+    let cluster_ips = ips
+        .into_iter()
+        .flatten()
+        .filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok());
+    let ports = spec
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|p| SvcPort {
+            name: p.name.as_deref().unwrap_or_default().into(),
+            port: p.port,
+            tcp: is_tcp(p.protocol.as_deref()),
+            target_port: match &p.target_port {
+                Some(IntOrString::Int(t)) => Some(*t),
+                _ => None,
+            },
         });
-        *spec = ServiceSpec {
-            type_: spec.type_.take(),
-            cluster_ip: spec.cluster_ip.take(),
-            cluster_ips: spec.cluster_ips.take(),
-            ports,
-            ..ServiceSpec::default()
-        };
-    }
+    Arc::new(Svc {
+        served,
+        cluster_ips: cluster_ips.map(Into::into).collect(),
+        ports: ports.collect(),
+    })
 }
 
 /// An EndpointSlice as lb keeps it: its Service (if lb reads the slice: IPv4), its
-/// TCP ports, and each endpoint's addresses, conditions and pod. A quarter of the
-/// cut-down API object it replaces (k8s-openapi's structs carry every field).
+/// TCP ports, and each endpoint's addresses, conditions and pod (a quarter of the
+/// API object cut down).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Slice {
     pub service: Option<Box<str>>,
@@ -152,13 +170,16 @@ mod tests {
     }
 
     /// What lb makes of them (pod p0 labelled).
-    fn entry(service: &Service, slice: &EndpointSlice) -> catalog::Entry {
+    fn entry(svc: &Service, slice: &EndpointSlice) -> catalog::Entry {
         let labels = |_: &str, name: &str| {
             (name == "p0").then(|| Arc::new([("version", "v0".into())].into_iter().collect()))
         };
+        let key = ("default", "backend");
+        let slices = [super::slice(slice)];
         catalog::entry(
-            service,
-            &[super::slice(slice)],
+            key,
+            &service(svc),
+            &slices,
             &labels,
             "cluster.local",
             &mut Vec::new(),
@@ -167,23 +188,28 @@ mod tests {
     }
 
     #[test]
-    fn what_is_cut_is_what_lb_does_not_read() {
+    fn a_service_is_kept_as_lb_reads_it() {
         let (mut s, e) = full();
-        let before = entry(&s, &e);
-        service(&mut s);
-        assert_eq!(entry(&s, &e), before);
-        // What is gone, as the API would say it.
-        let s = serde_json::to_value(&s).expect("json").to_string();
-        for gone in [
-            "managedFields",
-            "uid",
-            "annotations",
-            "status",
-            "selector",
-            "appProtocol",
-        ] {
-            assert!(!s.contains(gone), "{gone}: {s}");
-        }
+        let lean = Svc {
+            served: true,
+            cluster_ips: ["10.96.0.9".into()].into(),
+            ports: [SvcPort {
+                name: "http".into(),
+                port: 80,
+                tcp: true,
+                target_port: Some(8080),
+            }]
+            .into(),
+        };
+        assert_eq!(*service(&s), lean);
+        let full_entry = entry(&s, &e);
+        assert_eq!(full_entry.spec.addresses, ["10.96.0.9"]);
+        assert_eq!(full_entry.spec.endpoints.len(), 1, "the ready endpoint");
+        // Headless and IPv6 ClusterIPs are not steered; an ExternalName is no entry.
+        s.spec.as_mut().expect("spec").cluster_ips = Some(vec!["None".into(), "fd00::9".into()]);
+        assert!(service(&s).cluster_ips.is_empty());
+        s.spec.as_mut().expect("spec").type_ = Some("ExternalName".into());
+        assert!(!service(&s).served);
     }
 
     #[test]

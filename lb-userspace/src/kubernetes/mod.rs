@@ -27,8 +27,6 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::PartialObjectMeta;
-use kube::runtime::WatchStreamExt as _;
-use kube::runtime::reflector;
 use kube::runtime::watcher;
 use tokio::sync::Notify;
 
@@ -191,11 +189,9 @@ impl KubeSource {
             changed: changed.clone(),
             health: health.clone(),
         };
-        let (services, w) = reflector::store();
+        let (services, w) = store::store(lean::service);
         let api: Api<Service> = Api::all(client.clone());
-        watch("Service").spawn(w, move || {
-            watcher(api.clone(), Default::default()).modify(lean::service)
-        });
+        watch("Service").spawn(w, move || watcher(api.clone(), Default::default()));
         let (slices, w) = store::store(lean::slice);
         let api: Api<EndpointSlice> = Api::all(client.clone());
         watch("EndpointSlice").spawn(w, move || watcher(api.clone(), Default::default()));
@@ -351,27 +347,6 @@ impl KubeSource {
     }
 }
 
-/// Where a watch puts what it reads: kube-runtime's store, or lb's own lean one.
-trait Sink<K>: Send + 'static {
-    fn apply(&mut self, event: &watcher::Event<K>);
-}
-
-impl<K> Sink<K> for reflector::store::Writer<K>
-where
-    K: kube::Resource + Clone + Send + Sync + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    fn apply(&mut self, event: &watcher::Event<K>) {
-        self.apply_watcher_event(event);
-    }
-}
-
-impl<K: kube::Resource + Send + 'static, T: Send + Sync + 'static> Sink<K> for store::Writer<K, T> {
-    fn apply(&mut self, event: &watcher::Event<K>) {
-        self.apply_watcher_event(event);
-    }
-}
-
 /// One kind's watch: runs its stream into its store, wakes the daemon on every event
 /// and keeps the kind's health.
 struct Watch {
@@ -391,9 +366,10 @@ impl Watch {
     /// `410 Gone`) into `store`. When it fails, it is started again — a fresh list —
     /// after a jittered, doubling wait, as client-go's reflector does: the store keeps
     /// what it had meanwhile, and the new list tells when the kind is current again.
-    fn spawn<K, S>(self, mut store: impl Sink<K>, watch: impl Fn() -> S + Send + 'static)
+    fn spawn<K, T, S>(self, mut store: store::Writer<K, T>, watch: impl Fn() -> S + Send + 'static)
     where
         K: kube::Resource + Send + 'static,
+        T: Send + Sync + 'static,
         S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     {
         tokio::spawn(async move {
@@ -404,7 +380,7 @@ impl Watch {
                 while let Some(event) = stream.next().await {
                     match event {
                         Ok(event) => {
-                            store.apply(&event);
+                            store.apply_watcher_event(&event);
                             // After the store: a snapshot that takes this finds it there.
                             self.touched
                                 .lock()

@@ -8,13 +8,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Service;
 use kube::api::DynamicObject;
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
 use super::catalog;
-use super::lean::Slice;
+use super::lean::{Slice, Svc};
 use super::pod_labels::PodLabels;
 use super::runs::{Id, Item, Runs};
 use crate::diagnostic::Diagnostic;
@@ -22,7 +20,7 @@ use crate::load::{self, Loaded};
 
 /// The watches' stores.
 pub struct Stores {
-    pub services: Store<Service>,
+    pub services: super::store::Store<Arc<Svc>>,
     pub slices: super::store::Store<Arc<Slice>>,
     pub pods: PodLabels,
     /// Istio's kinds, each with the resource it is read as.
@@ -282,9 +280,9 @@ impl Reader {
         }
         let keys: BTreeSet<Key> = stores
             .services
-            .state()
-            .iter()
-            .filter_map(|s| Some((s.metadata.namespace.clone()?, s.metadata.name.clone()?)))
+            .entries()
+            .into_iter()
+            .map(|(k, _)| k)
             .collect();
         for key in absent(&self.services, &keys).into_iter().chain(keys) {
             self.read_service(stores, key, domain);
@@ -328,7 +326,7 @@ impl Reader {
     /// `Arc` if it came out the same.
     fn read_service(&mut self, stores: &Stores, key: Key, domain: &str) {
         let (ns, name) = &key;
-        let svc = stores.services.get(&ObjectRef::new(name).within(ns));
+        let svc = stores.services.get(ns, name);
         // By name: the first slice to list an address gives its endpoint.
         let mut names: Vec<&String> = self.slices_of.get(&key).into_iter().flatten().collect();
         names.sort();
@@ -337,7 +335,8 @@ impl Reader {
             .collect();
         let labels = |ns: &str, name: &str| stores.pods.get(ns, name);
         let mut pods = Vec::new();
-        let entry = svc.and_then(|s| catalog::entry(&s, &slices, &labels, domain, &mut pods));
+        let entry = (svc.as_deref())
+            .and_then(|s| catalog::entry((ns, name), s, &slices, &labels, domain, &mut pods));
         let mut pods: Vec<u64> = pods.iter().map(|(ns, name)| pod_id(ns, name)).collect();
         pods.sort_unstable();
         pods.dedup();

@@ -10,15 +10,14 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::DynamicObject;
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher::Event;
 use serde_json::{Value, json};
 
-use super::lean::Slice;
+use super::ISTIO_KINDS;
+use super::lean::{Slice, Svc};
 use super::pod_labels;
 use super::snapshot::{Read, Reader, Snapshot, Stores, Touched};
 use super::store;
-use super::{ISTIO_KINDS, Sink};
 use crate::load::{Loaded, Resource};
 use crate::model::accept::{self, Input, LastGood};
 use crate::smallmap::Labels;
@@ -39,7 +38,7 @@ fn seed() -> Vec<Value> {
 /// event touched.
 struct Cluster {
     stores: Stores,
-    services: Writer<Service>,
+    services: store::Writer<Service, Arc<Svc>>,
     slices: store::Writer<EndpointSlice, Arc<Slice>>,
     pods: store::Writer<PartialObjectMeta<Pod>, Arc<Labels>>,
     istio: Vec<store::Writer<DynamicObject, Read>>,
@@ -50,7 +49,7 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Self {
-        let (services, services_w) = reflector::store();
+        let (services, services_w) = store::store(super::lean::service);
         let (slices, slices_w) = store::store(super::lean::slice);
         let (pods, pods_w) = pod_labels::store();
         let (istio, writers) = ISTIO_KINDS
@@ -88,7 +87,7 @@ impl Cluster {
         match doc["kind"].as_str().expect("kind") {
             "Service" => apply(&mut self.services, t, "Service", doc, delete),
             "EndpointSlice" => apply(&mut self.slices, t, "EndpointSlice", doc, delete),
-            "Pod" => apply::<PartialObjectMeta<Pod>>(&mut self.pods, t, "Pod", doc, delete),
+            "Pod" => apply::<PartialObjectMeta<Pod>, _>(&mut self.pods, t, "Pod", doc, delete),
             kind => {
                 let i = ISTIO_KINDS
                     .iter()
@@ -105,8 +104,13 @@ impl Cluster {
     }
 }
 
-fn apply<K>(w: &mut impl Sink<K>, t: &mut Touched, kind: &'static str, doc: Value, delete: bool)
-where
+fn apply<K, T>(
+    w: &mut store::Writer<K, T>,
+    t: &mut Touched,
+    kind: &'static str,
+    doc: Value,
+    delete: bool,
+) where
     K: kube::Resource + serde::de::DeserializeOwned,
 {
     let object: K = serde_json::from_value(doc).expect(kind);
@@ -115,7 +119,7 @@ where
     } else {
         Event::Apply(object)
     };
-    w.apply(&event);
+    w.apply_watcher_event(&event);
     t.event(kind, &event);
 }
 

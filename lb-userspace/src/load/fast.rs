@@ -65,8 +65,9 @@ pub(super) fn load_run(file: &Path, text: &str, base: usize) -> Option<Run> {
 const YAML_SPACE: [char; 4] = [' ', '\t', '\r', '\n'];
 
 /// Only characters YAML allows anywhere (comments included), and line breaks that are
-/// `\n` (a lone `\r` breaks lines too; a byte order mark is allowed at the start
-/// only): a text with any other is the exact path's to judge.
+/// `\n` (a lone `\r` breaks lines too, and to libyaml, which reads YAML 1.1, so do
+/// U+0085, U+2028 and U+2029; a byte order mark is allowed at the start only): a text
+/// with any other is the exact path's to judge.
 fn printable(text: &str) -> bool {
     let ascii = |b: u8| b == b'\n' || (b' '..=b'~').contains(&b);
     if text.bytes().all(ascii) {
@@ -74,9 +75,8 @@ fn printable(text: &str) -> bool {
     }
     text.chars().all(|c| match c {
         '\u{0}'..='\u{7f}' => ascii(c as u8),
-        '\u{85}' | '\u{a0}'..='\u{d7ff}' | '\u{10000}'.. => true,
-        '\u{feff}' => false,
-        '\u{e000}'..='\u{fffd}' => true,
+        '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}' => false,
+        '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'.. => true,
         _ => false,
     })
 }
@@ -135,7 +135,7 @@ fn is_marker(line: &str) -> bool {
 
 /// A line with more than blanks or a comment.
 fn has_content(line: &str) -> bool {
-    let t = line.trim_start();
+    let t = line.trim_matches(YAML_SPACE);
     !t.is_empty() && !t.starts_with('#')
 }
 
