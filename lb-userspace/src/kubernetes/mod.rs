@@ -1,7 +1,8 @@
 //! The Kubernetes source: `Service`, `EndpointSlice`, Pod labels (a metadata-only
 //! watch) and Istio's `VirtualService`, `DestinationRule`, `ServiceEntry`, each
-//! listed then watched by kube-runtime's watcher into a store (relists after `410
-//! Gone`, bookmarks, backoff on errors). Any change wakes the daemon, which reads a
+//! listed then watched by kube-runtime's watcher (relists after `410 Gone`,
+//! bookmarks, backoff on errors) into a store of lb's own that keeps each object only
+//! as lb reads it (store.rs, lean.rs, pod_labels.rs). Any change wakes the daemon, which reads a
 //! [`Snapshot`] of the stores and feeds it to the same model → compile → apply path as
 //! the files. While the API server cannot be reached the stores keep what they had,
 //! so the running plan stays; [`Health`] says since when the source is stale.

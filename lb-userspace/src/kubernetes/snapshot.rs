@@ -15,17 +15,17 @@ use super::catalog;
 use super::lean::{Slice, Svc};
 use super::pod_labels::PodLabels;
 use super::runs::{Id, Item, Runs};
+use super::store::Store;
 use crate::diagnostic::Diagnostic;
 use crate::load::{self, Loaded};
 
 /// The watches' stores.
 pub struct Stores {
-    pub services: super::store::Store<Arc<Svc>>,
-    pub slices: super::store::Store<Arc<Slice>>,
+    pub services: Store<Arc<Svc>>,
+    pub slices: Store<Arc<Slice>>,
     pub pods: PodLabels,
-    /// Istio's kinds, each with the resource it is read as.
-    /// By kind.
-    pub istio: Vec<(&'static str, super::store::Store<Read>)>,
+    /// Istio's objects, typed as they arrived, by kind.
+    pub istio: Vec<(&'static str, Store<Read>)>,
 }
 
 /// The cluster's objects now, for one reload.
@@ -169,7 +169,7 @@ impl Read {
 #[derive(Default)]
 pub struct Reader {
     services: BTreeMap<Key, ServiceRead>,
-    /// Istio objects by (kind, namespace, name), with their resourceVersion.
+    /// Istio objects by (kind, namespace, name).
     istio: BTreeMap<(String, String, String), Read>,
     /// Each EndpointSlice's Service, by the slice's namespace and name.
     slice_service: HashMap<Key, String>,
