@@ -84,7 +84,8 @@ fn printable(text: &str) -> bool {
 /// Printable, no anchors or aliases (whose expansion the exact path bounds), no `#`
 /// glued to what is before it, no directives, no document end markers, no tabs
 /// (YAML's indentation has none; a tab where one matters is the exact path's to
-/// say), and nesting surely within the bound.
+/// say), no flow collection over more than a line, and nesting surely within the
+/// bound.
 fn plain(text: &str) -> bool {
     if !printable(text) {
         return false;
@@ -100,28 +101,33 @@ fn plain(text: &str) -> bool {
         return false;
     }
     let mut deepest_indent = 0;
-    let mut open: usize = 0;
     let mut most_open = 0;
     for line in text.lines() {
         if line.starts_with('%') || line.starts_with("...") {
             return false;
         }
-        deepest_indent = deepest_indent.max(line.len() - line.trim_start().len());
-        // Brackets inside quotes count too: a bound, not a parse.
+        deepest_indent = deepest_indent.max(line.len() - line.trim_start_matches(' ').len());
+        // Flow collections open and close on their line (libyaml and yaml_rust2 read
+        // some that span lines differently). Brackets inside quotes count too: a
+        // bound, not a parse.
+        let mut open: i64 = 0;
         for b in line.bytes() {
             match b {
                 b'[' | b'{' => {
                     open += 1;
                     most_open = most_open.max(open);
                 }
-                b']' | b'}' => open = open.saturating_sub(1),
+                b']' | b'}' => open -= 1,
                 _ => {}
             }
+        }
+        if open != 0 {
+            return false;
         }
     }
     // Each block level is indented at least one column more than its parent, but a
     // sequence may sit at its key's column: two levels per column at most.
-    2 * (deepest_indent + 1) + most_open + 1 < limits::MAX_DEPTH
+    2 * (deepest_indent as i64 + 1) + most_open + 1 < limits::MAX_DEPTH as i64
 }
 
 /// A line that starts a document (`---` alone or followed by white space).
