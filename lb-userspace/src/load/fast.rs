@@ -81,7 +81,8 @@ fn printable(text: &str) -> bool {
     })
 }
 
-/// Printable, no anchors or aliases (whose expansion the exact path bounds), no `#`
+/// Printable, no anchors or aliases (whose expansion the exact path bounds), tags or
+/// explicit keys, no `#`
 /// glued to what is before it, no directives, no document end markers, no tabs
 /// (YAML's indentation has none; a tab where one matters is the exact path's to
 /// say), no flow collection over more than a line, and nesting surely within the
@@ -91,8 +92,12 @@ fn plain(text: &str) -> bool {
         return false;
     }
     let bytes = text.as_bytes();
-    let alias_or_anchor = memchr::memchr2_iter(b'*', b'&', bytes)
-        .any(|i| i == 0 || b" \t\n[{,:-!".contains(&bytes[i - 1]));
+    // Anchors and aliases, and the indicators libyaml and yaml_rust2 read differently
+    // in flow collections: `?` (an explicit key to libyaml even when glued to it) and
+    // `!` (a tag). Where one is not an indicator it only costs the exact path.
+    let indicator = |i: usize| i == 0 || b" \t\n[{,:-!?".contains(&bytes[i - 1]);
+    let alias_or_anchor = memchr::memchr3_iter(b'*', b'&', b'?', bytes).any(indicator)
+        || memchr::memchr_iter(b'!', bytes).any(indicator);
     // A comment needs white space before it; libyaml lets `]#` pass, yaml_rust2 does
     // not (so neither does lb).
     let glued_comment =
@@ -230,6 +235,8 @@ mod tests {
     fn anything_else_goes_the_exact_way() {
         for (why, text) in [
             ("an anchor", DR.replace("host: h", "host: &a h")),
+            ("an explicit key", DR.replace("metadata:\n  name: d", "metadata: {?name: d}")),
+            ("a tag", DR.replace("host: h", "host: !!str h")),
             ("a tab", DR.replace("  host", "\thost")),
             ("a glued comment", DR.replace("h  # here", "[h]# here")),
             ("a carriage return", DR.replace('\n', "\r\n")),
