@@ -2,9 +2,9 @@
 //! watch) and Istio's `VirtualService`, `DestinationRule`, `ServiceEntry`, each
 //! listed then watched by kube-runtime's watcher (relists after `410 Gone`,
 //! bookmarks, backoff on errors) into a store of lb's own that keeps each object only
-//! as lb reads it (store.rs, lean.rs, pod_labels.rs). Any change wakes the daemon, which reads a
-//! [`Snapshot`] of the stores and feeds it to the same model → compile → apply path as
-//! the files. While the API server cannot be reached the stores keep what they had,
+//! as lb reads it (store.rs, lean.rs, pod_labels.rs). Any change wakes the daemon,
+//! which reads a [`Snapshot`] of the stores and feeds it to the same model → compile →
+//! apply path as the files. While the API server cannot be reached the stores keep what they had,
 //! so the running plan stays; [`Health`] says since when the source is stale.
 
 pub mod burst;
@@ -205,7 +205,7 @@ impl KubeSource {
             for (kind, plural) in ISTIO_KINDS {
                 let resource = istio_resource(kind, plural, version);
                 // Each object typed as it arrives (its JSON tree is not kept).
-                let (store, w) = store::store(snapshot::Read::of_object);
+                let (store, w) = store::store(snapshot::Versioned::of);
                 istio.push((kind, store));
                 let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
                 watch(kind).spawn(w, move || watcher(api.clone(), Default::default()));

@@ -25,7 +25,7 @@ pub struct Stores {
     pub slices: Store<Arc<Slice>>,
     pub pods: PodLabels,
     /// Istio's objects, typed as they arrived, by kind.
-    pub istio: Vec<(&'static str, Store<Read>)>,
+    pub istio: Vec<(&'static str, Store<Versioned>)>,
 }
 
 /// The cluster's objects now, for one reload.
@@ -123,14 +123,43 @@ impl ServiceRead {
 /// An object as lb read it: loaded, or what was wrong with it (shared: cloned from
 /// the store into the reader).
 #[derive(Clone)]
-pub enum Read {
+enum Read {
     Loaded(Arc<Loaded>),
     Invalid(Arc<[Diagnostic]>),
 }
 
+/// An Istio object as its store keeps it: what lb read of it, and its
+/// resourceVersion (a relist gives every object again: one whose version is the same
+/// keeps the `Arc` read before, so the model rebuilds nothing for it).
+#[derive(Clone)]
+pub struct Versioned {
+    version: Arc<str>,
+    read: Read,
+}
+
+impl Versioned {
+    /// An Istio object as the API server gave it.
+    pub fn of(object: &DynamicObject) -> Self {
+        let version = object
+            .metadata
+            .resource_version
+            .as_deref()
+            .unwrap_or_default();
+        Versioned {
+            version: version.into(),
+            read: Read::of_object(object),
+        }
+    }
+
+    /// Whether it is the version read before (an object without one never is).
+    fn same_version(&self, before: &Versioned) -> bool {
+        !self.version.is_empty() && self.version == before.version
+    }
+}
+
 impl Read {
     /// An Istio object as the API server gave it.
-    pub fn of_object(object: &DynamicObject) -> Self {
+    fn of_object(object: &DynamicObject) -> Self {
         let mut diags = Vec::new();
         let loaded = match serde_json::to_value(object) {
             Ok(value) => load::load_object(&value, &mut diags),
@@ -153,15 +182,6 @@ impl Read {
             None => Read::Invalid(diags.into()),
         }
     }
-
-    /// The same read (an object unchanged in the store is the same `Arc`).
-    fn same(&self, other: &Read) -> bool {
-        match (self, other) {
-            (Read::Loaded(a), Read::Loaded(b)) => Arc::ptr_eq(a, b),
-            (Read::Invalid(a), Read::Invalid(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        }
-    }
 }
 
 /// What the last snapshot read, and the indexes that tell which Services a change
@@ -169,8 +189,8 @@ impl Read {
 #[derive(Default)]
 pub struct Reader {
     services: BTreeMap<Key, ServiceRead>,
-    /// Istio objects by (kind, namespace, name).
-    istio: BTreeMap<(String, String, String), Read>,
+    /// Istio objects by (kind, namespace, name), with their resourceVersion.
+    istio: BTreeMap<(String, String, String), Versioned>,
     /// Each EndpointSlice's Service, by the slice's namespace and name.
     slice_service: HashMap<Key, String>,
     /// Each Service's EndpointSlices' names (a few: a Vec is a tenth of a set's
@@ -202,7 +222,7 @@ impl Read {
 /// kinds before "Service", the Services, then Istio's kinds after.
 fn items<'a>(
     services: &'a BTreeMap<Key, ServiceRead>,
-    istio: &'a BTreeMap<Id, Read>,
+    istio: &'a BTreeMap<Id, Versioned>,
     from: &Id,
     to: Option<&Id>,
 ) -> Vec<(Id, Item<'a>)> {
@@ -225,7 +245,7 @@ fn items<'a>(
         },
     };
     let mut out = Vec::new();
-    let istio_item = |(id, read): &(&Id, &'a Read)| ((*id).clone(), read.item());
+    let istio_item = |(id, v): &(&Id, &'a Versioned)| ((*id).clone(), v.read.item());
     out.extend(istio_in[..split].iter().map(istio_item));
     if let (Some(lo), Some(hi)) = (lo, hi) {
         out.extend((services.range((lo, hi))).map(|(k, s)| (service_id(k), s.read.item())));
@@ -374,25 +394,25 @@ impl Reader {
     }
 
     /// Reads the Istio object `kind` `key` again from its store (typed there as it
-    /// arrived: the same `Arc` while it is unchanged).
+    /// arrived; what was read before stays while its resourceVersion is the same).
     fn read_istio(&mut self, stores: &Stores, kind: &str, key: Key) {
         let Some((_, store)) = stores.istio.iter().find(|(k, _)| *k == kind) else {
             return;
         };
         let (ns, name) = key;
-        let read = store.get(&ns, &name);
+        let now = store.get(&ns, &name);
         let id = (kind.to_string(), ns, name);
-        let Some(read) = read else {
+        let Some(now) = now else {
             if self.istio.remove(&id).is_some() {
                 self.runs.changed(&id);
             }
             return;
         };
-        if self.istio.get(&id).is_some_and(|was| was.same(&read)) {
+        if self.istio.get(&id).is_some_and(|was| now.same_version(was)) {
             return;
         }
         self.runs.changed(&id);
-        self.istio.insert(id, read);
+        self.istio.insert(id, now);
     }
 
     /// Every object read, in a stable order (kind, namespace, name), so messages and

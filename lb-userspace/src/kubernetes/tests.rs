@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::ISTIO_KINDS;
 use super::lean::{Slice, Svc};
 use super::pod_labels;
-use super::snapshot::{Read, Reader, Snapshot, Stores, Touched};
+use super::snapshot::{Reader, Snapshot, Stores, Touched, Versioned};
 use super::store;
 use crate::load::{Loaded, Resource};
 use crate::model::accept::{self, Input, LastGood};
@@ -41,7 +41,7 @@ struct Cluster {
     services: store::Writer<Service, Arc<Svc>>,
     slices: store::Writer<EndpointSlice, Arc<Slice>>,
     pods: store::Writer<PartialObjectMeta<Pod>, Arc<Labels>>,
-    istio: Vec<store::Writer<DynamicObject, Read>>,
+    istio: Vec<store::Writer<DynamicObject, Versioned>>,
     touched: Touched,
     /// The resourceVersion given out last, as an API server counts.
     version: u64,
@@ -55,7 +55,7 @@ impl Cluster {
         let (istio, writers) = ISTIO_KINDS
             .iter()
             .map(|(kind, _)| {
-                let (store, w) = store::store(Read::of_object);
+                let (store, w) = store::store(Versioned::of);
                 ((*kind, store), w)
             })
             .unzip();
@@ -412,4 +412,41 @@ fn changes_read_where_touched_equal_a_full_read() {
     }
     // Most objects are untouched at each step: they are handed out as they were.
     assert!(reused * 2 > services, "{reused} reused of {services}");
+}
+
+/// A relist gives every object again: an Istio object with the same resourceVersion
+/// keeps what was read of it (the model rebuilds nothing for it); a new version is
+/// read again.
+#[test]
+fn a_relist_keeps_what_was_read_of_unchanged_istio_objects() {
+    let mut c = Cluster::new();
+    let vs = |weight: u32| {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+               "metadata": {"name": "v", "namespace": "default"},
+               "spec": {"hosts": ["h"], "http": [{"route": [{"destination": {"host": "h"}, "weight": weight}]}]}})
+    };
+    c.event(&vs(100), false);
+    let mut reader = Reader::default();
+    let read = |reader: &mut Reader, c: &mut Cluster| {
+        let s = reader.snapshot(&c.stores, c.touched.take(), "cluster.local");
+        let vs = s
+            .objects
+            .to_vec()
+            .into_iter()
+            .find(|o| o.kind == "VirtualService");
+        vs.expect("the VirtualService")
+    };
+    let first = read(&mut reader, &mut c);
+    let mut listed = vs(100);
+    listed["metadata"]["resourceVersion"] = c.version.to_string().into();
+    let listed: DynamicObject = serde_json::from_value(listed).expect("an object");
+    let i = ISTIO_KINDS.iter().position(|(k, _)| *k == "VirtualService");
+    let w = &mut c.istio[i.expect("a kind")];
+    for event in [Event::Init, Event::InitApply(listed), Event::InitDone] {
+        w.apply_watcher_event(&event);
+        c.touched.event("VirtualService", &event);
+    }
+    assert!(Arc::ptr_eq(&first, &read(&mut reader, &mut c)));
+    c.event(&vs(100), false);
+    assert!(!Arc::ptr_eq(&first, &read(&mut reader, &mut c)));
 }

@@ -1,13 +1,15 @@
 //! The common case in one pass. The exact path (locate.rs, then serde_yaml) parses
 //! every document twice: once event by event for its bounds, head and lines, once
-//! into its type. For a run of plain block-style documents — no anchors or aliases,
-//! no directives, nothing on a `---` line, a top-level `kind:` line, nesting well
-//! under the bound — the split, the head and the bounds can be read from the lines,
-//! and each document is parsed once, into its type. Anything else, and any document
-//! that does not parse into its type, sends the whole run to the exact path, so
-//! every problem is still found and said by it, with its words and lines; what this
-//! path loads equals what the exact path loads (the `config` fuzz target compares
-//! them on every input). At 10,000 services it halves the YAML's time.
+//! into its type. For a run of plain block-style documents (what [`plain`] lets
+//! through: no anchors, aliases, tags or directives, nothing libyaml and yaml_rust2
+//! read differently, nesting well under the bound) with a top-level `kind:` line,
+//! the split, the head and the bounds can be read from the lines, and each document
+//! is parsed once, into its type. Anything else, and any document that does not
+//! parse into its type, sends the whole run to the exact path, so every problem is
+//! still found and said by it, with its words and lines; what this path loads equals
+//! what the exact path loads (the `config` fuzz target compares them on every input;
+//! each difference it found is named in [`plain`]). At 10,000 services it halves the
+//! YAML's time.
 
 use std::path::Path;
 
@@ -64,10 +66,10 @@ pub(super) fn load_run(file: &Path, text: &str, base: usize) -> Option<Run> {
 /// YAML's white space.
 const YAML_SPACE: [char; 4] = [' ', '\t', '\r', '\n'];
 
-/// Only characters YAML allows anywhere (comments included), and line breaks that are
+/// Only characters YAML allows anywhere (comments included), and no line break but
 /// `\n` (a lone `\r` breaks lines too, and to libyaml, which reads YAML 1.1, so do
-/// U+0085, U+2028 and U+2029; a byte order mark is allowed at the start only): a text
-/// with any other is the exact path's to judge.
+/// U+0085, U+2028 and U+2029), nor a byte order mark (allowed at the start only): a
+/// text with any other is the exact path's to judge.
 fn printable(text: &str) -> bool {
     let ascii = |b: u8| b == b'\n' || (b' '..=b'~').contains(&b);
     if text.bytes().all(ascii) {
@@ -81,12 +83,11 @@ fn printable(text: &str) -> bool {
     })
 }
 
-/// Printable, no anchors or aliases (whose expansion the exact path bounds), tags or
-/// explicit keys, no `#`
-/// glued to what is before it, no directives, no document end markers, no tabs
-/// (YAML's indentation has none; a tab where one matters is the exact path's to
-/// say), no flow collection over more than a line, and nesting surely within the
-/// bound.
+/// Printable; no anchors or aliases (whose expansion the exact path bounds), tags or
+/// explicit keys; no `#` glued to what is before it, no directives, no document end
+/// markers, no tabs (YAML's indentation has none; a tab where one matters is the
+/// exact path's to say), no flow collection over more than a line; and nesting surely
+/// within the bound.
 fn plain(text: &str) -> bool {
     if !printable(text) {
         return false;
@@ -96,13 +97,13 @@ fn plain(text: &str) -> bool {
     // in flow collections: `?` (an explicit key to libyaml even when glued to it) and
     // `!` (a tag). Where one is not an indicator it only costs the exact path.
     let indicator = |i: usize| i == 0 || b" \t\n[{,:-!?".contains(&bytes[i - 1]);
-    let alias_or_anchor = memchr::memchr3_iter(b'*', b'&', b'?', bytes).any(indicator)
+    let indicators = memchr::memchr3_iter(b'*', b'&', b'?', bytes).any(indicator)
         || memchr::memchr_iter(b'!', bytes).any(indicator);
     // A comment needs white space before it; libyaml lets `]#` pass, yaml_rust2 does
     // not (so neither does lb).
     let glued_comment =
         memchr::memchr_iter(b'#', bytes).any(|i| i > 0 && !b" \n".contains(&bytes[i - 1]));
-    if alias_or_anchor || glued_comment || memchr::memchr(b'\t', bytes).is_some() {
+    if indicators || glued_comment || memchr::memchr(b'\t', bytes).is_some() {
         return false;
     }
     let mut deepest_indent = 0;
