@@ -35,10 +35,10 @@ pub fn loaded(entry: Entry) -> Loaded {
 pub type PodLabels<'a> = dyn Fn(&str, &str) -> Option<Arc<Labels>> + 'a;
 
 /// The ServiceEntry of Service `ns/name` (None unless lb serves it: see
-/// [`Svc::served`]), from its own EndpointSlices and their pods' labels, typed as a file's would be (built directly:
-/// a JSON tree read back through the schema was half of what a changed Service cost).
-/// Every pod its endpoints name is added to `pods` (known or not yet: its labels
-/// count once it is).
+/// [`Svc::served`]), from its own EndpointSlices and their pods' labels, typed as a
+/// file's would be (built directly: a JSON tree read back through the schema was half
+/// of what a changed Service cost). Every pod its endpoints name is added to `pods`
+/// (known or not yet: its labels count once it is).
 pub fn entry(
     (ns, name): (&str, &str),
     svc: &Svc,
