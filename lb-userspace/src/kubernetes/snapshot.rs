@@ -94,29 +94,18 @@ fn absent<K: Ord + Clone, V>(read: &BTreeMap<K, V>, now: &BTreeSet<K>) -> Vec<K>
     read.keys().filter(|k| !now.contains(*k)).cloned().collect()
 }
 
-/// A pod as the index of which Services name it keeps it: a hash of its namespace and
-/// name (100,000 pods' names twice over were a tenth of the daemon's memory). Two
-/// pods with the same hash only make a change to one read the other's Services again.
-fn pod_id(namespace: &str, name: &str) -> u64 {
-    use std::hash::BuildHasher;
-    foldhash::quality::FixedState::with_seed(0).hash_one((namespace, name))
-}
-
 /// A Service as last read.
 struct ServiceRead {
-    /// Its ServiceEntry, loaded.
-    read: Read,
-    /// The pods its endpoints name (as [`pod_id`]s).
+    /// Its ServiceEntry, loaded (built from the stores: never invalid).
+    loaded: Arc<Loaded>,
+    /// The pods its endpoints name (as [`catalog::pod_id`]s).
     pods: Vec<u64>,
 }
 
 impl ServiceRead {
     /// Whether it was read as `entry` (then its loaded form stays, the same `Arc`).
     fn read_as(&self, entry: &catalog::Entry) -> bool {
-        let Read::Loaded(l) = &self.read else {
-            return false;
-        };
-        matches!(&*l.resource(), load::Resource::ServiceEntry(r) if **r == *entry)
+        matches!(&*self.loaded.resource(), load::Resource::ServiceEntry(r) if **r == *entry)
     }
 }
 
@@ -248,7 +237,8 @@ fn items<'a>(
     let istio_item = |(id, v): &(&Id, &'a Versioned)| ((*id).clone(), v.read.item());
     out.extend(istio_in[..split].iter().map(istio_item));
     if let (Some(lo), Some(hi)) = (lo, hi) {
-        out.extend((services.range((lo, hi))).map(|(k, s)| (service_id(k), s.read.item())));
+        let loaded = |(k, s): (&'a Key, &'a ServiceRead)| (service_id(k), Item::Loaded(&s.loaded));
+        out.extend(services.range((lo, hi)).map(loaded));
     }
     out.extend(istio_in[split..].iter().map(istio_item));
     out
@@ -275,7 +265,7 @@ impl Reader {
                         }
                     }
                     "Pod" => {
-                        let pod = pod_id(&key.0, &key.1);
+                        let pod = catalog::pod_id(&key.0, &key.1);
                         services.extend(self.pod_services.get(&pod).into_iter().flatten().cloned());
                     }
                     istio => self.read_istio(stores, istio, key),
@@ -357,7 +347,6 @@ impl Reader {
         let mut pods = Vec::new();
         let entry = (svc.as_deref())
             .and_then(|s| catalog::entry((ns, name), s, &slices, &labels, domain, &mut pods));
-        let mut pods: Vec<u64> = pods.iter().map(|(ns, name)| pod_id(ns, name)).collect();
         pods.sort_unstable();
         pods.dedup();
         let before = self.services.remove(&key);
@@ -383,14 +372,14 @@ impl Reader {
                 services.push(key.clone());
             }
         }
-        let read = match before {
-            Some(b) if b.read_as(&entry) => b.read,
+        let loaded = match before {
+            Some(b) if b.read_as(&entry) => b.loaded,
             _ => {
                 self.runs.changed(&service_id(&key));
-                Read::Loaded(Arc::new(catalog::loaded(entry)))
+                Arc::new(catalog::loaded(entry))
             }
         };
-        self.services.insert(key, ServiceRead { read, pods });
+        self.services.insert(key, ServiceRead { loaded, pods });
     }
 
     /// Reads the Istio object `kind` `key` again from its store (typed there as it

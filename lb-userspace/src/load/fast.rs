@@ -16,7 +16,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 
 use super::locate::Document;
-use super::{API_VERSIONS, Loaded, Resource, Run, istio, limits};
+use super::{API_VERSIONS, Loaded, Resource, Run, istio, kind_of, limits};
 
 /// The documents of `text` (a run starting after `base` lines of its file), if every
 /// one is plain enough for this path and parses into its type.
@@ -163,22 +163,13 @@ fn kind_line<'a>(lines: &[&'a str]) -> Option<&'a str> {
 }
 
 fn load_document(file: &Path, doc: Document, lines: &[&str]) -> Option<Loaded> {
-    let kind: &'static str = match kind_line(lines)? {
-        "ServiceEntry" => "ServiceEntry",
-        "DestinationRule" => "DestinationRule",
-        "VirtualService" => "VirtualService",
-        _ => return None,
-    };
+    let kind = kind_of(kind_line(lines)?)?;
     let resource = match kind {
         "ServiceEntry" => Resource::ServiceEntry(Box::new(typed(&doc, kind)?)),
         "DestinationRule" => Resource::DestinationRule(Box::new(typed(&doc, kind)?)),
         _ => Resource::VirtualService(Box::new(typed(&doc, kind)?)),
     };
-    let meta = match &resource {
-        Resource::ServiceEntry(r) => &r.metadata,
-        Resource::DestinationRule(r) => &r.metadata,
-        Resource::VirtualService(r) => &r.metadata,
-    };
+    let meta = resource.metadata();
     let name = meta.name.clone().filter(|n| !n.is_empty())?;
     let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
     Some(Loaded::new(

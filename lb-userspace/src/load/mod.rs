@@ -71,6 +71,16 @@ pub enum Resource {
     VirtualService(Box<istio::Resource<istio::VirtualServiceSpec>>),
 }
 
+impl Resource {
+    pub fn metadata(&self) -> &istio::Metadata {
+        match self {
+            Resource::ServiceEntry(r) => &r.metadata,
+            Resource::DestinationRule(r) => &r.metadata,
+            Resource::VirtualService(r) => &r.metadata,
+        }
+    }
+}
+
 /// A resource with where it came from.
 #[derive(Debug)]
 pub struct Loaded {
@@ -139,13 +149,7 @@ impl Loaded {
 
     /// A `metadata.annotations` value of the resource.
     pub fn annotation(&self, key: &str) -> Option<String> {
-        let r = self.resource();
-        let annotations = match &*r {
-            Resource::ServiceEntry(r) => &r.metadata.annotations,
-            Resource::DestinationRule(r) => &r.metadata.annotations,
-            Resource::VirtualService(r) => &r.metadata.annotations,
-        };
-        annotations.get(key).cloned()
+        self.resource().metadata().annotations.get(key).cloned()
     }
 
     /// Origin of `path` inside this resource.
