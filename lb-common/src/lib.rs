@@ -6,6 +6,8 @@
 //! readable as a dotted quad); ports are host order (bpftool prints the real port).
 #![no_std]
 
+pub mod xdp;
+
 /// Names of the pinned maps (also the names of the statics in lb-ebpf; the
 /// `elf_contract` test of lb-userspace checks the built object against [`layout`]).
 pub mod map_names {
@@ -29,6 +31,8 @@ pub mod map_names {
     pub const LOCAL_LISTENERS: &str = "LB_LOCAL_LISTENERS";
     pub const PROXY_LISTENERS: &str = "LB_PROXY_LISTENERS";
     pub const HEALTH: &str = "LB_HEALTH";
+    pub const XDP_FLOWS: &str = "LB_XDP_FLOWS";
+    pub const XDP_NAT: &str = "LB_XDP_NAT";
 }
 
 /// Indexes of `LB_PROXY_LISTENERS`: the proxy's listening sockets, as the daemon put
@@ -96,7 +100,7 @@ pub mod layout {
     use kind::*;
 
     /// Every map lb pins, in the order `lb down` removes them.
-    pub const MAPS: [MapSpec; 20] = [
+    pub const MAPS: [MapSpec; 22] = [
         spec::<u32, u64>(n::COUNTERS, PERCPU_ARRAY, counters::COUNT, 0),
         spec::<SockAddr4, u32>(n::LOCAL_LISTENERS, LRU_HASH, capacity::LOCAL_LISTENERS, 0),
         spec::<SockKey, Sender>(n::SENDERS, LRU_HASH, capacity::SOCKETS, 0),
@@ -118,6 +122,8 @@ pub mod layout {
         spec::<u32, State>(n::STATE, ARRAY, 1, 0),
         spec::<u32, u32>(n::PROXY_LISTENERS, SOCKMAP, proxy_listener::COUNT, 0),
         spec::<HealthKey, Health>(n::HEALTH, LRU_HASH, capacity::HEALTH, 0),
+        spec::<xdp::FlowKey, xdp::Flow>(n::XDP_FLOWS, LRU_HASH, capacity::XDP_FLOWS, 0),
+        spec::<xdp::NatKey, SockAddr4>(n::XDP_NAT, LRU_HASH, capacity::XDP_FLOWS, 0),
     ];
 
     /// Bumped only for a change of meaning that keeps every size (a field's meaning,
@@ -191,6 +197,10 @@ pub mod capacity {
     pub const NAME_LEN: usize = 64;
     /// Distinct unknown Host headers remembered (per service at most `HOSTS_PER_SERVICE`).
     pub const HOSTS: u32 = 4_096;
+    /// North-south flows remembered at once (and their reverse translations): an LRU,
+    /// so past this the least recently seen flow is forgotten (its next packet is
+    /// picked again, its replies leave untranslated).
+    pub const XDP_FLOWS: u32 = 131_072;
     pub const HOSTS_PER_SERVICE: usize = 32;
     pub const ERROR_LEN: usize = 1_024;
 }
@@ -561,6 +571,23 @@ pub struct Stats {
     pub connects: u64,
     /// Connects refused because the picked subset had no endpoint.
     pub refused: u64,
+    /// North-south packets (`lb_xdp`) sent to this subset.
+    pub xdp_packets: u64,
+    /// ... of which the first of a new flow.
+    pub xdp_flows: u64,
+    /// North-south packets dropped because the picked subset had no endpoint.
+    pub xdp_dropped: u64,
+}
+
+impl Stats {
+    /// Adds `other`'s counts (a per-CPU map's values summed).
+    pub fn add(&mut self, other: &Stats) {
+        self.connects += other.connects;
+        self.refused += other.refused;
+        self.xdp_packets += other.xdp_packets;
+        self.xdp_flows += other.xdp_flows;
+        self.xdp_dropped += other.xdp_dropped;
+    }
 }
 
 /// `LB_HEALTH` key: an endpoint of a kernel-path service whose connects are tracked.
@@ -640,7 +667,10 @@ pub mod counters {
     /// Client connections left off the socket map because their process's recent
     /// connections to the service each carried one message (see [`habit`](crate::habit)).
     pub const SK_MSG_SKIPPED: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// North-south packets to a proxy-path service, passed to the node's stack
+    /// untranslated (the proxy is not reached from XDP yet).
+    pub const XDP_PROXY_PASSED: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// `LB_SERVICE_META` value (never read by the kernel): names for `lb status`.
@@ -735,7 +765,10 @@ const _: () = {
     assert!(size_of::<PortSlot>() == 16);
     assert!(size_of::<Habit>() == 8);
     assert!(size_of::<Sender>() == 16);
-    assert!(size_of::<Stats>() == 16);
+    assert!(size_of::<Stats>() == 40);
+    assert!(size_of::<xdp::FlowKey>() == 20);
+    assert!(size_of::<xdp::Flow>() == 16);
+    assert!(size_of::<xdp::NatKey>() == 20);
     assert!(size_of::<Settings>() == 24);
     assert!(size_of::<ServiceMeta>() == 136);
     assert!(size_of::<SubsetMetaKey>() == 12);
@@ -769,6 +802,9 @@ mod pod {
     unsafe impl aya::Pod for State {}
     unsafe impl aya::Pod for HealthKey {}
     unsafe impl aya::Pod for Health {}
+    unsafe impl aya::Pod for crate::xdp::FlowKey {}
+    unsafe impl aya::Pod for crate::xdp::Flow {}
+    unsafe impl aya::Pod for crate::xdp::NatKey {}
 }
 
 #[cfg(test)]

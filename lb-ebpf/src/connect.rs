@@ -4,7 +4,6 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_map_lookup_elem,
         bpf_set_retval, bpf_sk_release,
@@ -13,13 +12,13 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use lb_common::{
-    EndpointKey, HabitKey, Origin, SlotKey, SockAddr4, StatKey, Stats, counters, mode,
-    proxy_listener, service_flags, settings_flags, slot_flags,
+    EndpointKey, HabitKey, Origin, SlotKey, SockAddr4, StatKey, counters, mode, proxy_listener,
+    service_flags, settings_flags, slot_flags,
 };
 
 use crate::maps::{
-    LB_ENDPOINTS, LB_ORIGINS, LB_PROXY_LISTENERS, LB_SERVICES, LB_SETTINGS, LB_SLOTS, LB_STATS,
-    bump, client_joins, is_local_listener, is_own_socket, random, shortcut,
+    LB_ENDPOINTS, LB_ORIGINS, LB_PROXY_LISTENERS, LB_SERVICES, LB_SETTINGS, LB_SLOTS, bump,
+    client_joins, count, is_local_listener, is_own_socket, random, shortcut,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -233,20 +232,6 @@ pub fn origin_of(cookie: u64) -> Option<Origin> {
         }
         let origin = core::ptr::read_volatile(&raw const (*slot).origin);
         (core::ptr::read_volatile(&raw const (*slot).cookie) == cookie).then_some(origin)
-    }
-}
-
-#[inline(always)]
-fn count(key: &StatKey, f: impl FnOnce(&mut Stats)) {
-    match LB_STATS.get_ptr_mut(key) {
-        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
-        Some(p) => f(unsafe { &mut *p }),
-        None => {
-            let mut s = Stats::default();
-            f(&mut s);
-            // BPF_NOEXIST: another CPU's concurrent insert wins; one count may be lost.
-            let _ = LB_STATS.insert(key, &s, BPF_NOEXIST as u64);
-        }
     }
 }
 

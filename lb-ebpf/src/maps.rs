@@ -3,7 +3,7 @@
 //! every program shares.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash, SockMap},
     helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::btf_map,
@@ -11,6 +11,7 @@ use aya_ebpf::{
 use lb_common::{
     ClientKey, EndpointKey, Habit, HabitKey, OriginSlot, PortSlot, Sender, Service, Settings,
     SlotKey, SockAddr4, SockKey, StatKey, Stats, capacity as cap, counters, habit, proxy_listener,
+    xdp::{Flow, FlowKey, NatKey},
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
@@ -98,6 +99,13 @@ pub static LB_HEALTH: LruHashMap<
     lb_common::Health,
     { cap::HEALTH as usize },
 > = LruHashMap::new();
+/// North-south flows (`lb_xdp`): where each goes for its life.
+#[btf_map(pin_by_name)]
+pub static LB_XDP_FLOWS: LruHashMap<FlowKey, Flow, { cap::XDP_FLOWS as usize }> = LruHashMap::new();
+/// Their replies' way back (`lb_tc_egress`): endpoint → client to the service address.
+#[btf_map(pin_by_name)]
+pub static LB_XDP_NAT: LruHashMap<NatKey, SockAddr4, { cap::XDP_FLOWS as usize }> =
+    LruHashMap::new();
 #[btf_map(pin_by_name)]
 pub static LB_HOSTS: HashMap<lb_common::HostKey, u64, { cap::HOSTS as usize }, NO_PREALLOC> =
     HashMap::new();
@@ -112,6 +120,21 @@ pub fn is_local_listener(addr: SockAddr4) -> bool {
             || LB_LOCAL_LISTENERS
                 .get(&SockAddr4::new([0; 4], addr.port))
                 .is_some()
+    }
+}
+
+/// Counts into the per-CPU stats of a service's subset (made on first use).
+#[inline(always)]
+pub fn count(key: &StatKey, f: impl FnOnce(&mut Stats)) {
+    match LB_STATS.get_ptr_mut(key) {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        Some(p) => f(unsafe { &mut *p }),
+        None => {
+            let mut s = Stats::default();
+            f(&mut s);
+            // BPF_NOEXIST: another CPU's concurrent insert wins; one count may be lost.
+            let _ = LB_STATS.insert(key, &s, BPF_NOEXIST as u64);
+        }
     }
 }
 

@@ -149,6 +149,13 @@ enum Cmd {
         /// Same as `--sk-msg off`.
         #[arg(long, conflicts_with = "sk_msg")]
         no_sk_msg: bool,
+        /// An interface of the node (repeat for more) whose incoming packets to a
+        /// service address — a ServiceEntry address that is this interface's, a
+        /// NodePort — lb splits in XDP before the stack, translating them to the picked
+        /// endpoint (replies are translated back on the way out). Native XDP where the
+        /// driver has it, generic otherwise (`lb status` says which).
+        #[arg(long = "xdp-iface", value_name = "IFACE")]
+        xdp_ifaces: Vec<String>,
         /// Bound on finishing in-flight requests at SIGTERM, in seconds.
         #[arg(long, default_value_t = 10)]
         drain_seconds: u64,
@@ -331,6 +338,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             access_log,
             sk_msg,
             no_sk_msg,
+            xdp_ifaces,
             drain_seconds,
             no_parse_cache,
             front,
@@ -409,6 +417,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 } else {
                     sk_msg
                 },
+                xdp_ifaces,
                 parse_cache: !no_parse_cache,
                 model: lb::model::Options {
                     normalization: front.path_normalization,

@@ -53,6 +53,9 @@ pub struct RunOptions {
     pub proxy: ProxyOptions,
     /// Which local hops sk_msg shortcuts.
     pub sk_msg: SkMsgHops,
+    /// The node's interfaces whose incoming packets to service addresses lb splits in
+    /// XDP (north-south).
+    pub xdp_ifaces: Vec<String>,
     /// Keep what a change does not touch between reloads (each file's text, the
     /// slices' models and plans): a change then costs what it touches.
     pub parse_cache: bool,
@@ -160,10 +163,12 @@ pub fn start(
     cgroup: &Path,
     proxy: Option<ProxyListeners>,
     sk_msg: SkMsgHops,
+    xdp_ifaces: &[String],
     routes: watch::Sender<Arc<RouteTable>>,
 ) -> Result<Applier, RunError> {
     let t = std::time::Instant::now();
-    let done = datapath::attach::ensure_attached(pins, cgroup, datapath::object::bytes()?)?;
+    let done =
+        datapath::attach::ensure_attached(pins, cgroup, xdp_ifaces, datapath::object::bytes()?)?;
     tracing::info!(
         attached = ?done.attached,
         replaced = ?done.replaced,
@@ -469,7 +474,14 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
         deferred: proxy.deferred_addr(),
     };
     let (tx, rx) = watch::channel(Arc::new(RouteTable::default()));
-    let mut applier = start(&pins, &opts.cgroup, Some(listeners), opts.sk_msg, tx)?;
+    let mut applier = start(
+        &pins,
+        &opts.cgroup,
+        Some(listeners),
+        opts.sk_msg,
+        &opts.xdp_ifaces,
+        tx,
+    )?;
     ProxyMaps::register_listeners(&pins, proxy.listeners())?;
     let kernel = match ProxyMaps::open(&pins) {
         Ok(k) => Some(Mutex::new(k)),

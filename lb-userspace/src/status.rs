@@ -15,6 +15,8 @@ pub struct Status {
     pub config: ConfigStatus,
     pub counters: Counters,
     pub sk_msg: SkMsgStatus,
+    /// The interfaces served north-south (`--xdp-iface`) and how XDP runs on each.
+    pub xdp: Vec<XdpIface>,
     /// What the running daemon reads its configuration from (its admin `/source`);
     /// None: no daemon answered.
     pub source: Option<serde_json::Value>,
@@ -29,6 +31,16 @@ pub struct SkMsgStatus {
     /// Addresses listened on inside the cgroup (`0.0.0.0` = every address at that
     /// port): connects to these can skip TCP.
     pub local_backends: Vec<String>,
+}
+
+/// An interface whose incoming packets `lb_xdp` splits.
+#[derive(Debug, Serialize)]
+pub struct XdpIface {
+    pub iface: String,
+    /// `native` (in the driver) or `generic` (in the stack).
+    pub mode: Option<crate::datapath::north_south::XdpMode>,
+    /// Whether replies are translated back on its way out (`lb_tc_egress`).
+    pub egress: bool,
 }
 
 /// Datapath-wide counters (summed over CPUs).
@@ -46,6 +58,9 @@ pub struct Counters {
     /// Client connections left off the socket map: their process's recent connections
     /// to the service carried one message each (`lb_common::habit`).
     pub sk_msg_skipped: u64,
+    /// North-south packets to a proxy-path service, passed to the node's stack
+    /// (XDP does not reach the proxy yet).
+    pub xdp_proxy_passed: u64,
 }
 
 /// Requests whose Host named no VirtualService host, for one service.
@@ -79,6 +94,11 @@ pub struct SubsetStatus {
     pub connects_total: u64,
     /// Connects refused because the subset had no endpoint.
     pub refused_total: u64,
+    /// North-south packets (XDP) sent to the subset, and the new flows among them.
+    pub xdp_packets_total: u64,
+    pub xdp_flows_total: u64,
+    /// North-south packets dropped because the subset had no endpoint.
+    pub xdp_dropped_total: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -114,7 +134,18 @@ pub fn read(pins: &Pins) -> Result<Status, DatapathError> {
         proxy_fallbacks: counter(lb_common::counters::PROXY_FALLBACKS),
         sk_msg_stayed_on_tcp: counter(lb_common::counters::SK_MSG_STAYED_ON_TCP),
         sk_msg_skipped: counter(lb_common::counters::SK_MSG_SKIPPED),
+        xdp_proxy_passed: counter(lb_common::counters::XDP_PROXY_PASSED),
     };
+    let links = crate::datapath::north_south::pinned(pins);
+    let xdp = links
+        .iter()
+        .filter(|l| l.mode.is_some())
+        .map(|l| XdpIface {
+            iface: l.iface.clone(),
+            mode: l.mode,
+            egress: links.iter().any(|e| e.iface == l.iface && e.mode.is_none()),
+        })
+        .collect();
     let flags = view.settings().flags;
     let sk_msg = SkMsgStatus {
         hops: lb_common::settings_flags::HOPS
@@ -163,6 +194,9 @@ pub fn read(pins: &Pins) -> Result<Status, DatapathError> {
                         .collect(),
                     connects_total: st.connects,
                     refused_total: st.refused,
+                    xdp_packets_total: st.xdp_packets,
+                    xdp_flows_total: st.xdp_flows,
+                    xdp_dropped_total: st.xdp_dropped,
                 }
             })
             .collect();
@@ -192,6 +226,7 @@ pub fn read(pins: &Pins) -> Result<Status, DatapathError> {
     Ok(Status {
         counters,
         sk_msg,
+        xdp,
         source: None,
         services: out,
         config: ConfigStatus {
@@ -302,6 +337,13 @@ impl Status {
                     sub.refused_total,
                     eps.join(", ")
                 );
+                if sub.xdp_packets_total + sub.xdp_dropped_total > 0 {
+                    let _ = writeln!(
+                        s,
+                        "  {:<12} north-south (XDP): packets {}  new flows {}  dropped (no endpoint) {}",
+                        "", sub.xdp_packets_total, sub.xdp_flows_total, sub.xdp_dropped_total
+                    );
+                }
             }
             for h in &svc.unknown_hosts {
                 let _ = writeln!(
@@ -347,6 +389,26 @@ impl Status {
                 ""
             }
         );
+        for x in &self.xdp {
+            let _ = writeln!(
+                s,
+                "north-south on {}: XDP {}, replies translated back: {}",
+                x.iface,
+                x.mode.map_or("?", |m| m.as_str()),
+                if x.egress {
+                    "yes"
+                } else {
+                    "NO (lb_tc_egress missing)"
+                }
+            );
+        }
+        if c.xdp_proxy_passed > 0 {
+            let _ = writeln!(
+                s,
+                "north-south packets to proxy-path services passed to the stack: {}",
+                c.xdp_proxy_passed
+            );
+        }
         if let Some(e) = &self.config.last_error {
             let _ = writeln!(s, "rejected (the plan above stays):\n{e}");
         }

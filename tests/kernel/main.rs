@@ -11,6 +11,7 @@ mod keeper;
 mod kernel_policy;
 mod kubernetes;
 mod node;
+mod north_south;
 mod policy;
 mod proxy;
 mod soak;

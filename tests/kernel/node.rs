@@ -31,8 +31,16 @@ pub struct Pod {
 pub struct Node {
     pub ns: String,
     pub pods: Vec<Pod>,
+    /// The outside client's namespace, if [`Node::outside`] made one.
+    pub outside: Option<String>,
     processes: Vec<Child>,
 }
+
+/// The node's address on its link to the outside client ([`Node::outside`]), the
+/// client's, and the link's name on the node.
+pub const NODE_EXT_IP: &str = "10.250.0.1";
+pub const OUTSIDE_IP: &str = "10.250.0.2";
+pub const NODE_EXT_IFACE: &str = "ext0";
 
 /// `nsenter` arguments that run a command in network namespace `ns` and nothing else
 /// (`ip netns exec` also remounts /sys, which hides the host's bpffs and cgroup2).
@@ -63,6 +71,7 @@ impl Node {
         let mut node = Node {
             ns: ns.clone(),
             pods: Vec::new(),
+            outside: None,
             processes: Vec::new(),
         };
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
@@ -117,6 +126,110 @@ impl Node {
             });
         }
         node
+    }
+
+    /// A client outside the node: its own namespace, linked to the node by a veth pair
+    /// ([`NODE_EXT_IFACE`] on the node, [`NODE_EXT_IP`]; the client [`OUTSIDE_IP`]),
+    /// as a router's link to a node's NIC. The node forwards between that link and its
+    /// pods, which reach the client's subnet through it; the client's namespace has
+    /// only its on-link subnet and the blackhole for the ClusterIP range. Not in any
+    /// cgroup lb attaches to: only XDP sees its packets.
+    pub fn outside(&mut self, id: &str) -> &str {
+        let ns = format!("lbt-{id}-out");
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        ip(&["netns", "add", &ns]);
+        self.outside = Some(ns.clone());
+        let (outer, inner) = (
+            format!("lbx{}", std::process::id() % 100_000),
+            format!("lby{}", std::process::id() % 100_000),
+        );
+        ip(&[
+            "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+        ]);
+        ip(&["link", "set", &outer, "netns", &self.ns]);
+        ip(&["link", "set", &inner, "netns", &ns]);
+        ip(&[
+            "-n",
+            &self.ns,
+            "link",
+            "set",
+            &outer,
+            "name",
+            NODE_EXT_IFACE,
+        ]);
+        ip(&[
+            "-n",
+            &self.ns,
+            "addr",
+            "add",
+            &format!("{NODE_EXT_IP}/24"),
+            "dev",
+            NODE_EXT_IFACE,
+        ]);
+        ip(&["-n", &self.ns, "link", "set", NODE_EXT_IFACE, "up"]);
+        ip(&["-n", &ns, "link", "set", &inner, "name", "eth0"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{OUTSIDE_IP}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&["-n", &ns, "route", "add", "blackhole", SERVICE_RANGE]);
+        for pod in &self.pods {
+            ip(&[
+                "-n",
+                &pod.ns,
+                "route",
+                "add",
+                "10.250.0.0/24",
+                "via",
+                NODE_IP,
+            ]);
+        }
+        let out = Command::new("nsenter")
+            .args(enter(&self.ns))
+            .args(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            .output()
+            .expect("sysctl");
+        assert!(out.status.success(), "ip_forward: {out:?}");
+        self.outside.as_deref().expect("just set")
+    }
+
+    /// The test client (`lb probe --json`) in the outside namespace, to completion.
+    pub fn probe_outside(&self, args: &[&str]) -> Value {
+        let out = self.outside_probe(args).output().expect("run probe");
+        assert!(
+            out.status.success(),
+            "probe failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("probe json")
+    }
+
+    /// The same in the background; its summary comes from
+    /// [`crate::harness::stop_probe`].
+    pub fn spawn_probe_outside(&self, args: &[&str]) -> Child {
+        self.outside_probe(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn probe")
+    }
+
+    fn outside_probe(&self, args: &[&str]) -> Command {
+        let ns = self.outside.as_deref().expect("Node::outside first");
+        let mut cmd = Command::new("nsenter");
+        cmd.args(enter(ns))
+            .arg(lb_bin())
+            .arg("probe")
+            .args(args)
+            .arg("--json");
+        cmd
     }
 
     pub fn pod(&self, name: &str) -> &Pod {
@@ -212,6 +325,9 @@ impl Drop for Node {
         for pod in self.pods.drain(..) {
             drop(pod.cgroup);
             let _ = Command::new("ip").args(["netns", "del", &pod.ns]).output();
+        }
+        if let Some(ns) = self.outside.take() {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         }
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
     }

@@ -32,11 +32,13 @@ pub struct Attached {
     pub kept: Vec<String>,
 }
 
-/// Makes sure this build's programs are attached to `cgroup` and pinned under `pins`
-/// (the object is `object`, normally [`super::object::bytes`]).
+/// Makes sure this build's programs are attached to `cgroup` (the north-south ones to
+/// `ifaces`: [`super::north_south`]) and pinned under `pins` (the object is `object`,
+/// normally [`super::object::bytes`]).
 pub fn ensure_attached(
     pins: &Pins,
     cgroup: &Path,
+    ifaces: &[String],
     object: &[u8],
 ) -> Result<Attached, DatapathError> {
     let defs = layout::of_object(object)?;
@@ -60,6 +62,9 @@ pub fn ensure_attached(
     let cgroup_file = File::open(cgroup).map_err(|e| DatapathError::io(cgroup, e))?;
     let mut done = Attached::default();
     for def in &defs.programs {
+        if matches!(def.hook, Hook::Xdp | Hook::TcEgress) {
+            continue;
+        }
         let path = pins.link(&def.name);
         if path.exists() {
             if replace_if_changed(&mut ebpf, def, &path)? {
@@ -76,10 +81,13 @@ pub fn ensure_attached(
         })?;
         done.attached.push(def.name.clone());
     }
+    let (attached, replaced) = super::north_south::ensure(&mut ebpf, &defs.programs, pins, ifaces)?;
+    done.attached.extend(attached);
+    done.replaced.extend(replaced);
     Ok(done)
 }
 
-fn program_error(
+pub(super) fn program_error(
     program: &str,
     e: impl std::error::Error + Send + Sync + 'static,
 ) -> DatapathError {
@@ -90,7 +98,7 @@ fn program_error(
 }
 
 /// `map_err(failed(name))`: any error of program `name`.
-fn failed<E: std::error::Error + Send + Sync + 'static>(
+pub(super) fn failed<E: std::error::Error + Send + Sync + 'static>(
     name: &str,
 ) -> impl Fn(E) -> DatapathError + '_ {
     move |e| program_error(name, e)
@@ -98,7 +106,7 @@ fn failed<E: std::error::Error + Send + Sync + 'static>(
 
 /// Loads this build's `def` and, if its tag differs from the program the pinned link
 /// at `path` runs, switches the link to it. Returns whether it switched.
-fn replace_if_changed(
+pub(super) fn replace_if_changed(
     ebpf: &mut Ebpf,
     def: &ProgramDef,
     path: &Path,
@@ -115,7 +123,9 @@ fn replace_if_changed(
     let prog = ebpf
         .program_mut(name)
         .ok_or_else(|| program_error(name, std::io::Error::other("not in the object")))?;
-    load(prog).map_err(failed(name))?;
+    if prog.fd().is_err() {
+        load(prog).map_err(failed(name))?;
+    }
     let new_tag = prog.info().map_err(failed(name))?.tag();
     if running_tag == Some(new_tag) {
         return Ok(false);
@@ -141,6 +151,8 @@ fn load(prog: &mut Program) -> Result<(), aya::programs::ProgramError> {
         Program::CgroupSockAddr(p) => p.load(),
         Program::SockOps(p) => p.load(),
         Program::SkMsg(p) => p.load(),
+        Program::Xdp(p) => p.load(),
+        Program::SchedClassifier(p) => p.load(),
         _ => Err(aya::programs::ProgramError::UnexpectedProgramType),
     }
 }
@@ -179,10 +191,11 @@ fn attach_one(ebpf: &mut Ebpf, def: &ProgramDef, cgroup: &File) -> Result<FdLink
             let id = prog.attach(cgroup, mode).map_err(failed(name))?;
             FdLink::try_from(prog.take_link(id).map_err(failed(name))?).map_err(failed(name))
         }
+        Hook::Xdp | Hook::TcEgress => unreachable!("attached per interface: north_south"),
     }
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, DatapathError>
+pub(super) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, DatapathError>
 where
     &'a mut T: TryFrom<&'a mut Program, Error = aya::programs::ProgramError>,
 {

@@ -27,6 +27,10 @@ pub enum Hook {
     SockOps,
     /// `sk_msg`: to the socket map.
     SkMsg,
+    /// `xdp`: to each `--xdp-iface` interface, on its way in.
+    Xdp,
+    /// `classifier`: to each `--xdp-iface` interface, on its way out (TCX egress).
+    TcEgress,
 }
 
 /// What the object declares.
@@ -79,6 +83,8 @@ pub fn of_object(bytes: &[u8]) -> Result<ObjectLayout, DatapathError> {
                 ProgramSection::CgroupSockAddr { .. } => Hook::CgroupSockAddr,
                 ProgramSection::SockOps => Hook::SockOps,
                 ProgramSection::SkMsg => Hook::SkMsg,
+                ProgramSection::Xdp { .. } => Hook::Xdp,
+                ProgramSection::SchedClassifier => Hook::TcEgress,
                 ref other => {
                     return Err(DatapathError::Load(
                         format!("program {name}: lb does not attach {other:?} programs").into(),
@@ -168,7 +174,7 @@ mod tests {
     use super::*;
 
     /// The contract machine-checked: the embedded object's maps are lb-common's, and
-    /// its programs are the four lb attaches.
+    /// its programs are the six lb attaches.
     #[test]
     fn elf_contract_the_embedded_object_matches_lb_common() {
         let obj = of_object(super::super::object::embedded()).expect("the embedded object parses");
@@ -188,6 +194,8 @@ mod tests {
                 ("lb_getpeername4", Hook::CgroupSockAddr),
                 ("lb_sk_msg", Hook::SkMsg),
                 ("lb_sockops", Hook::SockOps),
+                ("lb_tc_egress", Hook::TcEgress),
+                ("lb_xdp", Hook::Xdp),
             ]
         );
     }

@@ -1,6 +1,7 @@
 //! The kernel datapath as user space sees it: the embedded eBPF object and its layout
 //! contract ([`layout`]), where it is pinned ([`pins`]), attaching and upgrading its
-//! programs ([`attach`]), and every handle on its maps, by role:
+//! programs ([`attach`]; the north-south ones per interface: [`north_south`]), and
+//! every handle on its maps, by role:
 //!
 //! * [`PlanMaps`]: the plan (services, slots, endpoints, their names, settings, state);
 //!   opened read-write once, by the daemon, and handed to the applier, the only writer.
@@ -15,6 +16,7 @@ pub mod attach;
 pub mod cgroup;
 pub mod layout;
 pub mod listeners;
+pub mod north_south;
 pub mod object;
 pub mod pins;
 pub mod plan_maps;

@@ -44,8 +44,7 @@ impl StatusView {
             let (k, per_cpu) = item.map_err(|e| DatapathError::map("reading LB_STATS", e))?;
             let mut sum = Stats::default();
             for s in per_cpu.iter() {
-                sum.connects += s.connects;
-                sum.refused += s.refused;
+                sum.add(s);
             }
             out.insert(k, sum);
         }

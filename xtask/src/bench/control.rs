@@ -99,8 +99,14 @@ fn time_apply(n: usize, work: &Path) -> anyhow::Result<(usize, f64, f64, f64, f6
     )));
     let result = (|| -> anyhow::Result<(usize, f64, f64, f64, f64)> {
         let (routes, _) = tokio::sync::watch::channel(Default::default());
-        let mut applier =
-            lb::run::start(&pins, &cgroup.path, None, lb::run::SkMsgHops::OFF, routes)?;
+        let mut applier = lb::run::start(
+            &pins,
+            &cgroup.path,
+            None,
+            lb::run::SkMsgHops::OFF,
+            &[],
+            routes,
+        )?;
         let t = Instant::now();
         let model = lb::model::load_dir(&dir)?.model;
         let load = t.elapsed();

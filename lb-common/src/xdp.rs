@@ -1,0 +1,175 @@
+//! The north-south path (`lb_xdp` on the node's ingress interfaces, `lb_tc_egress`
+//! on their way out): a packet to a service address arriving from outside the node is
+//! given an endpoint by the same weighted slots as `connect4`, remembered per flow,
+//! and translated (DNAT) before the stack sees it; the endpoint's replies are
+//! translated back as they leave the node. Pure functions, shared by the programs and
+//! the tests.
+
+use crate::SockAddr4;
+
+pub const IPPROTO_TCP: u8 = 6;
+
+/// `LB_XDP_FLOWS` key: a flow as it arrives, client → service address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub client: SockAddr4,
+    pub service: SockAddr4,
+    /// [`IPPROTO_TCP`] (UDP is not served yet: services are TCP only).
+    pub proto: u32,
+}
+
+/// `LB_XDP_FLOWS` value: where the flow goes for its life (a new revision of the
+/// weights applies to new flows only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub backend: SockAddr4,
+    /// The subset's id inside its service (for the counters).
+    pub subset: u32,
+    pub _pad: u32,
+}
+
+/// `LB_XDP_NAT` key: a reply as it leaves the node, endpoint → client; the value is
+/// the service address the client dialled (the reply's source is set back to it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatKey {
+    pub backend: SockAddr4,
+    pub client: SockAddr4,
+    pub proto: u32,
+}
+
+/// A flow's hash: the slot is `hash % slot_count`, the endpoint [`endpoint_pick`] of it.
+/// A function of the flow's tuple only, so a new flow's pick is the same on every node
+/// with the same plan (a flow an upstream router moves to another node keeps its
+/// endpoint) and for a retransmitted SYN. A murmur3 finaliser over the tuple.
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey) -> u32 {
+    let a = u32::from_ne_bytes(key.client.addr) as u64;
+    let b = u32::from_ne_bytes(key.service.addr) as u64;
+    let mut h = (a << 32 | b)
+        ^ ((key.client.port as u64) << 48 | (key.service.port as u64) << 32 | key.proto as u64)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h as u32
+}
+
+/// The endpoint index inside the picked subset: another mix of the flow's hash than
+/// the slot's, so the endpoint does not follow from the subset.
+#[inline(always)]
+pub fn endpoint_pick(hash: u32, endpoint_count: u32) -> u32 {
+    hash.rotate_left(16).wrapping_mul(0x9e37_79b1) % endpoint_count
+}
+
+/// An Internet checksum (`check`, as it lies in the packet) after a 32-bit field it
+/// covers changed from `old` to `new` (RFC 1624, eq. 3: HC' = ~(~HC + ~m + m')). The
+/// words are taken as they lie in memory: one's complement sums do not depend on the
+/// byte order as long as all words are read the same way.
+#[inline(always)]
+pub fn csum_replace4(check: u16, old: u32, new: u32) -> u16 {
+    let mut s = (!check) as u32;
+    s += (!(old as u16)) as u32 + (!((old >> 16) as u16)) as u32;
+    s += (new as u16) as u32 + (new >> 16);
+    fold(s)
+}
+
+/// [`csum_replace4`] for a 16-bit field.
+#[inline(always)]
+pub fn csum_replace2(check: u16, old: u16, new: u16) -> u16 {
+    fold((!check) as u32 + (!old) as u32 + new as u32)
+}
+
+#[inline(always)]
+fn fold(mut s: u32) -> u16 {
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    /// The Internet checksum of `bytes` as it lies in a packet (words read in memory
+    /// order, as the programs read them).
+    fn checksum(bytes: &[u8]) -> u16 {
+        let mut s: u32 = bytes
+            .chunks(2)
+            .map(|w| u16::from_ne_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32)
+            .sum();
+        while s >> 16 != 0 {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        !(s as u16)
+    }
+
+    #[test]
+    fn an_updated_checksum_equals_one_computed_anew() {
+        // Pseudo-random headers: the field at 4..8 (an address) and 8..10 (a port)
+        // change; the checksum lives at 10..12.
+        let mut x = 0x2545_f491_u32;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        for _ in 0..10_000 {
+            let mut h: Vec<u8> = (0..20).map(|_| next() as u8).collect();
+            h[10..12].copy_from_slice(&[0, 0]);
+            let c = checksum(&h);
+            h[10..12].copy_from_slice(&c.to_ne_bytes());
+            let old_ip = u32::from_ne_bytes(h[4..8].try_into().unwrap());
+            let old_port = u16::from_ne_bytes(h[8..10].try_into().unwrap());
+            let (new_ip, new_port) = (next(), next() as u16);
+            h[4..8].copy_from_slice(&new_ip.to_ne_bytes());
+            h[8..10].copy_from_slice(&new_port.to_ne_bytes());
+            let updated = csum_replace2(csum_replace4(c, old_ip, new_ip), old_port, new_port);
+            h[10..12].copy_from_slice(&[0, 0]);
+            let anew = checksum(&h);
+            // 0x0000 and 0xffff are the same one's complement number.
+            assert!(
+                updated == anew || (updated ^ anew) == 0xffff && (updated == 0 || anew == 0),
+                "updated {updated:#06x}, computed anew {anew:#06x}"
+            );
+            // And the packet checks: its sum with the checksum in place folds to 0.
+            h[10..12].copy_from_slice(&updated.to_ne_bytes());
+            assert_eq!(checksum(&h), 0);
+        }
+    }
+
+    #[test]
+    fn flows_spread_over_the_slots_and_endpoints() {
+        // 10 slots (90/10 reduced to 9/1), 5 endpoints: 20,000 flows from one client
+        // address, its ports in a row (what a client's connections look like).
+        let (mut slots, mut eps) = ([0u32; 10], [0u32; 5]);
+        for port in 20_000..40_000u16 {
+            let key = FlowKey {
+                client: SockAddr4::new([10, 250, 0, 2], port),
+                service: SockAddr4::new([10, 250, 0, 1], 30785),
+                proto: IPPROTO_TCP as u32,
+            };
+            let h = flow_hash(&key);
+            assert_eq!(
+                h,
+                flow_hash(&key),
+                "a flow's pick is a function of its tuple"
+            );
+            slots[(h % 10) as usize] += 1;
+            eps[endpoint_pick(h, 5) as usize] += 1;
+        }
+        for n in slots {
+            assert!((1_800..=2_200).contains(&n), "slots {slots:?}");
+        }
+        for n in eps {
+            assert!((3_700..=4_300).contains(&n), "endpoints {eps:?}");
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! `lb_tc_egress`, on the way out of the interfaces `lb_xdp` serves: an endpoint's
+//! reply to a north-south client gets its source set back to the service address the
+//! client dialled (the reverse of `lb_xdp`'s translation, from `LB_XDP_NAT`). The
+//! checksums are updated by the kernel's helpers, which also handle a reply whose
+//! checksum is still to be computed by the device (CHECKSUM_PARTIAL: a local pod's).
+
+use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, macros::classifier, programs::TcContext};
+use lb_common::SockAddr4;
+use lb_common::xdp::{IPPROTO_TCP, NatKey};
+
+use crate::maps::LB_XDP_NAT;
+use crate::packet::{ETH_HLEN, Ipv4Hdr, L4_CHECK_TCP, Ports};
+
+/// TCX_NEXT: the packet goes on to the next program, or out (never ends the chain for
+/// another's program).
+const NEXT: i32 = -1;
+/// `Ipv4Hdr` offsets.
+const IP_CHECK: usize = ETH_HLEN + 10;
+const IP_SADDR: usize = ETH_HLEN + 12;
+
+#[classifier]
+pub fn lb_tc_egress(ctx: TcContext) -> i32 {
+    let _ = try_egress(&ctx);
+    NEXT
+}
+
+#[inline(always)]
+fn try_egress(ctx: &TcContext) -> Option<()> {
+    let eth_type: u16 = ctx.load(12).ok()?;
+    let ip: Ipv4Hdr = ctx.load(ETH_HLEN).ok()?;
+    // TCP only, as `lb_xdp`.
+    if !ip.is_plain_v4(eth_type) || ip.protocol != IPPROTO_TCP {
+        return None;
+    }
+    let l4 = ETH_HLEN + ip.header_len();
+    let ports: Ports = ctx.load(l4).ok()?;
+    let key = NatKey {
+        backend: SockAddr4::new(ip.saddr, u16::from_be(ports.src)),
+        client: SockAddr4::new(ip.daddr, u16::from_be(ports.dst)),
+        proto: IPPROTO_TCP as u32,
+    };
+    // SAFETY: copied out at once.
+    let service = (unsafe { LB_XDP_NAT.get(&key) }).copied()?;
+    let (old_ip, new_ip) = (
+        u32::from_ne_bytes(ip.saddr),
+        u32::from_ne_bytes(service.addr),
+    );
+    let (old_port, new_port) = (ports.src, service.port.to_be());
+    let l4_check = l4 + L4_CHECK_TCP;
+    ctx.l4_csum_replace(
+        l4_check,
+        old_ip as u64,
+        new_ip as u64,
+        BPF_F_PSEUDO_HDR as u64 | 4,
+    )
+    .ok()?;
+    ctx.l4_csum_replace(l4_check, old_port as u64, new_port as u64, 2)
+        .ok()?;
+    ctx.l3_csum_replace(IP_CHECK, old_ip as u64, new_ip as u64, 4)
+        .ok()?;
+    ctx.store(IP_SADDR, &service.addr, 0).ok()?;
+    ctx.store(l4, &new_port, 0).ok()?;
+    Some(())
+}

@@ -1,0 +1,148 @@
+//! `lb_xdp`, on the node's ingress interfaces: a TCP packet to a service address (a
+//! NodePort, an external address) gets its flow's endpoint — for a new flow,
+//! a pick by the flow's hash from the same weighted slots `connect4` draws from — and
+//! its destination rewritten to it before the stack sees it (DNAT); the reply's way
+//! back is remembered for `lb_tc_egress`. Anything else passes untouched at once.
+
+use aya_ebpf::{bindings::xdp_action::XDP_DROP, macros::xdp, programs::XdpContext};
+use lb_common::xdp::{
+    Flow, FlowKey, IPPROTO_TCP, NatKey, csum_replace2, csum_replace4, endpoint_pick, flow_hash,
+};
+use lb_common::{EndpointKey, Service, SlotKey, SockAddr4, StatKey, counters, mode};
+
+use crate::maps::{LB_ENDPOINTS, LB_SERVICES, LB_SLOTS, LB_XDP_FLOWS, LB_XDP_NAT, bump};
+use crate::packet::{ETH_HLEN, Ipv4Hdr, L4_CHECK_TCP, Ports, TCP_ACK, TCP_SYN};
+
+const XDP_PASS: u32 = aya_ebpf::bindings::xdp_action::XDP_PASS;
+
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    try_xdp(&ctx).unwrap_or(XDP_PASS)
+}
+
+/// A pointer to a `T` at `offset` of the packet, if the packet holds it whole.
+#[inline(always)]
+fn at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+/// None: not lb's packet (passed).
+#[inline(always)]
+fn try_xdp(ctx: &XdpContext) -> Option<u32> {
+    let ip: *mut Ipv4Hdr = at(ctx, ETH_HLEN)?;
+    let eth_type: *const u16 = at(ctx, 12)?;
+    // SAFETY: bounds checked by `at`.
+    let (eth_type, ip) = unsafe { (*eth_type, &mut *ip) };
+    // Services are TCP only (the model refuses UDP ports: a service is keyed by
+    // address and port, not protocol), so UDP passes like anything not lb's.
+    if !ip.is_plain_v4(eth_type) || ip.protocol != IPPROTO_TCP {
+        return None;
+    }
+    let l4 = ETH_HLEN + ip.header_len();
+    let ports: *mut Ports = at(ctx, l4)?;
+    // SAFETY: bounds checked by `at`.
+    let ports = unsafe { &mut *ports };
+    let service = SockAddr4::new(ip.daddr, u16::from_be(ports.dst));
+    // SAFETY: copied out at once.
+    let svc = (unsafe { LB_SERVICES.get(&service) }).copied()?;
+    if svc.mode == mode::PROXY {
+        bump(counters::XDP_PROXY_PASSED);
+        return None;
+    }
+    let check: *mut u16 = at(ctx, l4 + L4_CHECK_TCP)?;
+    let flags: *const u8 = at(ctx, l4 + 13)?;
+    let key = FlowKey {
+        client: SockAddr4::new(ip.saddr, u16::from_be(ports.src)),
+        service,
+        proto: IPPROTO_TCP as u32,
+    };
+    // A SYN starts a flow anew (a client reusing its port after a close); its
+    // retransmission picks the same, by the hash.
+    // SAFETY: bounds checked by `at`.
+    let syn = unsafe { *flags & (TCP_SYN | TCP_ACK) == TCP_SYN };
+    // SAFETY: copied out at once.
+    let known = if syn {
+        None
+    } else {
+        (unsafe { LB_XDP_FLOWS.get(&key) }).copied()
+    };
+    let flow = match known {
+        Some(flow) => flow,
+        None => match pick(&key, &svc)? {
+            Ok(flow) => {
+                let back = NatKey {
+                    backend: flow.backend,
+                    client: key.client,
+                    proto: key.proto,
+                };
+                // Refused only when the map cannot take it (then nothing is translated).
+                if LB_XDP_NAT.insert(&back, &service, 0).is_err()
+                    || LB_XDP_FLOWS.insert(&key, &flow, 0).is_err()
+                {
+                    return None;
+                }
+                count(service, flow.subset, |s| s.xdp_flows += 1);
+                flow
+            }
+            Err(subset) => {
+                count(service, subset, |s| s.xdp_dropped += 1);
+                return Some(XDP_DROP);
+            }
+        },
+    };
+    count(service, flow.subset, |s| s.xdp_packets += 1);
+    let (old_ip, new_ip) = (
+        u32::from_ne_bytes(ip.daddr),
+        u32::from_ne_bytes(flow.backend.addr),
+    );
+    let (old_port, new_port) = (ports.dst, flow.backend.port.to_be());
+    ip.daddr = flow.backend.addr;
+    ip.check = csum_replace4(ip.check, old_ip, new_ip);
+    ports.dst = new_port;
+    // SAFETY: bounds checked by `at`.
+    let check = unsafe { &mut *check };
+    *check = csum_replace2(csum_replace4(*check, old_ip, new_ip), old_port, new_port);
+    Some(XDP_PASS)
+}
+
+/// A new flow's endpoint: Ok(flow), Err(subset) when the picked subset has none;
+/// None when the service has no slots (passed untouched, as `connect4` leaves it).
+#[inline(always)]
+fn pick(key: &FlowKey, svc: &Service) -> Option<Result<Flow, u32>> {
+    if svc.slot_count == 0 {
+        return None;
+    }
+    let hash = flow_hash(key);
+    let slot_key = SlotKey {
+        service: key.service,
+        revision: svc.revision,
+        slot: hash % svc.slot_count,
+    };
+    // SAFETY: copied out at once.
+    let slot = (unsafe { LB_SLOTS.get(&slot_key) }).copied()?;
+    if slot.endpoint_count == 0 {
+        return Some(Err(slot.subset));
+    }
+    let ep_key = EndpointKey {
+        service: key.service,
+        revision: svc.revision,
+        subset: slot.subset,
+        index: endpoint_pick(hash, slot.endpoint_count),
+    };
+    // SAFETY: copied out at once.
+    let backend = (unsafe { LB_ENDPOINTS.get(&ep_key) }).copied()?;
+    Some(Ok(Flow {
+        backend,
+        subset: slot.subset,
+        _pad: 0,
+    }))
+}
+
+#[inline(always)]
+fn count(service: SockAddr4, subset: u32, f: impl FnOnce(&mut lb_common::Stats)) {
+    crate::maps::count(&StatKey { service, subset }, f);
+}

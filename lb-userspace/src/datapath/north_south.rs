@@ -1,0 +1,199 @@
+//! The north-south programs on the node's interfaces (`--xdp-iface`): `lb_xdp` on
+//! each one's way in — native (in the driver) where the driver has it, generic (in
+//! the stack) otherwise — and `lb_tc_egress` (TCX) on its way out. Their links are
+//! pinned like the cgroup programs' (they keep running while the daemon is away),
+//! one per program and interface, named so `lb status` can tell the interface and
+//! the XDP mode from the pin alone; an interface no longer asked for is detached.
+
+use std::path::Path;
+
+use aya::Ebpf;
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{SchedClassifier, TcAttachType, Xdp};
+
+use super::attach::failed;
+use super::layout::{Hook, ProgramDef};
+use super::{DatapathError, Pins};
+
+/// How `lb_xdp` runs on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// In the driver, before an skb exists.
+    Native,
+    /// In the stack (any interface), after the skb is built: slower.
+    Generic,
+}
+
+impl XdpMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        }
+    }
+}
+
+/// One north-south link as pinned: program, interface, and XDP mode (XDP only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IfaceLink {
+    pub program: String,
+    pub iface: String,
+    pub mode: Option<XdpMode>,
+}
+
+impl IfaceLink {
+    /// The pin's name after `link_`: `lb_xdp@eth0@native`, `lb_tc_egress@eth0`. An
+    /// interface name may hold `.` (a VLAN's), which bpffs refuses: it is written `%2E`
+    /// (and `%` as `%25`).
+    pub fn pin_name(&self) -> String {
+        let iface = self.iface.replace('%', "%25").replace('.', "%2E");
+        match self.mode {
+            Some(m) => format!("{}@{iface}@{}", self.program, m.as_str()),
+            None => format!("{}@{iface}", self.program),
+        }
+    }
+
+    /// The link a pin name stands for, if it is a north-south one.
+    pub fn parse(name: &str) -> Option<IfaceLink> {
+        let mut parts = name.split('@');
+        let program = parts.next()?.to_string();
+        let iface = parts.next()?.replace("%2E", ".").replace("%25", "%");
+        let mode = match parts.next() {
+            None => None,
+            Some("native") => Some(XdpMode::Native),
+            Some("generic") => Some(XdpMode::Generic),
+            Some(_) => return None,
+        };
+        Some(IfaceLink {
+            program,
+            iface,
+            mode,
+        })
+    }
+}
+
+/// The north-south links pinned under `pins`.
+pub fn pinned(pins: &Pins) -> Vec<IfaceLink> {
+    pins.linked_programs()
+        .iter()
+        .filter_map(|n| IfaceLink::parse(n))
+        .collect()
+}
+
+/// Makes sure each north-south program of the object runs on each of `ifaces`, and
+/// on no other interface. Returns the links attached now and those switched to this
+/// build's program, by pin name.
+pub fn ensure(
+    ebpf: &mut Ebpf,
+    defs: &[ProgramDef],
+    pins: &Pins,
+    ifaces: &[String],
+) -> Result<(Vec<String>, Vec<String>), DatapathError> {
+    let (mut attached, mut replaced) = (Vec::new(), Vec::new());
+    let pinned = pinned(pins);
+    for def in defs {
+        if !matches!(def.hook, Hook::Xdp | Hook::TcEgress) {
+            continue;
+        }
+        for iface in ifaces {
+            let held = pinned
+                .iter()
+                .find(|l| l.program == def.name && l.iface == *iface);
+            if let Some(link) = held {
+                let path = pins.link(&link.pin_name());
+                if super::attach::replace_if_changed(ebpf, def, &path)? {
+                    replaced.push(link.pin_name());
+                }
+                continue;
+            }
+            let (link, mode) = attach(ebpf, def, iface)?;
+            let name = IfaceLink {
+                program: def.name.clone(),
+                iface: iface.clone(),
+                mode,
+            }
+            .pin_name();
+            let path = pins.link(&name);
+            link.pin(&path).map_err(|e| DatapathError::Pin {
+                path: path.clone(),
+                source: Box::new(e),
+            })?;
+            attached.push(name);
+        }
+    }
+    for link in pinned.iter().filter(|l| !ifaces.contains(&l.iface)) {
+        detach(&pins.link(&link.pin_name()), &link.program)?;
+        tracing::info!(program = %link.program, iface = %link.iface, "detached: the interface is no longer served");
+    }
+    Ok((attached, replaced))
+}
+
+/// Unpins a link, which detaches its program (the pin held the last reference).
+pub fn detach(path: &Path, program: &str) -> Result<(), DatapathError> {
+    let link = PinnedLink::from_pin(path).map_err(failed(program))?;
+    drop(link.unpin().map_err(|e| DatapathError::io(path, e))?);
+    Ok(())
+}
+
+fn attach(
+    ebpf: &mut Ebpf,
+    def: &ProgramDef,
+    iface: &str,
+) -> Result<(FdLink, Option<XdpMode>), DatapathError> {
+    let name = def.name.as_str();
+    let cname = std::ffi::CString::new(iface).map_err(|e| super::attach::program_error(name, e))?;
+    if def.hook == Hook::TcEgress {
+        let prog: &mut SchedClassifier = super::attach::program(ebpf, name)?;
+        // One program runs on every interface: loaded for the first.
+        if prog.fd().is_err() {
+            prog.load().map_err(failed(name))?;
+        }
+        let id = prog
+            .attach(cname.as_c_str(), TcAttachType::Egress)
+            .map_err(failed(name))?;
+        let link =
+            FdLink::try_from(prog.take_link(id).map_err(failed(name))?).map_err(failed(name))?;
+        return Ok((link, None));
+    }
+    let prog: &mut Xdp = super::attach::program(ebpf, name)?;
+    if prog.fd().is_err() {
+        prog.load().map_err(failed(name))?;
+    }
+    let (id, mode) = match prog.attach(cname.as_c_str(), aya::programs::XdpMode::Driver) {
+        Ok(id) => (id, XdpMode::Native),
+        Err(e) => {
+            tracing::info!(iface, "native XDP refused ({e}): generic XDP instead");
+            let id = prog
+                .attach(cname.as_c_str(), aya::programs::XdpMode::Skb)
+                .map_err(failed(name))?;
+            (id, XdpMode::Generic)
+        }
+    };
+    let link = FdLink::try_from(prog.take_link(id).map_err(failed(name))?).map_err(failed(name))?;
+    Ok((link, Some(mode)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pin_name_gives_back_its_link() {
+        for (program, iface, mode) in [
+            ("lb_xdp", "eth0", Some(XdpMode::Native)),
+            ("lb_xdp", "eth0.100", Some(XdpMode::Generic)),
+            ("lb_tc_egress", "we%rd.1", None),
+        ] {
+            let link = IfaceLink {
+                program: program.into(),
+                iface: iface.into(),
+                mode,
+            };
+            let name = link.pin_name();
+            assert!(!name.contains('.'), "bpffs refuses dots: {name}");
+            assert_eq!(IfaceLink::parse(&name), Some(link));
+        }
+        assert_eq!(IfaceLink::parse("lb_connect4"), None);
+    }
+}

@@ -1,0 +1,183 @@
+//! The north-south path: a client outside the node (its own namespace, linked to the
+//! node by a veth as a router is to a NIC) dials the node's address at a NodePort;
+//! `lb_xdp` on the node's side of that link splits its flows by the seed's weights to
+//! pods, and `lb_tc_egress` translates the replies back (tests/kernel/node.rs has the
+//! topology; nothing is routed off the machine).
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::{Env, stop_probe, wait_for};
+use crate::node::{NODE_EXT_IFACE, NODE_EXT_IP, Node, enter};
+
+const NODE_PORT: u16 = 30785;
+
+/// The seed's objects served at the node's outside address and NodePort, the pods'
+/// port 11400 behind it, weights `w0`/`w1`.
+fn node_port_config(w0: u32, w1: u32) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: backend-service, namespace: default}}
+spec:
+  hosts: [backend-service]
+  addresses: [{NODE_EXT_IP}]
+  ports: [{{number: {NODE_PORT}, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 10.244.0.3, ports: {{http: 11400}}, labels: {{app: backend, version: v0}}}}
+  - {{address: 10.244.0.4, ports: {{http: 11400}}, labels: {{app: backend, version: v1}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: backend-dr, namespace: default}}
+spec:
+  host: backend-service
+  subsets:
+  - {{name: v0, labels: {{version: v0}}}}
+  - {{name: v1, labels: {{version: v1}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: backend-vs, namespace: default}}
+spec:
+  hosts: [backend-service]
+  http:
+  - route:
+    - {{destination: {{host: backend-service, subset: v0}}, weight: {w0}}}
+    - {{destination: {{host: backend-service, subset: v1}}, weight: {w1}}}
+"#
+    )
+}
+
+/// Whether an XDP program is attached to the node's outside link (`ip link` says
+/// `xdp`, `xdpgeneric`, ...).
+fn xdp_on_link(node: &Node) -> bool {
+    let out = Command::new("nsenter")
+        .args(enter(&node.ns))
+        .args(["ip", "link", "show", NODE_EXT_IFACE])
+        .output()
+        .expect("ip link");
+    String::from_utf8_lossy(&out.stdout).contains("xdp")
+}
+
+/// The seed's 90/10 over 2000 new connections from outside the node to NodeIP:30785,
+/// split in XDP (native on the veth) with the replies translated back; each of a
+/// set of keep-alive connections stays on its pod across a weight change while new
+/// connections take the new weights; `lb status` shows the mode and the per-subset
+/// north-south counters; `lb down` detaches the programs from the interface.
+#[test]
+fn outside_clients_get_the_seeds_split_in_xdp() {
+    let mut env = Env::new("xdp");
+    let id = format!("{}", std::process::id() % 100_000);
+    let mut node = Node::new(&id, &env.cgroup.path, &[("v0", 3), ("v1", 4)]);
+    node.outside(&id);
+    node.backend("v0", 11400);
+    node.backend("v1", 11400);
+    env.write_config("backend.yaml", &node_port_config(90, 10));
+    env.daemon_prefix = std::iter::once("nsenter".to_string())
+        .chain(enter(&node.ns))
+        .collect();
+    env.start_daemon_with(true, &["--xdp-iface", NODE_EXT_IFACE]);
+    let to = format!("{NODE_EXT_IP}:{NODE_PORT}");
+
+    let s = node.probe_outside(&["--to", &to, "--count", "2000"]);
+    assert_eq!(
+        (s["failures"].as_u64(), s["peer_mismatches"].as_u64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
+    let v1 = s["by_backend"]["v1"].as_u64().unwrap_or(0) as f64;
+    assert!(
+        (v1 / 20.0 - 10.0).abs() <= 2.5,
+        "v1 got {:.1} %: {s}",
+        v1 / 20.0
+    );
+
+    let status = env.status();
+    assert_eq!(
+        status["xdp"],
+        serde_json::json!([{"iface": NODE_EXT_IFACE, "mode": "native", "egress": true}]),
+        "{status}"
+    );
+    let subsets = status["services"][0]["subsets"]
+        .as_array()
+        .expect("subsets")
+        .clone();
+    let total =
+        |field: &str| -> u64 { subsets.iter().map(|x| x[field].as_u64().unwrap_or(0)).sum() };
+    // Every connection is a new flow (a client port is not reused within the run);
+    // each flow carries its handshake, request and close.
+    assert_eq!(total("xdp_flows_total"), 2000, "{status}");
+    assert!(total("xdp_packets_total") >= 4 * 2000, "{status}");
+    assert_eq!(
+        total("connects_total"),
+        0,
+        "connect4 never saw them: {status}"
+    );
+
+    // Keep-alive connections opened at 90/10, then the weights go to 0/100: each
+    // connection keeps its pod for its life; new connections all go to v1.
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let stop = env.work.join(format!("stop-{i}"));
+            let child = node.spawn_probe_outside(&[
+                "--to",
+                &to,
+                "--keep-alive",
+                "--count",
+                "100000",
+                "--every-ms",
+                "20",
+                "--for-ms",
+                "30000",
+                "--until-file",
+                stop.to_str().expect("utf-8"),
+            ]);
+            (child, stop)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    env.write_config("backend.yaml", &node_port_config(0, 100));
+    wait_for(Duration::from_secs(10), "the new weights", || {
+        let w = env.weights(NODE_EXT_IP);
+        !w.is_empty()
+            && w.iter()
+                .all(|(name, weight)| (name == "v1") == (*weight > 0))
+    });
+    let s = node.probe_outside(&["--to", &to, "--count", "200"]);
+    assert_eq!(
+        (s["by_backend"]["v1"].as_u64(), s["failures"].as_u64()),
+        (Some(200), Some(0)),
+        "{s}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for (child, stop) in clients {
+        let s = stop_probe(child, &stop);
+        let backends = s["by_backend"].as_object().expect("by_backend");
+        assert_eq!(backends.len(), 1, "one connection, one pod: {s}");
+        assert_eq!(
+            (s["failures"].as_u64(), s["retried"].as_u64()),
+            (Some(0), Some(0)),
+            "{s}"
+        );
+        assert!(s["attempts"].as_u64().unwrap_or(0) >= 20, "{s}");
+    }
+
+    // `lb down` takes the programs off the interface.
+    assert!(xdp_on_link(&node), "XDP attached while lb runs");
+    env.kill_daemons();
+    assert!(
+        xdp_on_link(&node),
+        "the pinned link keeps XDP running without the daemon"
+    );
+    let down = Command::new(crate::harness::lb_bin())
+        .args(["down", "--bpffs"])
+        .arg(&env.bpffs)
+        .arg("--cgroup")
+        .arg(&env.cgroup.path)
+        .output()
+        .expect("lb down");
+    assert!(down.status.success(), "{down:?}");
+    assert!(!xdp_on_link(&node), "lb down detached XDP");
+}
