@@ -644,6 +644,10 @@ pub mod settings_flags {
     /// connections carry more than one message) and the backend's accepted socket
     /// join the socket map (needs both inside the cgroup, not lb).
     pub const SK_MSG_KERNEL: u32 = 4;
+    /// The proxy's listeners listen on every address (`0.0.0.0`): `lb_xdp` hands a
+    /// north-south client to the proxy at the address it dialled (the node's), where
+    /// `proxy` holds loopback for local clients.
+    pub const PROXY_ON_EVERY_ADDRESS: u32 = 8;
     /// The hops' names (`--sk-msg`, `lb status`).
     pub const HOPS: [(&str, u32); 3] = [
         ("client", SK_MSG_CLIENT),
@@ -658,8 +662,8 @@ pub mod counters {
     pub const SK_MSG_REDIRECTED: u32 = 0;
     /// Connects to proxy-path services handed to the proxy.
     pub const PROXY_HANDOFFS: u32 = 1;
-    /// Connects to proxy-path services that found no proxy listening and took the
-    /// kernel split of the catch-all route instead.
+    /// Connects (and north-south flows) to proxy-path services that found no proxy
+    /// listening and took the kernel split of the catch-all route instead.
     pub const PROXY_FALLBACKS: u32 = 2;
     /// Sockets whose peer was not in the socket map at their first message: their bytes
     /// stay on TCP for the connection's life (order), not redirected.
@@ -667,10 +671,14 @@ pub mod counters {
     /// Client connections left off the socket map because their process's recent
     /// connections to the service each carried one message (see [`habit`](crate::habit)).
     pub const SK_MSG_SKIPPED: u32 = 4;
-    /// North-south packets to a proxy-path service, passed to the node's stack
-    /// untranslated (the proxy is not reached from XDP yet).
+    /// North-south packets to a proxy-path service passed to the node's stack
+    /// untranslated: the proxy listens on loopback only, out of an outside client's
+    /// reach.
     pub const XDP_PROXY_PASSED: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// North-south flows handed to the proxy (their original destination in
+    /// `LB_ORIG_DST`, as `sock_ops` leaves it for local clients).
+    pub const XDP_PROXY_FLOWS: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// `LB_SERVICE_META` value (never read by the kernel): names for `lb status`.

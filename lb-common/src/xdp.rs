@@ -25,10 +25,14 @@ pub struct FlowKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
     pub backend: SockAddr4,
-    /// The subset's id inside its service (for the counters).
+    /// The subset's id inside its service (for the counters); [`TO_PROXY`]: the
+    /// backend is lb's proxy.
     pub subset: u32,
     pub _pad: u32,
 }
+
+/// `Flow::subset` of a flow handed to the proxy.
+pub const TO_PROXY: u32 = u32::MAX;
 
 /// `LB_XDP_NAT` key: a reply as it leaves the node, endpoint → client; the value is
 /// the service address the client dialled (the reply's source is set back to it).

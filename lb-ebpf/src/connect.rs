@@ -5,20 +5,19 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_map_lookup_elem,
-        bpf_set_retval, bpf_sk_release,
+        bpf_get_current_pid_tgid, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval,
     },
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use lb_common::{
-    EndpointKey, HabitKey, Origin, SlotKey, SockAddr4, StatKey, counters, mode, proxy_listener,
-    service_flags, settings_flags, slot_flags,
+    EndpointKey, HabitKey, Origin, SlotKey, SockAddr4, StatKey, counters, mode, service_flags,
+    settings_flags, slot_flags,
 };
 
 use crate::maps::{
-    LB_ENDPOINTS, LB_ORIGINS, LB_PROXY_LISTENERS, LB_SERVICES, LB_SETTINGS, LB_SLOTS, bump,
-    client_joins, count, is_local_listener, is_own_socket, random, shortcut,
+    LB_ENDPOINTS, LB_ORIGINS, LB_SERVICES, LB_SETTINGS, LB_SLOTS, bump, client_joins, count,
+    is_local_listener, is_own_socket, live_proxy, random, shortcut,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -155,35 +154,6 @@ fn client_of(ctx: &SockAddrContext, sa: &aya_ebpf::bindings::bpf_sock_addr) -> u
     // SAFETY: the helper accepts a sock_addr context.
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     lb_common::client_hash(bound, netns)
-}
-
-/// The proxy listener for a client that joins the socket map or not (see
-/// `Settings::proxy_deferred`), if its socket accepts right now: it is in
-/// `LB_PROXY_LISTENERS` (a closed socket leaves the map, so a killed daemon's is gone
-/// at once and no connect is sent to a dead proxy). A socket map holds the socket
-/// itself, so this answers for clients in any network namespace (a pod's), where a
-/// lookup by address (`bpf_sk_lookup_tcp`) would search the client's own.
-#[inline(always)]
-fn live_proxy(join: bool) -> Option<SockAddr4> {
-    let settings = LB_SETTINGS.get(0)?;
-    let (proxy, index) = if join || settings.proxy_deferred.port == 0 {
-        (settings.proxy, proxy_listener::MAIN)
-    } else {
-        (settings.proxy_deferred, proxy_listener::DEFERRED)
-    };
-    if proxy.port == 0 {
-        return None;
-    }
-    let map = core::ptr::from_ref(&LB_PROXY_LISTENERS).cast_mut().cast();
-    // SAFETY: a socket map lookup from a program returns a referenced socket (or
-    // null), released below.
-    let sk = unsafe { bpf_map_lookup_elem(map, core::ptr::from_ref(&index).cast()) };
-    if sk.is_null() {
-        return None;
-    }
-    // SAFETY: `sk` came from the socket map lookup and is released exactly once.
-    unsafe { bpf_sk_release(sk.cast()) };
-    Some(proxy)
 }
 
 #[inline(always)]

@@ -5,7 +5,10 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash, SockMap},
-    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_map_lookup_elem,
+        bpf_sk_release,
+    },
     macros::btf_map,
 };
 use lb_common::{
@@ -189,4 +192,33 @@ pub fn now() -> u32 {
 pub fn random() -> u32 {
     // SAFETY: no preconditions.
     unsafe { bpf_get_prandom_u32() }
+}
+
+/// The proxy listener for a client that joins the socket map or not (see
+/// `Settings::proxy_deferred`), if its socket accepts right now: it is in
+/// `LB_PROXY_LISTENERS` (a closed socket leaves the map, so a killed daemon's is gone
+/// at once and no connect is sent to a dead proxy). A socket map holds the socket
+/// itself, so this answers for clients in any network namespace (a pod's), where a
+/// lookup by address (`bpf_sk_lookup_tcp`) would search the client's own.
+#[inline(always)]
+pub fn live_proxy(join: bool) -> Option<SockAddr4> {
+    let settings = LB_SETTINGS.get(0)?;
+    let (proxy, index) = if join || settings.proxy_deferred.port == 0 {
+        (settings.proxy, proxy_listener::MAIN)
+    } else {
+        (settings.proxy_deferred, proxy_listener::DEFERRED)
+    };
+    if proxy.port == 0 {
+        return None;
+    }
+    let map = core::ptr::from_ref(&LB_PROXY_LISTENERS).cast_mut().cast();
+    // SAFETY: a socket map lookup from a program returns a referenced socket (or
+    // null), released below.
+    let sk = unsafe { bpf_map_lookup_elem(map, core::ptr::from_ref(&index).cast()) };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: `sk` came from the socket map lookup and is released exactly once.
+    unsafe { bpf_sk_release(sk.cast()) };
+    Some(proxy)
 }

@@ -2,15 +2,23 @@
 //! NodePort, an external address) gets its flow's endpoint — for a new flow,
 //! a pick by the flow's hash from the same weighted slots `connect4` draws from — and
 //! its destination rewritten to it before the stack sees it (DNAT); the reply's way
-//! back is remembered for `lb_tc_egress`. Anything else passes untouched at once.
+//! back is remembered for `lb_tc_egress`. A flow to a proxy-path service goes to lb's
+//! proxy the same way, its original destination left in `LB_ORIG_DST` where the proxy
+//! reads a local client's. Anything else passes untouched at once.
 
 use aya_ebpf::{bindings::xdp_action::XDP_DROP, macros::xdp, programs::XdpContext};
 use lb_common::xdp::{
-    Flow, FlowKey, IPPROTO_TCP, NatKey, csum_replace2, csum_replace4, endpoint_pick, flow_hash,
+    Flow, FlowKey, IPPROTO_TCP, NatKey, TO_PROXY, csum_replace2, csum_replace4, endpoint_pick,
+    flow_hash,
 };
-use lb_common::{EndpointKey, Service, SlotKey, SockAddr4, StatKey, counters, mode};
+use lb_common::{
+    ClientKey, EndpointKey, Service, SlotKey, SockAddr4, StatKey, counters, mode, settings_flags,
+};
 
-use crate::maps::{LB_ENDPOINTS, LB_SERVICES, LB_SLOTS, LB_XDP_FLOWS, LB_XDP_NAT, bump};
+use crate::maps::{
+    LB_ENDPOINTS, LB_ORIG_DST, LB_SERVICES, LB_SETTINGS, LB_SLOTS, LB_XDP_FLOWS, LB_XDP_NAT, bump,
+    live_proxy,
+};
 use crate::packet::{ETH_HLEN, Ipv4Hdr, L4_CHECK_TCP, Ports, TCP_ACK, TCP_SYN};
 
 const XDP_PASS: u32 = aya_ebpf::bindings::xdp_action::XDP_PASS;
@@ -49,10 +57,6 @@ fn try_xdp(ctx: &XdpContext) -> Option<u32> {
     let service = SockAddr4::new(ip.daddr, u16::from_be(ports.dst));
     // SAFETY: copied out at once.
     let svc = (unsafe { LB_SERVICES.get(&service) }).copied()?;
-    if svc.mode == mode::PROXY {
-        bump(counters::XDP_PROXY_PASSED);
-        return None;
-    }
     let check: *mut u16 = at(ctx, l4 + L4_CHECK_TCP)?;
     let flags: *const u8 = at(ctx, l4 + 13)?;
     let key = FlowKey {
@@ -72,20 +76,14 @@ fn try_xdp(ctx: &XdpContext) -> Option<u32> {
     };
     let flow = match known {
         Some(flow) => flow,
-        None => match pick(&key, &svc)? {
+        None => match new_flow(&key, &svc, ip.daddr)? {
             Ok(flow) => {
-                let back = NatKey {
-                    backend: flow.backend,
-                    client: key.client,
-                    proto: key.proto,
-                };
-                // Refused only when the map cannot take it (then nothing is translated).
-                if LB_XDP_NAT.insert(&back, &service, 0).is_err()
-                    || LB_XDP_FLOWS.insert(&key, &flow, 0).is_err()
-                {
-                    return None;
+                remember(&key, &flow)?;
+                if flow.subset == TO_PROXY {
+                    bump(counters::XDP_PROXY_FLOWS);
+                } else {
+                    count(service, flow.subset, |s| s.xdp_flows += 1);
                 }
-                count(service, flow.subset, |s| s.xdp_flows += 1);
                 flow
             }
             Err(subset) => {
@@ -94,7 +92,9 @@ fn try_xdp(ctx: &XdpContext) -> Option<u32> {
             }
         },
     };
-    count(service, flow.subset, |s| s.xdp_packets += 1);
+    if flow.subset != TO_PROXY {
+        count(service, flow.subset, |s| s.xdp_packets += 1);
+    }
     let (old_ip, new_ip) = (
         u32::from_ne_bytes(ip.daddr),
         u32::from_ne_bytes(flow.backend.addr),
@@ -107,6 +107,55 @@ fn try_xdp(ctx: &XdpContext) -> Option<u32> {
     let check = unsafe { &mut *check };
     *check = csum_replace2(csum_replace4(*check, old_ip, new_ip), old_port, new_port);
     Some(XDP_PASS)
+}
+
+/// Where a new flow goes: lb's proxy for a proxy-path service (while it listens;
+/// else the kernel split, as `connect4` falls back), else [`pick`]'s endpoint.
+#[inline(always)]
+fn new_flow(key: &FlowKey, svc: &Service, dialled: [u8; 4]) -> Option<Result<Flow, u32>> {
+    if svc.mode == mode::PROXY {
+        match live_proxy(false) {
+            Some(proxy) => {
+                let every = LB_SETTINGS
+                    .get(0)
+                    .is_some_and(|s| s.flags & settings_flags::PROXY_ON_EVERY_ADDRESS != 0);
+                // A listener on every address is reached at the address dialled (the
+                // node's); one on loopback only is out of an outside client's reach.
+                let backend = if every {
+                    SockAddr4::new(dialled, proxy.port)
+                } else if proxy.addr[0] == 127 {
+                    bump(counters::XDP_PROXY_PASSED);
+                    return None;
+                } else {
+                    proxy
+                };
+                return Some(Ok(Flow {
+                    backend,
+                    subset: TO_PROXY,
+                    _pad: 0,
+                }));
+            }
+            None => bump(counters::PROXY_FALLBACKS),
+        }
+    }
+    pick(key, svc)
+}
+
+/// Records a new flow, its replies' way back, and for the proxy what the client
+/// dialled. None: a map refused it (then nothing is translated).
+#[inline(always)]
+fn remember(key: &FlowKey, flow: &Flow) -> Option<()> {
+    let back = NatKey {
+        backend: flow.backend,
+        client: key.client,
+        proto: key.proto,
+    };
+    LB_XDP_NAT.insert(&back, &key.service, 0).ok()?;
+    if flow.subset == TO_PROXY {
+        let client = ClientKey { client: key.client };
+        LB_ORIG_DST.insert(&client, &key.service, 0).ok()?;
+    }
+    LB_XDP_FLOWS.insert(key, flow, 0).ok()
 }
 
 /// A new flow's endpoint: Ok(flow), Err(subset) when the picked subset has none;

@@ -95,6 +95,16 @@ fn local_ipv4() -> Vec<Ipv4Addr> {
     out
 }
 
+/// [`settings_flags::PROXY_ON_EVERY_ADDRESS`] if the proxy listens on every address
+/// (north-south clients reach it at the node's address they dialled).
+fn on_every_address(p: ProxyListeners) -> u32 {
+    if p.main.ip().is_unspecified() {
+        settings_flags::PROXY_ON_EVERY_ADDRESS
+    } else {
+        0
+    }
+}
+
 /// Where the kernel sends proxy-path connects: the listener's address (loopback when
 /// it listens on every address).
 fn proxy_target(addr: SocketAddr) -> SockAddr4 {
@@ -216,7 +226,7 @@ pub fn start(
         self_tgid: std::process::id(),
         proxy: proxy.map(|p| proxy_target(p.main)).unwrap_or_default(),
         proxy_deferred: proxy.map(|p| proxy_target(p.deferred)).unwrap_or_default(),
-        flags: sk_msg.flags(),
+        flags: sk_msg.flags() | proxy.map_or(0, on_every_address),
     })?;
     Ok(applier)
 }

@@ -58,8 +58,10 @@ pub struct Counters {
     /// Client connections left off the socket map: their process's recent connections
     /// to the service carried one message each (`lb_common::habit`).
     pub sk_msg_skipped: u64,
-    /// North-south packets to a proxy-path service, passed to the node's stack
-    /// (XDP does not reach the proxy yet).
+    /// North-south flows handed to the proxy.
+    pub xdp_proxy_flows: u64,
+    /// North-south packets to a proxy-path service passed to the node's stack: the
+    /// proxy listens on loopback only.
     pub xdp_proxy_passed: u64,
 }
 
@@ -134,6 +136,7 @@ pub fn read(pins: &Pins) -> Result<Status, DatapathError> {
         proxy_fallbacks: counter(lb_common::counters::PROXY_FALLBACKS),
         sk_msg_stayed_on_tcp: counter(lb_common::counters::SK_MSG_STAYED_ON_TCP),
         sk_msg_skipped: counter(lb_common::counters::SK_MSG_SKIPPED),
+        xdp_proxy_flows: counter(lb_common::counters::XDP_PROXY_FLOWS),
         xdp_proxy_passed: counter(lb_common::counters::XDP_PROXY_PASSED),
     };
     let links = crate::datapath::north_south::pinned(pins);
@@ -402,11 +405,11 @@ impl Status {
                 }
             );
         }
-        if c.xdp_proxy_passed > 0 {
+        if !self.xdp.is_empty() {
             let _ = writeln!(
                 s,
-                "north-south packets to proxy-path services passed to the stack: {}",
-                c.xdp_proxy_passed
+                "north-south flows handed to the proxy {}, packets to proxy-path services passed to the stack (proxy on loopback only) {}",
+                c.xdp_proxy_flows, c.xdp_proxy_passed
             );
         }
         if let Some(e) = &self.config.last_error {

@@ -15,6 +15,11 @@ const NODE_PORT: u16 = 30785;
 /// The seed's objects served at the node's outside address and NodePort, the pods'
 /// port 11400 behind it, weights `w0`/`w1`.
 fn node_port_config(w0: u32, w1: u32) -> String {
+    node_port_config_with(w0, w1, "")
+}
+
+/// The same with `rules` before the weighted route (VirtualService `http` items).
+fn node_port_config_with(w0: u32, w1: u32, rules: &str) -> String {
     format!(
         r#"apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -42,12 +47,79 @@ kind: VirtualService
 metadata: {{name: backend-vs, namespace: default}}
 spec:
   hosts: [backend-service]
-  http:
+  http:{rules}
   - route:
     - {{destination: {{host: backend-service, subset: v0}}, weight: {w0}}}
     - {{destination: {{host: backend-service, subset: v1}}, weight: {w1}}}
 "#
     )
+}
+
+/// The seed's header rule (c) for a NodePort: `hellotest: true` goes to v1 through lb's
+/// proxy, reached from outside the node by XDP (the proxy listening on every address
+/// of the node), which leaves the original destination where the proxy reads it: a
+/// Host that names no VirtualService still gets the dialled service's routes.
+#[test]
+fn outside_clients_reach_the_proxy_for_the_header_rule() {
+    let mut env = Env::new("xdp-l7");
+    let id = format!("{}", std::process::id() % 100_000);
+    let mut node = Node::new(&id, &env.cgroup.path, &[("v0", 3), ("v1", 4)]);
+    node.outside(&id);
+    node.backend("v0", 11400);
+    node.backend("v1", 11400);
+    let header_rule = r#"
+  - name: hello
+    match: [{headers: {hellotest: {exact: "true"}}}]
+    route: [{destination: {host: backend-service, subset: v1}}]"#;
+    env.write_config("backend.yaml", &node_port_config_with(90, 10, header_rule));
+    env.daemon_prefix = std::iter::once("nsenter".to_string())
+        .chain(enter(&node.ns))
+        .collect();
+    env.listen_args = [
+        "--proxy-listen",
+        "0.0.0.0:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]
+    .map(String::from)
+    .to_vec();
+    env.start_daemon_with(true, &["--xdp-iface", NODE_EXT_IFACE]);
+    assert_eq!(env.status()["services"][0]["datapath"], "proxy");
+    let to = format!("{NODE_EXT_IP}:{NODE_PORT}");
+
+    let s = node.probe_outside(&[
+        "--to",
+        &to,
+        "--count",
+        "100",
+        "--host",
+        "unknown.example",
+        "--header",
+        "hellotest: true",
+    ]);
+    assert_eq!(
+        (
+            s["by_backend"]["v1"].as_u64(),
+            s["failures"].as_u64(),
+            s["peer_mismatches"].as_u64()
+        ),
+        (Some(100), Some(0), Some(0)),
+        "{s}"
+    );
+    let s = node.probe_outside(&["--to", &to, "--count", "400"]);
+    assert_eq!(s["failures"].as_u64(), Some(0), "{s}");
+    let v1 = s["by_backend"]["v1"].as_u64().unwrap_or(0) as f64;
+    assert!(
+        (v1 / 4.0 - 10.0).abs() <= 5.0,
+        "v1 got {:.1} %: {s}",
+        v1 / 4.0
+    );
+    let counters = env.status()["counters"].clone();
+    assert!(
+        counters["xdp_proxy_flows"].as_u64().unwrap_or(0) >= 500,
+        "{counters}"
+    );
+    assert_eq!(counters["proxy_handoffs"].as_u64(), Some(0), "{counters}");
 }
 
 /// Whether an XDP program is attached to the node's outside link (`ip link` says
