@@ -94,7 +94,7 @@ pub fn run(connections: u64) -> Result<(), DemoError> {
         &cgroup.path,
         None,
         crate::run::SkMsgHops::OFF,
-        &[],
+        &Default::default(),
         routes,
     )?;
     let mut sources = crate::run::Sources::files(&work.0);

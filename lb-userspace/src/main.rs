@@ -156,6 +156,11 @@ enum Cmd {
         /// driver has it, generic otherwise (`lb status` says which).
         #[arg(long = "xdp-iface", value_name = "IFACE")]
         xdp_ifaces: Vec<String>,
+        /// Force XDP's mode on the `--xdp-iface` interfaces: `native` (in the driver;
+        /// an interface whose driver lacks it fails the start) or `generic` (in the
+        /// stack, any interface). Default: native where the driver has it.
+        #[arg(long, value_name = "MODE")]
+        xdp_mode: Option<lb::datapath::north_south::XdpMode>,
         /// Bound on finishing in-flight requests at SIGTERM, in seconds.
         #[arg(long, default_value_t = 10)]
         drain_seconds: u64,
@@ -339,6 +344,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sk_msg,
             no_sk_msg,
             xdp_ifaces,
+            xdp_mode,
             drain_seconds,
             no_parse_cache,
             front,
@@ -417,7 +423,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 } else {
                     sk_msg
                 },
-                xdp_ifaces,
+                north_south: lb::datapath::north_south::NorthSouth {
+                    ifaces: xdp_ifaces,
+                    mode: xdp_mode,
+                },
                 parse_cache: !no_parse_cache,
                 model: lb::model::Options {
                     normalization: front.path_normalization,

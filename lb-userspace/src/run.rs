@@ -54,8 +54,8 @@ pub struct RunOptions {
     /// Which local hops sk_msg shortcuts.
     pub sk_msg: SkMsgHops,
     /// The node's interfaces whose incoming packets to service addresses lb splits in
-    /// XDP (north-south).
-    pub xdp_ifaces: Vec<String>,
+    /// XDP (north-south), and the XDP mode.
+    pub north_south: datapath::north_south::NorthSouth,
     /// Keep what a change does not touch between reloads (each file's text, the
     /// slices' models and plans): a change then costs what it touches.
     pub parse_cache: bool,
@@ -173,12 +173,12 @@ pub fn start(
     cgroup: &Path,
     proxy: Option<ProxyListeners>,
     sk_msg: SkMsgHops,
-    xdp_ifaces: &[String],
+    north_south: &datapath::north_south::NorthSouth,
     routes: watch::Sender<Arc<RouteTable>>,
 ) -> Result<Applier, RunError> {
     let t = std::time::Instant::now();
     let done =
-        datapath::attach::ensure_attached(pins, cgroup, xdp_ifaces, datapath::object::bytes()?)?;
+        datapath::attach::ensure_attached(pins, cgroup, north_south, datapath::object::bytes()?)?;
     tracing::info!(
         attached = ?done.attached,
         replaced = ?done.replaced,
@@ -489,7 +489,7 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
         &opts.cgroup,
         Some(listeners),
         opts.sk_msg,
-        &opts.xdp_ifaces,
+        &opts.north_south,
         tx,
     )?;
     ProxyMaps::register_listeners(&pins, proxy.listeners())?;

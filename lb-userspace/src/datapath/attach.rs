@@ -33,12 +33,12 @@ pub struct Attached {
 }
 
 /// Makes sure this build's programs are attached to `cgroup` (the north-south ones to
-/// `ifaces`: [`super::north_south`]) and pinned under `pins` (the object is `object`,
+/// the interfaces of `north_south`) and pinned under `pins` (the object is `object`,
 /// normally [`super::object::bytes`]).
 pub fn ensure_attached(
     pins: &Pins,
     cgroup: &Path,
-    ifaces: &[String],
+    north_south: &super::north_south::NorthSouth,
     object: &[u8],
 ) -> Result<Attached, DatapathError> {
     let defs = layout::of_object(object)?;
@@ -81,7 +81,8 @@ pub fn ensure_attached(
         })?;
         done.attached.push(def.name.clone());
     }
-    let (attached, replaced) = super::north_south::ensure(&mut ebpf, &defs.programs, pins, ifaces)?;
+    let (attached, replaced) =
+        super::north_south::ensure(&mut ebpf, &defs.programs, pins, north_south)?;
     done.attached.extend(attached);
     done.replaced.extend(replaced);
     Ok(done)

@@ -15,6 +15,14 @@ use super::attach::failed;
 use super::layout::{Hook, ProgramDef};
 use super::{DatapathError, Pins};
 
+/// The interfaces to serve and how (`--xdp-iface`, `--xdp-mode`).
+#[derive(Clone, Debug, Default)]
+pub struct NorthSouth {
+    pub ifaces: Vec<String>,
+    /// None: native where the driver has it, else generic.
+    pub mode: Option<XdpMode>,
+}
+
 /// How `lb_xdp` runs on an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -23,6 +31,18 @@ pub enum XdpMode {
     Native,
     /// In the stack (any interface), after the skb is built: slower.
     Generic,
+}
+
+impl std::str::FromStr for XdpMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "native" => Ok(XdpMode::Native),
+            "generic" => Ok(XdpMode::Generic),
+            other => Err(format!("unknown XDP mode `{other}`: native or generic")),
+        }
+    }
 }
 
 impl XdpMode {
@@ -61,9 +81,7 @@ impl IfaceLink {
         let iface = parts.next()?.replace("%2E", ".").replace("%25", "%");
         let mode = match parts.next() {
             None => None,
-            Some("native") => Some(XdpMode::Native),
-            Some("generic") => Some(XdpMode::Generic),
-            Some(_) => return None,
+            Some(m) => Some(m.parse().ok()?),
         };
         Some(IfaceLink {
             program,
@@ -81,16 +99,25 @@ pub fn pinned(pins: &Pins) -> Vec<IfaceLink> {
         .collect()
 }
 
-/// Makes sure each north-south program of the object runs on each of `ifaces`, and
-/// on no other interface. Returns the links attached now and those switched to this
-/// build's program, by pin name.
+/// Makes sure each north-south program of the object runs on each of `want`'s
+/// interfaces (XDP in the mode asked for), and on no other interface. Returns the
+/// links attached now and those switched to this build's program, by pin name.
 pub fn ensure(
     ebpf: &mut Ebpf,
     defs: &[ProgramDef],
     pins: &Pins,
-    ifaces: &[String],
+    want: &NorthSouth,
 ) -> Result<(Vec<String>, Vec<String>), DatapathError> {
     let (mut attached, mut replaced) = (Vec::new(), Vec::new());
+    let ifaces = &want.ifaces;
+    // XDP in another mode than asked for is attached anew.
+    for link in pinned(pins) {
+        if let (Some(asked), Some(running)) = (want.mode, link.mode)
+            && asked != running
+        {
+            detach(&pins.link(&link.pin_name()), &link.program)?;
+        }
+    }
     let pinned = pinned(pins);
     for def in defs {
         if !matches!(def.hook, Hook::Xdp | Hook::TcEgress) {
@@ -107,7 +134,7 @@ pub fn ensure(
                 }
                 continue;
             }
-            let (link, mode) = attach(ebpf, def, iface)?;
+            let (link, mode) = attach(ebpf, def, iface, want.mode)?;
             let name = IfaceLink {
                 program: def.name.clone(),
                 iface: iface.clone(),
@@ -140,6 +167,7 @@ fn attach(
     ebpf: &mut Ebpf,
     def: &ProgramDef,
     iface: &str,
+    mode: Option<XdpMode>,
 ) -> Result<(FdLink, Option<XdpMode>), DatapathError> {
     let name = def.name.as_str();
     let cname = std::ffi::CString::new(iface).map_err(|e| super::attach::program_error(name, e))?;
@@ -160,15 +188,21 @@ fn attach(
     if prog.fd().is_err() {
         prog.load().map_err(failed(name))?;
     }
-    let (id, mode) = match prog.attach(cname.as_c_str(), aya::programs::XdpMode::Driver) {
-        Ok(id) => (id, XdpMode::Native),
-        Err(e) => {
-            tracing::info!(iface, "native XDP refused ({e}): generic XDP instead");
-            let id = prog
-                .attach(cname.as_c_str(), aya::programs::XdpMode::Skb)
-                .map_err(failed(name))?;
-            (id, XdpMode::Generic)
-        }
+    let generic = |prog: &mut Xdp| {
+        prog.attach(cname.as_c_str(), aya::programs::XdpMode::Skb)
+            .map_err(failed(name))
+    };
+    let native = |prog: &mut Xdp| prog.attach(cname.as_c_str(), aya::programs::XdpMode::Driver);
+    let (id, mode) = match mode {
+        Some(XdpMode::Generic) => (generic(prog)?, XdpMode::Generic),
+        Some(XdpMode::Native) => (native(prog).map_err(failed(name))?, XdpMode::Native),
+        None => match native(prog) {
+            Ok(id) => (id, XdpMode::Native),
+            Err(e) => {
+                tracing::info!(iface, "native XDP refused ({e}): generic XDP instead");
+                (generic(prog)?, XdpMode::Generic)
+            }
+        },
     };
     let link = FdLink::try_from(prog.take_link(id).map_err(failed(name))?).map_err(failed(name))?;
     Ok((link, Some(mode)))

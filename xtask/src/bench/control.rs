@@ -104,7 +104,7 @@ fn time_apply(n: usize, work: &Path) -> anyhow::Result<(usize, f64, f64, f64, f6
             &cgroup.path,
             None,
             lb::run::SkMsgHops::OFF,
-            &[],
+            &Default::default(),
             routes,
         )?;
         let t = Instant::now();

@@ -1,0 +1,303 @@
+#!/usr/bin/env bash
+# North-south benchmark: a client outside the node dials NodeIP:30785 and the node
+# splits the connections 90/10 to two pods — lb's XDP path against kube-proxy's
+# iptables DNAT rules (nf_tables backend, the rules kube-proxy writes for a NodePort
+# with externalTrafficPolicy: Local, so neither side masquerades) and the pods dialled
+# directly (routed by the node, no balancer). IPVS runs where the kernel has it
+# (CONFIG_IP_VS); on a kernel without it the row says so.
+#
+# Topology: network namespaces this script creates (outside client — node — pods v0,
+# v1 on the node's bridge), nothing routed off the machine (no namespace has a route
+# out; the ClusterIP range is blackholed). wrk in the client's namespace on CPU 1, the
+# pods' backends (`lb backend`) on CPU 0; the packets' softirq work runs on the CPU
+# that sends them. Interleaved rounds (each row once per round), medians over rounds.
+# Each row is checked before it is timed: 500 new connections through it, no failure,
+# and the 90/10 split for the balancers. Everything started is stopped, everything
+# created removed, also on failure.
+#
+# Usage: sudo bench/north-south.sh [--rounds N] [--seconds S] [--smoke] [--out FILE]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+ROUNDS=5
+SECS=5
+OUT=bench/north-south.md
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --seconds) SECS=$2; shift 2 ;;
+    --smoke) ROUNDS=1; SECS=1; shift ;;
+    --out) OUT=$2; shift 2 ;;
+    *) echo "unknown flag $1" >&2; exit 2 ;;
+  esac
+done
+
+LB=$PWD/target/release/lb
+[ -x "$LB" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+for tool in wrk iptables ip nsenter taskset python3; do
+  command -v "$tool" >/dev/null || { echo "$tool is missing (scripts/setup.sh installs it)" >&2; exit 1; }
+done
+
+ID=$$
+OUTSIDE=lbb$ID-out NODE=lbb$ID-node
+PODS=(v0 v1)
+CGROUP=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)/lb-bench-ns-$ID
+PINS=/sys/fs/bpf/lb-bench-ns-$ID
+WORK=$(mktemp -d /tmp/lb-bench-ns-XXXXXX)
+NODE_IP=10.250.0.1 PORT=30785
+PIDS=()
+LB_PID=""
+
+in_ns() { local ns=$1; shift; nsenter --net=/var/run/netns/"$ns" -- "$@"; }
+
+cleanup() {
+  set +e
+  stop_lb
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  for ns in "$OUTSIDE" "$NODE" "${PODS[@]/#/lbb$ID-}"; do ip netns del "$ns" 2>/dev/null; done
+  rmdir "$CGROUP" 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+stop_lb() {
+  if [ -n "$LB_PID" ]; then
+    kill "$LB_PID" 2>/dev/null; wait "$LB_PID" 2>/dev/null || true
+    LB_PID=""
+  fi
+  "$LB" down --bpffs "$PINS" --cgroup "$CGROUP" >/dev/null 2>&1 || true
+}
+
+# --- topology ---
+ip netns add "$NODE"
+in_ns "$NODE" ip link set lo up
+in_ns "$NODE" ip link add br0 type bridge
+in_ns "$NODE" ip addr add 10.244.0.1/24 dev br0
+in_ns "$NODE" ip link set br0 up
+in_ns "$NODE" ip route add blackhole 10.96.0.0/16
+in_ns "$NODE" sysctl -qw net.ipv4.ip_forward=1
+# Connection tracking on in the node for every row, as on a node whose kube-proxy or
+# CNI has NAT rules (a nat table registers it; the iptables row adds its rules to it).
+nat_base() { in_ns "$NODE" iptables -t nat -N LB-BENCH; in_ns "$NODE" iptables -t nat -A PREROUTING -j LB-BENCH; }
+nat_base
+ip netns add "$OUTSIDE"
+ip link add lbx$ID type veth peer name lby$ID
+ip link set lbx$ID netns "$NODE"
+ip link set lby$ID netns "$OUTSIDE"
+in_ns "$NODE" ip link set lbx$ID name ext0
+in_ns "$NODE" ip addr add $NODE_IP/24 dev ext0
+in_ns "$NODE" ip link set ext0 up
+in_ns "$OUTSIDE" ip link set lby$ID name eth0
+in_ns "$OUTSIDE" ip addr add 10.250.0.2/24 dev eth0
+in_ns "$OUTSIDE" ip link set eth0 up
+in_ns "$OUTSIDE" ip link set lo up
+in_ns "$OUTSIDE" ip route add blackhole 10.96.0.0/16
+# Only for the direct row: the pods' subnet through the node.
+in_ns "$OUTSIDE" ip route add 10.244.0.0/24 via $NODE_IP
+octet=3
+for pod in "${PODS[@]}"; do
+  ns=lbb$ID-$pod
+  ip netns add "$ns"
+  ip link add lbn$ID$octet type veth peer name lbp$ID$octet
+  ip link set lbn$ID$octet netns "$NODE"
+  ip link set lbp$ID$octet netns "$ns"
+  in_ns "$NODE" ip link set lbn$ID$octet master br0 up
+  in_ns "$ns" ip link set lbp$ID$octet name eth0
+  in_ns "$ns" ip addr add 10.244.0.$octet/24 dev eth0
+  in_ns "$ns" ip link set eth0 up
+  in_ns "$ns" ip link set lo up
+  in_ns "$ns" ip route add 10.250.0.0/24 via 10.244.0.1
+  in_ns "$ns" ip route add blackhole 10.96.0.0/16
+  # nsenter itself in the background (not the in_ns function's subshell): its pid is
+  # the backend's (nsenter and taskset exec), so cleanup stops the backend.
+  nsenter --net=/var/run/netns/"$ns" -- taskset -c 0 "$LB" backend --name "$pod" \
+    --listen 10.244.0.$octet:11400 >/dev/null 2>&1 &
+  PIDS+=($!)
+  octet=$((octet + 1))
+done
+mkdir -p "$CGROUP" "$WORK/config"
+cat >"$WORK/config/backend.yaml" <<EOF
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: backend-service, namespace: default}
+spec:
+  hosts: [backend-service]
+  addresses: [$NODE_IP]
+  ports: [{number: $PORT, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.244.0.3, ports: {http: 11400}, labels: {version: v0}}
+  - {address: 10.244.0.4, ports: {http: 11400}, labels: {version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend-dr, namespace: default}
+spec:
+  host: backend-service
+  subsets: [{name: v0, labels: {version: v0}}, {name: v1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend-vs, namespace: default}
+spec:
+  hosts: [backend-service]
+  http:
+  - route:
+    - {destination: {host: backend-service, subset: v0}, weight: 90}
+    - {destination: {host: backend-service, subset: v1}, weight: 10}
+EOF
+
+IPVS=no
+if [ -d /proc/sys/net/ipv4/vs ] || modprobe -q ip_vs 2>/dev/null; then IPVS=yes; fi
+
+# --- rows: set up, target, tear down ---
+setup() {
+  case "$1" in
+    lb-xdp-*)
+      : >"$WORK/lb.log"
+      nsenter --net=/var/run/netns/"$NODE" -- "$LB" run --no-keeper --config "$WORK/config" \
+        --cgroup "$CGROUP" --bpffs "$PINS" --proxy-listen 127.0.0.1:0 \
+        --admin-listen 127.0.0.1:0 --access-log off --xdp-iface ext0 \
+        --xdp-mode "${1#lb-xdp-}" 2>"$WORK/lb.log" &
+      LB_PID=$!
+      for _ in $(seq 200); do
+        grep -q "configuration applied" "$WORK/lb.log" && break
+        sleep 0.05
+      done
+      grep -q "configuration applied" "$WORK/lb.log" || { cat "$WORK/lb.log" >&2; exit 1; }
+      ;;
+    iptables)
+      # kube-proxy's NodePort chains for a two-endpoint service, 90/10 by the
+      # statistic match (its rules for weights it does not have: the ratio of a
+      # Deployment's replicas).
+      in_ns "$NODE" iptables-restore <<EOF
+*nat
+:KUBE-NODEPORTS - [0:0]
+:KUBE-SVC-BENCH - [0:0]
+:KUBE-SEP-V0 - [0:0]
+:KUBE-SEP-V1 - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
+-A KUBE-NODEPORTS -p tcp -m tcp --dport $PORT -j KUBE-SVC-BENCH
+-A KUBE-SVC-BENCH -m statistic --mode random --probability 0.9 -j KUBE-SEP-V0
+-A KUBE-SVC-BENCH -j KUBE-SEP-V1
+-A KUBE-SEP-V0 -p tcp -m tcp -j DNAT --to-destination 10.244.0.3:11400
+-A KUBE-SEP-V1 -p tcp -m tcp -j DNAT --to-destination 10.244.0.4:11400
+COMMIT
+EOF
+      ;;
+  esac
+}
+teardown() {
+  case "$1" in
+    lb-xdp-*) stop_lb ;;
+    iptables)
+      in_ns "$NODE" iptables -t nat -F
+      in_ns "$NODE" iptables -t nat -X
+      nat_base
+      ;;
+  esac
+}
+target() {
+  case "$1" in
+    direct) echo "10.244.0.3:11400" ;;
+    *) echo "$NODE_IP:$PORT" ;;
+  esac
+}
+label() {
+  case "$1" in
+    direct) echo "direct to a pod (routed by the node, no balancer)" ;;
+    lb-xdp-*) echo "lb XDP, ${1#lb-xdp-}" ;;
+    iptables) echo "iptables DNAT (kube-proxy's NodePort rules, nf_tables)" ;;
+  esac
+}
+
+# 500 new connections from outside: no failure, and the split for the balancers.
+check() {
+  local row=$1
+  local json
+  json=$(in_ns "$OUTSIDE" "$LB" probe --to "$(target "$row")" --count 500 --json)
+  ROW=$row python3 -c '
+import json, os, sys
+s = json.loads(sys.stdin.read())
+row = os.environ["ROW"]
+assert s["failures"] == 0, f"{row}: {s}"
+if row != "direct":
+    v1 = s["by_backend"].get("v1", 0) / 5
+    assert abs(v1 - 10) <= 5, f"{row}: v1 got {v1} %: {s}"
+' <<<"$json"
+  if [ "${row#lb-xdp-}" != "$row" ]; then
+    # The mode asked for is the mode that ran, and XDP saw the flows.
+    "$LB" status --json --bpffs "$PINS" --admin 127.0.0.1:9 | ROW=$row python3 -c '
+import json, os, sys
+s = json.load(sys.stdin)
+assert s["xdp"][0]["mode"] == os.environ["ROW"].removeprefix("lb-xdp-"), s["xdp"]
+flows = sum(x["xdp_flows_total"] for x in s["services"][0]["subsets"])
+assert flows >= 500, s
+'
+  fi
+}
+
+busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+
+# One timed run: "req/s p99_us machine_cpu_us_per_req" (a non-2xx answer fails it).
+run() {
+  local row=$1 mode=$2
+  local hdr=()
+  [ "$mode" = close ] && hdr=(-H "Connection: close")
+  local b0 b1 out
+  b0=$(busy)
+  out=$(in_ns "$OUTSIDE" taskset -c 1 wrk -t1 -c50 -d"${SECS}s" --latency "${hdr[@]}" \
+    "http://$(target "$row")/")
+  b1=$(busy)
+  HZ=$(getconf CLK_TCK) B=$((b1 - b0)) python3 -c '
+import os, re, sys
+out = sys.stdin.read()
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+n = int(re.search(r"(\d+) requests in", out).group(1))
+m = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
+p99 = float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
+non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+assert not non2xx, out
+cpu = int(os.environ["B"]) / int(os.environ["HZ"]) * 1e6 / max(n, 1)
+print(f"{rps:.0f} {p99:.0f} {cpu:.1f}")
+' <<<"$out"
+}
+
+ROWS=(direct lb-xdp-native lb-xdp-generic iptables)
+declare -A RESULTS
+for ((r = 1; r <= ROUNDS; r++)); do
+  for row in "${ROWS[@]}"; do
+    setup "$row"
+    if [ "$r" = 1 ]; then check "$row"; fi
+    for mode in close keepalive; do
+      RESULTS[$row.$mode]+="$(run "$row" "$mode");"
+    done
+    teardown "$row"
+  done
+  echo "round $r of $ROUNDS done" >&2
+done
+
+{
+  echo "## North-south: NodePort from outside the node (bench/north-south.sh)"
+  echo
+  echo "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //') ($(nproc) cores, kernel $(uname -r)), $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $ROUNDS interleaved round(s) of $SECS s per row and mode, medians; \`wrk -t1 -c50\` in the client's namespace on CPU 1, the pods' backends on CPU 0; machine CPU = both CPUs' busy time (/proc/stat) per request. IPVS: $( [ "$IPVS" = yes ] && echo "available but not measured yet" || echo "not in this kernel (CONFIG_IP_VS unset), no row")."
+  echo
+  echo "| row | new connections/s (close) | × iptables | p99 µs | machine CPU µs/conn | keep-alive req/s | × iptables | p99 µs | machine CPU µs/req |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  for row in "${ROWS[@]}"; do
+    CLOSE=${RESULTS[$row.close]} KEEP=${RESULTS[$row.keepalive]} \
+      BASE_CLOSE=${RESULTS[iptables.close]} BASE_KEEP=${RESULTS[iptables.keepalive]} \
+      LABEL="$(label "$row")" python3 -c '
+import os, statistics as st
+def rows(v): return [list(map(float, x.split())) for x in v.split(";") if x]
+def med(v, i): return st.median(r[i] for r in rows(v))
+e = os.environ
+cells = [e["LABEL"]]
+for k, base in (("CLOSE", "BASE_CLOSE"), ("KEEP", "BASE_KEEP")):
+    cells += [f"{med(e[k], 0):.0f}", f"{med(e[k], 0) / med(e[base], 0):.2f}",
+              f"{med(e[k], 1):.0f}", f"{med(e[k], 2):.1f}"]
+print("| " + " | ".join(cells) + " |")
+'
+  done
+} >"$OUT"
+cat "$OUT"
