@@ -573,7 +573,8 @@ pub struct Stats {
     pub refused: u64,
     /// North-south packets (`lb_xdp`) sent to this subset.
     pub xdp_packets: u64,
-    /// ... of which the first of a new flow.
+    /// North-south flows whose endpoint was picked in this subset (a retransmitted
+    /// SYN, which picks the same, is not one more).
     pub xdp_flows: u64,
     /// North-south packets dropped because the picked subset had no endpoint.
     pub xdp_dropped: u64,

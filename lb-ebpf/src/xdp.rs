@@ -64,19 +64,17 @@ fn try_xdp(ctx: &XdpContext) -> Option<u32> {
         service,
         proto: IPPROTO_TCP as u32,
     };
-    // A SYN starts a flow anew (a client reusing its port after a close); its
-    // retransmission picks the same, by the hash.
+    // A SYN picks anew (a client reusing its port after a close may meet new
+    // weights); a retransmitted one picks what the first did (by the hash), which is
+    // then neither written again nor counted as a new flow.
     // SAFETY: bounds checked by `at`.
     let syn = unsafe { *flags & (TCP_SYN | TCP_ACK) == TCP_SYN };
     // SAFETY: copied out at once.
-    let known = if syn {
-        None
-    } else {
-        (unsafe { LB_XDP_FLOWS.get(&key) }).copied()
-    };
+    let known = (unsafe { LB_XDP_FLOWS.get(&key) }).copied();
     let flow = match known {
-        Some(flow) => flow,
-        None => match new_flow(&key, &svc, ip.daddr)? {
+        Some(flow) if !syn => flow,
+        _ => match new_flow(&key, &svc, ip.daddr)? {
+            Ok(flow) if known == Some(flow) => flow,
             Ok(flow) => {
                 remember(&key, &flow)?;
                 if flow.subset == TO_PROXY {

@@ -430,7 +430,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 parse_cache: !no_parse_cache,
                 model: lb::model::Options {
                     normalization: front.path_normalization,
-                    own: Default::default(),
+                    ..Default::default()
                 },
             }))?;
             Ok(ExitCode::SUCCESS)
@@ -452,7 +452,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let opts = lb::model::Options {
                 normalization: path_normalization,
-                own: Default::default(),
+                ..Default::default()
             };
             let validated = lb::model::load_dir_with(&config, &mut Default::default(), &opts)?;
             let mut map = http::HeaderMap::new();

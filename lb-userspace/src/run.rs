@@ -73,6 +73,19 @@ pub fn own_listeners(listeners: &[SocketAddr]) -> model::own::OwnListeners {
 
 /// The IPv4 addresses of this machine's interfaces (getifaddrs); empty if it fails.
 fn local_ipv4() -> Vec<Ipv4Addr> {
+    ipv4_by_interface().into_iter().map(|(_, a)| a).collect()
+}
+
+/// The IPv4 addresses of `ifaces` (where their NodePorts are served).
+pub fn node_addresses(ifaces: &[String]) -> Vec<Ipv4Addr> {
+    (ipv4_by_interface().into_iter())
+        .filter(|(name, _)| ifaces.contains(name))
+        .map(|(_, a)| a)
+        .collect()
+}
+
+/// Each interface's IPv4 addresses (getifaddrs), by interface name; empty if it fails.
+fn ipv4_by_interface() -> Vec<(String, Ipv4Addr)> {
     let mut out = Vec::new();
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `list` with a linked list we free below; each entry's
@@ -86,7 +99,11 @@ fn local_ipv4() -> Vec<Ipv4Addr> {
             let a = (*cur).ifa_addr;
             if !a.is_null() && i32::from((*a).sa_family) == libc::AF_INET {
                 let sin = a.cast::<libc::sockaddr_in>();
-                out.push(Ipv4Addr::from(u32::from_be((*sin).sin_addr.s_addr)));
+                let name = std::ffi::CStr::from_ptr((*cur).ifa_name);
+                out.push((
+                    name.to_string_lossy().into_owned(),
+                    Ipv4Addr::from(u32::from_be((*sin).sin_addr.s_addr)),
+                ));
             }
             cur = (*cur).ifa_next;
         }
@@ -526,6 +543,10 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
     let mut cache = Reuse::default();
     // The listeners as bound (the deferred one's port is only known now).
     let mut model_opts = opts.model.clone();
+    model_opts.node_addresses = node_addresses(&opts.north_south.ifaces);
+    if !opts.north_south.ifaces.is_empty() {
+        tracing::info!(addresses = ?model_opts.node_addresses, "NodePorts served at");
+    }
     model_opts.own = own_listeners(&[
         proxy.local_addr(),
         proxy.deferred_addr(),

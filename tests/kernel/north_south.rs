@@ -122,6 +122,78 @@ fn outside_clients_reach_the_proxy_for_the_header_rule() {
     assert_eq!(counters["proxy_handoffs"].as_u64(), Some(0), "{counters}");
 }
 
+/// A Kubernetes LoadBalancer Service (the seed's, from the fake API server) from
+/// outside the node: its NodePort at the node's address of the `--xdp-iface` link and
+/// its load-balancer IP (routed to the node by the client, as an upstream router
+/// would) are split 90/10 in XDP like its ClusterIP is at connect.
+#[test]
+fn a_clusters_node_port_and_load_balancer_ip_are_split_in_xdp() {
+    use crate::apiserver::FakeApi;
+    let mut env = Env::new("xdp-kube");
+    let id = format!("{}", std::process::id() % 100_000);
+    let mut node = Node::new(&id, &env.cgroup.path, &[("v0", 3), ("v1", 4)]);
+    let outside = node.outside(&id).to_string();
+    node.backend("v0", 11400);
+    node.backend("v1", 11400);
+    const LB_IP: &str = "10.250.0.100";
+    let out = Command::new("ip")
+        .args(["-n", &outside, "route", "add", LB_IP, "via", NODE_EXT_IP])
+        .output()
+        .expect("ip route");
+    assert!(out.status.success(), "{out:?}");
+    let objects: Vec<serde_json::Value> = crate::kubernetes::seed_objects()
+        .into_iter()
+        .map(|mut o| {
+            if o["kind"] == "Service" {
+                o["spec"]["type"] = "LoadBalancer".into();
+                o["spec"]["ports"][0]["nodePort"] = NODE_PORT.into();
+                o["status"] = serde_json::json!({"loadBalancer": {"ingress": [{"ip": LB_IP}]}});
+            }
+            let text = o
+                .to_string()
+                .replace("127.10.14.1", "10.96.0.10")
+                .replace("127.0.0.2", "10.244.0.3")
+                .replace("127.0.0.3", "10.244.0.4");
+            serde_json::from_str(&text).expect("json")
+        })
+        .collect();
+    let listener = node.run_inside(|| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"));
+    let api = FakeApi::start_on(listener, &objects);
+    let kubeconfig = env.work.join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).expect("kubeconfig");
+    env.source_args = vec!["--kubeconfig".into(), kubeconfig.display().to_string()];
+    env.daemon_prefix = std::iter::once("nsenter".to_string())
+        .chain(enter(&node.ns))
+        .collect();
+    env.start_daemon_with(true, &["--xdp-iface", NODE_EXT_IFACE]);
+
+    for to in [
+        format!("{NODE_EXT_IP}:{NODE_PORT}"),
+        format!("{LB_IP}:11400"),
+    ] {
+        let s = node.probe_outside(&["--to", &to, "--count", "1000"]);
+        assert_eq!(
+            (s["failures"].as_u64(), s["peer_mismatches"].as_u64()),
+            (Some(0), Some(0)),
+            "{to}: {s}"
+        );
+        let v1 = s["by_backend"]["v1"].as_u64().unwrap_or(0) as f64;
+        assert!(
+            (v1 / 10.0 - 10.0).abs() <= 3.5,
+            "{to}: v1 got {:.1} %: {s}",
+            v1 / 10.0
+        );
+    }
+    // Only the client outside dialled these: the flows are XDP's, one per connection.
+    let status = env.status();
+    let flows: u64 = (status["services"].as_array().into_iter().flatten())
+        .filter(|svc| svc["address"] == NODE_EXT_IP || svc["address"] == LB_IP)
+        .flat_map(|svc| svc["subsets"].as_array().cloned().unwrap_or_default())
+        .map(|x| x["xdp_flows_total"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(flows, 2000, "{status}");
+}
+
 /// Whether an XDP program is attached to the node's outside link (`ip link` says
 /// `xdp`, `xdpgeneric`, ...).
 fn xdp_on_link(node: &Node) -> bool {

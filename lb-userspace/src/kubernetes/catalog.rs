@@ -1,7 +1,9 @@
 //! Kubernetes Services as lb's catalogue reads services: a ServiceEntry per Service,
 //! as Istio itself models them — the host `name.namespace.svc.<domain>`, the
-//! ClusterIPs as the addresses the kernel steers, the TCP ports, and the endpoints of
-//! its EndpointSlices labelled with their pods' labels (subsets select by them).
+//! ClusterIPs (and external and load-balancer IPs) as the addresses the kernel steers,
+//! the TCP ports, their NodePorts (lb's `lb.dev/node-ports` annotation), and the
+//! endpoints of its EndpointSlices labelled with their pods' labels (subsets select
+//! by them).
 //! Pure: tested without an API server.
 
 use std::sync::Arc;
@@ -64,11 +66,12 @@ pub fn entry(
         metadata: Metadata {
             name: Some(name.to_string()),
             namespace: Some(ns.to_string()),
+            annotations: node_ports(svc).into_iter().collect(),
             ..Metadata::default()
         },
         spec: ServiceEntrySpec {
             hosts: vec![format!("{name}.{ns}.svc.{domain}")],
-            addresses: svc.cluster_ips.iter().map(|ip| ip.to_string()).collect(),
+            addresses: svc.addresses.iter().map(|ip| ip.to_string()).collect(),
             ports: ports(svc),
             resolution: Some("STATIC".to_string()),
             endpoints: endpoints(ns, slices, labels, unnamed_port(svc).as_deref(), pods),
@@ -96,6 +99,19 @@ fn unnamed_port(svc: &Svc) -> Option<String> {
 
 pub(super) fn is_tcp(protocol: Option<&str>) -> bool {
     protocol.is_none_or(|p| p.eq_ignore_ascii_case("TCP"))
+}
+
+/// The NodePorts of the Service's TCP ports, as the model reads them.
+fn node_ports(svc: &Svc) -> Option<(String, String)> {
+    let pairs: Vec<String> = (svc.ports.iter().filter(|p| p.tcp))
+        .filter_map(|p| Some(format!("{}:{}", p.port, p.node_port?)))
+        .collect();
+    (!pairs.is_empty()).then(|| {
+        (
+            crate::model::catalog::NODE_PORTS_ANNOTATION.to_string(),
+            pairs.join(","),
+        )
+    })
 }
 
 fn ports(svc: &Svc) -> Vec<ServicePort> {

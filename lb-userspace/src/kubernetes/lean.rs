@@ -15,11 +15,13 @@ use super::catalog::{SERVICE_NAME_LABEL, is_tcp};
 
 /// A Service as lb keeps it: whether lb makes it a ServiceEntry (it has a spec and
 /// is not an ExternalName, which names a DNS host lb does not resolve), its IPv4
-/// ClusterIPs, and its ports.
+/// addresses, and its ports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Svc {
     pub served: bool,
-    pub cluster_ips: Box<[Box<str>]>,
+    /// Its ClusterIPs, then its external IPs and load-balancer ingress IPs (all
+    /// served at the Service's ports, as kube-proxy serves them).
+    pub addresses: Box<[Box<str>]>,
     pub ports: Box<[SvcPort]>,
 }
 
@@ -31,20 +33,28 @@ pub struct SvcPort {
     pub tcp: bool,
     /// A numeric targetPort (a named one is resolved by the slices, per pod).
     pub target_port: Option<i32>,
+    /// Its NodePort (a NodePort or LoadBalancer Service's).
+    pub node_port: Option<i32>,
 }
 
 /// A Service as lb keeps it.
 pub fn service(s: &Service) -> Arc<Svc> {
     let spec = s.spec.as_ref();
     let served = spec.is_some_and(|s| s.type_.as_deref() != Some("ExternalName"));
-    let ips = spec.and_then(|s| {
+    let cluster_ips = spec.and_then(|s| {
         s.cluster_ips
             .clone()
             .or_else(|| s.cluster_ip.clone().map(|ip| vec![ip]))
     });
+    let external_ips = spec.and_then(|s| s.external_ips.clone());
+    let ingress_ips = (s.status.as_ref())
+        .and_then(|st| st.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ingress| ingress.iter().filter_map(|i| i.ip.clone()).collect());
     // Headless Services ("None") have no address to steer; IPv6 ones are not steered.
-    let cluster_ips = ips
+    let addresses = [cluster_ips, external_ips, ingress_ips]
         .into_iter()
+        .flatten()
         .flatten()
         .filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok());
     let ports = spec
@@ -59,10 +69,11 @@ pub fn service(s: &Service) -> Arc<Svc> {
                 Some(IntOrString::Int(t)) => Some(*t),
                 _ => None,
             },
+            node_port: p.node_port,
         });
     Arc::new(Svc {
         served,
-        cluster_ips: cluster_ips.map(Into::into).collect(),
+        addresses: addresses.map(Into::into).collect(),
         ports: ports.collect(),
     })
 }
@@ -192,12 +203,13 @@ mod tests {
         let (mut s, e) = full();
         let lean = Svc {
             served: true,
-            cluster_ips: ["10.96.0.9".into()].into(),
+            addresses: ["10.96.0.9".into()].into(),
             ports: [SvcPort {
                 name: "http".into(),
                 port: 80,
                 tcp: true,
                 target_port: Some(8080),
+                node_port: None,
             }]
             .into(),
         };
@@ -205,9 +217,32 @@ mod tests {
         let full_entry = entry(&s, &e);
         assert_eq!(full_entry.spec.addresses, ["10.96.0.9"]);
         assert_eq!(full_entry.spec.endpoints.len(), 1, "the ready endpoint");
+        assert!(full_entry.metadata.annotations.is_empty(), "no NodePort");
+        // A LoadBalancer Service: its external and load-balancer IPs are served at its
+        // ports, its NodePort at the node's addresses (the annotation the model reads).
+        let spec = s.spec.as_mut().expect("spec");
+        spec.type_ = Some("LoadBalancer".into());
+        spec.external_ips = Some(vec!["192.0.2.7".into()]);
+        spec.ports.as_mut().expect("ports")[0].node_port = Some(30785);
+        s.status = serde_json::from_value(
+            json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.4"}, {"hostname": "lb.example"}]}}),
+        )
+        .expect("status");
+        let lb_entry = entry(&s, &e);
+        assert_eq!(
+            lb_entry.spec.addresses,
+            ["10.96.0.9", "192.0.2.7", "198.51.100.4"]
+        );
+        assert_eq!(
+            lb_entry.metadata.annotations["lb.dev/node-ports"],
+            "80:30785"
+        );
         // Headless and IPv6 ClusterIPs are not steered; an ExternalName is no entry.
-        s.spec.as_mut().expect("spec").cluster_ips = Some(vec!["None".into(), "fd00::9".into()]);
-        assert!(service(&s).cluster_ips.is_empty());
+        let spec = s.spec.as_mut().expect("spec");
+        spec.cluster_ips = Some(vec!["None".into(), "fd00::9".into()]);
+        spec.external_ips = None;
+        s.status = None;
+        assert!(service(&s).addresses.is_empty());
         s.spec.as_mut().expect("spec").type_ = Some("ExternalName".into());
         assert!(!service(&s).served);
     }

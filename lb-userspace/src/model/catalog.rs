@@ -21,6 +21,9 @@ pub struct CatalogService {
     /// IPv4 service addresses the kernel steers (may be empty: destination only).
     pub addresses: Vec<Ipv4Addr>,
     pub ports: Vec<Port>,
+    /// Its NodePorts ([`NODE_PORTS_ANNOTATION`]): (service port, node port). Served
+    /// at each node address ([`super::Options::node_addresses`]) as the service port.
+    pub node_ports: Vec<(u16, u16)>,
     /// Shared by the hosts of one ServiceEntry (cloning labels per host showed in
     /// reload profiles).
     pub endpoints: std::sync::Arc<Vec<Endpoint>>,
@@ -58,6 +61,24 @@ pub struct Endpoint {
 }
 
 impl CatalogService {
+    /// Every address:port the service is dialled at, with the service port each one
+    /// is: its addresses at its ports, then `node_addresses` at its NodePorts.
+    pub fn frontends<'a>(
+        &'a self,
+        node_addresses: &'a [Ipv4Addr],
+    ) -> impl Iterator<Item = (std::net::SocketAddrV4, &'a Port)> + 'a {
+        let own = (self.addresses.iter()).flat_map(move |a| {
+            (self.ports.iter()).map(move |p| (std::net::SocketAddrV4::new(*a, p.number), p))
+        });
+        let node = node_addresses.iter().flat_map(move |a| {
+            self.node_ports.iter().filter_map(move |(port, node_port)| {
+                let p = self.ports.iter().find(|p| p.number == *port)?;
+                Some((std::net::SocketAddrV4::new(*a, *node_port), p))
+            })
+        });
+        own.chain(node)
+    }
+
     /// The port of this service that `number` names.
     pub fn port(&self, number: u16) -> Option<&Port> {
         self.ports.iter().find(|p| p.number == number)
@@ -107,6 +128,22 @@ impl Endpoint {
             .or(port.target)
             .unwrap_or(port.number)
     }
+}
+
+/// A ServiceEntry's NodePorts, `"80:30785,443:30443"`: the service ports also served at
+/// the node's addresses (`lb run --xdp-iface`'s) at those ports, as a Kubernetes
+/// NodePort Service's are (the Kubernetes source writes it on the Services it reads).
+pub const NODE_PORTS_ANNOTATION: &str = "lb.dev/node-ports";
+
+/// [`NODE_PORTS_ANNOTATION`]'s pairs (service port, node port); None: not that form.
+pub fn node_ports(text: &str) -> Option<Vec<(u16, u16)>> {
+    text.split(',')
+        .map(|pair| {
+            let (port, node) = pair.trim().split_once(':')?;
+            let number = |s: &str| s.trim().parse::<u16>().ok().filter(|n| *n != 0);
+            Some((number(port)?, number(node)?))
+        })
+        .collect()
 }
 
 fn port_number(v: i64) -> Option<u16> {
@@ -202,6 +239,25 @@ pub fn from_service_entry(
     if spec.ports.is_empty() {
         err("spec.ports", Invalid::NoPort);
     }
+    let node_ports = match l.annotation(NODE_PORTS_ANNOTATION) {
+        None => Vec::new(),
+        Some(text) => match node_ports(&text) {
+            Some(pairs)
+                if pairs
+                    .iter()
+                    .all(|(p, _)| ports.iter().any(|q| q.number == *p)) =>
+            {
+                pairs
+            }
+            _ => {
+                err(
+                    &format!("metadata.annotations.{NODE_PORTS_ANNOTATION}"),
+                    Invalid::NodePorts(text),
+                );
+                Vec::new()
+            }
+        },
+    };
     match spec.resolution.as_deref() {
         None | Some("STATIC") | Some("NONE") => {}
         Some(r @ ("DNS" | "DNS_ROUND_ROBIN")) => {
@@ -284,6 +340,7 @@ pub fn from_service_entry(
             source: format!("{}/{}", l.namespace, l.name),
             addresses: addresses.clone(),
             ports: ports.clone(),
+            node_ports: node_ports.clone(),
             endpoints: endpoints.clone(),
             doc: doc.clone(),
             selected: Default::default(),

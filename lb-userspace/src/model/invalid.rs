@@ -233,6 +233,10 @@ pub enum Invalid {
     HashHeader(String),
     #[error("unknown consistentHash field {0:?}")]
     HashField(String),
+    #[error(
+        "{0:?}: expected a comma list of SERVICE_PORT:NODE_PORT (`80:30785`), each service port one of spec.ports, each node port 1-65535"
+    )]
+    NodePorts(String),
 }
 
 impl Invalid {

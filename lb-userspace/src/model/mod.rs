@@ -175,6 +175,9 @@ pub struct Options {
     pub normalization: crate::route::path::Normalization,
     /// lb's own listeners: no endpoint may be one of them.
     pub own: own::OwnListeners,
+    /// The node's addresses its services' NodePorts are served at (those of the
+    /// `--xdp-iface` interfaces; none: NodePorts are not served).
+    pub node_addresses: Vec<std::net::Ipv4Addr>,
 }
 
 /// Loads and validates the configuration directory (default options).
@@ -245,80 +248,77 @@ fn build_part(
     let mut services = Vec::new();
     let mut frontends: BTreeMap<SocketAddrV4, &str> = BTreeMap::new();
     for svc in &catalog.services {
-        for addr in &svc.addresses {
-            for port in &svc.ports {
-                let frontend = SocketAddrV4::new(*addr, port.number);
-                if let Some(other) = frontends.insert(frontend, &svc.host) {
-                    if other != svc.host {
-                        let l = &svc.doc;
-                        diags.push(Diagnostic::error(
-                            l.at("spec.addresses"),
-                            "spec.addresses",
-                            Invalid::AddressTaken {
-                                address: frontend,
-                                first: other.to_string(),
-                                second: svc.host.clone(),
-                            },
-                        ));
-                    }
-                    continue;
+        for (frontend, port) in svc.frontends(&opts.node_addresses) {
+            if let Some(other) = frontends.insert(frontend, &svc.host) {
+                if other != svc.host {
+                    let l = &svc.doc;
+                    diags.push(Diagnostic::error(
+                        l.at("spec.addresses"),
+                        "spec.addresses",
+                        Invalid::AddressTaken {
+                            address: frontend,
+                            first: other.to_string(),
+                            second: svc.host.clone(),
+                        },
+                    ));
                 }
-                let vs = bindings.get(&svc.host).map(|i| &parsed[*i]);
-                let split = match vs.and_then(|v| v.kernel.as_ref()) {
-                    Some(route) => {
-                        let l = &loaded[route.resource];
-                        let resolved = routes::resolve(
-                            route,
-                            l,
-                            port.number,
-                            &svc.host,
-                            &catalog,
-                            &subset_rules,
-                            diags,
-                        );
-                        match resolved {
-                            Some(split) => split,
-                            None => continue,
-                        }
-                    }
-                    // No VirtualService (or no catch-all rule): even over every endpoint.
-                    None => vec![WeightedSubset {
-                        name: "(all)".into(),
-                        weight: 1,
-                        endpoints: svc.select(&Default::default(), port),
-                        kernel: subset_rules
-                            .get(&svc.host)
-                            .map(|r| {
-                                let policy = r.policy(None, Some(port.number));
-                                traffic::KernelPolicy::of(&policy, &r.source)
-                            })
-                            .unwrap_or_default(),
-                    }],
-                };
-                let hashed = split.iter().find_map(|s| s.kernel.needs_proxy.clone());
-                services.push(Service {
-                    name: hosts::short_name(&svc.host).to_string(),
-                    namespace: svc.namespace.clone(),
-                    host: svc.host.clone(),
-                    frontend,
-                    split,
-                    virtual_service: vs.map(|v| v.source.clone()),
-                    proxy_reason: vs
-                        .and_then(|v| v.proxy_reason.clone())
-                        .or_else(|| {
-                            let (i, host) = host_routed.get(&svc.host)?;
-                            (bindings.get(&svc.host) != Some(i)).then(|| {
-                                routes::ProxyReason::HostRouted {
-                                    virtual_service: parsed[*i].source.clone(),
-                                    host: host.clone(),
-                                }
-                            })
-                        })
-                        .or_else(|| hashed.map(routes::ProxyReason::Hashed)),
-                    sticky_source: vs
-                        .is_some_and(|v| v.sticky == Some(crate::route::policy::HashKey::SourceIp)),
-                });
+                continue;
             }
+            let vs = bindings.get(&svc.host).map(|i| &parsed[*i]);
+            let split = match vs.and_then(|v| v.kernel.as_ref()) {
+                Some(route) => {
+                    let l = &loaded[route.resource];
+                    let resolved = routes::resolve(
+                        route,
+                        l,
+                        port.number,
+                        &svc.host,
+                        &catalog,
+                        &subset_rules,
+                        diags,
+                    );
+                    match resolved {
+                        Some(split) => split,
+                        None => continue,
+                    }
+                }
+                // No VirtualService (or no catch-all rule): even over every endpoint.
+                None => vec![WeightedSubset {
+                    name: "(all)".into(),
+                    weight: 1,
+                    endpoints: svc.select(&Default::default(), port),
+                    kernel: subset_rules
+                        .get(&svc.host)
+                        .map(|r| {
+                            let policy = r.policy(None, Some(port.number));
+                            traffic::KernelPolicy::of(&policy, &r.source)
+                        })
+                        .unwrap_or_default(),
+                }],
+            };
+            let hashed = split.iter().find_map(|s| s.kernel.needs_proxy.clone());
+            services.push(Service {
+                name: hosts::short_name(&svc.host).to_string(),
+                namespace: svc.namespace.clone(),
+                host: svc.host.clone(),
+                frontend,
+                split,
+                virtual_service: vs.map(|v| v.source.clone()),
+                proxy_reason: vs
+                    .and_then(|v| v.proxy_reason.clone())
+                    .or_else(|| {
+                        let (i, host) = host_routed.get(&svc.host)?;
+                        (bindings.get(&svc.host) != Some(i)).then(|| {
+                            routes::ProxyReason::HostRouted {
+                                virtual_service: parsed[*i].source.clone(),
+                                host: host.clone(),
+                            }
+                        })
+                    })
+                    .or_else(|| hashed.map(routes::ProxyReason::Hashed)),
+                sticky_source: vs
+                    .is_some_and(|v| v.sticky == Some(crate::route::policy::HashKey::SourceIp)),
+            });
         }
     }
     services.sort_by_key(|s| s.frontend);

@@ -392,6 +392,8 @@ fn partition(loaded: &[Arc<Loaded>]) -> Parted {
 
 /// The names `l` mentions, reduced so two objects that can touch one service share
 /// one; false when it names a wildcard host (it may touch any service).
+use super::catalog::{NODE_PORTS_ANNOTATION, node_ports as node_ports_of};
+
 fn mentions(l: &Loaded, out: &mut Vec<String>) -> bool {
     out.push(format!("n:{} {}/{}", l.kind, l.namespace, l.name));
     let mut ok = true;
@@ -414,6 +416,14 @@ fn mentions(l: &Loaded, out: &mut Vec<String>) -> bool {
                 // An address range (`10.0.0.0/24`) by its first address: lb serves
                 // single addresses, the model rejects the rest by its slice alone.
                 host(a.split('/').next().unwrap_or_default(), out);
+            }
+            // Two services at one NodePort conflict on every node address.
+            let node_ports = se.metadata.annotations.get(NODE_PORTS_ANNOTATION);
+            for (_, node_port) in node_ports
+                .and_then(|t| node_ports_of(t))
+                .unwrap_or_default()
+            {
+                out.push(format!("p:{node_port}"));
             }
         }
         Resource::DestinationRule(dr) => {
