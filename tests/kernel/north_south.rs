@@ -308,13 +308,33 @@ fn outside_clients_get_the_seeds_split_in_xdp() {
         assert!(s["attempts"].as_u64().unwrap_or(0) >= 20, "{s}");
     }
 
-    // `lb down` takes the programs off the interface.
+    // The pinned links keep XDP running without the daemon; a daemon asked for another
+    // mode attaches anew in it; one asked for no interface detaches; `lb down` takes
+    // everything off.
     assert!(xdp_on_link(&node), "XDP attached while lb runs");
     env.kill_daemons();
     assert!(
         xdp_on_link(&node),
         "the pinned link keeps XDP running without the daemon"
     );
+    env.start_daemon_with(
+        true,
+        &["--xdp-iface", NODE_EXT_IFACE, "--xdp-mode", "generic"],
+    );
+    assert_eq!(env.status()["xdp"][0]["mode"], "generic");
+    let s = node.probe_outside(&["--to", &to, "--count", "100"]);
+    assert_eq!(
+        (s["by_backend"]["v1"].as_u64(), s["failures"].as_u64()),
+        (Some(100), Some(0)),
+        "generic XDP splits as native did: {s}"
+    );
+    env.kill_daemons();
+    env.start_daemon(true);
+    assert_eq!(env.status()["xdp"], serde_json::json!([]));
+    assert!(!xdp_on_link(&node), "no interface asked for: detached");
+    env.start_daemon_with(true, &["--xdp-iface", NODE_EXT_IFACE]);
+    assert!(xdp_on_link(&node));
+    env.kill_daemons();
     let down = Command::new(crate::harness::lb_bin())
         .args(["down", "--bpffs"])
         .arg(&env.bpffs)
