@@ -679,7 +679,12 @@ pub mod counters {
     /// North-south flows handed to the proxy (their original destination in
     /// `LB_ORIG_DST`, as `sock_ops` leaves it for local clients).
     pub const XDP_PROXY_FLOWS: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// North-south flows whose picked endpoint runs on another node (the node routes
+    /// to it through a gateway, or out of the interface the flow came in by): passed
+    /// to the stack untranslated (kube-proxy's, if any), since their replies would not
+    /// come back through this node.
+    pub const XDP_REMOTE_PASSED: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// `LB_SERVICE_META` value (never read by the kernel): names for `lb status`.

@@ -33,6 +33,9 @@ pub struct Flow {
 
 /// `Flow::subset` of a flow handed to the proxy.
 pub const TO_PROXY: u32 = u32::MAX;
+/// `Flow::subset` of a flow whose picked endpoint runs on another node: left to the
+/// stack untranslated for its life (lb has no way back for its replies yet).
+pub const PASSED: u32 = u32::MAX - 1;
 
 /// `LB_XDP_NAT` key: a reply as it leaves the node, endpoint → client; the value is
 /// the service address the client dialled (the reply's source is set back to it).

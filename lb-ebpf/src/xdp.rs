@@ -6,10 +6,17 @@
 //! proxy the same way, its original destination left in `LB_ORIG_DST` where the proxy
 //! reads a local client's. Anything else passes untouched at once.
 
-use aya_ebpf::{bindings::xdp_action::XDP_DROP, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::xdp_action::XDP_DROP,
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
+    helpers::bpf_fib_lookup as fib_lookup,
+    macros::xdp,
+    programs::XdpContext,
+};
 use lb_common::xdp::{
-    Flow, FlowKey, IPPROTO_TCP, NatKey, TO_PROXY, csum_replace2, csum_replace4, endpoint_pick,
-    flow_hash,
+    Flow, FlowKey, IPPROTO_TCP, NatKey, PASSED, TO_PROXY, csum_replace2, csum_replace4,
+    endpoint_pick, flow_hash,
 };
 use lb_common::{
     ClientKey, EndpointKey, Service, SlotKey, SockAddr4, StatKey, counters, mode, settings_flags,
@@ -69,18 +76,28 @@ fn try_xdp(ctx: &XdpContext) -> Option<u32> {
     // then neither written again nor counted as a new flow.
     // SAFETY: bounds checked by `at`.
     let syn = unsafe { *flags & (TCP_SYN | TCP_ACK) == TCP_SYN };
+    // A whole value, never an `Option`: a None's payload is undefined, LLVM may carry
+    // it in a register across a call anyway, and the verifier refuses that read
+    // ("R2 !read_ok"). No flow has the default (0.0.0.0:0) backend.
     // SAFETY: copied out at once.
-    let known = (unsafe { LB_XDP_FLOWS.get(&key) }).copied();
-    let flow = match known {
-        Some(flow) if !syn => flow,
-        _ => match new_flow(&key, &svc, ip.daddr)? {
-            Ok(flow) if known == Some(flow) => flow,
-            Ok(flow) => {
-                remember(&key, &flow)?;
-                if flow.subset == TO_PROXY {
-                    bump(counters::XDP_PROXY_FLOWS);
-                } else {
-                    count(service, flow.subset, |s| s.xdp_flows += 1);
+    let known = (unsafe { LB_XDP_FLOWS.get(&key) })
+        .copied()
+        .unwrap_or_default();
+    let flow = if known != Flow::default() && !syn {
+        known
+    } else {
+        match new_flow(&key, &svc)? {
+            Ok(mut flow) => {
+                if flow.subset != TO_PROXY && on_another_node(ctx, key.client, flow.backend) {
+                    flow.subset = PASSED;
+                }
+                if known != flow {
+                    remember(&key, &flow)?;
+                    match flow.subset {
+                        TO_PROXY => bump(counters::XDP_PROXY_FLOWS),
+                        PASSED => bump(counters::XDP_REMOTE_PASSED),
+                        subset => count(service, subset, |s| s.xdp_flows += 1),
+                    }
                 }
                 flow
             }
@@ -88,10 +105,12 @@ fn try_xdp(ctx: &XdpContext) -> Option<u32> {
                 count(service, subset, |s| s.xdp_dropped += 1);
                 return Some(XDP_DROP);
             }
-        },
+        }
     };
-    if flow.subset != TO_PROXY {
-        count(service, flow.subset, |s| s.xdp_packets += 1);
+    match flow.subset {
+        PASSED => return None,
+        TO_PROXY => {}
+        subset => count(service, subset, |s| s.xdp_packets += 1),
     }
     let (old_ip, new_ip) = (
         u32::from_ne_bytes(ip.daddr),
@@ -110,7 +129,7 @@ fn try_xdp(ctx: &XdpContext) -> Option<u32> {
 /// Where a new flow goes: lb's proxy for a proxy-path service (while it listens;
 /// else the kernel split, as `connect4` falls back), else [`pick`]'s endpoint.
 #[inline(always)]
-fn new_flow(key: &FlowKey, svc: &Service, dialled: [u8; 4]) -> Option<Result<Flow, u32>> {
+fn new_flow(key: &FlowKey, svc: &Service) -> Option<Result<Flow, u32>> {
     if svc.mode == mode::PROXY {
         match live_proxy(false) {
             Some(proxy) => {
@@ -120,7 +139,7 @@ fn new_flow(key: &FlowKey, svc: &Service, dialled: [u8; 4]) -> Option<Result<Flo
                 // A listener on every address is reached at the address dialled (the
                 // node's); one on loopback only is out of an outside client's reach.
                 let backend = if every {
-                    SockAddr4::new(dialled, proxy.port)
+                    SockAddr4::new(key.service.addr, proxy.port)
                 } else if proxy.addr[0] == 127 {
                     bump(counters::XDP_PROXY_PASSED);
                     return None;
@@ -139,10 +158,37 @@ fn new_flow(key: &FlowKey, svc: &Service, dialled: [u8; 4]) -> Option<Result<Flo
     pick(key, svc)
 }
 
+/// Whether the node reaches `backend` through a gateway, or out of the interface the
+/// packet came in by: another node's endpoint, whose replies would go to the client
+/// without passing here to be translated back.
+#[inline(always)]
+fn on_another_node(ctx: &XdpContext, client: SockAddr4, backend: SockAddr4) -> bool {
+    // SAFETY: a plain C struct of integers and unions of integers: all zeroes is valid.
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.family = 2; // AF_INET
+    p.l4_protocol = IPPROTO_TCP;
+    p.ifindex = ctx.ingress_ifindex() as u32;
+    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(client.addr);
+    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(backend.addr);
+    let ingress = p.ifindex;
+    // SAFETY: `p` is a bpf_fib_lookup of the size given, on this stack frame.
+    let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut p, size_of::<bpf_fib_lookup>() as i32, 0) };
+    // On a route with a gateway the lookup leaves the gateway's address as the
+    // destination.
+    // SAFETY: the union's IPv4 member, which the lookup wrote.
+    let via_gateway = unsafe { p.__bindgen_anon_4.ipv4_dst } != u32::from_ne_bytes(backend.addr);
+    (rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64)
+        && (via_gateway || p.ifindex == ingress)
+}
+
 /// Records a new flow, its replies' way back, and for the proxy what the client
-/// dialled. None: a map refused it (then nothing is translated).
+/// dialled (a passed flow only itself). None: a map refused it (then nothing is
+/// translated).
 #[inline(always)]
 fn remember(key: &FlowKey, flow: &Flow) -> Option<()> {
+    if flow.subset == PASSED {
+        return LB_XDP_FLOWS.insert(key, flow, 0).ok();
+    }
     let back = NatKey {
         backend: flow.backend,
         client: key.client,

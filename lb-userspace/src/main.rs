@@ -153,7 +153,8 @@ enum Cmd {
         /// service address — a ServiceEntry address that is this interface's, a
         /// NodePort — lb splits in XDP before the stack, translating them to the picked
         /// endpoint (replies are translated back on the way out). Native XDP where the
-        /// driver has it, generic otherwise (`lb status` says which).
+        /// driver has it, generic otherwise (`lb status` says which). An IPv4 address
+        /// names the interface that holds it (a DaemonSet's `$(NODE_IP)`).
         #[arg(long = "xdp-iface", value_name = "IFACE")]
         xdp_ifaces: Vec<String>,
         /// Force XDP's mode on the `--xdp-iface` interfaces: `native` (in the driver;
@@ -424,7 +425,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     sk_msg
                 },
                 north_south: lb::datapath::north_south::NorthSouth {
-                    ifaces: xdp_ifaces,
+                    ifaces: interfaces(xdp_ifaces)?,
                     mode: xdp_mode,
                 },
                 parse_cache: !no_parse_cache,
@@ -661,4 +662,21 @@ fn validate(dir: &std::path::Path, listeners: &[SocketAddr]) -> anyhow::Result<E
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// `--xdp-iface` values as interface names: an IPv4 address names the interface that
+/// holds it.
+fn interfaces(values: Vec<String>) -> anyhow::Result<Vec<String>> {
+    let held = lb::run::ipv4_by_interface();
+    values
+        .into_iter()
+        .map(|v| match v.parse::<std::net::Ipv4Addr>() {
+            Err(_) => Ok(v),
+            Ok(addr) => held
+                .iter()
+                .find(|(_, a)| *a == addr)
+                .map(|(name, _)| name.clone())
+                .with_context(|| format!("--xdp-iface {v}: no interface holds this address")),
+        })
+        .collect()
 }

@@ -85,7 +85,7 @@ pub fn node_addresses(ifaces: &[String]) -> Vec<Ipv4Addr> {
 }
 
 /// Each interface's IPv4 addresses (getifaddrs), by interface name; empty if it fails.
-fn ipv4_by_interface() -> Vec<(String, Ipv4Addr)> {
+pub fn ipv4_by_interface() -> Vec<(String, Ipv4Addr)> {
     let mut out = Vec::new();
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `list` with a linked list we free below; each entry's

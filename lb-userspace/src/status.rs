@@ -60,6 +60,9 @@ pub struct Counters {
     pub sk_msg_skipped: u64,
     /// North-south flows handed to the proxy.
     pub xdp_proxy_flows: u64,
+    /// North-south flows whose picked endpoint runs on another node, passed to the
+    /// stack untranslated.
+    pub xdp_remote_passed: u64,
     /// North-south packets to a proxy-path service passed to the node's stack: the
     /// proxy listens on loopback only.
     pub xdp_proxy_passed: u64,
@@ -137,6 +140,7 @@ pub fn read(pins: &Pins) -> Result<Status, DatapathError> {
         sk_msg_stayed_on_tcp: counter(lb_common::counters::SK_MSG_STAYED_ON_TCP),
         sk_msg_skipped: counter(lb_common::counters::SK_MSG_SKIPPED),
         xdp_proxy_flows: counter(lb_common::counters::XDP_PROXY_FLOWS),
+        xdp_remote_passed: counter(lb_common::counters::XDP_REMOTE_PASSED),
         xdp_proxy_passed: counter(lb_common::counters::XDP_PROXY_PASSED),
     };
     let links = crate::datapath::north_south::pinned(pins);
@@ -408,8 +412,8 @@ impl Status {
         if !self.xdp.is_empty() {
             let _ = writeln!(
                 s,
-                "north-south flows handed to the proxy {}, packets to proxy-path services passed to the stack (proxy on loopback only) {}",
-                c.xdp_proxy_flows, c.xdp_proxy_passed
+                "north-south flows handed to the proxy {}, left to the stack because their pod runs on another node {}; packets to proxy-path services passed to the stack (proxy on loopback only) {}",
+                c.xdp_proxy_flows, c.xdp_remote_passed, c.xdp_proxy_passed
             );
         }
         if let Some(e) = &self.config.last_error {

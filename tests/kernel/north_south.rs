@@ -194,6 +194,61 @@ fn a_clusters_node_port_and_load_balancer_ip_are_split_in_xdp() {
     assert_eq!(flows, 2000, "{status}");
 }
 
+/// A flow whose picked endpoint runs on another node — reached through a gateway, or
+/// out of the interface the flow came in by — is left to the stack untranslated (its
+/// replies would not come back through this node): here nothing else serves the
+/// NodePort, so it is refused, never half-translated.
+#[test]
+fn a_flow_picked_for_another_nodes_pod_is_left_to_the_stack() {
+    let mut env = Env::new("xdp-remote");
+    let id = format!("{}", std::process::id() % 100_000);
+    let mut node = Node::new(&id, &env.cgroup.path, &[("v0", 3), ("v1", 4)]);
+    node.outside(&id);
+    node.backend("v0", 11400);
+    // "Another node's" pods: one behind a gateway (the v1 pod stands in for a node),
+    // one on the outside link's subnet.
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            &node.ns,
+            "route",
+            "add",
+            "10.99.0.0/24",
+            "via",
+            "10.244.0.4",
+        ])
+        .output()
+        .expect("ip route");
+    assert!(out.status.success(), "{out:?}");
+    let config = node_port_config(50, 50)
+        .replace(
+            "  - {address: 10.244.0.4, ports: {http: 11400}, labels: {app: backend, version: v1}}",
+            "  - {address: 10.99.0.5, ports: {http: 11400}, labels: {app: backend, version: v1}}\n  - {address: 10.250.0.50, ports: {http: 11400}, labels: {app: backend, version: v1}}",
+        );
+    assert!(config.contains("10.99.0.5"), "{config}");
+    env.write_config("backend.yaml", &config);
+    env.daemon_prefix = std::iter::once("nsenter".to_string())
+        .chain(enter(&node.ns))
+        .collect();
+    env.start_daemon_with(true, &["--xdp-iface", NODE_EXT_IFACE]);
+    let to = format!("{NODE_EXT_IP}:{NODE_PORT}");
+
+    let s = node.probe_outside(&["--to", &to, "--count", "400"]);
+    let served = s["by_backend"]["v0"].as_u64().unwrap_or(0);
+    let refused = s["refused"].as_u64().unwrap_or(0);
+    assert_eq!(s["failures"].as_u64(), Some(refused), "only refusals: {s}");
+    assert_eq!(served + refused, 400, "{s}");
+    assert!((120..=280).contains(&refused), "about half were v1's: {s}");
+    let status = env.status();
+    assert_eq!(
+        status["counters"]["xdp_remote_passed"].as_u64(),
+        Some(refused),
+        "{status}"
+    );
+    let v0 = &status["services"][0]["subsets"][0];
+    assert_eq!(v0["xdp_flows_total"].as_u64(), Some(served), "{status}");
+}
+
 /// Whether an XDP program is attached to the node's outside link (`ip link` says
 /// `xdp`, `xdpgeneric`, ...).
 fn xdp_on_link(node: &Node) -> bool {
