@@ -280,7 +280,7 @@ done
 {
   echo "## North-south: NodePort from outside the node (bench/north-south.sh)"
   echo
-  echo "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //') ($(nproc) cores, kernel $(uname -r)), $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $ROUNDS interleaved round(s) of $SECS s per row and mode, medians; \`wrk -t1 -c50\` in the client's namespace on CPU 1, the pods' backends on CPU 0; machine CPU = both CPUs' busy time (/proc/stat) per request. IPVS: $( [ "$IPVS" = yes ] && echo "available but not measured yet" || echo "not in this kernel (CONFIG_IP_VS unset), no row")."
+  echo "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //') ($(nproc) cores, kernel $(uname -r)), $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $ROUNDS interleaved round(s) of $SECS s per row and mode, medians; × iptables: the median of per-round ratios (their range); \`wrk -t1 -c50\` in the client's namespace on CPU 1, the pods' backends on CPU 0; machine CPU = both CPUs' busy time (/proc/stat) per request. IPVS: $( [ "$IPVS" = yes ] && echo "available but not measured yet" || echo "not in this kernel (CONFIG_IP_VS unset), no row")."
   echo
   echo "| row | new connections/s (close) | × iptables | p99 µs | machine CPU µs/conn | keep-alive req/s | × iptables | p99 µs | machine CPU µs/req |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -291,10 +291,15 @@ done
 import os, statistics as st
 def rows(v): return [list(map(float, x.split())) for x in v.split(";") if x]
 def med(v, i): return st.median(r[i] for r in rows(v))
+def ratio(v, base):
+    # Per round: the two rows of a round ran seconds apart, free of the drift
+    # between rounds. The median, and the range over the rounds.
+    r = [a[0] / b[0] for a, b in zip(rows(v), rows(base))]
+    return f"{st.median(r):.2f} ({min(r):.2f}–{max(r):.2f})" if len(r) > 1 else f"{r[0]:.2f}"
 e = os.environ
 cells = [e["LABEL"]]
 for k, base in (("CLOSE", "BASE_CLOSE"), ("KEEP", "BASE_KEEP")):
-    cells += [f"{med(e[k], 0):.0f}", f"{med(e[k], 0) / med(e[base], 0):.2f}",
+    cells += [f"{med(e[k], 0):.0f}", ratio(e[k], e[base]),
               f"{med(e[k], 1):.0f}", f"{med(e[k], 2):.1f}"]
 print("| " + " | ".join(cells) + " |")
 '

@@ -321,17 +321,30 @@ pub mod slot_flags {
 /// together spread (a murmur3 finaliser).
 #[inline(always)]
 pub fn client_hash(bound_ip4: u32, netns_cookie: u64) -> u32 {
-    let mut h = if bound_ip4 != 0 {
+    mix(if bound_ip4 != 0 {
         bound_ip4 as u64
     } else {
         netns_cookie ^ 0x9e37_79b9_7f4a_7c15
-    };
+    }) as u32
+}
+
+/// The endpoint index inside a subset picked by a hash (the client's for source
+/// hashing, a flow's in XDP): another mix of it than the slot's, so the endpoint does
+/// not follow from the subset.
+#[inline(always)]
+pub fn endpoint_pick(hash: u32, endpoint_count: u32) -> u32 {
+    hash.rotate_left(16).wrapping_mul(0x9e37_79b1) % endpoint_count
+}
+
+/// murmur3's 64-bit finaliser: every input bit moves every output bit.
+#[inline(always)]
+pub fn mix(mut h: u64) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
     h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     h ^= h >> 33;
-    h as u32
+    h
 }
 
 /// `LB_SLOTS` key: one weight slot of one revision of a service.

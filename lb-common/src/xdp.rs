@@ -6,6 +6,8 @@
 //! the tests.
 
 use crate::SockAddr4;
+#[cfg(test)]
+use crate::endpoint_pick;
 
 pub const IPPROTO_TCP: u8 = 6;
 
@@ -47,7 +49,8 @@ pub struct NatKey {
     pub proto: u32,
 }
 
-/// A flow's hash: the slot is `hash % slot_count`, the endpoint [`endpoint_pick`] of it.
+/// A flow's hash: the slot is `hash % slot_count`, the endpoint
+/// [`endpoint_pick`](crate::endpoint_pick) of it.
 /// A function of the flow's tuple only, so a new flow's pick is the same on every node
 /// with the same plan (a flow an upstream router moves to another node keeps its
 /// endpoint) and for a retransmitted SYN. A murmur3 finaliser over the tuple.
@@ -55,22 +58,11 @@ pub struct NatKey {
 pub fn flow_hash(key: &FlowKey) -> u32 {
     let a = u32::from_ne_bytes(key.client.addr) as u64;
     let b = u32::from_ne_bytes(key.service.addr) as u64;
-    let mut h = (a << 32 | b)
-        ^ ((key.client.port as u64) << 48 | (key.service.port as u64) << 32 | key.proto as u64)
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
-    h as u32
-}
-
-/// The endpoint index inside the picked subset: another mix of the flow's hash than
-/// the slot's, so the endpoint does not follow from the subset.
-#[inline(always)]
-pub fn endpoint_pick(hash: u32, endpoint_count: u32) -> u32 {
-    hash.rotate_left(16).wrapping_mul(0x9e37_79b1) % endpoint_count
+    crate::mix(
+        (a << 32 | b)
+            ^ ((key.client.port as u64) << 48 | (key.service.port as u64) << 32 | key.proto as u64)
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    ) as u32
 }
 
 /// An Internet checksum (`check`, as it lies in the packet) after a 32-bit field it

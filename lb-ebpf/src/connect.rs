@@ -119,10 +119,8 @@ fn try_connect4(ctx: &SockAddrContext) -> Verdict {
         return Verdict::Refuse;
     }
     let index = if slot.flags & slot_flags::HASH_ENDPOINT != 0 {
-        // Another mix of the same key than the slot's, so the endpoint inside a
-        // subset does not follow from the subset.
         let h = client.unwrap_or_else(|| client_of(ctx, sa));
-        h.rotate_left(16).wrapping_mul(0x9e37_79b1) % slot.endpoint_count
+        lb_common::endpoint_pick(h, slot.endpoint_count)
     } else {
         random() % slot.endpoint_count
     };

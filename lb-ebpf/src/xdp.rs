@@ -14,9 +14,9 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
+use lb_common::endpoint_pick;
 use lb_common::xdp::{
-    Flow, FlowKey, IPPROTO_TCP, NatKey, PASSED, TO_PROXY, csum_replace2, csum_replace4,
-    endpoint_pick, flow_hash,
+    Flow, FlowKey, IPPROTO_TCP, NatKey, PASSED, TO_PROXY, csum_replace2, csum_replace4, flow_hash,
 };
 use lb_common::{
     ClientKey, EndpointKey, Service, SlotKey, SockAddr4, StatKey, counters, mode, settings_flags,
@@ -52,7 +52,7 @@ fn try_xdp(ctx: &XdpContext) -> Option<u32> {
     let eth_type: *const u16 = at(ctx, 12)?;
     // SAFETY: bounds checked by `at`.
     let (eth_type, ip) = unsafe { (*eth_type, &mut *ip) };
-    // Services are TCP only (the model refuses UDP ports: a service is keyed by
+    // lb serves TCP only (connect4 steers TCP only, and a service is keyed by
     // address and port, not protocol), so UDP passes like anything not lb's.
     if !ip.is_plain_v4(eth_type) || ip.protocol != IPPROTO_TCP {
         return None;

@@ -290,13 +290,7 @@ impl Env {
 
     /// Runs the test client inside the cgroup to completion; returns its summary.
     pub fn probe(&self, args: &[&str]) -> Value {
-        let out = self.probe_cmd(args).output().expect("run probe");
-        assert!(
-            out.status.success(),
-            "probe failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("probe json")
+        run_probe(self.probe_cmd(args))
     }
 
     /// `count` requests on one keep-alive connection to `to` (plus `extra` probe flags).
@@ -309,11 +303,7 @@ impl Env {
 
     /// Starts the test client in the background; `stop_probe` ends it.
     pub fn spawn_probe(&self, args: &[&str]) -> Child {
-        self.probe_cmd(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn probe")
+        spawn_probe(self.probe_cmd(args))
     }
 
     /// A client connecting to `to` every millisecond in the background (at most
@@ -442,6 +432,25 @@ impl Client {
 }
 
 /// Stops a background probe started with `--until-file` and returns its summary.
+/// Runs a test client (`lb probe ... --json`) to completion; returns its summary.
+pub fn run_probe(mut cmd: Command) -> Value {
+    let out = cmd.output().expect("run probe");
+    assert!(
+        out.status.success(),
+        "probe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("probe json")
+}
+
+/// Starts a test client in the background; [`stop_probe`] ends it.
+pub fn spawn_probe(mut cmd: Command) -> Child {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn probe")
+}
+
 pub fn stop_probe(child: Child, until_file: &Path) -> Value {
     std::fs::write(until_file, b"stop").expect("stop file");
     let out = child.wait_with_output().expect("probe output");

@@ -23,6 +23,22 @@ pub fn seed_objects() -> Vec<Value> {
         .collect()
 }
 
+/// The seed's objects at a node's addresses (tests/kernel/node.rs): ClusterIP
+/// 10.96.0.10, pods 10.244.0.3 / .4.
+pub fn seed_objects_on_node() -> Vec<Value> {
+    seed_objects()
+        .into_iter()
+        .map(|o| {
+            let text = o
+                .to_string()
+                .replace("127.10.14.1", "10.96.0.10")
+                .replace("127.0.0.2", "10.244.0.3")
+                .replace("127.0.0.3", "10.244.0.4");
+            serde_json::from_str(&text).expect("json")
+        })
+        .collect()
+}
+
 /// An lb daemon on `env` reading `api` through a kubeconfig.
 fn start_on(env: &mut Env, api: &FakeApi) {
     let kubeconfig = env.work.join("kubeconfig");
@@ -311,18 +327,7 @@ fn pods_on_a_node_get_the_seeds_rules() {
     );
     node.backend("v0", 11400);
     node.backend("v1", 11400);
-    // The seed's objects at the node's addresses: ClusterIP 10.96.0.10, pods .3 / .4.
-    let objects: Vec<Value> = seed_objects()
-        .into_iter()
-        .map(|o| {
-            let text = o
-                .to_string()
-                .replace("127.10.14.1", "10.96.0.10")
-                .replace("127.0.0.2", "10.244.0.3")
-                .replace("127.0.0.3", "10.244.0.4");
-            serde_json::from_str(&text).expect("json")
-        })
-        .collect();
+    let objects = seed_objects_on_node();
     let listener = node.run_inside(|| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"));
     let api = FakeApi::start_on(listener, &objects);
     env.daemon_prefix = std::iter::once("nsenter".to_string())

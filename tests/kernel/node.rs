@@ -14,7 +14,7 @@ use std::time::Duration;
 use lb::datapath::cgroup::{ChildCgroup, spawn_into};
 use serde_json::Value;
 
-use crate::harness::{lb_bin, wait_for};
+use crate::harness::{lb_bin, run_probe, spawn_probe, wait_for};
 
 /// The pods' subnet on the node's bridge, and the node's address on it.
 pub const NODE_IP: &str = "10.244.0.1";
@@ -202,23 +202,13 @@ impl Node {
 
     /// The test client (`lb probe --json`) in the outside namespace, to completion.
     pub fn probe_outside(&self, args: &[&str]) -> Value {
-        let out = self.outside_probe(args).output().expect("run probe");
-        assert!(
-            out.status.success(),
-            "probe failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("probe json")
+        run_probe(self.outside_probe(args))
     }
 
     /// The same in the background; its summary comes from
     /// [`crate::harness::stop_probe`].
     pub fn spawn_probe_outside(&self, args: &[&str]) -> Child {
-        self.outside_probe(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn probe")
+        spawn_probe(self.outside_probe(args))
     }
 
     fn outside_probe(&self, args: &[&str]) -> Command {
@@ -277,13 +267,7 @@ impl Node {
         let mut all = vec!["probe"];
         all.extend_from_slice(args);
         all.push("--json");
-        let out = self.in_pod(name, &all).output().expect("run probe");
-        assert!(
-            out.status.success(),
-            "probe failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("probe json")
+        run_probe(self.in_pod(name, &all))
     }
 
     /// The test client in pod `name` in the background; the summary comes from
@@ -292,11 +276,7 @@ impl Node {
         let mut all = vec!["probe"];
         all.extend_from_slice(args);
         all.push("--json");
-        self.in_pod(name, &all)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn probe")
+        spawn_probe(self.in_pod(name, &all))
     }
 
     /// `f` on a thread inside the node's network namespace (binding a socket there:

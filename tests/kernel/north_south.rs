@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{Env, stop_probe, wait_for};
+use crate::harness::{Env, seed_config, stop_probe, wait_for};
 use crate::node::{NODE_EXT_IFACE, NODE_EXT_IP, Node, enter};
 
 const NODE_PORT: u16 = 30785;
@@ -20,39 +20,31 @@ fn node_port_config(w0: u32, w1: u32) -> String {
 
 /// The same with `rules` before the weighted route (VirtualService `http` items).
 fn node_port_config_with(w0: u32, w1: u32, rules: &str) -> String {
-    format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: backend-service, namespace: default}}
-spec:
-  hosts: [backend-service]
-  addresses: [{NODE_EXT_IP}]
-  ports: [{{number: {NODE_PORT}, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints:
-  - {{address: 10.244.0.3, ports: {{http: 11400}}, labels: {{app: backend, version: v0}}}}
-  - {{address: 10.244.0.4, ports: {{http: 11400}}, labels: {{app: backend, version: v1}}}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: backend-dr, namespace: default}}
-spec:
-  host: backend-service
-  subsets:
-  - {{name: v0, labels: {{version: v0}}}}
-  - {{name: v1, labels: {{version: v1}}}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: backend-vs, namespace: default}}
-spec:
-  hosts: [backend-service]
-  http:{rules}
-  - route:
-    - {{destination: {{host: backend-service, subset: v0}}, weight: {w0}}}
-    - {{destination: {{host: backend-service, subset: v1}}, weight: {w1}}}
-"#
-    )
+    let pods = ["10.244.0.3", "10.244.0.4"];
+    let mut text = seed_config(NODE_EXT_IP, NODE_PORT, pods[0], pods[1], w0, w1)
+        .replace("  http:\n", &format!("  http:{rules}\n"));
+    for pod in pods {
+        text = text.replace(
+            &format!("{{address: {pod},"),
+            &format!("{{address: {pod}, ports: {{http: 11400}},"),
+        );
+    }
+    text
+}
+
+/// A node with pods v0 (10.244.0.3) and v1 (.4), their backends on port 11400 for
+/// the `serving` ones, and the outside client; lb started in the node's namespace.
+fn node_with_outside(env: &mut Env, serving: &[&str]) -> Node {
+    let id = format!("{}", std::process::id() % 100_000);
+    let mut node = Node::new(&id, &env.cgroup.path, &[("v0", 3), ("v1", 4)]);
+    node.outside(&id);
+    for pod in serving {
+        node.backend(pod, 11400);
+    }
+    env.daemon_prefix = std::iter::once("nsenter".to_string())
+        .chain(enter(&node.ns))
+        .collect();
+    node
 }
 
 /// The seed's header rule (c) for a NodePort: `hellotest: true` goes to v1 through lb's
@@ -62,19 +54,12 @@ spec:
 #[test]
 fn outside_clients_reach_the_proxy_for_the_header_rule() {
     let mut env = Env::new("xdp-l7");
-    let id = format!("{}", std::process::id() % 100_000);
-    let mut node = Node::new(&id, &env.cgroup.path, &[("v0", 3), ("v1", 4)]);
-    node.outside(&id);
-    node.backend("v0", 11400);
-    node.backend("v1", 11400);
+    let node = node_with_outside(&mut env, &["v0", "v1"]);
     let header_rule = r#"
   - name: hello
     match: [{headers: {hellotest: {exact: "true"}}}]
     route: [{destination: {host: backend-service, subset: v1}}]"#;
     env.write_config("backend.yaml", &node_port_config_with(90, 10, header_rule));
-    env.daemon_prefix = std::iter::once("nsenter".to_string())
-        .chain(enter(&node.ns))
-        .collect();
     env.listen_args = [
         "--proxy-listen",
         "0.0.0.0:0",
@@ -130,41 +115,25 @@ fn outside_clients_reach_the_proxy_for_the_header_rule() {
 fn a_clusters_node_port_and_load_balancer_ip_are_split_in_xdp() {
     use crate::apiserver::FakeApi;
     let mut env = Env::new("xdp-kube");
-    let id = format!("{}", std::process::id() % 100_000);
-    let mut node = Node::new(&id, &env.cgroup.path, &[("v0", 3), ("v1", 4)]);
-    let outside = node.outside(&id).to_string();
-    node.backend("v0", 11400);
-    node.backend("v1", 11400);
+    let node = node_with_outside(&mut env, &["v0", "v1"]);
+    let outside = node.outside.clone().expect("the outside namespace");
     const LB_IP: &str = "10.250.0.100";
     let out = Command::new("ip")
         .args(["-n", &outside, "route", "add", LB_IP, "via", NODE_EXT_IP])
         .output()
         .expect("ip route");
     assert!(out.status.success(), "{out:?}");
-    let objects: Vec<serde_json::Value> = crate::kubernetes::seed_objects()
-        .into_iter()
-        .map(|mut o| {
-            if o["kind"] == "Service" {
-                o["spec"]["type"] = "LoadBalancer".into();
-                o["spec"]["ports"][0]["nodePort"] = NODE_PORT.into();
-                o["status"] = serde_json::json!({"loadBalancer": {"ingress": [{"ip": LB_IP}]}});
-            }
-            let text = o
-                .to_string()
-                .replace("127.10.14.1", "10.96.0.10")
-                .replace("127.0.0.2", "10.244.0.3")
-                .replace("127.0.0.3", "10.244.0.4");
-            serde_json::from_str(&text).expect("json")
-        })
-        .collect();
+    let mut objects = crate::kubernetes::seed_objects_on_node();
+    for o in objects.iter_mut().filter(|o| o["kind"] == "Service") {
+        o["spec"]["type"] = "LoadBalancer".into();
+        o["spec"]["ports"][0]["nodePort"] = NODE_PORT.into();
+        o["status"] = serde_json::json!({"loadBalancer": {"ingress": [{"ip": LB_IP}]}});
+    }
     let listener = node.run_inside(|| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"));
     let api = FakeApi::start_on(listener, &objects);
     let kubeconfig = env.work.join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig()).expect("kubeconfig");
     env.source_args = vec!["--kubeconfig".into(), kubeconfig.display().to_string()];
-    env.daemon_prefix = std::iter::once("nsenter".to_string())
-        .chain(enter(&node.ns))
-        .collect();
     env.start_daemon_with(true, &["--xdp-iface", NODE_EXT_IFACE]);
 
     for to in [
@@ -201,10 +170,7 @@ fn a_clusters_node_port_and_load_balancer_ip_are_split_in_xdp() {
 #[test]
 fn a_flow_picked_for_another_nodes_pod_is_left_to_the_stack() {
     let mut env = Env::new("xdp-remote");
-    let id = format!("{}", std::process::id() % 100_000);
-    let mut node = Node::new(&id, &env.cgroup.path, &[("v0", 3), ("v1", 4)]);
-    node.outside(&id);
-    node.backend("v0", 11400);
+    let node = node_with_outside(&mut env, &["v0"]);
     // "Another node's" pods: one behind a gateway (the v1 pod stands in for a node),
     // one on the outside link's subnet.
     let out = Command::new("ip")
@@ -227,9 +193,6 @@ fn a_flow_picked_for_another_nodes_pod_is_left_to_the_stack() {
         );
     assert!(config.contains("10.99.0.5"), "{config}");
     env.write_config("backend.yaml", &config);
-    env.daemon_prefix = std::iter::once("nsenter".to_string())
-        .chain(enter(&node.ns))
-        .collect();
     env.start_daemon_with(true, &["--xdp-iface", NODE_EXT_IFACE]);
     let to = format!("{NODE_EXT_IP}:{NODE_PORT}");
 
@@ -268,15 +231,8 @@ fn xdp_on_link(node: &Node) -> bool {
 #[test]
 fn outside_clients_get_the_seeds_split_in_xdp() {
     let mut env = Env::new("xdp");
-    let id = format!("{}", std::process::id() % 100_000);
-    let mut node = Node::new(&id, &env.cgroup.path, &[("v0", 3), ("v1", 4)]);
-    node.outside(&id);
-    node.backend("v0", 11400);
-    node.backend("v1", 11400);
+    let node = node_with_outside(&mut env, &["v0", "v1"]);
     env.write_config("backend.yaml", &node_port_config(90, 10));
-    env.daemon_prefix = std::iter::once("nsenter".to_string())
-        .chain(enter(&node.ns))
-        .collect();
     env.start_daemon_with(true, &["--xdp-iface", NODE_EXT_IFACE]);
     let to = format!("{NODE_EXT_IP}:{NODE_PORT}");
 
