@@ -282,17 +282,22 @@ impl Node {
     /// `f` on a thread inside the node's network namespace (binding a socket there:
     /// it stays the namespace's whatever thread uses it later).
     pub fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.ns);
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("the node's namespace");
-            // SAFETY: setns of this fresh thread only (it exits after `f`).
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("the thread in the node's namespace")
+        run_in(&self.ns, f)
     }
+}
+
+/// `f` on a thread inside network namespace `ns`.
+pub fn run_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).expect("the namespace");
+        // SAFETY: setns of this fresh thread only (it exits after `f`).
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .expect("the thread in the namespace")
 }
 
 impl Drop for Node {

@@ -212,6 +212,122 @@ fn a_flow_picked_for_another_nodes_pod_is_left_to_the_stack() {
     assert_eq!(v0["xdp_flows_total"].as_u64(), Some(served), "{status}");
 }
 
+/// SYNs from `count` spoofed clients (10.251.x.y, every port) to the NodePort, sent
+/// from the outside namespace by a raw socket: more new flows than `LB_XDP_FLOWS`
+/// holds. Their answers have no route back (the pods have none to 10.251/16).
+fn syn_flood(outside: &str, count: u32) -> u32 {
+    crate::node::run_in(outside, move || {
+        // SAFETY: a raw IPv4 socket (IP_HDRINCL implied by IPPROTO_RAW); closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let dst = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes([10, 250, 0, 1]),
+            },
+            sin_zero: [0; 8],
+        };
+        let mut sent = 0;
+        for i in 0..count {
+            let src = [10, 251, (i >> 24) as u8 ^ (i >> 16) as u8, (i >> 8) as u8];
+            let sport = (1024 + (i & 0xff) * 251 % 64_000) as u16;
+            let mut p = [0u8; 40];
+            p[0] = 0x45; // IPv4, 20-byte header; length and checksum filled by the kernel
+            p[8] = 64;
+            p[9] = 6; // TCP
+            p[12..16].copy_from_slice(&src);
+            p[16..20].copy_from_slice(&[10, 250, 0, 1]);
+            p[20..22].copy_from_slice(&sport.to_be_bytes());
+            p[22..24].copy_from_slice(&NODE_PORT.to_be_bytes());
+            p[24..28].copy_from_slice(&i.to_be_bytes()); // sequence number
+            p[32] = 0x50; // data offset: 5 words
+            p[33] = 0x02; // SYN
+            p[34..36].copy_from_slice(&64_240u16.to_be_bytes());
+            // SAFETY: `p` and `dst` are valid for the lengths given.
+            let n = unsafe {
+                libc::sendto(
+                    fd,
+                    p.as_ptr().cast(),
+                    p.len(),
+                    0,
+                    (&raw const dst).cast(),
+                    size_of::<libc::sockaddr_in>() as u32,
+                )
+            };
+            if n == p.len() as isize {
+                sent += 1;
+            }
+        }
+        // SAFETY: the socket opened above.
+        unsafe { libc::close(fd) };
+        sent
+    })
+}
+
+/// A flood of spoofed SYNs at the NodePort — 300,000 new flows sent, more than the
+/// flow table holds arriving — while eight keep-alive clients from outside go on: every
+/// one of their requests is answered by the pod its connection started on. The LRU
+/// evicts the flood's flows, not the live ones, which are used every few ms (a build
+/// that re-picks an evicted flow at random still passes: none was evicted; were one,
+/// its hash would pick the same endpoint again while the weights stand).
+#[test]
+fn a_syn_flood_at_the_node_port_does_not_break_live_flows() {
+    let mut env = Env::new("xdp-flood");
+    let node = node_with_outside(&mut env, &["v0", "v1"]);
+    env.write_config("backend.yaml", &node_port_config(90, 10));
+    env.start_daemon_with(true, &["--xdp-iface", NODE_EXT_IFACE]);
+    let to = format!("{NODE_EXT_IP}:{NODE_PORT}");
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let stop = env.work.join(format!("stop-{i}"));
+            let child = node.spawn_probe_outside(&[
+                "--to",
+                &to,
+                "--keep-alive",
+                "--count",
+                "100000",
+                "--every-ms",
+                "5",
+                "--for-ms",
+                "60000",
+                "--until-file",
+                stop.to_str().expect("utf-8"),
+            ]);
+            (child, stop)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let outside = node.outside.clone().expect("the outside namespace");
+    let sent = syn_flood(&outside, 300_000);
+    assert_eq!(sent, 300_000);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut requests = 0;
+    for (child, stop) in clients {
+        let s = stop_probe(child, &stop);
+        assert_eq!(
+            (s["failures"].as_u64(), s["retried"].as_u64()),
+            (Some(0), Some(0)),
+            "{s}"
+        );
+        assert_eq!(s["by_backend"].as_object().map(|b| b.len()), Some(1), "{s}");
+        requests += s["attempts"].as_u64().unwrap_or(0);
+    }
+    let status = env.status();
+    let flows: u64 = (status["services"][0]["subsets"]
+        .as_array()
+        .into_iter()
+        .flatten())
+    .map(|x| x["xdp_flows_total"].as_u64().unwrap_or(0))
+    .sum();
+    // The veth drops what the sender outruns; enough reach XDP to overflow the table.
+    assert!(
+        flows > u64::from(lb_common::capacity::XDP_FLOWS),
+        "the flood overflowed the flow table: {status}"
+    );
+    assert!(requests >= 8 * 50, "{requests} requests");
+}
+
 /// Whether an XDP program is attached to the node's outside link (`ip link` says
 /// `xdp`, `xdpgeneric`, ...).
 fn xdp_on_link(node: &Node) -> bool {
