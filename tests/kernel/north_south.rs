@@ -4,7 +4,8 @@
 //! pods, and `lb_tc_egress` translates the replies back (tests/kernel/node.rs has the
 //! topology; nothing is routed off the machine).
 
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use crate::harness::{Env, seed_config, stop_probe, wait_for};
@@ -278,41 +279,13 @@ fn a_syn_flood_at_the_node_port_does_not_break_live_flows() {
     env.write_config("backend.yaml", &node_port_config(90, 10));
     env.start_daemon_with(true, &["--xdp-iface", NODE_EXT_IFACE]);
     let to = format!("{NODE_EXT_IP}:{NODE_PORT}");
-    let clients: Vec<_> = (0..8)
-        .map(|i| {
-            let stop = env.work.join(format!("stop-{i}"));
-            let child = node.spawn_probe_outside(&[
-                "--to",
-                &to,
-                "--keep-alive",
-                "--count",
-                "100000",
-                "--every-ms",
-                "5",
-                "--for-ms",
-                "60000",
-                "--until-file",
-                stop.to_str().expect("utf-8"),
-            ]);
-            (child, stop)
-        })
-        .collect();
+    let clients = keep_alive_clients(&env, &node, &to, 5);
     std::thread::sleep(Duration::from_millis(300));
     let outside = node.outside.clone().expect("the outside namespace");
     let sent = syn_flood(&outside, 300_000);
     assert_eq!(sent, 300_000);
     std::thread::sleep(Duration::from_millis(300));
-    let mut requests = 0;
-    for (child, stop) in clients {
-        let s = stop_probe(child, &stop);
-        assert_eq!(
-            (s["failures"].as_u64(), s["retried"].as_u64()),
-            (Some(0), Some(0)),
-            "{s}"
-        );
-        assert_eq!(s["by_backend"].as_object().map(|b| b.len()), Some(1), "{s}");
-        requests += s["attempts"].as_u64().unwrap_or(0);
-    }
+    let requests = each_stayed_on_its_pod(clients);
     let status = env.status();
     let flows: u64 = (status["services"][0]["subsets"]
         .as_array()
@@ -326,6 +299,51 @@ fn a_syn_flood_at_the_node_port_does_not_break_live_flows() {
         "the flood overflowed the flow table: {status}"
     );
     assert!(requests >= 8 * 50, "{requests} requests");
+}
+
+/// Eight keep-alive clients from outside to `to`, a request every `every_ms` (for
+/// at most a minute), until [`each_stayed_on_its_pod`] stops them.
+fn keep_alive_clients(env: &Env, node: &Node, to: &str, every_ms: u32) -> Vec<(Child, PathBuf)> {
+    (0..8)
+        .map(|i| {
+            let stop = env.work.join(format!("stop-{i}"));
+            let child = node.spawn_probe_outside(&[
+                "--to",
+                to,
+                "--keep-alive",
+                "--count",
+                "100000",
+                "--every-ms",
+                &every_ms.to_string(),
+                "--for-ms",
+                "60000",
+                "--until-file",
+                stop.to_str().expect("utf-8"),
+            ]);
+            (child, stop)
+        })
+        .collect()
+}
+
+/// Stops the clients and checks that each connection got every answer from one pod;
+/// the requests they sent together.
+fn each_stayed_on_its_pod(clients: Vec<(Child, PathBuf)>) -> u64 {
+    let mut requests = 0;
+    for (child, stop) in clients {
+        let s = stop_probe(child, &stop);
+        assert_eq!(
+            s["by_backend"].as_object().map(|b| b.len()),
+            Some(1),
+            "one connection, one pod: {s}"
+        );
+        assert_eq!(
+            (s["failures"].as_u64(), s["retried"].as_u64()),
+            (Some(0), Some(0)),
+            "{s}"
+        );
+        requests += s["attempts"].as_u64().unwrap_or(0);
+    }
+    requests
 }
 
 /// Whether an XDP program is attached to the node's outside link (`ip link` says
@@ -389,25 +407,7 @@ fn outside_clients_get_the_seeds_split_in_xdp() {
 
     // Keep-alive connections opened at 90/10, then the weights go to 0/100: each
     // connection keeps its pod for its life; new connections all go to v1.
-    let clients: Vec<_> = (0..8)
-        .map(|i| {
-            let stop = env.work.join(format!("stop-{i}"));
-            let child = node.spawn_probe_outside(&[
-                "--to",
-                &to,
-                "--keep-alive",
-                "--count",
-                "100000",
-                "--every-ms",
-                "20",
-                "--for-ms",
-                "30000",
-                "--until-file",
-                stop.to_str().expect("utf-8"),
-            ]);
-            (child, stop)
-        })
-        .collect();
+    let clients = keep_alive_clients(&env, &node, &to, 20);
     std::thread::sleep(Duration::from_millis(500));
     env.write_config("backend.yaml", &node_port_config(0, 100));
     wait_for(Duration::from_secs(10), "the new weights", || {
@@ -423,17 +423,7 @@ fn outside_clients_get_the_seeds_split_in_xdp() {
         "{s}"
     );
     std::thread::sleep(Duration::from_millis(500));
-    for (child, stop) in clients {
-        let s = stop_probe(child, &stop);
-        let backends = s["by_backend"].as_object().expect("by_backend");
-        assert_eq!(backends.len(), 1, "one connection, one pod: {s}");
-        assert_eq!(
-            (s["failures"].as_u64(), s["retried"].as_u64()),
-            (Some(0), Some(0)),
-            "{s}"
-        );
-        assert!(s["attempts"].as_u64().unwrap_or(0) >= 20, "{s}");
-    }
+    assert!(each_stayed_on_its_pod(clients) >= 8 * 20);
 
     // The pinned links keep XDP running without the daemon; a daemon asked for another
     // mode attaches anew in it; one asked for no interface detaches; `lb down` takes
