@@ -33,6 +33,9 @@ pub mod map_names {
     pub const HEALTH: &str = "LB_HEALTH";
     pub const XDP_FLOWS: &str = "LB_XDP_FLOWS";
     pub const XDP_NAT: &str = "LB_XDP_NAT";
+    pub const XDP_SNAT: &str = "LB_XDP_SNAT";
+    pub const XDP_IFACES: &str = "LB_XDP_IFACES";
+    pub const XDP_NEIGH: &str = "LB_XDP_NEIGH";
 }
 
 /// Indexes of `LB_PROXY_LISTENERS`: the proxy's listening sockets, as the daemon put
@@ -100,7 +103,7 @@ pub mod layout {
     use kind::*;
 
     /// Every map lb pins, in the order `lb down` removes them.
-    pub const MAPS: [MapSpec; 22] = [
+    pub const MAPS: [MapSpec; 25] = [
         spec::<u32, u64>(n::COUNTERS, PERCPU_ARRAY, counters::COUNT, 0),
         spec::<SockAddr4, u32>(n::LOCAL_LISTENERS, LRU_HASH, capacity::LOCAL_LISTENERS, 0),
         spec::<SockKey, Sender>(n::SENDERS, LRU_HASH, capacity::SOCKETS, 0),
@@ -124,6 +127,9 @@ pub mod layout {
         spec::<HealthKey, Health>(n::HEALTH, LRU_HASH, capacity::HEALTH, 0),
         spec::<xdp::FlowKey, xdp::Flow>(n::XDP_FLOWS, LRU_HASH, capacity::XDP_FLOWS, 0),
         spec::<xdp::NatKey, SockAddr4>(n::XDP_NAT, LRU_HASH, capacity::XDP_FLOWS, 0),
+        spec::<xdp::SnatKey, xdp::SnatBack>(n::XDP_SNAT, LRU_HASH, capacity::XDP_FLOWS, 0),
+        spec::<u32, [u8; 4]>(n::XDP_IFACES, HASH, capacity::XDP_IFACES, 0),
+        spec::<[u8; 4], u32>(n::XDP_NEIGH, LRU_HASH, capacity::XDP_NEIGH, 0),
     ];
 
     /// Bumped only for a change of meaning that keeps every size (a field's meaning,
@@ -201,6 +207,10 @@ pub mod capacity {
     /// so past this the least recently seen flow is forgotten (its next packet is
     /// picked again, its replies leave untranslated).
     pub const XDP_FLOWS: u32 = 131_072;
+    /// `--xdp-iface` interfaces (their addresses, for SNAT).
+    pub const XDP_IFACES: u32 = 64;
+    /// Next hops `lb_xdp` found unresolved, waiting for the daemon to resolve them.
+    pub const XDP_NEIGH: u32 = 256;
     pub const HOSTS_PER_SERVICE: usize = 32;
     pub const ERROR_LEN: usize = 1_024;
 }
@@ -692,12 +702,22 @@ pub mod counters {
     /// North-south flows handed to the proxy (their original destination in
     /// `LB_ORIG_DST`, as `sock_ops` leaves it for local clients).
     pub const XDP_PROXY_FLOWS: u32 = 6;
-    /// North-south flows whose picked endpoint runs on another node (the node routes
-    /// to it through a gateway, or out of the interface the flow came in by): passed
-    /// to the stack untranslated (kube-proxy's, if any), since their replies would not
-    /// come back through this node.
+    /// North-south flows whose picked endpoint runs on another node the node reaches
+    /// through a gateway on an interface lb does not serve (no `--xdp-iface`): passed
+    /// to the stack untranslated (kube-proxy's, if any), since lb would not see their
+    /// replies to translate them back.
     pub const XDP_REMOTE_PASSED: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// North-south flows forwarded to another node's endpoint by `lb_xdp` itself (the
+    /// node's address and a port of its own as their source, see `xdp::SnatKey`).
+    pub const XDP_REMOTE_FLOWS: u32 = 8;
+    /// North-south packets dropped because the next hop towards their endpoint (or
+    /// back to their client) had no resolved link-layer address yet: the daemon
+    /// resolves it (`LB_XDP_NEIGH`), TCP sends the packet again.
+    pub const XDP_NO_NEIGH: u32 = 9;
+    /// New north-south flows to another node dropped because every SNAT port they
+    /// could take towards their endpoint was in use.
+    pub const XDP_SNAT_EXHAUSTED: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// `LB_SERVICE_META` value (never read by the kernel): names for `lb status`.
@@ -794,8 +814,10 @@ const _: () = {
     assert!(size_of::<Sender>() == 16);
     assert!(size_of::<Stats>() == 40);
     assert!(size_of::<xdp::FlowKey>() == 20);
-    assert!(size_of::<xdp::Flow>() == 16);
+    assert!(size_of::<xdp::Flow>() == 24);
     assert!(size_of::<xdp::NatKey>() == 20);
+    assert!(size_of::<xdp::SnatKey>() == 20);
+    assert!(size_of::<xdp::SnatBack>() == 32);
     assert!(size_of::<Settings>() == 24);
     assert!(size_of::<ServiceMeta>() == 136);
     assert!(size_of::<SubsetMetaKey>() == 12);
@@ -832,6 +854,8 @@ mod pod {
     unsafe impl aya::Pod for crate::xdp::FlowKey {}
     unsafe impl aya::Pod for crate::xdp::Flow {}
     unsafe impl aya::Pod for crate::xdp::NatKey {}
+    unsafe impl aya::Pod for crate::xdp::SnatKey {}
+    unsafe impl aya::Pod for crate::xdp::SnatBack {}
 }
 
 #[cfg(test)]

@@ -27,6 +27,10 @@ pub struct FlowKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
     pub backend: SockAddr4,
+    /// The flow's source towards an endpoint on another node (the node's address on
+    /// the way there and a port of [`SNAT_PORTS`]); port 0: none (a local endpoint,
+    /// whose replies `lb_tc_egress` translates back).
+    pub snat: SockAddr4,
     /// The subset's id inside its service (for the counters); [`TO_PROXY`]: the
     /// backend is lb's proxy.
     pub subset: u32,
@@ -35,8 +39,9 @@ pub struct Flow {
 
 /// `Flow::subset` of a flow handed to the proxy.
 pub const TO_PROXY: u32 = u32::MAX;
-/// `Flow::subset` of a flow whose picked endpoint runs on another node: left to the
-/// stack untranslated for its life (lb has no way back for its replies yet).
+/// `Flow::subset` of a flow whose picked endpoint runs on another node behind an
+/// interface lb does not serve: left to the stack untranslated for its life (lb
+/// would not see its replies).
 pub const PASSED: u32 = u32::MAX - 1;
 
 /// `LB_XDP_NAT` key: a reply as it leaves the node, endpoint → client; the value is
@@ -47,6 +52,70 @@ pub struct NatKey {
     pub backend: SockAddr4,
     pub client: SockAddr4,
     pub proto: u32,
+}
+
+/// `LB_XDP_SNAT` key: a packet between the node and another node's endpoint, as
+/// the endpoint's replies arrive (to the node's address and SNAT port, from the
+/// endpoint).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SnatKey {
+    pub node: SockAddr4,
+    pub backend: SockAddr4,
+    pub proto: u32,
+}
+
+/// `LB_XDP_SNAT` value: whose flow the SNAT port carries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatBack {
+    pub client: SockAddr4,
+    /// The address the client dialled: the replies' source.
+    pub service: SockAddr4,
+    /// When the endpoint last answered (`bpf_ktime_get_ns`).
+    pub seen_ns: u64,
+    /// Non-zero once a FIN or RST went either way.
+    pub closing: u32,
+    pub _pad: u32,
+}
+
+/// SNAT ports: below the NodePort range (30000–32767, a reply must never look like a
+/// new flow to a NodePort) and the kernel's default ephemeral ports (32768–60999,
+/// the node's own connections), above the privileged ones.
+pub const SNAT_PORTS: core::ops::Range<u16> = 1024..30000;
+/// Ports a new flow tries before it is dropped as exhausted.
+pub const SNAT_PROBES: u32 = 8;
+/// A SNAT port of a closed flow is free again this long after its endpoint's last
+/// packet (its last ACK has passed; the endpoint's TIME_WAIT, if any, accepts a new
+/// SYN with a newer timestamp, as it does behind any NAT).
+pub const SNAT_CLOSED_NS: u64 = 1_000_000_000;
+/// A SNAT port whose endpoint said nothing for this long is free again (a flow idle
+/// this long loses its way back, as it would in conntrack's tables only much later;
+/// the LRU may forget it sooner under pressure anyway).
+pub const SNAT_IDLE_NS: u64 = 600 * 1_000_000_000;
+
+/// The `probe`th SNAT port a flow with hash `hash` tries (0 ≤ probe < [`SNAT_PROBES`]).
+#[inline(always)]
+pub fn snat_port(hash: u32, probe: u32) -> u16 {
+    let span = (SNAT_PORTS.end - SNAT_PORTS.start) as u32;
+    // Another mix than the slot's and the endpoint's, stepped by a prime.
+    let h = crate::mix(hash as u64 ^ 0x5bd1_e995) as u32;
+    SNAT_PORTS.start + (h.wrapping_add(probe.wrapping_mul(7_919)) % span) as u16
+}
+
+/// Whether a new flow (`want`, at `now_ns`) may take a SNAT port held by `held`: the
+/// same flow (a retransmitted SYN, a client reusing its port), or one closed a
+/// while ago, or one idle for long.
+#[inline(always)]
+pub fn snat_reusable(held: &SnatBack, want: &SnatBack, now_ns: u64) -> bool {
+    let same = held.client == want.client && held.service == want.service;
+    let quiet = now_ns.saturating_sub(held.seen_ns);
+    same || quiet
+        >= if held.closing != 0 {
+            SNAT_CLOSED_NS
+        } else {
+            SNAT_IDLE_NS
+        }
 }
 
 /// A flow's hash: the slot is `hash % slot_count`, the endpoint
@@ -142,6 +211,64 @@ mod tests {
             h[10..12].copy_from_slice(&updated.to_ne_bytes());
             assert_eq!(checksum(&h), 0);
         }
+    }
+
+    #[test]
+    fn a_flows_snat_ports_are_distinct_and_in_range() {
+        for hash in [0, 1, 0xdead_beef, u32::MAX] {
+            let ports: Vec<u16> = (0..SNAT_PROBES).map(|i| snat_port(hash, i)).collect();
+            for (i, p) in ports.iter().enumerate() {
+                assert!(SNAT_PORTS.contains(p), "{p}");
+                assert!(!ports[..i].contains(p), "probes repeat: {ports:?}");
+            }
+        }
+        // Spread: 20,000 flows' first ports over 28,976 fall in most of 100 buckets
+        // evenly.
+        let mut buckets = [0u32; 100];
+        for port in 20_000..40_000u32 {
+            let p = snat_port(port.wrapping_mul(2_654_435_761), 0) - SNAT_PORTS.start;
+            buckets[p as usize * 100 / (SNAT_PORTS.end - SNAT_PORTS.start) as usize] += 1;
+        }
+        assert!(
+            buckets.iter().all(|n| (120..=280).contains(n)),
+            "{buckets:?}"
+        );
+    }
+
+    #[test]
+    fn a_snat_port_is_taken_from_a_closed_or_long_idle_flow_only() {
+        let back = |client: u16, seen_ns: u64, closing: u32| SnatBack {
+            client: SockAddr4::new([10, 250, 0, 2], client),
+            service: SockAddr4::new([10, 250, 0, 1], 30785),
+            seen_ns,
+            closing,
+            _pad: 0,
+        };
+        let now = 1_000 * 1_000_000_000;
+        let want = back(40_000, now, 0);
+        // Its own port again (a retransmitted SYN).
+        assert!(snat_reusable(&back(40_000, now, 0), &want, now));
+        // Another client's live flow.
+        assert!(!snat_reusable(&back(40_001, now - 1, 0), &want, now));
+        assert!(!snat_reusable(
+            &back(40_001, now - SNAT_IDLE_NS + 1, 0),
+            &want,
+            now
+        ));
+        assert!(snat_reusable(
+            &back(40_001, now - SNAT_IDLE_NS, 0),
+            &want,
+            now
+        ));
+        // Another client's closed flow, once its last packet is a second old.
+        assert!(!snat_reusable(&back(40_001, now - 1, 1), &want, now));
+        assert!(snat_reusable(
+            &back(40_001, now - SNAT_CLOSED_NS, 1),
+            &want,
+            now
+        ));
+        // A clock read on another CPU may be older than `seen_ns`.
+        assert!(!snat_reusable(&back(40_001, now + 5, 1), &want, now));
     }
 
     #[test]

@@ -27,7 +27,9 @@
 mod connect;
 mod maps;
 mod packet;
+mod route;
 mod sk_msg;
+mod snat;
 mod sock_ops;
 mod tc_egress;
 mod xdp;

@@ -14,7 +14,7 @@ use aya_ebpf::{
 use lb_common::{
     ClientKey, EndpointKey, Habit, HabitKey, OriginSlot, PortSlot, Sender, Service, Settings,
     SlotKey, SockAddr4, SockKey, StatKey, Stats, capacity as cap, counters, habit, proxy_listener,
-    xdp::{Flow, FlowKey, NatKey},
+    xdp::{Flow, FlowKey, NatKey, SnatBack, SnatKey},
 };
 
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
@@ -109,6 +109,19 @@ pub static LB_XDP_FLOWS: LruHashMap<FlowKey, Flow, { cap::XDP_FLOWS as usize }> 
 #[btf_map(pin_by_name)]
 pub static LB_XDP_NAT: LruHashMap<NatKey, SockAddr4, { cap::XDP_FLOWS as usize }> =
     LruHashMap::new();
+/// Flows forwarded to another node's endpoint, by the SNAT port their replies come
+/// back to (`lb_xdp` both ways).
+#[btf_map(pin_by_name)]
+pub static LB_XDP_SNAT: LruHashMap<SnatKey, SnatBack, { cap::XDP_FLOWS as usize }> =
+    LruHashMap::new();
+/// The `--xdp-iface` interfaces' addresses by interface index (the daemon's): a flow
+/// leaving by one of them for another node takes its address as source.
+#[btf_map(pin_by_name)]
+pub static LB_XDP_IFACES: HashMap<u32, [u8; 4], { cap::XDP_IFACES as usize }> = HashMap::new();
+/// Next hops found without a link-layer address, with their interface: the daemon
+/// resolves them (XDP cannot) and removes them.
+#[btf_map(pin_by_name)]
+pub static LB_XDP_NEIGH: LruHashMap<[u8; 4], u32, { cap::XDP_NEIGH as usize }> = LruHashMap::new();
 #[btf_map(pin_by_name)]
 pub static LB_HOSTS: HashMap<lb_common::HostKey, u64, { cap::HOSTS as usize }, NO_PREALLOC> =
     HashMap::new();

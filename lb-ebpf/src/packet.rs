@@ -1,10 +1,16 @@
-//! Packet headers as `lb_xdp` and `lb_tc_egress` read them (Ethernet II, IPv4).
+//! Packet headers as `lb_xdp` and `lb_tc_egress` read them (Ethernet II, IPv4), and
+//! `lb_xdp`'s rewrites of a TCP packet's addresses.
+
+use lb_common::SockAddr4;
+use lb_common::xdp::{csum_replace2, csum_replace4};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 /// Offset of the checksum in a TCP header.
 pub const L4_CHECK_TCP: usize = 16;
+pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 #[repr(C)]
@@ -45,4 +51,53 @@ impl Ipv4Hdr {
 pub struct Ports {
     pub src: u16,
     pub dst: u16,
+}
+
+/// A TCP packet in place: its IPv4 header, ports and checksum.
+pub struct Tcp<'a> {
+    pub ip: &'a mut Ipv4Hdr,
+    pub ports: &'a mut Ports,
+    pub check: &'a mut u16,
+}
+
+impl Tcp<'_> {
+    #[inline(always)]
+    pub fn src(&self) -> SockAddr4 {
+        SockAddr4::new(self.ip.saddr, u16::from_be(self.ports.src))
+    }
+
+    #[inline(always)]
+    pub fn dst(&self) -> SockAddr4 {
+        SockAddr4::new(self.ip.daddr, u16::from_be(self.ports.dst))
+    }
+
+    /// Rewrites the destination, both checksums updated (RFC 1624).
+    #[inline(always)]
+    pub fn set_dst(&mut self, to: SockAddr4) {
+        let (old_ip, old_port) = (self.ip.daddr, self.ports.dst);
+        self.ip.daddr = to.addr;
+        self.ports.dst = to.port.to_be();
+        self.update(old_ip, to.addr, old_port, self.ports.dst);
+    }
+
+    /// Rewrites the source, both checksums updated.
+    #[inline(always)]
+    pub fn set_src(&mut self, to: SockAddr4) {
+        let (old_ip, old_port) = (self.ip.saddr, self.ports.src);
+        self.ip.saddr = to.addr;
+        self.ports.src = to.port.to_be();
+        self.update(old_ip, to.addr, old_port, self.ports.src);
+    }
+
+    #[inline(always)]
+    fn update(&mut self, old_ip: [u8; 4], new_ip: [u8; 4], old_port: u16, new_port: u16) {
+        let (old_ip, new_ip) = (u32::from_ne_bytes(old_ip), u32::from_ne_bytes(new_ip));
+        self.ip.check = csum_replace4(self.ip.check, old_ip, new_ip);
+        // The TCP checksum covers the addresses through the pseudo-header.
+        *self.check = csum_replace2(
+            csum_replace4(*self.check, old_ip, new_ip),
+            old_port,
+            new_port,
+        );
+    }
 }

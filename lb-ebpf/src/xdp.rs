@@ -6,18 +6,9 @@
 //! proxy the same way, its original destination left in `LB_ORIG_DST` where the proxy
 //! reads a local client's. Anything else passes untouched at once.
 
-use aya_ebpf::{
-    EbpfContext as _,
-    bindings::xdp_action::XDP_DROP,
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
-    helpers::bpf_fib_lookup as fib_lookup,
-    macros::xdp,
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action::XDP_DROP, macros::xdp, programs::XdpContext};
 use lb_common::endpoint_pick;
-use lb_common::xdp::{
-    Flow, FlowKey, IPPROTO_TCP, NatKey, PASSED, TO_PROXY, csum_replace2, csum_replace4, flow_hash,
-};
+use lb_common::xdp::{Flow, FlowKey, IPPROTO_TCP, NatKey, PASSED, TO_PROXY, flow_hash};
 use lb_common::{
     ClientKey, EndpointKey, Service, SlotKey, SockAddr4, StatKey, counters, mode, settings_flags,
 };
@@ -26,7 +17,11 @@ use crate::maps::{
     LB_ENDPOINTS, LB_ORIG_DST, LB_SERVICES, LB_SETTINGS, LB_SLOTS, LB_XDP_FLOWS, LB_XDP_NAT, bump,
     live_proxy,
 };
-use crate::packet::{ETH_HLEN, Ipv4Hdr, L4_CHECK_TCP, Ports, TCP_ACK, TCP_SYN};
+use crate::packet::{
+    ETH_HLEN, Ipv4Hdr, L4_CHECK_TCP, Ports, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp,
+};
+use crate::route::{self, Way};
+use crate::snat;
 
 const XDP_PASS: u32 = aya_ebpf::bindings::xdp_action::XDP_PASS;
 
@@ -59,23 +54,36 @@ fn try_xdp(ctx: &XdpContext) -> Option<u32> {
     }
     let l4 = ETH_HLEN + ip.header_len();
     let ports: *mut Ports = at(ctx, l4)?;
-    // SAFETY: bounds checked by `at`.
-    let ports = unsafe { &mut *ports };
-    let service = SockAddr4::new(ip.daddr, u16::from_be(ports.dst));
-    // SAFETY: copied out at once.
-    let svc = (unsafe { LB_SERVICES.get(&service) }).copied()?;
     let check: *mut u16 = at(ctx, l4 + L4_CHECK_TCP)?;
     let flags: *const u8 = at(ctx, l4 + 13)?;
+    // SAFETY: bounds checked by `at`.
+    let (mut tcp, flags) = unsafe {
+        (
+            Tcp {
+                ip,
+                ports: &mut *ports,
+                check: &mut *check,
+            },
+            *flags,
+        )
+    };
+    let closing = flags & (TCP_FIN | TCP_RST) != 0;
+    // Another node's endpoint answering a flow this node forwarded there.
+    if snat::reply(&mut tcp, closing).is_some() {
+        return Some(route::send(ctx, tcp.ip.saddr, tcp.ip.daddr));
+    }
+    let service = tcp.dst();
+    // SAFETY: copied out at once.
+    let svc = (unsafe { LB_SERVICES.get(&service) }).copied()?;
     let key = FlowKey {
-        client: SockAddr4::new(ip.saddr, u16::from_be(ports.src)),
+        client: tcp.src(),
         service,
         proto: IPPROTO_TCP as u32,
     };
     // A SYN picks anew (a client reusing its port after a close may meet new
     // weights); a retransmitted one picks what the first did (by the hash), which is
     // then neither written again nor counted as a new flow.
-    // SAFETY: bounds checked by `at`.
-    let syn = unsafe { *flags & (TCP_SYN | TCP_ACK) == TCP_SYN };
+    let syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     // A whole value, never an `Option`: a None's payload is undefined, LLVM may carry
     // it in a register across a call anyway, and the verifier refuses that read
     // ("R2 !read_ok"). No flow has the default (0.0.0.0:0) backend.
@@ -86,23 +94,30 @@ fn try_xdp(ctx: &XdpContext) -> Option<u32> {
     let flow = if known != Flow::default() && !syn {
         known
     } else {
-        match new_flow(&key, &svc)? {
-            Ok(mut flow) => {
-                if flow.subset != TO_PROXY && on_another_node(ctx, key.client, flow.backend) {
-                    flow.subset = PASSED;
-                }
+        match new_flow(ctx, &key, &svc)? {
+            Ok(flow) => {
                 if known != flow {
                     remember(&key, &flow)?;
                     match flow.subset {
                         TO_PROXY => bump(counters::XDP_PROXY_FLOWS),
                         PASSED => bump(counters::XDP_REMOTE_PASSED),
-                        subset => count(service, subset, |s| s.xdp_flows += 1),
+                        subset => {
+                            count(service, subset, |s| s.xdp_flows += 1);
+                            if flow.snat.port != 0 {
+                                bump(counters::XDP_REMOTE_FLOWS);
+                            }
+                        }
                     }
                 }
                 flow
             }
-            Err(subset) => {
-                count(service, subset, |s| s.xdp_dropped += 1);
+            Err(refused) => {
+                match refused {
+                    Refused::NoEndpoint(subset) => count(service, subset, |s| s.xdp_dropped += 1),
+                    Refused::SnatExhausted => bump(counters::XDP_SNAT_EXHAUSTED),
+                    // Counted by `route`.
+                    Refused::Unresolved => {}
+                }
                 return Some(XDP_DROP);
             }
         }
@@ -112,24 +127,29 @@ fn try_xdp(ctx: &XdpContext) -> Option<u32> {
         TO_PROXY => {}
         subset => count(service, subset, |s| s.xdp_packets += 1),
     }
-    let (old_ip, new_ip) = (
-        u32::from_ne_bytes(ip.daddr),
-        u32::from_ne_bytes(flow.backend.addr),
-    );
-    let (old_port, new_port) = (ports.dst, flow.backend.port.to_be());
-    ip.daddr = flow.backend.addr;
-    ip.check = csum_replace4(ip.check, old_ip, new_ip);
-    ports.dst = new_port;
-    // SAFETY: bounds checked by `at`.
-    let check = unsafe { &mut *check };
-    *check = csum_replace2(csum_replace4(*check, old_ip, new_ip), old_port, new_port);
+    if flow.snat.port != 0 {
+        snat::forward(&mut tcp, &flow, closing);
+        return Some(route::send(ctx, flow.snat.addr, flow.backend.addr));
+    }
+    tcp.set_dst(flow.backend);
     Some(XDP_PASS)
 }
 
+/// Why a new flow's packet is dropped.
+enum Refused {
+    /// The picked subset has no endpoint (its id).
+    NoEndpoint(u32),
+    /// The way to the endpoint's node is not resolved yet.
+    Unresolved,
+    /// Every SNAT port the flow could take is in use.
+    SnatExhausted,
+}
+
 /// Where a new flow goes: lb's proxy for a proxy-path service (while it listens;
-/// else the kernel split, as `connect4` falls back), else [`pick`]'s endpoint.
+/// else the kernel split, as `connect4` falls back), else [`pick`]'s endpoint, by the
+/// way the node reaches it (see [`Way`]). None: not lb's (passed untouched).
 #[inline(always)]
-fn new_flow(key: &FlowKey, svc: &Service) -> Option<Result<Flow, u32>> {
+fn new_flow(ctx: &XdpContext, key: &FlowKey, svc: &Service) -> Option<Result<Flow, Refused>> {
     if svc.mode == mode::PROXY {
         match live_proxy(false) {
             Some(proxy) => {
@@ -149,36 +169,27 @@ fn new_flow(key: &FlowKey, svc: &Service) -> Option<Result<Flow, u32>> {
                 return Some(Ok(Flow {
                     backend,
                     subset: TO_PROXY,
-                    _pad: 0,
+                    ..Flow::default()
                 }));
             }
             None => bump(counters::PROXY_FALLBACKS),
         }
     }
-    pick(key, svc)
-}
-
-/// Whether the node reaches `backend` through a gateway, or out of the interface the
-/// packet came in by: another node's endpoint, whose replies would go to the client
-/// without passing here to be translated back.
-#[inline(always)]
-fn on_another_node(ctx: &XdpContext, client: SockAddr4, backend: SockAddr4) -> bool {
-    // SAFETY: a plain C struct of integers and unions of integers: all zeroes is valid.
-    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    p.family = 2; // AF_INET
-    p.l4_protocol = IPPROTO_TCP;
-    p.ifindex = ctx.ingress_ifindex() as u32;
-    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(client.addr);
-    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(backend.addr);
-    let ingress = p.ifindex;
-    // SAFETY: `p` is a bpf_fib_lookup of the size given, on this stack frame.
-    let rc = unsafe { fib_lookup(ctx.as_ptr(), &mut p, size_of::<bpf_fib_lookup>() as i32, 0) };
-    // On a route with a gateway the lookup leaves the gateway's address as the
-    // destination.
-    // SAFETY: the union's IPv4 member, which the lookup wrote.
-    let via_gateway = unsafe { p.__bindgen_anon_4.ipv4_dst } != u32::from_ne_bytes(backend.addr);
-    (rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64)
-        && (via_gateway || p.ifindex == ingress)
+    let hash = flow_hash(key);
+    let mut flow = match pick(key, hash, svc)? {
+        Ok(flow) => flow,
+        Err(subset) => return Some(Err(Refused::NoEndpoint(subset))),
+    };
+    match route::way(ctx, key.client.addr, flow.backend.addr) {
+        Way::Local => {}
+        Way::Elsewhere => flow.subset = PASSED,
+        Way::Unresolved => return Some(Err(Refused::Unresolved)),
+        Way::Snat(node) => match snat::allocate(key, hash, flow.backend, node) {
+            Some(source) => flow.snat = source,
+            None => return Some(Err(Refused::SnatExhausted)),
+        },
+    }
+    Some(Ok(flow))
 }
 
 /// Records a new flow, its replies' way back, and for the proxy what the client
@@ -186,7 +197,8 @@ fn on_another_node(ctx: &XdpContext, client: SockAddr4, backend: SockAddr4) -> b
 /// translated).
 #[inline(always)]
 fn remember(key: &FlowKey, flow: &Flow) -> Option<()> {
-    if flow.subset == PASSED {
+    // A passed flow is not translated; a SNAT flow's way back is its SNAT port's.
+    if flow.subset == PASSED || flow.snat.port != 0 {
         return LB_XDP_FLOWS.insert(key, flow, 0).ok();
     }
     let back = NatKey {
@@ -205,11 +217,10 @@ fn remember(key: &FlowKey, flow: &Flow) -> Option<()> {
 /// A new flow's endpoint: Ok(flow), Err(subset) when the picked subset has none;
 /// None when the service has no slots (passed untouched, as `connect4` leaves it).
 #[inline(always)]
-fn pick(key: &FlowKey, svc: &Service) -> Option<Result<Flow, u32>> {
+fn pick(key: &FlowKey, hash: u32, svc: &Service) -> Option<Result<Flow, u32>> {
     if svc.slot_count == 0 {
         return None;
     }
-    let hash = flow_hash(key);
     let slot_key = SlotKey {
         service: key.service,
         revision: svc.revision,
@@ -231,7 +242,7 @@ fn pick(key: &FlowKey, svc: &Service) -> Option<Result<Flow, u32>> {
     Some(Ok(Flow {
         backend,
         subset: slot.subset,
-        _pad: 0,
+        ..Flow::default()
     }))
 }
 

@@ -667,7 +667,7 @@ fn validate(dir: &std::path::Path, listeners: &[SocketAddr]) -> anyhow::Result<E
 /// `--xdp-iface` values as interface names: an IPv4 address names the interface that
 /// holds it.
 fn interfaces(values: Vec<String>) -> anyhow::Result<Vec<String>> {
-    let held = lb::run::ipv4_by_interface();
+    let held = lb::datapath::north_south::ipv4_by_interface();
     values
         .into_iter()
         .map(|v| match v.parse::<std::net::Ipv4Addr>() {

@@ -73,43 +73,18 @@ pub fn own_listeners(listeners: &[SocketAddr]) -> model::own::OwnListeners {
 
 /// The IPv4 addresses of this machine's interfaces (getifaddrs); empty if it fails.
 fn local_ipv4() -> Vec<Ipv4Addr> {
-    ipv4_by_interface().into_iter().map(|(_, a)| a).collect()
-}
-
-/// The IPv4 addresses of `ifaces` (where their NodePorts are served).
-pub fn node_addresses(ifaces: &[String]) -> Vec<Ipv4Addr> {
-    (ipv4_by_interface().into_iter())
-        .filter(|(name, _)| ifaces.contains(name))
+    datapath::north_south::ipv4_by_interface()
+        .into_iter()
         .map(|(_, a)| a)
         .collect()
 }
 
-/// Each interface's IPv4 addresses (getifaddrs), by interface name; empty if it fails.
-pub fn ipv4_by_interface() -> Vec<(String, Ipv4Addr)> {
-    let mut out = Vec::new();
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list` with a linked list we free below; each entry's
-    // address is read only when it is an AF_INET sockaddr.
-    unsafe {
-        if libc::getifaddrs(&mut list) != 0 {
-            return out;
-        }
-        let mut cur = list;
-        while !cur.is_null() {
-            let a = (*cur).ifa_addr;
-            if !a.is_null() && i32::from((*a).sa_family) == libc::AF_INET {
-                let sin = a.cast::<libc::sockaddr_in>();
-                let name = std::ffi::CStr::from_ptr((*cur).ifa_name);
-                out.push((
-                    name.to_string_lossy().into_owned(),
-                    Ipv4Addr::from(u32::from_be((*sin).sin_addr.s_addr)),
-                ));
-            }
-            cur = (*cur).ifa_next;
-        }
-        libc::freeifaddrs(list);
-    }
-    out
+/// The IPv4 addresses of `ifaces` (where their NodePorts are served).
+pub fn node_addresses(ifaces: &[String]) -> Vec<Ipv4Addr> {
+    (datapath::north_south::ipv4_by_interface().into_iter())
+        .filter(|(name, _)| ifaces.contains(name))
+        .map(|(_, a)| a)
+        .collect()
 }
 
 /// [`settings_flags::PROXY_ON_EVERY_ADDRESS`] if the proxy listens on every address
@@ -546,6 +521,10 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
     model_opts.node_addresses = node_addresses(&opts.north_south.ifaces);
     if !opts.north_south.ifaces.is_empty() {
         tracing::info!(addresses = ?model_opts.node_addresses, "NodePorts served at");
+        match datapath::north_south::Neighbours::open(&pins) {
+            Ok(n) => drop(tokio::spawn(n.run())),
+            Err(e) => tracing::warn!("XDP's unresolved next hops will wait for the stack: {e}"),
+        }
     }
     model_opts.own = own_listeners(&[
         proxy.local_addr(),

@@ -60,9 +60,16 @@ pub struct Counters {
     pub sk_msg_skipped: u64,
     /// North-south flows handed to the proxy.
     pub xdp_proxy_flows: u64,
-    /// North-south flows whose picked endpoint runs on another node, passed to the
-    /// stack untranslated.
+    /// North-south flows whose picked endpoint runs on another node behind an
+    /// interface lb does not serve, passed to the stack untranslated.
     pub xdp_remote_passed: u64,
+    /// North-south flows forwarded to another node's endpoint by XDP (SNAT).
+    pub xdp_remote_flows: u64,
+    /// North-south packets dropped while their next hop's link-layer address was
+    /// resolved.
+    pub xdp_no_neigh: u64,
+    /// New north-south flows to another node dropped: no SNAT port free.
+    pub xdp_snat_exhausted: u64,
     /// North-south packets to a proxy-path service passed to the node's stack: the
     /// proxy listens on loopback only.
     pub xdp_proxy_passed: u64,
@@ -141,6 +148,9 @@ pub fn read(pins: &Pins) -> Result<Status, DatapathError> {
         sk_msg_skipped: counter(lb_common::counters::SK_MSG_SKIPPED),
         xdp_proxy_flows: counter(lb_common::counters::XDP_PROXY_FLOWS),
         xdp_remote_passed: counter(lb_common::counters::XDP_REMOTE_PASSED),
+        xdp_remote_flows: counter(lb_common::counters::XDP_REMOTE_FLOWS),
+        xdp_no_neigh: counter(lb_common::counters::XDP_NO_NEIGH),
+        xdp_snat_exhausted: counter(lb_common::counters::XDP_SNAT_EXHAUSTED),
         xdp_proxy_passed: counter(lb_common::counters::XDP_PROXY_PASSED),
     };
     let links = crate::datapath::north_south::pinned(pins);
@@ -412,8 +422,13 @@ impl Status {
         if !self.xdp.is_empty() {
             let _ = writeln!(
                 s,
-                "north-south flows handed to the proxy {}, left to the stack because their pod runs on another node {}; packets to proxy-path services passed to the stack (proxy on loopback only) {}",
-                c.xdp_proxy_flows, c.xdp_remote_passed, c.xdp_proxy_passed
+                "north-south flows handed to the proxy {}, forwarded to another node's pod {}, left to the stack because their pod's node is behind an interface lb does not serve {}; packets to proxy-path services passed to the stack (proxy on loopback only) {}",
+                c.xdp_proxy_flows, c.xdp_remote_flows, c.xdp_remote_passed, c.xdp_proxy_passed
+            );
+            let _ = writeln!(
+                s,
+                "north-south drops: next hop not resolved yet {}, no SNAT port free {}",
+                c.xdp_no_neigh, c.xdp_snat_exhausted
             );
         }
         if let Some(e) = &self.config.last_error {

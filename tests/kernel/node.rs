@@ -33,6 +33,8 @@ pub struct Node {
     pub pods: Vec<Pod>,
     /// The outside client's namespace, if [`Node::outside`] made one.
     pub outside: Option<String>,
+    /// Other nodes' namespaces and their pods' ([`Node::other_node`]).
+    others: Vec<String>,
     processes: Vec<Child>,
 }
 
@@ -72,6 +74,7 @@ impl Node {
             ns: ns.clone(),
             pods: Vec::new(),
             outside: None,
+            others: Vec::new(),
             processes: Vec::new(),
         };
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
@@ -200,6 +203,141 @@ impl Node {
         self.outside.as_deref().expect("just set")
     }
 
+    /// Another node, `name`, with one pod at `10.244.{n}.3` serving as `name` on
+    /// `port`, linked by a veth to namespace `gateway` (this node, or the outside
+    /// client's as the upstream router): `10.{250 + n}.0.1` on `gateway`'s side
+    /// (interface `iface`), `.2` on the other node's. `gateway` routes the pod's subnet
+    /// there; the other node routes only `back` (subnets) through the link, the pod
+    /// everything through its node. This node reaches the pod subnet through
+    /// `via` (the link's far side when it is the gateway). Removed with the node.
+    pub fn other_node(
+        &mut self,
+        name: &'static str,
+        n: u8,
+        (gateway, iface, via): (&str, &str, &str),
+        back: &[&str],
+        port: u16,
+    ) -> String {
+        let id = format!("{}", std::process::id() % 100_000);
+        let (node_ns, pod_ns) = (format!("lbt-{id}-{name}-node"), format!("lbt-{id}-{name}"));
+        let (link, pods) = (format!("10.{}.0", 250 + n as u32), format!("10.244.{n}"));
+        for ns in [&node_ns, &pod_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            ip(&["netns", "add", ns]);
+            self.others.push(ns.clone());
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            ip(&["-n", ns, "route", "add", "blackhole", SERVICE_RANGE]);
+        }
+        // Two veth pairs: gateway <-> other node, other node <-> its pod.
+        let tag = format!("{}{n}", std::process::id() % 100_000);
+        for (a, a_ns, a_name, a_ip, b_ns, b_ip) in [
+            (
+                format!("lbg{tag}"),
+                gateway,
+                iface,
+                format!("{link}.1"),
+                &node_ns,
+                format!("{link}.2"),
+            ),
+            (
+                format!("lbq{tag}"),
+                &node_ns,
+                "pod0",
+                format!("{pods}.1"),
+                &pod_ns,
+                format!("{pods}.3"),
+            ),
+        ] {
+            let b = format!("{a}b");
+            ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+            ip(&["link", "set", &a, "netns", a_ns]);
+            ip(&["link", "set", &b, "netns", b_ns]);
+            ip(&["-n", a_ns, "link", "set", &a, "name", a_name]);
+            ip(&["-n", b_ns, "link", "set", &b, "name", "eth0"]);
+            ip(&[
+                "-n",
+                a_ns,
+                "addr",
+                "add",
+                &format!("{a_ip}/24"),
+                "dev",
+                a_name,
+            ]);
+            ip(&[
+                "-n",
+                b_ns,
+                "addr",
+                "add",
+                &format!("{b_ip}/24"),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", a_ns, "link", "set", a_name, "up"]);
+            ip(&["-n", b_ns, "link", "set", "eth0", "up"]);
+        }
+        let subnet = format!("{pods}.0/24");
+        ip(&[
+            "-n",
+            gateway,
+            "route",
+            "add",
+            &subnet,
+            "via",
+            &format!("{link}.2"),
+        ]);
+        if gateway != self.ns {
+            ip(&["-n", &self.ns, "route", "add", &subnet, "via", via]);
+        }
+        for net in back {
+            ip(&[
+                "-n",
+                &node_ns,
+                "route",
+                "add",
+                net,
+                "via",
+                &format!("{link}.1"),
+            ]);
+        }
+        ip(&[
+            "-n",
+            &pod_ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("{pods}.1"),
+        ]);
+        for ns in [gateway, node_ns.as_str()] {
+            let out = Command::new("nsenter")
+                .args(enter(ns))
+                .args(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+                .output()
+                .expect("sysctl");
+            assert!(out.status.success(), "ip_forward: {out:?}");
+        }
+        let pod_ip = format!("{pods}.3");
+        let listen = format!("{pod_ip}:{port}");
+        let child = Command::new("nsenter")
+            .args(enter(&pod_ns))
+            .arg(lb_bin())
+            .args(["backend", "--name", name, "--listen", &listen])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn backend");
+        self.processes.push(child);
+        wait_for(Duration::from_secs(5), "the other node's backend", || {
+            Command::new("nsenter")
+                .args(enter(&pod_ns))
+                .args(["bash", "-c"])
+                .arg(format!("exec 3<>/dev/tcp/{pod_ip}/{port}"))
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        pod_ip
+    }
+
     /// The test client (`lb probe --json`) in the outside namespace, to completion.
     pub fn probe_outside(&self, args: &[&str]) -> Value {
         run_probe(self.outside_probe(args))
@@ -311,7 +449,7 @@ impl Drop for Node {
             drop(pod.cgroup);
             let _ = Command::new("ip").args(["netns", "del", &pod.ns]).output();
         }
-        if let Some(ns) = self.outside.take() {
+        for ns in self.others.drain(..).chain(self.outside.take()) {
             let _ = Command::new("ip").args(["netns", "del", &ns]).output();
         }
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();

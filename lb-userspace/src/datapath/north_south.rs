@@ -7,13 +7,17 @@
 
 use std::path::Path;
 
+use std::net::Ipv4Addr;
+
 use aya::Ebpf;
+use aya::maps::{HashMap, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp};
 
 use super::attach::failed;
 use super::layout::{Hook, ProgramDef};
 use super::{DatapathError, Pins};
+use lb_common::map_names;
 
 /// The interfaces to serve and how (`--xdp-iface`, `--xdp-mode`).
 #[derive(Clone, Debug, Default)]
@@ -153,6 +157,7 @@ pub fn ensure(
         detach(&pins.link(&link.pin_name()), &link.program)?;
         tracing::info!(program = %link.program, iface = %link.iface, "detached: the interface is no longer served");
     }
+    publish_addresses(ebpf, ifaces)?;
     Ok((attached, replaced))
 }
 
@@ -206,6 +211,117 @@ fn attach(
     };
     let link = FdLink::try_from(prog.take_link(id).map_err(failed(name))?).map_err(failed(name))?;
     Ok((link, Some(mode)))
+}
+
+/// Each interface's IPv4 addresses (getifaddrs), by interface name; empty if it fails.
+pub fn ipv4_by_interface() -> Vec<(String, Ipv4Addr)> {
+    let mut out = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we free below; each entry's
+    // address is read only when it is an AF_INET sockaddr.
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            return out;
+        }
+        let mut cur = list;
+        while !cur.is_null() {
+            let a = (*cur).ifa_addr;
+            if !a.is_null() && i32::from((*a).sa_family) == libc::AF_INET {
+                let sin = a.cast::<libc::sockaddr_in>();
+                let name = std::ffi::CStr::from_ptr((*cur).ifa_name);
+                out.push((
+                    name.to_string_lossy().into_owned(),
+                    Ipv4Addr::from(u32::from_be((*sin).sin_addr.s_addr)),
+                ));
+            }
+            cur = (*cur).ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    out
+}
+
+/// `LB_XDP_IFACES`: each served interface's index and (first) IPv4 address, the
+/// source `lb_xdp` gives the flows it forwards to other nodes out of it; no other
+/// interface. An interface without an IPv4 address forwards none (they pass).
+fn publish_addresses(ebpf: &mut Ebpf, ifaces: &[String]) -> Result<(), DatapathError> {
+    let name = map_names::XDP_IFACES;
+    let map = ebpf.map_mut(name).ok_or(DatapathError::MissingMap(name))?;
+    let mut map: HashMap<_, u32, [u8; 4]> =
+        HashMap::try_from(map).map_err(|e| DatapathError::map(name, e))?;
+    let held = ipv4_by_interface();
+    let want: Vec<(u32, [u8; 4])> = ifaces
+        .iter()
+        .filter_map(|iface| {
+            let cname = std::ffi::CString::new(iface.as_str()).ok()?;
+            // SAFETY: a NUL-terminated name; 0 when there is no such interface.
+            let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+            let (_, addr) = held.iter().find(|(n, _)| n == iface)?;
+            (index != 0).then_some((index, addr.octets()))
+        })
+        .collect();
+    let stale: Vec<u32> = (map.keys().filter_map(Result::ok))
+        .filter(|k| !want.iter().any(|(i, _)| i == k))
+        .collect();
+    for index in stale {
+        map.remove(&index)
+            .map_err(|e| DatapathError::map(format!("{name} remove {index}"), e))?;
+    }
+    for (index, addr) in want {
+        map.insert(&index, &addr, 0)
+            .map_err(|e| DatapathError::map(format!("{name} insert {index}"), e))?;
+    }
+    Ok(())
+}
+
+/// The next hops `lb_xdp` found without a link-layer address (`LB_XDP_NEIGH`): XDP
+/// cannot ask for one, so the daemon does, by sending each a datagram (to the discard
+/// port): the kernel resolves the address on the way. A packet that met the
+/// unresolved hop was dropped; TCP sends it again within a second, by when it is
+/// resolved.
+pub struct Neighbours {
+    map: HashMap<MapData, [u8; 4], u32>,
+    socket: std::net::UdpSocket,
+}
+
+impl Neighbours {
+    /// How often the daemon looks: well under TCP's first retransmission (1 s).
+    pub const PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
+
+    pub fn open(pins: &Pins) -> Result<Self, DatapathError> {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+            .map_err(|e| DatapathError::map("a socket to resolve next hops", e))?;
+        Ok(Self {
+            map: super::open(pins, map_names::XDP_NEIGH, false)?,
+            socket,
+        })
+    }
+
+    /// Asks for each next hop waiting, once, and forgets it. Returns how many.
+    pub fn resolve(&mut self) -> usize {
+        let waiting: Vec<[u8; 4]> = self.map.keys().filter_map(Result::ok).collect();
+        for hop in &waiting {
+            let to = std::net::SocketAddrV4::new((*hop).into(), 9);
+            if let Err(e) = self.socket.send_to(&[], to) {
+                tracing::debug!(%to, "asking for a next hop's link-layer address: {e}");
+            }
+            let _ = self.map.remove(hop);
+        }
+        if !waiting.is_empty() {
+            tracing::debug!(hops = waiting.len(), "next hops resolved for XDP");
+        }
+        waiting.len()
+    }
+
+    /// [`Neighbours::resolve`] every [`Neighbours::PERIOD`], for ever.
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(Self::PERIOD);
+        loop {
+            tick.tick().await;
+            self.resolve();
+        }
+    }
 }
 
 #[cfg(test)]

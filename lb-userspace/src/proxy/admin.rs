@@ -65,7 +65,10 @@ fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
                     ("sk_msg_stayed_on_tcp", "Sockets whose peer was not in the socket map at their first message; their bytes stay on TCP", k.counter(counters::SK_MSG_STAYED_ON_TCP)),
                     ("sk_msg_skipped", "Client connections kept off the socket map: their process's recent connections to the service carried one message each", k.counter(counters::SK_MSG_SKIPPED)),
                     ("xdp_proxy_flows", "North-south flows XDP handed to the proxy", k.counter(counters::XDP_PROXY_FLOWS)),
-                    ("xdp_remote_passed", "North-south flows whose picked endpoint runs on another node, left to the stack", k.counter(counters::XDP_REMOTE_PASSED)),
+                    ("xdp_remote_passed", "North-south flows whose picked endpoint's node is behind an interface lb does not serve, left to the stack", k.counter(counters::XDP_REMOTE_PASSED)),
+                    ("xdp_remote_flows", "North-south flows XDP forwarded to another node's endpoint (SNAT)", k.counter(counters::XDP_REMOTE_FLOWS)),
+                    ("xdp_no_neigh", "North-south packets dropped while their next hop's link-layer address was resolved", k.counter(counters::XDP_NO_NEIGH)),
+                    ("xdp_snat_exhausted", "New north-south flows to another node dropped: no SNAT port free", k.counter(counters::XDP_SNAT_EXHAUSTED)),
                     ("xdp_proxy_passed", "North-south packets to proxy-path services passed to the stack (the proxy listens on loopback only)", k.counter(counters::XDP_PROXY_PASSED)),
                 ]
             });

@@ -1,0 +1,99 @@
+//! North-south flows to another node's endpoint: `lb_xdp` gives each a source of the
+//! node's (its address on the way there, a port of `SNAT_PORTS`), so the endpoint's
+//! replies come back here, where `lb_xdp` translates them back to the client and
+//! sends them on itself. The port is taken per endpoint in `LB_XDP_SNAT`, which also
+//! leads the replies back.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use lb_common::SockAddr4;
+use lb_common::xdp::{
+    Flow, FlowKey, IPPROTO_TCP, SNAT_PORTS, SNAT_PROBES, SnatBack, SnatKey, snat_port,
+    snat_reusable,
+};
+
+use crate::maps::LB_XDP_SNAT;
+use crate::packet::Tcp;
+
+/// A SNAT source for a new flow `key` to `backend` leaving by the node's address
+/// `node`: the first of its ports (by its hash) that is free, already its own, or
+/// free again (see `snat_reusable`). None: all taken.
+#[inline(always)]
+pub fn allocate(key: &FlowKey, hash: u32, backend: SockAddr4, node: [u8; 4]) -> Option<SockAddr4> {
+    // SAFETY: a helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let want = SnatBack {
+        client: key.client,
+        service: key.service,
+        seen_ns: now,
+        closing: 0,
+        _pad: 0,
+    };
+    for probe in 0..SNAT_PROBES {
+        let snat = SnatKey {
+            node: SockAddr4::new(node, snat_port(hash, probe)),
+            backend,
+            proto: IPPROTO_TCP as u32,
+        };
+        // A whole value, never an `Option` (see `lb_xdp`'s flow lookup).
+        // SAFETY: copied out at once.
+        let held = (unsafe { LB_XDP_SNAT.get(&snat) })
+            .copied()
+            .unwrap_or_default();
+        let taken = if held == SnatBack::default() {
+            // Another CPU's flow may take it first.
+            LB_XDP_SNAT.insert(&snat, &want, BPF_NOEXIST as u64).is_ok()
+        } else {
+            snat_reusable(&held, &want, now) && LB_XDP_SNAT.insert(&snat, &want, 0).is_ok()
+        };
+        if taken {
+            return Some(snat.node);
+        }
+    }
+    None
+}
+
+/// An endpoint's reply to a SNAT port: translated back (from the service address the
+/// client dialled, to the client), the flow's entry refreshed. None: not one.
+#[inline(always)]
+pub fn reply(tcp: &mut Tcp, closing: bool) -> Option<()> {
+    if !SNAT_PORTS.contains(&u16::from_be(tcp.ports.dst)) {
+        return None;
+    }
+    let key = SnatKey {
+        node: tcp.dst(),
+        backend: tcp.src(),
+        proto: IPPROTO_TCP as u32,
+    };
+    let back = LB_XDP_SNAT.get_ptr_mut(&key)?;
+    // SAFETY: the map's value, shared by the CPUs that see this flow's packets: plain
+    // stores of a timestamp and a flag, a lost one harmless.
+    let (client, service) = unsafe {
+        (*back).seen_ns = bpf_ktime_get_ns();
+        if closing {
+            (*back).closing = 1;
+        }
+        ((*back).client, (*back).service)
+    };
+    tcp.set_src(service);
+    tcp.set_dst(client);
+    Some(())
+}
+
+/// A SNAT flow's packet from its client: translated to the endpoint from the flow's
+/// SNAT source; a FIN or RST marks the port's flow closing.
+#[inline(always)]
+pub fn forward(tcp: &mut Tcp, flow: &Flow, closing: bool) {
+    if closing {
+        let key = SnatKey {
+            node: flow.snat,
+            backend: flow.backend,
+            proto: IPPROTO_TCP as u32,
+        };
+        if let Some(back) = LB_XDP_SNAT.get_ptr_mut(&key) {
+            // SAFETY: as in `reply`.
+            unsafe { (*back).closing = 1 };
+        }
+    }
+    tcp.set_dst(flow.backend);
+    tcp.set_src(flow.snat);
+}
