@@ -74,9 +74,36 @@ pub struct SnatBack {
     pub service: SockAddr4,
     /// When the endpoint last answered (`bpf_ktime_get_ns`).
     pub seen_ns: u64,
-    /// Non-zero once a FIN or RST went either way.
+    /// [`closing`] bits: the FINs and RSTs seen so far.
     pub closing: u32,
     pub _pad: u32,
+}
+
+/// `SnatBack::closing`: a SNAT flow is closed once both sides sent a FIN (only
+/// the last ACK may follow) or either sent a RST. One FIN is a half-close: the other
+/// side may go on sending for as long as it likes.
+pub mod closing {
+    pub const CLIENT_FIN: u32 = 1;
+    pub const BACKEND_FIN: u32 = 2;
+    pub const RST: u32 = 4;
+
+    /// The bits a packet with TCP `flags` adds, sent by the client or the backend.
+    #[inline(always)]
+    pub fn bits(flags: u8, from_client: bool) -> u32 {
+        let fin = if flags & 0x01 == 0 {
+            0
+        } else if from_client {
+            CLIENT_FIN
+        } else {
+            BACKEND_FIN
+        };
+        fin | if flags & 0x04 != 0 { RST } else { 0 }
+    }
+
+    #[inline(always)]
+    pub fn closed(bits: u32) -> bool {
+        bits & RST != 0 || bits & (CLIENT_FIN | BACKEND_FIN) == CLIENT_FIN | BACKEND_FIN
+    }
 }
 
 /// SNAT ports: below the NodePort range (30000–32767, a reply must never look like a
@@ -110,12 +137,12 @@ pub fn snat_port(hash: u32, probe: u32) -> u16 {
 pub fn snat_reusable(held: &SnatBack, want: &SnatBack, now_ns: u64) -> bool {
     let same = held.client == want.client && held.service == want.service;
     let quiet = now_ns.saturating_sub(held.seen_ns);
-    same || quiet
-        >= if held.closing != 0 {
-            SNAT_CLOSED_NS
-        } else {
-            SNAT_IDLE_NS
-        }
+    let after = if closing::closed(held.closing) {
+        SNAT_CLOSED_NS
+    } else {
+        SNAT_IDLE_NS
+    };
+    same || quiet >= after
 }
 
 /// A flow's hash: the slot is `hash % slot_count`, the endpoint
@@ -261,14 +288,28 @@ mod tests {
             now
         ));
         // Another client's closed flow, once its last packet is a second old.
-        assert!(!snat_reusable(&back(40_001, now - 1, 1), &want, now));
+        let fins = closing::bits(0x11, true) | closing::bits(0x11, false);
+        assert!(!snat_reusable(&back(40_001, now - 1, fins), &want, now));
         assert!(snat_reusable(
-            &back(40_001, now - SNAT_CLOSED_NS, 1),
+            &back(40_001, now - SNAT_CLOSED_NS, fins),
+            &want,
+            now
+        ));
+        let rst = closing::bits(0x04, false);
+        assert!(snat_reusable(
+            &back(40_001, now - SNAT_CLOSED_NS, rst),
+            &want,
+            now
+        ));
+        // A half-closed one is not closed: the other side may still be sending.
+        let half = closing::bits(0x11, true);
+        assert!(!snat_reusable(
+            &back(40_001, now - SNAT_CLOSED_NS, half),
             &want,
             now
         ));
         // A clock read on another CPU may be older than `seen_ns`.
-        assert!(!snat_reusable(&back(40_001, now + 5, 1), &want, now));
+        assert!(!snat_reusable(&back(40_001, now + 5, fins), &want, now));
     }
 
     #[test]

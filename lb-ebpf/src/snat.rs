@@ -7,7 +7,7 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::SockAddr4;
 use lb_common::xdp::{
-    Flow, FlowKey, IPPROTO_TCP, SNAT_PORTS, SNAT_PROBES, SnatBack, SnatKey, snat_port,
+    Flow, FlowKey, IPPROTO_TCP, SNAT_PORTS, SNAT_PROBES, SnatBack, SnatKey, closing, snat_port,
     snat_reusable,
 };
 
@@ -55,7 +55,7 @@ pub fn allocate(key: &FlowKey, hash: u32, backend: SockAddr4, node: [u8; 4]) -> 
 /// An endpoint's reply to a SNAT port: translated back (from the service address the
 /// client dialled, to the client), the flow's entry refreshed. None: not one.
 #[inline(always)]
-pub fn reply(tcp: &mut Tcp, closing: bool) -> Option<()> {
+pub fn reply(tcp: &mut Tcp, flags: u8) -> Option<()> {
     if !SNAT_PORTS.contains(&u16::from_be(tcp.ports.dst)) {
         return None;
     }
@@ -69,9 +69,7 @@ pub fn reply(tcp: &mut Tcp, closing: bool) -> Option<()> {
     // stores of a timestamp and a flag, a lost one harmless.
     let (client, service) = unsafe {
         (*back).seen_ns = bpf_ktime_get_ns();
-        if closing {
-            (*back).closing = 1;
-        }
+        (*back).closing |= closing::bits(flags, false);
         ((*back).client, (*back).service)
     };
     tcp.set_src(service);
@@ -80,10 +78,11 @@ pub fn reply(tcp: &mut Tcp, closing: bool) -> Option<()> {
 }
 
 /// A SNAT flow's packet from its client: translated to the endpoint from the flow's
-/// SNAT source; a FIN or RST marks the port's flow closing.
+/// SNAT source; its FIN or RST is noted on the port's flow (see `closing`).
 #[inline(always)]
-pub fn forward(tcp: &mut Tcp, flow: &Flow, closing: bool) {
-    if closing {
+pub fn forward(tcp: &mut Tcp, flow: &Flow, flags: u8) {
+    let bits = closing::bits(flags, true);
+    if bits != 0 {
         let key = SnatKey {
             node: flow.snat,
             backend: flow.backend,
@@ -91,7 +90,7 @@ pub fn forward(tcp: &mut Tcp, flow: &Flow, closing: bool) {
         };
         if let Some(back) = LB_XDP_SNAT.get_ptr_mut(&key) {
             // SAFETY: as in `reply`.
-            unsafe { (*back).closing = 1 };
+            unsafe { (*back).closing |= bits };
         }
     }
     tcp.set_dst(flow.backend);

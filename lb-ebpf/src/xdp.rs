@@ -17,9 +17,7 @@ use crate::maps::{
     LB_ENDPOINTS, LB_ORIG_DST, LB_SERVICES, LB_SETTINGS, LB_SLOTS, LB_XDP_FLOWS, LB_XDP_NAT, bump,
     live_proxy,
 };
-use crate::packet::{
-    ETH_HLEN, Ipv4Hdr, L4_CHECK_TCP, Ports, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp,
-};
+use crate::packet::{ETH_HLEN, Ipv4Hdr, L4_CHECK_TCP, Ports, TCP_ACK, TCP_SYN, Tcp};
 use crate::route::{self, Way};
 use crate::snat;
 
@@ -67,9 +65,8 @@ fn try_xdp(ctx: &XdpContext) -> Option<u32> {
             *flags,
         )
     };
-    let closing = flags & (TCP_FIN | TCP_RST) != 0;
     // Another node's endpoint answering a flow this node forwarded there.
-    if snat::reply(&mut tcp, closing).is_some() {
+    if snat::reply(&mut tcp, flags).is_some() {
         return Some(route::send(ctx, tcp.ip.saddr, tcp.ip.daddr));
     }
     let service = tcp.dst();
@@ -128,7 +125,7 @@ fn try_xdp(ctx: &XdpContext) -> Option<u32> {
         subset => count(service, subset, |s| s.xdp_packets += 1),
     }
     if flow.snat.port != 0 {
-        snat::forward(&mut tcp, &flow, closing);
+        snat::forward(&mut tcp, &flow, flags);
         return Some(route::send(ctx, flow.snat.addr, flow.backend.addr));
     }
     tcp.set_dst(flow.backend);
