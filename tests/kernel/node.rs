@@ -275,6 +275,8 @@ impl Node {
             ip(&["-n", a_ns, "link", "set", a_name, "up"]);
             ip(&["-n", b_ns, "link", "set", "eth0", "up"]);
         }
+        nic_like(&node_ns, "eth0");
+        nic_like(&pod_ns, "eth0");
         let subnet = format!("{pods}.0/24");
         ip(&[
             "-n",
@@ -422,6 +424,62 @@ impl Node {
     pub fn run_inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         run_in(&self.ns, f)
     }
+}
+
+/// Veth `iface` of namespace `ns` made to behave as a NIC for native XDP on its
+/// peer: GRO on, so it receives the peer's XDP redirects and XDP_TX (a veth needs
+/// NAPI for them: GRO or an XDP program of its own); transmit checksums computed in
+/// software, so what it sends carries whole checksums as a packet off a wire does (a
+/// veth's locally sent TCP packet carries only the pseudo-header's sum, to be
+/// completed later: XDP rewrites it in place and, redirected, it arrives as a
+/// finished packet with a wrong checksum).
+pub fn nic_like(ns: &str, iface: &str) {
+    let out = Command::new("nsenter")
+        .args(enter(ns))
+        .args(["ethtool", "-K", iface, "gro", "on", "tx", "off"])
+        .output()
+        .expect("ethtool (scripts/setup.sh installs it)");
+    assert!(out.status.success(), "ethtool -K {iface}: {out:?}");
+}
+
+/// An XDP program that passes every packet, attached (native) to `iface` of
+/// namespace `ns` for as long as the returned link is open. A veth flushes the frames
+/// its peer's XDP sends back with XDP_TX only when it runs an XDP program of its own
+/// (veth_xdp_flush; redirects are flushed either way): the outside client's link
+/// needs one for the node's XDP_TX to reach it at once. Loaded by hand (two
+/// instructions) rather than from an object file the tests would have to build.
+pub fn xdp_pass(ns: &str, iface: &str) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd as _;
+    let iface = std::ffi::CString::new(iface).expect("a name");
+    run_in(ns, move || {
+        // mov r0, XDP_PASS (2); exit.
+        let insns: [u64; 2] = [0x0000_0002_0000_00b7, 0x95];
+        let license = c"GPL";
+        let mut attr = [0u8; 144];
+        attr[0..4].copy_from_slice(&6u32.to_ne_bytes()); // BPF_PROG_TYPE_XDP
+        attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
+        attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+        attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+        let bpf = |cmd: i64, attr: &[u8]| {
+            // SAFETY: bpf(2) with an attribute buffer of the size given, whose
+            // pointers (instructions, license) outlive the call.
+            let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), attr.len()) };
+            assert!(fd >= 0, "bpf({cmd}): {}", std::io::Error::last_os_error());
+            // SAFETY: a new file descriptor the call returned, owned from here on.
+            unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
+        };
+        let prog = bpf(5, &attr); // BPF_PROG_LOAD
+        // SAFETY: a NUL-terminated name; 0 when there is no such interface.
+        let index = unsafe { libc::if_nametoindex(iface.as_ptr()) };
+        assert_ne!(index, 0, "no interface {iface:?}");
+        let mut link = [0u8; 64];
+        use std::os::fd::AsRawFd as _;
+        link[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
+        link[4..8].copy_from_slice(&index.to_ne_bytes());
+        link[8..12].copy_from_slice(&37u32.to_ne_bytes()); // BPF_XDP
+        link[12..16].copy_from_slice(&4u32.to_ne_bytes()); // XDP_FLAGS_DRV_MODE
+        bpf(28, &link) // BPF_LINK_CREATE
+    })
 }
 
 /// `f` on a thread inside network namespace `ns`.

@@ -202,8 +202,8 @@ fn a_flow_picked_for_a_pod_behind_an_unserved_interface_is_left_to_the_stack() {
 /// upstream router the clients come from (sent back out of the interface they came
 /// in by). Neither other node, nor its pod, has a route to the clients: only the
 /// translated flows can be answered. Each keep-alive connection stays on its pod
-/// (remote ones included) across a weight change. Generic XDP: a native redirect
-/// into a veth needs XDP (or GRO, which needs ethtool) on the receiving end.
+/// (remote ones included) across a weight change. Native XDP (the veths made
+/// NIC-like: see `node::nic_like` and `node::xdp_pass`), then generic.
 #[test]
 fn flows_picked_for_other_nodes_pods_are_forwarded_by_xdp_with_snat() {
     let mut env = Env::new("xdp-snat");
@@ -227,17 +227,10 @@ fn flows_picked_for_other_nodes_pods_are_forwarded_by_xdp_with_snat() {
     };
     assert!(config(50, 50).contains(&routed));
     env.write_config("backend.yaml", &config(50, 50));
-    env.start_daemon_with(
-        true,
-        &[
-            "--xdp-iface",
-            NODE_EXT_IFACE,
-            "--xdp-iface",
-            "peer0",
-            "--xdp-mode",
-            "generic",
-        ],
-    );
+    crate::node::nic_like(&outside, "eth0");
+    let _pass = crate::node::xdp_pass(&outside, "eth0");
+    let ifaces = ["--xdp-iface", NODE_EXT_IFACE, "--xdp-iface", "peer0"];
+    env.start_daemon_with(true, &ifaces);
     let to = format!("{NODE_EXT_IP}:{NODE_PORT}");
 
     let s = node.probe_outside(&["--to", &to, "--count", "2000"]);
@@ -272,6 +265,19 @@ fn flows_picked_for_other_nodes_pods_are_forwarded_by_xdp_with_snat() {
         2000,
         "{status}"
     );
+    let modes: Vec<_> = (status["xdp"].as_array().into_iter().flatten())
+        .map(|x| x["mode"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(modes, ["native", "native"], "{status}");
+
+    // Generic XDP forwards the same way.
+    env.kill_daemons();
+    env.start_daemon_with(true, &[&ifaces[..], &["--xdp-mode", "generic"]].concat());
+    let s = node.probe_outside(&["--to", &to, "--count", "500"]);
+    assert_eq!(s["failures"].as_u64(), Some(0), "{s}");
+    for name in ["v1-peer", "v1-router"] {
+        assert!(s["by_backend"][name].as_u64() >= Some(60), "{name}: {s}");
+    }
 
     // Keep-alive connections opened at 50/50 keep their pods when v1 goes to 0.
     let clients = keep_alive_clients(&env, &node, &to, 20);
