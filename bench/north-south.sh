@@ -15,15 +15,23 @@
 # and the 90/10 split for the balancers. Everything started is stopped, everything
 # created removed, also on failure.
 #
-# Usage: sudo bench/north-south.sh [--rounds N] [--seconds S] [--smoke] [--out FILE]
+# --remote: the pods run on another node, behind a second link of the node's: the
+# node forwards every packet both ways — lb's XDP with SNAT (on both links), against
+# kube-proxy's rules for externalTrafficPolicy: Cluster (DNAT and MASQUERADE, with
+# conntrack). The veths are made NIC-like for every row (GRO on to receive native XDP
+# redirects, transmit checksums in software as off a wire: tests/kernel/node.rs).
+#
+# Usage: sudo bench/north-south.sh [--remote] [--rounds N] [--seconds S] [--smoke] [--out FILE]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 ROUNDS=5
 SECS=5
-OUT=bench/north-south.md
+OUT=""
+REMOTE=0
 while [ $# -gt 0 ]; do
   case "$1" in
+    --remote) REMOTE=1; shift ;;
     --rounds) ROUNDS=$2; shift 2 ;;
     --seconds) SECS=$2; shift 2 ;;
     --smoke) ROUNDS=1; SECS=1; shift ;;
@@ -32,19 +40,22 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+[ -n "$OUT" ] || OUT=bench/north-south$([ $REMOTE = 1 ] && echo -remote).md
 LB=$PWD/target/release/lb
 [ -x "$LB" ] || { echo "build first: cargo build --release" >&2; exit 1; }
-for tool in wrk iptables ip nsenter taskset python3; do
+for tool in wrk iptables ip nsenter taskset python3 ethtool; do
   command -v "$tool" >/dev/null || { echo "$tool is missing (scripts/setup.sh installs it)" >&2; exit 1; }
 done
 
 ID=$$
-OUTSIDE=lbb$ID-out NODE=lbb$ID-node
+OUTSIDE=lbb$ID-out NODE=lbb$ID-node OTHER=lbb$ID-other
 PODS=(v0 v1)
 CGROUP=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)/lb-bench-ns-$ID
 PINS=/sys/fs/bpf/lb-bench-ns-$ID
 WORK=$(mktemp -d /tmp/lb-bench-ns-XXXXXX)
 NODE_IP=10.250.0.1 PORT=30785
+# Where the pods are: on the node's bridge, or on the other node's.
+POD_NET=10.244.$REMOTE POD_NODE=$([ $REMOTE = 1 ] && echo "$OTHER" || echo "$NODE")
 PIDS=()
 LB_PID=""
 
@@ -54,7 +65,7 @@ cleanup() {
   set +e
   stop_lb
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-  for ns in "$OUTSIDE" "$NODE" "${PODS[@]/#/lbb$ID-}"; do ip netns del "$ns" 2>/dev/null; done
+  for ns in "$OUTSIDE" "$NODE" "$OTHER" "${PODS[@]/#/lbb$ID-}"; do ip netns del "$ns" 2>/dev/null; done
   rmdir "$CGROUP" 2>/dev/null
   rm -rf "$WORK"
 }
@@ -69,13 +80,34 @@ stop_lb() {
 }
 
 # --- topology ---
-ip netns add "$NODE"
-in_ns "$NODE" ip link set lo up
-in_ns "$NODE" ip link add br0 type bridge
-in_ns "$NODE" ip addr add 10.244.0.1/24 dev br0
-in_ns "$NODE" ip link set br0 up
-in_ns "$NODE" ip route add blackhole 10.96.0.0/16
-in_ns "$NODE" sysctl -qw net.ipv4.ip_forward=1
+node_ns() {
+  ip netns add "$1"
+  in_ns "$1" ip link set lo up
+  in_ns "$1" ip route add blackhole 10.96.0.0/16
+  in_ns "$1" sysctl -qw net.ipv4.ip_forward=1
+}
+node_ns "$NODE"
+if [ $REMOTE = 1 ]; then node_ns "$OTHER"; fi
+in_ns "$POD_NODE" ip link add br0 type bridge
+in_ns "$POD_NODE" ip addr add $POD_NET.1/24 dev br0
+in_ns "$POD_NODE" ip link set br0 up
+nic_like() { in_ns "$1" ethtool -K "$2" gro on tx off >/dev/null; }
+if [ $REMOTE = 1 ]; then
+  # The node's second link, to the other node (its pods' subnet behind it).
+  ip link add lbr$ID type veth peer name lbs$ID
+  ip link set lbr$ID netns "$NODE"
+  ip link set lbs$ID netns "$OTHER"
+  in_ns "$NODE" ip link set lbr$ID name peer0
+  in_ns "$NODE" ip addr add 10.251.0.1/24 dev peer0
+  in_ns "$NODE" ip link set peer0 up
+  in_ns "$OTHER" ip link set lbs$ID name eth0
+  in_ns "$OTHER" ip addr add 10.251.0.2/24 dev eth0
+  in_ns "$OTHER" ip link set eth0 up
+  in_ns "$NODE" ip route add $POD_NET.0/24 via 10.251.0.2
+  # Only for the direct row: the clients' subnet through the node.
+  in_ns "$OTHER" ip route add 10.250.0.0/24 via 10.251.0.1
+  nic_like "$OTHER" eth0
+fi
 # Connection tracking on in the node for every row, as on a node whose kube-proxy or
 # CNI has NAT rules (a nat table registers it; the iptables row adds its rules to it).
 nat_base() { in_ns "$NODE" iptables -t nat -N LB-BENCH; in_ns "$NODE" iptables -t nat -A PREROUTING -j LB-BENCH; }
@@ -93,25 +125,29 @@ in_ns "$OUTSIDE" ip link set eth0 up
 in_ns "$OUTSIDE" ip link set lo up
 in_ns "$OUTSIDE" ip route add blackhole 10.96.0.0/16
 # Only for the direct row: the pods' subnet through the node.
-in_ns "$OUTSIDE" ip route add 10.244.0.0/24 via $NODE_IP
+in_ns "$OUTSIDE" ip route add $POD_NET.0/24 via $NODE_IP
+if [ $REMOTE = 1 ]; then nic_like "$OUTSIDE" eth0; fi
 octet=3
 for pod in "${PODS[@]}"; do
   ns=lbb$ID-$pod
   ip netns add "$ns"
   ip link add lbn$ID$octet type veth peer name lbp$ID$octet
-  ip link set lbn$ID$octet netns "$NODE"
+  ip link set lbn$ID$octet netns "$POD_NODE"
   ip link set lbp$ID$octet netns "$ns"
-  in_ns "$NODE" ip link set lbn$ID$octet master br0 up
+  in_ns "$POD_NODE" ip link set lbn$ID$octet master br0 up
   in_ns "$ns" ip link set lbp$ID$octet name eth0
-  in_ns "$ns" ip addr add 10.244.0.$octet/24 dev eth0
+  in_ns "$ns" ip addr add $POD_NET.$octet/24 dev eth0
   in_ns "$ns" ip link set eth0 up
   in_ns "$ns" ip link set lo up
-  in_ns "$ns" ip route add 10.250.0.0/24 via 10.244.0.1
+  # The clients' subnet (and the node's second link: its SNAT source) through
+  # the pod's node; nothing else.
+  in_ns "$ns" ip route add 10.250.0.0/15 via $POD_NET.1
+  if [ $REMOTE = 1 ]; then nic_like "$ns" eth0; fi
   in_ns "$ns" ip route add blackhole 10.96.0.0/16
   # nsenter itself in the background (not the in_ns function's subshell): its pid is
   # the backend's (nsenter and taskset exec), so cleanup stops the backend.
   nsenter --net=/var/run/netns/"$ns" -- taskset -c 0 "$LB" backend --name "$pod" \
-    --listen 10.244.0.$octet:11400 >/dev/null 2>&1 &
+    --listen $POD_NET.$octet:11400 >/dev/null 2>&1 &
   PIDS+=($!)
   octet=$((octet + 1))
 done
@@ -126,8 +162,8 @@ spec:
   ports: [{number: $PORT, name: http, protocol: HTTP}]
   resolution: STATIC
   endpoints:
-  - {address: 10.244.0.3, ports: {http: 11400}, labels: {version: v0}}
-  - {address: 10.244.0.4, ports: {http: 11400}, labels: {version: v1}}
+  - {address: $POD_NET.3, ports: {http: 11400}, labels: {version: v0}}
+  - {address: $POD_NET.4, ports: {http: 11400}, labels: {version: v1}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -158,6 +194,7 @@ setup() {
       nsenter --net=/var/run/netns/"$NODE" -- "$LB" run --no-keeper --config "$WORK/config" \
         --cgroup "$CGROUP" --bpffs "$PINS" --proxy-listen 127.0.0.1:0 \
         --admin-listen 127.0.0.1:0 --access-log off --xdp-iface ext0 \
+        $([ $REMOTE = 1 ] && echo --xdp-iface peer0) \
         --xdp-mode "${1#lb-xdp-}" 2>"$WORK/lb.log" &
       LB_PID=$!
       for _ in $(seq 200); do
@@ -180,16 +217,38 @@ setup() {
 -A KUBE-NODEPORTS -p tcp -m tcp --dport $PORT -j KUBE-SVC-BENCH
 -A KUBE-SVC-BENCH -m statistic --mode random --probability 0.9 -j KUBE-SEP-V0
 -A KUBE-SVC-BENCH -j KUBE-SEP-V1
--A KUBE-SEP-V0 -p tcp -m tcp -j DNAT --to-destination 10.244.0.3:11400
--A KUBE-SEP-V1 -p tcp -m tcp -j DNAT --to-destination 10.244.0.4:11400
+-A KUBE-SEP-V0 -p tcp -m tcp -j DNAT --to-destination $POD_NET.3:11400
+-A KUBE-SEP-V1 -p tcp -m tcp -j DNAT --to-destination $POD_NET.4:11400
 COMMIT
 EOF
+      if [ $REMOTE = 1 ]; then
+        # externalTrafficPolicy: Cluster: kube-proxy marks NodePort traffic and
+        # masquerades it on the way out, so the other node's replies come back.
+        in_ns "$NODE" iptables-restore --noflush <<EOF
+*nat
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-POSTROUTING - [0:0]
+-I KUBE-NODEPORTS 1 -p tcp -m tcp --dport $PORT -j KUBE-MARK-MASQ
+-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
+-A POSTROUTING -j KUBE-POSTROUTING
+-A KUBE-POSTROUTING -m mark --mark 0x4000/0x4000 -j MASQUERADE
+COMMIT
+EOF
+      fi
       ;;
   esac
 }
 teardown() {
   case "$1" in
-    lb-xdp-*) stop_lb ;;
+    lb-xdp-*)
+      # What XDP dropped over the row's runs (a dropped SYN costs its client a
+      # second): summed into the table's note.
+      "$LB" status --json --bpffs "$PINS" --admin 127.0.0.1:9 | python3 -c '
+import json, sys
+c = json.load(sys.stdin)["counters"]
+print(c["xdp_snat_exhausted"], c["xdp_no_neigh"])' >>"$WORK/drops"
+      stop_lb
+      ;;
     iptables)
       in_ns "$NODE" iptables -t nat -F
       in_ns "$NODE" iptables -t nat -X
@@ -199,7 +258,7 @@ teardown() {
 }
 target() {
   case "$1" in
-    direct) echo "10.244.0.3:11400" ;;
+    direct) echo "$POD_NET.3:11400" ;;
     *) echo "$NODE_IP:$PORT" ;;
   esac
 }
@@ -207,7 +266,7 @@ label() {
   case "$1" in
     direct) echo "direct to a pod (routed by the node, no balancer)" ;;
     lb-xdp-*) echo "lb XDP, ${1#lb-xdp-}" ;;
-    iptables) echo "iptables DNAT (kube-proxy's NodePort rules, nf_tables)" ;;
+    iptables) echo "iptables DNAT$([ $REMOTE = 1 ] && echo " + MASQUERADE") (kube-proxy's NodePort rules, nf_tables)" ;;
   esac
 }
 
@@ -228,13 +287,18 @@ if row != "direct":
   if [ "${row#lb-xdp-}" != "$row" ]; then
     # The mode asked for is the mode that ran, and XDP carried the connections
     # (handshake, request, close: 4 packets each at least).
-    "$LB" status --json --bpffs "$PINS" --admin 127.0.0.1:9 | ROW=$row python3 -c '
+    "$LB" status --json --bpffs "$PINS" --admin 127.0.0.1:9 | ROW=$row REMOTE=$REMOTE python3 -c '
 import json, os, sys
 s = json.load(sys.stdin)
 assert s["xdp"][0]["mode"] == os.environ["ROW"].removeprefix("lb-xdp-"), s["xdp"]
 # Packets, not new flows: a client port reused with the same pick is no new flow.
 packets = sum(x["xdp_packets_total"] for x in s["services"][0]["subsets"])
 assert packets >= 4 * 500, s
+# On another node, XDP forwarded the flows itself (a few fewer new flows than
+# connections: the client reuses a port now and then, which with the same pick is
+# the same flow).
+if os.environ["REMOTE"] == "1":
+    assert s["counters"]["xdp_remote_flows"] >= 450, s["counters"]
 '
   fi
 }
@@ -280,7 +344,11 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 {
-  echo "## North-south: NodePort from outside the node (bench/north-south.sh)"
+  if [ $REMOTE = 1 ]; then
+    echo "## North-south to another node's pods: NodePort from outside, pods behind the node's second link (bench/north-south.sh --remote)"
+  else
+    echo "## North-south: NodePort from outside the node (bench/north-south.sh)"
+  fi
   echo
   echo "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //') ($(nproc) cores, kernel $(uname -r)), $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $ROUNDS interleaved round(s) of $SECS s per row and mode, medians; × iptables: the median of per-round ratios (their range); \`wrk -t1 -c50\` in the client's namespace on CPU 1, the pods' backends on CPU 0; machine CPU = both CPUs' busy time (/proc/stat) per request. IPVS: $( [ "$IPVS" = yes ] && echo "available but not measured yet" || echo "not in this kernel (CONFIG_IP_VS unset), no row")."
   echo
@@ -306,5 +374,8 @@ for k, base in (("CLOSE", "BASE_CLOSE"), ("KEEP", "BASE_KEEP")):
 print("| " + " | ".join(cells) + " |")
 '
   done
+  echo
+  read -r exhausted unresolved < <(awk '{ a += $1; b += $2 } END { print a + 0, b + 0 }' "$WORK/drops")
+  echo "lb XDP's drops over all its runs: new flows with no SNAT port free $exhausted, packets whose next hop was not resolved yet $unresolved."
 } >"$OUT"
 cat "$OUT"

@@ -111,7 +111,7 @@ pub mod closing {
 /// the node's own connections), above the privileged ones.
 pub const SNAT_PORTS: core::ops::Range<u16> = 1024..30000;
 /// Ports a new flow tries before it is dropped as exhausted.
-pub const SNAT_PROBES: u32 = 8;
+pub const SNAT_PROBES: u32 = 32;
 /// A SNAT port of a closed flow is free again this long after its endpoint's last
 /// packet (its last ACK has passed; the endpoint's TIME_WAIT, if any, accepts a new
 /// SYN with a newer timestamp, as it does behind any NAT).

@@ -208,7 +208,7 @@ impl Node {
     /// client's as the upstream router): `10.{250 + n}.0.1` on `gateway`'s side
     /// (interface `iface`), `.2` on the other node's. `gateway` routes the pod's subnet
     /// there; the other node routes only `back` (subnets) through the link, the pod
-    /// everything through its node. This node reaches the pod subnet through
+    /// the clients' and links' subnets through its node. This node reaches the pod subnet through
     /// `via` (the link's far side when it is the gateway). Removed with the node.
     pub fn other_node(
         &mut self,
@@ -301,12 +301,13 @@ impl Node {
                 &format!("{link}.1"),
             ]);
         }
+        // The clients' and the links' subnets (10.250–10.253) through its node.
         ip(&[
             "-n",
             &pod_ns,
             "route",
             "add",
-            "default",
+            "10.250.0.0/14",
             "via",
             &format!("{pods}.1"),
         ]);
