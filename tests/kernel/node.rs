@@ -301,13 +301,13 @@ impl Node {
                 &format!("{link}.1"),
             ]);
         }
-        // The clients' and the links' subnets (10.250–10.253) through its node.
+        // The clients' and the links' subnets (10.248/13) through its node.
         ip(&[
             "-n",
             &pod_ns,
             "route",
             "add",
-            "10.250.0.0/14",
+            "10.248.0.0/13",
             "via",
             &format!("{pods}.1"),
         ]);
