@@ -19,7 +19,10 @@
 # node forwards every packet both ways — lb's XDP with SNAT (on both links), against
 # kube-proxy's rules for externalTrafficPolicy: Cluster (DNAT and MASQUERADE, with
 # conntrack). The veths are made NIC-like for every row (GRO on to receive native XDP
-# redirects, transmit checksums in software as off a wire: tests/kernel/node.rs).
+# redirects, transmit checksums in software as off a wire: tests/kernel/node.rs). A
+# third measurement per row: the node's packet rate for new flows — SYNs from spoofed
+# sources (`xtask syn-flood`, one CPU, the node's softirq work on the same CPU), each a
+# new flow, counted as they reach the other node (where they are blackholed).
 #
 # Usage: sudo bench/north-south.sh [--remote] [--rounds N] [--seconds S] [--smoke] [--out FILE]
 set -euo pipefail
@@ -42,7 +45,8 @@ done
 
 [ -n "$OUT" ] || OUT=bench/north-south$([ $REMOTE = 1 ] && echo -remote).md
 LB=$PWD/target/release/lb
-[ -x "$LB" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+XTASK=$PWD/target/release/xtask
+[ -x "$LB" ] && [ -x "$XTASK" ] || { echo "build first: cargo build --release && cargo build --release -p xtask" >&2; exit 1; }
 for tool in wrk iptables ip nsenter taskset python3 ethtool; do
   command -v "$tool" >/dev/null || { echo "$tool is missing (scripts/setup.sh installs it)" >&2; exit 1; }
 done
@@ -329,14 +333,40 @@ print(f"{rps:.0f} {p99:.0f} {cpu:.1f}")
 ' <<<"$out"
 }
 
+# The node's rate for new flows (--remote): SYNs from spoofed sources for $SECS s,
+# counted as they arrive at the other node (blackholed there, so no pod answers):
+# "forwarded/s sent/s".
+rx_packets() { in_ns "$OTHER" awk '$1 == "eth0:" { print $3 }' /proc/net/dev; }
+syn_run() {
+  local row=$1 r0 r1 out ip
+  for ip in $POD_NET.3 $POD_NET.4; do in_ns "$OTHER" ip route add blackhole $ip/32; done
+  r0=$(rx_packets)
+  out=$(in_ns "$OUTSIDE" taskset -c 1 "$XTASK" syn-flood "$(target "$row")" "$SECS")
+  sleep 0.2
+  r1=$(rx_packets)
+  for ip in $POD_NET.3 $POD_NET.4; do in_ns "$OTHER" ip route del blackhole $ip/32; done
+  R=$((r1 - r0)) python3 -c '
+import json, os, sys
+s = json.load(sys.stdin)
+secs, received, sent = s["seconds"], int(os.environ["R"]), s["sent"]
+print(f"{received / secs:.0f} {sent / secs:.0f}")
+' <<<"$out"
+}
+
 ROWS=(direct lb-xdp-native lb-xdp-generic iptables)
+MODES=(close keepalive)
+[ $REMOTE = 1 ] && MODES+=(syn)
 declare -A RESULTS
 for ((r = 1; r <= ROUNDS; r++)); do
   for row in "${ROWS[@]}"; do
     setup "$row"
     if [ "$r" = 1 ]; then check "$row"; fi
-    for mode in close keepalive; do
-      RESULTS[$row.$mode]+="$(run "$row" "$mode");"
+    for mode in "${MODES[@]}"; do
+      if [ "$mode" = syn ]; then
+        RESULTS[$row.syn]+="$(syn_run "$row");"
+      else
+        RESULTS[$row.$mode]+="$(run "$row" "$mode");"
+      fi
     done
     teardown "$row"
   done
@@ -354,11 +384,12 @@ done
   echo
   echo "| row | new connections/s (close) | × iptables | p99 µs | machine CPU µs/conn | keep-alive req/s | × iptables | p99 µs | machine CPU µs/req |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-  for row in "${ROWS[@]}"; do
-    CLOSE=${RESULTS[$row.close]} KEEP=${RESULTS[$row.keepalive]} \
-      BASE_CLOSE=${RESULTS[iptables.close]} BASE_KEEP=${RESULTS[iptables.keepalive]} \
-      LABEL="$(label "$row")" python3 -c '
-import os, statistics as st
+  # One table row: a row's label, then for each of its runs (environment names
+  # after the label) the median of each field, the per-round ratio to iptables' after
+  # the first.
+  table_row() {
+    LABEL="$(label "$1")" python3 -c '
+import os, statistics as st, sys
 def rows(v): return [list(map(float, x.split())) for x in v.split(";") if x]
 def med(v, i): return st.median(r[i] for r in rows(v))
 def ratio(v, base):
@@ -368,12 +399,28 @@ def ratio(v, base):
     return f"{st.median(r):.2f} ({min(r):.2f}–{max(r):.2f})" if len(r) > 1 else f"{r[0]:.2f}"
 e = os.environ
 cells = [e["LABEL"]]
-for k, base in (("CLOSE", "BASE_CLOSE"), ("KEEP", "BASE_KEEP")):
-    cells += [f"{med(e[k], 0):.0f}", ratio(e[k], e[base]),
-              f"{med(e[k], 1):.0f}", f"{med(e[k], 2):.1f}"]
+for k in sys.argv[1:]:
+    fields = len(rows(e[k])[0])
+    cells += [f"{med(e[k], 0):.0f}", ratio(e[k], e["BASE_" + k])]
+    cells += [f"{med(e[k], i):.{0 if i == 1 or fields == 2 else 1}f}" for i in range(1, fields)]
 print("| " + " | ".join(cells) + " |")
-'
+' "${@:2}"
+  }
+  for row in "${ROWS[@]}"; do
+    CLOSE=${RESULTS[$row.close]} KEEP=${RESULTS[$row.keepalive]} \
+      BASE_CLOSE=${RESULTS[iptables.close]} BASE_KEEP=${RESULTS[iptables.keepalive]} \
+      table_row "$row" CLOSE KEEP
   done
+  if [ $REMOTE = 1 ]; then
+    echo
+    echo "The node's rate for new flows: SYNs from spoofed sources (each a new flow; \`xtask syn-flood\` on CPU 1, the node's work on the same CPU), counted where they reach the other node."
+    echo
+    echo "| row | SYNs forwarded/s | × iptables | sent/s |"
+    echo "|---|---:|---:|---:|"
+    for row in "${ROWS[@]}"; do
+      SYN=${RESULTS[$row.syn]} BASE_SYN=${RESULTS[iptables.syn]} table_row "$row" SYN
+    done
+  fi
   echo
   read -r exhausted unresolved < <(awk '{ a += $1; b += $2 } END { print a + 0, b + 0 }' "$WORK/drops")
   echo "lb XDP's drops over all its runs: new flows with no SNAT port free $exhausted, packets whose next hop was not resolved yet $unresolved."

@@ -42,6 +42,8 @@ echo "manifests: deploy/ ($(grep -c '^kind:' target/deploy.yaml) objects) and lb
 ./target/release/lb demo --connections 500
 cargo xtask bench --smoke --out target/bench-smoke/results.json
 echo "bench smoke: $(grep -c '' target/bench-smoke/results.md) lines in target/bench-smoke/results.md"
-# The north-south harness once, a second per row: its topology, checks and cleanup.
+# The north-south harness once each way (pods on the node, on another node), a
+# second per row: its topologies, checks and cleanup.
 mkdir -p target/bench-smoke
 bench/north-south.sh --smoke --out target/bench-smoke/north-south.md
+bench/north-south.sh --remote --smoke --out target/bench-smoke/north-south-remote.md

@@ -72,32 +72,32 @@ pub struct SnatBack {
     pub client: SockAddr4,
     /// The address the client dialled: the replies' source.
     pub service: SockAddr4,
-    /// When the endpoint last answered (`bpf_ktime_get_ns`).
+    /// When the endpoint last answered, or the port was taken (`bpf_ktime_get_ns`).
     pub seen_ns: u64,
-    /// [`closing`] bits: the FINs and RSTs seen so far.
-    pub closing: u32,
+    /// [`snat_flags`]: whether the endpoint answered, the FINs and RSTs seen.
+    pub flags: u32,
     pub _pad: u32,
 }
 
-/// `SnatBack::closing`: a SNAT flow is closed once both sides sent a FIN (only
-/// the last ACK may follow) or either sent a RST. One FIN is a half-close: the other
-/// side may go on sending for as long as it likes.
-pub mod closing {
+/// `SnatBack::flags`. A SNAT flow is closed once both sides sent a FIN (only the last
+/// ACK may follow) or either sent a RST; one FIN is a half-close, after which the
+/// other side may go on sending for as long as it likes.
+pub mod snat_flags {
     pub const CLIENT_FIN: u32 = 1;
     pub const BACKEND_FIN: u32 = 2;
     pub const RST: u32 = 4;
+    /// The endpoint sent something (its SYN-ACK, at least).
+    pub const ANSWERED: u32 = 8;
 
     /// The bits a packet with TCP `flags` adds, sent by the client or the backend.
     #[inline(always)]
     pub fn bits(flags: u8, from_client: bool) -> u32 {
-        let fin = if flags & 0x01 == 0 {
-            0
-        } else if from_client {
-            CLIENT_FIN
+        let (fin, answered) = if from_client {
+            (CLIENT_FIN, 0)
         } else {
-            BACKEND_FIN
+            (BACKEND_FIN, ANSWERED)
         };
-        fin | if flags & 0x04 != 0 { RST } else { 0 }
+        answered | if flags & 0x01 != 0 { fin } else { 0 } | if flags & 0x04 != 0 { RST } else { 0 }
     }
 
     #[inline(always)]
@@ -114,7 +114,9 @@ pub const SNAT_PORTS: core::ops::Range<u16> = 1024..30000;
 pub const SNAT_PROBES: u32 = 32;
 /// A SNAT port of a closed flow is free again this long after its endpoint's last
 /// packet (its last ACK has passed; the endpoint's TIME_WAIT, if any, accepts a new
-/// SYN with a newer timestamp, as it does behind any NAT).
+/// SYN with a newer timestamp, as it does behind any NAT). Also how long a flow
+/// waits for its endpoint's first answer before its port is free again: its client
+/// sends the SYN again by then, which takes a port anew.
 pub const SNAT_CLOSED_NS: u64 = 1_000_000_000;
 /// A SNAT port whose endpoint said nothing for this long is free again (a flow idle
 /// this long loses its way back, as it would in conntrack's tables only much later;
@@ -131,18 +133,24 @@ pub fn snat_port(hash: u32, probe: u32) -> u16 {
 }
 
 /// Whether a new flow (`want`, at `now_ns`) may take a SNAT port held by `held`: the
-/// same flow (a retransmitted SYN, a client reusing its port), or one closed a
-/// while ago, or one idle for long.
+/// same flow (a retransmitted SYN, a client reusing its port), one closed or left
+/// unanswered a while ago, or one idle for long.
 #[inline(always)]
 pub fn snat_reusable(held: &SnatBack, want: &SnatBack, now_ns: u64) -> bool {
     let same = held.client == want.client && held.service == want.service;
     let quiet = now_ns.saturating_sub(held.seen_ns);
-    let after = if closing::closed(held.closing) {
-        SNAT_CLOSED_NS
-    } else {
-        SNAT_IDLE_NS
-    };
-    same || quiet >= after
+    let done = snat_flags::closed(held.flags) || held.flags & snat_flags::ANSWERED == 0;
+    same || quiet >= if done { SNAT_CLOSED_NS } else { SNAT_IDLE_NS }
+}
+
+/// Whether a port all of whose probes are held may still be taken from `held`: a
+/// flow its endpoint never answered — under a SYN flood, most likely one of the
+/// flood's (conntrack drops its unanswered entries first too). A flow still waiting
+/// for its SYN-ACK loses it only within that round trip; its client's next SYN
+/// takes a port anew.
+#[inline(always)]
+pub fn snat_displaceable(held: &SnatBack) -> bool {
+    held.flags & snat_flags::ANSWERED == 0
 }
 
 /// A flow's hash: the slot is `hash % slot_count`, the endpoint
@@ -263,51 +271,55 @@ mod tests {
     }
 
     #[test]
-    fn a_snat_port_is_taken_from_a_closed_or_long_idle_flow_only() {
-        let back = |client: u16, seen_ns: u64, closing: u32| SnatBack {
+    fn a_snat_port_is_taken_from_a_closed_unanswered_or_long_idle_flow_only() {
+        use snat_flags::{ANSWERED, bits};
+        let back = |client: u16, seen_ns: u64, flags: u32| SnatBack {
             client: SockAddr4::new([10, 250, 0, 2], client),
             service: SockAddr4::new([10, 250, 0, 1], 30785),
             seen_ns,
-            closing,
+            flags,
             _pad: 0,
         };
         let now = 1_000 * 1_000_000_000;
         let want = back(40_000, now, 0);
         // Its own port again (a retransmitted SYN).
         assert!(snat_reusable(&back(40_000, now, 0), &want, now));
-        // Another client's live flow.
-        assert!(!snat_reusable(&back(40_001, now - 1, 0), &want, now));
-        assert!(!snat_reusable(
-            &back(40_001, now - SNAT_IDLE_NS + 1, 0),
-            &want,
-            now
-        ));
-        assert!(snat_reusable(
-            &back(40_001, now - SNAT_IDLE_NS, 0),
-            &want,
-            now
-        ));
+        // Another client's live flow: taken after ten idle minutes only.
+        let live = |seen| back(40_001, seen, ANSWERED);
+        assert!(!snat_reusable(&live(now - 1), &want, now));
+        assert!(!snat_reusable(&live(now - SNAT_IDLE_NS + 1), &want, now));
+        assert!(snat_reusable(&live(now - SNAT_IDLE_NS), &want, now));
         // Another client's closed flow, once its last packet is a second old.
-        let fins = closing::bits(0x11, true) | closing::bits(0x11, false);
+        let fins = bits(0x11, true) | bits(0x11, false);
         assert!(!snat_reusable(&back(40_001, now - 1, fins), &want, now));
         assert!(snat_reusable(
             &back(40_001, now - SNAT_CLOSED_NS, fins),
             &want,
             now
         ));
-        let rst = closing::bits(0x04, false);
+        let rst = bits(0x04, false);
         assert!(snat_reusable(
             &back(40_001, now - SNAT_CLOSED_NS, rst),
             &want,
             now
         ));
         // A half-closed one is not closed: the other side may still be sending.
-        let half = closing::bits(0x11, true);
+        let half = bits(0x11, true) | ANSWERED;
         assert!(!snat_reusable(
             &back(40_001, now - SNAT_CLOSED_NS, half),
             &want,
             now
         ));
+        // One its endpoint never answered: free a second after it was taken, and
+        // displaceable before that; an answered one never is.
+        assert!(!snat_reusable(&back(40_001, now - 1, 0), &want, now));
+        assert!(snat_reusable(
+            &back(40_001, now - SNAT_CLOSED_NS, 0),
+            &want,
+            now
+        ));
+        assert!(snat_displaceable(&back(40_001, now, bits(0x12, true))));
+        assert!(!snat_displaceable(&live(now)));
         // A clock read on another CPU may be older than `seen_ns`.
         assert!(!snat_reusable(&back(40_001, now + 5, fins), &want, now));
     }

@@ -7,8 +7,8 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::SockAddr4;
 use lb_common::xdp::{
-    Flow, FlowKey, IPPROTO_TCP, SNAT_PORTS, SNAT_PROBES, SnatBack, SnatKey, closing, snat_port,
-    snat_reusable,
+    Flow, FlowKey, IPPROTO_TCP, SNAT_PORTS, SNAT_PROBES, SnatBack, SnatKey, snat_displaceable,
+    snat_flags, snat_port, snat_reusable,
 };
 
 use crate::maps::LB_XDP_SNAT;
@@ -16,7 +16,10 @@ use crate::packet::Tcp;
 
 /// A SNAT source for a new flow `key` to `backend` leaving by the node's address
 /// `node`: the first of its ports (by its hash) that is free, already its own, or
-/// free again (see `snat_reusable`). None: all taken.
+/// free again (see `snat_reusable`); if none, the one of them held longest by a
+/// flow its endpoint never answered (`snat_displaceable`: a SYN flood takes every
+/// port, and must not keep them from the clients that complete). None: all held by
+/// answered flows.
 #[inline(always)]
 pub fn allocate(key: &FlowKey, hash: u32, backend: SockAddr4, node: [u8; 4]) -> Option<SockAddr4> {
     // SAFETY: a helper call without arguments.
@@ -25,15 +28,18 @@ pub fn allocate(key: &FlowKey, hash: u32, backend: SockAddr4, node: [u8; 4]) -> 
         client: key.client,
         service: key.service,
         seen_ns: now,
-        closing: 0,
+        flags: 0,
         _pad: 0,
     };
+    let at = |probe| SnatKey {
+        node: SockAddr4::new(node, snat_port(hash, probe)),
+        backend,
+        proto: IPPROTO_TCP as u32,
+    };
+    // The displaceable probe held longest: (taken at, probe); u64::MAX: none.
+    let mut oldest = (u64::MAX, 0);
     for probe in 0..SNAT_PROBES {
-        let snat = SnatKey {
-            node: SockAddr4::new(node, snat_port(hash, probe)),
-            backend,
-            proto: IPPROTO_TCP as u32,
-        };
+        let snat = at(probe);
         // A whole value, never an `Option` (see `lb_xdp`'s flow lookup).
         // SAFETY: copied out at once.
         let held = (unsafe { LB_XDP_SNAT.get(&snat) })
@@ -42,14 +48,24 @@ pub fn allocate(key: &FlowKey, hash: u32, backend: SockAddr4, node: [u8; 4]) -> 
         let taken = if held == SnatBack::default() {
             // Another CPU's flow may take it first.
             LB_XDP_SNAT.insert(&snat, &want, BPF_NOEXIST as u64).is_ok()
+        } else if snat_reusable(&held, &want, now) {
+            LB_XDP_SNAT.insert(&snat, &want, 0).is_ok()
         } else {
-            snat_reusable(&held, &want, now) && LB_XDP_SNAT.insert(&snat, &want, 0).is_ok()
+            if snat_displaceable(&held) && held.seen_ns < oldest.0 {
+                oldest = (held.seen_ns, probe);
+            }
+            false
         };
         if taken {
             return Some(snat.node);
         }
     }
-    None
+    if oldest.0 == u64::MAX {
+        return None;
+    }
+    let snat = at(oldest.1);
+    LB_XDP_SNAT.insert(&snat, &want, 0).ok()?;
+    Some(snat.node)
 }
 
 /// An endpoint's reply to a SNAT port: translated back (from the service address the
@@ -69,7 +85,7 @@ pub fn reply(tcp: &mut Tcp, flags: u8) -> Option<()> {
     // stores of a timestamp and a flag, a lost one harmless.
     let (client, service) = unsafe {
         (*back).seen_ns = bpf_ktime_get_ns();
-        (*back).closing |= closing::bits(flags, false);
+        (*back).flags |= snat_flags::bits(flags, false);
         ((*back).client, (*back).service)
     };
     tcp.set_src(service);
@@ -78,10 +94,10 @@ pub fn reply(tcp: &mut Tcp, flags: u8) -> Option<()> {
 }
 
 /// A SNAT flow's packet from its client: translated to the endpoint from the flow's
-/// SNAT source; its FIN or RST is noted on the port's flow (see `closing`).
+/// SNAT source; its FIN or RST is noted on the port's flow (see `snat_flags`).
 #[inline(always)]
 pub fn forward(tcp: &mut Tcp, flow: &Flow, flags: u8) {
-    let bits = closing::bits(flags, true);
+    let bits = snat_flags::bits(flags, true);
     if bits != 0 {
         let key = SnatKey {
             node: flow.snat,
@@ -90,7 +106,7 @@ pub fn forward(tcp: &mut Tcp, flow: &Flow, flags: u8) {
         };
         if let Some(back) = LB_XDP_SNAT.get_ptr_mut(&key) {
             // SAFETY: as in `reply`.
-            unsafe { (*back).closing |= bits };
+            unsafe { (*back).flags |= bits };
         }
     }
     tcp.set_dst(flow.backend);

@@ -202,8 +202,9 @@ fn a_flow_picked_for_a_pod_behind_an_unserved_interface_is_left_to_the_stack() {
 /// upstream router the clients come from (sent back out of the interface they came
 /// in by). Neither other node, nor its pod, has a route to the clients: only the
 /// translated flows can be answered. Each keep-alive connection stays on its pod
-/// (remote ones included) across a weight change. Native XDP (the veths made
-/// NIC-like: see `node::nic_like` and `node::xdp_pass`), then generic.
+/// (remote ones included) through a SYN flood that takes every SNAT port and across a
+/// weight change. Native XDP (the veths made NIC-like: see `node::nic_like` and
+/// `node::xdp_pass`), then generic.
 #[test]
 fn flows_picked_for_other_nodes_pods_are_forwarded_by_xdp_with_snat() {
     let mut env = Env::new("xdp-snat");
@@ -279,9 +280,21 @@ fn flows_picked_for_other_nodes_pods_are_forwarded_by_xdp_with_snat() {
         assert!(s["by_backend"][name].as_u64() >= Some(60), "{name}: {s}");
     }
 
-    // Keep-alive connections opened at 50/50 keep their pods when v1 goes to 0.
+    // Keep-alive connections opened at 50/50 keep their pods through a SYN flood,
+    // whose flows take every SNAT port towards the other nodes' pods and never
+    // complete; new connections right after it find ports (taken from the flood's
+    // unanswered flows, none refused for want of one). Then v1 goes to 0.
     let clients = keep_alive_clients(&env, &node, &to, 20);
     std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(syn_flood(&outside, 300_000), 300_000);
+    let s = node.probe_outside(&["--to", &to, "--count", "200"]);
+    assert_eq!(s["failures"].as_u64(), Some(0), "{s}");
+    let c = env.status()["counters"].clone();
+    assert!(
+        c["xdp_remote_flows"].as_u64() > Some(2 * 28_976 + 2000),
+        "the flood's flows took more ports than there are: {c}"
+    );
+    assert_eq!(c["xdp_snat_exhausted"].as_u64(), Some(0), "{c}");
     env.write_config("backend.yaml", &config(100, 0));
     wait_for(Duration::from_secs(10), "the new weights", || {
         let w = env.weights(NODE_EXT_IP);
@@ -299,9 +312,10 @@ fn flows_picked_for_other_nodes_pods_are_forwarded_by_xdp_with_snat() {
     assert!(each_stayed_on_its_pod(clients) >= 8 * 20);
 }
 
-/// SYNs from `count` spoofed clients (10.251.x.y, every port) to the NodePort, sent
+/// SYNs from `count` spoofed clients (10.248.x.y, every port) to the NodePort, sent
 /// from the outside namespace by a raw socket: more new flows than `LB_XDP_FLOWS`
-/// holds. Their answers have no route back (the pods have none to 10.251/16).
+/// holds. Their TCP checksums are not filled in, so no pod answers them (nor could
+/// the answer find its way: the node has no route to 10.248/16).
 fn syn_flood(outside: &str, count: u32) -> u32 {
     crate::node::run_in(outside, move || {
         // SAFETY: a raw IPv4 socket (IP_HDRINCL implied by IPPROTO_RAW); closed below.
@@ -317,7 +331,7 @@ fn syn_flood(outside: &str, count: u32) -> u32 {
         };
         let mut sent = 0;
         for i in 0..count {
-            let src = [10, 251, (i >> 24) as u8 ^ (i >> 16) as u8, (i >> 8) as u8];
+            let src = [10, 248, (i >> 24) as u8 ^ (i >> 16) as u8, (i >> 8) as u8];
             let sport = (1024 + (i & 0xff) * 251 % 64_000) as u16;
             let mut p = [0u8; 40];
             p[0] = 0x45; // IPv4, 20-byte header; length and checksum filled by the kernel

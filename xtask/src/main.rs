@@ -4,8 +4,10 @@
 //! `cargo xtask change-latency [SERVICES] [CHANGES]` runs the benchmark's
 //! config-change row alone; `cargo xtask kube-latency [SERVICES] [CHANGES] [BURST]`
 //! the same through the Kubernetes source; `cargo xtask bench-render` writes BENCHMARKS.md again
-//! from bench/results.json (after editing bench/ANALYSIS.md).
+//! from bench/results.json (after editing bench/ANALYSIS.md); `cargo xtask syn-flood
+//! ADDR:PORT SECONDS` sends SYNs from spoofed sources (bench/north-south.sh --remote).
 mod bench;
+mod synflood;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -17,6 +19,8 @@ fn main() -> anyhow::Result<()> {
         Some("rebuild") => bench::control::rebuild_main(&args[1..]),
         Some("change-latency") => bench::control::change_main(&args[1..]),
         Some("kube-latency") => bench::kube::main(&args[1..]),
+        // For bench/north-south.sh's packet-rate row.
+        Some("syn-flood") => synflood::main(&args[1..]),
         other => anyhow::bail!(
             "unknown task {other:?}: try `cargo xtask bench [--smoke] [--rounds N] [--seconds S] [--access-log]`"
         ),

@@ -513,9 +513,12 @@ pub fn render(r: &Results) -> String {
             verdict(applies == 1 && live < 50.0)
         );
     }
-    // The north-south table, from its own harness (bench/north-south.sh).
-    if let Ok(table) = std::fs::read_to_string(super::root().join("bench/north-south.md")) {
-        let _ = writeln!(md, "\n{table}");
+    // The north-south tables, from their own harness (bench/north-south.sh, with and
+    // without --remote).
+    for file in ["bench/north-south.md", "bench/north-south-remote.md"] {
+        if let Ok(table) = std::fs::read_to_string(super::root().join(file)) {
+            let _ = writeln!(md, "\n{table}");
+        }
     }
     // The hand-written analysis of misses and profiles (kept across runs).
     if let Ok(analysis) = std::fs::read_to_string(super::root().join("bench/ANALYSIS.md")) {
