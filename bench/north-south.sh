@@ -43,11 +43,13 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-[ -n "$OUT" ] || OUT=bench/north-south$([ $REMOTE = 1 ] && echo -remote).md
+if [ -z "$OUT" ]; then
+  if [ $REMOTE = 1 ]; then OUT=bench/north-south-remote.md; else OUT=bench/north-south.md; fi
+fi
 LB=$PWD/target/release/lb
 XTASK=$PWD/target/release/xtask
 [ -x "$LB" ] && [ -x "$XTASK" ] || { echo "build first: cargo build --release && cargo build --release -p xtask" >&2; exit 1; }
-for tool in wrk iptables ip nsenter taskset python3 ethtool; do
+for tool in wrk iptables conntrack ip nsenter taskset python3 ethtool; do
   command -v "$tool" >/dev/null || { echo "$tool is missing (scripts/setup.sh installs it)" >&2; exit 1; }
 done
 
@@ -335,15 +337,19 @@ print(f"{rps:.0f} {p99:.0f} {cpu:.1f}")
 
 # The node's rate for new flows (--remote): SYNs from spoofed sources for $SECS s,
 # counted as they arrive at the other node (blackholed there, so no pod answers):
-# "forwarded/s sent/s".
+# "forwarded/s sent/s". The node's connection tracking table is emptied before and
+# after: a flood fills it (262,144 entries here), and a full table drops new
+# connections of whatever runs next.
 rx_packets() { in_ns "$OTHER" awk '$1 == "eth0:" { print $3 }' /proc/net/dev; }
 syn_run() {
   local row=$1 r0 r1 out ip
   for ip in $POD_NET.3 $POD_NET.4; do in_ns "$OTHER" ip route add blackhole $ip/32; done
+  in_ns "$NODE" conntrack -F 2>/dev/null
   r0=$(rx_packets)
   out=$(in_ns "$OUTSIDE" taskset -c 1 "$XTASK" syn-flood "$(target "$row")" "$SECS")
   sleep 0.2
   r1=$(rx_packets)
+  in_ns "$NODE" conntrack -F 2>/dev/null
   for ip in $POD_NET.3 $POD_NET.4; do in_ns "$OTHER" ip route del blackhole $ip/32; done
   R=$((r1 - r0)) python3 -c '
 import json, os, sys

@@ -8,7 +8,7 @@ TOOLCHAIN=1.98.0
 BPF_LINKER_VERSION=0.13.0
 APT_PACKAGES=(llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev libxml2-dev bpftool
               iproute2 curl ca-certificates build-essential pkg-config util-linux
-              wrk haproxy nginx-light iptables ethtool)
+              wrk haproxy nginx-light iptables ethtool conntrack)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 SUDO=""

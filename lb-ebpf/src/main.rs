@@ -11,13 +11,14 @@
 //!   learns from a joined client's first two messages.
 //! * `lb_xdp` — on the node's ingress interfaces (`--xdp-iface`): packets to a service
 //!   address from outside the node get their flow's endpoint (the same weighted
-//!   slots) and are translated to it; `lb_tc_egress` translates the replies back.
+//!   slots) and are translated to it; `lb_tc_egress` translates the replies back. A
+//!   flow to another node's endpoint is forwarded by `lb_xdp` both ways (SNAT).
 //!
 //! Every program fails open: on any unexpected error the socket proceeds untouched.
 //! Map types and names are shared with user space through lb-common. One file per
 //! hook: `connect` (connect4, getpeername4 and the origin ring), `sock_ops`,
-//! `sk_msg`, `xdp`, `tc_egress` (with `packet`'s headers); the maps and what they all
-//! share in `maps`.
+//! `sk_msg`, `xdp` (with `snat` and `route`), `tc_egress` (with `packet`'s headers);
+//! the maps and what they all share in `maps`.
 #![no_std]
 #![no_main]
 // BPF inline assembly (`compare_and_swap`); the crate is built with RUSTC_BOOTSTRAP

@@ -2,9 +2,12 @@
 //! NodePort, an external address) gets its flow's endpoint — for a new flow,
 //! a pick by the flow's hash from the same weighted slots `connect4` draws from — and
 //! its destination rewritten to it before the stack sees it (DNAT); the reply's way
-//! back is remembered for `lb_tc_egress`. A flow to a proxy-path service goes to lb's
-//! proxy the same way, its original destination left in `LB_ORIG_DST` where the proxy
-//! reads a local client's. Anything else passes untouched at once.
+//! back is remembered for `lb_tc_egress`. A flow to another node's endpoint is
+//! forwarded there by this program itself, from a SNAT source of the node's, and its
+//! replies translated back and sent to the client the same way (`snat`, `route`). A
+//! flow to a proxy-path service goes to lb's proxy, its original destination left in
+//! `LB_ORIG_DST` where the proxy reads a local client's. Anything else passes
+//! untouched at once.
 
 use aya_ebpf::{bindings::xdp_action::XDP_DROP, macros::xdp, programs::XdpContext};
 use lb_common::endpoint_pick;
