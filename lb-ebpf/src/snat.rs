@@ -93,22 +93,40 @@ pub fn reply(tcp: &mut Tcp, flags: u8) -> Option<()> {
     Some(())
 }
 
-/// A SNAT flow's packet from its client: translated to the endpoint from the flow's
-/// SNAT source; its FIN or RST is noted on the port's flow (see `snat_flags`).
+/// A SNAT flow's packet from its client (`key`): translated to the endpoint from the
+/// flow's SNAT source; its FIN or RST is noted on the port's flow (see
+/// `snat_flags`). The port must still be this flow's: one taken by another flow since
+/// (this one idle for ten minutes, or closed) is not written into — None, the packet
+/// is dropped. One the LRU forgot is taken back if still free.
 #[inline(always)]
-pub fn forward(tcp: &mut Tcp, flow: &Flow, flags: u8) {
+pub fn forward(tcp: &mut Tcp, key: &FlowKey, flow: &Flow, flags: u8) -> Option<()> {
+    let snat = SnatKey {
+        node: flow.snat,
+        backend: flow.backend,
+        proto: IPPROTO_TCP as u32,
+    };
     let bits = snat_flags::bits(flags, true);
-    if bits != 0 {
-        let key = SnatKey {
-            node: flow.snat,
-            backend: flow.backend,
-            proto: IPPROTO_TCP as u32,
-        };
-        if let Some(back) = LB_XDP_SNAT.get_ptr_mut(&key) {
-            // SAFETY: as in `reply`.
-            unsafe { (*back).flags |= bits };
+    match LB_XDP_SNAT.get_ptr_mut(&snat) {
+        // SAFETY: as in `reply`.
+        Some(back) => unsafe {
+            if (*back).client != key.client || (*back).service != key.service {
+                return None;
+            }
+            (*back).flags |= bits;
+        },
+        None => {
+            let back = SnatBack {
+                client: key.client,
+                service: key.service,
+                // SAFETY: a helper call without arguments.
+                seen_ns: unsafe { bpf_ktime_get_ns() },
+                flags: bits | snat_flags::ANSWERED,
+                _pad: 0,
+            };
+            LB_XDP_SNAT.insert(&snat, &back, BPF_NOEXIST as u64).ok()?;
         }
     }
     tcp.set_dst(flow.backend);
     tcp.set_src(flow.snat);
+    Some(())
 }

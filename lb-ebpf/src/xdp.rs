@@ -128,7 +128,9 @@ fn try_xdp(ctx: &XdpContext) -> Option<u32> {
         subset => count(service, subset, |s| s.xdp_packets += 1),
     }
     if flow.snat.port != 0 {
-        snat::forward(&mut tcp, &flow, flags);
+        if snat::forward(&mut tcp, &key, &flow, flags).is_none() {
+            return Some(XDP_DROP);
+        }
         return Some(route::send(ctx, flow.snat.addr, flow.backend.addr));
     }
     tcp.set_dst(flow.backend);

@@ -296,18 +296,7 @@ fn flows_picked_for_other_nodes_pods_are_forwarded_by_xdp_with_snat() {
     );
     assert_eq!(c["xdp_snat_exhausted"].as_u64(), Some(0), "{c}");
     env.write_config("backend.yaml", &config(100, 0));
-    wait_for(Duration::from_secs(10), "the new weights", || {
-        let w = env.weights(NODE_EXT_IP);
-        !w.is_empty()
-            && w.iter()
-                .all(|(name, weight)| (name == "v0") == (*weight > 0))
-    });
-    let s = node.probe_outside(&["--to", &to, "--count", "200"]);
-    assert_eq!(
-        (s["by_backend"]["v0"].as_u64(), s["failures"].as_u64()),
-        (Some(200), Some(0)),
-        "{s}"
-    );
+    new_flows_all_go_to(&env, &node, &to, "v0");
     std::thread::sleep(Duration::from_millis(500));
     assert!(each_stayed_on_its_pod(clients) >= 8 * 20);
 }
@@ -441,6 +430,23 @@ fn each_stayed_on_its_pod(clients: Vec<(Child, PathBuf)>) -> u64 {
     requests
 }
 
+/// Once the weights written last are live (all of it to `subset`), 200 new
+/// connections from outside to `to` all reach `subset`'s pod.
+fn new_flows_all_go_to(env: &Env, node: &Node, to: &str, subset: &str) {
+    wait_for(Duration::from_secs(10), "the new weights", || {
+        let w = env.weights(NODE_EXT_IP);
+        !w.is_empty()
+            && w.iter()
+                .all(|(name, weight)| (name == subset) == (*weight > 0))
+    });
+    let s = node.probe_outside(&["--to", to, "--count", "200"]);
+    assert_eq!(
+        (s["by_backend"][subset].as_u64(), s["failures"].as_u64()),
+        (Some(200), Some(0)),
+        "{s}"
+    );
+}
+
 /// The seed's 90/10 from outside: `count` new connections to `to`, none failing,
 /// getpeername the address dialled, v1's share 10 % within `within` points.
 fn outside_split(node: &Node, to: &str, count: u64, within: f64) {
@@ -512,18 +518,7 @@ fn outside_clients_get_the_seeds_split_in_xdp() {
     let clients = keep_alive_clients(&env, &node, &to, 20);
     std::thread::sleep(Duration::from_millis(500));
     env.write_config("backend.yaml", &node_port_config(0, 100));
-    wait_for(Duration::from_secs(10), "the new weights", || {
-        let w = env.weights(NODE_EXT_IP);
-        !w.is_empty()
-            && w.iter()
-                .all(|(name, weight)| (name == "v1") == (*weight > 0))
-    });
-    let s = node.probe_outside(&["--to", &to, "--count", "200"]);
-    assert_eq!(
-        (s["by_backend"]["v1"].as_u64(), s["failures"].as_u64()),
-        (Some(200), Some(0)),
-        "{s}"
-    );
+    new_flows_all_go_to(&env, &node, &to, "v1");
     std::thread::sleep(Duration::from_millis(500));
     assert!(each_stayed_on_its_pod(clients) >= 8 * 20);
 
