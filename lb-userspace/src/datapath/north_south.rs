@@ -4,20 +4,21 @@
 //! pinned like the cgroup programs' (they keep running while the daemon is away),
 //! one per program and interface, named so `lb status` can tell the interface and
 //! the XDP mode from the pin alone; an interface no longer asked for is detached.
-
-use std::path::Path;
+//! Also what `lb_xdp` needs from user space to forward to other nodes: the served
+//! interfaces' addresses (`LB_XDP_IFACES`) and next hops resolved (`Neighbours`).
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 use aya::Ebpf;
 use aya::maps::{HashMap, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp};
+use lb_common::map_names;
 
 use super::attach::failed;
 use super::layout::{Hook, ProgramDef};
 use super::{DatapathError, Pins};
-use lb_common::map_names;
 
 /// The interfaces to serve and how (`--xdp-iface`, `--xdp-mode`).
 #[derive(Clone, Debug, Default)]
