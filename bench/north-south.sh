@@ -289,7 +289,15 @@ assert s["failures"] == 0, f"{row}: {s}"
 if row != "direct":
     v1 = s["by_backend"].get("v1", 0) / 5
     assert abs(v1 - 10) <= 5, f"{row}: v1 got {v1} %: {s}"
-' <<<"$json"
+' <<<"$json" || {
+    # What lb held when its split was off (one run was, unexplained:
+    # bench/ANALYSIS.md, session 16).
+    if [ "${row#lb-xdp-}" != "$row" ]; then
+      "$LB" status --bpffs "$PINS" --admin 127.0.0.1:9 >&2 || true
+      for m in "$PINS"/*/LB_SERVICES "$PINS"/*/LB_SLOTS; do bpftool map dump pinned "$m" >&2 || true; done
+    fi
+    exit 1
+  }
   if [ "${row#lb-xdp-}" != "$row" ]; then
     # The mode asked for is the mode that ran, and XDP carried the connections
     # (handshake, request, close: 4 packets each at least).

@@ -208,8 +208,9 @@ impl Node {
     /// client's as the upstream router): `10.{250 + n}.0.1` on `gateway`'s side
     /// (interface `iface`), `.2` on the other node's. `gateway` routes the pod's subnet
     /// there; the other node routes only `back` (subnets) through the link, the pod
-    /// the clients' and links' subnets through its node. This node reaches the pod subnet through
-    /// `via` (the link's far side when it is the gateway). Removed with the node.
+    /// the clients' and links' subnets through its node. This node reaches the pod
+    /// subnet through `via` (the link's far side when it is the gateway). Removed
+    /// with the node.
     pub fn other_node(
         &mut self,
         name: &'static str,
