@@ -87,6 +87,21 @@ impl Tcp<'_> {
         self.update(old_ip, to.addr, old_port, self.ports.src);
     }
 
+    /// Takes one off the TTL, as a router must (a routing loop ends), the header's
+    /// checksum updated; false: the packet has no hop left (then it is dropped).
+    #[inline(always)]
+    pub fn hop(&mut self) -> bool {
+        if self.ip.ttl <= 1 {
+            return false;
+        }
+        // The 16-bit word the TTL shares with the protocol, as it lies in memory.
+        let old = u16::from_ne_bytes([self.ip.ttl, self.ip.protocol]);
+        self.ip.ttl -= 1;
+        let new = u16::from_ne_bytes([self.ip.ttl, self.ip.protocol]);
+        self.ip.check = csum_replace2(self.ip.check, old, new);
+        true
+    }
+
     #[inline(always)]
     fn update(&mut self, old_ip: [u8; 4], new_ip: [u8; 4], old_port: u16, new_port: u16) {
         let (old_ip, new_ip) = (u32::from_ne_bytes(old_ip), u32::from_ne_bytes(new_ip));

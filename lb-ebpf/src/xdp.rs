@@ -70,6 +70,9 @@ fn try_xdp(ctx: &XdpContext) -> Option<u32> {
     };
     // Another node's endpoint answering a flow this node forwarded there.
     if snat::reply(&mut tcp, flags).is_some() {
+        if !tcp.hop() {
+            return Some(XDP_DROP);
+        }
         return Some(route::send(ctx, tcp.ip.saddr, tcp.ip.daddr));
     }
     let service = tcp.dst();
@@ -128,7 +131,7 @@ fn try_xdp(ctx: &XdpContext) -> Option<u32> {
         subset => count(service, subset, |s| s.xdp_packets += 1),
     }
     if flow.snat.port != 0 {
-        if snat::forward(&mut tcp, &key, &flow, flags).is_none() {
+        if !tcp.hop() || snat::forward(&mut tcp, &key, &flow, flags).is_none() {
             return Some(XDP_DROP);
         }
         return Some(route::send(ctx, flow.snat.addr, flow.backend.addr));
