@@ -276,11 +276,18 @@ label() {
   esac
 }
 
-# 500 new connections from outside: no failure, and the split for the balancers.
+# 500 new connections from outside: no failure, and the split for the balancers. From
+# an address of the client's own for each check: a hash pick is a function of the
+# client's port, and a client address with thousands of TIME_WAITs from the rows
+# before gets ports from the kernel that are no fair sample of it (bench/ANALYSIS.md,
+# session 16).
+CHECKS=0
 check() {
   local row=$1
-  local json
-  json=$(in_ns "$OUTSIDE" "$LB" probe --to "$(target "$row")" --count 500 --json)
+  local json from=10.250.0.$((100 + CHECKS))
+  CHECKS=$((CHECKS + 1))
+  in_ns "$OUTSIDE" ip addr add $from/24 dev eth0
+  json=$(in_ns "$OUTSIDE" "$LB" probe --to "$(target "$row")" --count 500 --from $from --json)
   ROW=$row python3 -c '
 import json, os, sys
 s = json.loads(sys.stdin.read())
