@@ -431,10 +431,13 @@ impl Client {
     }
 }
 
-/// Stops a background probe started with `--until-file` and returns its summary.
 /// Runs a test client (`lb probe ... --json`) to completion; returns its summary.
 pub fn run_probe(mut cmd: Command) -> Value {
-    let out = cmd.output().expect("run probe");
+    summary(cmd.output().expect("run probe"))
+}
+
+/// A finished probe's JSON summary; it must have succeeded.
+fn summary(out: std::process::Output) -> Value {
     assert!(
         out.status.success(),
         "probe failed: {}",
@@ -451,15 +454,10 @@ pub fn spawn_probe(mut cmd: Command) -> Child {
         .expect("spawn probe")
 }
 
+/// Stops a background probe started with `--until-file` and returns its summary.
 pub fn stop_probe(child: Child, until_file: &Path) -> Value {
     std::fs::write(until_file, b"stop").expect("stop file");
-    let out = child.wait_with_output().expect("probe output");
-    assert!(
-        out.status.success(),
-        "probe failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("probe json")
+    summary(child.wait_with_output().expect("probe output"))
 }
 
 /// A `/proc/<pid>/status` field in KiB (`VmRSS:` resident now, `VmHWM:` its peak).

@@ -48,6 +48,15 @@ fn node_with_outside(env: &mut Env, serving: &[&str]) -> Node {
     node
 }
 
+/// The seed at the node's NodePort (90/10, pods v0 and v1 serving), lb with XDP on
+/// the outside link; the address to dial.
+fn seed_on_node(env: &mut Env) -> (Node, String) {
+    let node = node_with_outside(env, &["v0", "v1"]);
+    env.write_config("backend.yaml", &node_port_config(90, 10));
+    env.start_daemon_with(true, &["--xdp-iface", NODE_EXT_IFACE]);
+    (node, format!("{NODE_EXT_IP}:{NODE_PORT}"))
+}
+
 /// The seed's header rule (c) for a NodePort: `hellotest: true` goes to v1 through lb's
 /// proxy, reached from outside the node by XDP (the proxy listening on every address
 /// of the node), which leaves the original destination where the proxy reads it: a
@@ -364,10 +373,7 @@ fn syn_flood(outside: &str, count: u32) -> u32 {
 #[test]
 fn a_syn_flood_at_the_node_port_does_not_break_live_flows() {
     let mut env = Env::new("xdp-flood");
-    let node = node_with_outside(&mut env, &["v0", "v1"]);
-    env.write_config("backend.yaml", &node_port_config(90, 10));
-    env.start_daemon_with(true, &["--xdp-iface", NODE_EXT_IFACE]);
-    let to = format!("{NODE_EXT_IP}:{NODE_PORT}");
+    let (node, to) = seed_on_node(&mut env);
     let clients = keep_alive_clients(&env, &node, &to, 5);
     std::thread::sleep(Duration::from_millis(300));
     let outside = node.outside.clone().expect("the outside namespace");
@@ -489,10 +495,7 @@ fn xdp_on_link(node: &Node) -> bool {
 #[test]
 fn outside_clients_get_the_seeds_split_in_xdp() {
     let mut env = Env::new("xdp");
-    let node = node_with_outside(&mut env, &["v0", "v1"]);
-    env.write_config("backend.yaml", &node_port_config(90, 10));
-    env.start_daemon_with(true, &["--xdp-iface", NODE_EXT_IFACE]);
-    let to = format!("{NODE_EXT_IP}:{NODE_PORT}");
+    let (node, to) = seed_on_node(&mut env);
 
     outside_split(&node, &to, 2000, 2.5);
 
