@@ -346,6 +346,19 @@ pub fn endpoint_pick(hash: u32, endpoint_count: u32) -> u32 {
     hash.rotate_left(16).wrapping_mul(0x9e37_79b1) % endpoint_count
 }
 
+/// The `LB_ENDPOINTS` index of a flow's endpoint in `slot`'s subset (which has
+/// endpoints): its Maglev table's entry when it has one (the same endpoint on every
+/// node, and mostly the same when another endpoint comes or goes), else the modulo
+/// pick.
+#[inline(always)]
+pub fn flow_endpoint_index(hash: u32, slot: &Slot) -> u32 {
+    if slot.table == 0 {
+        endpoint_pick(hash, slot.endpoint_count)
+    } else {
+        slot.endpoint_count + endpoint_pick(hash, slot.table)
+    }
+}
+
 /// murmur3's 64-bit finaliser: every input bit moves every output bit.
 #[inline(always)]
 pub fn mix(mut h: u64) -> u64 {
@@ -377,7 +390,10 @@ pub struct Slot {
     pub endpoint_count: u32,
     /// [`slot_flags`].
     pub flags: u32,
-    pub _pad: u32,
+    /// The size of the subset's Maglev table (north-south frontends; 0: none), whose
+    /// entries follow its endpoints in `LB_ENDPOINTS` (indices `endpoint_count..`),
+    /// each an endpoint's address: see [`flow_endpoint_index`].
+    pub table: u32,
 }
 
 /// `LB_ENDPOINTS` key: endpoint `index` of a subset in one revision of a service.

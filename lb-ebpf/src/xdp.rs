@@ -10,7 +10,7 @@
 //! untouched at once.
 
 use aya_ebpf::{bindings::xdp_action::XDP_DROP, macros::xdp, programs::XdpContext};
-use lb_common::endpoint_pick;
+use lb_common::flow_endpoint_index;
 use lb_common::xdp::{Flow, FlowKey, IPPROTO_TCP, NatKey, PASSED, TO_PROXY, flow_hash};
 use lb_common::{
     ClientKey, EndpointKey, Service, SlotKey, SockAddr4, StatKey, counters, mode, settings_flags,
@@ -240,7 +240,7 @@ fn pick(key: &FlowKey, hash: u32, svc: &Service) -> Option<Result<Flow, u32>> {
         service: key.service,
         revision: svc.revision,
         subset: slot.subset,
-        index: endpoint_pick(hash, slot.endpoint_count),
+        index: flow_endpoint_index(hash, &slot),
     };
     // SAFETY: copied out at once.
     let backend = (unsafe { LB_ENDPOINTS.get(&ep_key) }).copied()?;

@@ -21,7 +21,7 @@ impl Size {
     pub fn of(img: &ServiceImage) -> Size {
         Size {
             slots: img.slots.len() as u64,
-            endpoints: img.subsets.iter().map(|s| s.endpoints.len() as u64).sum(),
+            endpoints: img.subsets.iter().map(|s| u64::from(s.entries())).sum(),
         }
     }
 }
@@ -115,6 +115,7 @@ mod tests {
                     name: "v0".into(),
                     endpoints: vec![SockAddr4::new([127, 0, 0, 2], 80); eps],
                     flags: 0,
+                    table: 0,
                 }],
             }),
         };

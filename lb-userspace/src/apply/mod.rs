@@ -28,7 +28,7 @@ use lb_common::{
 };
 use tokio::sync::watch;
 
-use crate::compile::{MapImage, Plan, ServiceImage, SubsetImage};
+use crate::compile::{MapImage, Plan, ServiceImage, SubsetImage, maglev};
 use crate::datapath::plan_maps::{addr, fixed, read_services};
 use crate::datapath::{DatapathError, MapWriter, PinnedService, PlanMaps, Write};
 use crate::route::RouteTable;
@@ -604,7 +604,10 @@ fn write_names(
 fn revision_writes(key: SockAddr4, revision: u32, svc: &ServiceImage) -> Vec<Write> {
     let mut out = Vec::new();
     for sub in &svc.subsets {
-        for (index, ep) in sub.endpoints.iter().enumerate() {
+        let table = maglev::table(&sub.endpoints, sub.table);
+        let entries =
+            (sub.endpoints.iter()).chain(table.iter().map(|i| &sub.endpoints[*i as usize]));
+        for (index, ep) in entries.enumerate() {
             let k = EndpointKey {
                 service: key,
                 revision,
@@ -628,7 +631,7 @@ fn revision_writes(key: SockAddr4, revision: u32, svc: &ServiceImage) -> Vec<Wri
                 subset: *subset,
                 endpoint_count,
                 flags: sub.map_or(0, |s| s.flags),
-                _pad: 0,
+                table: sub.map_or(0, |s| s.table),
             }),
         ));
     }
@@ -647,7 +650,7 @@ fn collect(key: SockAddr4, old: &PinnedService, garbage: &mut Garbage) {
     for s in &old.image.subsets {
         garbage
             .endpoints
-            .extend((0..s.endpoints.len() as u32).map(|index| EndpointKey {
+            .extend((0..s.entries()).map(|index| EndpointKey {
                 service: key,
                 revision,
                 subset: s.id,
@@ -668,7 +671,7 @@ fn same(a: &ServiceImage, b: &ServiceImage) -> bool {
         let mut subs: Vec<_> = s
             .subsets
             .iter()
-            .map(|x| (x.id, x.name.clone(), x.endpoints.clone(), x.flags))
+            .map(|x| (x.id, x.name.clone(), x.endpoints.clone(), x.flags, x.table))
             .collect();
         subs.sort();
         (

@@ -236,6 +236,7 @@ mod tests {
                     name: "v0".into(),
                     endpoints: endpoints.to_vec(),
                     flags: 0,
+                    table: 0,
                 }],
             }),
         );

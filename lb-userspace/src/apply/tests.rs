@@ -245,3 +245,84 @@ fn adopting_sweeps_revisions_no_service_uses() {
         .expect("same plan");
     assert_eq!(report.unchanged, 1);
 }
+
+/// A service served at a node address: each subset of more than one endpoint gets a
+/// Maglev table after its endpoints (its slots say its size), read back as applied,
+/// and collected with its revision.
+#[test]
+fn a_north_south_subset_has_its_maglev_table_after_its_endpoints() {
+    let north_south = |v1: &[&str]| {
+        let dir = tempfile::tempdir().expect("tmp");
+        let yaml = config((50, 50), v1, false);
+        std::fs::write(dir.path().join("c.yaml"), yaml).expect("write");
+        let opts = crate::model::Options {
+            node_addresses: vec!["127.10.0.1".parse().expect("addr")],
+            ..Default::default()
+        };
+        let model = crate::model::load_dir_with(dir.path(), &mut Default::default(), &opts)
+            .expect("valid")
+            .model;
+        crate::compile::plan(model).expect("compiles")
+    };
+    let (mut a, _rx) = applier(FakeMaps::default());
+    a.apply(&north_south(&["127.0.0.3", "127.0.0.5"]))
+        .expect("applies");
+    let c = &a.maps().contents;
+    let slot_of = |name: &str| {
+        let sub = *c
+            .subset_meta
+            .iter()
+            .find(|(_, m)| crate::datapath::plan_maps::c_str(&m.name) == name)
+            .expect("subset")
+            .0;
+        let slot = c
+            .slots
+            .values()
+            .find(|s| s.subset == sub.subset)
+            .expect("slot");
+        (sub.subset, *slot)
+    };
+    let (v0, v0_slot) = slot_of("v0");
+    let (v1, v1_slot) = slot_of("v1");
+    assert_eq!(
+        (v0_slot.table, v1_slot.table),
+        (0, 251),
+        "one endpoint: no table"
+    );
+    let entries = |subset: u32| -> Vec<SockAddr4> {
+        (c.endpoints.iter())
+            .filter(|(k, _)| k.subset == subset && k.revision == 1)
+            .map(|(_, v)| *v)
+            .collect()
+    };
+    assert_eq!(entries(v0).len(), 1);
+    let v1_entries = entries(v1);
+    assert_eq!(v1_entries.len(), 2 + 251);
+    let held = |addr: [u8; 4]| v1_entries[2..].iter().filter(|e| e.addr == addr).count();
+    assert_eq!(held([127, 0, 0, 3]) + held([127, 0, 0, 5]), 251);
+    assert!(held([127, 0, 0, 3]).abs_diff(held([127, 0, 0, 5])) <= 1);
+    // The kernel's pick lands in the table, on one of the subset's endpoints.
+    for hash in [0, 1, 0xdead_beef, u32::MAX] {
+        let index = lb_common::flow_endpoint_index(hash, &v1_slot) as usize;
+        assert!((2..2 + 251).contains(&index), "{index}");
+    }
+
+    // Read back by the next daemon as applied: the same plan changes nothing.
+    let maps = std::mem::take(&mut a.maps);
+    let (mut b, _rx) = applier(maps);
+    let (report, _) = b
+        .apply(&north_south(&["127.0.0.3", "127.0.0.5"]))
+        .expect("same plan");
+    assert_eq!(report.unchanged, 1, "{report:?}");
+    // A third endpoint: a new revision with its table; the old one collected whole.
+    let (_, garbage) = b
+        .apply(&north_south(&["127.0.0.3", "127.0.0.5", "127.0.0.6"]))
+        .expect("third endpoint");
+    b.collect_garbage(garbage);
+    let c = &b.maps().contents;
+    assert!(c.endpoints.keys().all(|k| k.revision == 2), "r1 collected");
+    assert_eq!(
+        c.endpoints.keys().filter(|k| k.subset == v1).count(),
+        3 + 251
+    );
+}

@@ -40,6 +40,16 @@ pub struct SubsetImage {
     pub endpoints: Vec<SockAddr4>,
     /// `lb_common::slot_flags` of its slots.
     pub flags: u32,
+    /// Its Maglev table's size ([`super::maglev::table_size`]; 0: none). The table
+    /// itself follows from the endpoints and the size (the applier builds it).
+    pub table: u32,
+}
+
+impl SubsetImage {
+    /// The `LB_ENDPOINTS` entries it takes: its endpoints, then its table's.
+    pub fn entries(&self) -> u32 {
+        self.endpoints.len() as u32 + self.table
+    }
 }
 
 impl ServiceImage {
@@ -74,11 +84,15 @@ impl MapImage {
                 let eps: Vec<String> = sub.endpoints.iter().map(show).collect();
                 let _ = writeln!(
                     out,
-                    "  subset {} id={:#010x} slots={}{} endpoints=[{}]",
+                    "  subset {} id={:#010x} slots={}{}{} endpoints=[{}]",
                     sub.name,
                     sub.id,
                     s.slots_of(sub.id),
                     flags(sub.flags),
+                    match sub.table {
+                        0 => String::new(),
+                        n => format!(" maglev={n}"),
+                    },
                     eps.join(", ")
                 );
             }

@@ -7,6 +7,7 @@
 //! `weight × endpoints` slots (90/10 over 7 and 3 endpoints is 10 slots, not 2,100).
 
 pub mod image;
+pub mod maglev;
 pub mod routes;
 pub mod slices;
 
@@ -200,12 +201,17 @@ pub fn compile(model: &Model) -> Result<MapImage, CompileError> {
             subsets.push(SubsetImage {
                 id,
                 name: s.name.clone(),
-                endpoints,
                 flags: if s.kernel.hash_source {
                     slot_flags::HASH_ENDPOINT
                 } else {
                     0
                 },
+                table: if svc.north_south {
+                    maglev::table_size(endpoints.len())
+                } else {
+                    0
+                },
+                endpoints,
             });
         }
         let mut flags = 0;

@@ -54,6 +54,7 @@ fn service(split: Vec<(&str, u32, usize)>) -> Model {
             virtual_service: None,
             proxy_reason: None,
             sticky_source: false,
+            north_south: false,
         }],
         ..Default::default()
     }

@@ -93,12 +93,7 @@ pub fn read_services(
             .collect();
         // A missing slot makes connect4 fail open; show it as subset 0.
         let slots = read.iter().map(|s| s.map_or(0, |s| s.subset)).collect();
-        let slot_flags = |id: u32| {
-            read.iter()
-                .flatten()
-                .find(|s| s.subset == id)
-                .map_or(0, |s| s.flags)
-        };
+        let slot_of = |id: u32| read.iter().flatten().find(|s| s.subset == id);
         let mut known = subsets_by_service.remove(&key).unwrap_or_default();
         known.sort_by(|a, b| c_str(&a.1.name).cmp(&c_str(&b.1.name)).then(a.0.cmp(&b.0)));
         let subsets = known
@@ -116,7 +111,8 @@ pub fn read_services(
                         })
                     })
                     .collect(),
-                flags: slot_flags(id),
+                flags: slot_of(id).map_or(0, |s| s.flags),
+                table: slot_of(id).map_or(0, |s| s.table),
             })
             .collect();
         let image = ServiceImage {

@@ -95,6 +95,10 @@ pub struct Service {
     /// lb's sticky subsets keyed by the source: connect4 picks the subset by the
     /// client's hash too.
     pub sticky_source: bool,
+    /// Served at a node address (a NodePort, or a ServiceEntry address of an
+    /// `--xdp-iface` interface): reached from outside through `lb_xdp`, whose flows
+    /// pick endpoints from Maglev tables.
+    pub north_south: bool,
 }
 
 /// What lb enforces: the services the kernel steers, and the validated
@@ -318,6 +322,7 @@ fn build_part(
                     .or_else(|| hashed.map(routes::ProxyReason::Hashed)),
                 sticky_source: vs
                     .is_some_and(|v| v.sticky == Some(crate::route::policy::HashKey::SourceIp)),
+                north_south: opts.node_addresses.contains(frontend.ip()),
             });
         }
     }
