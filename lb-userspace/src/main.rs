@@ -264,6 +264,10 @@ enum Cmd {
         /// Bind each connection to this source address first.
         #[arg(long)]
         from: Option<std::net::Ipv4Addr>,
+        /// Bind connection i to source port `from_port + i` (closed with a reset, so
+        /// another run can reuse the same ports: the same flows again).
+        #[arg(long)]
+        from_port: Option<u16>,
         #[arg(long)]
         host: Option<String>,
         #[arg(long)]
@@ -517,6 +521,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for_ms,
             keep_alive,
             from,
+            from_port,
             host,
             log,
             until_file,
@@ -579,6 +584,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 limit: Duration::from_millis(for_ms),
                 keep_alive,
                 from,
+                from_port,
                 host,
                 path,
                 headers,

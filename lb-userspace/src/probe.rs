@@ -24,6 +24,10 @@ pub struct ProbeOptions {
     pub keep_alive: bool,
     /// Source address each connection binds to first (None: the kernel's choice).
     pub from: Option<std::net::Ipv4Addr>,
+    /// Connection i's source port is `from_port + i` (None: the kernel's choice). Each
+    /// is closed with a reset, leaving no TIME_WAIT: a second run with the same ports
+    /// sends the same flows again.
+    pub from_port: Option<u16>,
     pub host: Option<String>,
     /// Request path and extra headers.
     pub path: String,
@@ -60,6 +64,8 @@ pub struct Summary {
 #[derive(Serialize)]
 struct LogLine<'a> {
     t_ms: u64,
+    /// The connection's source port.
+    port: u16,
     backend: &'a str,
     ok: bool,
     error: &'a str,
@@ -190,22 +196,32 @@ fn exchange(
 }
 
 fn connect(to: SocketAddr) -> Result<TcpStream, String> {
-    connect_from(None, to)
+    connect_from(None, None, to)
 }
 
-/// Connects to `to`, bound to `from` first if given.
-fn connect_from(from: Option<std::net::Ipv4Addr>, to: SocketAddr) -> Result<TcpStream, String> {
+/// Connects to `to`, bound to `from` and `port` first if given (a given port is
+/// closed with a reset).
+fn connect_from(
+    from: Option<std::net::Ipv4Addr>,
+    port: Option<u16>,
+    to: SocketAddr,
+) -> Result<TcpStream, String> {
     let err = |e: std::io::Error| format!("connect: {e}");
-    let s = match from {
-        None => TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(err)?,
-        Some(ip) => {
-            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-                .map_err(err)?;
-            sock.bind(&SocketAddr::from((ip, 0)).into()).map_err(err)?;
-            sock.connect_timeout(&to.into(), Duration::from_secs(2))
-                .map_err(err)?;
-            sock.into()
+    let s = if from.is_none() && port.is_none() {
+        TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(err)?
+    } else {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .map_err(err)?;
+        if port.is_some() {
+            sock.set_reuse_address(true).map_err(err)?;
+            sock.set_linger(Some(Duration::ZERO)).map_err(err)?;
         }
+        let ip = from.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+        sock.bind(&SocketAddr::from((ip, port.unwrap_or(0))).into())
+            .map_err(err)?;
+        sock.connect_timeout(&to.into(), Duration::from_secs(2))
+            .map_err(err)?;
+        sock.into()
     };
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
@@ -226,6 +242,8 @@ pub fn run(opts: &ProbeOptions) -> std::io::Result<Summary> {
     let stop_requested = || opts.until_file.as_ref().is_some_and(|f| f.exists());
     while sum.attempts < opts.count && started.elapsed() < opts.limit && !stop_requested() {
         let t_ms = now_ms();
+        let port = (opts.from_port).map(|p| p.wrapping_add(sum.attempts as u16));
+        let mut local_port = port.unwrap_or(0);
         let began = Instant::now();
         sum.attempts += 1;
         let result = if opts.keep_alive {
@@ -243,11 +261,12 @@ pub fn run(opts: &ProbeOptions) -> std::io::Result<Summary> {
             let reused = kept.is_some();
             let mut r = kept
                 .take()
-                .map_or_else(|| connect_from(opts.from, opts.to), Ok)
+                .map_or_else(|| connect_from(opts.from, port, opts.to), Ok)
                 .and_then(|mut s| send(&mut s).map(|a| (a, s)));
             if reused && matches!(&r, Err(e) if e.starts_with(NO_ANSWER)) {
                 sum.retried += 1;
-                r = connect_from(opts.from, opts.to).and_then(|mut s| send(&mut s).map(|a| (a, s)));
+                r = connect_from(opts.from, port, opts.to)
+                    .and_then(|mut s| send(&mut s).map(|a| (a, s)));
             }
             r.map(|(a, s)| {
                 // A connection that failed, or that the server closes, is not reused.
@@ -257,7 +276,8 @@ pub fn run(opts: &ProbeOptions) -> std::io::Result<Summary> {
                 a
             })
         } else {
-            connect_from(opts.from, opts.to).and_then(|mut s| {
+            connect_from(opts.from, port, opts.to).and_then(|mut s| {
+                local_port = s.local_addr().map_or(0, |a| a.port());
                 if s.peer_addr().ok() != Some(opts.to) {
                     sum.peer_mismatches += 1;
                 }
@@ -303,6 +323,7 @@ pub fn run(opts: &ProbeOptions) -> std::io::Result<Summary> {
             let error = result.as_ref().err().map_or("", String::as_str);
             let line = LogLine {
                 t_ms,
+                port: local_port,
                 backend: &backend,
                 ok: result.is_ok(),
                 error,

@@ -111,6 +111,9 @@ pub struct SubsetStatus {
     pub xdp_flows_total: u64,
     /// North-south packets dropped because the subset had no endpoint.
     pub xdp_dropped_total: u64,
+    /// Entries of the subset's Maglev table (north-south new flows pick from it; 0:
+    /// none, the flow hash modulo the endpoints).
+    pub maglev_table: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -214,6 +217,7 @@ pub fn read(pins: &Pins) -> Result<Status, DatapathError> {
                     xdp_packets_total: st.xdp_packets,
                     xdp_flows_total: st.xdp_flows,
                     xdp_dropped_total: st.xdp_dropped,
+                    maglev_table: s.table,
                 }
             })
             .collect();
@@ -354,11 +358,15 @@ impl Status {
                     sub.refused_total,
                     eps.join(", ")
                 );
-                if sub.xdp_packets_total + sub.xdp_dropped_total > 0 {
+                if sub.xdp_packets_total + sub.xdp_dropped_total + u64::from(sub.maglev_table) > 0 {
                     let _ = writeln!(
                         s,
-                        "  {:<12} north-south (XDP): packets {}  new flows {}  dropped (no endpoint) {}",
-                        "", sub.xdp_packets_total, sub.xdp_flows_total, sub.xdp_dropped_total
+                        "  {:<12} north-south (XDP): packets {}  new flows {}  dropped (no endpoint) {}  maglev table {}",
+                        "",
+                        sub.xdp_packets_total,
+                        sub.xdp_flows_total,
+                        sub.xdp_dropped_total,
+                        sub.maglev_table
                     );
                 }
             }

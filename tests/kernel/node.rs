@@ -382,9 +382,14 @@ impl Node {
 
     /// A test backend in pod `name`, answering as `name` on the pod's IP at `port`.
     pub fn backend(&mut self, name: &str, port: u16) {
-        let listen = format!("{}:{port}", self.pod(name).ip);
+        self.backend_named(name, name, port);
+    }
+
+    /// A backend in pod `pod` on `port` that answers as `name` (several per pod).
+    pub fn backend_named(&mut self, pod: &str, name: &str, port: u16) {
+        let listen = format!("{}:{port}", self.pod(pod).ip);
         let child = self
-            .in_pod(name, &["backend", "--name", name, "--listen", &listen])
+            .in_pod(pod, &["backend", "--name", name, "--listen", &listen])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

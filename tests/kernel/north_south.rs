@@ -4,12 +4,13 @@
 //! pods, and `lb_tc_egress` translates the replies back (tests/kernel/node.rs has the
 //! topology; nothing is routed off the machine).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
 use crate::harness::{Env, seed_config, stop_probe, wait_for};
-use crate::node::{NODE_EXT_IFACE, NODE_EXT_IP, Node, enter};
+use crate::node::{NODE_EXT_IFACE, NODE_EXT_IP, Node, OUTSIDE_IP, enter};
 
 const NODE_PORT: u16 = 30785;
 
@@ -561,4 +562,144 @@ fn outside_clients_get_the_seeds_split_in_xdp() {
         .expect("lb down");
     assert!(down.status.success(), "{down:?}");
     assert!(!xdp_on_link(&node), "lb down detached XDP");
+}
+
+/// Maglev from outside: one subset of four endpoints (one pod, four ports) at the
+/// node's NodePort. Every new flow lands on the endpoint the userspace table names
+/// for its tuple (so does another node's with the same endpoints); when an endpoint
+/// goes, then another comes, the same connections dialled again (the same source
+/// ports: new flows, picked anew) keep their endpoints but for a few percent —
+/// the modulo pick would move about two thirds of them.
+#[test]
+fn new_flows_pick_from_maglev_tables_that_hold_when_endpoints_change() {
+    let mut env = Env::new("xdp-maglev");
+    let mut node = node_with_outside(&mut env, &[]);
+    let names = ["a", "b", "c", "d", "e"];
+    let port_of = |name: &str| 11400 + names.iter().position(|n| *n == name).unwrap() as u16;
+    for name in names {
+        node.backend_named("v0", name, port_of(name));
+    }
+    let config = |serving: &[&str]| {
+        let endpoints: String = (serving.iter())
+            .map(|n| {
+                format!(
+                    "  - {{address: 10.244.0.3, ports: {{http: {}}}}}\n",
+                    port_of(n)
+                )
+            })
+            .collect();
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: web}}
+spec:
+  hosts: [web]
+  addresses: [{NODE_EXT_IP}]
+  ports: [{{number: {NODE_PORT}, name: http}}]
+  resolution: STATIC
+  endpoints:
+{endpoints}"
+        )
+    };
+    let to = format!("{NODE_EXT_IP}:{NODE_PORT}");
+    // The endpoint of the flow from `port` by the tables lb compiles for `serving`.
+    let expected = |serving: &[&str], port: u16| -> String {
+        use lb::compile::maglev;
+        use lb_common::{SockAddr4, xdp};
+        let octets = |a: &str| a.parse::<std::net::Ipv4Addr>().unwrap().octets();
+        let mut eps: Vec<SockAddr4> = (serving.iter())
+            .map(|n| SockAddr4::new([10, 244, 0, 3], port_of(n)))
+            .collect();
+        eps.sort();
+        let size = maglev::table_size(eps.len());
+        let slot = lb_common::Slot {
+            endpoint_count: eps.len() as u32,
+            table: size,
+            ..Default::default()
+        };
+        let hash = xdp::flow_hash(&xdp::FlowKey {
+            client: SockAddr4::new(octets(OUTSIDE_IP), port),
+            service: SockAddr4::new(octets(NODE_EXT_IP), NODE_PORT),
+            proto: xdp::IPPROTO_TCP as u32,
+        });
+        let entry = lb_common::flow_endpoint_index(hash, &slot) - slot.endpoint_count;
+        let ep = eps[maglev::table(&eps, size)[entry as usize] as usize];
+        names[usize::from(ep.port - 11400)].to_string()
+    };
+    env.write_config("web.yaml", &config(&names[..4]));
+    env.start_daemon_with(true, &["--xdp-iface", NODE_EXT_IFACE]);
+    let mut round = 0;
+    let mut dial = |serving: &[&str]| -> BTreeMap<u16, String> {
+        wait_for(Duration::from_secs(10), "the endpoints applied", || {
+            let s = env.status();
+            s["services"][0]["subsets"][0]["backends"]
+                .as_array()
+                .map(Vec::len)
+                == Some(serving.len())
+        });
+        round += 1;
+        let log = env.work.join(format!("maglev-{round}.log"));
+        let s = node.probe_outside(&[
+            "--to",
+            &to,
+            "--count",
+            "400",
+            "--from-port",
+            "21000",
+            "--log",
+            log.to_str().unwrap(),
+        ]);
+        assert_eq!(s["failures"].as_u64(), Some(0), "{s}");
+        let picks: BTreeMap<u16, String> = std::fs::read_to_string(&log)
+            .expect("probe log")
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a log line"))
+            .map(|l| {
+                (
+                    l["port"].as_u64().unwrap() as u16,
+                    l["backend"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(picks.len(), 400);
+        let off: Vec<_> = (picks.iter())
+            .filter(|(port, b)| **b != expected(serving, **port))
+            .collect();
+        assert!(off.is_empty(), "picked against the table: {off:?}");
+        picks
+    };
+    // How many of the flows whose endpoint is in both sets changed endpoint.
+    let moved = |a: &BTreeMap<u16, String>, b: &BTreeMap<u16, String>, both: &[&str]| {
+        let staying: Vec<_> = (a.iter())
+            .filter(|(_, e)| both.contains(&e.as_str()))
+            .collect();
+        let moved = (staying.iter())
+            .filter(|(p, e)| b[p] != **e && both.contains(&b[p].as_str()))
+            .count();
+        (moved, staying.len())
+    };
+
+    let subset = env.status()["services"][0]["subsets"][0].clone();
+    assert_eq!(subset["maglev_table"], 251, "{subset}");
+    let first = dial(&names[..4]);
+    let per: Vec<usize> = (names[..4].iter())
+        .map(|n| first.values().filter(|b| b == n).count())
+        .collect();
+    assert!(per.iter().all(|n| (60..=140).contains(n)), "{per:?}");
+
+    env.write_config("web.yaml", &config(&names[..3]));
+    let second = dial(&names[..3]);
+    let (n, of) = moved(&first, &second, &names[..3]);
+    assert!(
+        of >= 250 && n * 100 <= of * 8,
+        "d went: {n} of {of} others moved"
+    );
+
+    let mut with_e = names[..3].to_vec();
+    with_e.push("e");
+    env.write_config("web.yaml", &config(&with_e));
+    let third = dial(&with_e);
+    let (n, of) = moved(&second, &third, &names[..3]);
+    assert!(n * 100 <= of * 8, "e came: {n} of {of} others moved");
+    assert!(third.values().filter(|b| *b == "e").count() >= 60);
 }
