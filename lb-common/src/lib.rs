@@ -232,7 +232,9 @@ pub mod mode {
 pub struct SockAddr4 {
     pub addr: [u8; 4],
     pub port: u16,
-    pub _pad: u16,
+    /// A service key's protocol: 0 for TCP (what `connect4` looks up), `IPPROTO_UDP`
+    /// for a UDP service (served north-south only). 0 in every other address.
+    pub proto: u16,
 }
 
 impl SockAddr4 {
@@ -240,8 +242,28 @@ impl SockAddr4 {
         Self {
             addr,
             port,
-            _pad: 0,
+            proto: 0,
         }
+    }
+
+    /// The service key of this address and port for IP protocol `proto` (see
+    /// [`proto`](Self::proto)).
+    #[inline(always)]
+    pub const fn service(addr: [u8; 4], port: u16, proto: u8) -> Self {
+        Self {
+            addr,
+            port,
+            proto: if proto == xdp::IPPROTO_UDP {
+                xdp::IPPROTO_UDP as u16
+            } else {
+                0
+            },
+        }
+    }
+
+    /// A UDP service's key.
+    pub const fn is_udp(&self) -> bool {
+        self.proto == xdp::IPPROTO_UDP as u16
     }
 
     /// From the `user_ip4` / `user_port` pair of a `bpf_sock_addr` (both network order,

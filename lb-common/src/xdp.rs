@@ -10,6 +10,7 @@ use crate::SockAddr4;
 use crate::endpoint_pick;
 
 pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
 
 /// `LB_XDP_FLOWS` key: a flow as it arrives, client → service address.
 #[repr(C)]
@@ -17,12 +18,13 @@ pub const IPPROTO_TCP: u8 = 6;
 pub struct FlowKey {
     pub client: SockAddr4,
     pub service: SockAddr4,
-    /// [`IPPROTO_TCP`] (UDP is not served yet: services are TCP only).
+    /// [`IPPROTO_TCP`] or [`IPPROTO_UDP`].
     pub proto: u32,
 }
 
 /// `LB_XDP_FLOWS` value: where the flow goes for its life (a new revision of the
-/// weights applies to new flows only).
+/// weights applies to new flows only; a UDP flow, which has no start, picks anew in
+/// a new revision — with Maglev, mostly the same endpoint).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
@@ -34,7 +36,8 @@ pub struct Flow {
     /// The subset's id inside its service (for the counters); [`TO_PROXY`]: the
     /// backend is lb's proxy.
     pub subset: u32,
-    pub _pad: u32,
+    /// The service's revision when the flow was picked.
+    pub revision: u32,
 }
 
 /// `Flow::subset` of a flow handed to the proxy.
@@ -88,6 +91,8 @@ pub mod snat_flags {
     pub const RST: u32 = 4;
     /// The endpoint sent something (its SYN-ACK, at least).
     pub const ANSWERED: u32 = 8;
+    /// A UDP flow's (no FIN, no RST: free again after [`super::SNAT_UDP_IDLE_NS`]).
+    pub const UDP: u32 = 16;
 
     /// The bits a packet with TCP `flags` adds, sent by the client or the backend.
     #[inline(always)]
@@ -122,6 +127,9 @@ pub const SNAT_CLOSED_NS: u64 = 1_000_000_000;
 /// this long loses its way back, as it would in conntrack's tables only much later;
 /// the LRU may forget it sooner under pressure anyway).
 pub const SNAT_IDLE_NS: u64 = 600 * 1_000_000_000;
+/// The same for a UDP flow, which never closes (conntrack's `nf_conntrack_udp_timeout`
+/// is 30 s too).
+pub const SNAT_UDP_IDLE_NS: u64 = 30 * 1_000_000_000;
 
 /// The `probe`th SNAT port a flow with hash `hash` tries (0 ≤ probe < [`SNAT_PROBES`]).
 #[inline(always)]
@@ -140,7 +148,14 @@ pub fn snat_reusable(held: &SnatBack, want: &SnatBack, now_ns: u64) -> bool {
     let same = held.client == want.client && held.service == want.service;
     let quiet = now_ns.saturating_sub(held.seen_ns);
     let done = snat_flags::closed(held.flags) || held.flags & snat_flags::ANSWERED == 0;
-    same || quiet >= if done { SNAT_CLOSED_NS } else { SNAT_IDLE_NS }
+    same || quiet
+        >= if done {
+            SNAT_CLOSED_NS
+        } else if held.flags & snat_flags::UDP != 0 {
+            SNAT_UDP_IDLE_NS
+        } else {
+            SNAT_IDLE_NS
+        }
 }
 
 /// Whether a port all of whose probes are held may still be taken from `held`: a
@@ -322,6 +337,10 @@ mod tests {
         assert!(!snat_displaceable(&live(now)));
         // A clock read on another CPU may be older than `seen_ns`.
         assert!(!snat_reusable(&back(40_001, now + 5, fins), &want, now));
+        // An answered UDP flow's, after half a minute of silence.
+        let udp = |seen| back(40_001, seen, ANSWERED | snat_flags::UDP);
+        assert!(!snat_reusable(&udp(now - SNAT_UDP_IDLE_NS + 1), &want, now));
+        assert!(snat_reusable(&udp(now - SNAT_UDP_IDLE_NS), &want, now));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Packet headers as `lb_xdp` and `lb_tc_egress` read them (Ethernet II, IPv4), and
-//! `lb_xdp`'s rewrites of a TCP packet's addresses.
+//! `lb_xdp`'s rewrites of a TCP or UDP packet's addresses.
 
 use lb_common::SockAddr4;
 use lb_common::xdp::{csum_replace2, csum_replace4};
@@ -8,6 +8,8 @@ pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 /// Offset of the checksum in a TCP header.
 pub const L4_CHECK_TCP: usize = 16;
+/// Offset of the checksum in a UDP header.
+pub const L4_CHECK_UDP: usize = 6;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 
@@ -51,14 +53,35 @@ pub struct Ports {
     pub dst: u16,
 }
 
-/// A TCP packet in place: its IPv4 header, ports and checksum.
-pub struct Tcp<'a> {
+/// The offset of the checksum in the header of IP protocol `proto` (TCP or UDP).
+#[inline(always)]
+pub fn l4_check(proto: u8) -> usize {
+    if proto == lb_common::xdp::IPPROTO_UDP {
+        L4_CHECK_UDP
+    } else {
+        L4_CHECK_TCP
+    }
+}
+
+/// A TCP or UDP packet in place: its IPv4 header, ports and checksum.
+pub struct L4<'a> {
     pub ip: &'a mut Ipv4Hdr,
     pub ports: &'a mut Ports,
     pub check: &'a mut u16,
 }
 
-impl Tcp<'_> {
+impl L4<'_> {
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    #[inline(always)]
+    pub fn proto(&self) -> u8 {
+        self.ip.protocol
+    }
+
+    #[inline(always)]
+    pub fn udp(&self) -> bool {
+        self.ip.protocol == lb_common::xdp::IPPROTO_UDP
+    }
+
     #[inline(always)]
     pub fn src(&self) -> SockAddr4 {
         SockAddr4::new(self.ip.saddr, u16::from_be(self.ports.src))
@@ -106,11 +129,18 @@ impl Tcp<'_> {
     fn update(&mut self, old_ip: [u8; 4], new_ip: [u8; 4], old_port: u16, new_port: u16) {
         let (old_ip, new_ip) = (u32::from_ne_bytes(old_ip), u32::from_ne_bytes(new_ip));
         self.ip.check = csum_replace4(self.ip.check, old_ip, new_ip);
-        // The TCP checksum covers the addresses through the pseudo-header.
-        *self.check = csum_replace2(
+        // A UDP datagram sent without a checksum (0) stays without one.
+        let udp = self.udp();
+        if udp && *self.check == 0 {
+            return;
+        }
+        // The TCP and UDP checksums cover the addresses through the pseudo-header.
+        let check = csum_replace2(
             csum_replace4(*self.check, old_ip, new_ip),
             old_port,
             new_port,
         );
+        // UDP sends a checksum that computes to 0 as 0xffff (0 means none).
+        *self.check = if udp && check == 0 { 0xffff } else { check };
     }
 }

@@ -7,12 +7,22 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use lb_common::SockAddr4;
 use lb_common::xdp::{
-    Flow, FlowKey, IPPROTO_TCP, SNAT_PORTS, SNAT_PROBES, SnatBack, SnatKey, snat_displaceable,
+    Flow, FlowKey, IPPROTO_UDP, SNAT_PORTS, SNAT_PROBES, SnatBack, SnatKey, snat_displaceable,
     snat_flags, snat_port, snat_reusable,
 };
 
 use crate::maps::LB_XDP_SNAT;
-use crate::packet::Tcp;
+use crate::packet::L4;
+
+/// The flags a SNAT port of a flow of IP protocol `proto` starts with.
+#[inline(always)]
+fn proto_flags(proto: u32) -> u32 {
+    if proto == IPPROTO_UDP as u32 {
+        snat_flags::UDP
+    } else {
+        0
+    }
+}
 
 /// A SNAT source for a new flow `key` to `backend` leaving by the node's address
 /// `node`: the first of its ports (by its hash) that is free, already its own, or
@@ -28,13 +38,13 @@ pub fn allocate(key: &FlowKey, hash: u32, backend: SockAddr4, node: [u8; 4]) -> 
         client: key.client,
         service: key.service,
         seen_ns: now,
-        flags: 0,
+        flags: proto_flags(key.proto),
         _pad: 0,
     };
     let at = |probe| SnatKey {
         node: SockAddr4::new(node, snat_port(hash, probe)),
         backend,
-        proto: IPPROTO_TCP as u32,
+        proto: key.proto,
     };
     // The displaceable probe held longest: (taken at, probe); u64::MAX: none.
     let mut oldest = (u64::MAX, 0);
@@ -71,14 +81,14 @@ pub fn allocate(key: &FlowKey, hash: u32, backend: SockAddr4, node: [u8; 4]) -> 
 /// An endpoint's reply to a SNAT port: translated back (from the service address the
 /// client dialled, to the client), the flow's entry refreshed. None: not one.
 #[inline(always)]
-pub fn reply(tcp: &mut Tcp, flags: u8) -> Option<()> {
-    if !SNAT_PORTS.contains(&u16::from_be(tcp.ports.dst)) {
+pub fn reply(l4: &mut L4, flags: u8) -> Option<()> {
+    if !SNAT_PORTS.contains(&u16::from_be(l4.ports.dst)) {
         return None;
     }
     let key = SnatKey {
-        node: tcp.dst(),
-        backend: tcp.src(),
-        proto: IPPROTO_TCP as u32,
+        node: l4.dst(),
+        backend: l4.src(),
+        proto: l4.proto() as u32,
     };
     let back = LB_XDP_SNAT.get_ptr_mut(&key)?;
     // SAFETY: the map's value, shared by the CPUs that see this flow's packets: plain
@@ -88,8 +98,8 @@ pub fn reply(tcp: &mut Tcp, flags: u8) -> Option<()> {
         (*back).flags |= snat_flags::bits(flags, false);
         ((*back).client, (*back).service)
     };
-    tcp.set_src(service);
-    tcp.set_dst(client);
+    l4.set_src(service);
+    l4.set_dst(client);
     Some(())
 }
 
@@ -99,11 +109,11 @@ pub fn reply(tcp: &mut Tcp, flags: u8) -> Option<()> {
 /// (this one idle for ten minutes, or closed) is not written into — None, the packet
 /// is dropped. One the LRU forgot is taken back if still free.
 #[inline(always)]
-pub fn forward(tcp: &mut Tcp, key: &FlowKey, flow: &Flow, flags: u8) -> Option<()> {
+pub fn forward(l4: &mut L4, key: &FlowKey, flow: &Flow, flags: u8) -> Option<()> {
     let snat = SnatKey {
         node: flow.snat,
         backend: flow.backend,
-        proto: IPPROTO_TCP as u32,
+        proto: key.proto,
     };
     let bits = snat_flags::bits(flags, true);
     match LB_XDP_SNAT.get_ptr_mut(&snat) {
@@ -120,13 +130,13 @@ pub fn forward(tcp: &mut Tcp, key: &FlowKey, flow: &Flow, flags: u8) -> Option<(
                 service: key.service,
                 // SAFETY: a helper call without arguments.
                 seen_ns: unsafe { bpf_ktime_get_ns() },
-                flags: bits | snat_flags::ANSWERED,
+                flags: bits | snat_flags::ANSWERED | proto_flags(key.proto),
                 _pad: 0,
             };
             LB_XDP_SNAT.insert(&snat, &back, BPF_NOEXIST as u64).ok()?;
         }
     }
-    tcp.set_dst(flow.backend);
-    tcp.set_src(flow.snat);
+    l4.set_dst(flow.backend);
+    l4.set_src(flow.snat);
     Some(())
 }

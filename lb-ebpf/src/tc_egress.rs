@@ -4,12 +4,16 @@
 //! checksums are updated by the kernel's helpers, which also handle a reply whose
 //! checksum is still to be computed by the device (CHECKSUM_PARTIAL: a local pod's).
 
-use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    macros::classifier,
+    programs::TcContext,
+};
 use lb_common::SockAddr4;
-use lb_common::xdp::{IPPROTO_TCP, NatKey};
+use lb_common::xdp::{IPPROTO_TCP, IPPROTO_UDP, NatKey};
 
 use crate::maps::LB_XDP_NAT;
-use crate::packet::{ETH_HLEN, Ipv4Hdr, L4_CHECK_TCP, Ports};
+use crate::packet::{ETH_HLEN, Ipv4Hdr, Ports, l4_check};
 
 /// TCX_NEXT: the packet goes on to the next program, or out (never ends the chain for
 /// another's program).
@@ -28,8 +32,8 @@ pub fn lb_tc_egress(ctx: TcContext) -> i32 {
 fn try_egress(ctx: &TcContext) -> Option<()> {
     let eth_type: u16 = ctx.load(12).ok()?;
     let ip: Ipv4Hdr = ctx.load(ETH_HLEN).ok()?;
-    // TCP only, as `lb_xdp`.
-    if !ip.is_plain_v4(eth_type) || ip.protocol != IPPROTO_TCP {
+    let proto = ip.protocol;
+    if !ip.is_plain_v4(eth_type) || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
         return None;
     }
     let l4 = ETH_HLEN + ip.header_len();
@@ -37,7 +41,7 @@ fn try_egress(ctx: &TcContext) -> Option<()> {
     let key = NatKey {
         backend: SockAddr4::new(ip.saddr, u16::from_be(ports.src)),
         client: SockAddr4::new(ip.daddr, u16::from_be(ports.dst)),
-        proto: IPPROTO_TCP as u32,
+        proto: proto as u32,
     };
     // SAFETY: copied out at once.
     let service = (unsafe { LB_XDP_NAT.get(&key) }).copied()?;
@@ -46,15 +50,22 @@ fn try_egress(ctx: &TcContext) -> Option<()> {
         u32::from_ne_bytes(service.addr),
     );
     let (old_port, new_port) = (ports.src, service.port.to_be());
-    let l4_check = l4 + L4_CHECK_TCP;
+    let l4_check = l4 + l4_check(proto);
+    // UDP: a datagram without a checksum (0) keeps none, and one that computes to 0
+    // is sent as 0xffff (the helper does both with MARK_MANGLED_0).
+    let udp = if proto == IPPROTO_UDP {
+        BPF_F_MARK_MANGLED_0 as u64
+    } else {
+        0
+    };
     ctx.l4_csum_replace(
         l4_check,
         old_ip as u64,
         new_ip as u64,
-        BPF_F_PSEUDO_HDR as u64 | 4,
+        udp | BPF_F_PSEUDO_HDR as u64 | 4,
     )
     .ok()?;
-    ctx.l4_csum_replace(l4_check, old_port as u64, new_port as u64, 2)
+    ctx.l4_csum_replace(l4_check, old_port as u64, new_port as u64, udp | 2)
         .ok()?;
     ctx.l3_csum_replace(IP_CHECK, old_ip as u64, new_ip as u64, 4)
         .ok()?;

@@ -1,4 +1,4 @@
-//! `lb_xdp`, on the node's ingress interfaces: a TCP packet to a service address (a
+//! `lb_xdp`, on the node's ingress interfaces: a TCP or UDP packet to a service address (a
 //! NodePort, an external address) gets its flow's endpoint — for a new flow,
 //! a pick by the flow's hash from the same weighted slots `connect4` draws from — and
 //! its destination rewritten to it before the stack sees it (DNAT); the reply's way
@@ -11,7 +11,9 @@
 
 use aya_ebpf::{bindings::xdp_action::XDP_DROP, macros::xdp, programs::XdpContext};
 use lb_common::flow_endpoint_index;
-use lb_common::xdp::{Flow, FlowKey, IPPROTO_TCP, NatKey, PASSED, TO_PROXY, flow_hash};
+use lb_common::xdp::{
+    Flow, FlowKey, IPPROTO_TCP, IPPROTO_UDP, NatKey, PASSED, TO_PROXY, flow_hash,
+};
 use lb_common::{
     ClientKey, EndpointKey, Service, SlotKey, SockAddr4, StatKey, counters, mode, settings_flags,
 };
@@ -20,7 +22,7 @@ use crate::maps::{
     LB_ENDPOINTS, LB_ORIG_DST, LB_SERVICES, LB_SETTINGS, LB_SLOTS, LB_XDP_FLOWS, LB_XDP_NAT, bump,
     live_proxy,
 };
-use crate::packet::{ETH_HLEN, Ipv4Hdr, L4_CHECK_TCP, Ports, TCP_ACK, TCP_SYN, Tcp};
+use crate::packet::{ETH_HLEN, Ipv4Hdr, L4, Ports, TCP_ACK, TCP_SYN, l4_check};
 use crate::route::{self, Way};
 use crate::snat;
 
@@ -48,45 +50,51 @@ fn try_xdp(ctx: &XdpContext) -> Option<u32> {
     let eth_type: *const u16 = at(ctx, 12)?;
     // SAFETY: bounds checked by `at`.
     let (eth_type, ip) = unsafe { (*eth_type, &mut *ip) };
-    // lb serves TCP only (connect4 steers TCP only, and a service is keyed by
-    // address and port, not protocol), so UDP passes like anything not lb's.
-    if !ip.is_plain_v4(eth_type) || ip.protocol != IPPROTO_TCP {
+    let proto = ip.protocol;
+    if !ip.is_plain_v4(eth_type) || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
         return None;
     }
     let l4 = ETH_HLEN + ip.header_len();
     let ports: *mut Ports = at(ctx, l4)?;
-    let check: *mut u16 = at(ctx, l4 + L4_CHECK_TCP)?;
-    let flags: *const u8 = at(ctx, l4 + 13)?;
+    let check: *mut u16 = at(ctx, l4 + l4_check(proto))?;
+    // TCP's flags; UDP has none (its flows start with any datagram).
+    let flags = if proto == IPPROTO_TCP {
+        let flags: *const u8 = at(ctx, l4 + 13)?;
+        // SAFETY: bounds checked by `at`.
+        unsafe { *flags }
+    } else {
+        0
+    };
     // SAFETY: bounds checked by `at`.
-    let (mut tcp, flags) = unsafe {
-        (
-            Tcp {
-                ip,
-                ports: &mut *ports,
-                check: &mut *check,
-            },
-            *flags,
-        )
+    let mut l4 = unsafe {
+        L4 {
+            ip,
+            ports: &mut *ports,
+            check: &mut *check,
+        }
     };
     // Another node's endpoint answering a flow this node forwarded there.
-    if snat::reply(&mut tcp, flags).is_some() {
-        if !tcp.hop() {
+    if snat::reply(&mut l4, flags).is_some() {
+        if !l4.hop() {
             return Some(XDP_DROP);
         }
-        return Some(route::send(ctx, tcp.ip.saddr, tcp.ip.daddr));
+        return Some(route::send(ctx, l4.ip.saddr, l4.ip.daddr));
     }
-    let service = tcp.dst();
+    let dst = l4.dst();
+    let service = SockAddr4::service(dst.addr, dst.port, proto);
     // SAFETY: copied out at once.
     let svc = (unsafe { LB_SERVICES.get(&service) }).copied()?;
     let key = FlowKey {
-        client: tcp.src(),
+        client: l4.src(),
         service,
-        proto: IPPROTO_TCP as u32,
+        proto: proto as u32,
     };
     // A SYN picks anew (a client reusing its port after a close may meet new
     // weights); a retransmitted one picks what the first did (by the hash), which is
-    // then neither written again nor counted as a new flow.
-    let syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    // then neither written again nor counted as a new flow. A UDP flow, which never
+    // starts anew, picks anew in a new revision (its endpoint may be gone).
+    let udp = proto == IPPROTO_UDP;
+    let syn = !udp && flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     // A whole value, never an `Option`: a None's payload is undefined, LLVM may carry
     // it in a register across a call anyway, and the verifier refuses that read
     // ("R2 !read_ok"). No flow has the default (0.0.0.0:0) backend.
@@ -94,7 +102,7 @@ fn try_xdp(ctx: &XdpContext) -> Option<u32> {
     let known = (unsafe { LB_XDP_FLOWS.get(&key) })
         .copied()
         .unwrap_or_default();
-    let flow = if known != Flow::default() && !syn {
+    let flow = if known != Flow::default() && !syn && !(udp && known.revision != svc.revision) {
         known
     } else {
         match new_flow(ctx, &key, &svc)? {
@@ -131,12 +139,20 @@ fn try_xdp(ctx: &XdpContext) -> Option<u32> {
         subset => count(service, subset, |s| s.xdp_packets += 1),
     }
     if flow.snat.port != 0 {
-        if !tcp.hop() || snat::forward(&mut tcp, &key, &flow, flags).is_none() {
+        if !l4.hop() {
+            return Some(XDP_DROP);
+        }
+        if snat::forward(&mut l4, &key, &flow, flags).is_none() {
+            // The port went to another flow while this one was idle: a UDP flow is
+            // picked anew at its next datagram (a TCP one cannot go on anyway).
+            if udp {
+                let _ = LB_XDP_FLOWS.remove(&key);
+            }
             return Some(XDP_DROP);
         }
         return Some(route::send(ctx, flow.snat.addr, flow.backend.addr));
     }
-    tcp.set_dst(flow.backend);
+    l4.set_dst(flow.backend);
     Some(XDP_PASS)
 }
 
@@ -247,6 +263,7 @@ fn pick(key: &FlowKey, hash: u32, svc: &Service) -> Option<Result<Flow, u32>> {
     Some(Ok(Flow {
         backend,
         subset: slot.subset,
+        revision: svc.revision,
         ..Flow::default()
     }))
 }

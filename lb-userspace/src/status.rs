@@ -88,6 +88,8 @@ pub struct ServiceStatus {
     pub namespace: String,
     pub address: String,
     pub port: u16,
+    /// "tcp", or "udp" (split north-south in XDP only).
+    pub protocol: &'static str,
     pub datapath: &'static str,
     /// Why the service takes that datapath.
     pub reason: &'static str,
@@ -226,6 +228,7 @@ pub fn read(pins: &Pins) -> Result<Status, DatapathError> {
             namespace: img.namespace.clone(),
             address: std::net::Ipv4Addr::from(key.addr).to_string(),
             port: key.port,
+            protocol: if key.is_udp() { "udp" } else { "tcp" },
             datapath: if svc.entry.mode == mode::PROXY {
                 "proxy"
             } else {
@@ -335,8 +338,14 @@ impl Status {
             let total: u64 = svc.subsets.iter().map(|x| x.weight).sum();
             let _ = writeln!(
                 s,
-                "{}/{} {}:{} datapath={} ({})",
-                svc.namespace, svc.name, svc.address, svc.port, svc.datapath, svc.reason
+                "{}/{} {}:{}{} datapath={} ({})",
+                svc.namespace,
+                svc.name,
+                svc.address,
+                svc.port,
+                if svc.protocol == "udp" { "/udp" } else { "" },
+                svc.datapath,
+                svc.reason
             );
             for sub in &svc.subsets {
                 let pct = if total > 0 {

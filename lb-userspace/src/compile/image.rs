@@ -59,9 +59,10 @@ impl ServiceImage {
     }
 }
 
-/// `SockAddr4` as `a.b.c.d:port`.
+/// `SockAddr4` as `a.b.c.d:port` (`/udp` after a UDP service's).
 pub fn show(a: &SockAddr4) -> String {
-    SocketAddrV4::new(Ipv4Addr::from(a.addr), a.port).to_string()
+    let udp = if a.is_udp() { "/udp" } else { "" };
+    format!("{}{udp}", SocketAddrV4::new(Ipv4Addr::from(a.addr), a.port))
 }
 
 impl MapImage {

@@ -104,7 +104,7 @@ pub fn plan(model: Model) -> Result<Plan, CompileError> {
 fn outliers(model: &Model, image: &MapImage) -> Outliers {
     let mut out = Outliers::new();
     for svc in &model.services {
-        let key = sock_addr(svc.frontend);
+        let key = service_key(svc);
         let Some(img) = image.services.get(&key).filter(|i| i.mode == mode::KERNEL) else {
             continue;
         };
@@ -152,6 +152,17 @@ pub enum CompileError {
 
 pub fn sock_addr(a: SocketAddrV4) -> SockAddr4 {
     SockAddr4::new(a.ip().octets(), a.port())
+}
+
+/// A service's key in the kernel maps: its frontend, and its protocol if UDP.
+pub fn service_key(svc: &crate::model::Service) -> SockAddr4 {
+    let (ip, port) = (svc.frontend.ip().octets(), svc.frontend.port());
+    let proto = if svc.udp {
+        lb_common::xdp::IPPROTO_UDP
+    } else {
+        lb_common::xdp::IPPROTO_TCP
+    };
+    SockAddr4::service(ip, port, proto)
 }
 
 /// Compiles the model into the image of the kernel maps.
@@ -222,7 +233,7 @@ pub fn compile(model: &Model) -> Result<MapImage, CompileError> {
             flags |= service_flags::TRACK_HEALTH;
         }
         image.services.insert(
-            sock_addr(svc.frontend),
+            service_key(svc),
             std::sync::Arc::new(ServiceImage {
                 flags,
                 name: svc.name.clone(),

@@ -49,6 +49,8 @@ pub fn build(model: Model) -> RouteTable {
         normalization,
         ..RouteTable::default()
     };
+    // The proxy serves TCP: a UDP port (split in XDP only) is not its.
+    let services: Vec<_> = services.into_iter().filter(|s| !s.udp).collect();
     for svc in &services {
         t.services.insert(
             svc.frontend,

@@ -55,6 +55,7 @@ fn service(split: Vec<(&str, u32, usize)>) -> Model {
             proxy_reason: None,
             sticky_source: false,
             north_south: false,
+            udp: false,
         }],
         ..Default::default()
     }
@@ -141,4 +142,34 @@ fn kernel_policies_and_host_aliases_in_the_plan() {
         "{:?}",
         e.notes
     );
+}
+
+/// Served at a node address (lb run --xdp-iface): the UDP NodePort is a frontend of
+/// its own, its subsets of more than one endpoint with Maglev tables; the TCP port has
+/// no NodePort, and the ClusterIP's subsets no table (east-west: connect4 picks).
+#[test]
+fn a_udp_node_port_is_served_at_the_node_addresses_with_maglev_tables() {
+    let opts = model::Options {
+        node_addresses: vec!["10.250.0.1".parse().expect("addr")],
+        ..Default::default()
+    };
+    let validated =
+        model::load_dir_with(&golden_dir().join("udp-dns"), &mut Default::default(), &opts)
+            .expect("valid");
+    let rendered = compile(&validated.model).expect("compiles").render();
+    let node = rendered
+        .split("service ")
+        .find(|s| s.starts_with("10.250.0.1:30053/udp "))
+        .unwrap_or_else(|| panic!("no UDP NodePort: {rendered}"));
+    assert!(node.contains("mode=1"), "{node}");
+    assert!(
+        node.contains("subset v0 id=0x954a47fb slots=9 maglev=251 endpoints="),
+        "{node}"
+    );
+    assert!(
+        node.contains("subset v1 id=0x944a4668 slots=1 endpoints=[10.244.0.5:5353]"),
+        "{node}"
+    );
+    assert!(!rendered.contains("10.250.0.1:53"), "{rendered}");
+    assert_eq!(rendered.matches("maglev=").count(), 1, "{rendered}");
 }

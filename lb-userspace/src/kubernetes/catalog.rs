@@ -101,10 +101,17 @@ pub(super) fn is_tcp(protocol: Option<&str>) -> bool {
     protocol.is_none_or(|p| p.eq_ignore_ascii_case("TCP"))
 }
 
-/// The NodePorts of the Service's TCP ports, as the model reads them.
+pub(super) fn is_udp(protocol: Option<&str>) -> bool {
+    protocol.is_some_and(|p| p.eq_ignore_ascii_case("UDP"))
+}
+
+/// The NodePorts of the Service's TCP and UDP ports, as the model reads them.
 fn node_ports(svc: &Svc) -> Option<(String, String)> {
-    let pairs: Vec<String> = (svc.ports.iter().filter(|p| p.tcp))
-        .filter_map(|p| Some(format!("{}:{}", p.port, p.node_port?)))
+    let pairs: Vec<String> = (svc.ports.iter().filter(|p| p.tcp || p.udp))
+        .filter_map(|p| {
+            let udp = if p.udp { "/udp" } else { "" };
+            Some(format!("{}{udp}:{}", p.port, p.node_port?))
+        })
         .collect();
     (!pairs.is_empty()).then(|| {
         (
@@ -115,11 +122,11 @@ fn node_ports(svc: &Svc) -> Option<(String, String)> {
 }
 
 fn ports(svc: &Svc) -> Vec<ServicePort> {
-    (svc.ports.iter().filter(|p| p.tcp))
+    (svc.ports.iter().filter(|p| p.tcp || p.udp))
         .map(|p| ServicePort {
             number: p.port.into(),
             name: Some(port_name(&p.name, p.port)),
-            protocol: Some("TCP".to_string()),
+            protocol: Some(if p.udp { "UDP" } else { "TCP" }.to_string()),
             // The endpoints' port unless their slice says.
             target_port: p.target_port.map(i64::from),
         })

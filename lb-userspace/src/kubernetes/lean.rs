@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::catalog::{SERVICE_NAME_LABEL, is_tcp};
+use super::catalog::{SERVICE_NAME_LABEL, is_tcp, is_udp};
 
 /// A Service as lb keeps it: whether lb makes it a ServiceEntry (it has a spec and
 /// is not an ExternalName, which names a DNS host lb does not resolve), its IPv4
@@ -31,6 +31,8 @@ pub struct SvcPort {
     pub name: Box<str>,
     pub port: i32,
     pub tcp: bool,
+    /// UDP (served north-south in XDP); SCTP ports are neither.
+    pub udp: bool,
     /// A numeric targetPort (a named one is resolved by the slices, per pod).
     pub target_port: Option<i32>,
     /// Its NodePort (a NodePort or LoadBalancer Service's).
@@ -65,6 +67,7 @@ pub fn service(s: &Service) -> Arc<Svc> {
             name: p.name.as_deref().unwrap_or_default().into(),
             port: p.port,
             tcp: is_tcp(p.protocol.as_deref()),
+            udp: is_udp(p.protocol.as_deref()),
             target_port: match &p.target_port {
                 Some(IntOrString::Int(t)) => Some(*t),
                 _ => None,
@@ -107,12 +110,15 @@ pub fn slice(s: &EndpointSlice) -> Arc<Slice> {
         .and_then(|l| l.get(SERVICE_NAME_LABEL))
         .filter(|_| s.address_type == "IPv4")
         .map(|n| n.as_str().into());
-    let tcp = |p: &&EndpointPort| is_tcp(p.protocol.as_deref());
+    // Ports by name (unique within a Service), TCP's and UDP's.
+    let served = |p: &&EndpointPort| {
+        is_tcp(p.protocol.as_deref()) || is_udp(p.protocol.as_deref())
+    };
     let ports = s
         .ports
         .iter()
         .flatten()
-        .filter(tcp)
+        .filter(served)
         .filter_map(|p| Some((p.name.as_deref().unwrap_or_default().into(), p.port?)));
     let endpoints = s.endpoints.iter().map(|e| {
         let c = e.conditions.as_ref();
@@ -208,6 +214,7 @@ mod tests {
                 name: "http".into(),
                 port: 80,
                 tcp: true,
+                udp: false,
                 target_port: Some(8080),
                 node_port: None,
             }]
@@ -267,9 +274,9 @@ mod tests {
             .into(),
         };
         assert_eq!(*slice(&e), lean);
-        // UDP ports are not lb's; a reference to what is not a pod names no pod.
+        // SCTP ports are not lb's; a reference to what is not a pod names no pod.
         let ports = e.ports.get_or_insert_default();
-        ports[0].protocol = Some("UDP".into());
+        ports[0].protocol = Some("SCTP".into());
         e.endpoints[0].target_ref.as_mut().expect("a pod").kind = Some("Node".into());
         let cut = slice(&e);
         assert!(cut.ports.is_empty());

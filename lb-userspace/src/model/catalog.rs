@@ -21,9 +21,9 @@ pub struct CatalogService {
     /// IPv4 service addresses the kernel steers (may be empty: destination only).
     pub addresses: Vec<Ipv4Addr>,
     pub ports: Vec<Port>,
-    /// Its NodePorts ([`NODE_PORTS_ANNOTATION`]): (service port, node port). Served
-    /// at each node address ([`super::Options::node_addresses`]) as the service port.
-    pub node_ports: Vec<(u16, u16)>,
+    /// Its NodePorts ([`NODE_PORTS_ANNOTATION`]). Served at each node address
+    /// ([`super::Options::node_addresses`]) as the service port.
+    pub node_ports: Vec<NodePort>,
     /// Shared by the hosts of one ServiceEntry (cloning labels per host showed in
     /// reload profiles).
     pub endpoints: std::sync::Arc<Vec<Endpoint>>,
@@ -42,6 +42,7 @@ const MAX_SELECTIONS: usize = 64;
 struct Selection {
     labels: Labels,
     port: u16,
+    udp: bool,
     endpoints: Vec<SocketAddrV4>,
 }
 
@@ -50,6 +51,18 @@ pub struct Port {
     pub number: u16,
     pub name: String,
     pub target: Option<u16>,
+    /// A UDP port: split by weight in XDP only (north-south); routes and the proxy
+    /// are for TCP ports.
+    pub udp: bool,
+}
+
+/// A NodePort: service port `port` (UDP or TCP) also served at the node's addresses
+/// at `node_port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodePort {
+    pub port: u16,
+    pub udp: bool,
+    pub node_port: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -71,17 +84,17 @@ impl CatalogService {
             (self.ports.iter()).map(move |p| (std::net::SocketAddrV4::new(*a, p.number), p))
         });
         let node = node_addresses.iter().flat_map(move |a| {
-            self.node_ports.iter().filter_map(move |(port, node_port)| {
-                let p = self.ports.iter().find(|p| p.number == *port)?;
-                Some((std::net::SocketAddrV4::new(*a, *node_port), p))
+            self.node_ports.iter().filter_map(move |n| {
+                let p = (self.ports.iter()).find(|p| p.number == n.port && p.udp == n.udp)?;
+                Some((std::net::SocketAddrV4::new(*a, n.node_port), p))
             })
         });
         own.chain(node)
     }
 
-    /// The port of this service that `number` names.
+    /// The TCP port of this service that `number` names (routes name TCP ports).
     pub fn port(&self, number: u16) -> Option<&Port> {
-        self.ports.iter().find(|p| p.number == number)
+        self.ports.iter().find(|p| p.number == number && !p.udp)
     }
 
     /// Endpoints matching `labels` (all of them), on service port `port`.
@@ -91,7 +104,7 @@ impl CatalogService {
         };
         if let Some(s) = memo
             .iter()
-            .find(|s| s.port == port.number && s.labels == *labels)
+            .find(|s| s.port == port.number && s.udp == port.udp && s.labels == *labels)
         {
             return s.endpoints.clone();
         }
@@ -104,6 +117,7 @@ impl CatalogService {
         memo.push(Selection {
             labels: labels.clone(),
             port: port.number,
+            udp: port.udp,
             endpoints: endpoints.clone(),
         });
         endpoints
@@ -130,18 +144,29 @@ impl Endpoint {
     }
 }
 
-/// A ServiceEntry's NodePorts, `"80:30785,443:30443"`: the service ports also served at
-/// the node's addresses (`lb run --xdp-iface`'s) at those ports, as a Kubernetes
-/// NodePort Service's are (the Kubernetes source writes it on the Services it reads).
+/// A ServiceEntry's NodePorts, `"80:30785,53/udp:30053"`: the service ports (TCP
+/// unless `/udp`) also served at the node's addresses (`lb run --xdp-iface`'s) at
+/// those ports, as a Kubernetes NodePort Service's are (the Kubernetes source writes
+/// it on the Services it reads).
 pub const NODE_PORTS_ANNOTATION: &str = "lb.dev/node-ports";
 
-/// [`NODE_PORTS_ANNOTATION`]'s pairs (service port, node port); None: not that form.
-pub fn node_ports(text: &str) -> Option<Vec<(u16, u16)>> {
+/// [`NODE_PORTS_ANNOTATION`]'s NodePorts; None: not that form.
+pub fn node_ports(text: &str) -> Option<Vec<NodePort>> {
     text.split(',')
         .map(|pair| {
             let (port, node) = pair.trim().split_once(':')?;
             let number = |s: &str| s.trim().parse::<u16>().ok().filter(|n| *n != 0);
-            Some((number(port)?, number(node)?))
+            let (port, udp) = match port.trim().split_once('/') {
+                None => (port, false),
+                Some((port, proto)) if proto.eq_ignore_ascii_case("udp") => (port, true),
+                Some((port, proto)) if proto.eq_ignore_ascii_case("tcp") => (port, false),
+                Some(_) => return None,
+            };
+            Some(NodePort {
+                port: number(port)?,
+                udp,
+                node_port: number(node)?,
+            })
         })
         .collect()
 }
@@ -212,16 +237,11 @@ pub fn from_service_entry(
             Some(t) => t,
             None => None,
         };
-        if let Some(proto) = &p.protocol
-            && proto.eq_ignore_ascii_case("UDP")
-        {
-            diags.push(Diagnostic::warning(
-                l.at(&path),
-                format!("{path}.protocol"),
-                Invalid::Udp,
-            ));
-        }
-        if ports.iter().any(|q| q.number == number) {
+        let udp = p
+            .protocol
+            .as_ref()
+            .is_some_and(|proto| proto.eq_ignore_ascii_case("UDP"));
+        if ports.iter().any(|q| q.number == number && q.udp == udp) {
             err(&format!("{path}.number"), Invalid::PortTwice(number));
         }
         if !name.is_empty() && ports.iter().any(|q| q.name == name) {
@@ -234,6 +254,7 @@ pub fn from_service_entry(
             number,
             name,
             target,
+            udp,
         });
     }
     if spec.ports.is_empty() {
@@ -245,7 +266,7 @@ pub fn from_service_entry(
             Some(pairs)
                 if pairs
                     .iter()
-                    .all(|(p, _)| ports.iter().any(|q| q.number == *p)) =>
+                    .all(|n| ports.iter().any(|q| q.number == n.port && q.udp == n.udp)) =>
             {
                 pairs
             }

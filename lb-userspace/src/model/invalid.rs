@@ -42,8 +42,6 @@ pub enum Invalid {
     NoPortName,
     #[error("targetPort {0} is out of range 1-65535")]
     TargetPortRange(i64),
-    #[error("UDP is not steered: lb handles TCP only, UDP passes through untouched")]
-    Udp,
     #[error("port number {0} is declared twice")]
     PortTwice(u16),
     #[error("port name {0:?} is declared twice")]

@@ -99,6 +99,9 @@ pub struct Service {
     /// `--xdp-iface` interface): reached from outside through `lb_xdp`, whose flows
     /// pick endpoints from Maglev tables.
     pub north_south: bool,
+    /// A UDP port: split by weight in XDP (north-south) only, never by the proxy
+    /// (its rules are HTTP's) nor at connect (`connect4` steers TCP).
+    pub udp: bool,
 }
 
 /// What lb enforces: the services the kernel steers, and the validated
@@ -250,10 +253,10 @@ fn build_part(
     let host_routed = routes::host_routed(&parsed, &catalog);
 
     let mut services = Vec::new();
-    let mut frontends: BTreeMap<SocketAddrV4, &str> = BTreeMap::new();
+    let mut frontends: BTreeMap<(SocketAddrV4, bool), &str> = BTreeMap::new();
     for svc in &catalog.services {
         for (frontend, port) in svc.frontends(&opts.node_addresses) {
-            if let Some(other) = frontends.insert(frontend, &svc.host) {
+            if let Some(other) = frontends.insert((frontend, port.udp), &svc.host) {
                 if other != svc.host {
                     let l = &svc.doc;
                     diags.push(Diagnostic::error(
@@ -275,7 +278,7 @@ fn build_part(
                     let resolved = routes::resolve(
                         route,
                         l,
-                        port.number,
+                        port,
                         &svc.host,
                         &catalog,
                         &subset_rules,
@@ -308,6 +311,7 @@ fn build_part(
                 frontend,
                 split,
                 virtual_service: vs.map(|v| v.source.clone()),
+                // UDP is split by weight in XDP only: no rule reads a datagram.
                 proxy_reason: vs
                     .and_then(|v| v.proxy_reason.clone())
                     .or_else(|| {
@@ -319,14 +323,16 @@ fn build_part(
                             }
                         })
                     })
-                    .or_else(|| hashed.map(routes::ProxyReason::Hashed)),
-                sticky_source: vs
-                    .is_some_and(|v| v.sticky == Some(crate::route::policy::HashKey::SourceIp)),
+                    .or_else(|| hashed.map(routes::ProxyReason::Hashed))
+                    .filter(|_| !port.udp),
+                sticky_source: !port.udp
+                    && vs.is_some_and(|v| v.sticky == Some(crate::route::policy::HashKey::SourceIp)),
                 north_south: opts.node_addresses.contains(frontend.ip()),
+                udp: port.udp,
             });
         }
     }
-    services.sort_by_key(|s| s.frontend);
+    services.sort_by_key(|s| (s.frontend, s.udp));
     Model {
         services,
         virtual_services: parsed,

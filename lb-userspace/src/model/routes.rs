@@ -682,7 +682,7 @@ pub fn host_routed(
 pub fn resolve(
     route: &KernelRoute,
     l: &Loaded,
-    dialled_port: u16,
+    dialled_port: &super::catalog::Port,
     own_host: &str,
     catalog: &Catalog,
     subset_rules: &SubsetRules,
@@ -701,7 +701,7 @@ pub fn resolve(
             ok = false;
             continue;
         };
-        let Some(port) = pick_port(svc, d.port, dialled_port) else {
+        let Some(port) = pick_port(svc, d.port, dialled_port.number, dialled_port.udp) else {
             let p = format!("{}.destination.port", d.path);
             let problem = match d.port {
                 Some(port) => Invalid::NotAPort {
@@ -768,17 +768,22 @@ pub fn resolve(
     ok.then_some(out)
 }
 
-/// The destination port: the one named, else the dialled one if the destination has
-/// it, else the destination's only port.
+/// The destination port, of the dialled port's protocol (`udp`): the one named, else
+/// the dialled one if the destination has it, else the destination's only port.
 fn pick_port(
     svc: &CatalogService,
     named: Option<u16>,
     dialled: u16,
+    udp: bool,
 ) -> Option<&super::catalog::Port> {
+    let mut same = svc.ports.iter().filter(|p| p.udp == udp);
+    let only = match (same.next(), same.next()) {
+        (Some(p), None) => Some(p),
+        _ => None,
+    };
+    let of = |n: u16| svc.ports.iter().find(|p| p.number == n && p.udp == udp);
     match named {
-        Some(n) => svc.port(n),
-        None => svc
-            .port(dialled)
-            .or_else(|| (svc.ports.len() == 1).then(|| &svc.ports[0])),
+        Some(n) => of(n),
+        None => of(dialled).or(only),
     }
 }

@@ -419,11 +419,11 @@ fn mentions(l: &Loaded, out: &mut Vec<String>) -> bool {
             }
             // Two services at one NodePort conflict on every node address.
             let node_ports = se.metadata.annotations.get(NODE_PORTS_ANNOTATION);
-            for (_, node_port) in node_ports
+            for n in node_ports
                 .and_then(|t| node_ports_of(t))
                 .unwrap_or_default()
             {
-                out.push(format!("p:{node_port}"));
+                out.push(format!("p:{}", n.node_port));
             }
         }
         Resource::DestinationRule(dr) => {
