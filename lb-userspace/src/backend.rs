@@ -5,7 +5,8 @@
 //! an `Upgrade: websocket` request gets a real handshake and an echo of each frame;
 //! paths starting with `/slow` are answered after 500 ms, `/hang` never (the backend
 //! reads until the client closes), `/reset` with half an answer and then a reset,
-//! `/status/<code>` with that status.
+//! `/status/<code>` with that status. `lb backend` also answers each UDP datagram
+//! to its address with its name ([`serve_udp`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +27,16 @@ pub async fn serve(listener: TcpListener, name: String) {
         tokio::spawn(async move {
             let _ = connection(stream, &name, &served).await;
         });
+    }
+}
+
+/// Answers every datagram to `socket` with `name`, until the task is dropped.
+pub async fn serve_udp(socket: tokio::net::UdpSocket, name: String) {
+    let mut buf = [0u8; 2048];
+    loop {
+        if let Ok((_, from)) = socket.recv_from(&mut buf).await {
+            let _ = socket.send_to(name.as_bytes(), from).await;
+        }
     }
 }
 

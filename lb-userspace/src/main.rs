@@ -268,6 +268,10 @@ enum Cmd {
         /// another run can reuse the same ports: the same flows again).
         #[arg(long)]
         from_port: Option<u16>,
+        /// One UDP datagram per attempt, from a socket of its own (a new flow), the
+        /// answering backend named by the reply.
+        #[arg(long)]
+        udp: bool,
         #[arg(long)]
         host: Option<String>,
         #[arg(long)]
@@ -304,7 +308,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Test backend: answers every request with its name (x-backend header).
+    /// Test backend: answers every request with its name (x-backend header), and every
+    /// UDP datagram to its address with its name.
     #[command(hide = true)]
     Backend {
         /// `ADDR:PORT` (answers as `--name`) or `NAME=ADDR:PORT`; repeatable, so one
@@ -522,6 +527,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             keep_alive,
             from,
             from_port,
+            udp,
             host,
             log,
             until_file,
@@ -585,6 +591,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 keep_alive,
                 from,
                 from_port,
+                udp,
                 host,
                 path,
                 headers,
@@ -621,7 +628,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let l = lb::backend::bind(addr)
                         .await
                         .with_context(|| format!("binding {addr}"))?;
+                    let udp = tokio::net::UdpSocket::bind(addr)
+                        .await
+                        .with_context(|| format!("binding {addr}/udp"))?;
                     names.push(answer_as.clone());
+                    tasks.push(tokio::spawn(lb::backend::serve_udp(udp, answer_as.clone())));
                     tasks.push(tokio::spawn(lb::backend::serve(l, answer_as)));
                 }
                 eprintln!("lb backend {}: ready", names.join(", "));

@@ -28,6 +28,8 @@ pub struct ProbeOptions {
     /// is closed with a reset, leaving no TIME_WAIT: a second run with the same ports
     /// sends the same flows again.
     pub from_port: Option<u16>,
+    /// A UDP datagram per attempt (each from a socket of its own) instead of a request.
+    pub udp: bool,
     pub host: Option<String>,
     /// Request path and extra headers.
     pub path: String,
@@ -46,7 +48,7 @@ pub struct Summary {
     pub refused: u64,
     /// Keep-alive requests sent again on a new connection because the reused one
     /// ended before any answer (as HTTP clients do for an idle connection the server
-    /// closed; counted here, not in failures).
+    /// closed; counted here, not in failures); with `udp`, datagrams sent again.
     pub retried: u64,
     pub by_backend: BTreeMap<String, u64>,
     /// Paths and Host headers the backends saw.
@@ -195,6 +197,41 @@ fn exchange(
     read_answer(&mut reader)
 }
 
+/// One datagram to `to` from a socket of its own (bound to `from` and `port` if
+/// given), sent once more after half a second without an answer (as a DNS client
+/// does: a datagram may be lost, e.g. while the way to its endpoint is resolved);
+/// the reply (its text the backend's name), where it came from, the socket's port,
+/// and whether it was sent again.
+fn udp_exchange(
+    from: Option<std::net::Ipv4Addr>,
+    port: Option<u16>,
+    to: SocketAddr,
+) -> Result<(Answer, SocketAddr, u16, bool), String> {
+    let err = |e: std::io::Error| format!("udp: {e}");
+    let ip = from.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+    let sock = std::net::UdpSocket::bind((ip, port.unwrap_or(0))).map_err(err)?;
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .map_err(err)?;
+    let mut buf = [0u8; 512];
+    let mut again = false;
+    let (n, peer) = loop {
+        sock.send_to(b"ping", to).map_err(err)?;
+        match sock.recv_from(&mut buf) {
+            Ok(got) => break got,
+            Err(_) if !again => again = true,
+            Err(e) => return Err(format!("{NO_ANSWER}: {e}")),
+        }
+    };
+    let name = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let answer = Answer {
+        status: 200,
+        headers: [("x-backend".to_string(), name)].into(),
+        body: String::new(),
+    };
+    let local = sock.local_addr().map_or(0, |a| a.port());
+    Ok((answer, peer, local, again))
+}
+
 fn connect(to: SocketAddr) -> Result<TcpStream, String> {
     connect_from(None, None, to)
 }
@@ -246,7 +283,16 @@ pub fn run(opts: &ProbeOptions) -> std::io::Result<Summary> {
         let mut local_port = port.unwrap_or(0);
         let began = Instant::now();
         sum.attempts += 1;
-        let result = if opts.keep_alive {
+        let result = if opts.udp {
+            udp_exchange(opts.from, port, opts.to).map(|(a, from, local, again)| {
+                local_port = local;
+                sum.retried += u64::from(again);
+                if from != opts.to {
+                    sum.peer_mismatches += 1;
+                }
+                a
+            })
+        } else if opts.keep_alive {
             let send = |s: &mut TcpStream| {
                 exchange(
                     s,

@@ -703,3 +703,101 @@ spec:
     assert!(n * 100 <= of * 8, "e came: {n} of {of} others moved");
     assert!(third.values().filter(|b| *b == "e").count() >= 60);
 }
+
+/// UDP from outside: the NodePort's service on a UDP port too (as kube-dns is, TCP and
+/// UDP at one number), 50/50 between a pod on the node and two on other nodes (one
+/// behind the node's second link, one behind the upstream router): 1000 datagrams,
+/// each from a socket of its own — a new flow — all answered from the address
+/// dialled (DNAT with the reply translated back by `lb_tc_egress`, or SNAT both ways
+/// in XDP). UDP flows have no start: the same source ports after a weight change are
+/// picked anew (all to the node's pod at 100/0). TCP on the same number is untouched.
+#[test]
+fn outside_udp_flows_are_split_and_forwarded_in_xdp() {
+    let mut env = Env::new("xdp-udp");
+    let mut node = node_with_outside(&mut env, &["v0"]);
+    let (node_ns, outside) = (node.ns.clone(), node.outside.clone().expect("outside"));
+    let peer = node.other_node("v1-peer", 1, (&node_ns, "peer0", ""), &[], 11400);
+    let routed = node.other_node(
+        "v1-router",
+        2,
+        (&outside, "eth1", crate::node::OUTSIDE_IP),
+        &["10.250.0.0/24"],
+        11400,
+    );
+    let config = |w0, w1| {
+        node_port_config(w0, w1)
+            .replace(
+                "  - {address: 10.244.0.4, ports: {http: 11400}, labels: {app: backend, version: v1}}",
+                &format!(
+                    "  - {{address: {peer}, ports: {{http: 11400}}, labels: {{app: backend, version: v1}}}}\n  - {{address: {routed}, ports: {{http: 11400}}, labels: {{app: backend, version: v1}}}}"
+                ),
+            )
+            .replace("ports: {http: 11400}", "ports: {http: 11400, dns: 11400}")
+            .replace(
+                "name: http, protocol: HTTP}]",
+                "name: http, protocol: HTTP}, {number: 30785, name: dns, protocol: UDP}]",
+            )
+    };
+    assert!(config(50, 50).contains("protocol: UDP") && config(50, 50).contains(&routed));
+    env.write_config("backend.yaml", &config(50, 50));
+    crate::node::nic_like(&outside, "eth0");
+    let _pass = crate::node::xdp_pass(&outside, "eth0");
+    env.start_daemon_with(
+        true,
+        &["--xdp-iface", NODE_EXT_IFACE, "--xdp-iface", "peer0"],
+    );
+    let to = format!("{NODE_EXT_IP}:{NODE_PORT}");
+    let udp = |from_port: &str| {
+        let s = node.probe_outside(&[
+            "--udp",
+            "--to",
+            &to,
+            "--count",
+            "1000",
+            "--from-port",
+            from_port,
+        ]);
+        assert_eq!(
+            (s["failures"].as_u64(), s["peer_mismatches"].as_u64()),
+            (Some(0), Some(0)),
+            "{s}"
+        );
+        s
+    };
+
+    let s = udp("22000");
+    // Only a datagram that met an unresolved next hop is sent again.
+    assert!(s["retried"].as_u64() <= Some(4), "{s}");
+    let got = |name: &str| s["by_backend"][name].as_u64().unwrap_or(0);
+    let remote = got("v1-peer") + got("v1-router");
+    assert_eq!(got("v0") + remote, 1000, "{s}");
+    assert!((430..=570).contains(&remote), "50/50: {s}");
+    for name in ["v1-peer", "v1-router"] {
+        assert!((150..=350).contains(&got(name)), "{name}: {s}");
+    }
+    let status = env.status();
+    let udp_service = (status["services"].as_array().into_iter().flatten())
+        .find(|svc| svc["protocol"] == "udp")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(udp_service["datapath"], "kernel", "{status}");
+    let flows: u64 = (udp_service["subsets"].as_array().into_iter().flatten())
+        .map(|x| x["xdp_flows_total"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(flows, 1000, "{status}");
+    assert_eq!(
+        status["counters"]["xdp_remote_flows"].as_u64(),
+        Some(remote),
+        "{status}"
+    );
+
+    // TCP at the same number is its own service.
+    let s = node.probe_outside(&["--to", &to, "--count", "200"]);
+    assert_eq!(s["failures"].as_u64(), Some(0), "{s}");
+
+    // The same flows after 100/0: picked anew, all on the node's pod.
+    env.write_config("backend.yaml", &config(100, 0));
+    new_flows_all_go_to(&env, &node, &to, "v0");
+    let s = udp("22000");
+    assert_eq!(s["by_backend"]["v0"].as_u64(), Some(1000), "{s}");
+}

@@ -91,7 +91,11 @@ mod tests {
 
     #[test]
     fn sizes_are_primes_with_room_for_the_endpoints() {
-        let is_prime = |n: u32| (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d));
+        let is_prime = |n: u32| {
+            (2..)
+                .take_while(|d| d * d <= n)
+                .all(|d| !n.is_multiple_of(d))
+        };
         assert!(SIZES.into_iter().all(is_prime));
         assert_eq!((table_size(0), table_size(1)), (0, 0));
         assert_eq!((table_size(2), table_size(5)), (251, 251));

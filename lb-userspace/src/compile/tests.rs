@@ -153,9 +153,12 @@ fn a_udp_node_port_is_served_at_the_node_addresses_with_maglev_tables() {
         node_addresses: vec!["10.250.0.1".parse().expect("addr")],
         ..Default::default()
     };
-    let validated =
-        model::load_dir_with(&golden_dir().join("udp-dns"), &mut Default::default(), &opts)
-            .expect("valid");
+    let validated = model::load_dir_with(
+        &golden_dir().join("udp-dns"),
+        &mut Default::default(),
+        &opts,
+    )
+    .expect("valid");
     let rendered = compile(&validated.model).expect("compiles").render();
     let node = rendered
         .split("service ")

@@ -111,9 +111,7 @@ pub fn slice(s: &EndpointSlice) -> Arc<Slice> {
         .filter(|_| s.address_type == "IPv4")
         .map(|n| n.as_str().into());
     // Ports by name (unique within a Service), TCP's and UDP's.
-    let served = |p: &&EndpointPort| {
-        is_tcp(p.protocol.as_deref()) || is_udp(p.protocol.as_deref())
-    };
+    let served = |p: &&EndpointPort| is_tcp(p.protocol.as_deref()) || is_udp(p.protocol.as_deref());
     let ports = s
         .ports
         .iter()

@@ -275,15 +275,8 @@ fn build_part(
             let split = match vs.and_then(|v| v.kernel.as_ref()) {
                 Some(route) => {
                     let l = &loaded[route.resource];
-                    let resolved = routes::resolve(
-                        route,
-                        l,
-                        port,
-                        &svc.host,
-                        &catalog,
-                        &subset_rules,
-                        diags,
-                    );
+                    let resolved =
+                        routes::resolve(route, l, port, &svc.host, &catalog, &subset_rules, diags);
                     match resolved {
                         Some(split) => split,
                         None => continue,
@@ -326,7 +319,8 @@ fn build_part(
                     .or_else(|| hashed.map(routes::ProxyReason::Hashed))
                     .filter(|_| !port.udp),
                 sticky_source: !port.udp
-                    && vs.is_some_and(|v| v.sticky == Some(crate::route::policy::HashKey::SourceIp)),
+                    && vs
+                        .is_some_and(|v| v.sticky == Some(crate::route::policy::HashKey::SourceIp)),
                 north_south: opts.node_addresses.contains(frontend.ip()),
                 udp: port.udp,
             });
