@@ -269,6 +269,79 @@ fn ports_resolve_by_name_per_slice_and_unnamed_ports_match() {
     assert!(endpoints(&docs).iter().all(|(_, p, _)| *p >= 11400));
 }
 
+/// A Service with the same number on TCP and UDP (as kube-dns has), a NodePort on
+/// each: two services to the model, the UDP one at its own key, split by the seed's
+/// weights, its endpoints on the slice's UDP port; SCTP ports are not lb's.
+#[test]
+fn a_services_udp_port_is_a_udp_service_of_its_own() {
+    let mut docs = seed();
+    for d in docs.iter_mut() {
+        if d["kind"] == "Service" {
+            d["spec"]["type"] = "NodePort".into();
+            d["spec"]["ports"] = serde_json::json!([
+                {"name": "http", "port": 11400, "protocol": "TCP", "targetPort": "http", "nodePort": 30785},
+                {"name": "dns", "port": 11400, "protocol": "UDP", "targetPort": "dns", "nodePort": 30785},
+                {"name": "sctp", "port": 11402, "protocol": "SCTP"}
+            ]);
+        }
+        if d["kind"] == "EndpointSlice" {
+            d["ports"] = serde_json::json!([
+                {"name": "http", "port": 11400, "protocol": "TCP"},
+                {"name": "dns", "port": 5353, "protocol": "UDP"}
+            ]);
+        }
+    }
+    let (objects, diags) = snapshot(&docs);
+    assert!(diags.is_empty(), "{diags:?}");
+    let r = service(&objects).resource();
+    let Resource::ServiceEntry(se) = &*r else {
+        panic!("a ServiceEntry");
+    };
+    assert_eq!(
+        se.metadata
+            .annotations
+            .get(crate::model::catalog::NODE_PORTS_ANNOTATION),
+        Some(&"11400:30785,11400/udp:30785".to_string())
+    );
+    let opts = crate::model::Options {
+        node_addresses: vec!["10.250.0.1".parse().expect("addr")],
+        ..Default::default()
+    };
+    let mut diags = Vec::new();
+    let model = crate::model::build_for(&objects, &mut diags, &opts);
+    assert!(diags.is_empty(), "{diags:?}");
+    let keys: Vec<String> = (model.services.iter())
+        .map(|s| crate::compile::image::show(&crate::compile::service_key(s)))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "10.250.0.1:30785",
+            "10.250.0.1:30785/udp",
+            "127.10.14.1:11400",
+            "127.10.14.1:11400/udp"
+        ]
+    );
+    let udp = model
+        .services
+        .iter()
+        .find(|s| s.udp)
+        .expect("a UDP service");
+    let weights: Vec<_> = (udp.split.iter())
+        .map(|w| (w.name.as_str(), w.weight))
+        .collect();
+    assert_eq!(weights, [("v0", 90), ("v1", 10)]);
+    assert!(udp.proxy_reason.is_none());
+    assert!(
+        udp.split
+            .iter()
+            .flat_map(|w| &w.endpoints)
+            .all(|e| e.port() == 5353),
+        "{:?}",
+        udp.split
+    );
+}
+
 #[test]
 fn headless_and_external_name_services_have_no_address_to_steer() {
     let mut docs = seed();

@@ -217,7 +217,12 @@ pub fn load_dir_with(
 
 /// Builds the model from loaded resources, appending every problem to `diags`.
 pub fn build(loaded: &[Arc<Loaded>], diags: &mut Vec<Diagnostic>) -> Model {
-    build_with(loaded, &mut HashMap::default(), diags, &Options::default())
+    build_for(loaded, diags, &Options::default())
+}
+
+/// [`build`] with `opts`.
+pub fn build_for(loaded: &[Arc<Loaded>], diags: &mut Vec<Diagnostic>, opts: &Options) -> Model {
+    build_with(loaded, &mut HashMap::default(), diags, opts)
 }
 
 fn build_with(
