@@ -66,7 +66,7 @@ pub fn entry(
         metadata: Metadata {
             name: Some(name.to_string()),
             namespace: Some(ns.to_string()),
-            annotations: node_ports(svc).into_iter().collect(),
+            annotations: node_ports(svc).into_iter().chain(external(svc)).collect(),
             ..Metadata::default()
         },
         spec: ServiceEntrySpec {
@@ -103,6 +103,16 @@ pub(super) fn is_tcp(protocol: Option<&str>) -> bool {
 
 pub(super) fn is_udp(protocol: Option<&str>) -> bool {
     protocol.is_some_and(|p| p.eq_ignore_ascii_case("UDP"))
+}
+
+/// The Service's external and load-balancer IPs, as the model reads them.
+fn external(svc: &Svc) -> Option<(String, String)> {
+    (!svc.external.is_empty()).then(|| {
+        (
+            crate::model::catalog::EXTERNAL_ADDRESSES_ANNOTATION.to_string(),
+            svc.external.join(","),
+        )
+    })
 }
 
 /// The NodePorts of the Service's TCP and UDP ports, as the model reads them.

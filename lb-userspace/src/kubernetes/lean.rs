@@ -22,6 +22,9 @@ pub struct Svc {
     /// Its ClusterIPs, then its external IPs and load-balancer ingress IPs (all
     /// served at the Service's ports, as kube-proxy serves them).
     pub addresses: Box<[Box<str>]>,
+    /// The external and load-balancer IPs among them: reached from outside the
+    /// cluster, through the nodes an upstream router picks.
+    pub external: Box<[Box<str>]>,
     pub ports: Box<[SvcPort]>,
 }
 
@@ -54,11 +57,15 @@ pub fn service(s: &Service) -> Arc<Svc> {
         .and_then(|lb| lb.ingress.as_ref())
         .map(|ingress| ingress.iter().filter_map(|i| i.ip.clone()).collect());
     // Headless Services ("None") have no address to steer; IPv6 ones are not steered.
-    let addresses = [cluster_ips, external_ips, ingress_ips]
+    let v4 = |ip: &String| ip.parse::<std::net::Ipv4Addr>().is_ok();
+    let external: Box<[Box<str>]> = [external_ips, ingress_ips]
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok());
+        .filter(v4)
+        .map(Into::into)
+        .collect();
+    let addresses = cluster_ips.into_iter().flatten().filter(v4);
     let ports = spec
         .and_then(|s| s.ports.as_ref())
         .into_iter()
@@ -76,7 +83,11 @@ pub fn service(s: &Service) -> Arc<Svc> {
         });
     Arc::new(Svc {
         served,
-        addresses: addresses.map(Into::into).collect(),
+        addresses: addresses
+            .map(Into::into)
+            .chain(external.iter().cloned())
+            .collect(),
+        external,
         ports: ports.collect(),
     })
 }
@@ -208,6 +219,7 @@ mod tests {
         let lean = Svc {
             served: true,
             addresses: ["10.96.0.9".into()].into(),
+            external: [].into(),
             ports: [SvcPort {
                 name: "http".into(),
                 port: 80,

@@ -269,15 +269,19 @@ fn ports_resolve_by_name_per_slice_and_unnamed_ports_match() {
     assert!(endpoints(&docs).iter().all(|(_, p, _)| *p >= 11400));
 }
 
-/// A Service with the same number on TCP and UDP (as kube-dns has), a NodePort on
-/// each: two services to the model, the UDP one at its own key, split by the seed's
-/// weights, its endpoints on the slice's UDP port; SCTP ports are not lb's.
+/// A LoadBalancer Service with the same number on TCP and UDP (as kube-dns has), a
+/// NodePort on each: two services to the model at each address, the UDP one at its
+/// own key, split by the seed's weights, its endpoints on the slice's UDP port; SCTP
+/// ports are not lb's. The NodePorts and the load-balancer IP are north-south (Maglev
+/// tables), the ClusterIP not.
 #[test]
 fn a_services_udp_port_is_a_udp_service_of_its_own() {
     let mut docs = seed();
     for d in docs.iter_mut() {
         if d["kind"] == "Service" {
-            d["spec"]["type"] = "NodePort".into();
+            d["spec"]["type"] = "LoadBalancer".into();
+            d["status"] =
+                serde_json::json!({"loadBalancer": {"ingress": [{"ip": "10.250.0.100"}]}});
             d["spec"]["ports"] = serde_json::json!([
                 {"name": "http", "port": 11400, "protocol": "TCP", "targetPort": "http", "nodePort": 30785},
                 {"name": "dns", "port": 11400, "protocol": "UDP", "targetPort": "dns", "nodePort": 30785},
@@ -297,11 +301,14 @@ fn a_services_udp_port_is_a_udp_service_of_its_own() {
     let Resource::ServiceEntry(se) = &*r else {
         panic!("a ServiceEntry");
     };
+    let annotation = |name| se.metadata.annotations.get(name).map(String::as_str);
     assert_eq!(
-        se.metadata
-            .annotations
-            .get(crate::model::catalog::NODE_PORTS_ANNOTATION),
-        Some(&"11400:30785,11400/udp:30785".to_string())
+        annotation(crate::model::catalog::NODE_PORTS_ANNOTATION),
+        Some("11400:30785,11400/udp:30785")
+    );
+    assert_eq!(
+        annotation(crate::model::catalog::EXTERNAL_ADDRESSES_ANNOTATION),
+        Some("10.250.0.100")
     );
     let opts = crate::model::Options {
         node_addresses: vec!["10.250.0.1".parse().expect("addr")],
@@ -310,18 +317,21 @@ fn a_services_udp_port_is_a_udp_service_of_its_own() {
     let mut diags = Vec::new();
     let model = crate::model::build_for(&objects, &mut diags, &opts);
     assert!(diags.is_empty(), "{diags:?}");
-    let keys: Vec<String> = (model.services.iter())
-        .map(|s| crate::compile::image::show(&crate::compile::service_key(s)))
+    let keys: Vec<(String, bool)> = (model.services.iter())
+        .map(|s| {
+            let key = crate::compile::image::show(&crate::compile::service_key(s));
+            (key, s.north_south)
+        })
         .collect();
-    assert_eq!(
-        keys,
-        [
-            "10.250.0.1:30785",
-            "10.250.0.1:30785/udp",
-            "127.10.14.1:11400",
-            "127.10.14.1:11400/udp"
-        ]
-    );
+    let expected = [
+        ("10.250.0.1:30785", true),
+        ("10.250.0.1:30785/udp", true),
+        ("10.250.0.100:11400", true),
+        ("10.250.0.100:11400/udp", true),
+        ("127.10.14.1:11400", false),
+        ("127.10.14.1:11400/udp", false),
+    ];
+    assert_eq!(keys, expected.map(|(k, n)| (k.to_string(), n)));
     let udp = model
         .services
         .iter()

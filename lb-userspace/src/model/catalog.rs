@@ -24,6 +24,9 @@ pub struct CatalogService {
     /// Its NodePorts ([`NODE_PORTS_ANNOTATION`]). Served at each node address
     /// ([`super::Options::node_addresses`]) as the service port.
     pub node_ports: Vec<NodePort>,
+    /// Those of `addresses` reached from outside through the nodes
+    /// ([`EXTERNAL_ADDRESSES_ANNOTATION`]): served north-south with Maglev tables.
+    pub external: Vec<Ipv4Addr>,
     /// Shared by the hosts of one ServiceEntry (cloning labels per host showed in
     /// reload profiles).
     pub endpoints: std::sync::Arc<Vec<Endpoint>>,
@@ -149,6 +152,13 @@ impl Endpoint {
 /// those ports, as a Kubernetes NodePort Service's are (the Kubernetes source writes
 /// it on the Services it reads).
 pub const NODE_PORTS_ANNOTATION: &str = "lb.dev/node-ports";
+
+/// A ServiceEntry's addresses that clients outside the cluster reach through the
+/// nodes (an upstream router sends them to any node, `"203.0.113.10,203.0.113.11"`):
+/// their subsets get Maglev tables, so a flow the router moves to another node keeps
+/// its endpoint even while endpoints change. The Kubernetes source writes a Service's
+/// external and load-balancer IPs here.
+pub const EXTERNAL_ADDRESSES_ANNOTATION: &str = "lb.dev/external-addresses";
 
 /// [`NODE_PORTS_ANNOTATION`]'s NodePorts; None: not that form.
 pub fn node_ports(text: &str) -> Option<Vec<NodePort>> {
@@ -279,6 +289,21 @@ pub fn from_service_entry(
             }
         },
     };
+    let external = match l.annotation(EXTERNAL_ADDRESSES_ANNOTATION) {
+        None => Vec::new(),
+        Some(text) => {
+            let listed: Option<Vec<Ipv4Addr>> = (text.split(','))
+                .map(|a| a.trim().parse().ok().filter(|a| addresses.contains(a)))
+                .collect();
+            listed.unwrap_or_else(|| {
+                err(
+                    &format!("metadata.annotations.{EXTERNAL_ADDRESSES_ANNOTATION}"),
+                    Invalid::ExternalAddresses(text),
+                );
+                Vec::new()
+            })
+        }
+    };
     match spec.resolution.as_deref() {
         None | Some("STATIC") | Some("NONE") => {}
         Some(r @ ("DNS" | "DNS_ROUND_ROBIN")) => {
@@ -362,6 +387,7 @@ pub fn from_service_entry(
             addresses: addresses.clone(),
             ports: ports.clone(),
             node_ports: node_ports.clone(),
+            external: external.clone(),
             endpoints: endpoints.clone(),
             doc: doc.clone(),
             selected: Default::default(),

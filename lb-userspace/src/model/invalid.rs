@@ -232,9 +232,11 @@ pub enum Invalid {
     #[error("unknown consistentHash field {0:?}")]
     HashField(String),
     #[error(
-        "{0:?}: expected a comma list of SERVICE_PORT:NODE_PORT (`80:30785`), each service port one of spec.ports, each node port 1-65535"
+        "{0:?}: expected a comma list of SERVICE_PORT[/udp]:NODE_PORT (`80:30785`, `53/udp:30053`), each service port one of spec.ports (of its protocol), each node port 1-65535"
     )]
     NodePorts(String),
+    #[error("{0:?}: expected a comma list of IPv4 addresses, each one of spec.addresses")]
+    ExternalAddresses(String),
 }
 
 impl Invalid {

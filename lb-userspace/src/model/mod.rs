@@ -96,8 +96,9 @@ pub struct Service {
     /// client's hash too.
     pub sticky_source: bool,
     /// Served at a node address (a NodePort, or a ServiceEntry address of an
-    /// `--xdp-iface` interface): reached from outside through `lb_xdp`, whose flows
-    /// pick endpoints from Maglev tables.
+    /// `--xdp-iface` interface) or an external one (`lb.dev/external-addresses`: a
+    /// load-balancer IP) while lb serves XDP: reached from outside through `lb_xdp`,
+    /// whose flows pick endpoints from Maglev tables.
     pub north_south: bool,
     /// A UDP port: split by weight in XDP (north-south) only, never by the proxy
     /// (its rules are HTTP's) nor at connect (`connect4` steers TCP).
@@ -326,7 +327,9 @@ fn build_part(
                 sticky_source: !port.udp
                     && vs
                         .is_some_and(|v| v.sticky == Some(crate::route::policy::HashKey::SourceIp)),
-                north_south: opts.node_addresses.contains(frontend.ip()),
+                // Served in XDP (node addresses known) and reached through the nodes.
+                north_south: opts.node_addresses.contains(frontend.ip())
+                    || (!opts.node_addresses.is_empty() && svc.external.contains(frontend.ip())),
                 udp: port.udp,
             });
         }
