@@ -205,6 +205,58 @@ fn a_flow_picked_for_a_pod_behind_an_unserved_interface_is_left_to_the_stack() {
     assert_eq!(v0["xdp_flows_total"].as_u64(), Some(served), "{status}");
 }
 
+/// The node with pod v0, the outside client, and v1's pods on two other nodes: one
+/// behind the node's second link (`peer0`, served too), one behind the upstream
+/// router the clients come from; the client's link made NIC-like for native XDP.
+struct RemotePods {
+    node: Node,
+    outside: String,
+    peer: String,
+    routed: String,
+    /// The XDP_PASS program on the client's link (held for the test's life).
+    _pass: std::os::fd::OwnedFd,
+}
+
+/// The interfaces lb serves in [`RemotePods`]' topology.
+const REMOTE_IFACES: [&str; 4] = ["--xdp-iface", NODE_EXT_IFACE, "--xdp-iface", "peer0"];
+
+impl RemotePods {
+    fn new(env: &mut Env) -> Self {
+        let mut node = node_with_outside(env, &["v0"]);
+        let (node_ns, outside) = (node.ns.clone(), node.outside.clone().expect("outside"));
+        let peer = node.other_node("v1-peer", 1, (&node_ns, "peer0", ""), &[], 11400);
+        let routed = node.other_node(
+            "v1-router",
+            2,
+            (&outside, "eth1", crate::node::OUTSIDE_IP),
+            &["10.250.0.0/24"],
+            11400,
+        );
+        crate::node::nic_like(&outside, "eth0");
+        let _pass = crate::node::xdp_pass(&outside, "eth0");
+        RemotePods {
+            node,
+            outside,
+            peer,
+            routed,
+            _pass,
+        }
+    }
+
+    /// The seed at the NodePort, weights `w0`/`w1`, v1 on the other nodes' pods.
+    fn config(&self, w0: u32, w1: u32) -> String {
+        let (peer, routed) = (&self.peer, &self.routed);
+        let config = node_port_config(w0, w1).replace(
+            "  - {address: 10.244.0.4, ports: {http: 11400}, labels: {app: backend, version: v1}}",
+            &format!(
+                "  - {{address: {peer}, ports: {{http: 11400}}, labels: {{app: backend, version: v1}}}}\n  - {{address: {routed}, ports: {{http: 11400}}, labels: {{app: backend, version: v1}}}}"
+            ),
+        );
+        assert!(config.contains(routed.as_str()));
+        config
+    }
+}
+
 /// Flows whose endpoint runs on another node reached through a served interface are
 /// forwarded there by XDP itself, with the node's address and a port of its own as
 /// their source, and the replies translated back and sent to the client by XDP: one
@@ -218,29 +270,10 @@ fn a_flow_picked_for_a_pod_behind_an_unserved_interface_is_left_to_the_stack() {
 #[test]
 fn flows_picked_for_other_nodes_pods_are_forwarded_by_xdp_with_snat() {
     let mut env = Env::new("xdp-snat");
-    let mut node = node_with_outside(&mut env, &["v0"]);
-    let (node_ns, outside) = (node.ns.clone(), node.outside.clone().expect("outside"));
-    let peer = node.other_node("v1-peer", 1, (&node_ns, "peer0", ""), &[], 11400);
-    let routed = node.other_node(
-        "v1-router",
-        2,
-        (&outside, "eth1", crate::node::OUTSIDE_IP),
-        &["10.250.0.0/24"],
-        11400,
-    );
-    let config = |w0, w1| {
-        node_port_config(w0, w1).replace(
-            "  - {address: 10.244.0.4, ports: {http: 11400}, labels: {app: backend, version: v1}}",
-            &format!(
-                "  - {{address: {peer}, ports: {{http: 11400}}, labels: {{app: backend, version: v1}}}}\n  - {{address: {routed}, ports: {{http: 11400}}, labels: {{app: backend, version: v1}}}}"
-            ),
-        )
-    };
-    assert!(config(50, 50).contains(&routed));
-    env.write_config("backend.yaml", &config(50, 50));
-    crate::node::nic_like(&outside, "eth0");
-    let _pass = crate::node::xdp_pass(&outside, "eth0");
-    let ifaces = ["--xdp-iface", NODE_EXT_IFACE, "--xdp-iface", "peer0"];
+    let pods = RemotePods::new(&mut env);
+    let (node, outside) = (&pods.node, &pods.outside);
+    env.write_config("backend.yaml", &pods.config(50, 50));
+    let ifaces = REMOTE_IFACES;
     env.start_daemon_with(true, &ifaces);
     let to = format!("{NODE_EXT_IP}:{NODE_PORT}");
 
@@ -294,9 +327,9 @@ fn flows_picked_for_other_nodes_pods_are_forwarded_by_xdp_with_snat() {
     // whose flows take every SNAT port towards the other nodes' pods and never
     // complete; new connections right after it find ports (taken from the flood's
     // unanswered flows, none refused for want of one). Then v1 goes to 0.
-    let clients = keep_alive_clients(&env, &node, &to, 20);
+    let clients = keep_alive_clients(&env, node, &to, 20);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(syn_flood(&outside, 300_000), 300_000);
+    assert_eq!(syn_flood(outside, 300_000), 300_000);
     let s = node.probe_outside(&["--to", &to, "--count", "200"]);
     assert_eq!(s["failures"].as_u64(), Some(0), "{s}");
     let c = env.status()["counters"].clone();
@@ -305,8 +338,8 @@ fn flows_picked_for_other_nodes_pods_are_forwarded_by_xdp_with_snat() {
         "the flood's flows took more ports than there are: {c}"
     );
     assert_eq!(c["xdp_snat_exhausted"].as_u64(), Some(0), "{c}");
-    env.write_config("backend.yaml", &config(100, 0));
-    new_flows_all_go_to(&env, &node, &to, "v0");
+    env.write_config("backend.yaml", &pods.config(100, 0));
+    new_flows_all_go_to(&env, node, &to, "v0");
     std::thread::sleep(Duration::from_millis(500));
     assert!(each_stayed_on_its_pod(clients) >= 8 * 20);
 }
@@ -714,38 +747,21 @@ spec:
 #[test]
 fn outside_udp_flows_are_split_and_forwarded_in_xdp() {
     let mut env = Env::new("xdp-udp");
-    let mut node = node_with_outside(&mut env, &["v0"]);
-    let (node_ns, outside) = (node.ns.clone(), node.outside.clone().expect("outside"));
-    let peer = node.other_node("v1-peer", 1, (&node_ns, "peer0", ""), &[], 11400);
-    let routed = node.other_node(
-        "v1-router",
-        2,
-        (&outside, "eth1", crate::node::OUTSIDE_IP),
-        &["10.250.0.0/24"],
-        11400,
-    );
+    let remote = RemotePods::new(&mut env);
+    let node = &remote.node;
+    // The same port number on UDP too, the pods' backends answering it at 11400.
     let config = |w0, w1| {
-        node_port_config(w0, w1)
-            .replace(
-                "  - {address: 10.244.0.4, ports: {http: 11400}, labels: {app: backend, version: v1}}",
-                &format!(
-                    "  - {{address: {peer}, ports: {{http: 11400}}, labels: {{app: backend, version: v1}}}}\n  - {{address: {routed}, ports: {{http: 11400}}, labels: {{app: backend, version: v1}}}}"
-                ),
-            )
+        let config = (remote.config(w0, w1))
             .replace("ports: {http: 11400}", "ports: {http: 11400, dns: 11400}")
             .replace(
                 "name: http, protocol: HTTP}]",
                 "name: http, protocol: HTTP}, {number: 30785, name: dns, protocol: UDP}]",
-            )
+            );
+        assert!(config.contains("protocol: UDP"));
+        config
     };
-    assert!(config(50, 50).contains("protocol: UDP") && config(50, 50).contains(&routed));
     env.write_config("backend.yaml", &config(50, 50));
-    crate::node::nic_like(&outside, "eth0");
-    let _pass = crate::node::xdp_pass(&outside, "eth0");
-    env.start_daemon_with(
-        true,
-        &["--xdp-iface", NODE_EXT_IFACE, "--xdp-iface", "peer0"],
-    );
+    env.start_daemon_with(true, &REMOTE_IFACES);
     let to = format!("{NODE_EXT_IP}:{NODE_PORT}");
     let udp = |from_port: &str| {
         let s = node.probe_outside(&[
@@ -797,7 +813,7 @@ fn outside_udp_flows_are_split_and_forwarded_in_xdp() {
 
     // The same flows after 100/0: picked anew, all on the node's pod.
     env.write_config("backend.yaml", &config(100, 0));
-    new_flows_all_go_to(&env, &node, &to, "v0");
+    new_flows_all_go_to(&env, node, &to, "v0");
     let s = udp("22000");
     assert_eq!(s["by_backend"]["v0"].as_u64(), Some(1000), "{s}");
 }
