@@ -612,8 +612,10 @@ pub fn endpoints_by_port(
         .as_ref()
         .and_then(|s| subset_rules.get(&svc.host).and_then(|r| r.subsets.get(s)))
         .unwrap_or(&all);
+    // The proxy's (TCP) ports: a UDP port of the same number is not its.
     svc.ports
         .iter()
+        .filter(|p| !p.udp)
         .map(|p| {
             (
                 p.number,
