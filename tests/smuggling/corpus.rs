@@ -427,6 +427,13 @@ fn pipelines(out: &mut Vec<Case>) {
             "leading empty lines",
             "\r\n\r\nGET /a HTTP/1.1\r\nHost: svc\r\n\r\n".to_string(),
         ),
+        // Found by the two_clients fuzz smoke (session 17): HTTP/2's preface after an
+        // HTTP/1.1 request. hyper ends the connection without an answer; the lean
+        // path answered 400.
+        (
+            "an HTTP/2 preface after a request",
+            format!("GET /a HTTP/1.1\r\nHost: svc\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n{second}"),
+        ),
         (
             "a body with a request inside",
             format!(

@@ -103,6 +103,12 @@ pub(super) fn parse_request<'t>(
         heap.resize(front.limits.headers, httparse::EMPTY_HEADER);
         &mut heap[..]
     };
+    // HTTP/2's preface after a request: hyper ends the connection (an h2c client
+    // speaks it first or not at all), so the lean path hands it over rather than
+    // answer it otherwise.
+    if buf.starts_with(b"PRI * HTTP/2.0\r\n") {
+        return Parsed::Hyper;
+    }
     let head = match h1::check(buf, storage, &front.limits, &front.via) {
         Ok(Some(h)) => h,
         Ok(None) => return Parsed::Partial,
