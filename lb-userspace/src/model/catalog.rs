@@ -95,9 +95,15 @@ impl CatalogService {
         own.chain(node)
     }
 
+    /// Its ports of one protocol. What routes, the proxy and lb's own listeners
+    /// concern are the TCP ones (`udp` false); UDP ports are split in XDP only.
+    pub fn ports_of(&self, udp: bool) -> impl Iterator<Item = &Port> {
+        self.ports.iter().filter(move |p| p.udp == udp)
+    }
+
     /// The TCP port of this service that `number` names (routes name TCP ports).
     pub fn port(&self, number: u16) -> Option<&Port> {
-        self.ports.iter().find(|p| p.number == number && !p.udp)
+        self.ports_of(false).find(|p| p.number == number)
     }
 
     /// Endpoints matching `labels` (all of them), on service port `port`.

@@ -52,7 +52,8 @@ pub fn check(catalog: &Catalog, own: &OwnListeners, diags: &mut Vec<Diagnostic>)
         return;
     }
     for svc in &catalog.services {
-        for port in &svc.ports {
+        // lb's listeners are TCP: a UDP port's endpoint is never one of them.
+        for port in svc.ports_of(false) {
             for (i, e) in svc.endpoints.iter().enumerate() {
                 let ep = SocketAddrV4::new(e.address, e.port_for(port));
                 if own.contains(ep) {

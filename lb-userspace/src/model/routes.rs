@@ -613,9 +613,7 @@ pub fn endpoints_by_port(
         .and_then(|s| subset_rules.get(&svc.host).and_then(|r| r.subsets.get(s)))
         .unwrap_or(&all);
     // The proxy's (TCP) ports: a UDP port of the same number is not its.
-    svc.ports
-        .iter()
-        .filter(|p| !p.udp)
+    svc.ports_of(false)
         .map(|p| {
             (
                 p.number,
@@ -648,7 +646,7 @@ pub fn destination_policy(
     let policy = rule.policy(subset, None);
     let mut ports = Vec::new();
     if rule.has_port_policies(subset) {
-        for p in &svc.ports {
+        for p in svc.ports_of(false) {
             let at = rule.policy(subset, Some(p.number));
             if at != policy {
                 ports.push((p.number, at));
@@ -778,12 +776,12 @@ fn pick_port(
     dialled: u16,
     udp: bool,
 ) -> Option<&super::catalog::Port> {
-    let mut same = svc.ports.iter().filter(|p| p.udp == udp);
+    let mut same = svc.ports_of(udp);
     let only = match (same.next(), same.next()) {
         (Some(p), None) => Some(p),
         _ => None,
     };
-    let of = |n: u16| svc.ports.iter().find(|p| p.number == n && p.udp == udp);
+    let of = |n: u16| svc.ports_of(udp).find(|p| p.number == n);
     match named {
         Some(n) => of(n),
         None => of(dialled).or(only),
