@@ -71,7 +71,9 @@ pub fn entry(
         },
         spec: ServiceEntrySpec {
             hosts: vec![format!("{name}.{ns}.svc.{domain}")],
-            addresses: svc.addresses.iter().map(|ip| ip.to_string()).collect(),
+            addresses: (svc.cluster_ips.iter().chain(&svc.external))
+                .map(|ip| ip.to_string())
+                .collect(),
             ports: ports(svc),
             resolution: Some("STATIC".to_string()),
             endpoints: endpoints(ns, slices, labels, unnamed_port(svc).as_deref(), pods),

@@ -19,11 +19,11 @@ use super::catalog::{SERVICE_NAME_LABEL, is_tcp, is_udp};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Svc {
     pub served: bool,
-    /// Its ClusterIPs, then its external IPs and load-balancer ingress IPs (all
-    /// served at the Service's ports, as kube-proxy serves them).
-    pub addresses: Box<[Box<str>]>,
-    /// The external and load-balancer IPs among them: reached from outside the
-    /// cluster, through the nodes an upstream router picks.
+    /// Its IPv4 ClusterIPs.
+    pub cluster_ips: Box<[Box<str>]>,
+    /// Its external IPs and load-balancer ingress IPs: reached from outside the
+    /// cluster, through the nodes an upstream router picks. Served at the Service's
+    /// ports like the ClusterIPs, as kube-proxy serves them.
     pub external: Box<[Box<str>]>,
     pub ports: Box<[SvcPort]>,
 }
@@ -65,7 +65,7 @@ pub fn service(s: &Service) -> Arc<Svc> {
         .filter(v4)
         .map(Into::into)
         .collect();
-    let addresses = cluster_ips.into_iter().flatten().filter(v4);
+    let cluster_ips = cluster_ips.into_iter().flatten().filter(v4);
     let ports = spec
         .and_then(|s| s.ports.as_ref())
         .into_iter()
@@ -83,10 +83,7 @@ pub fn service(s: &Service) -> Arc<Svc> {
         });
     Arc::new(Svc {
         served,
-        addresses: addresses
-            .map(Into::into)
-            .chain(external.iter().cloned())
-            .collect(),
+        cluster_ips: cluster_ips.map(Into::into).collect(),
         external,
         ports: ports.collect(),
     })
@@ -218,7 +215,7 @@ mod tests {
         let (mut s, e) = full();
         let lean = Svc {
             served: true,
-            addresses: ["10.96.0.9".into()].into(),
+            cluster_ips: ["10.96.0.9".into()].into(),
             external: [].into(),
             ports: [SvcPort {
                 name: "http".into(),
@@ -259,7 +256,7 @@ mod tests {
         spec.cluster_ips = Some(vec!["None".into(), "fd00::9".into()]);
         spec.external_ips = None;
         s.status = None;
-        assert!(service(&s).addresses.is_empty());
+        assert!(service(&s).cluster_ips.is_empty() && service(&s).external.is_empty());
         s.spec.as_mut().expect("spec").type_ = Some("ExternalName".into());
         assert!(!service(&s).served);
     }
