@@ -16,7 +16,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 
 use super::locate::Document;
-use super::{API_VERSIONS, Loaded, Resource, Run, istio, kind_of, limits};
+use super::{API_VERSIONS, Loaded, Resource, Run, istio, kind_of, limits, simple_yaml};
 
 /// The documents of `text` (a run starting after `base` lines of its file), if every
 /// one is plain enough for this path and parses into its type.
@@ -182,9 +182,13 @@ fn load_document(file: &Path, doc: Document, lines: &[&str]) -> Option<Loaded> {
     ))
 }
 
-/// The document as a `kind` with a known apiVersion, or None.
+/// The document as a `kind` with a known apiVersion, or None. Read by lb's own reader
+/// when it takes the document (most are), else by serde_yaml (simple_yaml.rs).
 fn typed<S: DeserializeOwned>(doc: &Document, kind: &str) -> Option<istio::Resource<S>> {
-    let r: istio::Resource<S> = serde_yaml::from_str(&doc.text).ok()?;
+    let r: istio::Resource<S> = match simple_yaml::from_str(&doc.text) {
+        Ok(r) => r,
+        Err(_) => serde_yaml::from_str(&doc.text).ok()?,
+    };
     (r.kind == kind && API_VERSIONS.contains(&r.api_version.as_str())).then_some(r)
 }
 

@@ -9,6 +9,7 @@ mod fast;
 pub mod istio;
 pub mod limits;
 pub mod locate;
+mod simple_yaml;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -182,8 +182,13 @@ impl Drop for LbDaemon {
     }
 }
 
+/// The `lb` measured: this tree's release build, or the one `LB_BIN` names (an A/B of
+/// two builds runs the same harness on each, interleaved).
 fn lb_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/lb")
+    std::env::var_os("LB_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/lb"),
+        PathBuf::from,
+    )
 }
 
 fn root() -> PathBuf {
