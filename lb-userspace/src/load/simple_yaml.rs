@@ -130,16 +130,13 @@ fn block<'a>(lines: &[Line<'a>], at: &mut usize, indent: usize) -> Result<Node<'
     let mut entries: Vec<(&'a str, Node<'a>)> = Vec::new();
     while *at < lines.len() && lines[*at].indent == indent && !is_item(lines[*at].text) {
         let (key, value) = entry(lines[*at].text)?;
-        if entries.iter().any(|(k, _)| *k == key) {
-            return Err(Unsupported);
-        }
         *at += 1;
         entries.push((key, value_below(lines, at, indent, value)?));
     }
     if lines.get(*at).is_some_and(|l| l.indent > indent) {
         return Err(Unsupported);
     }
-    Ok(Node::Map(entries))
+    map(entries)
 }
 
 /// What follows a key or dash with nothing after it: a block more indented than
@@ -172,14 +169,9 @@ fn inline<'a>(
                 let Node::Map(more) = block(lines, at, column)? else {
                     return Err(Unsupported);
                 };
-                for (k, v) in more {
-                    if entries.iter().any(|(e, _)| *e == k) {
-                        return Err(Unsupported);
-                    }
-                    entries.push((k, v));
-                }
+                entries.extend(more);
             }
-            Node::Map(entries)
+            map(entries)?
         }
         _ => {
             *at += 1;
@@ -212,6 +204,17 @@ fn value_below<'a>(
     } else {
         child(lines, at, indent)
     }
+}
+
+/// A mapping, unless a key repeats (libyaml lets that pass, serde may not: its call).
+/// Sorted, not scanned pairwise: a file may hold a mapping of a million keys.
+fn map<'a>(entries: Vec<(&'a str, Node<'a>)>) -> Result<Node<'a>, Unsupported> {
+    let mut keys: Vec<&str> = entries.iter().map(|(k, _)| *k).collect();
+    keys.sort_unstable();
+    if keys.windows(2).any(|w| w[0] == w[1]) {
+        return Err(Unsupported);
+    }
+    Ok(Node::Map(entries))
 }
 
 fn is_item(text: &str) -> bool {
@@ -340,7 +343,7 @@ impl<'a> Flow<'a> {
                     let rest = &self.s[self.i..];
                     let end = rest.find(':').ok_or(Unsupported)?;
                     let key = &rest[..end];
-                    if !simple_key(key) || entries.iter().any(|(k, _)| *k == key) {
+                    if !simple_key(key) {
                         return Err(Unsupported);
                     }
                     self.i += end + 1;
@@ -349,7 +352,7 @@ impl<'a> Flow<'a> {
                     }
                     entries.push((key, self.node()?));
                     if self.close(b'}') {
-                        return Ok(Node::Map(entries));
+                        return map(entries);
                     }
                     self.comma()?;
                 }
@@ -703,6 +706,21 @@ mod tests {
             "nested:\n- s: a\n   port: 1\n", // … in a sequence item
         ] {
             assert!(from_str::<Shapes>(text).is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_repeated_in_a_large_mapping_is_found() {
+        let keys: Vec<String> = (0..1000).map(|i| format!("k{i}: v")).collect();
+        let flow = format!("map: {{{}}}\n", keys.join(", "));
+        assert!(read::<Shapes>(&flow).is_some());
+        let block = format!("map:\n  {}\n", keys.join("\n  "));
+        assert!(read::<Shapes>(&block).is_some());
+        for text in [
+            flow.replace("}", ", k500: w}"),
+            format!("{block}  k999: w\n"),
+        ] {
+            assert!(from_str::<Shapes>(&text).is_err());
         }
     }
 
