@@ -111,8 +111,8 @@ pub mod layout {
         spec::<HabitKey, Habit>(n::HABITS, LRU_HASH, capacity::HABITS, 0),
         spec::<HostKey, u64>(n::HOSTS, HASH, capacity::HOSTS, NO_PREALLOC),
         spec::<SockAddr4, Service>(n::SERVICES, HASH, capacity::SERVICES, NO_PREALLOC),
-        spec::<SlotKey, Slot>(n::SLOTS, HASH, capacity::SLOTS, NO_PREALLOC),
-        spec::<EndpointKey, SockAddr4>(n::ENDPOINTS, HASH, capacity::ENDPOINTS, NO_PREALLOC),
+        spec::<SlotKey, SlotChunk>(n::SLOTS, HASH, capacity::SLOTS, NO_PREALLOC),
+        spec::<EndpointKey, EndpointChunk>(n::ENDPOINTS, HASH, capacity::ENDPOINTS, NO_PREALLOC),
         spec::<u32, OriginSlot>(n::ORIGINS, ARRAY, capacity::ORIGINS, 0),
         spec::<ClientKey, SockAddr4>(n::ORIG_DST, LRU_HASH, capacity::ORIG_DST, 0),
         spec::<u32, PortSlot>(n::ORIG_DST_BY_PORT, ARRAY, capacity::PORTS, MMAPABLE),
@@ -177,10 +177,12 @@ pub mod layout {
 /// that does not fit (a clear error; the running plan stays).
 pub mod capacity {
     pub const SERVICES: u32 = 65_536;
-    /// Weight slots, counted over all services and the revisions alive at once (two).
-    pub const SLOTS: u32 = 262_144;
-    /// Endpoint entries, counted like slots.
-    pub const ENDPOINTS: u32 = 1_048_576;
+    /// `LB_SLOTS` entries ([`PER_ENTRY`](super::PER_ENTRY) slots each), counted over all
+    /// services and the revisions alive at once (two).
+    pub const SLOTS: u32 = 131_072;
+    /// `LB_ENDPOINTS` entries ([`PER_ENTRY`](super::PER_ENTRY) endpoints each: a
+    /// subset's endpoints, then its Maglev table), counted like slots.
+    pub const ENDPOINTS: u32 = 262_144;
     /// Slots of one service (weights reduced by their gcd must sum to at most this).
     pub const SLOTS_PER_SERVICE: u32 = 4_096;
     /// Endpoints of one subset.
@@ -392,13 +394,39 @@ pub fn mix(mut h: u64) -> u64 {
     h
 }
 
-/// `LB_SLOTS` key: one weight slot of one revision of a service.
+/// Slots and endpoints are stored this many to a map entry (`LB_SLOTS`,
+/// `LB_ENDPOINTS`): a service's weight slots and a subset's endpoints usually take one
+/// map update each, not one per slot or endpoint (at 10,000 services × 10 endpoints the
+/// first apply made 24 map updates per service, the largest part of the first load),
+/// and a pick still takes one lookup for each.
+pub const PER_ENTRY: u32 = 16;
+
+/// Where item `i` of a chunked list is: its entry, and its place in that entry.
+#[inline(always)]
+pub fn chunk_of(i: u32) -> (u32, usize) {
+    (i / PER_ENTRY, (i % PER_ENTRY) as usize)
+}
+
+/// How many entries `n` items take.
+#[inline(always)]
+pub fn chunks(n: u32) -> u32 {
+    n.div_ceil(PER_ENTRY)
+}
+
+/// `LB_SLOTS` key: weight slots `chunk × PER_ENTRY ..` of one revision of a service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SlotKey {
     pub service: SockAddr4,
     pub revision: u32,
-    pub slot: u32,
+    pub chunk: u32,
+}
+
+/// `LB_SLOTS` value: [`PER_ENTRY`] slots (past the service's `slot_count`: zeroes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotChunk {
+    pub slots: [Slot; PER_ENTRY as usize],
 }
 
 /// `LB_SLOTS` value: the subset a slot picks. The endpoint inside the subset is picked
@@ -418,14 +446,22 @@ pub struct Slot {
     pub table: u32,
 }
 
-/// `LB_ENDPOINTS` key: endpoint `index` of a subset in one revision of a service.
+/// `LB_ENDPOINTS` key: endpoints `chunk × PER_ENTRY ..` of a subset in one revision
+/// of a service (its endpoints, then its Maglev table's entries).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointKey {
     pub service: SockAddr4,
     pub revision: u32,
     pub subset: u32,
-    pub index: u32,
+    pub chunk: u32,
+}
+
+/// `LB_ENDPOINTS` value: [`PER_ENTRY`] endpoints (past the subset's: zeroes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointChunk {
+    pub endpoints: [SockAddr4; PER_ENTRY as usize],
 }
 
 /// What a steered socket dialled and where it went (in an [`OriginSlot`]).
@@ -870,7 +906,9 @@ mod pod {
     unsafe impl aya::Pod for Service {}
     unsafe impl aya::Pod for SlotKey {}
     unsafe impl aya::Pod for Slot {}
+    unsafe impl aya::Pod for SlotChunk {}
     unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for EndpointChunk {}
     unsafe impl aya::Pod for Origin {}
     unsafe impl aya::Pod for OriginSlot {}
     unsafe impl aya::Pod for ClientKey {}

@@ -11,13 +11,12 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use lb_common::{
-    EndpointKey, HabitKey, Origin, SlotKey, SockAddr4, StatKey, counters, mode, service_flags,
-    settings_flags, slot_flags,
+    HabitKey, Origin, SockAddr4, StatKey, counters, mode, service_flags, settings_flags, slot_flags,
 };
 
 use crate::maps::{
-    LB_ENDPOINTS, LB_ORIGINS, LB_SERVICES, LB_SETTINGS, LB_SLOTS, bump, client_joins, count,
-    is_local_listener, is_own_socket, live_proxy, random, shortcut,
+    LB_ORIGINS, LB_SERVICES, LB_SETTINGS, bump, client_joins, count, endpoint_at,
+    is_local_listener, is_own_socket, live_proxy, random, shortcut, slot_at,
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -101,13 +100,7 @@ fn try_connect4(ctx: &SockAddrContext) -> Verdict {
     } else {
         random() % svc.slot_count
     };
-    let slot_key = SlotKey {
-        service: dialled,
-        revision: svc.revision,
-        slot,
-    };
-    // SAFETY: copied out at once.
-    let Some(slot) = (unsafe { LB_SLOTS.get(&slot_key) }).copied() else {
+    let Some(slot) = slot_at(dialled, svc.revision, slot) else {
         return Verdict::Allow;
     };
     let stat_key = StatKey {
@@ -124,14 +117,7 @@ fn try_connect4(ctx: &SockAddrContext) -> Verdict {
     } else {
         random() % slot.endpoint_count
     };
-    let ep_key = EndpointKey {
-        service: dialled,
-        revision: svc.revision,
-        subset: slot.subset,
-        index,
-    };
-    // SAFETY: copied out at once.
-    let Some(backend) = (unsafe { LB_ENDPOINTS.get(&ep_key) }).copied() else {
+    let Some(backend) = endpoint_at(dialled, svc.revision, slot.subset, index) else {
         return Verdict::Allow;
     };
     // The verifier only accepts 32-bit stores to user_ip4 / user_port (a 16-bit store

@@ -12,8 +12,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    ClientKey, EndpointKey, Habit, HabitKey, OriginSlot, PortSlot, Sender, Service, Settings,
-    SlotKey, SockAddr4, SockKey, StatKey, Stats, capacity as cap, counters, habit, proxy_listener,
+    ClientKey, EndpointChunk, EndpointKey, Habit, HabitKey, OriginSlot, PortSlot, Sender,
+    Service, Settings, Slot, SlotChunk, SlotKey, SockAddr4, SockKey, StatKey, Stats,
+    capacity as cap, chunk_of, counters, habit, proxy_listener,
     xdp::{Flow, FlowKey, NatKey, SnatBack, SnatKey},
 };
 
@@ -24,11 +25,44 @@ const MMAPABLE: usize = BPF_F_MMAPABLE as usize;
 pub static LB_SERVICES: HashMap<SockAddr4, Service, { cap::SERVICES as usize }, NO_PREALLOC> =
     HashMap::new();
 #[btf_map(pin_by_name)]
-pub static LB_SLOTS: HashMap<SlotKey, lb_common::Slot, { cap::SLOTS as usize }, NO_PREALLOC> =
+pub static LB_SLOTS: HashMap<SlotKey, SlotChunk, { cap::SLOTS as usize }, NO_PREALLOC> =
     HashMap::new();
 #[btf_map(pin_by_name)]
-pub static LB_ENDPOINTS: HashMap<EndpointKey, SockAddr4, { cap::ENDPOINTS as usize }, NO_PREALLOC> =
-    HashMap::new();
+pub static LB_ENDPOINTS: HashMap<
+    EndpointKey,
+    EndpointChunk,
+    { cap::ENDPOINTS as usize },
+    NO_PREALLOC,
+> = HashMap::new();
+
+/// Weight slot `i` of one revision of a service (in its chunk's entry).
+#[inline(always)]
+pub fn slot_at(service: SockAddr4, revision: u32, i: u32) -> Option<Slot> {
+    let (chunk, at) = chunk_of(i);
+    let key = SlotKey {
+        service,
+        revision,
+        chunk,
+    };
+    // SAFETY: copied out at once.
+    let entry = unsafe { LB_SLOTS.get(&key) }?;
+    entry.slots.get(at).copied()
+}
+
+/// Endpoint `i` of a subset in one revision of a service (in its chunk's entry).
+#[inline(always)]
+pub fn endpoint_at(service: SockAddr4, revision: u32, subset: u32, i: u32) -> Option<SockAddr4> {
+    let (chunk, at) = chunk_of(i);
+    let key = EndpointKey {
+        service,
+        revision,
+        subset,
+        chunk,
+    };
+    // SAFETY: copied out at once.
+    let entry = unsafe { LB_ENDPOINTS.get(&key) }?;
+    entry.endpoints.get(at).copied()
+}
 #[btf_map(pin_by_name)]
 pub static LB_ORIGINS: Array<OriginSlot, { cap::ORIGINS as usize }> = Array::new();
 #[btf_map(pin_by_name)]

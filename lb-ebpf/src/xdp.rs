@@ -14,13 +14,11 @@ use lb_common::flow_endpoint_index;
 use lb_common::xdp::{
     Flow, FlowKey, IPPROTO_TCP, IPPROTO_UDP, NatKey, PASSED, TO_PROXY, flow_hash,
 };
-use lb_common::{
-    ClientKey, EndpointKey, Service, SlotKey, SockAddr4, StatKey, counters, mode, settings_flags,
-};
+use lb_common::{ClientKey, Service, SockAddr4, StatKey, counters, mode, settings_flags};
 
 use crate::maps::{
-    LB_ENDPOINTS, LB_ORIG_DST, LB_SERVICES, LB_SETTINGS, LB_SLOTS, LB_XDP_FLOWS, LB_XDP_NAT, bump,
-    live_proxy,
+    LB_ORIG_DST, LB_SERVICES, LB_SETTINGS, LB_XDP_FLOWS, LB_XDP_NAT, bump, endpoint_at, live_proxy,
+    slot_at,
 };
 use crate::packet::{ETH_HLEN, Ipv4Hdr, L4, Ports, TCP_ACK, TCP_SYN, l4_check};
 use crate::route::{self, Way};
@@ -242,24 +240,12 @@ fn pick(key: &FlowKey, hash: u32, svc: &Service) -> Option<Result<Flow, u32>> {
     if svc.slot_count == 0 {
         return None;
     }
-    let slot_key = SlotKey {
-        service: key.service,
-        revision: svc.revision,
-        slot: hash % svc.slot_count,
-    };
-    // SAFETY: copied out at once.
-    let slot = (unsafe { LB_SLOTS.get(&slot_key) }).copied()?;
+    let slot = slot_at(key.service, svc.revision, hash % svc.slot_count)?;
     if slot.endpoint_count == 0 {
         return Some(Err(slot.subset));
     }
-    let ep_key = EndpointKey {
-        service: key.service,
-        revision: svc.revision,
-        subset: slot.subset,
-        index: flow_endpoint_index(hash, &slot),
-    };
-    // SAFETY: copied out at once.
-    let backend = (unsafe { LB_ENDPOINTS.get(&ep_key) }).copied()?;
+    let index = flow_endpoint_index(hash, &slot);
+    let backend = endpoint_at(key.service, svc.revision, slot.subset, index)?;
     Some(Ok(Flow {
         backend,
         subset: slot.subset,

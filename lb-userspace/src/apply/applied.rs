@@ -10,7 +10,7 @@ use lb_common::SockAddr4;
 use crate::compile::ServiceImage;
 use crate::datapath::PinnedService;
 
-/// Entries in the maps of slots and of endpoints.
+/// Entries in the maps of slots and of endpoints (each holds `lb_common::PER_ENTRY`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Size {
     pub slots: u64,
@@ -20,8 +20,12 @@ pub struct Size {
 impl Size {
     pub fn of(img: &ServiceImage) -> Size {
         Size {
-            slots: img.slots.len() as u64,
-            endpoints: img.subsets.iter().map(|s| u64::from(s.entries())).sum(),
+            slots: u64::from(lb_common::chunks(img.slots.len() as u32)),
+            endpoints: img
+                .subsets
+                .iter()
+                .map(|s| u64::from(lb_common::chunks(s.entries())))
+                .sum(),
         }
     }
 }
@@ -130,9 +134,10 @@ mod tests {
         assert_eq!(a.size(), whole.size());
         assert_eq!(
             a.size(),
+            // Entries: 20 slots take two, one one; each subset's endpoints one.
             Size {
-                slots: 21,
-                endpoints: 4
+                slots: 3,
+                endpoints: 2
             }
         );
     }

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use lb_common::{
-    EndpointKey, Health, HealthKey, Service, ServiceMeta, Settings, Slot, SlotKey, SockAddr4,
-    State, SubsetMeta, SubsetMetaKey,
+    EndpointChunk, EndpointKey, Health, HealthKey, Service, ServiceMeta, Settings, SlotChunk,
+    SlotKey, SockAddr4, State, SubsetMeta, SubsetMetaKey,
 };
 
 use crate::datapath::{DatapathError, MapWriter, PlanRead, Write};
@@ -14,8 +14,8 @@ use crate::datapath::{DatapathError, MapWriter, PlanRead, Write};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Contents {
     pub services: BTreeMap<SockAddr4, Service>,
-    pub slots: BTreeMap<SlotKey, Slot>,
-    pub endpoints: BTreeMap<EndpointKey, SockAddr4>,
+    pub slots: BTreeMap<SlotKey, SlotChunk>,
+    pub endpoints: BTreeMap<EndpointKey, EndpointChunk>,
     pub service_meta: BTreeMap<SockAddr4, ServiceMeta>,
     pub subset_meta: BTreeMap<SubsetMetaKey, SubsetMeta>,
     pub state: State,
@@ -82,11 +82,11 @@ impl PlanRead for Contents {
         Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn slot(&self, key: &SlotKey) -> Option<Slot> {
+    fn slot(&self, key: &SlotKey) -> Option<SlotChunk> {
         self.slots.get(key).copied()
     }
 
-    fn endpoint(&self, key: &EndpointKey) -> Option<SockAddr4> {
+    fn endpoint(&self, key: &EndpointKey) -> Option<EndpointChunk> {
         self.endpoints.get(key).copied()
     }
 

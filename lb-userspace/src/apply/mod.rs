@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lb_common::{
-    EndpointKey, Service, ServiceMeta, Settings, Slot, SlotKey, SockAddr4, State, SubsetMeta,
-    SubsetMetaKey, capacity,
+    EndpointChunk, EndpointKey, PER_ENTRY, Service, ServiceMeta, Settings, Slot, SlotChunk,
+    SlotKey, SockAddr4, State, SubsetMeta, SubsetMetaKey, capacity, chunks,
 };
 use tokio::sync::watch;
 
@@ -600,40 +600,47 @@ fn write_names(
     Ok(())
 }
 
-/// The entries of one revision of `svc`: endpoints, then the slots that point at them.
+/// The entries of one revision of `svc`: endpoints, then the slots that point at them,
+/// `PER_ENTRY` to an entry.
 fn revision_writes(key: SockAddr4, revision: u32, svc: &ServiceImage) -> Vec<Write> {
     let mut out = Vec::new();
     for sub in &svc.subsets {
         let table = maglev::table(&sub.endpoints, sub.table);
-        let entries =
-            (sub.endpoints.iter()).chain(table.iter().map(|i| &sub.endpoints[*i as usize]));
-        for (index, ep) in entries.enumerate() {
+        let entries: Vec<SockAddr4> = (sub.endpoints.iter().copied())
+            .chain(table.iter().map(|i| sub.endpoints[*i as usize]))
+            .collect();
+        for (chunk, part) in entries.chunks(PER_ENTRY as usize).enumerate() {
+            let mut value = EndpointChunk::default();
+            value.endpoints[..part.len()].copy_from_slice(part);
             let k = EndpointKey {
                 service: key,
                 revision,
                 subset: sub.id,
-                index: index as u32,
+                chunk: chunk as u32,
             };
-            out.push(Write::Endpoint(k, Some(*ep)));
+            out.push(Write::Endpoint(k, Some(value)));
         }
     }
-    for (slot, subset) in svc.slots.iter().enumerate() {
-        let sub = svc.subsets.iter().find(|s| s.id == *subset);
-        let endpoint_count = sub.map_or(0, |s| s.endpoints.len() as u32);
+    let slots: Vec<Slot> = (svc.slots.iter())
+        .map(|subset| {
+            let sub = svc.subsets.iter().find(|s| s.id == *subset);
+            Slot {
+                subset: *subset,
+                endpoint_count: sub.map_or(0, |s| s.endpoints.len() as u32),
+                flags: sub.map_or(0, |s| s.flags),
+                table: sub.map_or(0, |s| s.table),
+            }
+        })
+        .collect();
+    for (chunk, part) in slots.chunks(PER_ENTRY as usize).enumerate() {
+        let mut value = SlotChunk::default();
+        value.slots[..part.len()].copy_from_slice(part);
         let k = SlotKey {
             service: key,
             revision,
-            slot: slot as u32,
+            chunk: chunk as u32,
         };
-        out.push(Write::Slot(
-            k,
-            Some(Slot {
-                subset: *subset,
-                endpoint_count,
-                flags: sub.map_or(0, |s| s.flags),
-                table: sub.map_or(0, |s| s.table),
-            }),
-        ));
+        out.push(Write::Slot(k, Some(value)));
     }
     out
 }
@@ -642,19 +649,19 @@ fn collect(key: SockAddr4, old: &PinnedService, garbage: &mut Garbage) {
     let revision = old.entry.revision;
     garbage
         .slots
-        .extend((0..old.entry.slot_count).map(|slot| SlotKey {
+        .extend((0..chunks(old.entry.slot_count)).map(|chunk| SlotKey {
             service: key,
             revision,
-            slot,
+            chunk,
         }));
     for s in &old.image.subsets {
         garbage
             .endpoints
-            .extend((0..s.entries()).map(|index| EndpointKey {
+            .extend((0..chunks(s.entries())).map(|chunk| EndpointKey {
                 service: key,
                 revision,
                 subset: s.id,
-                index,
+                chunk,
             }));
     }
 }

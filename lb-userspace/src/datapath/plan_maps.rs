@@ -10,8 +10,8 @@ use std::net::Ipv4Addr;
 
 use aya::maps::{Array, HashMap, MapData, MapError};
 use lb_common::{
-    EndpointKey, Health, HealthKey, Service, ServiceMeta, Settings, Slot, SlotKey, SockAddr4,
-    State, SubsetMeta, SubsetMetaKey, map_names,
+    EndpointChunk, EndpointKey, Health, HealthKey, Service, ServiceMeta, Settings, Slot,
+    SlotChunk, SlotKey, SockAddr4, State, SubsetMeta, SubsetMetaKey, chunk_of, map_names,
 };
 
 use super::{DatapathError, Pins};
@@ -21,8 +21,8 @@ use crate::compile::{ServiceImage, SubsetImage};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Write {
     Service(SockAddr4, Option<Service>),
-    Slot(SlotKey, Option<Slot>),
-    Endpoint(EndpointKey, Option<SockAddr4>),
+    Slot(SlotKey, Option<SlotChunk>),
+    Endpoint(EndpointKey, Option<EndpointChunk>),
     ServiceMeta(SockAddr4, Option<ServiceMeta>),
     SubsetMeta(SubsetMetaKey, Option<SubsetMeta>),
     /// `LB_STATE[0]` (an array: always set).
@@ -39,8 +39,8 @@ pub enum Write {
 /// Read access to the plan maps, as much as the applier needs to adopt them.
 pub trait PlanRead {
     fn services(&self) -> Result<Vec<(SockAddr4, Service)>, DatapathError>;
-    fn slot(&self, key: &SlotKey) -> Option<Slot>;
-    fn endpoint(&self, key: &EndpointKey) -> Option<SockAddr4>;
+    fn slot(&self, key: &SlotKey) -> Option<SlotChunk>;
+    fn endpoint(&self, key: &EndpointKey) -> Option<EndpointChunk>;
     fn service_meta(&self, key: &SockAddr4) -> Option<ServiceMeta>;
     fn subset_metas(&self) -> Result<Vec<(SubsetMetaKey, SubsetMeta)>, DatapathError>;
     /// Every slot and endpoint key, of every revision.
@@ -84,11 +84,13 @@ pub fn read_services(
         let meta = maps.service_meta(&key).unwrap_or_default();
         let read: Vec<Option<Slot>> = (0..entry.slot_count)
             .map(|slot| {
-                maps.slot(&SlotKey {
+                let (chunk, at) = chunk_of(slot);
+                let entry = maps.slot(&SlotKey {
                     service: key,
                     revision: entry.revision,
-                    slot,
-                })
+                    chunk,
+                });
+                entry.map(|c| c.slots[at])
             })
             .collect();
         // A missing slot makes connect4 fail open; show it as subset 0.
@@ -101,15 +103,17 @@ pub fn read_services(
             .map(|(id, m)| SubsetImage {
                 id,
                 name: c_str(&m.name),
-                endpoints: (0..m.endpoint_count)
-                    .filter_map(|index| {
+                endpoints: (0..lb_common::chunks(m.endpoint_count))
+                    .filter_map(|chunk| {
                         maps.endpoint(&EndpointKey {
                             service: key,
                             revision: entry.revision,
                             subset: id,
-                            index,
+                            chunk,
                         })
                     })
+                    .flat_map(|c| c.endpoints)
+                    .take(m.endpoint_count as usize)
                     .collect(),
                 flags: slot_of(id).map_or(0, |s| s.flags),
                 table: slot_of(id).map_or(0, |s| s.table),
@@ -140,8 +144,8 @@ pub fn read_services(
 /// (`lb status`'s).
 pub(super) struct PlanHandles {
     services: HashMap<MapData, SockAddr4, Service>,
-    slots: HashMap<MapData, SlotKey, Slot>,
-    endpoints: HashMap<MapData, EndpointKey, SockAddr4>,
+    slots: HashMap<MapData, SlotKey, SlotChunk>,
+    endpoints: HashMap<MapData, EndpointKey, EndpointChunk>,
     service_meta: HashMap<MapData, SockAddr4, ServiceMeta>,
     subset_meta: HashMap<MapData, SubsetMetaKey, SubsetMeta>,
     state: Array<MapData, State>,
@@ -230,11 +234,11 @@ impl PlanRead for PlanHandles {
             .map_err(|e| DatapathError::map("reading LB_SERVICES", e))
     }
 
-    fn slot(&self, key: &SlotKey) -> Option<Slot> {
+    fn slot(&self, key: &SlotKey) -> Option<SlotChunk> {
         self.slots.get(key, 0).ok()
     }
 
-    fn endpoint(&self, key: &EndpointKey) -> Option<SockAddr4> {
+    fn endpoint(&self, key: &EndpointKey) -> Option<EndpointChunk> {
         self.endpoints.get(key, 0).ok()
     }
 
@@ -302,15 +306,20 @@ impl fmt::Display for Write {
             Write::Slot(k, v) => set_or_delete(
                 f,
                 "LB_SLOTS",
-                format_args!("{} r{} #{}", addr(&k.service), k.revision, k.slot),
+                format_args!("{} r{} #{}", addr(&k.service), k.revision, k.chunk),
                 v.as_ref(),
-                |s| {
-                    format!(
-                        "subset {:08x} ({} endpoints){}",
-                        s.subset,
-                        s.endpoint_count,
-                        flags(s.flags)
-                    )
+                |c| {
+                    runs(&c.slots)
+                        .map(|(s, n)| {
+                            format!(
+                                "{n} × subset {:08x} ({} endpoints){}",
+                                s.subset,
+                                s.endpoint_count,
+                                flags(s.flags)
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 },
             ),
             Write::Endpoint(k, v) => set_or_delete(
@@ -321,10 +330,18 @@ impl fmt::Display for Write {
                     addr(&k.service),
                     k.revision,
                     k.subset,
-                    k.index
+                    k.chunk
                 ),
                 v.as_ref(),
-                addr,
+                |c| {
+                    runs(&c.endpoints)
+                        .map(|(e, n)| match n {
+                            1 => addr(e),
+                            n => format!("{n} × {}", addr(e)),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
             ),
             Write::ServiceMeta(k, v) => set_or_delete(
                 f,
@@ -375,6 +392,19 @@ impl fmt::Display for Write {
 }
 
 /// ` flags N`, nothing for none (golden sequences of plain plans stay as they were).
+/// A chunk's items as runs of equal ones (its unused tail, zeroes, left out).
+fn runs<T: PartialEq + Default>(items: &[T]) -> impl Iterator<Item = (&T, usize)> {
+    let used = items.iter().rposition(|i| *i != T::default()).map_or(0, |i| i + 1);
+    let items = &items[..used];
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let first = items.get(i)?;
+        let n = items[i..].iter().take_while(|x| *x == first).count();
+        i += n;
+        Some((first, n))
+    })
+}
+
 fn flags(f: u32) -> String {
     if f == 0 {
         String::new()
