@@ -12,9 +12,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    ClientKey, EndpointChunk, EndpointKey, Habit, HabitKey, OriginSlot, PortSlot, Sender,
-    Service, Settings, Slot, SlotChunk, SlotKey, SockAddr4, SockKey, StatKey, Stats,
-    capacity as cap, chunk_of, counters, habit, proxy_listener,
+    ClientKey, EndpointChunk, EndpointKey, Habit, HabitKey, OriginSlot, PortSlot, Sender, Service,
+    Settings, Slot, SlotChunk, SlotKey, SockAddr4, SockKey, StatKey, Stats, capacity as cap,
+    chunk_of, counters, habit, proxy_listener,
     xdp::{Flow, FlowKey, NatKey, SnatBack, SnatKey},
 };
 

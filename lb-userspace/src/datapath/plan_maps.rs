@@ -10,8 +10,8 @@ use std::net::Ipv4Addr;
 
 use aya::maps::{Array, HashMap, MapData, MapError};
 use lb_common::{
-    EndpointChunk, EndpointKey, Health, HealthKey, Service, ServiceMeta, Settings, Slot,
-    SlotChunk, SlotKey, SockAddr4, State, SubsetMeta, SubsetMetaKey, chunk_of, map_names,
+    EndpointChunk, EndpointKey, Health, HealthKey, Service, ServiceMeta, Settings, Slot, SlotChunk,
+    SlotKey, SockAddr4, State, SubsetMeta, SubsetMetaKey, chunk_of, map_names,
 };
 
 use super::{DatapathError, Pins};
@@ -394,7 +394,10 @@ impl fmt::Display for Write {
 /// ` flags N`, nothing for none (golden sequences of plain plans stay as they were).
 /// A chunk's items as runs of equal ones (its unused tail, zeroes, left out).
 fn runs<T: PartialEq + Default>(items: &[T]) -> impl Iterator<Item = (&T, usize)> {
-    let used = items.iter().rposition(|i| *i != T::default()).map_or(0, |i| i + 1);
+    let used = items
+        .iter()
+        .rposition(|i| *i != T::default())
+        .map_or(0, |i| i + 1);
     let items = &items[..used];
     let mut i = 0;
     std::iter::from_fn(move || {
