@@ -46,7 +46,7 @@ done
 if [ -z "$OUT" ]; then
   if [ $REMOTE = 1 ]; then OUT=bench/north-south-remote.md; else OUT=bench/north-south.md; fi
 fi
-LB=$PWD/target/release/lb
+LB=${LB_BIN:-$PWD/target/release/lb}
 XTASK=$PWD/target/release/xtask
 [ -x "$LB" ] && [ -x "$XTASK" ] || { echo "build first: cargo build --release && cargo build --release -p xtask" >&2; exit 1; }
 for tool in wrk iptables conntrack ip nsenter taskset python3 ethtool; do
