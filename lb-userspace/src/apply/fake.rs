@@ -60,8 +60,8 @@ impl MapWriter for FakeMaps {
         let c = &mut self.contents;
         match w {
             Write::Service(k, v) => put(&mut c.services, k, v.as_ref()),
-            Write::Slot(k, v) => put(&mut c.slots, k, v.as_ref()),
-            Write::Endpoint(k, v) => put(&mut c.endpoints, k, v.as_ref()),
+            Write::Slot(k, v) => put(&mut c.slots, k, v.as_deref()),
+            Write::Endpoint(k, v) => put(&mut c.endpoints, k, v.as_deref()),
             Write::ServiceMeta(k, v) => put(&mut c.service_meta, k, v.as_ref()),
             Write::SubsetMeta(k, v) => put(&mut c.subset_meta, k, v.as_ref()),
             Write::State(s) => c.state = **s,

@@ -618,7 +618,7 @@ fn revision_writes(key: SockAddr4, revision: u32, svc: &ServiceImage) -> Vec<Wri
                 subset: sub.id,
                 chunk: chunk as u32,
             };
-            out.push(Write::Endpoint(k, Some(value)));
+            out.push(Write::Endpoint(k, Some(Box::new(value))));
         }
     }
     let slots: Vec<Slot> = (svc.slots.iter())
@@ -640,7 +640,7 @@ fn revision_writes(key: SockAddr4, revision: u32, svc: &ServiceImage) -> Vec<Wri
             revision,
             chunk: chunk as u32,
         };
-        out.push(Write::Slot(k, Some(value)));
+        out.push(Write::Slot(k, Some(Box::new(value))));
     }
     out
 }

@@ -21,8 +21,9 @@ use crate::compile::{ServiceImage, SubsetImage};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Write {
     Service(SockAddr4, Option<Service>),
-    Slot(SlotKey, Option<SlotChunk>),
-    Endpoint(EndpointKey, Option<EndpointChunk>),
+    /// (The chunks are boxed: a write is moved and kept for undo, and most are small.)
+    Slot(SlotKey, Option<Box<SlotChunk>>),
+    Endpoint(EndpointKey, Option<Box<EndpointChunk>>),
     ServiceMeta(SockAddr4, Option<ServiceMeta>),
     SubsetMeta(SubsetMetaKey, Option<SubsetMeta>),
     /// `LB_STATE[0]` (an array: always set).
@@ -209,8 +210,8 @@ impl MapWriter for PlanMaps {
         let m = &mut self.0;
         let r = match w {
             Write::Service(k, v) => put(&mut m.services, k, v.as_ref()),
-            Write::Slot(k, v) => put(&mut m.slots, k, v.as_ref()),
-            Write::Endpoint(k, v) => put(&mut m.endpoints, k, v.as_ref()),
+            Write::Slot(k, v) => put(&mut m.slots, k, v.as_deref()),
+            Write::Endpoint(k, v) => put(&mut m.endpoints, k, v.as_deref()),
             Write::ServiceMeta(k, v) => put(&mut m.service_meta, k, v.as_ref()),
             Write::SubsetMeta(k, v) => put(&mut m.subset_meta, k, v.as_ref()),
             Write::State(s) => m.state.set(0, &**s, 0),
