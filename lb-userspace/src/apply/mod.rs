@@ -609,16 +609,17 @@ fn revision_writes(key: SockAddr4, revision: u32, svc: &ServiceImage) -> Vec<Wri
         let entries: Vec<SockAddr4> = (sub.endpoints.iter().copied())
             .chain(table.iter().map(|i| sub.endpoints[*i as usize]))
             .collect();
-        for (chunk, part) in entries.chunks(PER_ENTRY as usize).enumerate() {
-            let mut value = EndpointChunk::default();
-            value.endpoints[..part.len()].copy_from_slice(part);
+        for (chunk, endpoints) in chunked(&entries) {
             let k = EndpointKey {
                 service: key,
                 revision,
                 subset: sub.id,
-                chunk: chunk as u32,
+                chunk,
             };
-            out.push(Write::Endpoint(k, Some(Box::new(value))));
+            out.push(Write::Endpoint(
+                k,
+                Some(Box::new(EndpointChunk { endpoints })),
+            ));
         }
     }
     let slots: Vec<Slot> = (svc.slots.iter())
@@ -632,17 +633,29 @@ fn revision_writes(key: SockAddr4, revision: u32, svc: &ServiceImage) -> Vec<Wri
             }
         })
         .collect();
-    for (chunk, part) in slots.chunks(PER_ENTRY as usize).enumerate() {
-        let mut value = SlotChunk::default();
-        value.slots[..part.len()].copy_from_slice(part);
+    for (chunk, slots) in chunked(&slots) {
         let k = SlotKey {
             service: key,
             revision,
-            chunk: chunk as u32,
+            chunk,
         };
-        out.push(Write::Slot(k, Some(Box::new(value))));
+        out.push(Write::Slot(k, Some(Box::new(SlotChunk { slots }))));
     }
     out
+}
+
+/// `items` as numbered entries of `PER_ENTRY` (the last one's tail left default).
+fn chunked<T: Copy + Default>(
+    items: &[T],
+) -> impl Iterator<Item = (u32, [T; PER_ENTRY as usize])> + '_ {
+    items
+        .chunks(PER_ENTRY as usize)
+        .enumerate()
+        .map(|(i, part)| {
+            let mut entry = [T::default(); PER_ENTRY as usize];
+            entry[..part.len()].copy_from_slice(part);
+            (i as u32, entry)
+        })
 }
 
 fn collect(key: SockAddr4, old: &PinnedService, garbage: &mut Garbage) {

@@ -10,8 +10,8 @@ use std::net::Ipv4Addr;
 
 use aya::maps::{Array, HashMap, MapData, MapError};
 use lb_common::{
-    EndpointChunk, EndpointKey, Health, HealthKey, Service, ServiceMeta, Settings, Slot, SlotChunk,
-    SlotKey, SockAddr4, State, SubsetMeta, SubsetMetaKey, chunk_of, map_names,
+    EndpointChunk, EndpointKey, Health, HealthKey, PER_ENTRY, Service, ServiceMeta, Settings, Slot,
+    SlotChunk, SlotKey, SockAddr4, State, SubsetMeta, SubsetMetaKey, chunks, map_names,
 };
 
 use super::{DatapathError, Pins};
@@ -83,16 +83,17 @@ pub fn read_services(
     let mut out = BTreeMap::new();
     for (key, entry) in maps.services()? {
         let meta = maps.service_meta(&key).unwrap_or_default();
-        let read: Vec<Option<Slot>> = (0..entry.slot_count)
-            .map(|slot| {
-                let (chunk, at) = chunk_of(slot);
-                let entry = maps.slot(&SlotKey {
+        // Each entry read once; a missing one reads as missing slots.
+        let read: Vec<Option<Slot>> = (0..chunks(entry.slot_count))
+            .flat_map(|chunk| {
+                let held = maps.slot(&SlotKey {
                     service: key,
                     revision: entry.revision,
                     chunk,
                 });
-                entry.map(|c| c.slots[at])
+                (0..PER_ENTRY as usize).map(move |i| held.map(|c| c.slots[i]))
             })
+            .take(entry.slot_count as usize)
             .collect();
         // A missing slot makes connect4 fail open; show it as subset 0.
         let slots = read.iter().map(|s| s.map_or(0, |s| s.subset)).collect();
@@ -104,7 +105,7 @@ pub fn read_services(
             .map(|(id, m)| SubsetImage {
                 id,
                 name: c_str(&m.name),
-                endpoints: (0..lb_common::chunks(m.endpoint_count))
+                endpoints: (0..chunks(m.endpoint_count))
                     .filter_map(|chunk| {
                         maps.endpoint(&EndpointKey {
                             service: key,
