@@ -127,16 +127,28 @@ fn block<'a>(lines: &[Line<'a>], at: &mut usize, indent: usize) -> Result<Node<'
         }
         return Ok(Node::Seq(items));
     }
-    let mut entries: Vec<(&'a str, Node<'a>)> = Vec::new();
+    let mut entries = Vec::new();
+    entries_at(lines, at, indent, &mut entries)?;
+    if lines.get(*at).is_some_and(|l| l.indent > indent) {
+        return Err(Unsupported);
+    }
+    map(entries)
+}
+
+/// The `key: value` lines at `indent` from line `*at` on, added to `entries` (whose
+/// keys the caller checks once, with [`map`]).
+fn entries_at<'a>(
+    lines: &[Line<'a>],
+    at: &mut usize,
+    indent: usize,
+    entries: &mut Vec<(&'a str, Node<'a>)>,
+) -> Result<(), Unsupported> {
     while *at < lines.len() && lines[*at].indent == indent && !is_item(lines[*at].text) {
         let (key, value) = entry(lines[*at].text)?;
         *at += 1;
         entries.push((key, value_below(lines, at, indent, value)?));
     }
-    if lines.get(*at).is_some_and(|l| l.indent > indent) {
-        return Err(Unsupported);
-    }
-    map(entries)
+    Ok(())
 }
 
 /// What follows a key or dash with nothing after it: a block more indented than
@@ -165,12 +177,7 @@ fn inline<'a>(
             // The first entry here, the others on the lines below at `column`.
             *at += 1;
             let mut entries = vec![(key, value_below(lines, at, column, value)?)];
-            if *at < lines.len() && lines[*at].indent == column && !is_item(lines[*at].text) {
-                let Node::Map(more) = block(lines, at, column)? else {
-                    return Err(Unsupported);
-                };
-                entries.extend(more);
-            }
+            entries_at(lines, at, column, &mut entries)?;
             map(entries)?
         }
         _ => {
