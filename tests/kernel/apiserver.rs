@@ -289,6 +289,43 @@ fn query(uri: &http::Uri) -> BTreeMap<String, String> {
         .collect()
 }
 
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct List<'a> {
+    api_version: &'static str,
+    kind: String,
+    metadata: ListMeta,
+    items: Vec<&'a Value>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListMeta {
+    resource_version: String,
+    #[serde(rename = "continue", skip_serializing_if = "String::is_empty")]
+    continue_: String,
+}
+
+/// A `continue` token: the list's resourceVersion and the last key given, in hex
+/// (a query string carries it as it is).
+fn to_token(rv: u64, ns: &str, name: &str) -> String {
+    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    format!("{rv}-{}-{}", hex(ns), hex(name))
+}
+
+fn from_token(token: &str) -> Option<(u64, String, String)> {
+    let mut parts = token.split('-');
+    let rv = parts.next()?.parse().ok()?;
+    let unhex = |h: &str| -> Option<String> {
+        let bytes: Option<Vec<u8>> = (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
+            .collect();
+        String::from_utf8(bytes?).ok()
+    };
+    Some((rv, unhex(parts.next()?)?, unhex(parts.next()?)?))
+}
+
 fn gone() -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": "too old resource version", "reason": "Expired", "code": 410})
@@ -337,18 +374,55 @@ impl Server {
                 .unwrap_or(0);
             return self.watch(kind, from);
         }
+        self.list(kind, &q)
+    }
+
+    /// A list of `kind` as the API server pages it: at most `limit` objects (all if
+    /// none), in key order from after the `continue` token's key, with a token for
+    /// the rest. Every page carries the first page's resourceVersion (a change
+    /// between pages comes again in the watch from it). Written out from the state as
+    /// it is, copying no object.
+    fn list(&self, kind: &str, q: &BTreeMap<String, String>) -> hyper::Response<Body> {
         let s = self.state.lock().expect("state");
-        let items: Vec<&Value> = s
+        let (rv, after) = match q.get("continue").and_then(|t| from_token(t)) {
+            Some((rv, ns, name)) => (rv, Some((kind.to_string(), ns, name))),
+            None => (s.rv, None),
+        };
+        let start = match &after {
+            Some(key) => std::ops::Bound::Excluded(key.clone()),
+            None => std::ops::Bound::Included((kind.to_string(), String::new(), String::new())),
+        };
+        let limit = q
+            .get("limit")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(usize::MAX);
+        let mut page = s
             .objects
-            .iter()
-            .filter(|((k, _, _), _)| k == kind)
-            .map(|(_, v)| v)
-            .collect();
-        json_response(
-            200,
-            &json!({"apiVersion": "v1", "kind": format!("{kind}List"),
-                    "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}),
-        )
+            .range((start, std::ops::Bound::Unbounded))
+            .take_while(|((k, _, _), _)| k == kind);
+        let entries: Vec<_> = page.by_ref().take(limit).collect();
+        let token = match (page.next(), entries.last()) {
+            (Some(_), Some(((_, ns, name), _))) => to_token(rv, ns, name),
+            _ => String::new(),
+        };
+        let items = entries.into_iter().map(|(_, v)| v).collect();
+        let list = List {
+            api_version: "v1",
+            kind: format!("{kind}List"),
+            metadata: ListMeta {
+                resource_version: rv.to_string(),
+                continue_: token,
+            },
+            items,
+        };
+        let body = serde_json::to_vec(&list).expect("a list serializes");
+        drop(s);
+        let mut r = hyper::Response::new(Full::new(Bytes::from(body)).boxed());
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        r
     }
 
     /// A watch stream of `kind` from resourceVersion `from`: what happened since, then

@@ -99,8 +99,14 @@ fn the_seed_on_kubernetes_follows_the_cluster() {
     let mut env = Env::new("k8s");
     env.backend("v0", &[addr("127.0.0.2:11400")]);
     env.backend("v1", &[addr("127.0.0.3:11400")]);
-    let api = FakeApi::start(&seed_objects());
+    // With 1,200 pods of another app: the pods' list comes in three pages of 500.
+    let others = (0..1200).map(|i| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("other-{i}"), "namespace": "other", "labels": {"app": "other"}}})
+    });
+    let api = FakeApi::start(&seed_objects().into_iter().chain(others).collect::<Vec<_>>());
     start_on(&mut env, &api);
+    assert_eq!(api.lists_of("Pod"), 3);
 
     // The initial sync: the seed's 90/10 over 2000 connections.
     let (v0, v1, failures) = split(&env, 2000);
@@ -127,7 +133,7 @@ fn the_seed_on_kubernetes_follows_the_cluster() {
         [
             ("Service", 1),
             ("EndpointSlice", 1),
-            ("Pod", 2),
+            ("Pod", 1202),
             ("VirtualService", 1),
             ("DestinationRule", 1),
             ("ServiceEntry", 0)

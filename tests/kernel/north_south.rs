@@ -155,8 +155,7 @@ fn a_clusters_node_port_and_load_balancer_ip_are_split_in_xdp() {
     }
     // Only the client outside dialled these: the flows are XDP's, one per connection.
     let status = env.status();
-    let flows = subset_total(&status, &[NODE_EXT_IP, LB_IP], "xdp_flows_total");
-    assert_eq!(flows, 2000, "{status}");
+    tuples_reused(&status, &[NODE_EXT_IP, LB_IP], 2000);
 }
 
 /// A flow whose picked endpoint runs on another node behind an interface lb does not
@@ -292,7 +291,12 @@ fn flows_picked_for_other_nodes_pods_are_forwarded_by_xdp_with_snat() {
     }
     let status = env.status();
     let c = &status["counters"];
-    assert_eq!(c["xdp_remote_flows"].as_u64(), Some(remote), "{status}");
+    let reused = tuples_reused(&status, &[NODE_EXT_IP], 2000);
+    let remote_flows = c["xdp_remote_flows"].as_u64().unwrap_or(0);
+    assert!(
+        (remote.saturating_sub(reused)..=remote).contains(&remote_flows),
+        "{remote} remote connections, {reused} reused tuples: {status}"
+    );
     assert_eq!(
         (
             c["xdp_remote_passed"].as_u64(),
@@ -304,11 +308,6 @@ fn flows_picked_for_other_nodes_pods_are_forwarded_by_xdp_with_snat() {
     // The node had never spoken to the other node behind peer0: its first flow
     // waited for the daemon to resolve the next hop.
     assert!(c["xdp_no_neigh"].as_u64() >= Some(1), "{status}");
-    assert_eq!(
-        subset_total(&status, &[NODE_EXT_IP], "xdp_flows_total"),
-        2000,
-        "{status}"
-    );
     let modes: Vec<_> = (status["xdp"].as_array().into_iter().flatten())
         .map(|x| x["mode"].as_str().unwrap_or(""))
         .collect();
@@ -330,8 +329,15 @@ fn flows_picked_for_other_nodes_pods_are_forwarded_by_xdp_with_snat() {
     let clients = keep_alive_clients(&env, node, &to, 20);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(syn_flood(outside, 300_000), 300_000);
-    let s = node.probe_outside(&["--to", &to, "--count", "200"]);
-    assert_eq!(s["failures"].as_u64(), Some(0), "{s}");
+    let s = node.probe_outside(&[
+        "--to",
+        &to,
+        "--count",
+        "200",
+        "--log",
+        "/tmp/probe-after-flood.log",
+    ]);
+    assert_eq!(s["failures"].as_u64(), Some(0), "{s} {}", env.status());
     let c = env.status()["counters"].clone();
     assert!(
         c["xdp_remote_flows"].as_u64() > Some(2 * 28_976 + 2000),
@@ -502,6 +508,20 @@ fn outside_split(node: &Node, to: &str, count: u64, within: f64) {
 
 /// A subset counter of `lb status` summed over the subsets of the services at
 /// `addresses`.
+/// How many of `connections` (HTTP/1.0, the server closes first) to `addresses` were
+/// not new XDP flows, checked to be few. A connection is a new flow unless the client
+/// reused the 4-tuple of an earlier one (its port was freed at once; the kernel's
+/// choice of port wraps within a few thousand connects): that SYN picks by the same
+/// hash, lands where the earlier one did and is not counted again.
+fn tuples_reused(status: &serde_json::Value, addresses: &[&str], connections: u64) -> u64 {
+    let flows = subset_total(status, addresses, "xdp_flows_total");
+    assert!(
+        (connections - connections / 40..=connections).contains(&flows),
+        "{flows} new flows for {connections} connections: {status}"
+    );
+    connections - flows
+}
+
 fn subset_total(status: &serde_json::Value, addresses: &[&str], field: &str) -> u64 {
     (status["services"].as_array().into_iter().flatten())
         .filter(|svc| addresses.iter().any(|a| svc["address"] == *a))
@@ -540,9 +560,9 @@ fn outside_clients_get_the_seeds_split_in_xdp() {
         "{status}"
     );
     let total = |field: &str| subset_total(&status, &[NODE_EXT_IP], field);
-    // Every connection is a new flow (a client port is not reused within the run);
-    // each flow carries its handshake, request and close.
-    assert_eq!(total("xdp_flows_total"), 2000, "{status}");
+    // Each connection is a new flow (but a reused tuple); each carries its handshake,
+    // request and close.
+    tuples_reused(&status, &[NODE_EXT_IP], 2000);
     assert!(total("xdp_packets_total") >= 4 * 2000, "{status}");
     assert_eq!(
         total("connects_total"),
