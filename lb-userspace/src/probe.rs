@@ -56,6 +56,11 @@ pub struct Summary {
     pub hosts_seen: BTreeMap<String, u64>,
     /// Connections whose getpeername did not show the address dialled.
     pub peer_mismatches: u64,
+    /// Answered connections whose source port an earlier one of the run had, by
+    /// backend: the same 4-tuple again (a port freed at once, when the server closes
+    /// first, comes back once the kernel's choice of ports wraps). A load balancer
+    /// that keeps flows by tuple meets a known flow, not a new one.
+    pub reused_ports: BTreeMap<String, u64>,
     pub first_errors: Vec<String>,
     /// Latency of the successful attempts (connect included unless keep-alive), µs.
     pub p50_us: u64,
@@ -276,6 +281,7 @@ pub fn run(opts: &ProbeOptions) -> std::io::Result<Summary> {
     let mut sum = Summary::default();
     let mut kept: Option<TcpStream> = None;
     let mut latencies_us: Vec<u64> = Vec::new();
+    let mut ports_used = std::collections::HashSet::new();
     let stop_requested = || opts.until_file.as_ref().is_some_and(|f| f.exists());
     while sum.attempts < opts.count && started.elapsed() < opts.limit && !stop_requested() {
         let t_ms = now_ms();
@@ -350,6 +356,9 @@ pub fn run(opts: &ProbeOptions) -> std::io::Result<Summary> {
                 latencies_us.push(began.elapsed().as_micros() as u64);
                 let b = a.header("x-backend");
                 *sum.by_backend.entry(b.clone()).or_default() += 1;
+                if local_port != 0 && !ports_used.insert(local_port) {
+                    *sum.reused_ports.entry(b.clone()).or_default() += 1;
+                }
                 *sum.paths_seen.entry(a.header("x-path")).or_default() += 1;
                 *sum.hosts_seen.entry(a.header("x-host")).or_default() += 1;
                 b
