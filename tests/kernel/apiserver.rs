@@ -63,7 +63,7 @@ struct State {
 pub struct FakeApi {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
-    changes: broadcast::Sender<(u64, String, &'static str, Value)>,
+    changes: broadcast::Sender<Arc<Change>>,
     up: watch::Sender<bool>,
     /// Tells open watch streams to end (a compaction: they must come back).
     restart_watches: watch::Sender<u64>,
@@ -144,32 +144,43 @@ impl FakeApi {
     }
 
     /// Creates or replaces an object (ADDED or MODIFIED to watchers).
-    pub fn apply(&self, mut object: Value) {
-        let kind = object["kind"].as_str().expect("kind").to_string();
-        let ns = object["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or("default")
-            .to_string();
-        let name = object["metadata"]["name"]
-            .as_str()
-            .expect("name")
-            .to_string();
+    pub fn apply(&self, object: Value) {
+        self.apply_all(vec![object]);
+    }
+
+    /// Creates or replaces objects together, as a burst of writes the API server's
+    /// watch cache streams back to back.
+    pub fn apply_all(&self, objects: Vec<Value>) {
         let mut s = self.state.lock().expect("state");
-        s.rv += 1;
-        let rv = s.rv;
-        object["metadata"]["resourceVersion"] = rv.to_string().into();
-        object["metadata"]["namespace"] = ns.clone().into();
-        let key = (kind.clone(), ns, name);
-        let kind_of_change = if s.objects.contains_key(&key) {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        s.objects.insert(key, object.clone());
-        s.history
-            .push((rv, kind.clone(), kind_of_change, object.clone()));
-        drop(s);
-        let _ = self.changes.send((rv, kind, kind_of_change, object));
+        let mut changes = Vec::with_capacity(objects.len());
+        for mut object in objects {
+            let kind = object["kind"].as_str().expect("kind").to_string();
+            let ns = object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string();
+            let name = object["metadata"]["name"]
+                .as_str()
+                .expect("name")
+                .to_string();
+            s.rv += 1;
+            let rv = s.rv;
+            object["metadata"]["resourceVersion"] = rv.to_string().into();
+            object["metadata"]["namespace"] = ns.clone().into();
+            let key = (kind.clone(), ns, name);
+            let kind_of_change = if s.objects.contains_key(&key) {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
+            changes.push(Change::new(rv, &kind, kind_of_change, &object));
+            s.objects.insert(key, object.clone());
+            s.history.push((rv, kind, kind_of_change, object));
+        }
+        // Sent together: each watch writes what waits as one.
+        for c in changes {
+            let _ = self.changes.send(c);
+        }
     }
 
     /// Deletes an object (DELETED to watchers).
@@ -184,10 +195,8 @@ impl FakeApi {
         s.rv += 1;
         let rv = s.rv;
         object["metadata"]["resourceVersion"] = rv.to_string().into();
-        s.history
-            .push((rv, kind.to_string(), "DELETED", object.clone()));
-        drop(s);
-        let _ = self.changes.send((rv, kind.to_string(), "DELETED", object));
+        let _ = self.changes.send(Change::new(rv, kind, "DELETED", &object));
+        s.history.push((rv, kind.to_string(), "DELETED", object));
     }
 
     /// The object of `kind` named `ns/name`, to edit and apply again.
@@ -266,8 +275,38 @@ type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 #[derive(Clone)]
 struct Server {
     state: Arc<Mutex<State>>,
-    changes: broadcast::Sender<(u64, String, &'static str, Value)>,
+    changes: broadcast::Sender<Arc<Change>>,
     restart: watch::Receiver<u64>,
+}
+
+/// A change as every watch of its kind sends it: written out once.
+struct Change {
+    rv: u64,
+    kind: String,
+    line: Bytes,
+}
+
+impl Change {
+    fn new(rv: u64, kind: &str, t: &str, object: &Value) -> Arc<Change> {
+        Arc::new(Change {
+            rv,
+            kind: kind.to_string(),
+            line: watch_line(t, object),
+        })
+    }
+}
+
+/// A watch event: one line of JSON.
+fn watch_line(t: &str, object: &Value) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Event<'a> {
+        #[serde(rename = "type")]
+        t: &'a str,
+        object: &'a Value,
+    }
+    let mut line = serde_json::to_vec(&Event { t, object }).expect("json");
+    line.push(b'\n');
+    line.into()
 }
 
 fn json_response(status: u16, v: &Value) -> hyper::Response<Body> {
@@ -429,12 +468,7 @@ impl Server {
     /// every change as it comes, with a BOOKMARK each second.
     fn watch(&self, kind: &str, from: u64) -> hyper::Response<Body> {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
-        let line = |t: &str, o: &Value| {
-            Ok(Frame::data(Bytes::from(format!(
-                "{}\n",
-                json!({"type": t, "object": o})
-            ))))
-        };
+        let line = |t: &str, o: &Value| Ok(Frame::data(watch_line(t, o)));
         let (backlog, rv, compacted) = {
             let s = self.state.lock().expect("state");
             let backlog: Vec<(&'static str, Value)> = s
@@ -463,14 +497,29 @@ impl Server {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
-                    c = changes.recv() => match c {
-                        Ok((rv, k, t, o)) if k == kind && rv > from => {
-                            last = rv;
-                            if tx.send(line(t, &o)).await.is_err() { return; }
+                    c = changes.recv() => {
+                        // With what else is waiting: a burst goes out as one write.
+                        let mut lines = Vec::new();
+                        let mut next = c;
+                        loop {
+                            match next {
+                                Ok(c) if c.kind == kind && c.rv > from => {
+                                    last = c.rv;
+                                    lines.extend_from_slice(&c.line);
+                                }
+                                Ok(_) => {}
+                                Err(_) => return,
+                            }
+                            next = match changes.try_recv() {
+                                Err(broadcast::error::TryRecvError::Empty) => break,
+                                Ok(c) => Ok(c),
+                                Err(_) => return,
+                            };
                         }
-                        Ok(_) => {}
-                        Err(_) => return,
-                    },
+                        if !lines.is_empty() && tx.send(Ok(Frame::data(lines.into()))).await.is_err() {
+                            return;
+                        }
+                    }
                     _ = tick.tick() => {
                         let bookmark = json!({"kind": kind, "apiVersion": "v1",
                             "metadata": {"resourceVersion": last.to_string()}});

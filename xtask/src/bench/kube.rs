@@ -148,9 +148,7 @@ pub fn run(n: usize, changes: usize, burst: usize, work: &Path) -> anyhow::Resul
     let revision = || maps.service(&last).map(|s| s.revision);
     let before = revision();
     let sending = Instant::now();
-    for i in 2..burst + 2 {
-        api.apply(slice(i, false));
-    }
+    api.apply_all((2..burst + 2).map(|i| slice(i, false)).collect());
     let sent_ms = sending.elapsed().as_secs_f64() * 1000.0;
     let live = until_changed(|| revision() != before, Instant::now())?;
     // Any apply still to come would show here.
