@@ -595,7 +595,9 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
             }
             () = async { watch.as_mut().expect("guarded").changed().await }, if watch.is_some() => true,
             () = async { sources.kube.as_ref().expect("guarded").changed().await }, if sources.kube.is_some() => {
-                burst.event(Instant::now());
+                if sources.kube.as_ref().is_some_and(KubeSource::pending) {
+                    burst.event(Instant::now());
+                }
                 false
             }
             () = async { tokio::time::sleep_until(cluster_due.expect("guarded")).await }, if cluster_due.is_some() => true,

@@ -261,6 +261,16 @@ impl KubeSource {
         h
     }
 
+    /// Whether the watches changed anything since the last snapshot (a wake-up can
+    /// come for events a snapshot already took: they came while it was made).
+    pub fn pending(&self) -> bool {
+        !self
+            .touched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
     /// The stores' objects now: Istio objects as they are, and a ServiceEntry per
     /// Service with its endpoints, read again where the watches changed something.
     pub fn snapshot(&self) -> Snapshot {

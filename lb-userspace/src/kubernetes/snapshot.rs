@@ -74,6 +74,10 @@ impl Touched {
         }
     }
 
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.objects.is_empty()
+    }
+
     /// What was recorded, leaving nothing.
     pub fn take(&mut self) -> Touched {
         std::mem::replace(

@@ -508,6 +508,10 @@ fn a_relist_keeps_what_was_read_of_unchanged_istio_objects() {
                "metadata": {"name": "v", "namespace": "default"},
                "spec": {"hosts": ["h"], "http": [{"route": [{"destination": {"host": "h"}, "weight": weight}]}]}})
     };
+    assert!(
+        !c.touched.is_empty(),
+        "nothing read yet: everything is to read"
+    );
     c.event(&vs(100), false);
     let mut reader = Reader::default();
     let read = |reader: &mut Reader, c: &mut Cluster| {
@@ -520,6 +524,8 @@ fn a_relist_keeps_what_was_read_of_unchanged_istio_objects() {
         vs.expect("the VirtualService")
     };
     let first = read(&mut reader, &mut c);
+    // A wake-up for events the snapshot took finds nothing pending.
+    assert!(c.touched.is_empty());
     let mut listed = vs(100);
     listed["metadata"]["resourceVersion"] = c.version.to_string().into();
     let listed: DynamicObject = serde_json::from_value(listed).expect("an object");
@@ -531,5 +537,6 @@ fn a_relist_keeps_what_was_read_of_unchanged_istio_objects() {
     }
     assert!(Arc::ptr_eq(&first, &read(&mut reader, &mut c)));
     c.event(&vs(100), false);
+    assert!(!c.touched.is_empty());
     assert!(!Arc::ptr_eq(&first, &read(&mut reader, &mut c)));
 }
