@@ -255,7 +255,7 @@ pub fn explain(plan: &Plan, q: &Query) -> Explanation {
             subset: d.subset.clone(),
             port: port.unwrap_or(0),
             weight: d.weight,
-            endpoints: port.and_then(|p| d.endpoints.get(&p)).map_or(0, Vec::len),
+            endpoints: port.and_then(|p| d.endpoints.get(p)).map_or(0, |e| e.len()),
         });
     }
     // Routed when any share is forwarded; otherwise every share gets lb's answer.

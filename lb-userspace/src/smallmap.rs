@@ -44,17 +44,73 @@ impl<V> SmallMap<V> {
 
 impl<K: Into<Box<str>>, V> FromIterator<(K, V)> for SmallMap<V> {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        let mut v: Vec<(Box<str>, V)> = iter.into_iter().map(|(k, v)| (k.into(), v)).collect();
-        // Stable: of equal keys the last given stays, as a BTreeMap's insert keeps it.
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut out: Vec<(Box<str>, V)> = Vec::with_capacity(v.len());
-        for e in v {
-            match out.last_mut() {
-                Some(last) if last.0 == e.0 => *last = e,
-                _ => out.push(e),
-            }
+        SmallMap(sorted(
+            iter.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+        ))
+    }
+}
+
+/// Entries sorted by key, exactly sized; of equal keys the last given stays, as a
+/// `BTreeMap`'s insert keeps it.
+fn sorted<K: Ord, V>(mut v: Vec<(K, V)>) -> Box<[(K, V)]> {
+    // Stable: equal keys keep their order.
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut out: Vec<(K, V)> = Vec::with_capacity(v.len());
+    for e in v {
+        match out.last_mut() {
+            Some(last) if last.0 == e.0 => *last = e,
+            _ => out.push(e),
         }
-        SmallMap(out.into_boxed_slice())
+    }
+    out.into_boxed_slice()
+}
+
+/// A small map from port numbers to values (a destination's endpoints by service
+/// port, their in-flight counts): one sorted, exactly sized slice, where a `BTreeMap`
+/// of one or two ports allocates a node of eleven.
+#[derive(Debug)]
+pub struct PortMap<V>(Box<[(u16, V)]>);
+
+impl<V> Default for PortMap<V> {
+    fn default() -> Self {
+        PortMap(Box::new([]))
+    }
+}
+
+impl<V> PortMap<V> {
+    pub fn get(&self, port: u16) -> Option<&V> {
+        (self.0.binary_search_by_key(&port, |(p, _)| *p).ok()).map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, port: u16) -> bool {
+        self.get(port).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Entries in port order.
+    pub fn iter(&self) -> impl Iterator<Item = (u16, &V)> {
+        self.0.iter().map(|(p, v)| (*p, v))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = u16> + '_ {
+        self.0.iter().map(|(p, _)| *p)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.iter().map(|(_, v)| v)
+    }
+}
+
+impl<V> FromIterator<(u16, V)> for PortMap<V> {
+    fn from_iter<I: IntoIterator<Item = (u16, V)>>(iter: I) -> Self {
+        PortMap(sorted(iter.into_iter().collect()))
     }
 }
 
@@ -107,5 +163,16 @@ mod tests {
         assert_eq!(serde_json::to_string(&m).unwrap(), r#"{"a":"1","b":"3"}"#);
         let y: SmallMap<i64> = serde_yaml::from_str("{http: 8080}").unwrap();
         assert_eq!(y.get("http"), Some(&8080));
+    }
+
+    #[test]
+    fn a_port_map_is_sorted_with_the_last_of_a_repeated_port() {
+        let m: PortMap<&str> = [(8080, "a"), (80, "b"), (8080, "c")].into_iter().collect();
+        assert_eq!(m.iter().collect::<Vec<_>>(), [(80, &"b"), (8080, &"c")]);
+        assert_eq!((m.get(8080), m.get(81)), (Some(&"c"), None));
+        assert!(m.contains_key(80) && !m.contains_key(443));
+        assert_eq!(m.keys().collect::<Vec<_>>(), [80, 8080]);
+        assert_eq!(m.len(), 2);
+        assert!(PortMap::<u8>::default().is_empty());
     }
 }

@@ -602,7 +602,7 @@ pub fn endpoints_by_port(
     d: &WeightedDestination,
     catalog: &Catalog,
     subset_rules: &SubsetRules,
-) -> std::collections::BTreeMap<u16, Vec<std::net::SocketAddr>> {
+) -> crate::smallmap::PortMap<Box<[std::net::SocketAddr]>> {
     let Some(svc) = catalog.lookup(&d.host) else {
         return Default::default();
     };

@@ -271,7 +271,7 @@ mod tests {
             .iter()
             .map(|a| a.parse().expect("addr"))
             .collect();
-        let endpoints = std::collections::BTreeMap::from([(1, eps.clone())]);
+        let endpoints = [(1, eps.clone().into())].into_iter().collect();
         let dest = Destination::new("h".into(), None, "h".into(), endpoints);
         let counts = dest.in_flight_at(Some(1));
         let _busy = [0, 0].map(|i| Active::begin(counts, &eps, eps[0], i));

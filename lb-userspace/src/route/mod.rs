@@ -11,7 +11,7 @@ pub mod path;
 pub mod policy;
 pub mod shards;
 
-use std::collections::BTreeMap;
+use crate::smallmap::PortMap;
 
 use std::net::{SocketAddr, SocketAddrV4};
 
@@ -154,7 +154,7 @@ pub struct Destination {
     /// Configured relative weight (a single destination gets everything).
     pub weight: u32,
     /// Endpoints per service port of the destination (selected by the subset).
-    pub endpoints: BTreeMap<u16, Vec<SocketAddr>>,
+    pub endpoints: PortMap<Box<[SocketAddr]>>,
     /// Name for metrics and logs: `v0`, or `host/v0` for another host.
     pub label: String,
     /// The DestinationRule's load balancer and outlier detection for it.
@@ -164,7 +164,7 @@ pub struct Destination {
     /// Requests in flight to each endpoint, by port, as `endpoints` (LEAST_REQUEST's
     /// counts: per destination and endpoint, as Envoy's per cluster host; a new table
     /// starts them at 0).
-    pub in_flight: BTreeMap<u16, Box<[std::sync::atomic::AtomicU32]>>,
+    pub in_flight: PortMap<Box<[std::sync::atomic::AtomicU32]>>,
     /// The route destination's own header edits, applied before the rule's (which win,
     /// as Envoy's route-level edits win over a weighted cluster's by default).
     pub request_headers: HeaderOps,
@@ -180,7 +180,7 @@ impl Destination {
         host: String,
         subset: Option<String>,
         label: String,
-        endpoints: BTreeMap<u16, Vec<SocketAddr>>,
+        endpoints: PortMap<Box<[SocketAddr]>>,
     ) -> Self {
         Destination {
             in_flight: Self::counters(&endpoints),
@@ -201,17 +201,17 @@ impl Destination {
     /// The endpoints a request dialled to port `dialled` goes to (empty: none).
     pub fn endpoints_for(&self, dialled: Option<u16>) -> &[SocketAddr] {
         self.port_for(dialled)
-            .and_then(|p| self.endpoints.get(&p))
-            .map_or(&[][..], Vec::as_slice)
+            .and_then(|p| self.endpoints.get(p))
+            .map_or(&[][..], |e| &e[..])
     }
 
     /// Counters for `endpoints`, zeroed: one per endpoint of each port.
     pub fn counters(
-        endpoints: &BTreeMap<u16, Vec<SocketAddr>>,
-    ) -> BTreeMap<u16, Box<[std::sync::atomic::AtomicU32]>> {
+        endpoints: &PortMap<Box<[SocketAddr]>>,
+    ) -> PortMap<Box<[std::sync::atomic::AtomicU32]>> {
         endpoints
             .iter()
-            .map(|(p, eps)| (*p, eps.iter().map(|_| Default::default()).collect()))
+            .map(|(p, eps)| (p, eps.iter().map(|_| Default::default()).collect()))
             .collect()
     }
 
@@ -219,7 +219,7 @@ impl Destination {
     ///
     /// [`endpoints_for`]: Self::endpoints_for
     pub fn in_flight_at(&self, port: Option<u16>) -> &[std::sync::atomic::AtomicU32] {
-        port.and_then(|p| self.in_flight.get(&p))
+        port.and_then(|p| self.in_flight.get(p))
             .map_or(&[][..], |c| &c[..])
     }
 
@@ -232,10 +232,8 @@ impl Destination {
     /// The service port a request dialled to `dialled` goes to.
     pub fn port_for(&self, dialled: Option<u16>) -> Option<u16> {
         self.port
-            .or_else(|| dialled.filter(|p| self.endpoints.contains_key(p)))
-            .or_else(|| {
-                (self.endpoints.len() == 1).then(|| *self.endpoints.keys().next().expect("one"))
-            })
+            .or_else(|| dialled.filter(|p| self.endpoints.contains_key(*p)))
+            .or_else(|| (self.endpoints.len() == 1).then(|| self.endpoints.keys().next())?)
     }
 }
 

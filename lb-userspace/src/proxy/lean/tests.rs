@@ -589,7 +589,7 @@ fn table_to(endpoint: std::net::SocketAddr) -> std::sync::Arc<crate::route::Rout
     r.action = Action::Route {
         destinations: vec![Destination {
             port: Some(endpoint.port()),
-            endpoints: [(endpoint.port(), vec![endpoint])].into(),
+            endpoints: [(endpoint.port(), [endpoint].into())].into_iter().collect(),
             ..svc()
         }],
         rewrite: Default::default(),
