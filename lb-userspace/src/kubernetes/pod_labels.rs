@@ -2,21 +2,20 @@
 //! (store.rs), and pods with the same labels (a ReplicaSet's pods have the same: the
 //! pod-template hash is the ReplicaSet's) share one copy — ~120 bytes a pod.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::PartialObjectMeta;
 
 use super::store::{self, Store, Writer};
-use crate::smallmap::Labels;
+use crate::smallmap::{LabelSets, Labels};
 
 /// The pods' labels.
 pub type PodLabels = Store<Arc<Labels>>;
 
 /// A store of the pods' labels and its writer.
 pub fn store() -> (PodLabels, Writer<PartialObjectMeta<Pod>, Arc<Labels>>) {
-    let mut shared = Shared::default();
+    let mut shared = LabelSets::default();
     store::store(move |pod: &PartialObjectMeta<Pod>| {
         let labels = pod.metadata.labels.iter().flatten();
         shared.share(
@@ -25,32 +24,6 @@ pub fn store() -> (PodLabels, Writer<PartialObjectMeta<Pod>, Arc<Labels>>) {
                 .collect(),
         )
     })
-}
-
-/// One copy of each label set in use (and some no longer: see [`Shared::share`]).
-#[derive(Default)]
-struct Shared {
-    sets: HashSet<Arc<Labels>, foldhash::fast::RandomState>,
-    /// Sets kept after the last sweep of those no pod holds.
-    swept_at: usize,
-}
-
-impl Shared {
-    /// `labels` as the copy already held, if any pod has the same.
-    fn share(&mut self, labels: Labels) -> Arc<Labels> {
-        if let Some(l) = self.sets.get(&labels) {
-            return l.clone();
-        }
-        // Sets no one holds any more go when the sets have doubled since the last
-        // sweep: a sweep's cost is spread over as many new sets.
-        if self.sets.len() >= 2 * self.swept_at.max(64) {
-            self.sets.retain(|l| Arc::strong_count(l) > 1);
-            self.swept_at = self.sets.len();
-        }
-        let l = Arc::new(labels);
-        self.sets.insert(l.clone());
-        l
-    }
 }
 
 #[cfg(test)]
@@ -82,23 +55,5 @@ mod tests {
         );
         assert!(Arc::ptr_eq(&get("p1"), &get("p2")));
         assert!(!Arc::ptr_eq(&get("p1"), &get("p10")));
-    }
-
-    #[test]
-    fn label_sets_no_one_holds_are_swept() {
-        let mut shared = Shared::default();
-        let mut held = Vec::new();
-        for i in 0..1000 {
-            let labels: Labels = [("version", format!("v{i}").into())].into_iter().collect();
-            let l = shared.share(labels);
-            // One in a hundred stays held (by a pod, an endpoint).
-            if i % 100 == 0 {
-                held.push(l);
-            }
-        }
-        assert!(shared.sets.len() <= 128, "{} sets kept", shared.sets.len());
-        for l in &held {
-            assert!(shared.sets.contains(l), "a held set was swept");
-        }
     }
 }

@@ -88,8 +88,9 @@ pub struct WorkloadEntry {
     pub address: Option<String>,
     #[serde(default)]
     pub ports: SmallMap<i64>,
-    /// Shared with the model's endpoints (a reload clones a refcount, not the map).
-    #[serde(default)]
+    /// Shared with the model's endpoints (a reload clones a refcount, not the map),
+    /// and by the endpoints with the same labels.
+    #[serde(default, deserialize_with = "crate::smallmap::shared_labels")]
     pub labels: std::sync::Arc<Labels>,
     pub network: Option<String>,
     pub locality: Option<String>,
