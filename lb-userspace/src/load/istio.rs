@@ -118,7 +118,9 @@ pub struct Subset {
     pub name: Option<String>,
     #[serde(default)]
     pub labels: Labels,
-    pub traffic_policy: Option<TrafficPolicy>,
+    /// Boxed, as the other rarely given parts below: a cluster's Istio objects stay
+    /// typed in memory, and an inline `None` takes the whole struct's room.
+    pub traffic_policy: Option<Box<TrafficPolicy>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -210,20 +212,20 @@ pub struct HttpRoute {
     pub matches: Vec<HttpMatchRequest>,
     #[serde(default)]
     pub route: Vec<HttpRouteDestination>,
-    pub redirect: Option<HttpRedirect>,
-    pub direct_response: Option<HttpDirectResponse>,
-    pub delegate: Option<Delegate>,
-    pub rewrite: Option<HttpRewrite>,
+    pub redirect: Option<Box<HttpRedirect>>,
+    pub direct_response: Option<Box<HttpDirectResponse>>,
+    pub delegate: Option<Box<Delegate>>,
+    pub rewrite: Option<Box<HttpRewrite>>,
     pub timeout: Option<String>,
-    pub retries: Option<HttpRetry>,
-    pub fault: Option<HttpFaultInjection>,
+    pub retries: Option<Box<HttpRetry>>,
+    pub fault: Option<Box<HttpFaultInjection>>,
     pub mirror: Option<Destination>,
     #[serde(default)]
     pub mirrors: Vec<HttpMirrorPolicy>,
     pub mirror_percentage: Option<Percent>,
     pub mirror_percent: Option<i64>,
     pub cors_policy: Option<Ignored>,
-    pub headers: Option<Headers>,
+    pub headers: Option<Box<Headers>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -264,7 +266,7 @@ pub struct StringMatch {
 pub struct HttpRouteDestination {
     pub destination: Option<Destination>,
     pub weight: Option<i64>,
-    pub headers: Option<Headers>,
+    pub headers: Option<Box<Headers>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
