@@ -104,7 +104,8 @@ pub struct WorkloadEntry {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DestinationRuleSpec {
     pub host: Option<String>,
-    pub traffic_policy: Option<TrafficPolicy>,
+    /// Boxed (see `Subset`'s): 584 bytes inline.
+    pub traffic_policy: Option<Box<TrafficPolicy>>,
     #[serde(default)]
     pub subsets: Vec<Subset>,
     #[serde(default)]
