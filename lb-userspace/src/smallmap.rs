@@ -1,7 +1,9 @@
 //! A small map from names to values as lb stores labels and named ports: one sorted,
 //! exactly sized slice. An endpoint has one or two labels; a `BTreeMap` allocates a
 //! node of eleven entries for them (~600 bytes), this ~100. Read from a YAML or JSON
-//! mapping like a `BTreeMap` (a key given twice keeps its last value).
+//! mapping like a `BTreeMap` (a key given twice keeps its last value). Also the same
+//! by port number ([`PortMap`]), and one shared copy of each label set in use
+//! ([`LabelSets`]).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -86,7 +88,7 @@ thread_local! {
 
 /// Reads labels as one copy per distinct set (`deserialize_with`): 10,000 services of
 /// ten endpoints in two versions held 100,000 copies of two sets, each a few small
-/// allocations that also pinned the pages of a load thread's malloc arena.
+/// allocations (1.7 MB of the 12 MB live with 1,000 services).
 pub fn shared_labels<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Labels>, D::Error> {
     let labels = Labels::deserialize(d)?;
     Ok(LOADED_SETS.with(|s| s.borrow_mut().share(labels)))

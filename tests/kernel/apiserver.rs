@@ -310,7 +310,11 @@ fn watch_line(t: &str, object: &Value) -> Bytes {
 }
 
 fn json_response(status: u16, v: &Value) -> hyper::Response<Body> {
-    let mut r = hyper::Response::new(Full::new(Bytes::from(v.to_string())).boxed());
+    json_body(status, v.to_string().into_bytes())
+}
+
+fn json_body(status: u16, body: Vec<u8>) -> hyper::Response<Body> {
+    let mut r = hyper::Response::new(Full::new(Bytes::from(body)).boxed());
     *r.status_mut() = hyper::StatusCode::from_u16(status).expect("status");
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -454,14 +458,7 @@ impl Server {
             },
             items,
         };
-        let body = serde_json::to_vec(&list).expect("a list serializes");
-        drop(s);
-        let mut r = hyper::Response::new(Full::new(Bytes::from(body)).boxed());
-        r.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        r
+        json_body(200, serde_json::to_vec(&list).expect("a list serializes"))
     }
 
     /// A watch stream of `kind` from resourceVersion `from`: what happened since, then

@@ -109,7 +109,7 @@ struct ServiceRead {
 }
 
 /// The Services whose endpoints name each pod: nearly always one, held in place (a
-/// `Vec` of copied names took ~290 bytes a pod, 30 MB for 100,000 pods).
+/// `Vec` of copied names took ~290 bytes a pod, ~25 MB for 100,000 pods).
 #[derive(Default)]
 struct PodIndex(HashMap<u64, Owners>);
 
