@@ -121,18 +121,22 @@ fn block<'a>(lines: &[Line<'a>], at: &mut usize, indent: usize) -> Result<Node<'
                 inline(lines, at, column, content)?
             });
         }
-        // What comes next is its parent's: never more indented.
-        if lines.get(*at).is_some_and(|l| l.indent > indent) {
-            return Err(Unsupported);
-        }
+        ends(lines, *at, indent)?;
         return Ok(Node::Seq(items));
     }
     let mut entries = Vec::new();
     entries_at(lines, at, indent, &mut entries)?;
-    if lines.get(*at).is_some_and(|l| l.indent > indent) {
-        return Err(Unsupported);
-    }
+    ends(lines, *at, indent)?;
     map(entries)
+}
+
+/// What comes after a node at `indent` is a sibling's or its parent's: never more
+/// indented (YAML might read that otherwise).
+fn ends(lines: &[Line<'_>], at: usize, indent: usize) -> Result<(), Unsupported> {
+    match lines.get(at) {
+        Some(l) if l.indent > indent => Err(Unsupported),
+        _ => Ok(()),
+    }
 }
 
 /// The `key: value` lines at `indent` from line `*at` on, added to `entries` (whose
@@ -185,10 +189,7 @@ fn inline<'a>(
             value_node(content)?
         }
     };
-    // What comes next is a sibling item or its parent's: never more indented.
-    if lines.get(*at).is_some_and(|l| l.indent > dash) {
-        return Err(Unsupported);
-    }
+    ends(lines, *at, dash)?;
     Ok(node)
 }
 
