@@ -89,8 +89,11 @@ fn try_xdp(ctx: &XdpContext) -> Option<u32> {
     };
     // A SYN picks anew (a client reusing its port after a close may meet new
     // weights); a retransmitted one picks what the first did (by the hash), which is
-    // then neither written again nor counted as a new flow. A UDP flow, which never
-    // starts anew, picks anew in a new revision (its endpoint may be gone).
+    // not counted as a new flow but written again all the same: the flow's entries
+    // live in LRUs that evict on their own, and a flow whose pick stayed while its
+    // way back went would leave its endpoint's answers untranslated for good. A UDP
+    // flow, which never starts anew, picks anew in a new revision (its endpoint may
+    // be gone).
     let udp = proto == IPPROTO_UDP;
     let syn = !udp && flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     // A whole value, never an `Option`: a None's payload is undefined, LLVM may carry
@@ -105,8 +108,8 @@ fn try_xdp(ctx: &XdpContext) -> Option<u32> {
     } else {
         match new_flow(ctx, &key, &svc)? {
             Ok(flow) => {
+                remember(&key, &flow)?;
                 if known != flow {
-                    remember(&key, &flow)?;
                     match flow.subset {
                         TO_PROXY => bump(counters::XDP_PROXY_FLOWS),
                         PASSED => bump(counters::XDP_REMOTE_PASSED),

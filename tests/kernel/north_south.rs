@@ -425,6 +425,46 @@ fn a_syn_flood_at_the_node_port_does_not_break_live_flows() {
     assert!(requests >= 8 * 50, "{requests} requests");
 }
 
+/// A flow's way back lives in `LB_XDP_NAT`, its pick in `LB_XDP_FLOWS`: two LRUs that
+/// evict on their own (a flood fills both). A client dialling again from the same
+/// port while the flow's pick stood but its way back was gone got the same pick,
+/// which wrote nothing — the pod's SYN-ACK left untranslated, and so did the
+/// retransmit's (connects timed out after the flood in 3 of ~120 runs of the SNAT
+/// test). Every SYN now writes its flow's entries again.
+#[test]
+fn a_syn_restores_its_flows_way_back_when_only_that_was_evicted() {
+    let mut env = Env::new("xdp-heal");
+    let node = node_with_outside(&mut env, &["v0", "v1"]);
+    env.write_config("backend.yaml", &node_port_config(100, 0));
+    env.start_daemon_with(true, &["--xdp-iface", NODE_EXT_IFACE]);
+    let outside = node.outside.clone().expect("the outside namespace");
+    let to: std::net::SocketAddr = format!("{NODE_EXT_IP}:{NODE_PORT}").parse().unwrap();
+    // One connection from a fixed port: connected, then reset (no TIME_WAIT on
+    // either side, so the port can dial again at once).
+    let dial = move || {
+        crate::node::run_in(&outside, move || {
+            use socket2::{Domain, Socket, Type};
+            let sock = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+            sock.set_reuse_address(true).expect("SO_REUSEADDR");
+            let from: std::net::SocketAddr = format!("{OUTSIDE_IP}:40321").parse().unwrap();
+            sock.bind(&from.into()).expect("bind");
+            let done = sock.connect_timeout(&to.into(), Duration::from_secs(2));
+            sock.set_linger(Some(Duration::ZERO)).expect("linger");
+            done.map_err(|e| e.to_string())
+        })
+    };
+    assert_eq!(dial(), Ok(()), "the first connection");
+    let path = lb::datapath::Pins::new(&env.bpffs).map(lb_common::map_names::XDP_NAT);
+    let map = aya::maps::MapData::from_pin(&path).expect("pinned LB_XDP_NAT");
+    let mut nat: aya::maps::HashMap<_, lb_common::xdp::NatKey, lb_common::SockAddr4> =
+        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).expect("an LRU hash");
+    let keys: Vec<_> = nat.keys().map(|k| k.expect("key")).collect();
+    assert_eq!(keys.len(), 1, "the first connection's way back");
+    nat.remove(&keys[0]).expect("evicted");
+    assert_eq!(dial(), Ok(()), "the same tuple again: {}", env.status());
+    assert_eq!(nat.keys().count(), 1, "its way back written again");
+}
+
 /// Eight keep-alive clients from outside to `to`, a request every `every_ms` (for
 /// at most a minute), until [`each_stayed_on_its_pod`] stops them.
 fn keep_alive_clients(env: &Env, node: &Node, to: &str, every_ms: u32) -> Vec<(Child, PathBuf)> {
