@@ -536,8 +536,7 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
         if !opts.parse_cache {
             // Nothing of the parse outlives the reload.
             *cache = Reuse::default();
-            // SAFETY: malloc_trim only releases free heap memory.
-            unsafe { libc::malloc_trim(0) };
+            give_back_memory();
         }
         if garbage.is_some() {
             retire_other_layouts(&pins);
@@ -617,8 +616,7 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
                 // changes, trimming between reloads and the page faults after it were
                 // ~10 % of the daemon's time; the change latency did not move visibly).
                 if pending.is_empty() {
-                    // SAFETY: malloc_trim only releases free heap memory.
-                    unsafe { libc::malloc_trim(0) };
+                    give_back_memory();
                 }
                 // Files read within a second of their last write are checked again
                 // now, while nothing happens, rather than by the next change's reload.
@@ -673,4 +671,13 @@ mod tests {
         let err = parse("client,both").unwrap_err();
         assert!(err.contains("unknown hop `both`"), "{err}");
     }
+}
+
+/// Hands the memory freed since the last time back to the OS: mimalloc (main.rs)
+/// returns freed pages on its own only after a delay and only while the daemon goes on
+/// allocating, and an idle daemon does not (10,000 Services idled at ~320 MiB instead
+/// of ~250).
+fn give_back_memory() {
+    // SAFETY: mi_collect only frees what the allocator holds unused.
+    unsafe { libmimalloc_sys::mi_collect(true) };
 }
