@@ -522,7 +522,11 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
     if !opts.north_south.ifaces.is_empty() {
         tracing::info!(addresses = ?model_opts.node_addresses, "NodePorts served at");
         match datapath::north_south::Neighbours::open(&pins) {
-            Ok(n) => drop(tokio::spawn(n.run())),
+            Ok(mut n) => {
+                // Before the first flow can meet them unresolved.
+                n.resolve_gateways();
+                drop(tokio::spawn(n.run()));
+            }
             Err(e) => tracing::warn!("XDP's unresolved next hops will wait for the stack: {e}"),
         }
     }

@@ -14,6 +14,7 @@
 
 pub mod attach;
 pub mod cgroup;
+mod gateways;
 pub mod layout;
 pub mod listeners;
 pub mod north_south;

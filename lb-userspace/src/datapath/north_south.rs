@@ -279,15 +279,24 @@ fn publish_addresses(ebpf: &mut Ebpf, ifaces: &[String]) -> Result<(), DatapathE
 /// cannot ask for one, so the daemon does, by sending each a datagram (to the discard
 /// port): the kernel resolves the address on the way. A packet that met the
 /// unresolved hop was dropped; TCP sends it again within a second, by when it is
-/// resolved.
+/// resolved. The gateways of the routes out of the served interfaces (other nodes,
+/// as a cluster's routes name them) are asked for as they appear, before a flow meets
+/// them unresolved (`gateways`).
 pub struct Neighbours {
     map: HashMap<MapData, [u8; 4], u32>,
+    /// The served interfaces (`LB_XDP_IFACES`), whose routes' gateways are asked for.
+    served: HashMap<MapData, u32, [u8; 4]>,
+    /// The gateways asked for so far (once each: one the neighbour table forgets is
+    /// asked for again the first time `lb_xdp` meets it unresolved).
+    asked: std::collections::HashSet<std::net::Ipv4Addr>,
     socket: std::net::UdpSocket,
 }
 
 impl Neighbours {
     /// How often the daemon looks: well under TCP's first retransmission (1 s).
     pub const PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
+    /// How often it reads the routing table for new gateways, in periods (5 s).
+    const GATEWAYS_EVERY: u32 = 50;
 
     pub fn open(pins: &Pins) -> Result<Self, DatapathError> {
         let socket = std::net::UdpSocket::bind("0.0.0.0:0")
@@ -295,6 +304,8 @@ impl Neighbours {
             .map_err(|e| DatapathError::map("a socket to resolve next hops", e))?;
         Ok(Self {
             map: super::open(pins, map_names::XDP_NEIGH, false)?,
+            served: super::open(pins, map_names::XDP_IFACES, false)?,
+            asked: Default::default(),
             socket,
         })
     }
@@ -303,23 +314,57 @@ impl Neighbours {
     pub fn resolve(&mut self) -> usize {
         let waiting: Vec<[u8; 4]> = self.map.keys().filter_map(Result::ok).collect();
         for hop in &waiting {
-            let to = std::net::SocketAddrV4::new((*hop).into(), 9);
-            if let Err(e) = self.socket.send_to(&[], to) {
-                tracing::debug!(%to, "asking for a next hop's link-layer address: {e}");
-            }
+            self.ask((*hop).into());
             let _ = self.map.remove(hop);
         }
         if !waiting.is_empty() {
-            tracing::debug!(hops = waiting.len(), "next hops resolved for XDP");
+            let hops: Vec<std::net::Ipv4Addr> = waiting.iter().map(|h| (*h).into()).collect();
+            tracing::debug!(?hops, "next hops XDP met unresolved asked for");
         }
         waiting.len()
     }
 
-    /// [`Neighbours::resolve`] every [`Neighbours::PERIOD`], for ever.
+    /// Asks for the gateways of the routes out of the served interfaces not asked for
+    /// yet. Returns how many.
+    pub fn resolve_gateways(&mut self) -> usize {
+        let served: Vec<u32> = self.served.keys().filter_map(Result::ok).collect();
+        let gateways = match super::gateways::of(&served) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::debug!("reading the routes' gateways: {e}");
+                return 0;
+            }
+        };
+        let new: Vec<_> = (gateways.into_iter())
+            .filter(|g| self.asked.insert(*g))
+            .collect();
+        for g in &new {
+            self.ask(*g);
+        }
+        if !new.is_empty() {
+            tracing::debug!(gateways = ?new, "the served interfaces' gateways asked for");
+        }
+        new.len()
+    }
+
+    /// A datagram to `hop`'s discard port: the kernel resolves its link-layer
+    /// address to send it.
+    fn ask(&self, hop: std::net::Ipv4Addr) {
+        let to = std::net::SocketAddrV4::new(hop, 9);
+        if let Err(e) = self.socket.send_to(&[], to) {
+            tracing::debug!(%to, "asking for a next hop's link-layer address: {e}");
+        }
+    }
+
+    /// [`Neighbours::resolve`] every [`Neighbours::PERIOD`], and
+    /// [`Neighbours::resolve_gateways`] every few seconds, for ever.
     pub async fn run(mut self) {
         let mut tick = tokio::time::interval(Self::PERIOD);
-        loop {
+        for n in 1u32.. {
             tick.tick().await;
+            if n % Self::GATEWAYS_EVERY == 0 {
+                self.resolve_gateways();
+            }
             self.resolve();
         }
     }
