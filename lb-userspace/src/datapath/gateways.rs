@@ -148,7 +148,26 @@ impl Netlink {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: a descriptor just opened and owned by nobody else.
-        Ok(Self(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+        let sock = Self(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        // The daemon's thread reads the answer: never wait on it for long.
+        let limit = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        // SAFETY: `limit` is a timeval, valid for its size.
+        let set = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const limit).cast(),
+                size_of::<libc::timeval>() as u32,
+            )
+        };
+        if set != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(sock)
     }
 
     /// Asks for every IPv4 route (an `nlmsghdr` and an `rtmsg` of family AF_INET).

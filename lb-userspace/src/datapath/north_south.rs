@@ -360,8 +360,10 @@ impl Neighbours {
     /// [`Neighbours::resolve_gateways`] every few seconds, for ever.
     pub async fn run(mut self) {
         let mut tick = tokio::time::interval(Self::PERIOD);
-        for n in 1u32.. {
+        let mut n: u32 = 0;
+        loop {
             tick.tick().await;
+            n = n.wrapping_add(1);
             if n % Self::GATEWAYS_EVERY == 0 {
                 self.resolve_gateways();
             }
