@@ -283,6 +283,8 @@ pub fn reload(
         phases.apply_ms = ms(t);
         applied.map(|a| (a, rejected))
     });
+    // Old slices are freed after the new plan is live, not on its way.
+    cache.plans.drop_retired();
     match result {
         Ok(((report, garbage), rejected)) => {
             let took_ms = ms(started);

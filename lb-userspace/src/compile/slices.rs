@@ -22,6 +22,10 @@ pub struct PlanCache {
     merged: Option<Merged>,
     /// The model's take of changes the parts are at ([`Changes::since`] of the next).
     at: Option<u64>,
+    /// The parts the last call took out, with their slices: freed by
+    /// [`PlanCache::drop_retired`] once the plan is applied, not before it (freeing
+    /// 1,000 changed Services' old slices was ~10 % of a burst's compile).
+    retired: Vec<Part>,
 }
 
 struct Part {
@@ -134,6 +138,7 @@ pub fn plan_slices(
                 if let Some(part) = cache.parts.remove(k) {
                     changed.extend(part.keys.services.iter().copied());
                     m.take_out(&part.keys);
+                    cache.retired.push(part);
                 }
             }
             for (slice, plan) in added {
@@ -157,7 +162,7 @@ pub fn plan_slices(
             // the first plan, a wildcard's single slice, or a new normalization.
             let mut plans: HashMap<usize, Plan> =
                 added.into_iter().map(|(s, p)| (key(&s), p)).collect();
-            cache.parts.clear();
+            cache.retired.extend(cache.parts.drain().map(|(_, p)| p));
             let mut m = Merged::new(normalization);
             for s in slices {
                 let p = match plans.remove(&key(s)) {
@@ -193,6 +198,13 @@ pub fn plan_slices(
     cache.merged = Some(merged);
     cache.at = next_at;
     Ok(out)
+}
+
+impl PlanCache {
+    /// Frees what the last [`plan_slices`] took out (call it once the plan is live).
+    pub fn drop_retired(&mut self) {
+        self.retired.clear();
+    }
 }
 
 fn check_count(count: usize) -> Result<(), CompileError> {
