@@ -44,7 +44,10 @@ fn parse(mut buf: &[u8], ifaces: &[u32], out: &mut Vec<Ipv4Addr>) -> io::Result<
         let len = u32::from_ne_bytes(buf[0..4].try_into().expect("4 bytes")) as usize;
         let kind = u16::from_ne_bytes([buf[4], buf[5]]);
         if len < NLMSG_HDRLEN || len > buf.len() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "a truncated netlink message"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a truncated netlink message",
+            ));
         }
         match kind {
             NLMSG_DONE => return Ok(true),
@@ -76,8 +79,12 @@ fn route(attrs: &[u8], ifaces: &[u32], out: &mut Vec<Ipv4Addr>) {
     let (mut oif, mut gateway) = (None, None);
     for (kind, value) in attributes(attrs) {
         match kind {
-            RTA_OIF if value.len() == 4 => oif = Some(u32::from_ne_bytes(value.try_into().expect("4"))),
-            RTA_GATEWAY if value.len() == 4 => gateway = Some(Ipv4Addr::new(value[0], value[1], value[2], value[3])),
+            RTA_OIF if value.len() == 4 => {
+                oif = Some(u32::from_ne_bytes(value.try_into().expect("4")))
+            }
+            RTA_GATEWAY if value.len() == 4 => {
+                gateway = Some(Ipv4Addr::new(value[0], value[1], value[2], value[3]))
+            }
             RTA_MULTIPATH => {
                 let mut hops = value;
                 while hops.len() >= RTNH_LEN {
@@ -257,7 +264,10 @@ mod tests {
         dump.extend(route_msg(10, &[oif(3), attr(RTA_GATEWAY, &[0xfe; 16])]));
         dump.extend(route_msg(2, &[attr(RTA_MULTIPATH, &hops)]));
         let mut out = Vec::new();
-        assert!(!parse(&dump, &[3, 4], &mut out).unwrap(), "no NLMSG_DONE yet");
+        assert!(
+            !parse(&dump, &[3, 4], &mut out).unwrap(),
+            "no NLMSG_DONE yet"
+        );
         assert_eq!(
             out,
             [Ipv4Addr::new(10, 251, 0, 2), Ipv4Addr::new(10, 0, 0, 7)]
