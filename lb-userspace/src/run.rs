@@ -656,6 +656,15 @@ pub async fn run(mut opts: RunOptions) -> Result<(), RunError> {
     Ok(served?)
 }
 
+/// Hands the memory freed since the last time back to the OS: mimalloc (main.rs)
+/// returns freed pages on its own only after a delay and only while the daemon goes on
+/// allocating, and an idle daemon does not (10,000 Services idled at ~320 MiB instead
+/// of ~240).
+fn give_back_memory() {
+    // SAFETY: mi_collect only frees what the allocator holds unused.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::SkMsgHops;
@@ -677,13 +686,4 @@ mod tests {
         let err = parse("client,both").unwrap_err();
         assert!(err.contains("unknown hop `both`"), "{err}");
     }
-}
-
-/// Hands the memory freed since the last time back to the OS: mimalloc (main.rs)
-/// returns freed pages on its own only after a delay and only while the daemon goes on
-/// allocating, and an idle daemon does not (10,000 Services idled at ~320 MiB instead
-/// of ~250).
-fn give_back_memory() {
-    // SAFETY: mi_collect only frees what the allocator holds unused.
-    unsafe { libmimalloc_sys::mi_collect(true) };
 }

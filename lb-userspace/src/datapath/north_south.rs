@@ -364,7 +364,7 @@ impl Neighbours {
         loop {
             tick.tick().await;
             n = n.wrapping_add(1);
-            if n % Self::GATEWAYS_EVERY == 0 {
+            if n.is_multiple_of(Self::GATEWAYS_EVERY) {
                 self.resolve_gateways();
             }
             self.resolve();
