@@ -310,8 +310,8 @@ impl Neighbours {
         })
     }
 
-    /// Asks for each next hop waiting, once, and forgets it. Returns how many.
-    pub fn resolve(&mut self) -> usize {
+    /// Asks for each next hop waiting, once, and forgets it.
+    pub fn resolve(&mut self) {
         let waiting: Vec<[u8; 4]> = self.map.keys().filter_map(Result::ok).collect();
         for hop in &waiting {
             self.ask((*hop).into());
@@ -321,18 +321,17 @@ impl Neighbours {
             let hops: Vec<std::net::Ipv4Addr> = waiting.iter().map(|h| (*h).into()).collect();
             tracing::debug!(?hops, "next hops XDP met unresolved asked for");
         }
-        waiting.len()
     }
 
     /// Asks for the gateways of the routes out of the served interfaces not asked for
-    /// yet. Returns how many.
-    pub fn resolve_gateways(&mut self) -> usize {
+    /// yet.
+    pub fn resolve_gateways(&mut self) {
         let served: Vec<u32> = self.served.keys().filter_map(Result::ok).collect();
         let gateways = match super::gateways::of(&served) {
             Ok(g) => g,
             Err(e) => {
                 tracing::debug!("reading the routes' gateways: {e}");
-                return 0;
+                return;
             }
         };
         let new: Vec<_> = (gateways.into_iter())
@@ -344,7 +343,6 @@ impl Neighbours {
         if !new.is_empty() {
             tracing::debug!(gateways = ?new, "the served interfaces' gateways asked for");
         }
-        new.len()
     }
 
     /// A datagram to `hop`'s discard port: the kernel resolves its link-layer
