@@ -12,45 +12,58 @@ use std::sync::Arc;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
+/// Shared on clone (an endpoint's ports are its EndpointSlice's, a model endpoint's
+/// its ServiceEntry endpoint's); nothing allocated when empty.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct SmallMap<V>(Box<[(Box<str>, V)]>);
+pub struct SmallMap<V>(Option<Arc<[Entry<V>]>>);
+
+type Entry<V> = (Box<str>, V);
 
 /// Labels (`version: v1`).
 pub type Labels = SmallMap<Box<str>>;
 
 impl<V> Default for SmallMap<V> {
     fn default() -> Self {
-        SmallMap(Box::new([]))
+        SmallMap(None)
     }
 }
 
 impl<V> SmallMap<V> {
+    fn entries(&self) -> &[Entry<V>] {
+        self.0.as_deref().unwrap_or_default()
+    }
+
     pub fn get(&self, key: &str) -> Option<&V> {
-        self.0
-            .binary_search_by(|(k, _)| (**k).cmp(key))
-            .ok()
-            .map(|i| &self.0[i].1)
+        let e = self.entries();
+        (e.binary_search_by(|(k, _)| (**k).cmp(key)).ok()).map(|i| &e[i].1)
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.entries().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_none()
     }
 
     /// Entries in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
-        self.0.iter().map(|(k, v)| (&**k, v))
+        self.entries().iter().map(|(k, v)| (&**k, v))
+    }
+
+    /// Whether the two are one copy (not only equal).
+    pub fn same(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (a, b) => a.is_none() && b.is_none(),
+        }
     }
 }
 
 impl<K: Into<Box<str>>, V> FromIterator<(K, V)> for SmallMap<V> {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        SmallMap(sorted(
-            iter.into_iter().map(|(k, v)| (k.into(), v)).collect(),
-        ))
+        let entries = sorted(iter.into_iter().map(|(k, v)| (k.into(), v)).collect());
+        SmallMap((!entries.is_empty()).then(|| entries.into()))
     }
 }
 

@@ -162,45 +162,45 @@ fn endpoints(
     unnamed: Option<&str>,
     pods: &mut Vec<u64>,
 ) -> Vec<WorkloadEntry> {
-    let all = || {
-        slices
-            .iter()
-            .flat_map(|s| s.endpoints.iter().map(move |e| (&**s, e)))
-    };
-    let any_ready = all().any(|(_, e)| ready(e));
+    let all = || slices.iter().flat_map(|s| s.endpoints.iter());
+    let any_ready = all().any(ready);
     let mut out: Vec<WorkloadEntry> = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for (slice, e) in all() {
-        let take = if any_ready {
-            ready(e)
-        } else {
-            serving_terminating(e)
-        };
-        if !take {
-            continue;
-        }
-        let pod = (e.pod.as_ref()).map(|(pod_ns, name)| (pod_ns.as_deref().unwrap_or(ns), &**name));
-        let pod_labels = pod
-            .and_then(|(ns, name)| labels(ns, name))
-            .unwrap_or_default();
-        if let Some((ns, name)) = pod {
-            pods.push(pod_id(ns, name));
-        }
+    for slice in slices {
+        // One copy of the slice's ports for all its endpoints.
         let ports: SmallMap<i64> = (slice.ports.iter())
             .filter_map(|(name, port)| {
                 let name = if name.is_empty() { unnamed? } else { name };
                 Some((name, (*port).into()))
             })
             .collect();
-        for address in &e.addresses {
-            // One endpoint per address, even when two slices list it mid-update.
-            if seen.insert(address) {
-                out.push(WorkloadEntry {
-                    address: Some(address.to_string()),
-                    ports: ports.clone(),
-                    labels: pod_labels.clone(),
-                    ..WorkloadEntry::default()
-                });
+        for e in slice.endpoints.iter() {
+            let take = if any_ready {
+                ready(e)
+            } else {
+                serving_terminating(e)
+            };
+            if !take {
+                continue;
+            }
+            let pod =
+                (e.pod.as_ref()).map(|(pod_ns, name)| (pod_ns.as_deref().unwrap_or(ns), &**name));
+            let pod_labels = pod
+                .and_then(|(ns, name)| labels(ns, name))
+                .unwrap_or_default();
+            if let Some((ns, name)) = pod {
+                pods.push(pod_id(ns, name));
+            }
+            for address in &e.addresses {
+                // One endpoint per address, even when two slices list it mid-update.
+                if seen.insert(address) {
+                    out.push(WorkloadEntry {
+                        address: Some(address.to_string()),
+                        ports: ports.clone(),
+                        labels: pod_labels.clone(),
+                        ..WorkloadEntry::default()
+                    });
+                }
             }
         }
     }

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_yaml::Value;
 
 use crate::smallmap::{Labels, SmallMap};
@@ -86,16 +87,20 @@ pub struct ServicePort {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WorkloadEntry {
     pub address: Option<String>,
+    /// Shared by the endpoints of one EndpointSlice (the Kubernetes source keeps a
+    /// ServiceEntry per Service, endpoints and all: 56 bytes an endpoint, not 136
+    /// plus a copy of its ports).
     #[serde(default)]
     pub ports: SmallMap<i64>,
     /// Shared with the model's endpoints (a reload clones a refcount, not the map),
     /// and by the endpoints with the same labels.
     #[serde(default, deserialize_with = "crate::smallmap::shared_labels")]
     pub labels: std::sync::Arc<Labels>,
-    pub network: Option<String>,
-    pub locality: Option<String>,
-    pub weight: Option<i64>,
-    pub service_account: Option<String>,
+    // lb does not enforce these (a warning says so): only whether they are set is kept.
+    pub network: Option<IgnoredAny>,
+    pub locality: Option<IgnoredAny>,
+    pub weight: Option<IgnoredAny>,
+    pub service_account: Option<IgnoredAny>,
 }
 
 // ------------------------------------------------------------- DestinationRule

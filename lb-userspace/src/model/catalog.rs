@@ -72,7 +72,8 @@ pub struct NodePort {
 pub struct Endpoint {
     pub address: Ipv4Addr,
     pub labels: std::sync::Arc<Labels>,
-    /// Port overrides by service port name.
+    /// Port overrides by service port name (shared as the ServiceEntry's endpoints
+    /// share theirs).
     pub ports: SmallMap<u16>,
 }
 
@@ -318,6 +319,9 @@ pub fn from_service_entry(
         Some(r) => err("spec.resolution", Invalid::UnknownResolution(r.to_string())),
     }
     let mut endpoints = Vec::new();
+    // The last endpoint's ports, as read and as made: the next one with the same
+    // shares them.
+    let mut last_ports: Option<(&SmallMap<i64>, SmallMap<u16>)> = None;
     for (i, e) in spec.endpoints.iter().enumerate() {
         // Formatted only when something is reported (10k endpoints reload often).
         let path = || format!("spec.endpoints[{i}]");
@@ -363,10 +367,15 @@ pub fn from_service_entry(
         if unenforced.iter().any(|(_, set)| *set) {
             super::warn_unenforced(l, &path(), &unenforced, diags);
         }
+        let ports = match &last_ports {
+            Some((read, made)) if read.same(&e.ports) => made.clone(),
+            _ => eports.into_iter().collect(),
+        };
+        last_ports = Some((&e.ports, ports.clone()));
         endpoints.push(Endpoint {
             address,
             labels: e.labels.clone(),
-            ports: eports.into_iter().collect(),
+            ports,
         });
     }
     super::warn_unenforced(

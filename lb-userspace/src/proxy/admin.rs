@@ -136,10 +136,14 @@ pub fn dump(t: &RouteTable) -> Value {
                         })
                         .collect();
                     let action = match &r.action {
-                        Action::Route { destinations, rewrite } => json!({
+                        Action::Route { destinations, rewrite } => {
+                            let none = crate::route::Rewrite::default();
+                            let rewrite = rewrite.as_deref().unwrap_or(&none);
+                            json!({
                             "route": destinations.iter().map(|d| json!({"host": d.host, "subset": d.subset, "port": d.port, "weight": d.weight, "endpoints": d.endpoints.iter().map(|(p, e)| (p.to_string(), e.iter().map(|a| a.to_string()).collect::<Vec<_>>())).collect::<std::collections::BTreeMap<_, _>>()})).collect::<Vec<_>>(),
                             "rewrite": {"uri": rewrite.uri, "uri_regex": rewrite.uri_regex.as_ref().map(|(r, w)| format!("{} -> {w}", r.as_str())), "authority": rewrite.authority},
-                        }),
+                            })
+                        }
                         Action::Redirect(rd) => json!({"redirect": {"uri": rd.uri, "authority": rd.authority, "scheme": rd.scheme, "port": rd.port, "code": rd.code}}),
                         Action::Direct { status, body } => json!({"direct_response": {"status": status, "body": body}}),
                     };

@@ -524,7 +524,7 @@ fn local_answer(l: &route::Local<'_>) -> Response<Body> {
     if l.flag == "DR"
         && let Some(rule) = l.rule
     {
-        rule.response_headers.apply(resp.headers_mut());
+        rule.edits.response().apply(resp.headers_mut());
     }
     resp
 }
@@ -588,8 +588,8 @@ fn prepare<'t>(
         headers.insert(header::HOST, v);
     }
     append_forwarded_for(&mut headers, conn);
-    target.destination.request_headers.apply(&mut headers);
-    target.rule.request_headers.apply(&mut headers);
+    target.destination.edits.request().apply(&mut headers);
+    target.rule.edits.request().apply(&mut headers);
     // After the rule's edits: no rule removes the loop marker.
     headers.append(header::VIA, shared.front.via_header.clone());
     mirror(
@@ -685,8 +685,8 @@ fn finish<'t>(
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    destination.response_headers.apply(&mut parts.headers);
-    rule.response_headers.apply(&mut parts.headers);
+    destination.edits.response().apply(&mut parts.headers);
+    rule.edits.response().apply(&mut parts.headers);
     // A declined upgrade: the guard stopped following the stream at its head (a
     // tunnel might have followed), so the connection ends here.
     if upgrading {

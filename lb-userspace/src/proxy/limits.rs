@@ -160,7 +160,7 @@ mod tests {
             "v0".into(),
             Default::default(),
         );
-        d.policy.pool.limits = limits;
+        std::sync::Arc::make_mut(&mut d.policy).pool.limits = limits;
         d
     }
 

@@ -2,7 +2,35 @@
 //! Istio configures Envoy with them (../shared/ISTIO-SEMANTICS.md).
 
 use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
+
+/// A policy as the route table holds it: nearly every rule and destination has
+/// Istio's defaults, so one copy of those serves them all (a `Policy` is 168 bytes, a
+/// `DestinationPolicy` 192: with 10,000 services, ~5 MB of copies of the defaults).
+pub fn shared<T: Defaults>(p: T) -> Arc<T> {
+    let d = T::defaults();
+    if p == **d { d.clone() } else { Arc::new(p) }
+}
+
+/// A policy whose defaults are shared ([`shared`]).
+pub trait Defaults: PartialEq + Default + Sized + 'static {
+    fn defaults() -> &'static Arc<Self>;
+}
+
+impl Defaults for Policy {
+    fn defaults() -> &'static Arc<Self> {
+        static D: LazyLock<Arc<Policy>> = LazyLock::new(Default::default);
+        &D
+    }
+}
+
+impl Defaults for DestinationPolicy {
+    fn defaults() -> &'static Arc<Self> {
+        static D: LazyLock<Arc<DestinationPolicy>> = LazyLock::new(Default::default);
+        &D
+    }
+}
 
 /// What a rule does besides choosing a destination.
 #[derive(Debug, Clone, PartialEq)]

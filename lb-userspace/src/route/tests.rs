@@ -337,3 +337,78 @@ spec:
     }
     assert_eq!(d.port_policies.len(), 1, "only port 81 differs");
 }
+
+/// The route table holds one copy of Istio's default policies, whatever number of
+/// rules and destinations have them; a destination with a policy of its own has it.
+#[test]
+fn default_policies_are_one_shared_copy() {
+    use crate::route::policy::{Balance, Defaults, DestinationPolicy, Policy};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut yaml = String::new();
+    for (i, name) in ["a", "b"].iter().enumerate() {
+        let lb = if *name == "b" {
+            "trafficPolicy: {loadBalancer: {simple: RANDOM}}"
+        } else {
+            ""
+        };
+        yaml.push_str(&format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}}}
+spec:
+  hosts: [{name}]
+  addresses: [127.10.0.{n}]
+  ports: [{{number: 80, name: http}}]
+  endpoints:
+  - {{address: 127.20.0.{n}, ports: {{http: 8000}}, labels: {{version: v0}}}}
+  - {{address: 127.20.0.{n}, ports: {{http: 8001}}, labels: {{version: v1}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {name}}}
+spec:
+  host: {name}
+  {lb}
+  subsets: [{{name: v0, labels: {{version: v0}}}}, {{name: v1, labels: {{version: v1}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}}}
+spec:
+  hosts: [{name}]
+  http:
+  - route:
+    - {{destination: {{host: {name}, subset: v0}}, weight: 90}}
+    - {{destination: {{host: {name}, subset: v1}}, weight: 10}}
+---
+",
+            n = i + 1
+        ));
+    }
+    std::fs::write(dir.path().join("c.yaml"), yaml).expect("write");
+    let model = model::load_dir(dir.path()).expect("valid").model;
+    let table = crate::compile::plan(model).expect("compiles").proxy;
+    let mut seen = 0;
+    for vh in table.vhosts.iter().filter(|v| !v.is_unused()) {
+        let b = vh.name.ends_with("/b");
+        for rule in &vh.rules {
+            assert!(Arc::ptr_eq(&rule.policy, Policy::defaults()), "{}", vh.name);
+            let crate::route::Action::Route { destinations, .. } = &rule.action else {
+                panic!("a route");
+            };
+            for d in destinations {
+                seen += 1;
+                let shared = Arc::ptr_eq(&d.policy, DestinationPolicy::defaults());
+                assert_eq!(shared, !b, "{}: {:?}", vh.name, d.policy);
+                let balance = if b {
+                    Balance::Random
+                } else {
+                    Balance::default()
+                };
+                assert_eq!(d.policy.balance, balance);
+            }
+        }
+    }
+    assert_eq!(seen, 4);
+}

@@ -158,11 +158,11 @@ pub(super) fn parse_request<'t>(
     let endpoints = &shared.client.endpoints;
     let target = match forward::decide(table, &r, host_as_sent, endpoints, &mut outcome) {
         Decision::Upstream(t)
-            if !touches_framing(&t.rule.request_headers)
-                && !touches_framing(&t.rule.response_headers)
+            if !touches_framing(t.rule.edits.request())
+                && !touches_framing(t.rule.edits.response())
                 // A destination's own edits: hyper's path applies them.
-                && t.destination.request_headers.is_empty()
-                && t.destination.response_headers.is_empty()
+                && t.destination.edits.request().is_empty()
+                && t.destination.edits.response().is_empty()
                 // A generated cookie for the answer: hyper's path sets it.
                 && t.set_cookie.is_none()
                 && (t.path.starts_with('/') || t.path == "*")
@@ -209,7 +209,7 @@ pub(super) fn parse_request<'t>(
             head: up,
             body_len,
             head_method: c.method == "HEAD",
-            answer_edits: &target.rule.response_headers,
+            answer_edits: target.rule.edits.response(),
             replayable: body_len == 0
                 && matches!(
                     c.method,
@@ -284,7 +284,7 @@ pub(super) fn upstream_head(
         out.extend_from_slice(part);
     }
     // The rule's edits come last, over everything else (as on hyper's path).
-    let ops = &target.rule.request_headers;
+    let ops = target.rule.edits.request();
     if let Some(host) = &target.host
         && !edits(ops, "host")
     {

@@ -1,7 +1,7 @@
 use super::answer::Framing;
 use super::head::upstream_head;
 use super::parse_answer;
-use crate::route::{Action, HeaderOps, Rule};
+use crate::route::{Action, Edits, HeaderOps, Rule};
 use crate::route::{Destination, Target};
 use http::{HeaderName, HeaderValue};
 
@@ -40,8 +40,7 @@ fn rule() -> Rule {
             status: 200,
             body: None,
         },
-        request_headers: Default::default(),
-        response_headers: Default::default(),
+        edits: Default::default(),
         policy: Default::default(),
         sticky: None,
         mirrors: Vec::new(),
@@ -107,11 +106,12 @@ fn the_rules_edits_come_last_on_both_heads() {
     let text =
         b"GET / HTTP/1.1\r\nHost: svc\r\nX-Set: original\r\nX-Added: mine\r\nX-Removed: r\r\n\r\n";
     let mut rule = rule();
-    rule.request_headers = edits(
+    let request = edits(
         &[("x-set", "s"), ("x-forwarded-for", "fixed")],
         &[("x-added", "a")],
         &["x-removed", "host"],
     );
+    rule.edits = Edits::new(request, HeaderOps::default());
     assert_eq!(
         head_for(text, &rule, "/", None, Some(b"127.0.0.9")),
         "GET / HTTP/1.1\r\nX-Added: mine\r\nx-set: s\r\nx-forwarded-for: fixed\r\nx-added: a\r\nvia: 1.1 lb-t\r\n\r\n"
@@ -420,7 +420,7 @@ async fn max_requests_per_connection_1_opens_a_connection_per_request() {
     let pool = crate::proxy::pool::Pool::default();
     let mut get = send(addr, "GET", b"");
     let mut dest = svc();
-    dest.policy.pool.max_requests = Some(1);
+    std::sync::Arc::make_mut(&mut dest.policy).pool.max_requests = Some(1);
     get.dest_policy = Box::leak(Box::new(dest.policy.clone()));
     get.destination = Box::leak(Box::new(dest));
     for _ in 0..2 {
@@ -443,7 +443,8 @@ async fn a_connection_idle_past_idle_timeout_is_not_used_again() {
     let pool = crate::proxy::pool::Pool::default();
     let mut get = send(addr, "GET", b"");
     let mut dest = svc();
-    dest.policy.pool.idle_timeout = Some(std::time::Duration::from_millis(50));
+    std::sync::Arc::make_mut(&mut dest.policy).pool.idle_timeout =
+        Some(std::time::Duration::from_millis(50));
     get.dest_policy = Box::leak(Box::new(dest.policy.clone()));
     get.destination = Box::leak(Box::new(dest));
     for _ in 0..2 {
@@ -468,7 +469,7 @@ async fn the_sweep_closes_connections_idle_past_idle_timeout() {
     let mut get = send(addr, "GET", b"");
     let mut dest = svc();
     let timeout = Some(std::time::Duration::from_millis(50));
-    dest.policy.pool.idle_timeout = timeout;
+    std::sync::Arc::make_mut(&mut dest.policy).pool.idle_timeout = timeout;
     get.dest_policy = Box::leak(Box::new(dest.policy.clone()));
     get.destination = Box::leak(Box::new(dest));
     let (r, _, status) = exchange_once(&pool, &get, b"").await;
@@ -592,7 +593,7 @@ fn table_to(endpoint: std::net::SocketAddr) -> std::sync::Arc<crate::route::Rout
             endpoints: [(endpoint.port(), [endpoint].into())].into_iter().collect(),
             ..svc()
         }],
-        rewrite: Default::default(),
+        rewrite: None,
     };
     t.vhosts.push(std::sync::Arc::new(VirtualHost {
         name: "default/svc".into(),
