@@ -104,6 +104,18 @@ pub fn build(
     cache: &mut Cache,
     opts: &Options,
 ) -> Result<(Sliced, Vec<Rejected>), ModelError> {
+    let built = build_in_rounds(files, cluster, last_good, cache, opts);
+    cache.reloaded();
+    built
+}
+
+fn build_in_rounds(
+    files: Input,
+    cluster: Input,
+    last_good: &mut LastGood,
+    cache: &mut Cache,
+    opts: &Options,
+) -> Result<(Sliced, Vec<Rejected>), ModelError> {
     let mut rejected: BTreeMap<String, (Vec<String>, &'static str)> = BTreeMap::new();
     let mut objects: Docs = cluster.loaded;
     // Objects that did not even parse: their last good version, if any, instead.

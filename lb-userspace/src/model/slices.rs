@@ -121,6 +121,11 @@ impl SliceCache {
         })
     }
 
+    /// Whether a document names a wildcard host (every change makes every slice).
+    pub fn is_wild(&self) -> bool {
+        self.wild
+    }
+
     /// The problems of the slices, in no order (the caller sorts them by origin: an
     /// object is in one slice, so no two slices' problems tie).
     pub fn diags(&self) -> impl Iterator<Item = &Diagnostic> {
