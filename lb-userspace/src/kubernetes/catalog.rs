@@ -28,7 +28,7 @@ pub fn loaded(entry: Entry) -> Loaded {
         "Service",
         namespace.unwrap_or_default(),
         name.unwrap_or_default(),
-        std::path::PathBuf::new(),
+        std::path::Path::new(""),
         locate::Document::detached(),
     )
 }

@@ -172,14 +172,7 @@ fn load_document(file: &Path, doc: Document, lines: &[&str]) -> Option<Loaded> {
     let meta = resource.metadata();
     let name = meta.name.clone().filter(|n| !n.is_empty())?;
     let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
-    Some(Loaded::new(
-        resource,
-        kind,
-        namespace,
-        name,
-        file.to_path_buf(),
-        doc,
-    ))
+    Some(Loaded::new(resource, kind, namespace, name, file, doc))
 }
 
 /// The document as a `kind` with a known apiVersion, or None. Read by lb's own reader

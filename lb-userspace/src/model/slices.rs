@@ -23,8 +23,8 @@ use crate::load::{Docs, Loaded, Resource, istio};
 pub struct Slice {
     /// Held so the addresses keying the cache stay these objects'.
     docs: Vec<Arc<Loaded>>,
-    /// What its documents mention (see [`mentions`]).
-    names: Vec<String>,
+    /// What its documents mention (see [`mentions`]); shared with the cache's owners.
+    names: Box<[Arc<str>]>,
     pub diags: Vec<Diagnostic>,
     /// Boxed: a slice outlives its model (the compiler takes it), and 10,000 slices
     /// kept room for one each (~190 bytes inline).
@@ -58,7 +58,7 @@ pub struct SliceCache {
     /// Each document's slice and place, by the document's address.
     of_doc: HashMap<usize, Placed>,
     /// Which slice mentions each name.
-    owner: HashMap<String, Arc<Slice>>,
+    owner: HashMap<Arc<str>, Arc<Slice>>,
     /// Every slice, in the order they were made (shared with the last build's
     /// output: copied only while that is still held).
     all: Arc<Vec<Arc<Slice>>>,
@@ -158,7 +158,7 @@ impl SliceCache {
                 self.of_doc.remove(&addr(d));
             }
             for n in &s.names {
-                self.owner.remove(n);
+                self.owner.remove(&**n);
             }
             self.with_diags.remove(k);
             if self.changes.made.remove(k).is_none() {
@@ -247,7 +247,7 @@ pub(super) fn build(
             return rebuild(loaded, cache, memo, opts);
         }
         for n in &names {
-            if let Some(s) = cache.owner.get(n) {
+            if let Some(s) = cache.owner.get(n.as_str()) {
                 dirty.insert(slice_addr(s), s.clone());
             }
         }
@@ -332,7 +332,7 @@ fn make(
     }
     Arc::new(Slice {
         docs,
-        names,
+        names: names.into_iter().map(Arc::from).collect(),
         diags,
         model: Mutex::new(Some(Box::new(model))),
         opts: opts.clone(),
