@@ -540,3 +540,30 @@ fn a_relist_keeps_what_was_read_of_unchanged_istio_objects() {
     assert!(!c.touched.is_empty());
     assert!(!Arc::ptr_eq(&first, &read(&mut reader, &mut c)));
 }
+
+/// The endpoints of one EndpointSlice share one copy of its ports, in the ServiceEntry
+/// and in the model's catalogue (a copy each was most of a Service's memory).
+#[test]
+fn a_slices_endpoints_share_one_copy_of_its_ports() {
+    let (objects, diags) = snapshot(&seed());
+    assert!(diags.is_empty(), "{diags:?}");
+    let doc = (objects.iter())
+        .find(|o| o.kind == "Service")
+        .expect("a Service");
+    let r = doc.resource();
+    let Resource::ServiceEntry(se) = &*r else {
+        panic!("a ServiceEntry");
+    };
+    let [a, b] = &se.spec.endpoints[..] else {
+        panic!("two endpoints: {:?}", se.spec.endpoints);
+    };
+    assert_eq!(a.ports.get("http"), Some(&11400));
+    assert!(a.ports.same(&b.ports), "{:?} {:?}", a.ports, b.ports);
+    let mut diags = Vec::new();
+    let services = crate::model::catalog::from_service_entry(doc, &se.spec, &mut diags);
+    let [x, y] = &services[0].endpoints[..] else {
+        panic!("two endpoints: {:?}", services[0].endpoints);
+    };
+    assert_ne!(x.address, y.address);
+    assert!(x.ports.same(&y.ports), "{:?} {:?}", x.ports, y.ports);
+}

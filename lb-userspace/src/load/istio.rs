@@ -87,9 +87,9 @@ pub struct ServicePort {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WorkloadEntry {
     pub address: Option<String>,
-    /// Shared by the endpoints of one EndpointSlice (the Kubernetes source keeps a
-    /// ServiceEntry per Service, endpoints and all: 56 bytes an endpoint, not 136
-    /// plus a copy of its ports).
+    /// Shared by the endpoints of one EndpointSlice: the Kubernetes source keeps a
+    /// ServiceEntry per Service, endpoints and all (an endpoint is 56 bytes, where it
+    /// was 136 and a copy of its ports).
     #[serde(default)]
     pub ports: SmallMap<i64>,
     /// Shared with the model's endpoints (a reload clones a refcount, not the map),

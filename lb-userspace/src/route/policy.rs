@@ -14,23 +14,24 @@ pub fn shared<T: Defaults>(p: T) -> Arc<T> {
 }
 
 /// A policy whose defaults are shared ([`shared`]).
-pub trait Defaults: PartialEq + Default + Sized + 'static {
+pub trait Defaults: PartialEq + Default + 'static {
     fn defaults() -> &'static Arc<Self>;
 }
 
-impl Defaults for Policy {
-    fn defaults() -> &'static Arc<Self> {
-        static D: LazyLock<Arc<Policy>> = LazyLock::new(Default::default);
-        &D
-    }
+/// One static copy of each type's defaults (a generic function cannot hold a static
+/// per type).
+macro_rules! shared_defaults {
+    ($($t:ty),*) => {$(
+        impl Defaults for $t {
+            fn defaults() -> &'static Arc<Self> {
+                static D: LazyLock<Arc<$t>> = LazyLock::new(Default::default);
+                &D
+            }
+        }
+    )*};
 }
 
-impl Defaults for DestinationPolicy {
-    fn defaults() -> &'static Arc<Self> {
-        static D: LazyLock<Arc<DestinationPolicy>> = LazyLock::new(Default::default);
-        &D
-    }
-}
+shared_defaults!(Policy, DestinationPolicy);
 
 /// What a rule does besides choosing a destination.
 #[derive(Debug, Clone, PartialEq)]
