@@ -185,7 +185,10 @@ pub fn build(model: Model) -> RouteTable {
             if let Action::Route { destinations, .. } = &r.action {
                 for d in destinations.iter().chain(r.mirrors.iter().map(|(m, _)| m)) {
                     t.endpoints
-                        .extend(d.endpoints.values().flatten().map(|e| (*e, 1)));
+                        .extend(d.endpoints.values().flatten().filter_map(|e| match e {
+                            std::net::SocketAddr::V4(a) => Some((*a, 1)),
+                            std::net::SocketAddr::V6(_) => None,
+                        }));
                 }
             }
         }

@@ -3,7 +3,7 @@
 //! service address, host name or VirtualService, so putting them together only
 //! renumbers the vhosts.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::sync::Arc;
 
 use lb_common::SockAddr4;
@@ -40,7 +40,7 @@ struct Keys {
     hosts: Box<[Arc<str>]>,
     routed: Box<[SocketAddrV4]>,
     named: Box<[SocketAddrV4]>,
-    endpoints: Box<[SocketAddr]>,
+    endpoints: Box<[SocketAddrV4]>,
     /// Where its vhosts are in the merged route table.
     vhosts: Box<[usize]>,
     reads_headers: bool,

@@ -231,7 +231,11 @@ pub fn decide<'t>(
     };
     let endpoint = endpoints[i];
     // Defence in depth: only ever forward to an endpoint of a configured service.
-    if !table.endpoints.contains_key(&endpoint) {
+    let known = match endpoint {
+        SocketAddr::V4(a) => table.endpoints.contains_key(&a),
+        SocketAddr::V6(_) => false,
+    };
+    if !known {
         return Verdict::Local(Local {
             rule: Some(rule),
             destination: Some(dest),

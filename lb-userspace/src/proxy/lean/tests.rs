@@ -585,7 +585,10 @@ fn table_to(endpoint: std::net::SocketAddr) -> std::sync::Arc<crate::route::Rout
     use crate::route::{Destination, RouteTable, VirtualHost};
     let mut t = RouteTable::default();
     t.hosts.insert("svc".into(), 0);
-    t.endpoints.insert(endpoint, 1);
+    let std::net::SocketAddr::V4(v4) = endpoint else {
+        panic!("an IPv4 endpoint: {endpoint}");
+    };
+    t.endpoints.insert(v4, 1);
     let mut r = rule();
     r.action = Action::Route {
         destinations: vec![Destination {
