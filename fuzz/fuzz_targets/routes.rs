@@ -111,8 +111,11 @@ libfuzzer_sys::fuzz_target!(|bytes: &[u8]| {
         let Verdict::Upstream(t) = lb::route::decide(table, &sel, &r, true, &mut Forced(d)) else {
             continue;
         };
+        let std::net::SocketAddr::V4(endpoint) = t.endpoint else {
+            panic!("forwarded to an IPv6 endpoint: {}", t.endpoint);
+        };
         assert!(
-            table.endpoints.contains_key(&t.endpoint),
+            table.endpoints.contains_key(&endpoint),
             "forwarded outside the services"
         );
         if MODES[mode] != Normalization::None && path_and_query.starts_with('/') {
