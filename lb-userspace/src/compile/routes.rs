@@ -6,7 +6,8 @@ use crate::model::Model;
 use crate::model::catalog::CatalogService;
 use crate::model::http::ParsedAction;
 use crate::model::routes::{WeightedDestination, destination_policy, endpoints_by_port};
-use crate::route::{Action, Destination, Edits, RouteTable, Rule, VirtualHost, policy};
+use crate::route::policy::{self, Defaults};
+use crate::route::{Action, Destination, Edits, RouteTable, Rule, VirtualHost};
 
 /// Every name a Host header may use for a catalogue service: its host in every form,
 /// the short name, and its addresses.
@@ -150,7 +151,7 @@ pub fn build(model: Model) -> RouteTable {
                     rewrite: None,
                 },
                 edits: Edits::default(),
-                policy: policy::shared(Default::default()),
+                policy: policy::Policy::defaults().clone(),
                 sticky: None,
                 mirrors: Vec::new(),
             }],

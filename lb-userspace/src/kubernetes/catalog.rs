@@ -162,8 +162,7 @@ fn endpoints(
     unnamed: Option<&str>,
     pods: &mut Vec<u64>,
 ) -> Vec<WorkloadEntry> {
-    let all = || slices.iter().flat_map(|s| s.endpoints.iter());
-    let any_ready = all().any(ready);
+    let any_ready = slices.iter().flat_map(|s| s.endpoints.iter()).any(ready);
     let mut out: Vec<WorkloadEntry> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for slice in slices {

@@ -345,6 +345,11 @@ pub fn from_service_entry(
                 continue;
             }
         };
+        // Checked for each endpoint (its problems name it); made once for those that
+        // share them.
+        let shared = (last_ports.as_ref())
+            .filter(|(read, _)| read.same(&e.ports))
+            .map(|(_, made)| made.clone());
         let mut eports = Vec::new();
         for (name, n) in e.ports.iter() {
             let ppath = || format!("{}.ports.{name}", path());
@@ -352,9 +357,8 @@ pub fn from_service_entry(
                 err(&ppath(), Invalid::EndpointPortName(name.to_string()));
             }
             match port_number(*n) {
-                Some(p) => {
-                    eports.push((name, p));
-                }
+                Some(p) if shared.is_none() => eports.push((name, p)),
+                Some(_) => {}
                 None => err(&ppath(), Invalid::PortRange(*n)),
             }
         }
@@ -367,10 +371,7 @@ pub fn from_service_entry(
         if unenforced.iter().any(|(_, set)| *set) {
             super::warn_unenforced(l, &path(), &unenforced, diags);
         }
-        let ports = match &last_ports {
-            Some((read, made)) if read.same(&e.ports) => made.clone(),
-            _ => eports.into_iter().collect(),
-        };
+        let ports = shared.unwrap_or_else(|| eports.into_iter().collect());
         last_ports = Some((&e.ports, ports.clone()));
         endpoints.push(Endpoint {
             address,

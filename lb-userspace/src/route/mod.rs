@@ -228,7 +228,7 @@ impl Destination {
             port: None,
             weight: 1,
             label,
-            policy: policy::shared(Default::default()),
+            policy: <policy::DestinationPolicy as policy::Defaults>::defaults().clone(),
             port_policies: Box::default(),
             next: Default::default(),
             edits: Edits::default(),
